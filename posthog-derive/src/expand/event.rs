@@ -1,0 +1,162 @@
+//! The column-to-property mapping: the bodies of the `__write_*` and `__stage_milestones`
+//! methods. Property keys are JSON-escaped here, at compile time, so staging an event costs
+//! only the serialisation of its values.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::internals::ast::{Container, Field};
+use crate::internals::attr::DecisionKind;
+
+/// Which part of `properties` a value is written to.
+#[derive(Clone, Copy)]
+enum Section {
+    Properties,
+    Set,
+    SetOnce,
+}
+
+/// `"\"name\":"`, the key as it appears in the event JSON.
+fn json_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len() + 3);
+    key.push('"');
+    for c in name.chars() {
+        match c {
+            '"' => key.push_str("\\\""),
+            '\\' => key.push_str("\\\\"),
+            c if (c as u32) < 0x20 => key.push_str(&format!("\\u{:04x}", c as u32)),
+            c => key.push(c),
+        }
+    }
+    key.push_str("\":");
+    key
+}
+
+/// `__writer.<section>(name, key, &<owner>.<field>)?;`
+fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> TokenStream {
+    let ident = field.ident;
+    let key = json_key(name);
+    let method = match section {
+        Section::Properties => quote!(property),
+        Section::Set => quote!(set),
+        Section::SetOnce => quote!(set_once),
+    };
+    // Spanned on the field's type, so "`T: Serialize` is not satisfied" points at it.
+    quote_spanned! {field.ty.span()=>
+        __writer.#method(#name, #key, &#owner.#ident)?;
+    }
+}
+
+fn is_person(field: &Field) -> bool {
+    matches!(field.decision(), Some(DecisionKind::Person))
+}
+
+fn is_person_once(field: &Field) -> bool {
+    matches!(field.decision(), Some(DecisionKind::PersonOnce))
+}
+
+/// Every tracked property of `fields`, then their `$set`, then their `$set_once`.
+fn write_all<'a>(
+    fields: impl Iterator<Item = &'a Field<'a>> + Clone,
+    guard: impl Fn(&Field) -> Option<TokenStream>,
+) -> TokenStream {
+    let mut statements = Vec::new();
+    let sections: [(Section, fn(&Field) -> bool); 3] = [
+        (Section::Properties, |_| true),
+        (Section::Set, is_person),
+        (Section::SetOnce, is_person_once),
+    ];
+    for (section, included) in sections {
+        for field in fields.clone().filter(|field| included(field)) {
+            let Some(name) = field.property_name() else {
+                continue;
+            };
+            let statement = write(field, section, &name, quote!(self));
+            statements.push(match guard(field) {
+                Some(condition) => quote!(if #condition { #statement }),
+                None => statement,
+            });
+        }
+    }
+    quote!(#(#statements)*)
+}
+
+fn tracked<'a>(container: &'a Container<'a>) -> impl Iterator<Item = &'a Field<'a>> + Clone {
+    container.fields.iter().filter(|field| field.is_tracked())
+}
+
+/// Body of `__write_properties`: the whole row.
+pub fn write_properties(container: &Container) -> TokenStream {
+    write_all(tracked(container), |_| None)
+}
+
+/// Body of `__write_key_properties`: what identifies the row.
+pub fn write_key_properties(container: &Container) -> TokenStream {
+    let keys = tracked(container).filter(|field| field.is_key());
+    let statements = keys.filter_map(|field| {
+        let name = field.property_name()?;
+        Some(write(field, Section::Properties, &name, quote!(self)))
+    });
+    quote!(#(#statements)*)
+}
+
+/// Body of `__write_changed_properties`: the tracked fields in `__changed`.
+pub fn write_changed_properties(container: &Container) -> TokenStream {
+    let updatable = tracked(container).filter(|field| field.is_updatable());
+    write_all(updatable, |field| {
+        let index = field.index;
+        Some(quote!(__changed.contains(#index)))
+    })
+}
+
+/// Body of `__stage_milestones`.
+pub fn stage_milestones(container: &Container) -> TokenStream {
+    let plain: Vec<TokenStream> = tracked(container)
+        .filter_map(|field| {
+            let name = field.property_name()?;
+            Some(write(field, Section::Properties, &name, quote!(self)))
+        })
+        .collect();
+    let milestones = container.fields.iter().flat_map(|field| {
+        let plain = &plain;
+        field.attrs.milestones.iter().map(move |milestone| {
+            let index = field.index;
+            let ident = field.ident;
+            let ty = field.ty;
+            let event = &milestone.event.value;
+            let previous_name = format!("previous_{}", field.property_name().unwrap_or_default());
+            let previous = write(field, Section::Properties, &previous_name, quote!(__before));
+            let condition = match &milestone.when {
+                Some(when) => quote_spanned! {when.span()=>
+                    && ::posthog_track::__private::milestone_condition::<#ty, _>(#when)(
+                        &__before.#ident,
+                        &self.#ident,
+                    )
+                },
+                None => quote!(),
+            };
+            quote! {
+                if __changed.contains(#index) #condition {
+                    let mut __writer = __stager.event(#event);
+                    #(#plain)*
+                    #previous
+                    __stager.push(__writer);
+                }
+            }
+        })
+    });
+    quote!(#(#milestones)*)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_key;
+
+    #[test]
+    fn keys_are_json_escaped() {
+        assert_eq!(json_key("plan"), "\"plan\":");
+        assert_eq!(json_key("a\"b\\c"), "\"a\\\"b\\\\c\":");
+        assert_eq!(json_key("tab\t"), "\"tab\\u0009\":");
+    }
+}

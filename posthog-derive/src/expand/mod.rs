@@ -1,0 +1,108 @@
+//! expand: one file per generated concern.
+
+mod event;
+mod model;
+pub mod schema;
+mod sql;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::DeriveInput;
+
+use crate::internals::ast::Container;
+use crate::internals::check;
+use crate::internals::ctxt::Ctxt;
+
+pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let container = Container::from_ast(&cx, input, "TrackedModel");
+    if let Some(container) = &container {
+        check::check(&cx, container);
+    }
+    match (cx.check(), container) {
+        (Ok(()), Some(container)) => {
+            let model = model::tracked_model_impl(&container);
+            let row = model::tracked_row_impl(&container);
+            let schema = schema::schema_check(&container);
+            quote!(#model #row #schema)
+        }
+        (Err(errors), container) => {
+            let errors = errors.to_compile_error();
+            let dummy = container.map(|container| dummy(&container));
+            quote!(#errors #dummy)
+        }
+        // `Container::from_ast` returns `None` only after reporting an error.
+        (Ok(()), None) => TokenStream::new(),
+    }
+}
+
+/// Impls that let the rest of the user's code type-check while the derive reports its errors,
+/// so the user sees the mistake in the model rather than a cascade of "no method `insert`".
+/// They are never run: the crate does not compile while the errors stand.
+fn dummy(container: &Container) -> Option<TokenStream> {
+    if !container.original.generics.params.is_empty() {
+        return None;
+    }
+    let ident = container.ident;
+    let private = quote!(::posthog_track::__private);
+    Some(quote! {
+        #[automatically_derived]
+        impl #private::TrackedModel for #ident {
+            const TABLE: &'static str = "";
+            const INSERT_EVENT: &'static str = "";
+            const UPDATE_EVENT: &'static str = "";
+            const DELETE_EVENT: &'static str = "";
+            const __SQL: &'static #private::SqlSet = &#private::SqlSet::UNUSABLE;
+            const __TRACKED_UPDATABLE: #private::ChangeMask = #private::ChangeMask::EMPTY;
+            fn distinct_id(&self) -> #private::Option<#private::String> {
+                #private::None
+            }
+            fn __write_properties(&self, _: &mut #private::EventWriter) -> #private::Result<()> {
+                #private::Ok(())
+            }
+            fn __write_key_properties(&self, _: &mut #private::EventWriter) -> #private::Result<()> {
+                #private::Ok(())
+            }
+            fn __write_changed_properties(
+                &self,
+                _: #private::ChangeMask,
+                _: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #private::Ok(())
+            }
+            fn __changed(&self, _: &Self) -> #private::ChangeMask {
+                #private::ChangeMask::EMPTY
+            }
+            fn __same_key(&self, _: &Self) -> bool {
+                true
+            }
+            fn __stage_milestones(
+                &self,
+                _: &Self,
+                _: #private::ChangeMask,
+                _: &mut #private::Stager<'_>,
+            ) -> #private::Result<()> {
+                #private::Ok(())
+            }
+        }
+        #[automatically_derived]
+        impl<__DB: #private::Backend> #private::TrackedRow<__DB> for #ident {
+            fn __bind_insert(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }
+            fn __bind_update(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }
+            fn __bind_changed(
+                &self,
+                _: #private::ChangeMask,
+                q: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                q
+            }
+            fn __bind_key(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }
+            fn __read_generated(
+                &mut self,
+                _: &<__DB as #private::sqlx::Database>::Row,
+            ) -> #private::Result<(), #private::sqlx::Error> {
+                #private::Ok(())
+            }
+        }
+    })
+}

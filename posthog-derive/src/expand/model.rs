@@ -1,0 +1,227 @@
+//! The `TrackedModel` impl (SQL, mapping, change detection) and the `TrackedRow<DB>` impl
+//! (binding and decoding, generic over every backend whose types fit).
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::{event, sql};
+use crate::internals::ast::{Container, Field};
+use crate::internals::case::to_snake_case;
+
+pub fn tracked_model_impl(container: &Container) -> TokenStream {
+    let ident = container.ident;
+    let attrs = &container.attrs;
+    let snake = to_snake_case(&ident.to_string());
+    let table = attrs
+        .table
+        .as_ref()
+        .map_or_else(String::new, |table| table.value.clone());
+    let event_name = |explicit: &Option<crate::internals::attr::Spanned<String>>, suffix: &str| {
+        explicit
+            .as_ref()
+            .map_or_else(|| format!("{snake}_{suffix}"), |name| name.value.clone())
+    };
+    let insert_event = event_name(&attrs.insert_event, "created");
+    let update_event = event_name(&attrs.update_event, "updated");
+    let delete_event = event_name(&attrs.delete_event, "deleted");
+    let sql_set = sql::sql_set(container);
+
+    let tracked_updatable = container
+        .fields
+        .iter()
+        .filter(|field| field.is_updatable() && field.is_tracked())
+        .fold(0u128, |bits, field| bits | (1u128 << field.index));
+    let tracked_updatable = Literal::u128_suffixed(tracked_updatable);
+
+    let distinct_id = match &attrs.distinct_id {
+        Some(field) => quote_spanned! {field.span()=>
+            ::posthog_track::__private::ToDistinctId::to_distinct_id(&self.#field)
+        },
+        None => quote!(::posthog_track::__private::None),
+    };
+
+    let write_properties = event::write_properties(container);
+    let write_key_properties = event::write_key_properties(container);
+    let write_changed_properties = event::write_changed_properties(container);
+    let stage_milestones = event::stage_milestones(container);
+
+    let change_checks = container
+        .fields
+        .iter()
+        .filter(|f| f.is_updatable())
+        .map(|field| {
+            let index = field.index;
+            let name = field.ident;
+            quote_spanned! {field.ty.span()=>
+                if self.#name != __before.#name {
+                    __mask.insert(#index);
+                }
+            }
+        });
+    let key_comparisons = container.fields.iter().filter(|f| f.is_key()).map(|field| {
+        let name = field.ident;
+        quote_spanned!(field.ty.span()=> && self.#name == __other.#name)
+    });
+
+    let private = quote!(::posthog_track::__private);
+    quote! {
+        #[automatically_derived]
+        impl #private::TrackedModel for #ident {
+            const TABLE: &'static str = #table;
+            const INSERT_EVENT: &'static str = #insert_event;
+            const UPDATE_EVENT: &'static str = #update_event;
+            const DELETE_EVENT: &'static str = #delete_event;
+            const __SQL: &'static #private::SqlSet = #sql_set;
+            const __TRACKED_UPDATABLE: #private::ChangeMask =
+                #private::ChangeMask::from_bits(#tracked_updatable);
+
+            fn distinct_id(&self) -> #private::Option<#private::String> {
+                #distinct_id
+            }
+
+            fn __write_properties(
+                &self,
+                __writer: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #write_properties
+                #private::Ok(())
+            }
+
+            fn __write_key_properties(
+                &self,
+                __writer: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #write_key_properties
+                #private::Ok(())
+            }
+
+            fn __write_changed_properties(
+                &self,
+                __changed: #private::ChangeMask,
+                __writer: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #write_changed_properties
+                #private::Ok(())
+            }
+
+            fn __changed(&self, __before: &Self) -> #private::ChangeMask {
+                let mut __mask = #private::ChangeMask::EMPTY;
+                #(#change_checks)*
+                __mask
+            }
+
+            fn __same_key(&self, __other: &Self) -> bool {
+                true #(#key_comparisons)*
+            }
+
+            fn __stage_milestones(
+                &self,
+                __before: &Self,
+                __changed: #private::ChangeMask,
+                __stager: &mut #private::Stager<'_>,
+            ) -> #private::Result<()> {
+                #stage_milestones
+                #private::Ok(())
+            }
+        }
+    }
+}
+
+pub fn tracked_row_impl(container: &Container) -> TokenStream {
+    let ident = container.ident;
+    let private = quote!(::posthog_track::__private);
+    let sqlx = quote!(#private::sqlx);
+    let fields = &container.fields;
+
+    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back.
+    let bounds = fields.iter().flat_map(|field| {
+        let ty = field.ty;
+        let encode = (!field.is_generated() || field.is_key()).then(|| {
+            quote_spanned! {ty.span()=>
+                #ty: for<'__q> #sqlx::Encode<'__q, __DB> + #sqlx::Type<__DB>,
+            }
+        });
+        let decode = field.is_generated().then(|| {
+            quote_spanned! {ty.span()=>
+                #ty: for<'__r> #sqlx::Decode<'__r, __DB> + #sqlx::Type<__DB>,
+            }
+        });
+        encode.into_iter().chain(decode)
+    });
+
+    let bind = |field: &Field| {
+        let name = field.ident;
+        quote!(.bind(&self.#name))
+    };
+    let bind_insert = fields.iter().filter(|f| !f.is_generated()).map(bind);
+    let bind_update = fields.iter().filter(|f| f.is_updatable()).map(bind);
+    let bind_key = fields.iter().filter(|f| f.is_key()).map(bind);
+    let bind_changed = fields.iter().filter(|f| f.is_updatable()).map(|field| {
+        let index = field.index;
+        let name = field.ident;
+        quote! {
+            if __changed.contains(#index) {
+                __query = __query.bind(&self.#name);
+            }
+        }
+    });
+    let read_generated =
+        fields
+            .iter()
+            .filter(|f| f.is_generated())
+            .enumerate()
+            .map(|(position, field)| {
+                let name = field.ident;
+                quote! {
+                    self.#name = <__DB as #private::Backend>::decode(__row, #position)?;
+                }
+            });
+
+    quote! {
+        #[automatically_derived]
+        impl<__DB> #private::TrackedRow<__DB> for #ident
+        where
+            __DB: #private::Backend,
+            #(#bounds)*
+        {
+            fn __bind_insert(
+                &self,
+                __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                __query #(#bind_insert)*
+            }
+
+            fn __bind_update(
+                &self,
+                __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                __query #(#bind_update)*
+            }
+
+            fn __bind_changed(
+                &self,
+                __changed: #private::ChangeMask,
+                mut __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                #(#bind_changed)*
+                __query
+            }
+
+            fn __bind_key(
+                &self,
+                __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                __query #(#bind_key)*
+            }
+
+            fn __read_generated(
+                &mut self,
+                __row: &<__DB as #sqlx::Database>::Row,
+            ) -> #private::Result<(), #sqlx::Error> {
+                #(#read_generated)*
+                #private::Ok(())
+            }
+        }
+    }
+}

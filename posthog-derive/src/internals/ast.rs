@@ -1,0 +1,151 @@
+//! The typed form of a model: the struct, its fields and their parsed attributes, each keeping
+//! the span that errors point at.
+
+use proc_macro2::Span;
+use syn::{Data, DeriveInput, Fields, Ident, Type};
+
+use super::attr;
+use super::ctxt::Ctxt;
+
+/// A struct deriving `TrackedModel`.
+pub struct Container<'a> {
+    pub ident: &'a Ident,
+    pub attrs: attr::Container,
+    pub fields: Vec<Field<'a>>,
+    pub original: &'a DeriveInput,
+}
+
+/// One named field.
+pub struct Field<'a> {
+    /// Position in the struct; also the bit of the field in a change mask.
+    pub index: usize,
+    pub ident: &'a Ident,
+    pub ty: &'a Type,
+    pub attrs: attr::Field,
+}
+
+impl<'a> Container<'a> {
+    /// Reads the struct, reporting shapes the derive cannot handle. `None` when there is no
+    /// struct with named fields to work on.
+    pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput, derive: &str) -> Option<Self> {
+        let fields = named_fields(cx, input, derive)?;
+        if let Some(param) = input.generics.params.first() {
+            cx.error_spanned_by(
+                param,
+                format!(
+                    "#[derive({derive})] does not support generic parameters: the SQL and the event \
+                     mapping are fixed at compile time for one concrete struct"
+                ),
+            );
+        }
+        let attrs = attr::Container::from_ast(cx, &input.attrs);
+        let fields = fields
+            .iter()
+            .enumerate()
+            .filter_map(|(index, field)| {
+                Some(Field {
+                    index,
+                    ident: field.ident.as_ref()?,
+                    ty: &field.ty,
+                    attrs: attr::Field::from_ast(cx, field),
+                })
+            })
+            .collect();
+        Some(Container {
+            ident: &input.ident,
+            attrs,
+            fields,
+            original: input,
+        })
+    }
+}
+
+/// The named fields of a struct, or an error explaining why the input has none.
+pub fn named_fields<'a>(
+    cx: &Ctxt,
+    input: &'a DeriveInput,
+    derive: &str,
+) -> Option<&'a syn::punctuated::Punctuated<syn::Field, syn::Token![,]>> {
+    let (span, what) = match &input.data {
+        Data::Struct(data) => match &data.fields {
+            Fields::Named(fields) => return Some(&fields.named),
+            Fields::Unnamed(fields) => (fields.paren_token.span.join(), "a tuple struct"),
+            Fields::Unit => (input.ident.span(), "a unit struct"),
+        },
+        Data::Enum(data) => (data.enum_token.span, "an enum"),
+        Data::Union(data) => (data.union_token.span, "a union"),
+    };
+    let purpose = if derive == "TrackedModel" {
+        "each named field is a column"
+    } else {
+        "each named field is an event property"
+    };
+    cx.error_at(
+        span,
+        format!("#[derive({derive})] needs a struct with named fields ({purpose}), not {what}"),
+    );
+    None
+}
+
+impl Field<'_> {
+    pub fn is_key(&self) -> bool {
+        self.attrs.key.is_some()
+    }
+
+    pub fn is_generated(&self) -> bool {
+        self.attrs.generated.is_some()
+    }
+
+    /// Written by UPDATE: not a key (it is the WHERE) and not generated (the database owns it).
+    pub fn is_updatable(&self) -> bool {
+        !self.is_key() && !self.is_generated()
+    }
+
+    /// The database column.
+    pub fn column(&self) -> String {
+        match &self.attrs.column {
+            Some(column) => column.value.clone(),
+            None => unraw(self.ident),
+        }
+    }
+
+    /// Where the field's value goes, when it has one clear decision.
+    pub fn decision(&self) -> Option<&attr::DecisionKind> {
+        self.attrs.decision().map(|decision| &decision.kind)
+    }
+
+    /// The property name the field's value is sent under; `None` for a skipped field.
+    pub fn property_name(&self) -> Option<String> {
+        match self.attrs.decision() {
+            Some(decision) if matches!(decision.kind, attr::DecisionKind::Skip(_)) => None,
+            Some(decision) => Some(match &decision.rename {
+                Some(rename) => rename.value.clone(),
+                None => unraw(self.ident),
+            }),
+            // No decision: in schema mode this is a property under the field's name; otherwise
+            // `check` has already reported it.
+            None => Some(unraw(self.ident)),
+        }
+    }
+
+    /// The span of the property name: the rename when there is one, else the field.
+    pub fn property_span(&self) -> Span {
+        self.attrs
+            .decision()
+            .and_then(|decision| decision.rename.as_ref().map(|rename| rename.span))
+            .unwrap_or_else(|| self.ident.span())
+    }
+
+    pub fn is_tracked(&self) -> bool {
+        self.property_name().is_some()
+    }
+}
+
+/// `r#type` -> `type`.
+pub fn unraw(ident: &Ident) -> String {
+    let name = ident.to_string();
+    match name.strip_prefix("r#") {
+        Some(stripped) => stripped.to_owned(),
+        None => name,
+    }
+}

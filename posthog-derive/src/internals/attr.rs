@@ -1,0 +1,367 @@
+//! Parsing of `#[tracked(...)]` attributes, and nothing else: each key is checked for its own
+//! shape here; rules that relate fields to each other live in `check`.
+
+use proc_macro2::{Span, TokenTree};
+use syn::meta::ParseNestedMeta;
+use syn::{Ident, LitStr, Path, Token};
+
+use super::case::did_you_mean;
+use super::ctxt::Ctxt;
+
+const ATTRIBUTE: &str = "tracked";
+
+const CONTAINER_KEYS: &[&str] = &[
+    "table",
+    "distinct_id",
+    "insert_event",
+    "update_event",
+    "delete_event",
+    "schema",
+];
+const FIELD_KEYS: &[&str] = &[
+    "key",
+    "generated",
+    "column",
+    "property",
+    "person",
+    "person_once",
+    "skip",
+    "milestone",
+];
+const MILESTONE_KEYS: &[&str] = &["event", "when"];
+
+/// An attribute value together with the tokens it came from, for error spans.
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// `#[tracked(...)]` on the struct.
+#[derive(Default)]
+pub struct Container {
+    pub table: Option<Spanned<String>>,
+    pub distinct_id: Option<Ident>,
+    pub insert_event: Option<Spanned<String>>,
+    pub update_event: Option<Spanned<String>>,
+    pub delete_event: Option<Spanned<String>>,
+    pub schema: Option<Path>,
+}
+
+/// The analytics decision of a field: where its value goes, or why it goes nowhere.
+pub enum DecisionKind {
+    /// An event property.
+    Property,
+    /// An event property and a `$set` person property.
+    Person,
+    /// An event property and a `$set_once` person property.
+    PersonOnce,
+    /// Kept out of analytics, with the reason.
+    Skip(String),
+}
+
+impl DecisionKind {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            DecisionKind::Property => "property",
+            DecisionKind::Person => "person",
+            DecisionKind::PersonOnce => "person_once",
+            DecisionKind::Skip(_) => "skip",
+        }
+    }
+}
+
+pub struct Decision {
+    pub kind: DecisionKind,
+    /// `property = "name"`: the property name, when it differs from the field name.
+    pub rename: Option<Spanned<String>>,
+    /// The keyword, for errors about the decision itself.
+    pub span: Span,
+}
+
+/// `milestone(event = "...", when = path)`.
+pub struct Milestone {
+    pub event: Spanned<String>,
+    pub when: Option<Path>,
+    pub span: Span,
+}
+
+/// `#[tracked(...)]` on a field.
+#[derive(Default)]
+pub struct Field {
+    pub key: Option<Span>,
+    pub generated: Option<Span>,
+    pub column: Option<Spanned<String>>,
+    /// Every decision written; `check` requires exactly one.
+    pub decisions: Vec<Decision>,
+    pub milestones: Vec<Milestone>,
+}
+
+impl Container {
+    pub fn from_ast(cx: &Ctxt, attrs: &[syn::Attribute]) -> Self {
+        let mut container = Container::default();
+        for attr in attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE)) {
+            let result = attr.parse_nested_meta(|meta| {
+                let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                    return unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS);
+                };
+                match key.as_str() {
+                    "table" => set_once(cx, &meta, &mut container.table, parse_string(&meta)?),
+                    "insert_event" => {
+                        set_once(cx, &meta, &mut container.insert_event, parse_string(&meta)?)
+                    }
+                    "update_event" => {
+                        set_once(cx, &meta, &mut container.update_event, parse_string(&meta)?)
+                    }
+                    "delete_event" => {
+                        set_once(cx, &meta, &mut container.delete_event, parse_string(&meta)?)
+                    }
+                    "distinct_id" => {
+                        let ident: Ident = meta.value()?.parse().map_err(|_| {
+                            meta.error("`distinct_id` names a field: `distinct_id = user_id`")
+                        })?;
+                        set_once(cx, &meta, &mut container.distinct_id, ident)
+                    }
+                    "schema" => {
+                        let path: Path = meta.value()?.parse().map_err(|_| {
+                            meta.error("`schema` names a type: `schema = UserProperties`")
+                        })?;
+                        set_once(cx, &meta, &mut container.schema, path)
+                    }
+                    _ => unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS)?,
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                cx.syn_error(error);
+            }
+        }
+        container
+    }
+}
+
+impl Field {
+    pub fn from_ast(cx: &Ctxt, field: &syn::Field) -> Self {
+        let mut parsed = Field::default();
+        for attr in field
+            .attrs
+            .iter()
+            .filter(|attr| attr.path().is_ident(ATTRIBUTE))
+        {
+            let result = attr.parse_nested_meta(|meta| {
+                let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                    return unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS);
+                };
+                match key.as_str() {
+                    "key" => flag(cx, &meta, &mut parsed.key),
+                    "generated" => flag(cx, &meta, &mut parsed.generated),
+                    "column" => set_once(cx, &meta, &mut parsed.column, parse_string(&meta)?),
+                    "property" | "person" | "person_once" => {
+                        let rename = if meta.input.peek(Token![=]) {
+                            Some(parse_string(&meta)?)
+                        } else {
+                            None
+                        };
+                        let kind = match key.as_str() {
+                            "property" => DecisionKind::Property,
+                            "person" => DecisionKind::Person,
+                            _ => DecisionKind::PersonOnce,
+                        };
+                        push_decision(cx, &meta, &mut parsed.decisions, kind, rename);
+                    }
+                    "skip" => {
+                        if !meta.input.peek(Token![=]) {
+                            cx.error_spanned_by(
+                                &meta.path,
+                                "`skip` needs a reason: `#[tracked(skip = \"why this stays out of analytics\")]`",
+                            );
+                            return skip_value(&meta);
+                        }
+                        let reason = parse_string(&meta)?;
+                        push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason.value), None);
+                    }
+                    "milestone" => parsed.milestones.push(parse_milestone(cx, &meta)?),
+                    _ => unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?,
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                cx.syn_error(error);
+            }
+        }
+        parsed
+    }
+
+    /// The one decision, when there is exactly one.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self.decisions.as_slice() {
+            [decision] => Some(decision),
+            _ => None,
+        }
+    }
+}
+
+fn push_decision(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    decisions: &mut Vec<Decision>,
+    kind: DecisionKind,
+    rename: Option<Spanned<String>>,
+) {
+    let span = meta
+        .path
+        .get_ident()
+        .map_or_else(Span::call_site, Ident::span);
+    if let Some(first) = decisions.first() {
+        let message = if first.kind.keyword() == kind.keyword() {
+            format!("duplicate `{}` attribute", kind.keyword())
+        } else {
+            format!(
+                "a field takes exactly one analytics decision, but this one has both `{}` and `{}`; keep one",
+                first.kind.keyword(),
+                kind.keyword()
+            )
+        };
+        cx.error_at(span, message);
+    }
+    decisions.push(Decision { kind, rename, span });
+}
+
+fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Milestone> {
+    let span = meta
+        .path
+        .get_ident()
+        .map_or_else(Span::call_site, Ident::span);
+    let mut event = None;
+    let mut when = None;
+    meta.parse_nested_meta(|inner| {
+        let key = inner
+            .path
+            .get_ident()
+            .map(Ident::to_string)
+            .unwrap_or_default();
+        match key.as_str() {
+            "event" => set_once(cx, &inner, &mut event, parse_string(&inner)?),
+            "when" => {
+                let path: Path = inner.value()?.parse().map_err(|_| {
+                    inner.error("`when` names a function: `when = crate::plan_upgraded`")
+                })?;
+                set_once(cx, &inner, &mut when, path);
+            }
+            _ => return unknown_key(cx, &inner, MILESTONE_KEYS, "`milestone(...)`", &[]),
+        }
+        Ok(())
+    })?;
+    let Some(event) = event else {
+        return Err(syn::Error::new(
+            span,
+            "`milestone` needs an event name: `milestone(event = \"plan_upgraded\", when = path::to::condition)`",
+        ));
+    };
+    Ok(Milestone { event, when, span })
+}
+
+fn parse_string(meta: &ParseNestedMeta) -> syn::Result<Spanned<String>> {
+    let name = meta
+        .path
+        .get_ident()
+        .map(Ident::to_string)
+        .unwrap_or_default();
+    let literal: LitStr = meta
+        .value()?
+        .parse()
+        .map_err(|_| meta.error(format!("`{name}` takes a string: `{name} = \"...\"`")))?;
+    Ok(Spanned {
+        value: literal.value(),
+        span: literal.span(),
+    })
+}
+
+fn flag(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<Span>) {
+    let span = meta
+        .path
+        .get_ident()
+        .map_or_else(Span::call_site, Ident::span);
+    if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+        let name = meta
+            .path
+            .get_ident()
+            .map(Ident::to_string)
+            .unwrap_or_default();
+        cx.error_at(
+            span,
+            format!("`{name}` takes no value: write `#[tracked({name})]`"),
+        );
+        let _ = skip_value(meta);
+    }
+    set_once(cx, meta, slot, span);
+}
+
+fn set_once<T>(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<T>, value: T) {
+    if slot.is_some() {
+        let name = meta
+            .path
+            .get_ident()
+            .map(Ident::to_string)
+            .unwrap_or_default();
+        cx.error_spanned_by(&meta.path, format!("duplicate `{name}` attribute"));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+fn unknown_key(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    known: &[&str],
+    place: &str,
+    elsewhere: &[&str],
+) -> syn::Result<()> {
+    let name = meta
+        .path
+        .get_ident()
+        .map(Ident::to_string)
+        .unwrap_or_else(|| {
+            meta.path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<Vec<_>>()
+                .join("::")
+        });
+    let message = if elsewhere.contains(&name.as_str()) {
+        let other = if place == "a field" {
+            "the struct"
+        } else {
+            "a field"
+        };
+        format!("`{name}` is not allowed on {place}; it belongs on {other}")
+    } else {
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match did_you_mean(&name, known.iter().copied()) {
+            Some(suggestion) => format!(
+                "unknown attribute `{name}` on {place}; did you mean `{suggestion}`? (expected one of {list})"
+            ),
+            None => format!("unknown attribute `{name}` on {place}; expected one of {list}"),
+        }
+    };
+    cx.error_spanned_by(&meta.path, message);
+    skip_value(meta)
+}
+
+/// Consumes whatever follows an unusable key (`= value` or `(...)`) so that the keys after it
+/// are still checked.
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        meta.input.parse::<Token![=]>()?;
+        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+            meta.input.parse::<TokenTree>()?;
+        }
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.input.parse::<TokenTree>()?;
+    }
+    Ok(())
+}

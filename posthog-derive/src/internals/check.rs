@@ -1,0 +1,284 @@
+//! The rules that relate a model's parts to each other. Every rule reports into the context
+//! and carries on, so one build shows every mistake.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+
+use super::ast::{Container, Field, unraw};
+use super::attr::DecisionKind;
+use super::case::did_you_mean;
+use super::ctxt::Ctxt;
+
+/// Change masks are a `u128`.
+pub const MAX_FIELDS: usize = 128;
+
+pub fn check(cx: &Ctxt, container: &Container) {
+    check_table(cx, container);
+    check_event_names(cx, container);
+    check_distinct_id(cx, container);
+    check_field_count(cx, container);
+    check_keys(cx, container);
+    for field in &container.fields {
+        check_decision(cx, container, field);
+        check_milestones(cx, field);
+    }
+    check_columns(cx, container);
+    check_property_names(cx, container);
+}
+
+fn check_table(cx: &Ctxt, container: &Container) {
+    match &container.attrs.table {
+        None => cx.error_at(
+            container.ident.span(),
+            format!(
+                "`{}` needs a table: add `#[tracked(table = \"...\")]` to the struct",
+                container.ident
+            ),
+        ),
+        Some(table) if table.value.trim().is_empty() => {
+            cx.error_at(table.span, "the table name is empty")
+        }
+        Some(_) => {}
+    }
+}
+
+fn check_event_names(cx: &Ctxt, container: &Container) {
+    let attrs = &container.attrs;
+    for (key, name) in [
+        ("insert_event", &attrs.insert_event),
+        ("update_event", &attrs.update_event),
+        ("delete_event", &attrs.delete_event),
+    ] {
+        if let Some(name) = name {
+            check_event_name(cx, key, &name.value, name.span);
+        }
+    }
+}
+
+fn check_event_name(cx: &Ctxt, key: &str, name: &str, span: Span) {
+    if name.trim().is_empty() {
+        cx.error_at(
+            span,
+            format!("`{key}` is empty; name the event, e.g. \"user_signed_up\""),
+        );
+    } else if name.starts_with('$') {
+        cx.error_at(
+            span,
+            format!(
+                "event name `{name}` starts with `$`, which PostHog reserves for its own events; \
+                 choose a name without it"
+            ),
+        );
+    }
+}
+
+fn check_distinct_id(cx: &Ctxt, container: &Container) {
+    let Some(distinct_id) = &container.attrs.distinct_id else {
+        return;
+    };
+    let wanted = unraw(distinct_id);
+    if container
+        .fields
+        .iter()
+        .any(|field| unraw(field.ident) == wanted)
+    {
+        return;
+    }
+    let names: Vec<String> = container
+        .fields
+        .iter()
+        .map(|field| unraw(field.ident))
+        .collect();
+    let message = match did_you_mean(&wanted, names.iter().map(String::as_str)) {
+        Some(suggestion) => format!(
+            "`distinct_id` names `{wanted}`, but `{}` has no such field; did you mean `{suggestion}`?",
+            container.ident
+        ),
+        None => format!(
+            "`distinct_id` names `{wanted}`, but `{}` has no such field",
+            container.ident
+        ),
+    };
+    cx.error_spanned_by(distinct_id, message);
+}
+
+fn check_field_count(cx: &Ctxt, container: &Container) {
+    if container.fields.len() > MAX_FIELDS {
+        cx.error_at(
+            container.ident.span(),
+            format!(
+                "`{}` has {} fields; a tracked model has at most {MAX_FIELDS}",
+                container.ident,
+                container.fields.len()
+            ),
+        );
+    }
+}
+
+fn check_keys(cx: &Ctxt, container: &Container) {
+    if !container.fields.iter().any(Field::is_key) {
+        cx.error_at(
+            container.ident.span(),
+            format!(
+                "`{}` has no key: mark its primary key field with `#[tracked(key)]` \
+                 (update, update_changed and delete find the row by it)",
+                container.ident
+            ),
+        );
+    }
+}
+
+fn check_decision(cx: &Ctxt, container: &Container, field: &Field) {
+    let schema_mode = container.attrs.schema.is_some();
+    match field.attrs.decisions.as_slice() {
+        [] if !schema_mode => cx.error_at(
+            field.ident.span(),
+            format!(
+                "field `{}` has no analytics decision: add `#[tracked(property)]` to send it to \
+                 PostHog, or `#[tracked(skip = \"why\")]` to keep it out",
+                unraw(field.ident)
+            ),
+        ),
+        [decision] => {
+            if let DecisionKind::Skip(reason) = &decision.kind {
+                if reason.trim().is_empty() {
+                    cx.error_at(
+                        decision.span,
+                        format!(
+                            "the skip reason is empty: say why `{}` stays out of analytics, \
+                             e.g. `skip = \"credential\"`",
+                            unraw(field.ident)
+                        ),
+                    );
+                }
+            }
+        }
+        // Several decisions were reported by `attr`.
+        _ => {}
+    }
+}
+
+fn check_milestones(cx: &Ctxt, field: &Field) {
+    for milestone in &field.attrs.milestones {
+        check_event_name(
+            cx,
+            "milestone event",
+            &milestone.event.value,
+            milestone.event.span,
+        );
+        let problem = if field.is_key() {
+            Some("is the key, which update_changed never changes")
+        } else if field.is_generated() {
+            Some("is generated, so update_changed never writes it")
+        } else if matches!(field.decision(), Some(DecisionKind::Skip(_))) {
+            Some("is skipped, and a milestone sends its previous value to PostHog")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            cx.error_at(
+                milestone.span,
+                format!(
+                    "a milestone on `{}` can never fire: the field {problem}",
+                    unraw(field.ident)
+                ),
+            );
+        }
+    }
+}
+
+fn check_columns(cx: &Ctxt, container: &Container) {
+    let mut seen: HashMap<String, &Field> = HashMap::new();
+    for field in &container.fields {
+        let column = field.column();
+        if column.trim().is_empty() {
+            if let Some(attr) = &field.attrs.column {
+                cx.error_at(attr.span, "the column name is empty");
+            }
+            continue;
+        }
+        if let Some(first) = seen.get(&column) {
+            let span = field
+                .attrs
+                .column
+                .as_ref()
+                .map_or_else(|| field.ident.span(), |c| c.span);
+            cx.error_at(
+                span,
+                format!(
+                    "column `{column}` is already written by field `{}`; each column belongs to one field",
+                    unraw(first.ident)
+                ),
+            );
+        } else {
+            seen.insert(column, field);
+        }
+    }
+}
+
+fn check_property_names(cx: &Ctxt, container: &Container) {
+    let schema_mode = container.attrs.schema.is_some();
+    let mut seen: HashMap<String, &Field> = HashMap::new();
+    for field in &container.fields {
+        let Some(name) = field.property_name() else {
+            continue;
+        };
+        let span = field.property_span();
+        if name.trim().is_empty() {
+            cx.error_at(span, "the property name is empty");
+            continue;
+        }
+        if name.starts_with('$') {
+            cx.error_at(
+                span,
+                format!(
+                    "property `{name}` starts with `$`, which PostHog reserves for its own \
+                     properties ($set, $lib, ...); choose a name without it"
+                ),
+            );
+            continue;
+        }
+        if schema_mode && crate::expand::schema::property_ident(&name, span).is_none() {
+            cx.error_at(
+                span,
+                format!(
+                    "property `{name}` cannot be a field of the event schema; with `schema = ...` \
+                     property names must be Rust identifiers"
+                ),
+            );
+        }
+        if let Some(first) = seen.get(&name) {
+            cx.error_at(
+                span,
+                format!(
+                    "property `{name}` is already sent by field `{}`; give one of them another \
+                     name with `property = \"...\"`",
+                    unraw(first.ident)
+                ),
+            );
+        } else {
+            seen.insert(name, field);
+        }
+    }
+    // A milestone adds `previous_<property>`; it must not shadow a real property.
+    for field in &container.fields {
+        if field.attrs.milestones.is_empty() {
+            continue;
+        }
+        let Some(name) = field.property_name() else {
+            continue;
+        };
+        let previous = format!("previous_{name}");
+        if let Some(other) = seen.get(&previous) {
+            cx.error_at(
+                other.property_span(),
+                format!(
+                    "property `{previous}` collides with the `{previous}` that the milestone on \
+                     `{}` sends; rename one of them",
+                    unraw(field.ident)
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Derive macros for [posthog-track](https://docs.rs/posthog-track). Use them through the
+//! re-exports in `posthog_track`; the attribute reference is on
+//! `posthog_track::TrackedModel`.
+//!
+//! The pipeline: `internals::attr` and `internals::ast` parse the struct and its
+//! `#[tracked(...)]` attributes, `internals::check` applies every cross-field rule (collecting
+//! all errors), and `expand` writes the impls, one file per generated concern.
+
+mod expand;
+mod internals;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Generates the SQL and the PostHog event mapping of a model. See `posthog_track::TrackedModel`.
+#[proc_macro_derive(TrackedModel, attributes(tracked))]
+pub fn derive_tracked_model(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_tracked_model(&input).into()
+}
+
+/// Marks a struct as the event schema of a model (`#[tracked(schema = ...)]`). See
+/// `posthog_track::EventSchema`.
+#[proc_macro_derive(EventSchema)]
+pub fn derive_event_schema(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::schema::derive_event_schema(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

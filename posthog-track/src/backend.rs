@@ -1,0 +1,169 @@
+//! The three sqlx databases the toolkit supports, behind one sealed trait.
+//!
+//! Generated code never names a concrete database: it binds values on a generic
+//! `sqlx::query::Query` and hands the query to [`Backend`], whose implementations are
+//! concrete. That keeps the higher-ranked `Executor` bounds out of every user signature.
+
+use std::fmt::Write as _;
+use std::future::Future;
+
+use sqlx::query::Query;
+use sqlx::{Decode, Type};
+
+/// SQL dialect of a backend. Chooses the SQL text that the derive fixed at compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL: `"ident"`, `$1` placeholders, `RETURNING`.
+    Postgres,
+    /// MySQL and MariaDB: `` `ident` ``, `?` placeholders, `LAST_INSERT_ID()`.
+    MySql,
+    /// SQLite: `"ident"`, `?` placeholders, `RETURNING`.
+    Sqlite,
+}
+
+impl Dialect {
+    /// Human name, for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "PostgreSQL",
+            Dialect::MySql => "MySQL/MariaDB",
+            Dialect::Sqlite => "SQLite",
+        }
+    }
+
+    /// Appends the placeholder for the `n`th (1-based) bound parameter.
+    pub(crate) fn push_placeholder(self, sql: &mut String, n: usize) {
+        match self {
+            Dialect::Postgres => {
+                // Writing to a String cannot fail.
+                let _ = write!(sql, "${n}");
+            }
+            Dialect::MySql | Dialect::Sqlite => sql.push('?'),
+        }
+    }
+}
+
+/// A query as generated code builds it: owned SQL text, arguments encoded on bind.
+pub type BoundQuery<DB> = Query<'static, DB, <DB as sqlx::Database>::Arguments>;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A sqlx database that posthog-track can write models and outbox events to.
+///
+/// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the cargo
+/// features of the same names. Sealed: the SQL the derive generates is only known to be right
+/// for these three.
+pub trait Backend: sqlx::Database + sealed::Sealed {
+    /// Which SQL text to use.
+    const DIALECT: Dialect;
+
+    /// Runs a statement that returns no rows.
+    fn execute<'c>(
+        conn: &'c mut Self::Connection,
+        query: BoundQuery<Self>,
+    ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c;
+
+    /// Runs a statement that returns exactly one row.
+    fn fetch_one<'c>(
+        conn: &'c mut Self::Connection,
+        query: BoundQuery<Self>,
+    ) -> impl Future<Output = Result<Self::Row, sqlx::Error>> + Send + 'c;
+
+    /// Runs a query and collects every row.
+    fn fetch_all<'c>(
+        conn: &'c mut Self::Connection,
+        query: BoundQuery<Self>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'c;
+
+    /// Rows matched by an UPDATE or DELETE.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// Decodes column `index` of `row`.
+    fn decode<'r, T>(row: &'r Self::Row, index: usize) -> Result<T, sqlx::Error>
+    where
+        T: Decode<'r, Self> + Type<Self>;
+
+    // Rust does not carry `where String: Encode<Self>`-style bounds from a trait to its users,
+    // so the few concrete types the runtime itself binds and reads get a method each.
+
+    /// Binds a text parameter.
+    fn bind_text(query: BoundQuery<Self>, value: &str) -> BoundQuery<Self>;
+    /// Binds a 64-bit integer parameter.
+    fn bind_i64(query: BoundQuery<Self>, value: i64) -> BoundQuery<Self>;
+    /// Reads a text column.
+    fn text(row: &Self::Row, index: usize) -> Result<String, sqlx::Error>;
+    /// Reads a nullable text column.
+    fn optional_text(row: &Self::Row, index: usize) -> Result<Option<String>, sqlx::Error>;
+    /// Reads a 64-bit integer column.
+    fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
+}
+
+macro_rules! impl_backend {
+    ($feature:literal, $db:ty, $dialect:expr) => {
+        #[cfg(feature = $feature)]
+        impl sealed::Sealed for $db {}
+
+        #[cfg(feature = $feature)]
+        impl Backend for $db {
+            const DIALECT: Dialect = $dialect;
+
+            fn execute<'c>(
+                conn: &'c mut Self::Connection,
+                query: BoundQuery<Self>,
+            ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c {
+                query.execute(conn)
+            }
+
+            fn fetch_one<'c>(
+                conn: &'c mut Self::Connection,
+                query: BoundQuery<Self>,
+            ) -> impl Future<Output = Result<Self::Row, sqlx::Error>> + Send + 'c {
+                query.fetch_one(conn)
+            }
+
+            fn fetch_all<'c>(
+                conn: &'c mut Self::Connection,
+                query: BoundQuery<Self>,
+            ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'c {
+                query.fetch_all(conn)
+            }
+
+            fn rows_affected(result: &Self::QueryResult) -> u64 {
+                result.rows_affected()
+            }
+
+            fn decode<'r, T>(row: &'r Self::Row, index: usize) -> Result<T, sqlx::Error>
+            where
+                T: Decode<'r, Self> + Type<Self>,
+            {
+                sqlx::Row::try_get(row, index)
+            }
+
+            fn bind_text(query: BoundQuery<Self>, value: &str) -> BoundQuery<Self> {
+                query.bind(value)
+            }
+
+            fn bind_i64(query: BoundQuery<Self>, value: i64) -> BoundQuery<Self> {
+                query.bind(value)
+            }
+
+            fn text(row: &Self::Row, index: usize) -> Result<String, sqlx::Error> {
+                sqlx::Row::try_get(row, index)
+            }
+
+            fn optional_text(row: &Self::Row, index: usize) -> Result<Option<String>, sqlx::Error> {
+                sqlx::Row::try_get(row, index)
+            }
+
+            fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error> {
+                sqlx::Row::try_get(row, index)
+            }
+        }
+    };
+}
+
+impl_backend!("postgres", sqlx::Postgres, Dialect::Postgres);
+impl_backend!("mysql", sqlx::MySql, Dialect::MySql);
+impl_backend!("sqlite", sqlx::Sqlite, Dialect::Sqlite);

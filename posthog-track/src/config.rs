@@ -1,0 +1,230 @@
+//! Configuration: where events go, and the keys that let them in.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// PostHog's US cloud ingestion host, the default.
+pub const US_HOST: &str = "https://us.i.posthog.com";
+/// PostHog's EU cloud ingestion host.
+pub const EU_HOST: &str = "https://eu.i.posthog.com";
+
+/// A PostHog key. Its `Debug` and `Display` never show more than its prefix.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    /// The key itself, for the request that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        // Keep the non-secret kind prefix (`phc_`, `phx_`, `phs_`) so a wrong kind of key can
+        // be diagnosed from logs without revealing the key.
+        let prefix: String = self.0.chars().take(4).collect();
+        if self.0.len() > 8 && prefix.ends_with('_') {
+            format!("{prefix}…(redacted)")
+        } else {
+            "(redacted)".to_owned()
+        }
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.redacted())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// What the tracker does with events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Events are recorded and sent to PostHog.
+    Live,
+    /// No API key: events are recorded in the outbox and printed instead of sent.
+    DryRun,
+    /// `POSTHOG_DISABLED`: tracked writes still write rows, but record no events.
+    Disabled,
+}
+
+/// Settings of a [`Tracker`](crate::Tracker).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) api_key: Option<ApiKey>,
+    pub(crate) personal_api_key: Option<ApiKey>,
+    pub(crate) host: String,
+    pub(crate) disabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api_key: None,
+            personal_api_key: None,
+            host: US_HOST.to_owned(),
+            disabled: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `POSTHOG_API_KEY`, `POSTHOG_HOST`, `POSTHOG_PERSONAL_API_KEY` and
+    /// `POSTHOG_DISABLED`. Empty variables count as unset.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut config = Config {
+            api_key: var("POSTHOG_API_KEY").map(ApiKey),
+            personal_api_key: var("POSTHOG_PERSONAL_API_KEY").map(ApiKey),
+            ..Config::default()
+        };
+        if let Some(host) = var("POSTHOG_HOST") {
+            config.host = normalize_host(&host)?;
+        }
+        if let Some(disabled) = var("POSTHOG_DISABLED") {
+            config.disabled = parse_flag("POSTHOG_DISABLED", &disabled)?;
+        }
+        Ok(config)
+    }
+
+    /// The project API key, if any.
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.api_key.as_ref()
+    }
+
+    /// The personal (or project secret) API key for local flag evaluation, if any.
+    pub fn personal_api_key(&self) -> Option<&ApiKey> {
+        self.personal_api_key.as_ref()
+    }
+
+    /// The PostHog host, without a trailing slash.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// What the tracker does with events under this configuration.
+    pub fn mode(&self) -> Mode {
+        if self.disabled {
+            Mode::Disabled
+        } else if self.api_key.is_none() {
+            Mode::DryRun
+        } else {
+            Mode::Live
+        }
+    }
+}
+
+/// Accepts `https://host`, `https://host/`, `host` (https assumed) and the shorthands `us` and
+/// `eu`; returns the URL without a trailing slash.
+pub(crate) fn normalize_host(host: &str) -> Result<String> {
+    let host = host.trim();
+    let url = match host.to_ascii_lowercase().as_str() {
+        "us" => return Ok(US_HOST.to_owned()),
+        "eu" => return Ok(EU_HOST.to_owned()),
+        lower if lower.starts_with("http://") || lower.starts_with("https://") => host.to_owned(),
+        _ if host.contains("://") => {
+            return Err(Error::Config(format!(
+                "POSTHOG_HOST `{host}` must use http:// or https://"
+            )));
+        }
+        _ => format!("https://{host}"),
+    };
+    let url = url.trim_end_matches('/').to_owned();
+    let rest = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(Error::Config(format!("POSTHOG_HOST `{host}` is not a URL")));
+    }
+    Ok(url)
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::Config(format!(
+            "{name} must be true or false, not `{value}`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config> {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn no_key_means_dry_run_on_the_us_host() {
+        let config = from(&[]).unwrap();
+        assert_eq!(config.mode(), Mode::DryRun);
+        assert_eq!(config.host(), US_HOST);
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(
+            normalize_host("https://eu.i.posthog.com/").unwrap(),
+            EU_HOST
+        );
+        assert_eq!(normalize_host("eu").unwrap(), EU_HOST);
+        assert_eq!(
+            normalize_host("posthog.example.com//").unwrap(),
+            "https://posthog.example.com"
+        );
+        assert_eq!(
+            normalize_host("http://127.0.0.1:8000/").unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        assert!(normalize_host("ftp://x").is_err());
+        assert!(normalize_host("https://").is_err());
+    }
+
+    #[test]
+    fn keys_never_appear_in_debug_or_display() {
+        let config = from(&[
+            ("POSTHOG_API_KEY", "phc_supersecret123"),
+            ("POSTHOG_DISABLED", "no"),
+        ])
+        .unwrap();
+        let shown = format!("{config:?} {}", config.api_key().unwrap());
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("phc_"), "{shown}");
+        assert_eq!(config.mode(), Mode::Live);
+    }
+
+    #[test]
+    fn bad_flags_are_errors_that_name_the_variable() {
+        let err = from(&[("POSTHOG_DISABLED", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POSTHOG_DISABLED"), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of the runtime.
+
+use std::borrow::Cow;
+
+/// Everything that can go wrong at run time. Derive mistakes are compile errors instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused a statement or the connection failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// `update`, `update_changed` or `delete` matched no row, so no event was staged.
+    #[error("no row of `{table}` matches the model's key; nothing was written and no event staged")]
+    RowNotFound {
+        /// The model's table.
+        table: &'static str,
+    },
+
+    /// `update_changed` was given a `before` value whose key differs from the new value's.
+    #[error(
+        "`{table}`: update_changed compares two different rows (their keys differ); \
+         to move a row to a new key, delete it and insert the new one"
+    )]
+    KeyChanged {
+        /// The model's table.
+        table: &'static str,
+    },
+
+    /// An event has nobody to attribute it to.
+    #[error(
+        "event `{event}` has no distinct id: give the model `#[tracked(distinct_id = <field>)]` \
+         or call `set_distinct_id` on the transaction"
+    )]
+    MissingDistinctId {
+        /// The event that could not be staged.
+        event: Cow<'static, str>,
+    },
+
+    /// A property value could not be serialised to JSON.
+    #[error("property `{property}` of event `{event}` cannot be serialised to JSON: {source}")]
+    Serialize {
+        /// The event being built.
+        event: Cow<'static, str>,
+        /// The property that failed.
+        property: Cow<'static, str>,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
+
+    /// An operation this backend cannot perform for this model.
+    #[error("{operation} on {backend}: {reason}")]
+    Unsupported {
+        /// What was attempted, e.g. "insert into `orders`".
+        operation: String,
+        /// The database backend.
+        backend: &'static str,
+        /// Why it cannot be done and what to do instead.
+        reason: &'static str,
+    },
+
+    /// The configuration (environment or builder) is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,389 @@
+//! Events: how a write becomes the exact JSON that PostHog's `/batch/` endpoint receives.
+//!
+//! Each event is serialised once, when it is staged, into the wire form
+//! `{"uuid", "event", "distinct_id", "timestamp", "properties"}`. Its uuid and timestamp are
+//! fixed at that moment and never change, so every retry resends identical bytes and PostHog's
+//! uuid deduplication absorbs duplicates. The relay splices these payloads into a batch without
+//! parsing them again.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// The `$lib` property of every event.
+pub const LIB_NAME: &str = "posthog-track";
+/// The `$lib_version` property of every event.
+pub const LIB_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An event serialised for PostHog, waiting in a transaction or in the outbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StagedEvent {
+    /// PostHog deduplicates on this; it never changes once staged.
+    pub uuid: Uuid,
+    /// Event name, e.g. `user_signed_up`.
+    pub event: Cow<'static, str>,
+    /// Whom the event is about.
+    pub distinct_id: String,
+    /// When the write happened, RFC 3339 in UTC with a `Z`.
+    pub timestamp: String,
+    /// The complete event as JSON, exactly as it goes into a `/batch/` request.
+    pub payload: String,
+}
+
+impl fmt::Debug for StagedEvent {
+    // The payload is user data; showing it raw in Debug output makes logs unreadable, so show
+    // the identifying fields and the payload size.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedEvent")
+            .field("uuid", &self.uuid)
+            .field("event", &self.event)
+            .field("distinct_id", &self.distinct_id)
+            .field("timestamp", &self.timestamp)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl StagedEvent {
+    /// The payload parsed back into JSON, for tests and inspection.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Formats a timestamp the way PostHog expects: RFC 3339, UTC, microseconds, `Z`.
+pub fn format_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Writes one event's JSON. Sections are written in order: properties, then `$set`, then
+/// `$set_once`; generated code always calls them in that order.
+///
+/// Property keys arrive pre-escaped from the derive (`"\"email\":"`), so the only runtime work
+/// per property is serialising its value.
+#[derive(Debug)]
+pub struct EventWriter {
+    buf: Vec<u8>,
+    event: Cow<'static, str>,
+    section: Section,
+    first_in_section: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Properties,
+    Set,
+    SetOnce,
+}
+
+impl EventWriter {
+    fn begin(event: Cow<'static, str>, distinct_id: &str, uuid: Uuid, timestamp: &str) -> Self {
+        let mut buf = Vec::with_capacity(384);
+        buf.extend_from_slice(b"{\"uuid\":\"");
+        buf.extend_from_slice(
+            uuid.hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        buf.extend_from_slice(b"\",\"event\":");
+        write_json_str(&mut buf, &event);
+        buf.extend_from_slice(b",\"distinct_id\":");
+        write_json_str(&mut buf, distinct_id);
+        buf.extend_from_slice(b",\"timestamp\":\"");
+        buf.extend_from_slice(timestamp.as_bytes());
+        buf.extend_from_slice(b"\",\"properties\":{\"$lib\":\"");
+        buf.extend_from_slice(LIB_NAME.as_bytes());
+        buf.extend_from_slice(b"\",\"$lib_version\":\"");
+        buf.extend_from_slice(LIB_VERSION.as_bytes());
+        buf.push(b'"');
+        EventWriter {
+            buf,
+            event,
+            section: Section::Properties,
+            first_in_section: false,
+        }
+    }
+
+    /// Writes an event property. `key_json` is the JSON-escaped key followed by a colon.
+    pub fn property<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        key_json: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.enter(Section::Properties);
+        self.entry(name, key_json, value)
+    }
+
+    /// Writes a `$set` person property.
+    pub fn set<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        key_json: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.enter(Section::Set);
+        self.entry(name, key_json, value)
+    }
+
+    /// Writes a `$set_once` person property.
+    pub fn set_once<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        key_json: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.enter(Section::SetOnce);
+        self.entry(name, key_json, value)
+    }
+
+    /// Writes a property whose key is only known at run time (untyped events).
+    pub(crate) fn dynamic_property(
+        &mut self,
+        section: SectionKind,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<()> {
+        self.enter(match section {
+            SectionKind::Properties => Section::Properties,
+            SectionKind::Set => Section::Set,
+            SectionKind::SetOnce => Section::SetOnce,
+        });
+        if !std::mem::take(&mut self.first_in_section) {
+            self.buf.push(b',');
+        }
+        write_json_str(&mut self.buf, key);
+        self.buf.push(b':');
+        serde_json::to_writer(&mut self.buf, value).map_err(|source| Error::Serialize {
+            event: self.event.clone(),
+            property: Cow::Owned(key.to_owned()),
+            source,
+        })
+    }
+
+    fn enter(&mut self, section: Section) {
+        if self.section == section {
+            return;
+        }
+        if self.section != Section::Properties {
+            self.buf.push(b'}');
+        }
+        self.buf.extend_from_slice(match section {
+            Section::Set => b",\"$set\":{",
+            Section::SetOnce => b",\"$set_once\":{",
+            // Generated code never goes back to plain properties; closing the nested object
+            // above keeps the JSON valid even if a hand-written caller does.
+            Section::Properties => b"",
+        });
+        self.section = section;
+        self.first_in_section = section != Section::Properties;
+    }
+
+    fn entry<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        key_json: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        if !std::mem::take(&mut self.first_in_section) {
+            self.buf.push(b',');
+        }
+        self.buf.extend_from_slice(key_json.as_bytes());
+        serde_json::to_writer(&mut self.buf, value).map_err(|source| Error::Serialize {
+            event: self.event.clone(),
+            property: Cow::Borrowed(name),
+            source,
+        })
+    }
+
+    fn finish(mut self) -> String {
+        if self.section != Section::Properties {
+            self.buf.push(b'}');
+        }
+        self.buf.extend_from_slice(b"}}");
+        // Every byte written is either ASCII punctuation, a `&str`, or serde_json output, all of
+        // which are UTF-8; a failure here would be a bug in this file, so degrade, don't panic.
+        String::from_utf8(self.buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// Where a dynamic property goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SectionKind {
+    Properties,
+    Set,
+    SetOnce,
+}
+
+fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    // serde_json cannot fail to serialise a str into a Vec.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// Builds the events of one tracked write: they share a distinct id and a timestamp, and each
+/// gets its own UUIDv7.
+#[derive(Debug)]
+pub struct Stager<'a> {
+    events: &'a mut Vec<StagedEvent>,
+    distinct_id: String,
+    timestamp: String,
+}
+
+impl<'a> Stager<'a> {
+    pub(crate) fn new(events: &'a mut Vec<StagedEvent>, distinct_id: String) -> Self {
+        Stager {
+            events,
+            distinct_id,
+            timestamp: format_timestamp(Utc::now()),
+        }
+    }
+
+    /// Starts an event of this write.
+    pub fn event(&self, name: impl Into<Cow<'static, str>>) -> EventWriter {
+        EventWriter::begin(
+            name.into(),
+            &self.distinct_id,
+            Uuid::now_v7(),
+            &self.timestamp,
+        )
+    }
+
+    /// Finishes an event and stages it.
+    pub fn push(&mut self, writer: EventWriter) {
+        let uuid = uuid_of(&writer.buf);
+        let event = writer.event.clone();
+        self.events.push(StagedEvent {
+            uuid,
+            event,
+            distinct_id: self.distinct_id.clone(),
+            timestamp: self.timestamp.clone(),
+            payload: writer.finish(),
+        });
+    }
+}
+
+// The uuid is the first field of every payload (`{"uuid":"<36 chars>"`), so read it back
+// rather than carrying it alongside the writer.
+fn uuid_of(buf: &[u8]) -> Uuid {
+    buf.get(9..45)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_default()
+}
+
+/// Turns a model's `distinct_id` field into the string PostHog receives.
+///
+/// Implemented for strings, integers, [`Uuid`] and `Option` of those (`None` falls back to the
+/// transaction's distinct id).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a PostHog distinct id",
+    label = "the field named by `distinct_id` has this type",
+    note = "use a field of type String, an integer, uuid::Uuid, or an Option of one of these"
+)]
+pub trait ToDistinctId {
+    /// The distinct id, or `None` to use the transaction's.
+    fn to_distinct_id(&self) -> Option<String>;
+}
+
+impl ToDistinctId for str {
+    fn to_distinct_id(&self) -> Option<String> {
+        Some(self.to_owned())
+    }
+}
+impl ToDistinctId for String {
+    fn to_distinct_id(&self) -> Option<String> {
+        Some(self.clone())
+    }
+}
+impl ToDistinctId for Uuid {
+    fn to_distinct_id(&self) -> Option<String> {
+        Some(self.hyphenated().to_string())
+    }
+}
+impl<T: ToDistinctId + ?Sized> ToDistinctId for &T {
+    fn to_distinct_id(&self) -> Option<String> {
+        (**self).to_distinct_id()
+    }
+}
+impl<T: ToDistinctId> ToDistinctId for Option<T> {
+    fn to_distinct_id(&self) -> Option<String> {
+        self.as_ref().and_then(ToDistinctId::to_distinct_id)
+    }
+}
+macro_rules! distinct_id_via_display {
+    ($($t:ty),*) => {$(
+        impl ToDistinctId for $t {
+            fn to_distinct_id(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+distinct_id_via_display!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
+);
+
+/// An event that comes from no table: built by hand and staged in a transaction with
+/// [`TrackedTransaction::capture`](crate::TrackedTransaction::capture).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) distinct_id: Option<String>,
+    pub(crate) properties: Vec<(SectionKind, String, serde_json::Value)>,
+}
+
+impl Event {
+    /// An event with this name. Without [`Event::distinct_id`] it takes the transaction's.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Event {
+            name: name.into(),
+            distinct_id: None,
+            properties: Vec::new(),
+        }
+    }
+
+    /// Whom the event is about.
+    pub fn distinct_id(mut self, distinct_id: impl Into<String>) -> Self {
+        self.distinct_id = Some(distinct_id.into());
+        self
+    }
+
+    /// Adds an event property.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.properties
+            .push((SectionKind::Properties, key.into(), value.into()));
+        self
+    }
+
+    /// Adds a `$set` person property.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.properties
+            .push((SectionKind::Set, key.into(), value.into()));
+        self
+    }
+
+    /// Adds a `$set_once` person property.
+    pub fn set_once(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.properties
+            .push((SectionKind::SetOnce, key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
+        let mut writer = stager.event(self.name);
+        // Sections must be written in order; a stable sort keeps each section's own order.
+        let mut properties = self.properties;
+        properties.sort_by_key(|(section, _, _)| *section as u8);
+        for (section, key, value) in &properties {
+            writer.dynamic_property(*section, key, value)?;
+        }
+        stager.push(writer);
+        Ok(())
+    }
+}

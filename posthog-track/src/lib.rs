@@ -1,0 +1,87 @@
+//! Keep a sqlx data model and its PostHog product analytics in lockstep.
+//!
+//! `#[derive(TrackedModel)]` generates, at compile time, the SQL that writes a struct
+//! (PostgreSQL, MySQL/MariaDB and SQLite) and the mapping from its columns to PostHog event
+//! properties. A field that nobody decided about is a compile error, so analytics cannot
+//! silently drift from the database.
+//!
+//! ```
+//! use posthog_track::{TrackedModel, Tracker};
+//!
+//! #[derive(Debug, Clone, TrackedModel)]
+//! #[tracked(table = "users", distinct_id = id, insert_event = "user_signed_up")]
+//! pub struct User {
+//!     #[tracked(key, property = "user_id")]
+//!     pub id: String,
+//!     #[tracked(person)]
+//!     pub email: String,
+//!     #[tracked(property, milestone(event = "plan_upgraded", when = upgraded))]
+//!     pub plan: String,
+//!     #[tracked(skip = "credential; never leaves the database")]
+//!     pub password_hash: String,
+//! }
+//!
+//! fn upgraded(before: &String, after: &String) -> bool {
+//!     before == "free" && after != "free"
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> posthog_track::Result<()> {
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT, plan TEXT, password_hash TEXT)")
+//!     .execute(&pool).await?;
+//! let tracker = Tracker::builder().build();           // no API key: dry run
+//! tracker.migrate(&pool).await?;                       // creates posthog_outbox
+//!
+//! let mut tx = tracker.begin(&pool).await?;
+//! let user = User { id: "u1".into(), email: "ada@example.com".into(), plan: "free".into(),
+//!                   password_hash: "argon2...".into() }
+//!     .insert(&mut tx).await?;                         // stages user_signed_up
+//! let mut after = user.clone();
+//! after.plan = "pro".into();
+//! after.update_changed(&user, &mut tx).await?;         // stages user_updated + plan_upgraded
+//! tx.commit().await?;                                  // rows and events commit together
+//!
+//! let events = tracker.outbox(&pool).events().await?;
+//! let names: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+//! assert_eq!(names, ["user_signed_up", "user_updated", "plan_upgraded"]);
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the attribute reference and the delivery guarantees.
+
+#![warn(missing_docs)]
+
+mod backend;
+mod config;
+mod error;
+mod event;
+mod model;
+pub mod outbox;
+mod tracker;
+mod transaction;
+
+pub use backend::{Backend, BoundQuery, Dialect};
+pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
+pub use error::{Error, Result};
+pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
+pub use model::{EventSchema, TrackedModel, TrackedRow};
+pub use posthog_derive::{EventSchema, TrackedModel};
+pub use tracker::{Tracker, TrackerBuilder};
+pub use transaction::TrackedTransaction;
+
+/// Re-exports for generated code. Not public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::backend::{Backend, BoundQuery};
+    pub use crate::error::{Error, Result};
+    pub use crate::event::{EventWriter, Stager, ToDistinctId};
+    pub use crate::model::{
+        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
+    };
+    pub use serde::Serialize;
+    pub use sqlx;
+    pub use std::option::Option::{self, None, Some};
+    pub use std::result::Result::Ok;
+    pub use std::string::String;
+}

@@ -1,0 +1,381 @@
+//! The traits that `#[derive(TrackedModel)]` and `#[derive(EventSchema)]` implement, and the
+//! tracked writes built on them.
+
+use std::fmt::Write as _;
+use std::future::Future;
+
+use crate::backend::{Backend, BoundQuery, Dialect};
+use crate::error::{Error, Result};
+use crate::event::{EventWriter, Stager};
+use crate::transaction::TrackedTransaction;
+
+/// A struct whose rows are written through sqlx and whose writes become PostHog events.
+///
+/// Derive it; don't implement it by hand. The derive fixes the SQL for every dialect and the
+/// column-to-property mapping at compile time, and refuses to compile a field that has no
+/// analytics decision.
+///
+/// The write methods take a [`TrackedTransaction`] on any [`Backend`]: the same model works on
+/// PostgreSQL, MySQL/MariaDB and SQLite unchanged. Each one stages its events in the
+/// transaction; they reach the outbox when the transaction commits, and vanish with it when it
+/// rolls back.
+pub trait TrackedModel: Sized + Send + Sync {
+    /// The table rows are written to.
+    const TABLE: &'static str;
+    /// Event staged by [`insert`](TrackedModel::insert).
+    const INSERT_EVENT: &'static str;
+    /// Event staged by [`update`](TrackedModel::update) and
+    /// [`update_changed`](TrackedModel::update_changed).
+    const UPDATE_EVENT: &'static str;
+    /// Event staged by [`delete`](TrackedModel::delete).
+    const DELETE_EVENT: &'static str;
+
+    #[doc(hidden)]
+    const __SQL: &'static SqlSet;
+
+    /// Fields that are written by UPDATE and sent as event properties: a change to any of them
+    /// is worth an update event.
+    #[doc(hidden)]
+    const __TRACKED_UPDATABLE: ChangeMask;
+
+    /// The PostHog distinct id of this row, from the field named by `distinct_id`; `None`
+    /// means the transaction's distinct id is used.
+    fn distinct_id(&self) -> Option<String>;
+
+    #[doc(hidden)]
+    fn __write_properties(&self, writer: &mut EventWriter) -> Result<()>;
+    #[doc(hidden)]
+    fn __write_key_properties(&self, writer: &mut EventWriter) -> Result<()>;
+    #[doc(hidden)]
+    fn __write_changed_properties(
+        &self,
+        changed: ChangeMask,
+        writer: &mut EventWriter,
+    ) -> Result<()>;
+    #[doc(hidden)]
+    fn __changed(&self, before: &Self) -> ChangeMask;
+    #[doc(hidden)]
+    fn __same_key(&self, other: &Self) -> bool;
+    #[doc(hidden)]
+    fn __stage_milestones(
+        &self,
+        before: &Self,
+        changed: ChangeMask,
+        stager: &mut Stager<'_>,
+    ) -> Result<()>;
+
+    /// Inserts the row and stages `INSERT_EVENT` with every tracked property.
+    ///
+    /// Returns the row as stored: columns marked `generated` are read back from the database
+    /// (`RETURNING` on PostgreSQL and SQLite, `LAST_INSERT_ID()` and a `SELECT` on MySQL).
+    fn insert<'t, 'c, DB>(
+        mut self,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<Self>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB> + 't,
+    {
+        async move {
+            let sql = Self::__SQL.get(DB::DIALECT);
+            if let Some(reason) = sql.insert_unsupported {
+                return Err(Error::Unsupported {
+                    operation: format!("insert into `{}`", Self::TABLE),
+                    backend: DB::DIALECT.name(),
+                    reason,
+                });
+            }
+            let query = self.__bind_insert(sqlx::query(sql.insert));
+            if sql.insert_returns_generated {
+                let row = DB::fetch_one(tx.connection(), query).await?;
+                self.__read_generated(&row)?;
+            } else {
+                DB::execute(tx.connection(), query).await?;
+                if let Some(select) = sql.select_generated {
+                    let mut query = sqlx::query(select);
+                    if sql.select_generated_binds_key {
+                        query = self.__bind_key(query);
+                    }
+                    let row = DB::fetch_one(tx.connection(), query).await?;
+                    self.__read_generated(&row)?;
+                }
+            }
+            let mut stager = tx.stager(self.distinct_id(), Self::INSERT_EVENT)?;
+            let mut writer = stager.event(Self::INSERT_EVENT);
+            self.__write_properties(&mut writer)?;
+            stager.push(writer);
+            Ok(self)
+        }
+    }
+
+    /// Writes every non-key, non-generated column and stages `UPDATE_EVENT` with every tracked
+    /// property. Fails with [`Error::RowNotFound`] when no row has this key.
+    fn update<'t, 'c, DB>(
+        &'t self,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<()>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB>,
+    {
+        async move {
+            let sql = Self::__SQL.get(DB::DIALECT);
+            if let Some(update) = sql.update {
+                let query = self.__bind_key(self.__bind_update(sqlx::query(update)));
+                let result = DB::execute(tx.connection(), query).await?;
+                if DB::rows_affected(&result) == 0 {
+                    return Err(Error::RowNotFound { table: Self::TABLE });
+                }
+            }
+            let mut stager = tx.stager(self.distinct_id(), Self::UPDATE_EVENT)?;
+            let mut writer = stager.event(Self::UPDATE_EVENT);
+            self.__write_properties(&mut writer)?;
+            stager.push(writer);
+            Ok(())
+        }
+    }
+
+    /// Writes only the columns whose values differ from `before`, and stages events for them:
+    /// `UPDATE_EVENT` with the key properties and the changed tracked properties (when a
+    /// tracked property changed), and each milestone whose condition holds.
+    ///
+    /// Returns how many columns were written. When nothing changed no statement is sent and no
+    /// event is staged.
+    fn update_changed<'t, 'c, DB>(
+        &'t self,
+        before: &'t Self,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<usize>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB>,
+    {
+        async move {
+            if !self.__same_key(before) {
+                return Err(Error::KeyChanged { table: Self::TABLE });
+            }
+            let changed = self.__changed(before);
+            if changed.is_empty() {
+                return Ok(0);
+            }
+            let sql = Self::__SQL.get(DB::DIALECT);
+            let statement = sql.update_changed_statement(DB::DIALECT, changed);
+            let query = sqlx::query(sqlx::AssertSqlSafe(statement));
+            let query = self.__bind_key(self.__bind_changed(changed, query));
+            let result = DB::execute(tx.connection(), query).await?;
+            if DB::rows_affected(&result) == 0 {
+                return Err(Error::RowNotFound { table: Self::TABLE });
+            }
+            let mut stager = tx.stager(self.distinct_id(), Self::UPDATE_EVENT)?;
+            let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
+            if !tracked.is_empty() {
+                let mut writer = stager.event(Self::UPDATE_EVENT);
+                self.__write_key_properties(&mut writer)?;
+                self.__write_changed_properties(tracked, &mut writer)?;
+                stager.push(writer);
+            }
+            self.__stage_milestones(before, changed, &mut stager)?;
+            Ok(changed.len())
+        }
+    }
+
+    /// Deletes the row and stages `DELETE_EVENT` with the key properties. Fails with
+    /// [`Error::RowNotFound`] when no row has this key.
+    fn delete<'t, 'c, DB>(
+        &'t self,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<()>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB>,
+    {
+        async move {
+            let sql = Self::__SQL.get(DB::DIALECT);
+            let query = self.__bind_key(sqlx::query(sql.delete));
+            let result = DB::execute(tx.connection(), query).await?;
+            if DB::rows_affected(&result) == 0 {
+                return Err(Error::RowNotFound { table: Self::TABLE });
+            }
+            let mut stager = tx.stager(self.distinct_id(), Self::DELETE_EVENT)?;
+            let mut writer = stager.event(Self::DELETE_EVENT);
+            self.__write_key_properties(&mut writer)?;
+            stager.push(writer);
+            Ok(())
+        }
+    }
+}
+
+/// The sqlx side of a [`TrackedModel`] on one database: binding fields and decoding generated
+/// columns. The derive implements it for every [`Backend`] whose sqlx types can hold each field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be written to {DB}",
+    label = "a field of `{Self}` has a type that sqlx cannot encode or decode for {DB}",
+    note = "every field type must implement `sqlx::Type<{DB}>` and `sqlx::Encode<{DB}>` \
+            (and `sqlx::Decode<{DB}>` for `generated` fields)"
+)]
+pub trait TrackedRow<DB: Backend>: TrackedModel {
+    #[doc(hidden)]
+    fn __bind_insert(&self, query: BoundQuery<DB>) -> BoundQuery<DB>;
+    #[doc(hidden)]
+    fn __bind_update(&self, query: BoundQuery<DB>) -> BoundQuery<DB>;
+    #[doc(hidden)]
+    fn __bind_changed(&self, changed: ChangeMask, query: BoundQuery<DB>) -> BoundQuery<DB>;
+    #[doc(hidden)]
+    fn __bind_key(&self, query: BoundQuery<DB>) -> BoundQuery<DB>;
+    #[doc(hidden)]
+    fn __read_generated(&mut self, row: &DB::Row) -> std::result::Result<(), sqlx::Error>;
+}
+
+/// A struct owned by the analytics side that lists exactly the properties a model's events
+/// carry. Name it with `#[tracked(schema = Type)]` on a model: the build then fails until every
+/// tracked field of the model is in the schema with the same type and every schema field is fed.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event schema",
+    note = "add `#[derive(posthog_track::EventSchema)]` to `{Self}`"
+)]
+pub trait EventSchema {
+    /// The schema's property names, in declaration order.
+    const PROPERTIES: &'static [&'static str];
+}
+
+/// The SQL of one model for every dialect, fixed at compile time.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SqlSet {
+    pub postgres: ModelSql,
+    pub mysql: ModelSql,
+    pub sqlite: ModelSql,
+}
+
+impl SqlSet {
+    /// Stands in for the SQL of a model whose derive failed; never executed, because the crate
+    /// that holds such a model does not compile.
+    pub const UNUSABLE: SqlSet = SqlSet {
+        postgres: ModelSql::UNUSABLE,
+        mysql: ModelSql::UNUSABLE,
+        sqlite: ModelSql::UNUSABLE,
+    };
+
+    /// The statements for `dialect`.
+    pub const fn get(&self, dialect: Dialect) -> &ModelSql {
+        match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::MySql => &self.mysql,
+            Dialect::Sqlite => &self.sqlite,
+        }
+    }
+}
+
+/// The SQL of one model in one dialect.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ModelSql {
+    pub insert: &'static str,
+    /// `insert` ends in `RETURNING` the generated columns.
+    pub insert_returns_generated: bool,
+    /// MySQL: reads the generated columns back after the INSERT.
+    pub select_generated: Option<&'static str>,
+    /// `select_generated` has the key as parameters (otherwise it uses `LAST_INSERT_ID()`).
+    pub select_generated_binds_key: bool,
+    /// Why this dialect cannot insert the model, if it cannot.
+    pub insert_unsupported: Option<&'static str>,
+    /// `None` when every column is a key or generated.
+    pub update: Option<&'static str>,
+    pub delete: &'static str,
+    /// `UPDATE "table" SET `
+    pub update_prefix: &'static str,
+    /// Quoted column of each field, by field index.
+    pub columns: &'static [&'static str],
+    /// Quoted key columns, in key order.
+    pub keys: &'static [&'static str],
+}
+
+impl ModelSql {
+    const UNUSABLE: ModelSql = ModelSql {
+        insert: "",
+        insert_returns_generated: false,
+        select_generated: None,
+        select_generated_binds_key: false,
+        insert_unsupported: Some("the model's derive failed"),
+        update: None,
+        delete: "",
+        update_prefix: "",
+        columns: &[],
+        keys: &[],
+    };
+
+    /// `UPDATE ... SET` of just the changed columns. Built at run time because the set of
+    /// changed columns is only known then; every fragment is a compile-time constant.
+    pub fn update_changed_statement(&self, dialect: Dialect, changed: ChangeMask) -> String {
+        let mut sql = String::with_capacity(self.update_prefix.len() + 24 * (changed.len() + 2));
+        sql.push_str(self.update_prefix);
+        let mut n = 0;
+        for (index, column) in self.columns.iter().enumerate() {
+            if changed.contains(index) {
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                n += 1;
+                let _ = write!(sql, "{column} = ");
+                dialect.push_placeholder(&mut sql, n);
+            }
+        }
+        sql.push_str(" WHERE ");
+        for (i, key) in self.keys.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(" AND ");
+            }
+            n += 1;
+            let _ = write!(sql, "{key} = ");
+            dialect.push_placeholder(&mut sql, n);
+        }
+        sql
+    }
+}
+
+/// Gives a milestone's `when` function its expected type, so that a function of the wrong
+/// signature is reported at the `when = ...` attribute.
+#[doc(hidden)]
+pub fn milestone_condition<T: ?Sized, F: Fn(&T, &T) -> bool>(condition: F) -> F {
+    condition
+}
+
+/// Which fields of a model changed, by field index. Models have at most 128 fields.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChangeMask(u128);
+
+impl ChangeMask {
+    /// No field.
+    pub const EMPTY: ChangeMask = ChangeMask(0);
+
+    /// The mask with exactly these bits.
+    pub const fn from_bits(bits: u128) -> Self {
+        ChangeMask(bits)
+    }
+
+    /// Adds field `index`.
+    pub fn insert(&mut self, index: usize) {
+        self.0 |= 1 << index;
+    }
+
+    /// Whether field `index` is in the mask.
+    pub const fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+
+    /// Fields in both masks.
+    pub const fn intersection(self, other: ChangeMask) -> ChangeMask {
+        ChangeMask(self.0 & other.0)
+    }
+
+    /// No field at all.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// How many fields.
+    pub const fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+}

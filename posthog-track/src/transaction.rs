@@ -1,0 +1,129 @@
+//! Tracked transactions: a sqlx transaction plus the events its writes staged.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::event::{Event, StagedEvent, Stager};
+use crate::outbox;
+
+/// A `sqlx::Transaction` whose tracked writes stage PostHog events.
+///
+/// The events are written to the outbox by [`commit`](TrackedTransaction::commit), inside the
+/// transaction, so the rows and their events commit together. [`rollback`] or dropping the
+/// transaction discards both.
+///
+/// It dereferences to the database connection, so your own sqlx queries run inside the same
+/// transaction: `sqlx::query("...").execute(&mut *tx)`.
+///
+/// [`rollback`]: TrackedTransaction::rollback
+pub struct TrackedTransaction<'c, DB: Backend> {
+    tx: sqlx::Transaction<'c, DB>,
+    staged: Vec<StagedEvent>,
+    distinct_id: Option<String>,
+    record_events: bool,
+}
+
+impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedTransaction")
+            .field("backend", &DB::DIALECT.name())
+            .field("staged", &self.staged)
+            .field("distinct_id", &self.distinct_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
+    pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, record_events: bool) -> Self {
+        TrackedTransaction {
+            tx,
+            staged: Vec::new(),
+            distinct_id: None,
+            record_events,
+        }
+    }
+
+    /// The distinct id for events of models without a `distinct_id` field, and for
+    /// [`Event`]s without their own.
+    pub fn set_distinct_id(&mut self, distinct_id: impl Into<String>) {
+        self.distinct_id = Some(distinct_id.into());
+    }
+
+    /// The transaction's default distinct id, if set.
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.distinct_id.as_deref()
+    }
+
+    /// The events staged so far, in order. They reach the outbox at commit.
+    pub fn staged(&self) -> &[StagedEvent] {
+        &self.staged
+    }
+
+    /// Stages an event that comes from no table, in this transaction.
+    pub fn capture(&mut self, event: Event) -> Result<()> {
+        let own = event.distinct_id.clone();
+        let name = event.name.clone();
+        let mut stager = self.stager_for(own, name)?;
+        event.write(&mut stager)
+    }
+
+    /// Writes the staged events to the outbox and commits: rows and events become durable
+    /// together.
+    pub async fn commit(mut self) -> Result<()> {
+        if self.record_events && !self.staged.is_empty() {
+            outbox::write::<DB>(&mut self.tx, &self.staged).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rolls back: no row and no event of this transaction remains.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// The underlying sqlx transaction, for APIs that want one by name.
+    pub fn as_sqlx(&mut self) -> &mut sqlx::Transaction<'c, DB> {
+        &mut self.tx
+    }
+
+    pub(crate) fn connection(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+
+    pub(crate) fn stager(
+        &mut self,
+        own: Option<String>,
+        event: &'static str,
+    ) -> Result<Stager<'_>> {
+        self.stager_for(own, event.into())
+    }
+
+    fn stager_for(
+        &mut self,
+        own: Option<String>,
+        event: std::borrow::Cow<'static, str>,
+    ) -> Result<Stager<'_>> {
+        let distinct_id = own
+            .or_else(|| self.distinct_id.clone())
+            .ok_or(Error::MissingDistinctId { event })?;
+        Ok(Stager::new(&mut self.staged, distinct_id))
+    }
+}
+
+impl<DB: Backend> Deref for TrackedTransaction<'_, DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: Backend> DerefMut for TrackedTransaction<'_, DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
