@@ -1,1 +1,124 @@
-fn main() {}
+//! The whole idea in one file: a `User` model whose writes and PostHog events commit together.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Runs on SQLite in memory, so it needs nothing installed. It signs a user up, upgrades their
+//! plan (a milestone event), rolls back a second signup, and prints what the database holds:
+//! the rows and the events waiting in the outbox.
+
+use chrono::{DateTime, Utc};
+use posthog_track::{Mode, TrackedModel, Tracker};
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "users",
+    distinct_id = id,
+    insert_event = "user_signed_up",
+    update_event = "user_updated"
+)]
+pub struct User {
+    /// The primary key, sent as `user_id`; also the PostHog distinct id.
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    /// An event property and a `$set` person property.
+    #[tracked(person)]
+    pub email: String,
+    /// Going from free to a paid plan fires `plan_upgraded`.
+    #[tracked(property, milestone(event = "plan_upgraded", when = plan_upgraded))]
+    pub plan: String,
+    #[tracked(skip = "credential; never leaves the database")]
+    pub password_hash: String,
+    /// Filled in by the database and read back by `insert`.
+    #[tracked(generated, property)]
+    pub created_at: DateTime<Utc>,
+}
+
+fn plan_upgraded(before: &String, after: &String) -> bool {
+    before == "free" && after != "free"
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    sqlx::query(
+        "CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            email TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        )",
+    )
+    .execute(&pool)
+    .await?;
+
+    // POSTHOG_API_KEY / POSTHOG_HOST / POSTHOG_DISABLED; without a key this is a dry run.
+    let tracker = Tracker::from_env()?;
+    tracker.migrate(&pool).await?; // creates posthog_outbox
+
+    // Signup and upgrade: rows and events commit together.
+    let mut tx = tracker.begin(&pool).await?;
+    let ada = User {
+        id: "user-ada".into(),
+        email: "ada@example.com".into(),
+        plan: "free".into(),
+        password_hash: "$argon2id$v=19$...".into(),
+        created_at: DateTime::<Utc>::UNIX_EPOCH, // replaced by the database's value
+    }
+    .insert(&mut tx)
+    .await?;
+    let mut upgraded = ada.clone();
+    upgraded.plan = "pro".into();
+    upgraded.update_changed(&ada, &mut tx).await?; // only `plan` is written
+    tx.commit().await?;
+
+    // A signup that fails half-way: the rollback takes the row and its event with it.
+    let mut tx = tracker.begin(&pool).await?;
+    User {
+        id: "user-bob".into(),
+        email: "bob@example.com".into(),
+        plan: "free".into(),
+        password_hash: "$argon2id$v=19$...".into(),
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+    }
+    .insert(&mut tx)
+    .await?;
+    tx.rollback().await?;
+
+    println!("users table:");
+    let rows: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT id, email, plan, created_at FROM users ORDER BY id")
+            .fetch_all(&pool)
+            .await?;
+    for (id, email, plan, created_at) in rows {
+        println!("  {id}  {email}  plan={plan}  created_at={created_at}");
+    }
+
+    println!("\nposthog_outbox (committed events, as PostHog will receive them):");
+    for event in tracker.outbox(&pool).events().await? {
+        println!("  {}", serde_json::to_string(&event.payload)?);
+    }
+
+    match tracker.mode() {
+        Mode::DryRun => println!(
+            "\nDry run: no POSTHOG_API_KEY is set, so nothing leaves this machine.\n\
+             To use a real project: POSTHOG_API_KEY=phc_... [POSTHOG_HOST=https://eu.i.posthog.com] \
+             cargo run --example quickstart"
+        ),
+        Mode::Live => println!(
+            "\nPOSTHOG_API_KEY is set ({}); the events above are committed in the outbox for {}.",
+            tracker
+                .config()
+                .api_key()
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
+            tracker.config().host()
+        ),
+        Mode::Disabled => {
+            println!("\nPOSTHOG_DISABLED is set: rows are written, no events recorded.")
+        }
+    }
+    Ok(())
+}

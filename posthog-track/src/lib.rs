@@ -78,6 +78,7 @@ pub mod __private {
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
     pub use crate::model::{
         ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
+        stage_insert_event_detached,
     };
     pub use serde::Serialize;
     pub use sqlx;

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::error::{Error, Result};
-use crate::event::{EventWriter, Stager};
+use crate::event::{EventWriter, StagedEvent, Stager};
 use crate::transaction::TrackedTransaction;
 
 /// A struct whose rows are written through sqlx and whose writes become PostHog events.
@@ -101,9 +101,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                 }
             }
             let mut stager = tx.stager(self.distinct_id(), Self::INSERT_EVENT)?;
-            let mut writer = stager.event(Self::INSERT_EVENT);
-            self.__write_properties(&mut writer)?;
-            stager.push(writer);
+            stage_insert_event(&self, &mut stager)?;
             Ok(self)
         }
     }
@@ -203,6 +201,27 @@ pub trait TrackedModel: Sized + Send + Sync {
             Ok(())
         }
     }
+}
+
+fn stage_insert_event<M: TrackedModel>(model: &M, stager: &mut Stager<'_>) -> Result<()> {
+    let mut writer = stager.event(M::INSERT_EVENT);
+    model.__write_properties(&mut writer)?;
+    stager.push(writer);
+    Ok(())
+}
+
+/// Stages `model`'s insert event exactly as [`TrackedModel::insert`] does, without a database:
+/// the event mapping alone, for benchmarks.
+#[doc(hidden)]
+pub fn stage_insert_event_detached<M: TrackedModel>(
+    model: &M,
+    fallback_distinct_id: &str,
+    events: &mut Vec<StagedEvent>,
+) -> Result<()> {
+    let distinct_id = model
+        .distinct_id()
+        .unwrap_or_else(|| fallback_distinct_id.to_owned());
+    stage_insert_event(model, &mut Stager::new(events, distinct_id))
 }
 
 /// The sqlx side of a [`TrackedModel`] on one database: binding fields and decoding generated

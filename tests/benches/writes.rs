@@ -1,0 +1,253 @@
+//! Tracked insert vs plain sqlx insert, side by side in one run, plus the cost of the event
+//! mapping alone.
+//!
+//! ```text
+//! cargo bench -p posthog-track-tests --bench writes            # SQLite only
+//! POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo bench -p posthog-track-tests --bench writes        # SQLite and PostgreSQL
+//! ```
+//!
+//! Each round runs a batch of plain inserts and a batch of tracked inserts on the same
+//! connection, alternating which goes first, so drift in the machine's load hits both alike.
+//! Every write is one transaction: BEGIN, INSERT ... RETURNING created_at, COMMIT; the tracked
+//! one also stages `user_signed_up` and writes it to the outbox before COMMIT. Reported figures
+//! are medians of per-write times over all rounds.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
+use sqlx::Pool;
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bench_users", distinct_id = id, insert_event = "user_signed_up")]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(person)]
+    pub email: String,
+    #[tracked(property)]
+    pub plan: String,
+    #[tracked(property)]
+    pub seats: i64,
+    #[tracked(skip = "credential")]
+    pub password_hash: String,
+    #[tracked(generated, property)]
+    pub created_at: DateTime<Utc>,
+}
+
+const ROUNDS: usize = 40;
+const BATCH: usize = 50;
+
+fn user(n: usize, run: &str) -> User {
+    User {
+        id: format!("bench-{run}-{n}"),
+        email: format!("user{n}@example.com"),
+        plan: "free".to_owned(),
+        seats: 3,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+            .to_owned(),
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!("posthog-track write benchmark: {ROUNDS} rounds x {BATCH} writes per side\n");
+    staging();
+
+    let dir = std::env::temp_dir().join(format!("posthog-track-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("bench.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    compare(
+        "SQLite (file, WAL, synchronous=NORMAL)",
+        &pool,
+        "CREATE TABLE bench_users (id TEXT PRIMARY KEY, email TEXT NOT NULL, plan TEXT NOT NULL, \
+         seats INTEGER NOT NULL, password_hash TEXT NOT NULL, \
+         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        "INSERT INTO bench_users (id, email, plan, seats, password_hash) VALUES (?, ?, ?, ?, ?) \
+         RETURNING created_at",
+    )
+    .await;
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    match std::env::var("POSTGRES_URL") {
+        Ok(url) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
+            compare(
+                "PostgreSQL (loopback TCP)",
+                &pool,
+                "CREATE TABLE bench_users (id TEXT PRIMARY KEY, email TEXT NOT NULL, \
+                 plan TEXT NOT NULL, seats BIGINT NOT NULL, password_hash TEXT NOT NULL, \
+                 created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+            )
+            .await;
+        }
+        Err(_) => println!("PostgreSQL: skipped (set POSTGRES_URL to include it)"),
+    }
+}
+
+/// The event mapping without I/O: what a tracked insert adds in CPU before it talks to the
+/// database.
+fn staging() {
+    let row = user(1, "staging");
+    let mut events = Vec::with_capacity(1024);
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let start = Instant::now();
+        for _ in 0..1000 {
+            posthog_track::__private::stage_insert_event_detached(&row, "", &mut events).unwrap();
+            black_box(&events);
+            events.clear();
+        }
+        samples.push(start.elapsed() / 1000);
+    }
+    let event = {
+        posthog_track::__private::stage_insert_event_detached(&row, "", &mut events).unwrap();
+        events.pop().unwrap()
+    };
+    println!(
+        "event mapping (stage user_signed_up, {} byte payload, no I/O): median {:.2} us per row\n",
+        event.payload.len(),
+        micros(median(&mut samples))
+    );
+}
+
+async fn compare<DB>(name: &str, pool: &Pool<DB>, create: &'static str, plain_insert: &'static str)
+where
+    DB: Backend + PlainInsert,
+    User: TrackedRow<DB>,
+{
+    DB::reset(pool, create).await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(pool).await.unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+
+    // Warm up both paths: connection caches, prepared statements, page cache.
+    let mut next = 0;
+    for _ in 0..BATCH {
+        next += 1;
+        DB::plain(pool, plain_insert, &user(next, &run)).await;
+        next += 1;
+        tracked(&tracker, pool, user(next, &run)).await;
+    }
+
+    let (mut plain_samples, mut tracked_samples) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for side in [round % 2, 1 - round % 2] {
+            for _ in 0..BATCH {
+                next += 1;
+                let row = user(next, &run);
+                let start = Instant::now();
+                if side == 0 {
+                    DB::plain(pool, plain_insert, &row).await;
+                    plain_samples.push(start.elapsed());
+                } else {
+                    tracked(&tracker, pool, row).await;
+                    tracked_samples.push(start.elapsed());
+                }
+            }
+        }
+    }
+    let plain = median(&mut plain_samples);
+    let tracked = median(&mut tracked_samples);
+    println!("{name}");
+    println!(
+        "  plain sqlx insert (BEGIN, INSERT ... RETURNING, COMMIT): median {:>8.1} us",
+        micros(plain)
+    );
+    println!(
+        "  tracked insert (same + event staged + outbox row):      median {:>8.1} us",
+        micros(tracked)
+    );
+    println!(
+        "  tracked / plain: {:.3}\n",
+        tracked.as_secs_f64() / plain.as_secs_f64()
+    );
+    DB::cleanup(pool).await;
+}
+
+async fn tracked<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, row: User)
+where
+    User: TrackedRow<DB>,
+{
+    let mut tx = tracker.begin(pool).await.unwrap();
+    black_box(row.insert(&mut tx).await.unwrap());
+    tx.commit().await.unwrap();
+}
+
+/// The hand-written sqlx code a user would write instead, per backend.
+trait PlainInsert: Backend {
+    async fn reset(pool: &Pool<Self>, create: &'static str);
+    async fn plain(pool: &Pool<Self>, sql: &'static str, row: &User);
+    async fn cleanup(pool: &Pool<Self>);
+}
+
+macro_rules! plain_insert {
+    ($db:ty) => {
+        impl PlainInsert for $db {
+            async fn reset(pool: &Pool<Self>, create: &'static str) {
+                sqlx::query("DROP TABLE IF EXISTS bench_users")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query(create).execute(pool).await.unwrap();
+            }
+
+            async fn plain(pool: &Pool<Self>, sql: &'static str, row: &User) {
+                let mut tx = pool.begin().await.unwrap();
+                let created_at: DateTime<Utc> = sqlx::query_scalar(sql)
+                    .bind(&row.id)
+                    .bind(&row.email)
+                    .bind(&row.plan)
+                    .bind(row.seats)
+                    .bind(&row.password_hash)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                black_box(created_at);
+                tx.commit().await.unwrap();
+            }
+
+            async fn cleanup(pool: &Pool<Self>) {
+                sqlx::query("DROP TABLE IF EXISTS bench_users")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query("DELETE FROM posthog_outbox WHERE distinct_id LIKE 'bench-%'")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+}
+
+plain_insert!(sqlx::Sqlite);
+plain_insert!(sqlx::Postgres);
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
