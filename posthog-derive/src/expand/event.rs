@@ -62,7 +62,8 @@ fn write_all<'a>(
     guard: impl Fn(&Field) -> Option<TokenStream>,
 ) -> TokenStream {
     let mut statements = Vec::new();
-    let sections: [(Section, fn(&Field) -> bool); 3] = [
+    type Included = fn(&Field) -> bool;
+    let sections: [(Section, Included); 3] = [
         (Section::Properties, |_| true),
         (Section::Set, is_person),
         (Section::SetOnce, is_person_once),

@@ -56,7 +56,7 @@ fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
             .map_or("", |table| table.value.as_str()),
     );
     let fields = &container.fields;
-    let column = |field: &Field| dialect.quote(&field.column());
+    let column = |field: &&Field| dialect.quote(&field.column());
     let inserted: Vec<&Field> = fields.iter().filter(|f| !f.is_generated()).collect();
     let generated: Vec<&Field> = fields.iter().filter(|f| f.is_generated()).collect();
     let keys: Vec<&Field> = fields.iter().filter(|f| f.is_key()).collect();
@@ -68,7 +68,7 @@ fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
             Dialect::Postgres | Dialect::Sqlite => format!("INSERT INTO {table} DEFAULT VALUES"),
         }
     } else {
-        let columns: Vec<String> = inserted.iter().map(|f| column(f)).collect();
+        let columns: Vec<String> = inserted.iter().map(&column).collect();
         let values: Vec<String> = (1..=inserted.len())
             .map(|n| dialect.placeholder(n))
             .collect();
@@ -78,7 +78,7 @@ fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
             values.join(", ")
         )
     };
-    let generated_columns: Vec<String> = generated.iter().map(|f| column(f)).collect();
+    let generated_columns: Vec<String> = generated.iter().map(&column).collect();
 
     let mut insert_returns_generated = false;
     let mut select_generated = None;
@@ -102,7 +102,7 @@ fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
                 select_generated = Some(select + &conditions.join(" AND "));
                 select_generated_binds_key = true;
             } else if keys.len() == 1 {
-                select_generated = Some(format!("{select}{} = LAST_INSERT_ID()", column(keys[0])));
+                select_generated = Some(format!("{select}{} = LAST_INSERT_ID()", column(&keys[0])));
             } else {
                 insert_unsupported = Some(
                     "MySQL can only read back generated columns when the key is a single \
@@ -138,8 +138,8 @@ fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
     };
     let delete = format!("DELETE FROM {table} WHERE {}", where_keys(1));
     let update_prefix = format!("UPDATE {table} SET ");
-    let columns: Vec<String> = fields.iter().map(|f| column(f)).collect();
-    let key_columns: Vec<String> = keys.iter().map(|f| column(f)).collect();
+    let columns: Vec<String> = fields.iter().map(|f| column(&f)).collect();
+    let key_columns: Vec<String> = keys.iter().map(&column).collect();
 
     let select_generated = option(select_generated.as_deref());
     let insert_unsupported = option(insert_unsupported);

@@ -141,17 +141,17 @@ fn check_decision(cx: &Ctxt, container: &Container, field: &Field) {
             ),
         ),
         [decision] => {
-            if let DecisionKind::Skip(reason) = &decision.kind {
-                if reason.trim().is_empty() {
-                    cx.error_at(
-                        decision.span,
-                        format!(
-                            "the skip reason is empty: say why `{}` stays out of analytics, \
-                             e.g. `skip = \"credential\"`",
-                            unraw(field.ident)
-                        ),
-                    );
-                }
+            if let DecisionKind::Skip(reason) = &decision.kind
+                && reason.trim().is_empty()
+            {
+                cx.error_at(
+                    decision.span,
+                    format!(
+                        "the skip reason is empty: say why `{}` stays out of analytics, \
+                         e.g. `skip = \"credential\"`",
+                        unraw(field.ident)
+                    ),
+                );
             }
         }
         // Several decisions were reported by `attr`.
