@@ -59,6 +59,46 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The event is larger than PostHog accepts (about 1 MB); it was not recorded.
+    #[error(
+        "event `{event}` is {bytes} bytes; PostHog discards events over 1 MB, so it was not recorded"
+    )]
+    EventTooLarge {
+        /// The event's name.
+        event: Cow<'static, str>,
+        /// Its serialised size.
+        bytes: usize,
+    },
+
+    /// `try_capture` found the in-memory queue full; the event was not queued (and is counted
+    /// in [`DeliveryStats::dropped_queue_full`](crate::DeliveryStats)).
+    #[error("the event queue is full ({capacity} events); the event was not queued")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+
+    /// The tracker was shut down; no more events are accepted.
+    #[error("the tracker has been shut down")]
+    ShutDown,
+
+    /// Delivery did not finish: PostHog is unreachable, rejects the key, or keeps failing.
+    /// Events of tracked writes are still in the outbox and will be retried.
+    #[error("delivery to PostHog did not finish: {reason}")]
+    Delivery {
+        /// The last failure.
+        reason: String,
+    },
+
+    /// `shutdown` or `flush` ran out of time; undelivered events wait in the outbox.
+    #[error("gave up waiting for delivery after {waited:?}; {pending} event(s) not yet delivered")]
+    Timeout {
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Events still waiting (in the outbox, or lost with the in-memory queue).
+        pending: u64,
+    },
+
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -254,17 +254,26 @@ impl<'a> Stager<'a> {
         )
     }
 
-    /// Finishes an event and stages it.
-    pub fn push(&mut self, writer: EventWriter) {
+    /// Finishes an event and stages it. Refuses an event larger than PostHog accepts, so that
+    /// a write can never commit an event that could not be delivered.
+    pub fn push(&mut self, writer: EventWriter) -> Result<()> {
         let uuid = uuid_of(&writer.buf);
         let event = writer.event.clone();
+        let payload = writer.finish();
+        if payload.len() > crate::client::wire::MAX_EVENT_BYTES {
+            return Err(Error::EventTooLarge {
+                event,
+                bytes: payload.len(),
+            });
+        }
         self.events.push(StagedEvent {
             uuid,
             event,
             distinct_id: self.distinct_id.clone(),
             timestamp: self.timestamp.clone(),
-            payload: writer.finish(),
+            payload,
         });
+        Ok(())
     }
 }
 
@@ -348,6 +357,12 @@ impl Event {
         }
     }
 
+    /// The same event under another name (`$identify` for a person update, say).
+    pub(crate) fn renamed(mut self, name: &'static str) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Whom the event is about.
     pub fn distinct_id(mut self, distinct_id: impl Into<String>) -> Self {
         self.distinct_id = Some(distinct_id.into());
@@ -383,7 +398,6 @@ impl Event {
         for (section, key, value) in &properties {
             writer.dynamic_property(*section, key, value)?;
         }
-        stager.push(writer);
-        Ok(())
+        stager.push(writer)
     }
 }

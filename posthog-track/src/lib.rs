@@ -53,21 +53,26 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod client;
 mod config;
 mod error;
 mod event;
 mod model;
 pub mod outbox;
+pub mod relay;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tracker;
 mod transaction;
 
 pub use backend::{Backend, BoundQuery, Dialect};
+pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
 pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
 pub use model::{EventSchema, TrackedModel, TrackedRow};
 pub use posthog_derive::{EventSchema, TrackedModel};
-pub use tracker::{Tracker, TrackerBuilder};
+pub use tracker::{BeforeSend, Delivery, Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 
 /// Re-exports for generated code. Not public API: it changes without notice.

@@ -128,7 +128,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             let mut stager = tx.stager(self.distinct_id(), Self::UPDATE_EVENT)?;
             let mut writer = stager.event(Self::UPDATE_EVENT);
             self.__write_properties(&mut writer)?;
-            stager.push(writer);
+            stager.push(writer)?;
             Ok(())
         }
     }
@@ -170,7 +170,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                 let mut writer = stager.event(Self::UPDATE_EVENT);
                 self.__write_key_properties(&mut writer)?;
                 self.__write_changed_properties(tracked, &mut writer)?;
-                stager.push(writer);
+                stager.push(writer)?;
             }
             self.__stage_milestones(before, changed, &mut stager)?;
             Ok(changed.len())
@@ -197,7 +197,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             let mut stager = tx.stager(self.distinct_id(), Self::DELETE_EVENT)?;
             let mut writer = stager.event(Self::DELETE_EVENT);
             self.__write_key_properties(&mut writer)?;
-            stager.push(writer);
+            stager.push(writer)?;
             Ok(())
         }
     }
@@ -206,8 +206,7 @@ pub trait TrackedModel: Sized + Send + Sync {
 fn stage_insert_event<M: TrackedModel>(model: &M, stager: &mut Stager<'_>) -> Result<()> {
     let mut writer = stager.event(M::INSERT_EVENT);
     model.__write_properties(&mut writer)?;
-    stager.push(writer);
-    Ok(())
+    stager.push(writer)
 }
 
 /// Stages `model`'s insert event exactly as [`TrackedModel::insert`] does, without a database:

@@ -48,7 +48,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 status BIGINT NOT NULL DEFAULT 0, \
                 attempts BIGINT NOT NULL DEFAULT 0, \
                 leased_until BIGINT NULL, \
-                last_error TEXT NULL\
+                last_error TEXT NULL, \
+                INDEX posthog_outbox_deliverable (status, leased_until, id)\
             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
         }
         Dialect::Sqlite => {
@@ -69,10 +70,24 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
     }
 }
 
-/// Creates the outbox table if it does not exist yet.
+/// The index the relay's claim query runs on (MySQL declares it inside `CREATE TABLE`).
+fn create_index_sql(dialect: Dialect) -> Option<&'static str> {
+    match dialect {
+        Dialect::Postgres | Dialect::Sqlite => Some(
+            "CREATE INDEX IF NOT EXISTS posthog_outbox_deliverable \
+             ON posthog_outbox (status, leased_until, id)",
+        ),
+        Dialect::MySql => None,
+    }
+}
+
+/// Creates the outbox table and its index if they do not exist yet.
 pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
     let mut conn = pool.acquire().await?;
     DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+    if let Some(index) = create_index_sql(DB::DIALECT) {
+        DB::execute(&mut conn, sqlx::query(index)).await?;
+    }
     Ok(())
 }
 
@@ -131,6 +146,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The value stored in the `status` column.
+    pub(crate) const fn code(self) -> i64 {
+        match self {
+            Status::Pending => 0,
+            Status::Dead => 1,
+        }
+    }
+
     fn from_code(code: i64) -> Status {
         if code == 1 {
             Status::Dead
@@ -226,6 +249,60 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
+
+    /// How many events wait for delivery and how many were rejected for good.
+    pub async fn status(&self) -> Result<OutboxStatus> {
+        let mut conn = self.pool.acquire().await?;
+        let sql = "SELECT COUNT(*), COUNT(CASE WHEN status = 1 THEN 1 END), \
+                   COALESCE(MIN(CASE WHEN status = 0 THEN id END), 0) FROM posthog_outbox";
+        let row = DB::fetch_one(&mut conn, sqlx::query(sql)).await?;
+        let total = DB::int(&row, 0)?;
+        let dead = DB::int(&row, 1)?;
+        Ok(OutboxStatus {
+            pending: total - dead,
+            dead,
+            oldest_pending_id: DB::int(&row, 2)?,
+        })
+    }
+
+    /// Puts dead events back in line for delivery (all of them, or those with these ids), with
+    /// a fresh attempt count. Returns how many were requeued.
+    pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
+        let mut sql =
+            "UPDATE posthog_outbox SET status = 0, leased_until = NULL, last_error = NULL \
+                       WHERE status = 1"
+                .to_owned();
+        let ids = ids.unwrap_or_default();
+        if !ids.is_empty() {
+            sql.push_str(" AND id IN (");
+            for i in 0..ids.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                DB::DIALECT.push_placeholder(&mut sql, i + 1);
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = DB::bind_i64(query, *id);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let result = DB::execute(&mut conn, query).await?;
+        Ok(DB::rows_affected(&result))
+    }
+}
+
+/// Counts from [`Outbox::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStatus {
+    /// Waiting for delivery (including rows a relay holds right now).
+    pub pending: i64,
+    /// Rejected by PostHog for good; see [`Outbox::requeue`].
+    pub dead: i64,
+    /// The oldest waiting row's id, 0 when none waits.
+    pub oldest_pending_id: i64,
 }
 
 #[cfg(test)]

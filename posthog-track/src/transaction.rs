@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::outbox;
+use crate::tracker::{Delivery, Tracker};
 
 /// A `sqlx::Transaction` whose tracked writes stage PostHog events.
 ///
@@ -22,7 +23,7 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     staged: Vec<StagedEvent>,
     distinct_id: Option<String>,
-    record_events: bool,
+    tracker: Tracker,
 }
 
 impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
@@ -36,12 +37,12 @@ impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
 }
 
 impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
-    pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, record_events: bool) -> Self {
+    pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, tracker: Tracker) -> Self {
         TrackedTransaction {
             tx,
             staged: Vec::new(),
             distinct_id: None,
-            record_events,
+            tracker,
         }
     }
 
@@ -69,13 +70,32 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         event.write(&mut stager)
     }
 
-    /// Writes the staged events to the outbox and commits: rows and events become durable
-    /// together.
+    /// Commits the rows and their events together: with [`Delivery::Outbox`] (the default)
+    /// the staged events are written to the outbox inside the transaction and the tracker's
+    /// relay is woken; with [`Delivery::AfterCommit`] they go to the in-memory queue once the
+    /// commit succeeded.
     pub async fn commit(mut self) -> Result<()> {
-        if self.record_events && !self.staged.is_empty() {
-            outbox::write::<DB>(&mut self.tx, &self.staged).await?;
+        let staged = if self.tracker.records_events() {
+            self.tracker
+                .apply_before_send(std::mem::take(&mut self.staged))
+        } else {
+            Vec::new()
+        };
+        match self.tracker.inner.delivery {
+            Delivery::Outbox => {
+                if !staged.is_empty() {
+                    outbox::write::<DB>(&mut self.tx, &staged).await?;
+                }
+                self.tx.commit().await?;
+                if !staged.is_empty() {
+                    self.tracker.inner.wake.notify_one();
+                }
+            }
+            Delivery::AfterCommit => {
+                self.tx.commit().await?;
+                self.tracker.enqueue(staged).await?;
+            }
         }
-        self.tx.commit().await?;
         Ok(())
     }
 

@@ -142,7 +142,7 @@ pub fn stage_milestones(container: &Container) -> TokenStream {
                     let mut __writer = __stager.event(#event);
                     #(#plain)*
                     #previous
-                    __stager.push(__writer);
+                    __stager.push(__writer)?;
                 }
             }
         })

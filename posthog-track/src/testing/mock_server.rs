@@ -1,0 +1,544 @@
+//! A local PostHog that validates, records and, on request, misbehaves.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use posthog_track::testing::{MockPostHog, Reply};
+//! use posthog_track::Tracker;
+//!
+//! let mock = MockPostHog::start().await;
+//! let tracker = Tracker::builder().api_key(mock.api_key()).host(mock.url()).unwrap().build();
+//! mock.script([Reply::Status(503), Reply::RetryAfter { status: 429, seconds: 1 }]);
+//! // ... tracked writes, tracker.flush().await ...
+//! let events = mock.wait_for_events(3, std::time::Duration::from_secs(5)).await.unwrap();
+//! # }
+//! ```
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const DEFAULT_API_KEY: &str = "phc_mock_project_key";
+const MAX_EVENT_BYTES: usize = 1_000_000;
+const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
+
+/// How the mock answers a request, instead of handling it normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Handle the request as PostHog would.
+    Accept,
+    /// Answer with this status and accept nothing.
+    Status(u16),
+    /// Answer with this status and a `Retry-After` header.
+    RetryAfter {
+        /// Usually 429 or 503.
+        status: u16,
+        /// The header's value.
+        seconds: u64,
+    },
+    /// Wait, then answer as the inner reply says.
+    Delay(Duration, Box<Reply>),
+    /// Close the connection without answering: the client sees a transport error.
+    DropConnection,
+}
+
+/// One event PostHog accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// The event's uuid.
+    pub uuid: Uuid,
+    /// Its name.
+    pub event: String,
+    /// Whom it is about.
+    pub distinct_id: String,
+    /// Its timestamp as sent.
+    pub timestamp: String,
+    /// Its properties.
+    pub properties: Value,
+    /// The whole event as sent.
+    pub raw: Value,
+}
+
+/// One request to a capture endpoint, accepted or not.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    /// The request path.
+    pub path: String,
+    /// The status the mock answered (0 for a dropped connection).
+    pub status: u16,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// Size on the wire.
+    pub compressed_bytes: usize,
+    /// Size after decompression.
+    pub decoded_bytes: usize,
+    /// The decoded body (`Null` when it was not JSON).
+    pub body: Value,
+    /// Events in the request.
+    pub event_count: usize,
+    /// The request was marked `historical_migration`.
+    pub historical_migration: bool,
+}
+
+/// `wait_for_events` ran out of time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("waited {waited:?} for {expected} unique events; {received} arrived")]
+pub struct WaitTimeout {
+    /// Unique events expected.
+    pub expected: usize,
+    /// Unique events received.
+    pub received: usize,
+    /// How long it waited.
+    pub waited: Duration,
+}
+
+type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    events: Vec<ReceivedEvent>,
+    unique: BTreeSet<Uuid>,
+    requests: Vec<ReceivedRequest>,
+    script: VecDeque<Reply>,
+    outage: Option<Reply>,
+    random: Option<(f64, Vec<Reply>, fastrand::Rng)>,
+    reject: Option<Predicate>,
+}
+
+struct Shared {
+    api_key: String,
+    state: Mutex<State>,
+    arrived: Notify,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A PostHog capture endpoint on 127.0.0.1, for tests. Stops when dropped.
+pub struct MockPostHog {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for MockPostHog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockPostHog")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MockPostHog {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl MockPostHog {
+    /// Starts a mock that accepts the key `phc_mock_project_key`.
+    pub async fn start() -> MockPostHog {
+        Self::start_with_api_key(DEFAULT_API_KEY).await
+    }
+
+    /// Starts a mock that accepts `api_key`.
+    ///
+    /// # Panics
+    ///
+    /// When no port on 127.0.0.1 can be bound (a broken test machine).
+    pub async fn start_with_api_key(api_key: &str) -> MockPostHog {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0 for MockPostHog");
+        let address = listener.local_addr().expect("local address of MockPostHog");
+        let shared = Arc::new(Shared {
+            api_key: api_key.to_owned(),
+            state: Mutex::default(),
+            arrived: Notify::new(),
+        });
+        let server_shared = shared.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = server_shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(shared.clone(), request));
+                    // A dropped connection ends here with an error; that is the point of it.
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        MockPostHog {
+            address,
+            shared,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, to use as the PostHog host.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The project key the mock accepts.
+    pub fn api_key(&self) -> &str {
+        &self.shared.api_key
+    }
+
+    /// Every accepted event, in arrival order, duplicates included.
+    pub fn events(&self) -> Vec<ReceivedEvent> {
+        self.shared.state().events.clone()
+    }
+
+    /// The distinct uuids accepted.
+    pub fn unique_uuids(&self) -> BTreeSet<Uuid> {
+        self.shared.state().unique.clone()
+    }
+
+    /// Every request to a capture endpoint.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.state().requests.clone()
+    }
+
+    /// Waits until `unique` distinct events have been accepted.
+    pub async fn wait_for_events(
+        &self,
+        unique: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedEvent>, WaitTimeout> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let notified = self.shared.arrived.notified();
+            let received = self.shared.state().unique.len();
+            if received >= unique {
+                return Ok(self.events());
+            }
+            if tokio::time::timeout_at(started + timeout, notified)
+                .await
+                .is_err()
+            {
+                return Err(WaitTimeout {
+                    expected: unique,
+                    received,
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Answers the next requests with these replies, in order, then normally again.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.state().script.extend(replies);
+    }
+
+    /// Answers every request with `reply` until called with `None`.
+    pub fn set_outage(&self, reply: Option<Reply>) {
+        self.shared.state().outage = reply;
+    }
+
+    /// Fails each request with probability `probability`, with a reply drawn from `replies`.
+    pub fn set_random_failures(&self, probability: f64, replies: Vec<Reply>, seed: u64) {
+        self.shared.state().random =
+            (!replies.is_empty()).then(|| (probability, replies, fastrand::Rng::with_seed(seed)));
+    }
+
+    /// Rejects with 400 every request holding an event for which `predicate` is true; like
+    /// PostHog, nothing of such a request is accepted.
+    pub fn reject_events_where(&self, predicate: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        self.shared.state().reject = Some(Arc::new(predicate));
+    }
+
+    /// Forgets recorded events and requests.
+    pub fn clear(&self) {
+        let mut state = self.shared.state();
+        state.events.clear();
+        state.unique.clear();
+        state.requests.clear();
+    }
+
+    /// Panics, listing them, if any uuid was accepted more than once.
+    pub fn assert_no_duplicates(&self) {
+        let state = self.shared.state();
+        if state.events.len() != state.unique.len() {
+            let mut seen = BTreeSet::new();
+            let duplicated: Vec<Uuid> = state
+                .events
+                .iter()
+                .filter(|e| !seen.insert(e.uuid))
+                .map(|e| e.uuid)
+                .collect();
+            panic!("{} duplicate deliveries: {duplicated:?}", duplicated.len());
+        }
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// The error that makes hyper drop the connection without answering.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpResponse, Dropped> {
+    let path = request.uri().path().to_owned();
+    let capture = matches!(
+        path.as_str(),
+        "/batch/" | "/batch" | "/capture/" | "/capture" | "/e/" | "/i/v0/e/"
+    );
+    if !capture {
+        return Ok(respond(
+            404,
+            json!({"type": "not_found", "detail": "unknown endpoint"}),
+            None,
+        ));
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let user_agent = header("user-agent");
+    let content_encoding = header("content-encoding");
+    let gzip_query = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("compression=gzip"));
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return Err(Dropped),
+    };
+    let mut record = ReceivedRequest {
+        path,
+        status: 0,
+        user_agent,
+        content_encoding: content_encoding.clone(),
+        compressed_bytes: body.len(),
+        decoded_bytes: 0,
+        body: Value::Null,
+        event_count: 0,
+        historical_migration: false,
+    };
+
+    let mut reply = {
+        let mut state = shared.state();
+        if let Some(reply) = state.script.pop_front() {
+            reply
+        } else if let Some(reply) = state.outage.clone() {
+            reply
+        } else if let Some((probability, replies, rng)) = &mut state.random {
+            if rng.f64() < *probability {
+                replies[rng.usize(..replies.len())].clone()
+            } else {
+                Reply::Accept
+            }
+        } else {
+            Reply::Accept
+        }
+    };
+    while let Reply::Delay(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    let response = match reply {
+        Reply::DropConnection => {
+            shared.state().requests.push(record);
+            return Err(Dropped);
+        }
+        Reply::Status(status) => respond(
+            status,
+            json!({"type": "scripted", "detail": "scripted failure"}),
+            None,
+        ),
+        Reply::RetryAfter { status, seconds } => respond(
+            status,
+            json!({"type": "scripted", "detail": "slow down"}),
+            Some(seconds),
+        ),
+        Reply::Accept | Reply::Delay(..) => {
+            let gzip = gzip_query || content_encoding.as_deref() == Some("gzip");
+            accept(&shared, &body, gzip, &mut record)
+        }
+    };
+    record.status = response.status().as_u16();
+    shared.state().requests.push(record);
+    Ok(response)
+}
+
+fn respond(status: u16, body: Value, retry_after: Option<u64>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn invalid(detail: impl Into<String>) -> HttpResponse {
+    respond(
+        400,
+        json!({"type": "validation_error", "code": "invalid_payload", "detail": detail.into()}),
+        None,
+    )
+}
+
+/// Validates like PostHog's capture, and records the events when all of them are valid.
+fn accept(shared: &Shared, body: &[u8], gzip: bool, record: &mut ReceivedRequest) -> HttpResponse {
+    let decoded = if gzip {
+        let mut decoded = Vec::new();
+        let limit = u64::try_from(MAX_REQUEST_BYTES + 1).unwrap_or(u64::MAX);
+        if flate2::read::GzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut decoded)
+            .is_err()
+        {
+            return invalid("body is not valid gzip");
+        }
+        decoded
+    } else {
+        body.to_vec()
+    };
+    record.decoded_bytes = decoded.len();
+    if decoded.len() > MAX_REQUEST_BYTES {
+        return respond(
+            413,
+            json!({"type": "invalid_request", "detail": "request too large"}),
+            None,
+        );
+    }
+    let Ok(payload) = serde_json::from_slice::<Value>(&decoded) else {
+        return invalid("body is not JSON");
+    };
+    record.body = payload.clone();
+    record.historical_migration = payload["historical_migration"] == json!(true);
+    let key = payload
+        .get("api_key")
+        .or_else(|| payload.get("token"))
+        .and_then(Value::as_str);
+    if key != Some(shared.api_key.as_str()) {
+        return respond(
+            401,
+            json!({"type": "authentication_error", "code": "invalid_api_key", "detail": "Project API key invalid"}),
+            None,
+        );
+    }
+    let events: Vec<Value> = match payload.get("batch") {
+        Some(Value::Array(batch)) => batch.clone(),
+        Some(_) => return invalid("`batch` must be an array"),
+        None => vec![payload.clone()],
+    };
+    record.event_count = events.len();
+    if events.is_empty() {
+        return invalid("`batch` is empty");
+    }
+    let reject = shared.state().reject.clone();
+    let mut accepted = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        match validate(&event) {
+            Ok(received) => {
+                if reject.as_ref().is_some_and(|predicate| predicate(&event)) {
+                    return invalid(format!(
+                        "event {index} was rejected by the test's predicate"
+                    ));
+                }
+                accepted.push(received);
+            }
+            Err(detail) => return invalid(format!("event {index}: {detail}")),
+        }
+    }
+    let mut state = shared.state();
+    for event in accepted {
+        state.unique.insert(event.uuid);
+        state.events.push(event);
+    }
+    drop(state);
+    shared.arrived.notify_waiters();
+    respond(200, json!({"status": "Ok"}), None)
+}
+
+fn validate(event: &Value) -> Result<ReceivedEvent, String> {
+    if !event.is_object() {
+        return Err("not an object".to_owned());
+    }
+    if event.to_string().len() > MAX_EVENT_BYTES {
+        return Err("event too large (over 1 MB)".to_owned());
+    }
+    let name = event["event"]
+        .as_str()
+        .filter(|name| !name.is_empty())
+        .ok_or("`event` must be a non-empty string")?;
+    let distinct_id = match &event["distinct_id"] {
+        Value::String(id) if !id.is_empty() => id.clone(),
+        Value::Number(id) => id.to_string(),
+        _ => return Err("`distinct_id` must be a non-empty string or a number".to_owned()),
+    };
+    let uuid = match &event["uuid"] {
+        Value::Null => Uuid::new_v4(),
+        Value::String(uuid) => {
+            Uuid::parse_str(uuid).map_err(|_| format!("`uuid` {uuid:?} is not a UUID"))?
+        }
+        _ => return Err("`uuid` must be a string".to_owned()),
+    };
+    let timestamp = match &event["timestamp"] {
+        Value::Null => String::new(),
+        Value::String(timestamp) => {
+            let parsed = chrono::DateTime::parse_from_rfc3339(timestamp)
+                .map_err(|_| format!("`timestamp` {timestamp:?} is not RFC 3339"))?;
+            if parsed.offset().local_minus_utc() != 0 {
+                return Err(format!("`timestamp` {timestamp:?} is not in UTC"));
+            }
+            timestamp.clone()
+        }
+        _ => return Err("`timestamp` must be a string".to_owned()),
+    };
+    let properties = match &event["properties"] {
+        Value::Null => Value::Object(serde_json::Map::new()),
+        Value::Object(_) => event["properties"].clone(),
+        _ => return Err("`properties` must be an object".to_owned()),
+    };
+    Ok(ReceivedEvent {
+        uuid,
+        event: name.to_owned(),
+        distinct_id,
+        timestamp,
+        properties,
+        raw: event.clone(),
+    })
+}

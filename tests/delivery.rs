@@ -1,0 +1,364 @@
+//! Delivery from the outbox to PostHog (a `MockPostHog`) through faults, on real databases:
+//! in every case the set of uuids PostHog received must equal the set committed, and nothing
+//! from a rolled-back transaction may arrive.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use posthog_track::testing::{MockPostHog, Reply};
+use posthog_track::{Backend, Backoff, Event, Tracker};
+use posthog_track_tests::{database_url, unique};
+use sqlx::Pool;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn tracker(mock: &MockPostHog) -> Tracker {
+    Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .unwrap()
+        .backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+        })
+        .request_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
+        .build()
+}
+
+/// Commits `count` events in transactions of `per_tx`, and rolls back one more transaction;
+/// returns the uuids committed.
+async fn commit_events<DB: Backend>(
+    tracker: &Tracker,
+    pool: &Pool<DB>,
+    tag: &str,
+    count: usize,
+    per_tx: usize,
+) -> BTreeSet<Uuid> {
+    let mut committed = BTreeSet::new();
+    let mut n = 0;
+    while n < count {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(tag.to_owned());
+        for _ in 0..per_tx.min(count - n) {
+            tx.capture(
+                Event::new("delivery_test")
+                    .property("n", n as u64)
+                    .property("tag", tag),
+            )
+            .unwrap();
+            n += 1;
+        }
+        committed.extend(tx.staged().iter().map(|event| event.uuid));
+        tx.commit().await.unwrap();
+    }
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.to_owned());
+    tx.capture(Event::new("rolled_back").property("tag", tag))
+        .unwrap();
+    tx.rollback().await.unwrap();
+    committed
+}
+
+/// The uuids the mock accepted for this test (the outbox may be shared with other tests).
+fn received(mock: &MockPostHog, tag: &str) -> BTreeSet<Uuid> {
+    mock.events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect()
+}
+
+async fn wait_until_received(mock: &MockPostHog, tag: &str, expected: &BTreeSet<Uuid>) {
+    let started = std::time::Instant::now();
+    while received(mock, tag).len() < expected.len() {
+        assert!(
+            started.elapsed() < WAIT,
+            "only {} of {} events arrived",
+            received(mock, tag).len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        &received(mock, tag),
+        expected,
+        "PostHog received exactly the committed events"
+    );
+    assert!(
+        mock.events()
+            .iter()
+            .all(|event| event.event != "rolled_back"),
+        "nothing rolled back is sent"
+    );
+}
+
+// Scenarios run in parallel and each relay delivers whatever its outbox holds, so every
+// scenario gets an outbox of its own: a schema on PostgreSQL, a database on MariaDB.
+
+async fn isolated_postgres(url: &str, scenario: &str) -> sqlx::PgPool {
+    use std::str::FromStr as _;
+    let schema = format!("delivery_{scenario}");
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
+    use std::str::FromStr as _;
+    let database = format!("delivery_{scenario}");
+    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
+        .unwrap()
+        .database(&database);
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+macro_rules! on_every_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = std::env::temp_dir().join(unique("posthog-track-delivery"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.join("outbox.db"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                super::$scenario(&pool).await;
+                pool.close().await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = database_url("POSTGRES_URL") else {
+                    return;
+                };
+                super::$scenario(&isolated_postgres(&url, stringify!($scenario)).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let Some(url) = database_url("MYSQL_URL") else {
+                    return;
+                };
+                super::$scenario(&isolated_mysql(&url, stringify!($scenario)).await).await;
+            }
+        }
+    };
+}
+
+on_every_backend!(outage_then_recovery);
+on_every_backend!(random_failures);
+on_every_backend!(rejected_event_is_dead_lettered_and_requeued);
+on_every_backend!(shutdown_during_outage_loses_nothing);
+on_every_backend!(concurrent_relays);
+
+/// PostHog answers 503 for a while, then recovers: everything arrives, once the outage ends.
+async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("outage");
+    mock.set_outage(Some(Reply::Status(503)));
+    tracker.start_relay(pool.clone());
+    let committed = commit_events(&tracker, pool, &tag, 200, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        received(&mock, &tag).is_empty(),
+        "nothing is accepted during the outage"
+    );
+    assert!(
+        mock.requests().iter().any(|r| r.status == 503),
+        "the relay kept trying"
+    );
+    mock.set_outage(None);
+    wait_until_received(&mock, &tag, &committed).await;
+    tracker.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// 10,000 events through 20 % random 500s, 429s with Retry-After and dropped connections.
+async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("chaos");
+    mock.set_random_failures(
+        0.2,
+        vec![
+            Reply::Status(500),
+            Reply::Status(500),
+            Reply::RetryAfter {
+                status: 429,
+                seconds: 1,
+            },
+            Reply::DropConnection,
+        ],
+        7,
+    );
+    tracker.start_relay(pool.clone());
+    let committed = commit_events(&tracker, pool, &tag, 10_000, 250).await;
+    wait_until_received(&mock, &tag, &committed).await;
+    assert!(
+        mock.requests().iter().any(|r| r.status == 500),
+        "failures were injected"
+    );
+    tracker.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// One event of a batch is rejected with 400: it is dead-lettered with the reason, the rest
+/// arrive, and a requeue delivers it once PostHog accepts it.
+async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("poison");
+    let poison_tag = tag.clone();
+    mock.reject_events_where(move |event| {
+        event["event"] == "poison" && event["properties"]["tag"] == poison_tag.as_str()
+    });
+    let mut committed = commit_events(&tracker, pool, &tag, 30, 30).await;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("poison").property("tag", tag.as_str()))
+        .unwrap();
+    let poison = tx.staged()[0].uuid;
+    tx.commit().await.unwrap();
+
+    let relay = tracker.relay(pool.clone());
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    assert_eq!(
+        received(&mock, &tag),
+        committed,
+        "every other event arrived"
+    );
+    let dead: Vec<_> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.uuid == poison)
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].status, posthog_track::outbox::Status::Dead);
+    let reason = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(reason.starts_with("400"), "the reason is kept: {reason}");
+
+    mock.reject_events_where(|_| false);
+    assert_eq!(
+        tracker
+            .outbox(pool)
+            .requeue(Some(&[dead[0].id]))
+            .await
+            .unwrap(),
+        1
+    );
+    relay.drain().await.unwrap();
+    committed.insert(poison);
+    assert_eq!(received(&mock, &tag), committed);
+}
+
+/// Shutdown with a deadline while PostHog is down returns in time, and the events wait in
+/// the outbox for the next relay.
+async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("shutdown");
+    mock.set_outage(Some(Reply::Status(503)));
+    tracker.start_relay(pool.clone());
+    let committed = commit_events(&tracker, pool, &tag, 50, 10).await;
+    let started = std::time::Instant::now();
+    let result = tracker.shutdown(Duration::from_millis(500)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown honours its deadline"
+    );
+    assert!(
+        result.is_err(),
+        "shutdown reports that delivery did not finish"
+    );
+    let waiting: BTreeSet<Uuid> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect();
+    assert_eq!(
+        waiting, committed,
+        "every undelivered event waits in the outbox"
+    );
+
+    // The next process delivers them.
+    mock.set_outage(None);
+    let next = self::tracker(&mock);
+    let relay = next.relay(pool.clone());
+    let deadline = std::time::Instant::now() + WAIT;
+    while received(&mock, &tag).len() < committed.len() && std::time::Instant::now() < deadline {
+        let _ = relay.drain().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(received(&mock, &tag), committed);
+}
+
+/// Four relays on one database at once: every event is delivered, and none twice (no lease
+/// expires here, so a duplicate would mean two relays claimed the same row).
+async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("fleet");
+    let committed = commit_events(&tracker, pool, &tag, 2_000, 100).await;
+    let relays: Vec<Tracker> = (0..4).map(|_| self::tracker(&mock)).collect();
+    for relay in &relays {
+        relay.start_relay(pool.clone());
+    }
+    wait_until_received(&mock, &tag, &committed).await;
+    let deliveries = mock
+        .events()
+        .iter()
+        .filter(|event| event.distinct_id == tag)
+        .count();
+    assert_eq!(
+        deliveries,
+        committed.len(),
+        "no event was sent by two relays"
+    );
+    for relay in relays {
+        relay.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+}
