@@ -42,8 +42,17 @@ fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> Tok
         Section::Set => quote!(set),
         Section::SetOnce => quote!(set_once),
     };
-    // Spanned on the field's type, so "`T: Serialize` is not satisfied" points at it.
-    quote_spanned! {field.ty.span()=>
+    // Spanned on the field's type, so "`T: Serialize` is not satisfied" points at it; every
+    // token of the value expression needs that span, or rustc falls back to the derive.
+    let span = field.ty.span();
+    let owner: TokenStream = owner
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect();
+    quote_spanned! {span=>
         __writer.#method(#name, #key, &#owner.#ident)?;
     }
 }

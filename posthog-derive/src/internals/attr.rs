@@ -174,6 +174,10 @@ impl Field {
                                 &meta.path,
                                 "`skip` needs a reason: `#[tracked(skip = \"why this stays out of analytics\")]`",
                             );
+                            // Count it as the decision it was meant to be, so the field
+                            // does not also get a "no decision" error.
+                            let reason = "(missing)".to_owned();
+                            push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason), None);
                             return skip_value(&meta);
                         }
                         let reason = parse_string(&meta)?;

@@ -26,7 +26,8 @@ pub fn did_you_mean<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (input.chars().count() / 3).max(1);
+    // A third of the length, rounded up: allows a transposition in a five-letter key.
+    let limit = input.chars().count().div_ceil(3).max(1);
     candidates
         .into_iter()
         .map(|candidate| (edit_distance(input, candidate), candidate))
@@ -72,6 +73,7 @@ mod tests {
         assert_eq!(did_you_mean("proprety", keys), Some("property"));
         assert_eq!(did_you_mean("persn", keys), Some("person"));
         assert_eq!(did_you_mean("banana", keys), None);
+        assert_eq!(did_you_mean("tabel", ["table", "schema"]), Some("table"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

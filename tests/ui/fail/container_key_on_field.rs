@@ -1,0 +1,14 @@
+//! A container key written on a field.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property, table = "emails")]
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+//! Decisions are counted across attributes.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(person)]
+    #[tracked(skip = "pii")]
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+//! Event names starting with `$` are PostHog's.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id, insert_event = "$identify")]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub email: String,
+}
+
+fn main() {}

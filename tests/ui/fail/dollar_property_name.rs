@@ -1,0 +1,14 @@
+//! `$` names belong to PostHog.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property = "$set")]
+    pub email: String,
+}
+
+fn main() {}

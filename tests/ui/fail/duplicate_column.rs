@@ -1,0 +1,16 @@
+//! Two fields writing one column.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub email: String,
+    #[tracked(property, column = "email")]
+    pub email_address: String,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+//! A field key written on the struct.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id, key)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub email: String,
+}
+
+fn main() {}

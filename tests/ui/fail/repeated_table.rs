@@ -1,0 +1,14 @@
+//! `table` twice.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", table = "people", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub email: String,
+}
+
+fn main() {}

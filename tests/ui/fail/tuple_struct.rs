@@ -1,0 +1,9 @@
+//! Tuple structs have no column names.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users")]
+pub struct User(String, String);
+
+fn main() {}

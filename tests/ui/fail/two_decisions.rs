@@ -1,0 +1,14 @@
+//! One field, two decisions.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property, person)]
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+//! Unknown container key, with a suggestion.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(tabel = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+//! Unknown field key, with a suggestion.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", distinct_id = id)]
+pub struct User {
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    #[tracked(proprety)]
+    pub email: String,
+}
+
+fn main() {}
