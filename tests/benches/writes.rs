@@ -2,7 +2,7 @@
 //! mapping alone.
 //!
 //! ```text
-//! cargo bench -p posthog-track-tests --bench writes            # SQLite only
+//! cargo bench -p posthog-track-tests --bench writes            # SQLite only (two settings)
 //! POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo bench -p posthog-track-tests --bench writes        # SQLite and PostgreSQL
 //! ```
@@ -37,7 +37,7 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-const ROUNDS: usize = 40;
+const ROUNDS: usize = 100;
 const BATCH: usize = 50;
 
 fn user(n: usize, run: &str) -> User {
@@ -52,35 +52,46 @@ fn user(n: usize, run: &str) -> User {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() {
     println!("posthog-track write benchmark: {ROUNDS} rounds x {BATCH} writes per side\n");
     staging();
 
-    let dir = std::env::temp_dir().join(format!("posthog-track-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.join("bench.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
-    compare(
-        "SQLite (file, WAL, synchronous=NORMAL)",
-        &pool,
-        "CREATE TABLE bench_users (id TEXT PRIMARY KEY, email TEXT NOT NULL, plan TEXT NOT NULL, \
-         seats INTEGER NOT NULL, password_hash TEXT NOT NULL, \
-         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
-        "INSERT INTO bench_users (id, email, plan, seats, password_hash) VALUES (?, ?, ?, ?, ?) \
-         RETURNING created_at",
-    )
-    .await;
-    pool.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    for (label, synchronous) in [
+        (
+            "SQLite (file, WAL, synchronous=FULL: sqlx's default)",
+            sqlx::sqlite::SqliteSynchronous::Full,
+        ),
+        (
+            "SQLite (file, WAL, synchronous=NORMAL)",
+            sqlx::sqlite::SqliteSynchronous::Normal,
+        ),
+    ] {
+        let dir = std::env::temp_dir().join(format!("posthog-track-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("bench.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(synchronous);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        compare(
+            label,
+            &pool,
+            "CREATE TABLE bench_users (id TEXT PRIMARY KEY, email TEXT NOT NULL, plan TEXT NOT NULL, \
+             seats INTEGER NOT NULL, password_hash TEXT NOT NULL, \
+             created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+            "INSERT INTO bench_users (id, email, plan, seats, password_hash) VALUES (?, ?, ?, ?, ?) \
+             RETURNING created_at",
+        )
+        .await;
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     match std::env::var("POSTGRES_URL") {
         Ok(url) => {

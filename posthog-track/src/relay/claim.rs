@@ -12,8 +12,10 @@ use crate::outbox::Status;
 #[derive(Debug, Clone)]
 pub(crate) struct Claimed {
     pub id: i64,
-    /// The fence: this claim's attempt number.
+    /// The fence: this claim's attempt number ...
     pub attempts: i64,
+    /// ... and the event's uuid (ids of deleted rows may be reused).
+    pub uuid: String,
     pub payload: String,
 }
 
@@ -48,7 +50,7 @@ pub(crate) async fn claim<DB: Backend>(
                        WHERE id IN (SELECT id FROM posthog_outbox \
                            WHERE status = $2 AND (leased_until IS NULL OR leased_until < $3) \
                            ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                       RETURNING id, attempts, payload";
+                       RETURNING id, attempts, uuid, payload";
             fetch_claimed::<DB>(pool, sql, [until, pending, now, limit]).await
         }
         Dialect::Sqlite => {
@@ -57,7 +59,7 @@ pub(crate) async fn claim<DB: Backend>(
                        WHERE id IN (SELECT id FROM posthog_outbox \
                            WHERE status = ? AND (leased_until IS NULL OR leased_until < ?) \
                            ORDER BY id LIMIT ?) \
-                       RETURNING id, attempts, payload";
+                       RETURNING id, attempts, uuid, payload";
             let mut rows = fetch_claimed::<DB>(pool, sql, [until, pending, now, limit]).await?;
             rows.sort_by_key(|row| row.id);
             Ok(rows)
@@ -100,7 +102,7 @@ pub(crate) async fn claim<DB: Backend>(
             }
             DB::execute(&mut tx, query).await?;
             let read = format!(
-                "SELECT id, attempts, payload FROM posthog_outbox WHERE id IN ({list}) ORDER BY id"
+                "SELECT id, attempts, uuid, payload FROM posthog_outbox WHERE id IN ({list}) ORDER BY id"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(read));
             for id in &ids {
@@ -131,7 +133,8 @@ fn decode<DB: Backend>(row: &DB::Row) -> Result<Claimed> {
     Ok(Claimed {
         id: DB::int(row, 0)?,
         attempts: DB::int(row, 1)?,
-        payload: DB::text(row, 2)?,
+        uuid: DB::text(row, 2)?,
+        payload: DB::text(row, 3)?,
     })
 }
 
@@ -145,7 +148,8 @@ pub(crate) enum Settle<'a> {
     Dead { reason: &'a str },
 }
 
-/// Applies `settle` to `rows`, each fenced by its attempt number. Returns rows affected.
+/// Applies `settle` to `rows`, each fenced by its attempt number and uuid. Returns rows
+/// affected.
 pub(crate) async fn settle<DB: Backend>(
     pool: &Pool<DB>,
     rows: &[&Claimed],
@@ -158,18 +162,18 @@ pub(crate) async fn settle<DB: Backend>(
     let mut conn = pool.acquire().await?;
     let mut affected = 0;
     // One statement per attempt number (rows of one claim almost always share it).
-    let mut by_attempts: Vec<(i64, Vec<i64>)> = Vec::new();
+    let mut by_attempts: Vec<(i64, Vec<&Claimed>)> = Vec::new();
     for row in rows {
         match by_attempts
             .iter_mut()
             .find(|(attempts, _)| *attempts == row.attempts)
         {
-            Some((_, ids)) => ids.push(row.id),
-            None => by_attempts.push((row.attempts, vec![row.id])),
+            Some((_, group)) => group.push(row),
+            None => by_attempts.push((row.attempts, vec![row])),
         }
     }
-    for (attempts, ids) in by_attempts {
-        for chunk in ids.chunks(500) {
+    for (attempts, group) in by_attempts {
+        for chunk in group.chunks(500) {
             let (head, first_id) = match settle {
                 Settle::Delete => ("DELETE FROM posthog_outbox".to_owned(), 1),
                 Settle::Release { .. } => {
@@ -193,6 +197,12 @@ pub(crate) async fn settle<DB: Backend>(
             dialect.push_placeholder(&mut sql, first_id);
             sql.push_str(" AND id IN (");
             sql.push_str(&placeholders(dialect, first_id + 1, chunk.len()));
+            sql.push_str(") AND uuid IN (");
+            sql.push_str(&placeholders(
+                dialect,
+                first_id + 1 + chunk.len(),
+                chunk.len(),
+            ));
             sql.push(')');
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             match settle {
@@ -207,12 +217,91 @@ pub(crate) async fn settle<DB: Backend>(
                 }
             }
             query = DB::bind_i64(query, attempts);
-            for id in chunk {
-                query = DB::bind_i64(query, *id);
+            for row in chunk {
+                query = DB::bind_i64(query, row.id);
+            }
+            for row in chunk {
+                query = DB::bind_text(query, &row.uuid);
             }
             let result = DB::execute(&mut conn, query).await?;
             affected += DB::rows_affected(&result);
         }
     }
     Ok(affected)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    async fn outbox() -> Pool<sqlx::Sqlite> {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        crate::outbox::migrate(&pool).await.unwrap();
+        pool
+    }
+
+    async fn insert(pool: &Pool<sqlx::Sqlite>, uuid: &str) {
+        sqlx::query(
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
+             VALUES (?, 'e', 'd', 't', '{}')",
+        )
+        .bind(uuid)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn stale_acks_are_fenced_off() {
+        let pool = outbox().await;
+        insert(&pool, "a").await;
+        insert(&pool, "b").await;
+        // A zero lease expires at once: a second relay may claim the same rows.
+        let first = claim(&pool, 10, 0).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let second = claim(&pool, 10, 60_000).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            second.iter().map(|row| row.attempts).collect::<Vec<_>>(),
+            [2, 2]
+        );
+        assert!(
+            claim(&pool, 10, 60_000).await.unwrap().is_empty(),
+            "leased rows are not claimable"
+        );
+
+        let stale: Vec<&Claimed> = first.iter().collect();
+        assert_eq!(
+            settle(&pool, &stale, Settle::Delete).await.unwrap(),
+            0,
+            "the stale ack is fenced"
+        );
+        let current: Vec<&Claimed> = second.iter().collect();
+        assert_eq!(settle(&pool, &current, Settle::Delete).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_is_not_mistaken_for_the_deleted_event() {
+        let pool = outbox().await;
+        insert(&pool, "old").await;
+        let claimed = claim(&pool, 10, 0).await.unwrap();
+        let rows: Vec<&Claimed> = claimed.iter().collect();
+        // Another relay delivers and deletes it; a new event then takes the same id.
+        sqlx::query("DELETE FROM posthog_outbox")
+            .execute(&pool)
+            .await
+            .unwrap();
+        insert(&pool, "new").await;
+        let reclaimed = claim(&pool, 10, 0).await.unwrap();
+        assert_eq!(
+            (reclaimed[0].id, reclaimed[0].attempts),
+            (claimed[0].id, claimed[0].attempts)
+        );
+        assert_eq!(settle(&pool, &rows, Settle::Delete).await.unwrap(), 0);
+        assert_eq!(crate::outbox::Outbox::new(&pool).len().await.unwrap(), 1);
+    }
 }
