@@ -5,8 +5,11 @@
 //! ```
 //!
 //! Runs on SQLite in memory, so it needs nothing installed. It signs a user up, upgrades their
-//! plan (a milestone event), rolls back a second signup, and prints what the database holds:
-//! the rows and the events waiting in the outbox.
+//! plan (a milestone event), rolls back a second signup, prints what the database holds (the
+//! rows and the events waiting in the outbox), then delivers the outbox: to PostHog when
+//! `POSTHOG_API_KEY` is set, printed as JSON lines otherwise.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use posthog_track::{Mode, TrackedModel, Tracker};
@@ -41,7 +44,13 @@ fn plan_upgraded(before: &String, after: &String) -> bool {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    // One connection that never closes: each SQLite in-memory connection is its own database.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await?;
     sqlx::query(
         "CREATE TABLE users (
             id TEXT PRIMARY KEY,
@@ -101,24 +110,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {}", serde_json::to_string(&event.payload)?);
     }
 
+    // Deliver: the relay sends the outbox to PostHog (dry run: prints each event as a JSON
+    // line) and deletes what was accepted. In a service, `start_relay` once at start-up.
     match tracker.mode() {
         Mode::DryRun => println!(
-            "\nDry run: no POSTHOG_API_KEY is set, so nothing leaves this machine.\n\
-             To use a real project: POSTHOG_API_KEY=phc_... [POSTHOG_HOST=https://eu.i.posthog.com] \
-             cargo run --example quickstart"
+            "\nDry run (no POSTHOG_API_KEY): delivery prints each event instead of sending it.\n\
+             To send to a real project: POSTHOG_API_KEY=phc_... \
+             [POSTHOG_HOST=https://eu.i.posthog.com] cargo run --example quickstart\n"
         ),
         Mode::Live => println!(
-            "\nPOSTHOG_API_KEY is set ({}); the events above are committed in the outbox for {}.",
+            "\nSending to {} with key {} ...",
+            tracker.config().host(),
             tracker
                 .config()
                 .api_key()
-                .map(|k| k.to_string())
-                .unwrap_or_default(),
-            tracker.config().host()
+                .map(|key| key.to_string())
+                .unwrap_or_default()
         ),
         Mode::Disabled => {
             println!("\nPOSTHOG_DISABLED is set: rows are written, no events recorded.")
         }
     }
+    tracker.start_relay(pool.clone());
+    // Flush, then stop the relay. PostHog unreachable? The events would wait in the outbox
+    // (in a real database) for the next relay.
+    if let Err(error) = tracker.shutdown(Duration::from_secs(10)).await {
+        println!("{error}");
+    }
+    let left = tracker.outbox(&pool).status().await?;
+    println!(
+        "\ndelivered; the outbox now holds {} pending and {} dead events",
+        left.pending, left.dead
+    );
     Ok(())
 }
