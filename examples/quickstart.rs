@@ -139,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let left = tracker.outbox(&pool).status().await?;
     println!(
-        "\ndelivered; the outbox now holds {} pending and {} dead events",
+        "\nthe outbox now holds {} pending and {} dead events",
         left.pending, left.dead
     );
     Ok(())
