@@ -70,6 +70,8 @@ pub fn format_timestamp(at: DateTime<Utc>) -> String {
 pub struct EventWriter {
     buf: Vec<u8>,
     event: Cow<'static, str>,
+    /// A timestamp given for this event, overriding the write's.
+    timestamp: Option<String>,
     section: Section,
     first_in_section: bool,
 }
@@ -104,6 +106,7 @@ impl EventWriter {
         EventWriter {
             buf,
             event,
+            timestamp: None,
             section: Section::Properties,
             first_in_section: false,
         }
@@ -254,11 +257,19 @@ impl<'a> Stager<'a> {
         )
     }
 
+    /// Starts an event that happened at `timestamp` rather than at this write.
+    pub(crate) fn event_at(&self, name: Cow<'static, str>, timestamp: String) -> EventWriter {
+        let mut writer = EventWriter::begin(name, &self.distinct_id, Uuid::now_v7(), &timestamp);
+        writer.timestamp = Some(timestamp);
+        writer
+    }
+
     /// Finishes an event and stages it. Refuses an event larger than PostHog accepts, so that
     /// a write can never commit an event that could not be delivered.
     pub fn push(&mut self, writer: EventWriter) -> Result<()> {
         let uuid = uuid_of(&writer.buf);
         let event = writer.event.clone();
+        let timestamp = writer.timestamp.clone();
         let payload = writer.finish();
         if payload.len() > crate::client::wire::MAX_EVENT_BYTES {
             return Err(Error::EventTooLarge {
@@ -270,7 +281,7 @@ impl<'a> Stager<'a> {
             uuid,
             event,
             distinct_id: self.distinct_id.clone(),
-            timestamp: self.timestamp.clone(),
+            timestamp: timestamp.unwrap_or_else(|| self.timestamp.clone()),
             payload,
         });
         Ok(())
@@ -345,6 +356,7 @@ pub struct Event {
     pub(crate) name: Cow<'static, str>,
     pub(crate) distinct_id: Option<String>,
     pub(crate) properties: Vec<(SectionKind, String, serde_json::Value)>,
+    pub(crate) timestamp: Option<DateTime<Utc>>,
 }
 
 impl Event {
@@ -354,7 +366,14 @@ impl Event {
             name: name.into(),
             distinct_id: None,
             properties: Vec::new(),
+            timestamp: None,
         }
+    }
+
+    /// When the event happened, if not now (any offset; it is sent in UTC).
+    pub fn timestamp<Tz: chrono::TimeZone>(mut self, at: DateTime<Tz>) -> Self {
+        self.timestamp = Some(at.with_timezone(&Utc));
+        self
     }
 
     /// The same event under another name (`$identify` for a person update, say).
@@ -391,7 +410,10 @@ impl Event {
     }
 
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
-        let mut writer = stager.event(self.name);
+        let mut writer = match self.timestamp {
+            Some(at) => stager.event_at(self.name, format_timestamp(at)),
+            None => stager.event(self.name),
+        };
         // Sections must be written in order; a stable sort keeps each section's own order.
         let mut properties = self.properties;
         properties.sort_by_key(|(section, _, _)| *section as u8);

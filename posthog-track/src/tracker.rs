@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Pool;
 use tokio::sync::{Notify, watch};
+use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::client::queue::{Queue, QueueOptions};
@@ -167,21 +168,30 @@ impl Tracker {
     }
 
     /// Captures an event that comes from no table, outside any transaction, through the
-    /// in-memory queue. Its uuid and timestamp are fixed now. Waits for room when the queue is
-    /// full (see [`try_capture`](Tracker::try_capture)).
-    pub async fn capture(&self, event: Event) -> Result<()> {
+    /// in-memory queue. Its uuid and timestamp are fixed now; the uuid is returned (`None` when
+    /// the tracker is disabled or `before_send` dropped the event). Waits for room when the
+    /// queue is full (see [`try_capture`](Tracker::try_capture)).
+    pub async fn capture(&self, event: Event) -> Result<Option<Uuid>> {
         match self.stage(event)? {
-            Some(staged) => self.queue()?.push(staged).await,
-            None => Ok(()),
+            Some(staged) => {
+                let uuid = staged.uuid;
+                self.queue()?.push(staged).await?;
+                Ok(Some(uuid))
+            }
+            None => Ok(None),
         }
     }
 
     /// Like [`capture`](Tracker::capture), but never waits: a full queue refuses the event
     /// with [`Error::QueueFull`] and counts it in [`stats`](Tracker::stats).
-    pub async fn try_capture(&self, event: Event) -> Result<()> {
+    pub async fn try_capture(&self, event: Event) -> Result<Option<Uuid>> {
         match self.stage(event)? {
-            Some(staged) => self.queue()?.try_push(staged).await,
-            None => Ok(()),
+            Some(staged) => {
+                let uuid = staged.uuid;
+                self.queue()?.try_push(staged).await?;
+                Ok(Some(uuid))
+            }
+            None => Ok(None),
         }
     }
 
@@ -189,7 +199,8 @@ impl Tracker {
     /// `distinct_id`.
     pub async fn identify(&self, distinct_id: impl Into<String>, person: Event) -> Result<()> {
         self.capture(person.renamed("$identify").distinct_id(distinct_id))
-            .await
+            .await?;
+        Ok(())
     }
 
     /// `$create_alias`: `alias` becomes another distinct id of the person `distinct_id`.
@@ -203,7 +214,8 @@ impl Tracker {
             .property("distinct_id", distinct_id.clone())
             .property("alias", alias.into())
             .distinct_id(distinct_id);
-        self.capture(event).await
+        self.capture(event).await?;
+        Ok(())
     }
 
     /// `$groupidentify`: sets properties of a group (a company, a team).
@@ -219,7 +231,8 @@ impl Tracker {
             .property("$group_type", group_type)
             .property("$group_key", group_key)
             .property("$group_set", serde_json::Value::Object(properties));
-        self.capture(event).await
+        self.capture(event).await?;
+        Ok(())
     }
 
     /// Delivers everything committed or captured so far: drains every relay started with
