@@ -362,3 +362,67 @@ async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>) {
         relay.shutdown(Duration::from_secs(10)).await.unwrap();
     }
 }
+
+on_every_backend!(relay_killed_between_send_and_ack);
+
+/// A relay dies after PostHog accepted a batch but before it acknowledged the rows: once its
+/// lease expires another relay resends them, with the same uuids and byte-identical events
+/// (timestamps included), so PostHog's uuid deduplication absorbs the repeat.
+async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .unwrap()
+        .lease(Duration::from_millis(300))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("killed");
+    let committed = commit_events(&tracker, pool, &tag, 20, 20).await;
+
+    mock.script([Reply::AcceptWithoutResponse]);
+    let doomed = tracker.relay(pool.clone());
+    let killed = tokio::spawn(async move { doomed.run_once().await });
+    let deadline = std::time::Instant::now() + WAIT;
+    while received(&mock, &tag).len() < committed.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first send never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    killed.abort(); // dies holding its lease, rows unacknowledged
+    let first: Vec<_> = mock.events();
+
+    // The rows are not claimable while the lease holds ...
+    let successor = tracker.relay(pool.clone());
+    assert_eq!(
+        successor.run_once().await.unwrap().claimed,
+        0,
+        "the lease is respected"
+    );
+    // ... and are resent once it has expired.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    successor.drain().await.unwrap();
+    let resent: Vec<_> = mock.events().into_iter().skip(first.len()).collect();
+    assert_eq!(
+        resent.len(),
+        committed.len(),
+        "every unacknowledged event is resent once"
+    );
+    for event in &resent {
+        let original = first
+            .iter()
+            .find(|e| e.uuid == event.uuid)
+            .expect("same uuid as the first send");
+        assert_eq!(
+            original.raw, event.raw,
+            "the resent event is identical, timestamp included"
+        );
+    }
+    assert_eq!(received(&mock, &tag), committed);
+    assert!(
+        tracker.outbox(pool).is_empty().await.unwrap(),
+        "acknowledged rows are deleted"
+    );
+}

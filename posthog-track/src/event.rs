@@ -357,6 +357,7 @@ pub struct Event {
     pub(crate) distinct_id: Option<String>,
     pub(crate) properties: Vec<(SectionKind, String, serde_json::Value)>,
     pub(crate) timestamp: Option<DateTime<Utc>>,
+    pub(crate) unset: Vec<serde_json::Value>,
 }
 
 impl Event {
@@ -367,6 +368,7 @@ impl Event {
             distinct_id: None,
             properties: Vec::new(),
             timestamp: None,
+            unset: Vec::new(),
         }
     }
 
@@ -374,6 +376,12 @@ impl Event {
     pub fn timestamp<Tz: chrono::TimeZone>(mut self, at: DateTime<Tz>) -> Self {
         self.timestamp = Some(at.with_timezone(&Utc));
         self
+    }
+
+    /// Person properties for [`Tracker::identify`](crate::Tracker::identify): add them with
+    /// `set`, `set_once` and `unset`.
+    pub fn person() -> Self {
+        Event::new("$identify")
     }
 
     /// The same event under another name (`$identify` for a person update, say).
@@ -409,13 +417,26 @@ impl Event {
         self
     }
 
+    /// Removes a person property (`$unset`).
+    pub fn unset(mut self, key: impl Into<String>) -> Self {
+        self.unset.push(serde_json::Value::String(key.into()));
+        self
+    }
+
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
+        let mut properties = self.properties;
+        if !self.unset.is_empty() {
+            properties.push((
+                SectionKind::Properties,
+                "$unset".to_owned(),
+                serde_json::Value::Array(self.unset),
+            ));
+        }
         let mut writer = match self.timestamp {
             Some(at) => stager.event_at(self.name, format_timestamp(at)),
             None => stager.event(self.name),
         };
         // Sections must be written in order; a stable sort keeps each section's own order.
-        let mut properties = self.properties;
         properties.sort_by_key(|(section, _, _)| *section as u8);
         for (section, key, value) in &properties {
             writer.dynamic_property(*section, key, value)?;

@@ -195,8 +195,8 @@ impl Tracker {
         }
     }
 
-    /// `$identify`: sets person properties (`$set`, `$set_once` of `person`) on
-    /// `distinct_id`.
+    /// `$identify`: updates the person `distinct_id` with the `$set`, `$set_once` and
+    /// `$unset` of `person`, built like any event: `Event::person().set("plan", "pro")`.
     pub async fn identify(&self, distinct_id: impl Into<String>, person: Event) -> Result<()> {
         self.capture(person.renamed("$identify").distinct_id(distinct_id))
             .await?;

@@ -53,6 +53,9 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
     /// Close the connection without answering: the client sees a transport error.
     DropConnection,
+    /// Accept and record the events, then never answer: PostHog has them, the client never
+    /// learns it (as when a relay dies between sending and acknowledging).
+    AcceptWithoutResponse,
 }
 
 /// One event PostHog accepted.
@@ -385,6 +388,14 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
             json!({"type": "scripted", "detail": "slow down"}),
             Some(seconds),
         ),
+        Reply::AcceptWithoutResponse => {
+            let gzip = gzip_query || content_encoding.as_deref() == Some("gzip");
+            let response = accept(&shared, &body, gzip, &mut record);
+            record.status = response.status().as_u16();
+            shared.state().requests.push(record);
+            std::future::pending::<()>().await;
+            return Err(Dropped);
+        }
         Reply::Accept | Reply::Delay(..) => {
             let gzip = gzip_query || content_encoding.as_deref() == Some("gzip");
             accept(&shared, &body, gzip, &mut record)

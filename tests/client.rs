@@ -1,0 +1,335 @@
+//! The PostHog client without an outbox: `capture`, the in-memory queue, person and group
+//! events, hooks, limits, and `AfterCommit` delivery of tracked writes.
+
+use std::time::Duration;
+
+use posthog_track::testing::{MockPostHog, Reply};
+use posthog_track::{Backoff, Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
+use serde_json::json;
+
+fn builder(mock: &MockPostHog) -> TrackerBuilder {
+    Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .unwrap()
+        .backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        })
+}
+
+#[tokio::test]
+async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock).build();
+    let at = chrono::DateTime::parse_from_rfc3339("2025-01-02T08:34:05+05:30").unwrap();
+    let uuid = tracker
+        .capture(
+            Event::new("report_exported")
+                .distinct_id("u1")
+                .property("rows", 42)
+                .timestamp(at),
+        )
+        .await
+        .unwrap()
+        .expect("recorded");
+    tracker.flush().await.unwrap();
+
+    let events = mock.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].uuid, uuid,
+        "capture returns the uuid PostHog receives"
+    );
+    assert_eq!(
+        events[0].timestamp, "2025-01-02T03:04:05.000000Z",
+        "sent in UTC"
+    );
+    assert_eq!(events[0].properties["rows"], 42);
+    assert_eq!(events[0].properties["$lib"], "posthog-track");
+    assert_eq!(
+        events[0].properties["$lib_version"],
+        posthog_track::LIB_VERSION
+    );
+    let request = &mock.requests()[0];
+    assert_eq!(request.path, "/batch/");
+    assert_eq!(
+        request.content_encoding.as_deref(),
+        Some("gzip"),
+        "gzip is on by default"
+    );
+    assert_eq!(
+        request.user_agent.as_deref(),
+        Some(posthog_track::USER_AGENT_VALUE)
+    );
+    assert!(
+        request.body["sent_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    assert_eq!(request.body["api_key"], mock.api_key());
+}
+
+#[tokio::test]
+async fn person_and_group_events() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock).build();
+    tracker
+        .identify(
+            "u1",
+            Event::person()
+                .set("plan", "pro")
+                .set_once("first_seen", "2025-01-01")
+                .unset("trial"),
+        )
+        .await
+        .unwrap();
+    tracker.alias("u1", "anon-7").await.unwrap();
+    let mut company = serde_json::Map::new();
+    company.insert("seats".into(), json!(12));
+    tracker
+        .group_identify("company", "acme", company)
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+
+    let events = mock
+        .wait_for_events(3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let identify = &events[0];
+    assert_eq!(
+        (identify.event.as_str(), identify.distinct_id.as_str()),
+        ("$identify", "u1")
+    );
+    assert_eq!(identify.properties["$set"], json!({"plan": "pro"}));
+    assert_eq!(
+        identify.properties["$set_once"],
+        json!({"first_seen": "2025-01-01"})
+    );
+    assert_eq!(identify.properties["$unset"], json!(["trial"]));
+    let alias = &events[1];
+    assert_eq!(alias.event, "$create_alias");
+    assert_eq!(
+        (&alias.properties["distinct_id"], &alias.properties["alias"]),
+        (&json!("u1"), &json!("anon-7"))
+    );
+    let group = &events[2];
+    assert_eq!(group.event, "$groupidentify");
+    assert_eq!(group.distinct_id, "$company_acme");
+    assert_eq!(group.properties["$group_type"], "company");
+    assert_eq!(group.properties["$group_key"], "acme");
+    assert_eq!(group.properties["$group_set"], json!({"seats": 12}));
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
+    let mock = MockPostHog::start().await;
+    // PostHog answers slowly: the worker is busy with the first event while we fill the queue.
+    mock.set_outage(Some(Reply::Delay(
+        Duration::from_millis(500),
+        Box::new(Reply::Accept),
+    )));
+    let tracker = builder(&mock).queue_capacity(2).batch_size(1).build();
+    let mut refused = 0;
+    for n in 0..10 {
+        match tracker
+            .try_capture(Event::new("burst").distinct_id("u1").property("n", n))
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::QueueFull { capacity: 2 }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(refused > 0, "the queue filled up");
+    assert_eq!(tracker.stats().dropped_queue_full, refused);
+    // `capture` waits for room instead: nothing is lost.
+    mock.set_outage(None);
+    for n in 0..20 {
+        tracker
+            .capture(Event::new("patient").distinct_id("u1").property("n", n))
+            .await
+            .unwrap();
+    }
+    tracker.flush().await.unwrap();
+    assert_eq!(
+        mock.events()
+            .iter()
+            .filter(|e| e.event == "patient")
+            .count(),
+        20
+    );
+}
+
+#[tokio::test]
+async fn before_send_can_change_or_drop_events() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock)
+        .before_send(|mut event| {
+            if event["event"] == "internal_ping" {
+                return None;
+            }
+            event["properties"]["email"] = json!("[redacted]");
+            Some(event)
+        })
+        .build();
+    tracker
+        .capture(Event::new("internal_ping").distinct_id("u1"))
+        .await
+        .unwrap();
+    tracker
+        .capture(
+            Event::new("signup")
+                .distinct_id("u1")
+                .property("email", "a@b.c"),
+        )
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    let events = mock.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].properties["email"], "[redacted]");
+    assert_eq!(tracker.stats().filtered, 1);
+}
+
+#[tokio::test]
+async fn historical_migration_marks_the_batch() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock)
+        .historical_migration(true)
+        .gzip(false)
+        .build();
+    tracker
+        .capture(Event::new("imported").distinct_id("u1"))
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    let request = &mock.requests()[0];
+    assert!(request.historical_migration);
+    assert_eq!(request.content_encoding, None);
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_posthog_is_a_typed_error() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock).build();
+    let huge = "x".repeat(1024 * 1024);
+    let error = tracker
+        .capture(Event::new("huge").distinct_id("u1").property("blob", huge))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::EventTooLarge { bytes, .. } if bytes > 1024 * 1024),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_413_splits_the_batch() {
+    let mock = MockPostHog::start().await;
+    mock.script([Reply::Status(413)]);
+    let tracker = builder(&mock).batch_size(100).build();
+    for n in 0..10 {
+        tracker
+            .capture(Event::new("split").distinct_id("u1").property("n", n))
+            .await
+            .unwrap();
+    }
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.unique_uuids().len(), 10);
+    let statuses: Vec<u16> = mock.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [413, 200, 200], "one 413, then the two halves");
+}
+
+#[tokio::test]
+async fn in_memory_events_are_given_up_after_the_retry_budget_and_counted() {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Status(503)));
+    let tracker = builder(&mock).max_retries(2).build();
+    tracker
+        .capture(Event::new("lost").distinct_id("u1"))
+        .await
+        .unwrap();
+    assert!(matches!(tracker.flush().await, Err(Error::Delivery { .. })));
+    assert_eq!(mock.requests().len(), 3, "one try and two retries");
+    assert_eq!(tracker.stats().dropped_after_retries, 1);
+}
+
+#[tokio::test]
+async fn keys_never_appear_in_debug_or_errors() {
+    let tracker = Tracker::builder()
+        .api_key("phc_supersecretvalue123")
+        .build();
+    let debug = format!("{tracker:?}");
+    assert!(!debug.contains("supersecretvalue123"), "{debug}");
+    let tracker = Tracker::builder()
+        .api_key("phc_supersecretvalue123")
+        .host("http://127.0.0.1:9")
+        .unwrap()
+        .max_retries(0)
+        .build();
+    tracker
+        .capture(Event::new("e").distinct_id("u"))
+        .await
+        .unwrap();
+    let error = tracker.flush().await.unwrap_err().to_string();
+    assert!(!error.contains("supersecretvalue123"), "{error}");
+}
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "notes", distinct_id = author)]
+struct Note {
+    #[tracked(key, property)]
+    id: i64,
+    #[tracked(property)]
+    author: String,
+}
+
+#[tokio::test]
+async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
+    let mock = MockPostHog::start().await;
+    let tracker = builder(&mock).delivery(Delivery::AfterCommit).build();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 2,
+        author: "bob".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    tracker.flush().await.unwrap();
+
+    let events = mock.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].event.as_str(), events[0].distinct_id.as_str()),
+        ("note_created", "ada")
+    );
+    let outbox: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'posthog_outbox'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outbox, None, "no outbox table was needed");
+}
