@@ -35,6 +35,7 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 status BIGINT NOT NULL DEFAULT 0, \
                 attempts BIGINT NOT NULL DEFAULT 0, \
                 leased_until BIGINT, \
+                claim BIGINT, \
                 last_error TEXT)"
         }
         Dialect::MySql => {
@@ -48,13 +49,14 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 status BIGINT NOT NULL DEFAULT 0, \
                 attempts BIGINT NOT NULL DEFAULT 0, \
                 leased_until BIGINT NULL, \
+                claim BIGINT NULL, \
                 last_error TEXT NULL\
             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
         }
         Dialect::Sqlite => {
             // Not AUTOINCREMENT, which costs an extra page write per commit: a deleted newest
-            // id may be reused, and the relay's acks are fenced by uuid as well as by id and
-            // attempt number, so a reused id can never be mistaken for the event it replaced.
+            // id may be reused, but the relay's acks are fenced by a random per-claim token,
+            // so a reused id can never be mistaken for the event it replaced.
             "CREATE TABLE IF NOT EXISTS posthog_outbox (\
                 id INTEGER PRIMARY KEY, \
                 uuid TEXT NOT NULL, \
@@ -65,6 +67,7 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 status INTEGER NOT NULL DEFAULT 0, \
                 attempts INTEGER NOT NULL DEFAULT 0, \
                 leased_until INTEGER, \
+                claim INTEGER, \
                 last_error TEXT)"
         }
     }

@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
 use sqlx::Pool;
 
@@ -57,14 +58,25 @@ async fn main() {
     println!("posthog-track write benchmark: {ROUNDS} rounds x {BATCH} writes per side\n");
     staging();
 
-    for (label, synchronous) in [
+    let mock = MockPostHog::start().await;
+    for (label, synchronous, relay_to, connections) in [
         (
             "SQLite (file, WAL, synchronous=FULL: sqlx's default)",
             sqlx::sqlite::SqliteSynchronous::Full,
+            None,
+            1,
         ),
         (
             "SQLite (file, WAL, synchronous=NORMAL)",
             sqlx::sqlite::SqliteSynchronous::Normal,
+            None,
+            1,
+        ),
+        (
+            "SQLite (file, WAL, synchronous=NORMAL), relay delivering to a local PostHog meanwhile",
+            sqlx::sqlite::SqliteSynchronous::Normal,
+            Some(&mock),
+            2,
         ),
     ] {
         let dir = std::env::temp_dir().join(format!("posthog-track-bench-{}", std::process::id()));
@@ -73,9 +85,10 @@ async fn main() {
             .filename(dir.join("bench.db"))
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(synchronous);
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(30));
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
+            .max_connections(connections)
             .connect_with(options)
             .await
             .unwrap();
@@ -87,6 +100,7 @@ async fn main() {
              created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
             "INSERT INTO bench_users (id, email, plan, seats, password_hash) VALUES (?, ?, ?, ?, ?) \
              RETURNING created_at",
+            relay_to,
         )
         .await;
         pool.close().await;
@@ -108,6 +122,7 @@ async fn main() {
                  created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
                 "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
                  VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+                None,
             )
             .await;
         }
@@ -141,14 +156,29 @@ fn staging() {
     );
 }
 
-async fn compare<DB>(name: &str, pool: &Pool<DB>, create: &'static str, plain_insert: &'static str)
-where
+async fn compare<DB>(
+    name: &str,
+    pool: &Pool<DB>,
+    create: &'static str,
+    plain_insert: &'static str,
+    relay_to: Option<&MockPostHog>,
+) where
     DB: Backend + PlainInsert,
     User: TrackedRow<DB>,
 {
     DB::reset(pool, create).await;
-    let tracker = Tracker::builder().build();
+    let tracker = match relay_to {
+        Some(mock) => Tracker::builder()
+            .api_key(mock.api_key())
+            .host(mock.url())
+            .unwrap()
+            .build(),
+        None => Tracker::builder().build(),
+    };
     tracker.migrate(pool).await.unwrap();
+    if relay_to.is_some() {
+        tracker.start_relay(pool.clone());
+    }
     let run = uuid::Uuid::new_v4().simple().to_string();
 
     // Warm up both paths: connection caches, prepared statements, page cache.
@@ -192,6 +222,16 @@ where
         "  tracked / plain: {:.3}\n",
         tracked.as_secs_f64() / plain.as_secs_f64()
     );
+    if let Some(mock) = relay_to {
+        let delivered_during = mock.unique_uuids().len();
+        tracker.shutdown(Duration::from_secs(30)).await.unwrap();
+        println!(
+            "  relay: {delivered_during} of {} tracked events already delivered when the last write \
+             returned; {} after shutdown's flush\n",
+            tracked_samples.len() + BATCH,
+            mock.unique_uuids().len()
+        );
+    }
     DB::cleanup(pool).await;
 }
 

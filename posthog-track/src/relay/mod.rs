@@ -104,7 +104,8 @@ impl<DB: Backend> Relay<DB> {
     pub async fn run_once(&self) -> Result<Pass> {
         let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
-        let rows = claim::claim(&self.pool, limit, lease).await?;
+        let claim = claim::claim(&self.pool, limit, lease).await?;
+        let rows = &claim.rows;
         let mut pass = Pass {
             claimed: rows.len(),
             ..Pass::default()
@@ -141,10 +142,24 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         pass.delivered = delivered.len();
-        claim::settle(&self.pool, &delivered, Settle::Delete).await?;
+        // The common case, everything accepted, is one small statement.
+        let whole_claim = delivered.len() == rows.len();
+        let acked = claim::settle(
+            &self.pool,
+            &claim,
+            (!whole_claim).then_some(&delivered[..]),
+            Settle::Delete,
+        )
+        .await?;
+        if (acked as usize) < delivered.len() {
+            tracing::warn!(
+                lost = delivered.len() - acked as usize,
+                "lease expired before the ack; another relay will resend (PostHog deduplicates)"
+            );
+        }
         for (row, reason) in &dead {
             tracing::error!(id = row.id, %reason, "PostHog rejected an outbox event; dead-lettered");
-            claim::settle(&self.pool, &[row], Settle::Dead { reason }).await?;
+            claim::settle(&self.pool, &claim, Some(&[row]), Settle::Dead { reason }).await?;
         }
         pass.dead = dead.len();
         if !retry.is_empty() {
@@ -172,7 +187,8 @@ impl<DB: Backend> Relay<DB> {
             let reason = pass.failure.clone().unwrap_or_default();
             claim::settle(
                 &self.pool,
-                &retry,
+                &claim,
+                Some(&retry),
                 Settle::Release {
                     retry_at,
                     reason: &reason,

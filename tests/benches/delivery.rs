@@ -1,0 +1,442 @@
+//! Delivery throughput, CPU and memory: posthog-track's outbox relay and in-memory `capture`
+//! side by side with posthog-rs, in one run, against the same local sink.
+//!
+//! ```text
+//! cargo bench -p posthog-track-tests --bench delivery
+//! ```
+//!
+//! The sink is this binary started again as a child process (`--sink`), so that its CPU is
+//! not counted against the clients: it gunzips, parses each `/batch/` and counts events. CPU
+//! is the client process's user + system time from /proc/self/stat; memory is its peak RSS.
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use posthog_track::{Event, Tracker};
+
+const BURST: u64 = 100_000;
+const OUTAGE_BACKLOG: u64 = 1_000_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--sink") => sink(args[2].parse().expect("sink port")),
+        Some("--outage-memory") => outage_memory(args[2].parse().expect("sink port")),
+        _ => orchestrate(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink
+
+#[tokio::main]
+async fn sink(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let outage = Arc::new(AtomicBool::new(false));
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (received, outage) = (received.clone(), outage.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let (received, outage) = (received.clone(), outage.clone());
+                async move {
+                    let path = request.uri().path().to_owned();
+                    let gzip = request
+                        .headers()
+                        .get("content-encoding")
+                        .is_some_and(|v| v == "gzip");
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let reply = match path.as_str() {
+                        "/count" => received.load(Ordering::SeqCst).to_string(),
+                        "/reset" => {
+                            received.store(0, Ordering::SeqCst);
+                            String::new()
+                        }
+                        "/outage/on" => {
+                            outage.store(true, Ordering::SeqCst);
+                            String::new()
+                        }
+                        "/outage/off" => {
+                            outage.store(false, Ordering::SeqCst);
+                            String::new()
+                        }
+                        _ if outage.load(Ordering::SeqCst) => {
+                            let mut response = Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            return Ok::<_, hyper::Error>(response);
+                        }
+                        _ => {
+                            let mut decoded = Vec::new();
+                            if gzip {
+                                let _ = flate2::read::GzDecoder::new(&body[..])
+                                    .read_to_end(&mut decoded);
+                            } else {
+                                decoded = body.to_vec();
+                            }
+                            let json: serde_json::Value =
+                                serde_json::from_slice(&decoded).unwrap_or_default();
+                            let events = json["batch"].as_array().map_or(1, Vec::len);
+                            received.fetch_add(events as u64, Ordering::SeqCst);
+                            r#"{"status":"Ok"}"#.to_owned()
+                        }
+                    };
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(reply))))
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+struct Sink {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let port = free_port();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--sink", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Sink {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, path: &str) -> String {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn count(&self) -> u64 {
+        self.call("/count").await.parse().unwrap_or(0)
+    }
+
+    /// Waits until `expected` events arrived or the count stops growing for a second.
+    async fn settle(&self, expected: u64) -> u64 {
+        let (mut last, mut still) = (0, Instant::now());
+        loop {
+            let count = self.count().await;
+            if count >= expected {
+                return count;
+            }
+            if count != last {
+                (last, still) = (count, Instant::now());
+            } else if still.elapsed() > Duration::from_secs(1) {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+struct Run {
+    name: String,
+    delivered: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Run {
+    fn print(&self) {
+        let per_second = self.delivered as f64 / self.wall.as_secs_f64();
+        let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64;
+        println!(
+            "  {:<58} delivered {:>7} of {BURST}  {:>9.0} events/s  {:>6.2} us CPU/event",
+            self.name, self.delivered, per_second, cpu_us
+        );
+    }
+}
+
+async fn measure<F: std::future::Future<Output = ()>>(
+    sink: &Sink,
+    name: &str,
+    expected: u64,
+    burst: F,
+) -> Run {
+    sink.call("/reset").await;
+    let (started, cpu) = (Instant::now(), cpu_time());
+    burst.await;
+    let delivered = sink.settle(expected).await;
+    // `settle` may have waited a second for a count that stopped short: do not bill it.
+    let wall = if delivered >= expected {
+        started.elapsed()
+    } else {
+        started.elapsed() - Duration::from_secs(1)
+    };
+    Run {
+        name: name.to_owned(),
+        delivered,
+        wall,
+        cpu: cpu_time() - cpu,
+    }
+}
+
+fn event(n: u64) -> Event {
+    Event::new("bench_event")
+        .distinct_id(format!("user-{}", n % 1000))
+        .property("n", n)
+}
+
+fn posthog_rs_event(n: u64) -> posthog_rs::Event {
+    let mut event = posthog_rs::Event::new("bench_event".to_owned(), format!("user-{}", n % 1000));
+    let _ = event.insert_prop("n", n);
+    event
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[tokio::main]
+async fn orchestrate() {
+    println!("delivery benchmark: bursts of {BURST} small events into one local sink\n");
+    let sink = Sink::start();
+    let mut runs = Vec::new();
+
+    // (b) in-memory capture
+    for (name, batch, gzip) in [
+        ("posthog-track capture, gzip, batch 1000", 1000, true),
+        ("posthog-track capture, no gzip, batch 1000", 1000, false),
+        (
+            "posthog-track capture, defaults (gzip, batch 500)",
+            500,
+            true,
+        ),
+    ] {
+        let tracker = Tracker::builder()
+            .api_key("phc_bench")
+            .host(&sink.url)
+            .unwrap()
+            .batch_size(batch)
+            .gzip(gzip)
+            .build();
+        runs.push(
+            measure(&sink, name, BURST, async {
+                for n in 0..BURST {
+                    tracker.capture(event(n)).await.unwrap();
+                }
+                tracker.flush().await.unwrap();
+            })
+            .await,
+        );
+        tracker.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+
+    for (name, queue, batch, gzip) in [
+        (
+            "posthog-rs 0.30 defaults (queue 10k, batch 100, no gzip)",
+            None,
+            None,
+            false,
+        ),
+        (
+            "posthog-rs 0.30 queue 200k, batch 1000, no gzip",
+            Some(200_000usize),
+            Some(1000usize),
+            false,
+        ),
+        (
+            "posthog-rs 0.30 queue 200k, batch 1000, gzip",
+            Some(200_000),
+            Some(1000),
+            true,
+        ),
+    ] {
+        let mut options = posthog_rs::ClientOptionsBuilder::default();
+        options
+            .api_key("phc_bench".to_owned())
+            .host(sink.url.clone());
+        if let (Some(queue), Some(batch)) = (queue, batch) {
+            options
+                .max_queue_size(queue)
+                .flush_at(batch)
+                .max_batch_size(batch);
+        }
+        if gzip {
+            options.capture_compression(posthog_rs::CaptureCompression::Gzip);
+        }
+        let client = posthog_rs::client(options.build().unwrap()).await;
+        runs.push(
+            measure(&sink, name, BURST, async {
+                for n in 0..BURST {
+                    client.capture(posthog_rs_event(n));
+                }
+                client.flush().await;
+            })
+            .await,
+        );
+        client.shutdown().await;
+    }
+
+    // (a) end to end from the outbox: the burst is committed first, then one relay drains it.
+    let dir = std::env::temp_dir().join(format!(
+        "posthog-track-delivery-bench-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, gzip) in [
+        (
+            "posthog-track outbox relay (SQLite), gzip, batch 1000",
+            true,
+        ),
+        (
+            "posthog-track outbox relay (SQLite), no gzip, batch 1000",
+            false,
+        ),
+    ] {
+        let pool = sqlite_pool(&dir.join(format!("outbox-{gzip}.db"))).await;
+        let tracker = Tracker::builder()
+            .api_key("phc_bench")
+            .host(&sink.url)
+            .unwrap()
+            .batch_size(1000)
+            .gzip(gzip)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        fill_outbox(&tracker, &pool, BURST).await;
+        runs.push(
+            measure(&sink, name, BURST, async {
+                tracker.relay(pool.clone()).drain().await.unwrap();
+            })
+            .await,
+        );
+        pool.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for run in &runs {
+        run.print();
+    }
+
+    // Memory while a large backlog waits out an outage, in a fresh process.
+    println!();
+    sink.call("/outage/on").await;
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--outage-memory", sink.url.rsplit(':').next().unwrap()])
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    sink.call("/outage/off").await;
+}
+
+async fn sqlite_pool(path: &std::path::Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+async fn fill_outbox(tracker: &Tracker, pool: &sqlx::SqlitePool, events: u64) {
+    let mut n = 0;
+    while n < events {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        for _ in 0..1000.min(events - n) {
+            tx.capture(event(n)).unwrap();
+            n += 1;
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::main]
+async fn outage_memory(port: u16) {
+    let dir =
+        std::env::temp_dir().join(format!("posthog-track-outage-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = sqlite_pool(&dir.join("outbox.db")).await;
+    let tracker = Tracker::builder()
+        .api_key("phc_bench")
+        .host(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .batch_size(1000)
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+    let started = Instant::now();
+    tracker.start_relay(pool.clone());
+    fill_outbox(&tracker, &pool, OUTAGE_BACKLOG).await;
+    // Let the relay keep failing against the backlog for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = tracker.outbox(&pool).status().await.unwrap().pending;
+    println!(
+        "outage: {waiting} events waiting in the SQLite outbox (committed in {:.1} s while the relay \
+         retried against 503s); peak RSS of the process {:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+    let _ = tracker.shutdown(Duration::from_millis(100)).await;
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
