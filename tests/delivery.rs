@@ -426,3 +426,37 @@ async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
         "acknowledged rows are deleted"
     );
 }
+
+on_every_backend!(wrong_key_is_not_retried_and_nothing_is_lost);
+
+/// 401 is never retried: the events are dead-lettered with the reason, and requeued they are
+/// delivered once the key is fixed.
+async fn wrong_key_is_not_retried_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let wrong = Tracker::builder()
+        .api_key("phc_wrong_key_123")
+        .host(mock.url())
+        .unwrap()
+        .build();
+    wrong.migrate(pool).await.unwrap();
+    let tag = unique("wrong-key");
+    let committed = commit_events(&wrong, pool, &tag, 10, 10).await;
+    assert!(wrong.relay(pool.clone()).drain().await.is_err());
+    assert_eq!(mock.requests().len(), 1, "a 401 is not retried");
+    assert_eq!(mock.requests()[0].status, 401);
+    let dead = wrong.outbox(pool).status().await.unwrap();
+    assert_eq!(dead.dead, 10);
+    let reason = wrong.outbox(pool).events().await.unwrap()[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("401") && !reason.contains("phc_wrong_key_123"),
+        "{reason}"
+    );
+
+    let fixed = tracker(&mock);
+    assert_eq!(fixed.outbox(pool).requeue(None).await.unwrap(), 10);
+    fixed.relay(pool.clone()).drain().await.unwrap();
+    assert_eq!(received(&mock, &tag), committed);
+}

@@ -13,11 +13,10 @@ use super::wire::MAX_REQUEST_BYTES;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
     Delivered,
-    /// Try again later (transient failure, or the key is wrong: the events are fine).
+    /// Try again later: a transient failure.
     Retry {
         retry_after: Option<Duration>,
         reason: String,
-        unauthorized: bool,
     },
     /// PostHog will never accept it: dead-letter it with the reason.
     Dead {
@@ -88,12 +87,13 @@ fn send_part<'a>(
             } => Fate::Retry {
                 retry_after,
                 reason,
-                unauthorized: false,
             },
-            Outcome::Unauthorized { reason, .. } => Fate::Retry {
-                retry_after: None,
-                reason,
-                unauthorized: true,
+            // Never retried: a wrong key does not fix itself. Outbox events are kept as dead
+            // with this reason, to be requeued once the key is fixed.
+            Outcome::Unauthorized { reason, .. } => Fate::Dead {
+                reason: format!(
+                    "{reason} (check POSTHOG_API_KEY; requeue these events once it is fixed)"
+                ),
             },
             Outcome::TooLarge | Outcome::Rejected { .. } if indices.len() > 1 => {
                 let (left, right) = indices.split_at(indices.len() / 2);

@@ -181,23 +181,11 @@ impl Worker {
             let mut retry_after = None;
             let mut last_reason = String::new();
             let mut retry = Vec::new();
-            let mut refused = None;
             for (event, fate) in pending.into_iter().zip(fates) {
                 match fate {
                     Fate::Delivered => {}
                     Fate::Dead { reason } => {
                         tracing::error!(event = %event.event, uuid = %event.uuid, %reason, "PostHog rejected an event; it is dropped");
-                    }
-                    // A wrong key does not fix itself: retrying only repeats the 401/403.
-                    // (Outbox events are kept instead; these live in memory only.)
-                    Fate::Retry {
-                        unauthorized: true,
-                        reason,
-                        ..
-                    } => {
-                        tracing::error!(event = %event.event, uuid = %event.uuid, %reason, "PostHog refused the project API key; the event is dropped");
-                        self.stats.dropped_after_retries(1);
-                        refused = Some(reason);
                     }
                     Fate::Retry {
                         retry_after: after,
@@ -211,10 +199,6 @@ impl Worker {
                 }
             }
             pending = retry;
-            if let Some(reason) = refused {
-                self.stats.dropped_after_retries(pending.len());
-                return Err(Error::Delivery { reason });
-            }
             if pending.is_empty() {
                 break;
             }

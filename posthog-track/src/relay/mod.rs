@@ -69,6 +69,8 @@ pub struct Pass {
     pub dead: usize,
     /// The reason of the last transient failure, if any.
     pub failure: Option<String>,
+    /// The reason PostHog gave for the last event it rejected for good, if any.
+    pub rejection: Option<String>,
     /// How long to wait before the next attempt after a failure.
     pub backoff: Option<Duration>,
 }
@@ -124,7 +126,6 @@ impl<DB: Backend> Relay<DB> {
         let mut dead: Vec<(&Claimed, String)> = Vec::new();
         let mut retry: Vec<&Claimed> = Vec::new();
         let mut retry_after = None;
-        let mut unauthorized = false;
         for (row, fate) in rows.iter().zip(fates) {
             match fate {
                 Fate::Delivered => delivered.push(row),
@@ -132,10 +133,8 @@ impl<DB: Backend> Relay<DB> {
                 Fate::Retry {
                     retry_after: after,
                     reason,
-                    unauthorized: bad_key,
                 } => {
                     retry_after = retry_after.max(after);
-                    unauthorized |= bad_key;
                     pass.failure = Some(reason);
                     retry.push(row);
                 }
@@ -162,27 +161,19 @@ impl<DB: Backend> Relay<DB> {
             claim::settle(&self.pool, &claim, Some(&[row]), Settle::Dead { reason }).await?;
         }
         pass.dead = dead.len();
+        pass.rejection = dead.last().map(|(_, reason)| reason.clone());
         if !retry.is_empty() {
             let failures = retry.iter().map(|row| row.attempts).min().unwrap_or(1);
-            let mut delay = self
+            let delay = self
                 .options
                 .backoff
                 .delay(u32::try_from(failures).unwrap_or(u32::MAX), retry_after);
-            if unauthorized {
-                // A wrong key will not fix itself in a second; keep the events, wait long.
-                delay = self.options.backoff.max;
-                tracing::error!(
-                    reason = pass.failure.as_deref().unwrap_or(""),
-                    "PostHog refused the project API key; events stay in the outbox"
-                );
-            } else {
-                tracing::warn!(
-                    events = retry.len(),
-                    reason = pass.failure.as_deref().unwrap_or(""),
-                    ?delay,
-                    "delivery failed; will retry"
-                );
-            }
+            tracing::warn!(
+                events = retry.len(),
+                reason = pass.failure.as_deref().unwrap_or(""),
+                ?delay,
+                "delivery failed; will retry"
+            );
             let retry_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             let reason = pass.failure.clone().unwrap_or_default();
             claim::settle(
@@ -202,17 +193,32 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// Delivers everything deliverable now. Fails with [`Error::Delivery`] when events remain
-    /// undelivered: a delivery failed, or events wait out a retry backoff or another relay's
-    /// lease. They stay in the outbox for the next attempt.
+    /// undelivered: PostHog rejected some for good (they are dead-lettered with the reason), a
+    /// delivery failed transiently, or events wait out a retry backoff or another relay's
+    /// lease. Everything not delivered stays in the outbox.
     pub async fn drain(&self) -> Result<()> {
+        let mut rejected = 0;
+        let mut last_rejection = None;
         loop {
             let pass = self.run_once().await?;
             if let Some(reason) = pass.failure {
                 return Err(Error::Delivery { reason });
             }
+            if pass.dead > 0 {
+                rejected += pass.dead;
+                last_rejection = pass.rejection;
+            }
             if pass.claimed == 0 {
                 break;
             }
+        }
+        if rejected > 0 {
+            return Err(Error::Delivery {
+                reason: format!(
+                    "PostHog rejected {rejected} event(s); they are dead-lettered in the outbox ({})",
+                    last_rejection.unwrap_or_default()
+                ),
+            });
         }
         let pending = crate::outbox::Outbox::new(&self.pool)
             .status()
