@@ -4,24 +4,14 @@
 use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Backoff, Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
+use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
+use posthog_track_tests::tracker_for;
 use serde_json::json;
-
-fn builder(mock: &MockPostHog) -> TrackerBuilder {
-    Tracker::builder()
-        .api_key(mock.api_key())
-        .host(mock.url())
-        .unwrap()
-        .backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-        })
-}
 
 #[tokio::test]
 async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock).build();
+    let tracker = tracker_for(&mock).build();
     let at = chrono::DateTime::parse_from_rfc3339("2025-01-02T08:34:05+05:30").unwrap();
     let uuid = tracker
         .capture(
@@ -73,7 +63,7 @@ async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
 #[tokio::test]
 async fn person_and_group_events() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock).build();
+    let tracker = tracker_for(&mock).build();
     tracker
         .identify(
             "u1",
@@ -130,7 +120,7 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
         Duration::from_millis(500),
         Box::new(Reply::Accept),
     )));
-    let tracker = builder(&mock).queue_capacity(2).batch_size(1).build();
+    let tracker = tracker_for(&mock).queue_capacity(2).batch_size(1).build();
     let mut refused = 0;
     for n in 0..10 {
         match tracker
@@ -165,7 +155,7 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
 #[tokio::test]
 async fn before_send_can_change_or_drop_events() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock)
+    let tracker = tracker_for(&mock)
         .before_send(|mut event| {
             if event["event"] == "internal_ping" {
                 return None;
@@ -196,7 +186,7 @@ async fn before_send_can_change_or_drop_events() {
 #[tokio::test]
 async fn historical_migration_marks_the_batch() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock)
+    let tracker = tracker_for(&mock)
         .historical_migration(true)
         .gzip(false)
         .build();
@@ -213,7 +203,7 @@ async fn historical_migration_marks_the_batch() {
 #[tokio::test]
 async fn an_event_too_large_for_posthog_is_a_typed_error() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock).build();
+    let tracker = tracker_for(&mock).build();
     let huge = "x".repeat(1024 * 1024);
     let error = tracker
         .capture(Event::new("huge").distinct_id("u1").property("blob", huge))
@@ -229,7 +219,7 @@ async fn an_event_too_large_for_posthog_is_a_typed_error() {
 async fn a_413_splits_the_batch() {
     let mock = MockPostHog::start().await;
     mock.script([Reply::Status(413)]);
-    let tracker = builder(&mock).batch_size(100).build();
+    let tracker = tracker_for(&mock).batch_size(100).build();
     for n in 0..10 {
         tracker
             .capture(Event::new("split").distinct_id("u1").property("n", n))
@@ -246,7 +236,7 @@ async fn a_413_splits_the_batch() {
 async fn in_memory_events_are_given_up_after_the_retry_budget_and_counted() {
     let mock = MockPostHog::start().await;
     mock.set_outage(Some(Reply::Status(503)));
-    let tracker = builder(&mock).max_retries(2).build();
+    let tracker = tracker_for(&mock).max_retries(2).build();
     tracker
         .capture(Event::new("lost").distinct_id("u1"))
         .await
@@ -289,7 +279,7 @@ struct Note {
 #[tokio::test]
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
     let mock = MockPostHog::start().await;
-    let tracker = builder(&mock).delivery(Delivery::AfterCommit).build();
+    let tracker = tracker_for(&mock).delivery(Delivery::AfterCommit).build();
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect("sqlite::memory:")

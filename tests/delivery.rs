@@ -6,22 +6,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Backend, Backoff, Event, Tracker};
-use posthog_track_tests::{database_url, unique};
+use posthog_track::{Backend, Event, Tracker};
+use posthog_track_tests::{database_url, tracker_for, unique};
 use sqlx::Pool;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn tracker(mock: &MockPostHog) -> Tracker {
-    Tracker::builder()
-        .api_key(mock.api_key())
-        .host(mock.url())
-        .unwrap()
-        .backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(200),
-        })
+    tracker_for(mock)
         .request_timeout(Duration::from_secs(5))
         .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
         .build()

@@ -27,3 +27,15 @@ pub fn database_url(var: &str) -> Option<String> {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A tracker builder aimed at `mock`, with retries fast enough for tests.
+pub fn tracker_for(mock: &posthog_track::testing::MockPostHog) -> posthog_track::TrackerBuilder {
+    posthog_track::Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .expect("MockPostHog's URL is a valid host")
+        .backoff(posthog_track::Backoff {
+            initial: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(200),
+        })
+}

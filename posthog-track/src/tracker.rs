@@ -172,27 +172,26 @@ impl Tracker {
     /// the tracker is disabled or `before_send` dropped the event). Waits for room when the
     /// queue is full (see [`try_capture`](Tracker::try_capture)).
     pub async fn capture(&self, event: Event) -> Result<Option<Uuid>> {
-        match self.stage(event)? {
-            Some(staged) => {
-                let uuid = staged.uuid;
-                self.queue()?.push(staged).await?;
-                Ok(Some(uuid))
-            }
-            None => Ok(None),
-        }
+        self.enqueue_captured(event, true).await
     }
 
     /// Like [`capture`](Tracker::capture), but never waits: a full queue refuses the event
     /// with [`Error::QueueFull`] and counts it in [`stats`](Tracker::stats).
     pub async fn try_capture(&self, event: Event) -> Result<Option<Uuid>> {
-        match self.stage(event)? {
-            Some(staged) => {
-                let uuid = staged.uuid;
-                self.queue()?.try_push(staged).await?;
-                Ok(Some(uuid))
-            }
-            None => Ok(None),
+        self.enqueue_captured(event, false).await
+    }
+
+    async fn enqueue_captured(&self, event: Event, wait_for_room: bool) -> Result<Option<Uuid>> {
+        let Some(staged) = self.stage(event)? else {
+            return Ok(None);
+        };
+        let uuid = staged.uuid;
+        if wait_for_room {
+            self.queue()?.push(staged).await?;
+        } else {
+            self.queue()?.try_push(staged).await?;
         }
+        Ok(Some(uuid))
     }
 
     /// `$identify`: updates the person `distinct_id` with the `$set`, `$set_once` and
