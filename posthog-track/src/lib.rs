@@ -57,6 +57,7 @@ mod client;
 mod config;
 mod error;
 mod event;
+pub mod flags;
 mod model;
 pub mod outbox;
 pub mod relay;

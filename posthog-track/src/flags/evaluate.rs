@@ -1,0 +1,287 @@
+//! The evaluation algorithm, a faithful port of PostHog's local evaluation.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+use sha1::{Digest, Sha1};
+
+use super::definitions::{Definitions, FlagDefinition};
+use super::operators::match_property;
+
+/// Person or group properties: name to value.
+pub type Properties = serde_json::Map<String, Value>;
+
+/// The value of a flag for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagValue {
+    /// A boolean flag (or a multivariate flag without variants): on or off.
+    Enabled(bool),
+    /// The variant of a multivariate flag.
+    Variant(String),
+}
+
+impl FlagValue {
+    /// On: `true`, or any variant.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self, FlagValue::Enabled(false))
+    }
+
+    /// The variant, for multivariate flags.
+    pub fn variant(&self) -> Option<&str> {
+        match self {
+            FlagValue::Variant(variant) => Some(variant),
+            FlagValue::Enabled(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for FlagValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlagValue::Enabled(enabled) => write!(f, "{enabled}"),
+            FlagValue::Variant(variant) => f.write_str(variant),
+        }
+    }
+}
+
+/// Why a flag could not be evaluated locally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlagError {
+    /// The definitions are not the JSON PostHog serves at `/flags/definitions`.
+    #[error("flag definitions are not valid: {0}")]
+    InvalidDefinitions(#[from] serde_json::Error),
+    /// No flag has this key (keys are case-sensitive).
+    #[error("no flag `{0}` in the definitions")]
+    UnknownFlag(String),
+    /// Local data cannot decide (a missing property, a cohort, a flag dependency, an invalid
+    /// date): ask PostHog instead.
+    #[error("flag `{flag}` cannot be evaluated locally: {reason}")]
+    Inconclusive {
+        /// The flag.
+        flag: String,
+        /// What was missing.
+        reason: String,
+    },
+}
+
+/// Why a single condition could not be decided.
+pub(crate) struct Inconclusive(pub String);
+
+/// Evaluates flags from their definitions, with no network.
+#[derive(Debug, Clone, Default)]
+pub struct LocalEvaluator {
+    flags: HashMap<String, FlagDefinition>,
+    group_type_mapping: HashMap<String, String>,
+}
+
+#[derive(PartialEq, Eq)]
+enum ConditionMatch {
+    Match,
+    NoMatch,
+    OutOfRollout,
+}
+
+// 2^60 - 1: the largest value of 15 hex digits.
+const LONG_SCALE: f64 = 0xFFF_FFFF_FFFF_FFFF_u64 as f64;
+
+/// PostHog's bucketing: a stable number in [0, 1) for a flag key and a bucketing value (the
+/// distinct id, or a group key), from the first 15 hex digits of a SHA-1.
+pub fn bucket(flag_key: &str, bucketing_value: &str, salt: &str) -> f64 {
+    let mut hasher = Sha1::new();
+    hasher.update(flag_key.as_bytes());
+    hasher.update(b".");
+    hasher.update(bucketing_value.as_bytes());
+    hasher.update(salt.as_bytes());
+    let digest = hasher.finalize();
+    // 15 hex digits are the top 60 bits of the digest.
+    let mut top = [0u8; 8];
+    top.copy_from_slice(&digest[..8]);
+    let value = u64::from_be_bytes(top) >> 4;
+    value as f64 / LONG_SCALE
+}
+
+impl LocalEvaluator {
+    /// Reads the body of `/flags/definitions` (`{"flags": [...], "group_type_mapping": {...}}`).
+    pub fn from_json(definitions: &str) -> Result<Self, FlagError> {
+        let value: Value = serde_json::from_str(definitions)?;
+        let group_type_mapping = value
+            .get("group_type_mapping")
+            .and_then(Value::as_object)
+            .map(|mapping| {
+                mapping
+                    .iter()
+                    .filter_map(|(index, name)| Some((index.clone(), name.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let definitions: Definitions = serde_json::from_value(value)?;
+        let flags = definitions
+            .flags
+            .into_iter()
+            .map(|flag| (flag.key.clone(), flag))
+            .collect();
+        Ok(LocalEvaluator {
+            flags,
+            group_type_mapping,
+        })
+    }
+
+    /// The definition of a flag.
+    pub fn flag(&self, key: &str) -> Option<&FlagDefinition> {
+        self.flags.get(key)
+    }
+
+    /// The flag's value for `distinct_id`, with no person properties.
+    pub fn evaluate(&self, flag_key: &str, distinct_id: &str) -> Result<FlagValue, FlagError> {
+        self.evaluate_with(
+            flag_key,
+            distinct_id,
+            &Properties::new(),
+            &HashMap::new(),
+            &HashMap::new(),
+        )
+    }
+
+    /// The flag's value for `distinct_id`, given person properties, the groups the user
+    /// belongs to (group type to group key) and those groups' properties.
+    pub fn evaluate_with(
+        &self,
+        flag_key: &str,
+        distinct_id: &str,
+        person_properties: &Properties,
+        groups: &HashMap<String, String>,
+        group_properties: &HashMap<String, Properties>,
+    ) -> Result<FlagValue, FlagError> {
+        let flag = self
+            .flags
+            .get(flag_key)
+            .ok_or_else(|| FlagError::UnknownFlag(flag_key.to_owned()))?;
+        if !flag.active {
+            return Ok(FlagValue::Enabled(false));
+        }
+        let inconclusive = |Inconclusive(reason)| FlagError::Inconclusive {
+            flag: flag_key.to_owned(),
+            reason,
+        };
+        match flag.filters.aggregation_group_type_index {
+            None => match_flag(flag, distinct_id, person_properties).map_err(inconclusive),
+            Some(index) => {
+                let Some(group_type) = self.group_type_mapping.get(&index.to_string()) else {
+                    return Err(inconclusive(Inconclusive(format!(
+                        "unknown group type index {index}"
+                    ))));
+                };
+                // A group flag for someone outside any such group is off.
+                let Some(group_key) = groups.get(group_type) else {
+                    return Ok(FlagValue::Enabled(false));
+                };
+                let empty = Properties::new();
+                let properties = group_properties.get(group_type).unwrap_or(&empty);
+                match_flag(flag, group_key, properties).map_err(inconclusive)
+            }
+        }
+    }
+
+    /// The payload configured for the flag's `value`, if any.
+    pub fn payload(&self, flag_key: &str, value: &FlagValue) -> Option<Value> {
+        let flag = self.flags.get(flag_key)?;
+        let key = match value {
+            FlagValue::Enabled(false) => return None,
+            FlagValue::Enabled(true) => "true",
+            FlagValue::Variant(variant) => variant,
+        };
+        let payload = flag.filters.payloads.get(key)?;
+        // PostHog stores payloads as JSON text; a bare value is taken as is.
+        Some(match payload {
+            Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| payload.clone()),
+            other => other.clone(),
+        })
+    }
+}
+
+fn match_flag(
+    flag: &FlagDefinition,
+    bucketing_value: &str,
+    properties: &Properties,
+) -> Result<FlagValue, Inconclusive> {
+    let variants = flag
+        .filters
+        .multivariate
+        .as_ref()
+        .map(|m| m.variants.as_slice())
+        .unwrap_or_default();
+    let mut inconclusive = None;
+    for condition in &flag.filters.groups {
+        match condition_match(flag, condition, bucketing_value, properties) {
+            Ok(ConditionMatch::Match) => {
+                let variant = condition
+                    .variant
+                    .as_ref()
+                    .filter(|forced| variants.iter().any(|variant| &variant.key == *forced))
+                    .cloned()
+                    .or_else(|| matching_variant(flag, bucketing_value));
+                return Ok(variant.map_or(FlagValue::Enabled(true), FlagValue::Variant));
+            }
+            Ok(ConditionMatch::OutOfRollout) if flag.filters.early_exit => {
+                return Ok(FlagValue::Enabled(false));
+            }
+            Ok(_) => {}
+            // Another condition may still decide; remember that this one could not.
+            Err(reason) => inconclusive = Some(reason),
+        }
+    }
+    match inconclusive {
+        Some(reason) => Err(reason),
+        None => Ok(FlagValue::Enabled(false)),
+    }
+}
+
+fn condition_match(
+    flag: &FlagDefinition,
+    condition: &super::definitions::Condition,
+    bucketing_value: &str,
+    properties: &Properties,
+) -> Result<ConditionMatch, Inconclusive> {
+    for filter in &condition.properties {
+        match filter.kind.as_deref() {
+            Some("cohort") => {
+                return Err(Inconclusive(format!(
+                    "cohort filter `{}` needs server evaluation",
+                    filter.key
+                )));
+            }
+            Some("flag") => {
+                return Err(Inconclusive(format!(
+                    "flag dependency `{}` needs server evaluation",
+                    filter.key
+                )));
+            }
+            _ => {}
+        }
+        if !match_property(filter, properties)? {
+            return Ok(ConditionMatch::NoMatch);
+        }
+    }
+    if let Some(rollout) = condition.rollout_percentage
+        && bucket(&flag.key, bucketing_value, "") > rollout / 100.0
+    {
+        return Ok(ConditionMatch::OutOfRollout);
+    }
+    Ok(ConditionMatch::Match)
+}
+
+fn matching_variant(flag: &FlagDefinition, bucketing_value: &str) -> Option<String> {
+    let variants = &flag.filters.multivariate.as_ref()?.variants;
+    let hash = bucket(&flag.key, bucketing_value, "variant");
+    let mut low = 0.0;
+    for variant in variants {
+        let high = low + variant.rollout_percentage / 100.0;
+        if hash >= low && hash < high {
+            return Some(variant.key.clone());
+        }
+        low = high;
+    }
+    None
+}

@@ -1,0 +1,26 @@
+//! Feature flags, evaluated locally from the definitions PostHog serves at
+//! `/flags/definitions`, with PostHog's own algorithm: SHA-1 bucketing, rollout percentages,
+//! multivariate variants, conditions in stored order, `early_exit`, and the property operators.
+//!
+//! The evaluator needs no network and no tracker:
+//!
+//! ```
+//! use posthog_track::flags::{FlagValue, LocalEvaluator};
+//!
+//! let definitions = r#"{"flags": [{"key": "new-editor", "active": true,
+//!     "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}]}"#;
+//! let evaluator = LocalEvaluator::from_json(definitions).unwrap();
+//! assert_eq!(evaluator.evaluate("new-editor", "user-1").unwrap(), FlagValue::Enabled(true));
+//! ```
+//!
+//! When local data cannot decide (a property the caller did not supply, a cohort or a flag
+//! dependency this evaluator does not resolve), evaluation returns
+//! [`FlagError::Inconclusive`]: the caller should then ask PostHog (remote evaluation), never
+//! guess.
+
+mod definitions;
+mod evaluate;
+mod operators;
+
+pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
+pub use evaluate::{FlagError, FlagValue, LocalEvaluator, Properties, bucket};

@@ -1,0 +1,532 @@
+//! Property operators, with the comparison rules of PostHog's evaluators (including their
+//! Python-flavoured string conversions, which decide edge cases such as `true` vs `"True"`).
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde_json::Value;
+
+use super::definitions::PropertyFilter;
+use super::evaluate::{Inconclusive, Properties};
+
+/// Whether `properties` satisfy `filter`; `Err` when they cannot say.
+pub(crate) fn match_property(
+    filter: &PropertyFilter,
+    properties: &Properties,
+) -> Result<bool, Inconclusive> {
+    let operator = filter.operator.as_deref().unwrap_or("exact");
+    let Some(actual) = properties.get(&filter.key) else {
+        return Err(Inconclusive(format!(
+            "property `{}` was not supplied",
+            filter.key
+        )));
+    };
+    let expected = &filter.value;
+    if operator == "is_not_set" {
+        return Err(Inconclusive(
+            "operator is_not_set needs server evaluation".to_owned(),
+        ));
+    }
+    if actual.is_null() && operator != "is_not" {
+        return Ok(false);
+    }
+    let matched = match operator {
+        "exact" => exact(expected, actual),
+        "is_not" => !exact(expected, actual),
+        "is_set" => true,
+        "icontains" => lower(actual).contains(&lower(expected)),
+        "not_icontains" => !lower(actual).contains(&lower(expected)),
+        "starts_with" => lower(actual).starts_with(&lower(expected)),
+        "not_starts_with" => !lower(actual).starts_with(&lower(expected)),
+        "ends_with" => lower(actual).ends_with(&lower(expected)),
+        "not_ends_with" => !lower(actual).ends_with(&lower(expected)),
+        // An invalid pattern matches nothing, for both operators.
+        "regex" => regex(expected).is_some_and(|re| re.is_match(&py_str(actual))),
+        "not_regex" => regex(expected).is_some_and(|re| !re.is_match(&py_str(actual))),
+        "gt" | "gte" | "lt" | "lte" => compare(operator, expected, actual),
+        "is_date_before" | "is_date_after" => {
+            let flag_date = relative_date(&py_str(expected))
+                .or_else(|| parse_date(&py_str(expected)))
+                .ok_or_else(|| {
+                    Inconclusive("the date set on the flag is not a valid format".to_owned())
+                })?;
+            let Value::String(text) = actual else {
+                return Err(Inconclusive(
+                    "the date provided must be a string".to_owned(),
+                ));
+            };
+            let date = parse_date(text).ok_or_else(|| {
+                Inconclusive("the date provided is not a valid format".to_owned())
+            })?;
+            if operator == "is_date_before" {
+                date < flag_date
+            } else {
+                date > flag_date
+            }
+        }
+        "semver_eq" | "semver_neq" | "semver_gt" | "semver_gte" | "semver_lt" | "semver_lte" => {
+            let actual = semver(&py_str(actual))
+                .ok_or_else(|| Inconclusive("the property is not a valid semver".to_owned()))?;
+            let expected = semver(&py_str(expected))
+                .ok_or_else(|| Inconclusive("the flag's value is not a valid semver".to_owned()))?;
+            match operator {
+                "semver_eq" => actual == expected,
+                "semver_neq" => actual != expected,
+                "semver_gt" => actual > expected,
+                "semver_gte" => actual >= expected,
+                "semver_lt" => actual < expected,
+                _ => actual <= expected,
+            }
+        }
+        "semver_tilde" | "semver_caret" | "semver_wildcard" => {
+            let actual = semver(&py_str(actual))
+                .ok_or_else(|| Inconclusive("the property is not a valid semver".to_owned()))?;
+            let text = py_str(expected);
+            let (low, high) = match operator {
+                "semver_tilde" => semver(&text).map(|(a, b, c)| ((a, b, c), (a, b + 1, 0))),
+                "semver_caret" => semver(&text).map(|lower| (lower, caret_upper(lower))),
+                _ => wildcard_bounds(&text),
+            }
+            .ok_or_else(|| Inconclusive(format!("`{text}` is not valid for {operator}")))?;
+            low <= actual && actual < high
+        }
+        other => return Err(Inconclusive(format!("unknown operator `{other}`"))),
+    };
+    Ok(matched)
+}
+
+/// Python's `str()` of a JSON value, which the reference evaluator compares with.
+fn py_str(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::Null => "None".to_owned(),
+        Value::Number(number) => match (number.as_i64(), number.as_f64()) {
+            (Some(integer), _) => integer.to_string(),
+            (None, Some(float)) if float.fract() == 0.0 && float.abs() < 1e16 => {
+                format!("{float:.1}")
+            }
+            _ => number.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn lower(value: &Value) -> String {
+    py_str(value).to_lowercase()
+}
+
+fn exact(expected: &Value, actual: &Value) -> bool {
+    let actual = lower(actual);
+    match expected {
+        Value::Array(options) => options.iter().any(|option| lower(option) == actual),
+        single => lower(single) == actual,
+    }
+}
+
+fn regex(pattern: &Value) -> Option<regex::Regex> {
+    regex::Regex::new(&py_str(pattern)).ok()
+}
+
+fn compare(operator: &str, expected: &Value, actual: &Value) -> bool {
+    fn ordered<T: PartialOrd>(operator: &str, lhs: T, rhs: T) -> bool {
+        match operator {
+            "gt" => lhs > rhs,
+            "gte" => lhs >= rhs,
+            "lt" => lhs < rhs,
+            _ => lhs <= rhs,
+        }
+    }
+    let expected_number = match expected {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        Value::Bool(flag) => Some(f64::from(u8::from(*flag))),
+        _ => None,
+    };
+    match (expected_number, actual) {
+        // A string property is compared as a string, even against a numeric flag value.
+        (Some(_), Value::String(text)) => {
+            ordered(operator, text.as_str(), py_str(expected).as_str())
+        }
+        (Some(number), Value::Number(actual)) => {
+            ordered(operator, actual.as_f64().unwrap_or(f64::NAN), number)
+        }
+        (Some(number), Value::Bool(flag)) => ordered(operator, f64::from(u8::from(*flag)), number),
+        _ => ordered(operator, py_str(actual).as_str(), py_str(expected).as_str()),
+    }
+}
+
+/// `-7d`, `3h`, `2w`, `1m`, `1y`: that long before now.
+fn relative_date(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.strip_prefix('-').unwrap_or(text);
+    let unit = text.chars().last()?;
+    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    if number >= 10_000 || !text[..text.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let now = Utc::now();
+    match unit {
+        'h' => Some(now - Duration::hours(number)),
+        'd' => Some(now - Duration::days(number)),
+        'w' => Some(now - Duration::weeks(number)),
+        'm' => months_before(now, number),
+        'y' => months_before(now, number * 12),
+        _ => None,
+    }
+}
+
+/// Calendar months back, the day clamped to the target month's length.
+fn months_before(now: DateTime<Utc>, months: i64) -> Option<DateTime<Utc>> {
+    let index = i64::from(now.year()) * 12 + i64::from(now.month0()) - months;
+    let (year, month) = (
+        i32::try_from(index.div_euclid(12)).ok()?,
+        u32::try_from(index.rem_euclid(12)).ok()? + 1,
+    );
+    if !(1..=9999).contains(&year) {
+        return None;
+    }
+    let days_in_month = (28..=31)
+        .rev()
+        .find(|&day| NaiveDate::from_ymd_opt(year, month, day).is_some())?;
+    let date = NaiveDate::from_ymd_opt(year, month, now.day().min(days_in_month))?;
+    Some(Utc.from_utc_datetime(&date.and_time(now.time())))
+}
+
+/// ISO 8601 dates and date-times; naive ones are taken as UTC.
+fn parse_date(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Some(stripped) = text
+        .strip_suffix(" UTC")
+        .or_else(|| text.strip_suffix(" utc"))
+    {
+        return parse_date(&format!("{stripped}Z"));
+    }
+    if let Ok(date) = DateTime::parse_from_rfc3339(text) {
+        return Some(date.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%:z",
+    ] {
+        if let Ok(date) = DateTime::parse_from_str(text, format) {
+            return Some(date.with_timezone(&Utc));
+        }
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(date) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(Utc.from_utc_datetime(&date));
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|date| Utc.from_utc_datetime(&date.and_time(chrono::NaiveTime::MIN)))
+}
+
+type Version = (u64, u64, u64);
+
+/// `v1.2.3-beta+build` -> (1, 2, 3); missing parts are 0; leading zeros are invalid.
+fn semver(text: &str) -> Option<Version> {
+    let text = text.trim().trim_start_matches(['v', 'V']);
+    let core = text.split('-').next()?.split('+').next()?;
+    let mut parts = core.split('.');
+    let major = numeric(parts.next()?)?;
+    let minor = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .map_or(Some(0), numeric)?;
+    let patch = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .map_or(Some(0), numeric)?;
+    Some((major, minor, patch))
+}
+
+fn numeric(part: &str) -> Option<u64> {
+    if part.is_empty()
+        || !part.bytes().all(|b| b.is_ascii_digit())
+        || (part.len() > 1 && part.starts_with('0'))
+    {
+        return None;
+    }
+    part.parse().ok()
+}
+
+fn caret_upper((major, minor, patch): Version) -> Version {
+    if major > 0 {
+        (major + 1, 0, 0)
+    } else if minor > 0 {
+        (0, minor + 1, 0)
+    } else {
+        (0, 0, patch + 1)
+    }
+}
+
+/// `1.*` -> [1.0.0, 2.0.0), `1.2.*` -> [1.2.0, 1.3.0), `1.2.3` -> [1.2.3, 1.2.4).
+fn wildcard_bounds(text: &str) -> Option<(Version, Version)> {
+    let cleaned = text.trim().trim_start_matches(['v', 'V']).replace('*', "");
+    let parts: Vec<&str> = cleaned
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .collect();
+    match parts.as_slice() {
+        [major] => {
+            let major = numeric(major)?;
+            Some(((major, 0, 0), (major + 1, 0, 0)))
+        }
+        [major, minor] => {
+            let (major, minor) = (numeric(major)?, numeric(minor)?);
+            Some(((major, minor, 0), (major, minor + 1, 0)))
+        }
+        [major, minor, patch, ..] => {
+            let (major, minor, patch) = (numeric(major)?, numeric(minor)?, numeric(patch)?);
+            Some(((major, minor, patch), (major, minor, patch + 1)))
+        }
+        [] => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(operator: &str, expected: Value, actual: Value) -> Result<bool, String> {
+        let filter: PropertyFilter =
+            serde_json::from_value(json!({"key": "p", "operator": operator, "value": expected}))
+                .unwrap();
+        let mut properties = Properties::new();
+        properties.insert("p".into(), actual);
+        match_property(&filter, &properties).map_err(|Inconclusive(reason)| reason)
+    }
+
+    #[test]
+    fn equality_is_case_insensitive_and_accepts_lists() {
+        assert_eq!(check("exact", json!("Pro"), json!("pro")), Ok(true));
+        assert_eq!(
+            check("exact", json!(["free", "pro"]), json!("PRO")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("exact", json!("true"), json!(true)),
+            Ok(true),
+            "Python's str(True)"
+        );
+        assert_eq!(check("is_not", json!("pro"), json!("free")), Ok(true));
+        assert_eq!(
+            check("is_not", json!("pro"), json!(null)),
+            Ok(true),
+            "is_not accepts null"
+        );
+        assert_eq!(check("exact", json!("pro"), json!(null)), Ok(false));
+        assert_eq!(check("exact", json!(5), json!("5")), Ok(true));
+    }
+
+    #[test]
+    fn set_operators() {
+        assert_eq!(check("is_set", json!(null), json!("x")), Ok(true));
+        assert!(
+            check("is_not_set", json!(null), json!("x")).is_err(),
+            "needs the server"
+        );
+    }
+
+    #[test]
+    fn string_operators() {
+        assert_eq!(
+            check("icontains", json!("EXAMPLE"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("not_icontains", json!("example"), json!("a@other.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("starts_with", json!("A@"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("not_starts_with", json!("b"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("ends_with", json!(".COM"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("not_ends_with", json!(".org"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("regex", json!(r"^a@.*\.com$"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("not_regex", json!(r"^b"), json!("a@example.com")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("regex", json!("(unclosed"), json!("x")),
+            Ok(false),
+            "invalid pattern"
+        );
+        assert_eq!(
+            check("not_regex", json!("(unclosed"), json!("x")),
+            Ok(false),
+            "invalid pattern"
+        );
+    }
+
+    #[test]
+    fn numeric_operators_follow_the_property_type() {
+        assert_eq!(check("gt", json!(10), json!(11)), Ok(true));
+        assert_eq!(check("gte", json!("10"), json!(10)), Ok(true));
+        assert_eq!(check("lt", json!(10), json!(9.5)), Ok(true));
+        assert_eq!(check("lte", json!(10), json!(11)), Ok(false));
+        // A string property compares as a string: "9" > "10".
+        assert_eq!(check("gt", json!(10), json!("9")), Ok(true));
+        assert_eq!(
+            check("gt", json!("abc"), json!("abd")),
+            Ok(true),
+            "non-numeric: string order"
+        );
+    }
+
+    #[test]
+    fn absolute_and_relative_dates() {
+        assert_eq!(
+            check(
+                "is_date_before",
+                json!("2025-01-01"),
+                json!("2024-12-31T23:00:00Z")
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            check(
+                "is_date_after",
+                json!("2025-01-01T00:00:00+01:00"),
+                json!("2024-12-31T23:30:00Z")
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            check(
+                "is_date_after",
+                json!("-7d"),
+                json!(Utc::now().to_rfc3339())
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            check("is_date_before", json!("-1y"), json!("2000-01-01")),
+            Ok(true)
+        );
+        assert_eq!(
+            check(
+                "is_date_before",
+                json!("3h"),
+                json!((Utc::now() - Duration::hours(4)).to_rfc3339())
+            ),
+            Ok(true)
+        );
+        assert!(check("is_date_before", json!("whenever"), json!("2000-01-01")).is_err());
+        assert!(check("is_date_before", json!("2025-01-01"), json!("not a date")).is_err());
+        assert!(
+            check("is_date_before", json!("-10000d"), json!("2000-01-01")).is_err(),
+            "overflow guard"
+        );
+        assert!(check("is_date_before", json!("2025-01-01"), json!(5)).is_err());
+    }
+
+    #[test]
+    fn relative_months_clamp_the_day() {
+        let march_31 = Utc.with_ymd_and_hms(2025, 3, 31, 12, 0, 0).unwrap();
+        assert_eq!(
+            months_before(march_31, 1).unwrap().date_naive(),
+            NaiveDate::from_ymd_opt(2025, 2, 28).unwrap()
+        );
+        let leap = Utc.with_ymd_and_hms(2024, 2, 29, 0, 0, 0).unwrap();
+        assert_eq!(
+            months_before(leap, 12).unwrap().date_naive(),
+            NaiveDate::from_ymd_opt(2023, 2, 28).unwrap()
+        );
+    }
+
+    #[test]
+    fn semver_operators() {
+        assert_eq!(check("semver_eq", json!("1.2"), json!("v1.2.0")), Ok(true));
+        assert_eq!(
+            check("semver_neq", json!("1.2.3"), json!("1.2.4")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_gt", json!("1.2.3"), json!("1.10.0")),
+            Ok(true),
+            "numeric, not lexical"
+        );
+        assert_eq!(
+            check("semver_gte", json!("1.2.3"), json!("1.2.3-beta")),
+            Ok(true),
+            "pre-release ignored"
+        );
+        assert_eq!(
+            check("semver_lt", json!("2.0.0"), json!("1.99.99")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_lte", json!("2.0.0"), json!("2.0.0+build.5")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_tilde", json!("1.2.3"), json!("1.2.9")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_tilde", json!("1.2.3"), json!("1.3.0")),
+            Ok(false)
+        );
+        assert_eq!(
+            check("semver_caret", json!("1.2.3"), json!("1.9.0")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_caret", json!("0.2.3"), json!("0.3.0")),
+            Ok(false)
+        );
+        assert_eq!(
+            check("semver_caret", json!("0.0.3"), json!("0.0.3")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_caret", json!("0.0.3"), json!("0.0.4")),
+            Ok(false)
+        );
+        assert_eq!(
+            check("semver_wildcard", json!("1.*"), json!("1.99.0")),
+            Ok(true)
+        );
+        assert_eq!(
+            check("semver_wildcard", json!("1.2.*"), json!("1.3.0")),
+            Ok(false)
+        );
+        assert!(
+            check("semver_eq", json!("1.2.3"), json!("01.2.3")).is_err(),
+            "leading zero"
+        );
+        assert!(check("semver_gt", json!("1.2.3"), json!("banana")).is_err());
+        assert!(check("semver_wildcard", json!("*"), json!("1.0.0")).is_err());
+    }
+
+    #[test]
+    fn a_missing_property_is_inconclusive() {
+        let filter: PropertyFilter =
+            serde_json::from_value(json!({"key": "plan", "value": "pro"})).unwrap();
+        assert!(match_property(&filter, &Properties::new()).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Local flag evaluation against PostHog's cross-SDK consistency vectors (posthog-python's
+//! `TestConsistency`): 1,000 distinct ids for a 45 % rollout and 1,000 for a 55 % multivariate
+//! flag with variants 50/20/20/5/5 must get exactly the values every PostHog SDK gives them.
+
+use std::collections::HashMap;
+
+use posthog_track::flags::{FlagError, FlagValue, LocalEvaluator, Properties};
+use serde_json::{Value, json};
+
+fn vectors(file: &str) -> Value {
+    let path = format!("{}/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn expected(value: &Value) -> FlagValue {
+    match value {
+        Value::Bool(enabled) => FlagValue::Enabled(*enabled),
+        Value::String(variant) => FlagValue::Variant(variant.clone()),
+        other => panic!("unexpected vector value {other}"),
+    }
+}
+
+#[test]
+fn simple_flag_matches_all_1000_vectors() {
+    let evaluator = LocalEvaluator::from_json(
+        &json!({"flags": [{"id": 1, "key": "simple-flag", "active": true,
+            "filters": {"groups": [{"properties": [], "rollout_percentage": 45}]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let results = vectors("consistency_simple_flag.json")["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(results.len(), 1000);
+    let mismatches: Vec<usize> = (0..1000)
+        .filter(|&i| {
+            evaluator
+                .evaluate("simple-flag", &format!("distinct_id_{i}"))
+                .unwrap()
+                != expected(&results[i])
+        })
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "ids that differ from PostHog: {mismatches:?}"
+    );
+}
+
+#[test]
+fn multivariate_flag_matches_all_1000_vectors() {
+    let evaluator = LocalEvaluator::from_json(
+        &json!({"flags": [{"id": 1, "key": "multivariate-flag", "active": true,
+        "filters": {
+            "groups": [{"properties": [], "rollout_percentage": 55}],
+            "multivariate": {"variants": [
+                {"key": "first-variant", "name": "First Variant", "rollout_percentage": 50},
+                {"key": "second-variant", "name": "Second Variant", "rollout_percentage": 20},
+                {"key": "third-variant", "name": "Third Variant", "rollout_percentage": 20},
+                {"key": "fourth-variant", "name": "Fourth Variant", "rollout_percentage": 5},
+                {"key": "fifth-variant", "name": "Fifth Variant", "rollout_percentage": 5}
+            ]}
+        }}]})
+        .to_string(),
+    )
+    .unwrap();
+    let results = vectors("consistency_multivariate_flag.json")["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(results.len(), 1000);
+    let mismatches: Vec<usize> = (0..1000)
+        .filter(|&i| {
+            evaluator
+                .evaluate("multivariate-flag", &format!("distinct_id_{i}"))
+                .unwrap()
+                != expected(&results[i])
+        })
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "ids that differ from PostHog: {mismatches:?}"
+    );
+}
+
+fn person(properties: Value) -> Properties {
+    properties.as_object().unwrap().clone()
+}
+
+#[test]
+fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
+    let evaluator = LocalEvaluator::from_json(
+        &json!({
+            "group_type_mapping": {"0": "company"},
+            "flags": [
+                {"key": "beta", "active": true, "filters": {
+                    "groups": [
+                        {"properties": [{"key": "email", "operator": "icontains", "value": "@posthog.com", "type": "person"}],
+                         "rollout_percentage": 100, "variant": "test"},
+                        {"properties": [], "rollout_percentage": 0}
+                    ],
+                    "multivariate": {"variants": [{"key": "control", "rollout_percentage": 50}, {"key": "test", "rollout_percentage": 50}]},
+                    "payloads": {"test": "{\"color\": \"blue\"}"}
+                }},
+                {"key": "gated", "active": true, "filters": {
+                    "early_exit": true,
+                    "groups": [
+                        {"properties": [{"key": "plan", "value": "pro", "type": "person"}], "rollout_percentage": 0},
+                        {"properties": [], "rollout_percentage": 100}
+                    ]
+                }},
+                {"key": "off", "active": false, "filters": {"groups": [{"rollout_percentage": 100}]}},
+                {"key": "company-flag", "active": true, "filters": {
+                    "aggregation_group_type_index": 0,
+                    "groups": [{"properties": [{"key": "seats", "operator": "gte", "value": 10, "type": "group"}], "rollout_percentage": 100}]
+                }},
+                {"key": "cohort-flag", "active": true, "filters": {
+                    "groups": [{"properties": [{"key": "id", "value": 42, "type": "cohort"}]}]
+                }}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (none, no_props) = (HashMap::new(), HashMap::new());
+
+    let staff = person(json!({"email": "ada@PostHog.com"}));
+    let value = evaluator
+        .evaluate_with("beta", "u1", &staff, &none, &no_props)
+        .unwrap();
+    assert_eq!(
+        value,
+        FlagValue::Variant("test".into()),
+        "the condition's variant override wins"
+    );
+    assert_eq!(
+        evaluator.payload("beta", &value),
+        Some(json!({"color": "blue"}))
+    );
+    let outsider = person(json!({"email": "bob@example.com"}));
+    assert_eq!(
+        evaluator
+            .evaluate_with("beta", "u2", &outsider, &none, &no_props)
+            .unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert!(
+        matches!(
+            evaluator.evaluate("beta", "u3"),
+            Err(FlagError::Inconclusive { .. })
+        ),
+        "email unknown"
+    );
+
+    // early_exit: matched properties but out of rollout ends evaluation, even though the next
+    // condition would match everyone.
+    let pro = person(json!({"plan": "pro"}));
+    assert_eq!(
+        evaluator
+            .evaluate_with("gated", "u1", &pro, &none, &no_props)
+            .unwrap(),
+        FlagValue::Enabled(false)
+    );
+    let free = person(json!({"plan": "free"}));
+    assert_eq!(
+        evaluator
+            .evaluate_with("gated", "u1", &free, &none, &no_props)
+            .unwrap(),
+        FlagValue::Enabled(true)
+    );
+
+    assert_eq!(
+        evaluator.evaluate("off", "u1").unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert!(
+        matches!(
+            evaluator.evaluate("Off", "u1"),
+            Err(FlagError::UnknownFlag(_))
+        ),
+        "keys are case-sensitive"
+    );
+
+    let groups = HashMap::from([("company".to_owned(), "acme".to_owned())]);
+    let big = HashMap::from([("company".to_owned(), person(json!({"seats": 12})))]);
+    let small = HashMap::from([("company".to_owned(), person(json!({"seats": 3})))]);
+    assert_eq!(
+        evaluator
+            .evaluate_with("company-flag", "u1", &Properties::new(), &groups, &big)
+            .unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert_eq!(
+        evaluator
+            .evaluate_with("company-flag", "u1", &Properties::new(), &groups, &small)
+            .unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert_eq!(
+        evaluator.evaluate("company-flag", "u1").unwrap(),
+        FlagValue::Enabled(false),
+        "no group: off"
+    );
+
+    assert!(
+        matches!(
+            evaluator.evaluate("cohort-flag", "u1"),
+            Err(FlagError::Inconclusive { .. })
+        ),
+        "cohorts need the server"
+    );
+}
