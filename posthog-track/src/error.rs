@@ -99,6 +99,13 @@ pub enum Error {
         pending: u64,
     },
 
+    /// Feature flags could not be evaluated: PostHog's `/flags` failed or answered badly.
+    #[error("feature flags could not be evaluated: {reason}")]
+    Flags {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -17,6 +17,9 @@ use crate::client::{Backoff, DeliveryCounts, DeliveryStats, SharedStats, Sink};
 use crate::config::{ApiKey, Config, Mode};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
+use crate::flags::{
+    ExposureCache, FlagValue, FlagsRequest, FlagsSnapshot, RemoteFlags, exposure_event,
+};
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
 use crate::transaction::TrackedTransaction;
@@ -48,6 +51,8 @@ pub(crate) struct Inner {
     queue: OnceLock<Arc<Queue>>,
     pub(crate) wake: Arc<Notify>,
     relays: Mutex<Vec<RunningRelay>>,
+    flags: Option<RemoteFlags>,
+    exposures: Mutex<ExposureCache>,
 }
 
 type DrainFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
@@ -234,6 +239,58 @@ impl Tracker {
         Ok(())
     }
 
+    /// Every feature flag's value for `distinct_id`, evaluated by PostHog (`/flags`).
+    pub async fn evaluate_flags(&self, distinct_id: impl Into<String>) -> Result<FlagsSnapshot> {
+        self.evaluate_flags_with(FlagsRequest::new(distinct_id))
+            .await
+    }
+
+    /// Flag values for a request with person properties, groups and group properties.
+    pub async fn evaluate_flags_with(&self, request: FlagsRequest) -> Result<FlagsSnapshot> {
+        let Some(flags) = &self.inner.flags else {
+            return Err(Error::Flags {
+                reason:
+                    "no POSTHOG_API_KEY (or the tracker is disabled): flags cannot be evaluated"
+                        .to_owned(),
+            });
+        };
+        flags.evaluate(&request).await
+    }
+
+    /// One flag's value for the request's user, and its exposure: a `$feature_flag_called`
+    /// event, sent once per user, flag and value. `None` when PostHog does not know the flag.
+    pub async fn get_feature_flag(
+        &self,
+        key: &str,
+        request: FlagsRequest,
+    ) -> Result<Option<FlagValue>> {
+        let distinct_id = request.distinct_id.clone();
+        let snapshot = self.evaluate_flags_with(request.only([key])).await?;
+        let Some(value) = snapshot.value(key).cloned() else {
+            return Ok(None);
+        };
+        self.record_exposure(&distinct_id, key, &value, false)
+            .await?;
+        Ok(Some(value))
+    }
+
+    /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id`, unless
+    /// it was sent before.
+    pub(crate) async fn record_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: &FlagValue,
+        locally_evaluated: bool,
+    ) -> Result<()> {
+        let first_time = lock(&self.inner.exposures).first_time(distinct_id, key, value);
+        if first_time {
+            self.capture(exposure_event(distinct_id, key, value, locally_evaluated))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Delivers everything committed or captured so far: drains every relay started with
     /// [`start_relay`](Tracker::start_relay) and the in-memory queue. Fails with
     /// [`Error::Delivery`] when PostHog did not accept everything; outbox events stay for the
@@ -256,8 +313,9 @@ impl Tracker {
     }
 
     /// Flushes with a deadline and stops background work; for the end of a process or a
-    /// serverless invocation. Undelivered outbox events wait for the next relay; the in-memory
-    /// queue is closed either way.
+    /// serverless invocation. Undelivered outbox events wait for the next relay. When the
+    /// deadline passes, in-memory events not yet delivered are dropped; a zero deadline
+    /// discards them at once.
     pub async fn shutdown(&self, deadline: Duration) -> Result<()> {
         let started = Instant::now();
         let relays: Vec<RunningRelay> = lock(&self.inner.relays).drain(..).collect();
@@ -276,7 +334,13 @@ impl Tracker {
         };
         let outcome = tokio::time::timeout(deadline, work).await;
         if let Some(queue) = self.inner.queue.get() {
-            queue.close().await;
+            // Out of time, the in-memory queue stops at once: a process that is shutting down
+            // must not keep sending (or be frozen mid-request, as serverless runtimes do).
+            if outcome.is_err() {
+                queue.abort().await;
+            } else {
+                queue.close().await;
+            }
         }
         for relay in relays {
             relay.task.abort();
@@ -366,6 +430,7 @@ pub struct TrackerBuilder {
     queue: QueueOptions,
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
+    flags_timeout: Duration,
 }
 
 impl fmt::Debug for TrackerBuilder {
@@ -396,6 +461,7 @@ impl Default for TrackerBuilder {
             },
             relay: RelayOptions::default(),
             before_send: None,
+            flags_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -519,6 +585,12 @@ impl TrackerBuilder {
                 ))
             }),
         };
+        let flags = self
+            .config
+            .api_key
+            .clone()
+            .filter(|_| !self.config.disabled)
+            .map(|key| RemoteFlags::new(&self.config.host, key, self.flags_timeout));
         Tracker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -531,6 +603,8 @@ impl TrackerBuilder {
                 queue: OnceLock::new(),
                 wake: Arc::new(Notify::new()),
                 relays: Mutex::new(Vec::new()),
+                flags,
+                exposures: Mutex::new(ExposureCache::new(50_000)),
             }),
         }
     }

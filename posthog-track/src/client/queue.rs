@@ -38,6 +38,7 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct Queue {
     sender: Mutex<Option<mpsc::Sender<Command>>>,
+    worker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     capacity: usize,
     stats: SharedStats,
 }
@@ -56,7 +57,7 @@ impl Queue {
     pub(crate) fn start(sink: Sink, options: QueueOptions, stats: SharedStats) -> Arc<Queue> {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
         let capacity = options.capacity;
-        tokio::spawn(
+        let worker = tokio::spawn(
             Worker {
                 sink,
                 options,
@@ -68,6 +69,7 @@ impl Queue {
         );
         Arc::new(Queue {
             sender: Mutex::new(Some(sender)),
+            worker: std::sync::Mutex::new(Some(worker)),
             capacity,
             stats,
         })
@@ -114,6 +116,19 @@ impl Queue {
     /// Stops accepting events; the worker delivers what it holds and exits.
     pub(crate) async fn close(&self) {
         self.sender.lock().await.take();
+    }
+
+    /// Stops the worker now: events it still holds are dropped (a shutdown out of time).
+    pub(crate) async fn abort(&self) {
+        self.close().await;
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(worker) = worker {
+            worker.abort();
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use posthog_track::flags::{FlagValue, FlagsRequest};
 use posthog_track::{Event, Tracker};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -76,6 +77,7 @@ async fn handle(
         (Method::POST, "/init") => init(&adapter, &params).await,
         (Method::POST, "/capture") => capture(&adapter, &params).await,
         (Method::POST, "/flush") => flush(&adapter).await,
+        (Method::POST, "/get_feature_flag") => get_feature_flag(&adapter, &params).await,
         (Method::GET, "/state") => (200, state(&adapter).await),
         (Method::POST, "/reset") => reset(&adapter).await,
         _ => (
@@ -131,7 +133,7 @@ async fn init(adapter: &Shared, params: &Value) -> (u16, Value) {
     }
     let mut adapter = adapter.lock().await;
     if let Some(old) = adapter.tracker.take() {
-        let _ = old.shutdown(Duration::from_secs(1)).await;
+        let _ = old.shutdown(Duration::ZERO).await;
     }
     *adapter = Adapter {
         tracker: Some(builder.build()),
@@ -219,11 +221,63 @@ async fn state(adapter: &Shared) -> Value {
     })
 }
 
+/// Throws the client away without delivering what it holds: the harness has already reset its
+/// mock for the next test, which must not receive this one's events.
+/// Throws the client away without delivering what it holds: the harness has already reset its
+/// mock for the next test, which must not receive this one's events.
 async fn reset(adapter: &Shared) -> (u16, Value) {
     let mut adapter = adapter.lock().await;
     if let Some(tracker) = adapter.tracker.take() {
-        let _ = tracker.shutdown(Duration::from_secs(1)).await;
+        let _ = tracker.shutdown(Duration::ZERO).await;
     }
     *adapter = Adapter::default();
     (200, json!({"success": true}))
+}
+
+async fn get_feature_flag(adapter: &Shared, params: &Value) -> (u16, Value) {
+    let (Some(key), Some(distinct_id)) = (params["key"].as_str(), params["distinct_id"].as_str())
+    else {
+        return (
+            400,
+            json!({"success": false, "error": "`key` and `distinct_id` are required"}),
+        );
+    };
+    let Some(tracker) = adapter.lock().await.tracker.clone() else {
+        return (400, json!({"success": false, "error": "call /init first"}));
+    };
+    // posthog-track evaluates remotely unless given local definitions, so `force_remote`
+    // needs no special handling here.
+    let mut request = FlagsRequest::new(distinct_id);
+    if let Some(properties) = params["person_properties"].as_object() {
+        request.person_properties = properties.clone();
+    }
+    if let Some(groups) = params["groups"].as_object() {
+        for (group_type, group_key) in groups {
+            let key = group_key
+                .as_str()
+                .map_or_else(|| group_key.to_string(), str::to_owned);
+            request = request.group(group_type.clone(), key);
+        }
+    }
+    if let Some(group_properties) = params["group_properties"].as_object() {
+        for (group_type, properties) in group_properties {
+            if let Some(properties) = properties.as_object() {
+                request
+                    .group_properties
+                    .insert(group_type.clone(), properties.clone());
+            }
+        }
+    }
+    request.disable_geoip = params["disable_geoip"].as_bool().unwrap_or(false);
+    match tracker.get_feature_flag(key, request).await {
+        Ok(value) => {
+            let value = match value {
+                Some(FlagValue::Variant(variant)) => json!(variant),
+                Some(FlagValue::Enabled(enabled)) => json!(enabled),
+                None => Value::Null,
+            };
+            (200, json!({"success": true, "value": value}))
+        }
+        Err(error) => failure(error),
+    }
 }

@@ -1,0 +1,275 @@
+//! Remote evaluation: `POST {host}/flags/?v=2`, PostHog deciding every flag for one user.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, USER_AGENT};
+use serde_json::{Value, json};
+
+use super::evaluate::{FlagValue, Properties};
+use crate::client::USER_AGENT_VALUE;
+use crate::config::ApiKey;
+use crate::error::{Error, Result};
+
+/// What to evaluate, for whom.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct FlagsRequest {
+    /// The user.
+    pub distinct_id: String,
+    /// Person properties PostHog should use (overriding what it stored).
+    pub person_properties: Properties,
+    /// The user's groups: group type to group key.
+    pub groups: HashMap<String, String>,
+    /// Properties of those groups, by group type.
+    pub group_properties: HashMap<String, Properties>,
+    /// Only these flags (all when empty).
+    pub flag_keys: Vec<String>,
+    /// Ask PostHog not to use the request's IP for properties (the server's IP is meaningless).
+    pub disable_geoip: bool,
+}
+
+impl FlagsRequest {
+    /// Every flag for `distinct_id`.
+    pub fn new(distinct_id: impl Into<String>) -> Self {
+        FlagsRequest {
+            distinct_id: distinct_id.into(),
+            disable_geoip: true,
+            ..FlagsRequest::default()
+        }
+    }
+
+    /// Adds a person property.
+    pub fn person_property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.person_properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a group membership, e.g. `("company", "acme")`.
+    pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
+        self.groups.insert(group_type.into(), group_key.into());
+        self
+    }
+
+    /// Adds a property of one of the user's groups.
+    pub fn group_property(
+        mut self,
+        group_type: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+    ) -> Self {
+        self.group_properties
+            .entry(group_type.into())
+            .or_default()
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Evaluates only these flags.
+    pub fn only(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.flag_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// Every flag's value for one user, as evaluated at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagsSnapshot {
+    values: HashMap<String, FlagValue>,
+    payloads: HashMap<String, Value>,
+    quota_limited: Vec<String>,
+}
+
+impl FlagsSnapshot {
+    /// Whether the flag is on (`true` or any variant); unknown flags are off.
+    pub fn is_enabled(&self, key: &str) -> bool {
+        self.values.get(key).is_some_and(FlagValue::is_enabled)
+    }
+
+    /// The flag's variant, for multivariate flags.
+    pub fn variant(&self, key: &str) -> Option<&str> {
+        self.values.get(key).and_then(FlagValue::variant)
+    }
+
+    /// The flag's value, if PostHog returned one.
+    pub fn value(&self, key: &str) -> Option<&FlagValue> {
+        self.values.get(key)
+    }
+
+    /// The payload configured for the flag's value.
+    pub fn payload(&self, key: &str) -> Option<&Value> {
+        self.payloads.get(key)
+    }
+
+    /// Every flag and its value.
+    pub fn values(&self) -> &HashMap<String, FlagValue> {
+        &self.values
+    }
+
+    /// Products PostHog is not evaluating because the project is over its quota.
+    pub fn quota_limited(&self) -> &[String] {
+        &self.quota_limited
+    }
+}
+
+/// Calls `/flags`. Retries only what a retry can fix: transport errors, 502 and 504.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteFlags {
+    http: reqwest::Client,
+    url: String,
+    api_key: ApiKey,
+}
+
+const RETRIES: u32 = 2;
+
+impl RemoteFlags {
+    pub(crate) fn new(host: &str, api_key: ApiKey, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        RemoteFlags {
+            http,
+            url: format!("{host}/flags/?v=2"),
+            api_key,
+        }
+    }
+
+    pub(crate) async fn evaluate(&self, request: &FlagsRequest) -> Result<FlagsSnapshot> {
+        let mut body = json!({
+            "token": self.api_key.expose(),
+            "distinct_id": request.distinct_id,
+            "person_properties": request.person_properties,
+            "groups": request.groups,
+            "group_properties": request.group_properties,
+            "geoip_disable": request.disable_geoip,
+        });
+        if !request.flag_keys.is_empty() {
+            body["flag_keys_to_evaluate"] = json!(request.flag_keys);
+        }
+        let body = body.to_string();
+        let mut attempt = 0;
+        loop {
+            let response = self
+                .http
+                .post(&self.url)
+                .header(USER_AGENT, USER_AGENT_VALUE)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let retryable = match &response {
+                Err(_) => true,
+                Ok(response) => matches!(response.status().as_u16(), 502 | 504),
+            };
+            if retryable && attempt < RETRIES {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                continue;
+            }
+            let response = response.map_err(|error| Error::Flags {
+                reason: format!("request failed: {error}"),
+            })?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                let text: String = text.chars().take(300).collect();
+                return Err(Error::Flags {
+                    reason: format!("/flags answered {status}: {text}"),
+                });
+            }
+            let json: Value = serde_json::from_str(&text).map_err(|error| Error::Flags {
+                reason: format!("/flags answered with invalid JSON: {error}"),
+            })?;
+            return Ok(parse_response(&json));
+        }
+    }
+}
+
+/// Reads both response shapes: v2 (`flags: {key: {enabled, variant, metadata.payload}}`) and
+/// v1 (`featureFlags`, `featureFlagPayloads`).
+fn parse_response(json: &Value) -> FlagsSnapshot {
+    let mut snapshot = FlagsSnapshot::default();
+    if let Some(flags) = json.get("flags").and_then(Value::as_object) {
+        for (key, flag) in flags {
+            let value = match flag.get("variant").and_then(Value::as_str) {
+                Some(variant) => FlagValue::Variant(variant.to_owned()),
+                None => FlagValue::Enabled(
+                    flag.get("enabled")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                ),
+            };
+            if let Some(payload) = flag.pointer("/metadata/payload").filter(|p| !p.is_null()) {
+                snapshot
+                    .payloads
+                    .insert(key.clone(), decode_payload(payload));
+            }
+            snapshot.values.insert(key.clone(), value);
+        }
+    } else if let Some(flags) = json.get("featureFlags").and_then(Value::as_object) {
+        for (key, value) in flags {
+            let value = match value {
+                Value::String(variant) => FlagValue::Variant(variant.clone()),
+                other => FlagValue::Enabled(other.as_bool().unwrap_or(false)),
+            };
+            snapshot.values.insert(key.clone(), value);
+        }
+        if let Some(payloads) = json.get("featureFlagPayloads").and_then(Value::as_object) {
+            for (key, payload) in payloads.iter().filter(|(_, p)| !p.is_null()) {
+                snapshot
+                    .payloads
+                    .insert(key.clone(), decode_payload(payload));
+            }
+        }
+    }
+    snapshot.quota_limited = json
+        .get("quotaLimited")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    snapshot
+}
+
+/// Payloads arrive as JSON text; a value that is not JSON text is kept as it is.
+pub(crate) fn decode_payload(payload: &Value) -> Value {
+    match payload {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| payload.clone()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_v2_and_v1_responses() {
+        let v2 = json!({"flags": {
+            "beta": {"key": "beta", "enabled": true, "variant": null, "metadata": {"payload": "{\"a\": 1}"}},
+            "exp": {"key": "exp", "enabled": true, "variant": "test"},
+            "off": {"key": "off", "enabled": false}
+        }, "quotaLimited": ["feature_flags"]});
+        let snapshot = parse_response(&v2);
+        assert!(
+            snapshot.is_enabled("beta")
+                && snapshot.is_enabled("exp")
+                && !snapshot.is_enabled("off")
+        );
+        assert_eq!(snapshot.variant("exp"), Some("test"));
+        assert_eq!(snapshot.payload("beta"), Some(&json!({"a": 1})));
+        assert_eq!(snapshot.quota_limited(), ["feature_flags"]);
+        assert!(!snapshot.is_enabled("unknown"));
+
+        let v1 = json!({"featureFlags": {"beta": true, "exp": "control"}, "featureFlagPayloads": {"exp": "[1, 2]"}});
+        let snapshot = parse_response(&v1);
+        assert_eq!(snapshot.value("beta"), Some(&FlagValue::Enabled(true)));
+        assert_eq!(snapshot.variant("exp"), Some("control"));
+        assert_eq!(snapshot.payload("exp"), Some(&json!([1, 2])));
+    }
+}
