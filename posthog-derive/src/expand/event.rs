@@ -137,16 +137,12 @@ pub fn stage_milestones(container: &Container) -> TokenStream {
             let event = &milestone.event.value;
             let previous_name = format!("previous_{}", field.property_name().unwrap_or_default());
             let previous = write(field, Section::Properties, &previous_name, quote!(__before));
-            // Called through `&dyn Fn`, not as the function itself: a `when` of the wrong
-            // signature then fails only the `Fn(&T, &T) -> bool` bound, spanned on `when`,
-            // instead of also failing the call with a second, confusing error.
             let condition = match &milestone.when {
                 Some(when) => quote_spanned! {when.span()=>
-                    && {
-                        let __when: &dyn ::core::ops::Fn(&#ty, &#ty) -> bool =
-                            &::posthog_track::__private::milestone_condition::<#ty, _>(#when);
-                        __when(&__before.#ident, &self.#ident)
-                    }
+                    && ::posthog_track::__private::milestone_condition::<#ty, _>(#when)(
+                        &__before.#ident,
+                        &self.#ident,
+                    )
                 },
                 None => quote!(),
             };
