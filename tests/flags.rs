@@ -210,3 +210,153 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
         "cohorts need the server"
     );
 }
+
+mod client {
+    use std::time::Duration;
+
+    use posthog_track::flags::{FlagValue, FlagsRequest, LocalEvaluator};
+    use posthog_track::testing::MockPostHog;
+    use posthog_track_tests::tracker_for;
+    use serde_json::json;
+
+    fn definitions() -> serde_json::Value {
+        json!({"flags": [
+            {"key": "rollout", "active": true, "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}},
+            {"key": "by-plan", "active": true, "filters": {"groups": [
+                {"properties": [{"key": "plan", "value": "pro", "type": "person"}], "rollout_percentage": 100}]}}
+        ]})
+    }
+
+    #[tokio::test]
+    async fn local_first_with_remote_fallback_and_one_exposure_per_value() {
+        let mock = MockPostHog::start().await;
+        mock.set_flag_definitions(definitions());
+        mock.set_remote_flags(
+            json!({"flags": {"by-plan": {"key": "by-plan", "enabled": true, "variant": null}}}),
+        );
+        let tracker = tracker_for(&mock)
+            .personal_api_key("phx_personal_key_123")
+            .build();
+        tracker.load_flag_definitions().await.unwrap();
+
+        // Decided locally: no /flags request.
+        for _ in 0..3 {
+            let value = tracker
+                .get_feature_flag("rollout", FlagsRequest::new("u1"))
+                .await
+                .unwrap();
+            assert_eq!(value, Some(FlagValue::Enabled(true)));
+        }
+        assert!(
+            mock.flags_requests().is_empty(),
+            "local definitions decided"
+        );
+        // `plan` unknown locally: PostHog decides.
+        let value = tracker
+            .get_feature_flag("by-plan", FlagsRequest::new("u1"))
+            .await
+            .unwrap();
+        assert_eq!(value, Some(FlagValue::Enabled(true)));
+        assert_eq!(
+            mock.flags_requests().len(),
+            1,
+            "inconclusive locally, so asked PostHog"
+        );
+        assert_eq!(
+            mock.flags_requests()[0]["flag_keys_to_evaluate"],
+            json!(["by-plan"])
+        );
+        // Supplying the property lets local evaluation decide.
+        let request = FlagsRequest::new("u2").person_property("plan", "pro");
+        assert_eq!(
+            tracker.get_feature_flag("by-plan", request).await.unwrap(),
+            Some(FlagValue::Enabled(true))
+        );
+        assert_eq!(mock.flags_requests().len(), 1);
+
+        tracker.flush().await.unwrap();
+        let exposures: Vec<_> = mock
+            .events()
+            .into_iter()
+            .filter(|e| e.event == "$feature_flag_called")
+            .collect();
+        assert_eq!(
+            exposures.len(),
+            3,
+            "u1/rollout once, u1/by-plan, u2/by-plan"
+        );
+        let first = &exposures[0];
+        assert_eq!(first.properties["$feature_flag"], "rollout");
+        assert_eq!(first.properties["$feature_flag_response"], true);
+        assert_eq!(first.properties["$feature/rollout"], true);
+        assert_eq!(first.properties["locally_evaluated"], true);
+        assert_eq!(exposures[1].properties["locally_evaluated"], false);
+    }
+
+    #[tokio::test]
+    async fn the_poller_uses_etags_backs_off_and_clears_on_402() {
+        let mock = MockPostHog::start().await;
+        mock.set_flag_definitions(definitions());
+        let tracker = tracker_for(&mock)
+            .personal_api_key("phx_personal_key_123")
+            .build();
+        tracker.load_flag_definitions().await.unwrap();
+        tracker.load_flag_definitions().await.unwrap();
+        let polls = mock.flag_definitions_requests();
+        assert_eq!(polls[0], (200, None));
+        assert_eq!(polls[1].0, 304, "unchanged definitions are not sent again");
+        assert!(polls[1].1.is_some(), "the poll sent If-None-Match");
+
+        mock.set_flag_definitions_status(Some(401));
+        tracker.load_flag_definitions().await.unwrap();
+        assert!(
+            tracker.flag_definitions().is_some(),
+            "a refusal keeps the definitions in force"
+        );
+        mock.set_flag_definitions_status(Some(402));
+        tracker.load_flag_definitions().await.unwrap();
+        assert!(
+            tracker.flag_definitions().is_none(),
+            "over quota: flags are cleared"
+        );
+
+        mock.set_flag_definitions_status(None);
+        tracker
+            .start_flag_poller(Duration::from_millis(20))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tracker.flag_definitions().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the poller reloaded the definitions"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracker.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_only_never_asks_posthog() {
+        let mock = MockPostHog::start().await;
+        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let tracker = tracker_for(&mock)
+            .flag_definitions(evaluator)
+            .local_evaluation_only(true)
+            .build();
+        assert_eq!(
+            tracker
+                .get_feature_flag("by-plan", FlagsRequest::new("u1"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            tracker
+                .get_feature_flag("missing", FlagsRequest::new("u1"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(mock.flags_requests().is_empty());
+    }
+}

@@ -18,7 +18,8 @@ use crate::config::{ApiKey, Config, Mode};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{
-    ExposureCache, FlagValue, FlagsRequest, FlagsSnapshot, RemoteFlags, exposure_event,
+    DefinitionsCache, DefinitionsClient, ExposureCache, FlagError, FlagValue, FlagsRequest,
+    FlagsSnapshot, LocalEvaluator, RemoteFlags, exposure_event, poll_definitions,
 };
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
@@ -53,6 +54,10 @@ pub(crate) struct Inner {
     relays: Mutex<Vec<RunningRelay>>,
     flags: Option<RemoteFlags>,
     exposures: Mutex<ExposureCache>,
+    definitions: Arc<DefinitionsCache>,
+    definitions_client: Option<DefinitionsClient>,
+    local_evaluation_only: bool,
+    poller: Mutex<Option<watch::Sender<bool>>>,
 }
 
 type DrainFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
@@ -258,13 +263,37 @@ impl Tracker {
     }
 
     /// One flag's value for the request's user, and its exposure: a `$feature_flag_called`
-    /// event, sent once per user, flag and value. `None` when PostHog does not know the flag.
+    /// event, sent once per user, flag and value. Evaluated locally when definitions are
+    /// loaded and can decide (unless `force_remote`), by PostHog otherwise. `None` when the
+    /// flag is unknown, or undecidable locally with `local_evaluation_only`.
     pub async fn get_feature_flag(
         &self,
         key: &str,
         request: FlagsRequest,
     ) -> Result<Option<FlagValue>> {
         let distinct_id = request.distinct_id.clone();
+        if !request.force_remote
+            && let Some(evaluator) = self.inner.definitions.evaluator()
+        {
+            match evaluator.evaluate_with(
+                key,
+                &distinct_id,
+                &request.person_properties,
+                &request.groups,
+                &request.group_properties,
+            ) {
+                Ok(value) => {
+                    self.record_exposure(&distinct_id, key, &value, true)
+                        .await?;
+                    return Ok(Some(value));
+                }
+                Err(FlagError::Inconclusive { .. } | FlagError::UnknownFlag(_))
+                    if !self.inner.local_evaluation_only => {}
+                Err(_) => return Ok(None),
+            }
+        } else if self.inner.local_evaluation_only && !request.force_remote {
+            return Ok(None);
+        }
         let snapshot = self.evaluate_flags_with(request.only([key])).await?;
         let Some(value) = snapshot.value(key).cloned() else {
             return Ok(None);
@@ -272,6 +301,44 @@ impl Tracker {
         self.record_exposure(&distinct_id, key, &value, false)
             .await?;
         Ok(Some(value))
+    }
+
+    /// Fetches the flag definitions once (needs `POSTHOG_PERSONAL_API_KEY`).
+    pub async fn load_flag_definitions(&self) -> Result<()> {
+        let Some(client) = &self.inner.definitions_client else {
+            return Err(Error::Flags {
+                reason: "local evaluation needs POSTHOG_API_KEY and POSTHOG_PERSONAL_API_KEY"
+                    .to_owned(),
+            });
+        };
+        client.poll(&self.inner.definitions).await.map(|_| ())
+    }
+
+    /// Keeps the flag definitions fresh in the background (every `interval`; longer after
+    /// PostHog refuses). Stopped by [`shutdown`](Tracker::shutdown).
+    pub fn start_flag_poller(&self, interval: Duration) -> Result<()> {
+        let Some(client) = self.inner.definitions_client.clone() else {
+            return Err(Error::Flags {
+                reason: "local evaluation needs POSTHOG_API_KEY and POSTHOG_PERSONAL_API_KEY"
+                    .to_owned(),
+            });
+        };
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(poll_definitions(
+            client,
+            self.inner.definitions.clone(),
+            interval,
+            stopped,
+        ));
+        if let Some(previous) = lock(&self.inner.poller).replace(stop) {
+            let _ = previous.send(true);
+        }
+        Ok(())
+    }
+
+    /// The definitions local evaluation uses now, if any are loaded.
+    pub fn flag_definitions(&self) -> Option<Arc<LocalEvaluator>> {
+        self.inner.definitions.evaluator()
     }
 
     /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id`, unless
@@ -318,6 +385,9 @@ impl Tracker {
     /// discards them at once.
     pub async fn shutdown(&self, deadline: Duration) -> Result<()> {
         let started = Instant::now();
+        if let Some(poller) = lock(&self.inner.poller).take() {
+            let _ = poller.send(true);
+        }
         let relays: Vec<RunningRelay> = lock(&self.inner.relays).drain(..).collect();
         for relay in &relays {
             let _ = relay.stop.send(true);
@@ -431,6 +501,8 @@ pub struct TrackerBuilder {
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
     flags_timeout: Duration,
+    local_evaluation_only: bool,
+    flag_definitions: Option<LocalEvaluator>,
 }
 
 impl fmt::Debug for TrackerBuilder {
@@ -462,6 +534,8 @@ impl Default for TrackerBuilder {
             relay: RelayOptions::default(),
             before_send: None,
             flags_timeout: Duration::from_secs(3),
+            local_evaluation_only: false,
+            flag_definitions: None,
         }
     }
 }
@@ -571,6 +645,20 @@ impl TrackerBuilder {
         self
     }
 
+    /// Never ask PostHog for a flag local definitions cannot decide; such flags read as
+    /// `None`.
+    pub fn local_evaluation_only(mut self, local_only: bool) -> Self {
+        self.local_evaluation_only = local_only;
+        self
+    }
+
+    /// Flag definitions to evaluate locally from the start (the body of
+    /// `/flags/definitions`), for offline use and tests; the poller replaces them.
+    pub fn flag_definitions(mut self, evaluator: LocalEvaluator) -> Self {
+        self.flag_definitions = Some(evaluator);
+        self
+    }
+
     /// The tracker.
     pub fn build(self) -> Tracker {
         let sink = match self.config.mode() {
@@ -591,6 +679,19 @@ impl TrackerBuilder {
             .clone()
             .filter(|_| !self.config.disabled)
             .map(|key| RemoteFlags::new(&self.config.host, key, self.flags_timeout));
+        let definitions_client = match (&self.config.api_key, &self.config.personal_api_key) {
+            (Some(project), Some(secret)) if !self.config.disabled => Some(DefinitionsClient::new(
+                &self.config.host,
+                project,
+                secret.clone(),
+                self.flags_timeout.max(Duration::from_secs(10)),
+            )),
+            _ => None,
+        };
+        let definitions = DefinitionsCache::default();
+        if let Some(evaluator) = self.flag_definitions {
+            definitions.preload(evaluator);
+        }
         Tracker {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -605,6 +706,10 @@ impl TrackerBuilder {
                 relays: Mutex::new(Vec::new()),
                 flags,
                 exposures: Mutex::new(ExposureCache::new(50_000)),
+                definitions: Arc::new(definitions),
+                definitions_client,
+                local_evaluation_only: self.local_evaluation_only,
+                poller: Mutex::new(None),
             }),
         }
     }

@@ -27,6 +27,8 @@ pub struct FlagsRequest {
     pub flag_keys: Vec<String>,
     /// Ask PostHog not to use the request's IP for properties (the server's IP is meaningless).
     pub disable_geoip: bool,
+    /// Skip local evaluation even when definitions are loaded.
+    pub force_remote: bool,
 }
 
 impl FlagsRequest {

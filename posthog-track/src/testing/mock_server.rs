@@ -121,6 +121,11 @@ struct State {
     outage: Option<Reply>,
     random: Option<(f64, Vec<Reply>, fastrand::Rng)>,
     reject: Option<Predicate>,
+    flag_definitions: Option<Value>,
+    definitions_status: Option<u16>,
+    definitions_requests: Vec<(u16, Option<String>)>,
+    remote_flags: Option<Value>,
+    flags_requests: Vec<Value>,
 }
 
 struct Shared {
@@ -273,6 +278,32 @@ impl MockPostHog {
         self.shared.state().reject = Some(Arc::new(predicate));
     }
 
+    /// Serves `definitions` (a `/flags/definitions` body) to local evaluation, with an ETag,
+    /// answering 304 to a poll that already has them.
+    pub fn set_flag_definitions(&self, definitions: Value) {
+        self.shared.state().flag_definitions = Some(definitions);
+    }
+
+    /// Answers `/flags/definitions` with this status (401, 402, 429, ...) until `None`.
+    pub fn set_flag_definitions_status(&self, status: Option<u16>) {
+        self.shared.state().definitions_status = status;
+    }
+
+    /// Each `/flags/definitions` request: the status answered and its `If-None-Match`.
+    pub fn flag_definitions_requests(&self) -> Vec<(u16, Option<String>)> {
+        self.shared.state().definitions_requests.clone()
+    }
+
+    /// Answers remote evaluation (`POST /flags`) with this body.
+    pub fn set_remote_flags(&self, response: Value) {
+        self.shared.state().remote_flags = Some(response);
+    }
+
+    /// The bodies of the remote evaluation requests received.
+    pub fn flags_requests(&self) -> Vec<Value> {
+        self.shared.state().flags_requests.clone()
+    }
+
     /// Forgets recorded events and requests.
     pub fn clear(&self) {
         let mut state = self.shared.state();
@@ -317,6 +348,29 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
         path.as_str(),
         "/batch/" | "/batch" | "/capture/" | "/capture" | "/e/" | "/i/v0/e/"
     );
+    if path == "/flags/definitions" || path == "/flags/definitions/" {
+        let if_none_match = request
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return Ok(flag_definitions(&shared, if_none_match));
+    }
+    if path == "/flags/" || path == "/flags" {
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return Err(Dropped),
+        };
+        let mut state = shared.state();
+        state
+            .flags_requests
+            .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        let answer = state
+            .remote_flags
+            .clone()
+            .unwrap_or_else(|| json!({"flags": {}}));
+        return Ok(respond(200, answer, None));
+    }
     if !capture {
         return Ok(respond(
             404,
@@ -404,6 +458,48 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
     record.status = response.status().as_u16();
     shared.state().requests.push(record);
     Ok(response)
+}
+
+fn flag_definitions(shared: &Shared, if_none_match: Option<String>) -> HttpResponse {
+    let mut state = shared.state();
+    if let Some(status) = state.definitions_status {
+        state.definitions_requests.push((status, if_none_match));
+        return respond(
+            status,
+            json!({"type": "scripted", "detail": "scripted failure"}),
+            None,
+        );
+    }
+    let definitions = state
+        .flag_definitions
+        .clone()
+        .unwrap_or_else(|| json!({"flags": []}));
+    let text = definitions.to_string();
+    let etag = format!("\"{:016x}\"", fnv1a(text.as_bytes()));
+    let status = if if_none_match.as_deref() == Some(etag.as_str()) {
+        304
+    } else {
+        200
+    };
+    state.definitions_requests.push((status, if_none_match));
+    let mut response = if status == 304 {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        respond(200, definitions, None)
+    };
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&etag) {
+        response.headers_mut().insert("etag", value);
+    }
+    response
+}
+
+/// A small stable hash for ETags (FNV-1a).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn respond(status: u16, body: Value, retry_after: Option<u64>) -> HttpResponse {

@@ -245,9 +245,8 @@ async fn get_feature_flag(adapter: &Shared, params: &Value) -> (u16, Value) {
     let Some(tracker) = adapter.lock().await.tracker.clone() else {
         return (400, json!({"success": false, "error": "call /init first"}));
     };
-    // posthog-track evaluates remotely unless given local definitions, so `force_remote`
-    // needs no special handling here.
     let mut request = FlagsRequest::new(distinct_id);
+    request.force_remote = params["force_remote"].as_bool().unwrap_or(false);
     if let Some(properties) = params["person_properties"].as_object() {
         request.person_properties = properties.clone();
     }

@@ -1,0 +1,151 @@
+//! Keeps local flag definitions fresh: polls `/flags/definitions` with the personal (or
+//! project secret) key, using ETags so an unchanged set costs PostHog nothing.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH, USER_AGENT};
+
+use super::evaluate::LocalEvaluator;
+use crate::client::USER_AGENT_VALUE;
+use crate::config::ApiKey;
+use crate::error::{Error, Result};
+
+/// The definitions in force, shared between the poller and evaluations.
+#[derive(Debug, Default)]
+pub(crate) struct DefinitionsCache {
+    evaluator: RwLock<Option<Arc<LocalEvaluator>>>,
+    etag: RwLock<Option<String>>,
+}
+
+impl DefinitionsCache {
+    pub(crate) fn evaluator(&self) -> Option<Arc<LocalEvaluator>> {
+        self.evaluator
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn preload(&self, evaluator: LocalEvaluator) {
+        self.set(Some(evaluator), None);
+    }
+
+    fn set(&self, evaluator: Option<LocalEvaluator>, etag: Option<String>) {
+        *self
+            .evaluator
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = evaluator.map(Arc::new);
+        *self
+            .etag
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = etag;
+    }
+
+    fn etag(&self) -> Option<String> {
+        self.etag
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What one poll did, and how long to wait before the next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Polled {
+    Updated,
+    Unchanged,
+    /// 401/403/429: keep what we have, wait longer.
+    BackOff,
+    /// 402: the project is over its quota; flags are cleared until it is not.
+    Cleared,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DefinitionsClient {
+    http: reqwest::Client,
+    url: String,
+    secret: ApiKey,
+}
+
+impl DefinitionsClient {
+    pub(crate) fn new(host: &str, project_key: &ApiKey, secret: ApiKey, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        let url = format!(
+            "{host}/flags/definitions?token={}&send_cohorts",
+            project_key.expose()
+        );
+        DefinitionsClient { http, url, secret }
+    }
+
+    pub(crate) async fn poll(&self, cache: &DefinitionsCache) -> Result<Polled> {
+        let mut request = self
+            .http
+            .get(&self.url)
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header(AUTHORIZATION, format!("Bearer {}", self.secret.expose()));
+        if let Some(etag) = cache.etag() {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        // The URL carries the project key: report the failure without it.
+        let response = request.send().await.map_err(|error| Error::Flags {
+            reason: format!("fetching flag definitions failed: {}", error.without_url()),
+        })?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(Polled::Unchanged),
+            StatusCode::PAYMENT_REQUIRED => {
+                tracing::warn!("PostHog: feature flags quota exceeded; local flags are cleared");
+                cache.set(None, None);
+                Ok(Polled::Cleared)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                tracing::warn!(status = %response.status(), "PostHog refused the flag definitions request; backing off");
+                Ok(Polled::BackOff)
+            }
+            status if status.is_success() => {
+                let etag = response
+                    .headers()
+                    .get(ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.text().await.map_err(|error| Error::Flags {
+                    reason: format!("reading flag definitions failed: {}", error.without_url()),
+                })?;
+                let evaluator = LocalEvaluator::from_json(&body).map_err(|error| Error::Flags {
+                    reason: error.to_string(),
+                })?;
+                cache.set(Some(evaluator), etag);
+                Ok(Polled::Updated)
+            }
+            status => Err(Error::Flags {
+                reason: format!("flag definitions request answered {status}"),
+            }),
+        }
+    }
+}
+
+/// Polls until the tracker shuts down: every `interval`, four times that after a refusal.
+pub(crate) async fn run(
+    client: DefinitionsClient,
+    cache: Arc<DefinitionsCache>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let wait = match client.poll(&cache).await {
+            Ok(Polled::BackOff) => interval * 4,
+            Ok(_) => interval,
+            Err(error) => {
+                tracing::warn!(%error, "flag definitions poll failed");
+                interval
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
