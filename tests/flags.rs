@@ -360,3 +360,125 @@ mod client {
         assert!(mock.flags_requests().is_empty());
     }
 }
+
+#[test]
+fn cohorts_and_flag_dependencies() {
+    let evaluator = LocalEvaluator::from_json(
+        &json!({
+            "cohorts": {
+                "7": {"type": "OR", "values": [
+                    {"type": "AND", "values": [
+                        {"key": "plan", "value": "pro", "type": "person"},
+                        {"key": "country", "value": "FR", "type": "person", "negation": true}
+                    ]},
+                    {"type": "AND", "values": [{"key": "email", "operator": "icontains", "value": "@posthog.com", "type": "person"}]}
+                ]}
+            },
+            "flags": [
+                {"key": "in-cohort", "active": true, "filters": {"groups": [
+                    {"properties": [{"key": "id", "value": 7, "type": "cohort"}], "rollout_percentage": 100}]}},
+                {"key": "not-in-cohort", "active": true, "filters": {"groups": [
+                    {"properties": [{"key": "id", "value": 7, "type": "cohort", "operator": "not_in"}], "rollout_percentage": 100}]}},
+                {"key": "base", "active": true, "filters": {
+                    "groups": [{"properties": [{"key": "plan", "value": "pro", "type": "person"}], "rollout_percentage": 100}],
+                    "multivariate": {"variants": [{"key": "only", "rollout_percentage": 100}]}}},
+                {"key": "needs-base-on", "active": true, "filters": {"groups": [{"properties": [
+                    {"key": "base", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["base"]}
+                ], "rollout_percentage": 100}]}},
+                {"key": "needs-base-variant", "active": true, "filters": {"groups": [{"properties": [
+                    {"key": "base", "operator": "flag_evaluates_to", "value": "only", "type": "flag", "dependency_chain": ["base"]}
+                ], "rollout_percentage": 100}]}},
+                {"key": "needs-base-off", "active": true, "filters": {"groups": [{"properties": [
+                    {"key": "base", "operator": "flag_evaluates_to", "value": false, "type": "flag", "dependency_chain": ["base"]}
+                ], "rollout_percentage": 100}]}},
+                {"key": "circular", "active": true, "filters": {"groups": [{"properties": [
+                    {"key": "circular", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": []}
+                ]}]}},
+                {"key": "missing-dependency", "active": true, "filters": {"groups": [{"properties": [
+                    {"key": "ghost", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["ghost"]}
+                ]}]}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (none, no_props) = (HashMap::new(), HashMap::new());
+    let eval = |flag: &str, properties: Value| {
+        evaluator.evaluate_with(flag, "u1", &person(properties), &none, &no_props)
+    };
+
+    // (pro AND NOT FR) OR staff
+    assert_eq!(
+        eval(
+            "in-cohort",
+            json!({"plan": "pro", "country": "DE", "email": "a@b.c"})
+        )
+        .unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert_eq!(
+        eval(
+            "in-cohort",
+            json!({"plan": "pro", "country": "FR", "email": "a@b.c"})
+        )
+        .unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert_eq!(
+        eval(
+            "in-cohort",
+            json!({"plan": "free", "country": "FR", "email": "a@posthog.com"})
+        )
+        .unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert_eq!(
+        eval(
+            "not-in-cohort",
+            json!({"plan": "free", "country": "FR", "email": "a@b.c"})
+        )
+        .unwrap(),
+        FlagValue::Enabled(true)
+    );
+    // The first branch matched: the missing email does not matter.
+    assert_eq!(
+        eval("in-cohort", json!({"plan": "pro", "country": "DE"})).unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert!(matches!(
+        eval("in-cohort", json!({"plan": "free", "country": "DE"})),
+        Err(FlagError::Inconclusive { .. })
+    ));
+
+    let pro = json!({"plan": "pro"});
+    let free = json!({"plan": "free"});
+    assert_eq!(
+        eval("needs-base-on", pro.clone()).unwrap(),
+        FlagValue::Enabled(true),
+        "any variant counts as on"
+    );
+    assert_eq!(
+        eval("needs-base-variant", pro.clone()).unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert_eq!(
+        eval("needs-base-off", pro).unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert_eq!(
+        eval("needs-base-off", free.clone()).unwrap(),
+        FlagValue::Enabled(true)
+    );
+    assert_eq!(
+        eval("needs-base-on", free).unwrap(),
+        FlagValue::Enabled(false)
+    );
+    assert!(matches!(
+        eval("circular", json!({})),
+        Err(FlagError::Inconclusive { .. })
+    ));
+    assert!(matches!(
+        eval("missing-dependency", json!({})),
+        Err(FlagError::Inconclusive { .. })
+    ));
+}

@@ -98,6 +98,13 @@ pub struct PropertyFilter {
     /// `person`, `group`, `cohort` or `flag`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Inside cohorts: the filter matches when the property does *not*.
+    #[serde(default)]
+    pub negation: bool,
+    /// For `flag` filters: the flags to evaluate first, the referenced one last (empty means
+    /// a circular dependency).
+    #[serde(default)]
+    pub dependency_chain: Option<Vec<String>>,
 }
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>

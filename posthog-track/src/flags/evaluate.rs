@@ -1,12 +1,13 @@
 //! The evaluation algorithm, a faithful port of PostHog's local evaluation.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use super::definitions::{Definitions, FlagDefinition};
+use super::definitions::{Definitions, FlagDefinition, PropertyFilter};
 use super::operators::match_property;
 
 /// Person or group properties: name to value.
@@ -74,6 +75,8 @@ pub(crate) struct Inconclusive(pub String);
 pub struct LocalEvaluator {
     flags: HashMap<String, FlagDefinition>,
     group_type_mapping: HashMap<String, String>,
+    /// Cohort property groups by cohort id (`send_cohorts`).
+    cohorts: HashMap<String, Value>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -116,6 +119,16 @@ impl LocalEvaluator {
                     .collect()
             })
             .unwrap_or_default();
+        let cohorts = value
+            .get("cohorts")
+            .and_then(Value::as_object)
+            .map(|cohorts| {
+                cohorts
+                    .iter()
+                    .map(|(id, group)| (id.clone(), group.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let definitions: Definitions = serde_json::from_value(value)?;
         let flags = definitions
             .flags
@@ -125,6 +138,7 @@ impl LocalEvaluator {
         Ok(LocalEvaluator {
             flags,
             group_type_mapping,
+            cohorts,
         })
     }
 
@@ -165,8 +179,15 @@ impl LocalEvaluator {
             flag: flag_key.to_owned(),
             reason,
         };
+        let context = Context {
+            evaluator: self,
+            distinct_id,
+            cache: RefCell::new(HashMap::new()),
+        };
         match flag.filters.aggregation_group_type_index {
-            None => match_flag(flag, distinct_id, person_properties).map_err(inconclusive),
+            None => context
+                .match_flag(flag, distinct_id, person_properties)
+                .map_err(inconclusive),
             Some(index) => {
                 let Some(group_type) = self.group_type_mapping.get(&index.to_string()) else {
                     return Err(inconclusive(Inconclusive(format!(
@@ -179,7 +200,9 @@ impl LocalEvaluator {
                 };
                 let empty = Properties::new();
                 let properties = group_properties.get(group_type).unwrap_or(&empty);
-                match_flag(flag, group_key, properties).map_err(inconclusive)
+                context
+                    .match_flag(flag, group_key, properties)
+                    .map_err(inconclusive)
             }
         }
     }
@@ -201,75 +224,260 @@ impl LocalEvaluator {
     }
 }
 
-fn match_flag(
-    flag: &FlagDefinition,
-    bucketing_value: &str,
-    properties: &Properties,
-) -> Result<FlagValue, Inconclusive> {
-    let variants = flag
-        .filters
-        .multivariate
-        .as_ref()
-        .map(|m| m.variants.as_slice())
-        .unwrap_or_default();
-    let mut inconclusive = None;
-    for condition in &flag.filters.groups {
-        match condition_match(flag, condition, bucketing_value, properties) {
-            Ok(ConditionMatch::Match) => {
-                let variant = condition
-                    .variant
-                    .as_ref()
-                    .filter(|forced| variants.iter().any(|variant| &variant.key == *forced))
-                    .cloned()
-                    .or_else(|| matching_variant(flag, bucketing_value));
-                return Ok(variant.map_or(FlagValue::Enabled(true), FlagValue::Variant));
+/// One evaluation: what flag dependencies need (the other flags, and the values computed so
+/// far, so each flag of a chain is evaluated once).
+struct Context<'a> {
+    evaluator: &'a LocalEvaluator,
+    distinct_id: &'a str,
+    cache: RefCell<HashMap<String, Option<FlagValue>>>,
+}
+
+impl Context<'_> {
+    fn match_flag(
+        &self,
+        flag: &FlagDefinition,
+        bucketing_value: &str,
+        properties: &Properties,
+    ) -> Result<FlagValue, Inconclusive> {
+        let variants = flag
+            .filters
+            .multivariate
+            .as_ref()
+            .map(|m| m.variants.as_slice())
+            .unwrap_or_default();
+        let mut inconclusive = None;
+        for condition in &flag.filters.groups {
+            match self.condition_match(flag, condition, bucketing_value, properties) {
+                Ok(ConditionMatch::Match) => {
+                    let variant = condition
+                        .variant
+                        .as_ref()
+                        .filter(|forced| variants.iter().any(|variant| &variant.key == *forced))
+                        .cloned()
+                        .or_else(|| matching_variant(flag, bucketing_value));
+                    return Ok(variant.map_or(FlagValue::Enabled(true), FlagValue::Variant));
+                }
+                Ok(ConditionMatch::OutOfRollout) if flag.filters.early_exit => {
+                    return Ok(FlagValue::Enabled(false));
+                }
+                Ok(_) => {}
+                // Only PostHog can decide (a static cohort): no other condition can help.
+                Err(Undecided::RequiresServer(reason)) => return Err(Inconclusive(reason)),
+                // Another condition may still decide; remember that this one could not.
+                Err(Undecided::Inconclusive(reason)) => inconclusive = Some(Inconclusive(reason)),
             }
-            Ok(ConditionMatch::OutOfRollout) if flag.filters.early_exit => {
-                return Ok(FlagValue::Enabled(false));
-            }
-            Ok(_) => {}
-            // Another condition may still decide; remember that this one could not.
-            Err(reason) => inconclusive = Some(reason),
+        }
+        match inconclusive {
+            Some(reason) => Err(reason),
+            None => Ok(FlagValue::Enabled(false)),
         }
     }
-    match inconclusive {
-        Some(reason) => Err(reason),
-        None => Ok(FlagValue::Enabled(false)),
+
+    fn condition_match(
+        &self,
+        flag: &FlagDefinition,
+        condition: &super::definitions::Condition,
+        bucketing_value: &str,
+        properties: &Properties,
+    ) -> Result<ConditionMatch, Undecided> {
+        for filter in &condition.properties {
+            let matches = match filter.kind.as_deref() {
+                Some("cohort") => self.match_cohort(filter, properties)?,
+                Some("flag") => self.match_dependency(filter, properties)?,
+                _ => match_property(filter, properties)?,
+            };
+            if !matches {
+                return Ok(ConditionMatch::NoMatch);
+            }
+        }
+        if let Some(rollout) = condition.rollout_percentage
+            && bucket(&flag.key, bucketing_value, "") > rollout / 100.0
+        {
+            return Ok(ConditionMatch::OutOfRollout);
+        }
+        Ok(ConditionMatch::Match)
+    }
+
+    fn match_cohort(
+        &self,
+        filter: &PropertyFilter,
+        properties: &Properties,
+    ) -> Result<bool, Undecided> {
+        let id = match &filter.value {
+            Value::String(id) => id.clone(),
+            other => other.to_string(),
+        };
+        let Some(group) = self.evaluator.cohorts.get(&id) else {
+            return Err(Undecided::RequiresServer(format!(
+                "cohort {id} is not in the local definitions (a static cohort?)"
+            )));
+        };
+        let matches = self.match_property_group(group, properties)?;
+        match filter.operator.as_deref().unwrap_or("exact") {
+            "exact" | "in" => Ok(matches),
+            "not_in" => Ok(!matches),
+            other => Err(Undecided::Inconclusive(format!(
+                "unsupported cohort operator `{other}`"
+            ))),
+        }
+    }
+
+    /// An AND/OR tree of property filters, cohorts and flag dependencies.
+    fn match_property_group(
+        &self,
+        group: &Value,
+        properties: &Properties,
+    ) -> Result<bool, Undecided> {
+        let Some(group) = group.as_object() else {
+            return Err(Undecided::RequiresServer(
+                "a cohort property group must be an object".to_owned(),
+            ));
+        };
+        if group.is_empty() {
+            return Ok(true);
+        }
+        let is_and = match group.get("type").and_then(Value::as_str) {
+            Some("AND") => true,
+            Some("OR") => false,
+            _ => {
+                return Err(Undecided::RequiresServer(
+                    "a cohort property group type must be AND or OR".to_owned(),
+                ));
+            }
+        };
+        let Some(entries) = group.get("values").and_then(Value::as_array) else {
+            return Err(Undecided::RequiresServer(
+                "cohort property group values must be a list".to_owned(),
+            ));
+        };
+        let (mut decided, mut inconclusive) = (None, false);
+        for entry in entries {
+            let Some(object) = entry.as_object() else {
+                return Err(Undecided::RequiresServer(
+                    "a cohort property group entry must be an object".to_owned(),
+                ));
+            };
+            let nested = object.is_empty()
+                || object.contains_key("values")
+                || matches!(
+                    object.get("type").and_then(Value::as_str),
+                    Some("AND" | "OR")
+                );
+            let outcome = if nested {
+                self.match_property_group(entry, properties)
+            } else {
+                let filter: PropertyFilter =
+                    serde_json::from_value(entry.clone()).map_err(|error| {
+                        Undecided::RequiresServer(format!("malformed cohort filter: {error}"))
+                    })?;
+                let matches = match filter.kind.as_deref() {
+                    Some("cohort") => self.match_cohort(&filter, properties),
+                    Some("flag") => self.match_dependency(&filter, properties),
+                    _ => match_property(&filter, properties).map_err(Undecided::from),
+                };
+                matches.map(|matches| matches != filter.negation)
+            };
+            match outcome {
+                Ok(matches) if is_and && !matches => decided = Some(false),
+                Ok(matches) if !is_and && matches => decided = Some(true),
+                Ok(_) => {}
+                Err(Undecided::RequiresServer(reason)) => {
+                    return Err(Undecided::RequiresServer(reason));
+                }
+                Err(Undecided::Inconclusive(_)) => inconclusive = true,
+            }
+        }
+        match (decided, inconclusive) {
+            (Some(result), _) => Ok(result),
+            (None, true) => Err(Undecided::Inconclusive(
+                "a cohort property was not supplied".to_owned(),
+            )),
+            // AND: every entry matched; OR: none did.
+            (None, false) => Ok(is_and),
+        }
+    }
+
+    /// `flag_evaluates_to`: another flag's value, evaluated first along its dependency chain.
+    fn match_dependency(
+        &self,
+        filter: &PropertyFilter,
+        properties: &Properties,
+    ) -> Result<bool, Undecided> {
+        // A malformed condition is a definite no-match, as on PostHog's servers.
+        if filter.operator.as_deref() != Some("flag_evaluates_to")
+            || filter.key.is_empty()
+            || filter.value.is_null()
+        {
+            return Ok(false);
+        }
+        let Some(chain) = &filter.dependency_chain else {
+            return Err(Undecided::Inconclusive(format!(
+                "dependency on `{}` has no dependency_chain",
+                filter.key
+            )));
+        };
+        if chain.is_empty() {
+            return Err(Undecided::Inconclusive(format!(
+                "circular dependency on `{}`",
+                filter.key
+            )));
+        }
+        for key in chain {
+            if self.cache.borrow().contains_key(key) {
+                continue;
+            }
+            let Some(flag) = self.evaluator.flags.get(key) else {
+                self.cache.borrow_mut().insert(key.clone(), None);
+                return Err(Undecided::Inconclusive(format!(
+                    "dependency `{key}` is not in the local definitions"
+                )));
+            };
+            if !flag.active {
+                self.cache
+                    .borrow_mut()
+                    .insert(key.clone(), Some(FlagValue::Enabled(false)));
+                continue;
+            }
+            match self.match_flag(flag, self.distinct_id, properties) {
+                Ok(value) => {
+                    self.cache.borrow_mut().insert(key.clone(), Some(value));
+                }
+                Err(Inconclusive(reason)) => {
+                    self.cache.borrow_mut().insert(key.clone(), None);
+                    return Err(Undecided::Inconclusive(format!(
+                        "dependency `{key}`: {reason}"
+                    )));
+                }
+            }
+        }
+        let actual = self.cache.borrow().get(&filter.key).cloned().flatten();
+        let Some(actual) = actual else {
+            return Err(Undecided::Inconclusive(format!(
+                "dependency `{}` was not evaluated",
+                filter.key
+            )));
+        };
+        Ok(match (&actual, &filter.value) {
+            (FlagValue::Variant(_), Value::Bool(expected)) => *expected,
+            (FlagValue::Variant(variant), Value::String(expected)) => variant == expected,
+            (FlagValue::Enabled(enabled), Value::Bool(expected)) => enabled == expected,
+            _ => false,
+        })
     }
 }
 
-fn condition_match(
-    flag: &FlagDefinition,
-    condition: &super::definitions::Condition,
-    bucketing_value: &str,
-    properties: &Properties,
-) -> Result<ConditionMatch, Inconclusive> {
-    for filter in &condition.properties {
-        match filter.kind.as_deref() {
-            Some("cohort") => {
-                return Err(Inconclusive(format!(
-                    "cohort filter `{}` needs server evaluation",
-                    filter.key
-                )));
-            }
-            Some("flag") => {
-                return Err(Inconclusive(format!(
-                    "flag dependency `{}` needs server evaluation",
-                    filter.key
-                )));
-            }
-            _ => {}
-        }
-        if !match_property(filter, properties)? {
-            return Ok(ConditionMatch::NoMatch);
-        }
+/// Why a condition could not be decided locally.
+enum Undecided {
+    /// Missing data; another condition may still decide.
+    Inconclusive(String),
+    /// Only PostHog can decide (a static cohort, malformed cohort data).
+    RequiresServer(String),
+}
+
+impl From<Inconclusive> for Undecided {
+    fn from(Inconclusive(reason): Inconclusive) -> Self {
+        Undecided::Inconclusive(reason)
     }
-    if let Some(rollout) = condition.rollout_percentage
-        && bucket(&flag.key, bucketing_value, "") > rollout / 100.0
-    {
-        return Ok(ConditionMatch::OutOfRollout);
-    }
-    Ok(ConditionMatch::Match)
 }
 
 fn matching_variant(flag: &FlagDefinition, bucketing_value: &str) -> Option<String> {
