@@ -84,7 +84,13 @@ enum Section {
 }
 
 impl EventWriter {
-    fn begin(event: Cow<'static, str>, distinct_id: &str, uuid: Uuid, timestamp: &str) -> Self {
+    fn begin(
+        event: Cow<'static, str>,
+        distinct_id: &str,
+        uuid: Uuid,
+        timestamp: &str,
+        stamps: &[Stamp],
+    ) -> Self {
         let mut buf = Vec::with_capacity(384);
         buf.extend_from_slice(b"{\"uuid\":\"");
         buf.extend_from_slice(
@@ -103,6 +109,10 @@ impl EventWriter {
         buf.extend_from_slice(b"\",\"$lib_version\":\"");
         buf.extend_from_slice(LIB_VERSION.as_bytes());
         buf.push(b'"');
+        for stamp in stamps {
+            buf.push(b',');
+            buf.extend_from_slice(stamp.json.as_bytes());
+        }
         EventWriter {
             buf,
             event,
@@ -236,6 +246,29 @@ pub struct Stager<'a> {
     events: &'a mut Vec<StagedEvent>,
     distinct_id: String,
     timestamp: String,
+    stamps: Vec<Stamp>,
+}
+
+/// A property every event of a write carries (`$feature/<flag>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) key: String,
+    /// `"key":value`, ready to splice into the event.
+    json: String,
+}
+
+impl Stamp {
+    pub(crate) fn new(key: String, value: &serde_json::Value) -> Self {
+        let mut json = Vec::with_capacity(key.len() + 16);
+        write_json_str(&mut json, &key);
+        json.push(b':');
+        // serde_json cannot fail to serialise a Value into a Vec.
+        let _ = serde_json::to_writer(&mut json, value);
+        Stamp {
+            key,
+            json: String::from_utf8_lossy(&json).into_owned(),
+        }
+    }
 }
 
 impl<'a> Stager<'a> {
@@ -244,7 +277,14 @@ impl<'a> Stager<'a> {
             events,
             distinct_id,
             timestamp: format_timestamp(Utc::now()),
+            stamps: Vec::new(),
         }
+    }
+
+    /// Every event of this write will carry these properties too.
+    pub(crate) fn with_stamps(mut self, stamps: Vec<Stamp>) -> Self {
+        self.stamps = stamps;
+        self
     }
 
     /// Starts an event of this write.
@@ -254,12 +294,19 @@ impl<'a> Stager<'a> {
             &self.distinct_id,
             Uuid::now_v7(),
             &self.timestamp,
+            &self.stamps,
         )
     }
 
     /// Starts an event that happened at `timestamp` rather than at this write.
     pub(crate) fn event_at(&self, name: Cow<'static, str>, timestamp: String) -> EventWriter {
-        let mut writer = EventWriter::begin(name, &self.distinct_id, Uuid::now_v7(), &timestamp);
+        let mut writer = EventWriter::begin(
+            name,
+            &self.distinct_id,
+            Uuid::now_v7(),
+            &timestamp,
+            &self.stamps,
+        );
         writer.timestamp = Some(timestamp);
         writer
     }
@@ -414,6 +461,16 @@ impl Event {
     pub fn set_once(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.properties
             .push((SectionKind::SetOnce, key.into(), value.into()));
+        self
+    }
+
+    /// Adds `$feature/<flag>` for every flag of `flags`, so the event can be split by variant.
+    pub fn flags(mut self, flags: &crate::flags::FlagsSnapshot) -> Self {
+        let mut values: Vec<_> = flags.values().iter().collect();
+        values.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in values {
+            self = self.property(format!("$feature/{key}"), crate::flags::flag_json(value));
+        }
         self
     }
 

@@ -71,7 +71,7 @@ pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
 pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
-pub use model::{EventSchema, TrackedModel, TrackedRow};
+pub use model::{EventSchema, TrackedModel, TrackedRow, routed_table};
 pub use posthog_derive::{EventSchema, TrackedModel};
 pub use tracker::{BeforeSend, Delivery, Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
@@ -83,8 +83,8 @@ pub mod __private {
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
     pub use crate::model::{
-        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
-        stage_insert_event_detached,
+        ChangeMask, EventSchema, ModelSql, SqlSet, TableVariant, TrackedModel, TrackedRow,
+        milestone_condition, stage_insert_event_detached,
     };
     pub use serde::Serialize;
     pub use sqlx;

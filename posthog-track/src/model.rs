@@ -6,7 +6,9 @@ use std::future::Future;
 
 use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::error::{Error, Result};
-use crate::event::{EventWriter, StagedEvent, Stager};
+use crate::event::{EventWriter, StagedEvent, Stager, Stamp};
+use crate::flags::{FlagValue, FlagsRequest, flag_json};
+use crate::tracker::Tracker;
 use crate::transaction::TrackedTransaction;
 
 /// A struct whose rows are written through sqlx and whose writes become PostHog events.
@@ -32,6 +34,11 @@ pub trait TrackedModel: Sized + Send + Sync {
 
     #[doc(hidden)]
     const __SQL: &'static SqlSet;
+
+    /// Tables that rows go to instead of `TABLE` when a feature flag puts their user in a
+    /// variant (`#[tracked(table_variant(flag = ..., variant = ..., table = ...))]`).
+    #[doc(hidden)]
+    const __TABLE_VARIANTS: &'static [TableVariant] = &[];
 
     /// Fields that are written by UPDATE and sent as event properties: a change to any of them
     /// is worth an update event.
@@ -77,10 +84,10 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB> + 't,
     {
         async move {
-            let sql = Self::__SQL.get(DB::DIALECT);
+            let (sql, table, stamps) = route(&self, tx).await;
             if let Some(reason) = sql.insert_unsupported {
                 return Err(Error::Unsupported {
-                    operation: format!("insert into `{}`", Self::TABLE),
+                    operation: format!("insert into `{table}`"),
                     backend: DB::DIALECT.name(),
                     reason,
                 });
@@ -100,7 +107,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                     self.__read_generated(&row)?;
                 }
             }
-            let mut stager = tx.stager(self.distinct_id(), Self::INSERT_EVENT)?;
+            let mut stager = tx.stager_with(self.distinct_id(), Self::INSERT_EVENT, stamps)?;
             stage_insert_event(&self, &mut stager)?;
             Ok(self)
         }
@@ -117,15 +124,15 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let sql = Self::__SQL.get(DB::DIALECT);
+            let (sql, table, stamps) = route(self, tx).await;
             if let Some(update) = sql.update {
                 let query = self.__bind_key(self.__bind_update(sqlx::query(update)));
                 let result = DB::execute(tx.connection(), query).await?;
                 if DB::rows_affected(&result) == 0 {
-                    return Err(Error::RowNotFound { table: Self::TABLE });
+                    return Err(Error::RowNotFound { table });
                 }
             }
-            let mut stager = tx.stager(self.distinct_id(), Self::UPDATE_EVENT)?;
+            let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
             let mut writer = stager.event(Self::UPDATE_EVENT);
             self.__write_properties(&mut writer)?;
             stager.push(writer)?;
@@ -156,15 +163,15 @@ pub trait TrackedModel: Sized + Send + Sync {
             if changed.is_empty() {
                 return Ok(0);
             }
-            let sql = Self::__SQL.get(DB::DIALECT);
+            let (sql, table, stamps) = route(self, tx).await;
             let statement = sql.update_changed_statement(DB::DIALECT, changed);
             let query = sqlx::query(sqlx::AssertSqlSafe(statement));
             let query = self.__bind_key(self.__bind_changed(changed, query));
             let result = DB::execute(tx.connection(), query).await?;
             if DB::rows_affected(&result) == 0 {
-                return Err(Error::RowNotFound { table: Self::TABLE });
+                return Err(Error::RowNotFound { table });
             }
-            let mut stager = tx.stager(self.distinct_id(), Self::UPDATE_EVENT)?;
+            let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
             let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
             if !tracked.is_empty() {
                 let mut writer = stager.event(Self::UPDATE_EVENT);
@@ -188,19 +195,105 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let sql = Self::__SQL.get(DB::DIALECT);
+            let (sql, table, stamps) = route(self, tx).await;
             let query = self.__bind_key(sqlx::query(sql.delete));
             let result = DB::execute(tx.connection(), query).await?;
             if DB::rows_affected(&result) == 0 {
-                return Err(Error::RowNotFound { table: Self::TABLE });
+                return Err(Error::RowNotFound { table });
             }
-            let mut stager = tx.stager(self.distinct_id(), Self::DELETE_EVENT)?;
+            let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
             let mut writer = stager.event(Self::DELETE_EVENT);
             self.__write_key_properties(&mut writer)?;
             stager.push(writer)?;
             Ok(())
         }
     }
+}
+
+/// Where a write of `model` goes: a flag-routed table when the row's user is in one of the
+/// model's routed variants, `TABLE` otherwise. Each flag is evaluated once per write (locally
+/// when definitions are loaded), its exposure recorded, and its value returned as a
+/// `$feature/<flag>` stamp for the write's events. A flag that cannot be evaluated (no key,
+/// PostHog unreachable) routes to `TABLE`, like any user outside the experiment.
+async fn route<M: TrackedModel, DB: Backend>(
+    model: &M,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> (&'static ModelSql, &'static str, Vec<Stamp>) {
+    let default = M::__SQL.get(DB::DIALECT);
+    if M::__TABLE_VARIANTS.is_empty() {
+        return (default, M::TABLE, Vec::new());
+    }
+    let Some(distinct_id) = model
+        .distinct_id()
+        .or_else(|| tx.distinct_id().map(str::to_owned))
+    else {
+        return (default, M::TABLE, Vec::new());
+    };
+    let tracker = tx.tracker().clone();
+    let mut stamps = Vec::new();
+    let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
+    for variant in M::__TABLE_VARIANTS {
+        let value = match evaluated.iter().find(|(flag, _)| *flag == variant.flag) {
+            Some((_, value)) => value.clone(),
+            None => {
+                let value = match tracker
+                    .get_feature_flag(variant.flag, FlagsRequest::new(distinct_id.as_str()))
+                    .await
+                {
+                    Ok(value) => value,
+                    Err(error) => {
+                        tracing::warn!(flag = variant.flag, %error, "flag unavailable; writing to the default table");
+                        None
+                    }
+                };
+                if let Some(value) = &value {
+                    stamps.push(Stamp::new(
+                        format!("$feature/{}", variant.flag),
+                        &flag_json(value),
+                    ));
+                }
+                evaluated.push((variant.flag, value.clone()));
+                value
+            }
+        };
+        if value.as_ref().and_then(FlagValue::variant) == Some(variant.variant) {
+            return (variant.sql.get(DB::DIALECT), variant.table, stamps);
+        }
+    }
+    (default, M::TABLE, stamps)
+}
+
+/// The table a model's row for `distinct_id` lives in, for reads that must follow the same
+/// flag routing as the writes. Records the flag's exposure like a write does.
+pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str) -> &'static str {
+    let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
+    for variant in M::__TABLE_VARIANTS {
+        let value = match evaluated.iter().find(|(flag, _)| *flag == variant.flag) {
+            Some((_, value)) => value.clone(),
+            None => {
+                let value = tracker
+                    .get_feature_flag(variant.flag, FlagsRequest::new(distinct_id))
+                    .await
+                    .unwrap_or(None);
+                evaluated.push((variant.flag, value.clone()));
+                value
+            }
+        };
+        if value.as_ref().and_then(FlagValue::variant) == Some(variant.variant) {
+            return variant.table;
+        }
+    }
+    M::TABLE
+}
+
+/// A table a flag variant routes rows to.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TableVariant {
+    pub flag: &'static str,
+    pub variant: &'static str,
+    pub table: &'static str,
+    pub sql: &'static SqlSet,
 }
 
 fn stage_insert_event<M: TrackedModel>(model: &M, stager: &mut Stager<'_>) -> Result<()> {

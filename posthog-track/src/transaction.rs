@@ -5,7 +5,8 @@ use std::ops::{Deref, DerefMut};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::event::{Event, StagedEvent, Stager};
+use crate::event::{Event, StagedEvent, Stager, Stamp};
+use crate::flags::{FlagValue, FlagsSnapshot, flag_json};
 use crate::outbox;
 use crate::tracker::{Delivery, Tracker};
 
@@ -24,6 +25,8 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     staged: Vec<StagedEvent>,
     distinct_id: Option<String>,
     tracker: Tracker,
+    /// `$feature/<flag>` properties every event of this transaction carries.
+    flag_stamps: Vec<Stamp>,
 }
 
 impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
@@ -43,6 +46,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             staged: Vec::new(),
             distinct_id: None,
             tracker,
+            flag_stamps: Vec::new(),
         }
     }
 
@@ -66,7 +70,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     pub fn capture(&mut self, event: Event) -> Result<()> {
         let own = event.distinct_id.clone();
         let name = event.name.clone();
-        let mut stager = self.stager_for(own, name)?;
+        let mut stager = self.stager_for(own, name, Vec::new())?;
         event.write(&mut stager)
     }
 
@@ -114,23 +118,49 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         &mut self.tx
     }
 
-    pub(crate) fn stager(
+    /// Stamps `$feature/<flag>` with each flag's value on every event staged from now on in
+    /// this transaction, so that analyses can split by variant.
+    pub fn attach_flags(&mut self, flags: &FlagsSnapshot) {
+        let mut values: Vec<_> = flags.values().iter().collect();
+        values.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in values {
+            self.stamp_flag(key, value);
+        }
+    }
+
+    pub(crate) fn stamp_flag(&mut self, key: &str, value: &FlagValue) {
+        let stamp = Stamp::new(format!("$feature/{key}"), &flag_json(value));
+        self.flag_stamps
+            .retain(|existing| existing.key != stamp.key);
+        self.flag_stamps.push(stamp);
+    }
+
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// A stager whose events also carry `extra` (the flag a routed write used).
+    pub(crate) fn stager_with(
         &mut self,
         own: Option<String>,
         event: &'static str,
+        extra: Vec<Stamp>,
     ) -> Result<Stager<'_>> {
-        self.stager_for(own, event.into())
+        self.stager_for(own, event.into(), extra)
     }
 
     fn stager_for(
         &mut self,
         own: Option<String>,
         event: std::borrow::Cow<'static, str>,
+        extra: Vec<Stamp>,
     ) -> Result<Stager<'_>> {
         let distinct_id = own
             .or_else(|| self.distinct_id.clone())
             .ok_or(Error::MissingDistinctId { event })?;
-        Ok(Stager::new(&mut self.staged, distinct_id))
+        let mut stamps = self.flag_stamps.clone();
+        stamps.extend(extra);
+        Ok(Stager::new(&mut self.staged, distinct_id).with_stamps(stamps))
     }
 }
 

@@ -27,7 +27,7 @@ mod remote;
 
 pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
 pub use evaluate::{FlagError, FlagValue, LocalEvaluator, Properties, bucket};
-pub(crate) use exposure::{ExposureCache, exposure_event};
+pub(crate) use exposure::{ExposureCache, exposure_event, json_value as flag_json};
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient, run as poll_definitions};
 pub(crate) use remote::RemoteFlags;
 pub use remote::{FlagsRequest, FlagsSnapshot};
