@@ -1,6 +1,7 @@
 //! Local flag evaluation: posthog-track's `LocalEvaluator` side by side with posthog-rs's
-//! evaluator (`match_feature_flag`) on the same definitions, in one run; and posthog-track's
-//! full client path (evaluate, exposure through the dedup cache).
+//! evaluator (`match_feature_flag`) on the same definitions, in one run; and the full client
+//! paths (evaluate, then the exposure event through each SDK's dedup), both SDKs loading the
+//! definitions from a local `MockPostHog`.
 //!
 //! ```text
 //! cargo bench -p posthog-track-tests --bench flags
@@ -14,6 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use posthog_track::flags::{FlagsRequest, LocalEvaluator, Properties};
+use posthog_track::testing::MockPostHog;
 use serde_json::{Value, json};
 
 const ROUNDS: usize = 15;
@@ -141,36 +143,76 @@ async fn main() {
         json!({"email": "ada@example.com", "plan": "pro"}),
     );
 
-    // The client path: local evaluation plus the $feature_flag_called exposure, deduplicated
-    // per user (after the first round every exposure is a cache hit).
-    let evaluator =
-        LocalEvaluator::from_json(&json!({"flags": [rollout_flag()]}).to_string()).unwrap();
+    // The client path: local evaluation plus the $feature_flag_called exposure, both clients
+    // loading the same definitions from a local PostHog. After the first round every exposure
+    // is a repeat (1,000 users, one flag), which both SDKs deduplicate.
+    let mock = MockPostHog::start().await;
+    mock.set_flag_definitions(json!({"flags": [rollout_flag()]}));
     let tracker = posthog_track::Tracker::builder()
-        .api_key("phc_bench")
-        .host("http://127.0.0.1:9")
+        .api_key(mock.api_key())
+        .personal_api_key("phx_bench_personal_key")
+        .host(mock.url())
         .unwrap()
-        .flag_definitions(evaluator)
-        .local_evaluation_only(true)
         .queue_capacity(100_000)
         .build();
+    tracker.load_flag_definitions().await.unwrap();
+    let mut options = posthog_rs::ClientOptionsBuilder::default();
+    options
+        .api_key(mock.api_key().to_owned())
+        .host(mock.url())
+        .secret_key("phx_bench_personal_key")
+        .enable_local_evaluation(true);
+    let client = posthog_rs::client(options.build().unwrap()).await;
+    let local_only = posthog_rs::EvaluateFlagsOptions {
+        only_evaluate_locally: true,
+        flag_keys: Some(vec!["simple-flag".to_owned()]),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    while client
+        .evaluate_flags("distinct_id_1", local_only.clone())
+        .await
+        .ok()
+        .and_then(|flags| flags.get_flag("simple-flag"))
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "posthog-rs never loaded the definitions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ids: Vec<String> = (0..1000).map(|i| format!("distinct_id_{i}")).collect();
-    let mut samples = Vec::new();
+    let calls = PER_ROUND / 10;
+    let (mut ours_ns, mut theirs_ns) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let start = Instant::now();
-        for i in 0..PER_ROUND / 10 {
+        for i in 0..calls {
+            let request = FlagsRequest::new(ids[i % ids.len()].as_str());
             black_box(
                 tracker
-                    .get_feature_flag("simple-flag", FlagsRequest::new(&ids[i % ids.len()]))
+                    .get_feature_flag("simple-flag", request)
                     .await
                     .unwrap(),
             );
         }
-        samples.push(start.elapsed().as_nanos() as f64 / (PER_ROUND / 10) as f64);
+        ours_ns.push(start.elapsed().as_nanos() as f64 / calls as f64);
+        let start = Instant::now();
+        for i in 0..calls {
+            let flags = client
+                .evaluate_flags(ids[i % ids.len()].as_str(), local_only.clone())
+                .await
+                .unwrap();
+            black_box(flags.get_flag("simple-flag"));
+        }
+        theirs_ns.push(start.elapsed().as_nanos() as f64 / calls as f64);
     }
+    let (ours, theirs) = (median(ours_ns), median(theirs_ns));
     println!(
-        "{:<52} posthog-track {:>7.1} ns (get_feature_flag: evaluate + exposure dedup)",
-        "client path, 45 % rollout flag",
-        median(samples)
+        "{:<52} posthog-track {ours:>7.1} ns   posthog-rs 0.30 {theirs:>7.1} ns   ratio {:.2}x",
+        "client path (evaluate + exposure), 45 % flag",
+        theirs / ours
     );
+    client.shutdown().await;
     let _ = tracker.shutdown(Duration::ZERO).await;
 }
