@@ -2,7 +2,7 @@
 //! methods. Property keys are JSON-escaped here, at compile time, so staging an event costs
 //! only the serialisation of its values.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
@@ -43,18 +43,32 @@ fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> Tok
         Section::SetOnce => quote!(set_once),
     };
     // Spanned on the field's type, so "`T: Serialize` is not satisfied" points at it; every
-    // token of the value expression needs that span, or rustc falls back to the derive.
-    let span = field.ty.span();
-    let owner: TokenStream = owner
+    // token of the call needs that span, or rustc widens the error to the field's name or
+    // labels the derive as well.
+    respan(
+        quote! {
+            __writer.#method(#name, #key, &#owner.#ident)?;
+        },
+        field.ty.span(),
+    )
+}
+
+/// `tokens` with every token, nested ones included, spanned on `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
         .into_iter()
-        .map(|mut token| {
-            token.set_span(span);
-            token
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut token => {
+                token.set_span(span);
+                token
+            }
         })
-        .collect();
-    quote_spanned! {span=>
-        __writer.#method(#name, #key, &#owner.#ident)?;
-    }
+        .collect()
 }
 
 fn is_person(field: &Field) -> bool {
@@ -137,12 +151,16 @@ pub fn stage_milestones(container: &Container) -> TokenStream {
             let event = &milestone.event.value;
             let previous_name = format!("previous_{}", field.property_name().unwrap_or_default());
             let previous = write(field, Section::Properties, &previous_name, quote!(__before));
+            // Called through `&dyn Fn`, not as the function itself: a `when` of the wrong
+            // signature then fails only the `Fn(&T, &T) -> bool` bound, spanned on `when`,
+            // instead of also failing the call with a second, confusing error.
             let condition = match &milestone.when {
                 Some(when) => quote_spanned! {when.span()=>
-                    && ::posthog_track::__private::milestone_condition::<#ty, _>(#when)(
-                        &__before.#ident,
-                        &self.#ident,
-                    )
+                    && {
+                        let __when: &dyn ::core::ops::Fn(&#ty, &#ty) -> bool =
+                            &::posthog_track::__private::milestone_condition::<#ty, _>(#when);
+                        __when(&__before.#ident, &self.#ident)
+                    }
                 },
                 None => quote!(),
             };

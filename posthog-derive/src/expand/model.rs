@@ -134,17 +134,22 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
     let sqlx = quote!(#private::sqlx);
     let fields = &container.fields;
 
-    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back.
+    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back. The
+    // bounds are written on the database (`__DB: __Binds<T>`), not on the field type
+    // (`T: Encode<__DB>`): with the latter, a type that only one database can encode makes
+    // rustc infer that database from the bound and report a bewildering "expected
+    // `TrackedTransaction<Postgres>`, found `TrackedTransaction<Sqlite>`". This way the error
+    // is "`Vec<String>: Encode<Sqlite>` is not satisfied", traced to the field's type.
     let bounds = fields.iter().flat_map(|field| {
         let ty = field.ty;
         let encode = (!field.is_generated() || field.is_key()).then(|| {
             quote_spanned! {ty.span()=>
-                #ty: for<'__q> #sqlx::Encode<'__q, __DB> + #sqlx::Type<__DB>,
+                __DB: __Binds<#ty>,
             }
         });
         let decode = field.is_generated().then(|| {
             quote_spanned! {ty.span()=>
-                #ty: for<'__r> #sqlx::Decode<'__r, __DB> + #sqlx::Type<__DB>,
+                __DB: __Reads<#ty>,
             }
         });
         encode.into_iter().chain(decode)
@@ -152,17 +157,18 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
 
     let bind = |field: &Field| {
         let name = field.ident;
-        quote!(.bind(&self.#name))
+        let ty = field.ty;
+        quote!(__query = <__DB as __Binds<#ty>>::__bind(__query, &self.#name);)
     };
     let bind_insert = fields.iter().filter(|f| !f.is_generated()).map(bind);
     let bind_update = fields.iter().filter(|f| f.is_updatable()).map(bind);
     let bind_key = fields.iter().filter(|f| f.is_key()).map(bind);
     let bind_changed = fields.iter().filter(|f| f.is_updatable()).map(|field| {
+        let bind = bind(field);
         let index = field.index;
-        let name = field.ident;
         quote! {
             if __changed.contains(#index) {
-                __query = __query.bind(&self.#name);
+                #bind
             }
         }
     });
@@ -173,12 +179,64 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
             .enumerate()
             .map(|(position, field)| {
                 let name = field.ident;
+                let ty = field.ty;
                 quote! {
-                    self.#name = <__DB as #private::Backend>::decode(__row, #position)?;
+                    self.#name = <__DB as __Reads<#ty>>::__read(__row, #position)?;
                 }
             });
 
     quote! {
+        const _: () = {
+            #[diagnostic::on_unimplemented(
+                message = "a field of type `{T}` cannot be a column on {Self}",
+                label = "sqlx cannot bind `{T}` for {Self}",
+                note = "a column's type must implement `sqlx::Type<{Self}>` and \
+                        `sqlx::Encode<'_, {Self}>`; use a type the {Self} driver supports, \
+                        such as `sqlx::types::Json<{T}>` for a JSON column"
+            )]
+            pub trait __Binds<T>: #private::Backend {
+                fn __bind(
+                    query: #private::BoundQuery<Self>,
+                    value: &T,
+                ) -> #private::BoundQuery<Self>;
+            }
+            #[diagnostic::do_not_recommend]
+            impl<__DB: #private::Backend, T> __Binds<T> for __DB
+            where
+                T: for<'__q> #sqlx::Encode<'__q, __DB> + #sqlx::Type<__DB>,
+            {
+                fn __bind(
+                    query: #private::BoundQuery<__DB>,
+                    value: &T,
+                ) -> #private::BoundQuery<__DB> {
+                    query.bind(value)
+                }
+            }
+            #[diagnostic::on_unimplemented(
+                message = "a `generated` field of type `{T}` cannot be read back from {Self}",
+                label = "sqlx cannot decode `{T}` from {Self}",
+                note = "a generated column's type must implement `sqlx::Type<{Self}>` and \
+                        `sqlx::Decode<'_, {Self}>`; use a type the {Self} driver supports"
+            )]
+            pub trait __Reads<T>: #private::Backend {
+                fn __read(
+                    row: &<Self as #sqlx::Database>::Row,
+                    index: usize,
+                ) -> #private::Result<T, #sqlx::Error>;
+            }
+            #[diagnostic::do_not_recommend]
+            impl<__DB: #private::Backend, T> __Reads<T> for __DB
+            where
+                T: for<'__r> #sqlx::Decode<'__r, __DB> + #sqlx::Type<__DB>,
+            {
+                fn __read(
+                    row: &<__DB as #sqlx::Database>::Row,
+                    index: usize,
+                ) -> #private::Result<T, #sqlx::Error> {
+                    <__DB as #private::Backend>::decode(row, index)
+                }
+            }
+
         #[automatically_derived]
         impl<__DB> #private::TrackedRow<__DB> for #ident
         where
@@ -187,16 +245,18 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
         {
             fn __bind_insert(
                 &self,
-                __query: #private::BoundQuery<__DB>,
+                mut __query: #private::BoundQuery<__DB>,
             ) -> #private::BoundQuery<__DB> {
-                __query #(#bind_insert)*
+                #(#bind_insert)*
+                __query
             }
 
             fn __bind_update(
                 &self,
-                __query: #private::BoundQuery<__DB>,
+                mut __query: #private::BoundQuery<__DB>,
             ) -> #private::BoundQuery<__DB> {
-                __query #(#bind_update)*
+                #(#bind_update)*
+                __query
             }
 
             fn __bind_changed(
@@ -210,9 +270,10 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
 
             fn __bind_key(
                 &self,
-                __query: #private::BoundQuery<__DB>,
+                mut __query: #private::BoundQuery<__DB>,
             ) -> #private::BoundQuery<__DB> {
-                __query #(#bind_key)*
+                #(#bind_key)*
+                __query
             }
 
             fn __read_generated(
@@ -223,5 +284,6 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
                 #private::Ok(())
             }
         }
+        };
     }
 }

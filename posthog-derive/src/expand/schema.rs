@@ -42,14 +42,15 @@ pub fn schema_check(container: &Container) -> TokenStream {
         Some(quote!(#property: #value))
     });
     let private = quote!(::posthog_track::__private);
+    // A projection rather than a call to a generic helper: "`X` is not an event schema" then
+    // carries no "required by a bound in" note pointing into generated code.
     let assert_schema = quote_spanned! {syn::spanned::Spanned::span(schema)=>
-        __assert_event_schema::<#schema>();
+        let _ = <#schema as #private::EventSchema>::PROPERTIES;
     };
     quote! {
         const _: () = {
             #[allow(dead_code, clippy::all)]
             fn __posthog_track_schema_check(__model: #model) -> #schema {
-                fn __assert_event_schema<T: #private::EventSchema + ?Sized>() {}
                 #assert_schema
                 #schema { #(#assignments),* }
             }

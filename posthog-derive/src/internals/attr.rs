@@ -45,6 +45,9 @@ pub struct Container {
     pub update_event: Option<Spanned<String>>,
     pub delete_event: Option<Spanned<String>>,
     pub schema: Option<Path>,
+    /// A key could not be read (unknown, or malformed), so `table` may have been meant;
+    /// `check` then does not also report it missing.
+    pub incomplete: bool,
 }
 
 /// The analytics decision of a field: where its value goes, or why it goes nowhere.
@@ -94,6 +97,9 @@ pub struct Field {
     /// Every decision written; `check` requires exactly one.
     pub decisions: Vec<Decision>,
     pub milestones: Vec<Milestone>,
+    /// A key could not be read (unknown, or malformed), so the decision or `key` may have been
+    /// meant; `check` then does not also report them missing.
+    pub incomplete: bool,
 }
 
 impl Container {
@@ -102,6 +108,7 @@ impl Container {
         for attr in attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE)) {
             let result = attr.parse_nested_meta(|meta| {
                 let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                    container.incomplete = true;
                     return unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS);
                 };
                 match key.as_str() {
@@ -116,22 +123,22 @@ impl Container {
                         set_once(cx, &meta, &mut container.delete_event, parse_string(&meta)?)
                     }
                     "distinct_id" => {
-                        let ident: Ident = meta.value()?.parse().map_err(|_| {
-                            meta.error("`distinct_id` names a field: `distinct_id = user_id`")
-                        })?;
+                        let ident: Ident = parse_name(&meta, "a field", "user_id")?;
                         set_once(cx, &meta, &mut container.distinct_id, ident)
                     }
                     "schema" => {
-                        let path: Path = meta.value()?.parse().map_err(|_| {
-                            meta.error("`schema` names a type: `schema = UserProperties`")
-                        })?;
+                        let path: Path = parse_name(&meta, "a type", "UserProperties")?;
                         set_once(cx, &meta, &mut container.schema, path)
                     }
-                    _ => unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS)?,
+                    _ => {
+                        container.incomplete = true;
+                        unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS)?;
+                    }
                 }
                 Ok(())
             });
             if let Err(error) = result {
+                container.incomplete = true;
                 cx.syn_error(error);
             }
         }
@@ -149,6 +156,7 @@ impl Field {
         {
             let result = attr.parse_nested_meta(|meta| {
                 let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                    parsed.incomplete = true;
                     return unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS);
                 };
                 match key.as_str() {
@@ -183,12 +191,16 @@ impl Field {
                         let reason = parse_string(&meta)?;
                         push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason.value), None);
                     }
-                    "milestone" => parsed.milestones.push(parse_milestone(cx, &meta)?),
-                    _ => unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?,
+                    "milestone" => parsed.milestones.extend(parse_milestone(cx, &meta)?),
+                    _ => {
+                        parsed.incomplete = true;
+                        unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?;
+                    }
                 }
                 Ok(())
             });
             if let Err(error) = result {
+                parsed.incomplete = true;
                 cx.syn_error(error);
             }
         }
@@ -217,7 +229,7 @@ fn push_decision(
         .map_or_else(Span::call_site, Ident::span);
     if let Some(first) = decisions.first() {
         let message = if first.kind.keyword() == kind.keyword() {
-            format!("duplicate `{}` attribute", kind.keyword())
+            format!("`{}` is written twice; keep one", kind.keyword())
         } else {
             format!(
                 "a field takes exactly one analytics decision, but this one has both `{}` and `{}`; keep one",
@@ -230,7 +242,8 @@ fn push_decision(
     decisions.push(Decision { kind, rename, span });
 }
 
-fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Milestone> {
+/// `None` when the milestone was reported unusable; the keys after it are still read.
+fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Milestone>> {
     let span = meta
         .path
         .get_ident()
@@ -246,9 +259,11 @@ fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Milestone> 
         match key.as_str() {
             "event" => set_once(cx, &inner, &mut event, parse_string(&inner)?),
             "when" => {
-                let path: Path = inner.value()?.parse().map_err(|_| {
-                    inner.error("`when` names a function: `when = crate::plan_upgraded`")
-                })?;
+                let path: Path = parse_name(
+                    &inner,
+                    "a function `fn(&before, &after) -> bool`",
+                    "crate::plan_upgraded",
+                )?;
                 set_once(cx, &inner, &mut when, path);
             }
             _ => return unknown_key(cx, &inner, MILESTONE_KEYS, "`milestone(...)`", &[]),
@@ -256,28 +271,79 @@ fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Milestone> 
         Ok(())
     })?;
     let Some(event) = event else {
-        return Err(syn::Error::new(
+        cx.error_at(
             span,
             "`milestone` needs an event name: `milestone(event = \"plan_upgraded\", when = path::to::condition)`",
-        ));
+        );
+        return Ok(None);
     };
-    Ok(Milestone { event, when, span })
+    Ok(Some(Milestone { event, when, span }))
 }
 
 fn parse_string(meta: &ParseNestedMeta) -> syn::Result<Spanned<String>> {
-    let name = meta
-        .path
+    let name = key_name(meta);
+    if !meta.input.peek(Token![=]) {
+        return Err(meta.error(format!("`{name}` takes a string: `{name} = \"...\"`")));
+    }
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        let literal: LitStr = value.parse()?;
+        return Ok(Spanned {
+            value: literal.value(),
+            span: literal.span(),
+        });
+    }
+    // `table = users`: suggest the same word, quoted.
+    let example = match value.fork().parse::<TokenTree>() {
+        Ok(TokenTree::Ident(ident)) => ident.to_string(),
+        _ => "...".to_owned(),
+    };
+    Err(value_error(
+        meta,
+        format!("`{name}` takes a string: write `{name} = \"{example}\"`"),
+    ))
+}
+
+/// The value of `key = value` where the value names something in the code (a field, a type, a
+/// function), written without quotes.
+fn parse_name<T: syn::parse::Parse>(
+    meta: &ParseNestedMeta,
+    what: &str,
+    example: &str,
+) -> syn::Result<T> {
+    let name = key_name(meta);
+    if !meta.input.peek(Token![=]) {
+        return Err(meta.error(format!("`{name}` names {what}: `{name} = {example}`")));
+    }
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        let literal: LitStr = value.fork().parse()?;
+        return Err(syn::Error::new(
+            literal.span(),
+            format!(
+                "`{name}` names {what}, not a string: write `{name} = {}` without quotes",
+                literal.value()
+            ),
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| value_error(meta, format!("`{name}` names {what}: `{name} = {example}`")))
+}
+
+/// An error on the first token of a key's value, or on the key when no value follows.
+fn value_error(meta: &ParseNestedMeta, message: String) -> syn::Error {
+    match meta.input.fork().parse::<TokenTree>() {
+        Ok(token) => syn::Error::new(token.span(), message),
+        Err(_) => meta.error(message),
+    }
+}
+
+fn key_name(meta: &ParseNestedMeta) -> String {
+    meta.path
         .get_ident()
         .map(Ident::to_string)
-        .unwrap_or_default();
-    let literal: LitStr = meta
-        .value()?
-        .parse()
-        .map_err(|_| meta.error(format!("`{name}` takes a string: `{name} = \"...\"`")))?;
-    Ok(Spanned {
-        value: literal.value(),
-        span: literal.span(),
-    })
+        .unwrap_or_default()
 }
 
 fn flag(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<Span>) {
@@ -307,7 +373,7 @@ fn set_once<T>(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<T>, value: T
             .get_ident()
             .map(Ident::to_string)
             .unwrap_or_default();
-        cx.error_spanned_by(&meta.path, format!("duplicate `{name}` attribute"));
+        cx.error_spanned_by(&meta.path, format!("`{name}` is written twice; keep one"));
     } else {
         *slot = Some(value);
     }

@@ -29,6 +29,7 @@ pub fn check(cx: &Ctxt, container: &Container) {
 
 fn check_table(cx: &Ctxt, container: &Container) {
     match &container.attrs.table {
+        None if container.attrs.incomplete => {}
         None => cx.error_at(
             container.ident.span(),
             format!(
@@ -36,9 +37,10 @@ fn check_table(cx: &Ctxt, container: &Container) {
                 container.ident
             ),
         ),
-        Some(table) if table.value.trim().is_empty() => {
-            cx.error_at(table.span, "the table name is empty")
-        }
+        Some(table) if table.value.trim().is_empty() => cx.error_at(
+            table.span,
+            "the table name is empty; name the table the rows live in, e.g. `table = \"users\"`",
+        ),
         Some(_) => {}
     }
 }
@@ -117,7 +119,8 @@ fn check_field_count(cx: &Ctxt, container: &Container) {
 }
 
 fn check_keys(cx: &Ctxt, container: &Container) {
-    if !container.fields.iter().any(Field::is_key) {
+    let incomplete = container.fields.iter().any(|field| field.attrs.incomplete);
+    if !incomplete && !container.fields.iter().any(Field::is_key) {
         cx.error_at(
             container.ident.span(),
             format!(
@@ -132,7 +135,7 @@ fn check_keys(cx: &Ctxt, container: &Container) {
 fn check_decision(cx: &Ctxt, container: &Container, field: &Field) {
     let schema_mode = container.attrs.schema.is_some();
     match field.attrs.decisions.as_slice() {
-        [] if !schema_mode => cx.error_at(
+        [] if !schema_mode && !field.attrs.incomplete => cx.error_at(
             field.ident.span(),
             format!(
                 "field `{}` has no analytics decision: add `#[tracked(property)]` to send it to \
@@ -194,7 +197,10 @@ fn check_columns(cx: &Ctxt, container: &Container) {
         let column = field.column();
         if column.trim().is_empty() {
             if let Some(attr) = &field.attrs.column {
-                cx.error_at(attr.span, "the column name is empty");
+                cx.error_at(
+                    attr.span,
+                    "the column name is empty; leave `column` out to use the field's name",
+                );
             }
             continue;
         }
@@ -226,7 +232,17 @@ fn check_property_names(cx: &Ctxt, container: &Container) {
         };
         let span = field.property_span();
         if name.trim().is_empty() {
-            cx.error_at(span, "the property name is empty");
+            let keyword = field
+                .attrs
+                .decision()
+                .map_or("property", |d| d.kind.keyword());
+            cx.error_at(
+                span,
+                format!(
+                    "the property name is empty; write `{keyword}` alone to send the field \
+                     under its own name, or `{keyword} = \"name\"` to rename it"
+                ),
+            );
             continue;
         }
         if name.starts_with('$') {
