@@ -88,49 +88,7 @@ async fn wait_until_received(mock: &MockPostHog, tag: &str, expected: &BTreeSet<
 }
 
 // Scenarios run in parallel and each relay delivers whatever its outbox holds, so every
-// scenario gets an outbox of its own: a schema on PostgreSQL, a database on MariaDB.
-
-async fn isolated_postgres(url: &str, scenario: &str) -> sqlx::PgPool {
-    use std::str::FromStr as _;
-    let schema = format!("delivery_{scenario}");
-    let admin = sqlx::PgPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap()
-}
-
-async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
-    use std::str::FromStr as _;
-    let database = format!("delivery_{scenario}");
-    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
-    let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
-        .unwrap()
-        .database(&database);
-    sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap()
-}
+// scenario gets an outbox of its own (`isolated_postgres`, `isolated_mysql`).
 
 macro_rules! on_every_backend {
     ($scenario:ident) => {
@@ -157,7 +115,10 @@ macro_rules! on_every_backend {
                 let Some(url) = database_url("POSTGRES_URL") else {
                     return;
                 };
-                super::$scenario(&isolated_postgres(&url, stringify!($scenario)).await).await;
+                super::$scenario(
+                    &posthog_track_tests::isolated_postgres(&url, stringify!($scenario)).await,
+                )
+                .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +126,10 @@ macro_rules! on_every_backend {
                 let Some(url) = database_url("MYSQL_URL") else {
                     return;
                 };
-                super::$scenario(&isolated_mysql(&url, stringify!($scenario)).await).await;
+                super::$scenario(
+                    &posthog_track_tests::isolated_mysql(&url, stringify!($scenario)).await,
+                )
+                .await;
             }
         }
     };

@@ -39,3 +39,56 @@ pub fn tracker_for(mock: &posthog_track::testing::MockPostHog) -> posthog_track:
             max: std::time::Duration::from_millis(200),
         })
 }
+
+/// A pool on a fresh schema of its own (dropped and recreated), so that concurrent tests never
+/// share tables.
+///
+/// # Panics
+///
+/// When the server cannot be reached.
+pub async fn isolated_postgres(url: &str, scenario: &str) -> sqlx::PgPool {
+    use std::str::FromStr as _;
+    let schema = format!("pt_{scenario}");
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+/// A pool on a fresh database of its own (dropped and recreated); see [`isolated_postgres`].
+///
+/// # Panics
+///
+/// When the server cannot be reached.
+pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
+    use std::str::FromStr as _;
+    let database = format!("pt_{scenario}");
+    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
+        .unwrap()
+        .database(&database);
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap()
+}

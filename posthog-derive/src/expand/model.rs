@@ -26,6 +26,18 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let update_event = event_name(&attrs.update_event, "updated");
     let delete_event = event_name(&attrs.delete_event, "deleted");
     let sql_set = sql::sql_set(container);
+    let table_variants = (!attrs.table_variants.is_empty()).then(|| {
+        let variants = attrs.table_variants.iter().map(|variant| {
+            let (flag, name, table) = (&variant.flag.value, &variant.variant.value, &variant.table.value);
+            let sql = sql::sql_set_for(container, table);
+            quote! {
+                ::posthog_track::__private::TableVariant { flag: #flag, variant: #name, table: #table, sql: #sql }
+            }
+        });
+        quote! {
+            const __TABLE_VARIANTS: &'static [::posthog_track::__private::TableVariant] = &[#(#variants),*];
+        }
+    });
 
     let tracked_updatable = container
         .fields
@@ -73,6 +85,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
             const UPDATE_EVENT: &'static str = #update_event;
             const DELETE_EVENT: &'static str = #delete_event;
             const __SQL: &'static #private::SqlSet = #sql_set;
+            #table_variants
             const __TRACKED_UPDATABLE: #private::ChangeMask =
                 #private::ChangeMask::from_bits(#tracked_updatable);
 

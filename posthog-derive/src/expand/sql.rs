@@ -33,11 +33,21 @@ impl Dialect {
     }
 }
 
-/// `&SqlSet { postgres, mysql, sqlite }`.
+/// `&SqlSet { postgres, mysql, sqlite }` for the model's own table.
 pub fn sql_set(container: &Container) -> TokenStream {
-    let postgres = model_sql(container, Dialect::Postgres);
-    let mysql = model_sql(container, Dialect::MySql);
-    let sqlite = model_sql(container, Dialect::Sqlite);
+    let table = container
+        .attrs
+        .table
+        .as_ref()
+        .map_or("", |table| table.value.as_str());
+    sql_set_for(container, table)
+}
+
+/// `&SqlSet { postgres, mysql, sqlite }` writing the model's columns to `table`.
+pub fn sql_set_for(container: &Container, table: &str) -> TokenStream {
+    let postgres = model_sql(container, table, Dialect::Postgres);
+    let mysql = model_sql(container, table, Dialect::MySql);
+    let sqlite = model_sql(container, table, Dialect::Sqlite);
     quote! {
         &::posthog_track::__private::SqlSet {
             postgres: #postgres,
@@ -47,14 +57,8 @@ pub fn sql_set(container: &Container) -> TokenStream {
     }
 }
 
-fn model_sql(container: &Container, dialect: Dialect) -> TokenStream {
-    let table = dialect.quote(
-        container
-            .attrs
-            .table
-            .as_ref()
-            .map_or("", |table| table.value.as_str()),
-    );
+fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStream {
+    let table = dialect.quote(table);
     let fields = &container.fields;
     let column = |field: &&Field| dialect.quote(&field.column());
     let inserted: Vec<&Field> = fields.iter().filter(|f| !f.is_generated()).collect();

@@ -17,6 +17,7 @@ const CONTAINER_KEYS: &[&str] = &[
     "update_event",
     "delete_event",
     "schema",
+    "table_variant",
 ];
 const FIELD_KEYS: &[&str] = &[
     "key",
@@ -29,6 +30,7 @@ const FIELD_KEYS: &[&str] = &[
     "milestone",
 ];
 const MILESTONE_KEYS: &[&str] = &["event", "when"];
+const TABLE_VARIANT_KEYS: &[&str] = &["flag", "variant", "table"];
 
 /// An attribute value together with the tokens it came from, for error spans.
 pub struct Spanned<T> {
@@ -45,9 +47,18 @@ pub struct Container {
     pub update_event: Option<Spanned<String>>,
     pub delete_event: Option<Spanned<String>>,
     pub schema: Option<Path>,
+    /// `table_variant(flag = ..., variant = ..., table = ...)`, in the order written.
+    pub table_variants: Vec<TableVariant>,
     /// A key could not be read (unknown, or malformed), so `table` may have been meant;
     /// `check` then does not also report it missing.
     pub incomplete: bool,
+}
+
+/// Rows whose user is in `variant` of the feature flag `flag` go to `table`.
+pub struct TableVariant {
+    pub flag: Spanned<String>,
+    pub variant: Spanned<String>,
+    pub table: Spanned<String>,
 }
 
 /// The analytics decision of a field: where its value goes, or why it goes nowhere.
@@ -129,6 +140,11 @@ impl Container {
                     "schema" => {
                         let path: Path = parse_name(&meta, "a type", "UserProperties")?;
                         set_once(cx, &meta, &mut container.schema, path)
+                    }
+                    "table_variant" => {
+                        container
+                            .table_variants
+                            .extend(parse_table_variant(cx, &meta)?);
                     }
                     _ => {
                         container.incomplete = true;
@@ -240,6 +256,40 @@ fn push_decision(
         cx.error_at(span, message);
     }
     decisions.push(Decision { kind, rename, span });
+}
+
+/// `table_variant(flag = "documents-v2", variant = "test", table = "documents_v2")`; `None`
+/// when it was reported incomplete.
+fn parse_table_variant(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<TableVariant>> {
+    let span = meta
+        .path
+        .get_ident()
+        .map_or_else(Span::call_site, Ident::span);
+    let (mut flag, mut variant, mut table) = (None, None, None);
+    meta.parse_nested_meta(|inner| {
+        match key_name(&inner).as_str() {
+            "flag" => set_once(cx, &inner, &mut flag, parse_string(&inner)?),
+            "variant" => set_once(cx, &inner, &mut variant, parse_string(&inner)?),
+            "table" => set_once(cx, &inner, &mut table, parse_string(&inner)?),
+            _ => return unknown_key(cx, &inner, TABLE_VARIANT_KEYS, "`table_variant(...)`", &[]),
+        }
+        Ok(())
+    })?;
+    match (flag, variant, table) {
+        (Some(flag), Some(variant), Some(table)) => Ok(Some(TableVariant {
+            flag,
+            variant,
+            table,
+        })),
+        _ => {
+            cx.error_at(
+                span,
+                "`table_variant` needs all three of `flag`, `variant` and `table`: \
+                 `table_variant(flag = \"documents-v2\", variant = \"test\", table = \"documents_v2\")`",
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// `None` when the milestone was reported unusable; the keys after it are still read.

@@ -24,6 +24,7 @@ pub fn check(cx: &Ctxt, container: &Container) {
         check_milestones(cx, field);
     }
     check_columns(cx, container);
+    check_table_variants(cx, container);
     check_property_names(cx, container);
 }
 
@@ -295,6 +296,44 @@ fn check_property_names(cx: &Ctxt, container: &Container) {
                     unraw(field.ident)
                 ),
             );
+        }
+    }
+}
+
+fn check_table_variants(cx: &Ctxt, container: &Container) {
+    let main_table = container
+        .attrs
+        .table
+        .as_ref()
+        .map(|table| table.value.as_str());
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for variant in &container.attrs.table_variants {
+        for (what, value) in [
+            ("flag", &variant.flag),
+            ("variant", &variant.variant),
+            ("table", &variant.table),
+        ] {
+            if value.value.trim().is_empty() {
+                cx.error_at(value.span, format!("the `table_variant` {what} is empty"));
+            }
+        }
+        if Some(variant.table.value.as_str()) == main_table {
+            cx.error_at(
+                variant.table.span,
+                "this variant's table is the model's own `table`; name the table its rows go to instead",
+            );
+        }
+        let pair = (variant.flag.value.as_str(), variant.variant.value.as_str());
+        if seen.contains(&pair) {
+            cx.error_at(
+                variant.variant.span,
+                format!(
+                    "variant `{}` of flag `{}` is routed twice; keep one",
+                    pair.1, pair.0
+                ),
+            );
+        } else {
+            seen.push(pair);
         }
     }
 }

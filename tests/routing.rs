@@ -1,0 +1,193 @@
+//! Flag-routed schemas on real databases: a PostHog flag decides whether a document goes to
+//! `documents` or `documents_v2`, the user's exposure is recorded once, and every event says
+//! which variant the write used.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use posthog_track::flags::{FlagValue, LocalEvaluator};
+use posthog_track::testing::MockPostHog;
+use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, routed_table};
+use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, tracker_for};
+use serde_json::json;
+use sqlx::Pool;
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "documents",
+    distinct_id = owner,
+    insert_event = "document_created",
+    table_variant(flag = "documents-v2", variant = "test", table = "documents_v2")
+)]
+struct Document {
+    #[tracked(key, property = "document_id")]
+    id: String,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(property)]
+    title: String,
+}
+
+fn definitions() -> String {
+    json!({"flags": [{"key": "documents-v2", "active": true, "filters": {
+        "groups": [{"properties": [], "rollout_percentage": 100}],
+        "multivariate": {"variants": [
+            {"key": "control", "rollout_percentage": 50},
+            {"key": "test", "rollout_percentage": 50}
+        ]}
+    }}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    split_by_variant(&pool, "TEXT").await;
+}
+
+#[tokio::test]
+async fn postgres() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    split_by_variant(&isolated_postgres(&url, "routing").await, "TEXT").await;
+}
+
+#[tokio::test]
+async fn mysql() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    split_by_variant(&isolated_mysql(&url, "routing").await, "VARCHAR(64)").await;
+}
+
+async fn split_by_variant<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    Document: TrackedRow<DB>,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    for table in ["documents", "documents_v2"] {
+        let ddl = format!(
+            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let mock = MockPostHog::start().await;
+    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
+    let tracker: Tracker = tracker_for(&mock)
+        .flag_definitions(evaluator.clone())
+        .build();
+    tracker.migrate(pool).await.unwrap();
+
+    // Two documents for each of 20 users, in one transaction per user.
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        for n in 0..2 {
+            let document = Document {
+                id: format!("{user}-{n}"),
+                owner: user.clone(),
+                title: format!("draft {n}"),
+            };
+            let document = document.insert(&mut tx).await.unwrap();
+            let mut renamed = document.clone();
+            renamed.title = format!("final {n}");
+            renamed.update_changed(&document, &mut tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    let expected: BTreeMap<&str, FlagValue> = users
+        .iter()
+        .map(|user| {
+            (
+                user.as_str(),
+                evaluator.evaluate("documents-v2", user).unwrap(),
+            )
+        })
+        .collect();
+    let in_test = expected
+        .values()
+        .filter(|value| value.variant() == Some("test"))
+        .count();
+    assert!(
+        in_test > 0 && in_test < users.len(),
+        "both variants are represented: {in_test} of 20"
+    );
+
+    let count = |table: &'static str| async move {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE title LIKE 'final%'"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        n as usize
+    };
+    assert_eq!(
+        count("documents_v2").await,
+        2 * in_test,
+        "test users' rows are in documents_v2"
+    );
+    assert_eq!(
+        count("documents").await,
+        2 * (users.len() - in_test),
+        "everyone else's in documents"
+    );
+    for (user, value) in &expected {
+        let table = routed_table::<Document>(&tracker, user).await;
+        assert_eq!(
+            table,
+            if value.variant() == Some("test") {
+                "documents_v2"
+            } else {
+                "documents"
+            },
+            "reads follow writes"
+        );
+    }
+
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    tracker.flush().await.unwrap();
+    let events = mock
+        .wait_for_events(users.len() * 5, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let exposures: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "$feature_flag_called")
+        .collect();
+    assert_eq!(
+        exposures.len(),
+        users.len(),
+        "one exposure per user and variant, not per write"
+    );
+    for event in events.iter().filter(|e| e.event != "$feature_flag_called") {
+        let variant = expected[event.distinct_id.as_str()].to_string();
+        assert_eq!(
+            event.properties["$feature/documents-v2"],
+            json!(variant),
+            "{} carries its variant",
+            event.event
+        );
+    }
+    for exposure in exposures {
+        let variant = expected[exposure.distinct_id.as_str()].to_string();
+        assert_eq!(
+            exposure.properties["$feature_flag_response"],
+            json!(variant)
+        );
+    }
+}
