@@ -359,6 +359,42 @@ mod client {
         );
         assert!(mock.flags_requests().is_empty());
     }
+
+    #[tokio::test]
+    async fn snapshots_are_local_when_definitions_decide_and_remote_otherwise() {
+        let mock = MockPostHog::start().await;
+        mock.set_remote_flags(json!({"flags": {
+            "rollout": {"key": "rollout", "enabled": true},
+            "by-plan": {"key": "by-plan", "enabled": false}
+        }, "quotaLimited": []}));
+        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
+
+        let local = tracker
+            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "pro"))
+            .await
+            .unwrap();
+        assert!(local.is_enabled("rollout") && local.is_enabled("by-plan"));
+        assert!(
+            mock.flags_requests().is_empty(),
+            "every flag decided locally"
+        );
+
+        let remote = tracker.evaluate_flags("u1").await.unwrap();
+        assert!(remote.is_enabled("rollout") && !remote.is_enabled("by-plan"));
+        assert_eq!(
+            mock.flags_requests().len(),
+            1,
+            "`plan` unknown locally: PostHog decides"
+        );
+
+        assert_eq!(
+            tracker.variant("rollout", "u1").await,
+            None,
+            "a boolean flag has no variant"
+        );
+        assert_eq!(tracker.variant("no-such-flag", "u1").await, None);
+    }
 }
 
 #[test]

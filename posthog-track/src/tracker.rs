@@ -1,5 +1,6 @@
 //! The entry point: configuration, migrations, tracked transactions, capture and delivery.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -251,7 +252,17 @@ impl Tracker {
     }
 
     /// Flag values for a request with person properties, groups and group properties.
+    /// Decided locally when definitions are loaded and every requested flag can be decided
+    /// from them (unless `force_remote`); otherwise PostHog decides them all in one request.
     pub async fn evaluate_flags_with(&self, request: FlagsRequest) -> Result<FlagsSnapshot> {
+        if !request.force_remote
+            && let Some(snapshot) = self.evaluate_locally(&request)
+        {
+            return Ok(snapshot);
+        }
+        if self.inner.local_evaluation_only && !request.force_remote {
+            return Ok(FlagsSnapshot::default());
+        }
         let Some(flags) = &self.inner.flags else {
             return Err(Error::Flags {
                 reason:
@@ -260,6 +271,50 @@ impl Tracker {
             });
         };
         flags.evaluate(&request).await
+    }
+
+    /// Every requested flag decided from local definitions, or `None` if any cannot be.
+    fn evaluate_locally(&self, request: &FlagsRequest) -> Option<FlagsSnapshot> {
+        let evaluator = self.inner.definitions.evaluator()?;
+        let keys: Vec<&str> = if request.flag_keys.is_empty() {
+            evaluator.keys().collect()
+        } else {
+            request.flag_keys.iter().map(String::as_str).collect()
+        };
+        let mut values = HashMap::new();
+        let mut payloads = HashMap::new();
+        for key in keys {
+            let value = evaluator
+                .evaluate_with(
+                    key,
+                    &request.distinct_id,
+                    &request.person_properties,
+                    &request.groups,
+                    &request.group_properties,
+                )
+                .ok()?;
+            if let Some(payload) = evaluator.payload(key, &value) {
+                payloads.insert(key.to_owned(), payload);
+            }
+            values.insert(key.to_owned(), value);
+        }
+        Some(FlagsSnapshot::from_values(values, payloads))
+    }
+
+    /// The variant of `flag` for `distinct_id`, recording the exposure: the helper for
+    /// routing between code paths (or model types) by experiment. Never fails: a flag that
+    /// cannot be evaluated reads as `None`, like a user outside the experiment.
+    pub async fn variant(&self, flag: &str, distinct_id: &str) -> Option<String> {
+        match self
+            .get_feature_flag(flag, FlagsRequest::new(distinct_id))
+            .await
+        {
+            Ok(value) => value.and_then(|value| value.variant().map(str::to_owned)),
+            Err(error) => {
+                tracing::warn!(flag, %error, "flag unavailable; taking the default path");
+                None
+            }
+        }
     }
 
     /// One flag's value for the request's user, and its exposure: a `$feature_flag_called`

@@ -142,6 +142,11 @@ impl LocalEvaluator {
         })
     }
 
+    /// The keys of every flag in the definitions.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.flags.keys().map(String::as_str)
+    }
+
     /// The definition of a flag.
     pub fn flag(&self, key: &str) -> Option<&FlagDefinition> {
         self.flags.get(key)

@@ -83,6 +83,18 @@ pub struct FlagsSnapshot {
 }
 
 impl FlagsSnapshot {
+    /// A snapshot of values decided locally.
+    pub(crate) fn from_values(
+        values: HashMap<String, FlagValue>,
+        payloads: HashMap<String, Value>,
+    ) -> Self {
+        FlagsSnapshot {
+            values,
+            payloads,
+            quota_limited: Vec::new(),
+        }
+    }
+
     /// Whether the flag is on (`true` or any variant); unknown flags are off.
     pub fn is_enabled(&self, key: &str) -> bool {
         self.values.get(key).is_some_and(FlagValue::is_enabled)
