@@ -457,11 +457,17 @@ impl Tracker {
             }
             Ok::<(), Error>(())
         };
-        let outcome = tokio::time::timeout(deadline, work).await;
+        // A zero deadline means "stop now": not even one delivery attempt is started, so
+        // nothing is sent after this returns.
+        let outcome = if deadline.is_zero() {
+            None
+        } else {
+            tokio::time::timeout(deadline, work).await.ok()
+        };
         if let Some(queue) = self.inner.queue.get() {
             // Out of time, the in-memory queue stops at once: a process that is shutting down
             // must not keep sending (or be frozen mid-request, as serverless runtimes do).
-            if outcome.is_err() {
+            if outcome.is_none() {
                 queue.abort().await;
             } else {
                 queue.close().await;
@@ -471,8 +477,8 @@ impl Tracker {
             relay.task.abort();
         }
         match outcome {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
+            Some(result) => result,
+            None => Err(Error::Timeout {
                 waited: started.elapsed(),
                 pending: 0,
             }),
