@@ -13,23 +13,7 @@ use std::collections::BTreeMap;
 
 use posthog_track::flags::LocalEvaluator;
 use posthog_track::{TrackedModel, Tracker, routed_table};
-
-#[derive(Debug, Clone, TrackedModel)]
-#[tracked(
-    table = "documents",
-    distinct_id = owner,
-    insert_event = "document_created",
-    // Users in variant `test` of flag `documents-v2` write to `documents_v2`.
-    table_variant(flag = "documents-v2", variant = "test", table = "documents_v2")
-)]
-pub struct Document {
-    #[tracked(key, property = "document_id")]
-    pub id: String,
-    #[tracked(property)]
-    pub owner: String,
-    #[tracked(property)]
-    pub title: String,
-}
+use posthog_track_examples::Document;
 
 /// The body PostHog serves at `/flags/definitions`: a 50/50 experiment on everyone.
 const DEFINITIONS: &str = r#"{"flags": [{"key": "documents-v2", "active": true, "filters": {

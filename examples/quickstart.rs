@@ -13,34 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use posthog_track::{Mode, TrackedModel, Tracker};
-
-#[derive(Debug, Clone, TrackedModel)]
-#[tracked(
-    table = "users",
-    distinct_id = id,
-    insert_event = "user_signed_up",
-    update_event = "user_updated"
-)]
-pub struct User {
-    /// The primary key, sent as `user_id`; also the PostHog distinct id.
-    #[tracked(key, property = "user_id")]
-    pub id: String,
-    /// An event property and a `$set` person property.
-    #[tracked(person)]
-    pub email: String,
-    /// Going from free to a paid plan fires `plan_upgraded`.
-    #[tracked(property, milestone(event = "plan_upgraded", when = plan_upgraded))]
-    pub plan: String,
-    #[tracked(skip = "credential; never leaves the database")]
-    pub password_hash: String,
-    /// Filled in by the database and read back by `insert`.
-    #[tracked(generated, property)]
-    pub created_at: DateTime<Utc>,
-}
-
-fn plan_upgraded(before: &String, after: &String) -> bool {
-    before == "free" && after != "free"
-}
+use posthog_track_examples::User;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

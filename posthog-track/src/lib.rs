@@ -60,6 +60,7 @@ mod event;
 pub mod flags;
 mod model;
 pub mod outbox;
+pub mod plan;
 pub mod relay;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -86,6 +87,8 @@ pub mod __private {
         ChangeMask, EventSchema, ModelSql, SqlSet, TableVariant, TrackedModel, TrackedRow,
         milestone_condition, stage_insert_event_detached,
     };
+    pub use crate::plan::{FieldPlan, ModelPlan, PlanEntry};
+    pub use inventory;
     pub use serde::Serialize;
     pub use sqlx;
     pub use std::option::Option::{self, None, Some};

@@ -2,6 +2,7 @@
 
 mod event;
 mod model;
+mod plan;
 pub mod schema;
 mod sql;
 
@@ -24,7 +25,8 @@ pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
             let model = model::tracked_model_impl(&container);
             let row = model::tracked_row_impl(&container);
             let schema = schema::schema_check(&container);
-            quote!(#model #row #schema)
+            let plan = plan::plan_registration(&container);
+            quote!(#model #row #schema #plan)
         }
         (Err(errors), container) => {
             let errors = errors.to_compile_error();

@@ -9,22 +9,30 @@ use super::{event, sql};
 use crate::internals::ast::{Container, Field};
 use crate::internals::case::to_snake_case;
 
-pub fn tracked_model_impl(container: &Container) -> TokenStream {
-    let ident = container.ident;
+/// The model's insert, update and delete event names, defaults applied.
+pub fn event_names(container: &Container) -> [String; 3] {
     let attrs = &container.attrs;
-    let snake = to_snake_case(&ident.to_string());
-    let table = attrs
-        .table
-        .as_ref()
-        .map_or_else(String::new, |table| table.value.clone());
+    let snake = to_snake_case(&container.ident.to_string());
     let event_name = |explicit: &Option<crate::internals::attr::Spanned<String>>, suffix: &str| {
         explicit
             .as_ref()
             .map_or_else(|| format!("{snake}_{suffix}"), |name| name.value.clone())
     };
-    let insert_event = event_name(&attrs.insert_event, "created");
-    let update_event = event_name(&attrs.update_event, "updated");
-    let delete_event = event_name(&attrs.delete_event, "deleted");
+    [
+        event_name(&attrs.insert_event, "created"),
+        event_name(&attrs.update_event, "updated"),
+        event_name(&attrs.delete_event, "deleted"),
+    ]
+}
+
+pub fn tracked_model_impl(container: &Container) -> TokenStream {
+    let ident = container.ident;
+    let attrs = &container.attrs;
+    let table = attrs
+        .table
+        .as_ref()
+        .map_or_else(String::new, |table| table.value.clone());
+    let [insert_event, update_event, delete_event] = event_names(container);
     let sql_set = sql::sql_set(container);
     let table_variants = (!attrs.table_variants.is_empty()).then(|| {
         let variants = attrs.table_variants.iter().map(|variant| {

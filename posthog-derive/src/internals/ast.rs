@@ -22,6 +22,8 @@ pub struct Field<'a> {
     pub ident: &'a Ident,
     pub ty: &'a Type,
     pub attrs: attr::Field,
+    /// The doc comment, for the tracking plan.
+    pub doc: String,
 }
 
 impl<'a> Container<'a> {
@@ -48,6 +50,7 @@ impl<'a> Container<'a> {
                     ident: field.ident.as_ref()?,
                     ty: &field.ty,
                     attrs: attr::Field::from_ast(cx, field),
+                    doc: doc_comment(&field.attrs),
                 })
             })
             .collect();
@@ -148,4 +151,25 @@ pub fn unraw(ident: &Ident) -> String {
         Some(stripped) => stripped.to_owned(),
         None => name,
     }
+}
+
+/// The text of `///` comments, lines joined with spaces.
+pub fn doc_comment(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value().trim().to_owned()),
+            _ => None,
+        })
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines.join(" ")
 }

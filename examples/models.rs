@@ -1,0 +1,54 @@
+//! The models of the examples, in a library so that the examples share them and the tracking
+//! plan test (`tests/tracking_plan.rs`) sees them.
+
+use chrono::{DateTime, Utc};
+use posthog_track::TrackedModel;
+
+/// A person who signed up.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "users",
+    distinct_id = id,
+    insert_event = "user_signed_up",
+    update_event = "user_updated"
+)]
+pub struct User {
+    /// The primary key, sent as `user_id`; also the PostHog distinct id.
+    #[tracked(key, property = "user_id")]
+    pub id: String,
+    /// An event property and a `$set` person property.
+    #[tracked(person)]
+    pub email: String,
+    /// Going from free to a paid plan fires `plan_upgraded`.
+    #[tracked(property, milestone(event = "plan_upgraded", when = plan_upgraded))]
+    pub plan: String,
+    #[tracked(skip = "credential; never leaves the database")]
+    pub password_hash: String,
+    /// Filled in by the database and read back by `insert`.
+    #[tracked(generated, property)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Going from the free plan to any paid one.
+pub fn plan_upgraded(before: &String, after: &String) -> bool {
+    before == "free" && after != "free"
+}
+
+/// A document, written to `documents` or, for users in the `test` variant of the
+/// `documents-v2` flag, to `documents_v2`.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "documents",
+    distinct_id = owner,
+    insert_event = "document_created",
+    // Users in variant `test` of flag `documents-v2` write to `documents_v2`.
+    table_variant(flag = "documents-v2", variant = "test", table = "documents_v2")
+)]
+pub struct Document {
+    #[tracked(key, property = "document_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub owner: String,
+    #[tracked(property)]
+    pub title: String,
+}

@@ -1,0 +1,70 @@
+//! The model's entry in the tracking plan, registered at compile time so a program can
+//! collect every event it can send without a database.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote};
+
+use super::model::event_names;
+use crate::internals::ast::{Container, doc_comment, unraw};
+use crate::internals::attr::DecisionKind;
+
+pub fn plan_registration(container: &Container) -> TokenStream {
+    let private = quote!(::posthog_track::__private);
+    let model = unraw(container.ident);
+    let table = container
+        .attrs
+        .table
+        .as_ref()
+        .map_or_else(String::new, |table| table.value.clone());
+    let description = doc_comment(&container.original.attrs);
+    let [insert_event, update_event, delete_event] = event_names(container);
+    let fields = container.fields.iter().map(|field| {
+        let name = unraw(field.ident);
+        let property = match field.property_name() {
+            Some(property) => quote!(#private::Some(#property)),
+            None => quote!(#private::None),
+        };
+        let rust_type = field.ty.to_token_stream().to_string();
+        let person: u8 = match field.decision() {
+            Some(DecisionKind::Person) => 1,
+            Some(DecisionKind::PersonOnce) => 2,
+            _ => 0,
+        };
+        let key = field.is_key();
+        let skip_reason = match field.decision() {
+            Some(DecisionKind::Skip(reason)) => quote!(#private::Some(#reason)),
+            _ => quote!(#private::None),
+        };
+        let milestones = field
+            .attrs
+            .milestones
+            .iter()
+            .map(|milestone| &milestone.event.value);
+        let doc = &field.doc;
+        quote! {
+            #private::FieldPlan {
+                field: #name,
+                property: #property,
+                rust_type: #rust_type,
+                person: #person,
+                key: #key,
+                skip_reason: #skip_reason,
+                milestones: &[#(#milestones),*],
+                description: #doc,
+            }
+        }
+    });
+    quote! {
+        #private::inventory::submit! {
+            #private::PlanEntry(&#private::ModelPlan {
+                model: #model,
+                table: #table,
+                description: #description,
+                insert_event: #insert_event,
+                update_event: #update_event,
+                delete_event: #delete_event,
+                fields: &[#(#fields),*],
+            })
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The tracking plan: every event the code can send, with its properties, as data that
+//! analysts review in the same pull request as the code.
+//!
+//! Each `#[derive(TrackedModel)]` registers its model at compile time, so a test can collect
+//! the whole plan without a database or a network, and compare it with a checked-in file:
+//!
+//! ```no_run
+//! #[test]
+//! fn tracking_plan_is_up_to_date() {
+//!     // Fails with a readable diff when a model changed; POSTHOG_TRACK_UPDATE_PLAN=1 rewrites it.
+//!     posthog_track::plan::assert_snapshot("tracking-plan.json");
+//! }
+//! ```
+
+mod diff;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use diff::{Change, Severity, diff};
+
+/// What the derive records about a model (not public API).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ModelPlan {
+    pub model: &'static str,
+    pub table: &'static str,
+    pub description: &'static str,
+    pub insert_event: &'static str,
+    pub update_event: &'static str,
+    pub delete_event: &'static str,
+    pub fields: &'static [FieldPlan],
+}
+
+/// What the derive records about a field (not public API).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FieldPlan {
+    pub field: &'static str,
+    /// `None` for a skipped field.
+    pub property: Option<&'static str>,
+    pub rust_type: &'static str,
+    /// 0: event property only, 1: also `$set`, 2: also `$set_once`.
+    pub person: u8,
+    pub key: bool,
+    pub skip_reason: Option<&'static str>,
+    pub milestones: &'static [&'static str],
+    pub description: &'static str,
+}
+
+/// Registration of one model (not public API).
+#[doc(hidden)]
+pub struct PlanEntry(pub &'static ModelPlan);
+
+inventory::collect!(PlanEntry);
+
+/// Every event the code can send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TrackingPlan {
+    /// Events, sorted by name and then by source.
+    pub events: Vec<PlannedEvent>,
+    /// Fields kept out of analytics on purpose, with their reasons.
+    pub skipped: Vec<SkippedField>,
+}
+
+/// One event and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedEvent {
+    /// The event's name.
+    pub event: String,
+    /// The write that sends it: `insert`, `update`, `delete` or `milestone`.
+    pub trigger: String,
+    /// The Rust model.
+    pub model: String,
+    /// The table written.
+    pub table: String,
+    /// The model's doc comment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Its properties, in field order.
+    pub properties: Vec<PlannedProperty>,
+}
+
+/// One property of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedProperty {
+    /// The property's name.
+    pub name: String,
+    /// Its JSON type: string, number, boolean, array, object or any.
+    #[serde(rename = "type")]
+    pub json_type: String,
+    /// The value may be null.
+    pub nullable: bool,
+    /// Present on every event of this name (an `update_changed` sends only what changed).
+    pub always: bool,
+    /// Also a person property: `set` or `set_once`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    /// The field's doc comment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// A field that never reaches PostHog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedField {
+    /// The Rust model.
+    pub model: String,
+    /// The field.
+    pub field: String,
+    /// Why, as the code says.
+    pub reason: String,
+}
+
+impl TrackingPlan {
+    /// The plan of every `TrackedModel` linked into this program.
+    pub fn collect() -> TrackingPlan {
+        let mut models: Vec<&ModelPlan> = inventory::iter::<PlanEntry>
+            .into_iter()
+            .map(|entry| entry.0)
+            .collect();
+        models.sort_by_key(|model| (model.model, model.table));
+        let mut plan = TrackingPlan::default();
+        for model in models {
+            plan.add_model(model);
+        }
+        plan.events.sort_by(|a, b| {
+            (&a.event, &a.model, &a.trigger).cmp(&(&b.event, &b.model, &b.trigger))
+        });
+        plan
+    }
+
+    fn add_model(&mut self, model: &ModelPlan) {
+        let tracked: Vec<&FieldPlan> = model
+            .fields
+            .iter()
+            .filter(|f| f.property.is_some())
+            .collect();
+        let every = |always: &dyn Fn(&FieldPlan) -> bool, include: &dyn Fn(&FieldPlan) -> bool| {
+            tracked
+                .iter()
+                .filter(|f| include(f))
+                .map(|f| property(f, always(f)))
+                .collect::<Vec<_>>()
+        };
+        let event = |name: &str, trigger: &str, properties: Vec<PlannedProperty>| PlannedEvent {
+            event: name.to_owned(),
+            trigger: trigger.to_owned(),
+            model: model.model.to_owned(),
+            table: model.table.to_owned(),
+            description: model.description.to_owned(),
+            properties,
+        };
+        self.events.push(event(
+            model.insert_event,
+            "insert",
+            every(&|_| true, &|_| true),
+        ));
+        // `update` sends every property; `update_changed` only the key and what changed.
+        self.events.push(event(
+            model.update_event,
+            "update",
+            every(&|f| f.key, &|_| true),
+        ));
+        self.events.push(event(
+            model.delete_event,
+            "delete",
+            every(&|_| true, &|f| f.key),
+        ));
+        for field in &tracked {
+            for milestone in field.milestones {
+                let mut properties = every(&|_| true, &|_| true);
+                let mut previous = property(field, true);
+                previous.name = format!("previous_{}", previous.name);
+                previous.person = None;
+                properties.push(previous);
+                self.events.push(event(milestone, "milestone", properties));
+            }
+        }
+        for field in model.fields.iter().filter(|f| f.property.is_none()) {
+            self.skipped.push(SkippedField {
+                model: model.model.to_owned(),
+                field: field.field.to_owned(),
+                reason: field.skip_reason.unwrap_or_default().to_owned(),
+            });
+        }
+    }
+
+    /// The plan as pretty JSON, stable across runs (for a checked-in file).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+
+    /// Reads a plan written by [`to_json`](TrackingPlan::to_json).
+    pub fn from_json(json: &str) -> Result<TrackingPlan, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The plan as a Markdown document, for people.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from("# Tracking plan\n");
+        let mut by_event: BTreeMap<&str, Vec<&PlannedEvent>> = BTreeMap::new();
+        for event in &self.events {
+            by_event.entry(&event.event).or_default().push(event);
+        }
+        for (name, sources) in by_event {
+            out.push_str(&format!("\n## `{name}`\n"));
+            for event in sources {
+                out.push_str(&format!(
+                    "\nSent on {} of `{}` (table `{}`).",
+                    event.trigger, event.model, event.table
+                ));
+                if !event.description.is_empty() {
+                    out.push_str(&format!(" {}", event.description));
+                }
+                out.push_str("\n\n| property | type | always | person | description |\n|---|---|---|---|---|\n");
+                for p in &event.properties {
+                    let ty = if p.nullable {
+                        format!("{} or null", p.json_type)
+                    } else {
+                        p.json_type.clone()
+                    };
+                    out.push_str(&format!(
+                        "| `{}` | {ty} | {} | {} | {} |\n",
+                        p.name,
+                        if p.always { "yes" } else { "when changed" },
+                        p.person
+                            .as_deref()
+                            .map_or(String::new(), |person| format!("`${person}`")),
+                        p.description
+                    ));
+                }
+            }
+        }
+        if !self.skipped.is_empty() {
+            out.push_str("\n## Never sent\n\n| model | field | why |\n|---|---|---|\n");
+            for skipped in &self.skipped {
+                out.push_str(&format!(
+                    "| `{}` | `{}` | {} |\n",
+                    skipped.model, skipped.field, skipped.reason
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn property(field: &FieldPlan, always: bool) -> PlannedProperty {
+    let (json_type, nullable) = json_type(field.rust_type);
+    PlannedProperty {
+        name: field.property.unwrap_or(field.field).to_owned(),
+        json_type: json_type.to_owned(),
+        nullable,
+        always,
+        person: match field.person {
+            1 => Some("set".to_owned()),
+            2 => Some("set_once".to_owned()),
+            _ => None,
+        },
+        description: field.description.to_owned(),
+    }
+}
+
+/// The JSON type serde gives a Rust type, from its spelling (the derive has no type
+/// information beyond that), and whether it may be null.
+fn json_type(rust_type: &str) -> (&'static str, bool) {
+    let compact: String = rust_type.chars().filter(|c| !c.is_whitespace()).collect();
+    let last_segment = |ty: &str| ty.rsplit("::").next().unwrap_or(ty).to_owned();
+    if let Some(inner) = compact
+        .strip_prefix("Option<")
+        .and_then(|rest| rest.strip_suffix('>'))
+    {
+        return (json_type(inner).0, true);
+    }
+    let head = last_segment(compact.split('<').next().unwrap_or(&compact));
+    let ty = match head.as_str() {
+        "String" | "str" | "&str" | "Uuid" | "DateTime" | "NaiveDate" | "NaiveDateTime"
+        | "NaiveTime" | "char" | "Cow" => "string",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
+        | "usize" | "f32" | "f64" | "Decimal" => "number",
+        "bool" => "boolean",
+        "Vec" | "HashSet" | "BTreeSet" => "array",
+        "HashMap" | "BTreeMap" | "Map" => "object",
+        "Value" | "Json" => "any",
+        _ => "object",
+    };
+    (ty, false)
+}
+
+/// Compares the program's plan with the checked-in file at `path` (relative to the crate),
+/// and panics with the differences, each marked additive or breaking. With
+/// `POSTHOG_TRACK_UPDATE_PLAN=1` it rewrites the file instead.
+///
+/// # Panics
+///
+/// When the plan differs from the file, or the file is missing or unreadable.
+#[track_caller]
+pub fn assert_snapshot(path: &str) {
+    let current = TrackingPlan::collect();
+    let full_path = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned()),
+    )
+    .join(path);
+    if std::env::var("POSTHOG_TRACK_UPDATE_PLAN").is_ok_and(|v| v == "1") {
+        if let Err(error) = std::fs::write(&full_path, current.to_json()) {
+            panic!("could not write {}: {error}", full_path.display());
+        }
+        return;
+    }
+    let text = match std::fs::read_to_string(&full_path) {
+        Ok(text) => text,
+        Err(error) => panic!(
+            "could not read the tracking plan {}: {error}\nrun with POSTHOG_TRACK_UPDATE_PLAN=1 to write it",
+            full_path.display()
+        ),
+    };
+    let recorded = match TrackingPlan::from_json(&text) {
+        Ok(plan) => plan,
+        Err(error) => panic!("{} is not a tracking plan: {error}", full_path.display()),
+    };
+    let changes = diff(&recorded, &current);
+    if !changes.is_empty() {
+        let breaking = changes
+            .iter()
+            .filter(|c| c.severity == Severity::Breaking)
+            .count();
+        let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        panic!(
+            "the tracking plan changed ({} change(s), {breaking} breaking):\n  {}\n\nreview with the analytics owners, then run with POSTHOG_TRACK_UPDATE_PLAN=1 to update {}",
+            changes.len(),
+            list.join("\n  "),
+            path
+        );
+    }
+}
