@@ -24,12 +24,7 @@ const DEFINITIONS: &str = r#"{"flags": [{"key": "documents-v2", "active": true, 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await?;
+    let pool = posthog_track_examples::memory_database().await?;
     for table in ["documents", "documents_v2"] {
         let ddl = format!("CREATE TABLE {table} (id TEXT PRIMARY KEY, owner TEXT, title TEXT)");
         sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))

@@ -4,6 +4,17 @@
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
+/// An in-memory SQLite database. One connection that never closes: each in-memory connection
+/// is a database of its own.
+pub async fn memory_database() -> Result<sqlx::SqlitePool, sqlx::Error> {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+}
+
 /// A person who signed up.
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(

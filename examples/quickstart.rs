@@ -17,13 +17,7 @@ use posthog_track_examples::User;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // One connection that never closes: each SQLite in-memory connection is its own database.
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await?;
+    let pool = posthog_track_examples::memory_database().await?;
     sqlx::query(
         "CREATE TABLE users (
             id TEXT PRIMARY KEY,

@@ -20,23 +20,16 @@ fn expected(value: &Value) -> FlagValue {
     }
 }
 
-#[test]
-fn simple_flag_matches_all_1000_vectors() {
-    let evaluator = LocalEvaluator::from_json(
-        &json!({"flags": [{"id": 1, "key": "simple-flag", "active": true,
-            "filters": {"groups": [{"properties": [], "rollout_percentage": 45}]}}]})
-        .to_string(),
-    )
-    .unwrap();
-    let results = vectors("consistency_simple_flag.json")["results"]
-        .as_array()
-        .unwrap()
-        .clone();
+/// Evaluates `flag` for `distinct_id_0` .. `distinct_id_999` and compares with the vectors.
+fn assert_matches_vectors(flag: Value, vectors_file: &str) {
+    let key = flag["key"].as_str().unwrap().to_owned();
+    let evaluator = LocalEvaluator::from_json(&json!({ "flags": [flag] }).to_string()).unwrap();
+    let results = vectors(vectors_file)["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 1000);
     let mismatches: Vec<usize> = (0..1000)
         .filter(|&i| {
             evaluator
-                .evaluate("simple-flag", &format!("distinct_id_{i}"))
+                .evaluate(&key, &format!("distinct_id_{i}"))
                 .unwrap()
                 != expected(&results[i])
         })
@@ -48,10 +41,18 @@ fn simple_flag_matches_all_1000_vectors() {
 }
 
 #[test]
+fn simple_flag_matches_all_1000_vectors() {
+    assert_matches_vectors(
+        json!({"id": 1, "key": "simple-flag", "active": true,
+            "filters": {"groups": [{"properties": [], "rollout_percentage": 45}]}}),
+        "consistency_simple_flag.json",
+    );
+}
+
+#[test]
 fn multivariate_flag_matches_all_1000_vectors() {
-    let evaluator = LocalEvaluator::from_json(
-        &json!({"flags": [{"id": 1, "key": "multivariate-flag", "active": true,
-        "filters": {
+    assert_matches_vectors(
+        json!({"id": 1, "key": "multivariate-flag", "active": true, "filters": {
             "groups": [{"properties": [], "rollout_percentage": 55}],
             "multivariate": {"variants": [
                 {"key": "first-variant", "name": "First Variant", "rollout_percentage": 50},
@@ -60,26 +61,8 @@ fn multivariate_flag_matches_all_1000_vectors() {
                 {"key": "fourth-variant", "name": "Fourth Variant", "rollout_percentage": 5},
                 {"key": "fifth-variant", "name": "Fifth Variant", "rollout_percentage": 5}
             ]}
-        }}]})
-        .to_string(),
-    )
-    .unwrap();
-    let results = vectors("consistency_multivariate_flag.json")["results"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(results.len(), 1000);
-    let mismatches: Vec<usize> = (0..1000)
-        .filter(|&i| {
-            evaluator
-                .evaluate("multivariate-flag", &format!("distinct_id_{i}"))
-                .unwrap()
-                != expected(&results[i])
-        })
-        .collect();
-    assert!(
-        mismatches.is_empty(),
-        "ids that differ from PostHog: {mismatches:?}"
+        }}),
+        "consistency_multivariate_flag.json",
     );
 }
 
