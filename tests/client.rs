@@ -323,3 +323,25 @@ async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
             .unwrap();
     assert_eq!(outbox, None, "no outbox table was needed");
 }
+
+#[tokio::test]
+async fn max_batch_bytes_sends_early() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .batch_size(100)
+        .max_batch_bytes(1)
+        .build();
+    for n in 0..5 {
+        tracker
+            .capture(Event::new("big").distinct_id("u1").property("n", n))
+            .await
+            .unwrap();
+    }
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.unique_uuids().len(), 5);
+    assert_eq!(
+        mock.requests().len(),
+        5,
+        "every event alone exceeds the byte bound"
+    );
+}

@@ -657,6 +657,13 @@ impl TrackerBuilder {
         self
     }
 
+    /// Bytes of events per request from the in-memory queue before it is sent early (default
+    /// 4 MiB; PostHog accepts up to 20 MB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.queue.max_batch_bytes = bytes.max(1);
+        self
+    }
+
     /// The longest an event waits in the in-memory queue before it is sent (default 500 ms).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.queue.flush_interval = interval;
