@@ -48,7 +48,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the attribute reference and the delivery guarantees.
+//! Where to look:
+//!
+//! - [`TrackedModel`] and [`EventSchema`]: the derives and the writes (`insert`, `update`,
+//!   `update_changed`, `delete`); the attribute reference is in the README.
+//! - [`Tracker`] and [`TrackedTransaction`]: configuration, transactions, `capture`,
+//!   `identify`, `flush` and `shutdown`.
+//! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
+//!   deduplicated by uuid.
+//! - [`flags`]: remote and local feature flag evaluation, exposures, flag-routed tables.
+//! - [`plan`]: the tracking plan every model contributes to, and its snapshot test.
+//! - `testing` (feature `testing`): `MockPostHog`, a local PostHog for tests.
 
 #![warn(missing_docs)]
 
