@@ -100,6 +100,56 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
 }
 
+/// A database that can bind a `T` as a query parameter. Generated code bounds the database,
+/// not the field type (`DB: Binds<T>`, not `T: Encode<DB>`): with the latter, a type only one
+/// database can encode makes rustc infer that database from the bound and report a
+/// bewildering "expected `TrackedTransaction<Postgres>`, found `TrackedTransaction<Sqlite>`";
+/// this way the error names the field's type and the database.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a field of type `{T}` cannot be a column on {Self}",
+    label = "sqlx cannot bind `{T}` for {Self}",
+    note = "a column's type must implement `sqlx::Type<{Self}>` and `sqlx::Encode<'_, {Self}>`; \
+            use a type the {Self} driver supports, such as `sqlx::types::Json<{T}>` for a JSON column"
+)]
+pub trait Binds<T>: Backend {
+    /// Binds `value` as the next parameter.
+    fn bind_column(query: BoundQuery<Self>, value: &T) -> BoundQuery<Self>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<DB: Backend, T> Binds<T> for DB
+where
+    T: for<'q> sqlx::Encode<'q, DB> + Type<DB>,
+{
+    fn bind_column(query: BoundQuery<DB>, value: &T) -> BoundQuery<DB> {
+        query.bind(value)
+    }
+}
+
+/// A database that can decode a `T` from a column; see [`Binds`].
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a `generated` field of type `{T}` cannot be read back from {Self}",
+    label = "sqlx cannot decode `{T}` from {Self}",
+    note = "a generated column's type must implement `sqlx::Type<{Self}>` and \
+            `sqlx::Decode<'_, {Self}>`; use a type the {Self} driver supports"
+)]
+pub trait Reads<T>: Backend {
+    /// Decodes column `index` of `row`.
+    fn read_column(row: &Self::Row, index: usize) -> Result<T, sqlx::Error>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<DB: Backend, T> Reads<T> for DB
+where
+    T: for<'r> Decode<'r, DB> + Type<DB>,
+{
+    fn read_column(row: &DB::Row, index: usize) -> Result<T, sqlx::Error> {
+        DB::decode(row, index)
+    }
+}
+
 macro_rules! impl_backend {
     ($feature:literal, $db:ty, $dialect:expr) => {
         #[cfg(feature = $feature)]

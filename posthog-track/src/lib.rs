@@ -90,7 +90,7 @@ pub use transaction::TrackedTransaction;
 /// Re-exports for generated code. Not public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::backend::{Backend, BoundQuery};
+    pub use crate::backend::{Backend, Binds, BoundQuery, Reads};
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
     pub use crate::model::{

@@ -54,7 +54,7 @@ fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> Tok
 }
 
 /// `tokens` with every token, nested ones included, spanned on `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+pub(super) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|token| match token {

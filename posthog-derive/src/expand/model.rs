@@ -155,31 +155,24 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
     let sqlx = quote!(#private::sqlx);
     let fields = &container.fields;
 
-    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back. The
-    // bounds are written on the database (`__DB: __Binds<T>`), not on the field type
-    // (`T: Encode<__DB>`): with the latter, a type that only one database can encode makes
-    // rustc infer that database from the bound and report a bewildering "expected
-    // `TrackedTransaction<Postgres>`, found `TrackedTransaction<Sqlite>`". This way the error
-    // is "`Vec<String>: Encode<Sqlite>` is not satisfied", traced to the field's type.
+    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back; the
+    // bounds are on the database (see `Binds` in posthog-track for why).
     let bounds = fields.iter().flat_map(|field| {
         let ty = field.ty;
         let encode = (!field.is_generated() || field.is_key()).then(|| {
-            quote_spanned! {ty.span()=>
-                __DB: __Binds<#ty>,
-            }
+            // Every token spanned on the field's type, or rustc points at the derive.
+            super::event::respan(quote!(__DB: #private::Binds<#ty>,), ty.span())
         });
-        let decode = field.is_generated().then(|| {
-            quote_spanned! {ty.span()=>
-                __DB: __Reads<#ty>,
-            }
-        });
+        let decode = field
+            .is_generated()
+            .then(|| super::event::respan(quote!(__DB: #private::Reads<#ty>,), ty.span()));
         encode.into_iter().chain(decode)
     });
 
     let bind = |field: &Field| {
         let name = field.ident;
         let ty = field.ty;
-        quote!(__query = <__DB as __Binds<#ty>>::__bind(__query, &self.#name);)
+        quote!(__query = <__DB as #private::Binds<#ty>>::bind_column(__query, &self.#name);)
     };
     let bind_insert = fields.iter().filter(|f| !f.is_generated()).map(bind);
     let bind_update = fields.iter().filter(|f| f.is_updatable()).map(bind);
@@ -202,62 +195,11 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
                 let name = field.ident;
                 let ty = field.ty;
                 quote! {
-                    self.#name = <__DB as __Reads<#ty>>::__read(__row, #position)?;
+                    self.#name = <__DB as #private::Reads<#ty>>::read_column(__row, #position)?;
                 }
             });
 
     quote! {
-        const _: () = {
-            #[diagnostic::on_unimplemented(
-                message = "a field of type `{T}` cannot be a column on {Self}",
-                label = "sqlx cannot bind `{T}` for {Self}",
-                note = "a column's type must implement `sqlx::Type<{Self}>` and \
-                        `sqlx::Encode<'_, {Self}>`; use a type the {Self} driver supports, \
-                        such as `sqlx::types::Json<{T}>` for a JSON column"
-            )]
-            pub trait __Binds<T>: #private::Backend {
-                fn __bind(
-                    query: #private::BoundQuery<Self>,
-                    value: &T,
-                ) -> #private::BoundQuery<Self>;
-            }
-            #[diagnostic::do_not_recommend]
-            impl<__DB: #private::Backend, T> __Binds<T> for __DB
-            where
-                T: for<'__q> #sqlx::Encode<'__q, __DB> + #sqlx::Type<__DB>,
-            {
-                fn __bind(
-                    query: #private::BoundQuery<__DB>,
-                    value: &T,
-                ) -> #private::BoundQuery<__DB> {
-                    query.bind(value)
-                }
-            }
-            #[diagnostic::on_unimplemented(
-                message = "a `generated` field of type `{T}` cannot be read back from {Self}",
-                label = "sqlx cannot decode `{T}` from {Self}",
-                note = "a generated column's type must implement `sqlx::Type<{Self}>` and \
-                        `sqlx::Decode<'_, {Self}>`; use a type the {Self} driver supports"
-            )]
-            pub trait __Reads<T>: #private::Backend {
-                fn __read(
-                    row: &<Self as #sqlx::Database>::Row,
-                    index: usize,
-                ) -> #private::Result<T, #sqlx::Error>;
-            }
-            #[diagnostic::do_not_recommend]
-            impl<__DB: #private::Backend, T> __Reads<T> for __DB
-            where
-                T: for<'__r> #sqlx::Decode<'__r, __DB> + #sqlx::Type<__DB>,
-            {
-                fn __read(
-                    row: &<__DB as #sqlx::Database>::Row,
-                    index: usize,
-                ) -> #private::Result<T, #sqlx::Error> {
-                    <__DB as #private::Backend>::decode(row, index)
-                }
-            }
-
         #[automatically_derived]
         impl<__DB> #private::TrackedRow<__DB> for #ident
         where
@@ -305,6 +247,5 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
                 #private::Ok(())
             }
         }
-        };
     }
 }
