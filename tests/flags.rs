@@ -378,6 +378,55 @@ mod client {
         );
         assert_eq!(tracker.variant("no-such-flag", "u1").await, None);
     }
+
+    #[tokio::test]
+    async fn events_carry_the_flags_they_were_given() {
+        let mock = MockPostHog::start().await;
+        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
+        let flags = tracker
+            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "free"))
+            .await
+            .unwrap();
+
+        tracker
+            .capture(
+                posthog_track::Event::new("viewed")
+                    .distinct_id("u1")
+                    .flags(&flags),
+            )
+            .await
+            .unwrap();
+        tracker.flush().await.unwrap();
+        let viewed = mock
+            .events()
+            .into_iter()
+            .find(|e| e.event == "viewed")
+            .unwrap();
+        assert_eq!(viewed.properties["$feature/rollout"], true);
+        assert_eq!(viewed.properties["$feature/by-plan"], false);
+
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        tracker.migrate(&pool).await.unwrap();
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id("u1");
+        tx.attach_flags(&flags);
+        tx.attach_flags(&flags); // attaching again replaces, never duplicates
+        tx.capture(posthog_track::Event::new("saved")).unwrap();
+        let raw = tx.staged()[0].payload.clone();
+        assert_eq!(raw.matches("$feature/rollout").count(), 1, "{raw}");
+        tx.commit().await.unwrap();
+        let saved = &tracker.outbox(&pool).events().await.unwrap()[0];
+        assert_eq!(saved.property("$feature/rollout"), Some(&json!(true)));
+        assert_eq!(
+            saved
+                .payload
+                .to_string()
+                .matches("$feature/rollout")
+                .count(),
+            1
+        );
+    }
 }
 
 #[test]

@@ -466,10 +466,8 @@ impl Event {
 
     /// Adds `$feature/<flag>` for every flag of `flags`, so the event can be split by variant.
     pub fn flags(mut self, flags: &crate::flags::FlagsSnapshot) -> Self {
-        let mut values: Vec<_> = flags.values().iter().collect();
-        values.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in values {
-            self = self.property(format!("$feature/{key}"), crate::flags::flag_json(value));
+        for (key, value) in flags.feature_properties() {
+            self = self.property(key, value);
         }
         self
     }

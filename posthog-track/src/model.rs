@@ -211,25 +211,47 @@ pub trait TrackedModel: Sized + Send + Sync {
 }
 
 /// Where a write of `model` goes: a flag-routed table when the row's user is in one of the
-/// model's routed variants, `TABLE` otherwise. Each flag is evaluated once per write (locally
-/// when definitions are loaded), its exposure recorded, and its value returned as a
-/// `$feature/<flag>` stamp for the write's events. A flag that cannot be evaluated (no key,
-/// PostHog unreachable) routes to `TABLE`, like any user outside the experiment.
+/// model's routed variants, `TABLE` otherwise, with the `$feature/<flag>` stamps for the
+/// write's events.
 async fn route<M: TrackedModel, DB: Backend>(
     model: &M,
     tx: &mut TrackedTransaction<'_, DB>,
 ) -> (&'static ModelSql, &'static str, Vec<Stamp>) {
-    let default = M::__SQL.get(DB::DIALECT);
     if M::__TABLE_VARIANTS.is_empty() {
-        return (default, M::TABLE, Vec::new());
+        return (M::__SQL.get(DB::DIALECT), M::TABLE, Vec::new());
     }
-    let Some(distinct_id) = model
+    let distinct_id = model
         .distinct_id()
-        .or_else(|| tx.distinct_id().map(str::to_owned))
-    else {
-        return (default, M::TABLE, Vec::new());
-    };
+        .or_else(|| tx.distinct_id().map(str::to_owned));
     let tracker = tx.tracker().clone();
+    let (variant, stamps) = match distinct_id {
+        Some(distinct_id) => choose_variant::<M>(&tracker, &distinct_id).await,
+        None => (None, Vec::new()),
+    };
+    match variant {
+        Some(variant) => (variant.sql.get(DB::DIALECT), variant.table, stamps),
+        None => (M::__SQL.get(DB::DIALECT), M::TABLE, stamps),
+    }
+}
+
+/// The table a model's row for `distinct_id` lives in, for reads that must follow the same
+/// flag routing as the writes. Records the flag's exposure like a write does.
+pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str) -> &'static str {
+    choose_variant::<M>(tracker, distinct_id)
+        .await
+        .0
+        .map_or(M::TABLE, |variant| variant.table)
+}
+
+/// The first of `M`'s routed variants whose flag puts `distinct_id` in it, and a
+/// `$feature/<flag>` stamp per flag evaluated. Each flag is evaluated once (locally when
+/// definitions are loaded) and its exposure recorded. A flag that cannot be evaluated (no
+/// key, PostHog unreachable) counts as "not in the variant", like a user outside the
+/// experiment: a write never fails because flags are unavailable.
+async fn choose_variant<M: TrackedModel>(
+    tracker: &Tracker,
+    distinct_id: &str,
+) -> (Option<&'static TableVariant>, Vec<Stamp>) {
     let mut stamps = Vec::new();
     let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
     for variant in M::__TABLE_VARIANTS {
@@ -237,12 +259,12 @@ async fn route<M: TrackedModel, DB: Backend>(
             Some((_, value)) => value.clone(),
             None => {
                 let value = match tracker
-                    .get_feature_flag(variant.flag, FlagsRequest::new(distinct_id.as_str()))
+                    .get_feature_flag(variant.flag, FlagsRequest::new(distinct_id))
                     .await
                 {
                     Ok(value) => value,
                     Err(error) => {
-                        tracing::warn!(flag = variant.flag, %error, "flag unavailable; writing to the default table");
+                        tracing::warn!(flag = variant.flag, %error, "flag unavailable; using the default table");
                         None
                     }
                 };
@@ -257,33 +279,10 @@ async fn route<M: TrackedModel, DB: Backend>(
             }
         };
         if value.as_ref().and_then(FlagValue::variant) == Some(variant.variant) {
-            return (variant.sql.get(DB::DIALECT), variant.table, stamps);
+            return (Some(variant), stamps);
         }
     }
-    (default, M::TABLE, stamps)
-}
-
-/// The table a model's row for `distinct_id` lives in, for reads that must follow the same
-/// flag routing as the writes. Records the flag's exposure like a write does.
-pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str) -> &'static str {
-    let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
-    for variant in M::__TABLE_VARIANTS {
-        let value = match evaluated.iter().find(|(flag, _)| *flag == variant.flag) {
-            Some((_, value)) => value.clone(),
-            None => {
-                let value = tracker
-                    .get_feature_flag(variant.flag, FlagsRequest::new(distinct_id))
-                    .await
-                    .unwrap_or(None);
-                evaluated.push((variant.flag, value.clone()));
-                value
-            }
-        };
-        if value.as_ref().and_then(FlagValue::variant) == Some(variant.variant) {
-            return variant.table;
-        }
-    }
-    M::TABLE
+    (None, stamps)
 }
 
 /// A table a flag variant routes rows to.

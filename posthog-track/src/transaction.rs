@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager, Stamp};
-use crate::flags::{FlagValue, FlagsSnapshot, flag_json};
+use crate::flags::FlagsSnapshot;
 use crate::outbox;
 use crate::tracker::{Delivery, Tracker};
 
@@ -121,18 +121,12 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// Stamps `$feature/<flag>` with each flag's value on every event staged from now on in
     /// this transaction, so that analyses can split by variant.
     pub fn attach_flags(&mut self, flags: &FlagsSnapshot) {
-        let mut values: Vec<_> = flags.values().iter().collect();
-        values.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in values {
-            self.stamp_flag(key, value);
+        for (key, value) in flags.feature_properties() {
+            let stamp = Stamp::new(key, &value);
+            self.flag_stamps
+                .retain(|existing| existing.key != stamp.key);
+            self.flag_stamps.push(stamp);
         }
-    }
-
-    pub(crate) fn stamp_flag(&mut self, key: &str, value: &FlagValue) {
-        let stamp = Stamp::new(format!("$feature/{key}"), &flag_json(value));
-        self.flag_stamps
-            .retain(|existing| existing.key != stamp.key);
-        self.flag_stamps.push(stamp);
     }
 
     pub(crate) fn tracker(&self) -> &Tracker {

@@ -120,6 +120,18 @@ impl FlagsSnapshot {
         &self.values
     }
 
+    /// `$feature/<key>` and each flag's value, sorted by key: what events carry to be split
+    /// by variant.
+    pub(crate) fn feature_properties(&self) -> Vec<(String, Value)> {
+        let mut properties: Vec<(String, Value)> = self
+            .values
+            .iter()
+            .map(|(key, value)| (format!("$feature/{key}"), super::flag_json(value)))
+            .collect();
+        properties.sort_by(|a, b| a.0.cmp(&b.0));
+        properties
+    }
+
     /// Products PostHog is not evaluating because the project is over its quota.
     pub fn quota_limited(&self) -> &[String] {
         &self.quota_limited
