@@ -345,3 +345,26 @@ async fn max_batch_bytes_sends_early() {
         "every event alone exceeds the byte bound"
     );
 }
+
+#[tokio::test]
+async fn a_disabled_tracker_leaves_the_outbox_alone() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let recording = Tracker::builder().build();
+    recording.migrate(&pool).await.unwrap();
+    let mut tx = recording.begin(&pool).await.unwrap();
+    tx.capture(Event::new("kept").distinct_id("u1")).unwrap();
+    tx.commit().await.unwrap();
+
+    let disabled = Tracker::builder().disabled(true).build();
+    let error = disabled.relay(pool.clone()).drain().await.unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error}");
+    assert_eq!(
+        disabled.outbox(&pool).len().await.unwrap(),
+        1,
+        "nothing was printed away or deleted"
+    );
+}

@@ -41,6 +41,16 @@ impl Dialect {
             Dialect::MySql | Dialect::Sqlite => sql.push('?'),
         }
     }
+
+    /// Appends `count` comma-separated placeholders, numbered from `first` (1-based).
+    pub(crate) fn push_placeholders(self, sql: &mut String, first: usize, count: usize) {
+        for n in first..first + count {
+            if n > first {
+                sql.push_str(", ");
+            }
+            self.push_placeholder(sql, n);
+        }
+    }
 }
 
 /// A query as generated code builds it: owned SQL text, arguments encoded on bind.

@@ -113,16 +113,9 @@ fn insert_sql(dialect: Dialect, events: usize) -> String {
     sql.push_str(
         "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ",
     );
-    let mut n = 0;
     for i in 0..events {
         sql.push_str(if i == 0 { "(" } else { ", (" });
-        for c in 0..COLUMNS_PER_EVENT {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            n += 1;
-            dialect.push_placeholder(&mut sql, n);
-        }
+        dialect.push_placeholders(&mut sql, i * COLUMNS_PER_EVENT + 1, COLUMNS_PER_EVENT);
         sql.push(')');
     }
     sql
@@ -268,12 +261,7 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         let ids = ids.unwrap_or_default();
         if !ids.is_empty() {
             sql.push_str(" AND id IN (");
-            for i in 0..ids.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                DB::DIALECT.push_placeholder(&mut sql, i + 1);
-            }
+            DB::DIALECT.push_placeholders(&mut sql, 1, ids.len());
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

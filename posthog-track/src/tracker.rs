@@ -152,7 +152,7 @@ impl Tracker {
     pub fn relay<DB: Backend>(&self, pool: Pool<DB>) -> Relay<DB> {
         Relay::new(
             pool,
-            self.inner.sink.clone().unwrap_or(Sink::DryRun),
+            self.inner.sink.clone(),
             self.inner.relay_options.clone(),
             self.inner.stats.clone(),
             self.inner.wake.clone(),

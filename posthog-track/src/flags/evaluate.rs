@@ -220,12 +220,10 @@ impl LocalEvaluator {
             FlagValue::Enabled(true) => "true",
             FlagValue::Variant(variant) => variant,
         };
-        let payload = flag.filters.payloads.get(key)?;
-        // PostHog stores payloads as JSON text; a bare value is taken as is.
-        Some(match payload {
-            Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| payload.clone()),
-            other => other.clone(),
-        })
+        flag.filters
+            .payloads
+            .get(key)
+            .map(super::remote::decode_payload)
     }
 }
 

@@ -7,7 +7,7 @@ use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use serde_json::{Value, json};
 
 use super::evaluate::{FlagValue, Properties};
-use crate::client::USER_AGENT_VALUE;
+use crate::client::{Backoff, USER_AGENT_VALUE};
 use crate::config::ApiKey;
 use crate::error::{Error, Result};
 
@@ -147,6 +147,11 @@ pub(crate) struct RemoteFlags {
 }
 
 const RETRIES: u32 = 2;
+/// A flag is usually needed to answer a request: retry soon, not for long.
+const RETRY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(1),
+};
 
 impl RemoteFlags {
     pub(crate) fn new(host: &str, api_key: ApiKey, timeout: Duration) -> Self {
@@ -190,7 +195,7 @@ impl RemoteFlags {
             };
             if retryable && attempt < RETRIES {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(RETRY_BACKOFF.delay(attempt, None)).await;
                 continue;
             }
             let response = response.map_err(|error| Error::Flags {

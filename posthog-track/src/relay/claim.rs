@@ -35,17 +35,6 @@ pub(crate) fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn placeholders(dialect: Dialect, first: usize, count: usize) -> String {
-    let mut sql = String::with_capacity(count * 4);
-    for i in 0..count {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        dialect.push_placeholder(&mut sql, first + i);
-    }
-    sql
-}
-
 /// Leases up to `limit` deliverable rows (pending, not leased or lease expired), oldest first.
 pub(crate) async fn claim<DB: Backend>(
     pool: &Pool<DB>,
@@ -118,7 +107,8 @@ async fn claim_mysql<DB: Backend>(
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let list = placeholders(Dialect::MySql, 1, ids.len());
+    let mut list = String::new();
+    Dialect::MySql.push_placeholders(&mut list, 1, ids.len());
     let update = format!(
         "UPDATE posthog_outbox SET leased_until = ?, claim = ?, attempts = attempts + 1 WHERE id IN ({list})"
     );
@@ -231,7 +221,7 @@ pub(crate) async fn settle<DB: Backend>(
     for chunk in rows.chunks(500) {
         let mut sql = head.clone();
         sql.push_str(" AND id IN (");
-        sql.push_str(&placeholders(dialect, next + 1, chunk.len()));
+        dialect.push_placeholders(&mut sql, next + 1, chunk.len());
         sql.push(')');
         let mut query = bind_head(sqlx::query(sqlx::AssertSqlSafe(sql)));
         for row in chunk {

@@ -79,7 +79,8 @@ pub struct Pass {
 #[derive(Debug)]
 pub struct Relay<DB: Backend> {
     pool: Pool<DB>,
-    sink: Sink,
+    /// `None` when the tracker is disabled: such a relay must not touch the outbox.
+    sink: Option<Sink>,
     options: RelayOptions,
     stats: SharedStats,
     wake: Arc<Notify>,
@@ -88,7 +89,7 @@ pub struct Relay<DB: Backend> {
 impl<DB: Backend> Relay<DB> {
     pub(crate) fn new(
         pool: Pool<DB>,
-        sink: Sink,
+        sink: Option<Sink>,
         options: RelayOptions,
         stats: SharedStats,
         wake: Arc<Notify>,
@@ -105,6 +106,13 @@ impl<DB: Backend> Relay<DB> {
     /// Claims one batch, delivers it and settles every row.
     pub async fn run_once(&self) -> Result<Pass> {
         let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let Some(sink) = &self.sink else {
+            return Err(Error::Config(
+                "the tracker is disabled (POSTHOG_DISABLED); its relay delivers nothing and leaves \
+                 the outbox as it is"
+                    .to_owned(),
+            ));
+        };
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let claim = claim::claim(&self.pool, limit, lease).await?;
         let rows = &claim.rows;
@@ -116,8 +124,7 @@ impl<DB: Backend> Relay<DB> {
             return Ok(pass);
         }
         let payloads: Vec<&str> = rows.iter().map(|row| row.payload.as_str()).collect();
-        let fates = self
-            .sink
+        let fates = sink
             .deliver(&payloads, self.options.historical_migration)
             .await;
         self.stats.count_fates(&fates);
