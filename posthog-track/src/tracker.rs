@@ -19,8 +19,8 @@ use crate::config::{ApiKey, Config, Mode};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{
-    DefinitionsCache, DefinitionsClient, ExposureCache, FlagError, FlagValue, FlagsRequest,
-    FlagsSnapshot, LocalEvaluator, RemoteFlags, exposure_event, poll_definitions,
+    DefinitionsCache, DefinitionsClient, ExposureCache, FlagValue, FlagsRequest, FlagsSnapshot,
+    LocalEvaluator, RemoteFlags, exposure_event, poll_definitions,
 };
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
@@ -255,14 +255,18 @@ impl Tracker {
     /// Decided locally when definitions are loaded and every requested flag can be decided
     /// from them (unless `force_remote`); otherwise PostHog decides them all in one request.
     pub async fn evaluate_flags_with(&self, request: FlagsRequest) -> Result<FlagsSnapshot> {
-        if !request.force_remote
-            && let Some(snapshot) = self.evaluate_locally(&request)
-        {
-            return Ok(snapshot);
+        if !request.force_remote {
+            if let Some(snapshot) = self.evaluate_locally(&request) {
+                return Ok(snapshot);
+            }
+            if self.inner.local_evaluation_only {
+                return Ok(FlagsSnapshot::default());
+            }
         }
-        if self.inner.local_evaluation_only && !request.force_remote {
-            return Ok(FlagsSnapshot::default());
-        }
+        self.evaluate_remotely(&request).await
+    }
+
+    async fn evaluate_remotely(&self, request: &FlagsRequest) -> Result<FlagsSnapshot> {
         let Some(flags) = &self.inner.flags else {
             return Err(Error::Flags {
                 reason:
@@ -270,7 +274,7 @@ impl Tracker {
                         .to_owned(),
             });
         };
-        flags.evaluate(&request).await
+        flags.evaluate(request).await
     }
 
     /// Every requested flag decided from local definitions, or `None` if any cannot be.
@@ -284,15 +288,7 @@ impl Tracker {
         let mut values = HashMap::new();
         let mut payloads = HashMap::new();
         for key in keys {
-            let value = evaluator
-                .evaluate_with(
-                    key,
-                    &request.distinct_id,
-                    &request.person_properties,
-                    &request.groups,
-                    &request.group_properties,
-                )
-                .ok()?;
+            let value = local_value(&evaluator, key, request)?;
             if let Some(payload) = evaluator.payload(key, &value) {
                 payloads.insert(key.to_owned(), payload);
             }
@@ -326,58 +322,52 @@ impl Tracker {
         key: &str,
         request: FlagsRequest,
     ) -> Result<Option<FlagValue>> {
-        let distinct_id = request.distinct_id.clone();
-        if !request.force_remote
-            && let Some(evaluator) = self.inner.definitions.evaluator()
-        {
-            match evaluator.evaluate_with(
-                key,
-                &distinct_id,
-                &request.person_properties,
-                &request.groups,
-                &request.group_properties,
-            ) {
-                Ok(value) => {
-                    self.record_exposure(&distinct_id, key, &value, true)
-                        .await?;
-                    return Ok(Some(value));
-                }
-                Err(FlagError::Inconclusive { .. } | FlagError::UnknownFlag(_))
-                    if !self.inner.local_evaluation_only => {}
-                Err(_) => return Ok(None),
+        // The common case, decided locally, builds no snapshot: this runs on request paths.
+        if !request.force_remote {
+            let evaluator = self.inner.definitions.evaluator();
+            if let Some(value) =
+                evaluator.and_then(|evaluator| local_value(&evaluator, key, &request))
+            {
+                self.record_exposure(&request.distinct_id, key, &value, true)
+                    .await?;
+                return Ok(Some(value));
             }
-        } else if self.inner.local_evaluation_only && !request.force_remote {
-            return Ok(None);
+            if self.inner.local_evaluation_only {
+                return Ok(None);
+            }
         }
-        let snapshot = self.evaluate_flags_with(request.only([key])).await?;
-        let Some(value) = snapshot.value(key).cloned() else {
+        let request = request.only([key]);
+        let snapshot = self.evaluate_remotely(&request).await?;
+        let Some(value) = snapshot.value(key) else {
             return Ok(None);
         };
-        self.record_exposure(&distinct_id, key, &value, false)
+        self.record_exposure(&request.distinct_id, key, value, false)
             .await?;
-        Ok(Some(value))
+        Ok(Some(value.clone()))
     }
 
     /// Fetches the flag definitions once (needs `POSTHOG_PERSONAL_API_KEY`).
     pub async fn load_flag_definitions(&self) -> Result<()> {
-        let Some(client) = &self.inner.definitions_client else {
-            return Err(Error::Flags {
+        self.definitions_client()?
+            .poll(&self.inner.definitions)
+            .await
+            .map(|_| ())
+    }
+
+    fn definitions_client(&self) -> Result<&DefinitionsClient> {
+        self.inner
+            .definitions_client
+            .as_ref()
+            .ok_or_else(|| Error::Flags {
                 reason: "local evaluation needs POSTHOG_API_KEY and POSTHOG_PERSONAL_API_KEY"
                     .to_owned(),
-            });
-        };
-        client.poll(&self.inner.definitions).await.map(|_| ())
+            })
     }
 
     /// Keeps the flag definitions fresh in the background (every `interval`; longer after
     /// PostHog refuses). Stopped by [`shutdown`](Tracker::shutdown).
     pub fn start_flag_poller(&self, interval: Duration) -> Result<()> {
-        let Some(client) = self.inner.definitions_client.clone() else {
-            return Err(Error::Flags {
-                reason: "local evaluation needs POSTHOG_API_KEY and POSTHOG_PERSONAL_API_KEY"
-                    .to_owned(),
-            });
-        };
+        let client = self.definitions_client()?.clone();
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(poll_definitions(
             client,
@@ -542,6 +532,19 @@ impl Tracker {
     pub(crate) fn records_events(&self) -> bool {
         self.inner.sink.is_some()
     }
+}
+
+/// `key` decided from local definitions, or `None` when they cannot decide (PostHog must).
+fn local_value(evaluator: &LocalEvaluator, key: &str, request: &FlagsRequest) -> Option<FlagValue> {
+    evaluator
+        .evaluate_with(
+            key,
+            &request.distinct_id,
+            &request.person_properties,
+            &request.groups,
+            &request.group_properties,
+        )
+        .ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
