@@ -25,12 +25,7 @@ const DEFINITIONS: &str = r#"{"flags": [{"key": "documents-v2", "active": true, 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = posthog_track_examples::memory_database().await?;
-    for table in ["documents", "documents_v2"] {
-        let ddl = format!("CREATE TABLE {table} (id TEXT PRIMARY KEY, owner TEXT, title TEXT)");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&pool)
-            .await?;
-    }
+    posthog_track_examples::migrate(&pool).await?; // creates documents and documents_v2
     let tracker = Tracker::builder()
         .flag_definitions(LocalEvaluator::from_json(DEFINITIONS)?)
         .local_evaluation_only(true)

@@ -15,10 +15,26 @@ pub async fn memory_database() -> Result<sqlx::SqlitePool, sqlx::Error> {
         .await
 }
 
+/// Creates the examples' tables by running `migrations/`, the same files the derive checks the
+/// models against at compile time.
+pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+    for sql in [
+        include_str!("migrations/0001_create_users.sql"),
+        include_str!("migrations/0002_create_documents.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// A person who signed up.
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(
     table = "users",
+    // Checked against the migrations at compile time: a new column fails the build until the
+    // model accounts for it.
+    migrations = "migrations",
+    migrations_dialect = "sqlite",
     distinct_id = id,
     insert_event = "user_signed_up",
     update_event = "user_updated"
@@ -50,6 +66,8 @@ pub fn plan_upgraded(before: &String, after: &String) -> bool {
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(
     table = "documents",
+    migrations = "migrations",
+    migrations_dialect = "sqlite",
     distinct_id = owner,
     insert_event = "document_created",
     // Users in variant `test` of flag `documents-v2` write to `documents_v2`.

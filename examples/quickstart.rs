@@ -18,17 +18,7 @@ use posthog_track_examples::User;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = posthog_track_examples::memory_database().await?;
-    sqlx::query(
-        "CREATE TABLE users (
-            id TEXT PRIMARY KEY,
-            email TEXT NOT NULL,
-            plan TEXT NOT NULL,
-            password_hash TEXT NOT NULL,
-            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-        )",
-    )
-    .execute(&pool)
-    .await?;
+    posthog_track_examples::migrate(&pool).await?; // runs examples/migrations/*.sql
 
     // POSTHOG_API_KEY / POSTHOG_HOST / POSTHOG_DISABLED; without a key this is a dry run.
     let tracker = Tracker::from_env()?;

@@ -11,30 +11,42 @@ use quote::quote;
 use syn::DeriveInput;
 
 use crate::internals::ast::Container;
-use crate::internals::check;
 use crate::internals::ctxt::Ctxt;
+use crate::internals::{check, migrations};
 
 pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
     let container = Container::from_ast(&cx, input, "TrackedModel");
+    let mut migration_files = Vec::new();
     if let Some(container) = &container {
         check::check(&cx, container);
+        migration_files = migrations::check(&cx, container);
     }
+    let rebuild_on_change = rebuild_on_change(&migration_files);
     match (cx.check(), container) {
         (Ok(()), Some(container)) => {
             let model = model::tracked_model_impl(&container);
             let row = model::tracked_row_impl(&container);
             let schema = schema::schema_check(&container);
             let plan = plan::plan_registration(&container);
-            quote!(#model #row #schema #plan)
+            quote!(#model #row #schema #plan #rebuild_on_change)
         }
         (Err(errors), container) => {
             let errors = errors.to_compile_error();
             let dummy = container.map(|container| dummy(&container));
-            quote!(#errors #dummy)
+            quote!(#errors #dummy #rebuild_on_change)
         }
         // `Container::from_ast` returns `None` only after reporting an error.
         (Ok(()), None) => TokenStream::new(),
+    }
+}
+
+/// Cargo rebuilds a crate when a file it `include_bytes!` changes: that makes an edited
+/// migration re-run the checks. (A new file is the build script's job; see `migrations`.)
+fn rebuild_on_change(files: &[std::path::PathBuf]) -> TokenStream {
+    let files = files.iter().map(|file| file.to_string_lossy().into_owned());
+    quote! {
+        #( const _: &[u8] = ::core::include_bytes!(#files); )*
     }
 }
 

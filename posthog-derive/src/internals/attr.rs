@@ -18,6 +18,9 @@ const CONTAINER_KEYS: &[&str] = &[
     "delete_event",
     "schema",
     "table_variant",
+    "migrations",
+    "migrations_dialect",
+    "untracked_columns",
 ];
 const FIELD_KEYS: &[&str] = &[
     "key",
@@ -49,6 +52,12 @@ pub struct Container {
     pub schema: Option<Path>,
     /// `table_variant(flag = ..., variant = ..., table = ...)`, in the order written.
     pub table_variants: Vec<TableVariant>,
+    /// `migrations = "migrations"`: the directory of SQL migrations to check the model against.
+    pub migrations: Option<Spanned<String>>,
+    /// `migrations_dialect = "postgres" | "mysql" | "sqlite"`.
+    pub migrations_dialect: Option<Spanned<String>>,
+    /// `untracked_columns("search_vector", ...)`: columns of the table the model leaves alone.
+    pub untracked_columns: Vec<Spanned<String>>,
     /// A key could not be read (unknown, or malformed), so `table` may have been meant;
     /// `check` then does not also report it missing.
     pub incomplete: bool,
@@ -146,6 +155,18 @@ impl Container {
                             .table_variants
                             .extend(parse_table_variant(cx, &meta)?);
                     }
+                    "migrations" => {
+                        set_once(cx, &meta, &mut container.migrations, parse_string(&meta)?)
+                    }
+                    "migrations_dialect" => set_once(
+                        cx,
+                        &meta,
+                        &mut container.migrations_dialect,
+                        parse_string(&meta)?,
+                    ),
+                    "untracked_columns" => container
+                        .untracked_columns
+                        .extend(parse_string_list(&meta, "search_vector")?),
                     _ => {
                         container.incomplete = true;
                         unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS)?;
@@ -352,6 +373,27 @@ fn parse_string(meta: &ParseNestedMeta) -> syn::Result<Spanned<String>> {
         meta,
         format!("`{name}` takes a string: write `{name} = \"{example}\"`"),
     ))
+}
+
+/// `key("a", "b")`.
+fn parse_string_list(meta: &ParseNestedMeta, example: &str) -> syn::Result<Vec<Spanned<String>>> {
+    let name = key_name(meta);
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(value_error(
+            meta,
+            format!("`{name}` takes a list of strings: `{name}(\"{example}\")`"),
+        ));
+    }
+    let content;
+    syn::parenthesized!(content in meta.input);
+    let literals = content.parse_terminated(|input| input.parse::<LitStr>(), Token![,])?;
+    Ok(literals
+        .into_iter()
+        .map(|literal| Spanned {
+            value: literal.value(),
+            span: literal.span(),
+        })
+        .collect())
 }
 
 /// The value of `key = value` where the value names something in the code (a field, a type, a

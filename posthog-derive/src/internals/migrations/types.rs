@@ -1,0 +1,431 @@
+//! Which Rust types can hold which SQL column types, per database, as sqlx decodes them.
+//!
+//! Only the types sqlx itself maps are judged; a type the derive does not recognize (a
+//! newtype, an enum with its own `sqlx::Type`) is trusted, since its impl decides.
+
+use sqlparser::ast::DataType;
+use sqlparser::dialect::{GenericDialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
+
+/// The SQL dialect the migrations are written in (`migrations_dialect = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+    /// Parses what the three have in common; type rules are those of MySQL, the middle ground.
+    Generic,
+}
+
+pub const DIALECTS: &[&str] = &["postgres", "mysql", "sqlite"];
+
+impl Dialect {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "postgres" => Some(Dialect::Postgres),
+            "mysql" => Some(Dialect::MySql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    pub fn parser(self) -> Box<dyn sqlparser::dialect::Dialect> {
+        match self {
+            Dialect::Postgres => Box::new(PostgreSqlDialect {}),
+            Dialect::MySql => Box::new(MySqlDialect {}),
+            Dialect::Sqlite => Box::new(SQLiteDialect {}),
+            Dialect::Generic => Box::new(GenericDialect {}),
+        }
+    }
+}
+
+/// What a column holds, as far as decoding into Rust is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlKind {
+    Int {
+        bits: u8,
+        unsigned: bool,
+    },
+    Float {
+        bits: u8,
+    },
+    Decimal,
+    Bool,
+    Text,
+    Bytes,
+    Uuid,
+    Json,
+    Timestamp {
+        time_zone: bool,
+    },
+    Date,
+    Time,
+    /// No declared type (SQLite), a custom type, an enum, an array: not judged.
+    Other,
+}
+
+/// What a field's Rust type decodes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RustKind {
+    Int { bits: u8, unsigned: bool },
+    Float { bits: u8 },
+    Decimal,
+    Bool,
+    String,
+    Bytes,
+    Uuid,
+    Json,
+    Timestamp { time_zone: bool },
+    Date,
+    Time,
+}
+
+impl SqlKind {
+    pub fn classify(data_type: &DataType, dialect: Dialect) -> SqlKind {
+        let text = data_type.to_string().to_uppercase();
+        if dialect == Dialect::Sqlite {
+            return classify_sqlite(&text);
+        }
+        let unsigned = text.contains("UNSIGNED");
+        let word = text
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .next()
+            .unwrap_or("");
+        let int = |bits| SqlKind::Int { bits, unsigned };
+        match word {
+            "BOOL" | "BOOLEAN" => SqlKind::Bool,
+            // MySQL spells BOOLEAN as TINYINT(1).
+            "TINYINT" if text.starts_with("TINYINT(1)") => SqlKind::Bool,
+            "TINYINT" => int(8),
+            "SMALLINT" | "INT2" | "SMALLSERIAL" => int(16),
+            "MEDIUMINT" | "INT" | "INTEGER" | "INT4" | "SERIAL" => int(32),
+            "BIGINT" | "INT8" | "BIGSERIAL" => int(64),
+            "REAL" if dialect == Dialect::Postgres => SqlKind::Float { bits: 32 },
+            "FLOAT4" => SqlKind::Float { bits: 32 },
+            "FLOAT" if dialect != Dialect::Postgres => SqlKind::Float { bits: 32 },
+            "FLOAT" | "REAL" | "FLOAT8" | "DOUBLE" => SqlKind::Float { bits: 64 },
+            "NUMERIC" | "DECIMAL" | "DEC" => SqlKind::Decimal,
+            "CHAR" | "CHARACTER" | "VARCHAR" | "NVARCHAR" | "NCHAR" | "TEXT" | "TINYTEXT"
+            | "MEDIUMTEXT" | "LONGTEXT" | "CITEXT" | "CLOB" | "STRING" | "ENUM" => SqlKind::Text,
+            "BYTEA" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
+                SqlKind::Bytes
+            }
+            "UUID" => SqlKind::Uuid,
+            "JSON" | "JSONB" => SqlKind::Json,
+            "TIMESTAMPTZ" => SqlKind::Timestamp { time_zone: true },
+            "TIMESTAMP" => SqlKind::Timestamp {
+                time_zone: text.contains("WITH TIME ZONE") && !text.contains("WITHOUT"),
+            },
+            "DATETIME" => SqlKind::Timestamp { time_zone: false },
+            "DATE" => SqlKind::Date,
+            "TIME" | "TIMETZ" => SqlKind::Time,
+            _ => SqlKind::Other,
+        }
+    }
+}
+
+/// SQLite judges a declared type by its affinity (<https://sqlite.org/datatype3.html>), and
+/// sqlx decodes dates from TEXT, INTEGER or REAL.
+fn classify_sqlite(text: &str) -> SqlKind {
+    if text.is_empty() {
+        SqlKind::Other
+    } else if text.starts_with("BOOL") {
+        SqlKind::Bool
+    } else if text.contains("INT") {
+        SqlKind::Int {
+            bits: 64,
+            unsigned: false,
+        }
+    } else if text.contains("CHAR") || text.contains("CLOB") || text.contains("TEXT") {
+        SqlKind::Text
+    } else if text.contains("BLOB") {
+        SqlKind::Bytes
+    } else if text.contains("REAL") || text.contains("FLOA") || text.contains("DOUB") {
+        SqlKind::Float { bits: 64 }
+    } else if text.starts_with("DATETIME") || text.starts_with("TIMESTAMP") {
+        SqlKind::Timestamp { time_zone: false }
+    } else if text.starts_with("DATE") {
+        SqlKind::Date
+    } else if text.starts_with("TIME") {
+        SqlKind::Time
+    } else if text.starts_with("JSON") {
+        SqlKind::Json
+    } else {
+        SqlKind::Other
+    }
+}
+
+/// Why `ty` cannot hold a column of `kind`, with the type to use instead; `None` when it can,
+/// or when the derive cannot tell.
+pub fn incompatibility(ty: &syn::Type, kind: SqlKind, dialect: Dialect) -> Option<String> {
+    let rust = rust_kind(ty)?;
+    if kind == SqlKind::Other || holds(rust, kind, dialect) {
+        return None;
+    }
+    Some(suggestion(kind, dialect))
+}
+
+fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
+    use Dialect::*;
+    match (rust, column) {
+        // SQLite stores every integer in 64 bits and sqlx narrows on decode; booleans and
+        // dates may live in integer columns too.
+        (RustKind::Int { .. } | RustKind::Bool, SqlKind::Int { .. }) if dialect == Sqlite => true,
+        (RustKind::Timestamp { .. } | RustKind::Date | RustKind::Time, kind)
+            if dialect == Sqlite =>
+        {
+            matches!(
+                kind,
+                SqlKind::Text
+                    | SqlKind::Int { .. }
+                    | SqlKind::Float { .. }
+                    | SqlKind::Timestamp { .. }
+                    | SqlKind::Date
+                    | SqlKind::Time
+            )
+        }
+        (RustKind::Json | RustKind::String, SqlKind::Json) => true,
+        (RustKind::Json, SqlKind::Text) => dialect == Sqlite,
+        (
+            RustKind::Int { bits, unsigned },
+            SqlKind::Int {
+                bits: column_bits,
+                unsigned: column_unsigned,
+            },
+        ) => {
+            if dialect == Postgres {
+                // sqlx decodes PostgreSQL integers only into the Rust type of the same width.
+                bits == column_bits && !unsigned
+            } else if column_unsigned {
+                (unsigned && bits >= column_bits) || (!unsigned && bits > column_bits)
+            } else {
+                !unsigned && bits >= column_bits
+            }
+        }
+        (RustKind::Bool, SqlKind::Bool) => true,
+        (RustKind::Bool, SqlKind::Int { bits: 8, .. }) => dialect != Postgres,
+        (RustKind::Float { bits }, SqlKind::Float { bits: column_bits }) => {
+            if dialect == Postgres {
+                bits == column_bits
+            } else {
+                bits >= column_bits
+            }
+        }
+        (RustKind::Decimal, SqlKind::Decimal) => true,
+        (RustKind::String, SqlKind::Text) => true,
+        (RustKind::Bytes, SqlKind::Bytes) => true,
+        (RustKind::Uuid, SqlKind::Uuid) => true,
+        // MySQL and SQLite have no UUID type; sqlx stores `Uuid` as 16 bytes there.
+        (RustKind::Uuid, SqlKind::Bytes) => dialect != Postgres,
+        (
+            RustKind::Timestamp { time_zone },
+            SqlKind::Timestamp {
+                time_zone: column_zone,
+            },
+        ) => {
+            // PostgreSQL keeps the two apart: `DateTime<Utc>` is TIMESTAMPTZ and
+            // `NaiveDateTime` is TIMESTAMP. MySQL's DATETIME and TIMESTAMP decode into both.
+            dialect != Postgres || time_zone == column_zone
+        }
+        (RustKind::Date, SqlKind::Date) => true,
+        (RustKind::Time, SqlKind::Time) => true,
+        _ => false,
+    }
+}
+
+/// The Rust type that holds `kind`.
+fn suggestion(kind: SqlKind, dialect: Dialect) -> String {
+    let text = match kind {
+        SqlKind::Int { bits, unsigned } if dialect != Dialect::Postgres && unsigned => {
+            format!("u{}", bits.max(8))
+        }
+        SqlKind::Int { bits: 8, .. } => "i8".into(),
+        SqlKind::Int { bits, .. } => format!("i{bits}"),
+        SqlKind::Float { bits } => format!("f{bits}"),
+        SqlKind::Decimal => "rust_decimal::Decimal".into(),
+        SqlKind::Bool => "bool".into(),
+        SqlKind::Text => "String".into(),
+        SqlKind::Bytes => "Vec<u8>".into(),
+        SqlKind::Uuid => "uuid::Uuid".into(),
+        SqlKind::Json => "serde_json::Value".into(),
+        SqlKind::Timestamp { time_zone: false } if dialect == Dialect::Postgres => {
+            "chrono::NaiveDateTime".into()
+        }
+        SqlKind::Timestamp { .. } => "chrono::DateTime<Utc>".into(),
+        SqlKind::Date => "chrono::NaiveDate".into(),
+        SqlKind::Time => "chrono::NaiveTime".into(),
+        SqlKind::Other => unreachable!("`Other` columns are not judged"),
+    };
+    format!("`{text}`")
+}
+
+/// `Some(inner)` for `Option<inner>`.
+pub fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    let segment = last_segment(ty)?;
+    if segment.ident != "Option" {
+        return None;
+    }
+    first_type_argument(segment)
+}
+
+fn rust_kind(ty: &syn::Type) -> Option<RustKind> {
+    let ty = option_inner(ty).unwrap_or(ty);
+    let segment = last_segment(ty)?;
+    let int = |bits, unsigned| RustKind::Int { bits, unsigned };
+    Some(match segment.ident.to_string().as_str() {
+        "i8" => int(8, false),
+        "i16" => int(16, false),
+        "i32" => int(32, false),
+        "i64" => int(64, false),
+        "u8" => int(8, true),
+        "u16" => int(16, true),
+        "u32" => int(32, true),
+        "u64" => int(64, true),
+        "f32" => RustKind::Float { bits: 32 },
+        "f64" => RustKind::Float { bits: 64 },
+        "bool" => RustKind::Bool,
+        "String" => RustKind::String,
+        "Decimal" | "BigDecimal" => RustKind::Decimal,
+        "Uuid" => RustKind::Uuid,
+        "Value" | "Json" | "JsonValue" => RustKind::Json,
+        "DateTime" | "OffsetDateTime" => RustKind::Timestamp { time_zone: true },
+        "NaiveDateTime" | "PrimitiveDateTime" => RustKind::Timestamp { time_zone: false },
+        "NaiveDate" | "Date" => RustKind::Date,
+        "NaiveTime" | "Time" => RustKind::Time,
+        "Vec" => match first_type_argument(segment).and_then(last_segment) {
+            Some(inner) if inner.ident == "u8" => RustKind::Bytes,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn last_segment(ty: &syn::Type) -> Option<&syn::PathSegment> {
+    match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        _ => None,
+    }
+}
+
+fn first_type_argument(segment: &syn::PathSegment) -> Option<&syn::Type> {
+    match &segment.arguments {
+        syn::PathArguments::AngleBracketed(arguments) => {
+            arguments.args.iter().find_map(|argument| match argument {
+                syn::GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(sql: &str, dialect: Dialect) -> SqlKind {
+        let statement = format!("CREATE TABLE t (c {sql})");
+        let parsed = sqlparser::parser::Parser::parse_sql(&*dialect.parser(), &statement).unwrap();
+        let sqlparser::ast::Statement::CreateTable(create) = &parsed[0] else {
+            panic!("not a CREATE TABLE");
+        };
+        SqlKind::classify(&create.columns[0].data_type, dialect)
+    }
+
+    fn fits(rust: &str, sql: &str, dialect: Dialect) -> bool {
+        let ty: syn::Type = syn::parse_str(rust).unwrap();
+        incompatibility(&ty, column(sql, dialect), dialect).is_none()
+    }
+
+    #[test]
+    fn postgres_integers_decode_only_at_their_own_width() {
+        let pg = Dialect::Postgres;
+        assert!(fits("i64", "BIGINT", pg));
+        assert!(fits("i32", "INTEGER", pg));
+        assert!(fits("i16", "SMALLINT", pg));
+        assert!(fits("i32", "SERIAL", pg));
+        assert!(!fits("i64", "INTEGER", pg));
+        assert!(!fits("i32", "BIGINT", pg));
+        assert!(!fits("String", "BIGINT", pg));
+    }
+
+    #[test]
+    fn postgres_keeps_timestamps_with_and_without_time_zone_apart() {
+        let pg = Dialect::Postgres;
+        assert!(fits("DateTime<Utc>", "TIMESTAMPTZ", pg));
+        assert!(fits(
+            "chrono::DateTime<Utc>",
+            "TIMESTAMP WITH TIME ZONE",
+            pg
+        ));
+        assert!(!fits("DateTime<Utc>", "TIMESTAMP", pg));
+        assert!(fits("NaiveDateTime", "TIMESTAMP", pg));
+        assert!(!fits("NaiveDateTime", "TIMESTAMPTZ", pg));
+        assert!(fits("Option<DateTime<Utc>>", "TIMESTAMPTZ", pg));
+    }
+
+    #[test]
+    fn postgres_other_types() {
+        let pg = Dialect::Postgres;
+        assert!(fits("Uuid", "UUID", pg));
+        assert!(!fits("Uuid", "BYTEA", pg));
+        assert!(fits("serde_json::Value", "JSONB", pg));
+        assert!(fits("Vec<u8>", "BYTEA", pg));
+        assert!(fits("bool", "BOOLEAN", pg));
+        assert!(!fits("bool", "SMALLINT", pg));
+        assert!(fits("f64", "DOUBLE PRECISION", pg));
+        assert!(!fits("f64", "NUMERIC(10, 2)", pg));
+        assert!(fits("rust_decimal::Decimal", "NUMERIC(10, 2)", pg));
+        assert!(fits("String", "VARCHAR(255)", pg));
+        assert!(fits("String", "CITEXT", pg));
+    }
+
+    #[test]
+    fn mysql_integers_fit_when_the_rust_type_is_wide_enough() {
+        let my = Dialect::MySql;
+        assert!(fits("i64", "INT", my));
+        assert!(fits("i32", "INT", my));
+        assert!(!fits("i16", "INT", my));
+        assert!(!fits("i32", "BIGINT", my));
+        assert!(fits("u32", "INT UNSIGNED", my));
+        assert!(fits("i64", "INT UNSIGNED", my));
+        assert!(!fits("i32", "INT UNSIGNED", my));
+        assert!(!fits("u64", "BIGINT", my));
+    }
+
+    #[test]
+    fn mysql_other_types() {
+        let my = Dialect::MySql;
+        assert!(fits("bool", "TINYINT(1)", my));
+        assert!(fits("bool", "BOOLEAN", my));
+        assert!(fits("DateTime<Utc>", "DATETIME", my));
+        assert!(fits("DateTime<Utc>", "TIMESTAMP", my));
+        assert!(fits("Uuid", "BINARY(16)", my));
+        assert!(fits("String", "ENUM('free', 'pro')", my));
+        assert!(fits("f64", "DOUBLE", my));
+        assert!(fits("f64", "FLOAT", my));
+        assert!(!fits("f32", "DOUBLE", my));
+        assert!(!fits("String", "DATETIME", my));
+    }
+
+    #[test]
+    fn sqlite_judges_by_affinity() {
+        let lite = Dialect::Sqlite;
+        assert!(fits("i32", "INTEGER", lite));
+        assert!(fits("i64", "BIGINT", lite));
+        assert!(fits("bool", "INTEGER", lite));
+        assert!(fits("DateTime<Utc>", "TEXT", lite));
+        assert!(fits("DateTime<Utc>", "DATETIME", lite));
+        assert!(fits("String", "VARCHAR(20)", lite));
+        assert!(fits("f64", "REAL", lite));
+        assert!(!fits("String", "INTEGER", lite));
+        assert!(!fits("i64", "TEXT", lite));
+        assert!(!fits("f64", "TEXT", lite));
+    }
+
+    #[test]
+    fn types_the_derive_does_not_know_are_trusted() {
+        assert!(fits("PlanTier", "TEXT", Dialect::Postgres));
+        assert!(fits("String", "my_enum", Dialect::Postgres));
+        assert!(!fits("String", "INTEGER", Dialect::Postgres));
+    }
+}

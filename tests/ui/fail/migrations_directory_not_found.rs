@@ -1,0 +1,21 @@
+//! A migrations directory that does not exist.
+
+use chrono::{DateTime, Utc};
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(table = "users", migrations = "../migratoins/postgres", migrations_dialect = "postgres")]
+pub struct User {
+    #[tracked(key, generated, property = "user_id")]
+    pub id: i64,
+    #[tracked(person)]
+    pub email: String,
+    #[tracked(property)]
+    pub plan: String,
+    #[tracked(generated, property)]
+    pub created_at: DateTime<Utc>,
+    #[tracked(property)]
+    pub trial_ends_at: Option<DateTime<Utc>>,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+CREATE TABLE `users` (
+    `id` BIGINT NOT NULL AUTO_INCREMENT,
+    `email` VARCHAR(255) NOT NULL,
+    `plan` VARCHAR(20) NOT NULL DEFAULT 'free',
+    `created_at` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (`id`)
+) ENGINE = InnoDB;
