@@ -106,6 +106,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// PostHog's app API (used by [`plan::PlanPush`](crate::plan::PlanPush)) refused or failed
+    /// a request. The personal API key is never part of the message.
+    #[error("PostHog API: {reason}")]
+    Api {
+        /// The HTTP status, when PostHog answered.
+        status: Option<u16>,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -11,14 +11,22 @@
 //!     posthog_track::plan::assert_snapshot("tracking-plan.json");
 //! }
 //! ```
+//!
+//! [`PlanPush`] then writes the plan's descriptions and property types to PostHog's event and
+//! property definitions (`posthog-track plan push`).
 
 mod diff;
+mod push;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use diff::{Change, Severity, diff};
+pub use push::{
+    DefinitionChange, DefinitionKind, EU_APP_HOST, EventDefinition, PlanPush, PropertyDefinition,
+    PushOptions, US_APP_HOST, app_host, definition_changes, posthog_property_type,
+};
 
 /// What the derive records about a model (not public API).
 #[doc(hidden)]

@@ -3,4 +3,6 @@
 
 mod mock_server;
 
-pub use mock_server::{MockPostHog, ReceivedEvent, ReceivedRequest, Reply, WaitTimeout};
+pub use mock_server::{
+    ApiRequest, MockDefinition, MockPostHog, ReceivedEvent, ReceivedRequest, Reply, WaitTimeout,
+};
