@@ -84,6 +84,9 @@ pub struct Relay<DB: Backend> {
     options: RelayOptions,
     stats: SharedStats,
     wake: Arc<Notify>,
+    /// One pass at a time per relay: a `drain` (what `Tracker::flush` runs) waits for the
+    /// background loop's pass in flight instead of finding its rows leased and giving up.
+    pass: tokio::sync::Mutex<()>,
 }
 
 impl<DB: Backend> Relay<DB> {
@@ -100,6 +103,7 @@ impl<DB: Backend> Relay<DB> {
             options,
             stats,
             wake,
+            pass: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -113,6 +117,7 @@ impl<DB: Backend> Relay<DB> {
                     .to_owned(),
             ));
         };
+        let _one_pass_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let claim = claim::claim(&self.pool, limit, lease).await?;
         let rows = &claim.rows;
