@@ -1,6 +1,8 @@
 //! The models of the examples, in a library so that the examples share them and the tracking
 //! plan test (`tests/tracking_plan.rs`) sees them.
 
+pub mod shop;
+
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
@@ -21,6 +23,7 @@ pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
     for sql in [
         include_str!("migrations/0001_create_users.sql"),
         include_str!("migrations/0002_create_documents.sql"),
+        include_str!("migrations/0003_create_shop.sql"),
     ] {
         sqlx::raw_sql(sql).execute(pool).await?;
     }

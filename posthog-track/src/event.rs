@@ -72,6 +72,8 @@ pub struct EventWriter {
     event: Cow<'static, str>,
     /// A timestamp given for this event, overriding the write's.
     timestamp: Option<String>,
+    /// A distinct id given for this event, overriding the write's (`$groupidentify`).
+    distinct_id: Option<String>,
     section: Section,
     first_in_section: bool,
 }
@@ -117,6 +119,7 @@ impl EventWriter {
             buf,
             event,
             timestamp: None,
+            distinct_id: None,
             section: Section::Properties,
             first_in_section: false,
         }
@@ -311,12 +314,26 @@ impl<'a> Stager<'a> {
         writer
     }
 
+    /// Starts an event of this write about another distinct id (a group's `$groupidentify`).
+    pub(crate) fn event_for(&self, name: &'static str, distinct_id: String) -> EventWriter {
+        let mut writer = EventWriter::begin(
+            name.into(),
+            &distinct_id,
+            Uuid::now_v7(),
+            &self.timestamp,
+            &self.stamps,
+        );
+        writer.distinct_id = Some(distinct_id);
+        writer
+    }
+
     /// Finishes an event and stages it. Refuses an event larger than PostHog accepts, so that
     /// a write can never commit an event that could not be delivered.
     pub fn push(&mut self, writer: EventWriter) -> Result<()> {
         let uuid = uuid_of(&writer.buf);
         let event = writer.event.clone();
         let timestamp = writer.timestamp.clone();
+        let distinct_id = writer.distinct_id.clone();
         let payload = writer.finish();
         if payload.len() > crate::client::wire::MAX_EVENT_BYTES {
             return Err(Error::EventTooLarge {
@@ -327,12 +344,36 @@ impl<'a> Stager<'a> {
         self.events.push(StagedEvent {
             uuid,
             event,
-            distinct_id: self.distinct_id.clone(),
+            distinct_id: distinct_id.unwrap_or_else(|| self.distinct_id.clone()),
             timestamp: timestamp.unwrap_or_else(|| self.timestamp.clone()),
             payload,
         });
         Ok(())
     }
+}
+
+/// The plain properties a `fill` writes (no `$lib`, `$set` or stamps), as a JSON object: the
+/// `$group_set` of a group model's `$groupidentify`.
+pub(crate) fn properties_object(
+    event: &'static str,
+    fill: impl FnOnce(&mut EventWriter) -> Result<()>,
+) -> Result<serde_json::Value> {
+    let mut writer = EventWriter::begin(event.into(), "", Uuid::nil(), "", &[]);
+    fill(&mut writer)?;
+    let mut payload: serde_json::Value =
+        serde_json::from_str(&writer.finish()).map_err(|source| Error::Serialize {
+            event: event.into(),
+            property: Cow::Borrowed("$group_set"),
+            source,
+        })?;
+    let mut properties = match payload.get_mut("properties").map(serde_json::Value::take) {
+        Some(serde_json::Value::Object(properties)) => properties,
+        _ => serde_json::Map::new(),
+    };
+    for reserved in ["$lib", "$lib_version", "$set", "$set_once"] {
+        properties.remove(reserved);
+    }
+    Ok(serde_json::Value::Object(properties))
 }
 
 // The uuid is the first field of every payload (`{"uuid":"<36 chars>"`), so read it back
@@ -349,8 +390,8 @@ fn uuid_of(buf: &[u8]) -> Uuid {
 /// Implemented for strings, integers, [`Uuid`] and `Option` of those (`None` falls back to the
 /// transaction's distinct id).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be used as a PostHog distinct id",
-    label = "the field named by `distinct_id` has this type",
+    message = "`{Self}` cannot be used as a PostHog distinct id or group key",
+    label = "the field named by `distinct_id` or `group_key`, or marked `group`, has this type",
     note = "use a field of type String, an integer, uuid::Uuid, or an Option of one of these"
 )]
 pub trait ToDistinctId {

@@ -65,6 +65,7 @@
 mod backend;
 mod client;
 mod config;
+mod context;
 mod error;
 mod event;
 pub mod flags;
@@ -80,6 +81,7 @@ mod transaction;
 pub use backend::{Backend, BoundQuery, Dialect};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
 pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
+pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
 pub use model::{EventSchema, TrackedModel, TrackedRow, routed_table};
@@ -91,6 +93,7 @@ pub use transaction::TrackedTransaction;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backend::{Backend, Binds, BoundQuery, Reads};
+    pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
     pub use crate::model::{
@@ -104,4 +107,6 @@ pub mod __private {
     pub use std::option::Option::{self, None, Some};
     pub use std::result::Result::Ok;
     pub use std::string::String;
+    pub use std::vec;
+    pub use std::vec::Vec;
 }

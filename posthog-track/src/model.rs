@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::future::Future;
 
 use crate::backend::{Backend, BoundQuery, Dialect};
+use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{EventWriter, StagedEvent, Stager, Stamp};
+use crate::event::{EventWriter, SectionKind, StagedEvent, Stager, Stamp, properties_object};
 use crate::flags::{FlagValue, FlagsRequest, flag_json};
 use crate::tracker::Tracker;
 use crate::transaction::TrackedTransaction;
@@ -49,6 +50,42 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// means the transaction's distinct id is used.
     fn distinct_id(&self) -> Option<String>;
 
+    /// `#[tracked(identify)]`: inserts and person-property changes send `$identify`.
+    #[doc(hidden)]
+    const __IDENTIFY: bool = false;
+    /// The `person` and `person_once` fields.
+    #[doc(hidden)]
+    const __PERSON: ChangeMask = ChangeMask::EMPTY;
+    /// `#[tracked(group_type = "...")]`: writes send `$groupidentify` for the row's group.
+    #[doc(hidden)]
+    const __GROUP_TYPE: Option<&'static str> = None;
+
+    /// The row's key as a group, from the field named by `group_key`.
+    #[doc(hidden)]
+    fn __group_key(&self) -> Option<String> {
+        None
+    }
+    /// `(group type, key)` of each `#[tracked(group = "...")]` field, for `$groups`.
+    #[doc(hidden)]
+    fn __groups(&self) -> Vec<(&'static str, Option<String>)> {
+        Vec::new()
+    }
+    #[doc(hidden)]
+    fn __write_person_properties(&self, _writer: &mut EventWriter) -> Result<()> {
+        Ok(())
+    }
+    #[doc(hidden)]
+    fn __write_changed_person_properties(
+        &self,
+        _changed: ChangeMask,
+        _writer: &mut EventWriter,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Fills the `#[tracked(context = "...")]` fields.
+    #[doc(hidden)]
+    fn __fill_from_context(&mut self, _context: &TrackingContext) {}
+
     #[doc(hidden)]
     fn __write_properties(&self, writer: &mut EventWriter) -> Result<()>;
     #[doc(hidden)]
@@ -84,6 +121,7 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB> + 't,
     {
         async move {
+            self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
             if let Some(reason) = sql.insert_unsupported {
                 return Err(Error::Unsupported {
@@ -107,8 +145,14 @@ pub trait TrackedModel: Sized + Send + Sync {
                     self.__read_generated(&row)?;
                 }
             }
+            let anonymous_id = tx.context().anonymous_id().map(str::to_owned);
+            let stamps = with_groups(&self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::INSERT_EVENT, stamps)?;
             stage_insert_event(&self, &mut stager)?;
+            if Self::__IDENTIFY {
+                stage_identify(&self, anonymous_id, &mut stager, None)?;
+            }
+            stage_group_identify(&self, &mut stager, None)?;
             Ok(self)
         }
     }
@@ -132,10 +176,15 @@ pub trait TrackedModel: Sized + Send + Sync {
                     return Err(Error::RowNotFound { table });
                 }
             }
+            let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
             let mut writer = stager.event(Self::UPDATE_EVENT);
             self.__write_properties(&mut writer)?;
             stager.push(writer)?;
+            if Self::__IDENTIFY && !Self::__PERSON.is_empty() {
+                stage_identify(self, None, &mut stager, None)?;
+            }
+            stage_group_identify(self, &mut stager, None)?;
             Ok(())
         }
     }
@@ -171,6 +220,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             if DB::rows_affected(&result) == 0 {
                 return Err(Error::RowNotFound { table });
             }
+            let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
             let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
             if !tracked.is_empty() {
@@ -178,6 +228,11 @@ pub trait TrackedModel: Sized + Send + Sync {
                 self.__write_key_properties(&mut writer)?;
                 self.__write_changed_properties(tracked, &mut writer)?;
                 stager.push(writer)?;
+                stage_group_identify(self, &mut stager, Some(tracked))?;
+            }
+            let person = changed.intersection(Self::__PERSON);
+            if Self::__IDENTIFY && !person.is_empty() {
+                stage_identify(self, None, &mut stager, Some(person))?;
             }
             self.__stage_milestones(before, changed, &mut stager)?;
             Ok(changed.len())
@@ -201,6 +256,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             if DB::rows_affected(&result) == 0 {
                 return Err(Error::RowNotFound { table });
             }
+            let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
             let mut writer = stager.event(Self::DELETE_EVENT);
             self.__write_key_properties(&mut writer)?;
@@ -293,6 +349,69 @@ pub struct TableVariant {
     pub variant: &'static str,
     pub table: &'static str,
     pub sql: &'static SqlSet,
+}
+
+/// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's
+/// own group, for a group model), so every event of the write is attributed to them.
+fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
+    let mut groups = serde_json::Map::new();
+    if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, model.__group_key()) {
+        groups.insert(group_type.to_owned(), key.into());
+    }
+    for (group_type, key) in model.__groups() {
+        if let Some(key) = key {
+            groups.insert(group_type.to_owned(), key.into());
+        }
+    }
+    if !groups.is_empty() {
+        stamps.push(Stamp::new("$groups".into(), &groups.into()));
+    }
+    stamps
+}
+
+/// `$identify` for an `identify` model: its person properties in `$set` / `$set_once` (only
+/// the `changed` ones on an update), and `$anon_distinct_id` when the request's anonymous
+/// visitor is someone else, which merges that visitor into the person.
+fn stage_identify<M: TrackedModel>(
+    model: &M,
+    anonymous_id: Option<String>,
+    stager: &mut Stager<'_>,
+    changed: Option<ChangeMask>,
+) -> Result<()> {
+    let mut writer = stager.event("$identify");
+    if let Some(anonymous_id) = anonymous_id.filter(|id| Some(id) != model.distinct_id().as_ref()) {
+        writer.dynamic_property(
+            SectionKind::Properties,
+            "$anon_distinct_id",
+            &anonymous_id.into(),
+        )?;
+    }
+    match changed {
+        Some(changed) => model.__write_changed_person_properties(changed, &mut writer)?,
+        None => model.__write_person_properties(&mut writer)?,
+    }
+    stager.push(writer)
+}
+
+/// `$groupidentify` for a group model: the row's tracked properties (only the `changed` ones
+/// on an update) become the group's. PostHog's SDKs send it as `$<type>_<key>`.
+fn stage_group_identify<M: TrackedModel>(
+    model: &M,
+    stager: &mut Stager<'_>,
+    changed: Option<ChangeMask>,
+) -> Result<()> {
+    let (Some(group_type), Some(group_key)) = (M::__GROUP_TYPE, model.__group_key()) else {
+        return Ok(());
+    };
+    let group_set = properties_object("$groupidentify", |writer| match changed {
+        Some(changed) => model.__write_changed_properties(changed, writer),
+        None => model.__write_properties(writer),
+    })?;
+    let mut writer = stager.event_for("$groupidentify", format!("${group_type}_{group_key}"));
+    writer.dynamic_property(SectionKind::Properties, "$group_type", &group_type.into())?;
+    writer.dynamic_property(SectionKind::Properties, "$group_key", &group_key.into())?;
+    writer.dynamic_property(SectionKind::Properties, "$group_set", &group_set)?;
+    stager.push(writer)
 }
 
 fn stage_insert_event<M: TrackedModel>(model: &M, stager: &mut Stager<'_>) -> Result<()> {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use crate::backend::Backend;
+use crate::context::TrackingContext;
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager, Stamp};
 use crate::flags::FlagsSnapshot;
@@ -27,6 +28,9 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     tracker: Tracker,
     /// `$feature/<flag>` properties every event of this transaction carries.
     flag_stamps: Vec<Stamp>,
+    context: TrackingContext,
+    /// `$session_id` and the context's properties, ready to splice into every event.
+    context_stamps: Vec<Stamp>,
 }
 
 impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
@@ -35,6 +39,7 @@ impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
             .field("backend", &DB::DIALECT.name())
             .field("staged", &self.staged)
             .field("distinct_id", &self.distinct_id)
+            .field("context", &self.context)
             .finish_non_exhaustive()
     }
 }
@@ -47,11 +52,47 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             distinct_id: None,
             tracker,
             flag_stamps: Vec::new(),
+            context: TrackingContext::default(),
+            context_stamps: Vec::new(),
         }
     }
 
+    /// Ties the transaction to a request: its events carry the context's `$session_id` and
+    /// properties, models without a distinct id of their own use the context's, `identify`
+    /// models merge its anonymous id, and `#[tracked(context = "...")]` fields are filled
+    /// from it at insert.
+    ///
+    /// ```no_run
+    /// # async fn signup(tracker: posthog_track::Tracker, pool: sqlx::SqlitePool,
+    /// #                 context: posthog_track::TrackingContext) -> posthog_track::Result<()> {
+    /// let mut tx = tracker.begin(&pool).await?.with_context(context);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_context(mut self, context: TrackingContext) -> Self {
+        self.set_context(context);
+        self
+    }
+
+    /// [`with_context`](Self::with_context) on a transaction in hand.
+    pub fn set_context(&mut self, context: TrackingContext) {
+        let mut stamps = Vec::new();
+        if let Some(session_id) = context.session_id() {
+            stamps.push(Stamp::new("$session_id".into(), &session_id.into()));
+        }
+        for (key, value) in context.properties() {
+            stamps.push(Stamp::new(key.clone(), value));
+        }
+        self.context_stamps = stamps;
+        self.context = context;
+    }
+
+    /// The request context (empty unless one was given).
+    pub fn context(&self) -> &TrackingContext {
+        &self.context
+    }
+
     /// The distinct id for events of models without a `distinct_id` field, and for
-    /// [`Event`]s without their own.
+    /// [`Event`]s without their own; it takes precedence over the context's.
     pub fn set_distinct_id(&mut self, distinct_id: impl Into<String>) {
         self.distinct_id = Some(distinct_id.into());
     }
@@ -151,8 +192,10 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     ) -> Result<Stager<'_>> {
         let distinct_id = own
             .or_else(|| self.distinct_id.clone())
+            .or_else(|| self.context.distinct_id().map(str::to_owned))
             .ok_or(Error::MissingDistinctId { event })?;
-        let mut stamps = self.flag_stamps.clone();
+        let mut stamps = self.context_stamps.clone();
+        stamps.extend(self.flag_stamps.iter().cloned());
         stamps.extend(extra);
         Ok(Stager::new(&mut self.staged, distinct_id).with_stamps(stamps))
     }

@@ -79,19 +79,37 @@ fn is_person_once(field: &Field) -> bool {
     matches!(field.decision(), Some(DecisionKind::PersonOnce))
 }
 
+type Included = fn(&Field) -> bool;
+
+const ALL_SECTIONS: [(Section, Included); 3] = [
+    (Section::Properties, |_| true),
+    (Section::Set, is_person),
+    (Section::SetOnce, is_person_once),
+];
+
 /// Every tracked property of `fields`, then their `$set`, then their `$set_once`.
 fn write_all<'a>(
     fields: impl Iterator<Item = &'a Field<'a>> + Clone,
     guard: impl Fn(&Field) -> Option<TokenStream>,
 ) -> TokenStream {
+    write_sections(fields, guard, &ALL_SECTIONS)
+}
+
+/// `$set` and `$set_once` alone: the person properties of an `$identify`.
+fn write_person<'a>(
+    fields: impl Iterator<Item = &'a Field<'a>> + Clone,
+    guard: impl Fn(&Field) -> Option<TokenStream>,
+) -> TokenStream {
+    write_sections(fields, guard, &ALL_SECTIONS[1..])
+}
+
+fn write_sections<'a>(
+    fields: impl Iterator<Item = &'a Field<'a>> + Clone,
+    guard: impl Fn(&Field) -> Option<TokenStream>,
+    sections: &[(Section, Included)],
+) -> TokenStream {
     let mut statements = Vec::new();
-    type Included = fn(&Field) -> bool;
-    let sections: [(Section, Included); 3] = [
-        (Section::Properties, |_| true),
-        (Section::Set, is_person),
-        (Section::SetOnce, is_person_once),
-    ];
-    for (section, included) in sections {
+    for &(section, included) in sections {
         for field in fields.clone().filter(|field| included(field)) {
             let Some(name) = field.property_name() else {
                 continue;
@@ -132,6 +150,24 @@ pub fn write_changed_properties(container: &Container) -> TokenStream {
         let index = field.index;
         Some(quote!(__changed.contains(#index)))
     })
+}
+
+/// Body of `__write_person_properties`: `$set` and `$set_once` of the whole row.
+pub fn write_person_properties(container: &Container) -> TokenStream {
+    write_person(tracked(container), |_| None)
+}
+
+/// Body of `__write_changed_person_properties`: those of the fields in `__changed`.
+pub fn write_changed_person_properties(container: &Container) -> TokenStream {
+    write_person(tracked(container), |field| {
+        let index = field.index;
+        Some(quote!(__changed.contains(#index)))
+    })
+}
+
+/// Whether a field is a `person` or `person_once` property.
+pub fn is_person_field(field: &Field) -> bool {
+    is_person(field) || is_person_once(field)
 }
 
 /// Body of `__stage_milestones`.

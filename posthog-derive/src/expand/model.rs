@@ -25,6 +25,91 @@ pub fn event_names(container: &Container) -> [String; 3] {
     ]
 }
 
+/// The items for `identify`, groups and `context` fields; none when the model uses none of
+/// them, so the trait's defaults apply.
+fn identity_items(container: &Container) -> TokenStream {
+    let attrs = &container.attrs;
+    let private = quote!(::posthog_track::__private);
+    let mut items = Vec::new();
+    if attrs.identify.is_some() {
+        let person = container
+            .fields
+            .iter()
+            .filter(|field| event::is_person_field(field))
+            .fold(0u128, |bits, field| bits | (1u128 << field.index));
+        let person = Literal::u128_suffixed(person);
+        let write_person = event::write_person_properties(container);
+        let write_changed_person = event::write_changed_person_properties(container);
+        items.push(quote! {
+            const __IDENTIFY: bool = true;
+            const __PERSON: #private::ChangeMask = #private::ChangeMask::from_bits(#person);
+            fn __write_person_properties(
+                &self,
+                __writer: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #write_person
+                #private::Ok(())
+            }
+            fn __write_changed_person_properties(
+                &self,
+                __changed: #private::ChangeMask,
+                __writer: &mut #private::EventWriter,
+            ) -> #private::Result<()> {
+                #write_changed_person
+                #private::Ok(())
+            }
+        });
+    }
+    if let (Some(group_type), Some(group_key)) = (&attrs.group_type, &attrs.group_key) {
+        let group_type = &group_type.value;
+        items.push(quote_spanned! {group_key.span()=>
+            const __GROUP_TYPE: #private::Option<&'static str> = #private::Some(#group_type);
+            fn __group_key(&self) -> #private::Option<#private::String> {
+                #private::ToDistinctId::to_distinct_id(&self.#group_key)
+            }
+        });
+    }
+    let groups: Vec<TokenStream> = container
+        .fields
+        .iter()
+        .filter_map(|field| {
+            let group = &field.attrs.group.as_ref()?.value;
+            let ident = field.ident;
+            Some(quote_spanned! {field.ty.span()=>
+                (#group, #private::ToDistinctId::to_distinct_id(&self.#ident))
+            })
+        })
+        .collect();
+    if !groups.is_empty() {
+        items.push(quote! {
+            fn __groups(&self) -> #private::Vec<(&'static str, #private::Option<#private::String>)> {
+                #private::vec![#(#groups),*]
+            }
+        });
+    }
+    let fills: Vec<TokenStream> = container
+        .fields
+        .iter()
+        .filter_map(|field| {
+            let source = &field.attrs.context.as_ref()?.value;
+            let ident = field.ident;
+            Some(quote_spanned! {field.ty.span()=>
+                if let #private::Some(__value) = __context.source(#source) {
+                    #private::ContextValue::fill(&mut self.#ident, __value);
+                }
+            })
+        })
+        .collect();
+    if !fills.is_empty() {
+        items.push(quote! {
+            fn __fill_from_context(&mut self, __context: &#private::TrackingContext) {
+                #(#fills)*
+            }
+        });
+    }
+    quote!(#(#items)*)
+}
+
 pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let ident = container.ident;
     let attrs = &container.attrs;
@@ -60,6 +145,8 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
         },
         None => quote!(::posthog_track::__private::None),
     };
+
+    let identity = identity_items(container);
 
     let write_properties = event::write_properties(container);
     let write_key_properties = event::write_key_properties(container);
@@ -100,6 +187,8 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
             fn distinct_id(&self) -> #private::Option<#private::String> {
                 #distinct_id
             }
+
+            #identity
 
             fn __write_properties(
                 &self,

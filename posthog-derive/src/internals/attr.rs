@@ -21,6 +21,9 @@ const CONTAINER_KEYS: &[&str] = &[
     "migrations",
     "migrations_dialect",
     "untracked_columns",
+    "identify",
+    "group_type",
+    "group_key",
 ];
 const FIELD_KEYS: &[&str] = &[
     "key",
@@ -31,6 +34,8 @@ const FIELD_KEYS: &[&str] = &[
     "person_once",
     "skip",
     "milestone",
+    "group",
+    "context",
 ];
 const MILESTONE_KEYS: &[&str] = &["event", "when"];
 const TABLE_VARIANT_KEYS: &[&str] = &["flag", "variant", "table"];
@@ -58,6 +63,12 @@ pub struct Container {
     pub migrations_dialect: Option<Spanned<String>>,
     /// `untracked_columns("search_vector", ...)`: columns of the table the model leaves alone.
     pub untracked_columns: Vec<Spanned<String>>,
+    /// `identify`: inserts send `$identify` for the row's distinct id.
+    pub identify: Option<Span>,
+    /// `group_type = "company"`: the model is a PostHog group of this type.
+    pub group_type: Option<Spanned<String>>,
+    /// `group_key = field`: the field whose value is the group's key.
+    pub group_key: Option<Ident>,
     /// A key could not be read (unknown, or malformed), so `table` may have been meant;
     /// `check` then does not also report it missing.
     pub incomplete: bool,
@@ -117,6 +128,10 @@ pub struct Field {
     /// Every decision written; `check` requires exactly one.
     pub decisions: Vec<Decision>,
     pub milestones: Vec<Milestone>,
+    /// `group = "company"`: the field's value is the row's key in that group type.
+    pub group: Option<Spanned<String>>,
+    /// `context = "distinct_id"`: filled from the request context at insert.
+    pub context: Option<Spanned<String>>,
     /// A key could not be read (unknown, or malformed), so the decision or `key` may have been
     /// meant; `check` then does not also report them missing.
     pub incomplete: bool,
@@ -164,6 +179,14 @@ impl Container {
                         &mut container.migrations_dialect,
                         parse_string(&meta)?,
                     ),
+                    "identify" => flag(cx, &meta, &mut container.identify),
+                    "group_type" => {
+                        set_once(cx, &meta, &mut container.group_type, parse_string(&meta)?)
+                    }
+                    "group_key" => {
+                        let ident: Ident = parse_name(&meta, "a field", "id")?;
+                        set_once(cx, &meta, &mut container.group_key, ident)
+                    }
                     "untracked_columns" => container
                         .untracked_columns
                         .extend(parse_string_list(&meta, "search_vector")?),
@@ -229,6 +252,8 @@ impl Field {
                         push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason.value), None);
                     }
                     "milestone" => parsed.milestones.extend(parse_milestone(cx, &meta)?),
+                    "group" => set_once(cx, &meta, &mut parsed.group, parse_string(&meta)?),
+                    "context" => set_once(cx, &meta, &mut parsed.context, parse_string(&meta)?),
                     _ => {
                         parsed.incomplete = true;
                         unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?;

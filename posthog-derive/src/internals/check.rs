@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use proc_macro2::Span;
 
 use super::ast::{Container, Field, unraw};
-use super::attr::DecisionKind;
+use super::attr::{DecisionKind, Spanned};
 use super::case::did_you_mean;
 use super::ctxt::Ctxt;
 
@@ -26,6 +26,115 @@ pub fn check(cx: &Ctxt, container: &Container) {
     check_columns(cx, container);
     check_table_variants(cx, container);
     check_property_names(cx, container);
+    check_identity(cx, container);
+    for field in &container.fields {
+        check_group(cx, field);
+        check_context(cx, field);
+    }
+}
+
+/// Sources a `context` field can be filled from (besides `property.<key>`).
+const CONTEXT_SOURCES: &[&str] = &["distinct_id", "session_id"];
+
+fn check_identity(cx: &Ctxt, container: &Container) {
+    let attrs = &container.attrs;
+    if let Some(identify) = attrs.identify
+        && attrs.distinct_id.is_none()
+    {
+        cx.error_at(
+            identify,
+            "`identify` needs `distinct_id = field`: the person the insert identifies",
+        );
+    }
+    match (&attrs.group_type, &attrs.group_key) {
+        (Some(group_type), None) if !attrs.incomplete => cx.error_at(
+            group_type.span,
+            "`group_type` needs `group_key = field`, the field whose value is the group's key",
+        ),
+        (None, Some(group_key)) if !attrs.incomplete => cx.error_spanned_by(
+            group_key,
+            "`group_key` needs `group_type = \"...\"`, the PostHog group type (e.g. \"company\")",
+        ),
+        _ => {}
+    }
+    if let Some(group_type) = &attrs.group_type {
+        check_group_type_name(cx, "group_type", group_type);
+    }
+    if let Some(group_key) = &attrs.group_key {
+        let wanted = unraw(group_key);
+        if !container
+            .fields
+            .iter()
+            .any(|field| unraw(field.ident) == wanted)
+        {
+            let names: Vec<String> = container.fields.iter().map(|f| unraw(f.ident)).collect();
+            let hint = match did_you_mean(&wanted, names.iter().map(String::as_str)) {
+                Some(suggestion) => format!("; did you mean `{suggestion}`?"),
+                None => String::new(),
+            };
+            cx.error_spanned_by(
+                group_key,
+                format!(
+                    "`group_key` names `{wanted}`, but `{}` has no such field{hint}",
+                    container.ident
+                ),
+            );
+        }
+    }
+}
+
+fn check_group(cx: &Ctxt, field: &Field) {
+    if let Some(group) = &field.attrs.group {
+        check_group_type_name(cx, "group", group);
+    }
+}
+
+fn check_group_type_name(cx: &Ctxt, key: &str, name: &Spanned<String>) {
+    if name.value.trim().is_empty() {
+        cx.error_at(
+            name.span,
+            format!("`{key}` is empty; name the PostHog group type, e.g. \"company\""),
+        );
+    } else if name.value.starts_with('$') {
+        cx.error_at(
+            name.span,
+            format!(
+                "group type `{}` starts with `$`, which PostHog reserves",
+                name.value
+            ),
+        );
+    }
+}
+
+fn check_context(cx: &Ctxt, field: &Field) {
+    let Some(source) = &field.attrs.context else {
+        return;
+    };
+    if let Some(generated) = field.attrs.generated {
+        cx.error_at(
+            generated,
+            "a `context` field is filled at insert, but a `generated` one is left to the \
+             database; keep one of the two",
+        );
+    }
+    let value = source.value.as_str();
+    let is_property = value
+        .strip_prefix("property.")
+        .is_some_and(|key| !key.trim().is_empty());
+    if CONTEXT_SOURCES.contains(&value) || is_property {
+        return;
+    }
+    let hint = match did_you_mean(value, CONTEXT_SOURCES.iter().copied()) {
+        Some(suggestion) => format!("did you mean `{suggestion}`? "),
+        None => String::new(),
+    };
+    cx.error_at(
+        source.span,
+        format!(
+            "unknown context source `{value}`; {hint}expected `distinct_id`, `session_id`, or \
+             `property.<key>` for a property of the request context"
+        ),
+    );
 }
 
 fn check_table(cx: &Ctxt, container: &Container) {

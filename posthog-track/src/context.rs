@@ -1,0 +1,207 @@
+//! The request a write happens in: who (the PostHog distinct id the browser uses), which
+//! session, and whatever else the backend wants every event of the request to carry.
+//!
+//! posthog-js sends the first two to your backend when `__add_tracing_headers` is on:
+//! `X-POSTHOG-DISTINCT-ID` and `X-POSTHOG-SESSION-ID`. A transaction begun with a context
+//! ([`TrackedTransaction::with_context`](crate::TrackedTransaction::with_context)) stamps
+//! `$session_id` and the context's properties on its events, uses its distinct id for models
+//! without their own, merges the anonymous visitor into the person an `identify` model
+//! creates, and fills the model fields marked `#[tracked(context = "...")]`.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// The header posthog-js puts the browser's distinct id in.
+pub const DISTINCT_ID_HEADER: &str = "x-posthog-distinct-id";
+/// The header posthog-js puts the session id in.
+pub const SESSION_ID_HEADER: &str = "x-posthog-session-id";
+
+/// Who, in which session, caused the writes of a request. See the [module docs](self).
+#[derive(Clone, Default, PartialEq)]
+pub struct TrackingContext {
+    distinct_id: Option<String>,
+    session_id: Option<String>,
+    anonymous_id: Option<String>,
+    properties: Map<String, Value>,
+}
+
+impl fmt::Debug for TrackingContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackingContext")
+            .field("distinct_id", &self.distinct_id)
+            .field("session_id", &self.session_id)
+            .field("anonymous_id", &self.anonymous_id)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TrackingContext {
+    /// An empty context: no distinct id, no session, no properties.
+    pub fn new() -> Self {
+        TrackingContext::default()
+    }
+
+    /// The context posthog-js's headers describe. Missing, empty or non-UTF-8 headers are
+    /// left out; nothing here fails, since analytics must not break a request.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+                .map(str::to_owned)
+        };
+        TrackingContext {
+            distinct_id: header(DISTINCT_ID_HEADER),
+            session_id: header(SESSION_ID_HEADER),
+            ..TrackingContext::default()
+        }
+    }
+
+    /// Sets the distinct id: the person the request acts for.
+    pub fn with_distinct_id(mut self, distinct_id: impl Into<String>) -> Self {
+        self.distinct_id = Some(distinct_id.into());
+        self
+    }
+
+    /// Sets the session id (`$session_id` on every event).
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Sets the anonymous id to merge into the person an `identify` model creates. Without
+    /// it, the request's distinct id plays that part: before signup, the distinct id
+    /// posthog-js sends is the visitor's anonymous one.
+    pub fn with_anonymous_id(mut self, anonymous_id: impl Into<String>) -> Self {
+        self.anonymous_id = Some(anonymous_id.into());
+        self
+    }
+
+    /// Adds a property every event of the transaction carries (a marketing source, an app
+    /// version); a `#[tracked(context = "property.<key>")]` field can store it too.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The distinct id, if the request carries one.
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.distinct_id.as_deref()
+    }
+
+    /// The session id, if the request carries one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    /// The anonymous id to merge: the one set, else the distinct id.
+    pub fn anonymous_id(&self) -> Option<&str> {
+        self.anonymous_id.as_deref().or(self.distinct_id())
+    }
+
+    /// The extra properties.
+    pub fn properties(&self) -> &Map<String, Value> {
+        &self.properties
+    }
+
+    /// The value a `#[tracked(context = "...")]` field is filled with: `distinct_id`,
+    /// `session_id`, or `property.<key>` (a string property as is, any other as JSON).
+    pub fn source(&self, source: &str) -> Option<String> {
+        match source {
+            "distinct_id" => self.distinct_id.clone(),
+            "session_id" => self.session_id.clone(),
+            _ => {
+                let value = self.properties.get(source.strip_prefix("property.")?)?;
+                match value {
+                    Value::Null => None,
+                    Value::String(text) => Some(text.clone()),
+                    other => Some(other.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// A field that `#[tracked(context = "...")]` fills at insert: a `String` takes the value when
+/// the context has one, an `Option<String>` becomes `Some` of it. Without a value the field
+/// keeps what the code put there.
+#[diagnostic::on_unimplemented(
+    message = "a `context` field must be `String` or `Option<String>`, not `{Self}`",
+    label = "filled from the request context at insert"
+)]
+pub trait ContextValue {
+    /// Stores `value`.
+    fn fill(&mut self, value: String);
+}
+
+impl ContextValue for String {
+    fn fill(&mut self, value: String) {
+        *self = value;
+    }
+}
+
+impl ContextValue for Option<String> {
+    fn fill(&mut self, value: String) {
+        *self = Some(value);
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_extractor {
+    use super::TrackingContext;
+
+    /// `TrackingContext` as an axum extractor: built from posthog-js's headers. It never
+    /// rejects a request.
+    impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TrackingContext {
+        type Rejection = std::convert::Infallible;
+
+        async fn from_request_parts(
+            parts: &mut http::request::Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            Ok(TrackingContext::from_headers(&parts.headers))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_posthog_js_headers_case_insensitively_and_ignores_blank_ones() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("X-POSTHOG-DISTINCT-ID", "anon-123".parse().unwrap());
+        headers.insert("X-PostHog-Session-Id", "  ".parse().unwrap());
+        let context = TrackingContext::from_headers(&headers);
+        assert_eq!(context.distinct_id(), Some("anon-123"));
+        assert_eq!(context.session_id(), None);
+        assert_eq!(context.anonymous_id(), Some("anon-123"));
+        assert_eq!(
+            context.with_anonymous_id("anon-0").anonymous_id(),
+            Some("anon-0")
+        );
+    }
+
+    #[test]
+    fn sources() {
+        let context = TrackingContext::new()
+            .with_distinct_id("user-1")
+            .with_session_id("session-1")
+            .with_property("utm_source", "newsletter")
+            .with_property("campaign_id", 7);
+        assert_eq!(context.source("distinct_id").as_deref(), Some("user-1"));
+        assert_eq!(context.source("session_id").as_deref(), Some("session-1"));
+        assert_eq!(
+            context.source("property.utm_source").as_deref(),
+            Some("newsletter")
+        );
+        assert_eq!(context.source("property.campaign_id").as_deref(), Some("7"));
+        assert_eq!(context.source("property.missing"), None);
+        assert_eq!(context.source("utm_source"), None);
+    }
+}
