@@ -17,7 +17,15 @@ pub const DISTINCT_ID_HEADER: &str = "x-posthog-distinct-id";
 /// The header posthog-js puts the session id in.
 pub const SESSION_ID_HEADER: &str = "x-posthog-session-id";
 
-/// Who, in which session, caused the writes of a request. See the [module docs](self).
+/// Who, in which session, caused the writes of a request.
+///
+/// posthog-js sends the first two to your backend when `__add_tracing_headers` lists its host:
+/// `X-POSTHOG-DISTINCT-ID` and `X-POSTHOG-SESSION-ID`. A transaction begun with a context
+/// ([`TrackedTransaction::with_context`](crate::TrackedTransaction::with_context)) stamps
+/// `$session_id` and the context's properties on its events, uses its distinct id for models
+/// without their own, merges the anonymous visitor into the person an `identify` model
+/// creates, and fills the model fields marked `#[tracked(context = "...")]`. With the `axum`
+/// feature it is an extractor.
 #[derive(Clone, Default, PartialEq)]
 pub struct TrackingContext {
     distinct_id: Option<String>,
