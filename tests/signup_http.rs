@@ -64,17 +64,34 @@ type Row = (
     Option<String>,
 );
 
-async fn scenario<DB: Backend>(
-    pool: Pool<DB>,
-    mock: &MockPostHog,
-    read_orders: impl AsyncFnOnce() -> Vec<Row>,
-) where
+/// The order rows with their attribution columns.
+async fn read_orders<DB: Backend>(pool: &Pool<DB>) -> Vec<Row> {
+    let mut conn = pool.acquire().await.unwrap();
+    let rows = DB::fetch_all(&mut conn, sqlx::query(SELECT_ORDERS))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                DB::text(row, 0).unwrap(),
+                DB::text(row, 1).unwrap(),
+                DB::optional_text(row, 2).unwrap(),
+                DB::optional_text(row, 3).unwrap(),
+                DB::optional_text(row, 4).unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn scenario<DB: Backend>(pool: Pool<DB>)
+where
     Account: TrackedRow<DB>,
     Company: TrackedRow<DB>,
     Order: TrackedRow<DB>,
 {
-    let tracker = tracker_for(mock).build();
-    let base = serve(pool, tracker.clone()).await;
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    let base = serve(pool.clone(), tracker.clone()).await;
     let mut browser = Browser {
         http: reqwest::Client::new(),
         base,
@@ -107,7 +124,7 @@ async fn scenario<DB: Backend>(
         .await;
 
     // The row records who, in which session, from which campaign.
-    let rows = read_orders().await;
+    let rows = read_orders(&pool).await;
     assert_eq!(
         rows,
         vec![(
@@ -193,52 +210,24 @@ const SELECT_ORDERS: &str =
 
 #[tokio::test]
 async fn sqlite() {
-    let mock = MockPostHog::start().await;
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect("sqlite::memory:")
         .await
         .unwrap();
-    let reader = pool.clone();
-    scenario(pool, &mock, async move || {
-        sqlx::query_as(SELECT_ORDERS)
-            .fetch_all(&reader)
-            .await
-            .unwrap()
-    })
-    .await;
+    scenario(pool).await;
 }
 
 #[tokio::test]
 async fn postgres() {
-    let Some(url) = database_url("POSTGRES_URL") else {
-        return;
-    };
-    let mock = MockPostHog::start().await;
-    let pool = isolated_postgres(&url, "signup_http").await;
-    let reader = pool.clone();
-    scenario(pool, &mock, async move || {
-        sqlx::query_as(SELECT_ORDERS)
-            .fetch_all(&reader)
-            .await
-            .unwrap()
-    })
-    .await;
+    if let Some(url) = database_url("POSTGRES_URL") {
+        scenario(isolated_postgres(&url, "signup_http").await).await;
+    }
 }
 
 #[tokio::test]
 async fn mariadb() {
-    let Some(url) = database_url("MYSQL_URL") else {
-        return;
-    };
-    let mock = MockPostHog::start().await;
-    let pool = isolated_mysql(&url, "signup_http").await;
-    let reader = pool.clone();
-    scenario(pool, &mock, async move || {
-        sqlx::query_as(SELECT_ORDERS)
-            .fetch_all(&reader)
-            .await
-            .unwrap()
-    })
-    .await;
+    if let Some(url) = database_url("MYSQL_URL") {
+        scenario(isolated_mysql(&url, "signup_http").await).await;
+    }
 }
