@@ -1,10 +1,10 @@
-//! A NOT NULL column without a DEFAULT needs a field: every INSERT must give it.
+//! PostgreSQL: a NOT NULL column without a DEFAULT needs a field: every INSERT must give it.
 
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
 #[derive(TrackedModel)]
-#[tracked(table = "users", migrations = "../migrations/mysql", migrations_dialect = "mysql")]
+#[tracked(table = "users", migrations = "../migrations/postgres", migrations_dialect = "postgres")]
 pub struct User {
     #[tracked(key, generated, property = "user_id")]
     pub id: i64,

@@ -1,4 +1,4 @@
-//! A field whose column no migration creates fails the build on the field.
+//! PostgreSQL: a field whose column no migration creates fails the build on the field.
 
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;

@@ -1,4 +1,4 @@
-//! The model's key must be the table's primary key.
+//! SQLite: a NOT NULL column without a DEFAULT needs a field: every INSERT must give it.
 
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
@@ -6,10 +6,8 @@ use posthog_track::TrackedModel;
 #[derive(TrackedModel)]
 #[tracked(table = "users", migrations = "../migrations/sqlite", migrations_dialect = "sqlite")]
 pub struct User {
-    #[tracked(generated, property = "user_id")]
+    #[tracked(key, generated, property = "user_id")]
     pub id: i64,
-    #[tracked(key, person)]
-    pub email: String,
     #[tracked(property)]
     pub plan: String,
     #[tracked(generated, property)]
