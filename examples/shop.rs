@@ -12,7 +12,7 @@ use axum::extract::{Json, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use posthog_track::{Backend, Dialect, TrackedModel, TrackedRow, Tracker, TrackingContext};
+use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, TrackingContext};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::Pool;
@@ -107,16 +107,7 @@ pub struct Order {
 /// The shop's tables, from the same migration file the models are checked against at compile
 /// time (portable SQL: it runs on all three databases), and the outbox.
 pub async fn migrate<DB: Backend>(pool: &Pool<DB>, tracker: &Tracker) -> posthog_track::Result<()> {
-    let mut conn = pool.acquire().await?;
-    for statement in include_str!("migrations/0003_create_shop.sql")
-        .split(';')
-        .map(str::trim)
-        .filter(|statement| !statement.is_empty())
-    {
-        let query = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()));
-        DB::execute(&mut conn, query).await?;
-    }
-    drop(conn); // an in-memory SQLite pool has one connection
+    crate::run_migration(pool, include_str!("migrations/0003_create_shop.sql")).await?;
     tracker.migrate(pool).await
 }
 
@@ -264,13 +255,9 @@ async fn load_account<DB: Backend>(
     tx: &mut posthog_track::TrackedTransaction<'_, DB>,
     id: &str,
 ) -> Result<Account, AppError> {
-    let placeholder = match DB::DIALECT {
-        Dialect::Postgres => "$1",
-        _ => "?",
-    };
-    let sql = format!(
-        "SELECT id, email, plan, company_id, anonymous_id FROM accounts WHERE id = {placeholder}"
-    );
+    let mut sql =
+        "SELECT id, email, plan, company_id, anonymous_id FROM accounts WHERE id = ".to_owned();
+    DB::DIALECT.push_placeholder(&mut sql, 1);
     let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), id);
     let rows = DB::fetch_all(&mut *tx, query).await?;
     let row = rows.first().ok_or(AppError::NotFound("no such user"))?;

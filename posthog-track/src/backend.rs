@@ -31,8 +31,9 @@ impl Dialect {
         }
     }
 
-    /// Appends the placeholder for the `n`th (1-based) bound parameter.
-    pub(crate) fn push_placeholder(self, sql: &mut String, n: usize) {
+    /// Appends the placeholder for the `n`th (1-based) bound parameter: `$n` on PostgreSQL,
+    /// `?` elsewhere. For your own SQL in code that is generic over [`Backend`].
+    pub fn push_placeholder(self, sql: &mut String, n: usize) {
         match self {
             Dialect::Postgres => {
                 // Writing to a String cannot fail.

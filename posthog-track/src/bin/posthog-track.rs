@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use posthog_track::plan::{PlanPush, PushOptions, TrackingPlan};
-use posthog_track::{ApiKey, Backend, Error, Tracker};
+use posthog_track::{Backend, Config, Error, Tracker};
 use sqlx::Pool;
 
 #[derive(Parser)]
@@ -220,11 +220,11 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
             dry_run,
         } => {
             let plan = read_plan(plan)?;
-            // Read here, not through clap, so `--help` can never print the key.
-            let key = std::env::var("POSTHOG_PERSONAL_API_KEY")
-                .ok()
-                .map(|key| key.trim().to_owned())
-                .filter(|key| !key.is_empty())
+            // From the environment like every key, not through clap, so `--help` can never
+            // print it.
+            let key = Config::from_env()?
+                .personal_api_key()
+                .cloned()
                 .ok_or_else(|| {
                     Error::Config(
                         "plan push needs POSTHOG_PERSONAL_API_KEY: a personal API key with the \
@@ -232,7 +232,7 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
                             .to_owned(),
                     )
                 })?;
-            let push = PlanPush::new(PushOptions::new(host, *project_id, ApiKey::new(key))?);
+            let push = PlanPush::new(PushOptions::new(host, *project_id, key)?);
             let changes = push.plan_changes(&plan).await?;
             for change in &changes {
                 println!("{change}");

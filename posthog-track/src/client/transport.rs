@@ -143,7 +143,7 @@ fn describe(status: u16, body: String) -> String {
 }
 
 /// Never includes the URL's query or the body, which could carry the key.
-fn transport_reason(error: &reqwest::Error) -> String {
+pub(crate) fn transport_reason(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 
 use super::TrackingPlan;
 use crate::client::USER_AGENT_VALUE;
+use crate::client::transport::transport_reason;
 use crate::config::{ApiKey, normalize_host};
 use crate::error::{Error, Result};
 
@@ -530,19 +531,13 @@ impl PlanPush {
             .header(AUTHORIZATION, format!("Bearer {}", key.expose()))
             .send()
             .await
-            .map_err(|error| {
-                let error = error.without_url();
-                let mut reason =
-                    format!("{what}: request to {} failed: {error}", self.options.host);
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    reason.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                Error::Api {
-                    status: None,
-                    reason,
-                }
+            .map_err(|error| Error::Api {
+                status: None,
+                reason: format!(
+                    "{what}: {} ({})",
+                    transport_reason(&error),
+                    self.options.host
+                ),
             })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
