@@ -116,20 +116,13 @@ impl TrackingContext {
         &self.properties
     }
 
-    /// The value a `#[tracked(context = "...")]` field is filled with: `distinct_id`,
-    /// `session_id`, or `property.<key>` (a string property as is, any other as JSON).
-    pub fn source(&self, source: &str) -> Option<String> {
-        match source {
-            "distinct_id" => self.distinct_id.clone(),
-            "session_id" => self.session_id.clone(),
-            _ => {
-                let value = self.properties.get(source.strip_prefix("property.")?)?;
-                match value {
-                    Value::Null => None,
-                    Value::String(text) => Some(text.clone()),
-                    other => Some(other.to_string()),
-                }
-            }
+    /// A property as text, for a `#[tracked(context = "property.<key>")]` column: a string as
+    /// is, any other value as JSON, null as none.
+    pub fn property_text(&self, key: &str) -> Option<String> {
+        match self.properties.get(key)? {
+            Value::Null => None,
+            Value::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
         }
     }
 }
@@ -196,20 +189,17 @@ mod tests {
     }
 
     #[test]
-    fn sources() {
+    fn properties_as_text() {
         let context = TrackingContext::new()
-            .with_distinct_id("user-1")
-            .with_session_id("session-1")
             .with_property("utm_source", "newsletter")
-            .with_property("campaign_id", 7);
-        assert_eq!(context.source("distinct_id").as_deref(), Some("user-1"));
-        assert_eq!(context.source("session_id").as_deref(), Some("session-1"));
+            .with_property("campaign_id", 7)
+            .with_property("cleared", Value::Null);
         assert_eq!(
-            context.source("property.utm_source").as_deref(),
+            context.property_text("utm_source").as_deref(),
             Some("newsletter")
         );
-        assert_eq!(context.source("property.campaign_id").as_deref(), Some("7"));
-        assert_eq!(context.source("property.missing"), None);
-        assert_eq!(context.source("utm_source"), None);
+        assert_eq!(context.property_text("campaign_id").as_deref(), Some("7"));
+        assert_eq!(context.property_text("cleared"), None);
+        assert_eq!(context.property_text("missing"), None);
     }
 }

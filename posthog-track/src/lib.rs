@@ -104,6 +104,7 @@ pub mod __private {
     pub use inventory;
     pub use serde::Serialize;
     pub use sqlx;
+    pub use std::borrow::ToOwned;
     pub use std::option::Option::{self, None, Some};
     pub use std::result::Result::Ok;
     pub use std::string::String;

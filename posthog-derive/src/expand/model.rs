@@ -7,6 +7,7 @@ use syn::spanned::Spanned;
 
 use super::{event, sql};
 use crate::internals::ast::{Container, Field};
+use crate::internals::attr::ContextSource;
 use crate::internals::case::to_snake_case;
 
 /// The model's insert, update and delete event names, defaults applied.
@@ -91,10 +92,20 @@ fn identity_items(container: &Container) -> TokenStream {
         .fields
         .iter()
         .filter_map(|field| {
-            let source = &field.attrs.context.as_ref()?.value;
             let ident = field.ident;
+            let value = match &field.attrs.context.as_ref()?.value {
+                ContextSource::DistinctId => {
+                    quote!(__context.distinct_id().map(#private::ToOwned::to_owned))
+                }
+                ContextSource::SessionId => {
+                    quote!(__context.session_id().map(#private::ToOwned::to_owned))
+                }
+                ContextSource::Property(key) => quote!(__context.property_text(#key)),
+                // `check` reported it; the derive expands nothing while errors stand.
+                ContextSource::Unknown(_) => return None,
+            };
             Some(quote_spanned! {field.ty.span()=>
-                if let #private::Some(__value) = __context.source(#source) {
+                if let #private::Some(__value) = #value {
                     #private::ContextValue::fill(&mut self.#ident, __value);
                 }
             })

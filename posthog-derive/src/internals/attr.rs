@@ -112,6 +112,29 @@ pub struct Decision {
     pub span: Span,
 }
 
+/// Where a `context` field's value comes from.
+pub enum ContextSource {
+    DistinctId,
+    SessionId,
+    /// `property.<key>`.
+    Property(String),
+    /// Anything else; `check` reports it.
+    Unknown(String),
+}
+
+impl ContextSource {
+    fn parse(value: &str) -> Self {
+        match value {
+            "distinct_id" => ContextSource::DistinctId,
+            "session_id" => ContextSource::SessionId,
+            _ => match value.strip_prefix("property.") {
+                Some(key) if !key.trim().is_empty() => ContextSource::Property(key.to_owned()),
+                _ => ContextSource::Unknown(value.to_owned()),
+            },
+        }
+    }
+}
+
 /// `milestone(event = "...", when = path)`.
 pub struct Milestone {
     pub event: Spanned<String>,
@@ -131,7 +154,7 @@ pub struct Field {
     /// `group = "company"`: the field's value is the row's key in that group type.
     pub group: Option<Spanned<String>>,
     /// `context = "distinct_id"`: filled from the request context at insert.
-    pub context: Option<Spanned<String>>,
+    pub context: Option<Spanned<ContextSource>>,
     /// A key could not be read (unknown, or malformed), so the decision or `key` may have been
     /// meant; `check` then does not also report them missing.
     pub incomplete: bool,
@@ -253,7 +276,14 @@ impl Field {
                     }
                     "milestone" => parsed.milestones.extend(parse_milestone(cx, &meta)?),
                     "group" => set_once(cx, &meta, &mut parsed.group, parse_string(&meta)?),
-                    "context" => set_once(cx, &meta, &mut parsed.context, parse_string(&meta)?),
+                    "context" => {
+                        let source = parse_string(&meta)?;
+                        let source = Spanned {
+                            value: ContextSource::parse(&source.value),
+                            span: source.span,
+                        };
+                        set_once(cx, &meta, &mut parsed.context, source)
+                    }
                     _ => {
                         parsed.incomplete = true;
                         unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?;

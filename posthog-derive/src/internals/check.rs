@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use proc_macro2::Span;
 
 use super::ast::{Container, Field, unraw};
-use super::attr::{DecisionKind, Spanned};
+use super::attr::{ContextSource, DecisionKind, Spanned};
 use super::case::did_you_mean;
 use super::ctxt::Ctxt;
 
@@ -33,7 +33,7 @@ pub fn check(cx: &Ctxt, container: &Container) {
     }
 }
 
-/// Sources a `context` field can be filled from (besides `property.<key>`).
+/// Sources a `context` field can be filled from (besides `property.<key>`), for suggestions.
 const CONTEXT_SOURCES: &[&str] = &["distinct_id", "session_id"];
 
 fn check_identity(cx: &Ctxt, container: &Container) {
@@ -117,24 +117,19 @@ fn check_context(cx: &Ctxt, field: &Field) {
              database; keep one of the two",
         );
     }
-    let value = source.value.as_str();
-    let is_property = value
-        .strip_prefix("property.")
-        .is_some_and(|key| !key.trim().is_empty());
-    if CONTEXT_SOURCES.contains(&value) || is_property {
-        return;
+    if let ContextSource::Unknown(value) = &source.value {
+        let hint = match did_you_mean(value, CONTEXT_SOURCES.iter().copied()) {
+            Some(suggestion) => format!("did you mean `{suggestion}`? "),
+            None => String::new(),
+        };
+        cx.error_at(
+            source.span,
+            format!(
+                "unknown context source `{value}`; {hint}expected `distinct_id`, `session_id`, \
+                 or `property.<key>` for a property of the request context"
+            ),
+        );
     }
-    let hint = match did_you_mean(value, CONTEXT_SOURCES.iter().copied()) {
-        Some(suggestion) => format!("did you mean `{suggestion}`? "),
-        None => String::new(),
-    };
-    cx.error_at(
-        source.span,
-        format!(
-            "unknown context source `{value}`; {hint}expected `distinct_id`, `session_id`, or \
-             `property.<key>` for a property of the request context"
-        ),
-    );
 }
 
 fn check_table(cx: &Ctxt, container: &Container) {
