@@ -314,6 +314,11 @@ impl<'a> Stager<'a> {
         writer
     }
 
+    /// Whom the write's events are about.
+    pub(crate) fn distinct_id(&self) -> &str {
+        &self.distinct_id
+    }
+
     /// Starts an event of this write about another distinct id (a group's `$groupidentify`).
     pub(crate) fn event_for(&self, name: &'static str, distinct_id: String) -> EventWriter {
         let mut writer = EventWriter::begin(

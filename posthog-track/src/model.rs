@@ -379,7 +379,7 @@ fn stage_identify<M: TrackedModel>(
     changed: Option<ChangeMask>,
 ) -> Result<()> {
     let mut writer = stager.event("$identify");
-    if let Some(anonymous_id) = anonymous_id.filter(|id| Some(id) != model.distinct_id().as_ref()) {
+    if let Some(anonymous_id) = anonymous_id.filter(|id| id != stager.distinct_id()) {
         writer.dynamic_property(
             SectionKind::Properties,
             "$anon_distinct_id",

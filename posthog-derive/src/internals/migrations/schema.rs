@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlparser::ast::{
     AlterColumnOperation, AlterTableOperation, ColumnDef, ColumnOption, CreateTable, DataType,
-    Ident, ObjectName, ObjectType, RenameTableNameKind, Statement, TableConstraint,
+    Expr, Ident, ObjectName, ObjectType, RenameTableNameKind, Statement, TableConstraint,
 };
 
 use super::types::{Dialect, SqlKind};
@@ -313,15 +313,11 @@ fn apply_constraint(table: &mut Table, constraint: &TableConstraint) {
         table.primary_key = primary_key
             .columns
             .iter()
-            .map(|column| column.column.expr.to_string())
-            .map(|name| {
-                let quoted = name.starts_with(['"', '`', '[']);
-                let bare = name.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']'));
-                if quoted {
-                    bare.to_owned()
-                } else {
-                    bare.to_lowercase()
-                }
+            .filter_map(|column| match &column.column.expr {
+                Expr::Identifier(ident) => Some(normalize(ident)),
+                Expr::CompoundIdentifier(parts) => parts.last().map(normalize),
+                // An expression key (a function of columns) matches no field.
+                _ => None,
             })
             .collect();
         for key in table.primary_key.clone() {
