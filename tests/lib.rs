@@ -74,7 +74,15 @@ pub async fn isolated_postgres(url: &str, scenario: &str) -> sqlx::PgPool {
 /// When the server cannot be reached.
 pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
     use std::str::FromStr as _;
-    let database = format!("pt_{scenario}");
+    // Prefixed by the URL's own database, so that runs against different databases of one
+    // server (parallel checkouts) never share a scenario's database.
+    let base = url
+        .rsplit_once('/')
+        .map(|(_, db)| db.split('?').next().unwrap_or_default())
+        .filter(|db| !db.is_empty() && *db != "test")
+        .map(|db| format!("{db}_"))
+        .unwrap_or_default();
+    let database = format!("pt_{base}{scenario}");
     let admin = sqlx::MySqlPool::connect(url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
