@@ -60,8 +60,7 @@ where
     Company: TrackedRow<DB>,
     Order: TrackedRow<DB>,
 {
-    shop::migrate(&pool, &tracker).await?;
-    tracker.start_relay(pool.clone());
+    shop::migrate(&pool, &tracker).await?; // the first tracked transaction starts the relay
     println!(
         "shop on http://{} ({}); Ctrl-C stops it",
         listener.local_addr()?,

@@ -43,6 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .insert(&mut tx)
         .await?; // evaluates the flag for the owner, writes to the variant's table
     }
+    // What the commit records (this dry run prints it; with a key it goes to the outbox).
+    let staged: Vec<serde_json::Value> = tx.staged().iter().map(|event| event.json()).collect();
     tx.commit().await?;
 
     println!("rows by table:");
@@ -62,15 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\nthe events, each with the variant its write used:");
     let mut by_variant: BTreeMap<String, usize> = BTreeMap::new();
-    for event in tracker.outbox(&pool).events().await? {
-        let variant = event
-            .property("$feature/documents-v2")
-            .and_then(|value| value.as_str())
+    for event in &staged {
+        let variant = event["properties"]["$feature/documents-v2"]
+            .as_str()
             .unwrap_or("(none)")
             .to_owned();
         println!(
             "  {} {} $feature/documents-v2={variant}",
-            event.event, event.distinct_id
+            event["event"].as_str().unwrap_or_default(),
+            event["distinct_id"].as_str().unwrap_or_default()
         );
         *by_variant.entry(variant).or_default() += 1;
     }

@@ -5,9 +5,10 @@
 //! ```
 //!
 //! Runs on SQLite in memory, so it needs nothing installed. It signs a user up, upgrades their
-//! plan (a milestone event), rolls back a second signup, prints what the database holds (the
-//! rows and the events waiting in the outbox), then delivers the outbox: to PostHog when
-//! `POSTHOG_API_KEY` is set, printed as JSON lines otherwise.
+//! plan (a milestone event), rolls back a second signup, and prints what the database holds.
+//! Without `POSTHOG_API_KEY` it is a dry run: each commit prints its events as JSON lines and
+//! the outbox is left alone. With a key the events are committed to the outbox with the rows,
+//! and the relay that the first transaction started delivers them to PostHog.
 
 use std::time::Duration;
 
@@ -62,42 +63,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {id}  {email}  plan={plan}  created_at={created_at}");
     }
 
-    println!("\nposthog_outbox (committed events, as PostHog will receive them):");
-    for event in tracker.outbox(&pool).events().await? {
-        println!("  {}", serde_json::to_string(&event.payload)?);
-    }
-
-    // Deliver: the relay sends the outbox to PostHog (dry run: prints each event as a JSON
-    // line) and deletes what was accepted. In a service, `start_relay` once at start-up.
     match tracker.mode() {
         Mode::DryRun => println!(
-            "\nDry run (no POSTHOG_API_KEY): delivery prints each event instead of sending it.\n\
+            "\nDry run (no POSTHOG_API_KEY): the JSON lines above are the events each commit \
+             recorded, exactly as PostHog would receive them; none was sent or stored.\n\
              To send to a real project: POSTHOG_API_KEY=phc_... \
-             [POSTHOG_HOST=https://eu.i.posthog.com] cargo run --example quickstart\n"
+             [POSTHOG_HOST=https://eu.i.posthog.com] cargo run --example quickstart"
         ),
-        Mode::Live => println!(
-            "\nSending to {} with key {} ...",
-            tracker.config().host(),
-            tracker
-                .config()
-                .api_key()
-                .map(|key| key.to_string())
-                .unwrap_or_default()
-        ),
+        Mode::Live => {
+            println!(
+                "\nDelivering to {} with key {} ...",
+                tracker.config().host(),
+                tracker
+                    .config()
+                    .api_key()
+                    .map(|key| key.to_string())
+                    .unwrap_or_default()
+            );
+            // Waits (retrying) until everything committed so far is delivered, then stops the
+            // relay. PostHog unreachable? The events would wait in the outbox (in a real
+            // database) for the next relay; nothing is lost.
+            match tracker.shutdown(Duration::from_secs(10)).await {
+                Ok(_) => println!("delivered"),
+                Err(error) => println!("{error}"),
+            }
+            let left = tracker.outbox(&pool).status().await?;
+            println!(
+                "the outbox now holds {} pending and {} dead events",
+                left.pending, left.dead
+            );
+        }
         Mode::Disabled => {
             println!("\nPOSTHOG_DISABLED is set: rows are written, no events recorded.")
         }
     }
-    tracker.start_relay(pool.clone());
-    // Flush, then stop the relay. PostHog unreachable? The events would wait in the outbox
-    // (in a real database) for the next relay.
-    if let Err(error) = tracker.shutdown(Duration::from_secs(10)).await {
-        println!("{error}");
-    }
-    let left = tracker.outbox(&pool).status().await?;
-    println!(
-        "\nthe outbox now holds {} pending and {} dead events",
-        left.pending, left.dead
-    );
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use posthog_track::testing::MockPostHog;
 use posthog_track::{TrackedModel, Tracker, TrackingContext};
 use posthog_track_examples::shop::{self, Account, Company, Order};
 
@@ -29,7 +30,12 @@ type RevenueRow = (
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = posthog_track_examples::memory_database().await?;
-    let tracker = Tracker::builder().build(); // no key: events stay in the outbox to read
+    // A local PostHog stands in for the real one, so the example can show what arrived.
+    let posthog = MockPostHog::start().await;
+    let tracker = Tracker::builder()
+        .api_key(posthog.api_key())
+        .host(posthog.url())?
+        .build();
     shop::migrate(&pool, &tracker).await?;
 
     // Two visitors sign up, each in a browser session, then buy from different campaigns.
@@ -108,10 +114,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    println!("\nthe same journeys in PostHog (events in the outbox, by distinct id):");
+    // Everything committed is delivered (the relay started with the first transaction).
+    tracker.flush().await?;
+    println!("\nthe same journeys as PostHog received them (by distinct id):");
     let mut journeys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for event in tracker.outbox(&pool).events().await? {
-        let properties = &event.payload["properties"];
+    for event in posthog.events() {
+        let properties = &event.properties;
         let mut line = event.event.clone();
         for key in [
             "$anon_distinct_id",

@@ -241,7 +241,11 @@ async fn in_memory_events_are_given_up_after_the_retry_budget_and_counted() {
         .capture(Event::new("lost").distinct_id("u1"))
         .await
         .unwrap();
-    assert!(matches!(tracker.flush().await, Err(Error::Delivery { .. })));
+    let error = tracker.flush().await.unwrap_err();
+    assert!(
+        matches!(error, Error::Undelivered { dropped: 1, .. }),
+        "flush says what it could not deliver: {error}"
+    );
     assert_eq!(mock.requests().len(), 3, "one try and two retries");
     assert_eq!(tracker.stats().dropped_after_retries, 1);
 }
@@ -353,7 +357,8 @@ async fn a_disabled_tracker_leaves_the_outbox_alone() {
         .connect("sqlite::memory:")
         .await
         .unwrap();
-    let recording = Tracker::builder().build();
+    let mock = MockPostHog::start().await;
+    let recording = tracker_for(&mock).external_relay(true).build();
     recording.migrate(&pool).await.unwrap();
     let mut tx = recording.begin(&pool).await.unwrap();
     tx.capture(Event::new("kept").distinct_id("u1")).unwrap();
@@ -361,7 +366,8 @@ async fn a_disabled_tracker_leaves_the_outbox_alone() {
 
     let disabled = Tracker::builder().disabled(true).build();
     let error = disabled.relay(pool.clone()).drain().await.unwrap_err();
-    assert!(matches!(error, Error::Config(_)), "{error}");
+    assert!(matches!(error, Error::CannotDeliver { .. }), "{error}");
+    assert!(disabled.start_relay(pool.clone()).is_err());
     assert_eq!(
         disabled.outbox(&pool).len().await.unwrap(),
         1,

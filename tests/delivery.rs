@@ -20,6 +20,14 @@ fn tracker(mock: &MockPostHog) -> Tracker {
         .build()
 }
 
+/// A tracker whose commits start no relay: the test drives relays by hand.
+fn committer(mock: &MockPostHog) -> Tracker {
+    tracker_for(mock)
+        .request_timeout(Duration::from_secs(5))
+        .external_relay(true)
+        .build()
+}
+
 /// Commits `count` events in transactions of `per_tx`, and rolls back one more transaction;
 /// returns the uuids committed.
 async fn commit_events<DB: Backend>(
@@ -148,7 +156,7 @@ async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>) {
     tracker.migrate(pool).await.unwrap();
     let tag = unique("outage");
     mock.set_outage(Some(Reply::Status(503)));
-    tracker.start_relay(pool.clone());
+    tracker.start_relay(pool.clone()).unwrap();
     let committed = commit_events(&tracker, pool, &tag, 200, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -183,7 +191,7 @@ async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
         ],
         7,
     );
-    tracker.start_relay(pool.clone());
+    tracker.start_relay(pool.clone()).unwrap();
     let committed = commit_events(&tracker, pool, &tag, 10_000, 250).await;
     wait_until_received(&mock, &tag, &committed).await;
     assert!(
@@ -197,7 +205,7 @@ async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
 /// arrive, and a requeue delivers it once PostHog accepts it.
 async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<DB>) {
     let mock = MockPostHog::start().await;
-    let tracker = tracker(&mock);
+    let tracker = committer(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("poison");
     let poison_tag = tag.clone();
@@ -254,7 +262,7 @@ async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>) {
     tracker.migrate(pool).await.unwrap();
     let tag = unique("shutdown");
     mock.set_outage(Some(Reply::Status(503)));
-    tracker.start_relay(pool.clone());
+    tracker.start_relay(pool.clone()).unwrap();
     let committed = commit_events(&tracker, pool, &tag, 50, 10).await;
     let started = std::time::Instant::now();
     let result = tracker.shutdown(Duration::from_millis(500)).await;
@@ -296,13 +304,13 @@ async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>) {
 /// expires here, so a duplicate would mean two relays claimed the same row).
 async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>) {
     let mock = MockPostHog::start().await;
-    let tracker = tracker(&mock);
+    let tracker = committer(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("fleet");
     let committed = commit_events(&tracker, pool, &tag, 2_000, 100).await;
     let relays: Vec<Tracker> = (0..4).map(|_| self::tracker(&mock)).collect();
     for relay in &relays {
-        relay.start_relay(pool.clone());
+        relay.start_relay(pool.clone()).unwrap();
     }
     wait_until_received(&mock, &tag, &committed).await;
     let deliveries = mock
@@ -332,6 +340,7 @@ async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
         .host(mock.url())
         .unwrap()
         .lease(Duration::from_millis(300))
+        .external_relay(true)
         .build();
     tracker.migrate(pool).await.unwrap();
     let tag = unique("killed");
@@ -384,36 +393,60 @@ async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
     );
 }
 
-on_every_backend!(wrong_key_is_not_retried_and_nothing_is_lost);
+on_every_backend!(wrong_key_pauses_and_nothing_is_lost);
 
-/// 401 is never retried: the events are dead-lettered with the reason, and requeued they are
-/// delivered once the key is fixed.
-async fn wrong_key_is_not_retried_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>) {
+/// A 401 is a configuration failure: nothing is dead-lettered or counted against the events;
+/// the relay pauses, and once the key is fixed everything is delivered.
+async fn wrong_key_pauses_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>) {
     let mock = MockPostHog::start().await;
     let wrong = Tracker::builder()
         .api_key("phc_wrong_key_123")
         .host(mock.url())
         .unwrap()
+        .external_relay(true)
         .build();
     wrong.migrate(pool).await.unwrap();
     let tag = unique("wrong-key");
     let committed = commit_events(&wrong, pool, &tag, 10, 10).await;
-    assert!(wrong.relay(pool.clone()).drain().await.is_err());
-    assert_eq!(mock.requests().len(), 1, "a 401 is not retried");
-    assert_eq!(mock.requests()[0].status, 401);
-    let dead = wrong.outbox(pool).status().await.unwrap();
-    assert_eq!(dead.dead, 10);
-    let reason = wrong.outbox(pool).events().await.unwrap()[0]
-        .last_error
-        .clone()
-        .unwrap_or_default();
+    let relay = wrong.relay(pool.clone());
+    let error = relay
+        .drain_for(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
     assert!(
-        reason.starts_with("401") && !reason.contains("phc_wrong_key_123"),
-        "{reason}"
+        matches!(error, posthog_track::Error::Timeout { pending: 10, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("401") && text.contains("POSTHOG_API_KEY"),
+        "the error says what to fix: {text}"
+    );
+    assert!(!text.contains("phc_wrong_key_123"), "{text}");
+    assert!(relay.is_paused());
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a paused relay waits before probing again"
+    );
+    let status = wrong.outbox(pool).status().await.unwrap();
+    assert_eq!(
+        (status.pending, status.dead),
+        (10, 0),
+        "nothing dead-lettered"
+    );
+    assert!(
+        wrong
+            .outbox(pool)
+            .events()
+            .await
+            .unwrap()
+            .iter()
+            .all(|event| event.attempts == 0),
+        "a configuration failure is not counted against the events"
     );
 
-    let fixed = tracker(&mock);
-    assert_eq!(fixed.outbox(pool).requeue(None).await.unwrap(), 10);
+    let fixed = committer(&mock);
     fixed.relay(pool.clone()).drain().await.unwrap();
     assert_eq!(received(&mock, &tag), committed);
 }

@@ -145,7 +145,11 @@ where
     Membership: TrackedRow<DB>,
 {
     DB::create_tables(pool).await;
-    let tracker = Tracker::builder().build();
+    // Live, so that commits write the outbox, and no relay: the test reads what was committed.
+    let tracker = Tracker::builder()
+        .api_key("phc_roundtrip")
+        .external_relay(true)
+        .build();
     tracker.migrate(pool).await.unwrap();
     let owner = unique("owner");
 

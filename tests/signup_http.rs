@@ -20,7 +20,6 @@ where
     Order: TrackedRow<DB>,
 {
     shop::migrate(&pool, &tracker).await.unwrap();
-    tracker.start_relay(pool.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = shop::app(Shop { pool, tracker });

@@ -43,6 +43,17 @@ impl Dialect {
         }
     }
 
+    /// The database clock in milliseconds since the Unix epoch, as an SQL expression. Leases
+    /// and retry times are computed by the database, so every relay agrees on them whatever
+    /// its host's clock says.
+    pub(crate) const fn now_millis_sql(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
     /// Appends `count` comma-separated placeholders, numbered from `first` (1-based).
     pub(crate) fn push_placeholders(self, sql: &mut String, first: usize, count: usize) {
         for n in first..first + count {

@@ -59,13 +59,59 @@ pub enum Mode {
     Disabled,
 }
 
-/// Settings of a [`Tracker`](crate::Tracker).
-#[derive(Debug, Clone)]
+/// Settings of a [`Tracker`](crate::Tracker). Its `Debug` shows neither key nor any
+/// credentials in the host URL.
+#[derive(Clone)]
 pub struct Config {
     pub(crate) api_key: Option<ApiKey>,
     pub(crate) personal_api_key: Option<ApiKey>,
     pub(crate) host: String,
     pub(crate) disabled: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &self.api_key)
+            .field("personal_api_key", &self.personal_api_key)
+            .field("host", &redact_host(&self.host))
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// `host` with any `user:password@` replaced, for messages and logs.
+pub(crate) fn redact_host(host: &str) -> String {
+    match host.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://(credentials)@{}", &rest[at + 1..]),
+                None => host.to_owned(),
+            }
+        }
+        None => host.to_owned(),
+    }
+}
+
+/// Whether `host` sends keys and events in clear text over a network: plain `http://` to
+/// anything but this machine.
+pub(crate) fn is_plain_http_to_remote(host: &str) -> bool {
+    let Some(rest) = host.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let name = if authority.starts_with('[') {
+        authority
+            .split(']')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    !(name.eq_ignore_ascii_case("localhost") || name.starts_with("127.") || name == "::1")
 }
 
 impl Default for Config {
@@ -143,7 +189,8 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
         lower if lower.starts_with("http://") || lower.starts_with("https://") => host.to_owned(),
         _ if host.contains("://") => {
             return Err(Error::Config(format!(
-                "POSTHOG_HOST `{host}` must use http:// or https://"
+                "POSTHOG_HOST `{}` must use http:// or https://",
+                redact_host(host)
             )));
         }
         _ => format!("https://{host}"),
@@ -154,7 +201,10 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
         .map(|(_, rest)| rest)
         .unwrap_or_default();
     if rest.is_empty() || rest.contains(char::is_whitespace) {
-        return Err(Error::Config(format!("POSTHOG_HOST `{host}` is not a URL")));
+        return Err(Error::Config(format!(
+            "POSTHOG_HOST `{}` is not a URL",
+            redact_host(host)
+        )));
     }
     Ok(url)
 }
@@ -218,6 +268,28 @@ mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("phc_"), "{shown}");
         assert_eq!(config.mode(), Mode::Live);
+    }
+
+    #[test]
+    fn host_credentials_never_appear_in_debug() {
+        let config =
+            from(&[("POSTHOG_HOST", "https://user:hunter2@proxy.example.com/ph")]).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("user:"),
+            "{shown}"
+        );
+        assert!(shown.contains("proxy.example.com"), "{shown}");
+    }
+
+    #[test]
+    fn plain_http_is_fine_only_on_this_machine() {
+        assert!(!is_plain_http_to_remote("http://127.0.0.1:8000"));
+        assert!(!is_plain_http_to_remote("http://localhost"));
+        assert!(!is_plain_http_to_remote("http://[::1]:9000"));
+        assert!(!is_plain_http_to_remote("https://posthog.example.com"));
+        assert!(is_plain_http_to_remote("http://posthog.example.com"));
+        assert!(is_plain_http_to_remote("http://10.0.0.5:8000"));
     }
 
     #[test]

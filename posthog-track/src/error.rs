@@ -79,24 +79,83 @@ pub enum Error {
     },
 
     /// The tracker was shut down; no more events are accepted.
-    #[error("the tracker has been shut down")]
+    #[error("the tracker has been shut down; no more events are accepted")]
     ShutDown,
 
-    /// Delivery did not finish: PostHog is unreachable, rejects the key, or keeps failing.
-    /// Events of tracked writes are still in the outbox and will be retried.
-    #[error("delivery to PostHog did not finish: {reason}")]
-    Delivery {
-        /// The last failure.
+    /// The tracker is disabled (`POSTHOG_DISABLED`): it records no events, so it has none to
+    /// capture or queue.
+    #[error("the tracker is disabled (POSTHOG_DISABLED); it records no events")]
+    Disabled,
+
+    /// Events were committed through [`Tracker::track`](crate::Tracker::track) on a pool the
+    /// tracker runs no relay for: they wait in the outbox, undelivered.
+    #[error(
+        "{pending} event(s) were committed through `Tracker::track` on a pool this tracker \
+         runs no relay for; they wait in the outbox: call `tracker.start_relay(pool)` once at \
+         start-up, begin transactions with `tracker.begin(&pool)`, or run the standalone \
+         `posthog-track relay` and build the tracker with `external_relay(true)`"
+    )]
+    NoRelay {
+        /// Events committed that way.
+        pending: u64,
+    },
+
+    /// This tracker cannot deliver events, so it refuses to run a relay: a relay without an
+    /// API key would take other processes' events out of the shared outbox.
+    #[error(
+        "this tracker cannot deliver events ({}), so it runs no relay and leaves the outbox \
+         to processes that can",
+        match mode {
+            crate::config::Mode::Disabled => "POSTHOG_DISABLED is set",
+            _ => "no POSTHOG_API_KEY: dry run",
+        }
+    )]
+    CannotDeliver {
+        /// The tracker's mode (dry run or disabled).
+        mode: crate::config::Mode,
+    },
+
+    /// The outbox table does not exist in this database.
+    #[error(
+        "the outbox table `posthog_outbox` does not exist on {backend}: call \
+         `tracker.migrate(&pool)` once at start-up, or add \
+         `posthog_track::outbox::create_table_sql(..)` to your migrations ({source})"
+    )]
+    OutboxMissing {
+        /// The database backend.
+        backend: &'static str,
+        /// What the database said.
+        source: sqlx::Error,
+    },
+
+    /// Some events will not be delivered: PostHog rejected them for good (outbox events are
+    /// dead-lettered and can be requeued), or in-memory events were given up.
+    #[error(
+        "{dead} event(s) dead-lettered in the outbox and {dropped} in-memory event(s) dropped: \
+         {reason}"
+    )]
+    Undelivered {
+        /// Outbox events dead-lettered (kept with their reason; see `Outbox::requeue`).
+        dead: u64,
+        /// In-memory events lost (captures, exposures, `AfterCommit` events).
+        dropped: u64,
+        /// The last reason.
         reason: String,
     },
 
-    /// `shutdown` or `flush` ran out of time; undelivered events wait in the outbox.
-    #[error("gave up waiting for delivery after {waited:?}; {pending} event(s) not yet delivered")]
+    /// `flush` or `shutdown` ran out of time before everything was delivered.
+    #[error(
+        "gave up waiting for delivery after {waited:?}: {pending} event(s) not yet delivered \
+         ({reason})"
+    )]
     Timeout {
         /// How long it waited.
         waited: std::time::Duration,
-        /// Events still waiting (in the outbox, or lost with the in-memory queue).
+        /// Events committed or captured before the call and still undelivered: outbox events
+        /// wait for the next relay; in-memory events are lost once the tracker stops.
         pending: u64,
+        /// Why they were not delivered yet: the last failure, or what they wait for.
+        reason: String,
     },
 
     /// Feature flags could not be evaluated: PostHog's `/flags` failed or answered badly.

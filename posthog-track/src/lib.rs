@@ -40,11 +40,10 @@
 //! let mut after = user.clone();
 //! after.plan = "pro".into();
 //! after.update_changed(&user, &mut tx).await?;         // stages user_updated + plan_upgraded
-//! tx.commit().await?;                                  // rows and events commit together
-//!
-//! let events = tracker.outbox(&pool).events().await?;
-//! let names: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+//! let names: Vec<_> = tx.staged().iter().map(|e| e.event.to_string()).collect();
 //! assert_eq!(names, ["user_signed_up", "user_updated", "plan_upgraded"]);
+//! tx.commit().await?;   // rows and events commit together (a dry run prints the events)
+//! tracker.flush().await?;                              // and are delivered
 //! # Ok(()) }
 //! ```
 //!
@@ -66,6 +65,7 @@ mod backend;
 mod client;
 mod config;
 mod context;
+mod dispatch;
 mod error;
 mod event;
 pub mod flags;
@@ -82,11 +82,12 @@ pub use backend::{Backend, BoundQuery, Dialect};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
 pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
+pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
 pub use model::{EventSchema, TrackedModel, TrackedRow, routed_table};
 pub use posthog_derive::{EventSchema, TrackedModel};
-pub use tracker::{BeforeSend, Delivery, Tracker, TrackerBuilder};
+pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 
 /// Re-exports for generated code. Not public API: it changes without notice.

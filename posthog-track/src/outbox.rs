@@ -13,6 +13,9 @@ use crate::event::StagedEvent;
 
 /// Name of the outbox table.
 pub const TABLE: &str = "posthog_outbox";
+/// Name of the dead-letter table: events PostHog refused for good, with their history. They
+/// live apart so that they never slow down the relay's claims.
+pub const DEAD_TABLE: &str = "posthog_outbox_dead";
 
 /// Columns bound per event by [`write`].
 const COLUMNS_PER_EVENT: usize = 5;
@@ -20,8 +23,13 @@ const COLUMNS_PER_EVENT: usize = 5;
 /// lowest at 32,766), large enough that a big transaction needs few round trips.
 const EVENTS_PER_STATEMENT: usize = 500;
 
-/// `CREATE TABLE` for the outbox in `dialect`. Integer columns are 64-bit everywhere so one
-/// decoder reads them on every backend.
+/// The DDL of the outbox and dead-letter tables in `dialect`, as one script of `;`-separated
+/// statements: what [`Tracker::migrate`](crate::Tracker::migrate) runs, and what to put in
+/// your own migrations (for example a `sqlx::migrate!` file) if you prefer. Integer columns are
+/// 64-bit everywhere so one decoder reads them on every backend.
+///
+/// `leased_until` and `created_at` are milliseconds since the Unix epoch on the database's
+/// clock; `last_error` keeps the most recent delivery failures, newest last.
 pub fn create_table_sql(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Postgres => {
@@ -32,11 +40,23 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 distinct_id TEXT NOT NULL, \
                 timestamp TEXT NOT NULL, \
                 payload TEXT NOT NULL, \
-                status BIGINT NOT NULL DEFAULT 0, \
                 attempts BIGINT NOT NULL DEFAULT 0, \
+                failures BIGINT NOT NULL DEFAULT 0, \
                 leased_until BIGINT, \
                 claim BIGINT, \
-                last_error TEXT)"
+                last_error TEXT, \
+                created_at BIGINT DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT);\n\
+             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
+                id BIGINT PRIMARY KEY, \
+                uuid TEXT NOT NULL, \
+                event TEXT NOT NULL, \
+                distinct_id TEXT NOT NULL, \
+                timestamp TEXT NOT NULL, \
+                payload TEXT NOT NULL, \
+                attempts BIGINT NOT NULL DEFAULT 0, \
+                last_error TEXT, \
+                reason TEXT NOT NULL, \
+                dead_at BIGINT NOT NULL)"
         }
         Dialect::MySql => {
             "CREATE TABLE IF NOT EXISTS posthog_outbox (\
@@ -46,11 +66,24 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 distinct_id TEXT NOT NULL, \
                 timestamp VARCHAR(40) NOT NULL, \
                 payload MEDIUMTEXT NOT NULL, \
-                status BIGINT NOT NULL DEFAULT 0, \
                 attempts BIGINT NOT NULL DEFAULT 0, \
+                failures BIGINT NOT NULL DEFAULT 0, \
                 leased_until BIGINT NULL, \
                 claim BIGINT NULL, \
-                last_error TEXT NULL\
+                last_error TEXT NULL, \
+                created_at BIGINT NULL DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))\
+            ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;\n\
+             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
+                id BIGINT NOT NULL PRIMARY KEY, \
+                uuid CHAR(36) NOT NULL, \
+                event TEXT NOT NULL, \
+                distinct_id TEXT NOT NULL, \
+                timestamp VARCHAR(40) NOT NULL, \
+                payload MEDIUMTEXT NOT NULL, \
+                attempts BIGINT NOT NULL DEFAULT 0, \
+                last_error TEXT NULL, \
+                reason TEXT NOT NULL, \
+                dead_at BIGINT NOT NULL\
             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
         }
         Dialect::Sqlite => {
@@ -64,24 +97,190 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 distinct_id TEXT NOT NULL, \
                 timestamp TEXT NOT NULL, \
                 payload TEXT NOT NULL, \
-                status INTEGER NOT NULL DEFAULT 0, \
                 attempts INTEGER NOT NULL DEFAULT 0, \
+                failures INTEGER NOT NULL DEFAULT 0, \
                 leased_until INTEGER, \
                 claim INTEGER, \
-                last_error TEXT)"
+                last_error TEXT, \
+                created_at INTEGER DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)));\n\
+             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
+                id INTEGER PRIMARY KEY, \
+                uuid TEXT NOT NULL, \
+                event TEXT NOT NULL, \
+                distinct_id TEXT NOT NULL, \
+                timestamp TEXT NOT NULL, \
+                payload TEXT NOT NULL, \
+                attempts INTEGER NOT NULL DEFAULT 0, \
+                last_error TEXT, \
+                reason TEXT NOT NULL, \
+                dead_at INTEGER NOT NULL)"
         }
     }
 }
 
-/// Creates the outbox table if it does not exist yet.
+/// Columns that tables created by earlier versions lack, with the DDL that adds each. SQLite
+/// cannot add a column whose default is not constant, so its upgraded `created_at` starts
+/// empty (such rows are exempt from the age limit).
+fn added_columns(dialect: Dialect) -> [(&'static str, &'static str); 2] {
+    match dialect {
+        Dialect::Postgres => [
+            (
+                "failures",
+                "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
+            ),
+            (
+                "created_at",
+                "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT \
+                 DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+            ),
+        ],
+        Dialect::MySql => [
+            (
+                "failures",
+                "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
+            ),
+            (
+                "created_at",
+                "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT NULL \
+                 DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+            ),
+        ],
+        Dialect::Sqlite => [
+            (
+                "failures",
+                "ALTER TABLE posthog_outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+            ),
+            (
+                "created_at",
+                "ALTER TABLE posthog_outbox ADD COLUMN created_at INTEGER",
+            ),
+        ],
+    }
+}
+
+/// Creates the outbox and dead-letter tables, or upgrades tables created by an earlier
+/// version in place (missing columns are added; rows an earlier version marked dead move to
+/// the dead-letter table). Idempotent, and safe when several processes run it at once: it
+/// holds a lock for its duration (an advisory lock on PostgreSQL, `GET_LOCK` on MySQL and
+/// MariaDB, an immediate transaction on SQLite), because `CREATE TABLE IF NOT EXISTS` alone is
+/// not safe under concurrency on PostgreSQL.
 ///
 /// There is deliberately no secondary index: the relay claims the oldest deliverable rows by
 /// walking the primary key, which costs O(batch) while the head of the outbox is deliverable
-/// (the normal case), and every tracked commit would otherwise pay for maintaining it.
+/// (dead rows live in their own table), and every tracked commit would otherwise pay for
+/// maintaining it.
 pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+    match DB::DIALECT {
+        Dialect::Postgres => {
+            // A transaction-scoped lock: released by the commit, or by the rollback when this
+            // future is dropped half-way, never left behind on a pooled connection.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            DB::execute(
+                &mut tx,
+                sqlx::query("SELECT pg_advisory_xact_lock(7135245019)"),
+            )
+            .await?;
+            migrate_locked::<DB>(&mut tx).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        Dialect::MySql => {
+            // MySQL commits DDL implicitly, so a session lock serialises the migrations.
+            let got = DB::fetch_one(
+                &mut conn,
+                sqlx::query("SELECT GET_LOCK('posthog_outbox_migrate', 60)"),
+            )
+            .await?;
+            if DB::int(&got, 0)? != 1 {
+                return Err(crate::Error::Database(sqlx::Error::Protocol(
+                    "another process held the outbox migration lock for 60 s".into(),
+                )));
+            }
+            let result = migrate_locked::<DB>(&mut conn).await;
+            DB::execute(
+                &mut conn,
+                sqlx::query("SELECT RELEASE_LOCK('posthog_outbox_migrate')"),
+            )
+            .await?;
+            result
+        }
+        Dialect::Sqlite => {
+            // The write lock, taken up front: the column check and the ALTERs are one step.
+            DB::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE")).await?;
+            let result = migrate_locked::<DB>(&mut conn).await;
+            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            DB::execute(&mut conn, sqlx::query(end)).await?;
+            result
+        }
+    }
+}
+
+async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
+    let dialect = DB::DIALECT;
+    for statement in create_table_sql(dialect).split(";\n") {
+        DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(statement))).await?;
+    }
+    let columns_sql = match dialect {
+        Dialect::Postgres => {
+            "SELECT column_name::TEXT FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
+        }
+        Dialect::MySql => {
+            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
+        }
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info('posthog_outbox')",
+    };
+    let columns = DB::fetch_all(conn, sqlx::query(columns_sql))
+        .await?
+        .iter()
+        .map(|row| DB::text(row, 0).map(|name| name.to_ascii_lowercase()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (column, ddl) in added_columns(dialect) {
+        if !columns.iter().any(|existing| existing == column) {
+            DB::execute(conn, sqlx::query(ddl)).await?;
+        }
+    }
+    // Versions before the dead-letter table kept dead rows in the outbox with `status = 1`.
+    if columns.iter().any(|existing| existing == "status") {
+        let move_dead = format!(
+            "INSERT INTO posthog_outbox_dead \
+                 (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, dead_at) \
+             SELECT id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
+                    COALESCE(last_error, 'dead-lettered by an earlier version'), {} \
+             FROM posthog_outbox WHERE status = 1",
+            dialect.now_millis_sql()
+        );
+        DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(move_dead))).await?;
+        DB::execute(
+            conn,
+            sqlx::query("DELETE FROM posthog_outbox WHERE status = 1"),
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// A missing outbox table says how to create it; every other database error stays as it is.
+pub(crate) fn explain(error: sqlx::Error, dialect: Dialect) -> crate::Error {
+    let missing = match &error {
+        sqlx::Error::Database(database) => {
+            let message = database.message();
+            matches!(database.code().as_deref(), Some("42P01" | "42S02"))
+                && message.contains("posthog_outbox")
+                || message.contains("no such table: posthog_outbox")
+        }
+        _ => false,
+    };
+    if missing {
+        crate::Error::OutboxMissing {
+            backend: dialect.name(),
+            source: error,
+        }
+    } else {
+        crate::Error::Database(error)
+    }
 }
 
 /// Inserts staged events, in order, through `conn` (the caller's open transaction).
@@ -103,7 +302,9 @@ pub(crate) async fn write<DB: Backend>(
             query = DB::bind_text(query, &event.timestamp);
             query = DB::bind_text(query, &event.payload);
         }
-        DB::execute(conn, query).await?;
+        DB::execute(conn, query)
+            .await
+            .map_err(|error| explain(error, DB::DIALECT))?;
     }
     Ok(())
 }
@@ -127,26 +328,9 @@ fn insert_sql(dialect: Dialect, events: usize) -> String {
 pub enum Status {
     /// Waiting for (re)delivery.
     Pending,
-    /// PostHog rejected it permanently; kept with the reason until requeued or purged.
+    /// PostHog rejected it permanently; kept with the reason in the dead-letter table until
+    /// requeued or purged.
     Dead,
-}
-
-impl Status {
-    /// The value stored in the `status` column.
-    pub(crate) const fn code(self) -> i64 {
-        match self {
-            Status::Pending => 0,
-            Status::Dead => 1,
-        }
-    }
-
-    fn from_code(code: i64) -> Status {
-        if code == 1 {
-            Status::Dead
-        } else {
-            Status::Pending
-        }
-    }
 }
 
 /// One row of the outbox, as read back for inspection.
@@ -169,7 +353,7 @@ pub struct OutboxEvent {
     pub status: Status,
     /// Delivery attempts so far.
     pub attempts: i64,
-    /// Why PostHog rejected it, for dead events.
+    /// The most recent delivery failures, newest last (for dead events, what killed it).
     pub last_error: Option<String>,
 }
 
@@ -191,17 +375,22 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Outbox { pool }
     }
 
-    /// Every event in the outbox, oldest first.
+    /// Every event in the outbox, pending and dead, oldest first.
     pub async fn events(&self) -> Result<Vec<OutboxEvent>> {
         let mut conn = self.pool.acquire().await?;
         let rows = DB::fetch_all(
             &mut conn,
             sqlx::query(
-                "SELECT id, uuid, event, distinct_id, timestamp, payload, status, attempts, \
-                 last_error FROM posthog_outbox ORDER BY id",
+                "SELECT id, uuid, event, distinct_id, timestamp, payload, 'pending', attempts, \
+                        last_error FROM posthog_outbox \
+                 UNION ALL \
+                 SELECT id, uuid, event, distinct_id, timestamp, payload, 'dead', attempts, \
+                        last_error FROM posthog_outbox_dead \
+                 ORDER BY 1",
             ),
         )
-        .await?;
+        .await
+        .map_err(|error| explain(error, DB::DIALECT))?;
         rows.iter()
             .map(|row| {
                 let payload = DB::text(row, 5)?;
@@ -212,7 +401,11 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
                     distinct_id: DB::text(row, 3)?,
                     timestamp: DB::text(row, 4)?,
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
-                    status: Status::from_code(DB::int(row, 6)?),
+                    status: if DB::text(row, 6)? == "dead" {
+                        Status::Dead
+                    } else {
+                        Status::Pending
+                    },
                     attempts: DB::int(row, 7)?,
                     last_error: DB::optional_text(row, 8)?,
                 })
@@ -220,70 +413,168 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
             .collect()
     }
 
-    /// How many events wait in the outbox (pending and dead).
+    /// How many events the outbox holds (pending and dead).
     pub async fn len(&self) -> Result<i64> {
-        let mut conn = self.pool.acquire().await?;
-        let row = DB::fetch_one(
-            &mut conn,
-            sqlx::query("SELECT COUNT(*) FROM posthog_outbox"),
-        )
-        .await?;
-        Ok(DB::int(&row, 0)?)
+        let status = self.status().await?;
+        Ok(status.pending + status.dead)
     }
 
-    /// Whether the outbox is empty.
+    /// Whether the outbox holds no event, pending or dead.
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
 
-    /// How many events wait for delivery and how many were rejected for good.
+    /// What waits, what is in flight, what was given up, and how far behind delivery is.
     pub async fn status(&self) -> Result<OutboxStatus> {
         let mut conn = self.pool.acquire().await?;
-        let sql = "SELECT COUNT(*), COUNT(CASE WHEN status = 1 THEN 1 END), \
-                   COALESCE(MIN(CASE WHEN status = 0 THEN id END), 0) FROM posthog_outbox";
-        let row = DB::fetch_one(&mut conn, sqlx::query(sql)).await?;
-        let total = DB::int(&row, 0)?;
-        let dead = DB::int(&row, 1)?;
-        Ok(OutboxStatus {
-            pending: total - dead,
-            dead,
-            oldest_pending_id: DB::int(&row, 2)?,
-        })
+        let now = DB::DIALECT.now_millis_sql();
+        let sql = format!(
+            "SELECT COUNT(*), \
+                    COUNT(CASE WHEN claim IS NOT NULL AND leased_until > {now} THEN 1 END), \
+                    COUNT(CASE WHEN claim IS NULL AND leased_until > {now} THEN 1 END), \
+                    COALESCE(MIN(id), 0), \
+                    COALESCE({now} - MIN(created_at), -1), \
+                    (SELECT COUNT(*) FROM posthog_outbox_dead) \
+             FROM posthog_outbox"
+        );
+        let row = DB::fetch_one(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .await
+            .map_err(|error| explain(error, DB::DIALECT))?;
+        let age = DB::int(&row, 4)?;
+        let mut status = OutboxStatus {
+            pending: DB::int(&row, 0)?,
+            leased: DB::int(&row, 1)?,
+            backing_off: DB::int(&row, 2)?,
+            dead: DB::int(&row, 5)?,
+            oldest_pending_id: DB::int(&row, 3)?,
+            oldest_pending_age: (age >= 0)
+                .then(|| std::time::Duration::from_millis(age.unsigned_abs())),
+            dead_reasons: Vec::new(),
+        };
+        if status.dead > 0 {
+            let reasons = DB::fetch_all(
+                &mut conn,
+                sqlx::query(
+                    "SELECT reason, COUNT(*) FROM posthog_outbox_dead \
+                     GROUP BY reason ORDER BY COUNT(*) DESC, reason LIMIT 10",
+                ),
+            )
+            .await?;
+            for row in &reasons {
+                status
+                    .dead_reasons
+                    .push((DB::text(row, 0)?, DB::int(row, 1)?));
+            }
+        }
+        Ok(status)
     }
 
-    /// Puts dead events back in line for delivery (all of them, or those with these ids), with
-    /// a fresh attempt count. Returns how many were requeued.
+    /// The newest event id committed so far (0 when the outbox is empty): what a flush
+    /// waits for.
+    pub(crate) async fn newest_id(&self) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        let row = DB::fetch_one(
+            &mut conn,
+            sqlx::query("SELECT COALESCE(MAX(id), 0) FROM posthog_outbox"),
+        )
+        .await
+        .map_err(|error| explain(error, DB::DIALECT))?;
+        Ok(DB::int(&row, 0)?)
+    }
+
+    /// Pending events with ids up to `newest`, and the database clock's milliseconds until
+    /// the first of them can be claimed (0 when one can be now).
+    pub(crate) async fn pending_through(&self, newest: i64) -> Result<(i64, i64)> {
+        let mut conn = self.pool.acquire().await?;
+        let now = DB::DIALECT.now_millis_sql();
+        let mut sql = format!(
+            "SELECT COUNT(*), COALESCE(MIN(CASE WHEN leased_until IS NULL OR leased_until <= {now} \
+             THEN 0 ELSE leased_until - {now} END), 0) FROM posthog_outbox WHERE id <= "
+        );
+        DB::DIALECT.push_placeholder(&mut sql, 1);
+        let query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), newest);
+        let row = DB::fetch_one(&mut conn, query).await?;
+        Ok((DB::int(&row, 0)?, DB::int(&row, 1)?))
+    }
+
+    /// Puts dead events back in line for delivery (all of them, or those with these ids), at
+    /// the back of the line with fresh attempt and failure counts. Returns how many were
+    /// requeued.
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
-        let mut sql =
-            "UPDATE posthog_outbox SET status = 0, leased_until = NULL, last_error = NULL \
-                       WHERE status = 1"
-                .to_owned();
-        let ids = ids.unwrap_or_default();
-        if !ids.is_empty() {
-            sql.push_str(" AND id IN (");
-            DB::DIALECT.push_placeholders(&mut sql, 1, ids.len());
-            sql.push(')');
+        let filter = id_filter(DB::DIALECT, ids.unwrap_or_default(), 1);
+        let copy = format!(
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
+             SELECT uuid, event, distinct_id, timestamp, payload FROM posthog_outbox_dead{filter} \
+             ORDER BY id"
+        );
+        let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let bind = |sql: String| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in ids.unwrap_or_default() {
+                query = DB::bind_i64(query, *id);
+            }
+            query
+        };
+        let copied = DB::rows_affected(&DB::execute(&mut tx, bind(copy)).await?);
+        DB::execute(&mut tx, bind(delete)).await?;
+        tx.commit().await?;
+        Ok(copied)
+    }
+
+    /// Deletes dead events for good: all of them, or those dead-lettered longer than
+    /// `older_than` ago (by the database's clock). Returns how many were deleted.
+    pub async fn purge(&self, older_than: Option<std::time::Duration>) -> Result<u64> {
+        let mut sql = "DELETE FROM posthog_outbox_dead".to_owned();
+        let mut query_age = None;
+        if let Some(age) = older_than {
+            sql.push_str(" WHERE dead_at < ");
+            sql.push_str(DB::DIALECT.now_millis_sql());
+            sql.push_str(" - ");
+            DB::DIALECT.push_placeholder(&mut sql, 1);
+            query_age = Some(i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2));
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in ids {
-            query = DB::bind_i64(query, *id);
+        if let Some(age) = query_age {
+            query = DB::bind_i64(query, age);
         }
         let mut conn = self.pool.acquire().await?;
-        let result = DB::execute(&mut conn, query).await?;
-        Ok(DB::rows_affected(&result))
+        Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?))
     }
 }
 
-/// Counts from [`Outbox::status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// ` WHERE id IN (...)` for `ids`, or nothing when there are none.
+fn id_filter(dialect: Dialect, ids: &[i64], first: usize) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let mut sql = " WHERE id IN (".to_owned();
+    dialect.push_placeholders(&mut sql, first, ids.len());
+    sql.push(')');
+    sql
+}
+
+/// Figures from [`Outbox::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboxStatus {
-    /// Waiting for delivery (including rows a relay holds right now).
+    /// Waiting for delivery, including the rows counted as leased or backing off.
     pub pending: i64,
-    /// Rejected by PostHog for good; see [`Outbox::requeue`].
+    /// Held by a relay right now (sent or being sent).
+    pub leased: i64,
+    /// Waiting out a retry backoff after a failed delivery.
+    pub backing_off: i64,
+    /// Rejected by PostHog for good, in the dead-letter table; see [`Outbox::requeue`] and
+    /// [`Outbox::purge`].
     pub dead: i64,
     /// The oldest waiting row's id, 0 when none waits.
     pub oldest_pending_id: i64,
+    /// How long the oldest waiting event has been in the outbox (the delivery lag an analyst
+    /// sees), by the database's clock; `None` when none waits.
+    pub oldest_pending_age: Option<std::time::Duration>,
+    /// The most common reasons of dead events, with their counts.
+    pub dead_reasons: Vec<(String, i64)>,
 }
 
 #[cfg(test)]

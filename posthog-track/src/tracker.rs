@@ -2,20 +2,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sqlx::Pool;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::client::queue::{Queue, QueueOptions};
+use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
-use crate::client::{Backoff, DeliveryCounts, DeliveryStats, SharedStats, Sink};
+use crate::client::{Backoff, DeliveryCounts, Sink};
 use crate::config::{ApiKey, Config, Mode};
+use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions, ShutdownReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{
@@ -26,47 +25,15 @@ use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
 use crate::transaction::TrackedTransaction;
 
-/// How the events of tracked writes reach PostHog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Delivery {
-    /// Written to the outbox table in the write's transaction and delivered by a relay:
-    /// nothing committed is lost, even across a crash (at-least-once, deduplicated by uuid).
-    #[default]
-    Outbox,
-    /// Held in the transaction and handed to the in-memory queue after commit. Needs no outbox
-    /// table, but events queued when the process dies are lost (at-most-once across a crash).
-    AfterCommit,
-}
-
-/// A hook that sees every event before it is recorded: return it (changed or not) to keep it,
-/// or `None` to drop it.
-pub type BeforeSend = Arc<dyn Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync>;
-
 pub(crate) struct Inner {
     config: Config,
-    pub(crate) delivery: Delivery,
-    sink: Option<Sink>,
-    queue_options: QueueOptions,
-    relay_options: RelayOptions,
-    pub(crate) before_send: Option<BeforeSend>,
-    stats: SharedStats,
-    queue: OnceLock<Arc<Queue>>,
-    pub(crate) wake: Arc<Notify>,
-    relays: Mutex<Vec<RunningRelay>>,
+    pub(crate) dispatch: Dispatch,
     flags: Option<RemoteFlags>,
     exposures: Mutex<ExposureCache>,
     definitions: Arc<DefinitionsCache>,
     definitions_client: Option<DefinitionsClient>,
     local_evaluation_only: bool,
     poller: Mutex<Option<watch::Sender<bool>>>,
-}
-
-type DrainFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
-
-struct RunningRelay {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    drain: DrainFn,
 }
 
 /// Tracks writes and delivers their events. Cheap to clone: clones share state.
@@ -79,8 +46,8 @@ impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracker")
             .field("config", &self.inner.config)
-            .field("delivery", &self.inner.delivery)
-            .field("stats", &self.inner.stats.snapshot())
+            .field("dispatch", &self.inner.dispatch)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
@@ -117,29 +84,43 @@ impl Tracker {
 
     /// What happened to events so far.
     pub fn stats(&self) -> DeliveryCounts {
-        self.inner.stats.snapshot()
+        self.inner.dispatch.stats.snapshot()
     }
 
-    /// Creates the outbox table (`posthog_outbox`) and its index if they do not exist.
+    /// Creates the outbox and dead-letter tables (`posthog_outbox`, `posthog_outbox_dead`),
+    /// or upgrades those of an earlier version in place. Idempotent, and safe when several
+    /// processes start at once (it takes a lock); see [`outbox::create_table_sql`] to put the
+    /// same DDL in your own migrations instead.
     pub async fn migrate<DB: Backend>(&self, pool: &Pool<DB>) -> Result<()> {
         outbox::migrate(pool).await
     }
 
     /// Begins a tracked transaction on a connection from `pool`.
+    ///
+    /// The first transaction on a pool starts that pool's relay in the background (in live
+    /// mode, unless the builder said delivery is [external](TrackerBuilder::external_relay)),
+    /// so whatever this tracker commits is delivered without further calls.
     pub async fn begin<DB: Backend>(
         &self,
         pool: &Pool<DB>,
     ) -> Result<TrackedTransaction<'static, DB>> {
-        Ok(self.track(pool.begin().await?))
+        let relay = self.inner.dispatch.track_pool(pool);
+        Ok(TrackedTransaction::new(
+            pool.begin().await?,
+            self.clone(),
+            relay,
+        ))
     }
 
     /// Tracks writes in a transaction you already began (on a pool, a connection or as a
-    /// nested transaction).
+    /// nested transaction). The tracker cannot see which pool it came from: call
+    /// [`start_relay`](Tracker::start_relay) for that pool once (or use
+    /// [`begin`](Tracker::begin) once on it), or `flush` reports the events as waiting.
     pub fn track<'c, DB: Backend>(
         &self,
         tx: sqlx::Transaction<'c, DB>,
     ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.clone())
+        TrackedTransaction::new(tx, self.clone(), None)
     }
 
     /// The outbox of the database behind `pool`.
@@ -148,34 +129,23 @@ impl Tracker {
     }
 
     /// A relay for the outbox behind `pool`, to run by hand (`run_once`, `drain`, `run`).
-    /// Most applications want [`start_relay`](Tracker::start_relay) instead.
+    /// Most applications need none: [`begin`](Tracker::begin) starts one per pool. A relay
+    /// of a tracker without an API key (dry run) or a disabled one refuses to run with
+    /// [`Error::CannotDeliver`]: it would take other processes' events out of the outbox.
     pub fn relay<DB: Backend>(&self, pool: Pool<DB>) -> Relay<DB> {
-        Relay::new(
-            pool,
-            self.inner.sink.clone(),
-            self.inner.relay_options.clone(),
-            self.inner.stats.clone(),
-            self.inner.wake.clone(),
-        )
+        self.inner.dispatch.relay(pool, Arc::new(Notify::new()))
     }
 
     /// Starts delivering the outbox behind `pool` in the background, on the current tokio
-    /// runtime. Commits through this tracker wake it at once; otherwise it polls, so events
-    /// committed by other processes are delivered too. Stopped by
-    /// [`shutdown`](Tracker::shutdown). Does nothing when the tracker is disabled.
-    pub fn start_relay<DB: Backend>(&self, pool: Pool<DB>) {
-        if self.inner.sink.is_none() {
-            return;
-        }
-        let relay = Arc::new(self.relay(pool));
-        let (stop, stopped) = watch::channel(false);
-        let runner = relay.clone();
-        let task = tokio::spawn(async move { runner.run(stopped).await });
-        let drain: DrainFn = Arc::new(move || {
-            let relay = relay.clone();
-            Box::pin(async move { relay.drain().await })
-        });
-        lock(&self.inner.relays).push(RunningRelay { stop, task, drain });
+    /// runtime, if it is not delivered already: for a pool whose transactions reach the
+    /// tracker through [`track`](Tracker::track), or to deliver other processes' events from
+    /// a process that commits none. Commits through this tracker wake it at once; otherwise
+    /// it polls. Stopped by [`shutdown`](Tracker::shutdown) or by dropping the last clone of
+    /// the tracker.
+    ///
+    /// Fails with [`Error::CannotDeliver`] without an API key (dry run) or when disabled.
+    pub fn start_relay<DB: Backend>(&self, pool: Pool<DB>) -> Result<()> {
+        self.inner.dispatch.start_relay(&pool)
     }
 
     /// Captures an event that comes from no table, outside any transaction, through the
@@ -197,11 +167,7 @@ impl Tracker {
             return Ok(None);
         };
         let uuid = staged.uuid;
-        if wait_for_room {
-            self.queue()?.push(staged).await?;
-        } else {
-            self.queue()?.try_push(staged).await?;
-        }
+        self.inner.dispatch.push(staged, wait_for_room).await?;
         Ok(Some(uuid))
     }
 
@@ -403,92 +369,34 @@ impl Tracker {
         Ok(())
     }
 
-    /// Delivers everything committed or captured so far: drains every relay started with
-    /// [`start_relay`](Tracker::start_relay) and the in-memory queue. Fails with
-    /// [`Error::Delivery`] when PostHog did not accept everything; outbox events stay for the
-    /// next attempt.
+    /// Delivers everything committed or captured before the call: waits, retrying with
+    /// backoff and waiting out other relays' leases, until each of those events is delivered
+    /// to PostHog or dead-lettered, for at most the flush timeout (see
+    /// [`TrackerBuilder::flush_timeout`]; 30 s by default).
+    ///
+    /// Fails with [`Error::Timeout`] (how many are pending, and why) when time runs out, and
+    /// with [`Error::Undelivered`] when events were dead-lettered or in-memory events given
+    /// up (with counts). Outbox events are never lost: what is not delivered stays in the
+    /// outbox for the next attempt.
     pub async fn flush(&self) -> Result<()> {
-        let drains: Vec<DrainFn> = lock(&self.inner.relays)
-            .iter()
-            .map(|relay| relay.drain.clone())
-            .collect();
-        let mut result = Ok(());
-        for drain in drains {
-            if let Err(error) = drain().await {
-                result = Err(error);
-            }
-        }
-        if let Some(queue) = self.inner.queue.get() {
-            queue.flush().await?;
-        }
-        result
+        self.inner.dispatch.flush().await
     }
 
-    /// Flushes with a deadline and stops background work; for the end of a process or a
-    /// serverless invocation. Undelivered outbox events wait for the next relay. When the
-    /// deadline passes, in-memory events not yet delivered are dropped; a zero deadline
-    /// discards them at once.
-    pub async fn shutdown(&self, deadline: Duration) -> Result<()> {
-        let started = Instant::now();
+    /// Flushes within `deadline`, then stops background work (relays, the in-memory queue,
+    /// the flag poller); for the end of a process or a serverless invocation. Outbox events
+    /// not delivered by then wait for the next relay, and the report says how many; in-memory
+    /// events not delivered by then are lost, and counted in the error. A zero deadline stops
+    /// at once without starting a delivery.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
         if let Some(poller) = lock(&self.inner.poller).take() {
             let _ = poller.send(true);
         }
-        let relays: Vec<RunningRelay> = lock(&self.inner.relays).drain(..).collect();
-        for relay in &relays {
-            let _ = relay.stop.send(true);
-        }
-        let drains: Vec<DrainFn> = relays.iter().map(|relay| relay.drain.clone()).collect();
-        let work = async {
-            for drain in drains {
-                drain().await?;
-            }
-            if let Some(queue) = self.inner.queue.get() {
-                queue.flush().await?;
-            }
-            Ok::<(), Error>(())
-        };
-        // A zero deadline means "stop now": not even one delivery attempt is started, so
-        // nothing is sent after this returns.
-        let outcome = if deadline.is_zero() {
-            None
-        } else {
-            tokio::time::timeout(deadline, work).await.ok()
-        };
-        if let Some(queue) = self.inner.queue.get() {
-            // Out of time, the in-memory queue stops at once: a process that is shutting down
-            // must not keep sending (or be frozen mid-request, as serverless runtimes do).
-            if outcome.is_none() {
-                queue.abort().await;
-            } else {
-                queue.close().await;
-            }
-        }
-        for relay in relays {
-            relay.task.abort();
-        }
-        match outcome {
-            Some(result) => result,
-            None => Err(Error::Timeout {
-                waited: started.elapsed(),
-                pending: 0,
-            }),
-        }
-    }
-
-    fn queue(&self) -> Result<&Arc<Queue>> {
-        let sink = self.inner.sink.clone().ok_or(Error::ShutDown)?;
-        Ok(self.inner.queue.get_or_init(|| {
-            Queue::start(
-                sink,
-                self.inner.queue_options.clone(),
-                self.inner.stats.clone(),
-            )
-        }))
+        self.inner.dispatch.shutdown(deadline).await
     }
 
     /// Serialises an untyped event, applying `before_send`. `None` when it is not recorded.
     fn stage(&self, event: Event) -> Result<Option<StagedEvent>> {
-        if self.inner.sink.is_none() {
+        if !self.inner.dispatch.records_events() {
             return Ok(None);
         }
         let name = event.name.clone();
@@ -498,39 +406,8 @@ impl Tracker {
             .ok_or(Error::MissingDistinctId { event: name })?;
         let mut staged = Vec::with_capacity(1);
         event.write(&mut Stager::new(&mut staged, distinct_id))?;
-        let mut staged = self.apply_before_send(staged);
+        let mut staged = self.inner.dispatch.apply_before_send(staged);
         Ok(staged.pop())
-    }
-
-    /// Runs the `before_send` hook over staged events; dropped ones are counted.
-    pub(crate) fn apply_before_send(&self, events: Vec<StagedEvent>) -> Vec<StagedEvent> {
-        let Some(hook) = &self.inner.before_send else {
-            return events;
-        };
-        events
-            .into_iter()
-            .filter_map(|mut event| {
-                let Some(json) = hook(event.json()) else {
-                    self.inner.stats.filtered();
-                    return None;
-                };
-                event.payload = json.to_string();
-                Some(event)
-            })
-            .collect()
-    }
-
-    /// Hands events of a committed `AfterCommit` transaction to the queue.
-    pub(crate) async fn enqueue(&self, events: Vec<StagedEvent>) -> Result<()> {
-        let queue = self.queue()?;
-        for event in events {
-            queue.push(event).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn records_events(&self) -> bool {
-        self.inner.sink.is_some()
     }
 }
 
@@ -564,6 +441,7 @@ pub struct TrackerBuilder {
     queue: QueueOptions,
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
+    external_relay: bool,
     flags_timeout: Duration,
     local_evaluation_only: bool,
     flag_definitions: Option<LocalEvaluator>,
@@ -588,6 +466,7 @@ impl Default for TrackerBuilder {
             request_timeout: Duration::from_secs(10),
             queue: QueueOptions {
                 capacity: 10_000,
+                capacity_bytes: 64 * 1024 * 1024,
                 flush_at: 500,
                 flush_interval: Duration::from_millis(500),
                 max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
@@ -597,6 +476,7 @@ impl Default for TrackerBuilder {
             },
             relay: RelayOptions::default(),
             before_send: None,
+            external_relay: false,
             flags_timeout: Duration::from_secs(3),
             local_evaluation_only: false,
             flag_definitions: None,
@@ -605,6 +485,12 @@ impl Default for TrackerBuilder {
 }
 
 impl TrackerBuilder {
+    /// Starts from `config` (keys, host, disabled), as read by [`Config::from_env`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The project API key (`phc_...`). Without one the tracker runs in dry-run mode.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.config.api_key = Some(ApiKey::new(key));
@@ -650,6 +536,48 @@ impl TrackerBuilder {
     /// Capacity of the in-memory queue (default 10,000 events).
     pub fn queue_capacity(mut self, events: usize) -> Self {
         self.queue.capacity = events.max(1);
+        self
+    }
+
+    /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,
+    /// `capture` waits and `try_capture` refuses, as with the event count.
+    pub fn queue_capacity_bytes(mut self, bytes: usize) -> Self {
+        self.queue.capacity_bytes = bytes.max(1);
+        self
+    }
+
+    /// A standalone `posthog-track relay` delivers the outbox, so this process starts no
+    /// relay of its own (default `false`: the first tracked transaction on a pool starts
+    /// the pool's relay). `flush` then waits for that relay to deliver what was committed
+    /// before it, and `shutdown` reports how many events it leaves in the outbox.
+    pub fn external_relay(mut self, external: bool) -> Self {
+        self.external_relay = external;
+        self
+    }
+
+    /// How long [`Tracker::flush`] waits for delivery at most (default 30 s).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.relay.flush_timeout = timeout;
+        self
+    }
+
+    /// Failures of one outbox event, sent alone while PostHog accepts other events, after
+    /// which it is dead-lettered as poison (default 20). Failures during an outage, or in a
+    /// request shared with a poison event, do not count.
+    pub fn max_failures(mut self, failures: u32) -> Self {
+        self.relay.max_failures = failures.max(1);
+        self
+    }
+
+    /// Age after which an outbox event that still fails is dead-lettered (default 7 days).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.relay.max_age = age;
+        self
+    }
+
+    /// Payload bytes one relay claim holds at most (default 16 MiB).
+    pub fn max_claim_bytes(mut self, bytes: usize) -> Self {
+        self.relay.max_claim_bytes = bytes.max(1);
         self
     }
 
@@ -732,7 +660,15 @@ impl TrackerBuilder {
 
     /// The tracker.
     pub fn build(self) -> Tracker {
-        let sink = match self.config.mode() {
+        let mode = self.config.mode();
+        if mode != Mode::Disabled && crate::config::is_plain_http_to_remote(&self.config.host) {
+            tracing::warn!(
+                host = %crate::config::redact_host(&self.config.host),
+                "POSTHOG_HOST uses plain http:// to another machine: the API key and every \
+                 event cross the network unencrypted; use https://"
+            );
+        }
+        let sink = match mode {
             Mode::Disabled => None,
             Mode::DryRun => Some(Sink::DryRun),
             Mode::Live => self.config.api_key.clone().map(|key| {
@@ -744,6 +680,17 @@ impl TrackerBuilder {
                 ))
             }),
         };
+        let flush_timeout = self.relay.flush_timeout;
+        let dispatch = Dispatch::new(DispatchOptions {
+            mode,
+            delivery: self.delivery,
+            sink,
+            before_send: self.before_send,
+            queue: self.queue,
+            relay: self.relay,
+            external_relay: self.external_relay,
+            flush_timeout,
+        });
         let flags = self
             .config
             .api_key
@@ -766,15 +713,7 @@ impl TrackerBuilder {
         Tracker {
             inner: Arc::new(Inner {
                 config: self.config,
-                delivery: self.delivery,
-                sink,
-                queue_options: self.queue,
-                relay_options: self.relay,
-                before_send: self.before_send,
-                stats: Arc::new(DeliveryStats::default()),
-                queue: OnceLock::new(),
-                wake: Arc::new(Notify::new()),
-                relays: Mutex::new(Vec::new()),
+                dispatch,
                 flags,
                 exposures: Mutex::new(ExposureCache::new(50_000)),
                 definitions: Arc::new(definitions),

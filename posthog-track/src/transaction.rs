@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager, Stamp};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
-use crate::tracker::{Delivery, Tracker};
+use crate::tracker::Tracker;
 
 /// A `sqlx::Transaction` whose tracked writes stage PostHog events.
 ///
@@ -26,6 +26,8 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     staged: Vec<StagedEvent>,
     distinct_id: Option<String>,
     tracker: Tracker,
+    /// The pool's key when the transaction came from [`Tracker::begin`]: whose relay to wake.
+    relay: Option<usize>,
     /// `$feature/<flag>` properties every event of this transaction carries.
     flag_stamps: Vec<Stamp>,
     context: TrackingContext,
@@ -45,12 +47,17 @@ impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
 }
 
 impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
-    pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, tracker: Tracker) -> Self {
+    pub(crate) fn new(
+        tx: sqlx::Transaction<'c, DB>,
+        tracker: Tracker,
+        relay: Option<usize>,
+    ) -> Self {
         TrackedTransaction {
             tx,
             staged: Vec::new(),
             distinct_id: None,
             tracker,
+            relay,
             flag_stamps: Vec::new(),
             context: TrackingContext::default(),
             context_stamps: Vec::new(),
@@ -115,32 +122,29 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         event.write(&mut stager)
     }
 
-    /// Commits the rows and their events together: with [`Delivery::Outbox`] (the default)
-    /// the staged events are written to the outbox inside the transaction and the tracker's
-    /// relay is woken; with [`Delivery::AfterCommit`] they go to the in-memory queue once the
-    /// commit succeeded.
+    /// Commits the rows and their events together.
+    ///
+    /// In live mode with [`Delivery::Outbox`](crate::Delivery) (the default) the staged
+    /// events are written to the outbox inside the transaction, and the pool's relay is woken
+    /// after the commit; with [`Delivery::AfterCommit`](crate::Delivery) they go to the
+    /// in-memory queue once the commit succeeded. In dry run (no API key) they are printed
+    /// after the commit and the outbox is left alone; a disabled tracker records none.
+    ///
+    /// Returns `Ok` once the database has committed: delivery trouble after that is logged
+    /// and counted in [`Tracker::stats`], never returned here (a caller that retried a
+    /// failed commit would write the row twice).
     pub async fn commit(mut self) -> Result<()> {
-        let staged = if self.tracker.records_events() {
-            self.tracker
-                .apply_before_send(std::mem::take(&mut self.staged))
+        let dispatch = &self.tracker.inner.dispatch;
+        let staged = if dispatch.records_events() {
+            dispatch.apply_before_send(std::mem::take(&mut self.staged))
         } else {
             Vec::new()
         };
-        match self.tracker.inner.delivery {
-            Delivery::Outbox => {
-                if !staged.is_empty() {
-                    outbox::write::<DB>(&mut self.tx, &staged).await?;
-                }
-                self.tx.commit().await?;
-                if !staged.is_empty() {
-                    self.tracker.inner.wake.notify_one();
-                }
-            }
-            Delivery::AfterCommit => {
-                self.tx.commit().await?;
-                self.tracker.enqueue(staged).await?;
-            }
+        if dispatch.writes_outbox() && !staged.is_empty() {
+            outbox::write::<DB>(&mut self.tx, &staged).await?;
         }
+        self.tx.commit().await?;
+        dispatch.committed(self.relay, staged).await;
         Ok(())
     }
 

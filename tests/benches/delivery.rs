@@ -425,7 +425,7 @@ async fn outage_memory(port: u16) {
         .build();
     tracker.migrate(&pool).await.unwrap();
     let started = Instant::now();
-    tracker.start_relay(pool.clone());
+    tracker.start_relay(pool.clone()).unwrap();
     fill_outbox(&tracker, &pool, OUTAGE_BACKLOG).await;
     // Let the relay keep failing against the backlog for a while.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -173,11 +173,15 @@ async fn compare<DB>(
             .host(mock.url())
             .unwrap()
             .build(),
-        None => Tracker::builder().build(),
+        // Live, so that commits write the outbox, with no relay: only the write is measured.
+        None => Tracker::builder()
+            .api_key("phc_bench")
+            .external_relay(true)
+            .build(),
     };
     tracker.migrate(pool).await.unwrap();
     if relay_to.is_some() {
-        tracker.start_relay(pool.clone());
+        tracker.start_relay(pool.clone()).unwrap();
     }
     let run = uuid::Uuid::new_v4().simple().to_string();
 

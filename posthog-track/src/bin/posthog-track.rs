@@ -1,9 +1,11 @@
 //! `posthog-track`: run a relay, or inspect and repair an outbox, from the command line.
 //!
 //! ```text
-//! posthog-track relay --database-url postgres://...      # deliver until Ctrl-C
+//! posthog-track relay --database-url postgres://...      # deliver until Ctrl-C / SIGTERM
+//! posthog-track relay --drain --timeout 60 --database-url ...
 //! posthog-track outbox status --database-url sqlite:app.db
 //! posthog-track outbox requeue --database-url mysql://... [--id 42 ...]
+//! posthog-track outbox purge --database-url mysql://... [--older-than 7d]
 //! posthog-track plan show [--plan tracking-plan.json] [--markdown]
 //! posthog-track plan push --project-id 12345 [--plan tracking-plan.json] [--dry-run]
 //! ```
@@ -39,9 +41,20 @@ enum Command {
         /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// Stop once the outbox has nothing deliverable left, instead of running forever.
+        /// Deliver what the outbox holds now, then stop, instead of running forever. Exits
+        /// non-zero when events are left undelivered.
         #[arg(long)]
         drain: bool,
+        /// With --drain: how long to keep retrying, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Seconds a claim on outbox rows lasts (renewed while a send is in flight); a relay
+        /// that dies holding one loses it after this long.
+        #[arg(long, default_value_t = 60)]
+        lease: u64,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
     },
     /// Inspect or repair the outbox.
     Outbox {
@@ -86,10 +99,18 @@ enum PlanCommand {
 
 #[derive(Subcommand)]
 enum OutboxCommand {
-    /// How many events wait and how many were rejected for good.
+    /// What waits, what is in flight, what was rejected for good (and why), and the lag.
     Status {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+    },
+    /// Delete dead-lettered events for good (all, or those dead for longer than --older-than).
+    Purge {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Only events dead for longer than this: `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<Duration>,
     },
     /// Put dead-lettered events back in line (all of them, or those given with --id).
     Requeue {
@@ -108,6 +129,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "posthog_track=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Plain text when the output is a file or a pipe (log collectors, CI).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,9 +151,21 @@ async fn run(cli: Cli) -> posthog_track::Result<()> {
         Command::Outbox {
             command: OutboxCommand::Requeue { database_url, .. },
         } => database_url,
+        Command::Outbox {
+            command: OutboxCommand::Purge { database_url, .. },
+        } => database_url,
     }
     .clone();
-    let tracker = Tracker::from_env()?;
+    let mut builder = Tracker::builder().config(Config::from_env()?);
+    if let Command::Relay {
+        lease, batch_size, ..
+    } = &cli.command
+    {
+        builder = builder
+            .lease(Duration::from_secs(*lease))
+            .batch_size(*batch_size);
+    }
+    let tracker = builder.build();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         execute(&tracker, &sqlx::PgPool::connect(&url).await?, cli.command).await
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
@@ -160,23 +195,58 @@ async fn execute<DB: Backend>(
     command: Command,
 ) -> posthog_track::Result<()> {
     match command {
-        Command::Relay { drain: true, .. } => tracker.relay(pool.clone()).drain().await,
+        Command::Relay {
+            drain: true,
+            timeout,
+            ..
+        } => {
+            tracker
+                .relay(pool.clone())
+                .drain_for(Duration::from_secs(timeout))
+                .await
+        }
         Command::Relay { drain: false, .. } => {
+            // Refuses without an API key: a relay that cannot deliver must not take other
+            // processes' events out of the outbox.
+            tracker.start_relay(pool.clone())?;
             eprintln!(
-                "relaying {} to {} (Ctrl-C to stop)",
+                "relaying {} to {} (Ctrl-C or SIGTERM to stop)",
                 posthog_track::outbox::TABLE,
                 tracker.config().host()
             );
-            tracker.start_relay(pool.clone());
-            let _ = tokio::signal::ctrl_c().await;
+            stopped().await;
             eprintln!("stopping: delivering what is claimable (10 s at most)");
-            tracker.shutdown(Duration::from_secs(10)).await
+            let report = tracker.shutdown(Duration::from_secs(10)).await?;
+            if report.left_in_outbox > 0 {
+                eprintln!(
+                    "{} event(s) wait in the outbox for the next relay",
+                    report.left_in_outbox
+                );
+            }
+            Ok(())
         }
         Command::Outbox {
             command: OutboxCommand::Status { .. },
         } => {
             let status = tracker.outbox(pool).status().await?;
-            println!("pending: {}\ndead: {}", status.pending, status.dead);
+            println!("pending: {}", status.pending);
+            println!("  leased (in flight): {}", status.leased);
+            println!("  backing off after a failure: {}", status.backing_off);
+            match status.oldest_pending_age {
+                Some(age) => println!("oldest pending: {} s ago", age.as_secs()),
+                None => println!("oldest pending: none"),
+            }
+            println!("dead: {}", status.dead);
+            for (reason, count) in &status.dead_reasons {
+                println!("  {count} x {reason}");
+            }
+            Ok(())
+        }
+        Command::Outbox {
+            command: OutboxCommand::Purge { older_than, .. },
+        } => {
+            let purged = tracker.outbox(pool).purge(older_than).await?;
+            println!("purged: {purged}");
             Ok(())
         }
         Command::Outbox {
@@ -189,6 +259,49 @@ async fn execute<DB: Backend>(
         }
         Command::Plan { command } => plan(&command).await,
     }
+}
+
+/// Ctrl-C or SIGTERM (what container runtimes send), whichever comes first.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or plain seconds.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age like 90s, 30m, 24h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
 fn read_plan(path: &PathBuf) -> posthog_track::Result<TrackingPlan> {

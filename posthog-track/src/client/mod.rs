@@ -28,28 +28,38 @@ pub(crate) enum Sink {
 static DRY_RUN_NOTICE: Once = Once::new();
 
 impl Sink {
-    /// Delivers `payloads` and reports the fate of each.
-    pub(crate) async fn deliver(&self, payloads: &[&str], historical_migration: bool) -> Vec<Fate> {
+    /// Delivers `payloads` in `groups` (see [`deliver::groups`]) and reports the fate of each.
+    pub(crate) async fn deliver(
+        &self,
+        payloads: &[&str],
+        groups: &[Vec<usize>],
+        historical_migration: bool,
+    ) -> Vec<Fate> {
         match self {
             Sink::PostHog(transport) => {
-                deliver::deliver(transport, payloads, historical_migration).await
+                deliver::deliver(transport, payloads, groups, historical_migration).await
             }
             Sink::DryRun => {
-                DRY_RUN_NOTICE.call_once(|| {
-                    tracing::warn!("posthog-track: no POSTHOG_API_KEY, dry run: events are printed, not sent");
-                    eprintln!(
-                        "posthog-track: DRY RUN (no POSTHOG_API_KEY): events are printed to stdout as \
-                         JSON lines instead of being sent to PostHog"
-                    );
-                });
-                let stdout = std::io::stdout();
-                let mut out = stdout.lock();
-                for payload in payloads {
-                    let _ = writeln!(out, "{payload}");
-                }
+                print_dry_run(payloads.iter().copied());
                 vec![Fate::Delivered; payloads.len()]
             }
         }
+    }
+}
+
+/// Dry run: events are printed to stdout as JSON lines, with one loud notice per process.
+pub(crate) fn print_dry_run<'a>(payloads: impl IntoIterator<Item = &'a str>) {
+    DRY_RUN_NOTICE.call_once(|| {
+        tracing::warn!("posthog-track: no POSTHOG_API_KEY, dry run: events are printed, not sent");
+        eprintln!(
+            "posthog-track: DRY RUN (no POSTHOG_API_KEY): events are printed to stdout as JSON \
+             lines instead of being sent to PostHog, and the outbox is left alone"
+        );
+    });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for payload in payloads {
+        let _ = writeln!(out, "{payload}");
     }
 }
 
@@ -59,8 +69,12 @@ pub struct DeliveryStats {
     delivered: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    paused: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_after_retries: AtomicU64,
+    dropped_rejected: AtomicU64,
+    dropped_misconfigured: AtomicU64,
+    dropped_at_shutdown: AtomicU64,
     filtered: AtomicU64,
 }
 
@@ -72,21 +86,45 @@ pub struct DeliveryCounts {
     pub delivered: u64,
     /// Delivery attempts that failed transiently and will be (or were) retried.
     pub retried: u64,
-    /// Rejected by PostHog for good; outbox events are kept with status dead.
+    /// Outbox events PostHog rejected for good, moved to the dead-letter table.
     pub dead_lettered: u64,
-    /// Refused by `try_capture` because the in-memory queue was full.
+    /// Event sends refused because the set-up is wrong (key, host, proxy); the events wait.
+    pub paused: u64,
+    /// In-memory events refused by `try_capture` because the queue was full.
     pub dropped_queue_full: u64,
     /// In-memory events given up after the retry budget (outbox events are never given up).
     pub dropped_after_retries: u64,
+    /// In-memory events PostHog rejected for good (400, 413, over 1 MB).
+    pub dropped_rejected: u64,
+    /// In-memory events given up because the set-up stayed wrong through the retry budget.
+    pub dropped_misconfigured: u64,
+    /// In-memory events still queued when `shutdown`'s deadline passed.
+    pub dropped_at_shutdown: u64,
     /// Dropped on purpose by the `before_send` hook.
     pub filtered: u64,
 }
 
-impl DeliveryStats {
-    pub(crate) fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+impl DeliveryCounts {
+    /// In-memory events lost, all causes together (`before_send` drops excluded).
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_after_retries
+            + self.dropped_rejected
+            + self.dropped_misconfigured
+            + self.dropped_at_shutdown
     }
+}
 
+/// Why an in-memory event was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropCause {
+    AfterRetries,
+    Rejected,
+    Misconfigured,
+    AtShutdown,
+}
+
+impl DeliveryStats {
     /// The counts so far.
     pub fn snapshot(&self) -> DeliveryCounts {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -94,29 +132,46 @@ impl DeliveryStats {
             delivered: get(&self.delivered),
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
+            paused: get(&self.paused),
             dropped_queue_full: get(&self.dropped_queue_full),
             dropped_after_retries: get(&self.dropped_after_retries),
+            dropped_rejected: get(&self.dropped_rejected),
+            dropped_misconfigured: get(&self.dropped_misconfigured),
+            dropped_at_shutdown: get(&self.dropped_at_shutdown),
             filtered: get(&self.filtered),
         }
     }
 
+    /// Counts deliveries, retries and pauses (dead letters and drops are counted where they
+    /// are decided).
     pub(crate) fn count_fates(&self, fates: &[Fate]) {
         for fate in fates {
             let counter = match fate {
                 Fate::Delivered => &self.delivered,
                 Fate::Retry { .. } => &self.retried,
-                Fate::Dead { .. } => &self.dead_lettered,
+                Fate::Paused { reason } if !reason.is_empty() => &self.paused,
+                Fate::Paused { .. } | Fate::Dead { .. } => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn dead_lettered(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn dropped_queue_full(&self) {
         self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn dropped_after_retries(&self, n: usize) {
-        Self::add(&self.dropped_after_retries, n);
+    pub(crate) fn dropped(&self, cause: DropCause, n: usize) {
+        let counter = match cause {
+            DropCause::AfterRetries => &self.dropped_after_retries,
+            DropCause::Rejected => &self.dropped_rejected,
+            DropCause::Misconfigured => &self.dropped_misconfigured,
+            DropCause::AtShutdown => &self.dropped_at_shutdown,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn filtered(&self) {

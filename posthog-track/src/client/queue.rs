@@ -1,19 +1,23 @@
-//! The in-memory batching queue behind `Tracker::capture` and `AfterCommit` delivery.
+//! The in-memory batching queue behind `Tracker::capture`, exposures and `AfterCommit`
+//! delivery.
 //!
-//! Bounded: when it is full, `capture` waits for room (backpressure) and `try_capture` returns
-//! [`Error::QueueFull`](crate::Error::QueueFull) and counts the event as dropped. Nothing is
-//! ever dropped silently. Events here live in memory only: a crash loses what is queued, which
-//! is why tracked writes go through the outbox by default.
+//! Bounded in events and in bytes: when it is full, `capture` waits for room (backpressure)
+//! and `try_capture` returns [`Error::QueueFull`](crate::Error::QueueFull). Events here live in
+//! memory only: a crash loses what is queued, which is why tracked writes go through the
+//! outbox by default. Nothing is lost silently: every event the queue gives up is counted by
+//! cause in the stats, and reported by the next `flush` (or `shutdown`) as
+//! [`Error::Undelivered`](crate::Error::Undelivered).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::deliver::Fate;
-use super::{SharedStats, Sink};
+use super::deliver::{self, Fate};
+use super::{DropCause, SharedStats, Sink};
 use crate::error::{Error, Result};
 use crate::event::StagedEvent;
 
@@ -21,6 +25,8 @@ use crate::event::StagedEvent;
 #[derive(Debug, Clone)]
 pub(crate) struct QueueOptions {
     pub capacity: usize,
+    /// Bytes of payload the queue holds at most.
+    pub capacity_bytes: usize,
     pub flush_at: usize,
     pub flush_interval: Duration,
     pub max_batch_bytes: usize,
@@ -29,26 +35,44 @@ pub(crate) struct QueueOptions {
     pub historical_migration: bool,
 }
 
+/// The queue's byte budget is counted in KiB permits (a semaphore has a bounded permit count).
+const PERMIT_BYTES: usize = 1024;
+
+fn permits_for(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX)
+}
+
+struct Queued {
+    event: StagedEvent,
+    /// Sends of this event that failed so far.
+    failures: u32,
+    /// Its share of the byte budget, returned when the event leaves the queue.
+    _room: OwnedSemaphorePermit,
+}
+
 enum Command {
-    Event(StagedEvent),
+    Event(Queued),
     Flush(oneshot::Sender<Result<()>>),
 }
 
 /// Handle to the queue's worker task.
-#[derive(Debug)]
 pub(crate) struct Queue {
     sender: Mutex<Option<mpsc::Sender<Command>>>,
     worker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    room: Arc<Semaphore>,
+    room_permits: u32,
     capacity: usize,
+    /// Events accepted and not yet delivered or given up.
+    in_flight: Arc<AtomicUsize>,
     stats: SharedStats,
 }
 
-impl std::fmt::Debug for Command {
+impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Event(event) => f.debug_tuple("Event").field(event).finish(),
-            Command::Flush(_) => f.write_str("Flush"),
-        }
+        f.debug_struct("Queue")
+            .field("capacity", &self.capacity)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,6 +81,8 @@ impl Queue {
     pub(crate) fn start(sink: Sink, options: QueueOptions, stats: SharedStats) -> Arc<Queue> {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
         let capacity = options.capacity;
+        let room_permits = permits_for(options.capacity_bytes);
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let worker = tokio::spawn(
             Worker {
                 sink,
@@ -64,13 +90,19 @@ impl Queue {
                 stats: stats.clone(),
                 buffer: Vec::new(),
                 bytes: 0,
+                in_flight: in_flight.clone(),
+                dropped: 0,
+                last_drop: String::new(),
             }
             .run(receiver),
         );
         Arc::new(Queue {
             sender: Mutex::new(Some(sender)),
             worker: std::sync::Mutex::new(Some(worker)),
+            room: Arc::new(Semaphore::new(room_permits as usize)),
+            room_permits,
             capacity,
+            in_flight,
             stats,
         })
     }
@@ -79,56 +111,130 @@ impl Queue {
         self.sender.lock().await.clone().ok_or(Error::ShutDown)
     }
 
+    /// The event's share of the byte budget; `None` when it must wait and `wait` is false.
+    async fn room_for(
+        &self,
+        event: &StagedEvent,
+        wait: bool,
+    ) -> Result<Option<OwnedSemaphorePermit>> {
+        // A single event larger than the whole budget still passes, alone.
+        let permits = permits_for(event.payload.len()).min(self.room_permits);
+        if wait {
+            return self
+                .room
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .map(Some)
+                .map_err(|_| Error::ShutDown);
+        }
+        match self.room.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::ShutDown),
+        }
+    }
+
     /// Queues an event, waiting for room when the queue is full.
     pub(crate) async fn push(&self, event: StagedEvent) -> Result<()> {
-        self.sender()
-            .await?
-            .send(Command::Event(event))
-            .await
-            .map_err(|_| Error::ShutDown)
+        let sender = self.sender().await?;
+        let Some(room) = self.room_for(&event, true).await? else {
+            return Err(Error::ShutDown);
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued {
+            event,
+            failures: 0,
+            _room: room,
+        };
+        sender.send(Command::Event(queued)).await.map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            Error::ShutDown
+        })
     }
 
     /// Queues an event if there is room right now.
     pub(crate) async fn try_push(&self, event: StagedEvent) -> Result<()> {
-        match self.sender().await?.try_send(Command::Event(event)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.dropped_queue_full();
-                Err(Error::QueueFull {
-                    capacity: self.capacity,
-                })
+        let sender = self.sender().await?;
+        let full = || {
+            self.stats.dropped_queue_full();
+            Error::QueueFull {
+                capacity: self.capacity,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::ShutDown),
+        };
+        let Some(room) = self.room_for(&event, false).await? else {
+            return Err(full());
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued {
+            event,
+            failures: 0,
+            _room: room,
+        };
+        match sender.try_send(Command::Event(queued)) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => Err(full()),
+                    mpsc::error::TrySendError::Closed(_) => Err(Error::ShutDown),
+                }
+            }
         }
     }
 
-    /// Delivers everything queued before this call.
+    /// Events accepted and not yet delivered or given up.
+    pub(crate) fn pending(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Delivers everything queued before this call. Fails with
+    /// [`Error::Undelivered`](crate::Error::Undelivered) when events were given up since the
+    /// last flush.
     pub(crate) async fn flush(&self) -> Result<()> {
         let (ack, done) = oneshot::channel();
-        self.sender()
-            .await?
+        let Ok(sender) = self.sender().await else {
+            return Ok(()); // closed: `close` delivers what is left
+        };
+        sender
             .send(Command::Flush(ack))
             .await
             .map_err(|_| Error::ShutDown)?;
         done.await.map_err(|_| Error::ShutDown)?
     }
 
-    /// Stops accepting events; the worker delivers what it holds and exits.
-    pub(crate) async fn close(&self) {
+    /// Stops accepting events and waits for the worker to deliver what it holds, until
+    /// `deadline`; past it, the worker is stopped and what it still held is counted as
+    /// dropped at shutdown. Returns the events dropped that way.
+    pub(crate) async fn close(&self, deadline: Option<Instant>) -> usize {
         self.sender.lock().await.take();
-    }
-
-    /// Stops the worker now: events it still holds are dropped (a shutdown out of time).
-    pub(crate) async fn abort(&self) {
-        self.close().await;
+        self.room.close();
         let worker = self
             .worker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(worker) = worker {
-            worker.abort();
+        let Some(mut worker) = worker else {
+            return 0;
+        };
+        let finished = match deadline {
+            Some(at) => tokio::time::timeout_at(at, &mut worker).await.is_ok(),
+            None => false,
+        };
+        if finished {
+            return 0;
         }
+        worker.abort();
+        let _ = worker.await;
+        let lost = self.in_flight.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            self.stats.dropped(DropCause::AtShutdown, lost);
+            tracing::error!(
+                events = lost,
+                "shutdown deadline passed: in-memory events not yet delivered are lost"
+            );
+        }
+        lost
     }
 }
 
@@ -136,8 +242,12 @@ struct Worker {
     sink: Sink,
     options: QueueOptions,
     stats: SharedStats,
-    buffer: Vec<StagedEvent>,
+    buffer: Vec<Queued>,
     bytes: usize,
+    in_flight: Arc<AtomicUsize>,
+    /// Events given up since the last flush, and the last reason.
+    dropped: u64,
+    last_drop: String,
 }
 
 impl Worker {
@@ -148,7 +258,7 @@ impl Worker {
                 Some(at) => match tokio::time::timeout_at(at, receiver.recv()).await {
                     Ok(command) => command,
                     Err(_) => {
-                        let _ = self.send_buffer().await;
+                        self.send_buffer().await;
                         deadline = None;
                         continue;
                     }
@@ -156,79 +266,130 @@ impl Worker {
                 None => receiver.recv().await,
             };
             match command {
-                Some(Command::Event(event)) => {
-                    self.bytes += event.payload.len();
-                    self.buffer.push(event);
+                Some(Command::Event(queued)) => {
+                    self.bytes += queued.event.payload.len();
+                    self.buffer.push(queued);
                     if self.buffer.len() >= self.options.flush_at
                         || self.bytes >= self.options.max_batch_bytes
                     {
-                        let _ = self.send_buffer().await;
+                        self.send_buffer().await;
                         deadline = None;
                     } else if deadline.is_none() {
                         deadline = Some(Instant::now() + self.options.flush_interval);
                     }
                 }
                 Some(Command::Flush(ack)) => {
-                    let result = self.send_buffer().await;
+                    self.send_buffer().await;
                     deadline = None;
+                    let result = if self.dropped == 0 {
+                        Ok(())
+                    } else {
+                        Err(Error::Undelivered {
+                            dead: 0,
+                            dropped: std::mem::take(&mut self.dropped),
+                            reason: std::mem::take(&mut self.last_drop),
+                        })
+                    };
                     let _ = ack.send(result);
                 }
                 None => {
-                    let _ = self.send_buffer().await;
+                    self.send_buffer().await;
                     return;
                 }
             }
         }
     }
 
-    /// Sends the buffer, retrying transient failures within the retry budget.
-    async fn send_buffer(&mut self) -> Result<()> {
+    fn give_up(&mut self, events: &[Queued], cause: DropCause, reason: &str) {
+        if events.is_empty() {
+            return;
+        }
+        tracing::error!(
+            events = events.len(),
+            ?cause,
+            %reason,
+            "in-memory events given up; they will not reach PostHog"
+        );
+        self.stats.dropped(cause, events.len());
+        self.dropped += events.len() as u64;
+        self.last_drop = reason.to_owned();
+    }
+
+    /// Sends the buffer; events that fail are retried (in ever smaller groups, so a poison
+    /// event cannot sink the others) until the retry budget is spent.
+    async fn send_buffer(&mut self) {
         let mut pending = std::mem::take(&mut self.buffer);
         self.bytes = 0;
-        let mut failures = 0;
+        let mut round = 0u32;
         while !pending.is_empty() {
-            let payloads: Vec<&str> = pending.iter().map(|event| event.payload.as_str()).collect();
+            let payloads: Vec<&str> = pending.iter().map(|q| q.event.payload.as_str()).collect();
+            let prior: Vec<u32> = pending.iter().map(|q| q.failures).collect();
+            let groups = deliver::groups(&prior);
             let fates = self
                 .sink
-                .deliver(&payloads, self.options.historical_migration)
+                .deliver(&payloads, &groups, self.options.historical_migration)
                 .await;
             self.stats.count_fates(&fates);
             let mut retry_after = None;
             let mut last_reason = String::new();
             let mut retry = Vec::new();
-            for (event, fate) in pending.into_iter().zip(fates) {
+            let mut delivered_any = false;
+            let mut done = 0;
+            let mut given_up: Vec<(Queued, DropCause, String)> = Vec::new();
+            for (mut queued, fate) in pending.into_iter().zip(fates) {
                 match fate {
-                    Fate::Delivered => {}
+                    Fate::Delivered => {
+                        delivered_any = true;
+                        done += 1;
+                    }
                     Fate::Dead { reason } => {
-                        tracing::error!(event = %event.event, uuid = %event.uuid, %reason, "PostHog rejected an event; it is dropped");
+                        given_up.push((queued, DropCause::Rejected, reason));
                     }
                     Fate::Retry {
                         retry_after: after,
                         reason,
-                        ..
                     } => {
                         retry_after = retry_after.max(after);
                         last_reason = reason;
-                        retry.push(event);
+                        queued.failures += 1;
+                        retry.push((queued, DropCause::AfterRetries));
+                    }
+                    Fate::Paused { reason } => {
+                        if !reason.is_empty() {
+                            last_reason = reason;
+                            queued.failures += 1;
+                            retry.push((queued, DropCause::Misconfigured));
+                        } else {
+                            retry.push((queued, DropCause::AfterRetries));
+                        }
                     }
                 }
             }
-            pending = retry;
+            for (queued, cause, reason) in &given_up {
+                self.give_up(std::slice::from_ref(queued), *cause, reason);
+            }
+            done += given_up.len();
+            self.in_flight.fetch_sub(done, Ordering::Relaxed);
+            if !delivered_any {
+                round += 1;
+            }
+            let (spent, kept): (Vec<_>, Vec<_>) = retry
+                .into_iter()
+                .partition(|(queued, _)| queued.failures > self.options.max_retries);
+            for (queued, cause) in spent {
+                let reason = format!("after {} attempts: {last_reason}", queued.failures);
+                self.give_up(std::slice::from_ref(&queued), cause, &reason);
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            pending = kept.into_iter().map(|(queued, _)| queued).collect();
             if pending.is_empty() {
                 break;
             }
-            failures += 1;
-            if failures > self.options.max_retries {
-                tracing::error!(events = pending.len(), reason = %last_reason, "giving up on in-memory events after retries");
-                self.stats.dropped_after_retries(pending.len());
-                return Err(Error::Delivery {
-                    reason: last_reason,
-                });
+            if !delivered_any {
+                let delay = self.options.backoff.delay(round, retry_after);
+                tracing::warn!(events = pending.len(), reason = %last_reason, ?delay, "delivery failed; retrying");
+                tokio::time::sleep(delay).await;
             }
-            let delay = self.options.backoff.delay(failures, retry_after);
-            tracing::warn!(events = pending.len(), reason = %last_reason, ?delay, "delivery failed; retrying");
-            tokio::time::sleep(delay).await;
         }
-        Ok(())
     }
 }

@@ -30,16 +30,19 @@ pub enum Outcome {
     },
     /// 413: the request was too large; smaller requests may pass.
     TooLarge,
-    /// 400 and other 4xx: PostHog will never accept this request as it is.
-    Rejected { status: u16, reason: String },
-    /// 401/403: the project key is wrong. Nothing is wrong with the events: keep them.
-    Unauthorized { status: u16, reason: String },
+    /// 400: PostHog will never accept this request as it is (one of its events is bad).
+    Rejected { reason: String },
+    /// 401, 403, 404, 405, a redirect, or another answer that says the set-up is wrong (the
+    /// key, the host, a proxy in between), not the events: keep them and wait for a fix.
+    Misconfigured { reason: String },
 }
 
 /// Sends batches to one PostHog project.
 #[derive(Clone)]
 pub struct Transport {
-    http: reqwest::Client,
+    /// `Err` when no HTTP client could be built (TLS could not initialise): every send then
+    /// reports it as a configuration failure instead of panicking.
+    http: Result<reqwest::Client, String>,
     batch_url: String,
     api_key: ApiKey,
     gzip: bool,
@@ -48,7 +51,7 @@ pub struct Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("batch_url", &self.batch_url)
+            .field("batch_url", &crate::config::redact_host(&self.batch_url))
             .field("api_key", &self.api_key)
             .field("gzip", &self.gzip)
             .finish()
@@ -61,10 +64,11 @@ impl Transport {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(8)
+            // A redirect means a wrong host or a proxy: following it would resend the events
+            // (and the key) somewhere else, or turn the POST into a GET.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            // Building fails only when TLS cannot initialise; fall back to defaults (which
-            // would fail the same way on the first request, with a clear error there).
-            .unwrap_or_default();
+            .map_err(|error| format!("the HTTP client could not be built: {error}"));
         Transport {
             http,
             batch_url: format!("{host}/batch/"),
@@ -82,8 +86,15 @@ impl Transport {
             historical_migration,
             &sent_at,
         );
-        let mut request = self
-            .http
+        let http = match &self.http {
+            Ok(http) => http,
+            Err(reason) => {
+                return Outcome::Misconfigured {
+                    reason: reason.clone(),
+                };
+            }
+        };
+        let mut request = http
             .post(&self.batch_url)
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(CONTENT_TYPE, "application/json");
@@ -115,22 +126,74 @@ impl Transport {
         if (200..300).contains(&status) {
             return Outcome::Delivered;
         }
-        let reason = describe(status, response.text().await.unwrap_or_default());
-        match status {
-            408 | 429 | 500..=599 => Outcome::Retry {
-                retry_after,
-                reason,
-            },
-            413 => Outcome::TooLarge,
-            401 | 403 => Outcome::Unauthorized { status, reason },
-            _ => Outcome::Rejected { status, reason },
+        let body = read_bounded(response).await;
+        let reason = describe(status, &redact(&body, self.api_key.expose()));
+        classify(status, retry_after, reason)
+    }
+}
+
+/// What an answer other than 2xx means for the events in the request.
+pub(crate) fn classify(status: u16, retry_after: Option<Duration>, reason: String) -> Outcome {
+    match status {
+        408 | 429 | 500..=599 => Outcome::Retry {
+            retry_after,
+            reason,
+        },
+        413 => Outcome::TooLarge,
+        400 => Outcome::Rejected { reason },
+        _ => Outcome::Misconfigured {
+            reason: format!("{reason}{}", fix_for(status)),
+        },
+    }
+}
+
+/// What an operator should check, by status.
+fn fix_for(status: u16) -> &'static str {
+    match status {
+        401 => " (check POSTHOG_API_KEY: it must be the project API key, phc_...)",
+        403 => {
+            " (check POSTHOG_API_KEY and any proxy or firewall between this process and \
+             PostHog)"
         }
+        404 | 405 => {
+            " (check POSTHOG_HOST: it must be the PostHog ingestion host, e.g. \
+             https://us.i.posthog.com, or a proxy that forwards /batch/)"
+        }
+        300..=399 => " (check POSTHOG_HOST: PostHog answered with a redirect; use the final URL)",
+        _ => " (PostHog refused the request; check POSTHOG_HOST and POSTHOG_API_KEY)",
+    }
+}
+
+/// At most `MAX_ERROR_BODY` bytes of an error answer: a proxy can answer with anything, of
+/// any size.
+pub(crate) async fn read_bounded(mut response: reqwest::Response) -> String {
+    const MAX_ERROR_BODY: usize = 4096;
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `body` without `secret`: a proxy that echoes the request would echo the key, and error
+/// bodies end up in logs and in the outbox's history.
+pub(crate) fn redact(body: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        body.to_owned()
+    } else {
+        body.replace(secret, "(redacted)")
     }
 }
 
 /// "503 Service Unavailable: <body>", with the body cut short: it ends up in logs and in the
 /// outbox's `last_error`, and an HTML error page is no use there.
-fn describe(status: u16, body: String) -> String {
+fn describe(status: u16, body: &str) -> String {
     let reason = reqwest::StatusCode::from_u16(status)
         .ok()
         .and_then(|code| code.canonical_reason())
@@ -176,8 +239,43 @@ mod tests {
     #[test]
     fn descriptions_are_bounded() {
         let long = "x".repeat(10_000);
-        assert!(describe(503, long).len() < 400);
-        assert_eq!(describe(400, String::new()), "400 Bad Request: (no body)");
+        assert!(describe(503, &long).len() < 400);
+        assert_eq!(describe(400, ""), "400 Bad Request: (no body)");
+    }
+
+    #[test]
+    fn configuration_failures_are_told_apart_from_bad_events() {
+        for status in [301, 302, 307, 401, 403, 404, 405, 402, 410] {
+            assert!(
+                matches!(
+                    classify(status, None, String::new()),
+                    Outcome::Misconfigured { .. }
+                ),
+                "{status}"
+            );
+        }
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                matches!(classify(status, None, String::new()), Outcome::Retry { .. }),
+                "{status}"
+            );
+        }
+        assert_eq!(classify(413, None, String::new()), Outcome::TooLarge);
+        assert!(matches!(
+            classify(400, None, String::new()),
+            Outcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn echoed_keys_are_redacted_before_truncation() {
+        let body = format!("{}{}", "x".repeat(290), "phc_secret123456");
+        let reason = describe(400, &redact(&body, "phc_secret123456"));
+        assert!(!reason.contains("phc_secret"), "{reason}");
+        assert!(
+            !reason.contains("phc_sec"),
+            "not even a truncated prefix: {reason}"
+        );
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl DefinitionsClient {
     }
 }
 
-/// Polls until the tracker shuts down: every `interval`, four times that after a refusal.
+/// Polls until the tracker shuts down or is dropped: every `interval`, four times that after a refusal.
 pub(crate) async fn run(
     client: DefinitionsClient,
     cache: Arc<DefinitionsCache>,
@@ -145,7 +145,11 @@ pub(crate) async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return; // the tracker that owned this poller is gone
+                }
+            }
         }
     }
 }

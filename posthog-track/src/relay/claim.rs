@@ -1,23 +1,33 @@
-//! The outbox statements of the relay, per backend: claim a batch under a lease, then ack,
-//! release or dead-letter exactly the rows claimed.
+//! The outbox statements of the relay, per backend: claim a batch under a lease, keep the
+//! lease alive while the batch is in flight, then ack, release or dead-letter exactly the rows
+//! claimed.
 //!
+//! Every time is the database's clock (`leased_until` is milliseconds since the epoch as the
+//! database sees it), so relays on hosts whose clocks disagree still agree on who holds what.
 //! Every claim writes a random 63-bit token into the rows it takes, and every later statement
 //! about those rows is fenced by it: a relay whose lease expired (and whose rows another relay
-//! has claimed since, with another token) cannot delete or release them, and an id reused by a
-//! newer row can never be mistaken for the event it replaced. When a whole claim was
-//! delivered, the ack is a single `DELETE ... WHERE claim = ? AND id BETWEEN ...`.
+//! has claimed since, with another token) cannot delete, release or dead-letter them, and an id
+//! reused by a newer row can never be mistaken for the event it replaced.
 
 use sqlx::Pool;
 
 use crate::backend::{Backend, Dialect};
 use crate::error::Result;
-use crate::outbox::Status;
+
+/// Payloads up to this size come back with the claim itself; larger ones are read one by one
+/// while the claim's byte budget lasts, so a claim never holds more than
+/// `batch_size x INLINE_PAYLOAD_BYTES + max_claim_bytes` of payload in memory.
+const INLINE_PAYLOAD_BYTES: i64 = 16 * 1024;
+
+/// How much failure history a row keeps (`last_error`, newest last).
+const HISTORY_BYTES: i64 = 2000;
 
 /// Rows taken by one claim.
 #[derive(Debug)]
 pub(crate) struct Claim {
     /// The fence of every statement about these rows.
     pub token: i64,
+    /// In id order.
     pub rows: Vec<Claimed>,
 }
 
@@ -25,53 +35,135 @@ pub(crate) struct Claim {
 #[derive(Debug, Clone)]
 pub(crate) struct Claimed {
     pub id: i64,
-    /// Delivery attempts including this one: drives the retry backoff.
+    /// Sends of this row including this one.
     pub attempts: i64,
+    /// Earlier failures of this row while PostHog accepted other events: evidence that this
+    /// event itself is the problem (poison).
+    pub failures: i64,
+    /// Milliseconds since it was committed (database clock); `None` when unknown.
+    pub age_millis: Option<i64>,
     pub payload: String,
 }
 
-/// Milliseconds since the Unix epoch: the unit of `leased_until`.
-pub(crate) fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// Leases up to `limit` deliverable rows (pending, not leased or lease expired), oldest first.
+/// Leases up to `limit` deliverable rows (not leased, or lease or backoff expired), oldest
+/// first, holding at most about `max_bytes` of payload; rows past the byte budget are handed
+/// back at once, uncounted.
 pub(crate) async fn claim<DB: Backend>(
     pool: &Pool<DB>,
     limit: i64,
     lease_millis: i64,
+    max_bytes: usize,
 ) -> Result<Claim> {
-    let now = now_millis();
-    let until = now + lease_millis;
     let token = fastrand::i64(1..i64::MAX);
-    let pending = Status::Pending.code();
-    let rows = match DB::DIALECT {
+    let now = DB::DIALECT.now_millis_sql();
+    let mut rows = match DB::DIALECT {
         Dialect::Postgres => {
-            let sql = "UPDATE posthog_outbox SET leased_until = $1, claim = $2, attempts = attempts + 1 \
-                       WHERE id IN (SELECT id FROM posthog_outbox \
-                           WHERE status = $3 AND (leased_until IS NULL OR leased_until < $4) \
-                           ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-                       RETURNING id, attempts, payload";
-            let mut rows =
-                fetch_claimed::<DB>(pool, sql, [until, token, pending, now, limit]).await?;
-            rows.sort_by_key(|row| row.id);
-            rows
+            let sql = format!(
+                "UPDATE posthog_outbox SET leased_until = {now} + $1, claim = $2, \
+                     attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM posthog_outbox \
+                     WHERE leased_until IS NULL OR leased_until < {now} \
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
+                     octet_length(payload)::BIGINT, \
+                     CASE WHEN octet_length(payload) <= $4 THEN payload END"
+            );
+            fetch_claimed::<DB>(
+                pool,
+                sql,
+                [lease_millis, token, limit, INLINE_PAYLOAD_BYTES],
+            )
+            .await?
         }
         Dialect::Sqlite => {
             // SQLite has one writer at a time, so the UPDATE is the lock.
-            let sql = "UPDATE posthog_outbox SET leased_until = ?, claim = ?, attempts = attempts + 1 \
-                       WHERE id IN (SELECT id FROM posthog_outbox \
-                           WHERE status = ? AND (leased_until IS NULL OR leased_until < ?) \
-                           ORDER BY id LIMIT ?) \
-                       RETURNING id, attempts, payload";
-            let mut rows =
-                fetch_claimed::<DB>(pool, sql, [until, token, pending, now, limit]).await?;
-            rows.sort_by_key(|row| row.id);
-            rows
+            let sql = format!(
+                "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, \
+                     attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM posthog_outbox \
+                     WHERE leased_until IS NULL OR leased_until < {now} \
+                     ORDER BY id LIMIT ?) \
+                 RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
+                     LENGTH(CAST(payload AS BLOB)), \
+                     CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END"
+            );
+            fetch_claimed::<DB>(
+                pool,
+                sql,
+                [lease_millis, token, limit, INLINE_PAYLOAD_BYTES],
+            )
+            .await?
         }
-        Dialect::MySql => claim_mysql::<DB>(pool, [pending, now, limit], until, token).await?,
+        Dialect::MySql => claim_mysql::<DB>(pool, limit, lease_millis, token).await?,
     };
+    rows.sort_by_key(|taken| taken.row.id);
+    let rows = within_budget::<DB>(pool, token, rows, max_bytes).await?;
     Ok(Claim { token, rows })
+}
+
+/// A claimed row before its payload is known to fit.
+struct Taken {
+    row: Claimed,
+    bytes: i64,
+    /// Whether `row.payload` was read with the claim (small payloads are).
+    inline: bool,
+}
+
+/// Keeps the claimed rows, in id order, while their payloads fit in `max_bytes` (the first
+/// always does), reading the large payloads; hands the rest back untouched.
+async fn within_budget<DB: Backend>(
+    pool: &Pool<DB>,
+    token: i64,
+    taken: Vec<Taken>,
+    max_bytes: usize,
+) -> Result<Vec<Claimed>> {
+    let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let mut used = 0i64;
+    let mut kept = Vec::with_capacity(taken.len());
+    let mut returned = Vec::new();
+    for Taken {
+        mut row,
+        bytes,
+        inline,
+    } in taken
+    {
+        if !kept.is_empty() && (used.saturating_add(bytes) > budget || !returned.is_empty()) {
+            returned.push(row.id);
+            continue;
+        }
+        used = used.saturating_add(bytes);
+        if !inline {
+            let mut sql = "SELECT payload FROM posthog_outbox WHERE claim = ".to_owned();
+            DB::DIALECT.push_placeholder(&mut sql, 1);
+            sql.push_str(" AND id = ");
+            DB::DIALECT.push_placeholder(&mut sql, 2);
+            let query = DB::bind_i64(
+                DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), token),
+                row.id,
+            );
+            let mut conn = pool.acquire().await?;
+            let found = DB::fetch_all(&mut conn, query).await?;
+            let Some(found) = found.first() else {
+                continue; // the lease was lost already: not ours to send
+            };
+            row.payload = DB::text(found, 0)?;
+        }
+        kept.push(row);
+    }
+    if !returned.is_empty() {
+        let mut sql = "UPDATE posthog_outbox SET leased_until = NULL, claim = NULL, \
+                       attempts = attempts - 1 WHERE claim = "
+            .to_owned();
+        DB::DIALECT.push_placeholder(&mut sql, 1);
+        push_id_list(DB::DIALECT, &mut sql, 2, returned.len());
+        let mut query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), token);
+        for id in returned {
+            query = DB::bind_i64(query, id);
+        }
+        let mut conn = pool.acquire().await?;
+        DB::execute(&mut conn, query).await?;
+    }
+    Ok(kept)
 }
 
 /// MySQL has no `UPDATE ... RETURNING`: lock with SKIP LOCKED, update, read back, in one
@@ -80,10 +172,11 @@ pub(crate) async fn claim<DB: Backend>(
 /// goes: that would block (and deadlock) user commits.
 async fn claim_mysql<DB: Backend>(
     pool: &Pool<DB>,
-    select: [i64; 3],
-    until: i64,
+    limit: i64,
+    lease_millis: i64,
     token: i64,
-) -> Result<Vec<Claimed>> {
+) -> Result<Vec<Taken>> {
+    let now = Dialect::MySql.now_millis_sql();
     let mut conn = pool.acquire().await?;
     DB::execute(
         &mut conn,
@@ -91,14 +184,15 @@ async fn claim_mysql<DB: Backend>(
     )
     .await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let sql = "SELECT id FROM posthog_outbox \
-               WHERE status = ? AND (leased_until IS NULL OR leased_until < ?) \
-               ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED";
-    let mut query = sqlx::query(sql);
-    for value in select {
-        query = DB::bind_i64(query, value);
-    }
-    let rows = DB::fetch_all(&mut tx, query).await?;
+    let select = format!(
+        "SELECT id FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
+         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+    );
+    let rows = DB::fetch_all(
+        &mut tx,
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(select)), limit),
+    )
+    .await?;
     let ids = rows
         .iter()
         .map(|row| DB::int(row, 0))
@@ -107,23 +201,26 @@ async fn claim_mysql<DB: Backend>(
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let mut list = String::new();
-    Dialect::MySql.push_placeholders(&mut list, 1, ids.len());
-    let update = format!(
-        "UPDATE posthog_outbox SET leased_until = ?, claim = ?, attempts = attempts + 1 WHERE id IN ({list})"
+    let mut update = format!(
+        "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, attempts = attempts + 1 \
+         WHERE 1 = 1"
     );
+    push_id_list(Dialect::MySql, &mut update, 3, ids.len());
     let mut query = DB::bind_i64(
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), until),
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), lease_millis),
         token,
     );
     for id in &ids {
         query = DB::bind_i64(query, *id);
     }
     DB::execute(&mut tx, query).await?;
-    let read = format!(
-        "SELECT id, attempts, payload FROM posthog_outbox WHERE id IN ({list}) ORDER BY id"
+    let mut read = format!(
+        "SELECT id, attempts, failures, COALESCE({now} - created_at, -1), \
+             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
+         FROM posthog_outbox WHERE 1 = 1"
     );
-    let mut read = sqlx::query(sqlx::AssertSqlSafe(read));
+    push_id_list(Dialect::MySql, &mut read, 2, ids.len());
+    let mut read = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(read)), INLINE_PAYLOAD_BYTES);
     for id in &ids {
         read = DB::bind_i64(read, *id);
     }
@@ -134,10 +231,10 @@ async fn claim_mysql<DB: Backend>(
 
 async fn fetch_claimed<DB: Backend>(
     pool: &Pool<DB>,
-    sql: &'static str,
-    values: [i64; 5],
-) -> Result<Vec<Claimed>> {
-    let mut query = sqlx::query(sql);
+    sql: String,
+    values: [i64; 4],
+) -> Result<Vec<Taken>> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for value in values {
         query = DB::bind_i64(query, value);
     }
@@ -146,21 +243,68 @@ async fn fetch_claimed<DB: Backend>(
     rows.iter().map(|row| decode::<DB>(row)).collect()
 }
 
-fn decode<DB: Backend>(row: &DB::Row) -> Result<Claimed> {
-    Ok(Claimed {
-        id: DB::int(row, 0)?,
-        attempts: DB::int(row, 1)?,
-        payload: DB::text(row, 2)?,
+fn decode<DB: Backend>(row: &DB::Row) -> Result<Taken> {
+    let age = DB::int(row, 3)?;
+    let payload = DB::optional_text(row, 5)?;
+    Ok(Taken {
+        inline: payload.is_some(),
+        bytes: DB::int(row, 4)?,
+        row: Claimed {
+            id: DB::int(row, 0)?,
+            attempts: DB::int(row, 1)?,
+            failures: DB::int(row, 2)?,
+            age_millis: (age >= 0).then_some(age),
+            payload: payload.unwrap_or_default(),
+        },
     })
+}
+
+/// Extends the lease of every row of `claim` still held: called while a send is in flight,
+/// so that a slow send (a large batch split into many requests) never outlives its lease.
+/// Returns the rows still held.
+pub(crate) async fn renew<DB: Backend>(
+    pool: &Pool<DB>,
+    claim: &Claim,
+    lease_millis: i64,
+) -> Result<u64> {
+    let (Some(first), Some(last)) = (claim.rows.first(), claim.rows.last()) else {
+        return Ok(0);
+    };
+    let dialect = DB::DIALECT;
+    let mut sql = format!(
+        "UPDATE posthog_outbox SET leased_until = {} + ",
+        dialect.now_millis_sql()
+    );
+    dialect.push_placeholder(&mut sql, 1);
+    sql.push_str(" WHERE claim = ");
+    dialect.push_placeholder(&mut sql, 2);
+    sql.push_str(" AND id BETWEEN ");
+    dialect.push_placeholder(&mut sql, 3);
+    sql.push_str(" AND ");
+    dialect.push_placeholder(&mut sql, 4);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for value in [lease_millis, claim.token, first.id, last.id] {
+        query = DB::bind_i64(query, value);
+    }
+    let mut conn = pool.acquire().await?;
+    Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?))
 }
 
 /// What to do with claimed rows once PostHog has answered.
 pub(crate) enum Settle<'a> {
     /// Delivered: delete.
     Delete,
-    /// Try again after `retry_at` (ms since epoch), remembering why.
-    Release { retry_at: i64, reason: &'a str },
-    /// Rejected for good.
+    /// Claimable again after `delay_millis` (database clock), with `entry` added to the rows'
+    /// history. `failed` counts a failure against the rows (PostHog accepted other events, so
+    /// these may be poison); `counted` false hands the attempt back (nothing was wrong with the
+    /// rows: the relay is paused, or never sent them).
+    Release {
+        delay_millis: i64,
+        entry: &'a str,
+        failed: bool,
+        counted: bool,
+    },
+    /// Rejected for good: moved to the dead-letter table with its history and `reason`.
     Dead { reason: &'a str },
 }
 
@@ -172,64 +316,148 @@ pub(crate) async fn settle<DB: Backend>(
     rows: Option<&[&Claimed]>,
     settle: Settle<'_>,
 ) -> Result<u64> {
-    let token = claim.token;
     let dialect = DB::DIALECT;
-    let (mut head, mut next) = match settle {
-        Settle::Delete => ("DELETE FROM posthog_outbox".to_owned(), 1),
-        Settle::Release { .. } => ("UPDATE posthog_outbox SET leased_until = ".to_owned(), 1),
-        Settle::Dead { .. } => (
-            "UPDATE posthog_outbox SET leased_until = NULL, status = ".to_owned(),
-            1,
-        ),
+    let ids: Vec<i64> = match rows {
+        Some(rows) => rows.iter().map(|row| row.id).collect(),
+        None => Vec::new(),
     };
-    if !matches!(settle, Settle::Delete) {
-        dialect.push_placeholder(&mut head, 1);
-        head.push_str(", last_error = ");
-        dialect.push_placeholder(&mut head, 2);
-        next = 3;
+    if rows.is_some_and(<[_]>::is_empty) || claim.rows.is_empty() {
+        return Ok(0);
     }
-    head.push_str(" WHERE claim = ");
-    dialect.push_placeholder(&mut head, next);
-    let bind_head = |query: crate::backend::BoundQuery<DB>| {
-        let query = match settle {
-            Settle::Delete => query,
-            Settle::Release { retry_at, reason } => {
-                DB::bind_text(DB::bind_i64(query, retry_at), reason)
-            }
-            Settle::Dead { reason } => {
-                DB::bind_text(DB::bind_i64(query, Status::Dead.code()), reason)
-            }
-        };
-        DB::bind_i64(query, token)
-    };
     let mut conn = pool.acquire().await?;
-    let Some(rows) = rows else {
-        // The claim's id range keeps this on the primary key; the token picks its rows.
-        let (Some(first), Some(last)) = (claim.rows.first(), claim.rows.last()) else {
-            return Ok(0);
-        };
-        let mut sql = head;
-        sql.push_str(" AND id BETWEEN ");
-        dialect.push_placeholder(&mut sql, next + 1);
-        sql.push_str(" AND ");
-        dialect.push_placeholder(&mut sql, next + 2);
-        let query = bind_head(sqlx::query(sqlx::AssertSqlSafe(sql)));
-        let query = DB::bind_i64(DB::bind_i64(query, first.id), last.id);
-        return Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?));
-    };
     let mut affected = 0;
-    for chunk in rows.chunks(500) {
-        let mut sql = head.clone();
-        sql.push_str(" AND id IN (");
-        dialect.push_placeholders(&mut sql, next + 1, chunk.len());
-        sql.push(')');
-        let mut query = bind_head(sqlx::query(sqlx::AssertSqlSafe(sql)));
-        for row in chunk {
-            query = DB::bind_i64(query, row.id);
+    // The whole claim is addressed by its id range, which keeps the statement on the primary
+    // key; the token picks its rows.
+    let chunks: Vec<&[i64]> = if ids.is_empty() {
+        vec![&[]]
+    } else {
+        ids.chunks(500).collect()
+    };
+    for chunk in chunks {
+        let (sql, binds) = settle_sql(dialect, claim, chunk, &settle);
+        match &settle {
+            Settle::Dead { .. } => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let copy = bind_all::<DB>(sql, &binds);
+                affected += DB::rows_affected(&DB::execute(&mut tx, copy).await?);
+                let (delete, binds) = settle_sql(dialect, claim, chunk, &Settle::Delete);
+                DB::execute(&mut tx, bind_all::<DB>(delete, &binds)).await?;
+                tx.commit().await?;
+            }
+            _ => {
+                let query = bind_all::<DB>(sql, &binds);
+                affected += DB::rows_affected(&DB::execute(&mut conn, query).await?);
+            }
         }
-        affected += DB::rows_affected(&DB::execute(&mut conn, query).await?);
     }
     Ok(affected)
+}
+
+enum Bind<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+fn bind_all<DB: Backend>(sql: String, binds: &[Bind<'_>]) -> crate::backend::BoundQuery<DB> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for bind in binds {
+        query = match bind {
+            Bind::Int(value) => DB::bind_i64(query, *value),
+            Bind::Text(value) => DB::bind_text(query, value),
+        };
+    }
+    query
+}
+
+/// `last_error` with `entry` appended on a new line, keeping the newest `HISTORY_BYTES`.
+fn appended_history(dialect: Dialect, placeholder: usize) -> String {
+    let mut entry = String::new();
+    dialect.push_placeholder(&mut entry, placeholder);
+    match dialect {
+        Dialect::Postgres => {
+            format!("RIGHT(COALESCE(last_error || chr(10), '') || {entry}, {HISTORY_BYTES})")
+        }
+        Dialect::MySql => format!(
+            "RIGHT(CONCAT(COALESCE(CONCAT(last_error, CHAR(10 USING utf8mb4)), ''), {entry}), \
+             {HISTORY_BYTES})"
+        ),
+        Dialect::Sqlite => {
+            format!("substr(COALESCE(last_error || char(10), '') || {entry}, -{HISTORY_BYTES})")
+        }
+    }
+}
+
+/// The statement for one chunk of rows (all of the claim's when `ids` is empty), with its
+/// parameters in order.
+fn settle_sql<'a>(
+    dialect: Dialect,
+    claim: &Claim,
+    ids: &[i64],
+    settle: &Settle<'a>,
+) -> (String, Vec<Bind<'a>>) {
+    let now = dialect.now_millis_sql();
+    let mut binds = Vec::new();
+    let mut sql = match settle {
+        Settle::Delete => "DELETE FROM posthog_outbox WHERE claim = ".to_owned(),
+        Settle::Release {
+            delay_millis,
+            entry,
+            failed,
+            counted,
+        } => {
+            let mut sql = format!("UPDATE posthog_outbox SET leased_until = {now} + ");
+            dialect.push_placeholder(&mut sql, 1);
+            sql.push_str(", claim = NULL, failures = failures + ");
+            dialect.push_placeholder(&mut sql, 2);
+            sql.push_str(", attempts = attempts - ");
+            dialect.push_placeholder(&mut sql, 3);
+            sql.push_str(", last_error = ");
+            sql.push_str(&appended_history(dialect, 4));
+            sql.push_str(" WHERE claim = ");
+            binds.push(Bind::Int(*delay_millis));
+            binds.push(Bind::Int(i64::from(*failed)));
+            binds.push(Bind::Int(i64::from(!*counted)));
+            binds.push(Bind::Text(entry));
+            sql
+        }
+        Settle::Dead { reason } => {
+            let mut sql = "INSERT INTO posthog_outbox_dead \
+                 (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, \
+                  dead_at) \
+                 SELECT id, uuid, event, distinct_id, timestamp, payload, attempts, "
+                .to_owned();
+            sql.push_str(&appended_history(dialect, 1));
+            sql.push_str(", ");
+            dialect.push_placeholder(&mut sql, 2);
+            sql.push_str(&format!(", {now} FROM posthog_outbox WHERE claim = "));
+            binds.push(Bind::Text(reason));
+            binds.push(Bind::Text(reason));
+            sql
+        }
+    };
+    dialect.push_placeholder(&mut sql, binds.len() + 1);
+    binds.push(Bind::Int(claim.token));
+    if ids.is_empty() {
+        let first = claim.rows.first().map_or(0, |row| row.id);
+        let last = claim.rows.last().map_or(0, |row| row.id);
+        sql.push_str(" AND id BETWEEN ");
+        dialect.push_placeholder(&mut sql, binds.len() + 1);
+        sql.push_str(" AND ");
+        dialect.push_placeholder(&mut sql, binds.len() + 2);
+        binds.push(Bind::Int(first));
+        binds.push(Bind::Int(last));
+    } else {
+        push_id_list(dialect, &mut sql, binds.len() + 1, ids.len());
+        binds.extend(ids.iter().map(|id| Bind::Int(*id)));
+    }
+    (sql, binds)
+}
+
+/// ` AND id IN (...)` with `count` placeholders numbered from `first`.
+fn push_id_list(dialect: Dialect, sql: &mut String, first: usize, count: usize) {
+    sql.push_str(" AND id IN (");
+    dialect.push_placeholders(sql, first, count);
+    sql.push(')');
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -246,26 +474,28 @@ mod tests {
         pool
     }
 
-    async fn insert(pool: &Pool<sqlx::Sqlite>, uuid: &str) {
+    async fn insert(pool: &Pool<sqlx::Sqlite>, uuid: &str, payload: &str) {
         sqlx::query(
             "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-             VALUES (?, 'e', 'd', 't', '{}')",
+             VALUES (?, 'e', 'd', 't', ?)",
         )
         .bind(uuid)
+        .bind(payload)
         .execute(pool)
         .await
         .unwrap();
     }
 
+    const BIG: usize = 1 << 30;
+
     #[tokio::test]
     async fn stale_acks_are_fenced_off() {
         let pool = outbox().await;
-        insert(&pool, "a").await;
-        insert(&pool, "b").await;
-        // A zero lease expires at once: a second relay may claim the same rows.
-        let first = claim(&pool, 10, 0).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let second = claim(&pool, 10, 60_000).await.unwrap();
+        insert(&pool, "a", "{}").await;
+        insert(&pool, "b", "{}").await;
+        // A negative lease is expired at once: a second relay may claim the same rows.
+        let first = claim(&pool, 10, -1, BIG).await.unwrap();
+        let second = claim(&pool, 10, 60_000, BIG).await.unwrap();
         assert_eq!(first.rows.len(), 2);
         assert_eq!(
             second
@@ -276,9 +506,10 @@ mod tests {
             [2, 2]
         );
         assert!(
-            claim(&pool, 10, 60_000).await.unwrap().rows.is_empty(),
+            claim(&pool, 10, 60_000, BIG).await.unwrap().rows.is_empty(),
             "leased rows are not claimable"
         );
+        assert_eq!(renew(&pool, &first, 60_000).await.unwrap(), 0, "no renewal");
 
         let stale: Vec<&Claimed> = first.rows.iter().collect();
         assert_eq!(
@@ -293,10 +524,15 @@ mod tests {
             0
         );
         let release = Settle::Release {
-            retry_at: 0,
-            reason: "stale",
+            delay_millis: 0,
+            entry: "stale",
+            failed: true,
+            counted: true,
         };
         assert_eq!(settle(&pool, &first, None, release).await.unwrap(), 0);
+        let dead = Settle::Dead { reason: "stale" };
+        assert_eq!(settle(&pool, &first, None, dead).await.unwrap(), 0);
+        assert_eq!(renew(&pool, &second, 60_000).await.unwrap(), 2);
         assert_eq!(
             settle(&pool, &second, None, Settle::Delete).await.unwrap(),
             2
@@ -306,15 +542,15 @@ mod tests {
     #[tokio::test]
     async fn a_reused_id_is_not_mistaken_for_the_deleted_event() {
         let pool = outbox().await;
-        insert(&pool, "old").await;
-        let first = claim(&pool, 10, 0).await.unwrap();
+        insert(&pool, "old", "{}").await;
+        let first = claim(&pool, 10, -1, BIG).await.unwrap();
         // Another relay delivers and deletes it; a new event then takes the same id.
         sqlx::query("DELETE FROM posthog_outbox")
             .execute(&pool)
             .await
             .unwrap();
-        insert(&pool, "new").await;
-        let second = claim(&pool, 10, 0).await.unwrap();
+        insert(&pool, "new", "{}").await;
+        let second = claim(&pool, 10, -1, BIG).await.unwrap();
         assert_eq!(
             (second.rows[0].id, second.rows[0].attempts),
             (first.rows[0].id, first.rows[0].attempts)
@@ -327,5 +563,57 @@ mod tests {
             0
         );
         assert_eq!(crate::outbox::Outbox::new(&pool).len().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_at_most_its_byte_budget_and_hands_the_rest_back_uncounted() {
+        let pool = outbox().await;
+        let large = format!("{{\"x\":\"{}\"}}", "a".repeat(40_000));
+        for uuid in ["a", "b", "c"] {
+            insert(&pool, uuid, &large).await;
+        }
+        insert(&pool, "d", "{}").await;
+        let taken = claim(&pool, 10, 60_000, 50_000).await.unwrap();
+        assert_eq!(taken.rows.len(), 1, "one large row fits the budget");
+        assert_eq!(taken.rows[0].payload, large, "read in full");
+        let rest = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        assert_eq!(rest.rows.len(), 3, "the others were handed back");
+        assert!(
+            rest.rows.iter().all(|row| row.attempts == 1),
+            "handing back does not count as an attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_rows_move_to_the_dead_letter_table_with_their_history() {
+        let pool = outbox().await;
+        insert(&pool, "a", "{}").await;
+        let first = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        let release = Settle::Release {
+            delay_millis: -1,
+            entry: "503 Service Unavailable",
+            failed: true,
+            counted: true,
+        };
+        settle(&pool, &first, None, release).await.unwrap();
+        let second = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        assert_eq!(second.rows[0].failures, 1);
+        let dead = Settle::Dead {
+            reason: "400 Bad Request",
+        };
+        assert_eq!(settle(&pool, &second, None, dead).await.unwrap(), 1);
+        let outbox = crate::outbox::Outbox::new(&pool);
+        let status = outbox.status().await.unwrap();
+        assert_eq!((status.pending, status.dead), (0, 1));
+        assert_eq!(status.dead_reasons, [("400 Bad Request".to_owned(), 1)]);
+        let events = outbox.events().await.unwrap();
+        assert_eq!(
+            events[0].last_error.as_deref(),
+            Some("503 Service Unavailable\n400 Bad Request")
+        );
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(outbox.purge(Some(hour)).await.unwrap(), 0, "too recent");
+        assert_eq!(outbox.purge(None).await.unwrap(), 1);
+        assert_eq!(outbox.status().await.unwrap().dead, 0);
     }
 }

@@ -1,35 +1,56 @@
 //! The relay: delivers the outbox to PostHog.
 //!
-//! A relay claims a batch of rows under a lease, sends them, and then deletes what PostHog
-//! accepted, dead-letters what it rejected for good (with the reason), and releases the rest
-//! for a later retry with backoff. Leases expire, so the rows of a relay that crashed between
-//! send and ack are claimed again and resent with the same uuids and timestamps; PostHog's
-//! uuid deduplication absorbs the repeat. Any number of relays, in-process or the standalone
-//! `posthog-track relay` command, can share one database.
+//! A relay claims a batch of rows under a lease (on the database's clock, renewed while the
+//! batch is in flight), sends them, and then settles every row by what PostHog said:
+//!
+//! - accepted: deleted;
+//! - a transient failure (transport error, 408, 429, 5xx): released for a retry after an
+//!   exponential backoff with jitter (`Retry-After` honoured). A row that failed before is sent
+//!   in ever smaller groups, so an event that fails every request it is in (poison) is cut off
+//!   from the good events within a few rounds; once it has failed `max_failures` times sent
+//!   alone while PostHog accepted other events, or is older than `max_age`, it is dead-lettered with its
+//!   history. Rows waiting out a backoff never hold back newer rows;
+//! - refused for its own sake (a single event answered 400 or 413, or over 1 MB): moved to the
+//!   dead-letter table with the reason, to be requeued or purged;
+//! - a configuration failure (401, 403, 404, 405, a redirect): nothing is wrong with the
+//!   events, so none is counted or dead-lettered. The relay pauses with one loud error that
+//!   says what to fix, probes again with a backoff capped at a minute, and resumes by itself.
+//!
+//! Leases expire, so the rows of a relay that crashed between send and ack are claimed again
+//! and resent with the same uuids and timestamps; PostHog's uuid deduplication absorbs the
+//! repeat. Acks are fenced by a per-claim token. Any number of relays, in-process or the
+//! standalone `posthog-track relay` command, can share one database. Only a tracker that can
+//! deliver (live mode, with an API key) runs a relay: a relay without a key would take other
+//! processes' events out of the outbox.
 
 mod claim;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::Pool;
 use tokio::sync::{Notify, watch};
 
 use crate::backend::Backend;
 use crate::client::backoff::Backoff;
-use crate::client::deliver::Fate;
+use crate::client::deliver::{self, Fate};
 use crate::client::{SharedStats, Sink};
+use crate::config::Mode;
 use crate::error::{Error, Result};
-use claim::{Claimed, Settle, now_millis};
+use crate::outbox::Outbox;
+use claim::{Claimed, Settle};
 
 /// Tuning of a relay.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RelayOptions {
-    /// Rows claimed and sent per request.
+    /// Rows claimed and sent per round.
     pub batch_size: usize,
-    /// How long a claim is exclusive. A relay that has not settled its rows by then is presumed
-    /// dead and another may resend them. Keep it well above the request timeout.
+    /// Payload bytes one claim may hold at most (the first row is always taken).
+    pub max_claim_bytes: usize,
+    /// How long a claim is exclusive. It is renewed while the batch is in flight; a relay
+    /// that died holding it loses it after this long, and another relay resends the rows.
     pub lease: Duration,
     /// Waits between retries of failed deliveries.
     pub backoff: Backoff,
@@ -40,22 +61,32 @@ pub struct RelayOptions {
     pub max_poll: Duration,
     /// Send as `historical_migration` batches.
     pub historical_migration: bool,
+    /// Failures of one event, while PostHog accepted others, after which it is dead-lettered.
+    pub max_failures: u32,
+    /// Age after which an event that still fails is dead-lettered.
+    pub max_age: Duration,
+    /// How long `drain` (and so `Tracker::flush`) waits at most.
+    pub flush_timeout: Duration,
 }
 
 impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             batch_size: 500,
+            max_claim_bytes: 16 * 1024 * 1024,
             lease: Duration::from_secs(60),
             backoff: Backoff::default(),
             min_poll: Duration::from_millis(50),
             max_poll: Duration::from_secs(2),
             historical_migration: false,
+            max_failures: 20,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            flush_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// What one pass of a relay did.
+/// What one round of a relay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Pass {
@@ -63,15 +94,20 @@ pub struct Pass {
     pub claimed: usize,
     /// Rows delivered and deleted.
     pub delivered: usize,
-    /// Rows released for a later retry.
+    /// Rows released for a later retry after a transient failure.
     pub retried: usize,
     /// Rows dead-lettered.
     pub dead: usize,
+    /// Rows handed back untouched: the relay is paused on a configuration failure, or the
+    /// round ended before sending them.
+    pub held: usize,
     /// The reason of the last transient failure, if any.
     pub failure: Option<String>,
-    /// The reason PostHog gave for the last event it rejected for good, if any.
+    /// The reason of the last dead-lettered event, if any.
     pub rejection: Option<String>,
-    /// How long to wait before the next attempt after a failure.
+    /// The configuration failure that paused the relay, if any.
+    pub paused: Option<String>,
+    /// How long to wait before the next round: after a round in which nothing got through.
     pub backoff: Option<Duration>,
 }
 
@@ -79,47 +115,95 @@ pub struct Pass {
 #[derive(Debug)]
 pub struct Relay<DB: Backend> {
     pool: Pool<DB>,
-    /// `None` when the tracker is disabled: such a relay must not touch the outbox.
+    /// `Some` only in live mode; anything else must not touch the outbox.
     sink: Option<Sink>,
+    mode: Mode,
     options: RelayOptions,
     stats: SharedStats,
     wake: Arc<Notify>,
-    /// One pass at a time per relay: a `drain` (what `Tracker::flush` runs) waits for the
-    /// background loop's pass in flight instead of finding its rows leased and giving up.
+    /// One round at a time per relay: a `drain` (what `Tracker::flush` runs) waits for the
+    /// background loop's round in flight instead of finding its rows leased.
     pass: tokio::sync::Mutex<()>,
+    /// Consecutive rounds paused on a configuration failure (0 when running).
+    pauses: AtomicU32,
+    /// Consecutive rounds in which nothing got through (0 after any success).
+    failed_rounds: AtomicU32,
+    /// When set (by `shutdown`), a round still sending at this instant stops waiting and hands
+    /// its rows back at once, instead of leaving them leased for a whole lease.
+    abandon_at: std::sync::Mutex<Option<Instant>>,
+    /// Whether PostHog accepts events, as far as this relay can tell: see `judge`.
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 impl<DB: Backend> Relay<DB> {
     pub(crate) fn new(
         pool: Pool<DB>,
         sink: Option<Sink>,
+        mode: Mode,
         options: RelayOptions,
         stats: SharedStats,
         wake: Arc<Notify>,
     ) -> Self {
         Relay {
             pool,
-            sink,
+            sink: sink.filter(|sink| matches!(sink, Sink::PostHog(_))),
+            mode,
             options,
             stats,
             wake,
             pass: tokio::sync::Mutex::new(()),
+            pauses: AtomicU32::new(0),
+            failed_rounds: AtomicU32::new(0),
+            abandon_at: std::sync::Mutex::new(None),
+            healthy: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
-    /// Claims one batch, delivers it and settles every row.
+    /// The outbox this relay delivers.
+    pub fn outbox(&self) -> Outbox<'_, DB> {
+        Outbox::new(&self.pool)
+    }
+
+    fn lease_millis(&self) -> i64 {
+        i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Claims one batch, delivers it and settles every row. Fails with
+    /// [`Error::CannotDeliver`] when the tracker has no API key or is disabled: such a relay
+    /// never touches the outbox.
     pub async fn run_once(&self) -> Result<Pass> {
-        let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        self.round(None).await
+    }
+
+    /// From now on, rounds still sending at `at` stop waiting for PostHog and hand their rows
+    /// back (they may have arrived; a resend is identical, and PostHog deduplicates).
+    pub(crate) fn abandon_at(&self, at: Instant) {
+        *self
+            .abandon_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    fn abandon_deadline(&self, round: Option<Instant>) -> Option<Instant> {
+        let global = *self
+            .abandon_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (global, round) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One round; a send still in flight at `deadline` is abandoned (see `abandon_at`).
+    async fn round(&self, deadline: Option<Instant>) -> Result<Pass> {
         let Some(sink) = &self.sink else {
-            return Err(Error::Config(
-                "the tracker is disabled (POSTHOG_DISABLED); its relay delivers nothing and leaves \
-                 the outbox as it is"
-                    .to_owned(),
-            ));
+            return Err(Error::CannotDeliver { mode: self.mode });
         };
-        let _one_pass_at_a_time = self.pass.lock().await;
+        let _one_round_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
-        let claim = claim::claim(&self.pool, limit, lease).await?;
+        let lease = self.lease_millis();
+        let claim = claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes).await?;
         let rows = &claim.rows;
         let mut pass = Pass {
             claimed: rows.len(),
@@ -129,16 +213,71 @@ impl<DB: Backend> Relay<DB> {
             return Ok(pass);
         }
         let payloads: Vec<&str> = rows.iter().map(|row| row.payload.as_str()).collect();
-        let fates = sink
-            .deliver(&payloads, self.options.historical_migration)
-            .await;
+        let prior: Vec<u32> = rows
+            .iter()
+            .map(|row| u32::try_from(row.attempts.saturating_sub(1)).unwrap_or(u32::MAX))
+            .collect();
+        let groups = deliver::groups(&prior);
+        let mut alone = vec![false; rows.len()];
+        for group in &groups {
+            if let [index] = group[..] {
+                alone[index] = true;
+            }
+        }
+        let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
+        let fates = {
+            let send = sink.deliver(&payloads, &groups, self.options.historical_migration);
+            tokio::pin!(send);
+            let renew_every = (self.options.lease / 3).max(Duration::from_millis(10));
+            let mut renewed = Instant::now();
+            let tick = Duration::from_millis(50).min(renew_every);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+            loop {
+                tokio::select! {
+                    fates = &mut send => break Some(fates),
+                    _ = ticks.tick() => {
+                        if self
+                            .abandon_deadline(deadline)
+                            .is_some_and(|at| Instant::now() >= at)
+                        {
+                            break None;
+                        }
+                        if renewed.elapsed() >= renew_every {
+                            renewed = Instant::now();
+                            if let Err(error) = claim::renew(&self.pool, &claim, lease).await {
+                                tracing::warn!(%error, "could not renew the relay's lease");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let Some(fates) = fates else {
+            // Out of time mid-send: hand every row back now, uncounted, so that the next
+            // relay need not wait out the lease.
+            claim::settle(
+                &self.pool,
+                &claim,
+                None,
+                Settle::Release {
+                    delay_millis: 0,
+                    entry: "abandoned mid-send at a deadline (a resend is identical)",
+                    failed: false,
+                    counted: false,
+                },
+            )
+            .await?;
+            pass.held = rows.len();
+            return Ok(pass);
+        };
         self.stats.count_fates(&fates);
 
         let mut delivered: Vec<&Claimed> = Vec::new();
         let mut dead: Vec<(&Claimed, String)> = Vec::new();
-        let mut retry: Vec<&Claimed> = Vec::new();
+        let mut retry: Vec<(&Claimed, bool)> = Vec::new();
+        let mut held: Vec<&Claimed> = Vec::new();
         let mut retry_after = None;
-        for (row, fate) in rows.iter().zip(fates) {
+        for ((row, fate), alone) in rows.iter().zip(fates).zip(alone) {
             match fate {
                 Fate::Delivered => delivered.push(row),
                 Fate::Dead { reason } => dead.push((row, reason)),
@@ -148,12 +287,17 @@ impl<DB: Backend> Relay<DB> {
                 } => {
                     retry_after = retry_after.max(after);
                     pass.failure = Some(reason);
-                    retry.push(row);
+                    retry.push((row, alone));
+                }
+                Fate::Paused { reason } => {
+                    if !reason.is_empty() {
+                        pass.paused = Some(reason);
+                    }
+                    held.push(row);
                 }
             }
         }
         pass.delivered = delivered.len();
-        // The common case, everything accepted, is one small statement.
         let whole_claim = delivered.len() == rows.len();
         let acked = claim::settle(
             &self.pool,
@@ -168,90 +312,232 @@ impl<DB: Backend> Relay<DB> {
                 "lease expired before the ack; another relay will resend (PostHog deduplicates)"
             );
         }
+
+        // A failure counts against an event only when it was sent alone, had failed before,
+        // and PostHog accepts other events: then the event itself is the problem. During an
+        // outage, or in a group with a poison event, nothing is the event's fault, and nothing
+        // is given up.
+        let isolated = self.judge(&groups, &fates_summary(&delivered, &retry, &fresh, rows));
+        let reason = pass.failure.clone().unwrap_or_default();
+        let mut released = Vec::new();
+        let mut blamed = Vec::new();
+        for (row, alone) in retry {
+            let blame = isolated && alone && row.attempts > 1;
+            let failures = row.failures + i64::from(blame);
+            let too_old = row.age_millis.is_some_and(|age| {
+                u128::from(age.unsigned_abs()) > self.options.max_age.as_millis()
+            });
+            if blame && failures >= i64::from(self.options.max_failures) {
+                dead.push((
+                    row,
+                    format!(
+                        "gave up after {failures} failures while PostHog accepted other events: \
+                         {reason}"
+                    ),
+                ));
+            } else if too_old {
+                dead.push((
+                    row,
+                    format!(
+                        "undelivered for longer than max_age ({:?}): {reason}",
+                        self.options.max_age
+                    ),
+                ));
+            } else if blame {
+                blamed.push(row);
+            } else {
+                released.push(row);
+            }
+        }
         for (row, reason) in &dead {
-            tracing::error!(id = row.id, %reason, "PostHog rejected an outbox event; dead-lettered");
+            tracing::error!(id = row.id, %reason, "outbox event dead-lettered");
             claim::settle(&self.pool, &claim, Some(&[row]), Settle::Dead { reason }).await?;
         }
+        self.stats.dead_lettered(dead.len());
         pass.dead = dead.len();
         pass.rejection = dead.last().map(|(_, reason)| reason.clone());
-        if !retry.is_empty() {
-            let failures = retry.iter().map(|row| row.attempts).min().unwrap_or(1);
+
+        let entry = history_entry(&reason);
+        for (rows, failed) in [(&released, false), (&blamed, true)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let attempts = rows.iter().map(|row| row.attempts).min().unwrap_or(1);
             let delay = self
                 .options
                 .backoff
-                .delay(u32::try_from(failures).unwrap_or(u32::MAX), retry_after);
-            tracing::warn!(
-                events = retry.len(),
-                reason = pass.failure.as_deref().unwrap_or(""),
-                ?delay,
-                "delivery failed; will retry"
-            );
-            let retry_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-            let reason = pass.failure.clone().unwrap_or_default();
+                .delay(u32::try_from(attempts).unwrap_or(u32::MAX), retry_after);
+            tracing::warn!(events = rows.len(), %reason, ?delay, "delivery failed; will retry");
             claim::settle(
                 &self.pool,
                 &claim,
-                Some(&retry),
+                Some(rows),
                 Settle::Release {
-                    retry_at,
-                    reason: &reason,
+                    delay_millis: millis(delay),
+                    entry: &entry,
+                    failed,
+                    counted: true,
                 },
             )
             .await?;
-            pass.retried = retry.len();
-            pass.backoff = Some(delay);
+            pass.retried += rows.len();
+        }
+
+        let pause_delay = self.track_pause(&pass);
+        if !held.is_empty() {
+            let (delay, entry) = match &pass.paused {
+                Some(reason) => (pause_delay, history_entry(reason)),
+                None => (Duration::ZERO, String::new()),
+            };
+            let entry_ref = if entry.is_empty() {
+                "not sent: the round ended early"
+            } else {
+                &entry
+            };
+            claim::settle(
+                &self.pool,
+                &claim,
+                Some(&held),
+                Settle::Release {
+                    delay_millis: millis(delay),
+                    entry: entry_ref,
+                    failed: false,
+                    counted: false,
+                },
+            )
+            .await?;
+            pass.held = held.len();
+        }
+
+        if pass.paused.is_some() {
+            pass.backoff = Some(pause_delay);
+        } else if pass.delivered == 0 && pass.retried > 0 {
+            let rounds = self.failed_rounds.fetch_add(1, Ordering::Relaxed) + 1;
+            pass.backoff = Some(self.options.backoff.delay(rounds, retry_after));
+        } else if pass.delivered > 0 {
+            self.failed_rounds.store(0, Ordering::Relaxed);
         }
         Ok(pass)
     }
 
-    /// Delivers everything deliverable now. Fails with [`Error::Delivery`] when events remain
-    /// undelivered: PostHog rejected some for good (they are dead-lettered with the reason), a
-    /// delivery failed transiently, or events wait out a retry backoff or another relay's
-    /// lease. Everything not delivered stays in the outbox.
+    /// Updates what the relay believes of PostHog's health from a round's outcome, and returns
+    /// it: healthy once anything is accepted; unhealthy when a round failed whole while it
+    /// sent fresh events (which have no history of failing) or several groups (two poison
+    /// events at once are unlikely; an outage is not); unchanged by a lone retried event
+    /// failing again, which is what a poison event looks like.
+    fn judge(&self, groups: &[Vec<usize>], summary: &RoundSummary) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if summary.delivered > 0 {
+            self.healthy.store(true, Relaxed);
+        } else if summary.failed > 0 && (summary.fresh_failed || groups.len() > 1) {
+            self.healthy.store(false, Relaxed);
+        }
+        self.healthy.load(Relaxed)
+    }
+
+    /// Updates the pause state after a round; returns how long a paused relay waits.
+    fn track_pause(&self, pass: &Pass) -> Duration {
+        match &pass.paused {
+            Some(reason) => {
+                let pauses = self.pauses.fetch_add(1, Ordering::Relaxed) + 1;
+                let delay = PAUSE_BACKOFF.delay(pauses, None);
+                if pauses == 1 {
+                    tracing::error!(
+                        %reason,
+                        "posthog-track relay PAUSED: PostHog refused the request because of the \
+                         set-up, not the events. Nothing is dropped; it retries every minute at \
+                         most and resumes by itself once this is fixed"
+                    );
+                }
+                delay
+            }
+            None => {
+                if pass.delivered > 0 && self.pauses.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!("posthog-track relay resumed: PostHog accepts events again");
+                }
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Whether the relay is paused on a configuration failure right now.
+    pub fn is_paused(&self) -> bool {
+        self.pauses.load(Ordering::Relaxed) > 0
+    }
+
+    /// Delivers everything committed before the call, within the relay's flush timeout; see
+    /// [`drain_for`](Relay::drain_for).
     pub async fn drain(&self) -> Result<()> {
-        let mut rejected = 0;
-        let mut last_rejection = None;
+        self.drain_for(self.options.flush_timeout).await
+    }
+
+    /// Delivers everything committed before the call: retries with backoff, waits out other
+    /// relays' leases, until each of those events is delivered or dead-lettered, for at most
+    /// `timeout`.
+    ///
+    /// Fails with [`Error::Timeout`] (how many are still pending, and why) when time runs out,
+    /// and with [`Error::Undelivered`] when some were dead-lettered on the way. Nothing is ever
+    /// lost: undelivered events stay in the outbox.
+    pub async fn drain_for(&self, timeout: Duration) -> Result<()> {
+        if self.sink.is_none() {
+            return Err(Error::CannotDeliver { mode: self.mode });
+        }
+        let started = Instant::now();
+        let newest = self.outbox().newest_id().await?;
+        let mut dead = 0u64;
+        let mut last_dead = None;
+        let mut why = String::new();
         loop {
-            let pass = self.run_once().await?;
-            if let Some(reason) = pass.failure {
-                return Err(Error::Delivery { reason });
+            let pass = self.round(Some(started + timeout)).await?;
+            dead += pass.dead as u64;
+            if pass.rejection.is_some() {
+                last_dead = pass.rejection.clone();
             }
-            if pass.dead > 0 {
-                rejected += pass.dead;
-                last_rejection = pass.rejection;
+            if let Some(reason) = pass.paused.clone().or_else(|| pass.failure.clone()) {
+                why = reason;
             }
-            if pass.claimed == 0 {
+            let (pending, ready_in) = self.outbox().pending_through(newest).await?;
+            if pending == 0 {
                 break;
             }
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                if why.is_empty() {
+                    why = "waiting for another relay's lease or a retry backoff".to_owned();
+                }
+                return Err(Error::Timeout {
+                    waited: started.elapsed(),
+                    pending: pending.unsigned_abs(),
+                    reason: why,
+                });
+            }
+            let wait = match pass.backoff {
+                Some(backoff) => backoff,
+                None if pass.claimed == 0 => Duration::from_millis(ready_in.clamp(5, 1000) as u64),
+                None => Duration::ZERO,
+            };
+            tokio::time::sleep(wait.min(remaining)).await;
         }
-        if rejected > 0 {
-            return Err(Error::Delivery {
-                reason: format!(
-                    "PostHog rejected {rejected} event(s); they are dead-lettered in the outbox ({})",
-                    last_rejection.unwrap_or_default()
-                ),
-            });
-        }
-        let pending = crate::outbox::Outbox::new(&self.pool)
-            .status()
-            .await?
-            .pending;
-        if pending > 0 {
-            return Err(Error::Delivery {
-                reason: format!(
-                    "{pending} event(s) wait in the outbox for a retry or another relay's lease"
-                ),
+        if dead > 0 {
+            return Err(Error::Undelivered {
+                dead,
+                dropped: 0,
+                reason: last_dead.unwrap_or_default(),
             });
         }
         Ok(())
     }
 
-    /// Runs until `stop` becomes true: delivers at once after a local commit, polls with a
-    /// growing interval when idle, and backs off while PostHog fails.
+    /// Runs until `stop` becomes true (or its sender is dropped: the tracker is gone):
+    /// delivers at once after a local commit, polls with a growing interval when idle, backs
+    /// off while PostHog fails, and pauses while the set-up is wrong.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let mut idle = self.options.min_poll;
         let mut errors = 0u32;
-        while !*stop.borrow() {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
             // While PostHog fails, new commits must not cut the backoff short.
             let (wait, wakeable) = match self.run_once().await {
                 Ok(pass) => {
@@ -269,15 +555,63 @@ impl<DB: Backend> Relay<DB> {
                 }
                 Err(error) => {
                     errors += 1;
-                    tracing::error!(%error, "relay pass failed (database)");
+                    tracing::error!(%error, "relay round failed (database)");
                     (self.options.backoff.delay(errors, None), false)
                 }
             };
             tokio::select! {
                 _ = self.wake.notified(), if wakeable => idle = self.options.min_poll,
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return; // the tracker that owned this relay is gone
+                    }
+                }
             }
         }
     }
+}
+
+/// What a round achieved, for judging PostHog's health.
+struct RoundSummary {
+    delivered: usize,
+    failed: usize,
+    fresh_failed: bool,
+}
+
+fn fates_summary(
+    delivered: &[&Claimed],
+    retry: &[(&Claimed, bool)],
+    fresh: &[bool],
+    rows: &[Claimed],
+) -> RoundSummary {
+    let fresh_ids: std::collections::HashSet<i64> = rows
+        .iter()
+        .zip(fresh)
+        .filter(|(_, fresh)| **fresh)
+        .map(|(row, _)| row.id)
+        .collect();
+    RoundSummary {
+        delivered: delivered.len(),
+        failed: retry.len(),
+        fresh_failed: retry.iter().any(|(row, _)| fresh_ids.contains(&row.id)),
+    }
+}
+
+/// Backoff of a paused relay: a probe after a second, growing to one a minute.
+const PAUSE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+fn millis(delay: Duration) -> i64 {
+    i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// One line of a row's failure history: when (this host's clock, for reading only) and why.
+fn history_entry(reason: &str) -> String {
+    format!(
+        "{} {reason}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }

@@ -55,6 +55,9 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
     /// Close the connection without answering: the client sees a transport error.
     DropConnection,
+    /// Answer with this status and the request's own body, as some proxies do in their error
+    /// pages (a client must not log or store what it sent, key included).
+    EchoRequest(u16),
     /// Accept and record the events, then never answer: PostHog has them, the client never
     /// learns it (as when a relay dies between sending and acknowledging).
     AcceptWithoutResponse,
@@ -147,7 +150,7 @@ struct State {
     script: VecDeque<Reply>,
     outage: Option<Reply>,
     random: Option<(f64, Vec<Reply>, fastrand::Rng)>,
-    reject: Option<Predicate>,
+    reject: Option<(u16, Predicate)>,
     flag_definitions: Option<Value>,
     definitions_status: Option<u16>,
     definitions_requests: Vec<(u16, Option<String>)>,
@@ -305,7 +308,17 @@ impl MockPostHog {
     /// Rejects with 400 every request holding an event for which `predicate` is true; like
     /// PostHog, nothing of such a request is accepted.
     pub fn reject_events_where(&self, predicate: impl Fn(&Value) -> bool + Send + Sync + 'static) {
-        self.shared.state().reject = Some(Arc::new(predicate));
+        self.shared.state().reject = Some((400, Arc::new(predicate)));
+    }
+
+    /// Answers `status` (a 5xx, say) to every request holding an event for which `predicate`
+    /// is true, accepting nothing of it: a poison event that fails every request it is in.
+    pub fn fail_events_where(
+        &self,
+        status: u16,
+        predicate: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) {
+        self.shared.state().reject = Some((status, Arc::new(predicate)));
     }
 
     /// Serves `definitions` (a `/flags/definitions` body) to local evaluation, with an ETag,
@@ -512,6 +525,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
             json!({"type": "scripted", "detail": "scripted failure"}),
             None,
         ),
+        Reply::EchoRequest(status) => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() =
+                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+            response
+        }
         Reply::RetryAfter { status, seconds } => respond(
             status,
             json!({"type": "scripted", "detail": "slow down"}),
@@ -839,10 +859,15 @@ fn accept(shared: &Shared, body: &[u8], gzip: bool, record: &mut ReceivedRequest
     for (index, event) in events.into_iter().enumerate() {
         match validate(&event) {
             Ok(received) => {
-                if reject.as_ref().is_some_and(|predicate| predicate(&event)) {
-                    return invalid(format!(
-                        "event {index} was rejected by the test's predicate"
-                    ));
+                if let Some((status, predicate)) = &reject
+                    && predicate(&event)
+                {
+                    let detail = format!("event {index} was refused by the test's predicate");
+                    return if *status == 400 {
+                        invalid(detail)
+                    } else {
+                        respond(*status, json!({"type": "scripted", "detail": detail}), None)
+                    };
                 }
                 accepted.push(received);
             }

@@ -1,0 +1,526 @@
+//! The delivery side of a tracker, shared by the tracker and its transactions: where committed
+//! and captured events go (the outbox and its relays, the in-memory queue, or stdout in dry
+//! run), `before_send`, the stats, and waiting for delivery (`flush`, `shutdown`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::Pool;
+use tokio::sync::{Notify, watch};
+
+use crate::backend::Backend;
+use crate::client::queue::{Queue, QueueOptions};
+use crate::client::{DropCause, SharedStats, Sink, print_dry_run};
+use crate::config::Mode;
+use crate::error::{Error, Result};
+use crate::event::StagedEvent;
+use crate::outbox::Outbox;
+use crate::relay::{Relay, RelayOptions};
+
+/// How the events of tracked writes reach PostHog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Written to the outbox table in the write's transaction and delivered by a relay:
+    /// nothing committed is lost, even across a crash (at-least-once, deduplicated by uuid).
+    #[default]
+    Outbox,
+    /// Held in the transaction and handed to the in-memory queue after commit. Needs no outbox
+    /// table, but events queued when the process dies are lost (at-most-once across a crash).
+    AfterCommit,
+}
+
+/// A hook that sees every event before it is recorded: return it (changed or not) to keep it,
+/// or `None` to drop it.
+pub type BeforeSend = Arc<dyn Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync>;
+
+/// What [`Tracker::shutdown`](crate::Tracker::shutdown) left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Events waiting in the outboxes this tracker committed to, for the next relay (a
+    /// standalone `posthog-track relay` when delivery is external). Never lost.
+    pub left_in_outbox: u64,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type DrainFn = Arc<dyn Fn(Duration) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+type PendingFn = Arc<dyn Fn() -> BoxFuture<'static, Result<i64>> + Send + Sync>;
+
+/// An outbox this tracker committed to, and its in-process relay when it runs one.
+struct KnownPool {
+    pending: PendingFn,
+    /// Waits, without claiming anything, until what was committed before the call is gone
+    /// from the outbox: `flush` when another process delivers.
+    await_external: DrainFn,
+    relay: Option<RunningRelay>,
+}
+
+struct RunningRelay {
+    /// Dropped with the tracker: the relay loop then stops by itself.
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    drain: DrainFn,
+    /// Makes rounds still sending at the instant given hand their rows back.
+    abandon_at: Arc<dyn Fn(Instant) + Send + Sync>,
+    wake: Arc<Notify>,
+}
+
+/// Identifies a pool (clones of a `Pool` share their options).
+fn pool_key<DB: Backend>(pool: &Pool<DB>) -> usize {
+    Arc::as_ptr(&pool.connect_options()) as *const () as usize
+}
+
+pub(crate) struct Dispatch {
+    pub(crate) mode: Mode,
+    pub(crate) delivery: Delivery,
+    /// `None` when disabled; `DryRun` prints.
+    sink: Option<Sink>,
+    before_send: Option<BeforeSend>,
+    pub(crate) stats: SharedStats,
+    queue_options: QueueOptions,
+    relay_options: RelayOptions,
+    queue: OnceLock<Arc<Queue>>,
+    pools: Mutex<HashMap<usize, KnownPool>>,
+    /// A standalone relay serves the databases: this process starts none.
+    external_relay: bool,
+    /// Events committed through `Tracker::track` (no pool known) while no relay ran.
+    unrelayed: AtomicU64,
+    flush_timeout: Duration,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("mode", &self.mode)
+            .field("delivery", &self.delivery)
+            .field("external_relay", &self.external_relay)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct DispatchOptions {
+    pub mode: Mode,
+    pub delivery: Delivery,
+    pub sink: Option<Sink>,
+    pub before_send: Option<BeforeSend>,
+    pub queue: QueueOptions,
+    pub relay: RelayOptions,
+    pub external_relay: bool,
+    pub flush_timeout: Duration,
+}
+
+impl Dispatch {
+    pub(crate) fn new(options: DispatchOptions) -> Self {
+        Dispatch {
+            mode: options.mode,
+            delivery: options.delivery,
+            sink: options.sink,
+            before_send: options.before_send,
+            stats: SharedStats::default(),
+            queue_options: options.queue,
+            relay_options: options.relay,
+            queue: OnceLock::new(),
+            pools: Mutex::new(HashMap::new()),
+            external_relay: options.external_relay,
+            unrelayed: AtomicU64::new(0),
+            flush_timeout: options.flush_timeout,
+        }
+    }
+
+    /// Whether tracked writes record events at all (not when disabled).
+    pub(crate) fn records_events(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Whether committed events go to the outbox (live mode with outbox delivery).
+    fn uses_outbox(&self) -> bool {
+        self.mode == Mode::Live && self.delivery == Delivery::Outbox
+    }
+
+    /// A relay for `pool`, to run by hand.
+    pub(crate) fn relay<DB: Backend>(&self, pool: Pool<DB>, wake: Arc<Notify>) -> Relay<DB> {
+        Relay::new(
+            pool,
+            self.sink.clone(),
+            self.mode,
+            self.relay_options.clone(),
+            self.stats.clone(),
+            wake,
+        )
+    }
+
+    /// Called when a tracked transaction begins on `pool`: the first one starts the pool's
+    /// in-process relay (unless delivery is external), so that a tracker delivers what it
+    /// commits without further calls. Returns the pool's key, for waking its relay.
+    pub(crate) fn track_pool<DB: Backend>(&self, pool: &Pool<DB>) -> Option<usize> {
+        if !self.uses_outbox() {
+            return None;
+        }
+        let key = pool_key(pool);
+        let mut pools = lock(&self.pools);
+        if let std::collections::hash_map::Entry::Vacant(entry) = pools.entry(key) {
+            let relay = (!self.external_relay).then(|| self.spawn_relay(pool.clone()));
+            entry.insert(known_pool(pool.clone(), relay));
+        }
+        Some(key)
+    }
+
+    /// Starts the in-process relay of `pool` now, whatever the builder said about external
+    /// delivery.
+    pub(crate) fn start_relay<DB: Backend>(&self, pool: &Pool<DB>) -> Result<()> {
+        if !matches!(self.sink, Some(Sink::PostHog(_))) {
+            return Err(Error::CannotDeliver { mode: self.mode });
+        }
+        let key = pool_key(pool);
+        let mut pools = lock(&self.pools);
+        let known = pools
+            .entry(key)
+            .or_insert_with(|| known_pool(pool.clone(), None));
+        if known.relay.is_none() {
+            known.relay = Some(self.spawn_relay(pool.clone()));
+        }
+        Ok(())
+    }
+
+    fn spawn_relay<DB: Backend>(&self, pool: Pool<DB>) -> RunningRelay {
+        let wake = Arc::new(Notify::new());
+        let relay = Arc::new(self.relay(pool, wake.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let runner = relay.clone();
+        let task = tokio::spawn(async move { runner.run(stopped).await });
+        let abandoning = relay.clone();
+        let drain: DrainFn = Arc::new(move |timeout| {
+            let relay = relay.clone();
+            Box::pin(async move { relay.drain_for(timeout).await })
+        });
+        RunningRelay {
+            stop,
+            task,
+            drain,
+            abandon_at: Arc::new(move |at| abandoning.abandon_at(at)),
+            wake,
+        }
+    }
+
+    /// Runs `before_send` over staged events; dropped ones are counted.
+    pub(crate) fn apply_before_send(&self, events: Vec<StagedEvent>) -> Vec<StagedEvent> {
+        let Some(hook) = &self.before_send else {
+            return events;
+        };
+        events
+            .into_iter()
+            .filter_map(|mut event| {
+                let Some(json) = hook(event.json()) else {
+                    self.stats.filtered();
+                    return None;
+                };
+                event.payload = json.to_string();
+                Some(event)
+            })
+            .collect()
+    }
+
+    /// Where the events of a transaction about to commit go: `true` when they must be written
+    /// to the outbox inside it.
+    pub(crate) fn writes_outbox(&self) -> bool {
+        self.uses_outbox()
+    }
+
+    /// After a commit: wakes the pool's relay (outbox), or prints (dry run), or queues
+    /// (`AfterCommit`). Never fails: the database has committed, and delivery trouble from
+    /// here on is logged and counted, not returned as the commit's error.
+    pub(crate) async fn committed(&self, pool: Option<usize>, events: Vec<StagedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        match (self.mode, self.delivery) {
+            (Mode::Live, Delivery::Outbox) => {
+                let relay = pool.and_then(|key| {
+                    lock(&self.pools)
+                        .get(&key)
+                        .and_then(|known| known.relay.as_ref().map(|relay| relay.wake.clone()))
+                });
+                let unrelayed = || {
+                    pool.is_none()
+                        && !self.external_relay
+                        && !self.runs_relays()
+                        && self
+                            .unrelayed
+                            .fetch_add(events.len() as u64, Ordering::Relaxed)
+                            == 0
+                };
+                match relay {
+                    Some(wake) => wake.notify_one(),
+                    None if unrelayed() => tracing::error!(
+                        "posthog-track: events were committed through `Tracker::track` on a pool \
+                         this tracker runs no relay for; they wait in the outbox. Call \
+                         `tracker.start_relay(pool)` once at start-up, or begin transactions \
+                         with `tracker.begin(&pool)`"
+                    ),
+                    None => {}
+                }
+            }
+            (Mode::DryRun, _) => print_dry_run(events.iter().map(|e| e.payload.as_str())),
+            (Mode::Live, Delivery::AfterCommit) => {
+                for event in events {
+                    if let Err(error) = self.push(event, true).await {
+                        tracing::error!(%error, "an after-commit event could not be queued");
+                        self.stats.dropped(DropCause::AtShutdown, 1);
+                    }
+                }
+            }
+            (Mode::Disabled, _) => {}
+        }
+    }
+
+    fn runs_relays(&self) -> bool {
+        lock(&self.pools)
+            .values()
+            .any(|known| known.relay.is_some())
+    }
+
+    /// Queues a captured event for the in-memory path.
+    pub(crate) async fn push(&self, event: StagedEvent, wait_for_room: bool) -> Result<()> {
+        let queue = self.queue()?;
+        if wait_for_room {
+            queue.push(event).await
+        } else {
+            queue.try_push(event).await
+        }
+    }
+
+    fn queue(&self) -> Result<&Arc<Queue>> {
+        let sink = self.sink.clone().ok_or(Error::Disabled)?;
+        Ok(self
+            .queue
+            .get_or_init(|| Queue::start(sink, self.queue_options.clone(), self.stats.clone())))
+    }
+
+    /// Delivers everything committed or captured before the call, within the flush timeout.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.deliver_all(Instant::now() + self.flush_timeout).await
+    }
+
+    async fn deliver_all(&self, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
+        let drains: Vec<DrainFn> = lock(&self.pools)
+            .values()
+            .map(|known| match &known.relay {
+                Some(relay) => relay.drain.clone(),
+                None => known.await_external.clone(),
+            })
+            .collect();
+        let mut outcome = Outcome::default();
+        for drain in drains {
+            outcome.add(drain(deadline.saturating_duration_since(Instant::now())).await);
+        }
+        if let Some(queue) = self.queue.get() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, queue.flush()).await {
+                Ok(result) => outcome.add(result),
+                Err(_) => outcome.add(Err(Error::Timeout {
+                    waited: started.elapsed(),
+                    pending: queue.pending() as u64,
+                    reason: "in-memory events still being sent".to_owned(),
+                })),
+            }
+        }
+        let unrelayed = self.unrelayed.load(Ordering::Relaxed);
+        if unrelayed > 0 && !self.runs_relays() && !self.external_relay {
+            outcome.add(Err(Error::NoRelay { pending: unrelayed }));
+        }
+        outcome.finish(started)
+    }
+
+    /// Flushes until `deadline`, then stops background work.
+    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
+        let started = Instant::now();
+        let at = started + deadline;
+        let relays: Vec<RunningRelay> = lock(&self.pools)
+            .values_mut()
+            .filter_map(|known| known.relay.take())
+            .collect();
+        for relay in &relays {
+            (relay.abandon_at)(at);
+        }
+        // Put the relays back for the final flush only: they stop as soon as it ends.
+        let result = if deadline.is_zero() {
+            // "Stop now": not even one delivery attempt is started.
+            Ok(())
+        } else {
+            let mut outcome = Outcome::default();
+            for relay in &relays {
+                outcome.add((relay.drain)(at.saturating_duration_since(Instant::now())).await);
+            }
+            outcome.finish(started)
+        };
+        for relay in &relays {
+            let _ = relay.stop.send(true);
+        }
+        let mut result = result;
+        if let Some(queue) = self.queue.get() {
+            let flushed = if deadline.is_zero() {
+                Ok(())
+            } else {
+                let remaining = at.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, queue.flush()).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(()), // `close` counts what is left
+                }
+            };
+            let lost = queue
+                .close((!deadline.is_zero()).then(|| tokio::time::Instant::from_std(at)))
+                .await;
+            let mut outcome = Outcome::default();
+            outcome.add(result);
+            outcome.add(flushed);
+            if lost > 0 {
+                outcome.add(Err(Error::Undelivered {
+                    dead: 0,
+                    dropped: lost as u64,
+                    reason: "shutdown's deadline passed before they were sent".to_owned(),
+                }));
+            }
+            result = outcome.finish(started);
+        }
+        for relay in relays {
+            // Its round in flight ends by `at` (abandoned if need be); then it sees the stop.
+            let grace = at.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+            let mut task = relay.task;
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        let mut left = 0u64;
+        let pending: Vec<PendingFn> = lock(&self.pools)
+            .values()
+            .map(|known| known.pending.clone())
+            .collect();
+        for count in pending {
+            left += count().await.unwrap_or(0).unsigned_abs();
+        }
+        if left > 0 {
+            tracing::info!(
+                events = left,
+                "posthog-track stopped; events wait in the outbox for the next relay"
+            );
+        }
+        result.map(|()| ShutdownReport {
+            left_in_outbox: left,
+        })
+    }
+}
+
+fn known_pool<DB: Backend>(pool: Pool<DB>, relay: Option<RunningRelay>) -> KnownPool {
+    let counted = pool.clone();
+    let pending: PendingFn = Arc::new(move || {
+        let pool = counted.clone();
+        Box::pin(async move { Outbox::new(&pool).status().await.map(|s| s.pending) })
+    });
+    let await_external: DrainFn = Arc::new(move |timeout| {
+        let pool = pool.clone();
+        Box::pin(async move { await_delivery(&pool, timeout).await })
+    });
+    KnownPool {
+        pending,
+        await_external,
+        relay,
+    }
+}
+
+/// Waits until every event committed before the call has left the outbox (delivered or
+/// dead-lettered by whichever relay serves it), for at most `timeout`.
+async fn await_delivery<DB: Backend>(pool: &Pool<DB>, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let outbox = Outbox::new(pool);
+    let newest = outbox.newest_id().await?;
+    loop {
+        let (pending, _) = outbox.pending_through(newest).await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        let remaining = timeout.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(Error::Timeout {
+                waited: started.elapsed(),
+                pending: pending.unsigned_abs(),
+                reason: "waiting for the external relay (`posthog-track relay`) to deliver them"
+                    .to_owned(),
+            });
+        }
+        tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+    }
+}
+
+/// Several delivery results folded into one error that counts everything.
+#[derive(Default)]
+struct Outcome {
+    pending: u64,
+    dead: u64,
+    dropped: u64,
+    reason: Option<String>,
+    other: Option<Error>,
+}
+
+impl Outcome {
+    fn add(&mut self, result: Result<()>) {
+        match result {
+            Ok(()) => {}
+            Err(Error::Timeout {
+                pending, reason, ..
+            }) => {
+                self.pending += pending;
+                self.reason = Some(reason);
+            }
+            Err(Error::Undelivered {
+                dead,
+                dropped,
+                reason,
+            }) => {
+                self.dead += dead;
+                self.dropped += dropped;
+                self.reason.get_or_insert(reason);
+            }
+            Err(Error::NoRelay { pending }) => {
+                self.pending += pending;
+                self.reason = Some(Error::NoRelay { pending }.to_string());
+            }
+            Err(other) => {
+                self.other.get_or_insert(other);
+            }
+        }
+    }
+
+    fn finish(self, started: Instant) -> Result<()> {
+        if let Some(error) = self.other {
+            return Err(error);
+        }
+        let reason = self.reason.unwrap_or_default();
+        if self.pending > 0 {
+            return Err(Error::Timeout {
+                waited: started.elapsed(),
+                pending: self.pending,
+                reason,
+            });
+        }
+        if self.dead > 0 || self.dropped > 0 {
+            return Err(Error::Undelivered {
+                dead: self.dead,
+                dropped: self.dropped,
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can leave the maps inconsistent if a holder panicked.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

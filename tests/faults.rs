@@ -1,0 +1,686 @@
+//! The fault matrix: every way an operator, a new user or a misbehaving PostHog has broken
+//! delivery, each as a test against real databases and a scripted `MockPostHog`. In every
+//! scenario nothing committed is lost, nothing rolled back is sent, nothing is stuck, and any
+//! duplicate is an identical resend (PostHog deduplicates by uuid).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use posthog_track::testing::{MockPostHog, Reply};
+use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
+use posthog_track_tests::{database_url, tracker_for, unique};
+use serde_json::Value;
+use sqlx::Pool;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A tracker whose commits start no relay: the scenario decides who delivers.
+fn committer(mock: &MockPostHog) -> Tracker {
+    tracker_for(mock).external_relay(true).build()
+}
+
+/// Commits `count` events tagged `tag` in transactions of `per_tx`, and rolls one more back;
+/// returns the uuids committed.
+async fn commit_events<DB: Backend>(
+    tracker: &Tracker,
+    pool: &Pool<DB>,
+    tag: &str,
+    name: &str,
+    count: usize,
+    per_tx: usize,
+) -> BTreeSet<Uuid> {
+    let mut committed = BTreeSet::new();
+    let mut n = 0;
+    while n < count {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(tag.to_owned());
+        for _ in 0..per_tx.min(count - n) {
+            tx.capture(Event::new(name.to_owned()).property("n", n as u64))
+                .unwrap();
+            n += 1;
+        }
+        committed.extend(tx.staged().iter().map(|event| event.uuid));
+        tx.commit().await.unwrap();
+    }
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.to_owned());
+    tx.capture(Event::new("rolled_back")).unwrap();
+    tx.rollback().await.unwrap();
+    committed
+}
+
+fn received(mock: &MockPostHog, tag: &str) -> BTreeSet<Uuid> {
+    mock.events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect()
+}
+
+/// Committed == received, nothing rolled back arrived, and every duplicate is byte-identical
+/// to the first copy. Returns (delivered, duplicates).
+fn assert_exactly_delivered(
+    mock: &MockPostHog,
+    tag: &str,
+    committed: &BTreeSet<Uuid>,
+) -> (usize, usize) {
+    let mine: Vec<_> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .collect();
+    assert!(
+        mine.iter().all(|event| event.event != "rolled_back"),
+        "nothing rolled back is sent"
+    );
+    let mut first: BTreeMap<Uuid, &Value> = BTreeMap::new();
+    let mut duplicates = 0;
+    for event in &mine {
+        match first.get(&event.uuid) {
+            Some(original) => {
+                duplicates += 1;
+                assert_eq!(*original, &event.raw, "a duplicate is an identical resend");
+            }
+            None => {
+                first.insert(event.uuid, &event.raw);
+            }
+        }
+    }
+    let got: BTreeSet<Uuid> = first.keys().copied().collect();
+    let missing = committed.difference(&got).count();
+    assert_eq!(missing, 0, "{missing} committed event(s) never arrived");
+    assert_eq!(&got, committed, "nothing arrived that was not committed");
+    (got.len(), duplicates)
+}
+
+macro_rules! on_every_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (pool, url, dir) = sqlite_file().await;
+                super::$scenario(&pool, &url).await;
+                pool.close().await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = database_url("POSTGRES_URL") else {
+                    return;
+                };
+                let scenario = concat!("f_", stringify!($scenario));
+                let pool = posthog_track_tests::isolated_postgres(&url, scenario).await;
+                let url = with_search_path(&url, &format!("pt_{scenario}"));
+                super::$scenario(&pool, &url).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let Some(url) = database_url("MYSQL_URL") else {
+                    return;
+                };
+                let scenario = concat!("f_", stringify!($scenario));
+                let pool = posthog_track_tests::isolated_mysql(&url, scenario).await;
+                let database: String = sqlx::query_scalar("SELECT DATABASE()")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+                super::$scenario(&pool, &url).await;
+            }
+        }
+    };
+}
+
+async fn sqlite_file() -> (sqlx::SqlitePool, String, PathBuf) {
+    let dir = std::env::temp_dir().join(unique("posthog-track-faults"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outbox.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(30));
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    (pool, format!("sqlite:{}", file.display()), dir)
+}
+
+/// The PostgreSQL URL whose connections use `schema`, for the relay processes.
+fn with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+}
+
+// 1. A process without a key never consumes the shared outbox.
+
+on_every_backend!(keyless_processes_leave_the_outbox_alone);
+
+async fn keyless_processes_leave_the_outbox_alone<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    let live = committer(&mock);
+    live.migrate(pool).await.unwrap();
+    let tag = unique("keyless");
+    let committed = commit_events(&live, pool, &tag, "kept", 5, 5).await;
+
+    let dry_run = Tracker::builder().build();
+    assert_eq!(dry_run.mode(), Mode::DryRun);
+    let error = dry_run.relay(pool.clone()).run_once().await.unwrap_err();
+    assert!(matches!(error, Error::CannotDeliver { .. }), "{error}");
+    assert!(error.to_string().contains("POSTHOG_API_KEY"), "{error}");
+    assert!(dry_run.start_relay(pool.clone()).is_err());
+    assert!(dry_run.relay(pool.clone()).drain().await.is_err());
+    // A dry-run commit prints its events and leaves the outbox as it is.
+    let mut tx = dry_run.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("printed")).unwrap();
+    tx.commit().await.unwrap();
+    dry_run.flush().await.unwrap();
+
+    // The standalone command refuses too, and says why.
+    let output = std::process::Command::new(relay_binary())
+        .args(["relay", "--database-url", url])
+        .env_remove("POSTHOG_API_KEY")
+        .env("POSTHOG_HOST", mock.url())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the keyless relay exits non-zero");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("POSTHOG_API_KEY"), "{stderr}");
+
+    let waiting: BTreeSet<Uuid> = live
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect();
+    assert_eq!(waiting, committed, "exactly the live process's events wait");
+    assert!(mock.requests().is_empty(), "nothing was sent");
+}
+
+// 2. `flush` means delivered, through 30 % failures.
+
+on_every_backend!(flush_delivers_through_partial_failures);
+
+async fn flush_delivers_through_partial_failures<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    mock.set_random_failures(
+        0.3,
+        vec![
+            Reply::Status(500),
+            Reply::Status(502),
+            Reply::DropConnection,
+            Reply::RetryAfter {
+                status: 429,
+                seconds: 0,
+            },
+        ],
+        11,
+    );
+    let tracker = tracker_for(&mock)
+        .batch_size(100)
+        .flush_timeout(WAIT)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("flush");
+    let committed = commit_events(&tracker, pool, &tag, "flushed", 2_000, 200).await;
+    tracker.flush().await.unwrap();
+    let (delivered, duplicates) = assert_exactly_delivered(&mock, &tag, &committed);
+    let failed = mock.requests().iter().filter(|r| r.status != 200).count();
+    assert!(failed > 0, "failures were injected");
+    eprintln!(
+        "fault matrix | flush through 30% failures | committed {} delivered {delivered} \
+         duplicated {duplicates} dead 0 | failed requests {failed}",
+        committed.len()
+    );
+    tracker.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+// 3. A poison event that fails every request it is in holds nothing back.
+
+on_every_backend!(a_poison_event_holds_nothing_back);
+
+async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tag = unique("poison");
+    let poison_tag = tag.clone();
+    mock.fail_events_where(500, move |event| {
+        event["event"] == "poison" && event["distinct_id"] == poison_tag.as_str()
+    });
+    let tracker = tracker_for(&mock)
+        .max_failures(3)
+        .flush_timeout(WAIT)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    // The poison is the oldest row, so it is claimed first, with everything behind it.
+    let poison = commit_events(&tracker, pool, &tag, "poison", 1, 1).await;
+    let committed = commit_events(&tracker, pool, &tag, "good", 200, 50).await;
+
+    let relay = tracker.relay(pool.clone());
+    let error = relay.drain().await.unwrap_err();
+    assert!(
+        matches!(error, Error::Undelivered { dead: 1, .. }),
+        "the poison is dead-lettered and reported: {error}"
+    );
+    assert_exactly_delivered(&mock, &tag, &committed);
+    let dead: Vec<_> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.status == posthog_track::outbox::Status::Dead)
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert!(poison.contains(&dead[0].uuid));
+    let history = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        history.lines().count() >= 3 && history.contains("500"),
+        "the dead letter keeps its history: {history}"
+    );
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 1));
+    assert!(
+        status.dead_reasons[0]
+            .0
+            .contains("gave up after 3 failures")
+    );
+    eprintln!(
+        "fault matrix | 5xx poison in a 201-event backlog | committed 201 delivered 200 \
+         duplicated 0 dead 1 | requests {}",
+        mock.requests().len()
+    );
+
+    // Requeued (with fresh counts) and delivered once PostHog takes it.
+    mock.fail_events_where(500, |_| false);
+    assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 1);
+    let requeued = &tracker.outbox(pool).events().await.unwrap()[0];
+    assert_eq!(requeued.attempts, 0, "requeue resets the attempts");
+    relay.drain().await.unwrap();
+    assert!(received(&mock, &tag).is_superset(&poison));
+}
+
+// 5. `shutdown` always flushes the in-memory queue, even when the outbox cannot be drained.
+
+on_every_backend!(shutdown_flushes_the_queue_when_the_outbox_cannot_drain);
+
+async fn shutdown_flushes_the_queue_when_the_outbox_cannot_drain<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.fail_events_where(503, |event| event["event"] == "stuck");
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("shutdown");
+    let stuck = commit_events(&tracker, pool, &tag, "stuck", 3, 3).await;
+    let captured = tracker
+        .capture(Event::new("captured").distinct_id(tag.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let error = tracker
+        .shutdown(Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Timeout { pending: 3, .. }),
+        "the true count of what waits: {error}"
+    );
+    assert!(
+        received(&mock, &tag).contains(&captured),
+        "the captured event was delivered anyway"
+    );
+    let waiting = tracker.outbox(pool).status().await.unwrap().pending;
+    assert_eq!(waiting, stuck.len() as i64, "the outbox events wait");
+}
+
+// 8. Configuration failures pause the relay; they never dead-letter, and it resumes.
+
+on_every_backend!(configuration_failures_pause_and_resume);
+
+async fn configuration_failures_pause_and_resume<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    for status in [403, 404, 405, 302, 401] {
+        let tag = unique(&format!("config-{status}"));
+        let committed = commit_events(&tracker, pool, &tag, "paused", 40, 40).await;
+        mock.set_outage(Some(Reply::Status(status)));
+        let relay = tracker.relay(pool.clone());
+        let error = relay
+            .drain_for(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Timeout { pending: 40, .. }),
+            "{status}: {error}"
+        );
+        assert!(error.to_string().contains("check POSTHOG_"), "{error}");
+        assert!(relay.is_paused(), "{status}");
+        let requests = mock.requests().len();
+        let status_now = tracker.outbox(pool).status().await.unwrap();
+        assert_eq!(status_now.dead, 0, "{status} dead-letters nothing");
+        // PostHog (or the proxy) is fixed: the same relay resumes by itself.
+        mock.set_outage(None);
+        relay.drain_for(WAIT).await.unwrap();
+        assert!(!relay.is_paused());
+        assert_exactly_delivered(&mock, &tag, &committed);
+        assert!(
+            mock.requests().len() <= requests + 2,
+            "{status}: not bisected into single sends"
+        );
+    }
+}
+
+// 9. A send that outlives the lease keeps it: no other relay sends the same rows meanwhile.
+
+on_every_backend!(a_slow_send_keeps_its_lease);
+
+async fn a_slow_send_keeps_its_lease<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .lease(Duration::from_millis(300))
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("lease");
+    let committed = commit_events(&tracker, pool, &tag, "slow", 20, 20).await;
+    mock.script([Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::Accept),
+    )]);
+    let slow = tracker.relay(pool.clone());
+    let in_flight = tokio::spawn(async move { slow.run_once().await });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let other = tracker.relay(pool.clone()).run_once().await.unwrap();
+    assert_eq!(other.claimed, 0, "the renewed lease holds past its 300 ms");
+    let pass = in_flight.await.unwrap().unwrap();
+    assert_eq!(pass.delivered, 20);
+    let (_, duplicates) = assert_exactly_delivered(&mock, &tag, &committed);
+    assert_eq!(duplicates, 0);
+}
+
+// 13. Forgetting `start_relay` delivers anyway; committing where no relay runs is reported.
+
+on_every_backend!(commits_are_delivered_without_start_relay);
+
+async fn commits_are_delivered_without_start_relay<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("no-start");
+    let committed = commit_events(&tracker, pool, &tag, "auto", 30, 10).await;
+    tracker.flush().await.unwrap();
+    assert_exactly_delivered(&mock, &tag, &committed);
+
+    // `track` cannot see the pool: its events wait, and flush says so instead of `Ok`.
+    let blind = tracker_for(&mock)
+        .flush_timeout(Duration::from_millis(300))
+        .build();
+    let mut tx = blind.track(pool.begin().await.unwrap());
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("untracked_pool")).unwrap();
+    tx.commit().await.unwrap();
+    let error = blind.flush().await.unwrap_err();
+    assert!(error.to_string().contains("start_relay"), "{error}");
+    blind.start_relay(pool.clone()).unwrap();
+    blind.flush().await.unwrap();
+}
+
+// 11. `commit` returns Ok once the database committed, whatever happens to delivery.
+
+#[tokio::test]
+async fn commit_is_ok_once_the_database_committed() {
+    let mock = MockPostHog::start().await;
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    for tracker in [
+        tracker_for(&mock).delivery(Delivery::AfterCommit).build(),
+        tracker_for(&mock)
+            .delivery(Delivery::AfterCommit)
+            .disabled(true)
+            .build(),
+    ] {
+        let _ = tracker.capture(Event::new("start").distinct_id("u")).await;
+        tracker.shutdown(Duration::ZERO).await.ok();
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id("u");
+        tx.capture(Event::new("after_shutdown")).unwrap();
+        tx.commit()
+            .await
+            .expect("the database committed, so commit is Ok");
+    }
+}
+
+// 4. The in-memory path reports what it could not deliver, by cause.
+
+#[tokio::test]
+async fn in_memory_losses_are_reported_with_counts() {
+    for (reply, cause) in [
+        (Reply::Status(401), "misconfigured"),
+        (Reply::Status(400), "rejected"),
+        (Reply::Status(503), "after retries"),
+    ] {
+        let mock = MockPostHog::start().await;
+        mock.set_outage(Some(reply));
+        let tracker = tracker_for(&mock).max_retries(1).build();
+        for n in 0..3 {
+            tracker
+                .capture(Event::new("lost").distinct_id("u").property("n", n))
+                .await
+                .unwrap();
+        }
+        let error = tracker.flush().await.unwrap_err();
+        assert!(
+            matches!(error, Error::Undelivered { dropped: 3, .. }),
+            "{cause}: {error}"
+        );
+        assert!(!error.to_string().contains("requeue"), "{error}");
+        let stats = tracker.stats();
+        let counted = match cause {
+            "misconfigured" => stats.dropped_misconfigured,
+            "rejected" => stats.dropped_rejected,
+            _ => stats.dropped_after_retries,
+        };
+        assert_eq!(counted, 3, "{cause}: {stats:?}");
+    }
+}
+
+// 6. Dropping the last tracker stops its background work.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_tracker_stops_its_background_work() {
+    let mock = MockPostHog::start().await;
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    {
+        mock.set_flag_definitions(serde_json::json!({"flags": []}));
+        let tracker = tracker_for(&mock)
+            .personal_api_key(mock.personal_api_key())
+            .poll_interval(Duration::from_millis(1), Duration::from_millis(5))
+            .build();
+        tracker.start_flag_poller(Duration::from_millis(5)).unwrap();
+        tracker.migrate(&pool).await.unwrap();
+        let mut tx = tracker.begin(&pool).await.unwrap(); // starts the relay
+        tx.set_distinct_id("u");
+        tx.capture(Event::new("e")).unwrap();
+        tx.commit().await.unwrap();
+        tracker
+            .capture(Event::new("c").distinct_id("u"))
+            .await
+            .unwrap(); // starts the queue
+        tracker.flush().await.unwrap();
+        assert!(metrics.num_alive_tasks() > before);
+    }
+    let started = Instant::now();
+    while metrics.num_alive_tasks() > before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} background task(s) outlived their tracker",
+            metrics.num_alive_tasks() - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// 10. The in-memory queue is bounded in bytes as well as in events.
+
+#[tokio::test]
+async fn the_queue_is_bounded_in_bytes() {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Delay(
+        Duration::from_secs(2),
+        Box::new(Reply::Accept),
+    )));
+    let tracker = tracker_for(&mock)
+        .queue_capacity(10_000)
+        .queue_capacity_bytes(64 * 1024)
+        .batch_size(1)
+        .build();
+    let big = "x".repeat(20 * 1024);
+    let mut refused = 0;
+    for n in 0..10 {
+        let event = Event::new("big")
+            .distinct_id("u")
+            .property("n", n)
+            .property("pad", big.as_str());
+        if matches!(
+            tracker.try_capture(event).await,
+            Err(Error::QueueFull { .. })
+        ) {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 5,
+        "about 200 KiB cannot fit in 64 KiB: {refused} refused"
+    );
+    assert_eq!(tracker.stats().dropped_queue_full, refused);
+}
+
+// 12. Secrets: an error body that echoes the request never carries the key further.
+
+#[tokio::test]
+async fn echoed_keys_never_reach_errors_or_the_outbox() {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::EchoRequest(400)));
+    let tracker = tracker_for(&mock).gzip(false).external_relay(true).build();
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id("u");
+    tx.capture(Event::new("echoed")).unwrap();
+    tx.commit().await.unwrap();
+    let error = tracker.relay(pool.clone()).drain().await.unwrap_err();
+    let stored = tracker.outbox(&pool).events().await.unwrap()[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    for text in [error.to_string(), stored] {
+        assert!(!text.contains(mock.api_key()), "{text}");
+    }
+}
+
+// The headline: several relay processes on one database, PostHog failing part of the
+// requests, and one relay killed with SIGKILL mid-run.
+
+on_every_backend!(relay_processes_killed_mid_run_lose_nothing);
+
+async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    mock.set_random_failures(
+        0.25,
+        vec![
+            Reply::Status(500),
+            Reply::Status(503),
+            Reply::DropConnection,
+            // Slow answers, so that the kill lands on sends in flight.
+            Reply::Delay(Duration::from_millis(300), Box::new(Reply::Accept)),
+        ],
+        5,
+    );
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("fleet");
+    let committed = commit_events(&tracker, pool, &tag, "fleet", 3_000, 100).await;
+
+    let logs = std::env::temp_dir().join(unique("relay-logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let spawn = |n: usize| {
+        std::process::Command::new(relay_binary())
+            .args([
+                "relay",
+                "--database-url",
+                url,
+                "--lease",
+                "2",
+                "--batch-size",
+                "100",
+            ])
+            .env("POSTHOG_API_KEY", mock.api_key())
+            .env("POSTHOG_HOST", mock.url())
+            .env("RUST_LOG", "posthog_track=error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(logs.join(format!("relay-{n}.log"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut relays: Vec<_> = (0..3).map(spawn).collect();
+    let started = Instant::now();
+    while received(&mock, &tag).len() < committed.len() / 5 {
+        if started.elapsed() > WAIT {
+            let log = std::fs::read_to_string(logs.join("relay-0.log")).unwrap_or_default();
+            panic!("the relays deliver nothing; the first one said:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relays[0].kill().unwrap(); // SIGKILL: dies holding its lease, mid-send
+    relays[0].wait().unwrap();
+    while received(&mock, &tag).len() < committed.len() {
+        assert!(
+            started.elapsed() < WAIT,
+            "only {} of {} arrived",
+            received(&mock, &tag).len(),
+            committed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for relay in &mut relays[1..] {
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    let (delivered, duplicates) = assert_exactly_delivered(&mock, &tag, &committed);
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!(status.dead, 0);
+    eprintln!(
+        "fault matrix | 3 relay processes, 25% failures, one SIGKILLed | {} committed \
+         {} delivered {delivered} duplicated {duplicates} dead 0 | {:?}",
+        DB::DIALECT.name(),
+        committed.len(),
+        started.elapsed()
+    );
+}
+
+/// The `posthog-track` command, built beside this test (the tests crate enables `cli`).
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir.join(format!("posthog-track{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it (or \
+         `cargo build -p posthog-track --features cli` first)",
+        binary.display()
+    );
+    binary
+}

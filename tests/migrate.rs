@@ -1,0 +1,166 @@
+//! The outbox's own migrations: racing replicas, a forgotten `migrate`, and tables created by
+//! the previous version, with events in them, upgraded in place.
+
+use std::time::Duration;
+
+use posthog_track::testing::MockPostHog;
+use posthog_track::{Backend, Error, Event, Tracker};
+use posthog_track_tests::{database_url, tracker_for, unique};
+use sqlx::Pool;
+
+/// The outbox as the previous version created it (dead rows kept in place with `status = 1`).
+fn previous_layout(dialect: posthog_track::Dialect) -> &'static str {
+    match dialect {
+        posthog_track::Dialect::Postgres => {
+            "CREATE TABLE posthog_outbox (id BIGSERIAL PRIMARY KEY, uuid TEXT NOT NULL, \
+             event TEXT NOT NULL, distinct_id TEXT NOT NULL, timestamp TEXT NOT NULL, \
+             payload TEXT NOT NULL, status BIGINT NOT NULL DEFAULT 0, \
+             attempts BIGINT NOT NULL DEFAULT 0, leased_until BIGINT, claim BIGINT, \
+             last_error TEXT)"
+        }
+        posthog_track::Dialect::MySql => {
+            "CREATE TABLE posthog_outbox (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             uuid CHAR(36) NOT NULL, event TEXT NOT NULL, distinct_id TEXT NOT NULL, \
+             timestamp VARCHAR(40) NOT NULL, payload MEDIUMTEXT NOT NULL, \
+             status BIGINT NOT NULL DEFAULT 0, attempts BIGINT NOT NULL DEFAULT 0, \
+             leased_until BIGINT NULL, claim BIGINT NULL, last_error TEXT NULL) \
+             DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
+        }
+        _ => {
+            "CREATE TABLE posthog_outbox (id INTEGER PRIMARY KEY, uuid TEXT NOT NULL, \
+             event TEXT NOT NULL, distinct_id TEXT NOT NULL, timestamp TEXT NOT NULL, \
+             payload TEXT NOT NULL, status INTEGER NOT NULL DEFAULT 0, \
+             attempts INTEGER NOT NULL DEFAULT 0, leased_until INTEGER, claim INTEGER, \
+             last_error TEXT)"
+        }
+    }
+}
+
+macro_rules! on_every_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = std::env::temp_dir().join(unique("posthog-track-migrate"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.join("app.db"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                super::$scenario(&pool).await;
+                pool.close().await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = database_url("POSTGRES_URL") else {
+                    return;
+                };
+                let scenario = concat!("m_", stringify!($scenario));
+                super::$scenario(&posthog_track_tests::isolated_postgres(&url, scenario).await)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let Some(url) = database_url("MYSQL_URL") else {
+                    return;
+                };
+                let scenario = concat!("m_", stringify!($scenario));
+                super::$scenario(&posthog_track_tests::isolated_mysql(&url, scenario).await).await;
+            }
+        }
+    };
+}
+
+on_every_backend!(replicas_migrating_at_once_all_succeed);
+
+/// Ten replicas start together and all run `migrate`: every one succeeds (PostgreSQL alone
+/// raced on `CREATE TABLE IF NOT EXISTS` before: a unique violation on `pg_type`).
+async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>) {
+    let tracker = Tracker::builder().build();
+    let replicas: Vec<_> = (0..10)
+        .map(|_| {
+            let (tracker, pool) = (tracker.clone(), pool.clone());
+            tokio::spawn(async move { tracker.migrate(&pool).await })
+        })
+        .collect();
+    for replica in replicas {
+        replica.await.unwrap().unwrap();
+    }
+    assert_eq!(tracker.outbox(pool).len().await.unwrap(), 0);
+}
+
+on_every_backend!(a_forgotten_migrate_says_what_to_do);
+
+async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id("u");
+    tx.capture(Event::new("e")).unwrap();
+    let error = tx.commit().await.unwrap_err();
+    assert!(matches!(error, Error::OutboxMissing { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("tracker.migrate(&pool)") && text.contains("create_table_sql"),
+        "{text}"
+    );
+}
+
+on_every_backend!(an_outbox_of_the_previous_version_is_upgraded_in_place);
+
+/// A table created by the previous layout, with pending and dead events in it, is upgraded by
+/// `migrate` (twice, to show it is idempotent) without losing any, and delivery goes on.
+async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(pool: &Pool<DB>) {
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(&mut conn, sqlx::query(previous_layout(DB::DIALECT)))
+        .await
+        .unwrap();
+    let tag = unique("upgrade");
+    for (n, status) in [(0, 0), (1, 1), (2, 0)] {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let payload = serde_json::json!({
+            "uuid": uuid, "event": "old", "distinct_id": tag,
+            "timestamp": "2026-01-01T00:00:00.000000Z", "properties": {"n": n}
+        })
+        .to_string();
+        let mut sql = "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, \
+                       status, last_error) VALUES ("
+            .to_owned();
+        for i in 1..=7 {
+            if i > 1 {
+                sql.push_str(", ");
+            }
+            DB::DIALECT.push_placeholder(&mut sql, i);
+        }
+        sql.push(')');
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in [&uuid, "old", &tag, "2026-01-01T00:00:00.000000Z", &payload] {
+            query = DB::bind_text(query, text);
+        }
+        query = DB::bind_i64(query, status);
+        query = DB::bind_text(query, if status == 1 { "400 Bad Request" } else { "" });
+        DB::execute(&mut conn, query).await.unwrap();
+    }
+    drop(conn);
+
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(pool).await.unwrap();
+    tracker.migrate(pool).await.unwrap();
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (2, 1), "no event lost");
+    assert_eq!(status.dead_reasons[0].0, "400 Bad Request");
+
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    assert_eq!(mock.events().len(), 2, "the pending events are delivered");
+    assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 1);
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    assert_eq!(mock.events().len(), 3);
+}
