@@ -18,6 +18,7 @@
 //! [`FlagError::Inconclusive`]: the caller should then ask PostHog (remote evaluation), never
 //! guess.
 
+mod api;
 mod definitions;
 mod evaluate;
 mod exposure;
