@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    DefinitionsClient, FlagValue, FlagsRequest, FlagsSnapshot, LocalEvaluator, exposure_event,
-    poll_definitions,
-};
+use super::evaluate::LocalEvaluator;
+use super::exposure::exposure_event;
+use super::poller::{DefinitionsClient, run as poll_definitions};
+use super::request::{FlagsRequest, FlagsSnapshot};
+use super::value::FlagValue;
 use crate::error::{Error, Result};
 use crate::tracker::{Tracker, lock};
 

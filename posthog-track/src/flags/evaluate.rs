@@ -2,73 +2,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt;
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 use super::definitions::{Definitions, FlagDefinition, PropertyFilter};
 use super::operators::match_property;
-
-/// Person or group properties: name to value.
-pub type Properties = serde_json::Map<String, Value>;
-
-/// The value of a flag for one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlagValue {
-    /// A boolean flag (or a multivariate flag without variants): on or off.
-    Enabled(bool),
-    /// The variant of a multivariate flag.
-    Variant(String),
-}
-
-impl FlagValue {
-    /// On: `true`, or any variant.
-    pub fn is_enabled(&self) -> bool {
-        !matches!(self, FlagValue::Enabled(false))
-    }
-
-    /// The variant, for multivariate flags.
-    pub fn variant(&self) -> Option<&str> {
-        match self {
-            FlagValue::Variant(variant) => Some(variant),
-            FlagValue::Enabled(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for FlagValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FlagValue::Enabled(enabled) => write!(f, "{enabled}"),
-            FlagValue::Variant(variant) => f.write_str(variant),
-        }
-    }
-}
-
-/// Why a flag could not be evaluated locally.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FlagError {
-    /// The definitions are not the JSON PostHog serves at `/flags/definitions`.
-    #[error("flag definitions are not valid: {0}")]
-    InvalidDefinitions(#[from] serde_json::Error),
-    /// No flag has this key (keys are case-sensitive).
-    #[error("no flag `{0}` in the definitions")]
-    UnknownFlag(String),
-    /// Local data cannot decide (a missing property, a cohort, a flag dependency, an invalid
-    /// date): ask PostHog instead.
-    #[error("flag `{flag}` cannot be evaluated locally: {reason}")]
-    Inconclusive {
-        /// The flag.
-        flag: String,
-        /// What was missing.
-        reason: String,
-    },
-}
-
-/// Why a single condition could not be decided.
-pub(crate) struct Inconclusive(pub String);
+use super::value::{FlagError, FlagValue, Inconclusive, Properties, decode_payload};
 
 /// Evaluates flags from their definitions, with no network.
 #[derive(Debug, Clone, Default)]
@@ -220,10 +160,7 @@ impl LocalEvaluator {
             FlagValue::Enabled(true) => "true",
             FlagValue::Variant(variant) => variant,
         };
-        flag.filters
-            .payloads
-            .get(key)
-            .map(super::remote::decode_payload)
+        flag.filters.payloads.get(key).map(decode_payload)
     }
 }
 

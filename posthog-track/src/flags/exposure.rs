@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::evaluate::FlagValue;
+use super::value::{FlagValue, json_value};
 use crate::event::Event;
 
 /// Remembers which (distinct id, flag, value) exposures were sent. Bounded: when full it
@@ -29,14 +29,6 @@ impl ExposureCache {
         }
         self.seen
             .insert((distinct_id.to_owned(), flag.to_owned(), value.to_string()))
-    }
-}
-
-/// JSON of a flag value as PostHog's events carry it: `true`/`false` or the variant.
-pub(crate) fn json_value(value: &FlagValue) -> serde_json::Value {
-    match value {
-        FlagValue::Enabled(enabled) => serde_json::Value::Bool(*enabled),
-        FlagValue::Variant(variant) => serde_json::Value::String(variant.clone()),
     }
 }
 

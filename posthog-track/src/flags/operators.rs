@@ -5,7 +5,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, U
 use serde_json::Value;
 
 use super::definitions::PropertyFilter;
-use super::evaluate::{Inconclusive, Properties};
+use super::value::{Inconclusive, Properties};
 
 /// Whether `properties` satisfy `filter`; `Err` when they cannot say.
 pub(crate) fn match_property(
