@@ -354,7 +354,7 @@ mod client {
         let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
 
         let local = tracker
-            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "pro"))
+            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "pro"))
             .await
             .unwrap();
         assert!(local.is_enabled("rollout") && local.is_enabled("by-plan"));
@@ -371,12 +371,104 @@ mod client {
             "`plan` unknown locally: PostHog decides"
         );
 
+        let rollout = tracker.get_feature_flag("rollout", "u1").await.unwrap();
         assert_eq!(
-            tracker.variant("rollout", "u1").await,
+            rollout.as_ref().and_then(FlagValue::variant),
             None,
             "a boolean flag has no variant"
         );
-        assert_eq!(tracker.variant("no-such-flag", "u1").await, None);
+        assert!(tracker.is_feature_enabled("rollout", "u1").await.unwrap());
+        assert!(
+            !tracker
+                .is_feature_enabled("no-such-flag", String::from("u1"))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_undecidable_flag_does_not_empty_the_snapshot() {
+        // Local only: the decided flag is there, the undecidable one is reported as such.
+        let mock = MockPostHog::start().await;
+        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let tracker = tracker_for(&mock)
+            .flag_definitions(evaluator.clone())
+            .local_evaluation_only(true)
+            .build();
+        let snapshot = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap();
+        assert!(
+            snapshot.is_enabled("rollout"),
+            "decided locally: {snapshot:?}"
+        );
+        assert_eq!(snapshot.value("by-plan"), None);
+        let undecided: Vec<_> = snapshot.undecided().collect();
+        assert_eq!(undecided.len(), 1);
+        assert_eq!(undecided[0].0, "by-plan");
+        assert!(
+            undecided[0].1.contains("plan"),
+            "the reason: {}",
+            undecided[0].1
+        );
+        assert!(mock.flags_requests().is_empty());
+
+        // Remote allowed: PostHog is asked for the undecidable flag only.
+        mock.set_remote_flags(json!({"flags": {
+            "by-plan": {"key": "by-plan", "enabled": true}
+        }}));
+        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
+        let snapshot = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap();
+        assert!(snapshot.is_enabled("rollout") && snapshot.is_enabled("by-plan"));
+        let requests = mock.flags_requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0]["flag_keys_to_evaluate"], json!(["by-plan"]));
+        assert_eq!(snapshot.undecided().count(), 0);
+    }
+
+    /// An error answer is read up to a bound, never whole: a body that never ends still gives
+    /// an error that shows how it began.
+    #[tokio::test]
+    async fn error_bodies_are_read_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = format!(
+                        "{:x}\r\n{}\r\n",
+                        8192,
+                        "overloaded ".repeat(8192 / 11 + 1)[..8192].to_owned()
+                    );
+                    // Endless: only a bounded reader gets to the end of this answer.
+                    while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        let tracker = posthog_track::Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://{address}"))
+            .unwrap()
+            .build();
+        let error = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("500"), "{text}");
+        assert!(text.contains("overloaded"), "the body's beginning: {text}");
+        assert!(text.len() < 2_000, "{} bytes", text.len());
     }
 
     #[tokio::test]
@@ -385,7 +477,7 @@ mod client {
         let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
         let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
         let flags = tracker
-            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "free"))
+            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "free"))
             .await
             .unwrap();
 
@@ -549,4 +641,65 @@ fn cohorts_and_flag_dependencies() {
         eval("missing-dependency", json!({})),
         Err(FlagError::Inconclusive { .. })
     ));
+}
+
+/// Cohorts that reference each other, flag dependencies in a cycle and chains deeper than any
+/// real project make the flag inconclusive: never a stack overflow.
+#[test]
+fn cycles_and_deep_chains_are_inconclusive() {
+    let mut cohorts = serde_json::Map::new();
+    // 1 -> 2 -> 1
+    cohorts.insert(
+        "1".into(),
+        json!({"type": "AND", "values": [{"key": "id", "value": 2, "type": "cohort"}]}),
+    );
+    cohorts.insert(
+        "2".into(),
+        json!({"type": "OR", "values": [{"key": "id", "value": "1", "type": "cohort"}]}),
+    );
+    // 100 -> 101 -> ... -> 20100, no cycle, far deeper than the stack allows.
+    for id in 100..20_100 {
+        cohorts.insert(
+            id.to_string(),
+            json!({"type": "AND", "values": [{"key": "id", "value": id + 1, "type": "cohort"}]}),
+        );
+    }
+    let mut flags = vec![
+        json!({"key": "cyclic-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 1, "type": "cohort"}], "rollout_percentage": 100}]}}),
+        json!({"key": "deep-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 100, "type": "cohort"}], "rollout_percentage": 100}]}}),
+        // a -> b -> a, with chains that do not say so.
+        json!({"key": "a", "active": true, "filters": {"groups": [{"properties": [
+            {"key": "b", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["b"]}
+        ], "rollout_percentage": 100}]}}),
+        json!({"key": "b", "active": true, "filters": {"groups": [{"properties": [
+            {"key": "a", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["a"]}
+        ], "rollout_percentage": 100}]}}),
+    ];
+    // d0 -> d1 -> ... -> d20000
+    for n in 0..20_000 {
+        let next = format!("d{}", n + 1);
+        flags.push(json!({"key": format!("d{n}"), "active": true, "filters": {"groups": [{"properties": [
+            {"key": next, "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": [next]}
+        ], "rollout_percentage": 100}]}}));
+    }
+    flags.push(json!({"key": "d20000", "active": true, "filters": {"groups": [{"rollout_percentage": 100}]}}));
+    let evaluator =
+        LocalEvaluator::from_json(&json!({"cohorts": cohorts, "flags": flags}).to_string())
+            .unwrap();
+    for flag in ["cyclic-cohort", "deep-cohort", "a", "b", "d0"] {
+        assert!(
+            matches!(
+                evaluator.evaluate(flag, "u1"),
+                Err(FlagError::Inconclusive { .. })
+            ),
+            "{flag}"
+        );
+    }
+    // A short chain still evaluates.
+    assert_eq!(
+        evaluator.evaluate("d19990", "u1").unwrap(),
+        FlagValue::Enabled(true)
+    );
 }

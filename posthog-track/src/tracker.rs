@@ -18,7 +18,7 @@ use crate::config::{ApiKey, Config, Mode};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{
-    DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags,
+    DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
 };
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
@@ -57,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) definitions_client: Option<DefinitionsClient>,
     pub(crate) local_evaluation_only: bool,
     pub(crate) poller: Mutex<Option<watch::Sender<bool>>>,
+    pub(crate) routing: RoutingState,
 }
 
 type DrainFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
@@ -608,6 +609,7 @@ impl TrackerBuilder {
                 definitions_client,
                 local_evaluation_only: self.local_evaluation_only,
                 poller: Mutex::new(None),
+                routing: RoutingState::default(),
             }),
         }
     }

@@ -1,13 +1,13 @@
 //! The evaluation algorithm, a faithful port of PostHog's local evaluation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 use super::definitions::{Definitions, FlagDefinition, PropertyFilter};
-use super::operators::match_property;
+use super::operators::{Regexes, is_regex_operator, match_property};
 use super::value::{FlagError, FlagValue, Inconclusive, Properties, decode_payload};
 
 /// Evaluates flags from their definitions, with no network.
@@ -17,7 +17,13 @@ pub struct LocalEvaluator {
     group_type_mapping: HashMap<String, String>,
     /// Cohort property groups by cohort id (`send_cohorts`).
     cohorts: HashMap<String, Value>,
+    /// Every `regex`/`not_regex` pattern of the flags and cohorts, compiled once.
+    regexes: Regexes,
 }
+
+/// How deep cohorts within cohorts and flags depending on flags may nest before evaluation
+/// gives up (inconclusive): far deeper than real projects, far shallower than the stack.
+const MAX_DEPTH: usize = 32;
 
 #[derive(PartialEq, Eq)]
 enum ConditionMatch {
@@ -59,7 +65,7 @@ impl LocalEvaluator {
                     .collect()
             })
             .unwrap_or_default();
-        let cohorts = value
+        let cohorts: HashMap<String, Value> = value
             .get("cohorts")
             .and_then(Value::as_object)
             .map(|cohorts| {
@@ -70,6 +76,19 @@ impl LocalEvaluator {
             })
             .unwrap_or_default();
         let definitions: Definitions = serde_json::from_value(value)?;
+        let mut regexes = Regexes::default();
+        for filter in definitions
+            .flags
+            .iter()
+            .flat_map(|flag| &flag.filters.groups)
+            .flat_map(|condition| &condition.properties)
+            .filter(|filter| is_regex_operator(filter.operator.as_deref()))
+        {
+            regexes.add(&filter.value);
+        }
+        for group in cohorts.values() {
+            collect_cohort_regexes(group, &mut regexes);
+        }
         let flags = definitions
             .flags
             .into_iter()
@@ -79,6 +98,7 @@ impl LocalEvaluator {
             flags,
             group_type_mapping,
             cohorts,
+            regexes,
         })
     }
 
@@ -128,6 +148,8 @@ impl LocalEvaluator {
             evaluator: self,
             distinct_id,
             cache: RefCell::new(HashMap::new()),
+            cohorts_in_progress: RefCell::new(Vec::new()),
+            depth: Cell::new(0),
         };
         match flag.filters.aggregation_group_type_index {
             None => context
@@ -164,15 +186,63 @@ impl LocalEvaluator {
     }
 }
 
+/// The regex patterns of a cohort's property groups, however they nest (iteratively: cohort
+/// data is remote input).
+fn collect_cohort_regexes(group: &Value, regexes: &mut Regexes) {
+    let mut pending = vec![group];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(object) => {
+                if is_regex_operator(object.get("operator").and_then(Value::as_str))
+                    && let Some(pattern) = object.get("value")
+                {
+                    regexes.add(pattern);
+                }
+                if let Some(values) = object.get("values") {
+                    pending.push(values);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A flag dependency within one evaluation.
+#[derive(Clone)]
+enum Dependency {
+    /// Being evaluated: meeting it again is a cycle.
+    InProgress,
+    Decided(FlagValue),
+    Undecided,
+}
+
 /// One evaluation: what flag dependencies need (the other flags, and the values computed so
-/// far, so each flag of a chain is evaluated once).
+/// far, so each flag of a chain is evaluated once), and what bounds the recursion of cohorts
+/// and dependencies (cycles and depth).
 struct Context<'a> {
     evaluator: &'a LocalEvaluator,
     distinct_id: &'a str,
-    cache: RefCell<HashMap<String, Option<FlagValue>>>,
+    cache: RefCell<HashMap<String, Dependency>>,
+    cohorts_in_progress: RefCell<Vec<String>>,
+    depth: Cell<usize>,
 }
 
 impl Context<'_> {
+    /// Runs `nested` one level deeper, or fails when evaluation is nested too deeply.
+    fn nested<T>(&self, nested: impl FnOnce() -> Result<T, Undecided>) -> Result<T, Undecided> {
+        let depth = self.depth.get();
+        if depth >= MAX_DEPTH {
+            return Err(Undecided::RequiresServer(format!(
+                "cohorts and flag dependencies nest more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        self.depth.set(depth + 1);
+        let result = nested();
+        self.depth.set(depth);
+        result
+    }
+
     fn match_flag(
         &self,
         flag: &FlagDefinition,
@@ -224,7 +294,7 @@ impl Context<'_> {
             let matches = match filter.kind.as_deref() {
                 Some("cohort") => self.match_cohort(filter, properties)?,
                 Some("flag") => self.match_dependency(filter, properties)?,
-                _ => match_property(filter, properties)?,
+                _ => match_property(filter, properties, &self.evaluator.regexes)?,
             };
             if !matches {
                 return Ok(ConditionMatch::NoMatch);
@@ -252,7 +322,15 @@ impl Context<'_> {
                 "cohort {id} is not in the local definitions (a static cohort?)"
             )));
         };
-        let matches = self.match_property_group(group, properties)?;
+        if self.cohorts_in_progress.borrow().contains(&id) {
+            return Err(Undecided::RequiresServer(format!(
+                "cohort {id} refers to itself"
+            )));
+        }
+        self.cohorts_in_progress.borrow_mut().push(id);
+        let matches = self.nested(|| self.match_property_group(group, properties));
+        self.cohorts_in_progress.borrow_mut().pop();
+        let matches = matches?;
         match filter.operator.as_deref().unwrap_or("exact") {
             "exact" | "in" => Ok(matches),
             "not_in" => Ok(!matches),
@@ -304,7 +382,7 @@ impl Context<'_> {
                     Some("AND" | "OR")
                 );
             let outcome = if nested {
-                self.match_property_group(entry, properties)
+                self.nested(|| self.match_property_group(entry, properties))
             } else {
                 let filter: PropertyFilter =
                     serde_json::from_value(entry.clone()).map_err(|error| {
@@ -313,7 +391,8 @@ impl Context<'_> {
                 let matches = match filter.kind.as_deref() {
                     Some("cohort") => self.match_cohort(&filter, properties),
                     Some("flag") => self.match_dependency(&filter, properties),
-                    _ => match_property(&filter, properties).map_err(Undecided::from),
+                    _ => match_property(&filter, properties, &self.evaluator.regexes)
+                        .map_err(Undecided::from),
                 };
                 matches.map(|matches| matches != filter.negation)
             };
@@ -363,11 +442,20 @@ impl Context<'_> {
             )));
         }
         for key in chain {
-            if self.cache.borrow().contains_key(key) {
-                continue;
+            let known = self.cache.borrow().get(key).cloned();
+            match known {
+                Some(Dependency::InProgress) => {
+                    return Err(Undecided::Inconclusive(format!(
+                        "circular dependency on `{key}`"
+                    )));
+                }
+                Some(_) => continue,
+                None => {}
             }
             let Some(flag) = self.evaluator.flags.get(key) else {
-                self.cache.borrow_mut().insert(key.clone(), None);
+                self.cache
+                    .borrow_mut()
+                    .insert(key.clone(), Dependency::Undecided);
                 return Err(Undecided::Inconclusive(format!(
                     "dependency `{key}` is not in the local definitions"
                 )));
@@ -375,22 +463,36 @@ impl Context<'_> {
             if !flag.active {
                 self.cache
                     .borrow_mut()
-                    .insert(key.clone(), Some(FlagValue::Enabled(false)));
+                    .insert(key.clone(), Dependency::Decided(FlagValue::Enabled(false)));
                 continue;
             }
-            match self.match_flag(flag, self.distinct_id, properties) {
+            self.cache
+                .borrow_mut()
+                .insert(key.clone(), Dependency::InProgress);
+            let outcome = self.nested(|| {
+                self.match_flag(flag, self.distinct_id, properties)
+                    .map_err(Undecided::from)
+            });
+            match outcome {
                 Ok(value) => {
-                    self.cache.borrow_mut().insert(key.clone(), Some(value));
+                    self.cache
+                        .borrow_mut()
+                        .insert(key.clone(), Dependency::Decided(value));
                 }
-                Err(Inconclusive(reason)) => {
-                    self.cache.borrow_mut().insert(key.clone(), None);
+                Err(Undecided::Inconclusive(reason) | Undecided::RequiresServer(reason)) => {
+                    self.cache
+                        .borrow_mut()
+                        .insert(key.clone(), Dependency::Undecided);
                     return Err(Undecided::Inconclusive(format!(
                         "dependency `{key}`: {reason}"
                     )));
                 }
             }
         }
-        let actual = self.cache.borrow().get(&filter.key).cloned().flatten();
+        let actual = match self.cache.borrow().get(&filter.key) {
+            Some(Dependency::Decided(value)) => Some(value.clone()),
+            _ => None,
+        };
         let Some(actual) = actual else {
             return Err(Undecided::Inconclusive(format!(
                 "dependency `{}` was not evaluated",

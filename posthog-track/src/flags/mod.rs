@@ -19,11 +19,13 @@
 //! guess.
 
 // Layers, each importing only those above it: definitions -> value -> request -> operators
-// -> evaluate -> {remote, poller, exposure, routing} -> api (the `impl Tracker` block).
+// -> evaluate -> http -> {remote, poller, exposure} -> api (the `impl Tracker` block) ->
+// routing.
 mod api;
 mod definitions;
 mod evaluate;
 mod exposure;
+mod http;
 mod operators;
 mod poller;
 mod remote;
@@ -37,6 +39,6 @@ pub(crate) use exposure::ExposureCache;
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
 pub use request::{FlagsRequest, FlagsSnapshot};
-pub(crate) use routing::route;
 pub use routing::routed_table;
+pub(crate) use routing::{RoutingState, route};
 pub use value::{FlagError, FlagValue, Properties};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use serde_json::{Value, json};
 
+use super::http::{HttpClient, error_excerpt, read_bounded};
 use super::request::{FlagsRequest, FlagsSnapshot};
 use super::value::{FlagValue, decode_payload};
 use crate::client::{Backoff, USER_AGENT_VALUE};
@@ -14,12 +15,14 @@ use crate::error::{Error, Result};
 /// Calls `/flags`. Retries only what a retry can fix: transport errors, 502 and 504.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteFlags {
-    http: reqwest::Client,
+    http: HttpClient,
     url: String,
     api_key: ApiKey,
 }
 
 const RETRIES: u32 = 2;
+/// Largest `/flags` answer read; a larger one is an error.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// A flag is usually needed to answer a request: retry soon, not for long.
 const RETRY_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(200),
@@ -28,12 +31,8 @@ const RETRY_BACKOFF: Backoff = Backoff {
 
 impl RemoteFlags {
     pub(crate) fn new(host: &str, api_key: ApiKey, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
         RemoteFlags {
-            http,
+            http: HttpClient::new(timeout),
             url: format!("{host}/flags/?v=2"),
             api_key,
         }
@@ -52,10 +51,10 @@ impl RemoteFlags {
             body["flag_keys_to_evaluate"] = json!(request.flag_keys);
         }
         let body = body.to_string();
+        let http = self.http.get()?;
         let mut attempt = 0;
         loop {
-            let response = self
-                .http
+            let response = http
                 .post(&self.url)
                 .header(USER_AGENT, USER_AGENT_VALUE)
                 .header(CONTENT_TYPE, "application/json")
@@ -71,19 +70,31 @@ impl RemoteFlags {
                 tokio::time::sleep(RETRY_BACKOFF.delay(attempt, None)).await;
                 continue;
             }
-            let response = response.map_err(|error| Error::Flags {
-                reason: format!("request failed: {error}"),
+            let response = response.map_err(|error| {
+                Error::flags("the /flags request failed", Some(Box::new(error)))
             })?;
             let status = response.status();
-            let text = response.text().await.unwrap_or_default();
             if !status.is_success() {
-                let text: String = text.chars().take(300).collect();
-                return Err(Error::Flags {
-                    reason: format!("/flags answered {status}: {text}"),
-                });
+                let excerpt = error_excerpt(response).await;
+                return Err(Error::flags(
+                    format!("/flags answered {status}: {excerpt}"),
+                    None,
+                ));
             }
-            let json: Value = serde_json::from_str(&text).map_err(|error| Error::Flags {
-                reason: format!("/flags answered with invalid JSON: {error}"),
+            let (body, more) =
+                read_bounded(response, MAX_RESPONSE_BYTES)
+                    .await
+                    .map_err(|error| {
+                        Error::flags("reading the /flags answer failed", Some(Box::new(error)))
+                    })?;
+            if more {
+                return Err(Error::flags(
+                    format!("the /flags answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+                    None,
+                ));
+            }
+            let json: Value = serde_json::from_slice(&body).map_err(|error| {
+                Error::flags("/flags answered with invalid JSON", Some(Box::new(error)))
             })?;
             return Ok(parse_response(&json));
         }

@@ -1,7 +1,7 @@
 //! What to evaluate ([`FlagsRequest`]) and what came out ([`FlagsSnapshot`]), whoever decided
 //! it: local definitions or PostHog.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -70,25 +70,74 @@ impl FlagsRequest {
     }
 }
 
+impl From<&str> for FlagsRequest {
+    /// Every flag for this distinct id.
+    fn from(distinct_id: &str) -> Self {
+        FlagsRequest::new(distinct_id)
+    }
+}
+
+impl From<String> for FlagsRequest {
+    /// Every flag for this distinct id.
+    fn from(distinct_id: String) -> Self {
+        FlagsRequest::new(distinct_id)
+    }
+}
+
+impl From<&String> for FlagsRequest {
+    /// Every flag for this distinct id.
+    fn from(distinct_id: &String) -> Self {
+        FlagsRequest::new(distinct_id.as_str())
+    }
+}
+
 /// Every flag's value for one user, as evaluated at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlagsSnapshot {
     pub(super) values: HashMap<String, FlagValue>,
     pub(super) payloads: HashMap<String, Value>,
     pub(super) quota_limited: Vec<String>,
+    /// Flags nobody decided, with the reason.
+    pub(super) undecided: BTreeMap<String, String>,
 }
 
 impl FlagsSnapshot {
-    /// A snapshot of values decided locally.
-    pub(crate) fn from_values(
+    /// A snapshot of values decided locally, and of the flags local definitions could not
+    /// decide.
+    pub(super) fn local(
         values: HashMap<String, FlagValue>,
         payloads: HashMap<String, Value>,
+        undecided: BTreeMap<String, String>,
     ) -> Self {
         FlagsSnapshot {
             values,
             payloads,
             quota_limited: Vec::new(),
+            undecided,
         }
+    }
+
+    /// Adds what PostHog decided for the flags this snapshot left undecided; those PostHog
+    /// did not answer for stay undecided.
+    pub(super) fn merge_remote(&mut self, remote: FlagsSnapshot) {
+        for key in remote.values.keys() {
+            self.undecided.remove(key);
+        }
+        for reason in self.undecided.values_mut() {
+            *reason = format!("{reason}; PostHog returned no value for it either");
+        }
+        self.values.extend(remote.values);
+        self.payloads.extend(remote.payloads);
+        self.quota_limited = remote.quota_limited;
+    }
+
+    /// Flags that could not be decided, each with the reason: with
+    /// `local_evaluation_only`, those the local definitions cannot decide (a person property
+    /// the request did not supply, a static cohort, ...). They read as off and have no value.
+    pub fn undecided(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.undecided
+            .iter()
+            .map(|(key, reason)| (key.as_str(), reason.as_str()))
     }
 
     /// Whether the flag is on (`true` or any variant); unknown flags are off.

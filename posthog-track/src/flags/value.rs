@@ -6,6 +6,10 @@ use std::fmt;
 
 use serde_json::Value;
 
+/// Longest distinct id the flag caches (exposures, routing decisions) remember, in bytes.
+/// Distinct ids can come from request headers: longer ones are never kept.
+pub(crate) const MAX_CACHED_ID_BYTES: usize = 512;
+
 /// Person or group properties: name to value.
 pub type Properties = serde_json::Map<String, Value>;
 
