@@ -664,7 +664,22 @@ fn cycles_and_deep_chains_are_inconclusive() {
             json!({"type": "AND", "values": [{"key": "id", "value": id + 1, "type": "cohort"}]}),
         );
     }
+    // 300 -> 301 (twice) -> 302 (twice) -> ... -> 330: each cohort is matched once per
+    // evaluation, not 2^30 times.
+    for id in 300..330 {
+        let next = json!({"key": "id", "value": id + 1, "type": "cohort"});
+        cohorts.insert(
+            id.to_string(),
+            json!({"type": "AND", "values": [next, next]}),
+        );
+    }
+    cohorts.insert(
+        "330".into(),
+        json!({"type": "AND", "values": [{"key": "plan", "value": "pro", "type": "person"}]}),
+    );
     let mut flags = vec![
+        json!({"key": "wide-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 300, "type": "cohort"}], "rollout_percentage": 100}]}}),
         json!({"key": "cyclic-cohort", "active": true, "filters": {"groups": [
             {"properties": [{"key": "id", "value": 1, "type": "cohort"}], "rollout_percentage": 100}]}}),
         json!({"key": "deep-cohort", "active": true, "filters": {"groups": [
@@ -697,9 +712,215 @@ fn cycles_and_deep_chains_are_inconclusive() {
             "{flag}"
         );
     }
+    // Wide but finite: decided, in linear time.
+    assert_eq!(
+        evaluator
+            .evaluate_with(
+                "wide-cohort",
+                "u1",
+                &person(json!({"plan": "pro"})),
+                &HashMap::new(),
+                &HashMap::new()
+            )
+            .unwrap(),
+        FlagValue::Enabled(true)
+    );
     // A short chain still evaluates.
     assert_eq!(
         evaluator.evaluate("d19990", "u1").unwrap(),
         FlagValue::Enabled(true)
     );
+}
+
+/// Property-based: random definitions (every operator, odd dates, semver past `u64::MAX`,
+/// arbitrary regexes, nested and mutually referring cohorts, dependency chains with cycles) and
+/// random properties never panic, and evaluation is deterministic.
+mod properties {
+    use std::collections::HashMap;
+
+    use posthog_track::flags::{LocalEvaluator, Properties};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    const OPERATORS: &[&str] = &[
+        "exact",
+        "is_not",
+        "is_set",
+        "is_not_set",
+        "icontains",
+        "not_icontains",
+        "starts_with",
+        "not_starts_with",
+        "ends_with",
+        "not_ends_with",
+        "regex",
+        "not_regex",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "is_date_before",
+        "is_date_after",
+        "semver_eq",
+        "semver_neq",
+        "semver_gt",
+        "semver_gte",
+        "semver_lt",
+        "semver_lte",
+        "semver_tilde",
+        "semver_caret",
+        "semver_wildcard",
+        "in",
+        "not_in",
+        "flag_evaluates_to",
+        "no_such_operator",
+    ];
+    const FLAGS: u8 = 6;
+    const COHORTS: u8 = 6;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "-?[0-9]{0,6}[hdwmyé€😀x]?",
+            "[vV]?[0-9]{1,22}(\\.[0-9*]{0,22}){0,3}(-[a-z]{1,4})?(\\+[0-9]{1,3})?",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,9})?)?)?(Z| UTC|[+-][0-9]{2}:[0-9]{2}|é)?",
+            "[(\\[\\]{}.*+?|^$a-z0-9\\\\]{0,16}",
+            Just(u64::MAX.to_string()),
+            Just(format!("0.{}.*", u64::MAX)),
+            Just(format!("0.0.{}", u64::MAX)),
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => text().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<u64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(|number| json!(number)),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => scalar(),
+            1 => prop::collection::vec(scalar(), 0..4).prop_map(Value::from),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = Value> {
+        (
+            0..3u8,
+            prop::sample::select(OPERATORS),
+            value(),
+            0..FLAGS.max(COHORTS),
+            any::<bool>(),
+            prop::option::of(prop::collection::vec(0..FLAGS, 0..4)),
+        )
+            .prop_map(|(kind, operator, value, target, negation, chain)| match kind {
+                0 => json!({"key": format!("p{}", target % 3), "operator": operator,
+                    "value": value, "type": "person", "negation": negation}),
+                1 => json!({"key": "id", "value": target % COHORTS, "type": "cohort",
+                    "operator": if negation { "not_in" } else { "in" }}),
+                _ => json!({"key": format!("f{}", target % FLAGS), "operator": "flag_evaluates_to",
+                    "value": value, "type": "flag",
+                    "dependency_chain": chain.map(|chain| chain.iter().map(|n| format!("f{n}")).collect::<Vec<_>>())}),
+            })
+    }
+
+    fn cohort() -> impl Strategy<Value = Value> {
+        filter().prop_recursive(4, 24, 4, |inner| {
+            (any::<bool>(), prop::collection::vec(inner, 0..4)).prop_map(
+                |(and, values)| json!({"type": if and { "AND" } else { "OR" }, "values": values}),
+            )
+        })
+    }
+
+    fn flag() -> impl Strategy<Value = Value> {
+        let condition = (
+            prop::collection::vec(filter(), 0..3),
+            prop::option::of(-10.0..110.0f64),
+            prop::option::of("[a-c]"),
+        )
+            .prop_map(|(properties, rollout, variant)| {
+                json!({"properties": properties, "rollout_percentage": rollout, "variant": variant})
+            });
+        (
+            any::<bool>(),
+            prop::collection::vec(condition, 0..3),
+            any::<bool>(),
+            prop::option::of(prop::collection::vec(("[a-c]", -10.0..70.0f64), 0..4)),
+        )
+            .prop_map(|(active, groups, early_exit, variants)| {
+                let variants = variants.map(|variants| {
+                    variants
+                        .into_iter()
+                        .map(|(key, rollout)| json!({"key": key, "rollout_percentage": rollout}))
+                        .collect::<Vec<_>>()
+                });
+                json!({"active": active, "filters": {"groups": groups, "early_exit": early_exit,
+                    "multivariate": variants.map(|variants| json!({"variants": variants}))}})
+            })
+    }
+
+    fn definitions() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(flag(), FLAGS as usize),
+            prop::collection::vec(cohort(), COHORTS as usize),
+        )
+            .prop_map(|(flags, cohorts)| {
+                let flags: Vec<Value> = flags
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, mut flag)| {
+                        flag["key"] = json!(format!("f{n}"));
+                        flag
+                    })
+                    .collect();
+                let cohorts: serde_json::Map<String, Value> = cohorts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, cohort)| (n.to_string(), cohort))
+                    .collect();
+                json!({"flags": flags, "cohorts": cohorts})
+            })
+    }
+
+    fn properties() -> impl Strategy<Value = Properties> {
+        prop::collection::btree_map(0..3u8, value(), 0..3).prop_map(|map| {
+            map.into_iter()
+                .map(|(key, value)| (format!("p{key}"), value))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn evaluation_never_panics_and_is_deterministic(
+            definitions in definitions(),
+            properties in properties(),
+            distinct_id in any::<String>(),
+        ) {
+            let evaluator = LocalEvaluator::from_json(&definitions.to_string()).unwrap();
+            let (groups, group_properties) = (HashMap::new(), HashMap::new());
+            for n in 0..FLAGS {
+                let key = format!("f{n}");
+                let first = evaluator
+                    .evaluate_with(&key, &distinct_id, &properties, &groups, &group_properties)
+                    .map_err(|error| error.to_string());
+                let second = evaluator
+                    .evaluate_with(&key, &distinct_id, &properties, &groups, &group_properties)
+                    .map_err(|error| error.to_string());
+                prop_assert_eq!(first, second);
+            }
+        }
+
+        #[test]
+        fn any_text_as_definitions_never_panics(text in any::<String>()) {
+            let _ = LocalEvaluator::from_json(&text);
+        }
+    }
 }

@@ -149,6 +149,7 @@ impl LocalEvaluator {
             distinct_id,
             cache: RefCell::new(HashMap::new()),
             cohorts_in_progress: RefCell::new(Vec::new()),
+            cohort_results: RefCell::new(HashMap::new()),
             depth: Cell::new(0),
         };
         match flag.filters.aggregation_group_type_index {
@@ -225,6 +226,9 @@ struct Context<'a> {
     distinct_id: &'a str,
     cache: RefCell<HashMap<String, Dependency>>,
     cohorts_in_progress: RefCell<Vec<String>>,
+    /// Each cohort is matched once per evaluation, however many conditions refer to it:
+    /// evaluation stays linear in the size of the definitions.
+    cohort_results: RefCell<HashMap<String, Result<bool, Undecided>>>,
     depth: Cell<usize>,
 }
 
@@ -322,15 +326,22 @@ impl Context<'_> {
                 "cohort {id} is not in the local definitions (a static cohort?)"
             )));
         };
-        if self.cohorts_in_progress.borrow().contains(&id) {
-            return Err(Undecided::RequiresServer(format!(
-                "cohort {id} refers to itself"
-            )));
-        }
-        self.cohorts_in_progress.borrow_mut().push(id);
-        let matches = self.nested(|| self.match_property_group(group, properties));
-        self.cohorts_in_progress.borrow_mut().pop();
-        let matches = matches?;
+        let known = self.cohort_results.borrow().get(&id).cloned();
+        let matches = match known {
+            Some(known) => known?,
+            None => {
+                if self.cohorts_in_progress.borrow().contains(&id) {
+                    return Err(Undecided::RequiresServer(format!(
+                        "cohort {id} refers to itself"
+                    )));
+                }
+                self.cohorts_in_progress.borrow_mut().push(id.clone());
+                let matches = self.nested(|| self.match_property_group(group, properties));
+                self.cohorts_in_progress.borrow_mut().pop();
+                self.cohort_results.borrow_mut().insert(id, matches.clone());
+                matches?
+            }
+        };
         match filter.operator.as_deref().unwrap_or("exact") {
             "exact" | "in" => Ok(matches),
             "not_in" => Ok(!matches),
@@ -509,6 +520,7 @@ impl Context<'_> {
 }
 
 /// Why a condition could not be decided locally.
+#[derive(Clone)]
 enum Undecided {
     /// Missing data; another condition may still decide.
     Inconclusive(String),
