@@ -430,6 +430,59 @@ mod client {
         assert_eq!(snapshot.undecided().count(), 0);
     }
 
+    /// A missing key is named for what it is; a transport failure keeps reqwest's error as
+    /// the source.
+    #[tokio::test]
+    async fn errors_say_what_happened_and_keep_their_cause() {
+        use posthog_track::{Error, Tracker};
+        let no_key = Tracker::builder().build();
+        let error = no_key.evaluate_flags("u1").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::MissingKey {
+                    key: "POSTHOG_API_KEY",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let error = no_key.load_flag_definitions().await.unwrap_err();
+        assert!(matches!(error, Error::MissingKey { .. }), "{error:?}");
+        let no_personal_key = Tracker::builder().api_key("phc_test").build();
+        let error = no_personal_key.load_flag_definitions().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::MissingKey {
+                    key: "POSTHOG_PERSONAL_API_KEY",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let disabled = Tracker::builder()
+            .api_key("phc_test")
+            .disabled(true)
+            .build();
+        let error = disabled.evaluate_flags("u1").await.unwrap_err();
+        assert!(matches!(error, Error::Disabled { .. }), "{error:?}");
+
+        // Nothing listens on this port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let unreachable = Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://{address}"))
+            .unwrap()
+            .build();
+        let error = unreachable.evaluate_flags("u1").await.unwrap_err();
+        assert!(matches!(error, Error::Flags { .. }), "{error:?}");
+        let source = std::error::Error::source(&error).expect("the transport error is kept");
+        assert!(source.is::<reqwest::Error>(), "{source:?}");
+    }
+
     /// An error answer is read up to a bound, never whole: a body that never ends still gives
     /// an error that shows how it began.
     #[tokio::test]
