@@ -194,14 +194,8 @@ async fn decide(
         }
         None => Err("no flag definitions are loaded".to_owned()),
     };
-    let value = match local {
-        Ok(value) => {
-            tracker
-                .record_exposure(distinct_id, flag, &value, true)
-                .await
-                .map_err(|error| error.to_string())?;
-            value
-        }
+    let (value, locally_evaluated) = match local {
+        Ok(value) => (value, true),
         Err(reason) if tracker.inner.local_evaluation_only => {
             return Err(format!("{reason}, and local_evaluation_only is set"));
         }
@@ -217,16 +211,26 @@ async fn decide(
                      (POSTHOG_PERSONAL_API_KEY) or call routed_table before begin"
                 );
             }
-            let mut request = request;
+            let mut request = request.only([flag]);
             request.force_remote = true;
-            match tracker.get_feature_flag(flag, request).await {
-                Ok(Some(value)) => value,
-                Ok(None) => return Err("PostHog returned no value for the flag".to_owned()),
-                Err(error) => return Err(error.to_string()),
+            let snapshot = tracker
+                .evaluate_flags(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            match snapshot.value(flag) {
+                Some(value) => (value.clone(), false),
+                None => return Err("PostHog returned no value for the flag".to_owned()),
             }
         }
     };
     routing.remember(generation, distinct_id, flag, &value);
+    // The route stands even when its exposure cannot be recorded (a full or closed queue).
+    if let Err(error) = tracker
+        .record_exposure(distinct_id, flag, &value, locally_evaluated)
+        .await
+    {
+        tracing::warn!(flag, %error, "flag routing: the exposure could not be recorded");
+    }
     Ok(value)
 }
 
