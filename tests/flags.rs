@@ -977,3 +977,39 @@ mod properties {
         }
     }
 }
+
+/// The definitions sample of the README's feature flags section.
+#[test]
+fn the_readme_definitions_sample_evaluates() {
+    let definitions_json = r#"{"flags": [
+  {"key": "new-editor", "active": true, "filters": {"groups": [
+    {"properties": [{"key": "plan", "value": ["pro", "team"], "type": "person"}],
+     "rollout_percentage": 50}]}},
+  {"key": "checkout-experiment", "active": true, "filters": {
+    "groups": [{"properties": [], "rollout_percentage": 100}],
+    "multivariate": {"variants": [{"key": "control", "rollout_percentage": 50},
+                                  {"key": "test", "rollout_percentage": 50}]}}}
+]}"#;
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(definitions_json),
+        "README and test share the sample"
+    );
+    let evaluator = LocalEvaluator::from_json(definitions_json).unwrap();
+    let value = evaluator.evaluate("checkout-experiment", "user-1").unwrap();
+    assert!(matches!(value.variant(), Some("control" | "test")));
+    let properties = json!({"plan": "pro"})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let value = evaluator
+        .evaluate_with(
+            "new-editor",
+            "user-1",
+            &properties,
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+    assert!(matches!(value, FlagValue::Enabled(_)));
+}
