@@ -354,7 +354,7 @@ mod client {
         let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
 
         let local = tracker
-            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "pro"))
+            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "pro"))
             .await
             .unwrap();
         assert!(local.is_enabled("rollout") && local.is_enabled("by-plan"));
@@ -371,12 +371,157 @@ mod client {
             "`plan` unknown locally: PostHog decides"
         );
 
+        let rollout = tracker.get_feature_flag("rollout", "u1").await.unwrap();
         assert_eq!(
-            tracker.variant("rollout", "u1").await,
+            rollout.as_ref().and_then(FlagValue::variant),
             None,
             "a boolean flag has no variant"
         );
-        assert_eq!(tracker.variant("no-such-flag", "u1").await, None);
+        assert!(tracker.is_feature_enabled("rollout", "u1").await.unwrap());
+        assert!(
+            !tracker
+                .is_feature_enabled("no-such-flag", String::from("u1"))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_undecidable_flag_does_not_empty_the_snapshot() {
+        // Local only: the decided flag is there, the undecidable one is reported as such.
+        let mock = MockPostHog::start().await;
+        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let tracker = tracker_for(&mock)
+            .flag_definitions(evaluator.clone())
+            .local_evaluation_only(true)
+            .build();
+        let snapshot = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap();
+        assert!(
+            snapshot.is_enabled("rollout"),
+            "decided locally: {snapshot:?}"
+        );
+        assert_eq!(snapshot.value("by-plan"), None);
+        let undecided: Vec<_> = snapshot.undecided().collect();
+        assert_eq!(undecided.len(), 1);
+        assert_eq!(undecided[0].0, "by-plan");
+        assert!(
+            undecided[0].1.contains("plan"),
+            "the reason: {}",
+            undecided[0].1
+        );
+        assert!(mock.flags_requests().is_empty());
+
+        // Remote allowed: PostHog is asked for the undecidable flag only.
+        mock.set_remote_flags(json!({"flags": {
+            "by-plan": {"key": "by-plan", "enabled": true}
+        }}));
+        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
+        let snapshot = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap();
+        assert!(snapshot.is_enabled("rollout") && snapshot.is_enabled("by-plan"));
+        let requests = mock.flags_requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0]["flag_keys_to_evaluate"], json!(["by-plan"]));
+        assert_eq!(snapshot.undecided().count(), 0);
+    }
+
+    /// A missing key is named for what it is; a transport failure keeps reqwest's error as
+    /// the source.
+    #[tokio::test]
+    async fn errors_say_what_happened_and_keep_their_cause() {
+        use posthog_track::{Error, Tracker};
+        let no_key = Tracker::builder().build();
+        let error = no_key.evaluate_flags("u1").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::MissingKey {
+                    key: "POSTHOG_API_KEY",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let error = no_key.load_flag_definitions().await.unwrap_err();
+        assert!(matches!(error, Error::MissingKey { .. }), "{error:?}");
+        let no_personal_key = Tracker::builder().api_key("phc_test").build();
+        let error = no_personal_key.load_flag_definitions().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::MissingKey {
+                    key: "POSTHOG_PERSONAL_API_KEY",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let disabled = Tracker::builder()
+            .api_key("phc_test")
+            .disabled(true)
+            .build();
+        let error = disabled.evaluate_flags("u1").await.unwrap_err();
+        assert!(matches!(error, Error::Disabled { .. }), "{error:?}");
+
+        // Nothing listens on this port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let unreachable = Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://{address}"))
+            .unwrap()
+            .build();
+        let error = unreachable.evaluate_flags("u1").await.unwrap_err();
+        assert!(matches!(error, Error::Flags { .. }), "{error:?}");
+        let source = std::error::Error::source(&error).expect("the transport error is kept");
+        assert!(source.is::<reqwest::Error>(), "{source:?}");
+    }
+
+    /// An error answer is read up to a bound, never whole: a body that never ends still gives
+    /// an error that shows how it began.
+    #[tokio::test]
+    async fn error_bodies_are_read_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = format!(
+                        "{:x}\r\n{}\r\n",
+                        8192,
+                        "overloaded ".repeat(8192 / 11 + 1)[..8192].to_owned()
+                    );
+                    // Endless: only a bounded reader gets to the end of this answer.
+                    while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        let tracker = posthog_track::Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://{address}"))
+            .unwrap()
+            .build();
+        let error = tracker
+            .evaluate_flags(FlagsRequest::new("u1"))
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("500"), "{text}");
+        assert!(text.contains("overloaded"), "the body's beginning: {text}");
+        assert!(text.len() < 2_000, "{} bytes", text.len());
     }
 
     #[tokio::test]
@@ -385,7 +530,7 @@ mod client {
         let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
         let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
         let flags = tracker
-            .evaluate_flags_with(FlagsRequest::new("u1").person_property("plan", "free"))
+            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "free"))
             .await
             .unwrap();
 
@@ -549,4 +694,322 @@ fn cohorts_and_flag_dependencies() {
         eval("missing-dependency", json!({})),
         Err(FlagError::Inconclusive { .. })
     ));
+}
+
+/// Cohorts that reference each other, flag dependencies in a cycle and chains deeper than any
+/// real project make the flag inconclusive: never a stack overflow.
+#[test]
+fn cycles_and_deep_chains_are_inconclusive() {
+    let mut cohorts = serde_json::Map::new();
+    // 1 -> 2 -> 1
+    cohorts.insert(
+        "1".into(),
+        json!({"type": "AND", "values": [{"key": "id", "value": 2, "type": "cohort"}]}),
+    );
+    cohorts.insert(
+        "2".into(),
+        json!({"type": "OR", "values": [{"key": "id", "value": "1", "type": "cohort"}]}),
+    );
+    // 100 -> 101 -> ... -> 20100, no cycle, far deeper than the stack allows.
+    for id in 100..20_100 {
+        cohorts.insert(
+            id.to_string(),
+            json!({"type": "AND", "values": [{"key": "id", "value": id + 1, "type": "cohort"}]}),
+        );
+    }
+    // 300 -> 301 (twice) -> 302 (twice) -> ... -> 330: each cohort is matched once per
+    // evaluation, not 2^30 times.
+    for id in 300..330 {
+        let next = json!({"key": "id", "value": id + 1, "type": "cohort"});
+        cohorts.insert(
+            id.to_string(),
+            json!({"type": "AND", "values": [next, next]}),
+        );
+    }
+    cohorts.insert(
+        "330".into(),
+        json!({"type": "AND", "values": [{"key": "plan", "value": "pro", "type": "person"}]}),
+    );
+    let mut flags = vec![
+        json!({"key": "wide-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 300, "type": "cohort"}], "rollout_percentage": 100}]}}),
+        json!({"key": "cyclic-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 1, "type": "cohort"}], "rollout_percentage": 100}]}}),
+        json!({"key": "deep-cohort", "active": true, "filters": {"groups": [
+            {"properties": [{"key": "id", "value": 100, "type": "cohort"}], "rollout_percentage": 100}]}}),
+        // a -> b -> a, with chains that do not say so.
+        json!({"key": "a", "active": true, "filters": {"groups": [{"properties": [
+            {"key": "b", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["b"]}
+        ], "rollout_percentage": 100}]}}),
+        json!({"key": "b", "active": true, "filters": {"groups": [{"properties": [
+            {"key": "a", "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": ["a"]}
+        ], "rollout_percentage": 100}]}}),
+    ];
+    // d0 -> d1 -> ... -> d20000
+    for n in 0..20_000 {
+        let next = format!("d{}", n + 1);
+        flags.push(json!({"key": format!("d{n}"), "active": true, "filters": {"groups": [{"properties": [
+            {"key": next, "operator": "flag_evaluates_to", "value": true, "type": "flag", "dependency_chain": [next]}
+        ], "rollout_percentage": 100}]}}));
+    }
+    flags.push(json!({"key": "d20000", "active": true, "filters": {"groups": [{"rollout_percentage": 100}]}}));
+    let evaluator =
+        LocalEvaluator::from_json(&json!({"cohorts": cohorts, "flags": flags}).to_string())
+            .unwrap();
+    for flag in ["cyclic-cohort", "deep-cohort", "a", "b", "d0"] {
+        assert!(
+            matches!(
+                evaluator.evaluate(flag, "u1"),
+                Err(FlagError::Inconclusive { .. })
+            ),
+            "{flag}"
+        );
+    }
+    // Wide but finite: decided, in linear time.
+    assert_eq!(
+        evaluator
+            .evaluate_with(
+                "wide-cohort",
+                "u1",
+                &person(json!({"plan": "pro"})),
+                &HashMap::new(),
+                &HashMap::new()
+            )
+            .unwrap(),
+        FlagValue::Enabled(true)
+    );
+    // A short chain still evaluates.
+    assert_eq!(
+        evaluator.evaluate("d19990", "u1").unwrap(),
+        FlagValue::Enabled(true)
+    );
+}
+
+/// Property-based: random definitions (every operator, odd dates, semver past `u64::MAX`,
+/// arbitrary regexes, nested and mutually referring cohorts, dependency chains with cycles) and
+/// random properties never panic, and evaluation is deterministic.
+mod properties {
+    use std::collections::HashMap;
+
+    use posthog_track::flags::{LocalEvaluator, Properties};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    const OPERATORS: &[&str] = &[
+        "exact",
+        "is_not",
+        "is_set",
+        "is_not_set",
+        "icontains",
+        "not_icontains",
+        "starts_with",
+        "not_starts_with",
+        "ends_with",
+        "not_ends_with",
+        "regex",
+        "not_regex",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "is_date_before",
+        "is_date_after",
+        "semver_eq",
+        "semver_neq",
+        "semver_gt",
+        "semver_gte",
+        "semver_lt",
+        "semver_lte",
+        "semver_tilde",
+        "semver_caret",
+        "semver_wildcard",
+        "in",
+        "not_in",
+        "flag_evaluates_to",
+        "no_such_operator",
+    ];
+    const FLAGS: u8 = 6;
+    const COHORTS: u8 = 6;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "-?[0-9]{0,6}[hdwmyé€😀x]?",
+            "[vV]?[0-9]{1,22}(\\.[0-9*]{0,22}){0,3}(-[a-z]{1,4})?(\\+[0-9]{1,3})?",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,9})?)?)?(Z| UTC|[+-][0-9]{2}:[0-9]{2}|é)?",
+            "[(\\[\\]{}.*+?|^$a-z0-9\\\\]{0,16}",
+            Just(u64::MAX.to_string()),
+            Just(format!("0.{}.*", u64::MAX)),
+            Just(format!("0.0.{}", u64::MAX)),
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => text().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<u64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(|number| json!(number)),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => Just(Value::Null),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => scalar(),
+            1 => prop::collection::vec(scalar(), 0..4).prop_map(Value::from),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = Value> {
+        (
+            0..3u8,
+            prop::sample::select(OPERATORS),
+            value(),
+            0..FLAGS.max(COHORTS),
+            any::<bool>(),
+            prop::option::of(prop::collection::vec(0..FLAGS, 0..4)),
+        )
+            .prop_map(|(kind, operator, value, target, negation, chain)| match kind {
+                0 => json!({"key": format!("p{}", target % 3), "operator": operator,
+                    "value": value, "type": "person", "negation": negation}),
+                1 => json!({"key": "id", "value": target % COHORTS, "type": "cohort",
+                    "operator": if negation { "not_in" } else { "in" }}),
+                _ => json!({"key": format!("f{}", target % FLAGS), "operator": "flag_evaluates_to",
+                    "value": value, "type": "flag",
+                    "dependency_chain": chain.map(|chain| chain.iter().map(|n| format!("f{n}")).collect::<Vec<_>>())}),
+            })
+    }
+
+    fn cohort() -> impl Strategy<Value = Value> {
+        filter().prop_recursive(4, 24, 4, |inner| {
+            (any::<bool>(), prop::collection::vec(inner, 0..4)).prop_map(
+                |(and, values)| json!({"type": if and { "AND" } else { "OR" }, "values": values}),
+            )
+        })
+    }
+
+    fn flag() -> impl Strategy<Value = Value> {
+        let condition = (
+            prop::collection::vec(filter(), 0..3),
+            prop::option::of(-10.0..110.0f64),
+            prop::option::of("[a-c]"),
+        )
+            .prop_map(|(properties, rollout, variant)| {
+                json!({"properties": properties, "rollout_percentage": rollout, "variant": variant})
+            });
+        (
+            any::<bool>(),
+            prop::collection::vec(condition, 0..3),
+            any::<bool>(),
+            prop::option::of(prop::collection::vec(("[a-c]", -10.0..70.0f64), 0..4)),
+        )
+            .prop_map(|(active, groups, early_exit, variants)| {
+                let variants = variants.map(|variants| {
+                    variants
+                        .into_iter()
+                        .map(|(key, rollout)| json!({"key": key, "rollout_percentage": rollout}))
+                        .collect::<Vec<_>>()
+                });
+                json!({"active": active, "filters": {"groups": groups, "early_exit": early_exit,
+                    "multivariate": variants.map(|variants| json!({"variants": variants}))}})
+            })
+    }
+
+    fn definitions() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(flag(), FLAGS as usize),
+            prop::collection::vec(cohort(), COHORTS as usize),
+        )
+            .prop_map(|(flags, cohorts)| {
+                let flags: Vec<Value> = flags
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, mut flag)| {
+                        flag["key"] = json!(format!("f{n}"));
+                        flag
+                    })
+                    .collect();
+                let cohorts: serde_json::Map<String, Value> = cohorts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, cohort)| (n.to_string(), cohort))
+                    .collect();
+                json!({"flags": flags, "cohorts": cohorts})
+            })
+    }
+
+    fn properties() -> impl Strategy<Value = Properties> {
+        prop::collection::btree_map(0..3u8, value(), 0..3).prop_map(|map| {
+            map.into_iter()
+                .map(|(key, value)| (format!("p{key}"), value))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn evaluation_never_panics_and_is_deterministic(
+            definitions in definitions(),
+            properties in properties(),
+            distinct_id in any::<String>(),
+        ) {
+            let evaluator = LocalEvaluator::from_json(&definitions.to_string()).unwrap();
+            let (groups, group_properties) = (HashMap::new(), HashMap::new());
+            for n in 0..FLAGS {
+                let key = format!("f{n}");
+                let first = evaluator
+                    .evaluate_with(&key, &distinct_id, &properties, &groups, &group_properties)
+                    .map_err(|error| error.to_string());
+                let second = evaluator
+                    .evaluate_with(&key, &distinct_id, &properties, &groups, &group_properties)
+                    .map_err(|error| error.to_string());
+                prop_assert_eq!(first, second);
+            }
+        }
+
+        #[test]
+        fn any_text_as_definitions_never_panics(text in any::<String>()) {
+            let _ = LocalEvaluator::from_json(&text);
+        }
+    }
+}
+
+/// The definitions sample of the README's feature flags section.
+#[test]
+fn the_readme_definitions_sample_evaluates() {
+    let definitions_json = r#"{"flags": [
+  {"key": "new-editor", "active": true, "filters": {"groups": [
+    {"properties": [{"key": "plan", "value": ["pro", "team"], "type": "person"}],
+     "rollout_percentage": 50}]}},
+  {"key": "checkout-experiment", "active": true, "filters": {
+    "groups": [{"properties": [], "rollout_percentage": 100}],
+    "multivariate": {"variants": [{"key": "control", "rollout_percentage": 50},
+                                  {"key": "test", "rollout_percentage": 50}]}}}
+]}"#;
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(definitions_json),
+        "README and test share the sample"
+    );
+    let evaluator = LocalEvaluator::from_json(definitions_json).unwrap();
+    let value = evaluator.evaluate("checkout-experiment", "user-1").unwrap();
+    assert!(matches!(value.variant(), Some("control" | "test")));
+    let properties = json!({"plan": "pro"})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let value = evaluator
+        .evaluate_with(
+            "new-editor",
+            "user-1",
+            &properties,
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+    assert!(matches!(value, FlagValue::Enabled(_)));
 }

@@ -191,3 +191,108 @@ where
         );
     }
 }
+
+/// Without local definitions, a user's route is asked of PostHog once and then kept: the
+/// insert and a later update in another transaction go to the same table, with one `/flags`
+/// request. A route PostHog cannot give falls back to the default table loudly (counted).
+#[tokio::test]
+async fn routes_are_consistent_without_definitions_sqlite() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    consistent_routes(&pool, "TEXT").await;
+}
+
+#[tokio::test]
+async fn routes_are_consistent_without_definitions_postgres() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    consistent_routes(&isolated_postgres(&url, "routing_cache").await, "TEXT").await;
+}
+
+#[tokio::test]
+async fn routes_are_consistent_without_definitions_mysql() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    consistent_routes(&isolated_mysql(&url, "routing_cache").await, "VARCHAR(64)").await;
+}
+
+async fn consistent_routes<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    Document: TrackedRow<DB>,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    for table in ["documents", "documents_v2"] {
+        let ddl = format!(
+            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let mock = MockPostHog::start().await;
+    mock.set_remote_flags(json!({"flags": {
+        "documents-v2": {"key": "documents-v2", "enabled": true, "variant": "test"}
+    }}));
+    let tracker: Tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+
+    let document = Document {
+        id: "d1".into(),
+        owner: "user-1".into(),
+        title: "draft".into(),
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let document = document.insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    // PostHog changes its answer: the user's route does not change under them.
+    mock.set_remote_flags(json!({"flags": {}}));
+    let mut renamed = document.clone();
+    renamed.title = "final".into();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    renamed.update_changed(&document, &mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        routed_table::<Document>(&tracker, "user-1").await,
+        "documents_v2"
+    );
+    assert_eq!(
+        mock.flags_requests().len(),
+        1,
+        "one /flags request per user and flag"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents_v2 WHERE title = 'final'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // PostHog has no value for this user: the default table, with a warning and a count.
+    assert_eq!(tracker.flag_routing_fallbacks(), 0);
+    let mut tx = tracker.begin(pool).await.unwrap();
+    Document {
+        id: "d2".into(),
+        owner: "user-2".into(),
+        title: "draft".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tracker.flag_routing_fallbacks(), 1);
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents WHERE id = 'd2'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}

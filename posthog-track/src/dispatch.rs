@@ -294,7 +294,9 @@ impl Dispatch {
     }
 
     fn queue(&self) -> Result<&Arc<Queue>> {
-        let sink = self.sink.clone().ok_or(Error::Disabled)?;
+        let sink = self.sink.clone().ok_or(Error::Disabled {
+            operation: "the in-memory event queue",
+        })?;
         Ok(self
             .queue
             .get_or_init(|| Queue::start(sink, self.queue_options.clone(), self.stats.clone())))

@@ -82,11 +82,6 @@ pub enum Error {
     #[error("the tracker has been shut down; no more events are accepted")]
     ShutDown,
 
-    /// The tracker is disabled (`POSTHOG_DISABLED`): it records no events, so it has none to
-    /// capture or queue.
-    #[error("the tracker is disabled (POSTHOG_DISABLED); it records no events")]
-    Disabled,
-
     /// Events were committed through [`Tracker::track`](crate::Tracker::track) on a pool the
     /// tracker runs no relay for: they wait in the outbox, undelivered.
     #[error(
@@ -158,11 +153,32 @@ pub enum Error {
         reason: String,
     },
 
-    /// Feature flags could not be evaluated: PostHog's `/flags` failed or answered badly.
+    /// Feature flags could not be evaluated: PostHog's `/flags` or `/flags/definitions`
+    /// failed or answered badly.
     #[error("feature flags could not be evaluated: {reason}")]
     Flags {
         /// What went wrong.
         reason: String,
+        /// The underlying error (HTTP, JSON), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A key the operation needs is not configured.
+    #[error("{key} is not set: {purpose}")]
+    MissingKey {
+        /// The environment variable (or builder option) that holds the key.
+        key: &'static str,
+        /// What needs it.
+        purpose: &'static str,
+    },
+
+    /// The tracker is disabled (`POSTHOG_DISABLED` or `disabled(true)`), so the operation
+    /// is not available.
+    #[error("the tracker is disabled: {operation} is not available")]
+    Disabled {
+        /// What was attempted.
+        operation: &'static str,
     },
 
     /// PostHog's app API (used by [`plan::PlanPush`](crate::plan::PlanPush)) refused or failed
@@ -178,6 +194,19 @@ pub enum Error {
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+impl Error {
+    /// [`Error::Flags`].
+    pub(crate) fn flags(
+        reason: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Flags {
+            reason: reason.into(),
+            source,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -85,7 +85,8 @@ pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
 pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
-pub use model::{EventSchema, TrackedModel, TrackedRow, routed_table};
+pub use flags::routed_table;
+pub use model::{EventSchema, TrackedModel, TrackedRow};
 pub use posthog_derive::{EventSchema, TrackedModel};
 pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
@@ -97,9 +98,10 @@ pub mod __private {
     pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
+    pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
-        ChangeMask, EventSchema, ModelSql, SqlSet, TableVariant, TrackedModel, TrackedRow,
-        milestone_condition, stage_insert_event_detached,
+        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
+        stage_insert_event_detached,
     };
     pub use crate::plan::{FieldPlan, ModelPlan, PlanEntry};
     pub use inventory;

@@ -1,74 +1,14 @@
 //! The evaluation algorithm, a faithful port of PostHog's local evaluation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::fmt;
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 use super::definitions::{Definitions, FlagDefinition, PropertyFilter};
-use super::operators::match_property;
-
-/// Person or group properties: name to value.
-pub type Properties = serde_json::Map<String, Value>;
-
-/// The value of a flag for one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlagValue {
-    /// A boolean flag (or a multivariate flag without variants): on or off.
-    Enabled(bool),
-    /// The variant of a multivariate flag.
-    Variant(String),
-}
-
-impl FlagValue {
-    /// On: `true`, or any variant.
-    pub fn is_enabled(&self) -> bool {
-        !matches!(self, FlagValue::Enabled(false))
-    }
-
-    /// The variant, for multivariate flags.
-    pub fn variant(&self) -> Option<&str> {
-        match self {
-            FlagValue::Variant(variant) => Some(variant),
-            FlagValue::Enabled(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for FlagValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FlagValue::Enabled(enabled) => write!(f, "{enabled}"),
-            FlagValue::Variant(variant) => f.write_str(variant),
-        }
-    }
-}
-
-/// Why a flag could not be evaluated locally.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FlagError {
-    /// The definitions are not the JSON PostHog serves at `/flags/definitions`.
-    #[error("flag definitions are not valid: {0}")]
-    InvalidDefinitions(#[from] serde_json::Error),
-    /// No flag has this key (keys are case-sensitive).
-    #[error("no flag `{0}` in the definitions")]
-    UnknownFlag(String),
-    /// Local data cannot decide (a missing property, a cohort, a flag dependency, an invalid
-    /// date): ask PostHog instead.
-    #[error("flag `{flag}` cannot be evaluated locally: {reason}")]
-    Inconclusive {
-        /// The flag.
-        flag: String,
-        /// What was missing.
-        reason: String,
-    },
-}
-
-/// Why a single condition could not be decided.
-pub(crate) struct Inconclusive(pub String);
+use super::operators::{Regexes, is_regex_operator, match_property};
+use super::value::{FlagError, FlagValue, Inconclusive, Properties, decode_payload};
 
 /// Evaluates flags from their definitions, with no network.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +17,13 @@ pub struct LocalEvaluator {
     group_type_mapping: HashMap<String, String>,
     /// Cohort property groups by cohort id (`send_cohorts`).
     cohorts: HashMap<String, Value>,
+    /// Every `regex`/`not_regex` pattern of the flags and cohorts, compiled once.
+    regexes: Regexes,
 }
+
+/// How deep cohorts within cohorts and flags depending on flags may nest before evaluation
+/// gives up (inconclusive): far deeper than real projects, far shallower than the stack.
+const MAX_DEPTH: usize = 32;
 
 #[derive(PartialEq, Eq)]
 enum ConditionMatch {
@@ -119,7 +65,7 @@ impl LocalEvaluator {
                     .collect()
             })
             .unwrap_or_default();
-        let cohorts = value
+        let cohorts: HashMap<String, Value> = value
             .get("cohorts")
             .and_then(Value::as_object)
             .map(|cohorts| {
@@ -130,6 +76,19 @@ impl LocalEvaluator {
             })
             .unwrap_or_default();
         let definitions: Definitions = serde_json::from_value(value)?;
+        let mut regexes = Regexes::default();
+        for filter in definitions
+            .flags
+            .iter()
+            .flat_map(|flag| &flag.filters.groups)
+            .flat_map(|condition| &condition.properties)
+            .filter(|filter| is_regex_operator(filter.operator.as_deref()))
+        {
+            regexes.add(&filter.value);
+        }
+        for group in cohorts.values() {
+            collect_cohort_regexes(group, &mut regexes);
+        }
         let flags = definitions
             .flags
             .into_iter()
@@ -139,6 +98,7 @@ impl LocalEvaluator {
             flags,
             group_type_mapping,
             cohorts,
+            regexes,
         })
     }
 
@@ -188,6 +148,9 @@ impl LocalEvaluator {
             evaluator: self,
             distinct_id,
             cache: RefCell::new(HashMap::new()),
+            cohorts_in_progress: RefCell::new(Vec::new()),
+            cohort_results: RefCell::new(HashMap::new()),
+            depth: Cell::new(0),
         };
         match flag.filters.aggregation_group_type_index {
             None => context
@@ -220,22 +183,70 @@ impl LocalEvaluator {
             FlagValue::Enabled(true) => "true",
             FlagValue::Variant(variant) => variant,
         };
-        flag.filters
-            .payloads
-            .get(key)
-            .map(super::remote::decode_payload)
+        flag.filters.payloads.get(key).map(decode_payload)
     }
 }
 
+/// The regex patterns of a cohort's property groups, however they nest (iteratively: cohort
+/// data is remote input).
+fn collect_cohort_regexes(group: &Value, regexes: &mut Regexes) {
+    let mut pending = vec![group];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(object) => {
+                if is_regex_operator(object.get("operator").and_then(Value::as_str))
+                    && let Some(pattern) = object.get("value")
+                {
+                    regexes.add(pattern);
+                }
+                if let Some(values) = object.get("values") {
+                    pending.push(values);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A flag dependency within one evaluation.
+#[derive(Clone)]
+enum Dependency {
+    /// Being evaluated: meeting it again is a cycle.
+    InProgress,
+    Decided(FlagValue),
+    Undecided,
+}
+
 /// One evaluation: what flag dependencies need (the other flags, and the values computed so
-/// far, so each flag of a chain is evaluated once).
+/// far, so each flag of a chain is evaluated once), and what bounds the recursion of cohorts
+/// and dependencies (cycles and depth).
 struct Context<'a> {
     evaluator: &'a LocalEvaluator,
     distinct_id: &'a str,
-    cache: RefCell<HashMap<String, Option<FlagValue>>>,
+    cache: RefCell<HashMap<String, Dependency>>,
+    cohorts_in_progress: RefCell<Vec<String>>,
+    /// Each cohort is matched once per evaluation, however many conditions refer to it:
+    /// evaluation stays linear in the size of the definitions.
+    cohort_results: RefCell<HashMap<String, Result<bool, Undecided>>>,
+    depth: Cell<usize>,
 }
 
 impl Context<'_> {
+    /// Runs `nested` one level deeper, or fails when evaluation is nested too deeply.
+    fn nested<T>(&self, nested: impl FnOnce() -> Result<T, Undecided>) -> Result<T, Undecided> {
+        let depth = self.depth.get();
+        if depth >= MAX_DEPTH {
+            return Err(Undecided::RequiresServer(format!(
+                "cohorts and flag dependencies nest more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        self.depth.set(depth + 1);
+        let result = nested();
+        self.depth.set(depth);
+        result
+    }
+
     fn match_flag(
         &self,
         flag: &FlagDefinition,
@@ -287,7 +298,7 @@ impl Context<'_> {
             let matches = match filter.kind.as_deref() {
                 Some("cohort") => self.match_cohort(filter, properties)?,
                 Some("flag") => self.match_dependency(filter, properties)?,
-                _ => match_property(filter, properties)?,
+                _ => match_property(filter, properties, &self.evaluator.regexes)?,
             };
             if !matches {
                 return Ok(ConditionMatch::NoMatch);
@@ -315,7 +326,22 @@ impl Context<'_> {
                 "cohort {id} is not in the local definitions (a static cohort?)"
             )));
         };
-        let matches = self.match_property_group(group, properties)?;
+        let known = self.cohort_results.borrow().get(&id).cloned();
+        let matches = match known {
+            Some(known) => known?,
+            None => {
+                if self.cohorts_in_progress.borrow().contains(&id) {
+                    return Err(Undecided::RequiresServer(format!(
+                        "cohort {id} refers to itself"
+                    )));
+                }
+                self.cohorts_in_progress.borrow_mut().push(id.clone());
+                let matches = self.nested(|| self.match_property_group(group, properties));
+                self.cohorts_in_progress.borrow_mut().pop();
+                self.cohort_results.borrow_mut().insert(id, matches.clone());
+                matches?
+            }
+        };
         match filter.operator.as_deref().unwrap_or("exact") {
             "exact" | "in" => Ok(matches),
             "not_in" => Ok(!matches),
@@ -367,7 +393,7 @@ impl Context<'_> {
                     Some("AND" | "OR")
                 );
             let outcome = if nested {
-                self.match_property_group(entry, properties)
+                self.nested(|| self.match_property_group(entry, properties))
             } else {
                 let filter: PropertyFilter =
                     serde_json::from_value(entry.clone()).map_err(|error| {
@@ -376,7 +402,8 @@ impl Context<'_> {
                 let matches = match filter.kind.as_deref() {
                     Some("cohort") => self.match_cohort(&filter, properties),
                     Some("flag") => self.match_dependency(&filter, properties),
-                    _ => match_property(&filter, properties).map_err(Undecided::from),
+                    _ => match_property(&filter, properties, &self.evaluator.regexes)
+                        .map_err(Undecided::from),
                 };
                 matches.map(|matches| matches != filter.negation)
             };
@@ -426,11 +453,20 @@ impl Context<'_> {
             )));
         }
         for key in chain {
-            if self.cache.borrow().contains_key(key) {
-                continue;
+            let known = self.cache.borrow().get(key).cloned();
+            match known {
+                Some(Dependency::InProgress) => {
+                    return Err(Undecided::Inconclusive(format!(
+                        "circular dependency on `{key}`"
+                    )));
+                }
+                Some(_) => continue,
+                None => {}
             }
             let Some(flag) = self.evaluator.flags.get(key) else {
-                self.cache.borrow_mut().insert(key.clone(), None);
+                self.cache
+                    .borrow_mut()
+                    .insert(key.clone(), Dependency::Undecided);
                 return Err(Undecided::Inconclusive(format!(
                     "dependency `{key}` is not in the local definitions"
                 )));
@@ -438,22 +474,36 @@ impl Context<'_> {
             if !flag.active {
                 self.cache
                     .borrow_mut()
-                    .insert(key.clone(), Some(FlagValue::Enabled(false)));
+                    .insert(key.clone(), Dependency::Decided(FlagValue::Enabled(false)));
                 continue;
             }
-            match self.match_flag(flag, self.distinct_id, properties) {
+            self.cache
+                .borrow_mut()
+                .insert(key.clone(), Dependency::InProgress);
+            let outcome = self.nested(|| {
+                self.match_flag(flag, self.distinct_id, properties)
+                    .map_err(Undecided::from)
+            });
+            match outcome {
                 Ok(value) => {
-                    self.cache.borrow_mut().insert(key.clone(), Some(value));
+                    self.cache
+                        .borrow_mut()
+                        .insert(key.clone(), Dependency::Decided(value));
                 }
-                Err(Inconclusive(reason)) => {
-                    self.cache.borrow_mut().insert(key.clone(), None);
+                Err(Undecided::Inconclusive(reason) | Undecided::RequiresServer(reason)) => {
+                    self.cache
+                        .borrow_mut()
+                        .insert(key.clone(), Dependency::Undecided);
                     return Err(Undecided::Inconclusive(format!(
                         "dependency `{key}`: {reason}"
                     )));
                 }
             }
         }
-        let actual = self.cache.borrow().get(&filter.key).cloned().flatten();
+        let actual = match self.cache.borrow().get(&filter.key) {
+            Some(Dependency::Decided(value)) => Some(value.clone()),
+            _ => None,
+        };
         let Some(actual) = actual else {
             return Err(Undecided::Inconclusive(format!(
                 "dependency `{}` was not evaluated",
@@ -470,6 +520,7 @@ impl Context<'_> {
 }
 
 /// Why a condition could not be decided locally.
+#[derive(Clone)]
 enum Undecided {
     /// Missing data; another condition may still decide.
     Inconclusive(String),

@@ -3,15 +3,21 @@
 
 use std::collections::HashSet;
 
-use super::evaluate::FlagValue;
+use super::value::{FlagValue, MAX_CACHED_ID_BYTES, json_value};
 use crate::event::Event;
 
-/// Remembers which (distinct id, flag, value) exposures were sent. Bounded: when full it
-/// starts over, which at worst resends an exposure PostHog already has.
+/// Most bytes of distinct ids, flag keys and values the cache holds.
+const MAX_BYTES: usize = 4 << 20;
+
+/// Remembers which (distinct id, flag, value) exposures were sent. Bounded in entries and in
+/// bytes: when full it starts over, which at worst resends an exposure PostHog already has.
+/// Distinct ids come from request headers: one longer than any real id is never remembered
+/// (its exposures are sent each time) so it cannot fill the cache.
 #[derive(Debug)]
 pub(crate) struct ExposureCache {
     seen: HashSet<(String, String, String)>,
     capacity: usize,
+    bytes: usize,
 }
 
 impl ExposureCache {
@@ -19,24 +25,27 @@ impl ExposureCache {
         ExposureCache {
             seen: HashSet::new(),
             capacity: capacity.max(1),
+            bytes: 0,
         }
     }
 
     /// Whether this exposure is new (and now remembered).
     pub(crate) fn first_time(&mut self, distinct_id: &str, flag: &str, value: &FlagValue) -> bool {
-        if self.seen.len() >= self.capacity {
-            self.seen.clear();
+        let value = value.to_string();
+        let bytes = distinct_id.len() + flag.len() + value.len();
+        if distinct_id.len() > MAX_CACHED_ID_BYTES || bytes > MAX_BYTES {
+            return true;
         }
-        self.seen
-            .insert((distinct_id.to_owned(), flag.to_owned(), value.to_string()))
-    }
-}
-
-/// JSON of a flag value as PostHog's events carry it: `true`/`false` or the variant.
-pub(crate) fn json_value(value: &FlagValue) -> serde_json::Value {
-    match value {
-        FlagValue::Enabled(enabled) => serde_json::Value::Bool(*enabled),
-        FlagValue::Variant(variant) => serde_json::Value::String(variant.clone()),
+        let entry = (distinct_id.to_owned(), flag.to_owned(), value);
+        if self.seen.contains(&entry) {
+            return false;
+        }
+        if self.seen.len() >= self.capacity || self.bytes + bytes > MAX_BYTES {
+            self.seen.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+        self.seen.insert(entry)
     }
 }
 
@@ -72,5 +81,32 @@ mod tests {
         // Full: it starts over rather than grow.
         assert!(cache.first_time("u2", "beta", &on));
         assert!(cache.seen.len() <= 2);
+    }
+
+    #[test]
+    fn bounded_in_bytes_and_long_ids_are_not_kept() {
+        let mut cache = ExposureCache::new(50_000);
+        let on = FlagValue::Enabled(true);
+        let kept = |cache: &ExposureCache| -> usize {
+            cache
+                .seen
+                .iter()
+                .map(|(id, flag, value)| id.len() + flag.len() + value.len())
+                .sum()
+        };
+        // Header-supplied ids of any length: not remembered, so never a memory sink.
+        let long = "x".repeat(1 << 20);
+        for _ in 0..3 {
+            assert!(cache.first_time(&long, "beta", &on));
+        }
+        assert_eq!(kept(&cache), 0);
+        // Many ids of the longest kept length stay within the byte bound.
+        for n in 0..40_000 {
+            let id = format!("{n:0>200}");
+            cache.first_time(&id, "beta", &on);
+            if n % 1_000 == 0 {
+                assert!(kept(&cache) <= 4 << 20, "{} bytes after {n}", kept(&cache));
+            }
+        }
     }
 }

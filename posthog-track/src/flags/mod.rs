@@ -18,16 +18,27 @@
 //! [`FlagError::Inconclusive`]: the caller should then ask PostHog (remote evaluation), never
 //! guess.
 
+// Layers, each importing only those above it: definitions -> value -> request -> operators
+// -> evaluate -> http -> {remote, poller, exposure} -> api (the `impl Tracker` block) ->
+// routing.
+mod api;
 mod definitions;
 mod evaluate;
 mod exposure;
+mod http;
 mod operators;
 mod poller;
 mod remote;
+mod request;
+pub(crate) mod routing;
+mod value;
 
 pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
-pub use evaluate::{FlagError, FlagValue, LocalEvaluator, Properties, bucket};
-pub(crate) use exposure::{ExposureCache, exposure_event, json_value as flag_json};
-pub(crate) use poller::{DefinitionsCache, DefinitionsClient, run as poll_definitions};
+pub use evaluate::{LocalEvaluator, bucket};
+pub(crate) use exposure::ExposureCache;
+pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
-pub use remote::{FlagsRequest, FlagsSnapshot};
+pub use request::{FlagsRequest, FlagsSnapshot};
+pub use routing::routed_table;
+pub(crate) use routing::{RoutingState, route};
+pub use value::{FlagError, FlagValue, Properties};

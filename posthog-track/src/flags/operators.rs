@@ -1,16 +1,19 @@
 //! Property operators, with the comparison rules of PostHog's evaluators (including their
 //! Python-flavoured string conversions, which decide edge cases such as `true` vs `"True"`).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use super::definitions::PropertyFilter;
-use super::evaluate::{Inconclusive, Properties};
+use super::value::{Inconclusive, Properties};
 
 /// Whether `properties` satisfy `filter`; `Err` when they cannot say.
 pub(crate) fn match_property(
     filter: &PropertyFilter,
     properties: &Properties,
+    regexes: &Regexes,
 ) -> Result<bool, Inconclusive> {
     let operator = filter.operator.as_deref().unwrap_or("exact");
     let Some(actual) = properties.get(&filter.key) else {
@@ -39,8 +42,8 @@ pub(crate) fn match_property(
         "ends_with" => lower(actual).ends_with(&lower(expected)),
         "not_ends_with" => !lower(actual).ends_with(&lower(expected)),
         // An invalid pattern matches nothing, for both operators.
-        "regex" => regex(expected).is_some_and(|re| re.is_match(&py_str(actual))),
-        "not_regex" => regex(expected).is_some_and(|re| !re.is_match(&py_str(actual))),
+        "regex" => regexes.with(expected, |re| re.is_match(&py_str(actual))),
+        "not_regex" => regexes.with(expected, |re| !re.is_match(&py_str(actual))),
         "gt" | "gte" | "lt" | "lte" => compare(operator, expected, actual),
         "is_date_before" | "is_date_after" => {
             let flag_date = relative_date(&py_str(expected))
@@ -81,8 +84,12 @@ pub(crate) fn match_property(
                 .ok_or_else(|| Inconclusive("the property is not a valid semver".to_owned()))?;
             let text = py_str(expected);
             let (low, high) = match operator {
-                "semver_tilde" => semver(&text).map(|(a, b, c)| ((a, b, c), (a, b + 1, 0))),
-                "semver_caret" => semver(&text).map(|lower| (lower, caret_upper(lower))),
+                "semver_tilde" => {
+                    semver(&text).and_then(|(a, b, c)| Some(((a, b, c), (a, b.checked_add(1)?, 0))))
+                }
+                "semver_caret" => {
+                    semver(&text).and_then(|lower| Some((lower, caret_upper(lower)?)))
+                }
                 _ => wildcard_bounds(&text),
             }
             .ok_or_else(|| Inconclusive(format!("`{text}` is not valid for {operator}")))?;
@@ -123,8 +130,53 @@ fn exact(expected: &Value, actual: &Value) -> bool {
     }
 }
 
-fn regex(pattern: &Value) -> Option<regex::Regex> {
-    regex::Regex::new(&py_str(pattern)).ok()
+/// Whether `operator` takes a regular expression.
+pub(crate) fn is_regex_operator(operator: Option<&str>) -> bool {
+    matches!(operator, Some("regex" | "not_regex"))
+}
+
+/// Longest pattern compiled; a longer one is treated as invalid (it matches nothing).
+const MAX_PATTERN_BYTES: usize = 4 * 1024;
+/// Bound on one compiled regex (and its lazy DFA), far above what flag patterns need.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The `regex`/`not_regex` patterns of a set of definitions, compiled once when they are loaded
+/// (an invalid or oversized pattern is kept as `None`: it matches nothing).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Regexes(HashMap<String, Option<regex::Regex>>);
+
+impl Regexes {
+    /// Compiles `pattern` unless it was already.
+    pub(crate) fn add(&mut self, pattern: &Value) {
+        let pattern = py_str(pattern);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.0.entry(pattern) {
+            let compiled = compile(entry.key());
+            entry.insert(compiled);
+        }
+    }
+
+    /// `test` applied to `pattern` compiled; `false` for an invalid pattern. A pattern that
+    /// was not loaded with the definitions is compiled for this call.
+    fn with(&self, pattern: &Value, test: impl FnOnce(&regex::Regex) -> bool) -> bool {
+        let pattern = py_str(pattern);
+        match self.0.get(&pattern) {
+            Some(compiled) => compiled.as_ref().is_some_and(test),
+            None => compile(&pattern).as_ref().is_some_and(test),
+        }
+    }
+}
+
+fn compile(pattern: &str) -> Option<regex::Regex> {
+    #[cfg(test)]
+    tests::COMPILED.with(|compiled| compiled.set(compiled.get() + 1));
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return None;
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .ok()
 }
 
 fn compare(operator: &str, expected: &Value, actual: &Value) -> bool {
@@ -159,8 +211,13 @@ fn compare(operator: &str, expected: &Value, actual: &Value) -> bool {
 fn relative_date(text: &str) -> Option<DateTime<Utc>> {
     let text = text.strip_prefix('-').unwrap_or(text);
     let unit = text.chars().last()?;
-    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
-    if number >= 10_000 || !text[..text.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+    // The unit may be any character, multi-byte ones included: cut on its boundary.
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number: i64 = digits.parse().ok()?;
+    if number >= 10_000 {
         return None;
     }
     let now = Utc::now();
@@ -256,17 +313,19 @@ fn numeric(part: &str) -> Option<u64> {
     part.parse().ok()
 }
 
-fn caret_upper((major, minor, patch): Version) -> Version {
-    if major > 0 {
-        (major + 1, 0, 0)
+/// The exclusive upper bound of `^version`; `None` when it does not fit in a `u64`.
+fn caret_upper((major, minor, patch): Version) -> Option<Version> {
+    Some(if major > 0 {
+        (major.checked_add(1)?, 0, 0)
     } else if minor > 0 {
-        (0, minor + 1, 0)
+        (0, minor.checked_add(1)?, 0)
     } else {
-        (0, 0, patch + 1)
-    }
+        (0, 0, patch.checked_add(1)?)
+    })
 }
 
-/// `1.*` -> [1.0.0, 2.0.0), `1.2.*` -> [1.2.0, 1.3.0), `1.2.3` -> [1.2.3, 1.2.4).
+/// `1.*` -> [1.0.0, 2.0.0), `1.2.*` -> [1.2.0, 1.3.0), `1.2.3` -> [1.2.3, 1.2.4); `None` when
+/// the upper bound does not fit in a `u64`.
 fn wildcard_bounds(text: &str) -> Option<(Version, Version)> {
     let cleaned = text.trim().trim_start_matches(['v', 'V']).replace('*', "");
     let parts: Vec<&str> = cleaned
@@ -277,15 +336,15 @@ fn wildcard_bounds(text: &str) -> Option<(Version, Version)> {
     match parts.as_slice() {
         [major] => {
             let major = numeric(major)?;
-            Some(((major, 0, 0), (major + 1, 0, 0)))
+            Some(((major, 0, 0), (major.checked_add(1)?, 0, 0)))
         }
         [major, minor] => {
             let (major, minor) = (numeric(major)?, numeric(minor)?);
-            Some(((major, minor, 0), (major, minor + 1, 0)))
+            Some(((major, minor, 0), (major, minor.checked_add(1)?, 0)))
         }
         [major, minor, patch, ..] => {
             let (major, minor, patch) = (numeric(major)?, numeric(minor)?, numeric(patch)?);
-            Some(((major, minor, patch), (major, minor, patch + 1)))
+            Some(((major, minor, patch), (major, minor, patch.checked_add(1)?)))
         }
         [] => None,
     }
@@ -296,13 +355,51 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    thread_local! {
+        /// Regexes compiled on this thread.
+        pub(super) static COMPILED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn regexes_are_compiled_once_per_definitions_load() {
+        let evaluator = crate::flags::LocalEvaluator::from_json(
+            &json!({"flags": [{"key": "staff", "active": true, "filters": {"groups": [
+                {"properties": [{"key": "email", "operator": "regex", "value": "@example\\.com$"}]},
+                {"properties": [{"key": "email", "operator": "not_regex", "value": "^bot-"}]}
+            ]}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let before = COMPILED.with(std::cell::Cell::get);
+        for n in 0..50 {
+            let mut properties = Properties::new();
+            properties.insert("email".into(), json!(format!("user{n}@example.com")));
+            let value = evaluator
+                .evaluate_with(
+                    "staff",
+                    "u",
+                    &properties,
+                    &Default::default(),
+                    &Default::default(),
+                )
+                .map_err(|error| error.to_string());
+            assert_eq!(value, Ok(crate::flags::FlagValue::Enabled(true)));
+        }
+        assert_eq!(
+            COMPILED.with(std::cell::Cell::get),
+            before,
+            "no regex compiled per evaluation"
+        );
+    }
+
     fn check(operator: &str, expected: Value, actual: Value) -> Result<bool, String> {
         let filter: PropertyFilter =
             serde_json::from_value(json!({"key": "p", "operator": operator, "value": expected}))
                 .unwrap();
         let mut properties = Properties::new();
         properties.insert("p".into(), actual);
-        match_property(&filter, &properties).map_err(|Inconclusive(reason)| reason)
+        match_property(&filter, &properties, &Regexes::default())
+            .map_err(|Inconclusive(reason)| reason)
     }
 
     #[test]
@@ -524,9 +621,50 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_date_ending_in_a_multibyte_character_is_inconclusive() {
+        for flag_date in ["-1é", "1€", "-12😀", "é", "-é"] {
+            assert!(
+                check("is_date_before", json!(flag_date), json!("2000-01-01")).is_err(),
+                "{flag_date}"
+            );
+        }
+    }
+
+    #[test]
+    fn semver_components_near_u64_max_are_inconclusive() {
+        let max = u64::MAX.to_string();
+        for (operator, expected) in [
+            ("semver_caret", format!("{max}.0.0")),
+            ("semver_caret", format!("0.{max}.0")),
+            ("semver_caret", format!("0.0.{max}")),
+            ("semver_tilde", format!("1.{max}.0")),
+            ("semver_wildcard", format!("{max}.*")),
+            ("semver_wildcard", format!("1.{max}.*")),
+            ("semver_wildcard", format!("1.2.{max}")),
+        ] {
+            assert!(
+                check(operator, json!(expected), json!("1.0.0")).is_err(),
+                "{operator} {expected}"
+            );
+        }
+        // One below the maximum still has an upper bound.
+        let below = (u64::MAX - 1).to_string();
+        assert_eq!(
+            check(
+                "semver_caret",
+                json!(format!("{below}.0.0")),
+                json!(format!("{below}.5.0"))
+            ),
+            Ok(true)
+        );
+        // Past u64: not a number this evaluator can compare.
+        assert!(check("semver_eq", json!("18446744073709551616"), json!("1.0.0")).is_err());
+    }
+
+    #[test]
     fn a_missing_property_is_inconclusive() {
         let filter: PropertyFilter =
             serde_json::from_value(json!({"key": "plan", "value": "pro"})).unwrap();
-        assert!(match_property(&filter, &Properties::new()).is_err());
+        assert!(match_property(&filter, &Properties::new(), &Regexes::default()).is_err());
     }
 }

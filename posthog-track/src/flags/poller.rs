@@ -8,23 +8,41 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH, USER_AGENT};
 
 use super::evaluate::LocalEvaluator;
+use super::http::{HttpClient, read_bounded};
 use crate::client::USER_AGENT_VALUE;
 use crate::config::ApiKey;
 use crate::error::{Error, Result};
 
+/// Largest `/flags/definitions` answer read; a larger one is an error.
+const MAX_DEFINITIONS_BYTES: usize = 64 << 20;
+
 /// The definitions in force, shared between the poller and evaluations.
 #[derive(Debug, Default)]
 pub(crate) struct DefinitionsCache {
-    evaluator: RwLock<Option<Arc<LocalEvaluator>>>,
+    loaded: RwLock<Loaded>,
     etag: RwLock<Option<String>>,
+}
+
+/// The definitions and their generation, which changes each time they are replaced (what
+/// decisions made from them, such as flag routes, are kept for).
+#[derive(Debug, Default)]
+struct Loaded {
+    generation: u64,
+    evaluator: Option<Arc<LocalEvaluator>>,
 }
 
 impl DefinitionsCache {
     pub(crate) fn evaluator(&self) -> Option<Arc<LocalEvaluator>> {
-        self.evaluator
+        self.loaded().1
+    }
+
+    /// The generation of the definitions in force, and the definitions.
+    pub(crate) fn loaded(&self) -> (u64, Option<Arc<LocalEvaluator>>) {
+        let loaded = self
+            .loaded
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (loaded.generation, loaded.evaluator.clone())
     }
 
     pub(crate) fn preload(&self, evaluator: LocalEvaluator) {
@@ -32,10 +50,14 @@ impl DefinitionsCache {
     }
 
     fn set(&self, evaluator: Option<LocalEvaluator>, etag: Option<String>) {
-        *self
-            .evaluator
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = evaluator.map(Arc::new);
+        {
+            let mut loaded = self
+                .loaded
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            loaded.generation += 1;
+            loaded.evaluator = evaluator.map(Arc::new);
+        }
         *self
             .etag
             .write()
@@ -63,17 +85,14 @@ pub(crate) enum Polled {
 
 #[derive(Debug, Clone)]
 pub(crate) struct DefinitionsClient {
-    http: reqwest::Client,
+    http: HttpClient,
     url: String,
     secret: ApiKey,
 }
 
 impl DefinitionsClient {
     pub(crate) fn new(host: &str, project_key: &ApiKey, secret: ApiKey, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
+        let http = HttpClient::new(timeout);
         let url = format!(
             "{host}/flags/definitions?token={}&send_cohorts",
             project_key.expose()
@@ -84,6 +103,7 @@ impl DefinitionsClient {
     pub(crate) async fn poll(&self, cache: &DefinitionsCache) -> Result<Polled> {
         let mut request = self
             .http
+            .get()?
             .get(&self.url)
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(AUTHORIZATION, format!("Bearer {}", self.secret.expose()));
@@ -91,8 +111,11 @@ impl DefinitionsClient {
             request = request.header(IF_NONE_MATCH, etag);
         }
         // The URL carries the project key: report the failure without it.
-        let response = request.send().await.map_err(|error| Error::Flags {
-            reason: format!("fetching flag definitions failed: {}", error.without_url()),
+        let response = request.send().await.map_err(|error| {
+            Error::flags(
+                "fetching flag definitions failed",
+                Some(Box::new(error.without_url())),
+            )
         })?;
         match response.status() {
             StatusCode::NOT_MODIFIED => Ok(Polled::Unchanged),
@@ -111,18 +134,34 @@ impl DefinitionsClient {
                     .get(ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let body = response.text().await.map_err(|error| Error::Flags {
-                    reason: format!("reading flag definitions failed: {}", error.without_url()),
-                })?;
-                let evaluator = LocalEvaluator::from_json(&body).map_err(|error| Error::Flags {
-                    reason: error.to_string(),
+                let (body, more) = read_bounded(response, MAX_DEFINITIONS_BYTES)
+                    .await
+                    .map_err(|error| {
+                        Error::flags(
+                            "reading flag definitions failed",
+                            Some(Box::new(error.without_url())),
+                        )
+                    })?;
+                if more {
+                    return Err(Error::flags(
+                        format!(
+                            "the flag definitions are larger than {MAX_DEFINITIONS_BYTES} bytes"
+                        ),
+                        None,
+                    ));
+                }
+                let body = String::from_utf8_lossy(&body);
+                let evaluator = LocalEvaluator::from_json(&body).map_err(|error| {
+                    Error::flags("loading flag definitions failed", Some(Box::new(error)))
                 })?;
                 cache.set(Some(evaluator), etag);
                 Ok(Polled::Updated)
             }
-            status => Err(Error::Flags {
-                reason: format!("flag definitions request answered {status}"),
-            }),
+            // The body is not read: a proxy echoing the request would echo the project key.
+            status => Err(Error::flags(
+                format!("flag definitions request answered {status}"),
+                None,
+            )),
         }
     }
 }

@@ -1,152 +1,28 @@
 //! Remote evaluation: `POST {host}/flags/?v=2`, PostHog deciding every flag for one user.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use serde_json::{Value, json};
 
-use super::evaluate::{FlagValue, Properties};
+use super::http::{HttpClient, error_excerpt, read_bounded};
+use super::request::{FlagsRequest, FlagsSnapshot};
+use super::value::{FlagValue, decode_payload};
 use crate::client::{Backoff, USER_AGENT_VALUE};
 use crate::config::ApiKey;
 use crate::error::{Error, Result};
 
-/// What to evaluate, for whom.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct FlagsRequest {
-    /// The user.
-    pub distinct_id: String,
-    /// Person properties PostHog should use (overriding what it stored).
-    pub person_properties: Properties,
-    /// The user's groups: group type to group key.
-    pub groups: HashMap<String, String>,
-    /// Properties of those groups, by group type.
-    pub group_properties: HashMap<String, Properties>,
-    /// Only these flags (all when empty).
-    pub flag_keys: Vec<String>,
-    /// Ask PostHog not to use the request's IP for properties (the server's IP is meaningless).
-    pub disable_geoip: bool,
-    /// Skip local evaluation even when definitions are loaded.
-    pub force_remote: bool,
-}
-
-impl FlagsRequest {
-    /// Every flag for `distinct_id`.
-    pub fn new(distinct_id: impl Into<String>) -> Self {
-        FlagsRequest {
-            distinct_id: distinct_id.into(),
-            disable_geoip: true,
-            ..FlagsRequest::default()
-        }
-    }
-
-    /// Adds a person property.
-    pub fn person_property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.person_properties.insert(key.into(), value.into());
-        self
-    }
-
-    /// Adds a group membership, e.g. `("company", "acme")`.
-    pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
-        self.groups.insert(group_type.into(), group_key.into());
-        self
-    }
-
-    /// Adds a property of one of the user's groups.
-    pub fn group_property(
-        mut self,
-        group_type: impl Into<String>,
-        key: impl Into<String>,
-        value: impl Into<Value>,
-    ) -> Self {
-        self.group_properties
-            .entry(group_type.into())
-            .or_default()
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Evaluates only these flags.
-    pub fn only(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.flag_keys = keys.into_iter().map(Into::into).collect();
-        self
-    }
-}
-
-/// Every flag's value for one user, as evaluated at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FlagsSnapshot {
-    values: HashMap<String, FlagValue>,
-    payloads: HashMap<String, Value>,
-    quota_limited: Vec<String>,
-}
-
-impl FlagsSnapshot {
-    /// A snapshot of values decided locally.
-    pub(crate) fn from_values(
-        values: HashMap<String, FlagValue>,
-        payloads: HashMap<String, Value>,
-    ) -> Self {
-        FlagsSnapshot {
-            values,
-            payloads,
-            quota_limited: Vec::new(),
-        }
-    }
-
-    /// Whether the flag is on (`true` or any variant); unknown flags are off.
-    pub fn is_enabled(&self, key: &str) -> bool {
-        self.values.get(key).is_some_and(FlagValue::is_enabled)
-    }
-
-    /// The flag's variant, for multivariate flags.
-    pub fn variant(&self, key: &str) -> Option<&str> {
-        self.values.get(key).and_then(FlagValue::variant)
-    }
-
-    /// The flag's value, if PostHog returned one.
-    pub fn value(&self, key: &str) -> Option<&FlagValue> {
-        self.values.get(key)
-    }
-
-    /// The payload configured for the flag's value.
-    pub fn payload(&self, key: &str) -> Option<&Value> {
-        self.payloads.get(key)
-    }
-
-    /// Every flag and its value.
-    pub fn values(&self) -> &HashMap<String, FlagValue> {
-        &self.values
-    }
-
-    /// `$feature/<key>` and each flag's value, sorted by key: what events carry to be split
-    /// by variant.
-    pub(crate) fn feature_properties(&self) -> Vec<(String, Value)> {
-        let mut properties: Vec<(String, Value)> = self
-            .values
-            .iter()
-            .map(|(key, value)| (format!("$feature/{key}"), super::flag_json(value)))
-            .collect();
-        properties.sort_by(|a, b| a.0.cmp(&b.0));
-        properties
-    }
-
-    /// Products PostHog is not evaluating because the project is over its quota.
-    pub fn quota_limited(&self) -> &[String] {
-        &self.quota_limited
-    }
-}
-
 /// Calls `/flags`. Retries only what a retry can fix: transport errors, 502 and 504.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteFlags {
-    http: reqwest::Client,
+    http: HttpClient,
     url: String,
     api_key: ApiKey,
 }
 
 const RETRIES: u32 = 2;
+/// Largest `/flags` answer read; a larger one is an error.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// A flag is usually needed to answer a request: retry soon, not for long.
 const RETRY_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(200),
@@ -155,12 +31,8 @@ const RETRY_BACKOFF: Backoff = Backoff {
 
 impl RemoteFlags {
     pub(crate) fn new(host: &str, api_key: ApiKey, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
         RemoteFlags {
-            http,
+            http: HttpClient::new(timeout),
             url: format!("{host}/flags/?v=2"),
             api_key,
         }
@@ -179,10 +51,10 @@ impl RemoteFlags {
             body["flag_keys_to_evaluate"] = json!(request.flag_keys);
         }
         let body = body.to_string();
+        let http = self.http.get()?;
         let mut attempt = 0;
         loop {
-            let response = self
-                .http
+            let response = http
                 .post(&self.url)
                 .header(USER_AGENT, USER_AGENT_VALUE)
                 .header(CONTENT_TYPE, "application/json")
@@ -198,19 +70,31 @@ impl RemoteFlags {
                 tokio::time::sleep(RETRY_BACKOFF.delay(attempt, None)).await;
                 continue;
             }
-            let response = response.map_err(|error| Error::Flags {
-                reason: format!("request failed: {error}"),
+            let response = response.map_err(|error| {
+                Error::flags("the /flags request failed", Some(Box::new(error)))
             })?;
             let status = response.status();
-            let text = response.text().await.unwrap_or_default();
             if !status.is_success() {
-                let text: String = text.chars().take(300).collect();
-                return Err(Error::Flags {
-                    reason: format!("/flags answered {status}: {text}"),
-                });
+                let excerpt = error_excerpt(response).await;
+                return Err(Error::flags(
+                    format!("/flags answered {status}: {excerpt}"),
+                    None,
+                ));
             }
-            let json: Value = serde_json::from_str(&text).map_err(|error| Error::Flags {
-                reason: format!("/flags answered with invalid JSON: {error}"),
+            let (body, more) =
+                read_bounded(response, MAX_RESPONSE_BYTES)
+                    .await
+                    .map_err(|error| {
+                        Error::flags("reading the /flags answer failed", Some(Box::new(error)))
+                    })?;
+            if more {
+                return Err(Error::flags(
+                    format!("the /flags answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+                    None,
+                ));
+            }
+            let json: Value = serde_json::from_slice(&body).map_err(|error| {
+                Error::flags("/flags answered with invalid JSON", Some(Box::new(error)))
             })?;
             return Ok(parse_response(&json));
         }
@@ -265,14 +149,6 @@ fn parse_response(json: &Value) -> FlagsSnapshot {
         })
         .unwrap_or_default();
     snapshot
-}
-
-/// Payloads arrive as JSON text; a value that is not JSON text is kept as it is.
-pub(crate) fn decode_payload(payload: &Value) -> Value {
-    match payload {
-        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| payload.clone()),
-        other => other.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,243 @@
+//! The flag API of [`Tracker`]: evaluation (local, then remote for what local definitions
+//! cannot decide), exposures, and the definitions poller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::evaluate::LocalEvaluator;
+use super::exposure::exposure_event;
+use super::poller::{DefinitionsClient, run as poll_definitions};
+use super::request::{FlagsRequest, FlagsSnapshot};
+use super::value::{FlagError, FlagValue};
+use crate::error::{Error, Result};
+use crate::tracker::{Tracker, lock};
+
+impl Tracker {
+    /// Every flag's value for one user (or only the request's [`only`](FlagsRequest::only)
+    /// flags), as one snapshot. Takes a distinct id (`"user-1"`) or a [`FlagsRequest`] with
+    /// person properties, groups and group properties.
+    ///
+    /// Each flag stands alone: flags the loaded definitions can decide are decided locally;
+    /// PostHog (`/flags`) is asked, in one request, for the others only. With
+    /// [`local_evaluation_only`](crate::TrackerBuilder::local_evaluation_only) PostHog is never
+    /// asked and those flags are reported by [`FlagsSnapshot::undecided`]. `force_remote` asks
+    /// PostHog for every flag. Fails when PostHog had to be asked and could not answer.
+    pub async fn evaluate_flags(&self, request: impl Into<FlagsRequest>) -> Result<FlagsSnapshot> {
+        let request = request.into();
+        if request.force_remote {
+            return self.evaluate_remotely(&request).await;
+        }
+        let Some(evaluator) = self.inner.definitions.evaluator() else {
+            if self.inner.local_evaluation_only {
+                let undecided = request
+                    .flag_keys
+                    .iter()
+                    .map(|key| (key.clone(), "no flag definitions are loaded".to_owned()))
+                    .collect();
+                return Ok(FlagsSnapshot::local(
+                    HashMap::new(),
+                    HashMap::new(),
+                    undecided,
+                ));
+            }
+            return self.evaluate_remotely(&request).await;
+        };
+        let mut local = evaluate_locally(&evaluator, &request);
+        if local.undecided.is_empty() || self.inner.local_evaluation_only {
+            return Ok(local);
+        }
+        let keys: Vec<String> = local.undecided.keys().cloned().collect();
+        let remote = self.evaluate_remotely(&request.clone().only(keys)).await?;
+        local.merge_remote(remote);
+        Ok(local)
+    }
+
+    async fn evaluate_remotely(&self, request: &FlagsRequest) -> Result<FlagsSnapshot> {
+        let Some(flags) = &self.inner.flags else {
+            return Err(self.remote_unavailable());
+        };
+        flags.evaluate(request).await
+    }
+
+    /// Why PostHog cannot be asked: the tracker is disabled, or has no project key.
+    fn remote_unavailable(&self) -> Error {
+        if self.config().disabled {
+            Error::Disabled {
+                operation: "remote feature flag evaluation",
+            }
+        } else {
+            Error::MissingKey {
+                key: "POSTHOG_API_KEY",
+                purpose: "remote feature flag evaluation needs the project API key",
+            }
+        }
+    }
+
+    /// One flag's value for the request's user (a distinct id or a [`FlagsRequest`]), and its
+    /// exposure: a `$feature_flag_called` event, sent once per user, flag and value. Evaluated
+    /// locally when definitions are loaded and can decide (unless `force_remote`), by PostHog
+    /// otherwise. `None` when the flag is unknown, or undecidable locally with
+    /// `local_evaluation_only`.
+    pub async fn get_feature_flag(
+        &self,
+        key: &str,
+        request: impl Into<FlagsRequest>,
+    ) -> Result<Option<FlagValue>> {
+        let request = request.into();
+        // The common case, decided locally, builds no snapshot: this runs on request paths.
+        if !request.force_remote {
+            let evaluator = self.inner.definitions.evaluator();
+            if let Some(value) =
+                evaluator.and_then(|evaluator| local_value(&evaluator, key, &request).ok())
+            {
+                self.record_exposure(&request.distinct_id, key, &value, true)
+                    .await?;
+                return Ok(Some(value));
+            }
+            if self.inner.local_evaluation_only {
+                return Ok(None);
+            }
+        }
+        let request = request.only([key]);
+        let snapshot = self.evaluate_remotely(&request).await?;
+        let Some(value) = snapshot.value(key) else {
+            return Ok(None);
+        };
+        self.record_exposure(&request.distinct_id, key, value, false)
+            .await?;
+        Ok(Some(value.clone()))
+    }
+
+    /// Whether the flag is on (`true` or any variant) for the request's user, recording the
+    /// exposure like [`get_feature_flag`](Tracker::get_feature_flag). An unknown flag, or one
+    /// undecidable with `local_evaluation_only`, is off.
+    pub async fn is_feature_enabled(
+        &self,
+        key: &str,
+        request: impl Into<FlagsRequest>,
+    ) -> Result<bool> {
+        Ok(self
+            .get_feature_flag(key, request)
+            .await?
+            .is_some_and(|value| value.is_enabled()))
+    }
+
+    /// Fetches the flag definitions once (needs `POSTHOG_PERSONAL_API_KEY`).
+    pub async fn load_flag_definitions(&self) -> Result<()> {
+        self.definitions_client()?
+            .poll(&self.inner.definitions)
+            .await
+            .map(|_| ())
+    }
+
+    fn definitions_client(&self) -> Result<&DefinitionsClient> {
+        if let Some(client) = &self.inner.definitions_client {
+            return Ok(client);
+        }
+        Err(if self.config().disabled {
+            Error::Disabled {
+                operation: "local feature flag evaluation",
+            }
+        } else if self.config().api_key.is_none() {
+            Error::MissingKey {
+                key: "POSTHOG_API_KEY",
+                purpose: "local feature flag evaluation needs the project API key",
+            }
+        } else {
+            Error::MissingKey {
+                key: "POSTHOG_PERSONAL_API_KEY",
+                purpose: "local feature flag evaluation needs a personal (or project secret) API key",
+            }
+        })
+    }
+
+    /// Keeps the flag definitions fresh in the background (every `interval`; longer after
+    /// PostHog refuses). Stopped by [`shutdown`](Tracker::shutdown).
+    pub fn start_flag_poller(&self, interval: Duration) -> Result<()> {
+        let client = self.definitions_client()?.clone();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(poll_definitions(
+            client,
+            self.inner.definitions.clone(),
+            interval,
+            stopped,
+        ));
+        if let Some(previous) = lock(&self.inner.poller).replace(stop) {
+            let _ = previous.send(true);
+        }
+        Ok(())
+    }
+
+    /// The definitions local evaluation uses now, if any are loaded.
+    pub fn flag_definitions(&self) -> Option<Arc<LocalEvaluator>> {
+        self.inner.definitions.evaluator()
+    }
+
+    /// How many flag-routed writes and reads went to the default table because their flag
+    /// could not be decided (see [`routed_table`](crate::routed_table)); each is also logged
+    /// as a warning with its reason.
+    pub fn flag_routing_fallbacks(&self) -> u64 {
+        self.inner.routing.fallbacks()
+    }
+
+    /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id`, unless
+    /// it was sent before.
+    pub(crate) async fn record_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: &FlagValue,
+        locally_evaluated: bool,
+    ) -> Result<()> {
+        let first_time = lock(&self.inner.exposures).first_time(distinct_id, key, value);
+        if first_time {
+            self.capture(exposure_event(distinct_id, key, value, locally_evaluated))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Every requested flag the definitions can decide; the others in `undecided` with the reason.
+fn evaluate_locally(evaluator: &LocalEvaluator, request: &FlagsRequest) -> FlagsSnapshot {
+    let keys: Vec<&str> = if request.flag_keys.is_empty() {
+        evaluator.keys().collect()
+    } else {
+        request.flag_keys.iter().map(String::as_str).collect()
+    };
+    let mut values = HashMap::new();
+    let mut payloads = HashMap::new();
+    let mut undecided = BTreeMap::new();
+    for key in keys {
+        match local_value(evaluator, key, request) {
+            Ok(value) => {
+                if let Some(payload) = evaluator.payload(key, &value) {
+                    payloads.insert(key.to_owned(), payload);
+                }
+                values.insert(key.to_owned(), value);
+            }
+            Err(error) => {
+                undecided.insert(key.to_owned(), error.to_string());
+            }
+        }
+    }
+    FlagsSnapshot::local(values, payloads, undecided)
+}
+
+/// `key` decided from local definitions, or why they cannot decide (PostHog must).
+pub(crate) fn local_value(
+    evaluator: &LocalEvaluator,
+    key: &str,
+    request: &FlagsRequest,
+) -> Result<FlagValue, FlagError> {
+    evaluator.evaluate_with(
+        key,
+        &request.distinct_id,
+        &request.person_properties,
+        &request.groups,
+        &request.group_properties,
+    )
+}

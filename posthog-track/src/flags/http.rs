@@ -1,0 +1,86 @@
+//! What the flag clients share over HTTP: a client built without panicking, and answers read
+//! up to a bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The HTTP client of one flags endpoint, or why it could not be built. Built once, when the
+/// tracker is; the error surfaces on the first request, typed, instead of a panic in
+/// `reqwest::Client::default()`.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpClient(Result<reqwest::Client, Arc<reqwest::Error>>);
+
+impl HttpClient {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self::from_builder(reqwest::Client::builder().timeout(timeout))
+    }
+
+    pub(crate) fn from_builder(builder: reqwest::ClientBuilder) -> Self {
+        HttpClient(builder.build().map_err(Arc::new))
+    }
+
+    /// The client, or [`Error::Flags`] with the builder's error as its source.
+    pub(crate) fn get(&self) -> Result<&reqwest::Client, Error> {
+        self.0.as_ref().map_err(|error| {
+            Error::flags(
+                "the HTTP client for feature flags could not be built",
+                Some(Box::new(Arc::clone(error))),
+            )
+        })
+    }
+}
+
+/// Most of an error answer a message shows.
+pub(crate) const ERROR_BODY_BYTES: usize = 4 * 1024;
+/// Characters of an error answer kept in a message.
+const ERROR_BODY_CHARS: usize = 300;
+
+/// A body read up to `limit` bytes, and whether there was more. Never reads the rest.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// The beginning of an error answer, for a message: a bounded read, at most
+/// [`ERROR_BODY_CHARS`] characters, `...` when cut.
+pub(crate) async fn error_excerpt(response: reqwest::Response) -> String {
+    let (body, more) = match read_bounded(response, ERROR_BODY_BYTES).await {
+        Ok(read) => read,
+        Err(_) => return String::new(),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let mut excerpt: String = text.chars().take(ERROR_BODY_CHARS).collect();
+    if more || excerpt.len() < text.len() {
+        excerpt.push_str("...");
+    }
+    excerpt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_cannot_be_built_is_an_error_not_a_panic() {
+        let client = HttpClient::from_builder(reqwest::Client::builder().user_agent("bad\nvalue"));
+        let error = client.get().unwrap_err();
+        assert!(matches!(error, Error::Flags { .. }), "{error:?}");
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "keeps reqwest's error"
+        );
+    }
+}

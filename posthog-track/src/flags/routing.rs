@@ -1,0 +1,245 @@
+//! Flag-routed tables: which table a model's write goes to when a feature flag puts the row's
+//! user in a variant (`#[tracked(table_variant(flag = ..., variant = ..., table = ...))]`).
+//!
+//! A user's route must not change under them: a row inserted into `documents_v2` has to be
+//! updated there too. So each decision (distinct id and flag) is kept for the lifetime of the
+//! definitions it came from (a decision PostHog made: until definitions are loaded or change),
+//! and a route that cannot be decided goes to the default table loudly: a warning with the
+//! reason, counted by [`Tracker::flag_routing_fallbacks`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::api::local_value;
+use super::request::FlagsRequest;
+use super::value::{FlagValue, MAX_CACHED_ID_BYTES, json_value};
+use crate::backend::Backend;
+use crate::event::Stamp;
+use crate::model::{ModelSql, SqlSet, TrackedModel};
+use crate::tracker::{Tracker, lock};
+use crate::transaction::TrackedTransaction;
+
+/// Most routing decisions kept, and most bytes of distinct ids, flag keys and values.
+const MAX_ROUTES: usize = 100_000;
+const MAX_ROUTE_BYTES: usize = 16 << 20;
+
+/// The routing decisions of one tracker, and its fallbacks.
+#[derive(Debug, Default)]
+pub(crate) struct RoutingState {
+    decisions: Mutex<Decisions>,
+    fallbacks: AtomicU64,
+    warned_remote_in_transaction: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Decisions {
+    /// The definitions generation these decisions were made under.
+    generation: u64,
+    values: HashMap<(String, String), FlagValue>,
+    bytes: usize,
+}
+
+impl RoutingState {
+    pub(crate) fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, generation: u64, distinct_id: &str, flag: &str) -> Option<FlagValue> {
+        let decisions = lock(&self.decisions);
+        if decisions.generation != generation {
+            return None;
+        }
+        decisions
+            .values
+            .get(&(distinct_id.to_owned(), flag.to_owned()))
+            .cloned()
+    }
+
+    fn remember(&self, generation: u64, distinct_id: &str, flag: &str, value: &FlagValue) {
+        if distinct_id.len() > MAX_CACHED_ID_BYTES {
+            return;
+        }
+        let mut decisions = lock(&self.decisions);
+        let bytes = distinct_id.len() + flag.len() + value.to_string().len();
+        if decisions.generation != generation
+            || decisions.values.len() >= MAX_ROUTES
+            || decisions.bytes + bytes > MAX_ROUTE_BYTES
+        {
+            // New definitions, or full: start over (a full cache re-decides, from the same
+            // definitions, so routes stay the same unless the flag is remote and changed).
+            *decisions = Decisions {
+                generation,
+                ..Decisions::default()
+            };
+        }
+        if decisions
+            .values
+            .insert((distinct_id.to_owned(), flag.to_owned()), value.clone())
+            .is_none()
+        {
+            decisions.bytes += bytes;
+        }
+    }
+
+    fn fell_back(&self, flag: &str, distinct_id: &str, reason: &str) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            flag,
+            distinct_id,
+            reason,
+            "flag routing: the flag could not be decided; using the default table"
+        );
+    }
+}
+
+/// Where a write of `model` goes: a flag-routed table when the row's user is in one of the
+/// model's routed variants, `TABLE` otherwise, with the `$feature/<flag>` stamps for the
+/// write's events.
+pub(crate) async fn route<M: TrackedModel, DB: Backend>(
+    model: &M,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> (&'static ModelSql, &'static str, Vec<Stamp>) {
+    if M::__TABLE_VARIANTS.is_empty() {
+        return (M::__SQL.get(DB::DIALECT), M::TABLE, Vec::new());
+    }
+    let distinct_id = model
+        .distinct_id()
+        .or_else(|| tx.distinct_id().map(str::to_owned));
+    let tracker = tx.tracker().clone();
+    let (variant, stamps) = match distinct_id {
+        Some(distinct_id) => choose_variant::<M>(&tracker, &distinct_id, true).await,
+        None => (None, Vec::new()),
+    };
+    match variant {
+        Some(variant) => (variant.sql.get(DB::DIALECT), variant.table, stamps),
+        None => (M::__SQL.get(DB::DIALECT), M::TABLE, stamps),
+    }
+}
+
+/// The table a model's row for `distinct_id` lives in, for reads that must follow the same
+/// flag routing as the writes. Records the flag's exposure like a write does.
+///
+/// Called before [`begin`](Tracker::begin), it also decides the user's route outside the
+/// transaction: without local definitions that takes a `/flags` request, which the writes
+/// that follow then need not make while their transaction holds locks.
+pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str) -> &'static str {
+    choose_variant::<M>(tracker, distinct_id, false)
+        .await
+        .0
+        .map_or(M::TABLE, |variant| variant.table)
+}
+
+/// The first of `M`'s routed variants whose flag puts `distinct_id` in it, and a
+/// `$feature/<flag>` stamp per flag evaluated. Each flag is decided once per user for the
+/// lifetime of the definitions (locally when definitions are loaded) and its exposure
+/// recorded. A flag that cannot be decided (no key, PostHog unreachable, no value) routes to
+/// the default table, with a warning and a count: a write never fails because flags are
+/// unavailable.
+async fn choose_variant<M: TrackedModel>(
+    tracker: &Tracker,
+    distinct_id: &str,
+    in_transaction: bool,
+) -> (Option<&'static TableVariant>, Vec<Stamp>) {
+    let mut stamps = Vec::new();
+    let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
+    for variant in M::__TABLE_VARIANTS {
+        let value = match evaluated.iter().find(|(flag, _)| *flag == variant.flag) {
+            Some((_, value)) => value.clone(),
+            None => {
+                let value = match decide(tracker, variant.flag, distinct_id, in_transaction).await {
+                    Ok(value) => Some(value),
+                    Err(reason) => {
+                        tracker
+                            .inner
+                            .routing
+                            .fell_back(variant.flag, distinct_id, &reason);
+                        None
+                    }
+                };
+                if let Some(value) = &value {
+                    stamps.push(Stamp::new(
+                        format!("$feature/{}", variant.flag),
+                        &json_value(value),
+                    ));
+                }
+                evaluated.push((variant.flag, value.clone()));
+                value
+            }
+        };
+        if value.as_ref().and_then(FlagValue::variant) == Some(variant.variant) {
+            return (Some(variant), stamps);
+        }
+    }
+    (None, stamps)
+}
+
+/// The flag's value for `distinct_id`: the decision kept for these definitions, else decided
+/// now (locally, else by PostHog) and kept; `Err` with the reason when nobody can decide.
+async fn decide(
+    tracker: &Tracker,
+    flag: &str,
+    distinct_id: &str,
+    in_transaction: bool,
+) -> Result<FlagValue, String> {
+    let routing = &tracker.inner.routing;
+    let (generation, evaluator) = tracker.inner.definitions.loaded();
+    if let Some(value) = routing.cached(generation, distinct_id, flag) {
+        return Ok(value);
+    }
+    let request = FlagsRequest::new(distinct_id);
+    let local = match &evaluator {
+        Some(evaluator) => {
+            local_value(evaluator, flag, &request).map_err(|error| error.to_string())
+        }
+        None => Err("no flag definitions are loaded".to_owned()),
+    };
+    let (value, locally_evaluated) = match local {
+        Ok(value) => (value, true),
+        Err(reason) if tracker.inner.local_evaluation_only => {
+            return Err(format!("{reason}, and local_evaluation_only is set"));
+        }
+        Err(_) => {
+            if in_transaction
+                && !routing
+                    .warned_remote_in_transaction
+                    .swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    flag,
+                    "flag routing asks PostHog inside an open transaction; load flag definitions \
+                     (POSTHOG_PERSONAL_API_KEY) or call routed_table before begin"
+                );
+            }
+            let mut request = request.only([flag]);
+            request.force_remote = true;
+            let snapshot = tracker
+                .evaluate_flags(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            match snapshot.value(flag) {
+                Some(value) => (value.clone(), false),
+                None => return Err("PostHog returned no value for the flag".to_owned()),
+            }
+        }
+    };
+    routing.remember(generation, distinct_id, flag, &value);
+    // The route stands even when its exposure cannot be recorded (a full or closed queue).
+    if let Err(error) = tracker
+        .record_exposure(distinct_id, flag, &value, locally_evaluated)
+        .await
+    {
+        tracing::warn!(flag, %error, "flag routing: the exposure could not be recorded");
+    }
+    Ok(value)
+}
+
+/// A table a flag variant routes rows to.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TableVariant {
+    pub flag: &'static str,
+    pub variant: &'static str,
+    pub table: &'static str,
+    pub sql: &'static SqlSet,
+}
