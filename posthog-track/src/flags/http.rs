@@ -14,7 +14,13 @@ pub(crate) struct HttpClient(Result<reqwest::Client, Arc<reqwest::Error>>);
 
 impl HttpClient {
     pub(crate) fn new(timeout: Duration) -> Self {
-        Self::from_builder(reqwest::Client::builder().timeout(timeout))
+        // No redirects: the definitions URL carries the project key, which a redirect would
+        // hand to another host; a redirect is reported as the error it is.
+        Self::from_builder(
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none()),
+        )
     }
 
     pub(crate) fn from_builder(builder: reqwest::ClientBuilder) -> Self {

@@ -83,11 +83,22 @@ pub(crate) enum Polled {
     Cleared,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct DefinitionsClient {
     http: HttpClient,
+    /// Carries the project key (`?token=`, as PostHog's API wants it): never printed.
     url: String,
     secret: ApiKey,
+}
+
+impl std::fmt::Debug for DefinitionsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let without_query = self.url.split('?').next().unwrap_or_default();
+        f.debug_struct("DefinitionsClient")
+            .field("url", &crate::config::redact_host(without_query))
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DefinitionsClient {
@@ -189,6 +200,25 @@ pub(crate) async fn run(
                     return; // the tracker that owned this poller is gone
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_key() {
+        let client = DefinitionsClient::new(
+            "https://user:pw@eu.i.posthog.com",
+            &ApiKey::new("phc_projectsecret123"),
+            ApiKey::new("phx_personalsecret123"),
+            Duration::from_secs(1),
+        );
+        let shown = format!("{client:?}");
+        for secret in ["projectsecret123", "personalsecret123", "user:pw"] {
+            assert!(!shown.contains(secret), "{shown}");
         }
     }
 }

@@ -296,6 +296,23 @@ fn json_type(rust_type: &str) -> (&'static str, bool) {
     (ty, false)
 }
 
+/// An empty plan means the models are not linked into the test binary, not that there are
+/// none: say how to link them.
+fn refuse_empty(current: &TrackingPlan) -> Result<(), String> {
+    if !current.events.is_empty() || !current.skipped.is_empty() {
+        return Ok(());
+    }
+    let package = std::env::var("CARGO_PKG_NAME")
+        .map(|name| name.replace('-', "_"))
+        .unwrap_or_else(|_| "your_crate".to_owned());
+    Err(format!(
+        "the tracking plan is empty: no `#[derive(TrackedModel)]` is linked into this test \
+         binary, so there is nothing to compare (and nothing would ever fail). A test in \
+         `tests/` links only the crates it uses: add `use {package} as _;` (the crate that \
+         defines the models) at the top of the test file"
+    ))
+}
+
 /// Compares the program's plan with the checked-in file at `path` (relative to the crate),
 /// and panics with the differences, each marked additive or breaking. With
 /// `POSTHOG_TRACK_UPDATE_PLAN=1` it rewrites the file instead.
@@ -303,9 +320,15 @@ fn json_type(rust_type: &str) -> (&'static str, bool) {
 /// # Panics
 ///
 /// When the plan differs from the file, or the file is missing or unreadable.
+///
+/// Also when no model at all is registered: a test in `tests/` links only what it uses, so
+/// without `use your_crate as _;` it would compare (or write) an empty plan and pass forever.
 #[track_caller]
 pub fn assert_snapshot(path: &str) {
     let current = TrackingPlan::collect();
+    if let Err(message) = refuse_empty(&current) {
+        panic!("{message}");
+    }
     let full_path = std::path::Path::new(
         &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned()),
     )
@@ -340,5 +363,16 @@ pub fn assert_snapshot(path: &str) {
             list.join("\n  "),
             path
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_plan_is_refused_with_the_way_to_link_the_models() {
+        let message = refuse_empty(&TrackingPlan::default()).unwrap_err();
+        assert!(message.contains("use posthog_track as _;"), "{message}");
     }
 }
