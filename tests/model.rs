@@ -19,6 +19,22 @@ struct Device {
     owner: String,
 }
 
+/// A key type the derive cannot judge by its name: whether MySQL can read it back is asked of
+/// the database before the insert.
+#[derive(Debug, Clone, PartialEq, sqlx::Type, serde::Serialize)]
+#[sqlx(transparent)]
+struct DeviceId(String);
+
+/// The same table as [`Device`], through a newtype key.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "mc_devices", distinct_id = owner)]
+struct TypedDevice {
+    #[tracked(key, generated, property = "device_id")]
+    id: DeviceId,
+    #[tracked(property)]
+    owner: String,
+}
+
 /// An AUTO_INCREMENT key, inserted first so that the connection's LAST_INSERT_ID() is set.
 #[derive(Debug, Clone, PartialEq, TrackedModel)]
 #[tracked(table = "mc_counters", distinct_id = owner)]
@@ -165,6 +181,35 @@ async fn mysql_generated_key_that_is_not_auto_increment_is_refused_before_writin
         .unwrap();
     assert_eq!(devices, 0, "nothing was written");
     assert_eq!(tx.staged().len(), 1, "only the counter's event is staged");
+
+    // A key type whose SQL type the derive cannot see: the database's own description of the
+    // column decides, still before anything is written.
+    let error = TypedDevice {
+        id: DeviceId(String::new()),
+        owner: owner.clone(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, Error::Unsupported { reason, .. } if reason.contains("AUTO_INCREMENT")),
+        "{error:?}"
+    );
+    let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mc_devices")
+        .fetch_one(&mut **tx.as_sqlx())
+        .await
+        .unwrap();
+    assert_eq!(devices, 0, "nothing was written");
+    // An AUTO_INCREMENT key still reads back its own row, also after the refusals.
+    let second = Counter {
+        id: 0,
+        owner: owner.clone(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    assert!(second.id > counter.id);
+    assert_eq!(second.owner, owner);
     tx.rollback().await.unwrap();
 }
 
@@ -341,8 +386,7 @@ async fn postgres_load_for_update() {
 async fn mysql_load_for_update() {
     if let Some(pool) = mysql("mc_load").await {
         load_for_update(&pool).await;
-        second_locker_waits::<sqlx::MySql>(&pool, "SET SESSION innodb_lock_wait_timeout = 1")
-            .await;
+        second_locker_waits::<sqlx::MySql>(&pool, "SET SESSION innodb_lock_wait_timeout = 1").await;
     }
 }
 

@@ -61,12 +61,27 @@ fn identify_and_group_events_are_planned() {
     let identify = find("$identify", "Member");
     assert_eq!(identify.trigger, "identify");
     assert_eq!(identify.table, "plan_members");
-    let names: Vec<&str> = identify.properties.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["$anon_distinct_id", "email", "first_channel", "$groups"]);
+    let names: Vec<&str> = identify
+        .properties
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["$anon_distinct_id", "email", "first_channel", "$groups"]
+    );
     assert_eq!(identify.properties[1].person.as_deref(), Some("set"));
     assert_eq!(identify.properties[2].person.as_deref(), Some("set_once"));
-    assert_eq!(identify.properties[1].description, "Where to write to them.");
-    assert!(identify.properties.iter().all(|p| !p.always || p.name == "$groups"));
+    assert_eq!(
+        identify.properties[1].description,
+        "Where to write to them."
+    );
+    assert!(
+        identify
+            .properties
+            .iter()
+            .all(|p| !p.always || p.name == "$groups")
+    );
     assert!(
         identify.description.is_empty(),
         "PostHog's own event keeps PostHog's description"
