@@ -22,6 +22,117 @@ pub struct Order {
     pub card_token: String,
 }
 
+/// A customer company: a PostHog group.
+#[derive(TrackedModel)]
+#[tracked(table = "plan_workspaces", group_type = "workspace", group_key = id)]
+pub struct Workspace {
+    #[tracked(key, property = "workspace_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub name: String,
+}
+
+/// A person in a workspace.
+#[derive(TrackedModel)]
+#[tracked(table = "plan_members", distinct_id = id, identify)]
+pub struct Member {
+    #[tracked(key, property = "member_id")]
+    pub id: String,
+    /// Where to write to them.
+    #[tracked(person)]
+    pub email: String,
+    #[tracked(person_once)]
+    pub first_channel: Option<String>,
+    #[tracked(property, group = "workspace")]
+    pub workspace_id: String,
+}
+
+/// PostHog's own events that models send are in the plan: `$identify` for an `identify`
+/// model, `$groupidentify` for a group, and `$groups` on every event of a grouped model.
+#[test]
+fn identify_and_group_events_are_planned() {
+    let plan = TrackingPlan::collect();
+    let find = |event: &str, model: &str| {
+        plan.events
+            .iter()
+            .find(|e| e.event == event && e.model == model)
+            .unwrap_or_else(|| panic!("`{event}` of `{model}` is in the plan"))
+    };
+    let identify = find("$identify", "Member");
+    assert_eq!(identify.trigger, "identify");
+    assert_eq!(identify.table, "plan_members");
+    let names: Vec<&str> = identify
+        .properties
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["$anon_distinct_id", "email", "first_channel", "$groups"]
+    );
+    assert_eq!(identify.properties[1].person.as_deref(), Some("set"));
+    assert_eq!(identify.properties[2].person.as_deref(), Some("set_once"));
+    assert_eq!(
+        identify.properties[1].description,
+        "Where to write to them."
+    );
+    assert!(
+        identify
+            .properties
+            .iter()
+            .all(|p| !p.always || p.name == "$groups")
+    );
+    assert!(
+        identify.description.is_empty(),
+        "PostHog's own event keeps PostHog's description"
+    );
+
+    let group = find("$groupidentify", "Workspace");
+    assert_eq!(group.trigger, "group_identify");
+    let names: Vec<(&str, &str)> = group
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.json_type.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("$group_type", "string"),
+            ("$group_key", "string"),
+            ("$group_set", "object"),
+            ("$groups", "object"),
+        ]
+    );
+
+    for (event, model) in [
+        ("member_created", "Member"),
+        ("member_updated", "Member"),
+        ("member_deleted", "Member"),
+        ("workspace_created", "Workspace"),
+    ] {
+        let groups = find(event, model)
+            .properties
+            .iter()
+            .find(|p| p.name == "$groups")
+            .unwrap_or_else(|| panic!("`{event}` carries `$groups`"));
+        assert_eq!((groups.json_type.as_str(), groups.always), ("object", true));
+    }
+    assert!(
+        !find("order_created", "Order")
+            .properties
+            .iter()
+            .any(|p| p.name.starts_with('$')),
+        "a model without groups sends no `$groups`"
+    );
+    assert!(
+        !plan
+            .events
+            .iter()
+            .any(|e| e.event == "$identify" && e.model == "Order"),
+        "only `identify` models send `$identify`"
+    );
+}
+
 #[test]
 fn models_register_their_events() {
     let plan = TrackingPlan::collect();

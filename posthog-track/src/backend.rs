@@ -75,8 +75,16 @@ mod sealed {
 /// A sqlx database that posthog-track can write models and outbox events to.
 ///
 /// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the cargo
-/// features of the same names. Sealed: the SQL the derive generates is only known to be right
-/// for these three.
+/// features of the same names (`postgres`, `mysql`, `sqlite`; only `sqlite` is on by default).
+/// Sealed: the SQL the derive generates is only known to be right for these three.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a posthog-track backend",
+    label = "posthog-track cannot write to `{Self}`",
+    note = "each database is behind a cargo feature of posthog-track: `postgres` for \
+            `sqlx::Postgres`, `mysql` for `sqlx::MySql` (MySQL and MariaDB), `sqlite` for \
+            `sqlx::Sqlite`; enable it, e.g. \
+            `posthog-track = {{ version = \"0.1\", features = [\"postgres\"] }}`"
+)]
 pub trait Backend: sqlx::Database + sealed::Sealed {
     /// Which SQL text to use.
     const DIALECT: Dialect;
@@ -101,6 +109,10 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
 
     /// Rows matched by an UPDATE or DELETE.
     fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// The AUTO_INCREMENT id an INSERT generated, where the database reports one (MySQL: 0
+    /// when it generated none); `None` on PostgreSQL.
+    fn last_insert_id(result: &Self::QueryResult) -> Option<u64>;
 
     /// Decodes column `index` of `row`.
     fn decode<'r, T>(row: &'r Self::Row, index: usize) -> Result<T, sqlx::Error>
@@ -149,6 +161,21 @@ where
     }
 }
 
+/// A database that can bind a `T` and read it back: what a column that is written needs, since
+/// `insert` reads every column back. One bound per field, so one error per field.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a field of type `{T}` cannot be a column on {Self}",
+    label = "sqlx cannot bind and read back `{T}` for {Self}",
+    note = "a column's type must implement `sqlx::Type<{Self}>`, `sqlx::Encode<'_, {Self}>` and \
+            `sqlx::Decode<'_, {Self}>` (insert reads the row back); use a type the {Self} driver \
+            supports, such as `sqlx::types::Json<{T}>` for a JSON column"
+)]
+pub trait Column<T>: Binds<T> + Reads<T> {}
+
+#[diagnostic::do_not_recommend]
+impl<DB: Binds<T> + Reads<T>, T> Column<T> for DB {}
+
 /// A database that can decode a `T` from a column; see [`Binds`].
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
@@ -173,7 +200,7 @@ where
 }
 
 macro_rules! impl_backend {
-    ($feature:literal, $db:ty, $dialect:expr) => {
+    ($feature:literal, $db:ty, $dialect:expr, $last_insert_id:expr) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $db {}
 
@@ -206,6 +233,11 @@ macro_rules! impl_backend {
                 result.rows_affected()
             }
 
+            fn last_insert_id(result: &Self::QueryResult) -> Option<u64> {
+                let last_insert_id: fn(&Self::QueryResult) -> Option<u64> = $last_insert_id;
+                last_insert_id(result)
+            }
+
             fn decode<'r, T>(row: &'r Self::Row, index: usize) -> Result<T, sqlx::Error>
             where
                 T: Decode<'r, Self> + Type<Self>,
@@ -236,6 +268,10 @@ macro_rules! impl_backend {
     };
 }
 
-impl_backend!("postgres", sqlx::Postgres, Dialect::Postgres);
-impl_backend!("mysql", sqlx::MySql, Dialect::MySql);
-impl_backend!("sqlite", sqlx::Sqlite, Dialect::Sqlite);
+impl_backend!("postgres", sqlx::Postgres, Dialect::Postgres, |_| None);
+impl_backend!("mysql", sqlx::MySql, Dialect::MySql, |result| Some(
+    result.last_insert_id()
+));
+impl_backend!("sqlite", sqlx::Sqlite, Dialect::Sqlite, |result| {
+    u64::try_from(result.last_insert_rowid()).ok()
+});

@@ -136,26 +136,48 @@ impl EventWriter {
         self.entry(name, key_json, value)
     }
 
-    /// Writes a `$set` person property.
+    /// Writes a `$set` person property; an absent value (`None`, or anything serialised as
+    /// `null`) is left out rather than set to null, as posthog-js and posthog-python do.
     pub fn set<T: Serialize + ?Sized>(
         &mut self,
         name: &'static str,
         key_json: &'static str,
         value: &T,
     ) -> Result<()> {
-        self.enter(Section::Set);
-        self.entry(name, key_json, value)
+        self.person_entry(Section::Set, name, key_json, value)
     }
 
-    /// Writes a `$set_once` person property.
+    /// Writes a `$set_once` person property; an absent value is left out, as for
+    /// [`set`](EventWriter::set).
     pub fn set_once<T: Serialize + ?Sized>(
         &mut self,
         name: &'static str,
         key_json: &'static str,
         value: &T,
     ) -> Result<()> {
-        self.enter(Section::SetOnce);
-        self.entry(name, key_json, value)
+        self.person_entry(Section::SetOnce, name, key_json, value)
+    }
+
+    /// A person property, unless its value is `null`: then the writer is left as it was, so a
+    /// `$set` with nothing in it is not written at all.
+    fn person_entry<T: Serialize + ?Sized>(
+        &mut self,
+        section: Section,
+        name: &'static str,
+        key_json: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        let (start, previous_section, previous_first) =
+            (self.buf.len(), self.section, self.first_in_section);
+        self.enter(section);
+        let value_start = self.buf.len() + usize::from(!self.first_in_section) + key_json.len();
+        self.entry(name, key_json, value)?;
+        if self.buf.get(value_start..) == Some(b"null".as_slice()) {
+            self.buf.truncate(start);
+            self.section = previous_section;
+            self.first_in_section = previous_first;
+        }
+        Ok(())
     }
 
     /// Writes a property whose key is only known at run time (untyped events).

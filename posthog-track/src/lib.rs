@@ -94,7 +94,7 @@ pub use transaction::TrackedTransaction;
 /// Re-exports for generated code. Not public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::backend::{Backend, Binds, BoundQuery, Reads};
+    pub use crate::backend::{Backend, Binds, BoundQuery, Column, Reads};
     pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
@@ -103,13 +103,13 @@ pub mod __private {
         ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
         stage_insert_event_detached,
     };
-    pub use crate::plan::{FieldPlan, ModelPlan, PlanEntry};
+    pub use crate::plan::{FieldPlan, ModelPlan, PersonProperty, PlanEntry};
     pub use inventory;
     pub use serde::Serialize;
     pub use sqlx;
     pub use std::borrow::ToOwned;
     pub use std::option::Option::{self, None, Some};
-    pub use std::result::Result::Ok;
+    pub use std::result::Result::{Err, Ok};
     pub use std::string::String;
     pub use std::vec;
     pub use std::vec::Vec;

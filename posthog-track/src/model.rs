@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 
 use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::context::TrackingContext;
@@ -23,6 +24,11 @@ use crate::transaction::TrackedTransaction;
 /// transaction; they reach the outbox when the transaction commits, and vanish with it when it
 /// rolls back.
 pub trait TrackedModel: Sized + Send + Sync {
+    /// The primary key, as [`load_for_update`](TrackedModel::load_for_update) takes it: the
+    /// type of the `#[tracked(key)]` field, or a tuple of the key fields' types, in field order,
+    /// for a composite key.
+    type Key: Send + Sync;
+
     /// The table rows are written to.
     const TABLE: &'static str;
     /// Event staged by [`insert`](TrackedModel::insert).
@@ -110,8 +116,15 @@ pub trait TrackedModel: Sized + Send + Sync {
 
     /// Inserts the row and stages `INSERT_EVENT` with every tracked property.
     ///
-    /// Returns the row as stored: columns marked `generated` are read back from the database
-    /// (`RETURNING` on PostgreSQL and SQLite, `LAST_INSERT_ID()` and a `SELECT` on MySQL).
+    /// Returns the row as stored, and the event carries the stored values: every column is
+    /// read back from the database (`RETURNING` on PostgreSQL and SQLite; a `SELECT` by the
+    /// key, or by the insert's `AUTO_INCREMENT` id for a `generated` key, on MySQL), so
+    /// `generated` columns are filled in and a value the column keeps with less precision (a
+    /// `DateTime` with nanoseconds in a microsecond column) comes back as the column holds it.
+    ///
+    /// On MySQL/MariaDB a `generated` key must be an integer `AUTO_INCREMENT` column, the only
+    /// generated value MySQL reports: otherwise the insert fails with [`Error::Unsupported`]
+    /// before anything is written (and at compile time when the type or the migrations show it).
     fn insert<'t, 'c, DB>(
         mut self,
         tx: &'t mut TrackedTransaction<'c, DB>,
@@ -123,27 +136,45 @@ pub trait TrackedModel: Sized + Send + Sync {
         async move {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
+            let unsupported = |reason| Error::Unsupported {
+                operation: format!("insert into `{table}`"),
+                backend: DB::DIALECT.name(),
+                reason,
+            };
             if let Some(reason) = sql.insert_unsupported {
-                return Err(Error::Unsupported {
-                    operation: format!("insert into `{table}`"),
-                    backend: DB::DIALECT.name(),
-                    reason,
-                });
+                return Err(unsupported(reason));
+            }
+            if let Some(column) = sql.auto_increment_key
+                && !is_auto_increment::<DB>(tx.connection(), table, column).await?
+            {
+                return Err(unsupported(NOT_AUTO_INCREMENT));
             }
             let query = self.__bind_insert(sqlx::query(sql.insert));
-            if sql.insert_returns_generated {
-                let row = DB::fetch_one(tx.connection(), query).await?;
-                self.__read_generated(&row)?;
+            let row = if sql.insert_returns_row {
+                Some(DB::fetch_one(tx.connection(), query).await?)
             } else {
-                DB::execute(tx.connection(), query).await?;
-                if let Some(select) = sql.select_generated {
-                    let mut query = sqlx::query(select);
-                    if sql.select_generated_binds_key {
-                        query = self.__bind_key(query);
+                let result = DB::execute(tx.connection(), query).await?;
+                match sql.select_inserted {
+                    Some(select) => {
+                        let mut query = sqlx::query(select);
+                        if sql.select_inserted_by_insert_id {
+                            // The id this INSERT generated (0 when it generated none), not
+                            // the connection's LAST_INSERT_ID(), which an earlier insert set.
+                            let id = DB::last_insert_id(&result)
+                                .filter(|id| *id != 0)
+                                .and_then(|id| i64::try_from(id).ok())
+                                .ok_or_else(|| unsupported(NOT_AUTO_INCREMENT))?;
+                            query = DB::bind_i64(query, id);
+                        } else {
+                            query = self.__bind_key(query);
+                        }
+                        Some(DB::fetch_one(tx.connection(), query).await?)
                     }
-                    let row = DB::fetch_one(tx.connection(), query).await?;
-                    self.__read_generated(&row)?;
+                    None => None,
                 }
+            };
+            if let Some(row) = row {
+                self = Self::__from_row(&row)?;
             }
             let anonymous_id = tx.context().anonymous_id().map(str::to_owned);
             let stamps = with_groups(&self, stamps);
@@ -154,6 +185,54 @@ pub trait TrackedModel: Sized + Send + Sync {
             }
             stage_group_identify(&self, &mut stager, None)?;
             Ok(self)
+        }
+    }
+
+    /// Reads the row with this key in the transaction, locking it until the transaction ends
+    /// (`SELECT ... FOR UPDATE` on PostgreSQL and MySQL/MariaDB; SQLite locks the whole
+    /// database when the transaction first writes). `None` when no row has the key.
+    ///
+    /// This is the `before` that [`update_changed`](TrackedModel::update_changed) needs: a copy
+    /// read earlier, outside the transaction, may be stale, and then the update sends the
+    /// wrong changes and milestones (a `previous_plan` of an older state):
+    ///
+    /// ```no_run
+    /// # use posthog_track::{TrackedModel, Tracker};
+    /// # #[derive(Clone, TrackedModel)]
+    /// # #[tracked(table = "users", distinct_id = id)]
+    /// # struct User {
+    /// #     #[tracked(key, property)] id: String,
+    /// #     #[tracked(property)] plan: String,
+    /// # }
+    /// # async fn upgrade(tracker: &Tracker, pool: &sqlx::SqlitePool) -> posthog_track::Result<()> {
+    /// let mut tx = tracker.begin(pool).await?;
+    /// let Some(before) = User::load_for_update(&"u1".to_owned(), &mut tx).await? else {
+    ///     return Ok(());
+    /// };
+    /// let mut after = before.clone();
+    /// after.plan = "pro".into();
+    /// after.update_changed(&before, &mut tx).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A flag-routed model (`table_variant`) is read from its own `TABLE`.
+    fn load_for_update<'t, 'c, DB>(
+        key: &'t Self::Key,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<Option<Self>>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB>,
+    {
+        async move {
+            let sql = Self::__SQL.get(DB::DIALECT);
+            let query = Self::__bind_key_value(key, sqlx::query(sql.select_for_update));
+            let rows = DB::fetch_all(tx.connection(), query).await?;
+            match rows.first() {
+                Some(row) => Ok(Some(Self::__from_row(row)?)),
+                None => Ok(None),
+            }
         }
     }
 
@@ -192,6 +271,11 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// Writes only the columns whose values differ from `before`, and stages events for them:
     /// `UPDATE_EVENT` with the key properties and the changed tracked properties (when a
     /// tracked property changed), and each milestone whose condition holds.
+    ///
+    /// `before` must be the row as it is in the database: the events describe the difference
+    /// from it. Read it in the same transaction with
+    /// [`load_for_update`](TrackedModel::load_for_update), which also locks the row so that a
+    /// concurrent writer cannot change it in between.
     ///
     /// Returns how many columns were written. When nothing changed no statement is sent and no
     /// event is staged.
@@ -335,6 +419,64 @@ fn stage_insert_event<M: TrackedModel>(model: &M, stager: &mut Stager<'_>) -> Re
     stager.push(writer)
 }
 
+/// Why MySQL cannot insert a model whose generated key is not AUTO_INCREMENT.
+const NOT_AUTO_INCREMENT: &str = "a generated key is read back with the insert's \
+    AUTO_INCREMENT id (MySQL has no RETURNING), and only an integer AUTO_INCREMENT column has \
+    one; make the key an integer AUTO_INCREMENT column, or give it its value in Rust (e.g. \
+    `Uuid::now_v7()`) and remove `generated`";
+
+/// `(table, column)` pairs already found to be AUTO_INCREMENT, so each is asked about once
+/// per process.
+static AUTO_INCREMENT: Mutex<Vec<(&str, &str)>> = Mutex::new(Vec::new());
+
+/// Whether MySQL's `table.column` is AUTO_INCREMENT, asked of `information_schema` before the
+/// first insert so that a key it is not fails before anything is written. A table or column
+/// the database does not know counts as AUTO_INCREMENT: the INSERT then reports it.
+async fn is_auto_increment<DB: Backend>(
+    connection: &mut DB::Connection,
+    table: &'static str,
+    column: &'static str,
+) -> Result<bool> {
+    let known = |pair: &(&str, &str)| *pair == (table, column);
+    if AUTO_INCREMENT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .any(known)
+    {
+        return Ok(true);
+    }
+    let (schema, name) = match table.rsplit_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    let mut query = sqlx::query(if schema.is_some() {
+        "SELECT CAST(EXTRA LIKE '%auto_increment%' AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?"
+    } else {
+        "SELECT CAST(EXTRA LIKE '%auto_increment%' AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?"
+    });
+    if let Some(schema) = schema {
+        query = DB::bind_text(query, schema);
+    }
+    query = DB::bind_text(DB::bind_text(query, name), column);
+    let rows = DB::fetch_all(connection, query).await?;
+    let auto_increment = match rows.first() {
+        Some(row) => DB::int(row, 0)? != 0,
+        None => true,
+    };
+    if auto_increment && !rows.is_empty() {
+        let mut known_pairs = AUTO_INCREMENT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !known_pairs.iter().any(known) {
+            known_pairs.push((table, column));
+        }
+    }
+    Ok(auto_increment)
+}
+
 /// Stages `model`'s insert event exactly as [`TrackedModel::insert`] does, without a database:
 /// the event mapping alone, for benchmarks.
 #[doc(hidden)]
@@ -354,8 +496,8 @@ pub fn stage_insert_event_detached<M: TrackedModel>(
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be written to {DB}",
     label = "a field of `{Self}` has a type that sqlx cannot encode or decode for {DB}",
-    note = "every field type must implement `sqlx::Type<{DB}>` and `sqlx::Encode<{DB}>` \
-            (and `sqlx::Decode<{DB}>` for `generated` fields)"
+    note = "every field type must implement `sqlx::Type<{DB}>`, `sqlx::Encode<{DB}>` and \
+            `sqlx::Decode<{DB}>`"
 )]
 pub trait TrackedRow<DB: Backend>: TrackedModel {
     #[doc(hidden)]
@@ -367,7 +509,10 @@ pub trait TrackedRow<DB: Backend>: TrackedModel {
     #[doc(hidden)]
     fn __bind_key(&self, query: BoundQuery<DB>) -> BoundQuery<DB>;
     #[doc(hidden)]
-    fn __read_generated(&mut self, row: &DB::Row) -> std::result::Result<(), sqlx::Error>;
+    fn __bind_key_value(key: &Self::Key, query: BoundQuery<DB>) -> BoundQuery<DB>;
+    /// The model from a row of every column, in field order.
+    #[doc(hidden)]
+    fn __from_row(row: &DB::Row) -> std::result::Result<Self, sqlx::Error>;
 }
 
 /// A struct owned by the analytics side that lists exactly the properties a model's events
@@ -415,14 +560,18 @@ impl SqlSet {
 #[derive(Debug)]
 pub struct ModelSql {
     pub insert: &'static str,
-    /// `insert` ends in `RETURNING` the generated columns.
-    pub insert_returns_generated: bool,
-    /// MySQL: reads the generated columns back after the INSERT.
-    pub select_generated: Option<&'static str>,
-    /// `select_generated` has the key as parameters (otherwise it uses `LAST_INSERT_ID()`).
-    pub select_generated_binds_key: bool,
+    /// `insert` ends in `RETURNING` every column.
+    pub insert_returns_row: bool,
+    /// MySQL: reads the inserted row back after the INSERT.
+    pub select_inserted: Option<&'static str>,
+    /// `select_inserted` takes the insert's AUTO_INCREMENT id (otherwise the key fields).
+    pub select_inserted_by_insert_id: bool,
     /// Why this dialect cannot insert the model, if it cannot.
     pub insert_unsupported: Option<&'static str>,
+    /// MySQL: the (unquoted) column of a generated key, which must be AUTO_INCREMENT.
+    pub auto_increment_key: Option<&'static str>,
+    /// Every column of the row with the key's values, locked where the dialect can.
+    pub select_for_update: &'static str,
     /// `None` when every column is a key or generated.
     pub update: Option<&'static str>,
     pub delete: &'static str,
@@ -437,10 +586,12 @@ pub struct ModelSql {
 impl ModelSql {
     const UNUSABLE: ModelSql = ModelSql {
         insert: "",
-        insert_returns_generated: false,
-        select_generated: None,
-        select_generated_binds_key: false,
+        insert_returns_row: false,
+        select_inserted: None,
+        select_inserted_by_insert_id: false,
         insert_unsupported: Some("the model's derive failed"),
+        auto_increment_key: None,
+        select_for_update: "",
         update: None,
         delete: "",
         update_prefix: "",

@@ -6,8 +6,8 @@ use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
+use super::Private;
 use crate::internals::ast::{Container, Field};
-use crate::internals::attr::DecisionKind;
 
 /// Which part of `properties` a value is written to.
 #[derive(Clone, Copy)]
@@ -71,20 +71,12 @@ pub(super) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-fn is_person(field: &Field) -> bool {
-    matches!(field.decision(), Some(DecisionKind::Person))
-}
-
-fn is_person_once(field: &Field) -> bool {
-    matches!(field.decision(), Some(DecisionKind::PersonOnce))
-}
-
 type Included = fn(&Field) -> bool;
 
 const ALL_SECTIONS: [(Section, Included); 3] = [
     (Section::Properties, |_| true),
-    (Section::Set, is_person),
-    (Section::SetOnce, is_person_once),
+    (Section::Set, |field| field.is_person_set()),
+    (Section::SetOnce, |field| field.is_person_set_once()),
 ];
 
 /// Every tracked property of `fields`, then their `$set`, then their `$set_once`.
@@ -124,18 +116,14 @@ fn write_sections<'a>(
     quote!(#(#statements)*)
 }
 
-fn tracked<'a>(container: &'a Container<'a>) -> impl Iterator<Item = &'a Field<'a>> + Clone {
-    container.fields.iter().filter(|field| field.is_tracked())
-}
-
 /// Body of `__write_properties`: the whole row.
 pub fn write_properties(container: &Container) -> TokenStream {
-    write_all(tracked(container), |_| None)
+    write_all(container.tracked(), |_| None)
 }
 
 /// Body of `__write_key_properties`: what identifies the row.
 pub fn write_key_properties(container: &Container) -> TokenStream {
-    let keys = tracked(container).filter(|field| field.is_key());
+    let keys = container.tracked().filter(|field| field.is_key());
     let statements = keys.filter_map(|field| {
         let name = field.property_name()?;
         Some(write(field, Section::Properties, &name, quote!(self)))
@@ -145,7 +133,7 @@ pub fn write_key_properties(container: &Container) -> TokenStream {
 
 /// Body of `__write_changed_properties`: the tracked fields in `__changed`.
 pub fn write_changed_properties(container: &Container) -> TokenStream {
-    let updatable = tracked(container).filter(|field| field.is_updatable());
+    let updatable = container.tracked().filter(|field| field.is_updatable());
     write_all(updatable, |field| {
         let index = field.index;
         Some(quote!(__changed.contains(#index)))
@@ -154,25 +142,21 @@ pub fn write_changed_properties(container: &Container) -> TokenStream {
 
 /// Body of `__write_person_properties`: `$set` and `$set_once` of the whole row.
 pub fn write_person_properties(container: &Container) -> TokenStream {
-    write_person(tracked(container), |_| None)
+    write_person(container.tracked(), |_| None)
 }
 
 /// Body of `__write_changed_person_properties`: those of the fields in `__changed`.
 pub fn write_changed_person_properties(container: &Container) -> TokenStream {
-    write_person(tracked(container), |field| {
+    write_person(container.tracked(), |field| {
         let index = field.index;
         Some(quote!(__changed.contains(#index)))
     })
 }
 
-/// Whether a field is a `person` or `person_once` property.
-pub fn is_person_field(field: &Field) -> bool {
-    is_person(field) || is_person_once(field)
-}
-
 /// Body of `__stage_milestones`.
 pub fn stage_milestones(container: &Container) -> TokenStream {
-    let plain: Vec<TokenStream> = tracked(container)
+    let plain: Vec<TokenStream> = container
+        .tracked()
         .filter_map(|field| {
             let name = field.property_name()?;
             Some(write(field, Section::Properties, &name, quote!(self)))
@@ -191,13 +175,16 @@ pub fn stage_milestones(container: &Container) -> TokenStream {
             // signature then fails only the `Fn(&T, &T) -> bool` bound, spanned on `when`,
             // instead of also failing the call with a second, confusing error.
             let condition = match &milestone.when {
-                Some(when) => quote_spanned! {when.span()=>
-                    && {
-                        let __when: &dyn ::core::ops::Fn(&#ty, &#ty) -> bool =
-                            &::posthog_track::__private::milestone_condition::<#ty, _>(#when);
-                        __when(&__before.#ident, &self.#ident)
+                Some(when) => {
+                    let private = Private.spanned(when.span());
+                    quote_spanned! {when.span()=>
+                        && {
+                            let __when: &dyn ::core::ops::Fn(&#ty, &#ty) -> bool =
+                                &#private::milestone_condition::<#ty, _>(#when);
+                            __when(&__before.#ident, &self.#ident)
+                        }
                     }
-                },
+                }
                 None => quote!(),
             };
             quote! {

@@ -7,16 +7,34 @@ pub mod schema;
 mod sql;
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{ToTokens, quote};
 use syn::DeriveInput;
 
 use crate::internals::ast::Container;
 use crate::internals::ctxt::Ctxt;
 use crate::internals::{check, migrations};
 
+/// `::posthog_track::__private`: the one path generated code reaches the runtime through.
+#[derive(Clone, Copy)]
+pub struct Private;
+
+impl Private {
+    /// The path with every token spanned on `span`, for code whose errors point at the
+    /// user's tokens (`quote_spanned!` does not respan what it interpolates).
+    pub fn spanned(self, span: proc_macro2::Span) -> TokenStream {
+        event::respan(self.into_token_stream(), span)
+    }
+}
+
+impl ToTokens for Private {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(quote!(::posthog_track::__private));
+    }
+}
+
 pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
-    let container = Container::from_ast(&cx, input, "TrackedModel");
+    let container = Container::from_ast(&cx, input);
     let mut migration_files = Vec::new();
     if let Some(container) = &container {
         check::check(&cx, container);
@@ -58,10 +76,11 @@ fn dummy(container: &Container) -> Option<TokenStream> {
         return None;
     }
     let ident = container.ident;
-    let private = quote!(::posthog_track::__private);
+    let private = Private;
     Some(quote! {
         #[automatically_derived]
         impl #private::TrackedModel for #ident {
+            type Key = ();
             const TABLE: &'static str = "";
             const INSERT_EVENT: &'static str = "";
             const UPDATE_EVENT: &'static str = "";
@@ -111,11 +130,16 @@ fn dummy(container: &Container) -> Option<TokenStream> {
                 q
             }
             fn __bind_key(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }
-            fn __read_generated(
-                &mut self,
+            fn __bind_key_value(
+                _: &(),
+                q: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                q
+            }
+            fn __from_row(
                 _: &<__DB as #private::sqlx::Database>::Row,
-            ) -> #private::Result<(), #private::sqlx::Error> {
-                #private::Ok(())
+            ) -> #private::Result<Self, #private::sqlx::Error> {
+                #private::Err(#private::sqlx::Error::RowNotFound)
             }
         }
     })

@@ -5,38 +5,22 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::{event, sql};
+use super::event::respan;
+use super::{Private, event, sql};
 use crate::internals::ast::{Container, Field};
 use crate::internals::attr::ContextSource;
-use crate::internals::case::to_snake_case;
-
-/// The model's insert, update and delete event names, defaults applied.
-pub fn event_names(container: &Container) -> [String; 3] {
-    let attrs = &container.attrs;
-    let snake = to_snake_case(&container.ident.to_string());
-    let event_name = |explicit: &Option<crate::internals::attr::Spanned<String>>, suffix: &str| {
-        explicit
-            .as_ref()
-            .map_or_else(|| format!("{snake}_{suffix}"), |name| name.value.clone())
-    };
-    [
-        event_name(&attrs.insert_event, "created"),
-        event_name(&attrs.update_event, "updated"),
-        event_name(&attrs.delete_event, "deleted"),
-    ]
-}
 
 /// The items for `identify`, groups and `context` fields; none when the model uses none of
 /// them, so the trait's defaults apply.
 fn identity_items(container: &Container) -> TokenStream {
     let attrs = &container.attrs;
-    let private = quote!(::posthog_track::__private);
+    let private = Private;
     let mut items = Vec::new();
     if attrs.identify.is_some() {
         let person = container
             .fields
             .iter()
-            .filter(|field| event::is_person_field(field))
+            .filter(|field| field.is_person())
             .fold(0u128, |bits, field| bits | (1u128 << field.index));
         let person = Literal::u128_suffixed(person);
         let write_person = event::write_person_properties(container);
@@ -124,22 +108,24 @@ fn identity_items(container: &Container) -> TokenStream {
 pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let ident = container.ident;
     let attrs = &container.attrs;
-    let table = attrs
-        .table
-        .as_ref()
-        .map_or_else(String::new, |table| table.value.clone());
-    let [insert_event, update_event, delete_event] = event_names(container);
+    let private = Private;
+    let table = container.table();
+    let [insert_event, update_event, delete_event] = container.event_names();
     let sql_set = sql::sql_set(container);
     let table_variants = (!attrs.table_variants.is_empty()).then(|| {
         let variants = attrs.table_variants.iter().map(|variant| {
-            let (flag, name, table) = (&variant.flag.value, &variant.variant.value, &variant.table.value);
+            let (flag, name, table) = (
+                &variant.flag.value,
+                &variant.variant.value,
+                &variant.table.value,
+            );
             let sql = sql::sql_set_for(container, table);
             quote! {
-                ::posthog_track::__private::TableVariant { flag: #flag, variant: #name, table: #table, sql: #sql }
+                #private::TableVariant { flag: #flag, variant: #name, table: #table, sql: #sql }
             }
         });
         quote! {
-            const __TABLE_VARIANTS: &'static [::posthog_track::__private::TableVariant] = &[#(#variants),*];
+            const __TABLE_VARIANTS: &'static [#private::TableVariant] = &[#(#variants),*];
         }
     });
 
@@ -151,10 +137,13 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let tracked_updatable = Literal::u128_suffixed(tracked_updatable);
 
     let distinct_id = match &attrs.distinct_id {
-        Some(field) => quote_spanned! {field.span()=>
-            ::posthog_track::__private::ToDistinctId::to_distinct_id(&self.#field)
-        },
-        None => quote!(::posthog_track::__private::None),
+        Some(field) => {
+            let private = private.spanned(field.span());
+            quote_spanned! {field.span()=>
+                #private::ToDistinctId::to_distinct_id(&self.#field)
+            }
+        }
+        None => quote!(#private::None),
     };
 
     let identity = identity_items(container);
@@ -177,15 +166,20 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
                 }
             }
         });
-    let key_comparisons = container.fields.iter().filter(|f| f.is_key()).map(|field| {
+    let key_comparisons = container.keys().map(|field| {
         let name = field.ident;
         quote_spanned!(field.ty.span()=> && self.#name == __other.#name)
     });
+    let key_types: Vec<&syn::Type> = container.keys().map(|field| field.ty).collect();
+    let key = match key_types.as_slice() {
+        [ty] => quote!(#ty),
+        types => quote!((#(#types),*)),
+    };
 
-    let private = quote!(::posthog_track::__private);
     quote! {
         #[automatically_derived]
         impl #private::TrackedModel for #ident {
+            type Key = #key;
             const TABLE: &'static str = #table;
             const INSERT_EVENT: &'static str = #insert_event;
             const UPDATE_EVENT: &'static str = #update_event;
@@ -251,22 +245,21 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
 
 pub fn tracked_row_impl(container: &Container) -> TokenStream {
     let ident = container.ident;
-    let private = quote!(::posthog_track::__private);
+    let private = Private;
     let sqlx = quote!(#private::sqlx);
     let fields = &container.fields;
 
-    // Every field is either bound (inserted, updated, or a key in a WHERE) or read back; the
-    // bounds are on the database (see `Binds` in posthog-track for why).
-    let bounds = fields.iter().flat_map(|field| {
+    // Every field is read back (insert returns the row as stored, `load_for_update` reads
+    // it), and bound when it is inserted, updated, or a key in a WHERE; the bounds are on the
+    // database (see `Binds` in posthog-track for why).
+    let bounds = fields.iter().map(|field| {
         let ty = field.ty;
-        let encode = (!field.is_generated() || field.is_key()).then(|| {
-            // Every token spanned on the field's type, or rustc points at the derive.
-            super::event::respan(quote!(__DB: #private::Binds<#ty>,), ty.span())
-        });
-        let decode = field
-            .is_generated()
-            .then(|| super::event::respan(quote!(__DB: #private::Reads<#ty>,), ty.span()));
-        encode.into_iter().chain(decode)
+        // Every token spanned on the field's type, or rustc points at the derive.
+        if field.is_generated() && !field.is_key() {
+            respan(quote!(__DB: #private::Reads<#ty>,), ty.span())
+        } else {
+            respan(quote!(__DB: #private::Column<#ty>,), ty.span())
+        }
     });
 
     let bind = |field: &Field| {
@@ -276,7 +269,7 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
     };
     let bind_insert = fields.iter().filter(|f| !f.is_generated()).map(bind);
     let bind_update = fields.iter().filter(|f| f.is_updatable()).map(bind);
-    let bind_key = fields.iter().filter(|f| f.is_key()).map(bind);
+    let bind_key = container.keys().map(bind);
     let bind_changed = fields.iter().filter(|f| f.is_updatable()).map(|field| {
         let bind = bind(field);
         let index = field.index;
@@ -286,18 +279,25 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
             }
         }
     });
-    let read_generated =
-        fields
-            .iter()
-            .filter(|f| f.is_generated())
-            .enumerate()
-            .map(|(position, field)| {
-                let name = field.ident;
-                let ty = field.ty;
-                quote! {
-                    self.#name = <__DB as #private::Reads<#ty>>::read_column(__row, #position)?;
-                }
-            });
+    let keys: Vec<&Field> = container.keys().collect();
+    let bind_key_value = keys.iter().enumerate().map(|(position, field)| {
+        let ty = field.ty;
+        let value = if keys.len() == 1 {
+            quote!(__key)
+        } else {
+            let position = syn::Index::from(position);
+            quote!(&__key.#position)
+        };
+        quote!(__query = <__DB as #private::Binds<#ty>>::bind_column(__query, #value);)
+    });
+    // The SQL selects every column in field order.
+    let read_fields = fields.iter().enumerate().map(|(position, field)| {
+        let name = field.ident;
+        let ty = field.ty;
+        quote! {
+            #name: <__DB as #private::Reads<#ty>>::read_column(__row, #position)?
+        }
+    });
 
     quote! {
         #[automatically_derived]
@@ -339,12 +339,20 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
                 __query
             }
 
-            fn __read_generated(
-                &mut self,
+            fn __bind_key_value(
+                __key: &<Self as #private::TrackedModel>::Key,
+                mut __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                #(#bind_key_value)*
+                __query
+            }
+
+            fn __from_row(
                 __row: &<__DB as #sqlx::Database>::Row,
-            ) -> #private::Result<(), #sqlx::Error> {
-                #(#read_generated)*
-                #private::Ok(())
+            ) -> #private::Result<Self, #sqlx::Error> {
+                #private::Ok(Self {
+                    #(#read_fields,)*
+                })
             }
         }
     }

@@ -4,20 +4,29 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 
-use super::model::event_names;
+use super::Private;
 use crate::internals::ast::{Container, doc_comment, unraw};
 use crate::internals::attr::DecisionKind;
 
 pub fn plan_registration(container: &Container) -> TokenStream {
-    let private = quote!(::posthog_track::__private);
+    let private = Private;
     let model = unraw(container.ident);
-    let table = container
-        .attrs
-        .table
-        .as_ref()
-        .map_or_else(String::new, |table| table.value.clone());
+    let table = container.table();
     let description = doc_comment(&container.original.attrs);
-    let [insert_event, update_event, delete_event] = event_names(container);
+    let [insert_event, update_event, delete_event] = container.event_names();
+    let attrs = &container.attrs;
+    let identify = attrs.identify.is_some();
+    let group_type = match &attrs.group_type {
+        Some(group_type) => {
+            let group_type = &group_type.value;
+            quote!(#private::Some(#group_type))
+        }
+        None => quote!(#private::None),
+    };
+    let groups = container
+        .fields
+        .iter()
+        .filter_map(|field| Some(&field.attrs.group.as_ref()?.value));
     let fields = container.fields.iter().map(|field| {
         let name = unraw(field.ident);
         let property = match field.property_name() {
@@ -25,10 +34,12 @@ pub fn plan_registration(container: &Container) -> TokenStream {
             None => quote!(#private::None),
         };
         let rust_type = field.ty.to_token_stream().to_string();
-        let person: u8 = match field.decision() {
-            Some(DecisionKind::Person) => 1,
-            Some(DecisionKind::PersonOnce) => 2,
-            _ => 0,
+        let person = if field.is_person_set() {
+            quote!(#private::Some(#private::PersonProperty::Set))
+        } else if field.is_person_set_once() {
+            quote!(#private::Some(#private::PersonProperty::SetOnce))
+        } else {
+            quote!(#private::None)
         };
         let key = field.is_key();
         let skip_reason = match field.decision() {
@@ -63,6 +74,9 @@ pub fn plan_registration(container: &Container) -> TokenStream {
                 insert_event: #insert_event,
                 update_event: #update_event,
                 delete_event: #delete_event,
+                identify: #identify,
+                group_type: #group_type,
+                groups: &[#(#groups),*],
                 fields: &[#(#fields),*],
             })
         }

@@ -3,53 +3,22 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
+use super::Private;
 use crate::internals::ast::{Container, Field};
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    Postgres,
-    MySql,
-    Sqlite,
-}
-
-impl Dialect {
-    /// Quotes an identifier; a dotted name (`schema.table`) is quoted part by part.
-    fn quote(self, name: &str) -> String {
-        let (open, close) = match self {
-            Dialect::MySql => ('`', "``"),
-            Dialect::Postgres | Dialect::Sqlite => ('"', "\"\""),
-        };
-        name.split('.')
-            .map(|part| format!("{open}{}{open}", part.replace(open, close)))
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-
-    fn placeholder(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!("${n}"),
-            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
-        }
-    }
-}
+use crate::internals::dialect::Dialect;
+use crate::internals::migrations::types;
 
 /// `&SqlSet { postgres, mysql, sqlite }` for the model's own table.
 pub fn sql_set(container: &Container) -> TokenStream {
-    let table = container
-        .attrs
-        .table
-        .as_ref()
-        .map_or("", |table| table.value.as_str());
-    sql_set_for(container, table)
+    sql_set_for(container, container.table())
 }
 
 /// `&SqlSet { postgres, mysql, sqlite }` writing the model's columns to `table`.
 pub fn sql_set_for(container: &Container, table: &str) -> TokenStream {
-    let postgres = model_sql(container, table, Dialect::Postgres);
-    let mysql = model_sql(container, table, Dialect::MySql);
-    let sqlite = model_sql(container, table, Dialect::Sqlite);
+    let [postgres, mysql, sqlite] =
+        Dialect::ALL.map(|dialect| model_sql(container, table, dialect));
     quote! {
-        &::posthog_track::__private::SqlSet {
+        &#Private::SqlSet {
             postgres: #postgres,
             mysql: #mysql,
             sqlite: #sqlite,
@@ -57,67 +26,22 @@ pub fn sql_set_for(container: &Container, table: &str) -> TokenStream {
     }
 }
 
+/// Why MySQL cannot read back a generated key of this type: LAST_INSERT_ID() only reports an
+/// AUTO_INCREMENT value, and only integer columns are AUTO_INCREMENT.
+const NOT_AUTO_INCREMENT: &str = "a generated key is read back with the insert's \
+    AUTO_INCREMENT id (MySQL has no RETURNING), and only an integer AUTO_INCREMENT column has \
+    one; make the key an integer AUTO_INCREMENT column, or give it its value in Rust (e.g. \
+    `Uuid::now_v7()`) and remove `generated`";
+
 fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStream {
     let table = dialect.quote(table);
     let fields = &container.fields;
-    let column = |field: &&Field| dialect.quote(&field.column());
+    let column = |field: &Field| dialect.quote(&field.column());
     let inserted: Vec<&Field> = fields.iter().filter(|f| !f.is_generated()).collect();
-    let generated: Vec<&Field> = fields.iter().filter(|f| f.is_generated()).collect();
-    let keys: Vec<&Field> = fields.iter().filter(|f| f.is_key()).collect();
+    let keys: Vec<&Field> = container.keys().collect();
     let updatable: Vec<&Field> = fields.iter().filter(|f| f.is_updatable()).collect();
-
-    let mut insert = if inserted.is_empty() {
-        match dialect {
-            Dialect::MySql => format!("INSERT INTO {table} () VALUES ()"),
-            Dialect::Postgres | Dialect::Sqlite => format!("INSERT INTO {table} DEFAULT VALUES"),
-        }
-    } else {
-        let columns: Vec<String> = inserted.iter().map(&column).collect();
-        let values: Vec<String> = (1..=inserted.len())
-            .map(|n| dialect.placeholder(n))
-            .collect();
-        format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
-            columns.join(", "),
-            values.join(", ")
-        )
-    };
-    let generated_columns: Vec<String> = generated.iter().map(&column).collect();
-
-    let mut insert_returns_generated = false;
-    let mut select_generated = None;
-    let mut select_generated_binds_key = false;
-    let mut insert_unsupported = None;
-    if !generated.is_empty() {
-        if dialect == Dialect::MySql {
-            // MySQL has no RETURNING: find the row again, by the AUTO_INCREMENT value when the
-            // key is generated, otherwise by the key we just wrote.
-            let generated_keys = keys.iter().filter(|f| f.is_generated()).count();
-            let select = format!(
-                "SELECT {} FROM {table} WHERE ",
-                generated_columns.join(", ")
-            );
-            if generated_keys == 0 {
-                let conditions: Vec<String> = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| format!("{} = {}", column(f), dialect.placeholder(i + 1)))
-                    .collect();
-                select_generated = Some(select + &conditions.join(" AND "));
-                select_generated_binds_key = true;
-            } else if keys.len() == 1 {
-                select_generated = Some(format!("{select}{} = LAST_INSERT_ID()", column(&keys[0])));
-            } else {
-                insert_unsupported = Some(
-                    "MySQL can only read back generated columns when the key is a single \
-                     AUTO_INCREMENT column or is not generated at all",
-                );
-            }
-        } else {
-            insert = format!("{insert} RETURNING {}", generated_columns.join(", "));
-            insert_returns_generated = true;
-        }
-    }
+    let columns: Vec<String> = fields.iter().map(column).collect();
+    let all_columns = columns.join(", ");
 
     let where_keys = |first: usize| -> String {
         keys.iter()
@@ -126,35 +50,96 @@ fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStrea
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    let update = if updatable.is_empty() {
-        None
+
+    let mut insert = if inserted.is_empty() {
+        match dialect {
+            Dialect::MySql => format!("INSERT INTO {table} () VALUES ()"),
+            Dialect::Postgres | Dialect::Sqlite => format!("INSERT INTO {table} DEFAULT VALUES"),
+        }
     } else {
+        let names: Vec<String> = inserted.iter().map(|f| column(f)).collect();
+        let values: Vec<String> = (1..=inserted.len())
+            .map(|n| dialect.placeholder(n))
+            .collect();
+        format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            names.join(", "),
+            values.join(", ")
+        )
+    };
+
+    // The row comes back as the database stored it: every column, not just the generated ones
+    // (a timestamp keeps the database's precision, a string its collation's padding).
+    let mut insert_returns_row = false;
+    let mut select_inserted = None;
+    let mut select_inserted_by_insert_id = false;
+    let mut insert_unsupported = None;
+    let mut auto_increment_key = None;
+    if dialect == Dialect::MySql {
+        // No RETURNING: find the row again, by the insert's AUTO_INCREMENT id when the key is
+        // generated, otherwise by the key just written.
+        let select = format!("SELECT {all_columns} FROM {table} WHERE ");
+        let generated_keys = keys.iter().filter(|f| f.is_generated()).count();
+        match container.generated_key() {
+            _ if generated_keys == 0 => select_inserted = Some(select + &where_keys(1)),
+            Some(key) if types::is_integer(key.ty) == Some(false) => {
+                insert_unsupported = Some(NOT_AUTO_INCREMENT);
+            }
+            Some(key) => {
+                select_inserted = Some(format!("{select}{} = ?", column(key)));
+                select_inserted_by_insert_id = true;
+                auto_increment_key = Some(key.column());
+            }
+            None => {
+                insert_unsupported = Some(
+                    "MySQL can only read back an inserted row when the key is a single \
+                     AUTO_INCREMENT column or is not generated at all",
+                );
+            }
+        }
+    } else {
+        insert = format!("{insert} RETURNING {all_columns}");
+        insert_returns_row = true;
+    }
+
+    let update = (!updatable.is_empty()).then(|| {
         let assignments: Vec<String> = updatable
             .iter()
             .enumerate()
             .map(|(i, f)| format!("{} = {}", column(f), dialect.placeholder(i + 1)))
             .collect();
-        Some(format!(
+        format!(
             "UPDATE {table} SET {} WHERE {}",
             assignments.join(", "),
             where_keys(updatable.len() + 1)
-        ))
-    };
+        )
+    });
     let delete = format!("DELETE FROM {table} WHERE {}", where_keys(1));
+    let lock = match dialect {
+        Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
+        // SQLite locks the whole database when the transaction first writes.
+        Dialect::Sqlite => "",
+    };
+    let select_for_update = format!(
+        "SELECT {all_columns} FROM {table} WHERE {}{lock}",
+        where_keys(1)
+    );
     let update_prefix = format!("UPDATE {table} SET ");
-    let columns: Vec<String> = fields.iter().map(|f| column(&f)).collect();
-    let key_columns: Vec<String> = keys.iter().map(&column).collect();
+    let key_columns: Vec<String> = keys.iter().map(|f| column(f)).collect();
 
-    let select_generated = option(select_generated.as_deref());
+    let select_inserted = option(select_inserted.as_deref());
     let insert_unsupported = option(insert_unsupported);
+    let auto_increment_key = option(auto_increment_key.as_deref());
     let update = option(update.as_deref());
     quote! {
-        ::posthog_track::__private::ModelSql {
+        #Private::ModelSql {
             insert: #insert,
-            insert_returns_generated: #insert_returns_generated,
-            select_generated: #select_generated,
-            select_generated_binds_key: #select_generated_binds_key,
+            insert_returns_row: #insert_returns_row,
+            select_inserted: #select_inserted,
+            select_inserted_by_insert_id: #select_inserted_by_insert_id,
             insert_unsupported: #insert_unsupported,
+            auto_increment_key: #auto_increment_key,
+            select_for_update: #select_for_update,
             update: #update,
             delete: #delete,
             update_prefix: #update_prefix,
@@ -166,25 +151,7 @@ fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStrea
 
 fn option(value: Option<&str>) -> TokenStream {
     match value {
-        Some(value) => quote!(::posthog_track::__private::Some(#value)),
-        None => quote!(::posthog_track::__private::None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Dialect;
-
-    #[test]
-    fn quoting_doubles_the_quote_character() {
-        assert_eq!(Dialect::Postgres.quote("user\"s"), "\"user\"\"s\"");
-        assert_eq!(Dialect::MySql.quote("user`s"), "`user``s`");
-        assert_eq!(Dialect::Sqlite.quote("app.users"), "\"app\".\"users\"");
-    }
-
-    #[test]
-    fn placeholders() {
-        assert_eq!(Dialect::Postgres.placeholder(3), "$3");
-        assert_eq!(Dialect::MySql.placeholder(3), "?");
+        Some(value) => quote!(#Private::Some(#value)),
+        None => quote!(#Private::None),
     }
 }

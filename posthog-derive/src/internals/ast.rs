@@ -4,8 +4,33 @@
 use proc_macro2::Span;
 use syn::{Data, DeriveInput, Fields, Ident, Type};
 
-use super::attr;
+use super::attr::{self, DecisionKind};
+use super::case::to_snake_case;
 use super::ctxt::Ctxt;
+
+/// Which derive is running: the two share the struct-shape rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Derive {
+    TrackedModel,
+    EventSchema,
+}
+
+impl Derive {
+    pub fn name(self) -> &'static str {
+        match self {
+            Derive::TrackedModel => "TrackedModel",
+            Derive::EventSchema => "EventSchema",
+        }
+    }
+
+    /// What each named field of the struct stands for.
+    fn field_purpose(self) -> &'static str {
+        match self {
+            Derive::TrackedModel => "each named field is a column",
+            Derive::EventSchema => "each named field is an event property",
+        }
+    }
+}
 
 /// A struct deriving `TrackedModel`.
 pub struct Container<'a> {
@@ -29,15 +54,13 @@ pub struct Field<'a> {
 impl<'a> Container<'a> {
     /// Reads the struct, reporting shapes the derive cannot handle. `None` when there is no
     /// struct with named fields to work on.
-    pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput, derive: &str) -> Option<Self> {
-        let fields = named_fields(cx, input, derive)?;
+    pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
+        let fields = named_fields(cx, input, Derive::TrackedModel)?;
         if let Some(param) = input.generics.params.first() {
             cx.error_spanned_by(
                 param,
-                format!(
-                    "#[derive({derive})] does not support generic parameters: the SQL and the event \
-                     mapping are fixed at compile time for one concrete struct"
-                ),
+                "#[derive(TrackedModel)] does not support generic parameters: the SQL and the \
+                 event mapping are fixed at compile time for one concrete struct",
             );
         }
         let attrs = attr::Container::from_ast(cx, &input.attrs);
@@ -67,7 +90,7 @@ impl<'a> Container<'a> {
 pub fn named_fields<'a>(
     cx: &Ctxt,
     input: &'a DeriveInput,
-    derive: &str,
+    derive: Derive,
 ) -> Option<&'a syn::punctuated::Punctuated<syn::Field, syn::Token![,]>> {
     let (span, what) = match &input.data {
         Data::Struct(data) => match &data.fields {
@@ -78,16 +101,59 @@ pub fn named_fields<'a>(
         Data::Enum(data) => (data.enum_token.span, "an enum"),
         Data::Union(data) => (data.union_token.span, "a union"),
     };
-    let purpose = if derive == "TrackedModel" {
-        "each named field is a column"
-    } else {
-        "each named field is an event property"
-    };
     cx.error_at(
         span,
-        format!("#[derive({derive})] needs a struct with named fields ({purpose}), not {what}"),
+        format!(
+            "#[derive({})] needs a struct with named fields ({}), not {what}",
+            derive.name(),
+            derive.field_purpose()
+        ),
     );
     None
+}
+
+impl Container<'_> {
+    /// The model's own table; empty when missing (`check` reported it).
+    pub fn table(&self) -> &str {
+        self.attrs
+            .table
+            .as_ref()
+            .map_or("", |table| table.value.as_str())
+    }
+
+    /// The insert, update and delete event names, defaults applied.
+    pub fn event_names(&self) -> [String; 3] {
+        let attrs = &self.attrs;
+        let snake = to_snake_case(&self.ident.to_string());
+        let event_name = |explicit: &Option<attr::Spanned<String>>, suffix: &str| {
+            explicit
+                .as_ref()
+                .map_or_else(|| format!("{snake}_{suffix}"), |name| name.value.clone())
+        };
+        [
+            event_name(&attrs.insert_event, "created"),
+            event_name(&attrs.update_event, "updated"),
+            event_name(&attrs.delete_event, "deleted"),
+        ]
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Field<'_>> + Clone {
+        self.fields.iter().filter(|field| field.is_key())
+    }
+
+    /// The key the database generates, when the key is a single generated field.
+    pub fn generated_key(&self) -> Option<&Field<'_>> {
+        let mut keys = self.keys();
+        match (keys.next(), keys.next()) {
+            (Some(key), None) if key.is_generated() => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The fields sent to PostHog.
+    pub fn tracked(&self) -> impl Iterator<Item = &Field<'_>> + Clone {
+        self.fields.iter().filter(|field| field.is_tracked())
+    }
 }
 
 impl Field<'_> {
@@ -142,6 +208,47 @@ impl Field<'_> {
     pub fn is_tracked(&self) -> bool {
         self.property_name().is_some()
     }
+
+    /// A `$set` person property.
+    pub fn is_person_set(&self) -> bool {
+        matches!(self.decision(), Some(DecisionKind::Person))
+    }
+
+    /// A `$set_once` person property.
+    pub fn is_person_set_once(&self) -> bool {
+        matches!(self.decision(), Some(DecisionKind::PersonOnce))
+    }
+
+    /// A `person` or `person_once` field.
+    pub fn is_person(&self) -> bool {
+        self.is_person_set() || self.is_person_set_once()
+    }
+
+    /// The field of the event schema the property maps to; `None` for a skipped field, or
+    /// when the property name cannot be a Rust field name (`check` reports that).
+    pub fn schema_ident(&self) -> Option<Ident> {
+        property_ident(&self.property_name()?, self.property_span())
+    }
+}
+
+/// The Rust field a property name maps to, when the name can be one: `plan` -> `plan`,
+/// `type` -> `r#type`; `None` for `plan-name` or `area_m²` (`²` is alphanumeric, but not a
+/// character an identifier may hold).
+pub fn property_ident(name: &str, span: Span) -> Option<Ident> {
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    // Checked before `Ident::new`, which panics on what is not an identifier.
+    let is_identifier = (unicode_ident::is_xid_start(first) || first == '_')
+        && chars.all(unicode_ident::is_xid_continue)
+        && !matches!(name, "_" | "self" | "Self" | "super" | "crate");
+    if !is_identifier {
+        return None;
+    }
+    Some(match syn::parse_str::<Ident>(name) {
+        Ok(_) => Ident::new(name, span),
+        // A keyword, such as a field `r#type` sent as `type`.
+        Err(_) => Ident::new_raw(name, span),
+    })
 }
 
 /// `r#type` -> `type`.

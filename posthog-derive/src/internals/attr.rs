@@ -165,7 +165,7 @@ impl Container {
         let mut container = Container::default();
         for attr in attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE)) {
             let result = attr.parse_nested_meta(|meta| {
-                let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                let Some(key) = key_of(&meta) else {
                     container.incomplete = true;
                     return unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS);
                 };
@@ -238,7 +238,7 @@ impl Field {
             .filter(|attr| attr.path().is_ident(ATTRIBUTE))
         {
             let result = attr.parse_nested_meta(|meta| {
-                let Some(key) = meta.path.get_ident().map(Ident::to_string) else {
+                let Some(key) = key_of(&meta) else {
                     parsed.incomplete = true;
                     return unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS);
                 };
@@ -315,10 +315,7 @@ fn push_decision(
     kind: DecisionKind,
     rename: Option<Spanned<String>>,
 ) {
-    let span = meta
-        .path
-        .get_ident()
-        .map_or_else(Span::call_site, Ident::span);
+    let span = key_span(meta);
     if let Some(first) = decisions.first() {
         let message = if first.kind.keyword() == kind.keyword() {
             format!("`{}` is written twice; keep one", kind.keyword())
@@ -337,10 +334,7 @@ fn push_decision(
 /// `table_variant(flag = "documents-v2", variant = "test", table = "documents_v2")`; `None`
 /// when it was reported incomplete.
 fn parse_table_variant(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<TableVariant>> {
-    let span = meta
-        .path
-        .get_ident()
-        .map_or_else(Span::call_site, Ident::span);
+    let span = key_span(meta);
     let (mut flag, mut variant, mut table) = (None, None, None);
     meta.parse_nested_meta(|inner| {
         match key_name(&inner).as_str() {
@@ -370,19 +364,11 @@ fn parse_table_variant(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<
 
 /// `None` when the milestone was reported unusable; the keys after it are still read.
 fn parse_milestone(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Milestone>> {
-    let span = meta
-        .path
-        .get_ident()
-        .map_or_else(Span::call_site, Ident::span);
+    let span = key_span(meta);
     let mut event = None;
     let mut when = None;
     meta.parse_nested_meta(|inner| {
-        let key = inner
-            .path
-            .get_ident()
-            .map(Ident::to_string)
-            .unwrap_or_default();
-        match key.as_str() {
+        match key_name(&inner).as_str() {
             "event" => set_once(cx, &inner, &mut event, parse_string(&inner)?),
             "when" => {
                 let path: Path = parse_name(
@@ -486,24 +472,28 @@ fn value_error(meta: &ParseNestedMeta, message: String) -> syn::Error {
     }
 }
 
+/// The key of `key`, `key = value` or `key(...)`; `None` for a path such as `a::b`, which no
+/// key is.
+fn key_of(meta: &ParseNestedMeta) -> Option<String> {
+    meta.path.get_ident().map(Ident::to_string)
+}
+
+/// The key, or an empty name for a path (already reported as unknown).
 fn key_name(meta: &ParseNestedMeta) -> String {
+    key_of(meta).unwrap_or_default()
+}
+
+/// Where the key is written, for errors about it.
+fn key_span(meta: &ParseNestedMeta) -> Span {
     meta.path
         .get_ident()
-        .map(Ident::to_string)
-        .unwrap_or_default()
+        .map_or_else(Span::call_site, Ident::span)
 }
 
 fn flag(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<Span>) {
-    let span = meta
-        .path
-        .get_ident()
-        .map_or_else(Span::call_site, Ident::span);
+    let span = key_span(meta);
     if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
-        let name = meta
-            .path
-            .get_ident()
-            .map(Ident::to_string)
-            .unwrap_or_default();
+        let name = key_name(meta);
         cx.error_at(
             span,
             format!("`{name}` takes no value: write `#[tracked({name})]`"),
@@ -515,11 +505,7 @@ fn flag(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<Span>) {
 
 fn set_once<T>(cx: &Ctxt, meta: &ParseNestedMeta, slot: &mut Option<T>, value: T) {
     if slot.is_some() {
-        let name = meta
-            .path
-            .get_ident()
-            .map(Ident::to_string)
-            .unwrap_or_default();
+        let name = key_name(meta);
         cx.error_spanned_by(&meta.path, format!("`{name}` is written twice; keep one"));
     } else {
         *slot = Some(value);
@@ -533,18 +519,14 @@ fn unknown_key(
     place: &str,
     elsewhere: &[&str],
 ) -> syn::Result<()> {
-    let name = meta
-        .path
-        .get_ident()
-        .map(Ident::to_string)
-        .unwrap_or_else(|| {
-            meta.path
-                .segments
-                .iter()
-                .map(|s| s.ident.to_string())
-                .collect::<Vec<_>>()
-                .join("::")
-        });
+    let name = key_of(meta).unwrap_or_else(|| {
+        meta.path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect::<Vec<_>>()
+            .join("::")
+    });
     let message = if elsewhere.contains(&name.as_str()) {
         let other = if place == "a field" {
             "the struct"

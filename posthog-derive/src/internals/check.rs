@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use proc_macro2::Span;
 
-use super::ast::{Container, Field, unraw};
+use super::ast::{Container, Field, property_ident, unraw};
 use super::attr::{ContextSource, DecisionKind, Spanned};
 use super::case::did_you_mean;
 use super::ctxt::Ctxt;
@@ -360,7 +360,7 @@ fn check_property_names(cx: &Ctxt, container: &Container) {
             );
             continue;
         }
-        if schema_mode && crate::expand::schema::property_ident(&name, span).is_none() {
+        if schema_mode && property_ident(&name, span).is_none() {
             cx.error_at(
                 span,
                 format!(

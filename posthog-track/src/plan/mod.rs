@@ -38,7 +38,33 @@ pub struct ModelPlan {
     pub insert_event: &'static str,
     pub update_event: &'static str,
     pub delete_event: &'static str,
+    /// `identify`: inserts and person-property changes send `$identify`.
+    pub identify: bool,
+    /// `group_type`: the model is a group, and its writes send `$groupidentify`.
+    pub group_type: Option<&'static str>,
+    /// The group types of its `group = "..."` fields.
+    pub groups: &'static [&'static str],
     pub fields: &'static [FieldPlan],
+}
+
+/// Where a `person` or `person_once` field's value goes besides the event (not public API).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersonProperty {
+    /// `$set`.
+    Set,
+    /// `$set_once`.
+    SetOnce,
+}
+
+impl PersonProperty {
+    /// The plan's name for it.
+    fn name(self) -> &'static str {
+        match self {
+            PersonProperty::Set => "set",
+            PersonProperty::SetOnce => "set_once",
+        }
+    }
 }
 
 /// What the derive records about a field (not public API).
@@ -49,8 +75,8 @@ pub struct FieldPlan {
     /// `None` for a skipped field.
     pub property: Option<&'static str>,
     pub rust_type: &'static str,
-    /// 0: event property only, 1: also `$set`, 2: also `$set_once`.
-    pub person: u8,
+    /// Also a person property.
+    pub person: Option<PersonProperty>,
     pub key: bool,
     pub skip_reason: Option<&'static str>,
     pub milestones: &'static [&'static str],
@@ -77,7 +103,8 @@ pub struct TrackingPlan {
 pub struct PlannedEvent {
     /// The event's name.
     pub event: String,
-    /// The write that sends it: `insert`, `update`, `delete` or `milestone`.
+    /// The write that sends it: `insert`, `update`, `delete` or `milestone`; for PostHog's
+    /// own events, `identify` (`$identify`) or `group_identify` (`$groupidentify`).
     pub trigger: String,
     /// The Rust model.
     pub model: String,
@@ -145,11 +172,15 @@ impl TrackingPlan {
             .iter()
             .filter(|f| f.property.is_some())
             .collect();
+        // Every event of a grouped model carries `$groups`.
+        let groups = (model.group_type.is_some() || !model.groups.is_empty())
+            .then(|| special_property("$groups", "object", true));
         let every = |always: &dyn Fn(&FieldPlan) -> bool, include: &dyn Fn(&FieldPlan) -> bool| {
             tracked
                 .iter()
                 .filter(|f| include(f))
                 .map(|f| property(f, always(f)))
+                .chain(groups.clone())
                 .collect::<Vec<_>>()
         };
         let event = |name: &str, trigger: &str, properties: Vec<PlannedProperty>| PlannedEvent {
@@ -157,7 +188,12 @@ impl TrackingPlan {
             trigger: trigger.to_owned(),
             model: model.model.to_owned(),
             table: model.table.to_owned(),
-            description: model.description.to_owned(),
+            // PostHog's own events keep PostHog's descriptions.
+            description: if name.starts_with('$') {
+                String::new()
+            } else {
+                model.description.to_owned()
+            },
             properties,
         };
         self.events.push(event(
@@ -182,9 +218,26 @@ impl TrackingPlan {
                 let mut previous = property(field, true);
                 previous.name = format!("previous_{}", previous.name);
                 previous.person = None;
-                properties.push(previous);
+                properties.insert(properties.len() - usize::from(groups.is_some()), previous);
                 self.events.push(event(milestone, "milestone", properties));
             }
+        }
+        if model.identify {
+            // The person properties alone: all of them at insert, the changed ones at update,
+            // and an absent value is left out, so none is always there.
+            let mut properties = vec![special_property("$anon_distinct_id", "string", false)];
+            properties.extend(every(&|_| false, &|f| f.person.is_some()));
+            self.events.push(event("$identify", "identify", properties));
+        }
+        if model.group_type.is_some() {
+            let mut properties = vec![
+                special_property("$group_type", "string", true),
+                special_property("$group_key", "string", true),
+                special_property("$group_set", "object", true),
+            ];
+            properties.extend(groups.clone());
+            self.events
+                .push(event("$groupidentify", "group_identify", properties));
         }
         for field in model.fields.iter().filter(|f| f.property.is_none()) {
             self.skipped.push(SkippedField {
@@ -261,12 +314,20 @@ fn property(field: &FieldPlan, always: bool) -> PlannedProperty {
         json_type: json_type.to_owned(),
         nullable,
         always,
-        person: match field.person {
-            1 => Some("set".to_owned()),
-            2 => Some("set_once".to_owned()),
-            _ => None,
-        },
+        person: field.person.map(|person| person.name().to_owned()),
         description: field.description.to_owned(),
+    }
+}
+
+/// A property of PostHog's own (`$groups`, `$group_set`, ...).
+fn special_property(name: &str, json_type: &str, always: bool) -> PlannedProperty {
+    PlannedProperty {
+        name: name.to_owned(),
+        json_type: json_type.to_owned(),
+        nullable: false,
+        always,
+        person: None,
+        description: String::new(),
     }
 }
 

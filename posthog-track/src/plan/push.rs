@@ -295,7 +295,8 @@ pub fn definition_changes(
             .entry(&event.event)
             .or_default()
             .describe(&event.description);
-        for property in &event.properties {
+        // PostHog's own properties (`$groups`, `$anon_distinct_id`) keep PostHog's definitions.
+        for property in event.properties.iter().filter(|p| !p.name.starts_with('$')) {
             let wanted = wanted_properties.entry(&property.name).or_default();
             wanted.describe(&property.description);
             wanted.typed(posthog_property_type(&property.json_type));

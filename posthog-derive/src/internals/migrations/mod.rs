@@ -7,7 +7,7 @@
 //! `cargo:rerun-if-changed=migrations`, which is how `sqlx::migrate!` handles it too.
 
 mod schema;
-mod types;
+pub mod types;
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +17,8 @@ use super::ast::{Container, Field, unraw};
 use super::attr::Spanned;
 use super::case::did_you_mean;
 use super::ctxt::Ctxt;
+use super::dialect::{self, Dialect};
 use schema::{Schema, Table, normalize_str};
-use types::{DIALECTS, Dialect};
 
 /// Applies the migrations rules; returns the files read, for the rebuild trigger.
 pub fn check(cx: &Ctxt, container: &Container) -> Vec<PathBuf> {
@@ -40,23 +40,29 @@ pub fn check(cx: &Ctxt, container: &Container) -> Vec<PathBuf> {
         }
         return Vec::new();
     };
-    let Some(dialect) = dialect(cx, attrs.migrations_dialect.as_ref()) else {
+    let Some(dialect) = parse_dialect(cx, attrs.migrations_dialect.as_ref()) else {
         return Vec::new();
     };
     let Some((schema, files)) = load(cx, directory, dialect) else {
         return Vec::new();
     };
-    let mut tables = vec![attrs.table.as_ref()];
-    tables.extend(
+    let mut names = vec![attrs.table.as_ref()];
+    names.extend(
         attrs
             .table_variants
             .iter()
             .map(|variant| Some(&variant.table)),
     );
-    for table_name in tables.into_iter().flatten() {
+    let mut tables = Vec::new();
+    let mut all_found = true;
+    for table_name in names.into_iter().flatten() {
         match schema.table(&table_name.value) {
-            Some(table) => check_table(cx, container, &table_name.value, table, dialect),
+            Some(table) => {
+                check_table(cx, container, &table_name.value, table, dialect);
+                tables.push((table_name.value.as_str(), table));
+            }
             None => {
+                all_found = false;
                 let known = schema.tables.keys().map(String::as_str);
                 let hint = match did_you_mean(&table_name.value, known) {
                     Some(name) => format!("; did you mean `{name}`?"),
@@ -72,17 +78,20 @@ pub fn check(cx: &Ctxt, container: &Container) -> Vec<PathBuf> {
             }
         }
     }
+    check_untracked_columns(cx, container, &tables, all_found);
     files
 }
 
-fn dialect(cx: &Ctxt, name: Option<&Spanned<String>>) -> Option<Dialect> {
+/// `Some(None)` without `migrations_dialect` (the generic parser); `None` after reporting an
+/// unknown name.
+fn parse_dialect(cx: &Ctxt, name: Option<&Spanned<String>>) -> Option<Option<Dialect>> {
     let Some(name) = name else {
-        return Some(Dialect::Generic);
+        return Some(None);
     };
     if let Some(dialect) = Dialect::from_name(&name.value) {
-        return Some(dialect);
+        return Some(Some(dialect));
     }
-    let hint = match did_you_mean(&name.value, DIALECTS.iter().copied()) {
+    let hint = match did_you_mean(&name.value, dialect::NAMES.iter().copied()) {
         Some(suggestion) => format!("did you mean `{suggestion}`? "),
         None => String::new(),
     };
@@ -100,7 +109,7 @@ fn dialect(cx: &Ctxt, name: Option<&Spanned<String>>) -> Option<Dialect> {
 fn load(
     cx: &Ctxt,
     directory: &Spanned<String>,
-    dialect: Dialect,
+    dialect: Option<Dialect>,
 ) -> Option<(Schema, Vec<PathBuf>)> {
     let Some(path) = resolve(directory) else {
         cx.error_at(
@@ -149,7 +158,7 @@ fn load(
                 return None;
             }
         };
-        match sqlparser::parser::Parser::parse_sql(&*dialect.parser(), &sql) {
+        match sqlparser::parser::Parser::parse_sql(&*Dialect::parser(dialect), &sql) {
             Ok(statements) => schema.apply(statements, &name, dialect),
             Err(error) => {
                 cx.error_at(
@@ -202,16 +211,20 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn dialect_label(dialect: Dialect) -> &'static str {
+fn dialect_label(dialect: Option<Dialect>) -> &'static str {
     match dialect {
-        Dialect::Postgres => "PostgreSQL",
-        Dialect::MySql => "MySQL",
-        Dialect::Sqlite => "SQLite",
-        Dialect::Generic => "generic (set `migrations_dialect` for your database's syntax)",
+        Some(dialect) => dialect.label(),
+        None => "generic (set `migrations_dialect` for your database's syntax)",
     }
 }
 
-fn check_table(cx: &Ctxt, container: &Container, name: &str, table: &Table, dialect: Dialect) {
+fn check_table(
+    cx: &Ctxt,
+    container: &Container,
+    name: &str,
+    table: &Table,
+    dialect: Option<Dialect>,
+) {
     for field in &container.fields {
         check_field(cx, name, table, field, dialect);
     }
@@ -219,7 +232,13 @@ fn check_table(cx: &Ctxt, container: &Container, name: &str, table: &Table, dial
     check_primary_key(cx, container, name, table);
 }
 
-fn check_field(cx: &Ctxt, table_name: &str, table: &Table, field: &Field, dialect: Dialect) {
+fn check_field(
+    cx: &Ctxt,
+    table_name: &str,
+    table: &Table,
+    field: &Field,
+    dialect: Option<Dialect>,
+) {
     let column_name = field.column();
     let Some(column) = table.column(&column_name) else {
         let known = table.columns.iter().map(|column| column.name.as_str());
@@ -277,6 +296,22 @@ fn check_field(cx: &Ctxt, table_name: &str, table: &Table, field: &Field, dialec
             ),
         );
     }
+    if let Some(generated) = field.attrs.generated
+        && field.is_key()
+        && dialect == Some(Dialect::MySql)
+        && !column.auto_increment
+    {
+        cx.error_at(
+            generated,
+            format!(
+                "`{}` is a `generated` key, which MySQL and MariaDB (no RETURNING) can only \
+                 read back as the insert's AUTO_INCREMENT id, but {described} is not \
+                 AUTO_INCREMENT; make it an integer AUTO_INCREMENT column, or give the key its \
+                 value in Rust (e.g. `Uuid::now_v7()`) and remove `generated`",
+                unraw(field.ident)
+            ),
+        );
+    }
 }
 
 /// Every column of the table is a field, or is declared untracked.
@@ -317,9 +352,23 @@ fn check_unaccounted_columns(cx: &Ctxt, container: &Container, table_name: &str,
             );
         }
     }
-    for name in untracked {
+}
+
+/// Each `untracked_columns` name is a column of the model's table or of one of its
+/// flag-routed tables (a routed table may have columns the others lack), and is not a field.
+fn check_untracked_columns(
+    cx: &Ctxt,
+    container: &Container,
+    tables: &[(&str, &Table)],
+    all_found: bool,
+) {
+    for name in &container.attrs.untracked_columns {
         let normalized = normalize_str(&name.value);
-        if fields.contains(&normalized) {
+        if container
+            .fields
+            .iter()
+            .any(|field| normalize_str(&field.column()) == normalized)
+        {
             cx.error_at(
                 name.span,
                 format!(
@@ -328,16 +377,34 @@ fn check_unaccounted_columns(cx: &Ctxt, container: &Container, table_name: &str,
                     name.value, container.ident
                 ),
             );
-        } else if table.column(&name.value).is_none() {
-            cx.error_at(
-                name.span,
-                format!(
-                    "`untracked_columns` names `{}`, which table `{table_name}` does not have \
-                     once every migration has run; remove it from the list",
-                    name.value
-                ),
-            );
+            continue;
         }
+        // A table that no migration creates was reported; its columns are unknown.
+        if !all_found
+            || tables
+                .iter()
+                .any(|(_, table)| table.column(&name.value).is_some())
+        {
+            continue;
+        }
+        let which = match tables {
+            [(table, _)] => format!("table `{table}` does not have"),
+            _ => {
+                let names: Vec<String> = tables
+                    .iter()
+                    .map(|(table, _)| format!("`{table}`"))
+                    .collect();
+                format!("none of the tables {} has", names.join(", "))
+            }
+        };
+        cx.error_at(
+            name.span,
+            format!(
+                "`untracked_columns` names `{}`, which {which} once every migration has run; \
+                 remove it from the list",
+                name.value
+            ),
+        );
     }
 }
 
@@ -383,15 +450,17 @@ fn check_primary_key(cx: &Ctxt, container: &Container, table_name: &str, table: 
 
 #[cfg(test)]
 mod tests {
+    use super::super::dialect::Dialect;
     use super::schema::Schema;
-    use super::types::{Dialect, SqlKind};
+    use super::types::SqlKind;
 
     fn replay(dialect: Dialect, files: &[&str]) -> Schema {
         let mut schema = Schema::default();
         for (index, sql) in files.iter().enumerate() {
-            let statements = sqlparser::parser::Parser::parse_sql(&*dialect.parser(), sql)
-                .unwrap_or_else(|error| panic!("{sql}: {error}"));
-            schema.apply(statements, &format!("{index:04}.sql"), dialect);
+            let statements =
+                sqlparser::parser::Parser::parse_sql(&*Dialect::parser(Some(dialect)), sql)
+                    .unwrap_or_else(|error| panic!("{sql}: {error}"));
+            schema.apply(statements, &format!("{index:04}.sql"), Some(dialect));
         }
         schema
     }

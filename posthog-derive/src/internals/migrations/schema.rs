@@ -8,7 +8,8 @@ use sqlparser::ast::{
     Expr, Ident, ObjectName, ObjectType, RenameTableNameKind, Statement, TableConstraint,
 };
 
-use super::types::{Dialect, SqlKind};
+use super::super::dialect::Dialect;
+use super::types::SqlKind;
 
 /// The tables after every migration ran.
 #[derive(Debug, Default)]
@@ -37,6 +38,8 @@ pub struct Column {
     /// The database fills it when an INSERT leaves it out: DEFAULT, GENERATED, IDENTITY,
     /// SERIAL, AUTO_INCREMENT, or SQLite's `INTEGER PRIMARY KEY`.
     pub has_default: bool,
+    /// MySQL's `AUTO_INCREMENT` (or `SERIAL`): the one default that `LAST_INSERT_ID()` reports.
+    pub auto_increment: bool,
     /// The migration file that last defined or changed the column.
     pub origin: String,
 }
@@ -64,7 +67,7 @@ impl Schema {
     }
 
     /// Applies one migration file's statements.
-    pub fn apply(&mut self, statements: Vec<Statement>, origin: &str, dialect: Dialect) {
+    pub fn apply(&mut self, statements: Vec<Statement>, origin: &str, dialect: Option<Dialect>) {
         for statement in statements {
             match statement {
                 Statement::CreateTable(create) => self.create_table(create, origin, dialect),
@@ -94,7 +97,7 @@ impl Schema {
         }
     }
 
-    fn create_table(&mut self, create: CreateTable, origin: &str, dialect: Dialect) {
+    fn create_table(&mut self, create: CreateTable, origin: &str, dialect: Option<Dialect>) {
         let name = table_name(&create.name);
         if create.if_not_exists && self.tables.contains_key(&name) {
             return;
@@ -122,7 +125,7 @@ impl Schema {
         name: &str,
         operation: AlterTableOperation,
         origin: &str,
-        dialect: Dialect,
+        dialect: Option<Dialect>,
     ) {
         if let AlterTableOperation::RenameTable { table_name } = &operation {
             let new_name = match table_name {
@@ -229,7 +232,7 @@ fn table_name(name: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
-fn column_from_def(def: &ColumnDef, origin: &str, dialect: Dialect) -> Column {
+fn column_from_def(def: &ColumnDef, origin: &str, dialect: Option<Dialect>) -> Column {
     let options: Vec<&ColumnOption> = def.options.iter().map(|o| &o.option).collect();
     let mut column = Column {
         name: normalize(&def.name),
@@ -237,6 +240,7 @@ fn column_from_def(def: &ColumnDef, origin: &str, dialect: Dialect) -> Column {
         kind: SqlKind::classify(&def.data_type, dialect),
         not_null: false,
         has_default: is_serial(&def.data_type),
+        auto_increment: is_serial(&def.data_type),
         origin: origin.to_owned(),
     };
     apply_options(&mut column, &options);
@@ -249,7 +253,7 @@ fn redefine_column(
     data_type: &DataType,
     options: &[ColumnOption],
     origin: &str,
-    dialect: Dialect,
+    dialect: Option<Dialect>,
 ) {
     let Some(column) = table.column_mut(&normalize(name)) else {
         return;
@@ -259,6 +263,7 @@ fn redefine_column(
     column.kind = SqlKind::classify(data_type, dialect);
     column.not_null = false;
     column.has_default = is_serial(data_type);
+    column.auto_increment = is_serial(data_type);
     column.origin = origin.to_owned();
     apply_options(column, &options.iter().collect::<Vec<_>>());
 }
@@ -295,6 +300,7 @@ fn apply_options(column: &mut Column, options: &[&ColumnOption]) {
                     .to_uppercase();
                 if text.contains("AUTO_INCREMENT") || text.contains("AUTOINCREMENT") {
                     column.has_default = true;
+                    column.auto_increment = true;
                 }
             }
             _ => {}
@@ -334,8 +340,8 @@ fn is_serial(data_type: &DataType) -> bool {
 }
 
 /// SQLite fills a single-column `INTEGER PRIMARY KEY` with the rowid.
-fn mark_rowid_alias(table: &mut Table, dialect: Dialect) {
-    if dialect != Dialect::Sqlite || table.primary_key.len() != 1 {
+fn mark_rowid_alias(table: &mut Table, dialect: Option<Dialect>) {
+    if dialect != Some(Dialect::Sqlite) || table.primary_key.len() != 1 {
         return;
     }
     let key = table.primary_key[0].clone();

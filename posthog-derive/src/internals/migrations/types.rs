@@ -3,40 +3,8 @@
 //! Only the types sqlx itself maps are judged; a type the derive does not recognize (a
 //! newtype, an enum with its own `sqlx::Type`) is trusted, since its impl decides.
 
+use super::super::dialect::Dialect;
 use sqlparser::ast::DataType;
-use sqlparser::dialect::{GenericDialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
-
-/// The SQL dialect the migrations are written in (`migrations_dialect = "..."`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Postgres,
-    MySql,
-    Sqlite,
-    /// Parses what the three have in common; type rules are those of MySQL, the middle ground.
-    Generic,
-}
-
-pub const DIALECTS: &[&str] = &["postgres", "mysql", "sqlite"];
-
-impl Dialect {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "postgres" => Some(Dialect::Postgres),
-            "mysql" => Some(Dialect::MySql),
-            "sqlite" => Some(Dialect::Sqlite),
-            _ => None,
-        }
-    }
-
-    pub fn parser(self) -> Box<dyn sqlparser::dialect::Dialect> {
-        match self {
-            Dialect::Postgres => Box::new(PostgreSqlDialect {}),
-            Dialect::MySql => Box::new(MySqlDialect {}),
-            Dialect::Sqlite => Box::new(SQLiteDialect {}),
-            Dialect::Generic => Box::new(GenericDialect {}),
-        }
-    }
-}
 
 /// What a column holds, as far as decoding into Rust is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +48,9 @@ enum RustKind {
 }
 
 impl SqlKind {
-    pub fn classify(data_type: &DataType, dialect: Dialect) -> SqlKind {
+    pub fn classify(data_type: &DataType, dialect: Option<Dialect>) -> SqlKind {
         let text = data_type.to_string().to_uppercase();
-        if dialect == Dialect::Sqlite {
+        if dialect == Some(Dialect::Sqlite) {
             return classify_sqlite(&text);
         }
         let unsigned = text.contains("UNSIGNED");
@@ -99,9 +67,9 @@ impl SqlKind {
             "SMALLINT" | "INT2" | "SMALLSERIAL" => int(16),
             "MEDIUMINT" | "INT" | "INTEGER" | "INT4" | "SERIAL" => int(32),
             "BIGINT" | "INT8" | "BIGSERIAL" => int(64),
-            "REAL" if dialect == Dialect::Postgres => SqlKind::Float { bits: 32 },
+            "REAL" if dialect == Some(Dialect::Postgres) => SqlKind::Float { bits: 32 },
             "FLOAT4" => SqlKind::Float { bits: 32 },
-            "FLOAT" if dialect != Dialect::Postgres => SqlKind::Float { bits: 32 },
+            "FLOAT" if dialect != Some(Dialect::Postgres) => SqlKind::Float { bits: 32 },
             "FLOAT" | "REAL" | "FLOAT8" | "DOUBLE" => SqlKind::Float { bits: 64 },
             "NUMERIC" | "DECIMAL" | "DEC" => SqlKind::Decimal,
             "CHAR" | "CHARACTER" | "VARCHAR" | "NVARCHAR" | "NCHAR" | "TEXT" | "TINYTEXT"
@@ -156,7 +124,7 @@ fn classify_sqlite(text: &str) -> SqlKind {
 
 /// Why `ty` cannot hold a column of `kind`, with the type to use instead; `None` when it can,
 /// or when the derive cannot tell.
-pub fn incompatibility(ty: &syn::Type, kind: SqlKind, dialect: Dialect) -> Option<String> {
+pub fn incompatibility(ty: &syn::Type, kind: SqlKind, dialect: Option<Dialect>) -> Option<String> {
     let rust = rust_kind(ty)?;
     if kind == SqlKind::Other || holds(rust, kind, dialect) {
         return None;
@@ -164,14 +132,15 @@ pub fn incompatibility(ty: &syn::Type, kind: SqlKind, dialect: Dialect) -> Optio
     Some(suggestion(kind, dialect))
 }
 
-fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
-    use Dialect::*;
+fn holds(rust: RustKind, column: SqlKind, dialect: Option<Dialect>) -> bool {
+    const SQLITE: Option<Dialect> = Some(Dialect::Sqlite);
+    const POSTGRES: Option<Dialect> = Some(Dialect::Postgres);
     match (rust, column) {
         // SQLite stores every integer in 64 bits and sqlx narrows on decode; booleans and
         // dates may live in integer columns too.
-        (RustKind::Int { .. } | RustKind::Bool, SqlKind::Int { .. }) if dialect == Sqlite => true,
+        (RustKind::Int { .. } | RustKind::Bool, SqlKind::Int { .. }) if dialect == SQLITE => true,
         (RustKind::Timestamp { .. } | RustKind::Date | RustKind::Time, kind)
-            if dialect == Sqlite =>
+            if dialect == SQLITE =>
         {
             matches!(
                 kind,
@@ -184,7 +153,7 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
             )
         }
         (RustKind::Json | RustKind::String, SqlKind::Json) => true,
-        (RustKind::Json, SqlKind::Text) => dialect == Sqlite,
+        (RustKind::Json, SqlKind::Text) => dialect == SQLITE,
         (
             RustKind::Int { bits, unsigned },
             SqlKind::Int {
@@ -192,7 +161,7 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
                 unsigned: column_unsigned,
             },
         ) => {
-            if dialect == Postgres {
+            if dialect == POSTGRES {
                 // sqlx decodes PostgreSQL integers only into the Rust type of the same width.
                 bits == column_bits && !unsigned
             } else if column_unsigned {
@@ -202,9 +171,9 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
             }
         }
         (RustKind::Bool, SqlKind::Bool) => true,
-        (RustKind::Bool, SqlKind::Int { bits: 8, .. }) => dialect != Postgres,
+        (RustKind::Bool, SqlKind::Int { bits: 8, .. }) => dialect != POSTGRES,
         (RustKind::Float { bits }, SqlKind::Float { bits: column_bits }) => {
-            if dialect == Postgres {
+            if dialect == POSTGRES {
                 bits == column_bits
             } else {
                 bits >= column_bits
@@ -215,7 +184,7 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
         (RustKind::Bytes, SqlKind::Bytes) => true,
         (RustKind::Uuid, SqlKind::Uuid) => true,
         // MySQL and SQLite have no UUID type; sqlx stores `Uuid` as 16 bytes there.
-        (RustKind::Uuid, SqlKind::Bytes) => dialect != Postgres,
+        (RustKind::Uuid, SqlKind::Bytes) => dialect != POSTGRES,
         (
             RustKind::Timestamp { time_zone },
             SqlKind::Timestamp {
@@ -224,7 +193,7 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
         ) => {
             // PostgreSQL keeps the two apart: `DateTime<Utc>` is TIMESTAMPTZ and
             // `NaiveDateTime` is TIMESTAMP. MySQL's DATETIME and TIMESTAMP decode into both.
-            dialect != Postgres || time_zone == column_zone
+            dialect != POSTGRES || time_zone == column_zone
         }
         (RustKind::Date, SqlKind::Date) => true,
         (RustKind::Time, SqlKind::Time) => true,
@@ -233,9 +202,9 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Dialect) -> bool {
 }
 
 /// The Rust type that holds `kind`.
-fn suggestion(kind: SqlKind, dialect: Dialect) -> String {
+fn suggestion(kind: SqlKind, dialect: Option<Dialect>) -> String {
     let text = match kind {
-        SqlKind::Int { bits, unsigned } if dialect != Dialect::Postgres && unsigned => {
+        SqlKind::Int { bits, unsigned } if dialect != Some(Dialect::Postgres) && unsigned => {
             format!("u{}", bits.max(8))
         }
         SqlKind::Int { bits: 8, .. } => "i8".into(),
@@ -247,7 +216,7 @@ fn suggestion(kind: SqlKind, dialect: Dialect) -> String {
         SqlKind::Bytes => "Vec<u8>".into(),
         SqlKind::Uuid => "uuid::Uuid".into(),
         SqlKind::Json => "serde_json::Value".into(),
-        SqlKind::Timestamp { time_zone: false } if dialect == Dialect::Postgres => {
+        SqlKind::Timestamp { time_zone: false } if dialect == Some(Dialect::Postgres) => {
             "chrono::NaiveDateTime".into()
         }
         SqlKind::Timestamp { .. } => "chrono::DateTime<Utc>".into(),
@@ -256,6 +225,12 @@ fn suggestion(kind: SqlKind, dialect: Dialect) -> String {
         SqlKind::Other => unreachable!("`Other` columns are not judged"),
     };
     format!("`{text}`")
+}
+
+/// Whether `ty` is an integer type: `None` for a type the derive does not know (a newtype, an
+/// alias), whose `sqlx::Type` decides.
+pub fn is_integer(ty: &syn::Type) -> Option<bool> {
+    rust_kind(ty).map(|kind| matches!(kind, RustKind::Int { .. }))
 }
 
 /// `Some(inner)` for `Option<inner>`.
@@ -322,9 +297,10 @@ fn first_type_argument(segment: &syn::PathSegment) -> Option<&syn::Type> {
 mod tests {
     use super::*;
 
-    fn column(sql: &str, dialect: Dialect) -> SqlKind {
+    fn column(sql: &str, dialect: Option<Dialect>) -> SqlKind {
         let statement = format!("CREATE TABLE t (c {sql})");
-        let parsed = sqlparser::parser::Parser::parse_sql(&*dialect.parser(), &statement).unwrap();
+        let parsed =
+            sqlparser::parser::Parser::parse_sql(&*Dialect::parser(dialect), &statement).unwrap();
         let sqlparser::ast::Statement::CreateTable(create) = &parsed[0] else {
             panic!("not a CREATE TABLE");
         };
@@ -332,6 +308,7 @@ mod tests {
     }
 
     fn fits(rust: &str, sql: &str, dialect: Dialect) -> bool {
+        let dialect = Some(dialect);
         let ty: syn::Type = syn::parse_str(rust).unwrap();
         incompatibility(&ty, column(sql, dialect), dialect).is_none()
     }

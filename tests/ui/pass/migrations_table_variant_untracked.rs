@@ -1,0 +1,24 @@
+//! A flag-routed table may have a column the model's own table lacks: `untracked_columns`
+//! holds for every table that has the column.
+
+use posthog_track::TrackedModel;
+
+#[derive(TrackedModel)]
+#[tracked(
+    table = "documents",
+    distinct_id = owner,
+    migrations = "../migrations/variants",
+    migrations_dialect = "postgres",
+    table_variant(flag = "documents-v2", variant = "test", table = "documents_v2"),
+    untracked_columns("currency")
+)]
+pub struct Document {
+    #[tracked(key, generated, property = "document_id")]
+    pub id: i64,
+    #[tracked(property)]
+    pub owner: String,
+    #[tracked(property)]
+    pub title: String,
+}
+
+fn main() {}
