@@ -1,7 +1,7 @@
 //! A web service whose writes are tied to each user's PostHog journey: `POST /signup`
 //! identifies the new user (merging the anonymous visitor) and creates their company group,
 //! `POST /orders` stores who, in which session and from which campaign an order came, and
-//! `POST /plan` fires the `plan_upgraded` milestone. The code is `examples/shop.rs`.
+//! `POST /plan` fires the `plan_upgraded` milestone. The code is `examples/src/shop.rs`.
 //!
 //! ```text
 //! cargo run --example axum_signup                                  # SQLite in memory

@@ -107,7 +107,7 @@ pub struct Order {
 /// The shop's tables, from the same migration file the models are checked against at compile
 /// time (portable SQL: it runs on all three databases), and the outbox.
 pub async fn migrate<DB: Backend>(pool: &Pool<DB>, tracker: &Tracker) -> posthog_track::Result<()> {
-    crate::run_migration(pool, include_str!("migrations/0003_create_shop.sql")).await?;
+    crate::run_migration(pool, include_str!("../migrations/0003_create_shop.sql")).await?;
     tracker.migrate(pool).await
 }
 

@@ -21,8 +21,12 @@ pub async fn memory_database() -> Result<sqlx::SqlitePool, sqlx::Error> {
 /// Creates the tables of `User` and `Document` by running their migrations, the same files
 /// the derive checks the models against at compile time. (The shop's are `shop::migrate`.)
 pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
-    run_migration(pool, include_str!("migrations/0001_create_users.sql")).await?;
-    run_migration(pool, include_str!("migrations/0002_create_documents.sql")).await
+    run_migration(pool, include_str!("../migrations/0001_create_users.sql")).await?;
+    run_migration(
+        pool,
+        include_str!("../migrations/0002_create_documents.sql"),
+    )
+    .await
 }
 
 /// Runs one migration file on any backend, statement by statement. The examples' files have

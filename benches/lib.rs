@@ -1,0 +1,1 @@
+//! Nothing but benchmarks live in this package; see `BENCHMARKS.md`.
