@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod builder;
 mod client;
 mod config;
 mod context;

@@ -1,0 +1,312 @@
+//! [`TrackerBuilder`]: every option of a [`Tracker`], and how they become one.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::client::queue::QueueOptions;
+use crate::client::transport::Transport;
+use crate::client::{Backoff, Sink};
+use crate::config::{ApiKey, Config, Mode};
+use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions};
+use crate::error::Result;
+use crate::flags::{
+    DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
+};
+use crate::relay::RelayOptions;
+use crate::tracker::{Inner, Tracker};
+
+/// Builds a [`Tracker`].
+#[must_use]
+pub struct TrackerBuilder {
+    config: Config,
+    delivery: Delivery,
+    gzip: bool,
+    request_timeout: Duration,
+    queue: QueueOptions,
+    relay: RelayOptions,
+    before_send: Option<BeforeSend>,
+    external_relay: bool,
+    flags_timeout: Duration,
+    local_evaluation_only: bool,
+    flag_definitions: Option<LocalEvaluator>,
+}
+
+impl fmt::Debug for TrackerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerBuilder")
+            .field("config", &self.config)
+            .field("delivery", &self.delivery)
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TrackerBuilder {
+    fn default() -> Self {
+        TrackerBuilder {
+            config: Config::default(),
+            delivery: Delivery::default(),
+            gzip: true,
+            request_timeout: Duration::from_secs(10),
+            queue: QueueOptions {
+                capacity: 10_000,
+                capacity_bytes: 64 * 1024 * 1024,
+                flush_at: 500,
+                flush_interval: Duration::from_millis(500),
+                max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
+                max_retries: 5,
+                backoff: Backoff::default(),
+                historical_migration: false,
+            },
+            relay: RelayOptions::default(),
+            before_send: None,
+            external_relay: false,
+            flags_timeout: Duration::from_secs(3),
+            local_evaluation_only: false,
+            flag_definitions: None,
+        }
+    }
+}
+
+impl TrackerBuilder {
+    /// Starts from `config` (keys, host, disabled), as read by [`Config::from_env`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The project API key (`phc_...`). Without one the tracker runs in dry-run mode.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.api_key = Some(ApiKey::new(key));
+        self
+    }
+
+    /// The personal (or project secret) API key, for local flag evaluation.
+    pub fn personal_api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.personal_api_key = Some(ApiKey::new(key));
+        self
+    }
+
+    /// The PostHog host: a URL, or `us` / `eu` for PostHog Cloud.
+    pub fn host(mut self, host: impl AsRef<str>) -> Result<Self> {
+        self.config.host = crate::config::normalize_host(host.as_ref())?;
+        Ok(self)
+    }
+
+    /// Records no events at all (tracked writes still write their rows).
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.config.disabled = disabled;
+        self
+    }
+
+    /// Outbox (default) or after-commit delivery for tracked writes.
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Gzip request bodies (default on).
+    pub fn gzip(mut self, gzip: bool) -> Self {
+        self.gzip = gzip;
+        self
+    }
+
+    /// Timeout of one request to PostHog (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Capacity of the in-memory queue (default 10,000 events).
+    pub fn queue_capacity(mut self, events: usize) -> Self {
+        self.queue.capacity = events.max(1);
+        self
+    }
+
+    /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,
+    /// `capture` waits and `try_capture` refuses, as with the event count.
+    pub fn queue_capacity_bytes(mut self, bytes: usize) -> Self {
+        self.queue.capacity_bytes = bytes.max(1);
+        self
+    }
+
+    /// A standalone `posthog-track relay` delivers the outbox, so this process starts no
+    /// relay of its own (default `false`: the first tracked transaction on a pool starts
+    /// the pool's relay). `flush` then waits for that relay to deliver what was committed
+    /// before it, and `shutdown` reports how many events it leaves in the outbox.
+    pub fn external_relay(mut self, external: bool) -> Self {
+        self.external_relay = external;
+        self
+    }
+
+    /// How long [`Tracker::flush`] waits for delivery at most (default 30 s).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.relay.flush_timeout = timeout;
+        self
+    }
+
+    /// Failures of one outbox event, sent alone while PostHog accepts other events, after
+    /// which it is dead-lettered as poison (default 20). Failures during an outage, or in a
+    /// request shared with a poison event, do not count.
+    pub fn max_failures(mut self, failures: u32) -> Self {
+        self.relay.max_failures = failures.max(1);
+        self
+    }
+
+    /// Age after which an outbox event that still fails is dead-lettered (default 7 days).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.relay.max_age = age;
+        self
+    }
+
+    /// Payload bytes one relay claim holds at most (default 16 MiB).
+    pub fn max_claim_bytes(mut self, bytes: usize) -> Self {
+        self.relay.max_claim_bytes = bytes.max(1);
+        self
+    }
+
+    /// Events per request (default 500), for the queue and the relay.
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.queue.flush_at = events.max(1);
+        self.relay.batch_size = events.max(1);
+        self
+    }
+
+    /// Bytes of events per request from the in-memory queue before it is sent early (default
+    /// 4 MiB; PostHog accepts up to 20 MB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.queue.max_batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// The longest an event waits in the in-memory queue before it is sent (default 500 ms).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.queue.flush_interval = interval;
+        self
+    }
+
+    /// Retries of a failed in-memory delivery before its events are given up and counted
+    /// (default 5). Outbox events are never given up.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.queue.max_retries = retries;
+        self
+    }
+
+    /// Waits between retries.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.queue.backoff = backoff;
+        self.relay.backoff = backoff;
+        self
+    }
+
+    /// How long a relay's claim on outbox rows lasts (default 60 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.relay.lease = lease;
+        self
+    }
+
+    /// Polling bounds of an idle relay (default 50 ms growing to 2 s).
+    pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
+        self.relay.min_poll = min;
+        self.relay.max_poll = max.max(min);
+        self
+    }
+
+    /// Marks batches as `historical_migration` (imports of past events).
+    pub fn historical_migration(mut self, historical: bool) -> Self {
+        self.queue.historical_migration = historical;
+        self.relay.historical_migration = historical;
+        self
+    }
+
+    /// A hook over every event before it is recorded; see [`BeforeSend`].
+    pub fn before_send(
+        mut self,
+        hook: impl Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.before_send = Some(Arc::new(hook));
+        self
+    }
+
+    /// Never ask PostHog for a flag local definitions cannot decide; such flags read as
+    /// `None`.
+    pub fn local_evaluation_only(mut self, local_only: bool) -> Self {
+        self.local_evaluation_only = local_only;
+        self
+    }
+
+    /// Flag definitions to evaluate locally from the start (the body of
+    /// `/flags/definitions`), for offline use and tests; the poller replaces them.
+    pub fn flag_definitions(mut self, evaluator: LocalEvaluator) -> Self {
+        self.flag_definitions = Some(evaluator);
+        self
+    }
+
+    /// The tracker.
+    pub fn build(self) -> Tracker {
+        let mode = self.config.mode();
+        if mode != Mode::Disabled && crate::config::is_plain_http_to_remote(&self.config.host) {
+            tracing::warn!(
+                host = %crate::config::redact_host(&self.config.host),
+                "POSTHOG_HOST uses plain http:// to another machine: the API key and every \
+                 event cross the network unencrypted; use https://"
+            );
+        }
+        let sink = match mode {
+            Mode::Disabled => None,
+            Mode::DryRun => Some(Sink::DryRun),
+            Mode::Live => self.config.api_key.clone().map(|key| {
+                Sink::PostHog(Transport::new(
+                    &self.config.host,
+                    key,
+                    self.gzip,
+                    self.request_timeout,
+                ))
+            }),
+        };
+        let flush_timeout = self.relay.flush_timeout;
+        let dispatch = Dispatch::new(DispatchOptions {
+            mode,
+            delivery: self.delivery,
+            sink,
+            before_send: self.before_send,
+            queue: self.queue,
+            relay: self.relay,
+            external_relay: self.external_relay,
+            flush_timeout,
+        });
+        let flags = self
+            .config
+            .api_key
+            .clone()
+            .filter(|_| !self.config.disabled)
+            .map(|key| RemoteFlags::new(&self.config.host, key, self.flags_timeout));
+        let definitions_client = match (&self.config.api_key, &self.config.personal_api_key) {
+            (Some(project), Some(secret)) if !self.config.disabled => Some(DefinitionsClient::new(
+                &self.config.host,
+                project,
+                secret.clone(),
+                self.flags_timeout.max(Duration::from_secs(10)),
+            )),
+            _ => None,
+        };
+        let definitions = DefinitionsCache::default();
+        if let Some(evaluator) = self.flag_definitions {
+            definitions.preload(evaluator);
+        }
+        Tracker {
+            inner: Arc::new(Inner {
+                config: self.config,
+                dispatch,
+                flags,
+                exposures: Mutex::new(ExposureCache::new(50_000)),
+                definitions: Arc::new(definitions),
+                definitions_client,
+                local_evaluation_only: self.local_evaluation_only,
+                poller: Mutex::new(None),
+                routing: RoutingState::default(),
+            }),
+        }
+    }
+}
