@@ -60,14 +60,15 @@ pub(crate) async fn read_bounded(
     Ok((body, false))
 }
 
-/// The beginning of an error answer, for a message: a bounded read, at most
-/// [`ERROR_BODY_CHARS`] characters, `...` when cut.
-pub(crate) async fn error_excerpt(response: reqwest::Response) -> String {
+/// The beginning of an error answer, for a message: a bounded read with `secret` redacted
+/// (before it is cut, so no prefix of it survives), at most [`ERROR_BODY_CHARS`] characters,
+/// `...` when cut.
+pub(crate) async fn error_excerpt(response: reqwest::Response, secret: &str) -> String {
     let (body, more) = match read_bounded(response, ERROR_BODY_BYTES).await {
         Ok(read) => read,
         Err(_) => return String::new(),
     };
-    let text = String::from_utf8_lossy(&body);
+    let text = crate::client::transport::redact(&String::from_utf8_lossy(&body), secret);
     let mut excerpt: String = text.chars().take(ERROR_BODY_CHARS).collect();
     if more || excerpt.len() < text.len() {
         excerpt.push_str("...");

@@ -75,7 +75,8 @@ impl RemoteFlags {
             })?;
             let status = response.status();
             if !status.is_success() {
-                let excerpt = error_excerpt(response).await;
+                // Redacted: a proxy that echoes the request would echo the project key.
+                let excerpt = error_excerpt(response, self.api_key.expose()).await;
                 return Err(Error::flags(
                     format!("/flags answered {status}: {excerpt}"),
                     None,
