@@ -101,13 +101,13 @@ pub enum Error {
         "this tracker cannot deliver events ({}), so it runs no relay and leaves the outbox \
          to processes that can",
         match mode {
-            crate::config::Mode::Disabled => "POSTHOG_DISABLED is set",
+            crate::mode::Mode::Disabled => "POSTHOG_DISABLED is set",
             _ => "no POSTHOG_API_KEY: dry run",
         }
     )]
     CannotDeliver {
         /// The tracker's mode (dry run or disabled).
-        mode: crate::config::Mode,
+        mode: crate::mode::Mode,
     },
 
     /// The outbox table does not exist in this database.

@@ -69,10 +69,12 @@ mod dispatch;
 mod error;
 mod event;
 pub mod flags;
+mod mode;
 mod model;
 pub mod outbox;
 pub mod plan;
 pub mod relay;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tracker;
@@ -80,12 +82,13 @@ mod transaction;
 
 pub use backend::{Backend, BoundQuery, Dialect};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
-pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
+pub use config::{ApiKey, Config, EU_HOST, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
 pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
 pub use flags::routed_table;
+pub use mode::Mode;
 pub use model::{EventSchema, TrackedModel, TrackedRow};
 pub use posthog_derive::{EventSchema, TrackedModel};
 pub use tracker::{Tracker, TrackerBuilder};

@@ -12,16 +12,17 @@ use crate::backend::Backend;
 use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
 use crate::client::{Backoff, DeliveryCounts, Sink};
-use crate::config::{ApiKey, Config, Mode};
+use crate::config::{ApiKey, Config};
 use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions, ShutdownReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{
     DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
 };
+use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
-use crate::transaction::TrackedTransaction;
+use crate::sync::lock;
 
 pub(crate) struct Inner {
     config: Config,
@@ -92,34 +93,6 @@ impl Tracker {
     /// same DDL in your own migrations instead.
     pub async fn migrate<DB: Backend>(&self, pool: &Pool<DB>) -> Result<()> {
         outbox::migrate(pool).await
-    }
-
-    /// Begins a tracked transaction on a connection from `pool`.
-    ///
-    /// The first transaction on a pool starts that pool's relay in the background (in live
-    /// mode, unless the builder said delivery is [external](TrackerBuilder::external_relay)),
-    /// so whatever this tracker commits is delivered without further calls.
-    pub async fn begin<DB: Backend>(
-        &self,
-        pool: &Pool<DB>,
-    ) -> Result<TrackedTransaction<'static, DB>> {
-        let relay = self.inner.dispatch.track_pool(pool);
-        Ok(TrackedTransaction::new(
-            pool.begin().await?,
-            self.clone(),
-            relay,
-        ))
-    }
-
-    /// Tracks writes in a transaction you already began (on a pool, a connection or as a
-    /// nested transaction). The tracker cannot see which pool it came from: call
-    /// [`start_relay`](Tracker::start_relay) for that pool once (or use
-    /// [`begin`](Tracker::begin) once on it), or `flush` reports the events as waiting.
-    pub fn track<'c, DB: Backend>(
-        &self,
-        tx: sqlx::Transaction<'c, DB>,
-    ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.clone(), None)
     }
 
     /// The outbox of the database behind `pool`.
@@ -252,12 +225,11 @@ impl Tracker {
     }
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the list inconsistent.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// How long a remote `/flags` evaluation may take.
+const FLAGS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long fetching the flag definitions (for local evaluation) may take: a larger answer.
+const DEFINITIONS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds a [`Tracker`].
 #[must_use]
@@ -270,7 +242,6 @@ pub struct TrackerBuilder {
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
     external_relay: bool,
-    flags_timeout: Duration,
     local_evaluation_only: bool,
     flag_definitions: Option<LocalEvaluator>,
 }
@@ -305,7 +276,6 @@ impl Default for TrackerBuilder {
             relay: RelayOptions::default(),
             before_send: None,
             external_relay: false,
-            flags_timeout: Duration::from_secs(3),
             local_evaluation_only: false,
             flag_definitions: None,
         }
@@ -524,13 +494,13 @@ impl TrackerBuilder {
             .api_key
             .clone()
             .filter(|_| !self.config.disabled)
-            .map(|key| RemoteFlags::new(&self.config.host, key, self.flags_timeout));
+            .map(|key| RemoteFlags::new(&self.config.host, key, FLAGS_TIMEOUT));
         let definitions_client = match (&self.config.api_key, &self.config.personal_api_key) {
             (Some(project), Some(secret)) if !self.config.disabled => Some(DefinitionsClient::new(
                 &self.config.host,
                 project,
                 secret.clone(),
-                self.flags_timeout.max(Duration::from_secs(10)),
+                DEFINITIONS_TIMEOUT,
             )),
             _ => None,
         };

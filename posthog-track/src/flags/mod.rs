@@ -22,6 +22,7 @@
 // -> evaluate -> http -> {remote, poller, exposure} -> api (the `impl Tracker` block) ->
 // routing.
 mod api;
+mod decisions;
 mod definitions;
 mod evaluate;
 mod exposure;
@@ -35,10 +36,11 @@ mod value;
 
 pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
 pub use evaluate::{LocalEvaluator, bucket};
+pub(crate) use decisions::RoutingState;
 pub(crate) use exposure::ExposureCache;
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
 pub use request::{FlagsRequest, FlagsSnapshot};
 pub use routing::routed_table;
-pub(crate) use routing::{RoutingState, route};
+pub(crate) use routing::route;
 pub use value::{FlagError, FlagValue, Properties};
