@@ -194,6 +194,24 @@ pub enum Error {
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A tracking plan file (the `posthog-track plan` command) could not be read.
+    #[error("cannot read the tracking plan {}: {source}", path.display())]
+    ReadPlan {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+
+    /// A tracking plan file is not the JSON that `plan::assert_snapshot` writes.
+    #[error("{} is not a tracking plan: {source}", path.display())]
+    InvalidPlan {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
