@@ -34,13 +34,13 @@ mod request;
 pub(crate) mod routing;
 mod value;
 
-pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
-pub use evaluate::{LocalEvaluator, bucket};
 pub(crate) use decisions::RoutingState;
+pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
+pub use evaluate::LocalEvaluator;
 pub(crate) use exposure::ExposureCache;
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
 pub use request::{FlagsRequest, FlagsSnapshot};
-pub use routing::routed_table;
 pub(crate) use routing::route;
+pub use routing::routed_table;
 pub use value::{FlagError, FlagValue, Properties};
