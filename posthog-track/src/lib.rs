@@ -49,8 +49,9 @@
 //!
 //! Where to look:
 //!
-//! - [`TrackedModel`] and [`EventSchema`]: the derives and the writes (`insert`, `update`,
-//!   `update_changed`, `delete`); the attribute reference is in the README.
+//! - [`TrackedModel`](trait@TrackedModel) and [`EventSchema`](trait@EventSchema): the writes
+//!   (`insert`, `update`, `update_changed`, `delete`); the attribute reference is on the
+//!   [`TrackedModel` derive](derive@TrackedModel).
 //! - [`Tracker`] and [`TrackedTransaction`]: configuration, transactions, `capture`,
 //!   `identify`, `flush` and `shutdown`.
 //! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
@@ -90,7 +91,12 @@ pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
 pub use flags::routed_table;
 pub use mode::Mode;
 pub use model::{EventSchema, TrackedModel, TrackedRow};
-pub use posthog_derive::{EventSchema, TrackedModel};
+pub use posthog_derive::EventSchema;
+/// Derives [`TrackedModel`](trait@TrackedModel): the SQL that writes the struct and the
+/// mapping of its fields to PostHog events, checked at compile time.
+///
+#[doc = include_str!("attributes.md")]
+pub use posthog_derive::TrackedModel;
 pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 
