@@ -23,6 +23,7 @@ use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::{Relay, RelayOptions};
 use crate::sync::lock;
+use crate::transaction::TrackedTransaction;
 
 pub(crate) struct Inner {
     config: Config,
@@ -93,6 +94,34 @@ impl Tracker {
     /// same DDL in your own migrations instead.
     pub async fn migrate<DB: Backend>(&self, pool: &Pool<DB>) -> Result<()> {
         outbox::migrate(pool).await
+    }
+
+    /// Begins a tracked transaction on a connection from `pool`.
+    ///
+    /// The first transaction on a pool starts that pool's relay in the background (in live
+    /// mode, unless the builder said delivery is [external](TrackerBuilder::external_relay)),
+    /// so whatever this tracker commits is delivered without further calls.
+    pub async fn begin<DB: Backend>(
+        &self,
+        pool: &Pool<DB>,
+    ) -> Result<TrackedTransaction<'static, DB>> {
+        let relay = self.inner.dispatch.track_pool(pool);
+        Ok(TrackedTransaction::new(
+            pool.begin().await?,
+            self.clone(),
+            relay,
+        ))
+    }
+
+    /// Tracks writes in a transaction you already began (on a pool, a connection or as a
+    /// nested transaction). The tracker cannot see which pool it came from: call
+    /// [`start_relay`](Tracker::start_relay) for that pool once (or use
+    /// [`begin`](Tracker::begin) once on it), or `flush` reports the events as waiting.
+    pub fn track<'c, DB: Backend>(
+        &self,
+        tx: sqlx::Transaction<'c, DB>,
+    ) -> TrackedTransaction<'c, DB> {
+        TrackedTransaction::new(tx, self.clone(), None)
     }
 
     /// The outbox of the database behind `pool`.

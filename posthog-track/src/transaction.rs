@@ -3,8 +3,6 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-use sqlx::Pool;
-
 use crate::backend::Backend;
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
@@ -12,38 +10,6 @@ use crate::event::{Event, StagedEvent, Stager, Stamp};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
 use crate::tracker::Tracker;
-
-/// Transactions begin here: the tracker hands itself to each one, so this block lives with
-/// the transaction and the tracker needs nothing from this module.
-impl Tracker {
-    /// Begins a tracked transaction on a connection from `pool`.
-    ///
-    /// The first transaction on a pool starts that pool's relay in the background (in live
-    /// mode, unless the builder said delivery is [external](crate::TrackerBuilder::external_relay)),
-    /// so whatever this tracker commits is delivered without further calls.
-    pub async fn begin<DB: Backend>(
-        &self,
-        pool: &Pool<DB>,
-    ) -> Result<TrackedTransaction<'static, DB>> {
-        let relay = self.inner.dispatch.track_pool(pool);
-        Ok(TrackedTransaction::new(
-            pool.begin().await?,
-            self.clone(),
-            relay,
-        ))
-    }
-
-    /// Tracks writes in a transaction you already began (on a pool, a connection or as a
-    /// nested transaction). The tracker cannot see which pool it came from: call
-    /// [`start_relay`](Tracker::start_relay) for that pool once (or use
-    /// [`begin`](Tracker::begin) once on it), or `flush` reports the events as waiting.
-    pub fn track<'c, DB: Backend>(
-        &self,
-        tx: sqlx::Transaction<'c, DB>,
-    ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.clone(), None)
-    }
-}
 
 /// A `sqlx::Transaction` whose tracked writes stage PostHog events.
 ///
