@@ -50,7 +50,13 @@ async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
     );
     assert_eq!(
         request.user_agent.as_deref(),
-        Some(posthog_track::USER_AGENT_VALUE)
+        Some(
+            format!(
+                "posthog-track/{} (rust; server)",
+                posthog_track::LIB_VERSION
+            )
+            .as_str()
+        )
     );
     assert!(
         request.body["sent_at"]

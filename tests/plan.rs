@@ -230,3 +230,55 @@ fn changes_are_classified_and_readable() {
     );
     assert!(diff(&old, &old).is_empty());
 }
+
+/// The `posthog-track` command, built beside this test (the tests crate enables `cli`).
+fn cli_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir.join(format!("posthog-track{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build -p posthog-track --features cli` first",
+        binary.display()
+    );
+    binary
+}
+
+/// An unreadable plan file is an I/O error naming the file, not a configuration error; a
+/// missing personal key is a missing key.
+#[test]
+fn the_command_names_what_went_wrong() {
+    let missing = std::env::temp_dir().join("posthog-track-no-such-plan.json");
+    let output = std::process::Command::new(cli_binary())
+        .args(["plan", "show", "--plan"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the tracking plan {}",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("invalid configuration"), "{stderr}");
+
+    let plan = std::env::temp_dir().join(format!("posthog-track-plan-{}.json", std::process::id()));
+    std::fs::write(&plan, TrackingPlan::collect().to_json()).unwrap();
+    let output = std::process::Command::new(cli_binary())
+        .args(["plan", "push", "--project-id", "1", "--plan"])
+        .arg(&plan)
+        .env_remove("POSTHOG_PERSONAL_API_KEY")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&plan).ok();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("POSTHOG_PERSONAL_API_KEY is not set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("invalid configuration"), "{stderr}");
+}

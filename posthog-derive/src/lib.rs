@@ -1,6 +1,6 @@
 //! Derive macros for [posthog-track](https://docs.rs/posthog-track). Use them through the
-//! re-exports in `posthog_track`; the attribute reference is on
-//! `posthog_track::TrackedModel`.
+//! re-exports in `posthog_track`; the attribute reference is the documentation of the
+//! [`posthog_track::TrackedModel` derive](https://docs.rs/posthog-track/latest/posthog_track/derive.TrackedModel.html).
 //!
 //! The pipeline: `internals::attr` and `internals::ast` parse the struct and its
 //! `#[tracked(...)]` attributes, `internals::check` applies every cross-field rule (collecting
@@ -12,7 +12,8 @@ mod internals;
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};
 
-/// Generates the SQL and the PostHog event mapping of a model. See `posthog_track::TrackedModel`.
+/// Generates the SQL and the PostHog event mapping of a model. The attribute reference is on
+/// the [`posthog_track::TrackedModel` derive](https://docs.rs/posthog-track/latest/posthog_track/derive.TrackedModel.html).
 #[proc_macro_derive(TrackedModel, attributes(tracked))]
 pub fn derive_tracked_model(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -65,7 +65,8 @@ impl Dialect {
     }
 }
 
-/// A query as generated code builds it: owned SQL text, arguments encoded on bind.
+/// A query as generated code builds it: owned SQL text, arguments encoded on bind. (The
+/// [`Backend`] trait spells it out, so its public signatures name only sqlx types.)
 pub type BoundQuery<DB> = Query<'static, DB, <DB as sqlx::Database>::Arguments>;
 
 mod sealed {
@@ -92,19 +93,19 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     /// Runs a statement that returns no rows.
     fn execute<'c>(
         conn: &'c mut Self::Connection,
-        query: BoundQuery<Self>,
+        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
     ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c;
 
     /// Runs a statement that returns exactly one row.
     fn fetch_one<'c>(
         conn: &'c mut Self::Connection,
-        query: BoundQuery<Self>,
+        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
     ) -> impl Future<Output = Result<Self::Row, sqlx::Error>> + Send + 'c;
 
     /// Runs a query and collects every row.
     fn fetch_all<'c>(
         conn: &'c mut Self::Connection,
-        query: BoundQuery<Self>,
+        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
     ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'c;
 
     /// Rows matched by an UPDATE or DELETE.
@@ -123,9 +124,15 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     // so the few concrete types the runtime itself binds and reads get a method each.
 
     /// Binds a text parameter.
-    fn bind_text(query: BoundQuery<Self>, value: &str) -> BoundQuery<Self>;
+    fn bind_text(
+        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
+        value: &str,
+    ) -> Query<'static, Self, <Self as sqlx::Database>::Arguments>;
     /// Binds a 64-bit integer parameter.
-    fn bind_i64(query: BoundQuery<Self>, value: i64) -> BoundQuery<Self>;
+    fn bind_i64(
+        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
+        value: i64,
+    ) -> Query<'static, Self, <Self as sqlx::Database>::Arguments>;
     /// Reads a text column.
     fn text(row: &Self::Row, index: usize) -> Result<String, sqlx::Error>;
     /// Reads a nullable text column.
@@ -210,21 +217,21 @@ macro_rules! impl_backend {
 
             fn execute<'c>(
                 conn: &'c mut Self::Connection,
-                query: BoundQuery<Self>,
+                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
             ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c {
                 query.execute(conn)
             }
 
             fn fetch_one<'c>(
                 conn: &'c mut Self::Connection,
-                query: BoundQuery<Self>,
+                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
             ) -> impl Future<Output = Result<Self::Row, sqlx::Error>> + Send + 'c {
                 query.fetch_one(conn)
             }
 
             fn fetch_all<'c>(
                 conn: &'c mut Self::Connection,
-                query: BoundQuery<Self>,
+                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
             ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send + 'c {
                 query.fetch_all(conn)
             }
@@ -245,11 +252,17 @@ macro_rules! impl_backend {
                 sqlx::Row::try_get(row, index)
             }
 
-            fn bind_text(query: BoundQuery<Self>, value: &str) -> BoundQuery<Self> {
+            fn bind_text(
+                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
+                value: &str,
+            ) -> Query<'static, Self, <Self as sqlx::Database>::Arguments> {
                 query.bind(value)
             }
 
-            fn bind_i64(query: BoundQuery<Self>, value: i64) -> BoundQuery<Self> {
+            fn bind_i64(
+                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
+                value: i64,
+            ) -> Query<'static, Self, <Self as sqlx::Database>::Arguments> {
                 query.bind(value)
             }
 

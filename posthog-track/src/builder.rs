@@ -7,14 +7,21 @@ use std::time::Duration;
 use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
 use crate::client::{Backoff, Sink};
-use crate::config::{ApiKey, Config, Mode};
+use crate::config::{ApiKey, Config};
 use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions};
 use crate::error::Result;
 use crate::flags::{
     DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
 };
+use crate::mode::Mode;
 use crate::relay::RelayOptions;
 use crate::tracker::{Inner, Tracker};
+
+/// How long a remote `/flags` evaluation may take.
+const FLAGS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long fetching the flag definitions (for local evaluation) may take: a larger answer.
+const DEFINITIONS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds a [`Tracker`].
 #[must_use]
@@ -27,7 +34,6 @@ pub struct TrackerBuilder {
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
     external_relay: bool,
-    flags_timeout: Duration,
     local_evaluation_only: bool,
     flag_definitions: Option<LocalEvaluator>,
 }
@@ -62,7 +68,6 @@ impl Default for TrackerBuilder {
             relay: RelayOptions::default(),
             before_send: None,
             external_relay: false,
-            flags_timeout: Duration::from_secs(3),
             local_evaluation_only: false,
             flag_definitions: None,
         }
@@ -281,13 +286,13 @@ impl TrackerBuilder {
             .api_key
             .clone()
             .filter(|_| !self.config.disabled)
-            .map(|key| RemoteFlags::new(&self.config.host, key, self.flags_timeout));
+            .map(|key| RemoteFlags::new(&self.config.host, key, FLAGS_TIMEOUT));
         let definitions_client = match (&self.config.api_key, &self.config.personal_api_key) {
             (Some(project), Some(secret)) if !self.config.disabled => Some(DefinitionsClient::new(
                 &self.config.host,
                 project,
                 secret.clone(),
-                self.flags_timeout.max(Duration::from_secs(10)),
+                DEFINITIONS_TIMEOUT,
             )),
             _ => None,
         };

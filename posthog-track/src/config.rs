@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
+use crate::mode::Mode;
 
 /// PostHog's US cloud ingestion host, the default.
 pub const US_HOST: &str = "https://us.i.posthog.com";
@@ -46,17 +47,6 @@ impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
-}
-
-/// What the tracker does with events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Events are recorded and sent to PostHog.
-    Live,
-    /// No API key: events are recorded in the outbox and printed instead of sent.
-    DryRun,
-    /// `POSTHOG_DISABLED`: tracked writes still write rows, but record no events.
-    Disabled,
 }
 
 /// Settings of a [`Tracker`](crate::Tracker). Its `Debug` shows neither key nor any

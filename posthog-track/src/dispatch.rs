@@ -15,11 +15,12 @@ use tokio::sync::{Notify, watch};
 use crate::backend::Backend;
 use crate::client::queue::{Queue, QueueOptions};
 use crate::client::{DropCause, SharedStats, Sink, print_dry_run};
-use crate::config::Mode;
 use crate::error::{Error, Result};
 use crate::event::StagedEvent;
+use crate::mode::Mode;
 use crate::outbox::Outbox;
 use crate::relay::{Relay, RelayOptions};
+use crate::sync::lock;
 
 /// How the events of tracked writes reach PostHog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -518,11 +519,4 @@ impl Outcome {
         }
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing here can leave the maps inconsistent if a holder panicked.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -101,13 +101,13 @@ pub enum Error {
         "this tracker cannot deliver events ({}), so it runs no relay and leaves the outbox \
          to processes that can",
         match mode {
-            crate::config::Mode::Disabled => "POSTHOG_DISABLED is set",
+            crate::mode::Mode::Disabled => "POSTHOG_DISABLED is set",
             _ => "no POSTHOG_API_KEY: dry run",
         }
     )]
     CannotDeliver {
         /// The tracker's mode (dry run or disabled).
-        mode: crate::config::Mode,
+        mode: crate::mode::Mode,
     },
 
     /// The outbox table does not exist in this database.
@@ -194,6 +194,24 @@ pub enum Error {
     /// The configuration (environment or builder) is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A tracking plan file (the `posthog-track plan` command) could not be read.
+    #[error("cannot read the tracking plan {}: {source}", path.display())]
+    ReadPlan {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+
+    /// A tracking plan file is not the JSON that `plan::assert_snapshot` writes.
+    #[error("{} is not a tracking plan: {source}", path.display())]
+    InvalidPlan {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
 }
 
 impl Error {

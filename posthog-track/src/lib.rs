@@ -49,8 +49,9 @@
 //!
 //! Where to look:
 //!
-//! - [`TrackedModel`] and [`EventSchema`]: the derives and the writes (`insert`, `update`,
-//!   `update_changed`, `delete`); the attribute reference is in the README.
+//! - [`TrackedModel`](trait@TrackedModel) and [`EventSchema`](trait@EventSchema): the writes
+//!   (`insert`, `update`, `update_changed`, `delete`); the attribute reference is on the
+//!   [`TrackedModel` derive](derive@TrackedModel).
 //! - [`Tracker`] and [`TrackedTransaction`]: configuration, transactions, `capture`,
 //!   `identify`, `flush` and `shutdown`.
 //! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
@@ -70,25 +71,33 @@ mod dispatch;
 mod error;
 mod event;
 pub mod flags;
+mod mode;
 mod model;
 pub mod outbox;
 pub mod plan;
 pub mod relay;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tracker;
 mod transaction;
 
-pub use backend::{Backend, BoundQuery, Dialect};
-pub use client::{Backoff, DeliveryCounts, DeliveryStats, USER_AGENT_VALUE};
-pub use config::{ApiKey, Config, EU_HOST, Mode, US_HOST};
+pub use backend::{Backend, Dialect};
+pub use client::{Backoff, DeliveryCounts, DeliveryStats};
+pub use config::{ApiKey, Config, EU_HOST, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
 pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
-pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId, format_timestamp};
+pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
 pub use flags::routed_table;
+pub use mode::Mode;
 pub use model::{EventSchema, TrackedModel, TrackedRow};
-pub use posthog_derive::{EventSchema, TrackedModel};
+pub use posthog_derive::EventSchema;
+/// Derives [`TrackedModel`](trait@TrackedModel): the SQL that writes the struct and the
+/// mapping of its fields to PostHog events, checked at compile time.
+///
+#[doc = include_str!("attributes.md")]
+pub use posthog_derive::TrackedModel;
 pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 

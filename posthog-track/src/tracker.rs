@@ -11,13 +11,15 @@ use uuid::Uuid;
 use crate::backend::Backend;
 pub use crate::builder::TrackerBuilder;
 use crate::client::DeliveryCounts;
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::dispatch::{Dispatch, ShutdownReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
 use crate::flags::{DefinitionsCache, DefinitionsClient, ExposureCache, RemoteFlags, RoutingState};
+use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::Relay;
+use crate::sync::lock;
 use crate::transaction::TrackedTransaction;
 
 pub(crate) struct Inner {
@@ -243,11 +245,4 @@ impl Tracker {
         let mut staged = self.inner.dispatch.apply_before_send(staged);
         Ok(staged.pop())
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the list inconsistent.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -2,11 +2,11 @@
 //! methods. Property keys are JSON-escaped here, at compile time, so staging an event costs
 //! only the serialisation of its values.
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::Private;
+use super::private::{Private, respan};
 use crate::internals::ast::{Container, Field};
 
 /// Which part of `properties` a value is written to.
@@ -51,24 +51,6 @@ fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> Tok
         },
         field.ty.span(),
     )
-}
-
-/// `tokens` with every token, nested ones included, spanned on `span`.
-pub(super) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|token| match token {
-            TokenTree::Group(group) => {
-                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
-                respanned.set_span(span);
-                TokenTree::Group(respanned)
-            }
-            mut token => {
-                token.set_span(span);
-                token
-            }
-        })
-        .collect()
 }
 
 type Included = fn(&Field) -> bool;

@@ -3,34 +3,18 @@
 mod event;
 mod model;
 mod plan;
+mod private;
 pub mod schema;
 mod sql;
 
 use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
+use quote::quote;
 use syn::DeriveInput;
 
 use crate::internals::ast::Container;
 use crate::internals::ctxt::Ctxt;
 use crate::internals::{check, migrations};
-
-/// `::posthog_track::__private`: the one path generated code reaches the runtime through.
-#[derive(Clone, Copy)]
-pub struct Private;
-
-impl Private {
-    /// The path with every token spanned on `span`, for code whose errors point at the
-    /// user's tokens (`quote_spanned!` does not respan what it interpolates).
-    pub fn spanned(self, span: proc_macro2::Span) -> TokenStream {
-        event::respan(self.into_token_stream(), span)
-    }
-}
-
-impl ToTokens for Private {
-    fn to_tokens(&self, tokens: &mut TokenStream) {
-        tokens.extend(quote!(::posthog_track::__private));
-    }
-}
+use private::Private;
 
 pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();

@@ -5,8 +5,8 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::event::respan;
-use super::{Private, event, sql};
+use super::private::{Private, respan};
+use super::{event, sql};
 use crate::internals::ast::{Container, Field};
 use crate::internals::attr::ContextSource;
 

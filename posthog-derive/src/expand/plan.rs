@@ -4,7 +4,7 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 
-use super::Private;
+use super::private::Private;
 use crate::internals::ast::{Container, doc_comment, unraw};
 use crate::internals::attr::DecisionKind;
 

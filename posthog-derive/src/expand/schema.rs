@@ -8,7 +8,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::DeriveInput;
 
-use super::Private;
+use super::private::Private;
 use crate::internals::ast::{self, Container, Derive, unraw};
 use crate::internals::ctxt::Ctxt;
 

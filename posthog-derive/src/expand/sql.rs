@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::Private;
+use super::private::Private;
 use crate::internals::ast::{Container, Field};
 use crate::internals::dialect::Dialect;
 use crate::internals::migrations::types;

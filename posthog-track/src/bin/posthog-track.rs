@@ -305,13 +305,13 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 fn read_plan(path: &PathBuf) -> posthog_track::Result<TrackingPlan> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| Error::Config(format!("cannot read {}: {error}", path.display())))?;
-    TrackingPlan::from_json(&text).map_err(|error| {
-        Error::Config(format!(
-            "{} is not a tracking plan: {error}",
-            path.display()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPlan {
+        path: path.clone(),
+        source,
+    })?;
+    TrackingPlan::from_json(&text).map_err(|source| Error::InvalidPlan {
+        path: path.clone(),
+        source,
     })
 }
 
@@ -338,12 +338,10 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
             let key = Config::from_env()?
                 .personal_api_key()
                 .cloned()
-                .ok_or_else(|| {
-                    Error::Config(
-                        "plan push needs POSTHOG_PERSONAL_API_KEY: a personal API key with the \
-                         event_definition and property_definition read and write scopes"
-                            .to_owned(),
-                    )
+                .ok_or(Error::MissingKey {
+                    key: "POSTHOG_PERSONAL_API_KEY",
+                    purpose: "plan push needs a personal API key with the event_definition \
+                              and property_definition read and write scopes",
                 })?;
             let push = PlanPush::new(PushOptions::new(host, *project_id, key)?);
             let changes = push.plan_changes(&plan).await?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Once};
 pub use backoff::Backoff;
 use deliver::Fate;
 use transport::Transport;
-pub use transport::USER_AGENT_VALUE;
+pub(crate) use transport::USER_AGENT_VALUE;
 
 /// Where delivered events end up.
 #[derive(Debug, Clone)]

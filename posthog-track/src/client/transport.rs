@@ -12,7 +12,7 @@ use crate::event::format_timestamp;
 
 /// Sent with every request. PostHog decides from the User-Agent that this is a server SDK
 /// (which, among other things, changes how flags are evaluated).
-pub const USER_AGENT_VALUE: &str = concat!(
+pub(crate) const USER_AGENT_VALUE: &str = concat!(
     "posthog-track/",
     env!("CARGO_PKG_VERSION"),
     " (rust; server)"

@@ -13,7 +13,8 @@ use super::poller::{DefinitionsClient, run as poll_definitions};
 use super::request::{FlagsRequest, FlagsSnapshot};
 use super::value::{FlagError, FlagValue};
 use crate::error::{Error, Result};
-use crate::tracker::{Tracker, lock};
+use crate::sync::lock;
+use crate::tracker::Tracker;
 
 impl Tracker {
     /// Every flag's value for one user (or only the request's [`only`](FlagsRequest::only)

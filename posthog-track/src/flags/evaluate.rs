@@ -37,7 +37,7 @@ const LONG_SCALE: f64 = 0xFFF_FFFF_FFFF_FFFF_u64 as f64;
 
 /// PostHog's bucketing: a stable number in [0, 1) for a flag key and a bucketing value (the
 /// distinct id, or a group key), from the first 15 hex digits of a SHA-1.
-pub fn bucket(flag_key: &str, bucketing_value: &str, salt: &str) -> f64 {
+pub(crate) fn bucket(flag_key: &str, bucketing_value: &str, salt: &str) -> f64 {
     let mut hasher = Sha1::new();
     hasher.update(flag_key.as_bytes());
     hasher.update(b".");

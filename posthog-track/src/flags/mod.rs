@@ -22,6 +22,7 @@
 // -> evaluate -> http -> {remote, poller, exposure} -> api (the `impl Tracker` block) ->
 // routing.
 mod api;
+mod decisions;
 mod definitions;
 mod evaluate;
 mod exposure;
@@ -33,12 +34,13 @@ mod request;
 pub(crate) mod routing;
 mod value;
 
+pub(crate) use decisions::RoutingState;
 pub use definitions::{Condition, FlagDefinition, PropertyFilter, Variant};
-pub use evaluate::{LocalEvaluator, bucket};
+pub use evaluate::LocalEvaluator;
 pub(crate) use exposure::ExposureCache;
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
 pub use request::{FlagsRequest, FlagsSnapshot};
+pub(crate) use routing::route;
 pub use routing::routed_table;
-pub(crate) use routing::{RoutingState, route};
 pub use value::{FlagError, FlagValue, Properties};

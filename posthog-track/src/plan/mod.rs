@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use diff::{Change, Severity, diff};
 pub use push::{
     DefinitionChange, DefinitionKind, EU_APP_HOST, EventDefinition, PlanPush, PropertyDefinition,
-    PushOptions, US_APP_HOST, app_host, definition_changes, posthog_property_type,
+    PushOptions, US_APP_HOST, definition_changes, posthog_property_type,
 };
 
 /// What the derive records about a model (not public API).

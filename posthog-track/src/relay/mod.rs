@@ -36,8 +36,8 @@ use crate::backend::Backend;
 use crate::client::backoff::Backoff;
 use crate::client::deliver::{self, Fate};
 use crate::client::{SharedStats, Sink};
-use crate::config::Mode;
 use crate::error::{Error, Result};
+use crate::mode::Mode;
 use crate::outbox::Outbox;
 use claim::{Claimed, Settle};
 
