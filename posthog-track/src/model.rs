@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{EventWriter, SectionKind, StagedEvent, Stager, Stamp, properties_object};
+use crate::event::{EventWriter, Section, StagedEvent, Stager, Stamp, properties_object};
 use crate::flags::route;
 use crate::flags::routing::TableVariant;
 use crate::transaction::TrackedTransaction;
@@ -380,7 +380,7 @@ fn stage_identify<M: TrackedModel>(
     let mut writer = stager.event("$identify");
     if let Some(anonymous_id) = anonymous_id.filter(|id| id != stager.distinct_id()) {
         writer.dynamic_property(
-            SectionKind::Properties,
+            Section::Properties,
             "$anon_distinct_id",
             &anonymous_id.into(),
         )?;
@@ -407,9 +407,9 @@ fn stage_group_identify<M: TrackedModel>(
         None => model.__write_properties(writer),
     })?;
     let mut writer = stager.event_for("$groupidentify", format!("${group_type}_{group_key}"));
-    writer.dynamic_property(SectionKind::Properties, "$group_type", &group_type.into())?;
-    writer.dynamic_property(SectionKind::Properties, "$group_key", &group_key.into())?;
-    writer.dynamic_property(SectionKind::Properties, "$group_set", &group_set)?;
+    writer.dynamic_property(Section::Properties, "$group_type", &group_type.into())?;
+    writer.dynamic_property(Section::Properties, "$group_key", &group_key.into())?;
+    writer.dynamic_property(Section::Properties, "$group_set", &group_set)?;
     stager.push(writer)
 }
 
