@@ -82,7 +82,16 @@ pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
         .filter(|db| !db.is_empty() && *db != "test")
         .map(|db| format!("{db}_"))
         .unwrap_or_default();
-    let database = format!("pt_{base}{scenario}");
+    let mut database = format!("pt_{base}{scenario}");
+    if database.len() > 64 {
+        // MySQL's limit; keep the name unique with a digest of what was cut.
+        let digest = database
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+        database = format!("{}_{digest:016x}", &database[..47]);
+    }
     let admin = sqlx::MySqlPool::connect(url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"

@@ -78,8 +78,10 @@ pub struct EventWriter {
     first_in_section: bool,
 }
 
+/// Where a property goes in an event: the event's own properties, `$set` or `$set_once`.
+/// Sections are written in this order (the discriminants order them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Section {
+pub(crate) enum Section {
     Properties,
     Set,
     SetOnce,
@@ -183,15 +185,11 @@ impl EventWriter {
     /// Writes a property whose key is only known at run time (untyped events).
     pub(crate) fn dynamic_property(
         &mut self,
-        section: SectionKind,
+        section: Section,
         key: &str,
         value: &serde_json::Value,
     ) -> Result<()> {
-        self.enter(match section {
-            SectionKind::Properties => Section::Properties,
-            SectionKind::Set => Section::Set,
-            SectionKind::SetOnce => Section::SetOnce,
-        });
+        self.enter(section);
         if !std::mem::take(&mut self.first_in_section) {
             self.buf.push(b',');
         }
@@ -249,14 +247,6 @@ impl EventWriter {
         String::from_utf8(self.buf)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
-}
-
-/// Where a dynamic property goes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum SectionKind {
-    Properties,
-    Set,
-    SetOnce,
 }
 
 fn write_json_str(buf: &mut Vec<u8>, s: &str) {
@@ -470,7 +460,7 @@ distinct_id_via_display!(
 pub struct Event {
     pub(crate) name: Cow<'static, str>,
     pub(crate) distinct_id: Option<String>,
-    pub(crate) properties: Vec<(SectionKind, String, serde_json::Value)>,
+    pub(crate) properties: Vec<(Section, String, serde_json::Value)>,
     pub(crate) timestamp: Option<DateTime<Utc>>,
     pub(crate) unset: Vec<serde_json::Value>,
 }
@@ -514,21 +504,21 @@ impl Event {
     /// Adds an event property.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.properties
-            .push((SectionKind::Properties, key.into(), value.into()));
+            .push((Section::Properties, key.into(), value.into()));
         self
     }
 
     /// Adds a `$set` person property.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.properties
-            .push((SectionKind::Set, key.into(), value.into()));
+            .push((Section::Set, key.into(), value.into()));
         self
     }
 
     /// Adds a `$set_once` person property.
     pub fn set_once(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.properties
-            .push((SectionKind::SetOnce, key.into(), value.into()));
+            .push((Section::SetOnce, key.into(), value.into()));
         self
     }
 
@@ -550,7 +540,7 @@ impl Event {
         let mut properties = self.properties;
         if !self.unset.is_empty() {
             properties.push((
-                SectionKind::Properties,
+                Section::Properties,
                 "$unset".to_owned(),
                 serde_json::Value::Array(self.unset),
             ));
@@ -565,5 +555,54 @@ impl Event {
             writer.dynamic_property(*section, key, value)?;
         }
         stager.push(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact bytes of an event that mixes the sections: properties first, then `$set`,
+    /// then `$set_once`, each section in the order its properties were added.
+    #[test]
+    fn untyped_event_sections_are_written_in_order() {
+        let mut events = Vec::new();
+        let mut stager = Stager::new(&mut events, "d1".to_owned());
+        Event::new("signed_up")
+            .set_once("first", 1)
+            .property("plan", "pro")
+            .set("email", "a@example.com")
+            .unset("old")
+            .property("n", 2)
+            .set_once("second", true)
+            .write(&mut stager)
+            .unwrap();
+        let event = &events[0];
+        let expected = format!(
+            "{{\"uuid\":\"{}\",\"event\":\"signed_up\",\"distinct_id\":\"d1\",\"timestamp\":\"{}\",\
+             \"properties\":{{\"$lib\":\"{LIB_NAME}\",\"$lib_version\":\"{LIB_VERSION}\",\
+             \"plan\":\"pro\",\"n\":2,\"$unset\":[\"old\"],\
+             \"$set\":{{\"email\":\"a@example.com\"}},\
+             \"$set_once\":{{\"first\":1,\"second\":true}}}}}}",
+            event.uuid, event.timestamp
+        );
+        assert_eq!(event.payload, expected);
+    }
+
+    /// Typed writers skip an absent person property and leave no empty `$set` behind.
+    #[test]
+    fn absent_person_properties_leave_no_section() {
+        let mut events = Vec::new();
+        let mut stager = Stager::new(&mut events, "d1".to_owned());
+        let mut writer = stager.event("e");
+        writer.property("a", "\"a\":", &1).unwrap();
+        writer.set("b", "\"b\":", &None::<u8>).unwrap();
+        writer.set_once("c", "\"c\":", &"x").unwrap();
+        stager.push(writer).unwrap();
+        let payload = &events[0].payload;
+        assert!(
+            payload.ends_with(",\"a\":1,\"$set_once\":{\"c\":\"x\"}}}"),
+            "{payload}"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! [`PlanPush`] then writes the plan's descriptions and property types to PostHog's event and
 //! property definitions (`posthog-track plan push`).
 
+mod compare;
 mod diff;
 mod push;
 
@@ -22,11 +23,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use diff::{Change, Severity, diff};
-pub use push::{
-    DefinitionChange, DefinitionKind, EU_APP_HOST, EventDefinition, PlanPush, PropertyDefinition,
-    PushOptions, US_APP_HOST, definition_changes, posthog_property_type,
+pub use compare::{
+    DefinitionChange, DefinitionKind, EventDefinition, PropertyDefinition, definition_changes,
+    posthog_property_type,
 };
+pub use diff::{Change, Severity, diff};
+pub use push::{EU_APP_HOST, PlanPush, PushOptions, US_APP_HOST};
 
 /// What the derive records about a model (not public API).
 #[doc(hidden)]

@@ -1,0 +1,94 @@
+//! Staging the events of a tracked write: the write's own event, `$identify` for an
+//! `identify` model, `$groupidentify` for a group model, and the `$groups` every event of the
+//! write carries.
+
+use super::codegen::ChangeMask;
+use super::traits::TrackedModel;
+use crate::error::Result;
+use crate::event::{Section, StagedEvent, Stager, Stamp, properties_object};
+
+/// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's
+/// own group, for a group model), so every event of the write is attributed to them.
+pub(super) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
+    let mut groups = serde_json::Map::new();
+    if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, model.__group_key()) {
+        groups.insert(group_type.to_owned(), key.into());
+    }
+    for (group_type, key) in model.__groups() {
+        if let Some(key) = key {
+            groups.insert(group_type.to_owned(), key.into());
+        }
+    }
+    if !groups.is_empty() {
+        stamps.push(Stamp::new("$groups".into(), &groups.into()));
+    }
+    stamps
+}
+
+/// `$identify` for an `identify` model: its person properties in `$set` / `$set_once` (only
+/// the `changed` ones on an update), and `$anon_distinct_id` when the request's anonymous
+/// visitor is someone else, which merges that visitor into the person.
+pub(super) fn stage_identify<M: TrackedModel>(
+    model: &M,
+    anonymous_id: Option<String>,
+    stager: &mut Stager<'_>,
+    changed: Option<ChangeMask>,
+) -> Result<()> {
+    let mut writer = stager.event("$identify");
+    if let Some(anonymous_id) = anonymous_id.filter(|id| id != stager.distinct_id()) {
+        writer.dynamic_property(
+            Section::Properties,
+            "$anon_distinct_id",
+            &anonymous_id.into(),
+        )?;
+    }
+    match changed {
+        Some(changed) => model.__write_changed_person_properties(changed, &mut writer)?,
+        None => model.__write_person_properties(&mut writer)?,
+    }
+    stager.push(writer)
+}
+
+/// `$groupidentify` for a group model: the row's tracked properties (only the `changed` ones
+/// on an update) become the group's. PostHog's SDKs send it as `$<type>_<key>`.
+pub(super) fn stage_group_identify<M: TrackedModel>(
+    model: &M,
+    stager: &mut Stager<'_>,
+    changed: Option<ChangeMask>,
+) -> Result<()> {
+    let (Some(group_type), Some(group_key)) = (M::__GROUP_TYPE, model.__group_key()) else {
+        return Ok(());
+    };
+    let group_set = properties_object("$groupidentify", |writer| match changed {
+        Some(changed) => model.__write_changed_properties(changed, writer),
+        None => model.__write_properties(writer),
+    })?;
+    let mut writer = stager.event_for("$groupidentify", format!("${group_type}_{group_key}"));
+    writer.dynamic_property(Section::Properties, "$group_type", &group_type.into())?;
+    writer.dynamic_property(Section::Properties, "$group_key", &group_key.into())?;
+    writer.dynamic_property(Section::Properties, "$group_set", &group_set)?;
+    stager.push(writer)
+}
+
+pub(super) fn stage_insert_event<M: TrackedModel>(
+    model: &M,
+    stager: &mut Stager<'_>,
+) -> Result<()> {
+    let mut writer = stager.event(M::INSERT_EVENT);
+    model.__write_properties(&mut writer)?;
+    stager.push(writer)
+}
+
+/// Stages `model`'s insert event exactly as [`TrackedModel::insert`] does, without a database:
+/// the event mapping alone, for benchmarks.
+#[doc(hidden)]
+pub fn stage_insert_event_detached<M: TrackedModel>(
+    model: &M,
+    fallback_distinct_id: &str,
+    events: &mut Vec<StagedEvent>,
+) -> Result<()> {
+    let distinct_id = model
+        .distinct_id()
+        .unwrap_or_else(|| fallback_distinct_id.to_owned());
+    stage_insert_event(model, &mut Stager::new(events, distinct_id))
+}

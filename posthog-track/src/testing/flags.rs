@@ -1,0 +1,120 @@
+//! The flag endpoints: remote evaluation (`POST /flags`) and the definitions that local
+//! evaluation polls (`GET /flags/definitions`, with an ETag).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::server::{Dropped, HttpResponse, MockPostHog, Shared, respond};
+
+/// What the flag endpoints serve and what they received.
+#[derive(Default)]
+pub(super) struct FlagsState {
+    /// The `/flags/definitions` body, `{"flags": []}` until set.
+    definitions: Option<Value>,
+    /// A status that `/flags/definitions` answers instead.
+    definitions_status: Option<u16>,
+    /// Each `/flags/definitions` request: status answered, `If-None-Match`.
+    definitions_requests: Vec<(u16, Option<String>)>,
+    /// The `POST /flags` answer, `{"flags": {}}` until set.
+    remote: Option<Value>,
+    /// The bodies of the `POST /flags` requests.
+    remote_requests: Vec<Value>,
+}
+
+impl MockPostHog {
+    /// Serves `definitions` (a `/flags/definitions` body) to local evaluation, with an ETag,
+    /// answering 304 to a poll that already has them.
+    pub fn set_flag_definitions(&self, definitions: Value) {
+        self.shared.state().flags.definitions = Some(definitions);
+    }
+
+    /// Answers `/flags/definitions` with this status (401, 402, 429, ...) until `None`.
+    pub fn set_flag_definitions_status(&self, status: Option<u16>) {
+        self.shared.state().flags.definitions_status = status;
+    }
+
+    /// Each `/flags/definitions` request: the status answered and its `If-None-Match`.
+    pub fn flag_definitions_requests(&self) -> Vec<(u16, Option<String>)> {
+        self.shared.state().flags.definitions_requests.clone()
+    }
+
+    /// Answers remote evaluation (`POST /flags`) with this body.
+    pub fn set_remote_flags(&self, response: Value) {
+        self.shared.state().flags.remote = Some(response);
+    }
+
+    /// The bodies of the remote evaluation requests received.
+    pub fn flags_requests(&self) -> Vec<Value> {
+        self.shared.state().flags.remote_requests.clone()
+    }
+}
+
+/// `POST /flags`: records the body and answers with the scripted evaluation.
+pub(super) async fn remote(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Dropped> {
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return Err(Dropped),
+    };
+    let mut guard = shared.state();
+    let flags = &mut guard.flags;
+    flags
+        .remote_requests
+        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    let answer = flags.remote.clone().unwrap_or_else(|| json!({"flags": {}}));
+    Ok(respond(200, answer, None))
+}
+
+/// `GET /flags/definitions`: the definitions with an ETag, 304 when the poll already has them.
+pub(super) fn definitions(shared: &Shared, request: &Request<Incoming>) -> HttpResponse {
+    let if_none_match = request
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut guard = shared.state();
+    let state = &mut guard.flags;
+    if let Some(status) = state.definitions_status {
+        state.definitions_requests.push((status, if_none_match));
+        return respond(
+            status,
+            json!({"type": "scripted", "detail": "scripted failure"}),
+            None,
+        );
+    }
+    let definitions = state
+        .definitions
+        .clone()
+        .unwrap_or_else(|| json!({"flags": []}));
+    let text = definitions.to_string();
+    let etag = format!("\"{:016x}\"", fnv1a(text.as_bytes()));
+    let status = if if_none_match.as_deref() == Some(etag.as_str()) {
+        304
+    } else {
+        200
+    };
+    state.definitions_requests.push((status, if_none_match));
+    let mut response = if status == 304 {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        respond(200, definitions, None)
+    };
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&etag) {
+        response.headers_mut().insert("etag", value);
+    }
+    response
+}
+
+/// A small stable hash for ETags (FNV-1a).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
