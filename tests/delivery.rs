@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
-use posthog_track_tests::{database_url, tracker_for, unique};
+use posthog_track_tests::{commit_events, on_every_backend, received, tracker_for, unique};
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -26,49 +26,6 @@ fn committer(mock: &MockPostHog) -> Tracker {
         .request_timeout(Duration::from_secs(5))
         .external_relay(true)
         .build()
-}
-
-/// Commits `count` events in transactions of `per_tx`, and rolls back one more transaction;
-/// returns the uuids committed.
-async fn commit_events<DB: Backend>(
-    tracker: &Tracker,
-    pool: &Pool<DB>,
-    tag: &str,
-    count: usize,
-    per_tx: usize,
-) -> BTreeSet<Uuid> {
-    let mut committed = BTreeSet::new();
-    let mut n = 0;
-    while n < count {
-        let mut tx = tracker.begin(pool).await.unwrap();
-        tx.set_distinct_id(tag.to_owned());
-        for _ in 0..per_tx.min(count - n) {
-            tx.capture(
-                Event::new("delivery_test")
-                    .property("n", n as u64)
-                    .property("tag", tag),
-            )
-            .unwrap();
-            n += 1;
-        }
-        committed.extend(tx.staged().iter().map(|event| event.uuid));
-        tx.commit().await.unwrap();
-    }
-    let mut tx = tracker.begin(pool).await.unwrap();
-    tx.set_distinct_id(tag.to_owned());
-    tx.capture(Event::new("rolled_back").property("tag", tag))
-        .unwrap();
-    tx.rollback().await.unwrap();
-    committed
-}
-
-/// The uuids the mock accepted for this test (the outbox may be shared with other tests).
-fn received(mock: &MockPostHog, tag: &str) -> BTreeSet<Uuid> {
-    mock.events()
-        .into_iter()
-        .filter(|event| event.distinct_id == tag)
-        .map(|event| event.uuid)
-        .collect()
 }
 
 async fn wait_until_received(mock: &MockPostHog, tag: &str, expected: &BTreeSet<Uuid>) {
@@ -96,52 +53,7 @@ async fn wait_until_received(mock: &MockPostHog, tag: &str, expected: &BTreeSet<
 }
 
 // Scenarios run in parallel and each relay delivers whatever its outbox holds, so every
-// scenario gets an outbox of its own (`isolated_postgres`, `isolated_mysql`).
-
-macro_rules! on_every_backend {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = std::env::temp_dir().join(unique("posthog-track-delivery"));
-                std::fs::create_dir_all(&dir).unwrap();
-                let options = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(dir.join("outbox.db"))
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(30));
-                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-                super::$scenario(&pool).await;
-                pool.close().await;
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(url) = database_url("POSTGRES_URL") else {
-                    return;
-                };
-                super::$scenario(
-                    &posthog_track_tests::isolated_postgres(&url, stringify!($scenario)).await,
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                let Some(url) = database_url("MYSQL_URL") else {
-                    return;
-                };
-                super::$scenario(
-                    &posthog_track_tests::isolated_mysql(&url, stringify!($scenario)).await,
-                )
-                .await;
-            }
-        }
-    };
-}
+// scenario gets an outbox of its own (`on_every_backend!`).
 
 on_every_backend!(outage_then_recovery);
 on_every_backend!(random_failures);
@@ -150,14 +62,14 @@ on_every_backend!(shutdown_during_outage_loses_nothing);
 on_every_backend!(concurrent_relays);
 
 /// PostHog answers 503 for a while, then recovers: everything arrives, once the outage ends.
-async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>) {
+async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("outage");
     mock.set_outage(Some(Reply::Status(503)));
     tracker.start_relay(pool.clone()).unwrap();
-    let committed = commit_events(&tracker, pool, &tag, 200, 20).await;
+    let committed = commit_events(&tracker, pool, &tag, "delivery_test", 200, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         received(&mock, &tag).is_empty(),
@@ -173,7 +85,7 @@ async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>) {
 }
 
 /// 10,000 events through 20 % random 500s, 429s with Retry-After and dropped connections.
-async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
+async fn random_failures<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker(&mock);
     tracker.migrate(pool).await.unwrap();
@@ -192,7 +104,7 @@ async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
         7,
     );
     tracker.start_relay(pool.clone()).unwrap();
-    let committed = commit_events(&tracker, pool, &tag, 10_000, 250).await;
+    let committed = commit_events(&tracker, pool, &tag, "delivery_test", 10_000, 250).await;
     wait_until_received(&mock, &tag, &committed).await;
     assert!(
         mock.requests().iter().any(|r| r.status == 500),
@@ -203,7 +115,7 @@ async fn random_failures<DB: Backend>(pool: &Pool<DB>) {
 
 /// One event of a batch is rejected with 400: it is dead-lettered with the reason, the rest
 /// arrive, and a requeue delivers it once PostHog accepts it.
-async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<DB>) {
+async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
     tracker.migrate(pool).await.unwrap();
@@ -212,7 +124,7 @@ async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<D
     mock.reject_events_where(move |event| {
         event["event"] == "poison" && event["properties"]["tag"] == poison_tag.as_str()
     });
-    let mut committed = commit_events(&tracker, pool, &tag, 30, 30).await;
+    let mut committed = commit_events(&tracker, pool, &tag, "delivery_test", 30, 30).await;
     let mut tx = tracker.begin(pool).await.unwrap();
     tx.set_distinct_id(tag.clone());
     tx.capture(Event::new("poison").property("tag", tag.as_str()))
@@ -256,14 +168,14 @@ async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<D
 
 /// Shutdown with a deadline while PostHog is down returns in time, and the events wait in
 /// the outbox for the next relay.
-async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>) {
+async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("shutdown");
     mock.set_outage(Some(Reply::Status(503)));
     tracker.start_relay(pool.clone()).unwrap();
-    let committed = commit_events(&tracker, pool, &tag, 50, 10).await;
+    let committed = commit_events(&tracker, pool, &tag, "delivery_test", 50, 10).await;
     let started = std::time::Instant::now();
     let result = tracker.shutdown(Duration::from_millis(500)).await;
     assert!(
@@ -302,12 +214,12 @@ async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>) {
 
 /// Four relays on one database at once: every event is delivered, and none twice (no lease
 /// expires here, so a duplicate would mean two relays claimed the same row).
-async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>) {
+async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("fleet");
-    let committed = commit_events(&tracker, pool, &tag, 2_000, 100).await;
+    let committed = commit_events(&tracker, pool, &tag, "delivery_test", 2_000, 100).await;
     let relays: Vec<Tracker> = (0..4).map(|_| self::tracker(&mock)).collect();
     for relay in &relays {
         relay.start_relay(pool.clone()).unwrap();
@@ -333,7 +245,7 @@ on_every_backend!(relay_killed_between_send_and_ack);
 /// A relay dies after PostHog accepted a batch but before it acknowledged the rows: once its
 /// lease expires another relay resends them, with the same uuids and byte-identical events
 /// (timestamps included), so PostHog's uuid deduplication absorbs the repeat.
-async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
+async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = Tracker::builder()
         .api_key(mock.api_key())
@@ -344,7 +256,7 @@ async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>) {
         .build();
     tracker.migrate(pool).await.unwrap();
     let tag = unique("killed");
-    let committed = commit_events(&tracker, pool, &tag, 20, 20).await;
+    let committed = commit_events(&tracker, pool, &tag, "delivery_test", 20, 20).await;
 
     mock.script([Reply::AcceptWithoutResponse]);
     let doomed = tracker.relay(pool.clone());
@@ -397,7 +309,7 @@ on_every_backend!(wrong_key_pauses_and_nothing_is_lost);
 
 /// A 401 is a configuration failure: nothing is dead-lettered or counted against the events;
 /// the relay pauses, and once the key is fixed everything is delivered.
-async fn wrong_key_pauses_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>) {
+async fn wrong_key_pauses_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let wrong = Tracker::builder()
         .api_key("phc_wrong_key_123")
@@ -407,7 +319,7 @@ async fn wrong_key_pauses_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>) {
         .build();
     wrong.migrate(pool).await.unwrap();
     let tag = unique("wrong-key");
-    let committed = commit_events(&wrong, pool, &tag, 10, 10).await;
+    let committed = commit_events(&wrong, pool, &tag, "delivery_test", 10, 10).await;
     let relay = wrong.relay(pool.clone());
     let error = relay
         .drain_for(Duration::from_millis(300))

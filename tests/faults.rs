@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
-use posthog_track_tests::{database_url, tracker_for, unique};
+use posthog_track_tests::{commit_events, on_every_backend, received, tracker_for, unique};
 use serde_json::Value;
 use sqlx::Pool;
 use uuid::Uuid;
@@ -19,44 +19,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A tracker whose commits start no relay: the scenario decides who delivers.
 fn committer(mock: &MockPostHog) -> Tracker {
     tracker_for(mock).external_relay(true).build()
-}
-
-/// Commits `count` events tagged `tag` in transactions of `per_tx`, and rolls one more back;
-/// returns the uuids committed.
-async fn commit_events<DB: Backend>(
-    tracker: &Tracker,
-    pool: &Pool<DB>,
-    tag: &str,
-    name: &str,
-    count: usize,
-    per_tx: usize,
-) -> BTreeSet<Uuid> {
-    let mut committed = BTreeSet::new();
-    let mut n = 0;
-    while n < count {
-        let mut tx = tracker.begin(pool).await.unwrap();
-        tx.set_distinct_id(tag.to_owned());
-        for _ in 0..per_tx.min(count - n) {
-            tx.capture(Event::new(name.to_owned()).property("n", n as u64))
-                .unwrap();
-            n += 1;
-        }
-        committed.extend(tx.staged().iter().map(|event| event.uuid));
-        tx.commit().await.unwrap();
-    }
-    let mut tx = tracker.begin(pool).await.unwrap();
-    tx.set_distinct_id(tag.to_owned());
-    tx.capture(Event::new("rolled_back")).unwrap();
-    tx.rollback().await.unwrap();
-    committed
-}
-
-fn received(mock: &MockPostHog, tag: &str) -> BTreeSet<Uuid> {
-    mock.events()
-        .into_iter()
-        .filter(|event| event.distinct_id == tag)
-        .map(|event| event.uuid)
-        .collect()
 }
 
 /// Committed == received, nothing rolled back arrived, and every duplicate is byte-identical
@@ -93,67 +55,6 @@ fn assert_exactly_delivered(
     assert_eq!(missing, 0, "{missing} committed event(s) never arrived");
     assert_eq!(&got, committed, "nothing arrived that was not committed");
     (got.len(), duplicates)
-}
-
-macro_rules! on_every_backend {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (pool, url, dir) = sqlite_file().await;
-                super::$scenario(&pool, &url).await;
-                pool.close().await;
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(url) = database_url("POSTGRES_URL") else {
-                    return;
-                };
-                let scenario = concat!("f_", stringify!($scenario));
-                let pool = posthog_track_tests::isolated_postgres(&url, scenario).await;
-                let url = with_search_path(&url, &format!("pt_{scenario}"));
-                super::$scenario(&pool, &url).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                let Some(url) = database_url("MYSQL_URL") else {
-                    return;
-                };
-                let scenario = concat!("f_", stringify!($scenario));
-                let pool = posthog_track_tests::isolated_mysql(&url, scenario).await;
-                let database: String = sqlx::query_scalar("SELECT DATABASE()")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-                let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
-                super::$scenario(&pool, &url).await;
-            }
-        }
-    };
-}
-
-async fn sqlite_file() -> (sqlx::SqlitePool, String, PathBuf) {
-    let dir = std::env::temp_dir().join(unique("posthog-track-faults"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("outbox.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&file)
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(30));
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    (pool, format!("sqlite:{}", file.display()), dir)
-}
-
-/// The PostgreSQL URL whose connections use `schema`, for the relay processes.
-fn with_search_path(url: &str, schema: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
 // 1. A process without a key never consumes the shared outbox.

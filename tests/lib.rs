@@ -109,3 +109,126 @@ pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
         .await
         .unwrap()
 }
+
+/// Commits `count` events named `name` for distinct id `tag`, in transactions of `per_tx`,
+/// then rolls one more transaction back (its `rolled_back` event must never arrive); returns
+/// the uuids committed.
+///
+/// # Panics
+///
+/// When a transaction cannot begin or commit.
+pub async fn commit_events<DB: posthog_track::Backend>(
+    tracker: &posthog_track::Tracker,
+    pool: &sqlx::Pool<DB>,
+    tag: &str,
+    name: &str,
+    count: usize,
+    per_tx: usize,
+) -> std::collections::BTreeSet<uuid::Uuid> {
+    use posthog_track::Event;
+    let mut committed = std::collections::BTreeSet::new();
+    let mut n = 0;
+    while n < count {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(tag.to_owned());
+        for _ in 0..per_tx.min(count - n) {
+            tx.capture(
+                Event::new(name.to_owned())
+                    .property("n", n as u64)
+                    .property("tag", tag),
+            )
+            .unwrap();
+            n += 1;
+        }
+        committed.extend(tx.staged().iter().map(|event| event.uuid));
+        tx.commit().await.unwrap();
+    }
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.to_owned());
+    tx.capture(Event::new("rolled_back").property("tag", tag))
+        .unwrap();
+    tx.rollback().await.unwrap();
+    committed
+}
+
+/// The uuids `mock` accepted for distinct id `tag` (a database may be shared by tests).
+pub fn received(
+    mock: &posthog_track::testing::MockPostHog,
+    tag: &str,
+) -> std::collections::BTreeSet<uuid::Uuid> {
+    mock.events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect()
+}
+
+/// A SQLite database in a file of its own (WAL, as services run it), its URL, and the folder
+/// to remove afterwards.
+///
+/// # Panics
+///
+/// When the file cannot be created.
+pub async fn sqlite_file(prefix: &str) -> (sqlx::SqlitePool, String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outbox.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    (pool, format!("sqlite:{}", file.display()), dir)
+}
+
+/// The PostgreSQL URL whose connections use `schema` (for other processes).
+pub fn with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// Runs `async fn $scenario<DB: Backend>(pool: &Pool<DB>, url: &str)` as three tests: on a
+/// SQLite file, on a PostgreSQL schema and on a MariaDB database of its own (the URL reaches
+/// the same database, for other processes). Scenario names must be unique across test files.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (pool, url, dir) = $crate::sqlite_file(stringify!($scenario)).await;
+                super::$scenario(&pool, &url).await;
+                pool.close().await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = $crate::database_url("POSTGRES_URL") else {
+                    return;
+                };
+                let scenario = stringify!($scenario);
+                let pool = $crate::isolated_postgres(&url, scenario).await;
+                let url = $crate::with_search_path(&url, &format!("pt_{scenario}"));
+                super::$scenario(&pool, &url).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let Some(url) = $crate::database_url("MYSQL_URL") else {
+                    return;
+                };
+                let pool = $crate::isolated_mysql(&url, stringify!($scenario)).await;
+                let database: String = sqlx::query_scalar("SELECT DATABASE()")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+                super::$scenario(&pool, &url).await;
+            }
+        }
+    };
+}

@@ -1,11 +1,9 @@
 //! The outbox's own migrations: racing replicas, a forgotten `migrate`, and tables created by
 //! the previous version, with events in them, upgraded in place.
 
-use std::time::Duration;
-
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, Error, Event, Tracker};
-use posthog_track_tests::{database_url, tracker_for, unique};
+use posthog_track_tests::{on_every_backend, tracker_for, unique};
 use sqlx::Pool;
 
 /// The outbox as the previous version created it (dead rows kept in place with `status = 1`).
@@ -36,53 +34,11 @@ fn previous_layout(dialect: posthog_track::Dialect) -> &'static str {
     }
 }
 
-macro_rules! on_every_backend {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = std::env::temp_dir().join(unique("posthog-track-migrate"));
-                std::fs::create_dir_all(&dir).unwrap();
-                let options = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(dir.join("app.db"))
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(30));
-                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-                super::$scenario(&pool).await;
-                pool.close().await;
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(url) = database_url("POSTGRES_URL") else {
-                    return;
-                };
-                let scenario = concat!("m_", stringify!($scenario));
-                super::$scenario(&posthog_track_tests::isolated_postgres(&url, scenario).await)
-                    .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                let Some(url) = database_url("MYSQL_URL") else {
-                    return;
-                };
-                let scenario = concat!("m_", stringify!($scenario));
-                super::$scenario(&posthog_track_tests::isolated_mysql(&url, scenario).await).await;
-            }
-        }
-    };
-}
-
 on_every_backend!(replicas_migrating_at_once_all_succeed);
 
 /// Ten replicas start together and all run `migrate`: every one succeeds (PostgreSQL alone
 /// raced on `CREATE TABLE IF NOT EXISTS` before: a unique violation on `pg_type`).
-async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>) {
+async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let tracker = Tracker::builder().build();
     let replicas: Vec<_> = (0..10)
         .map(|_| {
@@ -98,7 +54,7 @@ async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>) {
 
 on_every_backend!(a_forgotten_migrate_says_what_to_do);
 
-async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>) {
+async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).external_relay(true).build();
     let mut tx = tracker.begin(pool).await.unwrap();
@@ -117,7 +73,10 @@ on_every_backend!(an_outbox_of_the_previous_version_is_upgraded_in_place);
 
 /// A table created by the previous layout, with pending and dead events in it, is upgraded by
 /// `migrate` (twice, to show it is idempotent) without losing any, and delivery goes on.
-async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(pool: &Pool<DB>) {
+async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
     let mut conn = pool.acquire().await.unwrap();
     DB::execute(&mut conn, sqlx::query(previous_layout(DB::DIALECT)))
         .await
