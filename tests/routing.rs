@@ -41,13 +41,7 @@ fn definitions() -> String {
 
 #[tokio::test]
 async fn sqlite() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_pool().await;
     split_by_variant(&pool, "TEXT").await;
 }
 
@@ -75,15 +69,7 @@ where
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
 {
-    for table in ["documents", "documents_v2"] {
-        let ddl = format!(
-            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+    create_document_tables(pool, text).await;
     let mock = MockPostHog::start().await;
     let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
     let tracker: Tracker = tracker_for(&mock)
@@ -197,13 +183,7 @@ where
 /// request. A route PostHog cannot give falls back to the default table loudly (counted).
 #[tokio::test]
 async fn routes_are_consistent_without_definitions_sqlite() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_pool().await;
     consistent_routes(&pool, "TEXT").await;
 }
 
@@ -231,15 +211,7 @@ where
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
 {
-    for table in ["documents", "documents_v2"] {
-        let ddl = format!(
-            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+    create_document_tables(pool, text).await;
     let mock = MockPostHog::start().await;
     mock.set_remote_flags(json!({"flags": {
         "documents-v2": {"key": "documents-v2", "enabled": true, "variant": "test"}
@@ -295,4 +267,32 @@ where
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// An in-memory SQLite database that lives as long as its one connection.
+async fn memory_pool() -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap()
+}
+
+/// The default table and the variant's, with `text` as the backend's text column type.
+async fn create_document_tables<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+{
+    for table in ["documents", "documents_v2"] {
+        let ddl = format!(
+            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
 }
