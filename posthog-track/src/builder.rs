@@ -15,7 +15,8 @@ use crate::flags::{
 };
 use crate::mode::Mode;
 use crate::relay::RelayOptions;
-use crate::tracker::{Inner, Tracker};
+use crate::shared::Shared;
+use crate::tracker::Tracker;
 
 /// How long a remote `/flags` evaluation may take.
 const FLAGS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -301,7 +302,7 @@ impl TrackerBuilder {
             definitions.preload(evaluator);
         }
         Tracker {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Shared {
                 config: self.config,
                 dispatch,
                 flags,

@@ -76,6 +76,7 @@ mod model;
 pub mod outbox;
 pub mod plan;
 pub mod relay;
+mod shared;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,43 +1,31 @@
 //! The entry point: configuration, migrations, tracked transactions, capture and delivery.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Pool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::backend::Backend;
 pub use crate::builder::TrackerBuilder;
 use crate::client::DeliveryCounts;
 use crate::config::Config;
-use crate::dispatch::{Dispatch, ShutdownReport};
+use crate::dispatch::ShutdownReport;
 use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager};
-use crate::flags::{DefinitionsCache, DefinitionsClient, ExposureCache, RemoteFlags, RoutingState};
 use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::Relay;
+use crate::shared::Shared;
 use crate::sync::lock;
 use crate::transaction::TrackedTransaction;
-
-pub(crate) struct Inner {
-    pub(crate) config: Config,
-    pub(crate) dispatch: Dispatch,
-    pub(crate) flags: Option<RemoteFlags>,
-    pub(crate) exposures: Mutex<ExposureCache>,
-    pub(crate) definitions: Arc<DefinitionsCache>,
-    pub(crate) definitions_client: Option<DefinitionsClient>,
-    pub(crate) local_evaluation_only: bool,
-    pub(crate) poller: Mutex<Option<watch::Sender<bool>>>,
-    pub(crate) routing: RoutingState,
-}
 
 /// Tracks writes and delivers their events. Cheap to clone: clones share state.
 #[derive(Clone)]
 pub struct Tracker {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl fmt::Debug for Tracker {
@@ -101,7 +89,7 @@ impl Tracker {
         let relay = self.inner.dispatch.track_pool(pool);
         Ok(TrackedTransaction::new(
             pool.begin().await?,
-            self.clone(),
+            self.inner.clone(),
             relay,
         ))
     }
@@ -114,7 +102,7 @@ impl Tracker {
         &self,
         tx: sqlx::Transaction<'c, DB>,
     ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.clone(), None)
+        TrackedTransaction::new(tx, self.inner.clone(), None)
     }
 
     /// The outbox of the database behind `pool`.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::context::TrackingContext;
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, StagedEvent, Stager, Stamp};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
-use crate::tracker::Tracker;
+use crate::shared::Shared;
 
 /// A `sqlx::Transaction` whose tracked writes stage PostHog events.
 ///
@@ -25,7 +26,7 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     staged: Vec<StagedEvent>,
     distinct_id: Option<String>,
-    tracker: Tracker,
+    shared: Arc<Shared>,
     /// The pool's key when the transaction came from [`Tracker::begin`]: whose relay to wake.
     relay: Option<usize>,
     /// `$feature/<flag>` properties every event of this transaction carries.
@@ -49,14 +50,14 @@ impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
 impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     pub(crate) fn new(
         tx: sqlx::Transaction<'c, DB>,
-        tracker: Tracker,
+        shared: Arc<Shared>,
         relay: Option<usize>,
     ) -> Self {
         TrackedTransaction {
             tx,
             staged: Vec::new(),
             distinct_id: None,
-            tracker,
+            shared,
             relay,
             flag_stamps: Vec::new(),
             context: TrackingContext::default(),
@@ -134,7 +135,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// and counted in [`Tracker::stats`], never returned here (a caller that retried a
     /// failed commit would write the row twice).
     pub async fn commit(mut self) -> Result<()> {
-        let dispatch = &self.tracker.inner.dispatch;
+        let dispatch = &self.shared.dispatch;
         let staged = if dispatch.records_events() {
             dispatch.apply_before_send(std::mem::take(&mut self.staged))
         } else {
@@ -174,8 +175,8 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         }
     }
 
-    pub(crate) fn tracker(&self) -> &Tracker {
-        &self.tracker
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A stager whose events also carry `extra` (the flag a routed write used).
