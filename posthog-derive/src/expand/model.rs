@@ -125,7 +125,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
             }
         });
         quote! {
-            const __TABLE_VARIANTS: &'static [#private::TableVariant] = &[#(#variants),*];
+            const __TABLE_VARIANTS: &'static [#private::TableVariant<#private::SqlSet>] = &[#(#variants),*];
         }
     });
 

@@ -41,6 +41,5 @@ pub(crate) use exposure::ExposureCache;
 pub(crate) use poller::{DefinitionsCache, DefinitionsClient};
 pub(crate) use remote::RemoteFlags;
 pub use request::{FlagsRequest, FlagsSnapshot};
-pub(crate) use routing::route;
-pub use routing::routed_table;
+pub use routing::{FlagRouted, routed_table};
 pub use value::{FlagError, FlagValue, Properties};

@@ -7,39 +7,28 @@
 //! and a route that cannot be decided goes to the default table loudly: a warning with the
 //! reason, counted by [`Tracker::flag_routing_fallbacks`].
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::api::local_value;
 use super::request::FlagsRequest;
 use super::value::{FlagValue, json_value};
-use crate::backend::Backend;
 use crate::event::Stamp;
-use crate::model::{ModelSql, SqlSet, TrackedModel};
+use crate::shared::Shared;
 use crate::tracker::Tracker;
-use crate::transaction::TrackedTransaction;
 
-/// Where a write of `model` goes: a flag-routed table when the row's user is in one of the
-/// model's routed variants, `TABLE` otherwise, with the `$feature/<flag>` stamps for the
-/// write's events.
-pub(crate) async fn route<M: TrackedModel, DB: Backend>(
-    model: &M,
-    tx: &mut TrackedTransaction<'_, DB>,
-) -> (&'static ModelSql, &'static str, Vec<Stamp>) {
-    if M::__TABLE_VARIANTS.is_empty() {
-        return (M::__SQL.get(DB::DIALECT), M::TABLE, Vec::new());
-    }
-    let distinct_id = model
-        .distinct_id()
-        .or_else(|| tx.distinct_id().map(str::to_owned));
-    let tracker = tx.tracker().clone();
-    let (variant, stamps) = match distinct_id {
-        Some(distinct_id) => choose_variant::<M>(&tracker, &distinct_id, true).await,
-        None => (None, Vec::new()),
-    };
-    match variant {
-        Some(variant) => (variant.sql.get(DB::DIALECT), variant.table, stamps),
-        None => (M::__SQL.get(DB::DIALECT), M::TABLE, stamps),
-    }
+/// What flag routing knows of a model: its default table and the tables its flag variants
+/// route rows to. Every [`TrackedModel`](crate::TrackedModel) implements it; nothing else
+/// needs to.
+pub trait FlagRouted {
+    /// What a variant carries besides its flag and table (the model's SQL for that table).
+    #[doc(hidden)]
+    type Sql: 'static;
+    /// The table rows go to when no variant applies.
+    const DEFAULT_TABLE: &'static str;
+    /// The model's routed variants, in declaration order.
+    #[doc(hidden)]
+    const VARIANTS: &'static [TableVariant<Self::Sql>];
 }
 
 /// The table a model's row for `distinct_id` lives in, for reads that must follow the same
@@ -48,11 +37,11 @@ pub(crate) async fn route<M: TrackedModel, DB: Backend>(
 /// Called before [`begin`](Tracker::begin), it also decides the user's route outside the
 /// transaction: without local definitions that takes a `/flags` request, which the writes
 /// that follow then need not make while their transaction holds locks.
-pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str) -> &'static str {
-    choose_variant::<M>(tracker, distinct_id, false)
+pub async fn routed_table<M: FlagRouted>(tracker: &Tracker, distinct_id: &str) -> &'static str {
+    choose_variant::<M>(&tracker.inner, distinct_id, false)
         .await
         .0
-        .map_or(M::TABLE, |variant| variant.table)
+        .map_or(M::DEFAULT_TABLE, |variant| variant.table)
 }
 
 /// The first of `M`'s routed variants whose flag puts `distinct_id` in it, and a
@@ -60,15 +49,20 @@ pub async fn routed_table<M: TrackedModel>(tracker: &Tracker, distinct_id: &str)
 /// lifetime of the definitions (locally when definitions are loaded) and its exposure
 /// recorded. A flag that cannot be decided (no key, PostHog unreachable, no value) routes to
 /// the default table, with a warning and a count: a write never fails because flags are
-/// unavailable.
-async fn choose_variant<M: TrackedModel>(
-    tracker: &Tracker,
+/// unavailable. `in_transaction` says whether the caller holds an open transaction (a remote
+/// evaluation there is warned about once).
+pub(crate) async fn choose_variant<M: FlagRouted>(
+    shared: &Arc<Shared>,
     distinct_id: &str,
     in_transaction: bool,
-) -> (Option<&'static TableVariant>, Vec<Stamp>) {
+) -> (Option<&'static TableVariant<M::Sql>>, Vec<Stamp>) {
+    let tracker = Tracker {
+        inner: shared.clone(),
+    };
+    let tracker = &tracker;
     let mut stamps = Vec::new();
     let mut evaluated: Vec<(&str, Option<FlagValue>)> = Vec::new();
-    for variant in M::__TABLE_VARIANTS {
+    for variant in M::VARIANTS {
         let value = match evaluated.iter().find(|(flag, _)| *flag == variant.flag) {
             Some((_, value)) => value.clone(),
             None => {
@@ -162,9 +156,9 @@ async fn decide(
 /// A table a flag variant routes rows to.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct TableVariant {
+pub struct TableVariant<Sql: 'static> {
     pub flag: &'static str,
     pub variant: &'static str,
     pub table: &'static str,
-    pub sql: &'static SqlSet,
+    pub sql: &'static Sql,
 }

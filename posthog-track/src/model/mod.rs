@@ -5,10 +5,12 @@
 //! - `stage`: the events a write stages (`$identify`, `$groupidentify`, `$groups`).
 //! - `codegen`: what generated code builds on ([`SqlSet`], [`ModelSql`], [`ChangeMask`],
 //!   [`milestone_condition`]).
+//! - `route`: which table a write goes to when its model is flag-routed.
 //! - `auto_increment`: MySQL's check that a `generated` key is AUTO_INCREMENT.
 
 mod auto_increment;
 mod codegen;
+mod route;
 mod stage;
 mod traits;
 

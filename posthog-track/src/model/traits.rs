@@ -6,12 +6,12 @@ use std::future::Future;
 
 use super::auto_increment::{NOT_AUTO_INCREMENT, is_auto_increment};
 use super::codegen::{ChangeMask, SqlSet};
+use super::route::route;
 use super::stage::{stage_group_identify, stage_identify, stage_insert_event, with_groups};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
 use crate::event::{EventWriter, Stager};
-use crate::flags::route;
 use crate::flags::routing::TableVariant;
 use crate::transaction::TrackedTransaction;
 
@@ -47,7 +47,7 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// Tables that rows go to instead of `TABLE` when a feature flag puts their user in a
     /// variant (`#[tracked(table_variant(flag = ..., variant = ..., table = ...))]`).
     #[doc(hidden)]
-    const __TABLE_VARIANTS: &'static [TableVariant] = &[];
+    const __TABLE_VARIANTS: &'static [TableVariant<SqlSet>] = &[];
 
     /// Fields that are written by UPDATE and sent as event properties: a change to any of them
     /// is worth an update event.
