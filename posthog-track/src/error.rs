@@ -189,6 +189,9 @@ pub enum Error {
         status: Option<u16>,
         /// What went wrong.
         reason: String,
+        /// The transport or decoding error behind it, when there was one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// The configuration (environment or builder) is invalid.

@@ -247,6 +247,7 @@ impl PlanPush {
             let page: Page<T> = serde_json::from_str(&text).map_err(|error| Error::Api {
                 status: None,
                 reason: format!("{what}: PostHog's answer is not the expected JSON: {error}"),
+                source: Some(Box::new(error)),
             })?;
             all.extend(page.results);
             match page.next.filter(|next| !next.is_empty()) {
@@ -257,6 +258,7 @@ impl PlanPush {
         Err(Error::Api {
             status: None,
             reason: format!("listing definitions: more than {MAX_PAGES} pages; stopped"),
+            source: None,
         })
     }
 
@@ -294,6 +296,8 @@ impl PlanPush {
                     transport_reason(&error),
                     self.options.host
                 ),
+                // Without its URL: the host may carry credentials, which never go into errors.
+                source: Some(Box::new(error.without_url())),
             })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
@@ -329,6 +333,7 @@ impl PlanPush {
         Err(Error::Api {
             status: Some(status.as_u16()),
             reason,
+            source: None,
         })
     }
 }
@@ -339,19 +344,17 @@ mod tests {
 
     #[test]
     fn ingestion_hosts_map_to_app_hosts() {
-        assert_eq!(app_host("https://us.i.posthog.com").unwrap(), US_APP_HOST);
-        assert_eq!(app_host("https://eu.i.posthog.com/").unwrap(), EU_APP_HOST);
-        assert_eq!(app_host("us").unwrap(), US_APP_HOST);
-        assert_eq!(app_host("eu").unwrap(), EU_APP_HOST);
-        assert_eq!(app_host("https://us.posthog.com").unwrap(), US_APP_HOST);
-        assert_eq!(
-            app_host("posthog.example.com").unwrap(),
-            "https://posthog.example.com"
-        );
-        assert_eq!(
-            app_host("http://127.0.0.1:8000/").unwrap(),
-            "http://127.0.0.1:8000"
-        );
+        for (ingestion, app) in [
+            ("https://us.i.posthog.com", US_APP_HOST),
+            ("https://eu.i.posthog.com/", EU_APP_HOST),
+            ("us", US_APP_HOST),
+            ("eu", EU_APP_HOST),
+            ("https://us.posthog.com", US_APP_HOST),
+            ("posthog.example.com", "https://posthog.example.com"),
+            ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+        ] {
+            assert_eq!(app_host(ingestion).unwrap(), app, "{ingestion}");
+        }
         assert!(app_host("ftp://x").is_err());
     }
 
