@@ -230,21 +230,17 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        assert_eq!(
-            normalize_host("https://eu.i.posthog.com/").unwrap(),
-            EU_HOST
-        );
-        assert_eq!(normalize_host("eu").unwrap(), EU_HOST);
-        assert_eq!(
-            normalize_host("posthog.example.com//").unwrap(),
-            "https://posthog.example.com"
-        );
-        assert_eq!(
-            normalize_host("http://127.0.0.1:8000/").unwrap(),
-            "http://127.0.0.1:8000"
-        );
-        assert!(normalize_host("ftp://x").is_err());
-        assert!(normalize_host("https://").is_err());
+        for (given, normalised) in [
+            ("https://eu.i.posthog.com/", EU_HOST),
+            ("eu", EU_HOST),
+            ("posthog.example.com//", "https://posthog.example.com"),
+            ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+        ] {
+            assert_eq!(normalize_host(given).unwrap(), normalised, "{given}");
+        }
+        for refused in ["ftp://x", "https://"] {
+            assert!(normalize_host(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

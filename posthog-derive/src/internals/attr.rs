@@ -163,68 +163,52 @@ pub struct Field {
 impl Container {
     pub fn from_ast(cx: &Ctxt, attrs: &[syn::Attribute]) -> Self {
         let mut container = Container::default();
-        for attr in attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE)) {
-            let result = attr.parse_nested_meta(|meta| {
-                let Some(key) = key_of(&meta) else {
-                    container.incomplete = true;
-                    return unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS);
-                };
-                match key.as_str() {
-                    "table" => set_once(cx, &meta, &mut container.table, parse_string(&meta)?),
-                    "insert_event" => {
-                        set_once(cx, &meta, &mut container.insert_event, parse_string(&meta)?)
-                    }
-                    "update_event" => {
-                        set_once(cx, &meta, &mut container.update_event, parse_string(&meta)?)
-                    }
-                    "delete_event" => {
-                        set_once(cx, &meta, &mut container.delete_event, parse_string(&meta)?)
-                    }
-                    "distinct_id" => {
-                        let ident: Ident = parse_name(&meta, "a field", "user_id")?;
-                        set_once(cx, &meta, &mut container.distinct_id, ident)
-                    }
-                    "schema" => {
-                        let path: Path = parse_name(&meta, "a type", "UserProperties")?;
-                        set_once(cx, &meta, &mut container.schema, path)
-                    }
-                    "table_variant" => {
-                        container
-                            .table_variants
-                            .extend(parse_table_variant(cx, &meta)?);
-                    }
-                    "migrations" => {
-                        set_once(cx, &meta, &mut container.migrations, parse_string(&meta)?)
-                    }
-                    "migrations_dialect" => set_once(
-                        cx,
-                        &meta,
-                        &mut container.migrations_dialect,
-                        parse_string(&meta)?,
-                    ),
-                    "identify" => flag(cx, &meta, &mut container.identify),
-                    "group_type" => {
-                        set_once(cx, &meta, &mut container.group_type, parse_string(&meta)?)
-                    }
-                    "group_key" => {
-                        let ident: Ident = parse_name(&meta, "a field", "id")?;
-                        set_once(cx, &meta, &mut container.group_key, ident)
-                    }
-                    "untracked_columns" => container
-                        .untracked_columns
-                        .extend(parse_string_list(&meta, "search_vector")?),
-                    _ => {
-                        container.incomplete = true;
-                        unknown_key(cx, &meta, CONTAINER_KEYS, "the struct", FIELD_KEYS)?;
-                    }
+        let keys = (CONTAINER_KEYS, "the struct", FIELD_KEYS);
+        container.incomplete = for_each_key(cx, attrs, keys, |key, meta| {
+            match key {
+                "table" => set_once(cx, meta, &mut container.table, parse_string(meta)?),
+                "insert_event" => {
+                    set_once(cx, meta, &mut container.insert_event, parse_string(meta)?)
                 }
-                Ok(())
-            });
-            if let Err(error) = result {
-                container.incomplete = true;
-                cx.syn_error(error);
+                "update_event" => {
+                    set_once(cx, meta, &mut container.update_event, parse_string(meta)?)
+                }
+                "delete_event" => {
+                    set_once(cx, meta, &mut container.delete_event, parse_string(meta)?)
+                }
+                "distinct_id" => {
+                    let ident: Ident = parse_name(meta, "a field", "user_id")?;
+                    set_once(cx, meta, &mut container.distinct_id, ident)
+                }
+                "schema" => {
+                    let path: Path = parse_name(meta, "a type", "UserProperties")?;
+                    set_once(cx, meta, &mut container.schema, path)
+                }
+                "table_variant" => {
+                    container
+                        .table_variants
+                        .extend(parse_table_variant(cx, meta)?);
+                }
+                "migrations" => set_once(cx, meta, &mut container.migrations, parse_string(meta)?),
+                "migrations_dialect" => set_once(
+                    cx,
+                    meta,
+                    &mut container.migrations_dialect,
+                    parse_string(meta)?,
+                ),
+                "identify" => flag(cx, meta, &mut container.identify),
+                "group_type" => set_once(cx, meta, &mut container.group_type, parse_string(meta)?),
+                "group_key" => {
+                    let ident: Ident = parse_name(meta, "a field", "id")?;
+                    set_once(cx, meta, &mut container.group_key, ident)
+                }
+                "untracked_columns" => container
+                    .untracked_columns
+                    .extend(parse_string_list(meta, "search_vector")?),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        });
         container
     }
 }
@@ -232,70 +216,67 @@ impl Container {
 impl Field {
     pub fn from_ast(cx: &Ctxt, field: &syn::Field) -> Self {
         let mut parsed = Field::default();
-        for attr in field
-            .attrs
-            .iter()
-            .filter(|attr| attr.path().is_ident(ATTRIBUTE))
-        {
-            let result = attr.parse_nested_meta(|meta| {
-                let Some(key) = key_of(&meta) else {
-                    parsed.incomplete = true;
-                    return unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS);
-                };
-                match key.as_str() {
-                    "key" => flag(cx, &meta, &mut parsed.key),
-                    "generated" => flag(cx, &meta, &mut parsed.generated),
-                    "column" => set_once(cx, &meta, &mut parsed.column, parse_string(&meta)?),
-                    "property" | "person" | "person_once" => {
-                        let rename = if meta.input.peek(Token![=]) {
-                            Some(parse_string(&meta)?)
-                        } else {
-                            None
-                        };
-                        let kind = match key.as_str() {
-                            "property" => DecisionKind::Property,
-                            "person" => DecisionKind::Person,
-                            _ => DecisionKind::PersonOnce,
-                        };
-                        push_decision(cx, &meta, &mut parsed.decisions, kind, rename);
-                    }
-                    "skip" => {
-                        if !meta.input.peek(Token![=]) {
-                            cx.error_spanned_by(
+        let keys = (FIELD_KEYS, "a field", CONTAINER_KEYS);
+        parsed.incomplete = for_each_key(cx, &field.attrs, keys, |key, meta| {
+            match key {
+                "key" => flag(cx, meta, &mut parsed.key),
+                "generated" => flag(cx, meta, &mut parsed.generated),
+                "column" => set_once(cx, meta, &mut parsed.column, parse_string(meta)?),
+                "property" | "person" | "person_once" => {
+                    let rename = if meta.input.peek(Token![=]) {
+                        Some(parse_string(meta)?)
+                    } else {
+                        None
+                    };
+                    let kind = match key {
+                        "property" => DecisionKind::Property,
+                        "person" => DecisionKind::Person,
+                        _ => DecisionKind::PersonOnce,
+                    };
+                    push_decision(cx, meta, &mut parsed.decisions, kind, rename);
+                }
+                "skip" => {
+                    if !meta.input.peek(Token![=]) {
+                        cx.error_spanned_by(
                                 &meta.path,
                                 "`skip` needs a reason: `#[tracked(skip = \"why this stays out of analytics\")]`",
                             );
-                            // Count it as the decision it was meant to be, so the field
-                            // does not also get a "no decision" error.
-                            let reason = "(missing)".to_owned();
-                            push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason), None);
-                            return skip_value(&meta);
-                        }
-                        let reason = parse_string(&meta)?;
-                        push_decision(cx, &meta, &mut parsed.decisions, DecisionKind::Skip(reason.value), None);
+                        // Count it as the decision it was meant to be, so the field
+                        // does not also get a "no decision" error.
+                        let reason = "(missing)".to_owned();
+                        push_decision(
+                            cx,
+                            meta,
+                            &mut parsed.decisions,
+                            DecisionKind::Skip(reason),
+                            None,
+                        );
+                        skip_value(meta)?;
+                        return Ok(true);
                     }
-                    "milestone" => parsed.milestones.extend(parse_milestone(cx, &meta)?),
-                    "group" => set_once(cx, &meta, &mut parsed.group, parse_string(&meta)?),
-                    "context" => {
-                        let source = parse_string(&meta)?;
-                        let source = Spanned {
-                            value: ContextSource::parse(&source.value),
-                            span: source.span,
-                        };
-                        set_once(cx, &meta, &mut parsed.context, source)
-                    }
-                    _ => {
-                        parsed.incomplete = true;
-                        unknown_key(cx, &meta, FIELD_KEYS, "a field", CONTAINER_KEYS)?;
-                    }
+                    let reason = parse_string(meta)?;
+                    push_decision(
+                        cx,
+                        meta,
+                        &mut parsed.decisions,
+                        DecisionKind::Skip(reason.value),
+                        None,
+                    );
                 }
-                Ok(())
-            });
-            if let Err(error) = result {
-                parsed.incomplete = true;
-                cx.syn_error(error);
+                "milestone" => parsed.milestones.extend(parse_milestone(cx, meta)?),
+                "group" => set_once(cx, meta, &mut parsed.group, parse_string(meta)?),
+                "context" => {
+                    let source = parse_string(meta)?;
+                    let source = Spanned {
+                        value: ContextSource::parse(&source.value),
+                        span: source.span,
+                    };
+                    set_once(cx, meta, &mut parsed.context, source)
+                }
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        });
         parsed
     }
 
@@ -474,6 +455,38 @@ fn value_error(meta: &ParseNestedMeta, message: String) -> syn::Error {
 
 /// The key of `key`, `key = value` or `key(...)`; `None` for a path such as `a::b`, which no
 /// key is.
+/// Runs `handle` on each key of every `#[tracked(...)]` attribute in `attrs`; `handle` answers
+/// whether it knew the key. `keys` are the keys valid here, where they are written and the
+/// keys valid elsewhere (for the "did you mean" of an unknown key). Returns whether any key
+/// could not be read (unknown or malformed), so `check` does not also report what it may have
+/// meant as missing.
+fn for_each_key(
+    cx: &Ctxt,
+    attrs: &[syn::Attribute],
+    (keys, place, other_keys): (&[&str], &str, &[&str]),
+    mut handle: impl FnMut(&str, &ParseNestedMeta) -> syn::Result<bool>,
+) -> bool {
+    let mut incomplete = false;
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE)) {
+        let result = attr.parse_nested_meta(|meta| {
+            let known = match key_of(&meta) {
+                Some(key) => handle(&key, &meta)?,
+                None => false,
+            };
+            if !known {
+                incomplete = true;
+                unknown_key(cx, &meta, keys, place, other_keys)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            incomplete = true;
+            cx.syn_error(error);
+        }
+    }
+    incomplete
+}
+
 fn key_of(meta: &ParseNestedMeta) -> Option<String> {
     meta.path.get_ident().map(Ident::to_string)
 }

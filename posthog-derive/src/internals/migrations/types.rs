@@ -313,90 +313,122 @@ mod tests {
         incompatibility(&ty, column(sql, dialect), dialect).is_none()
     }
 
+    /// Asserts of each `(Rust type, SQL type, fits)` case whether the column decodes into the
+    /// field, naming the case that does not.
+    fn assert_fits(dialect: Dialect, cases: &[(&str, &str, bool)]) {
+        for (rust, sql, expected) in cases {
+            assert_eq!(
+                fits(rust, sql, dialect),
+                *expected,
+                "{rust} from {sql} on {dialect:?}"
+            );
+        }
+    }
+
     #[test]
     fn postgres_integers_decode_only_at_their_own_width() {
-        let pg = Dialect::Postgres;
-        assert!(fits("i64", "BIGINT", pg));
-        assert!(fits("i32", "INTEGER", pg));
-        assert!(fits("i16", "SMALLINT", pg));
-        assert!(fits("i32", "SERIAL", pg));
-        assert!(!fits("i64", "INTEGER", pg));
-        assert!(!fits("i32", "BIGINT", pg));
-        assert!(!fits("String", "BIGINT", pg));
+        assert_fits(
+            Dialect::Postgres,
+            &[
+                ("i64", "BIGINT", true),
+                ("i32", "INTEGER", true),
+                ("i16", "SMALLINT", true),
+                ("i32", "SERIAL", true),
+                ("i64", "INTEGER", false),
+                ("i32", "BIGINT", false),
+                ("String", "BIGINT", false),
+            ],
+        );
     }
 
     #[test]
     fn postgres_keeps_timestamps_with_and_without_time_zone_apart() {
-        let pg = Dialect::Postgres;
-        assert!(fits("DateTime<Utc>", "TIMESTAMPTZ", pg));
-        assert!(fits(
-            "chrono::DateTime<Utc>",
-            "TIMESTAMP WITH TIME ZONE",
-            pg
-        ));
-        assert!(!fits("DateTime<Utc>", "TIMESTAMP", pg));
-        assert!(fits("NaiveDateTime", "TIMESTAMP", pg));
-        assert!(!fits("NaiveDateTime", "TIMESTAMPTZ", pg));
-        assert!(fits("Option<DateTime<Utc>>", "TIMESTAMPTZ", pg));
+        assert_fits(
+            Dialect::Postgres,
+            &[
+                ("DateTime<Utc>", "TIMESTAMPTZ", true),
+                ("chrono::DateTime<Utc>", "TIMESTAMP WITH TIME ZONE", true),
+                ("DateTime<Utc>", "TIMESTAMP", false),
+                ("NaiveDateTime", "TIMESTAMP", true),
+                ("NaiveDateTime", "TIMESTAMPTZ", false),
+                ("Option<DateTime<Utc>>", "TIMESTAMPTZ", true),
+            ],
+        );
     }
 
     #[test]
     fn postgres_other_types() {
-        let pg = Dialect::Postgres;
-        assert!(fits("Uuid", "UUID", pg));
-        assert!(!fits("Uuid", "BYTEA", pg));
-        assert!(fits("serde_json::Value", "JSONB", pg));
-        assert!(fits("Vec<u8>", "BYTEA", pg));
-        assert!(fits("bool", "BOOLEAN", pg));
-        assert!(!fits("bool", "SMALLINT", pg));
-        assert!(fits("f64", "DOUBLE PRECISION", pg));
-        assert!(!fits("f64", "NUMERIC(10, 2)", pg));
-        assert!(fits("rust_decimal::Decimal", "NUMERIC(10, 2)", pg));
-        assert!(fits("String", "VARCHAR(255)", pg));
-        assert!(fits("String", "CITEXT", pg));
+        assert_fits(
+            Dialect::Postgres,
+            &[
+                ("Uuid", "UUID", true),
+                ("Uuid", "BYTEA", false),
+                ("serde_json::Value", "JSONB", true),
+                ("Vec<u8>", "BYTEA", true),
+                ("bool", "BOOLEAN", true),
+                ("bool", "SMALLINT", false),
+                ("f64", "DOUBLE PRECISION", true),
+                ("f64", "NUMERIC(10, 2)", false),
+                ("rust_decimal::Decimal", "NUMERIC(10, 2)", true),
+                ("String", "VARCHAR(255)", true),
+                ("String", "CITEXT", true),
+            ],
+        );
     }
 
     #[test]
     fn mysql_integers_fit_when_the_rust_type_is_wide_enough() {
-        let my = Dialect::MySql;
-        assert!(fits("i64", "INT", my));
-        assert!(fits("i32", "INT", my));
-        assert!(!fits("i16", "INT", my));
-        assert!(!fits("i32", "BIGINT", my));
-        assert!(fits("u32", "INT UNSIGNED", my));
-        assert!(fits("i64", "INT UNSIGNED", my));
-        assert!(!fits("i32", "INT UNSIGNED", my));
-        assert!(!fits("u64", "BIGINT", my));
+        assert_fits(
+            Dialect::MySql,
+            &[
+                ("i64", "INT", true),
+                ("i32", "INT", true),
+                ("i16", "INT", false),
+                ("i32", "BIGINT", false),
+                ("u32", "INT UNSIGNED", true),
+                ("i64", "INT UNSIGNED", true),
+                ("i32", "INT UNSIGNED", false),
+                ("u64", "BIGINT", false),
+            ],
+        );
     }
 
     #[test]
     fn mysql_other_types() {
-        let my = Dialect::MySql;
-        assert!(fits("bool", "TINYINT(1)", my));
-        assert!(fits("bool", "BOOLEAN", my));
-        assert!(fits("DateTime<Utc>", "DATETIME", my));
-        assert!(fits("DateTime<Utc>", "TIMESTAMP", my));
-        assert!(fits("Uuid", "BINARY(16)", my));
-        assert!(fits("String", "ENUM('free', 'pro')", my));
-        assert!(fits("f64", "DOUBLE", my));
-        assert!(fits("f64", "FLOAT", my));
-        assert!(!fits("f32", "DOUBLE", my));
-        assert!(!fits("String", "DATETIME", my));
+        assert_fits(
+            Dialect::MySql,
+            &[
+                ("bool", "TINYINT(1)", true),
+                ("bool", "BOOLEAN", true),
+                ("DateTime<Utc>", "DATETIME", true),
+                ("DateTime<Utc>", "TIMESTAMP", true),
+                ("Uuid", "BINARY(16)", true),
+                ("String", "ENUM('free', 'pro')", true),
+                ("f64", "DOUBLE", true),
+                ("f64", "FLOAT", true),
+                ("f32", "DOUBLE", false),
+                ("String", "DATETIME", false),
+            ],
+        );
     }
 
     #[test]
     fn sqlite_judges_by_affinity() {
-        let lite = Dialect::Sqlite;
-        assert!(fits("i32", "INTEGER", lite));
-        assert!(fits("i64", "BIGINT", lite));
-        assert!(fits("bool", "INTEGER", lite));
-        assert!(fits("DateTime<Utc>", "TEXT", lite));
-        assert!(fits("DateTime<Utc>", "DATETIME", lite));
-        assert!(fits("String", "VARCHAR(20)", lite));
-        assert!(fits("f64", "REAL", lite));
-        assert!(!fits("String", "INTEGER", lite));
-        assert!(!fits("i64", "TEXT", lite));
-        assert!(!fits("f64", "TEXT", lite));
+        assert_fits(
+            Dialect::Sqlite,
+            &[
+                ("i32", "INTEGER", true),
+                ("i64", "BIGINT", true),
+                ("bool", "INTEGER", true),
+                ("DateTime<Utc>", "TEXT", true),
+                ("DateTime<Utc>", "DATETIME", true),
+                ("String", "VARCHAR(20)", true),
+                ("f64", "REAL", true),
+                ("String", "INTEGER", false),
+                ("i64", "TEXT", false),
+                ("f64", "TEXT", false),
+            ],
+        );
     }
 
     #[test]
