@@ -70,11 +70,12 @@ mod tests {
 
     #[test]
     fn snake_case() {
-        assert_eq!(to_snake_case("User"), "user");
-        assert_eq!(to_snake_case("UserAccount"), "user_account");
-        assert_eq!(to_snake_case("HTTPRequest"), "http_request");
-        assert_eq!(to_snake_case("OrderV2"), "order_v2");
-        assert_eq!(to_snake_case("already_snake"), "already_snake");
+        let cases = "User user, UserAccount user_account, HTTPRequest http_request, \
+                     OrderV2 order_v2, already_snake already_snake";
+        for case in cases.split(", ") {
+            let (name, snake) = case.split_once(' ').unwrap();
+            assert_eq!(to_snake_case(name), snake);
+        }
     }
 
     #[test]
