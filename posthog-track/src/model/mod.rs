@@ -6,12 +6,18 @@
 //! - `codegen`: what generated code builds on ([`SqlSet`], [`ModelSql`], [`ChangeMask`],
 //!   [`milestone_condition`]).
 //! - `auto_increment`: MySQL's check that a `generated` key is AUTO_INCREMENT.
+//! - `bulk`: writing rows and reading them back, one (`insert`) or many (`insert_all`).
+//! - `upsert`: `upsert` and what it returns ([`Upserted`]).
 
 mod auto_increment;
+mod bulk;
 mod codegen;
 mod stage;
 mod traits;
+mod upsert;
 
 pub use codegen::{ChangeMask, ModelSql, SqlSet, milestone_condition};
 pub use stage::stage_insert_event_detached;
+pub use bulk::ignore_mariadb_returning;
 pub use traits::{EventSchema, TrackedModel, TrackedRow};
+pub use upsert::Upserted;
