@@ -283,7 +283,10 @@ where
     tx.rollback().await.unwrap();
     let mut tx = tracker.begin(pool).await.unwrap();
     for row in &rolled_back {
-        assert_eq!(Account::load_for_update(&row.id, &mut tx).await.unwrap(), None);
+        assert_eq!(
+            Account::load_for_update(&row.id, &mut tx).await.unwrap(),
+            None
+        );
     }
     tx.rollback().await.unwrap();
     let outbox = tracker.outbox(pool).events().await.unwrap();
@@ -309,7 +312,10 @@ where
         assert!(row.id > 0, "the generated id is read back");
         assert!(row.created_at > DateTime::<Utc>::UNIX_EPOCH);
         assert_eq!(
-            Account::load_for_update(&row.id, &mut tx).await.unwrap().as_ref(),
+            Account::load_for_update(&row.id, &mut tx)
+                .await
+                .unwrap()
+                .as_ref(),
             Some(row),
             "the row returned is the row stored"
         );
@@ -335,7 +341,10 @@ where
     for (event, row) in opened.iter().zip(&stored) {
         let properties = &event.json()["properties"];
         assert_eq!(properties["account_id"], json!(row.id));
-        assert_eq!(properties["created_at"], serde_json::to_value(row.created_at).unwrap());
+        assert_eq!(
+            properties["created_at"],
+            serde_json::to_value(row.created_at).unwrap()
+        );
         assert_eq!(properties["$groups"], json!({"company": row.company}));
         assert_eq!(properties["secret"], Value::Null);
     }
@@ -377,7 +386,10 @@ where
         assert!(member.joined_at > DateTime::<Utc>::UNIX_EPOCH);
         let key = (member.account.clone(), member.team.clone());
         assert_eq!(
-            Member::load_for_update(&key, &mut tx).await.unwrap().as_ref(),
+            Member::load_for_update(&key, &mut tx)
+                .await
+                .unwrap()
+                .as_ref(),
             Some(member)
         );
     }
@@ -504,8 +516,14 @@ where
     let Upserted::Updated(updated) = upserted else {
         panic!("expected an update, got {upserted:?}");
     };
-    assert_eq!(updated, changed, "the generated column is read back unchanged");
-    assert_eq!(comparable_all(tx.staged(), &[]), comparable_all(&update_events, &[]));
+    assert_eq!(
+        updated, changed,
+        "the generated column is read back unchanged"
+    );
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&update_events, &[])
+    );
     let names: Vec<&str> = tx.staged().iter().map(|e| e.event.as_ref()).collect();
     assert_eq!(names, ["profile_updated", "$identify"]);
     tx.commit().await.unwrap();
@@ -520,7 +538,10 @@ where
     let mut tx = tracker.begin(pool).await.unwrap();
     let upserted = changed.clone().upsert(&mut tx).await.unwrap();
     assert_eq!(upserted, Upserted::Updated(changed.clone()));
-    assert_eq!(comparable_all(tx.staged(), &[]), comparable_all(&update_events, &[]));
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&update_events, &[])
+    );
     tx.rollback().await.unwrap();
 
     // A row inserted earlier in the same transaction exists for the upsert too.
@@ -550,10 +571,19 @@ where
     // Rolled back: neither the row nor its events.
     let gone = unique("upsert-rolled-back");
     let mut tx = tracker.begin(pool).await.unwrap();
-    assert!(profile(&gone, "free").upsert(&mut tx).await.unwrap().was_inserted());
+    assert!(
+        profile(&gone, "free")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
     tx.rollback().await.unwrap();
     let mut tx = tracker.begin(pool).await.unwrap();
-    assert_eq!(Profile::load_for_update(&gone, &mut tx).await.unwrap(), None);
+    assert_eq!(
+        Profile::load_for_update(&gone, &mut tx).await.unwrap(),
+        None
+    );
     tx.rollback().await.unwrap();
 
     // A generated key cannot conflict: refused before anything is written or staged.
@@ -580,7 +610,12 @@ where
         .collect();
     assert_eq!(
         names,
-        ["profile_created", "$identify", "profile_updated", "$identify"],
+        [
+            "profile_created",
+            "$identify",
+            "profile_updated",
+            "$identify"
+        ],
         "the committed upserts' events, and nothing of the rolled back ones"
     );
 }

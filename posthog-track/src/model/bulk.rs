@@ -188,8 +188,7 @@ fn rows_per_statement(dialect: Dialect, width: usize) -> usize {
 /// `INSERT ... VALUES (...), (...)` of `rows` rows.
 fn multi_row_insert(sql: &ModelSql, dialect: Dialect, rows: usize, returning: bool) -> String {
     let width = sql.insert_width;
-    let mut statement =
-        String::with_capacity(sql.insert_head.len() + rows * (width * 4 + 4) + 64);
+    let mut statement = String::with_capacity(sql.insert_head.len() + rows * (width * 4 + 4) + 64);
     statement.push_str(sql.insert_head);
     for row in 0..rows {
         statement.push_str(if row == 0 { "(" } else { ", (" });
@@ -346,7 +345,9 @@ where
                 .ok_or_else(|| unsupported::<DB>("insert", table, NOT_AUTO_INCREMENT))?;
             let mut query = sqlx::query(sqlx::AssertSqlSafe(select_by_ids(sql, rows.len())));
             for n in 0..rows.len() {
-                let offset = i64::try_from(n).unwrap_or(i64::MAX).saturating_mul(increment);
+                let offset = i64::try_from(n)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(increment);
                 query = DB::bind_i64(query, first.saturating_add(offset));
             }
             let stored = decode(DB::fetch_all(connection, query).await?)?;

@@ -16,8 +16,8 @@ mod stage;
 mod traits;
 mod upsert;
 
+pub use bulk::ignore_mariadb_returning;
 pub use codegen::{ChangeMask, ModelSql, SqlSet, milestone_condition};
 pub use stage::stage_insert_event_detached;
-pub use bulk::ignore_mariadb_returning;
 pub use traits::{EventSchema, TrackedModel, TrackedRow};
 pub use upsert::Upserted;

@@ -115,7 +115,8 @@ where
             // Whether the row exists, locked (or its gap, when it does not) until commit.
             let probe = model.__bind_key(sqlx::query(sql.select_for_update));
             let existed = !DB::fetch_all(connection, probe).await?.is_empty();
-            let result = DB::execute(connection, model.__bind_insert(sqlx::query(statement))).await?;
+            let result =
+                DB::execute(connection, model.__bind_insert(sqlx::query(statement))).await?;
             // 1: inserted, or (CLIENT_FOUND_ROWS) found and left as it was; 2: updated.
             let inserted = DB::rows_affected(&result) == 1 && !existed;
             let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
