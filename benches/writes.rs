@@ -7,6 +7,15 @@
 //!     cargo bench -p posthog-track-tests --bench writes        # SQLite and PostgreSQL
 //! ```
 //!
+//! Then the bulk write, the same way: `User::insert_all` of 1,000 rows in one transaction
+//! (multi-row INSERT ... RETURNING, 1,000 events staged and written to the outbox) against the
+//! plain sqlx a user would write, `QueryBuilder::push_values` of the same rows with
+//! `RETURNING created_at` in one transaction. Target: tracked / plain <= 1.3.
+//!
+//! Knobs, to check that it runs at a small size: `POSTHOG_TRACK_BENCH_ROUNDS` (default 100
+//! rounds of single writes; the bulk comparison runs a fifth as many, at least 1) and
+//! `POSTHOG_TRACK_BENCH_BULK_ROWS` (default 1,000 rows per bulk write).
+//!
 //! Each round runs a batch of plain inserts and a batch of tracked inserts on the same
 //! connection, alternating which goes first, so drift in the machine's load hits both alike.
 //! Every write is one transaction: BEGIN, INSERT ... RETURNING created_at, COMMIT; the tracked
@@ -38,8 +47,26 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-const ROUNDS: usize = 100;
 const BATCH: usize = 50;
+
+/// A size knob from the environment.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|value| *value > 0)
+        .unwrap_or(default)
+}
+
+/// Rounds of single writes per side.
+fn rounds() -> usize {
+    knob("POSTHOG_TRACK_BENCH_ROUNDS", 100)
+}
+
+/// Rows per bulk write.
+fn bulk_rows() -> usize {
+    knob("POSTHOG_TRACK_BENCH_BULK_ROWS", 1_000)
+}
 
 fn user(n: usize, run: &str) -> User {
     User {
@@ -55,7 +82,13 @@ fn user(n: usize, run: &str) -> User {
 
 #[tokio::main]
 async fn main() {
-    println!("posthog-track write benchmark: {ROUNDS} rounds x {BATCH} writes per side\n");
+    println!(
+        "posthog-track write benchmark: {} rounds x {BATCH} writes per side; bulk: {} rounds x \
+         {} rows per side\n",
+        rounds(),
+        (rounds() / 5).max(1),
+        bulk_rows()
+    );
     staging();
 
     let mock = MockPostHog::start().await;
@@ -195,7 +228,7 @@ async fn compare<DB>(
     }
 
     let (mut plain_samples, mut tracked_samples) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for side in [round % 2, 1 - round % 2] {
             for _ in 0..BATCH {
                 next += 1;
@@ -226,6 +259,9 @@ async fn compare<DB>(
         "  tracked / plain: {:.3}\n",
         tracked.as_secs_f64() / plain.as_secs_f64()
     );
+    if relay_to.is_none() {
+        compare_bulk(&tracker, pool, &run).await;
+    }
     if let Some(mock) = relay_to {
         let delivered_during = mock.unique_uuids().len();
         tracker.shutdown(Duration::from_secs(30)).await.unwrap();
@@ -237,6 +273,67 @@ async fn compare<DB>(
         );
     }
     DB::cleanup(pool).await;
+}
+
+/// `insert_all` of `bulk_rows()` rows against `QueryBuilder::push_values` of the same rows,
+/// each in one transaction, alternating which goes first.
+async fn compare_bulk<DB>(tracker: &Tracker, pool: &Pool<DB>, run: &str)
+where
+    DB: Backend + PlainInsert,
+    User: TrackedRow<DB>,
+{
+    let rows = bulk_rows();
+    let mut next = 0;
+    let mut batch = || {
+        let batch: Vec<User> = (0..rows)
+            .map(|n| user(next + n, &format!("{run}-bulk")))
+            .collect();
+        next += rows;
+        batch
+    };
+    // Warm-up.
+    DB::plain_bulk(pool, &batch()).await;
+    tracked_bulk(tracker, pool, &batch()).await;
+
+    let (mut plain_samples, mut tracked_samples) = (Vec::new(), Vec::new());
+    for round in 0..(rounds() / 5).max(1) {
+        for side in [round % 2, 1 - round % 2] {
+            let rows = batch();
+            let start = Instant::now();
+            if side == 0 {
+                DB::plain_bulk(pool, &rows).await;
+                plain_samples.push(start.elapsed());
+            } else {
+                tracked_bulk(tracker, pool, &rows).await;
+                tracked_samples.push(start.elapsed());
+            }
+        }
+    }
+    let plain = median(&mut plain_samples);
+    let tracked = median(&mut tracked_samples);
+    println!(
+        "  plain sqlx bulk insert ({rows} rows, QueryBuilder::push_values ... RETURNING): \
+         median {:>9.1} us",
+        micros(plain)
+    );
+    println!(
+        "  tracked insert_all ({rows} rows + {rows} events to the outbox):               \
+         median {:>9.1} us",
+        micros(tracked)
+    );
+    println!(
+        "  bulk tracked / plain: {:.3} (target <= 1.3)\n",
+        tracked.as_secs_f64() / plain.as_secs_f64()
+    );
+}
+
+async fn tracked_bulk<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, rows: &[User])
+where
+    User: TrackedRow<DB>,
+{
+    let mut tx = tracker.begin(pool).await.unwrap();
+    black_box(User::insert_all(rows, &mut tx).await.unwrap());
+    tx.commit().await.unwrap();
 }
 
 async fn tracked<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, row: User)
@@ -252,8 +349,14 @@ where
 trait PlainInsert: Backend {
     async fn reset(pool: &Pool<Self>, create: &'static str);
     async fn plain(pool: &Pool<Self>, sql: &'static str, row: &User);
+    /// One transaction, one `INSERT ... VALUES (...), ... RETURNING created_at` per
+    /// `PLAIN_BULK_ROWS` rows (within every backend's bind limit).
+    async fn plain_bulk(pool: &Pool<Self>, rows: &[User]);
     async fn cleanup(pool: &Pool<Self>);
 }
+
+/// Rows per plain bulk statement: five parameters each, under SQLite's 32,766.
+const PLAIN_BULK_ROWS: usize = 6_000;
 
 macro_rules! plain_insert {
     ($db:ty) => {
@@ -278,6 +381,31 @@ macro_rules! plain_insert {
                     .await
                     .unwrap();
                 black_box(created_at);
+                tx.commit().await.unwrap();
+            }
+
+            async fn plain_bulk(pool: &Pool<Self>, rows: &[User]) {
+                let mut tx = pool.begin().await.unwrap();
+                for chunk in rows.chunks(PLAIN_BULK_ROWS) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO bench_users (id, email, plan, seats, password_hash) ",
+                    );
+                    query.push_values(chunk, |mut values, row| {
+                        values
+                            .push_bind(&row.id)
+                            .push_bind(&row.email)
+                            .push_bind(&row.plan)
+                            .push_bind(row.seats)
+                            .push_bind(&row.password_hash);
+                    });
+                    query.push(" RETURNING created_at");
+                    let created: Vec<DateTime<Utc>> = query
+                        .build_query_scalar()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .unwrap();
+                    black_box(created);
+                }
                 tx.commit().await.unwrap();
             }
 

@@ -189,6 +189,66 @@ fn models_register_their_events() {
     );
 }
 
+/// A support ticket: its key is generated, so it cannot be upserted.
+#[derive(TrackedModel)]
+#[tracked(table = "plan_tickets", distinct_id = opener)]
+pub struct Ticket {
+    #[tracked(key, generated, property = "ticket_id")]
+    pub id: i64,
+    #[tracked(property)]
+    pub opener: String,
+}
+
+/// An upsert sends the insert event when it creates the row and the update event, with every
+/// property, when the row existed: the plan lists both under their own triggers, for models
+/// that can be upserted (no generated key).
+#[test]
+fn upserts_are_planned_as_what_they_are() {
+    let plan = TrackingPlan::collect();
+    let triggers = |event: &str, model: &str| -> Vec<String> {
+        plan.events
+            .iter()
+            .filter(|e| e.event == event && e.model == model)
+            .map(|e| e.trigger.clone())
+            .collect()
+    };
+    assert_eq!(
+        triggers("order_created", "Order"),
+        ["insert", "upsert_created"]
+    );
+    assert_eq!(
+        triggers("order_updated", "Order"),
+        ["update", "upsert_existed"]
+    );
+    let upserted = plan
+        .events
+        .iter()
+        .find(|e| e.event == "order_updated" && e.trigger == "upsert_existed")
+        .unwrap();
+    let names: Vec<(&str, bool)> = upserted
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.always))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("order_id", true),
+            ("buyer", true),
+            ("amount", true),
+            ("first_channel", true)
+        ],
+        "an upsert that finds the row sends every property, as `update` does"
+    );
+    assert_eq!(triggers("ticket_created", "Ticket"), ["insert"]);
+    assert_eq!(triggers("ticket_updated", "Ticket"), ["update"]);
+    let markdown = plan.to_markdown();
+    assert!(
+        markdown.contains("Sent on upsert (the row existed) of `Order` (table `plan_orders`)."),
+        "{markdown}"
+    );
+}
+
 #[test]
 fn changes_are_classified_and_readable() {
     let old = TrackingPlan::collect();

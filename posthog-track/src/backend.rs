@@ -54,6 +54,16 @@ impl Dialect {
         }
     }
 
+    /// The most parameters one statement may bind: 65,535 on PostgreSQL (the protocol's
+    /// 16-bit count) and MySQL/MariaDB (the prepared-statement limit), 32,766 on SQLite (its
+    /// default `SQLITE_MAX_VARIABLE_NUMBER` since 3.32; the bundled SQLite is 3.51).
+    pub(crate) const fn max_binds(self) -> usize {
+        match self {
+            Dialect::Postgres | Dialect::MySql => 65_535,
+            Dialect::Sqlite => 32_766,
+        }
+    }
+
     /// Appends `count` comma-separated placeholders, numbered from `first` (1-based).
     pub(crate) fn push_placeholders(self, sql: &mut String, first: usize, count: usize) {
         for n in first..first + count {

@@ -92,7 +92,7 @@ pub use error::{Error, Result};
 pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
 pub use flags::routed_table;
 pub use mode::Mode;
-pub use model::{EventSchema, TrackedModel, TrackedRow};
+pub use model::{EventSchema, TrackedModel, TrackedRow, Upserted};
 pub use posthog_derive::EventSchema;
 /// Derives [`TrackedModel`](trait@TrackedModel): the SQL that writes the struct and the
 /// mapping of its fields to PostHog events, checked at compile time.
@@ -111,8 +111,8 @@ pub mod __private {
     pub use crate::event::{EventWriter, Stager, ToDistinctId};
     pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
-        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow, milestone_condition,
-        stage_insert_event_detached,
+        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow,
+        ignore_mariadb_returning, milestone_condition, stage_insert_event_detached,
     };
     pub use crate::plan::{FieldPlan, ModelPlan, PersonProperty, PlanEntry};
     pub use inventory;

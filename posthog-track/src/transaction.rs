@@ -155,6 +155,12 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         Ok(())
     }
 
+    /// Drops the events staged since there were `len`: a write that failed half-way stages
+    /// nothing.
+    pub(crate) fn discard_staged_from(&mut self, len: usize) {
+        self.staged.truncate(len);
+    }
+
     /// The underlying sqlx transaction, for APIs that want one by name.
     pub fn as_sqlx(&mut self) -> &mut sqlx::Transaction<'c, DB> {
         &mut self.tx

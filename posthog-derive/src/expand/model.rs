@@ -97,6 +97,7 @@ fn identity_items(container: &Container) -> TokenStream {
         .collect();
     if !fills.is_empty() {
         items.push(quote! {
+            const __CONTEXT_FIELDS: bool = true;
             fn __fill_from_context(&mut self, __context: &#private::TrackingContext) {
                 #(#fills)*
             }

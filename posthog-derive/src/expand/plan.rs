@@ -16,6 +16,7 @@ pub fn plan_registration(container: &Container) -> TokenStream {
     let [insert_event, update_event, delete_event] = container.event_names();
     let attrs = &container.attrs;
     let identify = attrs.identify.is_some();
+    let upsert = !container.keys().any(|key| key.is_generated());
     let group_type = match &attrs.group_type {
         Some(group_type) => {
             let group_type = &group_type.value;
@@ -76,6 +77,7 @@ pub fn plan_registration(container: &Container) -> TokenStream {
                 delete_event: #delete_event,
                 identify: #identify,
                 group_type: #group_type,
+                upsert: #upsert,
                 groups: &[#(#groups),*],
                 fields: &[#(#fields),*],
             })

@@ -127,10 +127,37 @@ fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStrea
     let update_prefix = format!("UPDATE {table} SET ");
     let key_columns: Vec<String> = keys.iter().map(|f| column(f)).collect();
 
+    // Bulk inserts: the statement up to `VALUES `, to which `insert_all` appends one group of
+    // `insert_width` placeholders per row, and the `RETURNING` clause (used on MySQL only by
+    // MariaDB, which has it).
+    let insert_head = if inserted.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = inserted.iter().map(|f| column(f)).collect();
+        format!("INSERT INTO {table} ({}) VALUES ", names.join(", "))
+    };
+    let insert_width = inserted.len();
+    let key_generated = keys.iter().any(|f| f.is_generated());
+    let returning = format!(" RETURNING {all_columns}");
+    let select_head = format!("SELECT {all_columns} FROM {table} WHERE ");
+    let upsert = upsert_sql(container, &table, dialect);
+    let (upsert, upsert_unsupported) = match &upsert {
+        Ok(sql) => (Some(sql.as_str()), None),
+        Err(reason) => (None, Some(*reason)),
+    };
+    // SQLite's upsert updates an existing row with a statement of its own (see `upsert_sql`).
+    let update_returning = match (dialect, &update) {
+        (Dialect::Sqlite, Some(update)) => Some(format!("{update}{returning}")),
+        _ => None,
+    };
+
     let select_inserted = option(select_inserted.as_deref());
     let insert_unsupported = option(insert_unsupported);
     let auto_increment_key = option(auto_increment_key.as_deref());
     let update = option(update.as_deref());
+    let upsert = option(upsert);
+    let upsert_unsupported = option(upsert_unsupported);
+    let update_returning = option(update_returning.as_deref());
     quote! {
         #Private::ModelSql {
             insert: #insert,
@@ -145,8 +172,96 @@ fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStrea
             update_prefix: #update_prefix,
             columns: &[#(#columns),*],
             keys: &[#(#key_columns),*],
+            insert_head: #insert_head,
+            insert_width: #insert_width,
+            key_generated: #key_generated,
+            returning: #returning,
+            select_head: #select_head,
+            upsert: #upsert,
+            upsert_unsupported: #upsert_unsupported,
+            update_returning: #update_returning,
         }
     }
+}
+
+/// Why a model whose key the database generates cannot be upserted.
+const GENERATED_KEY_UPSERT: &str = "an upsert finds the existing row by its key, and a \
+    `generated` key is not written by the INSERT, so no row could ever conflict; insert such \
+    rows with `insert`, or give the key its value in Rust and remove `generated`";
+
+/// The upsert statement of `dialect`:
+/// - PostgreSQL: `INSERT ... ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c ... RETURNING`
+///   every column, then whether the row is new (`xmax = 0`: the row version has never been
+///   locked or updated, so this statement inserted it).
+/// - SQLite: `INSERT ... ON CONFLICT (key) DO NOTHING RETURNING` every column: a row comes
+///   back exactly when it was inserted (the probe); otherwise the runtime updates the row
+///   with `update_returning`. The INSERT takes SQLite's single write lock, so nothing can
+///   come between the two statements.
+/// - MySQL/MariaDB: `INSERT ... ON DUPLICATE KEY UPDATE c = VALUES(c)` (`VALUES()` rather than
+///   MySQL 8's row alias, which MariaDB lacks); the runtime tells insert from update by the
+///   affected rows and reads the row back by its key.
+///
+/// With no column to update, the key is set to itself, so an existing row still comes back.
+fn upsert_sql(
+    container: &Container,
+    table: &str,
+    dialect: Dialect,
+) -> Result<String, &'static str> {
+    if container.keys().any(Field::is_generated) {
+        return Err(GENERATED_KEY_UPSERT);
+    }
+    let column = |field: &Field| dialect.quote(&field.column());
+    let inserted: Vec<&Field> = container
+        .fields
+        .iter()
+        .filter(|f| !f.is_generated())
+        .collect();
+    let names: Vec<String> = inserted.iter().map(|f| column(f)).collect();
+    let values: Vec<String> = (1..=inserted.len())
+        .map(|n| dialect.placeholder(n))
+        .collect();
+    let head = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        values.join(", ")
+    );
+    let mut updated: Vec<String> = container
+        .fields
+        .iter()
+        .filter(|f| f.is_updatable())
+        .map(column)
+        .collect();
+    if updated.is_empty() {
+        updated.extend(container.keys().next().map(column));
+    }
+    let keys: Vec<String> = container.keys().map(column).collect();
+    let all_columns: Vec<String> = container.fields.iter().map(column).collect();
+    let all_columns = all_columns.join(", ");
+    Ok(match dialect {
+        Dialect::Postgres => {
+            let set: Vec<String> = updated
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            format!(
+                "{head} ON CONFLICT ({}) DO UPDATE SET {} RETURNING {all_columns}, \
+                 CAST(CASE WHEN xmax = 0 THEN 1 ELSE 0 END AS BIGINT)",
+                keys.join(", "),
+                set.join(", ")
+            )
+        }
+        Dialect::Sqlite => format!(
+            "{head} ON CONFLICT ({}) DO NOTHING RETURNING {all_columns}",
+            keys.join(", ")
+        ),
+        Dialect::MySql => {
+            let set: Vec<String> = updated
+                .iter()
+                .map(|c| format!("{c} = VALUES({c})"))
+                .collect();
+            format!("{head} ON DUPLICATE KEY UPDATE {}", set.join(", "))
+        }
+    })
 }
 
 fn option(value: Option<&str>) -> TokenStream {

@@ -60,10 +60,27 @@ pub struct ModelSql {
     pub columns: &'static [&'static str],
     /// Quoted key columns, in key order.
     pub keys: &'static [&'static str],
+    /// `INSERT INTO "table" (inserted columns) VALUES `, for `insert_all`'s multi-row inserts;
+    /// empty when every column is generated.
+    pub insert_head: &'static str,
+    /// Parameters bound per row by `__bind_insert`.
+    pub insert_width: usize,
+    /// A key field is `generated`: an inserted row cannot be matched to its input by key.
+    pub key_generated: bool,
+    /// ` RETURNING` every column (on MySQL, for MariaDB only).
+    pub returning: &'static str,
+    /// `SELECT` every column `FROM "table" WHERE `.
+    pub select_head: &'static str,
+    /// The upsert statement; `None` when the model cannot be upserted (`upsert_unsupported`).
+    pub upsert: Option<&'static str>,
+    /// Why the model cannot be upserted, if it cannot.
+    pub upsert_unsupported: Option<&'static str>,
+    /// SQLite: `update` with ` RETURNING` every column, for an upsert that found its row.
+    pub update_returning: Option<&'static str>,
 }
 
 impl ModelSql {
-    const UNUSABLE: ModelSql = ModelSql {
+    pub(crate) const UNUSABLE: ModelSql = ModelSql {
         insert: "",
         insert_returns_row: false,
         select_inserted: None,
@@ -76,6 +93,14 @@ impl ModelSql {
         update_prefix: "",
         columns: &[],
         keys: &[],
+        insert_head: "",
+        insert_width: 0,
+        key_generated: false,
+        returning: "",
+        select_head: "",
+        upsert: None,
+        upsert_unsupported: Some("the model's derive failed"),
+        update_returning: None,
     };
 
     /// `UPDATE ... SET` of just the changed columns. Built at run time because the set of

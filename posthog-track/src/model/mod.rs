@@ -7,13 +7,19 @@
 //!   [`milestone_condition`]).
 //! - `route`: which table a write goes to when its model is flag-routed.
 //! - `auto_increment`: MySQL's check that a `generated` key is AUTO_INCREMENT.
+//! - `bulk`: writing rows and reading them back, one (`insert`) or many (`insert_all`).
+//! - `upsert`: `upsert` and what it returns ([`Upserted`]).
 
 mod auto_increment;
+mod bulk;
 mod codegen;
 mod route;
 mod stage;
 mod traits;
+mod upsert;
 
+pub use bulk::ignore_mariadb_returning;
 pub use codegen::{ChangeMask, ModelSql, SqlSet, milestone_condition};
 pub use stage::stage_insert_event_detached;
 pub use traits::{EventSchema, TrackedModel, TrackedRow};
+pub use upsert::Upserted;

@@ -4,10 +4,13 @@
 
 use std::future::Future;
 
-use super::auto_increment::{NOT_AUTO_INCREMENT, is_auto_increment};
+use super::bulk::{insert_all, insert_one};
 use super::codegen::{ChangeMask, SqlSet};
 use super::route::route;
-use super::stage::{stage_group_identify, stage_identify, stage_insert_event, with_groups};
+use super::stage::{
+    stage_group_identify, stage_identify, stage_inserted, stage_updated, with_groups,
+};
+use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
@@ -90,6 +93,9 @@ pub trait TrackedModel: Sized + Send + Sync {
     ) -> Result<()> {
         Ok(())
     }
+    /// The model has `#[tracked(context = "...")]` fields.
+    #[doc(hidden)]
+    const __CONTEXT_FIELDS: bool = false;
     /// Fills the `#[tracked(context = "...")]` fields.
     #[doc(hidden)]
     fn __fill_from_context(&mut self, _context: &TrackingContext) {}
@@ -138,56 +144,87 @@ pub trait TrackedModel: Sized + Send + Sync {
         async move {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
-            let unsupported = |reason| Error::Unsupported {
-                operation: format!("insert into `{table}`"),
-                backend: DB::DIALECT.name(),
-                reason,
-            };
-            if let Some(reason) = sql.insert_unsupported {
-                return Err(unsupported(reason));
-            }
-            if let Some(column) = sql.auto_increment_key
-                && !is_auto_increment::<DB>(tx.connection(), table, column).await?
-            {
-                return Err(unsupported(NOT_AUTO_INCREMENT));
-            }
-            let query = self.__bind_insert(sqlx::query(sql.insert));
-            let row = if sql.insert_returns_row {
-                Some(DB::fetch_one(tx.connection(), query).await?)
-            } else {
-                let result = DB::execute(tx.connection(), query).await?;
-                match sql.select_inserted {
-                    Some(select) => {
-                        let mut query = sqlx::query(select);
-                        if sql.select_inserted_by_insert_id {
-                            // The id this INSERT generated (0 when it generated none), not
-                            // the connection's LAST_INSERT_ID(), which an earlier insert set.
-                            let id = DB::last_insert_id(&result)
-                                .filter(|id| *id != 0)
-                                .and_then(|id| i64::try_from(id).ok())
-                                .ok_or_else(|| unsupported(NOT_AUTO_INCREMENT))?;
-                            query = DB::bind_i64(query, id);
-                        } else {
-                            query = self.__bind_key(query);
-                        }
-                        Some(DB::fetch_one(tx.connection(), query).await?)
-                    }
-                    None => None,
-                }
-            };
-            if let Some(row) = row {
-                self = Self::__from_row(&row)?;
-            }
-            let anonymous_id = tx.context().anonymous_id().map(str::to_owned);
-            let stamps = with_groups(&self, stamps);
-            let mut stager = tx.stager_with(self.distinct_id(), Self::INSERT_EVENT, stamps)?;
-            stage_insert_event(&self, &mut stager)?;
-            if Self::__IDENTIFY {
-                stage_identify(&self, anonymous_id, &mut stager, None)?;
-            }
-            stage_group_identify(&self, &mut stager, None)?;
-            Ok(self)
+            let stored = insert_one(&self, sql, table, tx.connection()).await?;
+            stage_inserted(&stored, stamps, tx)?;
+            Ok(stored)
         }
+    }
+
+    /// Inserts `rows` and stages, for each, exactly the events [`insert`](TrackedModel::insert)
+    /// stages, in the same order; returns the rows as stored, in the order given.
+    ///
+    /// The rows go in one multi-row `INSERT` per chunk, each chunk as large as the backend's
+    /// limit on bound parameters allows (65,535 on PostgreSQL and MySQL/MariaDB, 32,766 on
+    /// SQLite, divided by the columns written per row), and the events reach the outbox at
+    /// commit in multi-row inserts as well. Every row is read back as stored, `generated`
+    /// columns included: `RETURNING` on PostgreSQL, SQLite and MariaDB 10.5+; on MySQL a
+    /// `SELECT` by the keys, or for an `AUTO_INCREMENT` key by the ids `LAST_INSERT_ID()` and
+    /// `@@auto_increment_increment` give, which are the chunk's own only when InnoDB allocates
+    /// them consecutively (`innodb_autoinc_lock_mode` 0 or 1): under mode 2 (MySQL 8's
+    /// default) such rows are inserted one at a time.
+    ///
+    /// On MySQL/MariaDB a chunk can exceed `max_allowed_packet` when rows are large (many KB
+    /// each): pass smaller slices then. A row with `context` fields is copied to fill them,
+    /// hence `Clone`. When the call fails nothing it staged remains, but the rows it wrote
+    /// stay in the transaction: roll it back.
+    ///
+    /// ```no_run
+    /// # use posthog_track::{TrackedModel, Tracker};
+    /// # #[derive(Clone, TrackedModel)]
+    /// # #[tracked(table = "users", distinct_id = id)]
+    /// # struct User {
+    /// #     #[tracked(key, property)] id: String,
+    /// #     #[tracked(property)] plan: String,
+    /// # }
+    /// # async fn import(tracker: &Tracker, pool: &sqlx::SqlitePool, users: Vec<User>) -> posthog_track::Result<()> {
+    /// let mut tx = tracker.begin(pool).await?;
+    /// let stored = User::insert_all(&users, &mut tx).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    fn insert_all<'t, 'c, DB>(
+        rows: &'t [Self],
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<Vec<Self>>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB> + Clone + 't,
+    {
+        insert_all(rows, tx)
+    }
+
+    /// Inserts the row, or when a row with its key exists, writes every non-key,
+    /// non-generated column of it, in one atomic statement; stages what the equivalent write
+    /// stages (those of [`insert`](TrackedModel::insert) when the row was created, those of
+    /// [`update`](TrackedModel::update) when it existed) and returns which it was, with the
+    /// row as stored.
+    ///
+    /// `INSERT ... ON CONFLICT (key) DO UPDATE` on PostgreSQL, which tells a new row by
+    /// `xmax = 0`; on SQLite `INSERT ... ON CONFLICT (key) DO NOTHING RETURNING` as the probe,
+    /// then the `UPDATE` when no row came back (the INSERT holds SQLite's only write lock, so
+    /// nothing comes between); `INSERT ... ON DUPLICATE KEY UPDATE` on MySQL/MariaDB, which
+    /// reports 1 affected row for an insert and 2 for an update, but also 1 for an existing
+    /// row left as it was (sqlx connects with `CLIENT_FOUND_ROWS`), so the row is first
+    /// looked up (`SELECT ... FOR UPDATE`, which also locks the gap of a missing key). On
+    /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table.
+    ///
+    /// An existing row gets `UPDATE_EVENT` with every tracked property, as `update` sends it,
+    /// and no milestone: a milestone compares the row before and after, and the upsert has no
+    /// before. When milestones matter, read the row with
+    /// [`load_for_update`](TrackedModel::load_for_update) and write it with
+    /// [`update_changed`](TrackedModel::update_changed) or [`insert`](TrackedModel::insert).
+    ///
+    /// A model with a `generated` key cannot be upserted (the INSERT does not write the key, so
+    /// no row could conflict): it fails with [`Error::Unsupported`] before writing anything.
+    fn upsert<'t, 'c, DB>(
+        self,
+        tx: &'t mut TrackedTransaction<'c, DB>,
+    ) -> impl Future<Output = Result<Upserted<Self>>> + Send + 't
+    where
+        DB: Backend,
+        Self: TrackedRow<DB> + 't,
+    {
+        upsert(self, tx)
     }
 
     /// Reads the row with this key in the transaction, locking it until the transaction ends
@@ -257,16 +294,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                     return Err(Error::RowNotFound { table });
                 }
             }
-            let stamps = with_groups(self, stamps);
-            let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
-            let mut writer = stager.event(Self::UPDATE_EVENT);
-            self.__write_properties(&mut writer)?;
-            stager.push(writer)?;
-            if Self::__IDENTIFY && !Self::__PERSON.is_empty() {
-                stage_identify(self, None, &mut stager, None)?;
-            }
-            stage_group_identify(self, &mut stager, None)?;
-            Ok(())
+            stage_updated(self, stamps, tx)
         }
     }
 

@@ -44,6 +44,8 @@ pub struct ModelPlan {
     pub identify: bool,
     /// `group_type`: the model is a group, and its writes send `$groupidentify`.
     pub group_type: Option<&'static str>,
+    /// No key is `generated`, so rows can be upserted.
+    pub upsert: bool,
     /// The group types of its `group = "..."` fields.
     pub groups: &'static [&'static str],
     pub fields: &'static [FieldPlan],
@@ -105,8 +107,10 @@ pub struct TrackingPlan {
 pub struct PlannedEvent {
     /// The event's name.
     pub event: String,
-    /// The write that sends it: `insert`, `update`, `delete` or `milestone`; for PostHog's
-    /// own events, `identify` (`$identify`) or `group_identify` (`$groupidentify`).
+    /// The write that sends it: `insert` (also `insert_all`), `update`, `delete` or
+    /// `milestone`; `upsert_created` and `upsert_existed` for an `upsert` that created the
+    /// row (the insert event) or found it (the update event, with every property); for
+    /// PostHog's own events, `identify` (`$identify`) or `group_identify` (`$groupidentify`).
     pub trigger: String,
     /// The Rust model.
     pub model: String,
@@ -209,6 +213,20 @@ impl TrackingPlan {
             "update",
             every(&|f| f.key, &|_| true),
         ));
+        if model.upsert {
+            // An upsert sends the insert event when it creates the row, and the update event
+            // with every property (as `update` does) when the row existed.
+            self.events.push(event(
+                model.insert_event,
+                "upsert_created",
+                every(&|_| true, &|_| true),
+            ));
+            self.events.push(event(
+                model.update_event,
+                "upsert_existed",
+                every(&|_| true, &|_| true),
+            ));
+        }
         self.events.push(event(
             model.delete_event,
             "delete",
@@ -272,7 +290,9 @@ impl TrackingPlan {
             for event in sources {
                 out.push_str(&format!(
                     "\nSent on {} of `{}` (table `{}`).",
-                    event.trigger, event.model, event.table
+                    trigger_phrase(&event.trigger),
+                    event.model,
+                    event.table
                 ));
                 if !event.description.is_empty() {
                     out.push_str(&format!(" {}", event.description));
@@ -306,6 +326,15 @@ impl TrackingPlan {
             }
         }
         out
+    }
+}
+
+/// A trigger as the Markdown plan says it.
+fn trigger_phrase(trigger: &str) -> &str {
+    match trigger {
+        "upsert_created" => "upsert (the row was new)",
+        "upsert_existed" => "upsert (the row existed)",
+        other => other,
     }
 }
 

@@ -1,0 +1,135 @@
+//! [`TrackedModel::upsert`](super::TrackedModel::upsert): insert the row or update the one
+//! with its key, in one atomic statement, and stage the events of whichever happened.
+
+use super::route::route;
+use super::stage::{stage_inserted, stage_updated};
+use super::traits::TrackedRow;
+use crate::backend::{Backend, Dialect};
+use crate::error::{Error, Result};
+use crate::transaction::TrackedTransaction;
+
+/// What [`TrackedModel::upsert`](super::TrackedModel::upsert) did, with the row as the
+/// database stored it (`generated` columns read back).
+///
+/// ```no_run
+/// # use posthog_track::{TrackedModel, Tracker, Upserted};
+/// # #[derive(Clone, TrackedModel)]
+/// # #[tracked(table = "users", distinct_id = id)]
+/// # struct User {
+/// #     #[tracked(key, property)] id: String,
+/// #     #[tracked(property)] plan: String,
+/// # }
+/// # async fn sync(tracker: &Tracker, pool: &sqlx::SqlitePool, user: User) -> posthog_track::Result<()> {
+/// let mut tx = tracker.begin(pool).await?;
+/// match user.upsert(&mut tx).await? {
+///     Upserted::Inserted(user) => println!("new user {}", user.id),
+///     Upserted::Updated(user) => println!("updated user {}", user.id),
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "the upserted row is the row as stored; use `into_row` to keep it"]
+pub enum Upserted<M> {
+    /// No row had the key: the row was inserted, and the events of
+    /// [`insert`](super::TrackedModel::insert) (`INSERT_EVENT`, ...) were staged.
+    Inserted(M),
+    /// A row had the key: its columns were overwritten, and the events of
+    /// [`update`](super::TrackedModel::update) (`UPDATE_EVENT` with every tracked property,
+    /// ...) were staged.
+    Updated(M),
+}
+
+impl<M> Upserted<M> {
+    /// The row as stored.
+    pub fn row(&self) -> &M {
+        match self {
+            Upserted::Inserted(row) | Upserted::Updated(row) => row,
+        }
+    }
+
+    /// The row as stored, whichever happened.
+    pub fn into_row(self) -> M {
+        match self {
+            Upserted::Inserted(row) | Upserted::Updated(row) => row,
+        }
+    }
+
+    /// Whether the row was created (rather than updated).
+    pub fn was_inserted(&self) -> bool {
+        matches!(self, Upserted::Inserted(_))
+    }
+}
+
+/// [`TrackedModel::upsert`](super::TrackedModel::upsert).
+pub(super) async fn upsert<M, DB>(
+    mut model: M,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<Upserted<M>>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    model.__fill_from_context(tx.context());
+    let (sql, table, stamps) = route(&model, tx).await;
+    let Some(statement) = sql.upsert else {
+        return Err(Error::Unsupported {
+            operation: format!("upsert into `{table}`"),
+            backend: DB::DIALECT.name(),
+            reason: sql
+                .upsert_unsupported
+                .unwrap_or("the model cannot be upserted"),
+        });
+    };
+    let connection = tx.connection();
+    let (row, inserted) = match DB::DIALECT {
+        Dialect::Postgres => {
+            let query = model.__bind_insert(sqlx::query(statement));
+            let row = DB::fetch_one(connection, query).await?;
+            // After every column: `xmax = 0`, a row version no transaction has touched since
+            // it was inserted, i.e. this statement inserted it.
+            let inserted = DB::int(&row, sql.columns.len())? == 1;
+            (row, inserted)
+        }
+        Dialect::Sqlite => {
+            let query = model.__bind_insert(sqlx::query(statement));
+            match DB::fetch_all(connection, query).await?.into_iter().next() {
+                // DO NOTHING returned the row: it is new.
+                Some(row) => (row, true),
+                None => {
+                    // It exists; this transaction holds the write lock since the INSERT.
+                    let query = match sql.update_returning {
+                        Some(update) => model.__bind_key(model.__bind_update(sqlx::query(update))),
+                        None => model.__bind_key(sqlx::query(sql.select_for_update)),
+                    };
+                    let row = DB::fetch_all(connection, query)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .ok_or(Error::RowNotFound { table })?;
+                    (row, false)
+                }
+            }
+        }
+        Dialect::MySql => {
+            // Whether the row exists, locked (or its gap, when it does not) until commit.
+            let probe = model.__bind_key(sqlx::query(sql.select_for_update));
+            let existed = !DB::fetch_all(connection, probe).await?.is_empty();
+            let result =
+                DB::execute(connection, model.__bind_insert(sqlx::query(statement))).await?;
+            // 1: inserted, or (CLIENT_FOUND_ROWS) found and left as it was; 2: updated.
+            let inserted = DB::rows_affected(&result) == 1 && !existed;
+            let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
+            let row = DB::fetch_one(connection, model.__bind_key(sqlx::query(select))).await?;
+            (row, inserted)
+        }
+    };
+    let stored = M::__from_row(&row)?;
+    if inserted {
+        stage_inserted(&stored, stamps, tx)?;
+        Ok(Upserted::Inserted(stored))
+    } else {
+        stage_updated(&stored, stamps, tx)?;
+        Ok(Upserted::Updated(stored))
+    }
+}

@@ -1,0 +1,622 @@
+//! `insert_all` and `upsert` on SQLite, PostgreSQL and MariaDB: they store the same rows and
+//! stage the same events as their one-row equivalents (`insert` per row; `insert` or
+//! `update`), generated columns included; `insert_all` splits at the backend's bind limit; a
+//! rollback leaves neither rows nor events.
+
+use chrono::{DateTime, Utc};
+use posthog_track::{
+    Backend, Dialect, Error, StagedEvent, TrackedModel, TrackedRow, Tracker, Upserted,
+};
+use posthog_track_tests::{on_every_backend, unique};
+use serde_json::{Value, json};
+use sqlx::Pool;
+
+/// A key the database generates, person properties, a group, a milestone, a skipped column
+/// and a generated timestamp.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(
+    table = "bk_accounts",
+    distinct_id = owner,
+    identify,
+    insert_event = "account_opened",
+    update_event = "account_changed"
+)]
+struct Account {
+    #[tracked(key, generated, property = "account_id")]
+    id: i64,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(person)]
+    email: String,
+    #[tracked(property, group = "company")]
+    company: String,
+    #[tracked(property, milestone(event = "account_upgraded"))]
+    plan: String,
+    #[tracked(skip = "secret; never leaves the database")]
+    secret: String,
+    #[tracked(generated, property)]
+    created_at: DateTime<Utc>,
+}
+
+/// A key written from Rust (the upsert's kind of model), and generated columns.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_profiles", distinct_id = id, identify)]
+struct Profile {
+    #[tracked(key, property = "user_id")]
+    id: String,
+    #[tracked(person)]
+    email: String,
+    #[tracked(person_once)]
+    referrer: Option<String>,
+    #[tracked(property, milestone(event = "profile_upgraded"))]
+    plan: String,
+    #[tracked(generated, property)]
+    created_at: DateTime<Utc>,
+}
+
+/// A composite key and nothing but keys to update (every other column is generated).
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_members", distinct_id = account)]
+struct Member {
+    #[tracked(key, property)]
+    account: String,
+    #[tracked(key, property)]
+    team: String,
+    #[tracked(generated, property)]
+    joined_at: DateTime<Utc>,
+}
+
+/// Seventeen columns written per row, so a few thousand rows cross every bind limit.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_wide", distinct_id = owner)]
+struct Wide {
+    #[tracked(key, property)]
+    id: i64,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(property)]
+    c1: i64,
+    #[tracked(property)]
+    c2: i64,
+    #[tracked(property)]
+    c3: i64,
+    #[tracked(property)]
+    c4: i64,
+    #[tracked(property)]
+    c5: i64,
+    #[tracked(property)]
+    c6: i64,
+    #[tracked(property)]
+    c7: i64,
+    #[tracked(property)]
+    c8: i64,
+    #[tracked(property)]
+    c9: i64,
+    #[tracked(property)]
+    c10: i64,
+    #[tracked(property)]
+    c11: i64,
+    #[tracked(property)]
+    c12: i64,
+    #[tracked(property)]
+    c13: i64,
+    #[tracked(property)]
+    c14: Option<String>,
+    #[tracked(property)]
+    c15: String,
+}
+
+const SQLITE_SCHEMA: &str = r#"
+    CREATE TABLE bk_accounts (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,
+        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+    CREATE TABLE bk_profiles (id TEXT PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
+        plan TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+    CREATE TABLE bk_members (account TEXT NOT NULL, team TEXT NOT NULL,
+        joined_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        PRIMARY KEY (account, team));
+    CREATE TABLE bk_wide (id INTEGER PRIMARY KEY, owner TEXT NOT NULL,
+        c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, c3 INTEGER NOT NULL, c4 INTEGER NOT NULL,
+        c5 INTEGER NOT NULL, c6 INTEGER NOT NULL, c7 INTEGER NOT NULL, c8 INTEGER NOT NULL,
+        c9 INTEGER NOT NULL, c10 INTEGER NOT NULL, c11 INTEGER NOT NULL, c12 INTEGER NOT NULL,
+        c13 INTEGER NOT NULL, c14 TEXT, c15 TEXT NOT NULL);
+"#;
+
+const POSTGRES_SCHEMA: &str = r#"
+    CREATE TABLE bk_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL,
+        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+    CREATE TABLE bk_profiles (id TEXT PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
+        plan TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+    CREATE TABLE bk_members (account TEXT NOT NULL, team TEXT NOT NULL,
+        joined_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (account, team));
+    CREATE TABLE bk_wide (id BIGINT PRIMARY KEY, owner TEXT NOT NULL,
+        c1 BIGINT NOT NULL, c2 BIGINT NOT NULL, c3 BIGINT NOT NULL, c4 BIGINT NOT NULL,
+        c5 BIGINT NOT NULL, c6 BIGINT NOT NULL, c7 BIGINT NOT NULL, c8 BIGINT NOT NULL,
+        c9 BIGINT NOT NULL, c10 BIGINT NOT NULL, c11 BIGINT NOT NULL, c12 BIGINT NOT NULL,
+        c13 BIGINT NOT NULL, c14 TEXT, c15 TEXT NOT NULL);
+"#;
+
+const MYSQL_SCHEMA: &str = r#"
+    CREATE TABLE bk_accounts (id BIGINT AUTO_INCREMENT PRIMARY KEY, owner VARCHAR(100) NOT NULL,
+        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
+        created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;
+    CREATE TABLE bk_profiles (id VARCHAR(100) PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
+        plan TEXT NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))
+        ENGINE=InnoDB;
+    CREATE TABLE bk_members (account VARCHAR(100) NOT NULL, team VARCHAR(100) NOT NULL,
+        joined_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        PRIMARY KEY (account, team)) ENGINE=InnoDB;
+    CREATE TABLE bk_wide (id BIGINT PRIMARY KEY, owner VARCHAR(100) NOT NULL,
+        c1 BIGINT NOT NULL, c2 BIGINT NOT NULL, c3 BIGINT NOT NULL, c4 BIGINT NOT NULL,
+        c5 BIGINT NOT NULL, c6 BIGINT NOT NULL, c7 BIGINT NOT NULL, c8 BIGINT NOT NULL,
+        c9 BIGINT NOT NULL, c10 BIGINT NOT NULL, c11 BIGINT NOT NULL, c12 BIGINT NOT NULL,
+        c13 BIGINT NOT NULL, c14 TEXT, c15 TEXT NOT NULL) ENGINE=InnoDB;
+"#;
+
+/// The tables, once per backend (concrete types keep sqlx's executor bounds out of the
+/// generic scenarios).
+trait Schema: Backend {
+    async fn create_tables(pool: &Pool<Self>);
+}
+
+macro_rules! impl_schema {
+    ($db:ty, $schema:expr) => {
+        impl Schema for $db {
+            async fn create_tables(pool: &Pool<Self>) {
+                sqlx::raw_sql($schema).execute(pool).await.unwrap();
+            }
+        }
+    };
+}
+
+impl_schema!(sqlx::Sqlite, SQLITE_SCHEMA);
+impl_schema!(sqlx::Postgres, POSTGRES_SCHEMA);
+impl_schema!(sqlx::MySql, MYSQL_SCHEMA);
+
+/// Live, so that commits write the outbox, without a relay: the test reads what committed.
+async fn tracker<DB: Schema>(pool: &Pool<DB>) -> Tracker {
+    DB::create_tables(pool).await;
+    let tracker = Tracker::builder()
+        .api_key("phc_bulk")
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    tracker
+}
+
+fn accounts(owner: &str, count: usize) -> Vec<Account> {
+    (0..count)
+        .map(|n| Account {
+            id: 0,
+            owner: format!("{owner}-{n}"),
+            email: format!("o'brien+{n}@example.com"),
+            company: format!("company-{}", n % 3),
+            plan: if n % 2 == 0 { "free" } else { "pro" }.to_owned(),
+            secret: "hunter2".to_owned(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+        })
+        .collect()
+}
+
+fn profile(id: &str, plan: &str) -> Profile {
+    Profile {
+        id: id.to_owned(),
+        email: format!("{id}@example.com"),
+        referrer: Some("newsletter".to_owned()),
+        plan: plan.to_owned(),
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+    }
+}
+
+/// An event without what differs between two writes of the same row: uuid, timestamp, the
+/// library stamps, and the values of `generated` columns (`generated`), which the caller
+/// checks against the stored rows.
+fn comparable(event: &StagedEvent, generated: &[&str]) -> Value {
+    let mut properties = event.json()["properties"].clone();
+    if let Some(map) = properties.as_object_mut() {
+        for key in ["$lib", "$lib_version"].iter().chain(generated) {
+            map.remove(*key);
+        }
+        if let Some(Value::Object(group_set)) = map.get_mut("$group_set") {
+            for key in generated {
+                group_set.remove(*key);
+            }
+        }
+    }
+    json!({"event": event.event, "distinct_id": event.distinct_id, "properties": properties})
+}
+
+fn comparable_all(events: &[StagedEvent], generated: &[&str]) -> Vec<Value> {
+    events.iter().map(|e| comparable(e, generated)).collect()
+}
+
+/// Account as inserted, without the generated columns.
+fn without_generated(account: &Account) -> Account {
+    Account {
+        id: 0,
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+        ..account.clone()
+    }
+}
+
+/// `insert_all` stores the rows, returns them as stored and stages the events that one
+/// `insert` per row does; a rollback leaves nothing.
+async fn insert_all_matches_insert<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Account: TrackedRow<DB>,
+    Member: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    insert_all_scenario(&tracker, pool, "returning").await;
+    if DB::DIALECT == Dialect::MySql {
+        // The same on MariaDB without its RETURNING: as MySQL reads rows back (by key, and
+        // by the consecutive AUTO_INCREMENT ids of the chunk).
+        posthog_track::__private::ignore_mariadb_returning(true);
+        insert_all_scenario(&tracker, pool, "mysql").await;
+        posthog_track::__private::ignore_mariadb_returning(false);
+    }
+}
+
+async fn insert_all_scenario<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, tag: &str)
+where
+    Account: TrackedRow<DB>,
+    Member: TrackedRow<DB>,
+{
+    let owner = unique(tag);
+    let rows = accounts(&owner, 7);
+
+    // One insert per row, rolled back.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for row in &rows {
+        one_by_one.push(row.clone().insert(&mut tx).await.unwrap());
+    }
+    let events_one = tx.staged().to_vec();
+    tx.rollback().await.unwrap();
+
+    // insert_all, rolled back: nothing remains.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let rolled_back = Account::insert_all(&rows, &mut tx).await.unwrap();
+    assert_eq!(tx.staged().len(), events_one.len());
+    tx.rollback().await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    for row in &rolled_back {
+        assert_eq!(
+            Account::load_for_update(&row.id, &mut tx).await.unwrap(),
+            None
+        );
+    }
+    tx.rollback().await.unwrap();
+    let outbox = tracker.outbox(pool).events().await.unwrap();
+    assert!(
+        !outbox.iter().any(|e| e.distinct_id.starts_with(&owner)),
+        "a rolled back insert_all stages nothing"
+    );
+
+    // insert_all, committed.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let stored = Account::insert_all(&rows, &mut tx).await.unwrap();
+    let events_all = tx.staged().to_vec();
+    tx.commit().await.unwrap();
+
+    // The same rows, in order, with their generated columns read back.
+    assert_eq!(stored.len(), rows.len());
+    assert_eq!(
+        stored.iter().map(without_generated).collect::<Vec<_>>(),
+        one_by_one.iter().map(without_generated).collect::<Vec<_>>()
+    );
+    let mut tx = tracker.begin(pool).await.unwrap();
+    for row in &stored {
+        assert!(row.id > 0, "the generated id is read back");
+        assert!(row.created_at > DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(
+            Account::load_for_update(&row.id, &mut tx)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(row),
+            "the row returned is the row stored"
+        );
+    }
+    tx.rollback().await.unwrap();
+    let ids: Vec<i64> = stored.iter().map(|row| row.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "distinct ids, in insertion order");
+
+    // The same events, in the same order; their generated values are the stored rows'.
+    let generated = ["account_id", "created_at"];
+    assert_eq!(
+        comparable_all(&events_all, &generated),
+        comparable_all(&events_one, &generated)
+    );
+    let opened: Vec<&StagedEvent> = events_all
+        .iter()
+        .filter(|e| e.event == "account_opened")
+        .collect();
+    assert_eq!(opened.len(), rows.len());
+    for (event, row) in opened.iter().zip(&stored) {
+        let properties = &event.json()["properties"];
+        assert_eq!(properties["account_id"], json!(row.id));
+        assert_eq!(
+            properties["created_at"],
+            serde_json::to_value(row.created_at).unwrap()
+        );
+        assert_eq!(properties["$groups"], json!({"company": row.company}));
+        assert_eq!(properties["secret"], Value::Null);
+    }
+    let names: Vec<&str> = events_all.iter().map(|e| e.event.as_ref()).collect();
+    assert_eq!(&names[..2], ["account_opened", "$identify"]);
+
+    // What committed is what was staged.
+    let committed: Vec<_> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.distinct_id.starts_with(&owner))
+        .map(|e| e.uuid)
+        .collect();
+    assert_eq!(
+        committed,
+        events_all.iter().map(|e| e.uuid).collect::<Vec<_>>()
+    );
+
+    // A composite key and a generated column: matched back by the key.
+    let account = unique(&format!("{tag}-member"));
+    let members: Vec<Member> = ["core", "web", "data"]
+        .into_iter()
+        .map(|team| Member {
+            account: account.clone(),
+            team: team.to_owned(),
+            joined_at: DateTime::<Utc>::UNIX_EPOCH,
+        })
+        .collect();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let stored = Member::insert_all(&members, &mut tx).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.team.as_str()).collect::<Vec<_>>(),
+        ["core", "web", "data"]
+    );
+    for member in &stored {
+        assert!(member.joined_at > DateTime::<Utc>::UNIX_EPOCH);
+        let key = (member.account.clone(), member.team.clone());
+        assert_eq!(
+            Member::load_for_update(&key, &mut tx)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(member)
+        );
+    }
+    assert_eq!(tx.staged().len(), 3);
+    tx.rollback().await.unwrap();
+
+    // Nothing to insert: no statement, no event.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert!(Account::insert_all(&[], &mut tx).await.unwrap().is_empty());
+    assert!(tx.staged().is_empty());
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(insert_all_matches_insert);
+
+/// More rows than one statement may bind on any backend (17 parameters per row: 1,927 rows
+/// per statement on SQLite, 3,855 on PostgreSQL and MySQL): every row is stored and returned
+/// in order, with its event.
+async fn insert_all_splits_at_the_bind_limit<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Wide: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let owner = unique("wide");
+    let count: i64 = 4_000;
+    let rows: Vec<Wide> = (0..count)
+        .map(|n| Wide {
+            id: n,
+            owner: owner.clone(),
+            c1: n,
+            c2: n * 2,
+            c3: n * 3,
+            c4: 4,
+            c5: 5,
+            c6: 6,
+            c7: 7,
+            c8: 8,
+            c9: 9,
+            c10: 10,
+            c11: 11,
+            c12: 12,
+            c13: -n,
+            c14: (n % 2 == 0).then(|| format!("even {n}")),
+            c15: format!("row {n}"),
+        })
+        .collect();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let stored = Wide::insert_all(&rows, &mut tx).await.unwrap();
+    assert_eq!(stored, rows, "every row, as given, in order");
+    let staged = tx.staged().to_vec();
+    assert_eq!(staged.len(), rows.len());
+    for (event, row) in staged.iter().zip(&rows) {
+        let properties = &event.json()["properties"];
+        assert_eq!(properties["id"], json!(row.id));
+        assert_eq!(properties["c15"], json!(row.c15));
+    }
+    tx.commit().await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    for n in [0, 1_926, 1_927, 3_854, 3_855, count - 1] {
+        assert_eq!(
+            Wide::load_for_update(&n, &mut tx).await.unwrap().as_ref(),
+            Some(&rows[usize::try_from(n).unwrap()])
+        );
+    }
+    tx.rollback().await.unwrap();
+    let committed = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.distinct_id == owner)
+        .count();
+    assert_eq!(committed, rows.len());
+}
+on_every_backend!(insert_all_splits_at_the_bind_limit);
+
+/// `upsert` of a new row is `insert`; of an existing row, `update` (also when nothing
+/// changed, which MySQL reports like an insert); the generated column is read back either
+/// way; a rollback leaves nothing.
+async fn upsert_matches_insert_and_update<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Profile: TrackedRow<DB>,
+    Account: TrackedRow<DB>,
+    Member: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let id = unique("upsert");
+    let generated = ["created_at"];
+
+    // A new row: what `insert` would have done.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    profile(&id, "free").insert(&mut tx).await.unwrap();
+    let insert_events = tx.staged().to_vec();
+    tx.rollback().await.unwrap();
+
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let upserted = profile(&id, "free").upsert(&mut tx).await.unwrap();
+    assert!(upserted.was_inserted(), "{upserted:?}");
+    let created = upserted.into_row();
+    assert!(created.created_at > DateTime::<Utc>::UNIX_EPOCH);
+    assert_eq!(
+        comparable_all(tx.staged(), &generated),
+        comparable_all(&insert_events, &generated)
+    );
+    assert_eq!(
+        tx.staged()[0].json()["properties"]["created_at"],
+        serde_json::to_value(created.created_at).unwrap()
+    );
+    tx.commit().await.unwrap();
+
+    // An existing row, changed: what `update` would have done, and no milestone.
+    let mut changed = created.clone();
+    changed.plan = "pro".to_owned();
+    changed.email = "new@example.com".to_owned();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    changed.update(&mut tx).await.unwrap();
+    let update_events = tx.staged().to_vec();
+    tx.rollback().await.unwrap();
+
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let mut input = changed.clone();
+    input.created_at = DateTime::<Utc>::UNIX_EPOCH;
+    let upserted = input.upsert(&mut tx).await.unwrap();
+    let Upserted::Updated(updated) = upserted else {
+        panic!("expected an update, got {upserted:?}");
+    };
+    assert_eq!(
+        updated, changed,
+        "the generated column is read back unchanged"
+    );
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&update_events, &[])
+    );
+    let names: Vec<&str> = tx.staged().iter().map(|e| e.event.as_ref()).collect();
+    assert_eq!(names, ["profile_updated", "$identify"]);
+    tx.commit().await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert_eq!(
+        Profile::load_for_update(&id, &mut tx).await.unwrap(),
+        Some(changed.clone())
+    );
+    tx.rollback().await.unwrap();
+
+    // An existing row written with the values it has: still an update.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let upserted = changed.clone().upsert(&mut tx).await.unwrap();
+    assert_eq!(upserted, Upserted::Updated(changed.clone()));
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&update_events, &[])
+    );
+    tx.rollback().await.unwrap();
+
+    // A row inserted earlier in the same transaction exists for the upsert too.
+    let fresh = unique("upsert-same-tx");
+    let mut tx = tracker.begin(pool).await.unwrap();
+    profile(&fresh, "free").insert(&mut tx).await.unwrap();
+    let upserted = profile(&fresh, "team").upsert(&mut tx).await.unwrap();
+    assert!(!upserted.was_inserted(), "{upserted:?}");
+    assert_eq!(upserted.row().plan, "team");
+    tx.rollback().await.unwrap();
+
+    // Nothing but keys and generated columns: the existing row still comes back.
+    let member = Member {
+        account: unique("upsert-member"),
+        team: "core".to_owned(),
+        joined_at: DateTime::<Utc>::UNIX_EPOCH,
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let first = member.clone().upsert(&mut tx).await.unwrap();
+    assert!(first.was_inserted());
+    let second = member.clone().upsert(&mut tx).await.unwrap();
+    assert_eq!(second, Upserted::Updated(first.row().clone()));
+    let names: Vec<&str> = tx.staged().iter().map(|e| e.event.as_ref()).collect();
+    assert_eq!(names, ["member_created", "member_updated"]);
+    tx.rollback().await.unwrap();
+
+    // Rolled back: neither the row nor its events.
+    let gone = unique("upsert-rolled-back");
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert!(
+        profile(&gone, "free")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert_eq!(
+        Profile::load_for_update(&gone, &mut tx).await.unwrap(),
+        None
+    );
+    tx.rollback().await.unwrap();
+
+    // A generated key cannot conflict: refused before anything is written or staged.
+    let owner = unique("upsert-generated");
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = accounts(&owner, 1)
+        .remove(0)
+        .upsert(&mut tx)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Unsupported { operation, reason, .. }
+            if operation == "upsert into `bk_accounts`" && reason.contains("generated")),
+        "{error:?}"
+    );
+    assert!(tx.staged().is_empty());
+    tx.rollback().await.unwrap();
+
+    let outbox = tracker.outbox(pool).events().await.unwrap();
+    let names: Vec<&str> = outbox
+        .iter()
+        .filter(|e| e.distinct_id == id || e.distinct_id == gone)
+        .map(|e| e.event.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "profile_created",
+            "$identify",
+            "profile_updated",
+            "$identify"
+        ],
+        "the committed upserts' events, and nothing of the rolled back ones"
+    );
+}
+on_every_backend!(upsert_matches_insert_and_update);
