@@ -57,6 +57,7 @@
 //! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
 //!   deduplicated by uuid.
 //! - [`flags`]: remote and local feature flag evaluation, exposures, flag-routed tables.
+//! - [`metrics`]: the metrics and tracing spans for operating it.
 //! - [`plan`]: the tracking plan every model contributes to, and its snapshot test.
 //! - `testing` (feature `testing`): `MockPostHog`, a local PostHog for tests.
 
@@ -71,6 +72,7 @@ mod dispatch;
 mod error;
 mod event;
 pub mod flags;
+pub mod metrics;
 mod mode;
 mod model;
 pub mod outbox;

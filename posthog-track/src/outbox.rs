@@ -577,6 +577,14 @@ pub struct OutboxStatus {
     pub dead_reasons: Vec<(String, i64)>,
 }
 
+impl OutboxStatus {
+    /// Sets the outbox gauges of [`metrics`](crate::metrics) (pending, dead, age of the
+    /// oldest pending event) from these figures.
+    pub fn record_metrics(&self) {
+        crate::metrics::outbox(self.pending, self.dead, self.oldest_pending_age);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
