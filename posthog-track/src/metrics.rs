@@ -25,6 +25,9 @@
 //! | `posthog_track_request_duration_seconds` | histogram | `outcome` = `delivered` \| `retry` \| `too_large` \| `rejected` \| `misconfigured` | latency of requests to PostHog |
 //! | `posthog_track_commit_to_delivery_seconds` | histogram | | from an outbox event's commit to its delivery (database clock at commit, then this host's) |
 //!
+//! Install the recorder before building the tracker: the gauges of the in-memory queue and of
+//! the relays count up and down from their start.
+//!
 //! The outbox gauges come from a periodic [`Outbox::status`](crate::outbox::Outbox::status),
 //! which counts rows: a relay samples them when
 //! [`TrackerBuilder::outbox_metrics_interval`](crate::TrackerBuilder::outbox_metrics_interval)

@@ -335,15 +335,18 @@ async fn execute<DB: Backend>(
             shutdown_timeout,
             ..
         } => {
-            // Refuses without an API key: a relay that cannot deliver must not take other
-            // processes' events out of the outbox.
-            tracker.start_relay(pool.clone())?;
-            if let Some(addr) = metrics_addr {
+            // The recorder first, for the relay's state gauges count from its start (and no
+            // endpoint for a relay refused below).
+            let live = matches!(tracker.mode(), posthog_track::Mode::Live);
+            if let Some(addr) = metrics_addr.filter(|_| live) {
                 let health = serve::Health::new(tracker.clone(), pool.clone(), max_lag);
                 let bound = serve::start(addr, health).await?;
                 eprintln!("serving /metrics and /healthz on http://{bound}");
                 tracing::info!(%bound, "serving /metrics and /healthz");
             }
+            // Refuses without an API key: a relay that cannot deliver must not take other
+            // processes' events out of the outbox.
+            tracker.start_relay(pool.clone())?;
             eprintln!(
                 "relaying {} to {} (Ctrl-C or SIGTERM to stop)",
                 posthog_track::outbox::TABLE,
@@ -353,14 +356,20 @@ async fn execute<DB: Backend>(
             eprintln!(
                 "stopping: delivering what is claimable ({shutdown_timeout} s at most)"
             );
-            let report = tracker
+            let left = match tracker
                 .shutdown(Duration::from_secs(shutdown_timeout))
-                .await?;
-            if report.left_in_outbox > 0 {
-                eprintln!(
-                    "{} event(s) wait in the outbox for the next relay",
-                    report.left_in_outbox
-                );
+                .await
+            {
+                Ok(report) => report.left_in_outbox,
+                // A clean stop all the same: what was not delivered waits in the outbox.
+                Err(error @ (Error::Timeout { .. } | Error::Undelivered { .. })) => {
+                    eprintln!("stopped before everything was delivered: {error}");
+                    tracker.outbox(pool).status().await?.pending.unsigned_abs()
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if left > 0 {
+                eprintln!("{left} event(s) wait in the outbox for the next relay");
             }
             Ok(())
         }
