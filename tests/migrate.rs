@@ -134,7 +134,10 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
     );
     let columns = tracker.outbox(pool).columns().await.unwrap();
     for column in posthog_track::outbox::COLUMNS {
-        assert!(columns.iter().any(|c| c == column), "{column} after the upgrade");
+        assert!(
+            columns.iter().any(|c| c == column),
+            "{column} after the upgrade"
+        );
     }
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!((status.pending, status.dead), (2, 1), "no event lost");

@@ -26,13 +26,18 @@ fn snapshotter() -> &'static Snapshotter {
     SNAPSHOTTER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("no other recorder in this test binary");
+        recorder
+            .install()
+            .expect("no other recorder in this test binary");
         snapshotter
     })
 }
 
+/// A metric's name and labels.
+type Series = (String, BTreeSet<(String, String)>);
+
 /// Every (name, labels) emitted so far, with its value.
-fn emitted() -> BTreeMap<(String, BTreeSet<(String, String)>), DebugValue> {
+fn emitted() -> BTreeMap<Series, DebugValue> {
     snapshotter()
         .snapshot()
         .into_vec()
@@ -48,7 +53,7 @@ fn emitted() -> BTreeMap<(String, BTreeSet<(String, String)>), DebugValue> {
         .collect()
 }
 
-fn has(metrics: &BTreeMap<(String, BTreeSet<(String, String)>), DebugValue>, name: &str, label: Option<(&str, &str)>) -> bool {
+fn has(metrics: &BTreeMap<Series, DebugValue>, name: &str, label: Option<(&str, &str)>) -> bool {
     metrics.keys().any(|(emitted, labels)| {
         emitted == name
             && label.is_none_or(|(key, value)| labels.contains(&(key.to_owned(), value.to_owned())))
@@ -91,7 +96,10 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
     let _ = tracker.flush().await;
     let started = Instant::now();
     while tracker.outbox(&pool).status().await.unwrap().dead == 0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the poison event never died");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the poison event never died"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -101,8 +109,15 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
         .capture(Event::new("captured").distinct_id(tag.clone()))
         .await
         .unwrap();
-    assert!(tracker.is_feature_enabled("beta", tag.as_str()).await.unwrap());
-    mock.set_remote_flags(json!({"flags": {"remote-only": {"key": "remote-only", "enabled": true}}}));
+    assert!(
+        tracker
+            .is_feature_enabled("beta", tag.as_str())
+            .await
+            .unwrap()
+    );
+    mock.set_remote_flags(
+        json!({"flags": {"remote-only": {"key": "remote-only", "enabled": true}}}),
+    );
     tracker
         .evaluate_flags({
             let mut request = posthog_track::flags::FlagsRequest::new(tag.clone());
@@ -118,7 +133,11 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
     let mut full = 0;
     for n in 0..200 {
         if small
-            .try_capture(Event::new("burst").distinct_id(tag.clone()).property("n", n))
+            .try_capture(
+                Event::new("burst")
+                    .distinct_id(tag.clone())
+                    .property("n", n),
+            )
             .await
             .is_err()
         {
@@ -179,7 +198,8 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
     assert!(counter(names::EXPOSURES_SENT, None) >= 1);
     for metric in TABLE.iter().filter(|m| m.kind == Kind::Histogram) {
         let observed = metrics.iter().any(|((name, _), value)| {
-            name == metric.name && matches!(value, DebugValue::Histogram(values) if !values.is_empty())
+            name == metric.name
+                && matches!(value, DebugValue::Histogram(values) if !values.is_empty())
         });
         assert!(observed, "{} has no observation", metric.name);
     }
@@ -338,8 +358,18 @@ async fn doctor_finds_a_wrong_host() {
     let wrong = format!("{}/not-posthog", mock.url());
     let diagnosis = diagnose(&config_for(mock.api_key(), &wrong), &DoctorOptions::new()).await;
     assert!(!diagnosis.healthy(), "{diagnosis}");
-    assert_eq!(verdict(&diagnosis, "host answers"), Verdict::Fail, "{diagnosis}");
-    assert!(diagnosis.check("host answers").unwrap().detail.contains("404"));
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis
+            .check("host answers")
+            .unwrap()
+            .detail
+            .contains("404")
+    );
     // And nothing answers there.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -350,7 +380,11 @@ async fn doctor_finds_a_wrong_host() {
         &DoctorOptions::new().timeout(Duration::from_secs(2)),
     )
     .await;
-    assert_eq!(verdict(&diagnosis, "host answers"), Verdict::Fail, "{diagnosis}");
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
     assert_eq!(verdict(&diagnosis, "key accepted"), Verdict::Skipped);
 }
 
@@ -358,8 +392,16 @@ async fn doctor_finds_a_wrong_host() {
 async fn doctor_finds_a_refused_personal_key() {
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions_status(Some(401));
-    let diagnosis = diagnose(&config_for(mock.api_key(), &mock.url()), &DoctorOptions::new()).await;
-    assert_eq!(verdict(&diagnosis, "flag definitions"), Verdict::Fail, "{diagnosis}");
+    let diagnosis = diagnose(
+        &config_for(mock.api_key(), &mock.url()),
+        &DoctorOptions::new(),
+    )
+    .await;
+    assert_eq!(
+        verdict(&diagnosis, "flag definitions"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
     assert!(!diagnosis.healthy());
 }
 
@@ -425,9 +467,19 @@ async fn doctor_finds_a_large_lag<DB: Backend>(pool: &Pool<DB>, url: &str) {
     .await;
     assert!(!lagging.healthy(), "{lagging}");
     assert_eq!(verdict(&lagging, "outbox backlog"), Verdict::Fail);
-    assert!(lagging.check("outbox backlog").unwrap().detail.contains("2 pending"));
+    assert!(
+        lagging
+            .check("outbox backlog")
+            .unwrap()
+            .detail
+            .contains("2 pending")
+    );
     let patient = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
-    assert_eq!(verdict(&patient, "outbox backlog"), Verdict::Ok, "{patient}");
+    assert_eq!(
+        verdict(&patient, "outbox backlog"),
+        Verdict::Ok,
+        "{patient}"
+    );
 }
 
 /// The relay command, run as operators run it: `/metrics` and `/healthz` over HTTP, healthy
@@ -466,7 +518,10 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
     let relay = &mut relay.0;
     let (lines, received) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = lines.send(line);
         }
     });
@@ -480,7 +535,9 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
         }
         log.push(line);
     };
-    mock.wait_for_events(5, Duration::from_secs(20)).await.unwrap();
+    mock.wait_for_events(5, Duration::from_secs(20))
+        .await
+        .unwrap();
 
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
@@ -516,13 +573,19 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
         if status == 503 {
             break body;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "never unhealthy: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never unhealthy: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["relay"], "paused", "{health}");
     let (_, text) = get("/metrics").await;
-    assert!(text.contains("posthog_track_relays{state=\"paused\"} 1"), "{text}");
+    assert!(
+        text.contains("posthog_track_relays{state=\"paused\"} 1"),
+        "{text}"
+    );
 
     // SIGTERM: a clean stop within the deadline.
     let stopping = Instant::now();
@@ -544,7 +607,9 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = received.try_iter().collect();
     assert!(
-        rest.iter().chain(&log).any(|line| line.starts_with('{') && line.contains("\"level\"")),
+        rest.iter()
+            .chain(&log)
+            .any(|line| line.starts_with('{') && line.contains("\"level\"")),
         "JSON log lines: {rest:#?} {log:#?}"
     );
     assert_eq!(
@@ -588,9 +653,16 @@ fn the_dashboard_and_alerts_name_only_metrics_that_exist() {
         let names = metric_names(&text);
         assert!(names.len() >= 3, "{file} names {names:?}");
         for name in &names {
-            assert!(known.contains(name), "{file} names `{name}`, which no metric is");
+            assert!(
+                known.contains(name),
+                "{file} names `{name}`, which no metric is"
+            );
         }
-        for must in [names::OUTBOX_OLDEST_PENDING_AGE, names::OUTBOX_DEAD, names::RELAYS] {
+        for must in [
+            names::OUTBOX_OLDEST_PENDING_AGE,
+            names::OUTBOX_DEAD,
+            names::RELAYS,
+        ] {
             assert!(names.contains(must), "{file} lacks {must}");
         }
     }
@@ -607,7 +679,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(at) = text[i..].find("posthog_track_") {
         let start = i + at;
-        let preceded = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;

@@ -345,9 +345,7 @@ fn check_host(config: &Config, diagnosis: &mut Diagnosis) {
     } else if is_plain_http_to_remote(host) {
         (
             Verdict::Warn,
-            format!(
-                "{shown}: plain http to another machine, keys and events travel unencrypted"
-            ),
+            format!("{shown}: plain http to another machine, keys and events travel unencrypted"),
         )
     } else {
         (
@@ -451,7 +449,9 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
             .post(format!("{host}/flags/?v=2"))
             .header(reqwest::header::USER_AGENT, USER_AGENT_VALUE)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(json!({"api_key": project_key, "distinct_id": "posthog-track-doctor"}).to_string())
+            .body(
+                json!({"api_key": project_key, "distinct_id": "posthog-track-doctor"}).to_string(),
+            )
             .send()
             .await;
         let (verdict, detail) = match flags.map(|response| response.status().as_u16()) {
@@ -595,7 +595,9 @@ async fn check_database(url: &str, options: &DoctorOptions, diagnosis: &mut Diag
                     check_outbox(&pool, options, diagnosis).await;
                     pool.close().await;
                 }
-                Ok(Err(error)) => unreachable_database(&shown, &scrub(&error.to_string(), url), diagnosis),
+                Ok(Err(error)) => {
+                    unreachable_database(&shown, &scrub(&error.to_string(), url), diagnosis)
+                }
                 Err(_) => unreachable_database(
                     &shown,
                     &format!("no connection within {:?}", options.timeout),
@@ -722,7 +724,11 @@ async fn check_outbox<DB: Backend>(
     let usable = verdict != Verdict::Fail || missing.is_empty();
     diagnosis.push("outbox table", verdict, detail);
     if !usable {
-        diagnosis.push("outbox backlog", Verdict::Skipped, "the outbox table needs migrating");
+        diagnosis.push(
+            "outbox backlog",
+            Verdict::Skipped,
+            "the outbox table needs migrating",
+        );
         return;
     }
     match outbox.status().await {
@@ -785,7 +791,11 @@ mod tests {
         assert_eq!(key_kind("phs_abc"), "secret");
         assert_eq!(key_kind("abc"), "unknown");
         assert_eq!(key_kind("ph"), "unknown");
-        assert_eq!(key_kind("ph€x"), "unknown", "no panic on a multi-byte boundary");
+        assert_eq!(
+            key_kind("ph€x"),
+            "unknown",
+            "no panic on a multi-byte boundary"
+        );
     }
 
     #[test]
@@ -795,7 +805,10 @@ mod tests {
             scrub("password authentication failed: hunter2", url),
             "password authentication failed: (redacted)"
         );
-        assert_eq!(scrub("no password here", "sqlite:app.db"), "no password here");
+        assert_eq!(
+            scrub("no password here", "sqlite:app.db"),
+            "no password here"
+        );
         assert!(!redact_host(url).contains("hunter2"));
     }
 

@@ -360,7 +360,11 @@ async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -
             run_step_statement::<DB>(conn, statement).await?;
         }
         record_step::<DB>(conn, step.version, step.name).await?;
-        tracing::info!(version = step.version, step = step.name, "outbox schema upgraded");
+        tracing::info!(
+            version = step.version,
+            step = step.name,
+            "outbox schema upgraded"
+        );
     }
     let latest = latest_version(steps);
     if current > latest {
@@ -389,12 +393,16 @@ async fn record_step<DB: Backend>(
     version: i64,
     name: &str,
 ) -> Result<()> {
-    let mut sql = "INSERT INTO posthog_outbox_schema (version, name, applied_at) VALUES (".to_owned();
+    let mut sql =
+        "INSERT INTO posthog_outbox_schema (version, name, applied_at) VALUES (".to_owned();
     DB::DIALECT.push_placeholders(&mut sql, 1, 2);
     sql.push_str(", ");
     sql.push_str(DB::DIALECT.now_millis_sql());
     sql.push(')');
-    let query = DB::bind_text(DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), version), name);
+    let query = DB::bind_text(
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), version),
+        name,
+    );
     DB::execute(conn, query).await?;
     Ok(())
 }
@@ -413,7 +421,11 @@ async fn run_step_statement<DB: Backend>(conn: &mut DB::Connection, statement: &
         Err(error) if already_exists(&error) => {
             tracing::info!(%error, "outbox schema step already applied");
             if savepoint {
-                DB::execute(conn, sqlx::query("ROLLBACK TO SAVEPOINT posthog_outbox_step")).await?;
+                DB::execute(
+                    conn,
+                    sqlx::query("ROLLBACK TO SAVEPOINT posthog_outbox_step"),
+                )
+                .await?;
             }
         }
         Err(error) => return Err(error.into()),
@@ -429,7 +441,10 @@ fn already_exists(error: &sqlx::Error) -> bool {
     let sqlx::Error::Database(database) = error else {
         return false;
     };
-    if matches!(database.code().as_deref(), Some("42701" | "42P07" | "42710")) {
+    if matches!(
+        database.code().as_deref(),
+        Some("42701" | "42P07" | "42710")
+    ) {
         return true;
     }
     let message = database.message().to_ascii_lowercase();
@@ -730,8 +745,11 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     /// whose tables were created by hand from [`create_table_sql`]).
     pub async fn schema_version(&self) -> Result<Option<i64>> {
         let mut conn = self.pool.acquire().await?;
-        let exists = DB::fetch_all(&mut conn, sqlx::query(table_exists_sql(DB::DIALECT, SCHEMA_TABLE)))
-            .await?;
+        let exists = DB::fetch_all(
+            &mut conn,
+            sqlx::query(table_exists_sql(DB::DIALECT, SCHEMA_TABLE)),
+        )
+        .await?;
         if exists.is_empty() {
             return Ok(None);
         }
@@ -875,9 +893,15 @@ mod tests {
 
     async fn migrate_with(pool: &sqlx::SqlitePool, steps: &[Step]) {
         let mut conn = pool.acquire().await.unwrap();
-        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE")).await.unwrap();
-        migrate_steps::<sqlx::Sqlite>(&mut conn, steps).await.unwrap();
-        sqlx::Sqlite::execute(&mut conn, sqlx::query("COMMIT")).await.unwrap();
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE"))
+            .await
+            .unwrap();
+        migrate_steps::<sqlx::Sqlite>(&mut conn, steps)
+            .await
+            .unwrap();
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("COMMIT"))
+            .await
+            .unwrap();
     }
 
     const NEXT: &[Step] = &[
@@ -904,7 +928,13 @@ mod tests {
         migrate_with(&pool, NEXT).await;
         migrate_with(&pool, NEXT).await;
         assert_eq!(outbox.schema_version().await.unwrap(), Some(3));
-        assert!(outbox.columns().await.unwrap().contains(&"priority".to_owned()));
+        assert!(
+            outbox
+                .columns()
+                .await
+                .unwrap()
+                .contains(&"priority".to_owned())
+        );
         let versions: Vec<(i64, String)> =
             sqlx::query_as("SELECT version, name FROM posthog_outbox_schema ORDER BY version")
                 .fetch_all(&pool)
@@ -926,7 +956,10 @@ mod tests {
         // As after a step interrupted half-way on MySQL, or tables made by hand from the
         // whole script.
         let pool = memory().await;
-        sqlx::raw_sql(baseline_sql(Dialect::Sqlite)).execute(&pool).await.unwrap();
+        sqlx::raw_sql(baseline_sql(Dialect::Sqlite))
+            .execute(&pool)
+            .await
+            .unwrap();
         sqlx::query("CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)")
             .execute(&pool)
             .await
@@ -935,10 +968,22 @@ mod tests {
         assert_eq!(Outbox::new(&pool).schema_version().await.unwrap(), Some(3));
         // A real failure is still one.
         let mut conn = pool.acquire().await.unwrap();
-        let broken = [Step::same(4, "broken", "ALTER TABLE no_such_table ADD COLUMN x INTEGER")];
-        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE")).await.unwrap();
-        assert!(migrate_steps::<sqlx::Sqlite>(&mut conn, &broken).await.is_err());
-        sqlx::Sqlite::execute(&mut conn, sqlx::query("ROLLBACK")).await.unwrap();
+        let broken = [Step::same(
+            4,
+            "broken",
+            "ALTER TABLE no_such_table ADD COLUMN x INTEGER",
+        )];
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE"))
+            .await
+            .unwrap();
+        assert!(
+            migrate_steps::<sqlx::Sqlite>(&mut conn, &broken)
+                .await
+                .is_err()
+        );
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("ROLLBACK"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -55,7 +55,11 @@ fn outbox_migrate_creates_the_tables_records_the_version_and_is_idempotent() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(
             stdout.contains(&format!(
                 "outbox schema version {}",

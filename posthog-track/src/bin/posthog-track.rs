@@ -353,9 +353,7 @@ async fn execute<DB: Backend>(
                 tracker.config().host()
             );
             stopped().await;
-            eprintln!(
-                "stopping: delivering what is claimable ({shutdown_timeout} s at most)"
-            );
+            eprintln!("stopping: delivering what is claimable ({shutdown_timeout} s at most)");
             let left = match tracker
                 .shutdown(Duration::from_secs(shutdown_timeout))
                 .await

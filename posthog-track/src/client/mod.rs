@@ -145,8 +145,14 @@ impl DeliveryStats {
     /// Counts deliveries, retries and pauses (dead letters and drops are counted where they
     /// are decided).
     pub(crate) fn count_fates(&self, fates: &[Fate], path: crate::metrics::Path) {
-        let delivered = fates.iter().filter(|f| matches!(f, Fate::Delivered)).count();
-        let retried = fates.iter().filter(|f| matches!(f, Fate::Retry { .. })).count();
+        let delivered = fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Delivered))
+            .count();
+        let retried = fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Retry { .. }))
+            .count();
         crate::metrics::delivered(path, delivered);
         crate::metrics::retried(path, retried);
         for fate in fates {

@@ -241,11 +241,8 @@ impl<DB: Backend> Relay<DB> {
         let _one_round_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let lease = self.lease_millis();
-        let claim_span = tracing::info_span!(
-            "posthog_track.claim",
-            limit,
-            rows = tracing::field::Empty
-        );
+        let claim_span =
+            tracing::info_span!("posthog_track.claim", limit, rows = tracing::field::Empty);
         let claim = tracing::Instrument::instrument(
             claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes),
             claim_span.clone(),
@@ -319,17 +316,20 @@ impl<DB: Backend> Relay<DB> {
             settle_span.record("held", rows.len());
             // Out of time mid-send: hand every row back now, uncounted, so that the next
             // relay need not wait out the lease.
-            tracing::Instrument::instrument(claim::settle(
-                &self.pool,
-                &claim,
-                None,
-                Settle::Release {
-                    delay_millis: 0,
-                    entry: "abandoned mid-send at a deadline (a resend is identical)",
-                    failed: false,
-                    counted: false,
-                },
-            ), settle_span)
+            tracing::Instrument::instrument(
+                claim::settle(
+                    &self.pool,
+                    &claim,
+                    None,
+                    Settle::Release {
+                        delay_millis: 0,
+                        entry: "abandoned mid-send at a deadline (a resend is identical)",
+                        failed: false,
+                        counted: false,
+                    },
+                ),
+                settle_span,
+            )
             .await?;
             pass.held = rows.len();
             return Ok(pass);
@@ -651,7 +651,8 @@ impl<DB: Backend> Relay<DB> {
     /// delivers at once after a local commit, polls with a growing interval when idle, backs
     /// off while PostHog fails, and pauses while the set-up is wrong.
     pub async fn run(&self, stop: watch::Receiver<bool>) {
-        self.state.store(RelayState::Running as u8, Ordering::Relaxed);
+        self.state
+            .store(RelayState::Running as u8, Ordering::Relaxed);
         crate::metrics::relay_state(None, Some(RelayState::Running.gauge()));
         self.run_loop(stop).await;
         crate::metrics::relay_state(Some(self.state().gauge()), None);

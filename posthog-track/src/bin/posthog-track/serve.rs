@@ -93,7 +93,10 @@ impl<DB: Backend> Health<DB> {
 
 /// Installs the Prometheus recorder and serves `/metrics` and `/healthz` on `addr`; returns
 /// the address bound.
-pub async fn start<DB: Backend>(addr: SocketAddr, health: Health<DB>) -> Result<SocketAddr, CliError> {
+pub async fn start<DB: Backend>(
+    addr: SocketAddr,
+    health: Health<DB>,
+) -> Result<SocketAddr, CliError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(metrics::REQUEST_DURATION.to_owned()),
