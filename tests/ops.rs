@@ -317,6 +317,8 @@ async fn doctor_passes_a_healthy_set_up<DB: Backend>(pool: &Pool<DB>, url: &str)
     Tracker::builder().build().migrate(pool).await.unwrap();
     let config = config_for(mock.api_key(), &mock.url());
     let diagnosis = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
+    // What `posthog-track doctor` prints (the README shows it).
+    println!("{diagnosis}");
     assert!(diagnosis.healthy(), "{diagnosis}");
     for name in [
         "mode",
