@@ -50,6 +50,11 @@ async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>, _u
         replica.await.unwrap().unwrap();
     }
     assert_eq!(tracker.outbox(pool).len().await.unwrap(), 0);
+    assert_eq!(
+        tracker.outbox(pool).schema_version().await.unwrap(),
+        Some(posthog_track::outbox::SCHEMA_VERSION),
+        "the version is recorded once, whoever ran it"
+    );
 }
 
 on_every_backend!(a_forgotten_migrate_says_what_to_do);
@@ -72,7 +77,8 @@ async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>, _url:
 on_every_backend!(an_outbox_of_the_previous_version_is_upgraded_in_place);
 
 /// A table created by the previous layout, with pending and dead events in it, is upgraded by
-/// `migrate` (twice, to show it is idempotent) without losing any, and delivery goes on.
+/// `migrate` (by several replicas at once, then once more, to show it is safe concurrently
+/// and idempotent) without losing any; the schema version is recorded, and delivery goes on.
 async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
     pool: &Pool<DB>,
     _url: &str,
@@ -111,8 +117,28 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
 
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).external_relay(true).build();
+    assert_eq!(tracker.outbox(pool).schema_version().await.unwrap(), None);
+    let replicas: Vec<_> = (0..4)
+        .map(|_| {
+            let (tracker, pool) = (tracker.clone(), pool.clone());
+            tokio::spawn(async move { tracker.migrate(&pool).await })
+        })
+        .collect();
+    for replica in replicas {
+        replica.await.unwrap().unwrap();
+    }
     tracker.migrate(pool).await.unwrap();
-    tracker.migrate(pool).await.unwrap();
+    assert_eq!(
+        tracker.outbox(pool).schema_version().await.unwrap(),
+        Some(posthog_track::outbox::SCHEMA_VERSION)
+    );
+    let columns = tracker.outbox(pool).columns().await.unwrap();
+    for column in posthog_track::outbox::COLUMNS {
+        assert!(
+            columns.iter().any(|c| c == column),
+            "{column} after the upgrade"
+        );
+    }
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!((status.pending, status.dead), (2, 1), "no event lost");
     assert_eq!(status.dead_reasons[0].0, "400 Bad Request");

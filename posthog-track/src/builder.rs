@@ -206,6 +206,14 @@ impl TrackerBuilder {
         self
     }
 
+    /// How often a running relay samples the outbox's pending, dead and lag figures into the
+    /// [`metrics`](crate::metrics) gauges (default: never; each sample counts the table's
+    /// rows). The `posthog-track relay` command samples every 15 s.
+    pub fn outbox_metrics_interval(mut self, every: Duration) -> Self {
+        self.relay.outbox_metrics_interval = Some(every);
+        self
+    }
+
     /// How long a relay's claim on outbox rows lasts (default 60 s).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.relay.lease = lease;

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::StagedEvent;
 use crate::mode::Mode;
 use crate::outbox::Outbox;
-use crate::relay::{Relay, RelayOptions};
+use crate::relay::{Relay, RelayOptions, RelayState};
 use crate::sync::lock;
 
 /// How the events of tracked writes reach PostHog.
@@ -68,6 +68,7 @@ struct RunningRelay {
     /// Makes rounds still sending at the instant given hand their rows back.
     abandon_at: Arc<dyn Fn(Instant) + Send + Sync>,
     wake: Arc<Notify>,
+    state: Arc<dyn Fn() -> RelayState + Send + Sync>,
 }
 
 /// Identifies a pool (clones of a `Pool` share their options).
@@ -194,6 +195,7 @@ impl Dispatch {
         let runner = relay.clone();
         let task = tokio::spawn(async move { runner.run(stopped).await });
         let abandoning = relay.clone();
+        let observed = relay.clone();
         let drain: DrainFn = Arc::new(move |timeout| {
             let relay = relay.clone();
             Box::pin(async move { relay.drain_for(timeout).await })
@@ -204,6 +206,7 @@ impl Dispatch {
             drain,
             abandon_at: Arc::new(move |at| abandoning.abandon_at(at)),
             wake,
+            state: Arc::new(move || observed.state()),
         }
     }
 
@@ -276,6 +279,19 @@ impl Dispatch {
             }
             (Mode::Disabled, _) => {}
         }
+    }
+
+    /// The worst state of the background relays, `None` when none runs.
+    pub(crate) fn relay_state(&self) -> Option<RelayState> {
+        let rank = |state: RelayState| match state {
+            RelayState::Paused => 2,
+            RelayState::BackingOff => 1,
+            _ => 0,
+        };
+        lock(&self.pools)
+            .values()
+            .filter_map(|known| known.relay.as_ref().map(|relay| (relay.state)()))
+            .max_by_key(|state| rank(*state))
     }
 
     fn runs_relays(&self) -> bool {

@@ -365,6 +365,7 @@ impl<'a> Stager<'a> {
             timestamp: timestamp.unwrap_or_else(|| self.timestamp.clone()),
             payload,
         });
+        crate::metrics::staged();
         Ok(())
     }
 }

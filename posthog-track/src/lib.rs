@@ -57,6 +57,7 @@
 //! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
 //!   deduplicated by uuid.
 //! - [`flags`]: remote and local feature flag evaluation, exposures, flag-routed tables.
+//! - [`metrics`] and [`doctor`]: operating it (metrics, tracing spans, set-up checks).
 //! - [`plan`]: the tracking plan every model contributes to, and its snapshot test.
 //! - `testing` (feature `testing`): `MockPostHog`, a local PostHog for tests.
 
@@ -68,9 +69,11 @@ mod client;
 mod config;
 mod context;
 mod dispatch;
+pub mod doctor;
 mod error;
 mod event;
 pub mod flags;
+pub mod metrics;
 mod mode;
 mod model;
 pub mod outbox;

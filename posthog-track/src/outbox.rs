@@ -17,6 +17,103 @@ pub const TABLE: &str = "posthog_outbox";
 /// live apart so that they never slow down the relay's claims.
 pub const DEAD_TABLE: &str = "posthog_outbox_dead";
 
+/// Name of the table that records which schema steps [`Tracker::migrate`](crate::Tracker::migrate)
+/// applied: one row per version, with its name and when (milliseconds since the Unix epoch).
+pub const SCHEMA_TABLE: &str = "posthog_outbox_schema";
+
+/// The columns of the outbox table this version reads and writes: a table that lacks one
+/// needs `posthog-track outbox migrate` (or `tracker.migrate(&pool)`).
+pub const COLUMNS: &[&str] = &[
+    "id",
+    "uuid",
+    "event",
+    "distinct_id",
+    "timestamp",
+    "payload",
+    "attempts",
+    "failures",
+    "leased_until",
+    "claim",
+    "last_error",
+    "created_at",
+];
+
+/// One versioned change to the outbox's schema, applied once by
+/// [`Tracker::migrate`](crate::Tracker::migrate) and recorded in [`SCHEMA_TABLE`].
+struct Step {
+    version: i64,
+    name: &'static str,
+    /// `;\n`-separated statements for PostgreSQL, MySQL/MariaDB and SQLite.
+    sql: [&'static str; 3],
+}
+
+impl Step {
+    /// A step whose SQL is the same on every backend.
+    #[allow(dead_code)] // for the next step; see `STEPS`
+    const fn same(version: i64, name: &'static str, sql: &'static str) -> Step {
+        Step {
+            version,
+            name,
+            sql: [sql; 3],
+        }
+    }
+
+    /// A step with SQL for each backend.
+    #[allow(dead_code)] // for the next step; see `STEPS`
+    const fn each(
+        version: i64,
+        name: &'static str,
+        postgres: &'static str,
+        mysql: &'static str,
+        sqlite: &'static str,
+    ) -> Step {
+        Step {
+            version,
+            name,
+            sql: [postgres, mysql, sqlite],
+        }
+    }
+
+    fn sql(&self, dialect: Dialect) -> &'static str {
+        self.sql[match dialect {
+            Dialect::Postgres => 0,
+            Dialect::MySql => 1,
+            Dialect::Sqlite => 2,
+        }]
+    }
+}
+
+/// Version 1 is the layout of [`create_table_sql`]'s tables as of this version (reached from
+/// any earlier, unversioned layout in place). Every later change to the outbox is one line
+/// appended here, with the next version number, for example
+///
+/// ```text
+/// Step::same(2, "index on leased_until", "CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)"),
+/// Step::each(3, "column priority", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... INTEGER ..."),
+/// ```
+///
+/// (and a new column's name in [`COLUMNS`] when the code needs it). `migrate` applies the
+/// steps a database lacks, in order, each recorded in [`SCHEMA_TABLE`] with the step itself
+/// (atomically on PostgreSQL and SQLite); a statement that fails because its object already
+/// exists counts as done, so a step interrupted half-way on MySQL (whose DDL commits at once),
+/// or a table created from [`create_table_sql`], is completed rather than broken.
+const STEPS: &[Step] = &[];
+
+/// The schema version this version of posthog-track migrates to.
+pub const SCHEMA_VERSION: i64 = latest_version(STEPS);
+
+const fn latest_version(steps: &[Step]) -> i64 {
+    let mut version = 1;
+    let mut i = 0;
+    while i < steps.len() {
+        if steps[i].version > version {
+            version = steps[i].version;
+        }
+        i += 1;
+    }
+    version
+}
+
 /// Columns bound per event by [`write`].
 const COLUMNS_PER_EVENT: usize = 5;
 /// Events per INSERT statement: far below every backend's parameter limit (SQLite's is the
@@ -24,13 +121,34 @@ const COLUMNS_PER_EVENT: usize = 5;
 const EVENTS_PER_STATEMENT: usize = 500;
 
 /// The DDL of the outbox and dead-letter tables in `dialect`, as one script of `;`-separated
-/// statements: what [`Tracker::migrate`](crate::Tracker::migrate) runs, and what to put in
+/// statements: what [`Tracker::migrate`](crate::Tracker::migrate) creates, and what to put in
 /// your own migrations (for example a `sqlx::migrate!` file) if you prefer. Integer columns are
 /// 64-bit everywhere so one decoder reads them on every backend.
 ///
 /// `leased_until` and `created_at` are milliseconds since the Unix epoch on the database's
 /// clock; `last_error` keeps the most recent delivery failures, newest last.
 pub fn create_table_sql(dialect: Dialect) -> &'static str {
+    if STEPS.is_empty() {
+        return baseline_sql(dialect);
+    }
+    static SCRIPTS: [std::sync::OnceLock<String>; 3] = [const { std::sync::OnceLock::new() }; 3];
+    let index = match dialect {
+        Dialect::Postgres => 0,
+        Dialect::MySql => 1,
+        Dialect::Sqlite => 2,
+    };
+    SCRIPTS[index].get_or_init(|| {
+        let mut script = baseline_sql(dialect).to_owned();
+        for step in STEPS {
+            script.push_str(";\n");
+            script.push_str(step.sql(dialect));
+        }
+        script
+    })
+}
+
+/// The tables of schema version 1.
+fn baseline_sql(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Postgres => {
             "CREATE TABLE IF NOT EXISTS posthog_outbox (\
@@ -160,7 +278,9 @@ fn added_columns(dialect: Dialect) -> [(&'static str, &'static str); 2] {
 
 /// Creates the outbox and dead-letter tables, or upgrades tables created by an earlier
 /// version in place (missing columns are added; rows an earlier version marked dead move to
-/// the dead-letter table). Idempotent, and safe when several processes run it at once: it
+/// the dead-letter table; then every versioned step the database lacks, see `STEPS`), and
+/// records the schema version reached in [`SCHEMA_TABLE`]. Idempotent, and safe when several
+/// processes run it at once: it
 /// holds a lock for its duration (an advisory lock on PostgreSQL, `GET_LOCK` on MySQL and
 /// MariaDB, an immediate transaction on SQLite), because `CREATE TABLE IF NOT EXISTS` alone is
 /// not safe under concurrency on PostgreSQL.
@@ -217,26 +337,129 @@ pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
 }
 
 async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
+    migrate_steps::<DB>(conn, STEPS).await
+}
+
+/// Brings the schema from its recorded version up to the last of `steps`.
+async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -> Result<()> {
+    DB::execute(
+        conn,
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS posthog_outbox_schema (version BIGINT NOT NULL PRIMARY KEY, \
+             name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL)",
+        ),
+    )
+    .await?;
+    let current = recorded_version::<DB>(conn).await?.unwrap_or(0);
+    if current < 1 {
+        upgrade_to_baseline::<DB>(conn).await?;
+        record_step::<DB>(conn, 1, "outbox and dead-letter tables").await?;
+    }
+    for step in steps.iter().filter(|step| step.version > current.max(1)) {
+        for statement in step.sql(DB::DIALECT).split(";\n") {
+            run_step_statement::<DB>(conn, statement).await?;
+        }
+        record_step::<DB>(conn, step.version, step.name).await?;
+        tracing::info!(
+            version = step.version,
+            step = step.name,
+            "outbox schema upgraded"
+        );
+    }
+    let latest = latest_version(steps);
+    if current > latest {
+        tracing::warn!(
+            recorded = current,
+            known = latest,
+            "the outbox schema was migrated by a newer posthog-track; this version leaves it as it is"
+        );
+    }
+    Ok(())
+}
+
+/// The highest version recorded in [`SCHEMA_TABLE`]; `None` when it holds none.
+async fn recorded_version<DB: Backend>(conn: &mut DB::Connection) -> Result<Option<i64>> {
+    let row = DB::fetch_one(
+        conn,
+        sqlx::query("SELECT COALESCE(MAX(version), 0) FROM posthog_outbox_schema"),
+    )
+    .await?;
+    let version = DB::int(&row, 0)?;
+    Ok((version > 0).then_some(version))
+}
+
+async fn record_step<DB: Backend>(
+    conn: &mut DB::Connection,
+    version: i64,
+    name: &str,
+) -> Result<()> {
+    let mut sql =
+        "INSERT INTO posthog_outbox_schema (version, name, applied_at) VALUES (".to_owned();
+    DB::DIALECT.push_placeholders(&mut sql, 1, 2);
+    sql.push_str(", ");
+    sql.push_str(DB::DIALECT.now_millis_sql());
+    sql.push(')');
+    let query = DB::bind_text(
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), version),
+        name,
+    );
+    DB::execute(conn, query).await?;
+    Ok(())
+}
+
+/// Runs one statement of a step; one that fails because what it creates already exists
+/// counts as done (inside a savepoint on PostgreSQL and SQLite, whose transaction an error
+/// would otherwise abort).
+async fn run_step_statement<DB: Backend>(conn: &mut DB::Connection, statement: &str) -> Result<()> {
+    let savepoint = DB::DIALECT != Dialect::MySql;
+    if savepoint {
+        DB::execute(conn, sqlx::query("SAVEPOINT posthog_outbox_step")).await?;
+    }
+    let result = DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))).await;
+    match result {
+        Ok(_) => {}
+        Err(error) if already_exists(&error) => {
+            tracing::info!(%error, "outbox schema step already applied");
+            if savepoint {
+                DB::execute(
+                    conn,
+                    sqlx::query("ROLLBACK TO SAVEPOINT posthog_outbox_step"),
+                )
+                .await?;
+            }
+        }
+        Err(error) => return Err(error.into()),
+    }
+    if savepoint {
+        DB::execute(conn, sqlx::query("RELEASE SAVEPOINT posthog_outbox_step")).await?;
+    }
+    Ok(())
+}
+
+/// Whether `error` says the column, index or table a statement creates is there already.
+fn already_exists(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    if matches!(
+        database.code().as_deref(),
+        Some("42701" | "42P07" | "42710")
+    ) {
+        return true;
+    }
+    let message = database.message().to_ascii_lowercase();
+    message.contains("already exists")
+        || message.starts_with("duplicate column name")
+        || message.starts_with("duplicate key name")
+}
+
+/// Schema version 1 from nothing or from any earlier, unversioned layout.
+async fn upgrade_to_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
     let dialect = DB::DIALECT;
-    for statement in create_table_sql(dialect).split(";\n") {
+    for statement in baseline_sql(dialect).split(";\n") {
         DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(statement))).await?;
     }
-    let columns_sql = match dialect {
-        Dialect::Postgres => {
-            "SELECT column_name::TEXT FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
-        }
-        Dialect::MySql => {
-            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
-        }
-        Dialect::Sqlite => "SELECT name FROM pragma_table_info('posthog_outbox')",
-    };
-    let columns = DB::fetch_all(conn, sqlx::query(columns_sql))
-        .await?
-        .iter()
-        .map(|row| DB::text(row, 0).map(|name| name.to_ascii_lowercase()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns = columns_of::<DB>(conn).await?;
     for (column, ddl) in added_columns(dialect) {
         if !columns.iter().any(|existing| existing == column) {
             DB::execute(conn, sqlx::query(ddl)).await?;
@@ -260,6 +483,54 @@ async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// The outbox table's columns, lower case (none when it does not exist).
+async fn columns_of<DB: Backend>(conn: &mut DB::Connection) -> Result<Vec<String>> {
+    let columns_sql = match DB::DIALECT {
+        Dialect::Postgres => {
+            "SELECT column_name::TEXT FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
+        }
+        Dialect::MySql => {
+            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
+        }
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info('posthog_outbox')",
+    };
+    Ok(DB::fetch_all(conn, sqlx::query(columns_sql))
+        .await?
+        .iter()
+        .map(|row| DB::text(row, 0).map(|name| name.to_ascii_lowercase()))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A query that returns one row when `table` exists in the current schema, none otherwise.
+fn table_exists_sql(dialect: Dialect, table: &'static str) -> &'static str {
+    match (dialect, table) {
+        (Dialect::Postgres, SCHEMA_TABLE) => {
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox_schema'"
+        }
+        (Dialect::MySql, SCHEMA_TABLE) => {
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox_schema'"
+        }
+        (Dialect::Sqlite, SCHEMA_TABLE) => {
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'posthog_outbox_schema'"
+        }
+        (Dialect::Postgres, _) => {
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
+        }
+        (Dialect::MySql, _) => {
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
+        }
+        (Dialect::Sqlite, _) => {
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'posthog_outbox'"
+        }
+    }
 }
 
 /// A missing outbox table says how to create it; every other database error stays as it is.
@@ -469,6 +740,29 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok(status)
     }
 
+    /// The schema version recorded by [`Tracker::migrate`](crate::Tracker::migrate) (see
+    /// [`SCHEMA_VERSION`]); `None` when none is recorded (a database never migrated, or one
+    /// whose tables were created by hand from [`create_table_sql`]).
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        let exists = DB::fetch_all(
+            &mut conn,
+            sqlx::query(table_exists_sql(DB::DIALECT, SCHEMA_TABLE)),
+        )
+        .await?;
+        if exists.is_empty() {
+            return Ok(None);
+        }
+        recorded_version::<DB>(&mut conn).await
+    }
+
+    /// The outbox table's columns, lower case; empty when the table does not exist. Compare
+    /// with [`COLUMNS`].
+    pub async fn columns(&self) -> Result<Vec<String>> {
+        let mut conn = self.pool.acquire().await?;
+        columns_of::<DB>(&mut conn).await
+    }
+
     /// The newest event id committed so far (0 when the outbox is empty): what a flush
     /// waits for.
     pub(crate) async fn newest_id(&self) -> Result<i64> {
@@ -577,9 +871,128 @@ pub struct OutboxStatus {
     pub dead_reasons: Vec<(String, i64)>,
 }
 
+impl OutboxStatus {
+    /// Sets the outbox gauges of [`metrics`](crate::metrics) (pending, dead, age of the
+    /// oldest pending event) from these figures.
+    pub fn record_metrics(&self) {
+        crate::metrics::outbox(self.pending, self.dead, self.oldest_pending_age);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn memory() -> sqlx::SqlitePool {
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap()
+    }
+
+    async fn migrate_with(pool: &sqlx::SqlitePool, steps: &[Step]) {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE"))
+            .await
+            .unwrap();
+        migrate_steps::<sqlx::Sqlite>(&mut conn, steps)
+            .await
+            .unwrap();
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("COMMIT"))
+            .await
+            .unwrap();
+    }
+
+    const NEXT: &[Step] = &[
+        Step::same(
+            2,
+            "index on leased_until",
+            "CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)",
+        ),
+        Step::each(
+            3,
+            "column priority",
+            "unused",
+            "unused",
+            "ALTER TABLE posthog_outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        ),
+    ];
+
+    #[tokio::test]
+    async fn a_new_step_is_applied_once_and_recorded() {
+        let pool = memory().await;
+        migrate_with(&pool, &[]).await;
+        let outbox = Outbox::new(&pool);
+        assert_eq!(outbox.schema_version().await.unwrap(), Some(1));
+        migrate_with(&pool, NEXT).await;
+        migrate_with(&pool, NEXT).await;
+        assert_eq!(outbox.schema_version().await.unwrap(), Some(3));
+        assert!(
+            outbox
+                .columns()
+                .await
+                .unwrap()
+                .contains(&"priority".to_owned())
+        );
+        let versions: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, name FROM posthog_outbox_schema ORDER BY version")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            versions,
+            [
+                (1, "outbox and dead-letter tables".to_owned()),
+                (2, "index on leased_until".to_owned()),
+                (3, "column priority".to_owned())
+            ]
+        );
+        assert_eq!(latest_version(NEXT), 3);
+    }
+
+    #[tokio::test]
+    async fn a_step_whose_object_exists_already_is_completed_not_failed() {
+        // As after a step interrupted half-way on MySQL, or tables made by hand from the
+        // whole script.
+        let pool = memory().await;
+        sqlx::raw_sql(baseline_sql(Dialect::Sqlite))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        migrate_with(&pool, NEXT).await;
+        assert_eq!(Outbox::new(&pool).schema_version().await.unwrap(), Some(3));
+        // A real failure is still one.
+        let mut conn = pool.acquire().await.unwrap();
+        let broken = [Step::same(
+            4,
+            "broken",
+            "ALTER TABLE no_such_table ADD COLUMN x INTEGER",
+        )];
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("BEGIN IMMEDIATE"))
+            .await
+            .unwrap();
+        assert!(
+            migrate_steps::<sqlx::Sqlite>(&mut conn, &broken)
+                .await
+                .is_err()
+        );
+        sqlx::Sqlite::execute(&mut conn, sqlx::query("ROLLBACK"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_without_a_schema_table_has_no_version() {
+        let pool = memory().await;
+        let outbox = Outbox::new(&pool);
+        assert_eq!(outbox.schema_version().await.unwrap(), None);
+        assert!(outbox.columns().await.unwrap().is_empty());
+    }
 
     #[test]
     fn insert_sql_numbers_postgres_placeholders_across_rows() {

@@ -130,6 +130,13 @@ impl Tracker {
         self.inner.dispatch.start_relay(&pool)
     }
 
+    /// The state of this tracker's background relays (the worst of them: paused, then backing
+    /// off, then running); `None` when it runs none. What `/healthz` of the `relay` command
+    /// reports.
+    pub fn relay_state(&self) -> Option<crate::relay::RelayState> {
+        self.inner.dispatch.relay_state()
+    }
+
     /// Captures an event that comes from no table, outside any transaction, through the
     /// in-memory queue. Its uuid and timestamp are fixed now; the uuid is returned (`None` when
     /// the tracker is disabled or `before_send` dropped the event). Waits for room when the

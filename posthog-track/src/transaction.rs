@@ -134,17 +134,30 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// Returns `Ok` once the database has committed: delivery trouble after that is logged
     /// and counted in [`Tracker::stats`], never returned here (a caller that retried a
     /// failed commit would write the row twice).
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        let span = tracing::info_span!(
+            "posthog_track.commit",
+            backend = DB::DIALECT.name(),
+            events = self.staged.len()
+        );
+        tracing::Instrument::instrument(self.commit_inner(), span).await
+    }
+
+    async fn commit_inner(mut self) -> Result<()> {
         let dispatch = &self.shared.dispatch;
         let staged = if dispatch.records_events() {
             dispatch.apply_before_send(std::mem::take(&mut self.staged))
         } else {
             Vec::new()
         };
-        if dispatch.writes_outbox() && !staged.is_empty() {
+        let to_outbox = dispatch.writes_outbox() && !staged.is_empty();
+        if to_outbox {
             outbox::write::<DB>(&mut self.tx, &staged).await?;
         }
         self.tx.commit().await?;
+        if to_outbox {
+            crate::metrics::committed(staged.len());
+        }
         dispatch.committed(self.relay, staged).await;
         Ok(())
     }

@@ -45,3 +45,69 @@ fn a_missing_outbox_says_how_to_create_it() {
     assert!(stderr.contains("tracker.migrate(&pool)"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn outbox_migrate_creates_the_tables_records_the_version_and_is_idempotent() {
+    let (dir, url) = scratch_database("migrate");
+    for _ in 0..2 {
+        let output = command()
+            .args(["outbox", "migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "outbox schema version {}",
+                posthog_track::outbox::SCHEMA_VERSION
+            )),
+            "{stdout}"
+        );
+    }
+    let output = command()
+        .args(["outbox", "status", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("pending: 0"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn doctor_fails_a_broken_set_up_and_says_why_in_json() {
+    let (dir, url) = scratch_database("doctor");
+    // A closed port: nothing answers there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = command()
+        .args(["doctor", "--json", "--timeout", "2", "--database-url", &url])
+        .env("POSTHOG_API_KEY", "phx_a_personal_key_0123")
+        .env("POSTHOG_HOST", format!("http://{closed}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    let diagnosis: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(diagnosis["healthy"], false);
+    let verdict = |name: &str| {
+        diagnosis["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["check"] == name)
+            .map(|check| check["verdict"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(verdict("project key"), "fail");
+    assert_eq!(verdict("host answers"), "fail");
+    assert_eq!(verdict("database"), "ok");
+    assert_eq!(verdict("outbox table"), "fail");
+    assert!(!stdout.contains("a_personal_key_0123"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}

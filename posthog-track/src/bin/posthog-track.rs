@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! posthog-track relay --database-url postgres://...      # deliver until Ctrl-C / SIGTERM
+//! posthog-track relay --database-url ... --metrics-addr 127.0.0.1:9464 --log-format json
 //! posthog-track relay --drain --timeout 60 --database-url ...
+//! posthog-track doctor --database-url postgres://... [--json]
+//! posthog-track outbox migrate --database-url postgres://...
 //! posthog-track outbox status --database-url sqlite:app.db
 //! posthog-track outbox requeue --database-url mysql://... [--id 42 ...]
 //! posthog-track outbox purge --database-url mysql://... [--older-than 7d]
@@ -14,14 +17,34 @@
 //! `plan push` `POSTHOG_PERSONAL_API_KEY`). Several relays can run against one database at
 //! once: that is how delivery scales out.
 
+#[path = "posthog-track/serve.rs"]
+mod serve;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use posthog_track::doctor::{DoctorOptions, diagnose};
 use posthog_track::plan::{PlanPush, PushOptions, TrackingPlan};
 use posthog_track::{Backend, Config, Error, Tracker};
 use sqlx::Pool;
+
+/// What can stop a command: the library's errors, and the metrics endpoint's.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Track(#[from] Error),
+    #[error("cannot serve metrics on --metrics-addr {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Recorder(#[from] metrics_exporter_prometheus::BuildError),
+}
 
 #[derive(Parser)]
 #[command(
@@ -30,8 +53,17 @@ use sqlx::Pool;
     about = "Deliver and inspect the posthog-track outbox; show and push the tracking plan"
 )]
 struct Cli {
+    /// Log lines as plain text, or as one JSON object per line (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +87,34 @@ enum Command {
         /// Events per request.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// Serve Prometheus metrics at /metrics and health at /healthz on this address, e.g.
+        /// 127.0.0.1:9464 (port 0 picks a free one; the address is logged).
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// /healthz is unhealthy when the oldest pending event is older than this: `90s`,
+        /// `5m`, `1h`.
+        #[arg(long, value_parser = parse_age, default_value = "5m")]
+        max_lag: Duration,
+        /// After SIGTERM or Ctrl-C: how long to go on delivering what is claimable, in seconds,
+        /// before stopping (what is left waits in the outbox).
+        #[arg(long, default_value_t = 10)]
+        shutdown_timeout: u64,
+    },
+    /// Check the set-up (keys, host, database, outbox) and say what to fix; exits non-zero
+    /// when something would lose or hold back events.
+    Doctor {
+        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A pending event older than this fails the check: `90s`, `5m`, `1h`.
+        #[arg(long, value_parser = parse_age, default_value = "5m")]
+        max_lag: Duration,
+        /// Seconds each request and the database connection may take.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
     /// Inspect or repair the outbox.
     Outbox {
@@ -99,6 +159,12 @@ enum PlanCommand {
 
 #[derive(Subcommand)]
 enum OutboxCommand {
+    /// Create the outbox tables, or upgrade them in place to this version's schema
+    /// (versioned, idempotent, safe when several instances run it at once).
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
     /// What waits, what is in flight, what was rejected for good (and why), and the lag.
     Status {
         #[arg(long, env = "DATABASE_URL")]
@@ -123,17 +189,22 @@ enum OutboxCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "posthog_track=info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // Plain text when the output is a file or a pipe (log collectors, CI).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli).await {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
@@ -141,10 +212,49 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> posthog_track::Result<()> {
+/// Prints the diagnosis; returns whether the set-up is healthy.
+async fn doctor(
+    database_url: Option<String>,
+    json: bool,
+    max_lag: Duration,
+    timeout: u64,
+) -> Result<bool, CliError> {
+    let config = Config::from_env()?;
+    let mut options = DoctorOptions::new()
+        .max_lag(max_lag)
+        .timeout(Duration::from_secs(timeout.max(1)));
+    if let Some(url) = database_url {
+        options = options.database_url(url);
+    }
+    let diagnosis = diagnose(&config, &options).await;
+    if json {
+        println!("{}", diagnosis.to_json());
+    } else {
+        print!("{diagnosis}");
+    }
+    Ok(diagnosis.healthy())
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let url = match &cli.command {
-        Command::Plan { command } => return plan(command).await,
+        Command::Plan { command } => return Ok(plan(command).await.map(|()| ExitCode::SUCCESS)?),
+        Command::Doctor {
+            database_url,
+            json,
+            max_lag,
+            timeout,
+        } => {
+            let healthy = doctor(database_url.clone(), *json, *max_lag, *timeout).await?;
+            return Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Command::Relay { database_url, .. } => database_url,
+        Command::Outbox {
+            command: OutboxCommand::Migrate { database_url },
+        } => database_url,
         Command::Outbox {
             command: OutboxCommand::Status { database_url },
         } => database_url,
@@ -158,34 +268,49 @@ async fn run(cli: Cli) -> posthog_track::Result<()> {
     .clone();
     let mut builder = Tracker::builder().config(Config::from_env()?);
     if let Command::Relay {
-        lease, batch_size, ..
+        lease,
+        batch_size,
+        metrics_addr,
+        ..
     } = &cli.command
     {
         builder = builder
             .lease(Duration::from_secs(*lease))
             .batch_size(*batch_size);
+        if metrics_addr.is_some() {
+            builder = builder.outbox_metrics_interval(serve::OUTBOX_SAMPLE_INTERVAL);
+        }
     }
     let tracker = builder.build();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        execute(&tracker, &sqlx::PgPool::connect(&url).await?, cli.command).await
+        execute(
+            &tracker,
+            &sqlx::PgPool::connect(&url).await.map_err(Error::from)?,
+            cli.command,
+        )
+        .await
+        .map(|()| ExitCode::SUCCESS)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         execute(
             &tracker,
-            &sqlx::MySqlPool::connect(&url).await?,
+            &sqlx::MySqlPool::connect(&url).await.map_err(Error::from)?,
             cli.command,
         )
         .await
+        .map(|()| ExitCode::SUCCESS)
     } else if url.starts_with("sqlite:") {
         execute(
             &tracker,
-            &sqlx::SqlitePool::connect(&url).await?,
+            &sqlx::SqlitePool::connect(&url).await.map_err(Error::from)?,
             cli.command,
         )
         .await
+        .map(|()| ExitCode::SUCCESS)
     } else {
         Err(posthog_track::Error::Config(
             "--database-url must start with postgres://, mysql:// or sqlite:".to_owned(),
-        ))
+        )
+        .into())
     }
 }
 
@@ -193,19 +318,32 @@ async fn execute<DB: Backend>(
     tracker: &Tracker,
     pool: &Pool<DB>,
     command: Command,
-) -> posthog_track::Result<()> {
+) -> Result<(), CliError> {
     match command {
         Command::Relay {
             drain: true,
             timeout,
             ..
+        } => Ok(tracker
+            .relay(pool.clone())
+            .drain_for(Duration::from_secs(timeout))
+            .await?),
+        Command::Relay {
+            drain: false,
+            metrics_addr,
+            max_lag,
+            shutdown_timeout,
+            ..
         } => {
-            tracker
-                .relay(pool.clone())
-                .drain_for(Duration::from_secs(timeout))
-                .await
-        }
-        Command::Relay { drain: false, .. } => {
+            // The recorder first, for the relay's state gauges count from its start (and no
+            // endpoint for a relay refused below).
+            let live = matches!(tracker.mode(), posthog_track::Mode::Live);
+            if let Some(addr) = metrics_addr.filter(|_| live) {
+                let health = serve::Health::new(tracker.clone(), pool.clone(), max_lag);
+                let bound = serve::start(addr, health).await?;
+                eprintln!("serving /metrics and /healthz on http://{bound}");
+                tracing::info!(%bound, "serving /metrics and /healthz");
+            }
             // Refuses without an API key: a relay that cannot deliver must not take other
             // processes' events out of the outbox.
             tracker.start_relay(pool.clone())?;
@@ -215,14 +353,34 @@ async fn execute<DB: Backend>(
                 tracker.config().host()
             );
             stopped().await;
-            eprintln!("stopping: delivering what is claimable (10 s at most)");
-            let report = tracker.shutdown(Duration::from_secs(10)).await?;
-            if report.left_in_outbox > 0 {
-                eprintln!(
-                    "{} event(s) wait in the outbox for the next relay",
-                    report.left_in_outbox
-                );
+            eprintln!("stopping: delivering what is claimable ({shutdown_timeout} s at most)");
+            let left = match tracker
+                .shutdown(Duration::from_secs(shutdown_timeout))
+                .await
+            {
+                Ok(report) => report.left_in_outbox,
+                // A clean stop all the same: what was not delivered waits in the outbox.
+                Err(error @ (Error::Timeout { .. } | Error::Undelivered { .. })) => {
+                    eprintln!("stopped before everything was delivered: {error}");
+                    tracker.outbox(pool).status().await?.pending.unsigned_abs()
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if left > 0 {
+                eprintln!("{left} event(s) wait in the outbox for the next relay");
             }
+            Ok(())
+        }
+        Command::Outbox {
+            command: OutboxCommand::Migrate { .. },
+        } => {
+            tracker.migrate(pool).await?;
+            let version = tracker.outbox(pool).schema_version().await?;
+            println!(
+                "outbox schema version {} (this version's: {})",
+                version.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                posthog_track::outbox::SCHEMA_VERSION
+            );
             Ok(())
         }
         Command::Outbox {
@@ -257,7 +415,19 @@ async fn execute<DB: Backend>(
             println!("requeued: {requeued}");
             Ok(())
         }
-        Command::Plan { command } => plan(&command).await,
+        Command::Plan { command } => Ok(plan(&command).await?),
+        Command::Doctor {
+            database_url,
+            json,
+            max_lag,
+            timeout,
+        } => {
+            // `run` handles it before connecting; kept here so every command has one meaning.
+            if !doctor(database_url, json, max_lag, timeout).await? {
+                return Err(Error::Config("the set-up is not healthy".to_owned()).into());
+            }
+            Ok(())
+        }
     }
 }
 

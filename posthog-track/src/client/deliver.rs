@@ -140,7 +140,9 @@ fn send_part<'a>(
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
         let part: Vec<&str> = indices.iter().map(|&i| payloads[i]).collect();
+        let started = std::time::Instant::now();
         let outcome = transport.send(&part, historical_migration).await;
+        crate::metrics::request(part.len(), started.elapsed(), outcome_label(&outcome));
         let fate = match outcome {
             Outcome::Delivered => Fate::Delivered,
             Outcome::Retry {
@@ -175,6 +177,17 @@ fn send_part<'a>(
             fates[index] = fate.clone();
         }
     })
+}
+
+/// The `outcome` label of a request, for [`crate::metrics::REQUEST_DURATION`].
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Retry { .. } => "retry",
+        Outcome::TooLarge => "too_large",
+        Outcome::Rejected { .. } => "rejected",
+        Outcome::Misconfigured { .. } => "misconfigured",
+    }
 }
 
 #[cfg(test)]

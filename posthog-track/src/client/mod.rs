@@ -144,7 +144,17 @@ impl DeliveryStats {
 
     /// Counts deliveries, retries and pauses (dead letters and drops are counted where they
     /// are decided).
-    pub(crate) fn count_fates(&self, fates: &[Fate]) {
+    pub(crate) fn count_fates(&self, fates: &[Fate], path: crate::metrics::Path) {
+        let delivered = fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Delivered))
+            .count();
+        let retried = fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Retry { .. }))
+            .count();
+        crate::metrics::delivered(path, delivered);
+        crate::metrics::retried(path, retried);
         for fate in fates {
             let counter = match fate {
                 Fate::Delivered => &self.delivered,
@@ -162,6 +172,7 @@ impl DeliveryStats {
 
     pub(crate) fn dropped_queue_full(&self) {
         self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::dropped("queue_full", 1);
     }
 
     pub(crate) fn dropped(&self, cause: DropCause, n: usize) {
@@ -172,6 +183,15 @@ impl DeliveryStats {
             DropCause::AtShutdown => &self.dropped_at_shutdown,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::dropped(
+            match cause {
+                DropCause::AfterRetries => "after_retries",
+                DropCause::Rejected => "rejected",
+                DropCause::Misconfigured => "misconfigured",
+                DropCause::AtShutdown => "at_shutdown",
+            },
+            n,
+        );
     }
 
     pub(crate) fn filtered(&self) {

@@ -50,6 +50,25 @@ struct Queued {
     _room: OwnedSemaphorePermit,
 }
 
+impl Queued {
+    /// An event entering the queue (counted in the queue's gauges until it leaves).
+    fn new(event: StagedEvent, room: OwnedSemaphorePermit) -> Self {
+        crate::metrics::queue_moved(1.0, event.payload.len());
+        Queued {
+            event,
+            failures: 0,
+            _room: room,
+        }
+    }
+}
+
+impl Drop for Queued {
+    /// Delivered, given up or lost at shutdown: it leaves the queue's gauges.
+    fn drop(&mut self) {
+        crate::metrics::queue_moved(-1.0, self.event.payload.len());
+    }
+}
+
 enum Command {
     Event(Queued),
     Flush(oneshot::Sender<Result<()>>),
@@ -142,11 +161,7 @@ impl Queue {
             return Err(Error::ShutDown);
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let queued = Queued {
-            event,
-            failures: 0,
-            _room: room,
-        };
+        let queued = Queued::new(event, room);
         sender.send(Command::Event(queued)).await.map_err(|_| {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             Error::ShutDown
@@ -166,11 +181,7 @@ impl Queue {
             return Err(full());
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let queued = Queued {
-            event,
-            failures: 0,
-            _room: room,
-        };
+        let queued = Queued::new(event, room);
         match sender.try_send(Command::Event(queued)) {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -329,7 +340,7 @@ impl Worker {
                 .sink
                 .deliver(&payloads, &groups, self.options.historical_migration)
                 .await;
-            self.stats.count_fates(&fates);
+            self.stats.count_fates(&fates, crate::metrics::Path::Queue);
             let mut retry_after = None;
             let mut last_reason = String::new();
             let mut retry = Vec::new();

@@ -47,6 +47,7 @@ impl Tracker {
             return self.evaluate_remotely(&request).await;
         };
         let mut local = evaluate_locally(&evaluator, &request);
+        crate::metrics::flag_evaluations(true, local.values.len());
         if local.undecided.is_empty() || self.inner.local_evaluation_only {
             return Ok(local);
         }
@@ -60,7 +61,9 @@ impl Tracker {
         let Some(flags) = &self.inner.flags else {
             return Err(self.remote_unavailable());
         };
-        flags.evaluate(request).await
+        let snapshot = flags.evaluate(request).await?;
+        crate::metrics::flag_evaluations(false, snapshot.values.len());
+        Ok(snapshot)
     }
 
     /// Why PostHog cannot be asked: the tracker is disabled, or has no project key.
@@ -94,6 +97,7 @@ impl Tracker {
             if let Some(value) =
                 evaluator.and_then(|evaluator| local_value(&evaluator, key, &request).ok())
             {
+                crate::metrics::flag_evaluations(true, 1);
                 self.record_exposure(&request.distinct_id, key, &value, true)
                     .await?;
                 return Ok(Some(value));
@@ -197,6 +201,7 @@ impl Tracker {
         if first_time {
             self.capture(exposure_event(distinct_id, key, value, locally_evaluated))
                 .await?;
+            crate::metrics::exposure_sent();
         }
         Ok(())
     }

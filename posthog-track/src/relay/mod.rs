@@ -67,6 +67,9 @@ pub struct RelayOptions {
     pub max_age: Duration,
     /// How long `drain` (and so `Tracker::flush`) waits at most.
     pub flush_timeout: Duration,
+    /// How often a running relay samples the outbox's pending, dead and lag figures into
+    /// the [`metrics`](crate::metrics) gauges (a count over the table); `None`: never.
+    pub outbox_metrics_interval: Option<Duration>,
 }
 
 impl Default for RelayOptions {
@@ -82,6 +85,7 @@ impl Default for RelayOptions {
             max_failures: 20,
             max_age: Duration::from_secs(7 * 24 * 3600),
             flush_timeout: Duration::from_secs(30),
+            outbox_metrics_interval: None,
         }
     }
 }
@@ -111,6 +115,37 @@ pub struct Pass {
     pub backoff: Option<Duration>,
 }
 
+/// What a relay is doing, as far as its last round tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayState {
+    /// Delivering, or idle with nothing to deliver.
+    Running,
+    /// Waiting out a backoff: PostHog (or the database) failed the last round.
+    BackingOff,
+    /// Paused on a configuration failure (wrong key or host): nothing is sent until it is
+    /// fixed, and the relay probes now and then to resume by itself.
+    Paused,
+}
+
+impl RelayState {
+    fn gauge(self) -> crate::metrics::RelayGauge {
+        match self {
+            RelayState::Running => crate::metrics::RelayGauge::Running,
+            RelayState::BackingOff => crate::metrics::RelayGauge::BackingOff,
+            RelayState::Paused => crate::metrics::RelayGauge::Paused,
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => RelayState::BackingOff,
+            2 => RelayState::Paused,
+            _ => RelayState::Running,
+        }
+    }
+}
+
 /// Delivers the outbox of one database.
 #[derive(Debug)]
 pub struct Relay<DB: Backend> {
@@ -133,6 +168,8 @@ pub struct Relay<DB: Backend> {
     abandon_at: std::sync::Mutex<Option<Instant>>,
     /// Whether PostHog accepts events, as far as this relay can tell: see `judge`.
     healthy: std::sync::atomic::AtomicBool,
+    /// A [`RelayState`] as `u8`, kept by `run`.
+    state: std::sync::atomic::AtomicU8,
 }
 
 impl<DB: Backend> Relay<DB> {
@@ -156,6 +193,7 @@ impl<DB: Backend> Relay<DB> {
             failed_rounds: AtomicU32::new(0),
             abandon_at: std::sync::Mutex::new(None),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
         }
     }
 
@@ -203,7 +241,15 @@ impl<DB: Backend> Relay<DB> {
         let _one_round_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let lease = self.lease_millis();
-        let claim = claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes).await?;
+        let claim_span =
+            tracing::info_span!("posthog_track.claim", limit, rows = tracing::field::Empty);
+        let claim = tracing::Instrument::instrument(
+            claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes),
+            claim_span.clone(),
+        )
+        .await?;
+        claim_span.record("rows", claim.rows.len());
+        let claimed_at = Instant::now();
         let rows = &claim.rows;
         let mut pass = Pass {
             claimed: rows.len(),
@@ -226,7 +272,14 @@ impl<DB: Backend> Relay<DB> {
         }
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
         let fates = {
-            let send = sink.deliver(&payloads, &groups, self.options.historical_migration);
+            let send = tracing::Instrument::instrument(
+                sink.deliver(&payloads, &groups, self.options.historical_migration),
+                tracing::info_span!(
+                    "posthog_track.send",
+                    events = payloads.len(),
+                    groups = groups.len()
+                ),
+            );
             tokio::pin!(send);
             let renew_every = (self.options.lease / 3).max(Duration::from_millis(10));
             let mut renewed = Instant::now();
@@ -252,25 +305,36 @@ impl<DB: Backend> Relay<DB> {
                 }
             }
         };
+        let settle_span = tracing::info_span!(
+            "posthog_track.settle",
+            delivered = tracing::field::Empty,
+            retried = tracing::field::Empty,
+            dead = tracing::field::Empty,
+            held = tracing::field::Empty
+        );
         let Some(fates) = fates else {
+            settle_span.record("held", rows.len());
             // Out of time mid-send: hand every row back now, uncounted, so that the next
             // relay need not wait out the lease.
-            claim::settle(
-                &self.pool,
-                &claim,
-                None,
-                Settle::Release {
-                    delay_millis: 0,
-                    entry: "abandoned mid-send at a deadline (a resend is identical)",
-                    failed: false,
-                    counted: false,
-                },
+            tracing::Instrument::instrument(
+                claim::settle(
+                    &self.pool,
+                    &claim,
+                    None,
+                    Settle::Release {
+                        delay_millis: 0,
+                        entry: "abandoned mid-send at a deadline (a resend is identical)",
+                        failed: false,
+                        counted: false,
+                    },
+                ),
+                settle_span,
             )
             .await?;
             pass.held = rows.len();
             return Ok(pass);
         };
-        self.stats.count_fates(&fates);
+        self.stats.count_fates(&fates, crate::metrics::Path::Outbox);
 
         let mut delivered: Vec<&Claimed> = Vec::new();
         let mut dead: Vec<(&Claimed, String)> = Vec::new();
@@ -280,7 +344,10 @@ impl<DB: Backend> Relay<DB> {
         for ((row, fate), alone) in rows.iter().zip(fates).zip(alone) {
             match fate {
                 Fate::Delivered => delivered.push(row),
-                Fate::Dead { reason } => dead.push((row, reason)),
+                Fate::Dead { reason } => {
+                    crate::metrics::dead_lettered(crate::metrics::DeadReason::Refused);
+                    dead.push((row, reason));
+                }
                 Fate::Retry {
                     retry_after: after,
                     reason,
@@ -298,14 +365,24 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         pass.delivered = delivered.len();
+        settle_span.record("delivered", delivered.len());
         let whole_claim = delivered.len() == rows.len();
-        let acked = claim::settle(
-            &self.pool,
-            &claim,
-            (!whole_claim).then_some(&delivered[..]),
-            Settle::Delete,
+        let acked = tracing::Instrument::instrument(
+            claim::settle(
+                &self.pool,
+                &claim,
+                (!whole_claim).then_some(&delivered[..]),
+                Settle::Delete,
+            ),
+            settle_span.clone(),
         )
         .await?;
+        let since_claim = claimed_at.elapsed().as_secs_f64();
+        for row in &delivered {
+            if let Some(age) = row.age_millis {
+                crate::metrics::commit_to_delivery(age.max(0) as f64 / 1000.0 + since_claim);
+            }
+        }
         if (acked as usize) < delivered.len() {
             tracing::warn!(
                 lost = delivered.len() - acked as usize,
@@ -328,6 +405,7 @@ impl<DB: Backend> Relay<DB> {
                 u128::from(age.unsigned_abs()) > self.options.max_age.as_millis()
             });
             if blame && failures >= i64::from(self.options.max_failures) {
+                crate::metrics::dead_lettered(crate::metrics::DeadReason::MaxFailures);
                 dead.push((
                     row,
                     format!(
@@ -336,6 +414,7 @@ impl<DB: Backend> Relay<DB> {
                     ),
                 ));
             } else if too_old {
+                crate::metrics::dead_lettered(crate::metrics::DeadReason::MaxAge);
                 dead.push((
                     row,
                     format!(
@@ -351,8 +430,13 @@ impl<DB: Backend> Relay<DB> {
         }
         for (row, reason) in &dead {
             tracing::error!(id = row.id, %reason, "outbox event dead-lettered");
-            claim::settle(&self.pool, &claim, Some(&[row]), Settle::Dead { reason }).await?;
+            tracing::Instrument::instrument(
+                claim::settle(&self.pool, &claim, Some(&[row]), Settle::Dead { reason }),
+                settle_span.clone(),
+            )
+            .await?;
         }
+        settle_span.record("dead", dead.len());
         self.stats.dead_lettered(dead.len());
         pass.dead = dead.len();
         pass.rejection = dead.last().map(|(_, reason)| reason.clone());
@@ -368,20 +452,24 @@ impl<DB: Backend> Relay<DB> {
                 .backoff
                 .delay(u32::try_from(attempts).unwrap_or(u32::MAX), retry_after);
             tracing::warn!(events = rows.len(), %reason, ?delay, "delivery failed; will retry");
-            claim::settle(
-                &self.pool,
-                &claim,
-                Some(rows),
-                Settle::Release {
-                    delay_millis: millis(delay),
-                    entry: &entry,
-                    failed,
-                    counted: true,
-                },
+            tracing::Instrument::instrument(
+                claim::settle(
+                    &self.pool,
+                    &claim,
+                    Some(rows),
+                    Settle::Release {
+                        delay_millis: millis(delay),
+                        entry: &entry,
+                        failed,
+                        counted: true,
+                    },
+                ),
+                settle_span.clone(),
             )
             .await?;
             pass.retried += rows.len();
         }
+        settle_span.record("retried", pass.retried);
 
         let pause_delay = self.track_pause(&pass);
         if !held.is_empty() {
@@ -394,20 +482,24 @@ impl<DB: Backend> Relay<DB> {
             } else {
                 &entry
             };
-            claim::settle(
-                &self.pool,
-                &claim,
-                Some(&held),
-                Settle::Release {
-                    delay_millis: millis(delay),
-                    entry: entry_ref,
-                    failed: false,
-                    counted: false,
-                },
+            tracing::Instrument::instrument(
+                claim::settle(
+                    &self.pool,
+                    &claim,
+                    Some(&held),
+                    Settle::Release {
+                        delay_millis: millis(delay),
+                        entry: entry_ref,
+                        failed: false,
+                        counted: false,
+                    },
+                ),
+                settle_span.clone(),
             )
             .await?;
             pass.held = held.len();
         }
+        settle_span.record("held", pass.held);
 
         if pass.paused.is_some() {
             pass.backoff = Some(pause_delay);
@@ -463,6 +555,33 @@ impl<DB: Backend> Relay<DB> {
     /// Whether the relay is paused on a configuration failure right now.
     pub fn is_paused(&self) -> bool {
         self.pauses.load(Ordering::Relaxed) > 0
+    }
+
+    /// What the relay is doing, from its last round in [`run`](Relay::run).
+    pub fn state(&self) -> RelayState {
+        RelayState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Records the state after a round of `run`, in [`state`](Relay::state) and in the
+    /// relay-state gauge.
+    fn set_state(&self, state: RelayState) {
+        let before = RelayState::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
+        crate::metrics::relay_state(Some(before.gauge()), Some(state.gauge()));
+    }
+
+    /// Samples the outbox figures into the metrics gauges when they are due.
+    async fn sample_outbox(&self, last: &mut Option<Instant>) {
+        let Some(every) = self.options.outbox_metrics_interval else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.outbox().status().await {
+            Ok(status) => status.record_metrics(),
+            Err(error) => tracing::warn!(%error, "could not read the outbox's figures for metrics"),
+        }
     }
 
     /// Delivers everything committed before the call, within the relay's flush timeout; see
@@ -531,17 +650,34 @@ impl<DB: Backend> Relay<DB> {
     /// Runs until `stop` becomes true (or its sender is dropped: the tracker is gone):
     /// delivers at once after a local commit, polls with a growing interval when idle, backs
     /// off while PostHog fails, and pauses while the set-up is wrong.
-    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(&self, stop: watch::Receiver<bool>) {
+        self.state
+            .store(RelayState::Running as u8, Ordering::Relaxed);
+        crate::metrics::relay_state(None, Some(RelayState::Running.gauge()));
+        self.run_loop(stop).await;
+        crate::metrics::relay_state(Some(self.state().gauge()), None);
+    }
+
+    async fn run_loop(&self, mut stop: watch::Receiver<bool>) {
         let mut idle = self.options.min_poll;
         let mut errors = 0u32;
+        let mut sampled = None;
         loop {
             if *stop.borrow() {
                 return;
             }
+            self.sample_outbox(&mut sampled).await;
             // While PostHog fails, new commits must not cut the backoff short.
             let (wait, wakeable) = match self.run_once().await {
                 Ok(pass) => {
                     errors = 0;
+                    self.set_state(if self.is_paused() {
+                        RelayState::Paused
+                    } else if pass.backoff.is_some() {
+                        RelayState::BackingOff
+                    } else {
+                        RelayState::Running
+                    });
                     if let Some(backoff) = pass.backoff {
                         (backoff, false)
                     } else if pass.claimed > 0 {
@@ -555,6 +691,7 @@ impl<DB: Backend> Relay<DB> {
                 }
                 Err(error) => {
                     errors += 1;
+                    self.set_state(RelayState::BackingOff);
                     tracing::error!(%error, "relay round failed (database)");
                     (self.options.backoff.delay(errors, None), false)
                 }

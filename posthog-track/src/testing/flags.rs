@@ -61,11 +61,24 @@ pub(super) async fn remote(
         Ok(body) => body.to_bytes(),
         Err(_) => return Err(Dropped),
     };
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // As PostHog: a project key it does not know is refused.
+    let known_key = parsed
+        .get("api_key")
+        .or_else(|| parsed.get("token"))
+        .and_then(Value::as_str)
+        == Some(shared.api_key.as_str());
     let mut guard = shared.state();
     let flags = &mut guard.flags;
-    flags
-        .remote_requests
-        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    flags.remote_requests.push(parsed);
+    if !known_key {
+        return Ok(respond(
+            401,
+            json!({"type": "authentication_error", "code": "invalid_api_key",
+                   "detail": "Project API key invalid. You can find your project API key in PostHog project settings."}),
+            None,
+        ));
+    }
     let answer = flags.remote.clone().unwrap_or_else(|| json!({"flags": {}}));
     Ok(respond(200, answer, None))
 }

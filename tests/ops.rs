@@ -1,0 +1,696 @@
+//! Operating it (issue #17): every metric of the table emitted by its scenario, the tracing
+//! spans, `doctor` finding each misconfiguration, the relay command's `/metrics` and
+//! `/healthz` over HTTP, and the dashboard and alert rules naming only metrics that exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use posthog_track::doctor::{DoctorOptions, Verdict, diagnose};
+use posthog_track::flags::LocalEvaluator;
+use posthog_track::metrics::{self as names, Kind, TABLE};
+use posthog_track::testing::{MockPostHog, Reply};
+use posthog_track::{Backend, Config, Event, Tracker};
+use posthog_track_tests::{
+    commit_events, on_every_backend, posthog_track_binary, sqlite_file, tracker_for, unique,
+};
+use serde_json::json;
+use sqlx::Pool;
+
+/// The process-wide debugging recorder (a recorder is global, and the relay and queue run on
+/// tasks of their own).
+fn snapshotter() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other recorder in this test binary");
+        snapshotter
+    })
+}
+
+/// A metric's name and labels.
+type Series = (String, BTreeSet<(String, String)>);
+
+/// Every (name, labels) emitted so far, with its value.
+fn emitted() -> BTreeMap<Series, DebugValue> {
+    snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let (_, key) = key.into_parts();
+            let labels = key
+                .labels()
+                .map(|label| (label.key().to_owned(), label.value().to_owned()))
+                .collect();
+            ((key.name().to_owned(), labels), value)
+        })
+        .collect()
+}
+
+fn has(metrics: &BTreeMap<Series, DebugValue>, name: &str, label: Option<(&str, &str)>) -> bool {
+    metrics.keys().any(|(emitted, labels)| {
+        emitted == name
+            && label.is_none_or(|(key, value)| labels.contains(&(key.to_owned(), value.to_owned())))
+    })
+}
+
+fn flag_definitions() -> serde_json::Value {
+    json!({"flags": [{"key": "beta", "active": true,
+        "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}]})
+}
+
+/// One scenario per row of the table; then every metric of the table has been emitted, with
+/// the label value its scenario produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
+    snapshotter();
+    let mock = MockPostHog::start().await;
+    let (pool, _url, dir) = sqlite_file("ops-metrics").await;
+    let tracker = tracker_for(&mock)
+        .outbox_metrics_interval(Duration::from_millis(10))
+        .flush_interval(Duration::from_millis(10))
+        .flag_definitions(LocalEvaluator::from_json(&flag_definitions().to_string()).unwrap())
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+
+    // Staged, committed, delivered by the relay (batch size, latency, commit to delivery,
+    // relay state, outbox gauges), after one retried request.
+    mock.script([Reply::Status(503)]);
+    let tag = unique("metrics");
+    commit_events(&tracker, &pool, &tag, "ordered", 3, 3).await;
+    tracker.flush().await.unwrap();
+
+    // A poison event alone: refused, dead-lettered.
+    mock.reject_events_where(|event| event["event"] == "poison");
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("poison")).unwrap();
+    tx.commit().await.unwrap();
+    // The background relay or this flush dead-letters it (the flush fails only if it did).
+    let _ = tracker.flush().await;
+    let started = Instant::now();
+    while tracker.outbox(&pool).status().await.unwrap().dead == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the poison event never died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The in-memory queue: delivered after a retry; flags local and remote, an exposure.
+    mock.script([Reply::Status(503)]);
+    tracker
+        .capture(Event::new("captured").distinct_id(tag.clone()))
+        .await
+        .unwrap();
+    assert!(
+        tracker
+            .is_feature_enabled("beta", tag.as_str())
+            .await
+            .unwrap()
+    );
+    mock.set_remote_flags(
+        json!({"flags": {"remote-only": {"key": "remote-only", "enabled": true}}}),
+    );
+    tracker
+        .evaluate_flags({
+            let mut request = posthog_track::flags::FlagsRequest::new(tag.clone());
+            request.force_remote = true;
+            request
+        })
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+
+    // A queue of one, filled faster than it drains: dropped as full.
+    let small = tracker_for(&mock).queue_capacity(1).build();
+    let mut full = 0;
+    for n in 0..200 {
+        if small
+            .try_capture(
+                Event::new("burst")
+                    .distinct_id(tag.clone())
+                    .property("n", n),
+            )
+            .await
+            .is_err()
+        {
+            full += 1;
+        }
+    }
+    assert!(full > 0, "the queue of one filled up");
+    small.shutdown(Duration::from_secs(5)).await.unwrap();
+    tracker.shutdown(Duration::from_secs(5)).await.ok();
+
+    let metrics = emitted();
+    let expected_labels: BTreeMap<&str, (&str, &str)> = [
+        (names::EVENTS_DELIVERED, ("path", "outbox")),
+        (names::EVENTS_RETRIED, ("path", "outbox")),
+        (names::EVENTS_DEAD_LETTERED, ("reason", "refused")),
+        (names::EVENTS_DROPPED, ("cause", "queue_full")),
+        (names::FLAG_EVALUATIONS, ("source", "local")),
+        (names::RELAYS, ("state", "running")),
+        (names::REQUEST_DURATION, ("outcome", "delivered")),
+    ]
+    .into_iter()
+    .collect();
+    for metric in TABLE {
+        let label = expected_labels.get(metric.name).copied();
+        assert!(
+            has(&metrics, metric.name, label),
+            "{} {label:?} was not emitted; emitted: {:#?}",
+            metric.name,
+            metrics.keys().collect::<Vec<_>>()
+        );
+    }
+    for (name, label) in [
+        (names::EVENTS_DELIVERED, ("path", "queue")),
+        (names::EVENTS_RETRIED, ("path", "queue")),
+        (names::FLAG_EVALUATIONS, ("source", "remote")),
+        (names::REQUEST_DURATION, ("outcome", "retry")),
+        (names::REQUEST_DURATION, ("outcome", "rejected")),
+    ] {
+        assert!(has(&metrics, name, Some(label)), "{name} {label:?}");
+    }
+    // The values tell the scenario's story.
+    let counter = |name: &str, label: Option<(&str, &str)>| -> u64 {
+        metrics
+            .iter()
+            .filter(|((emitted, labels), _)| {
+                emitted == name
+                    && label.is_none_or(|(k, v)| labels.contains(&(k.to_owned(), v.to_owned())))
+            })
+            .map(|(_, value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert!(counter(names::EVENTS_COMMITTED, None) >= 4);
+    assert!(counter(names::EVENTS_DELIVERED, Some(("path", "outbox"))) >= 3);
+    assert!(counter(names::EVENTS_DEAD_LETTERED, Some(("reason", "refused"))) >= 1);
+    assert!(counter(names::EXPOSURES_SENT, None) >= 1);
+    for metric in TABLE.iter().filter(|m| m.kind == Kind::Histogram) {
+        let observed = metrics.iter().any(|((name, _), value)| {
+            name == metric.name
+                && matches!(value, DebugValue::Histogram(values) if !values.is_empty())
+        });
+        assert!(observed, "{} has no observation", metric.name);
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Spans seen by a subscriber: name -> fields recorded (at creation or later).
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let name = attrs.metadata().name().to_owned();
+        let mut spans = self.0.lock().unwrap();
+        let fields = spans.entry(name.clone()).or_default();
+        attrs.record(&mut Fields(fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(name);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(name) = span.extensions().get::<String>().cloned() else {
+            return;
+        };
+        let mut spans = self.0.lock().unwrap();
+        values.record(&mut Fields(spans.entry(name).or_default()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_claim_send_and_settle_have_spans_with_counts() {
+    use tracing::instrument::WithSubscriber as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let mock = MockPostHog::start().await;
+    let (pool, _url, dir) = sqlite_file("ops-spans").await;
+    // External delivery: the relay rounds run here, inside the subscriber.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("spans");
+    async {
+        commit_events(&tracker, &pool, &tag, "spanned", 4, 4).await;
+        tracker.relay(pool.clone()).drain().await.unwrap();
+    }
+    .with_subscriber(subscriber)
+    .await;
+    let spans = spans.0.lock().unwrap().clone();
+    let field = |span: &str, field: &str| {
+        spans
+            .get(span)
+            .and_then(|fields| fields.get(field))
+            .cloned()
+            .unwrap_or_else(|| panic!("{span}.{field} missing: {spans:#?}"))
+    };
+    assert_eq!(field("posthog_track.commit", "events"), "4");
+    assert_eq!(field("posthog_track.commit", "backend"), "\"SQLite\"");
+    assert_eq!(field("posthog_track.claim", "rows"), "4");
+    assert_eq!(field("posthog_track.send", "events"), "4");
+    assert_eq!(field("posthog_track.settle", "delivered"), "4");
+    assert_eq!(field("posthog_track.settle", "dead"), "0");
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The configuration of a tracker aimed at `host` with `api_key`, and a personal key.
+fn config_for(api_key: &str, host: &str) -> Config {
+    Tracker::builder()
+        .api_key(api_key)
+        .host(host)
+        .unwrap()
+        .personal_api_key("phx_personal_key_123")
+        .build()
+        .config()
+        .clone()
+}
+
+fn verdict(diagnosis: &posthog_track::doctor::Diagnosis, name: &str) -> Verdict {
+    diagnosis
+        .check(name)
+        .unwrap_or_else(|| panic!("no check `{name}`:\n{diagnosis}"))
+        .verdict
+}
+
+on_every_backend!(doctor_passes_a_healthy_set_up);
+
+async fn doctor_passes_a_healthy_set_up<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    mock.set_flag_definitions(flag_definitions());
+    Tracker::builder().build().migrate(pool).await.unwrap();
+    let config = config_for(mock.api_key(), &mock.url());
+    let diagnosis = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
+    // What `posthog-track doctor` prints (the README shows it).
+    println!("{diagnosis}");
+    assert!(diagnosis.healthy(), "{diagnosis}");
+    for name in [
+        "mode",
+        "project key",
+        "personal key",
+        "host answers",
+        "key accepted",
+        "flag definitions",
+        "database",
+        "outbox table",
+        "outbox backlog",
+    ] {
+        assert_eq!(verdict(&diagnosis, name), Verdict::Ok, "{diagnosis}");
+    }
+    assert!(mock.events().is_empty(), "the checks send no event");
+}
+
+#[tokio::test]
+async fn doctor_finds_a_personal_key_used_as_the_project_key() {
+    let mock = MockPostHog::start().await;
+    let config = config_for("phx_personal_key_123", &mock.url());
+    let diagnosis = diagnose(&config, &DoctorOptions::new()).await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(verdict(&diagnosis, "project key"), Verdict::Fail);
+    assert_eq!(
+        verdict(&diagnosis, "key accepted"),
+        Verdict::Fail,
+        "PostHog refuses it too"
+    );
+    let text = format!("{diagnosis}{}", diagnosis.to_json());
+    assert!(!text.contains("personal_key_123"), "{text}");
+    assert!(text.contains("POSTHOG_PERSONAL_API_KEY"), "{text}");
+}
+
+#[tokio::test]
+async fn doctor_finds_a_wrong_host() {
+    let mock = MockPostHog::start().await;
+    // Something answers there, but not as PostHog.
+    let wrong = format!("{}/not-posthog", mock.url());
+    let diagnosis = diagnose(&config_for(mock.api_key(), &wrong), &DoctorOptions::new()).await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis
+            .check("host answers")
+            .unwrap()
+            .detail
+            .contains("404")
+    );
+    // And nothing answers there.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let diagnosis = diagnose(
+        &config_for(mock.api_key(), &format!("http://{closed}")),
+        &DoctorOptions::new().timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert_eq!(verdict(&diagnosis, "key accepted"), Verdict::Skipped);
+}
+
+#[tokio::test]
+async fn doctor_finds_a_refused_personal_key() {
+    let mock = MockPostHog::start().await;
+    mock.set_flag_definitions_status(Some(401));
+    let diagnosis = diagnose(
+        &config_for(mock.api_key(), &mock.url()),
+        &DoctorOptions::new(),
+    )
+    .await;
+    assert_eq!(
+        verdict(&diagnosis, "flag definitions"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(!diagnosis.healthy());
+}
+
+#[tokio::test]
+async fn doctor_finds_an_unreachable_database_without_showing_its_password() {
+    let mock = MockPostHog::start().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let url = format!("postgres://app:hunter2secret@{closed}/app");
+    let diagnosis = diagnose(
+        &config_for(mock.api_key(), &mock.url()),
+        &DoctorOptions::new()
+            .database_url(url)
+            .timeout(Duration::from_secs(3)),
+    )
+    .await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(verdict(&diagnosis, "database"), Verdict::Fail);
+    assert_eq!(verdict(&diagnosis, "outbox table"), Verdict::Skipped);
+    let text = format!("{diagnosis}{}", diagnosis.to_json());
+    assert!(!text.contains("hunter2secret"), "{text}");
+}
+
+on_every_backend!(doctor_finds_a_missing_outbox_table);
+
+async fn doctor_finds_a_missing_outbox_table<DB: Backend>(_pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    let diagnosis = diagnose(
+        &config_for(mock.api_key(), &mock.url()),
+        &DoctorOptions::new().database_url(url),
+    )
+    .await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(verdict(&diagnosis, "database"), Verdict::Ok, "{diagnosis}");
+    assert_eq!(verdict(&diagnosis, "outbox table"), Verdict::Fail);
+    assert!(
+        diagnosis
+            .check("outbox table")
+            .unwrap()
+            .detail
+            .contains("posthog-track outbox migrate")
+    );
+}
+
+on_every_backend!(doctor_finds_a_large_lag);
+
+async fn doctor_finds_a_large_lag<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    // Committed, and no relay delivers them.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(pool).await.unwrap();
+    commit_events(&tracker, pool, &unique("lag"), "waiting", 2, 2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let config = config_for(mock.api_key(), &mock.url());
+    let lagging = diagnose(
+        &config,
+        &DoctorOptions::new()
+            .database_url(url)
+            .max_lag(Duration::from_millis(500)),
+    )
+    .await;
+    assert!(!lagging.healthy(), "{lagging}");
+    assert_eq!(verdict(&lagging, "outbox backlog"), Verdict::Fail);
+    assert!(
+        lagging
+            .check("outbox backlog")
+            .unwrap()
+            .detail
+            .contains("2 pending")
+    );
+    let patient = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
+    assert_eq!(
+        verdict(&patient, "outbox backlog"),
+        Verdict::Ok,
+        "{patient}"
+    );
+}
+
+/// The relay command, run as operators run it: `/metrics` and `/healthz` over HTTP, healthy
+/// while it delivers, unhealthy once paused on a configuration error, and a clean stop on
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_serves_metrics_and_health_over_http() {
+    let mock = MockPostHog::start().await;
+    let (pool, url, dir) = sqlite_file("ops-relay").await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("served");
+    commit_events(&tracker, &pool, &tag, "served", 5, 5).await;
+
+    let mut relay = std::process::Command::new(posthog_track_binary())
+        .args([
+            "relay",
+            "--database-url",
+            &url,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--shutdown-timeout",
+            "2",
+        ])
+        .env("POSTHOG_API_KEY", mock.api_key())
+        .env("POSTHOG_HOST", mock.url())
+        .env("RUST_LOG", "posthog_track=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = relay.stderr.take().unwrap();
+    let mut relay = KillOnDrop(relay);
+    let relay = &mut relay.0;
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let address = loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no address announced: {log:#?}"));
+        if let Some(address) = line.strip_prefix("serving /metrics and /healthz on ") {
+            break address.to_owned();
+        }
+        log.push(line);
+    };
+    mock.wait_for_events(5, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let address = address.clone();
+        async move {
+            let response = http.get(format!("{address}{path}")).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, health) = get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["relay"], "running");
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "# TYPE posthog_track_events_delivered_total counter",
+        "posthog_track_events_delivered_total{path=\"outbox\"} 5",
+        "posthog_track_request_duration_seconds_bucket{outcome=\"delivered\"",
+        "posthog_track_relays{state=\"running\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+
+    // A wrong key from now on: the relay pauses, and /healthz says so.
+    mock.set_outage(Some(Reply::Status(401)));
+    commit_events(&tracker, &pool, &tag, "held", 1, 1).await;
+    let started = Instant::now();
+    let health = loop {
+        let (status, body) = get("/healthz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never unhealthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["relay"], "paused", "{health}");
+    let (_, text) = get("/metrics").await;
+    assert!(
+        text.contains("posthog_track_relays{state=\"paused\"} 1"),
+        "{text}"
+    );
+
+    // SIGTERM: a clean stop within the deadline.
+    let stopping = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = received.try_iter().collect();
+    assert!(
+        rest.iter()
+            .chain(&log)
+            .any(|line| line.starts_with('{') && line.contains("\"level\"")),
+        "JSON log lines: {rest:#?} {log:#?}"
+    );
+    assert_eq!(
+        tracker.outbox(&pool).status().await.unwrap().pending,
+        1,
+        "the held event waits"
+    );
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A child process that a failing test does not leave behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Every `posthog_track_*` name in the dashboard and the alert rules is a metric of the
+/// table (histograms with Prometheus's `_bucket`, `_sum` and `_count` series).
+#[test]
+fn the_dashboard_and_alerts_name_only_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let known: BTreeSet<String> = TABLE
+        .iter()
+        .flat_map(|metric| match metric.kind {
+            Kind::Histogram => ["_bucket", "_sum", "_count", ""]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", metric.name))
+                .collect::<Vec<_>>(),
+            _ => vec![metric.name.to_owned()],
+        })
+        .collect();
+    for file in ["ops/grafana-dashboard.json", "ops/prometheus-alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let names = metric_names(&text);
+        assert!(names.len() >= 3, "{file} names {names:?}");
+        for name in &names {
+            assert!(
+                known.contains(name),
+                "{file} names `{name}`, which no metric is"
+            );
+        }
+        for must in [
+            names::OUTBOX_OLDEST_PENDING_AGE,
+            names::OUTBOX_DEAD,
+            names::RELAYS,
+        ] {
+            assert!(names.contains(must), "{file} lacks {must}");
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(root.join("ops/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+}
+
+/// The `posthog_track_...` identifiers in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("posthog_track_") {
+        let start = i + at;
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if !preceded {
+            names.insert(text[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}
