@@ -691,16 +691,7 @@ const PENDING: &[(&str, &str, &str)] = &[
      traits; model.rs is being split (issue #11 items 2-3): routing takes what it needs \
      from the model, not the other way round",
     ),
-    ("testing::server", "testing::app_api", TESTING_SPLIT),
-    ("testing::server", "testing::capture", TESTING_SPLIT),
-    ("testing::server", "testing::flags", TESTING_SPLIT),
 ];
-
-/// Why the mock's modules still point both ways.
-const TESTING_SPLIT: &str = "MockPostHog's split (issue #11 item 3): server.rs holds the shared \
-    state, which holds each endpoint's state, while the endpoints use server.rs's response \
-    helpers and add methods to MockPostHog; moving the state and the HTTP helpers into a leaf \
-    module, and the methods next to the type, removes these edges";
 
 #[test]
 fn the_runtime_modules_form_no_cycle() {

@@ -1,54 +1,220 @@
-//! The capture endpoints (`/batch/`, `/capture/`, `/e/`, `/i/v0/e/`): decoding a request's
-//! body (gzip or not) and validating its events as PostHog's capture does.
+//! The capture endpoints (`/batch/`, `/capture/`, `/e/`, `/i/v0/e/`): scripted replies,
+//! decoding a request's body (gzip or not), validating its events as PostHog's capture does,
+//! and the [`MockPostHog`] methods that script them and read back what they received.
 
+use std::collections::BTreeSet;
 use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::server::{HttpResponse, Shared, invalid, respond};
+use super::state::{
+    Dropped, HttpResponse, MockPostHog, ReceivedEvent, ReceivedRequest, Reply, Shared, WaitTimeout,
+    invalid, respond,
+};
 
 const MAX_EVENT_BYTES: usize = 1_000_000;
 const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 
-/// One event PostHog accepted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReceivedEvent {
-    /// The event's uuid.
-    pub uuid: Uuid,
-    /// Its name.
-    pub event: String,
-    /// Whom it is about.
-    pub distinct_id: String,
-    /// Its timestamp as sent.
-    pub timestamp: String,
-    /// Its properties.
-    pub properties: Value,
-    /// The whole event as sent.
-    pub raw: Value,
+impl MockPostHog {
+    /// Every accepted event, in arrival order, duplicates included.
+    pub fn events(&self) -> Vec<ReceivedEvent> {
+        self.shared.state().events.clone()
+    }
+
+    /// The distinct uuids accepted.
+    pub fn unique_uuids(&self) -> BTreeSet<Uuid> {
+        self.shared.state().unique.clone()
+    }
+
+    /// Every request to a capture endpoint.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.state().requests.clone()
+    }
+
+    /// Waits until `unique` distinct events have been accepted.
+    pub async fn wait_for_events(
+        &self,
+        unique: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedEvent>, WaitTimeout> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let notified = self.shared.arrived.notified();
+            let received = self.shared.state().unique.len();
+            if received >= unique {
+                return Ok(self.events());
+            }
+            if tokio::time::timeout_at(started + timeout, notified)
+                .await
+                .is_err()
+            {
+                return Err(WaitTimeout {
+                    expected: unique,
+                    received,
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Answers the next requests with these replies, in order, then normally again.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.state().script.extend(replies);
+    }
+
+    /// Answers every request with `reply` until called with `None`.
+    pub fn set_outage(&self, reply: Option<Reply>) {
+        self.shared.state().outage = reply;
+    }
+
+    /// Fails each request with probability `probability`, with a reply drawn from `replies`.
+    pub fn set_random_failures(&self, probability: f64, replies: Vec<Reply>, seed: u64) {
+        self.shared.state().random =
+            (!replies.is_empty()).then(|| (probability, replies, fastrand::Rng::with_seed(seed)));
+    }
+
+    /// Rejects with 400 every request holding an event for which `predicate` is true; like
+    /// PostHog, nothing of such a request is accepted.
+    pub fn reject_events_where(&self, predicate: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        self.shared.state().reject = Some((400, Arc::new(predicate)));
+    }
+
+    /// Answers `status` (a 5xx, say) to every request holding an event for which `predicate`
+    /// is true, accepting nothing of it: a poison event that fails every request it is in.
+    pub fn fail_events_where(
+        &self,
+        status: u16,
+        predicate: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) {
+        self.shared.state().reject = Some((status, Arc::new(predicate)));
+    }
+
+    /// Forgets recorded events and requests.
+    pub fn clear(&self) {
+        let mut state = self.shared.state();
+        state.events.clear();
+        state.unique.clear();
+        state.requests.clear();
+        state.app_api.requests.clear();
+    }
+
+    /// Panics, listing them, if any uuid was accepted more than once.
+    pub fn assert_no_duplicates(&self) {
+        let state = self.shared.state();
+        if state.events.len() != state.unique.len() {
+            let mut seen = BTreeSet::new();
+            let duplicated: Vec<Uuid> = state
+                .events
+                .iter()
+                .filter(|e| !seen.insert(e.uuid))
+                .map(|e| e.uuid)
+                .collect();
+            panic!("{} duplicate deliveries: {duplicated:?}", duplicated.len());
+        }
+    }
 }
 
-/// One request to a capture endpoint, accepted or not.
-#[derive(Debug, Clone)]
-pub struct ReceivedRequest {
-    /// The request path.
-    pub path: String,
-    /// The status the mock answered (0 for a dropped connection).
-    pub status: u16,
-    /// `User-Agent`.
-    pub user_agent: Option<String>,
-    /// `Content-Encoding`.
-    pub content_encoding: Option<String>,
-    /// Size on the wire.
-    pub compressed_bytes: usize,
-    /// Size after decompression.
-    pub decoded_bytes: usize,
-    /// The decoded body (`Null` when it was not JSON).
-    pub body: Value,
-    /// Events in the request.
-    pub event_count: usize,
-    /// The request was marked `historical_migration`.
-    pub historical_migration: bool,
+/// A capture request: answered as the script, an outage or random failures say, else
+/// validated and recorded.
+pub(super) async fn request(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Dropped> {
+    let path = request.uri().path().to_owned();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let user_agent = header("user-agent");
+    let content_encoding = header("content-encoding");
+    let gzip_query = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("compression=gzip"));
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return Err(Dropped),
+    };
+    let mut record = ReceivedRequest {
+        path,
+        status: 0,
+        user_agent,
+        content_encoding: content_encoding.clone(),
+        compressed_bytes: body.len(),
+        decoded_bytes: 0,
+        body: Value::Null,
+        event_count: 0,
+        historical_migration: false,
+    };
+
+    let mut reply = {
+        let mut state = shared.state();
+        if let Some(reply) = state.script.pop_front() {
+            reply
+        } else if let Some(reply) = state.outage.clone() {
+            reply
+        } else if let Some((probability, replies, rng)) = &mut state.random {
+            if rng.f64() < *probability {
+                replies[rng.usize(..replies.len())].clone()
+            } else {
+                Reply::Accept
+            }
+        } else {
+            Reply::Accept
+        }
+    };
+    while let Reply::Delay(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    let response = match reply {
+        Reply::DropConnection => {
+            shared.state().requests.push(record);
+            return Err(Dropped);
+        }
+        Reply::Status(status) => respond(
+            status,
+            json!({"type": "scripted", "detail": "scripted failure"}),
+            None,
+        ),
+        Reply::EchoRequest(status) => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() =
+                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+            response
+        }
+        Reply::RetryAfter { status, seconds } => respond(
+            status,
+            json!({"type": "scripted", "detail": "slow down"}),
+            Some(seconds),
+        ),
+        Reply::AcceptWithoutResponse => {
+            let gzip = gzip_query || content_encoding.as_deref() == Some("gzip");
+            let response = accept(shared, &body, gzip, &mut record);
+            record.status = response.status().as_u16();
+            shared.state().requests.push(record);
+            std::future::pending::<()>().await;
+            return Err(Dropped);
+        }
+        Reply::Accept | Reply::Delay(..) => {
+            let gzip = gzip_query || content_encoding.as_deref() == Some("gzip");
+            accept(shared, &body, gzip, &mut record)
+        }
+    };
+    record.status = response.status().as_u16();
+    shared.state().requests.push(record);
+    Ok(response)
 }
 
 /// Validates like PostHog's capture, and records the events when all of them are valid.

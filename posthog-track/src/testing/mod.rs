@@ -14,15 +14,17 @@
 //! # }
 //! ```
 //!
-//! The mock's parts: `server` (listener, routing, scripted replies, shared state), `capture`
-//! (batch decoding and validation), `flags` (`/flags` and `/flags/definitions`) and `app_api`
-//! (the event and property definitions API).
+//! The mock's parts: `state` (the handle, the state every endpoint shares, the records tests
+//! read back, HTTP response helpers; a leaf), `capture` (scripted replies, batch decoding and
+//! validation), `flags` (`/flags` and `/flags/definitions`), `app_api` (the event and property
+//! definitions API), each with its `MockPostHog` methods, and `server` (listener and routing).
 
 mod app_api;
 mod capture;
 mod flags;
 mod server;
+mod state;
 
-pub use app_api::{ApiRequest, MockDefinition};
-pub use capture::{ReceivedEvent, ReceivedRequest};
-pub use server::{MockPostHog, Reply, WaitTimeout};
+pub use state::{
+    ApiRequest, MockDefinition, MockPostHog, ReceivedEvent, ReceivedRequest, Reply, WaitTimeout,
+};
