@@ -225,8 +225,20 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
+        // Each request's `PostHog-Attempt` is the most sends any of its events has had.
+        let requests: Vec<deliver::Group> = groups
+            .iter()
+            .map(|members| {
+                let attempt = members
+                    .iter()
+                    .map(|&i| u32::try_from(rows[i].attempts).unwrap_or(u32::MAX))
+                    .max()
+                    .unwrap_or(1);
+                deliver::Group::new(members.clone(), attempt)
+            })
+            .collect();
         let fates = {
-            let send = sink.deliver(&payloads, &groups, self.options.historical_migration);
+            let send = sink.deliver(&payloads, &requests, self.options.historical_migration);
             tokio::pin!(send);
             let renew_every = (self.options.lease / 3).max(Duration::from_millis(10));
             let mut renewed = Instant::now();
@@ -234,7 +246,7 @@ impl<DB: Backend> Relay<DB> {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
             loop {
                 tokio::select! {
-                    fates = &mut send => break Some(fates),
+                    report = &mut send => break Some(report.fates),
                     _ = ticks.tick() => {
                         if self
                             .abandon_deadline(deadline)
@@ -284,10 +296,12 @@ impl<DB: Backend> Relay<DB> {
                 Fate::Retry {
                     retry_after: after,
                     reason,
+                    asked,
                 } => {
                     retry_after = retry_after.max(after);
                     pass.failure = Some(reason);
-                    retry.push((row, alone));
+                    // A v1 `retry` verdict is PostHog's doing, never the event's: no blame.
+                    retry.push((row, alone && !asked));
                 }
                 Fate::Paused { reason } => {
                     if !reason.is_empty() {

@@ -80,9 +80,14 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
     match path {
         "/flags/definitions" | "/flags/definitions/" => Ok(flags::definitions(&shared, &request)),
         "/flags/" | "/flags" => flags::remote(&shared, request).await,
-        "/batch/" | "/batch" | "/capture/" | "/capture" | "/e/" | "/i/v0/e/" => {
-            capture::request(&shared, request).await
-        }
+        "/batch/"
+        | "/batch"
+        | "/capture/"
+        | "/capture"
+        | "/e/"
+        | "/i/v0/e/"
+        | "/i/v1/analytics/events"
+        | "/i/v1/analytics/events/" => capture::request(&shared, request).await,
         _ => Ok(respond(
             404,
             json!({"type": "not_found", "detail": "unknown endpoint"}),

@@ -39,6 +39,16 @@ pub enum Reply {
     /// Accept and record the events, then never answer: PostHog has them, the client never
     /// learns it (as when a relay dies between sending and acknowledging).
     AcceptWithoutResponse,
+    /// v1 only: a 200 whose `results` give the request's events these verdicts, by position
+    /// (events past the list get `ok`); only `ok` events are recorded. With `retry_after`, the
+    /// answer carries that `Retry-After` (in seconds); without it, an answer that asks for a
+    /// retry carries `Retry-After: 1`, as PostHog's does.
+    Verdicts {
+        /// One verdict per event, in the request's order.
+        verdicts: Vec<MockVerdict>,
+        /// The answer's `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
 }
 
 /// `wait_for_events` ran out of time.
@@ -154,6 +164,71 @@ pub struct ReceivedRequest {
     pub event_count: usize,
     /// The request was marked `historical_migration`.
     pub historical_migration: bool,
+    /// Every header, names in lower case, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The answer's body as sent (a v1 answer holds the per-event `results`).
+    pub response_body: String,
+    /// The answer's `Retry-After`, if any.
+    pub response_retry_after: Option<String>,
+}
+
+impl ReceivedRequest {
+    /// The value of header `name` (any case), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The uuids of the request's events, in order.
+    pub fn uuids(&self) -> Vec<String> {
+        self.body["batch"]
+            .as_array()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .filter_map(|event| event["uuid"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The verdict the mock's v1 endpoint (`/i/v1/analytics/events`) gives one event of a request,
+/// in [`Reply::Verdicts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MockVerdict {
+    /// `ok`: the event is accepted and recorded.
+    Ok,
+    /// `retry` (details `not_persisted`): not recorded; the client should send it again.
+    Retry,
+    /// `drop` with these details (e.g. `invalid_event`): not recorded, never to be retried.
+    Drop(String),
+    /// `limited` with these details (e.g. `billing_limit`): not recorded; a quota is exhausted.
+    Limited(String),
+    /// Any other `result`, with details: not recorded (a verdict from a future PostHog).
+    Other {
+        /// The `result` string.
+        result: String,
+        /// The `details` string.
+        details: String,
+    },
+}
+
+impl MockVerdict {
+    /// The `{"result": ..., "details": ...}` entry of the answer's `results` map.
+    pub(super) fn entry(&self) -> Value {
+        match self {
+            MockVerdict::Ok => json!({"result": "ok"}),
+            MockVerdict::Retry => json!({"result": "retry", "details": "not_persisted"}),
+            MockVerdict::Drop(details) => json!({"result": "drop", "details": details}),
+            MockVerdict::Limited(details) => json!({"result": "limited", "details": details}),
+            MockVerdict::Other { result, details } => {
+                json!({"result": result, "details": details})
+            }
+        }
+    }
 }
 
 /// An event or property definition held by the mock's app API
