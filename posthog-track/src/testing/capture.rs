@@ -184,6 +184,8 @@ pub(super) async fn request(
         v1,
         encoding: encoding.as_deref(),
     };
+    // Whatever the answer, the request is recorded as sent, for the test to inspect.
+    endpoint.inspect(&body, &mut record);
 
     let mut reply = {
         let mut state = shared.state();
@@ -333,6 +335,19 @@ impl Endpoint<'_> {
                 "body is not valid {}: {error}",
                 self.encoding.unwrap_or_default()
             )),
+        }
+    }
+
+    /// Records what the body holds, when it decodes to JSON.
+    fn inspect(&self, body: &[u8], record: &mut ReceivedRequest) {
+        let Ok(decoded) = self.decode(body) else {
+            return;
+        };
+        record.decoded_bytes = decoded.len();
+        if let Ok(payload) = serde_json::from_slice::<Value>(&decoded) {
+            record.event_count = payload["batch"].as_array().map_or(1, Vec::len);
+            record.historical_migration = payload["historical_migration"] == json!(true);
+            record.body = payload;
         }
     }
 
