@@ -439,3 +439,32 @@ async fn v1_whole_request_failures_keep_the_v0_rules<DB: Backend>(pool: &Pool<DB
     assert_eq!(posthog_track_tests::received(&mock, &tag), committed);
     assert!(relay.outbox().is_empty().await.unwrap());
 }
+
+// The v0 in-memory queue under the same contract (PostHog's harness, suite `capture`).
+
+#[tokio::test]
+async fn v0_in_memory_retries_resend_the_whole_request_once_and_never_a_refused_one() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    mock.script([Reply::Status(503)]);
+    capture(&tracker, "v0-retry", 3).await;
+    tracker.flush().await.unwrap();
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 2, "one retry of the whole batch");
+    assert_eq!(requests[0].uuids(), requests[1].uuids());
+    assert_eq!(requests[0].body["batch"], requests[1].body["batch"]);
+
+    for status in [401, 403] {
+        let mock = MockPostHog::start().await;
+        let tracker = tracker_for(&mock).build();
+        mock.script([Reply::Status(status)]);
+        capture(&tracker, "v0-refused", 1).await;
+        let flushed = tracker.flush().await;
+        assert_eq!(mock.requests().len(), 1, "{status} is never retried");
+        assert!(
+            matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+            "{status}: {flushed:?}"
+        );
+        assert_eq!(tracker.stats().dropped_misconfigured, 1);
+    }
+}

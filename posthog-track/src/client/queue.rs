@@ -349,11 +349,11 @@ impl Worker {
     }
 
     /// Sends the buffer; events that fail are retried until the retry budget is spent. On v0,
-    /// in ever smaller groups, so a poison event cannot sink the others; on v1, as the same
-    /// request (same `PostHog-Request-Id`, next `PostHog-Attempt`) holding only the events
-    /// PostHog asked for again, after a backoff of at least 100 ms and `Retry-After`. A v1
-    /// request refused whole for the set-up (400, 401, 402, 403, 413, 415, ...) is not
-    /// retried: its events are given up and counted.
+    /// whole once, then in ever smaller groups, so a poison event cannot sink the others; on
+    /// v1, as the same request (same `PostHog-Request-Id`, next `PostHog-Attempt`) holding only
+    /// the events PostHog asked for again, after a backoff of at least 100 ms and
+    /// `Retry-After`. A request refused whole for the set-up (401, 402, 403, ...) or as bad
+    /// (400, 413, 415) is not retried: its events are given up and counted.
     async fn send_buffer(&mut self) {
         let mut pending = std::mem::take(&mut self.buffer);
         self.bytes = 0;
@@ -364,7 +364,12 @@ impl Worker {
             let groups = if v1 {
                 v1_groups(&pending)
             } else {
-                let prior: Vec<u32> = pending.iter().map(|q| q.failures).collect();
+                // The first retry resends the request whole (same events, as PostHog's SDK
+                // contract expects); splitting to isolate a poison event starts after that.
+                let prior: Vec<u32> = pending
+                    .iter()
+                    .map(|q| q.failures.saturating_sub(1))
+                    .collect();
                 deliver::groups(&prior)
                     .into_iter()
                     .map(|members| {
@@ -412,19 +417,12 @@ impl Worker {
                         failed_any = true;
                         retry.push((queued, DropCause::AfterRetries));
                     }
-                    Fate::Paused { reason } if v1 && !reason.is_empty() => {
+                    // Refused for the set-up (401, 403, 402, ...): resending the same request
+                    // cannot help, and PostHog's SDK contract says not to.
+                    Fate::Paused { reason } if !reason.is_empty() => {
                         given_up.push((queued, DropCause::Misconfigured, reason));
                     }
-                    Fate::Paused { reason } => {
-                        if !reason.is_empty() {
-                            last_reason = reason;
-                            queued.failures += 1;
-                            failed_any = true;
-                            retry.push((queued, DropCause::Misconfigured));
-                        } else {
-                            retry.push((queued, DropCause::AfterRetries));
-                        }
-                    }
+                    Fate::Paused { .. } => retry.push((queued, DropCause::AfterRetries)),
                 }
             }
             for (queued, cause, reason) in &given_up {
