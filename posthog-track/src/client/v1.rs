@@ -73,6 +73,8 @@ enum Entry {
         details: Option<serde_json::Value>,
     },
     Bare(String),
+    /// Any other shape: a verdict this version cannot read, so not retried.
+    Other(serde_json::Value),
 }
 
 /// The verdict of each of `payloads` (in their order) from a 200 answer's body; `None` when the
@@ -93,6 +95,10 @@ pub fn verdicts(body: &[u8], payloads: &[&str]) -> Option<Vec<Verdict>> {
                 match entry {
                     None => Verdict::Missing,
                     Some(Entry::Bare(result)) => verdict(result, String::new()),
+                    Some(Entry::Other(value)) => Verdict::Unknown {
+                        result: value.to_string(),
+                        details: String::new(),
+                    },
                     Some(Entry::Full { result, details }) => {
                         let details = match details {
                             Some(serde_json::Value::String(text)) => text,
@@ -175,6 +181,24 @@ mod tests {
                     result: "someday".into(),
                     details: String::new()
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_an_unknown_verdict_not_a_lost_answer() {
+        let body = br#"{"results":{
+            "0190a1b2-0000-7000-8000-00000000000a":{"result":"ok"},
+            "0190a1b2-0000-7000-8000-00000000000c":7
+        }}"#;
+        assert_eq!(
+            verdicts(body, &[A, C]).unwrap(),
+            [
+                Verdict::Ok,
+                Verdict::Unknown {
+                    result: "7".into(),
+                    details: String::new()
+                }
             ]
         );
     }
