@@ -2,12 +2,21 @@
 //! side by side with posthog-rs, in one run, against the same local sink.
 //!
 //! ```text
-//! cargo bench -p posthog-track-tests --bench delivery
+//! cargo bench -p posthog-track-benches --bench delivery
+//! DELIVERY_BENCH_EVENTS=2000 DELIVERY_BENCH_BACKLOG=5000 cargo bench -p posthog-track-benches --bench delivery   # a quick check
 //! ```
 //!
 //! The sink is this binary started again as a child process (`--sink`), so that its CPU is
-//! not counted against the clients: it gunzips, parses each `/batch/` and counts events. CPU
-//! is the client process's user + system time from /proc/self/stat; memory is its peak RSS.
+//! not counted against the clients: it decodes (gzip, deflate, br, zstd), parses each v0
+//! `/batch/` or v1 `/i/v1/analytics/events` request, counts events, and answers v1 with a
+//! `results` map of `ok` per event. CPU is the client process's user + system time from
+//! /proc/self/stat; memory is its peak RSS.
+//!
+//! Capture v1 is measured beside v0, and beside posthog-rs 0.30 with its `capture-v1` feature.
+//! That feature replaces posthog-rs's v0 pipeline at compile time, so it cannot share a build
+//! with the v0 posthog-rs measured here (Cargo unifies features): it lives in its own crate,
+//! `benches/posthog-rs-v1` (outside the workspace), built by this benchmark on first use and
+//! run as a child process against the same sink, measuring its own CPU the same way.
 
 use std::io::Read as _;
 use std::process::{Child, Command, Stdio};
@@ -21,10 +30,25 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use posthog_track::{Event, Tracker};
+use posthog_track::{CaptureMode, Compression, Event, Tracker};
 
-const BURST: u64 = 100_000;
-const OUTAGE_BACKLOG: u64 = 1_000_000;
+/// Events per burst: `DELIVERY_BENCH_EVENTS` (default 100,000).
+fn burst() -> u64 {
+    size_knob("DELIVERY_BENCH_EVENTS", 100_000)
+}
+
+/// Events waiting out the outage: `DELIVERY_BENCH_BACKLOG` (default 1,000,000).
+fn outage_backlog() -> u64 {
+    size_knob("DELIVERY_BENCH_BACKLOG", 1_000_000)
+}
+
+fn size_knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -53,10 +77,11 @@ async fn sink(port: u16) {
                 let (received, outage) = (received.clone(), outage.clone());
                 async move {
                     let path = request.uri().path().to_owned();
-                    let gzip = request
+                    let encoding = request
                         .headers()
                         .get("content-encoding")
-                        .is_some_and(|v| v == "gzip");
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     let body = request.into_body().collect().await?.to_bytes();
                     let reply = match path.as_str() {
                         "/count" => received.load(Ordering::SeqCst).to_string(),
@@ -78,18 +103,23 @@ async fn sink(port: u16) {
                             return Ok::<_, hyper::Error>(response);
                         }
                         _ => {
-                            let mut decoded = Vec::new();
-                            if gzip {
-                                let _ = flate2::read::GzDecoder::new(&body[..])
-                                    .read_to_end(&mut decoded);
-                            } else {
-                                decoded = body.to_vec();
-                            }
+                            let decoded = decode(encoding.as_deref(), &body);
                             let json: serde_json::Value =
                                 serde_json::from_slice(&decoded).unwrap_or_default();
-                            let events = json["batch"].as_array().map_or(1, Vec::len);
-                            received.fetch_add(events as u64, Ordering::SeqCst);
-                            r#"{"status":"Ok"}"#.to_owned()
+                            let batch = json["batch"].as_array().cloned().unwrap_or_default();
+                            received.fetch_add(batch.len().max(1) as u64, Ordering::SeqCst);
+                            if path.starts_with("/i/v1/") {
+                                let results: serde_json::Map<String, serde_json::Value> = batch
+                                    .iter()
+                                    .filter_map(|event| event["uuid"].as_str())
+                                    .map(|uuid| {
+                                        (uuid.to_owned(), serde_json::json!({"result": "ok"}))
+                                    })
+                                    .collect();
+                                serde_json::json!({ "results": results }).to_string()
+                            } else {
+                                r#"{"status":"Ok"}"#.to_owned()
+                            }
                         }
                     };
                     Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(reply))))
@@ -100,6 +130,20 @@ async fn sink(port: u16) {
                 .await;
         });
     }
+}
+
+/// A request body decoded as its `Content-Encoding` says (empty when it is not valid).
+fn decode(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::new();
+    let _ = match encoding {
+        Some("gzip") => flate2::read::GzDecoder::new(body).read_to_end(&mut decoded),
+        Some("deflate") => flate2::read::ZlibDecoder::new(body).read_to_end(&mut decoded),
+        Some("br") => brotli::Decompressor::new(body, 4096).read_to_end(&mut decoded),
+        Some("zstd") => zstd::stream::read::Decoder::new(body)
+            .and_then(|mut decoder| decoder.read_to_end(&mut decoded)),
+        _ => return body.to_vec(),
+    };
+    decoded
 }
 
 struct Sink {
@@ -209,8 +253,12 @@ impl Run {
         let per_second = self.delivered as f64 / self.wall.as_secs_f64();
         let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.delivered.max(1) as f64;
         println!(
-            "  {:<58} delivered {:>7} of {BURST}  {:>9.0} events/s  {:>6.2} us CPU/event",
-            self.name, self.delivered, per_second, cpu_us
+            "  {:<64} delivered {:>7} of {}  {:>9.0} events/s  {:>6.2} us CPU/event",
+            self.name,
+            self.delivered,
+            burst(),
+            per_second,
+            cpu_us
         );
     }
 }
@@ -256,18 +304,42 @@ fn posthog_rs_event(n: u64) -> posthog_rs::Event {
 
 #[tokio::main]
 async fn orchestrate() {
-    println!("delivery benchmark: bursts of {BURST} small events into one local sink\n");
+    let burst = burst();
+    println!("delivery benchmark: bursts of {burst} small events into one local sink\n");
     let sink = Sink::start();
     let mut runs = Vec::new();
 
-    // (b) in-memory capture
-    for (name, batch, gzip) in [
-        ("posthog-track capture, gzip, batch 1000", 1000, true),
-        ("posthog-track capture, no gzip, batch 1000", 1000, false),
+    // (b) in-memory capture, v0 and v1
+    for (name, batch, mode, compression) in [
+        (
+            "posthog-track capture, gzip, batch 1000",
+            1000,
+            CaptureMode::V0,
+            Compression::Gzip,
+        ),
+        (
+            "posthog-track capture, no gzip, batch 1000",
+            1000,
+            CaptureMode::V0,
+            Compression::None,
+        ),
         (
             "posthog-track capture, defaults (gzip, batch 500)",
             500,
-            true,
+            CaptureMode::V0,
+            Compression::Gzip,
+        ),
+        (
+            "posthog-track capture v1, gzip, batch 1000",
+            1000,
+            CaptureMode::V1,
+            Compression::Gzip,
+        ),
+        (
+            "posthog-track capture v1, zstd, batch 1000",
+            1000,
+            CaptureMode::V1,
+            Compression::Zstd,
         ),
     ] {
         let tracker = Tracker::builder()
@@ -275,11 +347,12 @@ async fn orchestrate() {
             .host(&sink.url)
             .unwrap()
             .batch_size(batch)
-            .gzip(gzip)
+            .capture_mode(mode)
+            .compression(compression)
             .build();
         runs.push(
-            measure(&sink, name, BURST, async {
-                for n in 0..BURST {
+            measure(&sink, name, burst, async {
+                for n in 0..burst {
                     tracker.capture(event(n)).await.unwrap();
                 }
                 tracker.flush().await.unwrap();
@@ -324,8 +397,8 @@ async fn orchestrate() {
         }
         let client = posthog_rs::client(options.build().unwrap()).await;
         runs.push(
-            measure(&sink, name, BURST, async {
-                for n in 0..BURST {
+            measure(&sink, name, burst, async {
+                for n in 0..burst {
                     client.capture(posthog_rs_event(n));
                 }
                 client.flush().await;
@@ -335,34 +408,63 @@ async fn orchestrate() {
         client.shutdown().await;
     }
 
+    // posthog-rs 0.30 with `capture-v1`, in its own process (see the module docs).
+    for compression in ["gzip", "zstd"] {
+        let name = format!("posthog-rs 0.30 capture-v1, {compression}, queue 200k, batch 1000");
+        match posthog_rs_v1(&sink, compression, burst).await {
+            Ok(run) => runs.push(Run { name, ..run }),
+            Err(why) => println!("  {name}: not measured: {why}"),
+        }
+    }
+
     // (a) end to end from the outbox: the burst is committed first, then one relay drains it.
     let dir = std::env::temp_dir().join(format!(
         "posthog-track-delivery-bench-{}",
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, gzip) in [
+    for (file, name, mode, compression) in [
         (
+            "v0-gzip",
             "posthog-track outbox relay (SQLite), gzip, batch 1000",
-            true,
+            CaptureMode::V0,
+            Compression::Gzip,
         ),
         (
+            "v0-plain",
             "posthog-track outbox relay (SQLite), no gzip, batch 1000",
-            false,
+            CaptureMode::V0,
+            Compression::None,
+        ),
+        (
+            "v1-gzip",
+            "posthog-track outbox relay v1 (SQLite), gzip, batch 1000",
+            CaptureMode::V1,
+            Compression::Gzip,
+        ),
+        (
+            "v1-zstd",
+            "posthog-track outbox relay v1 (SQLite), zstd, batch 1000",
+            CaptureMode::V1,
+            Compression::Zstd,
         ),
     ] {
-        let pool = sqlite_pool(&dir.join(format!("outbox-{gzip}.db"))).await;
+        let pool = sqlite_pool(&dir.join(format!("outbox-{file}.db"))).await;
         let tracker = Tracker::builder()
             .api_key("phc_bench")
             .host(&sink.url)
             .unwrap()
             .batch_size(1000)
-            .gzip(gzip)
+            .capture_mode(mode)
+            .compression(compression)
+            // Only the measured relay delivers: a background one would send part of the burst
+            // before the measurement starts.
+            .external_relay(true)
             .build();
         tracker.migrate(&pool).await.unwrap();
-        fill_outbox(&tracker, &pool, BURST).await;
+        fill_outbox(&tracker, &pool, burst).await;
         runs.push(
-            measure(&sink, name, BURST, async {
+            measure(&sink, name, burst, async {
                 tracker.relay(pool.clone()).drain().await.unwrap();
             })
             .await,
@@ -384,6 +486,45 @@ async fn orchestrate() {
         .unwrap();
     print!("{}", String::from_utf8_lossy(&output.stdout));
     sink.call("/outage/off").await;
+}
+
+/// Builds (once) and runs `benches/posthog-rs-v1` against the sink: posthog-rs with
+/// `capture-v1`, which prints `delivered-in-flush wall_ms cpu_ms` of its burst.
+async fn posthog_rs_v1(sink: &Sink, compression: &str, burst: u64) -> Result<Run, String> {
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("posthog-rs-v1/Cargo.toml");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !built.success() {
+        return Err(format!("building {} failed", manifest.display()));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| manifest.parent().unwrap().join("target"));
+    let binary = target.join("release/posthog-rs-v1-bench");
+    sink.call("/reset").await;
+    let output = Command::new(&binary)
+        .args([sink.url.as_str(), compression, &burst.to_string()])
+        .output()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [_, wall_ms, cpu_ms] = fields[..] else {
+        return Err(format!("unexpected output: {text}"));
+    };
+    let delivered = sink.settle(burst).await;
+    Ok(Run {
+        name: String::new(),
+        delivered,
+        wall: Duration::from_millis(wall_ms.max(1)),
+        cpu: Duration::from_millis(cpu_ms),
+    })
 }
 
 async fn sqlite_pool(path: &std::path::Path) -> sqlx::SqlitePool {
@@ -426,7 +567,7 @@ async fn outage_memory(port: u16) {
     tracker.migrate(&pool).await.unwrap();
     let started = Instant::now();
     tracker.start_relay(pool.clone()).unwrap();
-    fill_outbox(&tracker, &pool, OUTAGE_BACKLOG).await;
+    fill_outbox(&tracker, &pool, outage_backlog()).await;
     // Let the relay keep failing against the backlog for a while.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let waiting = tracker.outbox(&pool).status().await.unwrap().pending;

@@ -675,17 +675,7 @@ fn assert_acyclic(edges: &BTreeMap<(String, String), Vec<Evidence>>, what: &str)
 
 /// Edges that close a cycle today and are being removed elsewhere: each with why. The test
 /// fails when one of them is gone, so that this list only shrinks.
-const PENDING: &[(&str, &str, &str)] = &[
-    ("testing::server", "testing::app_api", TESTING_SPLIT),
-    ("testing::server", "testing::capture", TESTING_SPLIT),
-    ("testing::server", "testing::flags", TESTING_SPLIT),
-];
-
-/// Why the mock's modules still point both ways.
-const TESTING_SPLIT: &str = "MockPostHog's split (issue #11 item 3): server.rs holds the shared \
-    state, which holds each endpoint's state, while the endpoints use server.rs's response \
-    helpers and add methods to MockPostHog; moving the state and the HTTP helpers into a leaf \
-    module, and the methods next to the type, removes these edges";
+const PENDING: &[(&str, &str, &str)] = &[];
 
 #[test]
 fn the_runtime_modules_form_no_cycle() {

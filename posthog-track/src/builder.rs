@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
 use crate::client::{Backoff, Sink};
-use crate::config::{ApiKey, Config};
+use crate::config::{ApiKey, CaptureMode, Compression, Config};
 use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions};
 use crate::error::Result;
 use crate::flags::{
@@ -29,8 +29,8 @@ const DEFINITIONS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TrackerBuilder {
     config: Config,
     delivery: Delivery,
-    gzip: bool,
     request_timeout: Duration,
+    disable_geoip: bool,
     queue: QueueOptions,
     relay: RelayOptions,
     before_send: Option<BeforeSend>,
@@ -44,7 +44,6 @@ impl fmt::Debug for TrackerBuilder {
         f.debug_struct("TrackerBuilder")
             .field("config", &self.config)
             .field("delivery", &self.delivery)
-            .field("gzip", &self.gzip)
             .finish_non_exhaustive()
     }
 }
@@ -54,7 +53,7 @@ impl Default for TrackerBuilder {
         TrackerBuilder {
             config: Config::default(),
             delivery: Delivery::default(),
-            gzip: true,
+            disable_geoip: false,
             request_timeout: Duration::from_secs(10),
             queue: QueueOptions {
                 capacity: 10_000,
@@ -112,9 +111,37 @@ impl TrackerBuilder {
         self
     }
 
-    /// Gzip request bodies (default on).
+    /// Gzip request bodies (default on); `false` sends plain JSON. Shorthand for
+    /// [`compression`](TrackerBuilder::compression).
     pub fn gzip(mut self, gzip: bool) -> Self {
-        self.gzip = gzip;
+        self.config.compression = if gzip {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        self
+    }
+
+    /// How request bodies are compressed (default gzip; `POSTHOG_COMPRESSION`). Deflate,
+    /// Brotli and zstd need [`CaptureMode::V1`]: PostHog's v0 endpoint reads gzip only, so v0
+    /// sends gzip for them.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.config.compression = compression;
+        self
+    }
+
+    /// PostHog's capture protocol (default [`CaptureMode::V0`]; `POSTHOG_CAPTURE_MODE=v1`).
+    /// With v1, PostHog answers each event with its own verdict and the relay settles each
+    /// outbox row by it.
+    pub fn capture_mode(mut self, mode: CaptureMode) -> Self {
+        self.config.capture_mode = mode;
+        self
+    }
+
+    /// Adds `$geoip_disable: true` to every event, so PostHog does not derive a location from
+    /// the sending server's IP address (default off).
+    pub fn disable_geoip(mut self, disable: bool) -> Self {
+        self.disable_geoip = disable;
         self
     }
 
@@ -274,7 +301,8 @@ impl TrackerBuilder {
                 Sink::PostHog(Transport::new(
                     &self.config.host,
                     key,
-                    self.gzip,
+                    self.config.capture_mode,
+                    self.config.compression,
                     self.request_timeout,
                 ))
             }),
@@ -285,6 +313,7 @@ impl TrackerBuilder {
             delivery: self.delivery,
             sink,
             before_send: self.before_send,
+            disable_geoip: self.disable_geoip,
             queue: self.queue,
             relay: self.relay,
             external_relay: self.external_relay,

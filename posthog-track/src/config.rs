@@ -49,6 +49,96 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// Which of PostHog's capture protocols events are sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CaptureMode {
+    /// `POST /batch/` with the key in the body; one answer for the whole batch (the default).
+    #[default]
+    V0,
+    /// Capture Analytics V1, `POST /i/v1/analytics/events`: the key in `Authorization: Bearer`,
+    /// `PostHog-Attempt` / `PostHog-Request-Id` / `PostHog-Request-Timestamp` headers, and a
+    /// verdict per event (`ok`, `retry`, `drop`, `limited`) that the relay settles each outbox
+    /// row by. Chosen with `POSTHOG_CAPTURE_MODE=v1`.
+    V1,
+}
+
+impl CaptureMode {
+    /// `v0` or `v1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::V0 => "v0",
+            CaptureMode::V1 => "v1",
+        }
+    }
+}
+
+impl std::str::FromStr for CaptureMode {
+    type Err = Error;
+
+    /// `v0` (also `batch`) or `v1`, in any case.
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "v0" | "batch" => Ok(CaptureMode::V0),
+            "v1" => Ok(CaptureMode::V1),
+            _ => Err(Error::Config(format!(
+                "POSTHOG_CAPTURE_MODE must be v0 or v1, not `{value}`"
+            ))),
+        }
+    }
+}
+
+/// How request bodies are compressed (`Content-Encoding`).
+///
+/// PostHog's v0 `/batch/` endpoint understands gzip only: with [`CaptureMode::V0`] every
+/// choice other than [`Compression::None`] sends gzip. The v1 endpoint understands all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Plain JSON.
+    None,
+    /// `gzip`, at the fast level (the default).
+    #[default]
+    Gzip,
+    /// `deflate` (zlib format, RFC 1950, as HTTP's `deflate` means).
+    Deflate,
+    /// `br` (Brotli).
+    Brotli,
+    /// `zstd` (Zstandard).
+    Zstd,
+}
+
+impl Compression {
+    /// The `Content-Encoding` value, `None` for plain JSON.
+    pub fn content_encoding(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Gzip => Some("gzip"),
+            Compression::Deflate => Some("deflate"),
+            Compression::Brotli => Some("br"),
+            Compression::Zstd => Some("zstd"),
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = Error;
+
+    /// `none`, `gzip`, `deflate`, `br` (or `brotli`) or `zstd`, in any case.
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "none" | "off" | "identity" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "deflate" => Ok(Compression::Deflate),
+            "br" | "brotli" => Ok(Compression::Brotli),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(Error::Config(format!(
+                "POSTHOG_COMPRESSION must be none, gzip, deflate, br or zstd, not `{value}`"
+            ))),
+        }
+    }
+}
+
 /// Settings of a [`Tracker`](crate::Tracker). Its `Debug` shows neither key nor any
 /// credentials in the host URL.
 #[derive(Clone)]
@@ -57,6 +147,8 @@ pub struct Config {
     pub(crate) personal_api_key: Option<ApiKey>,
     pub(crate) host: String,
     pub(crate) disabled: bool,
+    pub(crate) capture_mode: CaptureMode,
+    pub(crate) compression: Compression,
 }
 
 impl fmt::Debug for Config {
@@ -66,6 +158,8 @@ impl fmt::Debug for Config {
             .field("personal_api_key", &self.personal_api_key)
             .field("host", &redact_host(&self.host))
             .field("disabled", &self.disabled)
+            .field("capture_mode", &self.capture_mode)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -111,13 +205,16 @@ impl Default for Config {
             personal_api_key: None,
             host: US_HOST.to_owned(),
             disabled: false,
+            capture_mode: CaptureMode::V0,
+            compression: Compression::Gzip,
         }
     }
 }
 
 impl Config {
-    /// Reads `POSTHOG_API_KEY`, `POSTHOG_HOST`, `POSTHOG_PERSONAL_API_KEY` and
-    /// `POSTHOG_DISABLED`. Empty variables count as unset.
+    /// Reads `POSTHOG_API_KEY`, `POSTHOG_HOST`, `POSTHOG_PERSONAL_API_KEY`, `POSTHOG_DISABLED`,
+    /// `POSTHOG_CAPTURE_MODE` (`v0`, the default, or `v1`) and `POSTHOG_COMPRESSION` (`none`,
+    /// `gzip`, the default, `deflate`, `br` or `zstd`). Empty variables count as unset.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -139,6 +236,12 @@ impl Config {
         if let Some(disabled) = var("POSTHOG_DISABLED") {
             config.disabled = parse_flag("POSTHOG_DISABLED", &disabled)?;
         }
+        if let Some(mode) = var("POSTHOG_CAPTURE_MODE") {
+            config.capture_mode = mode.parse()?;
+        }
+        if let Some(compression) = var("POSTHOG_COMPRESSION") {
+            config.compression = compression.parse()?;
+        }
         Ok(config)
     }
 
@@ -155,6 +258,26 @@ impl Config {
     /// The PostHog host, without a trailing slash.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The capture protocol (`POSTHOG_CAPTURE_MODE`).
+    pub fn capture_mode(&self) -> CaptureMode {
+        self.capture_mode
+    }
+
+    /// The compression asked for (`POSTHOG_COMPRESSION`).
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// The `Content-Encoding` requests are actually sent with: the v0 endpoint understands
+    /// only gzip, so any compression asked for becomes gzip there.
+    pub fn effective_compression(&self) -> Compression {
+        match (self.capture_mode, self.compression) {
+            (CaptureMode::V0, Compression::None) => Compression::None,
+            (CaptureMode::V0, _) => Compression::Gzip,
+            (_, compression) => compression,
+        }
     }
 
     /// What the tracker does with events under this configuration.
@@ -276,6 +399,47 @@ mod tests {
         assert!(!is_plain_http_to_remote("https://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://10.0.0.5:8000"));
+    }
+
+    #[test]
+    fn capture_mode_and_compression_come_from_the_environment() {
+        let config = from(&[]).unwrap();
+        assert_eq!(
+            config.capture_mode(),
+            CaptureMode::V0,
+            "v0 stays the default"
+        );
+        assert_eq!(config.compression(), Compression::Gzip);
+        let config = from(&[
+            ("POSTHOG_CAPTURE_MODE", "V1"),
+            ("POSTHOG_COMPRESSION", "zstd"),
+        ])
+        .unwrap();
+        assert_eq!(config.capture_mode(), CaptureMode::V1);
+        assert_eq!(config.effective_compression(), Compression::Zstd);
+        for (name, expected) in [
+            ("none", Compression::None),
+            ("gzip", Compression::Gzip),
+            ("deflate", Compression::Deflate),
+            ("br", Compression::Brotli),
+            ("brotli", Compression::Brotli),
+        ] {
+            assert_eq!(name.parse::<Compression>().unwrap(), expected);
+        }
+        let v0 = from(&[("POSTHOG_COMPRESSION", "br")]).unwrap();
+        assert_eq!(
+            v0.effective_compression(),
+            Compression::Gzip,
+            "v0 understands gzip only"
+        );
+        let err = from(&[("POSTHOG_CAPTURE_MODE", "v2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POSTHOG_CAPTURE_MODE"), "{err}");
+        let err = from(&[("POSTHOG_COMPRESSION", "lz4")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POSTHOG_COMPRESSION"), "{err}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub(crate) struct Dispatch {
     /// `None` when disabled; `DryRun` prints.
     sink: Option<Sink>,
     before_send: Option<BeforeSend>,
+    /// Every event gets `$geoip_disable: true`.
+    disable_geoip: bool,
     pub(crate) stats: SharedStats,
     queue_options: QueueOptions,
     relay_options: RelayOptions,
@@ -109,6 +111,7 @@ pub(crate) struct DispatchOptions {
     pub delivery: Delivery,
     pub sink: Option<Sink>,
     pub before_send: Option<BeforeSend>,
+    pub disable_geoip: bool,
     pub queue: QueueOptions,
     pub relay: RelayOptions,
     pub external_relay: bool,
@@ -122,6 +125,7 @@ impl Dispatch {
             delivery: options.delivery,
             sink: options.sink,
             before_send: options.before_send,
+            disable_geoip: options.disable_geoip,
             stats: SharedStats::default(),
             queue_options: options.queue,
             relay_options: options.relay,
@@ -210,8 +214,14 @@ impl Dispatch {
         }
     }
 
-    /// Runs `before_send` over staged events; dropped ones are counted.
-    pub(crate) fn apply_before_send(&self, events: Vec<StagedEvent>) -> Vec<StagedEvent> {
+    /// Adds `$geoip_disable` when asked, then runs `before_send` over staged events (so the
+    /// hook sees what will be sent); dropped ones are counted.
+    pub(crate) fn apply_before_send(&self, mut events: Vec<StagedEvent>) -> Vec<StagedEvent> {
+        if self.disable_geoip {
+            for event in &mut events {
+                crate::event::disable_geoip(event);
+            }
+        }
         let Some(hook) = &self.before_send else {
             return events;
         };

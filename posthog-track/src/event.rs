@@ -76,6 +76,8 @@ pub struct EventWriter {
     distinct_id: Option<String>,
     section: Section,
     first_in_section: bool,
+    /// The event's v1 `options` object, written after its properties when set.
+    options: Option<String>,
 }
 
 /// Where a property goes in an event: the event's own properties, `$set` or `$set_once`.
@@ -124,7 +126,15 @@ impl EventWriter {
             distinct_id: None,
             section: Section::Properties,
             first_in_section: false,
+            options: None,
         }
+    }
+
+    /// Sets the event's `options` object (left out when nothing in it is set).
+    pub(crate) fn options(&mut self, options: &EventOptions) {
+        self.options = (!options.is_empty())
+            .then(|| serde_json::to_string(options).ok())
+            .flatten();
     }
 
     /// Writes an event property. `key_json` is the JSON-escaped key followed by a colon.
@@ -241,7 +251,12 @@ impl EventWriter {
         if self.section != Section::Properties {
             self.buf.push(b'}');
         }
-        self.buf.extend_from_slice(b"}}");
+        self.buf.push(b'}');
+        if let Some(options) = &self.options {
+            self.buf.extend_from_slice(b",\"options\":");
+            self.buf.extend_from_slice(options.as_bytes());
+        }
+        self.buf.push(b'}');
         // Every byte written is either ASCII punctuation, a `&str`, or serde_json output, all of
         // which are UTF-8; a failure here would be a bug in this file, so degrade, don't panic.
         String::from_utf8(self.buf)
@@ -455,6 +470,74 @@ distinct_id_via_display!(
     i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
 );
 
+/// PostHog's per-event overrides, sent as the event's `options` object (v1) and carrying only
+/// what was set, so PostHog's defaults apply to the rest. A `before_send` hook sees and may
+/// change them as the event's `options` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct EventOptions {
+    /// Process the event in cookieless mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookieless_mode: Option<bool>,
+    /// Keep the event's timestamp as sent: no correction for the sender's clock skew.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disable_skew_correction: Option<bool>,
+    /// `false`: do not create or update a person profile for this event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_person_profile: Option<bool>,
+    /// The product tour the event belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_tour_id: Option<String>,
+}
+
+impl EventOptions {
+    /// No override: PostHog's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `cookieless_mode`.
+    pub fn cookieless_mode(mut self, on: bool) -> Self {
+        self.cookieless_mode = Some(on);
+        self
+    }
+
+    /// Sets `disable_skew_correction`.
+    pub fn disable_skew_correction(mut self, on: bool) -> Self {
+        self.disable_skew_correction = Some(on);
+        self
+    }
+
+    /// Sets `process_person_profile`.
+    pub fn process_person_profile(mut self, on: bool) -> Self {
+        self.process_person_profile = Some(on);
+        self
+    }
+
+    /// Sets `product_tour_id`.
+    pub fn product_tour_id(mut self, id: impl Into<String>) -> Self {
+        self.product_tour_id = Some(id.into());
+        self
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == EventOptions::default()
+    }
+}
+
+/// Adds `"$geoip_disable":true` to a staged event's properties, in place. Payloads this crate
+/// stages open their properties with `"properties":{"$lib"`, found by a scan (a quote inside a
+/// string value is escaped, so the pattern cannot match inside one).
+pub(crate) fn disable_geoip(event: &mut StagedEvent) {
+    const OPEN: &str = "\"properties\":{";
+    if let Some(at) = event.payload.find(OPEN) {
+        event
+            .payload
+            .insert_str(at + OPEN.len(), "\"$geoip_disable\":true,");
+    }
+}
+
 /// An event that comes from no table: built by hand and staged in a transaction with
 /// [`TrackedTransaction::capture`](crate::TrackedTransaction::capture).
 #[derive(Debug, Clone)]
@@ -464,6 +547,7 @@ pub struct Event {
     pub(crate) properties: Vec<(Section, String, serde_json::Value)>,
     pub(crate) timestamp: Option<DateTime<Utc>>,
     pub(crate) unset: Vec<serde_json::Value>,
+    pub(crate) options: EventOptions,
 }
 
 impl Event {
@@ -475,7 +559,14 @@ impl Event {
             properties: Vec::new(),
             timestamp: None,
             unset: Vec::new(),
+            options: EventOptions::default(),
         }
+    }
+
+    /// PostHog's per-event overrides (v1's `options` object); see [`EventOptions`].
+    pub fn options(mut self, options: EventOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// When the event happened, if not now (any offset; it is sent in UTC).
@@ -550,6 +641,7 @@ impl Event {
             Some(at) => stager.event_at(self.name, format_timestamp(at)),
             None => stager.event(self.name),
         };
+        writer.options(&self.options);
         // Sections must be written in order; a stable sort keeps each section's own order.
         properties.sort_by_key(|(section, _, _)| *section as u8);
         for (section, key, value) in &properties {

@@ -88,11 +88,11 @@ mod transaction;
 
 pub use backend::{Backend, Dialect};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats};
-pub use config::{ApiKey, Config, EU_HOST, US_HOST};
+pub use config::{ApiKey, CaptureMode, Compression, Config, EU_HOST, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
 pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
-pub use event::{Event, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
+pub use event::{Event, EventOptions, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
 pub use flags::routed_table;
 pub use mode::Mode;
 pub use model::{EventSchema, TrackedModel, TrackedRow, Upserted};

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::transport::{Outcome, Transport, oversized};
+use super::v1::{RequestMeta, Verdict};
 use super::wire::MAX_REQUEST_BYTES;
+use crate::config::CaptureMode;
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,9 @@ pub enum Fate {
     Retry {
         retry_after: Option<Duration>,
         reason: String,
+        /// PostHog answered the request and asked for this event again (v1's `retry`): the
+        /// event is not at fault and counts no failure.
+        asked: bool,
     },
     /// PostHog will never accept it: dead-letter it with the reason.
     Dead {
@@ -59,20 +64,54 @@ pub fn groups(prior: &[u32]) -> Vec<Vec<usize>> {
     groups
 }
 
+/// Events sent together, and the request they are sent as (a retry of a v1 request keeps its
+/// id and counts its attempt up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Indices into the payloads, in order.
+    pub members: Vec<usize>,
+    /// The request's identity.
+    pub request: RequestMeta,
+}
+
+impl Group {
+    /// `members` as a new request at `attempt`.
+    pub fn new(members: Vec<usize>, attempt: u32) -> Self {
+        Group {
+            members,
+            request: RequestMeta::at_attempt(attempt),
+        }
+    }
+}
+
+/// What became of each payload, and the request each was last sent in (`None`: not sent).
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// One fate per payload, in order.
+    pub fates: Vec<Fate>,
+    /// The request each payload was last sent in.
+    pub sent_in: Vec<Option<RequestMeta>>,
+}
+
 /// Sends `payloads` in `groups` (see [`groups`]) and returns the fate of each payload, in
 /// order. Payloads in no group come back as [`Fate::Paused`] with an empty reason.
 pub async fn deliver(
     transport: &Transport,
     payloads: &[&str],
-    groups: &[Vec<usize>],
+    groups: &[Group],
     historical_migration: bool,
-) -> Vec<Fate> {
+) -> Report {
     let untried = Fate::Paused {
         reason: String::new(),
     };
     let mut fates = vec![untried.clone(); payloads.len()];
+    let mut sent_in = vec![None; payloads.len()];
     let mut streak = 0;
-    for group in groups {
+    for Group {
+        members: group,
+        request,
+    } in groups
+    {
         let mut sendable = Vec::with_capacity(group.len());
         for &index in group {
             if oversized(payloads[index]) {
@@ -86,8 +125,10 @@ pub async fn deliver(
                 sendable.push(index);
             }
         }
-        // Keep each request well under PostHog's size limit.
+        // Keep each request well under PostHog's size limit; only the first part keeps the
+        // group's request identity, the others are requests of their own.
         let mut start = 0;
+        let mut meta = request.clone();
         while start < sendable.len() {
             let mut end = start;
             let mut bytes = 0;
@@ -97,14 +138,14 @@ pub async fn deliver(
                 bytes += payloads[sendable[end]].len() + 1;
                 end += 1;
             }
-            send_part(
+            let part = Part {
                 transport,
                 payloads,
-                &sendable[start..end],
                 historical_migration,
-                &mut fates,
-            )
-            .await;
+            };
+            part.send(&sendable[start..end], meta, &mut fates, &mut sent_in)
+                .await;
+            meta = RequestMeta::at_attempt(request.attempt);
             start = end;
         }
         let outcome = group.iter().map(|&index| &fates[index]).find(|fate| {
@@ -126,63 +167,134 @@ pub async fn deliver(
             _ => {}
         }
     }
-    fates
+    Report { fates, sent_in }
 }
 
-/// Sends one part; on 413 or 400 splits it in halves until the culprits stand alone (only a
-/// single event refused is refused for its own sake).
-fn send_part<'a>(
+/// What every part of one delivery shares.
+#[derive(Clone, Copy)]
+struct Part<'a> {
     transport: &'a Transport,
     payloads: &'a [&'a str],
-    indices: &'a [usize],
     historical_migration: bool,
-    fates: &'a mut [Fate],
-) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-    Box::pin(async move {
-        let part: Vec<&str> = indices.iter().map(|&i| payloads[i]).collect();
-        let started = std::time::Instant::now();
-        let outcome = transport.send(&part, historical_migration).await;
-        crate::metrics::request(part.len(), started.elapsed(), outcome_label(&outcome));
-        let fate = match outcome {
-            Outcome::Delivered => Fate::Delivered,
-            Outcome::Retry {
-                retry_after,
-                reason,
-            } => Fate::Retry {
-                retry_after,
-                reason,
-            },
-            Outcome::Misconfigured { reason } => Fate::Paused { reason },
-            Outcome::TooLarge | Outcome::Rejected { .. } if indices.len() > 1 => {
-                let (left, right) = indices.split_at(indices.len() / 2);
-                send_part(transport, payloads, left, historical_migration, fates).await;
-                if let Some(Fate::Paused { .. }) = left.first().map(|&i| &fates[i]) {
-                    // The set-up broke half-way: the other half waits too.
-                    let paused = fates[left[0]].clone();
-                    for &index in right {
-                        fates[index] = paused.clone();
+}
+
+/// The fate of an event from its v1 verdict.
+fn fate_of(verdict: Verdict, retry_after: Option<Duration>) -> Fate {
+    match verdict {
+        Verdict::Ok => Fate::Delivered,
+        Verdict::Retry { details } => Fate::Retry {
+            retry_after,
+            reason: format!("PostHog asked for this event again (retry: {details})"),
+            asked: true,
+        },
+        Verdict::Missing => Fate::Retry {
+            retry_after,
+            reason: "PostHog's answer had no result for this event; sent again (PostHog \
+                     deduplicates on the uuid)"
+                .to_owned(),
+            asked: true,
+        },
+        Verdict::Drop { details } => Fate::Dead {
+            reason: format!("drop: PostHog dropped the event ({details})"),
+        },
+        Verdict::Limited { details } => Fate::Dead {
+            reason: format!(
+                "limited: PostHog refused the event because a quota is exhausted ({details}); \
+                 requeue it once the quota allows"
+            ),
+        },
+        Verdict::Unknown { result, details } => Fate::Dead {
+            reason: format!(
+                "{result}: PostHog answered with a verdict this version does not know \
+                 ({details}); not retried"
+            ),
+        },
+    }
+}
+
+impl<'a> Part<'a> {
+    /// Sends one part; on 413 (and, on v0, 400) splits it in halves until the culprits stand
+    /// alone (only a single event refused is refused for its own sake). v1 answers a bad event
+    /// with its own verdict, so a v1 400 is about the request and is not split.
+    fn send(
+        self,
+        indices: &'a [usize],
+        meta: RequestMeta,
+        fates: &'a mut [Fate],
+        sent_in: &'a mut [Option<RequestMeta>],
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let part: Vec<&str> = indices.iter().map(|&i| self.payloads[i]).collect();
+            let started = std::time::Instant::now();
+            let outcome = self
+                .transport
+                .send(&part, self.historical_migration, &meta)
+                .await;
+            crate::metrics::request(part.len(), started.elapsed(), outcome_label(&outcome));
+            for &index in indices {
+                sent_in[index] = Some(meta.clone());
+            }
+            let splits = match &outcome {
+                Outcome::TooLarge => true,
+                Outcome::Rejected { .. } => self.transport.mode() == CaptureMode::V0,
+                _ => false,
+            };
+            let fate = match outcome {
+                Outcome::Delivered => Fate::Delivered,
+                Outcome::PerEvent {
+                    verdicts,
+                    retry_after,
+                } => {
+                    for (&index, verdict) in indices.iter().zip(verdicts) {
+                        fates[index] = fate_of(verdict, retry_after);
                     }
                     return;
                 }
-                send_part(transport, payloads, right, historical_migration, fates).await;
-                return;
+                Outcome::Retry {
+                    retry_after,
+                    reason,
+                } => Fate::Retry {
+                    retry_after,
+                    reason,
+                    asked: false,
+                },
+                Outcome::Misconfigured { reason } => Fate::Paused { reason },
+                _ if splits && indices.len() > 1 => {
+                    let (left, right) = indices.split_at(indices.len() / 2);
+                    let attempt = meta.attempt;
+                    self.send(left, RequestMeta::at_attempt(attempt), fates, sent_in)
+                        .await;
+                    if let Some(Fate::Paused { .. }) = left.first().map(|&i| &fates[i]) {
+                        // The set-up broke half-way: the other half waits too.
+                        let paused = fates[left[0]].clone();
+                        for &index in right {
+                            fates[index] = paused.clone();
+                        }
+                        return;
+                    }
+                    self.send(right, RequestMeta::at_attempt(attempt), fates, sent_in)
+                        .await;
+                    return;
+                }
+                Outcome::TooLarge => Fate::Dead {
+                    reason: "413 Payload Too Large: the event alone exceeds PostHog's request \
+                             limit"
+                        .to_owned(),
+                },
+                Outcome::Rejected { reason } => Fate::Dead { reason },
+            };
+            for &index in indices {
+                fates[index] = fate.clone();
             }
-            Outcome::TooLarge => Fate::Dead {
-                reason: "413 Payload Too Large: the event alone exceeds PostHog's request limit"
-                    .to_owned(),
-            },
-            Outcome::Rejected { reason } => Fate::Dead { reason },
-        };
-        for &index in indices {
-            fates[index] = fate.clone();
-        }
-    })
+        })
+    }
 }
 
 /// The `outcome` label of a request, for [`crate::metrics::REQUEST_DURATION`].
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Delivered => "delivered",
+        Outcome::PerEvent { .. } => "per_event",
         Outcome::Retry { .. } => "retry",
         Outcome::TooLarge => "too_large",
         Outcome::Rejected { .. } => "rejected",

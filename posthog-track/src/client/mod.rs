@@ -5,6 +5,7 @@ pub(crate) mod backoff;
 pub(crate) mod deliver;
 pub(crate) mod queue;
 pub(crate) mod transport;
+pub(crate) mod v1;
 pub(crate) mod wire;
 
 use std::io::Write as _;
@@ -12,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
 pub use backoff::Backoff;
-use deliver::Fate;
+use deliver::{Fate, Group, Report};
 use transport::Transport;
+
+use crate::config::CaptureMode;
 pub(crate) use transport::USER_AGENT_VALUE;
 
 /// Where delivered events end up.
@@ -32,17 +35,28 @@ impl Sink {
     pub(crate) async fn deliver(
         &self,
         payloads: &[&str],
-        groups: &[Vec<usize>],
+        groups: &[Group],
         historical_migration: bool,
-    ) -> Vec<Fate> {
+    ) -> Report {
         match self {
             Sink::PostHog(transport) => {
                 deliver::deliver(transport, payloads, groups, historical_migration).await
             }
             Sink::DryRun => {
                 print_dry_run(payloads.iter().copied());
-                vec![Fate::Delivered; payloads.len()]
+                Report {
+                    fates: vec![Fate::Delivered; payloads.len()],
+                    sent_in: vec![None; payloads.len()],
+                }
             }
+        }
+    }
+
+    /// The capture protocol events are sent with (dry run prints: v0's event shape).
+    pub(crate) fn capture_mode(&self) -> CaptureMode {
+        match self {
+            Sink::PostHog(transport) => transport.mode(),
+            Sink::DryRun => CaptureMode::V0,
         }
     }
 }

@@ -16,10 +16,15 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::deliver::{self, Fate};
+use super::deliver::{self, Fate, Group};
+use super::v1::RequestMeta;
 use super::{DropCause, SharedStats, Sink};
+use crate::config::CaptureMode;
 use crate::error::{Error, Result};
 use crate::event::StagedEvent;
+
+/// v1 never retries sooner than this (the capture_v1 contract's floor).
+const V1_MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Tuning of the in-memory queue.
 #[derive(Debug, Clone)]
@@ -46,6 +51,9 @@ struct Queued {
     event: StagedEvent,
     /// Sends of this event that failed so far.
     failures: u32,
+    /// The request it was last sent in: a v1 retry resends it as that request (same id, next
+    /// attempt).
+    request: Option<RequestMeta>,
     /// Its share of the byte budget, returned when the event leaves the queue.
     _room: OwnedSemaphorePermit,
 }
@@ -57,6 +65,7 @@ impl Queued {
         Queued {
             event,
             failures: 0,
+            request: None,
             _room: room,
         }
     }
@@ -249,6 +258,29 @@ impl Queue {
     }
 }
 
+/// The groups of a v1 round: events that were sent in the same request are resent together as
+/// that request (same id, next attempt); events never sent make one new request.
+fn v1_groups(pending: &[Queued]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut fresh = Vec::new();
+    for (index, queued) in pending.iter().enumerate() {
+        match &queued.request {
+            None => fresh.push(index),
+            Some(request) => match groups.iter_mut().find(|g| g.request.id == request.id) {
+                Some(group) => group.members.push(index),
+                None => groups.push(Group {
+                    members: vec![index],
+                    request: request.retry(),
+                }),
+            },
+        }
+    }
+    if !fresh.is_empty() {
+        groups.push(Group::new(fresh, 1));
+    }
+    groups
+}
+
 struct Worker {
     sink: Sink,
     options: QueueOptions,
@@ -326,28 +358,56 @@ impl Worker {
         self.last_drop = reason.to_owned();
     }
 
-    /// Sends the buffer; events that fail are retried (in ever smaller groups, so a poison
-    /// event cannot sink the others) until the retry budget is spent.
+    /// Sends the buffer; events that fail are retried until the retry budget is spent. On v0,
+    /// whole once, then in ever smaller groups, so a poison event cannot sink the others; on
+    /// v1, as the same request (same `PostHog-Request-Id`, next `PostHog-Attempt`) holding only
+    /// the events PostHog asked for again, after a backoff of at least 100 ms and
+    /// `Retry-After`. A request refused whole for the set-up (401, 402, 403, ...) or as bad
+    /// (400, 413, 415) is not retried: its events are given up and counted.
     async fn send_buffer(&mut self) {
         let mut pending = std::mem::take(&mut self.buffer);
         self.bytes = 0;
         let mut round = 0u32;
+        let v1 = self.sink.capture_mode() == CaptureMode::V1;
         while !pending.is_empty() {
             let payloads: Vec<&str> = pending.iter().map(|q| q.event.payload.as_str()).collect();
-            let prior: Vec<u32> = pending.iter().map(|q| q.failures).collect();
-            let groups = deliver::groups(&prior);
-            let fates = self
+            let groups = if v1 {
+                v1_groups(&pending)
+            } else {
+                // The first retry resends the request whole (same events, as PostHog's SDK
+                // contract expects); splitting to isolate a poison event starts after that.
+                let prior: Vec<u32> = pending
+                    .iter()
+                    .map(|q| q.failures.saturating_sub(1))
+                    .collect();
+                deliver::groups(&prior)
+                    .into_iter()
+                    .map(|members| {
+                        let attempt = members
+                            .iter()
+                            .map(|&i| pending[i].failures + 1)
+                            .max()
+                            .unwrap_or(1);
+                        Group::new(members, attempt)
+                    })
+                    .collect()
+            };
+            let report = self
                 .sink
                 .deliver(&payloads, &groups, self.options.historical_migration)
                 .await;
-            self.stats.count_fates(&fates, crate::metrics::Path::Queue);
+            self.stats
+                .count_fates(&report.fates, crate::metrics::Path::Queue);
             let mut retry_after = None;
             let mut last_reason = String::new();
             let mut retry = Vec::new();
             let mut delivered_any = false;
+            let mut failed_any = false;
             let mut done = 0;
             let mut given_up: Vec<(Queued, DropCause, String)> = Vec::new();
-            for (mut queued, fate) in pending.into_iter().zip(fates) {
+            for ((mut queued, fate), sent_in) in
+                pending.into_iter().zip(report.fates).zip(report.sent_in)
+            {
                 match fate {
                     Fate::Delivered => {
                         delivered_any = true;
@@ -359,21 +419,21 @@ impl Worker {
                     Fate::Retry {
                         retry_after: after,
                         reason,
+                        ..
                     } => {
                         retry_after = retry_after.max(after);
                         last_reason = reason;
                         queued.failures += 1;
+                        queued.request = sent_in;
+                        failed_any = true;
                         retry.push((queued, DropCause::AfterRetries));
                     }
-                    Fate::Paused { reason } => {
-                        if !reason.is_empty() {
-                            last_reason = reason;
-                            queued.failures += 1;
-                            retry.push((queued, DropCause::Misconfigured));
-                        } else {
-                            retry.push((queued, DropCause::AfterRetries));
-                        }
+                    // Refused for the set-up (401, 403, 402, ...): resending the same request
+                    // cannot help, and PostHog's SDK contract says not to.
+                    Fate::Paused { reason } if !reason.is_empty() => {
+                        given_up.push((queued, DropCause::Misconfigured, reason));
                     }
+                    Fate::Paused { .. } => retry.push((queued, DropCause::AfterRetries)),
                 }
             }
             for (queued, cause, reason) in &given_up {
@@ -381,7 +441,10 @@ impl Worker {
             }
             done += given_up.len();
             self.in_flight.fetch_sub(done, Ordering::Relaxed);
-            if !delivered_any {
+            // v0 resends at once what another group of the same round let through (poison
+            // isolation); v1 resends only what PostHog asked for, and never at once.
+            let wait = !delivered_any || (v1 && failed_any);
+            if wait {
                 round += 1;
             }
             let (spent, kept): (Vec<_>, Vec<_>) = retry
@@ -396,8 +459,11 @@ impl Worker {
             if pending.is_empty() {
                 break;
             }
-            if !delivered_any {
-                let delay = self.options.backoff.delay(round, retry_after);
+            if wait {
+                let mut delay = self.options.backoff.delay(round, retry_after);
+                if v1 {
+                    delay = delay.max(V1_MIN_BACKOFF);
+                }
                 tracing::warn!(events = pending.len(), reason = %last_reason, ?delay, "delivery failed; retrying");
                 tokio::time::sleep(delay).await;
             }

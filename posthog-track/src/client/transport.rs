@@ -1,14 +1,23 @@
-//! One `/batch/` request and what PostHog's answer means for the events in it.
+//! One capture request (v0 `/batch/` or v1 `/i/v1/analytics/events`) and what PostHog's
+//! answer means for the events in it.
 
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
 use super::backoff::parse_retry_after;
+use super::v1::{self, RequestMeta, Verdict};
 use super::wire;
-use crate::config::ApiKey;
+use crate::config::{ApiKey, CaptureMode, Compression};
 use crate::event::format_timestamp;
+
+/// v1's `PostHog-Sdk-Info`: `name/version`.
+const SDK_INFO: &str = concat!("posthog-track/", env!("CARGO_PKG_VERSION"));
+
+/// The most of a v1 200 answer read for its verdicts (an answer for a 4 MB request of small
+/// events is well under this).
+const MAX_RESULTS_BODY: usize = 8 * 1024 * 1024;
 
 /// Sent with every request. PostHog decides from the User-Agent that this is a server SDK
 /// (which, among other things, changes how flags are evaluated).
@@ -23,6 +32,12 @@ pub(crate) const USER_AGENT_VALUE: &str = concat!(
 pub enum Outcome {
     /// 2xx: PostHog has the events.
     Delivered,
+    /// v1's 200 with a verdict per event, in the order of the request's events, and the
+    /// answer's `Retry-After` (for the events to retry).
+    PerEvent {
+        verdicts: Vec<Verdict>,
+        retry_after: Option<Duration>,
+    },
     /// Transport error, 408, 429 or 5xx: send the same events again later.
     Retry {
         retry_after: Option<Duration>,
@@ -43,23 +58,33 @@ pub struct Transport {
     /// `Err` when no HTTP client could be built (TLS could not initialise): every send then
     /// reports it as a configuration failure instead of panicking.
     http: Result<reqwest::Client, String>,
-    batch_url: String,
+    url: String,
     api_key: ApiKey,
-    gzip: bool,
+    mode: CaptureMode,
+    compression: Compression,
 }
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("batch_url", &crate::config::redact_host(&self.batch_url))
+            .field("url", &crate::config::redact_host(&self.url))
             .field("api_key", &self.api_key)
-            .field("gzip", &self.gzip)
+            .field("mode", &self.mode)
+            .field("compression", &self.compression)
             .finish()
     }
 }
 
 impl Transport {
-    pub fn new(host: &str, api_key: ApiKey, gzip: bool, timeout: Duration) -> Transport {
+    /// A transport to `host` speaking `mode`, compressing with `compression` (gzip at most on
+    /// v0, the only encoding its endpoint understands).
+    pub fn new(
+        host: &str,
+        api_key: ApiKey,
+        mode: CaptureMode,
+        compression: Compression,
+        timeout: Duration,
+    ) -> Transport {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -69,23 +94,44 @@ impl Transport {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| format!("the HTTP client could not be built: {error}"));
+        let compression = match (mode, compression) {
+            (CaptureMode::V0, Compression::None) => Compression::None,
+            (CaptureMode::V0, _) => Compression::Gzip,
+            (_, compression) => compression,
+        };
+        let url = match mode {
+            CaptureMode::V0 => format!("{host}/batch/"),
+            CaptureMode::V1 => format!("{host}/i/v1/analytics/events"),
+        };
         Transport {
             http,
-            batch_url: format!("{host}/batch/"),
+            url,
             api_key,
-            gzip,
+            mode,
+            compression,
         }
     }
 
-    /// Sends `payloads` (complete event objects) in one request.
-    pub async fn send(&self, payloads: &[&str], historical_migration: bool) -> Outcome {
-        let sent_at = format_timestamp(chrono::Utc::now());
-        let body = wire::batch_body(
-            self.api_key.expose(),
-            payloads,
-            historical_migration,
-            &sent_at,
-        );
+    /// The protocol this transport speaks.
+    pub fn mode(&self) -> CaptureMode {
+        self.mode
+    }
+
+    /// Sends `payloads` (complete event objects) in one request; `meta` is the request's
+    /// identity (id, attempt, creation time), which v1 sends in its headers and body.
+    pub async fn send(
+        &self,
+        payloads: &[&str],
+        historical_migration: bool,
+        meta: &RequestMeta,
+    ) -> Outcome {
+        let now = format_timestamp(chrono::Utc::now());
+        let body = match self.mode {
+            CaptureMode::V0 => {
+                wire::batch_body(self.api_key.expose(), payloads, historical_migration, &now)
+            }
+            CaptureMode::V1 => wire::v1_body(payloads, historical_migration, &meta.created_at),
+        };
         let http = match &self.http {
             Ok(http) => http,
             Err(reason) => {
@@ -95,18 +141,26 @@ impl Transport {
             }
         };
         let mut request = http
-            .post(&self.batch_url)
+            .post(&self.url)
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(CONTENT_TYPE, "application/json");
-        if self.gzip {
-            match wire::gzip(&body) {
-                Ok(compressed) => {
-                    request = request.header(CONTENT_ENCODING, "gzip").body(compressed)
-                }
-                Err(_) => request = request.body(body),
+        if self.mode == CaptureMode::V1 {
+            request = request
+                .header(AUTHORIZATION, format!("Bearer {}", self.api_key.expose()))
+                .header("PostHog-Sdk-Info", SDK_INFO)
+                .header("PostHog-Attempt", meta.attempt.to_string())
+                .header("PostHog-Request-Id", meta.id.to_string())
+                .header("PostHog-Request-Timestamp", now);
+        }
+        // A codec that fails (it cannot, on a Vec) degrades to a plain body, not a lost batch.
+        match (
+            wire::compress(&body, self.compression),
+            self.compression.content_encoding(),
+        ) {
+            (Ok(Some(packed)), Some(encoding)) => {
+                request = request.header(CONTENT_ENCODING, encoding).body(packed);
             }
-        } else {
-            request = request.body(body);
+            _ => request = request.body(body),
         }
         let response = match request.send().await {
             Ok(response) => response,
@@ -124,6 +178,15 @@ impl Transport {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, chrono::Utc::now()));
         if (200..300).contains(&status) {
+            if self.mode == CaptureMode::V1 {
+                let body = read_limited(response, MAX_RESULTS_BODY).await;
+                if let Some(verdicts) = v1::verdicts(&body, payloads) {
+                    return Outcome::PerEvent {
+                        verdicts,
+                        retry_after,
+                    };
+                }
+            }
             return Outcome::Delivered;
         }
         let body = read_bounded(response).await;
@@ -166,19 +229,24 @@ fn fix_for(status: u16) -> &'static str {
 
 /// At most `MAX_ERROR_BODY` bytes of an error answer: a proxy can answer with anything, of
 /// any size.
-pub(crate) async fn read_bounded(mut response: reqwest::Response) -> String {
+pub(crate) async fn read_bounded(response: reqwest::Response) -> String {
     const MAX_ERROR_BODY: usize = 4096;
+    String::from_utf8_lossy(&read_limited(response, MAX_ERROR_BODY).await).into_owned()
+}
+
+/// At most `limit` bytes of an answer's body (what arrived before an error, if one cuts it).
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
+    while body.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_ERROR_BODY - body.len();
+                let room = limit - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&body).into_owned()
+    body
 }
 
 /// `body` without `secret`: a proxy that echoes the request would echo the key, and error
@@ -280,12 +348,15 @@ mod tests {
 
     #[test]
     fn debug_hides_the_key() {
-        let transport = Transport::new(
-            "http://127.0.0.1:1",
-            ApiKey::new("phc_secret123456"),
-            true,
-            Duration::from_secs(1),
-        );
-        assert!(!format!("{transport:?}").contains("secret123456"));
+        for mode in [CaptureMode::V0, CaptureMode::V1] {
+            let transport = Transport::new(
+                "http://127.0.0.1:1",
+                ApiKey::new("phc_secret123456"),
+                mode,
+                Compression::Gzip,
+                Duration::from_secs(1),
+            );
+            assert!(!format!("{transport:?}").contains("secret123456"));
+        }
     }
 }

@@ -1,9 +1,12 @@
-//! The `/batch/` request body, spliced from events that were serialised when they were staged.
+//! Request bodies, spliced from events that were serialised when they were staged: v0's
+//! `/batch/` body and v1's `/i/v1/analytics/events` body, and their compression.
 
 use std::io::Write as _;
 
-use flate2::Compression;
+use flate2::Compression as FlateLevel;
 use flate2::write::GzEncoder;
+
+use crate::config::Compression;
 
 /// PostHog discards events over 1 MB; refuse them at the source with room for the envelope.
 pub const MAX_EVENT_BYTES: usize = 900 * 1024;
@@ -42,10 +45,60 @@ pub fn batch_body(
     body
 }
 
+/// `{"created_at":…,"batch":[…][,"historical_migration":true]}`: v1's body. No key and no
+/// `sent_at` (the key travels in `Authorization`, the send time in `PostHog-Request-Timestamp`).
+pub fn v1_body(payloads: &[&str], historical_migration: bool, created_at: &str) -> Vec<u8> {
+    let size = payloads.iter().map(|p| p.len() + 1).sum::<usize>() + 96;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(b"{\"created_at\":\"");
+    body.extend_from_slice(created_at.as_bytes());
+    body.extend_from_slice(b"\",\"batch\":[");
+    for (i, payload) in payloads.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(payload.as_bytes());
+    }
+    body.push(b']');
+    if historical_migration {
+        body.extend_from_slice(b",\"historical_migration\":true");
+    }
+    body.push(b'}');
+    body
+}
+
+/// `body` compressed as `compression` says (`None` for [`Compression::None`]). The fast level
+/// of each codec: event batches are small and repetitive, so it already gets most of the ratio
+/// for a fraction of the CPU.
+pub fn compress(body: &[u8], compression: Compression) -> std::io::Result<Option<Vec<u8>>> {
+    let capacity = body.len() / 4 + 64;
+    Ok(Some(match compression {
+        Compression::None => return Ok(None),
+        Compression::Gzip => gzip(body)?,
+        Compression::Deflate => {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::with_capacity(capacity), FlateLevel::fast());
+            encoder.write_all(body)?;
+            encoder.finish()?
+        }
+        Compression::Brotli => {
+            let mut out = Vec::with_capacity(capacity);
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: 1,
+                lgwin: 22,
+                ..Default::default()
+            };
+            brotli::BrotliCompress(&mut &body[..], &mut out, &params)?;
+            out
+        }
+        Compression::Zstd => zstd::bulk::compress(body, 1)?,
+    }))
+}
+
 /// Gzip at the fast level: the events are small and repetitive, so level 1 already gets most
 /// of the ratio for a fraction of the CPU of the default level.
 pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), Compression::fast());
+    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), FlateLevel::fast());
     encoder.write_all(body)?;
     encoder.finish()
 }
@@ -72,6 +125,57 @@ mod tests {
                 .unwrap()
                 .contains("historical_migration")
         );
+    }
+
+    #[test]
+    fn v1_body_has_no_key_and_no_sent_at() {
+        let payloads = [r#"{"event":"a","distinct_id":"1"}"#];
+        let body = v1_body(&payloads, true, "2026-01-01T00:00:00.000000Z");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["created_at"], "2026-01-01T00:00:00.000000Z");
+        assert_eq!(json["batch"][0]["event"], "a");
+        assert_eq!(json["historical_migration"], true);
+        assert!(json.get("api_key").is_none() && json.get("sent_at").is_none());
+        let plain = v1_body(&payloads, false, "t");
+        let json: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert!(json.get("historical_migration").is_none());
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        use std::io::Read as _;
+        let body = v1_body(&[r#"{"event":"a"}"#; 50], false, "t");
+        assert_eq!(compress(&body, Compression::None).unwrap(), None);
+        for compression in [
+            Compression::Gzip,
+            Compression::Deflate,
+            Compression::Brotli,
+            Compression::Zstd,
+        ] {
+            let packed = compress(&body, compression).unwrap().unwrap();
+            assert!(packed.len() < body.len() / 4, "{compression:?}");
+            let mut decoded = Vec::new();
+            match compression {
+                Compression::Gzip => {
+                    flate2::read::GzDecoder::new(&packed[..])
+                        .read_to_end(&mut decoded)
+                        .unwrap();
+                }
+                Compression::Deflate => {
+                    flate2::read::ZlibDecoder::new(&packed[..])
+                        .read_to_end(&mut decoded)
+                        .unwrap();
+                }
+                Compression::Brotli => {
+                    brotli::Decompressor::new(&packed[..], 4096)
+                        .read_to_end(&mut decoded)
+                        .unwrap();
+                }
+                Compression::Zstd => decoded = zstd::decode_all(&packed[..]).unwrap(),
+                Compression::None => unreachable!(),
+            }
+            assert_eq!(decoded, body, "{compression:?}");
+        }
     }
 
     #[test]

@@ -271,13 +271,25 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
+        // Each request's `PostHog-Attempt` is the most sends any of its events has had.
+        let requests: Vec<deliver::Group> = groups
+            .iter()
+            .map(|members| {
+                let attempt = members
+                    .iter()
+                    .map(|&i| u32::try_from(rows[i].attempts).unwrap_or(u32::MAX))
+                    .max()
+                    .unwrap_or(1);
+                deliver::Group::new(members.clone(), attempt)
+            })
+            .collect();
         let fates = {
             let send = tracing::Instrument::instrument(
-                sink.deliver(&payloads, &groups, self.options.historical_migration),
+                sink.deliver(&payloads, &requests, self.options.historical_migration),
                 tracing::info_span!(
                     "posthog_track.send",
                     events = payloads.len(),
-                    groups = groups.len()
+                    groups = requests.len()
                 ),
             );
             tokio::pin!(send);
@@ -287,7 +299,7 @@ impl<DB: Backend> Relay<DB> {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
             loop {
                 tokio::select! {
-                    fates = &mut send => break Some(fates),
+                    report = &mut send => break Some(report.fates),
                     _ = ticks.tick() => {
                         if self
                             .abandon_deadline(deadline)
@@ -351,10 +363,12 @@ impl<DB: Backend> Relay<DB> {
                 Fate::Retry {
                     retry_after: after,
                     reason,
+                    asked,
                 } => {
                     retry_after = retry_after.max(after);
                     pass.failure = Some(reason);
-                    retry.push((row, alone));
+                    // A v1 `retry` verdict is PostHog's doing, never the event's: no blame.
+                    retry.push((row, alone && !asked));
                 }
                 Fate::Paused { reason } => {
                     if !reason.is_empty() {

@@ -7,43 +7,12 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::server::{Dropped, HttpResponse, MockPostHog, Shared, invalid, respond};
+use super::state::{
+    ApiRequest, Dropped, HttpResponse, MockDefinition, MockPostHog, Shared, invalid, respond,
+};
 
 const PERSONAL_API_KEY: &str = "phx_mock_personal_key";
 const PROPERTY_TYPES: [&str; 5] = ["DateTime", "String", "Numeric", "Boolean", "Duration"];
-
-/// An event or property definition held by the mock's app API
-/// (`/api/projects/{id}/event_definitions/`, `.../property_definitions/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MockDefinition {
-    /// Its id.
-    pub id: Uuid,
-    /// The event's or property's name.
-    pub name: String,
-    /// Its description.
-    pub description: Option<String>,
-    /// `String`, `Numeric`, `Boolean`, `DateTime` or `Duration` (always `None` for events).
-    pub property_type: Option<String>,
-}
-
-/// One request to the app API: method, path with query, status answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiRequest {
-    /// `GET` or `PATCH`.
-    pub method: String,
-    /// The path and query.
-    pub path: String,
-    /// The status the mock answered.
-    pub status: u16,
-}
-
-/// The definitions the app API holds and the requests it received.
-#[derive(Default)]
-pub(super) struct AppApiState {
-    event_definitions: Vec<MockDefinition>,
-    property_definitions: Vec<MockDefinition>,
-    pub(super) requests: Vec<ApiRequest>,
-}
 
 impl MockPostHog {
     /// The personal API key the mock's app API accepts (`Authorization: Bearer ...`).

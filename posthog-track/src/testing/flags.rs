@@ -7,22 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::server::{Dropped, HttpResponse, MockPostHog, Shared, respond};
-
-/// What the flag endpoints serve and what they received.
-#[derive(Default)]
-pub(super) struct FlagsState {
-    /// The `/flags/definitions` body, `{"flags": []}` until set.
-    definitions: Option<Value>,
-    /// A status that `/flags/definitions` answers instead.
-    definitions_status: Option<u16>,
-    /// Each `/flags/definitions` request: status answered, `If-None-Match`.
-    definitions_requests: Vec<(u16, Option<String>)>,
-    /// The `POST /flags` answer, `{"flags": {}}` until set.
-    remote: Option<Value>,
-    /// The bodies of the `POST /flags` requests.
-    remote_requests: Vec<Value>,
-}
+use super::state::{Dropped, HttpResponse, MockPostHog, Shared, respond};
 
 impl MockPostHog {
     /// Serves `definitions` (a `/flags/definitions` body) to local evaluation, with an ETag,

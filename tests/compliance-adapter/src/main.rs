@@ -6,8 +6,16 @@
 //! posthog-test-harness run --adapter-url http://127.0.0.1:8080 --suite capture --sdk-type server
 //! ```
 //!
-//! Each `/init` builds a fresh `Tracker` pointed at the harness's mock PostHog; `/capture` goes
-//! through `Tracker::capture` (the in-memory queue), `/flush` through `Tracker::flush`.
+//! Each `/init` builds a fresh `Tracker` from the library's own configuration
+//! (`Config::from_env`: `POSTHOG_CAPTURE_MODE`, `POSTHOG_COMPRESSION`) pointed at the harness's
+//! mock PostHog; `/capture` goes through `Tracker::capture` (the in-memory queue), `/flush`
+//! through `Tracker::flush`. `/health` advertises `capture_v1` and the encoding in force when
+//! that configuration says v1, `capture_v0` and gzip otherwise:
+//!
+//! ```text
+//! POSTHOG_CAPTURE_MODE=v1 POSTHOG_COMPRESSION=zstd cargo run --release -p compliance-adapter
+//! posthog-test-harness run ... --suite capture_v1 --sdk-type server
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +30,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use posthog_track::flags::{FlagValue, FlagsRequest};
-use posthog_track::{Event, Tracker};
+use posthog_track::{CaptureMode, Compression, Config, Event, EventOptions, Tracker};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
@@ -95,12 +103,38 @@ async fn handle(
     Ok(response)
 }
 
+/// The library's configuration from the environment, as a tracker built by `/init` uses it.
+fn configuration() -> Result<Config, posthog_track::Error> {
+    Config::from_env()
+}
+
+/// What the configuration in force supports: v1 and its one encoding, or v0 and gzip.
+fn capabilities(config: &Config) -> Vec<String> {
+    match config.capture_mode() {
+        CaptureMode::V1 => {
+            let mut capabilities = vec!["capture_v1".to_owned()];
+            if let Some(encoding) = config.compression().content_encoding() {
+                capabilities.push(format!("encoding_{encoding}"));
+            }
+            capabilities
+        }
+        _ => vec!["capture_v0".to_owned(), "encoding_gzip".to_owned()],
+    }
+}
+
 fn health() -> Value {
+    let capabilities = match configuration() {
+        Ok(config) => capabilities(&config),
+        Err(error) => {
+            eprintln!("compliance adapter: bad configuration: {error}");
+            Vec::new()
+        }
+    };
     json!({
         "sdk_name": posthog_track::LIB_NAME,
         "sdk_version": posthog_track::LIB_VERSION,
         "adapter_version": "1.0.0",
-        "capabilities": ["capture_v0", "encoding_gzip"],
+        "capabilities": capabilities,
     })
 }
 
@@ -115,7 +149,17 @@ async fn init(adapter: &Shared, params: &Value) -> (u16, Value) {
             json!({"success": false, "error": "`api_key` and `host` are required"}),
         );
     };
-    let mut builder = match Tracker::builder().api_key(api_key).host(host) {
+    let config = match configuration() {
+        Ok(config) => config,
+        Err(error) => return failure(error),
+    };
+    let v1 = config.capture_mode() == CaptureMode::V1;
+    let configured = config.compression();
+    let mut builder = match Tracker::builder()
+        .config(config)
+        .api_key(api_key)
+        .host(host)
+    {
         Ok(builder) => builder,
         Err(error) => return failure(error),
     };
@@ -128,8 +172,20 @@ async fn init(adapter: &Shared, params: &Value) -> (u16, Value) {
     if let Some(retries) = params["max_retries"].as_u64() {
         builder = builder.max_retries(u32::try_from(retries).unwrap_or(u32::MAX));
     }
-    if let Some(gzip) = params["enable_compression"].as_bool() {
-        builder = builder.gzip(gzip);
+    // v1: the configured encoding only when the test enables compression (the harness's mock
+    // reads gzip alone); v0: gzip unless the test disables it.
+    let compress = params["enable_compression"].as_bool();
+    builder = match (v1, compress) {
+        (true, Some(true)) => builder.compression(configured),
+        (true, _) => builder.compression(Compression::None),
+        (false, Some(gzip)) => builder.gzip(gzip),
+        (false, None) => builder,
+    };
+    if let Some(disable) = params["disable_geoip"].as_bool() {
+        builder = builder.disable_geoip(disable);
+    }
+    if let Some(historical) = params["historical_migration"].as_bool() {
+        builder = builder.historical_migration(historical);
     }
     let mut adapter = adapter.lock().await;
     if let Some(old) = adapter.tracker.take() {
@@ -156,6 +212,28 @@ async fn capture(adapter: &Shared, params: &Value) -> (u16, Value) {
         for (key, value) in properties {
             event = event.property(key.clone(), value.clone());
         }
+    }
+    if let Some(options) = params["options"].as_object() {
+        let mut chosen = EventOptions::new();
+        if let Some(on) = options.get("cookieless_mode").and_then(Value::as_bool) {
+            chosen = chosen.cookieless_mode(on);
+        }
+        if let Some(on) = options
+            .get("disable_skew_correction")
+            .and_then(Value::as_bool)
+        {
+            chosen = chosen.disable_skew_correction(on);
+        }
+        if let Some(on) = options
+            .get("process_person_profile")
+            .and_then(Value::as_bool)
+        {
+            chosen = chosen.process_person_profile(on);
+        }
+        if let Some(id) = options.get("product_tour_id").and_then(Value::as_str) {
+            chosen = chosen.product_tour_id(id);
+        }
+        event = event.options(chosen);
     }
     if let Some(timestamp) = params["timestamp"].as_str() {
         match chrono::DateTime::parse_from_rfc3339(timestamp) {
