@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use posthog_track::{
-    Backend, Dialect, Error, StagedEvent, TrackedModel, TrackedRow, Tracker, Upserted,
+    Backend, Dialect, Error, StagedEvent, TrackedModel, TrackedRow, Tracker, TrackingContext,
+    Upserted,
 };
 use posthog_track_tests::{on_every_backend, unique};
 use serde_json::{Value, json};
@@ -106,7 +107,20 @@ struct Wide {
     c15: String,
 }
 
+/// Filled from the request context; the distinct id may be missing.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_visits", distinct_id = visitor)]
+struct Visit {
+    #[tracked(key, property = "visit_id")]
+    id: String,
+    #[tracked(property)]
+    visitor: Option<String>,
+    #[tracked(property, context = "session_id")]
+    session: Option<String>,
+}
+
 const SQLITE_SCHEMA: &str = r#"
+    CREATE TABLE bk_visits (id TEXT PRIMARY KEY, visitor TEXT, session TEXT);
     CREATE TABLE bk_accounts (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,
         email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
@@ -124,6 +138,7 @@ const SQLITE_SCHEMA: &str = r#"
 "#;
 
 const POSTGRES_SCHEMA: &str = r#"
+    CREATE TABLE bk_visits (id TEXT PRIMARY KEY, visitor TEXT, session TEXT);
     CREATE TABLE bk_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL,
         email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
@@ -139,6 +154,8 @@ const POSTGRES_SCHEMA: &str = r#"
 "#;
 
 const MYSQL_SCHEMA: &str = r#"
+    CREATE TABLE bk_visits (id VARCHAR(100) PRIMARY KEY, visitor TEXT, session TEXT)
+        ENGINE=InnoDB;
     CREATE TABLE bk_accounts (id BIGINT AUTO_INCREMENT PRIMARY KEY, owner VARCHAR(100) NOT NULL,
         email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
         created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;
@@ -620,3 +637,57 @@ where
     );
 }
 on_every_backend!(upsert_matches_insert_and_update);
+
+/// `context` fields are filled as `insert` fills them, and a call that fails half-way stages
+/// nothing (the rows it wrote go with the transaction's rollback).
+async fn insert_all_fills_context_and_stages_all_or_nothing<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Visit: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let visit = |id: &str, visitor: Option<&str>| Visit {
+        id: unique(id),
+        visitor: visitor.map(str::to_owned),
+        session: None,
+    };
+    let context = || TrackingContext::new().with_session_id("session-1");
+    let visitor = unique("visitor");
+    let rows = vec![visit("a", Some(&visitor)), visit("b", Some(&visitor))];
+
+    let mut tx = tracker.begin(pool).await.unwrap().with_context(context());
+    let mut one_by_one = Vec::new();
+    for row in &rows {
+        one_by_one.push(row.clone().insert(&mut tx).await.unwrap());
+    }
+    let events_one = tx.staged().to_vec();
+    tx.rollback().await.unwrap();
+
+    let mut tx = tracker.begin(pool).await.unwrap().with_context(context());
+    let stored = Visit::insert_all(&rows, &mut tx).await.unwrap();
+    assert_eq!(stored, one_by_one);
+    assert_eq!(stored[1].session.as_deref(), Some("session-1"));
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&events_one, &[])
+    );
+    assert_eq!(
+        tx.staged()[0].json()["properties"]["$session_id"],
+        "session-1"
+    );
+    assert_eq!(rows[0].session, None, "the caller's rows are not changed");
+    tx.rollback().await.unwrap();
+
+    // The third row has no distinct id anywhere: the call fails, and the events of the first
+    // two are not left staged.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let mut rows = rows.clone();
+    rows.push(visit("c", None));
+    let error = Visit::insert_all(&rows, &mut tx).await.unwrap_err();
+    assert!(
+        matches!(error, Error::MissingDistinctId { .. }),
+        "{error:?}"
+    );
+    assert!(tx.staged().is_empty(), "{:?}", tx.staged());
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(insert_all_fills_context_and_stages_all_or_nothing);

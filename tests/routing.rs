@@ -296,3 +296,94 @@ where
             .unwrap();
     }
 }
+
+/// `insert_all` routes every row as `insert` does: one multi-row INSERT per table, each row
+/// in its user's table, each event stamped with the user's variant, in the order of the rows.
+#[tokio::test]
+async fn insert_all_routes_each_row_sqlite() {
+    insert_all_routes_each_row(&memory_pool().await, "TEXT").await;
+}
+
+#[tokio::test]
+async fn insert_all_routes_each_row_postgres() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    insert_all_routes_each_row(&isolated_postgres(&url, "routing_bulk").await, "TEXT").await;
+}
+
+#[tokio::test]
+async fn insert_all_routes_each_row_mysql() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = isolated_mysql(&url, "routing_bulk").await;
+    insert_all_routes_each_row(&pool, "VARCHAR(64)").await;
+}
+
+async fn insert_all_routes_each_row<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    Document: TrackedRow<DB>,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+{
+    create_document_tables(pool, text).await;
+    let mock = MockPostHog::start().await;
+    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
+    let tracker: Tracker = tracker_for(&mock)
+        .flag_definitions(evaluator.clone())
+        .build();
+    tracker.migrate(pool).await.unwrap();
+
+    let rows: Vec<Document> = (0..20)
+        .map(|i| Document {
+            id: format!("bulk-{i}"),
+            owner: format!("bulk-user-{i}"),
+            title: format!("title {i}"),
+        })
+        .collect();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let stored = Document::insert_all(&rows, &mut tx).await.unwrap();
+    let staged: Vec<_> = tx.staged().iter().map(|event| event.json()).collect();
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        stored.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        rows.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()
+    );
+    let ids = |table: &'static str| async move {
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM {table} WHERE id LIKE 'bulk-%'"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(id,)| id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (v2, v1) = (ids("documents_v2").await, ids("documents").await);
+    assert!(
+        !v2.is_empty() && !v1.is_empty(),
+        "both tables: {v2:?} {v1:?}"
+    );
+    assert_eq!(staged.len(), rows.len());
+    for (row, event) in rows.iter().zip(&staged) {
+        let variant = evaluator.evaluate("documents-v2", &row.owner).unwrap();
+        let in_test = variant.variant() == Some("test");
+        assert_eq!(event["distinct_id"], json!(row.owner));
+        assert_eq!(event["properties"]["document_id"], json!(row.id));
+        assert_eq!(
+            event["properties"]["$feature/documents-v2"],
+            json!(variant.variant())
+        );
+        let table = if in_test { &v2 } else { &v1 };
+        assert!(
+            table.contains(&row.id),
+            "{} went to the wrong table",
+            row.id
+        );
+    }
+}

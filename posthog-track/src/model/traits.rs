@@ -194,7 +194,8 @@ pub trait TrackedModel: Sized + Send + Sync {
     }
 
     /// Inserts the row, or when a row with its key exists, writes every non-key,
-    /// non-generated column of it, in one atomic statement; stages what the equivalent write
+    /// non-generated column of it, with no window for a concurrent writer of the same key in
+    /// between; stages what the equivalent write
     /// stages (those of [`insert`](TrackedModel::insert) when the row was created, those of
     /// [`update`](TrackedModel::update) when it existed) and returns which it was, with the
     /// row as stored.
