@@ -4,12 +4,13 @@
 //! duplicate is an identical resend (PostHog deduplicates by uuid).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
-use posthog_track_tests::{commit_events, on_every_backend, received, tracker_for, unique};
+use posthog_track_tests::{
+    commit_events, on_every_backend, received, relay_binary, tracker_for, unique,
+};
 use serde_json::Value;
 use sqlx::Pool;
 use uuid::Uuid;
@@ -588,18 +589,4 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
         committed.len(),
         started.elapsed()
     );
-}
-
-/// The `posthog-track` command, built beside this test (the tests crate enables `cli`).
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = dir.join(format!("posthog-track{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds it (or \
-         `cargo build -p posthog-track --features cli` first)",
-        binary.display()
-    );
-    binary
 }

@@ -188,6 +188,24 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
     format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
+/// The `posthog-track` command, built beside the test binaries (the tests crate enables `cli`).
+///
+/// # Panics
+///
+/// When it has not been built.
+pub fn relay_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir.join(format!("posthog-track{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it (or \
+         `cargo build -p posthog-track --features cli` first)",
+        binary.display()
+    );
+    binary
+}
+
 /// Runs `async fn $scenario<DB: Backend>(pool: &Pool<DB>, url: &str)` as three tests: on a
 /// SQLite file, on a PostgreSQL schema and on a MariaDB database of its own (the URL reaches
 /// the same database, for other processes). Scenario names must be unique across test files.

@@ -218,6 +218,14 @@ impl TrackerBuilder {
         self
     }
 
+    /// How long a relay that finds the outbox busy waits for its next batch to fill (default
+    /// 50 ms); a lone event after a quiet spell still leaves at once. See
+    /// [`RelayOptions::linger`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.relay.linger = linger;
+        self
+    }
+
     /// Marks batches as `historical_migration` (imports of past events).
     pub fn historical_migration(mut self, historical: bool) -> Self {
         self.queue.historical_migration = historical;

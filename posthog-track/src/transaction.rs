@@ -141,7 +141,9 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             Vec::new()
         };
         if dispatch.writes_outbox() && !staged.is_empty() {
-            outbox::write::<DB>(&mut self.tx, &staged).await?;
+            let notify = DB::DIALECT == crate::backend::Dialect::Postgres
+                && dispatch.notifies_relays(self.relay);
+            outbox::write::<DB>(&mut self.tx, &staged, notify).await?;
         }
         self.tx.commit().await?;
         dispatch.committed(self.relay, staged).await;

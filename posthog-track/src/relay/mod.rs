@@ -24,6 +24,7 @@
 //! processes' events out of the outbox.
 
 mod claim;
+mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,6 +60,13 @@ pub struct RelayOptions {
     pub min_poll: Duration,
     /// See `min_poll`.
     pub max_poll: Duration,
+    /// How long a busy relay waits before its next claim so that the batch can fill (as a
+    /// Kafka producer's `linger.ms`): after a round that claimed some rows but not a full
+    /// batch, the next claim comes this much later. A relay that finds a full batch claims
+    /// again at once, and a relay that was idle claims at once when woken, so a lone event
+    /// is never held back; an event committed while the outbox is busy waits at most this
+    /// long more. Zero claims again at once (a request per handful of events under load).
+    pub linger: Duration,
     /// Send as `historical_migration` batches.
     pub historical_migration: bool,
     /// Failures of one event, while PostHog accepted others, after which it is dead-lettered.
@@ -78,6 +86,7 @@ impl Default for RelayOptions {
             backoff: Backoff::default(),
             min_poll: Duration::from_millis(50),
             max_poll: Duration::from_secs(2),
+            linger: Duration::from_millis(50),
             historical_migration: false,
             max_failures: 20,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -460,6 +469,13 @@ impl<DB: Backend> Relay<DB> {
         }
     }
 
+    /// How long to wait before the next claim after a round that claimed rows: the linger,
+    /// unless the round found a full batch (a backlog: claim again at once).
+    fn linger_after(&self, pass: &Pass) -> Option<Duration> {
+        let full = pass.claimed >= self.options.batch_size.max(1);
+        (!full && !self.options.linger.is_zero()).then_some(self.options.linger)
+    }
+
     /// Whether the relay is paused on a configuration failure right now.
     pub fn is_paused(&self) -> bool {
         self.pauses.load(Ordering::Relaxed) > 0
@@ -529,9 +545,13 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// Runs until `stop` becomes true (or its sender is dropped: the tracker is gone):
-    /// delivers at once after a local commit, polls with a growing interval when idle, backs
-    /// off while PostHog fails, and pauses while the set-up is wrong.
+    /// delivers at once after a local commit (or, on PostgreSQL, a notifying commit of
+    /// another process), lingers between claims while the outbox is busy so that batches
+    /// fill, polls with a growing interval when idle, backs off while PostHog fails, and
+    /// pauses while the set-up is wrong.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        // On PostgreSQL, commits of processes without a relay wake this one too.
+        let _listening = wake::listen(&self.pool, self.wake.clone());
         let mut idle = self.options.min_poll;
         let mut errors = 0u32;
         loop {
@@ -546,7 +566,10 @@ impl<DB: Backend> Relay<DB> {
                         (backoff, false)
                     } else if pass.claimed > 0 {
                         idle = self.options.min_poll;
-                        continue;
+                        match self.linger_after(&pass) {
+                            Some(linger) => (linger, false),
+                            None => continue,
+                        }
                     } else {
                         let wait = idle;
                         idle = (idle * 2).min(self.options.max_poll);
