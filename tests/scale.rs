@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use posthog_track::testing::MockPostHog;
+use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
 use posthog_track_tests::{
     commit_events, database_url, isolated_postgres, on_every_backend, received, relay_binary,
@@ -270,4 +270,80 @@ async fn count_notifications(listener: &mut sqlx::postgres::PgListener) -> usize
         count += 1;
     }
     count
+}
+
+/// PostgreSQL: a claim held by the sending transaction writes nothing into the rows (a written
+/// lease updates every one), still fences other relays off while the send is in flight, and
+/// ends with its relay: the rows of a relay that dies mid-send are claimable again at once,
+/// not after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_are_held_by_the_sending_transaction() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = isolated_postgres(&url, "held_claims").await;
+    for held in [false, true] {
+        let mock = MockPostHog::start().await;
+        let tracker = tracker_for(&mock)
+            .held_claims(held)
+            .lease(Duration::from_secs(60))
+            .external_relay(true)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        let tag = unique("held");
+        let committed = commit_events(&tracker, &pool, &tag, "held", 20, 20).await;
+        mock.script([Reply::Delay(
+            Duration::from_millis(1000),
+            Box::new(Reply::Accept),
+        )]);
+        let sending = tracker.relay(pool.clone());
+        let in_flight = tokio::spawn(async move { sending.run_once().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let written: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM posthog_outbox WHERE leased_until IS NOT NULL OR attempts > 0",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let other = tracker.relay(pool.clone()).run_once().await.unwrap();
+        assert_eq!(
+            other.claimed, 0,
+            "held {held}: the claim fences other relays off"
+        );
+        let pass = in_flight.await.unwrap().unwrap();
+        assert_eq!(pass.delivered, 20);
+        assert_eq!(received(&mock, &tag), committed);
+        assert!(tracker.outbox(&pool).is_empty().await.unwrap());
+        if held {
+            assert_eq!(written, 0, "a held claim writes nothing into its rows");
+        } else {
+            assert_eq!(written, 20, "a written lease updates every claimed row");
+        }
+
+        if held {
+            let tag = unique("held-crash");
+            let committed = commit_events(&tracker, &pool, &tag, "held_crash", 20, 20).await;
+            mock.script([Reply::Delay(
+                Duration::from_secs(10),
+                Box::new(Reply::Accept),
+            )]);
+            let doomed = tracker.relay(pool.clone());
+            let dying = tokio::spawn(async move { doomed.run_once().await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            dying.abort(); // dies mid-send, holding the claim
+            let _ = dying.await;
+            let started = Instant::now();
+            tracker
+                .relay(pool.clone())
+                .drain_for(Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(received(&mock, &tag).is_superset(&committed));
+            eprintln!(
+                "rows of a relay that died mid-send were resent after {:?} (lease 60 s)",
+                started.elapsed()
+            );
+        }
+        tracker.shutdown(Duration::ZERO).await.ok();
+    }
 }

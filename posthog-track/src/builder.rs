@@ -226,6 +226,13 @@ impl TrackerBuilder {
         self
     }
 
+    /// PostgreSQL: whether a relay holds each claim in the transaction that sends it (default
+    /// `true`) or writes a lease into the claimed rows. See [`RelayOptions::held_claims`].
+    pub fn held_claims(mut self, held: bool) -> Self {
+        self.relay.held_claims = held;
+        self
+    }
+
     /// Marks batches as `historical_migration` (imports of past events).
     pub fn historical_migration(mut self, historical: bool) -> Self {
         self.queue.historical_migration = historical;

@@ -60,6 +60,13 @@ pub struct RelayOptions {
     pub min_poll: Duration,
     /// See `min_poll`.
     pub max_poll: Duration,
+    /// PostgreSQL only: hold each claim in the transaction that sends it (rows locked with
+    /// `FOR UPDATE SKIP LOCKED`, settled and committed once PostHog answered) instead of
+    /// writing a lease into every claimed row. Saves the claim's `UPDATE` of every row (a new
+    /// row version each); the lease still bounds how long a silent relay keeps its rows
+    /// (`idle_in_transaction_session_timeout`). Default on; MySQL/MariaDB and SQLite always
+    /// write leases.
+    pub held_claims: bool,
     /// How long a busy relay waits before its next claim so that the batch can fill (as a
     /// Kafka producer's `linger.ms`): after a round that claimed some rows but not a full
     /// batch, the next claim comes this much later. A relay that finds a full batch claims
@@ -87,6 +94,7 @@ impl Default for RelayOptions {
             min_poll: Duration::from_millis(50),
             max_poll: Duration::from_secs(2),
             linger: Duration::from_millis(50),
+            held_claims: true,
             historical_migration: false,
             max_failures: 20,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -212,13 +220,21 @@ impl<DB: Backend> Relay<DB> {
         let _one_round_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let lease = self.lease_millis();
-        let claim = claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes).await?;
+        let claim = claim::claim(
+            &self.pool,
+            limit,
+            lease,
+            self.options.max_claim_bytes,
+            self.options.held_claims,
+        )
+        .await?;
         let rows = &claim.rows;
         let mut pass = Pass {
             claimed: rows.len(),
             ..Pass::default()
         };
         if rows.is_empty() {
+            claim::finish(claim).await?;
             return Ok(pass);
         }
         let payloads: Vec<&str> = rows.iter().map(|row| row.payload.as_str()).collect();
@@ -277,6 +293,7 @@ impl<DB: Backend> Relay<DB> {
             )
             .await?;
             pass.held = rows.len();
+            claim::finish(claim).await?;
             return Ok(pass);
         };
         self.stats.count_fates(&fates);
@@ -426,6 +443,8 @@ impl<DB: Backend> Relay<DB> {
         } else if pass.delivered > 0 {
             self.failed_rounds.store(0, Ordering::Relaxed);
         }
+        // A held claim's settlements take effect here, all at once.
+        claim::finish(claim).await?;
         Ok(pass)
     }
 
