@@ -12,7 +12,9 @@
 //! (runs of every case, medians reported, default 3), `BENCH_WRITERS` (default `1,16,64`;
 //! SQLite always runs one writer), `BENCH_RELAYS` (default `none,in-process,processes`),
 //! `BENCH_BACKENDS` (default `sqlite,postgres,mysql`, each database only when its URL is set),
-//! `BENCH_LINGER_MS` (the relays' linger; default the library's), `BENCH_RATE` and
+//! `BENCH_LINGER_MS` (the relays' linger; default the library's), `BENCH_WRITTEN_LEASES=1`
+//! (PostgreSQL relays write leases instead of holding claims in their transaction, to compare
+//! the two), `BENCH_RATE` and
 //! `BENCH_RATE_WRITERS` (the paced latency case: total writes/s and writer tasks, default
 //! 1000 and 16; `BENCH_RATE=0` skips it), `BENCH_IDLE_EVENTS` (single events after a quiet
 //! spell, default 20; 0 skips), `BENCH_BACKLOG` (events of the PostgreSQL backlog drain by one
@@ -101,6 +103,7 @@ struct Settings {
     relays: Vec<Relays>,
     backends: Vec<String>,
     linger_ms: Option<u64>,
+    written_leases: bool,
     rate: u64,
     rate_writers: usize,
     idle_events: usize,
@@ -148,6 +151,7 @@ impl Settings {
             linger_ms: std::env::var("BENCH_LINGER_MS")
                 .ok()
                 .map(|v| v.parse().expect("BENCH_LINGER_MS")),
+            written_leases: env_or("BENCH_WRITTEN_LEASES", 0u8) == 1,
             rate: env_or("BENCH_RATE", 1000),
             rate_writers: env_or("BENCH_RATE_WRITERS", 16usize).max(1),
             idle_events: env_or("BENCH_IDLE_EVENTS", 20usize),
@@ -370,7 +374,7 @@ fn relay_binary() -> PathBuf {
 struct RelayProcesses(Vec<Child>);
 
 impl RelayProcesses {
-    fn start(count: usize, url: &str, sink: &Sink, linger_ms: Option<u64>) -> RelayProcesses {
+    fn start(count: usize, url: &str, sink: &Sink, settings: &Settings) -> RelayProcesses {
         let binary = relay_binary();
         RelayProcesses(
             (0..count)
@@ -383,8 +387,11 @@ impl RelayProcesses {
                         .env("RUST_LOG", "posthog_track=error")
                         .stdout(Stdio::null())
                         .stderr(Stdio::null());
-                    if let Some(linger) = linger_ms {
+                    if let Some(linger) = settings.linger_ms {
                         command.args(["--linger-ms", &linger.to_string()]);
+                    }
+                    if settings.written_leases {
+                        command.arg("--written-leases");
                     }
                     command.spawn().unwrap()
                 })
@@ -805,13 +812,14 @@ where
 }
 
 /// A tracker for `relays` whose relay (if any) delivers to `sink`.
-fn tracker(sink: &Sink, relays: Relays, linger_ms: Option<u64>) -> Tracker {
+fn tracker(sink: &Sink, relays: Relays, settings: &Settings) -> Tracker {
     let mut builder = Tracker::builder()
         .api_key("phc_bench")
         .host(&sink.url)
         .unwrap()
-        .external_relay(relays != Relays::InProcess);
-    if let Some(linger) = linger_ms {
+        .external_relay(relays != Relays::InProcess)
+        .held_claims(!settings.written_leases);
+    if let Some(linger) = settings.linger_ms {
         builder = builder.linger(Duration::from_millis(linger));
     }
     builder.build()
@@ -836,7 +844,7 @@ where
     for &writers in &writer_counts {
         for &relays in &settings.relays {
             let pool = (target.connect)(u32::try_from(writers).unwrap_or(u32::MAX) + 4).await;
-            let tracker = tracker(sink, relays, settings.linger_ms);
+            let tracker = tracker(sink, relays, settings);
             tracker.migrate(&pool).await.unwrap();
             DB::reset(&pool).await;
             let processes = match relays {
@@ -844,7 +852,7 @@ where
                     n,
                     &target.url,
                     sink,
-                    settings.linger_ms,
+                    settings,
                 )),
                 _ => None,
             };
@@ -996,7 +1004,7 @@ where
     println!("|---|---|---|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
         let pool = (target.connect)(u32::try_from(writers).unwrap_or(u32::MAX) + 4).await;
-        let tracker = tracker(sink, relays, settings.linger_ms);
+        let tracker = tracker(sink, relays, settings);
         tracker.migrate(&pool).await.unwrap();
         DB::reset(&pool).await;
         let processes = match relays {
@@ -1004,7 +1012,7 @@ where
                 n,
                 &target.url,
                 sink,
-                settings.linger_ms,
+                settings,
             )),
             _ => None,
         };
@@ -1068,7 +1076,7 @@ where
     println!("|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
         let pool = (target.connect)(4).await;
-        let tracker = tracker(sink, relays, settings.linger_ms);
+        let tracker = tracker(sink, relays, settings);
         tracker.migrate(&pool).await.unwrap();
         DB::reset(&pool).await;
         let processes = match relays {
@@ -1076,7 +1084,7 @@ where
                 n,
                 &target.url,
                 sink,
-                settings.linger_ms,
+                settings,
             )),
             _ => None,
         };
@@ -1127,7 +1135,7 @@ async fn backlog_drain(target: &Target<sqlx::Postgres>, settings: &Settings, sin
     println!("|---|---|---|---|");
     for count in [1, 4] {
         let pool = (target.connect)(4).await;
-        let tracker = tracker(sink, Relays::None, settings.linger_ms);
+        let tracker = tracker(sink, Relays::None, settings);
         tracker.migrate(&pool).await.unwrap();
         <sqlx::Postgres as Bench>::reset(&pool).await;
         // Events as a tracked write stages them, generated by the database in bulk.
@@ -1148,7 +1156,7 @@ async fn backlog_drain(target: &Target<sqlx::Postgres>, settings: &Settings, sin
         .unwrap();
         sink.take().await;
         let started = Instant::now();
-        let processes = RelayProcesses::start(count, &target.url, sink, settings.linger_ms);
+        let processes = RelayProcesses::start(count, &target.url, sink, settings);
         let complete = sink
             .wait_for(settings.backlog, Duration::from_secs(1800))
             .await;
@@ -1175,7 +1183,7 @@ async fn orchestrate() {
     let settings = Settings::from_env();
     println!(
         "posthog-track concurrency benchmark: {:?} per phase, {} runs per case (medians), \
-         writers {:?}, relays {:?}, linger {}\n",
+         writers {:?}, relays {:?}, linger {}, PostgreSQL claims {}\n",
         settings.seconds,
         settings.repeats,
         settings.writers,
@@ -1187,6 +1195,11 @@ async fn orchestrate() {
         settings
             .linger_ms
             .map_or("default".to_owned(), |ms| format!("{ms} ms")),
+        if settings.written_leases {
+            "with written leases"
+        } else {
+            "held by the sending transaction"
+        },
     );
     let sink = Sink::start().await;
     for backend in &settings.backends {

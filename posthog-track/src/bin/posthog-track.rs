@@ -64,6 +64,10 @@ enum Command {
         /// once (LISTEN/NOTIFY), whatever this says.
         #[arg(long)]
         poll_interval_ms: Option<u64>,
+        /// PostgreSQL: write a lease into the claimed rows (as on MySQL/MariaDB and SQLite)
+        /// instead of holding each claim in the transaction that sends it.
+        #[arg(long)]
+        written_leases: bool,
     },
     /// Inspect or repair the outbox.
     Outbox {
@@ -171,13 +175,15 @@ async fn run(cli: Cli) -> posthog_track::Result<()> {
         batch_size,
         linger_ms,
         poll_interval_ms,
+        written_leases,
         ..
     } = &cli.command
     {
         builder = builder
             .lease(Duration::from_secs(*lease))
             .batch_size(*batch_size)
-            .linger(Duration::from_millis(*linger_ms));
+            .linger(Duration::from_millis(*linger_ms))
+            .held_claims(!*written_leases);
         if let Some(poll) = poll_interval_ms {
             let poll = Duration::from_millis(*poll);
             builder = builder.poll_interval(poll, poll);
