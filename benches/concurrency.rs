@@ -848,12 +848,7 @@ where
             tracker.migrate(&pool).await.unwrap();
             DB::reset(&pool).await;
             let processes = match relays {
-                Relays::Processes(n) => Some(RelayProcesses::start(
-                    n,
-                    &target.url,
-                    sink,
-                    settings,
-                )),
+                Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
                 _ => None,
             };
             if relays == Relays::InProcess {
@@ -1008,12 +1003,7 @@ where
         tracker.migrate(&pool).await.unwrap();
         DB::reset(&pool).await;
         let processes = match relays {
-            Relays::Processes(n) => Some(RelayProcesses::start(
-                n,
-                &target.url,
-                sink,
-                settings,
-            )),
+            Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
             _ => None,
         };
         if relays == Relays::InProcess {
@@ -1080,12 +1070,7 @@ where
         tracker.migrate(&pool).await.unwrap();
         DB::reset(&pool).await;
         let processes = match relays {
-            Relays::Processes(n) => Some(RelayProcesses::start(
-                n,
-                &target.url,
-                sink,
-                settings,
-            )),
+            Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
             _ => None,
         };
         if relays == Relays::InProcess {

@@ -64,7 +64,7 @@ mod postgres {
             .connect_lazy_with(options);
         let mut failures = 0u32;
         loop {
-            let error = match hear(&pool, &wake).await {
+            let error = match hear(&pool, &wake, &mut failures).await {
                 Ok(never) => match never {},
                 Err(error) => error,
             };
@@ -84,9 +84,14 @@ mod postgres {
     async fn hear(
         pool: &sqlx::PgPool,
         wake: &Notify,
+        failures: &mut u32,
     ) -> Result<std::convert::Infallible, sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(WAKE_CHANNEL).await?;
+        if *failures > 0 {
+            tracing::info!("the relay listens for commits again");
+        }
+        *failures = 0;
         wake.notify_one();
         loop {
             match listener.try_recv().await? {
