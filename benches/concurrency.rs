@@ -553,11 +553,14 @@ impl Bench for sqlx::Sqlite {
     }
 }
 
+/// Opens a pool of the given size.
+type Connect<DB> = Box<dyn Fn(u32) -> std::pin::Pin<Box<dyn Future<Output = Pool<DB>>>>>;
+
 /// A database to measure: pools of any size on it, and the URL relay processes use.
 struct Target<DB: Backend> {
     name: &'static str,
     url: String,
-    connect: Box<dyn Fn(u32) -> std::pin::Pin<Box<dyn Future<Output = Pool<DB>>>>>,
+    connect: Connect<DB>,
     max_writers: usize,
 }
 
@@ -753,6 +756,15 @@ struct Sample {
     delivery: Option<Delivery>,
 }
 
+/// How hard a phase writes.
+#[derive(Clone, Copy)]
+struct Load {
+    writers: usize,
+    duration: Duration,
+    /// Total writes/s, or as fast as they go.
+    rate: Option<u64>,
+}
+
 /// Runs `write_phase` for tracked writes and measures the relays' delivery of its events.
 async fn tracked_phase<DB: Bench>(
     tracker: &Tracker,
@@ -760,16 +772,22 @@ async fn tracked_phase<DB: Bench>(
     sink: &Sink,
     relays: Relays,
     processes: Option<&RelayProcesses>,
-    writers: usize,
-    duration: Duration,
-    rate: Option<u64>,
+    load: Load,
 ) -> (f64, Option<Delivery>)
 where
     User: TrackedRow<DB>,
 {
     sink.take().await;
     let cpu_before = processes.map(RelayProcesses::cpu);
-    let phase = write_phase(tracker, pool, Side::Tracked, writers, duration, rate).await;
+    let phase = write_phase(
+        tracker,
+        pool,
+        Side::Tracked,
+        load.writers,
+        load.duration,
+        load.rate,
+    )
+    .await;
     let writes_per_sec = phase.writes as f64 / phase.elapsed.as_secs_f64();
     if relays == Relays::None {
         DB::empty_outbox(pool).await;
@@ -888,9 +906,11 @@ where
                                 sink,
                                 relays,
                                 processes.as_ref(),
-                                writers,
-                                settings.seconds,
-                                None,
+                                Load {
+                                    writers,
+                                    duration: settings.seconds,
+                                    rate: None,
+                                },
                             )
                             .await;
                             sample.tracked = rate;
@@ -1019,9 +1039,11 @@ where
                 sink,
                 relays,
                 processes.as_ref(),
-                writers,
-                settings.seconds,
-                Some(settings.rate),
+                Load {
+                    writers,
+                    duration: settings.seconds,
+                    rate: Some(settings.rate),
+                },
             )
             .await;
             rates.push(rate);
