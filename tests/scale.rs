@@ -347,3 +347,41 @@ async fn postgres_claims_are_held_by_the_sending_transaction() {
         tracker.shutdown(Duration::ZERO).await.ok();
     }
 }
+
+// Without notifications (MySQL/MariaDB, SQLite), an idle standalone relay polls ever less
+// often, but never less often than every `max_poll` (2 s by default): a commit after a long
+// quiet spell still arrives within about that.
+
+on_every_backend!(an_idle_standalone_relay_polls_within_its_bound);
+
+async fn an_idle_standalone_relay_polls_within_its_bound<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let _alone = NOTIFYING.lock().await;
+    let mock = MockPostHog::start().await;
+    let committer = tracker_for(&mock).external_relay(true).build();
+    committer.migrate(pool).await.unwrap();
+    let tag = unique("polled");
+    let before = BTreeSet::from([commit_one(&committer, pool, &tag, "before").await]);
+    let _relay = Killed(
+        std::process::Command::new(relay_binary())
+            .args(["relay", "--database-url", url])
+            .env("POSTHOG_API_KEY", mock.api_key())
+            .env("POSTHOG_HOST", mock.url())
+            .env("RUST_LOG", "posthog_track=warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&mock, &tag, &before, Duration::from_secs(30)).await;
+    // Long enough for the poll interval to have grown to its bound.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lone = BTreeSet::from([commit_one(&committer, pool, &tag, "lone").await]);
+    let took = wait_for(&mock, &tag, &lone, Duration::from_secs(30)).await;
+    eprintln!(
+        "an idle standalone relay delivered a commit in {took:?} | {}",
+        DB::DIALECT.name()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} (max_poll 2 s)"
+    );
+}
