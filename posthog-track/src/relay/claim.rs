@@ -273,10 +273,11 @@ async fn within_budget<DB: Backend>(
     Ok(kept)
 }
 
-/// MySQL has no `UPDATE ... RETURNING`: lock with SKIP LOCKED, update, read back, in one
-/// transaction. READ COMMITTED, because under InnoDB's default REPEATABLE READ the locking
-/// read also locks the gap after the last row, where the application's next outbox INSERT
-/// goes: that would block (and deadlock) user commits.
+/// MySQL has no `UPDATE ... RETURNING`: lock and read with SKIP LOCKED, then write the lease,
+/// in one transaction (three round trips: `SET TRANSACTION ...; BEGIN`, the locking read, the
+/// update; then `COMMIT`). READ COMMITTED, because under InnoDB's default REPEATABLE READ the
+/// locking read also locks the gap after the last row, where the application's next outbox
+/// INSERT goes: that would block (and deadlock) user commits.
 async fn claim_mysql<DB: Backend>(
     pool: &Pool<DB>,
     limit: i64,
@@ -284,56 +285,50 @@ async fn claim_mysql<DB: Backend>(
     token: i64,
 ) -> Result<Vec<Taken>> {
     let now = Dialect::MySql.now_millis_sql();
-    let mut conn = pool.acquire().await?;
-    DB::execute(
-        &mut conn,
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-    )
-    .await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // One round trip: the isolation level applies to the transaction that follows.
+    let mut tx = pool
+        .begin_with(sqlx::AssertSqlSafe(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN".to_owned(),
+        ))
+        .await?;
+    // `attempts + 1`: what the update below stores.
     let select = format!(
-        "SELECT id FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
+        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
+             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
+         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
          ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
     );
-    let rows = DB::fetch_all(
-        &mut tx,
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(select)), limit),
-    )
-    .await?;
-    let ids = rows
+    let query = DB::bind_i64(
+        DB::bind_i64(
+            sqlx::query(sqlx::AssertSqlSafe(select)),
+            INLINE_PAYLOAD_BYTES,
+        ),
+        limit,
+    );
+    let taken = DB::fetch_all(&mut tx, query)
+        .await?
         .iter()
-        .map(|row| DB::int(row, 0))
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
+        .map(|row| decode::<DB>(row))
+        .collect::<Result<Vec<_>>>()?;
+    if taken.is_empty() {
         tx.commit().await?;
-        return Ok(Vec::new());
+        return Ok(taken);
     }
     let mut update = format!(
         "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, attempts = attempts + 1 \
          WHERE 1 = 1"
     );
-    push_id_list(Dialect::MySql, &mut update, 3, ids.len());
+    push_id_list(Dialect::MySql, &mut update, 3, taken.len());
     let mut query = DB::bind_i64(
         DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), lease_millis),
         token,
     );
-    for id in &ids {
-        query = DB::bind_i64(query, *id);
+    for taken in &taken {
+        query = DB::bind_i64(query, taken.row.id);
     }
     DB::execute(&mut tx, query).await?;
-    let mut read = format!(
-        "SELECT id, attempts, failures, COALESCE({now} - created_at, -1), \
-             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
-         FROM posthog_outbox WHERE 1 = 1"
-    );
-    push_id_list(Dialect::MySql, &mut read, 2, ids.len());
-    let mut read = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(read)), INLINE_PAYLOAD_BYTES);
-    for id in &ids {
-        read = DB::bind_i64(read, *id);
-    }
-    let rows = DB::fetch_all(&mut tx, read).await?;
     tx.commit().await?;
-    rows.iter().map(|row| decode::<DB>(row)).collect()
+    Ok(taken)
 }
 
 async fn fetch_claimed<DB: Backend>(
