@@ -1,7 +1,8 @@
 //! The relay: delivers the outbox to PostHog.
 //!
 //! A relay claims a batch of rows under a lease (on the database's clock, renewed while the
-//! batch is in flight), sends them, and then settles every row by what PostHog said:
+//! batch is in flight; on PostgreSQL the claim is held by the sending transaction instead, see
+//! `claim`), sends them, and then settles every row by what PostHog said:
 //!
 //! - accepted: deleted;
 //! - a transient failure (transport error, 408, 429, 5xx): released for a retry after an
