@@ -254,6 +254,21 @@ impl TrackerBuilder {
         self
     }
 
+    /// How long a relay that finds the outbox busy waits for its next batch to fill (default
+    /// 50 ms); a lone event after a quiet spell still leaves at once. See
+    /// [`RelayOptions::linger`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.relay.linger = linger;
+        self
+    }
+
+    /// PostgreSQL: whether a relay holds each claim in the transaction that sends it (default
+    /// `true`) or writes a lease into the claimed rows. See [`RelayOptions::held_claims`].
+    pub fn held_claims(mut self, held: bool) -> Self {
+        self.relay.held_claims = held;
+        self
+    }
+
     /// Marks batches as `historical_migration` (imports of past events).
     pub fn historical_migration(mut self, historical: bool) -> Self {
         self.queue.historical_migration = historical;

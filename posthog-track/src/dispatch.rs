@@ -58,7 +58,12 @@ struct KnownPool {
     /// from the outbox: `flush` when another process delivers.
     await_external: DrainFn,
     relay: Option<RunningRelay>,
+    /// When a commit here last notified other processes' relays; see `notifies_relays`.
+    last_notify: AtomicU64,
 }
+
+/// At most one `NOTIFY` per database per this long: see [`crate::outbox::WAKE_CHANNEL`].
+const NOTIFY_EVERY: Duration = Duration::from_millis(10);
 
 struct RunningRelay {
     /// Dropped with the tracker: the relay loop then stops by itself.
@@ -94,6 +99,10 @@ pub(crate) struct Dispatch {
     /// Events committed through `Tracker::track` (no pool known) while no relay ran.
     unrelayed: AtomicU64,
     flush_timeout: Duration,
+    /// The origin of the `last_notify` clocks.
+    epoch: Instant,
+    /// `last_notify` of commits whose pool is unknown (`Tracker::track`).
+    last_notify: AtomicU64,
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -134,6 +143,8 @@ impl Dispatch {
             external_relay: options.external_relay,
             unrelayed: AtomicU64::new(0),
             flush_timeout: options.flush_timeout,
+            epoch: Instant::now(),
+            last_notify: AtomicU64::new(0),
         }
     }
 
@@ -242,6 +253,28 @@ impl Dispatch {
     /// to the outbox inside it.
     pub(crate) fn writes_outbox(&self) -> bool {
         self.uses_outbox()
+    }
+
+    /// Whether a commit about to happen on `pool` (PostgreSQL) should notify the relays of
+    /// other processes: only when this process runs no relay for it (its own relay is woken
+    /// in memory), and at most once per `NOTIFY_EVERY` per pool, because notifying commits
+    /// are serialised by PostgreSQL.
+    pub(crate) fn notifies_relays(&self, pool: Option<usize>) -> bool {
+        // Offset by one period, so that the first commit notifies.
+        let now =
+            u64::try_from((self.epoch.elapsed() + NOTIFY_EVERY).as_micros()).unwrap_or(u64::MAX);
+        let every = u64::try_from(NOTIFY_EVERY.as_micros()).unwrap_or(u64::MAX);
+        let pools = lock(&self.pools);
+        let last = match pool.and_then(|key| pools.get(&key)) {
+            Some(known) if known.relay.is_some() => return false,
+            Some(known) => &known.last_notify,
+            None => &self.last_notify,
+        };
+        let previous = last.load(Ordering::Relaxed);
+        now.saturating_sub(previous) >= every
+            && last
+                .compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// After a commit: wakes the pool's relay (outbox), or prints (dry run), or queues
@@ -458,6 +491,7 @@ fn known_pool<DB: Backend>(pool: Pool<DB>, relay: Option<RunningRelay>) -> Known
         pending,
         await_external,
         relay,
+        last_notify: AtomicU64::new(0),
     }
 }
 

@@ -152,7 +152,9 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         };
         let to_outbox = dispatch.writes_outbox() && !staged.is_empty();
         if to_outbox {
-            outbox::write::<DB>(&mut self.tx, &staged).await?;
+            let notify = DB::DIALECT == crate::backend::Dialect::Postgres
+                && dispatch.notifies_relays(self.relay);
+            outbox::write::<DB>(&mut self.tx, &staged, notify).await?;
         }
         self.tx.commit().await?;
         if to_outbox {

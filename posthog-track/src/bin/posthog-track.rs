@@ -87,6 +87,19 @@ enum Command {
         /// Events per request.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// Milliseconds a busy relay waits before its next claim so that the batch can fill;
+        /// a lone event after a quiet spell still leaves at once.
+        #[arg(long, default_value_t = 50)]
+        linger_ms: u64,
+        /// Milliseconds between polls of an idle relay, instead of the adaptive default (50 ms
+        /// growing to 2 s). On PostgreSQL, commits of processes that run no relay wake it at
+        /// once (LISTEN/NOTIFY), whatever this says.
+        #[arg(long)]
+        poll_interval_ms: Option<u64>,
+        /// PostgreSQL: write a lease into the claimed rows (as on MySQL/MariaDB and SQLite)
+        /// instead of holding each claim in the transaction that sends it.
+        #[arg(long)]
+        written_leases: bool,
         /// Serve Prometheus metrics at /metrics and health at /healthz on this address, e.g.
         /// 127.0.0.1:9464 (port 0 picks a free one; the address is logged).
         #[arg(long)]
@@ -271,12 +284,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         lease,
         batch_size,
         metrics_addr,
+        linger_ms,
+        poll_interval_ms,
+        written_leases,
         ..
     } = &cli.command
     {
         builder = builder
             .lease(Duration::from_secs(*lease))
-            .batch_size(*batch_size);
+            .batch_size(*batch_size)
+            .linger(Duration::from_millis(*linger_ms))
+            .held_claims(!*written_leases);
+        if let Some(poll) = poll_interval_ms {
+            let poll = Duration::from_millis(*poll);
+            builder = builder.poll_interval(poll, poll);
+        }
         if metrics_addr.is_some() {
             builder = builder.outbox_metrics_interval(serve::OUTBOX_SAMPLE_INTERVAL);
         }

@@ -8,6 +8,19 @@
 //! about those rows is fenced by it: a relay whose lease expired (and whose rows another relay
 //! has claimed since, with another token) cannot delete, release or dead-letter them, and an id
 //! reused by a newer row can never be mistaken for the event it replaced.
+//!
+//! On PostgreSQL a claim is, by default, held by the sending transaction instead: the rows are
+//! locked (`SELECT ... FOR UPDATE SKIP LOCKED`, which writes no new row versions), sent, and
+//! settled in that transaction (deleted, released with a backoff, or dead-lettered, row by
+//! row), which commits after PostHog answered. Nothing is written to claim them, so every
+//! delivered event costs its `INSERT` and its `DELETE` and no claim `UPDATE`. The locks are the
+//! fence: no other relay can touch the rows while they are held, and a relay that dies
+//! (connection closed) or hangs (silent for longer than the lease:
+//! `idle_in_transaction_session_timeout`, reset by the renewals while a send is in flight)
+//! loses them at once, by rollback, with nothing of its round applied. MySQL/MariaDB (no
+//! transaction-scoped idle timeout on MySQL, so a hung relay would keep its rows) and SQLite
+//! (one writer: a transaction held over a send would block every application commit) keep
+//! written leases.
 
 use sqlx::Pool;
 
@@ -23,12 +36,24 @@ const INLINE_PAYLOAD_BYTES: i64 = 16 * 1024;
 const HISTORY_BYTES: i64 = 2000;
 
 /// Rows taken by one claim.
-#[derive(Debug)]
-pub(crate) struct Claim {
-    /// The fence of every statement about these rows.
+pub(crate) struct Claim<DB: Backend> {
+    /// The fence of every statement about these rows (a written lease).
     pub token: i64,
     /// In id order.
     pub rows: Vec<Claimed>,
+    /// PostgreSQL: the transaction whose row locks are the claim, committed by [`finish`].
+    /// `None`: a lease written in the rows and fenced by `token`.
+    held: Option<tokio::sync::Mutex<sqlx::Transaction<'static, DB>>>,
+}
+
+impl<DB: Backend> std::fmt::Debug for Claim<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("token", &self.token)
+            .field("rows", &self.rows)
+            .field("held", &self.held.is_some())
+            .finish()
+    }
 }
 
 /// A row claimed for delivery.
@@ -47,13 +72,18 @@ pub(crate) struct Claimed {
 
 /// Leases up to `limit` deliverable rows (not leased, or lease or backoff expired), oldest
 /// first, holding at most about `max_bytes` of payload; rows past the byte budget are handed
-/// back at once, uncounted.
+/// back at once, uncounted. With `hold` on PostgreSQL, the claim is held by a transaction
+/// instead of a written lease (see the module's documentation); [`finish`] ends it.
 pub(crate) async fn claim<DB: Backend>(
     pool: &Pool<DB>,
     limit: i64,
     lease_millis: i64,
     max_bytes: usize,
-) -> Result<Claim> {
+    hold: bool,
+) -> Result<Claim<DB>> {
+    if hold && DB::DIALECT == Dialect::Postgres {
+        return claim_held(pool, limit, lease_millis, max_bytes).await;
+    }
     let token = fastrand::i64(1..i64::MAX);
     let now = DB::DIALECT.now_millis_sql();
     let mut rows = match DB::DIALECT {
@@ -98,7 +128,84 @@ pub(crate) async fn claim<DB: Backend>(
     };
     rows.sort_by_key(|taken| taken.row.id);
     let rows = within_budget::<DB>(pool, token, rows, max_bytes).await?;
-    Ok(Claim { token, rows })
+    Ok(Claim {
+        token,
+        rows,
+        held: None,
+    })
+}
+
+/// PostgreSQL: locks up to `limit` deliverable rows in a transaction that stays open until
+/// [`finish`]. `attempts` is written only when a row is released or dead-lettered, so the
+/// rows read back one more than stored (this send).
+async fn claim_held<DB: Backend>(
+    pool: &Pool<DB>,
+    limit: i64,
+    lease_millis: i64,
+    max_bytes: usize,
+) -> Result<Claim<DB>> {
+    let now = DB::DIALECT.now_millis_sql();
+    // The lease of a held claim: the server ends the session of a relay silent for this long.
+    let timeout = lease_millis.clamp(1, i64::from(i32::MAX));
+    let mut tx = pool
+        .begin_with(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}"
+        )))
+        .await?;
+    let sql = format!(
+        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
+             octet_length(payload)::BIGINT, \
+             CASE WHEN octet_length(payload) <= $2 THEN payload END \
+         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    );
+    let query = DB::bind_i64(
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), limit),
+        INLINE_PAYLOAD_BYTES,
+    );
+    let taken = DB::fetch_all(&mut tx, query)
+        .await?
+        .iter()
+        .map(|row| decode::<DB>(row))
+        .collect::<Result<Vec<_>>>()?;
+    let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let mut used = 0i64;
+    let mut rows = Vec::with_capacity(taken.len());
+    for Taken {
+        mut row,
+        bytes,
+        inline,
+    } in taken
+    {
+        if !rows.is_empty() && used.saturating_add(bytes) > budget {
+            // Past the budget: not sent, nothing written; their locks end with this claim.
+            break;
+        }
+        used = used.saturating_add(bytes);
+        if !inline {
+            let query = DB::bind_i64(
+                sqlx::query("SELECT payload FROM posthog_outbox WHERE id = $1"),
+                row.id,
+            );
+            row.payload = DB::text(&DB::fetch_one(&mut tx, query).await?, 0)?;
+        }
+        rows.push(row);
+    }
+    Ok(Claim {
+        token: 0,
+        rows,
+        held: Some(tokio::sync::Mutex::new(tx)),
+    })
+}
+
+/// Ends a claim: commits a held claim's transaction, which applies its settlements and
+/// releases its locks (a no-op for a written lease). A claim dropped without `finish` rolls
+/// back: none of its settlements happen, and its rows are claimable again at once.
+pub(crate) async fn finish<DB: Backend>(claim: Claim<DB>) -> Result<()> {
+    if let Some(held) = claim.held {
+        held.into_inner().commit().await?;
+    }
+    Ok(())
 }
 
 /// A claimed row before its payload is known to fit.
@@ -166,10 +273,11 @@ async fn within_budget<DB: Backend>(
     Ok(kept)
 }
 
-/// MySQL has no `UPDATE ... RETURNING`: lock with SKIP LOCKED, update, read back, in one
-/// transaction. READ COMMITTED, because under InnoDB's default REPEATABLE READ the locking
-/// read also locks the gap after the last row, where the application's next outbox INSERT
-/// goes: that would block (and deadlock) user commits.
+/// MySQL has no `UPDATE ... RETURNING`: lock and read with SKIP LOCKED, then write the lease,
+/// in one transaction (three round trips: `SET TRANSACTION ...; BEGIN`, the locking read, the
+/// update; then `COMMIT`). READ COMMITTED, because under InnoDB's default REPEATABLE READ the
+/// locking read also locks the gap after the last row, where the application's next outbox
+/// INSERT goes: that would block (and deadlock) user commits.
 async fn claim_mysql<DB: Backend>(
     pool: &Pool<DB>,
     limit: i64,
@@ -177,56 +285,50 @@ async fn claim_mysql<DB: Backend>(
     token: i64,
 ) -> Result<Vec<Taken>> {
     let now = Dialect::MySql.now_millis_sql();
-    let mut conn = pool.acquire().await?;
-    DB::execute(
-        &mut conn,
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-    )
-    .await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // One round trip: the isolation level applies to the transaction that follows.
+    let mut tx = pool
+        .begin_with(sqlx::AssertSqlSafe(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN".to_owned(),
+        ))
+        .await?;
+    // `attempts + 1`: what the update below stores.
     let select = format!(
-        "SELECT id FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
+        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
+             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
+         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
          ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
     );
-    let rows = DB::fetch_all(
-        &mut tx,
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(select)), limit),
-    )
-    .await?;
-    let ids = rows
+    let query = DB::bind_i64(
+        DB::bind_i64(
+            sqlx::query(sqlx::AssertSqlSafe(select)),
+            INLINE_PAYLOAD_BYTES,
+        ),
+        limit,
+    );
+    let taken = DB::fetch_all(&mut tx, query)
+        .await?
         .iter()
-        .map(|row| DB::int(row, 0))
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
+        .map(|row| decode::<DB>(row))
+        .collect::<Result<Vec<_>>>()?;
+    if taken.is_empty() {
         tx.commit().await?;
-        return Ok(Vec::new());
+        return Ok(taken);
     }
     let mut update = format!(
         "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, attempts = attempts + 1 \
          WHERE 1 = 1"
     );
-    push_id_list(Dialect::MySql, &mut update, 3, ids.len());
+    push_id_list(Dialect::MySql, &mut update, 3, taken.len());
     let mut query = DB::bind_i64(
         DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), lease_millis),
         token,
     );
-    for id in &ids {
-        query = DB::bind_i64(query, *id);
+    for taken in &taken {
+        query = DB::bind_i64(query, taken.row.id);
     }
     DB::execute(&mut tx, query).await?;
-    let mut read = format!(
-        "SELECT id, attempts, failures, COALESCE({now} - created_at, -1), \
-             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
-         FROM posthog_outbox WHERE 1 = 1"
-    );
-    push_id_list(Dialect::MySql, &mut read, 2, ids.len());
-    let mut read = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(read)), INLINE_PAYLOAD_BYTES);
-    for id in &ids {
-        read = DB::bind_i64(read, *id);
-    }
-    let rows = DB::fetch_all(&mut tx, read).await?;
     tx.commit().await?;
-    rows.iter().map(|row| decode::<DB>(row)).collect()
+    Ok(taken)
 }
 
 async fn fetch_claimed<DB: Backend>(
@@ -264,9 +366,15 @@ fn decode<DB: Backend>(row: &DB::Row) -> Result<Taken> {
 /// Returns the rows still held.
 pub(crate) async fn renew<DB: Backend>(
     pool: &Pool<DB>,
-    claim: &Claim,
+    claim: &Claim<DB>,
     lease_millis: i64,
 ) -> Result<u64> {
+    if let Some(held) = &claim.held {
+        // A statement resets the session's idle timer, which is the held claim's lease.
+        let mut tx = held.lock().await;
+        DB::execute(&mut tx, sqlx::query("SELECT 1")).await?;
+        return Ok(claim.rows.len() as u64);
+    }
     let (Some(first), Some(last)) = (claim.rows.first(), claim.rows.last()) else {
         return Ok(0);
     };
@@ -312,18 +420,43 @@ pub(crate) enum Settle<'a> {
 /// affected: fewer than asked when the lease was lost to another relay.
 pub(crate) async fn settle<DB: Backend>(
     pool: &Pool<DB>,
-    claim: &Claim,
+    claim: &Claim<DB>,
     rows: Option<&[&Claimed]>,
     settle: Settle<'_>,
 ) -> Result<u64> {
     let dialect = DB::DIALECT;
+    if rows.is_some_and(<[_]>::is_empty) || claim.rows.is_empty() {
+        return Ok(0);
+    }
+    if let Some(held) = &claim.held {
+        // Every row by id: the locks are the fence, and an id range could take in rows
+        // other relays hold.
+        let ids: Vec<i64> = match rows {
+            Some(rows) => rows.iter().map(|row| row.id).collect(),
+            None => claim.rows.iter().map(|row| row.id).collect(),
+        };
+        let mut tx = held.lock().await;
+        let mut affected = 0;
+        for chunk in ids.chunks(500) {
+            let (sql, binds) = settle_sql(dialect, &Fence::Held, chunk, &settle);
+            affected +=
+                DB::rows_affected(&DB::execute(&mut tx, bind_all::<DB>(sql, &binds)).await?);
+            if let Settle::Dead { .. } = settle {
+                let (delete, binds) = settle_sql(dialect, &Fence::Held, chunk, &Settle::Delete);
+                DB::execute(&mut tx, bind_all::<DB>(delete, &binds)).await?;
+            }
+        }
+        return Ok(affected);
+    }
+    let fence = Fence::Token {
+        token: claim.token,
+        first: claim.rows.first().map_or(0, |row| row.id),
+        last: claim.rows.last().map_or(0, |row| row.id),
+    };
     let ids: Vec<i64> = match rows {
         Some(rows) => rows.iter().map(|row| row.id).collect(),
         None => Vec::new(),
     };
-    if rows.is_some_and(<[_]>::is_empty) || claim.rows.is_empty() {
-        return Ok(0);
-    }
     let mut conn = pool.acquire().await?;
     let mut affected = 0;
     // The whole claim is addressed by its id range, which keeps the statement on the primary
@@ -334,13 +467,13 @@ pub(crate) async fn settle<DB: Backend>(
         ids.chunks(500).collect()
     };
     for chunk in chunks {
-        let (sql, binds) = settle_sql(dialect, claim, chunk, &settle);
+        let (sql, binds) = settle_sql(dialect, &fence, chunk, &settle);
         match &settle {
             Settle::Dead { .. } => {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 let copy = bind_all::<DB>(sql, &binds);
                 affected += DB::rows_affected(&DB::execute(&mut tx, copy).await?);
-                let (delete, binds) = settle_sql(dialect, claim, chunk, &Settle::Delete);
+                let (delete, binds) = settle_sql(dialect, &fence, chunk, &Settle::Delete);
                 DB::execute(&mut tx, bind_all::<DB>(delete, &binds)).await?;
                 tx.commit().await?;
             }
@@ -387,15 +520,25 @@ fn appended_history(dialect: Dialect, placeholder: usize) -> String {
     }
 }
 
-/// The statement for one chunk of rows (all of the claim's when `ids` is empty), with its
-/// parameters in order.
+/// Which rows a settlement may touch.
+enum Fence {
+    /// A written lease: rows still carrying `token`, within the claim's id range.
+    Token { token: i64, first: i64, last: i64 },
+    /// A held claim: the rows are locked by the transaction the statement runs in. Their
+    /// stored `attempts` does not count the current send yet.
+    Held,
+}
+
+/// The statement for one chunk of rows (all of the claim's when `ids` is empty: written
+/// leases only), with its parameters in order.
 fn settle_sql<'a>(
     dialect: Dialect,
-    claim: &Claim,
+    fence: &Fence,
     ids: &[i64],
     settle: &Settle<'a>,
 ) -> (String, Vec<Bind<'a>>) {
     let now = dialect.now_millis_sql();
+    let held = matches!(fence, Fence::Held);
     let mut binds = Vec::new();
     let mut sql = match settle {
         Settle::Delete => "DELETE FROM posthog_outbox WHERE claim = ".to_owned(),
@@ -409,14 +552,19 @@ fn settle_sql<'a>(
             dialect.push_placeholder(&mut sql, 1);
             sql.push_str(", claim = NULL, failures = failures + ");
             dialect.push_placeholder(&mut sql, 2);
-            sql.push_str(", attempts = attempts - ");
+            sql.push_str(", attempts = attempts + ");
             dialect.push_placeholder(&mut sql, 3);
             sql.push_str(", last_error = ");
             sql.push_str(&appended_history(dialect, 4));
             sql.push_str(" WHERE claim = ");
             binds.push(Bind::Int(*delay_millis));
             binds.push(Bind::Int(i64::from(*failed)));
-            binds.push(Bind::Int(i64::from(!*counted)));
+            // A written lease counted the send when it claimed; a held claim did not.
+            binds.push(Bind::Int(match (held, *counted) {
+                (false, true) | (true, false) => 0,
+                (false, false) => -1,
+                (true, true) => 1,
+            }));
             binds.push(Bind::Text(entry));
             sql
         }
@@ -424,8 +572,9 @@ fn settle_sql<'a>(
             let mut sql = "INSERT INTO posthog_outbox_dead \
                  (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, \
                   dead_at) \
-                 SELECT id, uuid, event, distinct_id, timestamp, payload, attempts, "
+                 SELECT id, uuid, event, distinct_id, timestamp, payload, attempts + "
                 .to_owned();
+            sql.push_str(if held { "1, " } else { "0, " });
             sql.push_str(&appended_history(dialect, 1));
             sql.push_str(", ");
             dialect.push_placeholder(&mut sql, 2);
@@ -435,11 +584,22 @@ fn settle_sql<'a>(
             sql
         }
     };
+    let (token, first, last) = match fence {
+        Fence::Token { token, first, last } => (*token, *first, *last),
+        Fence::Held => {
+            debug_assert!(sql.ends_with(" WHERE claim = "));
+            // `WHERE claim = ... AND` is replaced by a condition that holds for every row.
+            let cut = sql.len() - " WHERE claim = ".len();
+            sql.truncate(cut);
+            sql.push_str(" WHERE 1 = 1");
+            push_id_list(dialect, &mut sql, binds.len() + 1, ids.len());
+            binds.extend(ids.iter().map(|id| Bind::Int(*id)));
+            return (sql, binds);
+        }
+    };
     dialect.push_placeholder(&mut sql, binds.len() + 1);
-    binds.push(Bind::Int(claim.token));
+    binds.push(Bind::Int(token));
     if ids.is_empty() {
-        let first = claim.rows.first().map_or(0, |row| row.id);
-        let last = claim.rows.last().map_or(0, |row| row.id);
         sql.push_str(" AND id BETWEEN ");
         dialect.push_placeholder(&mut sql, binds.len() + 1);
         sql.push_str(" AND ");
@@ -494,8 +654,8 @@ mod tests {
         insert(&pool, "a", "{}").await;
         insert(&pool, "b", "{}").await;
         // A negative lease is expired at once: a second relay may claim the same rows.
-        let first = claim(&pool, 10, -1, BIG).await.unwrap();
-        let second = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        let first = claim(&pool, 10, -1, BIG, false).await.unwrap();
+        let second = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
         assert_eq!(first.rows.len(), 2);
         assert_eq!(
             second
@@ -506,7 +666,11 @@ mod tests {
             [2, 2]
         );
         assert!(
-            claim(&pool, 10, 60_000, BIG).await.unwrap().rows.is_empty(),
+            claim(&pool, 10, 60_000, BIG, false)
+                .await
+                .unwrap()
+                .rows
+                .is_empty(),
             "leased rows are not claimable"
         );
         assert_eq!(renew(&pool, &first, 60_000).await.unwrap(), 0, "no renewal");
@@ -543,14 +707,14 @@ mod tests {
     async fn a_reused_id_is_not_mistaken_for_the_deleted_event() {
         let pool = outbox().await;
         insert(&pool, "old", "{}").await;
-        let first = claim(&pool, 10, -1, BIG).await.unwrap();
+        let first = claim(&pool, 10, -1, BIG, false).await.unwrap();
         // Another relay delivers and deletes it; a new event then takes the same id.
         sqlx::query("DELETE FROM posthog_outbox")
             .execute(&pool)
             .await
             .unwrap();
         insert(&pool, "new", "{}").await;
-        let second = claim(&pool, 10, -1, BIG).await.unwrap();
+        let second = claim(&pool, 10, -1, BIG, false).await.unwrap();
         assert_eq!(
             (second.rows[0].id, second.rows[0].attempts),
             (first.rows[0].id, first.rows[0].attempts)
@@ -573,10 +737,10 @@ mod tests {
             insert(&pool, uuid, &large).await;
         }
         insert(&pool, "d", "{}").await;
-        let taken = claim(&pool, 10, 60_000, 50_000).await.unwrap();
+        let taken = claim(&pool, 10, 60_000, 50_000, false).await.unwrap();
         assert_eq!(taken.rows.len(), 1, "one large row fits the budget");
         assert_eq!(taken.rows[0].payload, large, "read in full");
-        let rest = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        let rest = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
         assert_eq!(rest.rows.len(), 3, "the others were handed back");
         assert!(
             rest.rows.iter().all(|row| row.attempts == 1),
@@ -588,7 +752,7 @@ mod tests {
     async fn dead_rows_move_to_the_dead_letter_table_with_their_history() {
         let pool = outbox().await;
         insert(&pool, "a", "{}").await;
-        let first = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        let first = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
         let release = Settle::Release {
             delay_millis: -1,
             entry: "503 Service Unavailable",
@@ -596,7 +760,7 @@ mod tests {
             counted: true,
         };
         settle(&pool, &first, None, release).await.unwrap();
-        let second = claim(&pool, 10, 60_000, BIG).await.unwrap();
+        let second = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
         assert_eq!(second.rows[0].failures, 1);
         let dead = Settle::Dead {
             reason: "400 Bad Request",

@@ -1,7 +1,8 @@
 //! The relay: delivers the outbox to PostHog.
 //!
 //! A relay claims a batch of rows under a lease (on the database's clock, renewed while the
-//! batch is in flight), sends them, and then settles every row by what PostHog said:
+//! batch is in flight; on PostgreSQL the claim is held by the sending transaction instead, see
+//! `claim`), sends them, and then settles every row by what PostHog said:
 //!
 //! - accepted: deleted;
 //! - a transient failure (transport error, 408, 429, 5xx): released for a retry after an
@@ -24,6 +25,7 @@
 //! processes' events out of the outbox.
 
 mod claim;
+mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,6 +61,20 @@ pub struct RelayOptions {
     pub min_poll: Duration,
     /// See `min_poll`.
     pub max_poll: Duration,
+    /// PostgreSQL only: hold each claim in the transaction that sends it (rows locked with
+    /// `FOR UPDATE SKIP LOCKED`, settled and committed once PostHog answered) instead of
+    /// writing a lease into every claimed row. Saves the claim's `UPDATE` of every row (a new
+    /// row version each); the lease still bounds how long a silent relay keeps its rows
+    /// (`idle_in_transaction_session_timeout`). Default on; MySQL/MariaDB and SQLite always
+    /// write leases.
+    pub held_claims: bool,
+    /// How long a busy relay waits before its next claim so that the batch can fill (as a
+    /// Kafka producer's `linger.ms`): after a round that claimed some rows but not a full
+    /// batch, the next claim comes this much later. A relay that finds a full batch claims
+    /// again at once, and a relay that was idle claims at once when woken, so a lone event
+    /// is never held back; an event committed while the outbox is busy waits at most this
+    /// long more. Zero claims again at once (a request per handful of events under load).
+    pub linger: Duration,
     /// Send as `historical_migration` batches.
     pub historical_migration: bool,
     /// Failures of one event, while PostHog accepted others, after which it is dead-lettered.
@@ -81,6 +97,8 @@ impl Default for RelayOptions {
             backoff: Backoff::default(),
             min_poll: Duration::from_millis(50),
             max_poll: Duration::from_secs(2),
+            linger: Duration::from_millis(50),
+            held_claims: true,
             historical_migration: false,
             max_failures: 20,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -244,7 +262,13 @@ impl<DB: Backend> Relay<DB> {
         let claim_span =
             tracing::info_span!("posthog_track.claim", limit, rows = tracing::field::Empty);
         let claim = tracing::Instrument::instrument(
-            claim::claim(&self.pool, limit, lease, self.options.max_claim_bytes),
+            claim::claim(
+                &self.pool,
+                limit,
+                lease,
+                self.options.max_claim_bytes,
+                self.options.held_claims,
+            ),
             claim_span.clone(),
         )
         .await?;
@@ -256,6 +280,7 @@ impl<DB: Backend> Relay<DB> {
             ..Pass::default()
         };
         if rows.is_empty() {
+            claim::finish(claim).await?;
             return Ok(pass);
         }
         let payloads: Vec<&str> = rows.iter().map(|row| row.payload.as_str()).collect();
@@ -344,6 +369,7 @@ impl<DB: Backend> Relay<DB> {
             )
             .await?;
             pass.held = rows.len();
+            claim::finish(claim).await?;
             return Ok(pass);
         };
         self.stats.count_fates(&fates, crate::metrics::Path::Outbox);
@@ -523,6 +549,8 @@ impl<DB: Backend> Relay<DB> {
         } else if pass.delivered > 0 {
             self.failed_rounds.store(0, Ordering::Relaxed);
         }
+        // A held claim's settlements take effect here, all at once.
+        claim::finish(claim).await?;
         Ok(pass)
     }
 
@@ -564,6 +592,13 @@ impl<DB: Backend> Relay<DB> {
                 Duration::ZERO
             }
         }
+    }
+
+    /// How long to wait before the next claim after a round that claimed rows: the linger,
+    /// unless the round found a full batch (a backlog: claim again at once).
+    fn linger_after(&self, pass: &Pass) -> Option<Duration> {
+        let full = pass.claimed >= self.options.batch_size.max(1);
+        (!full && !self.options.linger.is_zero()).then_some(self.options.linger)
     }
 
     /// Whether the relay is paused on a configuration failure right now.
@@ -662,8 +697,10 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// Runs until `stop` becomes true (or its sender is dropped: the tracker is gone):
-    /// delivers at once after a local commit, polls with a growing interval when idle, backs
-    /// off while PostHog fails, and pauses while the set-up is wrong.
+    /// delivers at once after a local commit (or, on PostgreSQL, a notifying commit of
+    /// another process), lingers between claims while the outbox is busy so that batches
+    /// fill, polls with a growing interval when idle, backs off while PostHog fails, and
+    /// pauses while the set-up is wrong.
     pub async fn run(&self, stop: watch::Receiver<bool>) {
         self.state
             .store(RelayState::Running as u8, Ordering::Relaxed);
@@ -673,6 +710,8 @@ impl<DB: Backend> Relay<DB> {
     }
 
     async fn run_loop(&self, mut stop: watch::Receiver<bool>) {
+        // On PostgreSQL, commits of processes without a relay wake this one too.
+        let _listening = wake::listen(&self.pool, self.wake.clone());
         let mut idle = self.options.min_poll;
         let mut errors = 0u32;
         let mut sampled = None;
@@ -696,7 +735,10 @@ impl<DB: Backend> Relay<DB> {
                         (backoff, false)
                     } else if pass.claimed > 0 {
                         idle = self.options.min_poll;
-                        continue;
+                        match self.linger_after(&pass) {
+                            Some(linger) => (linger, false),
+                            None => continue,
+                        }
                     } else {
                         let wait = idle;
                         idle = (idle * 2).min(self.options.max_poll);
