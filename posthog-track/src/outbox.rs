@@ -45,7 +45,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 leased_until BIGINT, \
                 claim BIGINT, \
                 last_error TEXT, \
-                created_at BIGINT DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT);\n\
+                created_at BIGINT DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, \
+                historical BIGINT NOT NULL DEFAULT 0);\n\
              CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
                 id BIGINT PRIMARY KEY, \
                 uuid TEXT NOT NULL, \
@@ -56,7 +57,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 attempts BIGINT NOT NULL DEFAULT 0, \
                 last_error TEXT, \
                 reason TEXT NOT NULL, \
-                dead_at BIGINT NOT NULL)"
+                dead_at BIGINT NOT NULL, \
+                historical BIGINT NOT NULL DEFAULT 0)"
         }
         Dialect::MySql => {
             "CREATE TABLE IF NOT EXISTS posthog_outbox (\
@@ -71,7 +73,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 leased_until BIGINT NULL, \
                 claim BIGINT NULL, \
                 last_error TEXT NULL, \
-                created_at BIGINT NULL DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))\
+                created_at BIGINT NULL DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)), \
+                historical BIGINT NOT NULL DEFAULT 0\
             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;\n\
              CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
                 id BIGINT NOT NULL PRIMARY KEY, \
@@ -83,7 +86,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 attempts BIGINT NOT NULL DEFAULT 0, \
                 last_error TEXT NULL, \
                 reason TEXT NOT NULL, \
-                dead_at BIGINT NOT NULL\
+                dead_at BIGINT NOT NULL, \
+                historical BIGINT NOT NULL DEFAULT 0\
             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
         }
         Dialect::Sqlite => {
@@ -102,7 +106,8 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 leased_until INTEGER, \
                 claim INTEGER, \
                 last_error TEXT, \
-                created_at INTEGER DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)));\n\
+                created_at INTEGER DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)), \
+                historical INTEGER NOT NULL DEFAULT 0);\n\
              CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
                 id INTEGER PRIMARY KEY, \
                 uuid TEXT NOT NULL, \
@@ -113,46 +118,84 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
                 attempts INTEGER NOT NULL DEFAULT 0, \
                 last_error TEXT, \
                 reason TEXT NOT NULL, \
-                dead_at INTEGER NOT NULL)"
+                dead_at INTEGER NOT NULL, \
+                historical INTEGER NOT NULL DEFAULT 0)"
         }
     }
 }
 
-/// Columns that tables created by earlier versions lack, with the DDL that adds each. SQLite
-/// cannot add a column whose default is not constant, so its upgraded `created_at` starts
-/// empty (such rows are exempt from the age limit).
-fn added_columns(dialect: Dialect) -> [(&'static str, &'static str); 2] {
+/// Columns that tables created by earlier versions lack, as `(table, column, DDL that adds
+/// it)`. SQLite cannot add a column whose default is not constant, so its upgraded
+/// `created_at` starts empty (such rows are exempt from the age limit). `historical` marks
+/// events sent as `historical_migration` (a backfill's past events).
+fn added_columns(dialect: Dialect) -> [(&'static str, &'static str, &'static str); 4] {
     match dialect {
         Dialect::Postgres => [
             (
+                TABLE,
                 "failures",
                 "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
             ),
             (
+                TABLE,
                 "created_at",
                 "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT \
                  DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
             ),
+            (
+                TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+            ),
+            (
+                DEAD_TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+            ),
         ],
         Dialect::MySql => [
             (
+                TABLE,
                 "failures",
                 "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
             ),
             (
+                TABLE,
                 "created_at",
                 "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT NULL \
                  DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
             ),
+            (
+                TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+            ),
+            (
+                DEAD_TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+            ),
         ],
         Dialect::Sqlite => [
             (
+                TABLE,
                 "failures",
                 "ALTER TABLE posthog_outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
             ),
             (
+                TABLE,
                 "created_at",
                 "ALTER TABLE posthog_outbox ADD COLUMN created_at INTEGER",
+            ),
+            (
+                TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox ADD COLUMN historical INTEGER NOT NULL DEFAULT 0",
+            ),
+            (
+                DEAD_TABLE,
+                "historical",
+                "ALTER TABLE posthog_outbox_dead ADD COLUMN historical INTEGER NOT NULL DEFAULT 0",
             ),
         ],
     }
@@ -221,27 +264,21 @@ async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
     for statement in create_table_sql(dialect).split(";\n") {
         DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(statement))).await?;
     }
-    let columns_sql = match dialect {
-        Dialect::Postgres => {
-            "SELECT column_name::TEXT FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
-        }
-        Dialect::MySql => {
-            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
-        }
-        Dialect::Sqlite => "SELECT name FROM pragma_table_info('posthog_outbox')",
-    };
-    let columns = DB::fetch_all(conn, sqlx::query(columns_sql))
-        .await?
-        .iter()
-        .map(|row| DB::text(row, 0).map(|name| name.to_ascii_lowercase()))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (column, ddl) in added_columns(dialect) {
-        if !columns.iter().any(|existing| existing == column) {
+    let mut columns = Vec::new();
+    for table in [TABLE, DEAD_TABLE] {
+        columns.push(table_columns::<DB>(conn, table).await?);
+    }
+    for (table, column, ddl) in added_columns(dialect) {
+        let existing = if table == TABLE {
+            &columns[0]
+        } else {
+            &columns[1]
+        };
+        if !existing.iter().any(|existing| existing == column) {
             DB::execute(conn, sqlx::query(ddl)).await?;
         }
     }
+    let columns = &columns[0];
     // Versions before the dead-letter table kept dead rows in the outbox with `status = 1`.
     if columns.iter().any(|existing| existing == "status") {
         let move_dead = format!(
@@ -260,6 +297,26 @@ async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// The lower-cased column names of `table` (one of the outbox's own tables).
+async fn table_columns<DB: Backend>(conn: &mut DB::Connection, table: &str) -> Result<Vec<String>> {
+    let sql = match DB::DIALECT {
+        Dialect::Postgres => format!(
+            "SELECT column_name::TEXT FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = '{table}'"
+        ),
+        Dialect::MySql => format!(
+            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = '{table}'"
+        ),
+        Dialect::Sqlite => format!("SELECT name FROM pragma_table_info('{table}')"),
+    };
+    Ok(DB::fetch_all(conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await?
+        .iter()
+        .map(|row| DB::text(row, 0).map(|name| name.to_ascii_lowercase()))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A missing outbox table says how to create it; every other database error stays as it is.
@@ -288,8 +345,18 @@ pub(crate) async fn write<DB: Backend>(
     conn: &mut DB::Connection,
     events: &[StagedEvent],
 ) -> Result<()> {
+    write_marked::<DB>(conn, events, false).await
+}
+
+/// Inserts staged events like [`write`]; `historical` ones are sent as `historical_migration`
+/// (PostHog's import path for past events) by every relay.
+pub(crate) async fn write_marked<DB: Backend>(
+    conn: &mut DB::Connection,
+    events: &[StagedEvent],
+    historical: bool,
+) -> Result<()> {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let sql = insert_sql(DB::DIALECT, chunk.len());
+        let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         let mut uuid_buffer = Uuid::encode_buffer();
         for event in chunk {
@@ -309,14 +376,20 @@ pub(crate) async fn write<DB: Backend>(
     Ok(())
 }
 
-fn insert_sql(dialect: Dialect, events: usize) -> String {
-    let mut sql = String::with_capacity(96 + events * 24);
-    sql.push_str(
-        "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ",
-    );
+fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {
+    let mut sql = String::with_capacity(112 + events * 28);
+    sql.push_str("INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload");
+    sql.push_str(if historical {
+        ", historical) VALUES "
+    } else {
+        ") VALUES "
+    });
     for i in 0..events {
         sql.push_str(if i == 0 { "(" } else { ", (" });
         dialect.push_placeholders(&mut sql, i * COLUMNS_PER_EVENT + 1, COLUMNS_PER_EVENT);
+        if historical {
+            sql.push_str(", 1");
+        }
         sql.push(')');
     }
     sql
@@ -503,8 +576,9 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
         let filter = id_filter(DB::DIALECT, ids.unwrap_or_default(), 1);
         let copy = format!(
-            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-             SELECT uuid, event, distinct_id, timestamp, payload FROM posthog_outbox_dead{filter} \
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, historical) \
+             SELECT uuid, event, distinct_id, timestamp, payload, historical \
+             FROM posthog_outbox_dead{filter} \
              ORDER BY id"
         );
         let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
@@ -584,14 +658,19 @@ mod tests {
     #[test]
     fn insert_sql_numbers_postgres_placeholders_across_rows() {
         assert_eq!(
-            insert_sql(Dialect::Postgres, 2),
+            insert_sql(Dialect::Postgres, 2, false),
             "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES \
              ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
         );
         assert_eq!(
-            insert_sql(Dialect::Sqlite, 1),
+            insert_sql(Dialect::Sqlite, 1, false),
             "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES \
              (?, ?, ?, ?, ?)"
+        );
+        assert_eq!(
+            insert_sql(Dialect::Sqlite, 2, true),
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, historical) \
+             VALUES (?, ?, ?, ?, ?, 1), (?, ?, ?, ?, ?, 1)"
         );
     }
 }

@@ -61,12 +61,15 @@ pub fn groups(prior: &[u32]) -> Vec<Vec<usize>> {
 
 /// Sends `payloads` in `groups` (see [`groups`]) and returns the fate of each payload, in
 /// order. Payloads in no group come back as [`Fate::Paused`] with an empty reason.
+/// `historical[i]` says whether payload `i` goes in a `historical_migration` request: a
+/// group's historical and live events travel in separate requests.
 pub async fn deliver(
     transport: &Transport,
     payloads: &[&str],
     groups: &[Vec<usize>],
-    historical_migration: bool,
+    historical: &[bool],
 ) -> Vec<Fate> {
+    let is_historical = |index: usize| historical.get(index).copied().unwrap_or(false);
     let untried = Fate::Paused {
         reason: String::new(),
     };
@@ -86,26 +89,18 @@ pub async fn deliver(
                 sendable.push(index);
             }
         }
-        // Keep each request well under PostHog's size limit.
-        let mut start = 0;
-        while start < sendable.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < sendable.len()
-                && (end == start || bytes + payloads[sendable[end]].len() < MAX_REQUEST_BYTES)
-            {
-                bytes += payloads[sendable[end]].len() + 1;
-                end += 1;
-            }
-            send_part(
+        let (past, live): (Vec<usize>, Vec<usize>) = sendable
+            .into_iter()
+            .partition(|&index| is_historical(index));
+        for (sendable, historical_migration) in [(live, false), (past, true)] {
+            send_parts(
                 transport,
                 payloads,
-                &sendable[start..end],
+                &sendable,
                 historical_migration,
                 &mut fates,
             )
             .await;
-            start = end;
         }
         let outcome = group.iter().map(|&index| &fates[index]).find(|fate| {
             matches!(
@@ -127,6 +122,36 @@ pub async fn deliver(
         }
     }
     fates
+}
+
+/// Sends `sendable` in requests that stay well under PostHog's size limit.
+async fn send_parts(
+    transport: &Transport,
+    payloads: &[&str],
+    sendable: &[usize],
+    historical_migration: bool,
+    fates: &mut [Fate],
+) {
+    let mut start = 0;
+    while start < sendable.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < sendable.len()
+            && (end == start || bytes + payloads[sendable[end]].len() < MAX_REQUEST_BYTES)
+        {
+            bytes += payloads[sendable[end]].len() + 1;
+            end += 1;
+        }
+        send_part(
+            transport,
+            payloads,
+            &sendable[start..end],
+            historical_migration,
+            fates,
+        )
+        .await;
+        start = end;
+    }
 }
 
 /// Sends one part; on 413 or 400 splits it in halves until the culprits stand alone (only a

@@ -327,7 +327,11 @@ impl Worker {
             let groups = deliver::groups(&prior);
             let fates = self
                 .sink
-                .deliver(&payloads, &groups, self.options.historical_migration)
+                .deliver(
+                    &payloads,
+                    &groups,
+                    &vec![self.options.historical_migration; payloads.len()],
+                )
                 .await;
             self.stats.count_fates(&fates);
             let mut retry_after = None;

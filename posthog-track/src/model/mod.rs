@@ -14,4 +14,5 @@ mod traits;
 
 pub use codegen::{ChangeMask, ModelSql, SqlSet, milestone_condition};
 pub use stage::stage_insert_event_detached;
+pub(crate) use stage::with_groups;
 pub use traits::{EventSchema, TrackedModel, TrackedRow};

@@ -43,6 +43,8 @@ pub(crate) struct Claimed {
     /// Milliseconds since it was committed (database clock); `None` when unknown.
     pub age_millis: Option<i64>,
     pub payload: String,
+    /// Sent as `historical_migration` (a backfill's past events).
+    pub historical: bool,
 }
 
 /// Leases up to `limit` deliverable rows (not leased, or lease or backoff expired), oldest
@@ -66,7 +68,7 @@ pub(crate) async fn claim<DB: Backend>(
                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
                      octet_length(payload)::BIGINT, \
-                     CASE WHEN octet_length(payload) <= $4 THEN payload END"
+                     CASE WHEN octet_length(payload) <= $4 THEN payload END, historical"
             );
             fetch_claimed::<DB>(
                 pool,
@@ -85,7 +87,7 @@ pub(crate) async fn claim<DB: Backend>(
                      ORDER BY id LIMIT ?) \
                  RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
                      LENGTH(CAST(payload AS BLOB)), \
-                     CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END"
+                     CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END, historical"
             );
             fetch_claimed::<DB>(
                 pool,
@@ -216,7 +218,8 @@ async fn claim_mysql<DB: Backend>(
     DB::execute(&mut tx, query).await?;
     let mut read = format!(
         "SELECT id, attempts, failures, COALESCE({now} - created_at, -1), \
-             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
+             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END, \
+             historical \
          FROM posthog_outbox WHERE 1 = 1"
     );
     push_id_list(Dialect::MySql, &mut read, 2, ids.len());
@@ -255,6 +258,7 @@ fn decode<DB: Backend>(row: &DB::Row) -> Result<Taken> {
             failures: DB::int(row, 2)?,
             age_millis: (age >= 0).then_some(age),
             payload: payload.unwrap_or_default(),
+            historical: DB::int(row, 6)? != 0,
         },
     })
 }
@@ -423,13 +427,15 @@ fn settle_sql<'a>(
         Settle::Dead { reason } => {
             let mut sql = "INSERT INTO posthog_outbox_dead \
                  (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, \
-                  dead_at) \
+                  dead_at, historical) \
                  SELECT id, uuid, event, distinct_id, timestamp, payload, attempts, "
                 .to_owned();
             sql.push_str(&appended_history(dialect, 1));
             sql.push_str(", ");
             dialect.push_placeholder(&mut sql, 2);
-            sql.push_str(&format!(", {now} FROM posthog_outbox WHERE claim = "));
+            sql.push_str(&format!(
+                ", {now}, historical FROM posthog_outbox WHERE claim = "
+            ));
             binds.push(Bind::Text(reason));
             binds.push(Bind::Text(reason));
             sql

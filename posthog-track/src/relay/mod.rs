@@ -225,8 +225,12 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
+        let historical: Vec<bool> = rows
+            .iter()
+            .map(|row| row.historical || self.options.historical_migration)
+            .collect();
         let fates = {
-            let send = sink.deliver(&payloads, &groups, self.options.historical_migration);
+            let send = sink.deliver(&payloads, &groups, &historical);
             tokio::pin!(send);
             let renew_every = (self.options.lease / 3).max(Duration::from_millis(10));
             let mut renewed = Instant::now();
