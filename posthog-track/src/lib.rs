@@ -85,7 +85,7 @@ mod tracker;
 mod transaction;
 
 pub use backend::{Backend, Dialect};
-pub use backfill::{Backfill, BackfillProgress, BackfillReport};
+pub use backfill::{Backfill, BackfillPool, BackfillProgress, BackfillReport};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats};
 pub use config::{ApiKey, Config, EU_HOST, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};

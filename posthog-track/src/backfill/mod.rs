@@ -21,7 +21,9 @@ mod pace;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -29,7 +31,7 @@ use serde::de::DeserializeOwned;
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
 use crate::event::{
     LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, format_timestamp, properties_object,
@@ -82,25 +84,67 @@ impl Tracker {
     /// println!("{report}");
     /// # Ok(()) }
     /// ```
-    pub fn backfill<'p, M, DB>(&self, pool: &'p Pool<DB>) -> Backfill<'p, M, DB>
+    pub fn backfill<'p, M>(&self, pool: &'p (impl BackfillPool<M> + 'p)) -> Backfill<'p, M>
     where
         M: BackfillModel,
-        DB: Backend,
     {
         Backfill {
             tracker: self.clone(),
             pool,
-            only: None,
-            rate: None,
-            with_events: None,
-            dry_run: false,
-            restart: false,
-            page_size: DEFAULT_PAGE_SIZE,
-            max_rows: None,
-            sample: DEFAULT_SAMPLE,
-            on_progress: None,
+            options: Options {
+                only: None,
+                rate: None,
+                with_events: None,
+                dry_run: false,
+                restart: false,
+                page_size: DEFAULT_PAGE_SIZE,
+                max_rows: None,
+                sample: DEFAULT_SAMPLE,
+                on_progress: None,
+            },
             model: PhantomData,
         }
+    }
+}
+
+/// A pool a backfill of `M` can read: `sqlx::Pool<DB>` of every [`Backend`] whose sqlx types
+/// can read `M`'s fields, when `M`'s key can be kept in the checkpoint (serde
+/// `Serialize` + `Deserialize`, as strings, integers and uuids are). It lets
+/// `tracker.backfill::<M>(&pool)` name only the model.
+#[diagnostic::on_unimplemented(
+    message = "`{M}` cannot be backfilled from `{Self}`",
+    label = "not a pool `{M}` can be read from, with a key the checkpoint can keep",
+    note = "the pool must be a `sqlx::Pool` of a backend `{M}` can be written to, and `{M}`'s \
+            key type must implement `serde::Serialize` and `serde::Deserialize`"
+)]
+pub trait BackfillPool<M>: Sync {
+    #[doc(hidden)]
+    fn __run<'a>(
+        &'a self,
+        tracker: Tracker,
+        options: Options<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<BackfillReport>> + Send + 'a>>;
+
+    #[doc(hidden)]
+    fn __backend(&self) -> &'static str;
+}
+
+impl<DB, M> BackfillPool<M> for Pool<DB>
+where
+    DB: Backend,
+    M: BackfillRow<DB> + 'static,
+    M::Key: Serialize + DeserializeOwned,
+{
+    fn __run<'a>(
+        &'a self,
+        tracker: Tracker,
+        options: Options<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<BackfillReport>> + Send + 'a>> {
+        Box::pin(run::<M, DB>(tracker, self, options))
+    }
+
+    fn __backend(&self) -> &'static str {
+        DB::DIALECT.name()
     }
 }
 
@@ -109,9 +153,16 @@ type ProgressFn<'p> = Box<dyn FnMut(&BackfillProgress) + Send + 'p>;
 
 /// A backfill of model `M`'s rows, being configured; see [`Tracker::backfill`].
 #[must_use = "a backfill does nothing until `.run().await`"]
-pub struct Backfill<'p, M, DB: Backend> {
+pub struct Backfill<'p, M> {
     tracker: Tracker,
-    pool: &'p Pool<DB>,
+    pool: &'p (dyn BackfillPool<M> + 'p),
+    options: Options<'p>,
+    model: PhantomData<fn() -> M>,
+}
+
+/// The options of a [`Backfill`]. Not public API.
+#[doc(hidden)]
+pub struct Options<'p> {
     only: Option<Vec<String>>,
     rate: Option<u32>,
     with_events: Option<String>,
@@ -121,20 +172,20 @@ pub struct Backfill<'p, M, DB: Backend> {
     max_rows: Option<u64>,
     sample: usize,
     on_progress: Option<ProgressFn<'p>>,
-    model: PhantomData<fn() -> M>,
 }
 
-impl<M, DB: Backend> fmt::Debug for Backfill<'_, M, DB> {
+impl<M> fmt::Debug for Backfill<'_, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = &self.options;
         f.debug_struct("Backfill")
-            .field("backend", &DB::DIALECT.name())
-            .field("only", &self.only)
-            .field("rate", &self.rate)
-            .field("with_events", &self.with_events)
-            .field("dry_run", &self.dry_run)
-            .field("restart", &self.restart)
-            .field("page_size", &self.page_size)
-            .field("max_rows", &self.max_rows)
+            .field("backend", &self.pool.__backend())
+            .field("only", &options.only)
+            .field("rate", &options.rate)
+            .field("with_events", &options.with_events)
+            .field("dry_run", &options.dry_run)
+            .field("restart", &options.restart)
+            .field("page_size", &options.page_size)
+            .field("max_rows", &options.max_rows)
             .finish_non_exhaustive()
     }
 }
@@ -244,10 +295,9 @@ impl fmt::Display for BackfillReport {
     }
 }
 
-impl<'p, M, DB> Backfill<'p, M, DB>
+impl<'p, M> Backfill<'p, M>
 where
     M: BackfillModel,
-    DB: Backend,
 {
     /// Backfills only these person (or group) properties, by property name, field name or
     /// column: the day `trial_ends_at` becomes `#[tracked(person)]`, send just it. A name
@@ -258,7 +308,7 @@ where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.only = Some(names.into_iter().map(Into::into).collect());
+        self.options.only = Some(names.into_iter().map(Into::into).collect());
         self
     }
 
@@ -266,7 +316,7 @@ where
     /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
     /// Unlimited by default.
     pub fn rate(mut self, events_per_second: u32) -> Self {
-        self.rate = Some(events_per_second);
+        self.options.rate = Some(events_per_second);
         self
     }
 
@@ -275,7 +325,7 @@ where
     /// `historical_migration`. Rows whose column is `None` get no insert event. Needs outbox
     /// delivery (the default): the after-commit queue has no per-event historical flag.
     pub fn with_events(mut self, column: impl Into<String>) -> Self {
-        self.with_events = Some(column.into());
+        self.options.with_events = Some(column.into());
         self
     }
 
@@ -283,7 +333,7 @@ where
     /// [`sample`](BackfillReport::sample) of them, and stages nothing (the checkpoint does not
     /// move either).
     pub fn dry_run(mut self) -> Self {
-        self.dry_run = true;
+        self.options.dry_run = true;
         self
     }
 
@@ -292,34 +342,34 @@ where
     /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
     /// waiting in the outbox are not staged twice.
     pub fn restart(mut self) -> Self {
-        self.restart = true;
+        self.options.restart = true;
         self
     }
 
     /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
     /// smaller.
     pub fn page_size(mut self, rows: usize) -> Self {
-        self.page_size = rows.max(1);
+        self.options.page_size = rows.max(1);
         self
     }
 
     /// Stops after this many rows (a whole number of pages); the next run resumes. For
     /// backfills spread over maintenance windows.
     pub fn max_rows(mut self, rows: u64) -> Self {
-        self.max_rows = Some(rows);
+        self.options.max_rows = Some(rows);
         self
     }
 
     /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
     pub fn sample(mut self, events: usize) -> Self {
-        self.sample = events;
+        self.options.sample = events;
         self
     }
 
     /// Called after every page with the progress so far (also logged with `tracing` at
     /// `info`, target `posthog_track::backfill`).
     pub fn on_progress(mut self, callback: impl FnMut(&BackfillProgress) + Send + 'p) -> Self {
-        self.on_progress = Some(Box::new(callback));
+        self.options.on_progress = Some(Box::new(callback));
         self
     }
 
@@ -330,225 +380,236 @@ where
     /// nothing to backfill ([`Error::NothingToBackfill`]), or when the tracker is disabled.
     /// A failure part-way leaves every committed page committed, with its checkpoint: run
     /// again to resume.
-    pub async fn run(mut self) -> Result<BackfillReport>
-    where
-        M: BackfillRow<DB>,
-        M::Key: Serialize + DeserializeOwned,
-    {
-        let started = Instant::now();
-        let plan = Plan::resolve::<M>(self.only.as_deref(), self.with_events.as_deref())?;
-        let dispatch = &self.tracker.inner.dispatch;
-        let mode = self.tracker.mode();
-        if !self.dry_run {
-            if mode == Mode::Disabled {
-                return Err(Error::Disabled {
-                    operation: "backfill",
-                });
-            }
-            if plan.events_field.is_some() && mode == Mode::Live && !dispatch.writes_outbox() {
-                return Err(Error::Unsupported {
-                    operation: format!("backfill of `{}` with_events", M::TABLE),
-                    backend: DB::DIALECT.name(),
-                    reason: "historical insert events need outbox delivery (the default): the \
-                             after-commit queue sends every event of a batch alike",
-                });
-            }
-        }
-        let mut report = BackfillReport {
-            model: M::TABLE,
-            checkpoint: plan.checkpoint.clone(),
-            rows: 0,
-            events: 0,
-            person_updates: 0,
-            group_updates: 0,
-            insert_events: 0,
-            skipped_unattributed: 0,
-            skipped_empty: 0,
-            already_in_outbox: 0,
-            pages: 0,
-            duration: Duration::ZERO,
-            resumed_from: None,
-            already_complete: false,
-            complete: false,
-            dry_run: self.dry_run,
-            sample: Vec::new(),
-        };
+    pub async fn run(self) -> Result<BackfillReport> {
+        self.pool.__run(self.tracker, self.options).await
+    }
+}
 
-        let (mut checkpoint, existed) = if self.dry_run {
-            match checkpoint::peek(self.pool, &plan.checkpoint).await? {
-                Some(found) => (found, true),
-                None => (Checkpoint::default(), false),
-            }
-        } else {
-            checkpoint::load(self.pool, &plan.checkpoint, &plan.description).await?
-        };
-        let mut look_in_outbox = false;
-        if self.restart && existed {
-            if self.dry_run {
-                checkpoint = Checkpoint::default();
-            } else {
-                checkpoint = checkpoint::reset(self.pool, &plan.checkpoint, &checkpoint).await?;
-                look_in_outbox = dispatch.writes_outbox();
-            }
+/// [`Backfill::run`] on one backend.
+async fn run<M, DB>(
+    tracker: Tracker,
+    pool: &Pool<DB>,
+    mut options: Options<'_>,
+) -> Result<BackfillReport>
+where
+    M: BackfillRow<DB>,
+    M::Key: Serialize + DeserializeOwned,
+    DB: Backend,
+{
+    let started = Instant::now();
+    let plan = Plan::resolve::<M>(options.only.as_deref(), options.with_events.as_deref())?;
+    let dispatch = &tracker.inner.dispatch;
+    let mode = tracker.mode();
+    if !options.dry_run {
+        if mode == Mode::Disabled {
+            return Err(Error::Disabled {
+                operation: "backfill",
+            });
         }
-        if checkpoint.done {
-            report.already_complete = true;
-            report.complete = true;
-            report.duration = started.elapsed();
-            tracing::info!(
-                target: "posthog_track::backfill",
-                model = M::TABLE,
-                checkpoint = %plan.checkpoint,
-                "backfill already complete; nothing to do (restart() starts over)"
-            );
-            return Ok(report);
+        if plan.events_field.is_some() && mode == Mode::Live && !dispatch.writes_outbox() {
+            return Err(Error::Unsupported {
+                operation: format!("backfill of `{}` with_events", M::TABLE),
+                backend: DB::DIALECT.name(),
+                reason: "historical insert events need outbox delivery (the default): the \
+                             after-commit queue sends every event of a batch alike",
+            });
         }
-        report.resumed_from = checkpoint.last_key.clone();
-        let mut last_key: Option<M::Key> = match &checkpoint.last_key {
-            Some(json) => {
-                Some(
-                    serde_json::from_str(json).map_err(|source| Error::BadCheckpoint {
-                        checkpoint: plan.checkpoint.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let relay = if self.dry_run {
-            None
+    }
+    let mut report = BackfillReport {
+        model: M::TABLE,
+        checkpoint: plan.checkpoint.clone(),
+        rows: 0,
+        events: 0,
+        person_updates: 0,
+        group_updates: 0,
+        insert_events: 0,
+        skipped_unattributed: 0,
+        skipped_empty: 0,
+        already_in_outbox: 0,
+        pages: 0,
+        duration: Duration::ZERO,
+        resumed_from: None,
+        already_complete: false,
+        complete: false,
+        dry_run: options.dry_run,
+        sample: Vec::new(),
+    };
+
+    let (mut checkpoint, existed) = if options.dry_run {
+        match checkpoint::peek(pool, &plan.checkpoint).await? {
+            Some(found) => (found, true),
+            None => (Checkpoint::default(), false),
+        }
+    } else {
+        checkpoint::load(pool, &plan.checkpoint, &plan.description).await?
+    };
+    let mut look_in_outbox = false;
+    if options.restart && existed {
+        if options.dry_run {
+            checkpoint = Checkpoint::default();
         } else {
-            dispatch.track_pool(self.pool)
-        };
-        let pacer = Pacer::new(if self.dry_run { None } else { self.rate });
-        let rows_per_page = pacer.rows_per_page(self.page_size, plan.events_per_row());
-        let pages = M::__BACKFILL.pages(DB::DIALECT);
+            checkpoint = checkpoint::reset(pool, &plan.checkpoint, &checkpoint).await?;
+            look_in_outbox = dispatch.writes_outbox();
+        }
+    }
+    if checkpoint.done {
+        report.already_complete = true;
+        report.complete = true;
+        report.duration = started.elapsed();
         tracing::info!(
             target: "posthog_track::backfill",
             model = M::TABLE,
             checkpoint = %plan.checkpoint,
-            resumed_from = ?checkpoint.last_key,
-            dry_run = self.dry_run,
-            "backfill started: {}",
-            plan.description
+            "backfill already complete; nothing to do (restart() starts over)"
         );
+        return Ok(report);
+    }
+    report.resumed_from = checkpoint.last_key.clone();
+    let mut last_key: Option<M::Key> = match &checkpoint.last_key {
+        Some(json) => Some(
+            serde_json::from_str(json).map_err(|source| Error::BadCheckpoint {
+                checkpoint: plan.checkpoint.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let relay = if options.dry_run {
+        None
+    } else {
+        dispatch.track_pool(pool)
+    };
+    let pacer = Pacer::new(if options.dry_run { None } else { options.rate });
+    let rows_per_page = pacer.rows_per_page(options.page_size, plan.events_per_row());
+    let pages = M::__BACKFILL.pages(DB::DIALECT);
+    tracing::info!(
+        target: "posthog_track::backfill",
+        model = M::TABLE,
+        checkpoint = %plan.checkpoint,
+        resumed_from = ?checkpoint.last_key,
+        dry_run = options.dry_run,
+        "backfill started: {}",
+        plan.description
+    );
 
-        loop {
-            let mut limit = rows_per_page as u64;
-            if let Some(max) = self.max_rows {
-                limit = limit.min(max.saturating_sub(report.rows));
-                if limit == 0 {
-                    break;
-                }
-            }
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut tx = self.pool.begin().await?;
-            let query = match &last_key {
-                None => DB::bind_i64(sqlx::query(pages.first), limit),
-                Some(key) => {
-                    DB::bind_i64(M::__bind_key_value(key, sqlx::query(pages.after)), limit)
-                }
-            };
-            let rows = DB::fetch_all(&mut tx, query).await?;
-            let Some(last_row) = rows.last() else {
-                if !self.dry_run {
-                    let next = Checkpoint {
-                        done: true,
-                        generation: checkpoint.generation + 1,
-                        ..checkpoint.clone()
-                    };
-                    checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next)
-                        .await?;
-                    tx.commit().await?;
-                }
-                report.complete = true;
+    loop {
+        let mut limit = rows_per_page as u64;
+        if let Some(max) = options.max_rows {
+            limit = limit.min(max.saturating_sub(report.rows));
+            if limit == 0 {
                 break;
-            };
-            let page_key = M::__key_from_row(last_row)?;
-            let page_key_json = key_json(&page_key)?;
-
-            let mut page = Page::default();
-            for row in &rows {
-                let model = M::__from_row(row)?;
-                let key = key_json(&M::__key_from_row(row)?)?;
-                plan.stage_row(&model, &key, &mut page)?;
             }
-            if look_in_outbox {
-                report.already_in_outbox += page.drop_pending::<DB>(&mut tx).await?;
-            }
-            let staged = (page.live.len() + page.past.len()) as u64;
-            report.rows += rows.len() as u64;
-            report.events += staged;
-            report.person_updates += page.person_updates;
-            report.group_updates += page.group_updates;
-            report.insert_events += page.past.len() as u64;
-            report.skipped_unattributed += page.skipped_unattributed;
-            report.skipped_empty += page.skipped_empty;
-            report.pages += 1;
-
-            if self.dry_run {
-                let room = self.sample.saturating_sub(report.sample.len());
-                report
-                    .sample
-                    .extend(page.live.into_iter().chain(page.past).take(room));
-                drop(tx);
-            } else {
-                let live = dispatch.apply_before_send(page.live);
-                let past = dispatch.apply_before_send(page.past);
-                if dispatch.writes_outbox() {
-                    outbox::write::<DB>(&mut tx, &live).await?;
-                    outbox::write_marked::<DB>(&mut tx, &past, true).await?;
-                }
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // SQLite: take the write lock before reading the page, or the first write of a
+        // transaction that read before a relay's commit fails with SQLITE_BUSY_SNAPSHOT.
+        let mut tx = if DB::DIALECT == Dialect::Sqlite && !options.dry_run {
+            pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            pool.begin().await?
+        };
+        let query = match &last_key {
+            None => DB::bind_i64(sqlx::query(pages.first), limit),
+            Some(key) => DB::bind_i64(M::__bind_key_value(key, sqlx::query(pages.after)), limit),
+        };
+        let rows = DB::fetch_all(&mut tx, query).await?;
+        let Some(last_row) = rows.last() else {
+            if !options.dry_run {
                 let next = Checkpoint {
-                    last_key: Some(page_key_json.clone()),
-                    rows: checkpoint.rows + rows.len() as i64,
-                    events: checkpoint.events + i64::try_from(staged).unwrap_or(i64::MAX),
-                    done: false,
+                    done: true,
                     generation: checkpoint.generation + 1,
+                    ..checkpoint.clone()
                 };
                 checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
                 tx.commit().await?;
-                checkpoint = next;
-                let mut committed = live;
-                committed.extend(past);
-                dispatch.committed(relay, committed).await;
             }
-            last_key = Some(page_key);
+            report.complete = true;
+            break;
+        };
+        let page_key = M::__key_from_row(last_row)?;
+        let page_key_json = key_json(&page_key)?;
 
-            let elapsed = started.elapsed();
-            let seconds = elapsed.as_secs_f64().max(1e-9);
-            #[allow(clippy::cast_precision_loss)]
-            let progress = BackfillProgress {
-                rows: report.rows,
-                events: report.events,
-                total_rows: u64::try_from(checkpoint.rows).unwrap_or(0).max(report.rows),
-                elapsed,
-                rows_per_second: report.rows as f64 / seconds,
-                events_per_second: report.events as f64 / seconds,
-                last_key: Some(page_key_json),
-            };
-            tracing::info!(
-                target: "posthog_track::backfill",
-                model = M::TABLE,
-                rows = progress.rows,
-                events = progress.events,
-                rows_per_second = progress.rows_per_second,
-                events_per_second = progress.events_per_second,
-                last_key = ?progress.last_key,
-                "backfill progress"
-            );
-            if let Some(callback) = &mut self.on_progress {
-                callback(&progress);
-            }
-            let wait = pacer.delay(report.events, started.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+        let mut page = Page::default();
+        for row in &rows {
+            let model = M::__from_row(row)?;
+            let key = key_json(&M::__key_from_row(row)?)?;
+            plan.stage_row(&model, &key, &mut page)?;
         }
-        report.duration = started.elapsed();
-        tracing::info!(target: "posthog_track::backfill", "{report}");
-        Ok(report)
+        if look_in_outbox {
+            report.already_in_outbox += page.drop_pending::<DB>(&mut tx).await?;
+        }
+        let staged = (page.live.len() + page.past.len()) as u64;
+        report.rows += rows.len() as u64;
+        report.events += staged;
+        report.person_updates += page.person_updates;
+        report.group_updates += page.group_updates;
+        report.insert_events += page.past.len() as u64;
+        report.skipped_unattributed += page.skipped_unattributed;
+        report.skipped_empty += page.skipped_empty;
+        report.pages += 1;
+
+        if options.dry_run {
+            let room = options.sample.saturating_sub(report.sample.len());
+            report
+                .sample
+                .extend(page.live.into_iter().chain(page.past).take(room));
+            drop(tx);
+        } else {
+            let live = dispatch.apply_before_send(page.live);
+            let past = dispatch.apply_before_send(page.past);
+            if dispatch.writes_outbox() {
+                outbox::write::<DB>(&mut tx, &live).await?;
+                outbox::write_marked::<DB>(&mut tx, &past, true).await?;
+            }
+            let next = Checkpoint {
+                last_key: Some(page_key_json.clone()),
+                rows: checkpoint.rows + rows.len() as i64,
+                events: checkpoint.events + i64::try_from(staged).unwrap_or(i64::MAX),
+                done: false,
+                generation: checkpoint.generation + 1,
+            };
+            checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
+            tx.commit().await?;
+            checkpoint = next;
+            let mut committed = live;
+            committed.extend(past);
+            dispatch.committed(relay, committed).await;
+        }
+        last_key = Some(page_key);
+
+        let elapsed = started.elapsed();
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        #[allow(clippy::cast_precision_loss)]
+        let progress = BackfillProgress {
+            rows: report.rows,
+            events: report.events,
+            total_rows: u64::try_from(checkpoint.rows).unwrap_or(0).max(report.rows),
+            elapsed,
+            rows_per_second: report.rows as f64 / seconds,
+            events_per_second: report.events as f64 / seconds,
+            last_key: Some(page_key_json),
+        };
+        tracing::info!(
+            target: "posthog_track::backfill",
+            model = M::TABLE,
+            rows = progress.rows,
+            events = progress.events,
+            rows_per_second = progress.rows_per_second,
+            events_per_second = progress.events_per_second,
+            last_key = ?progress.last_key,
+            "backfill progress"
+        );
+        if let Some(callback) = &mut options.on_progress {
+            callback(&progress);
+        }
+        let wait = pacer.delay(report.events, started.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
+    report.duration = started.elapsed();
+    tracing::info!(target: "posthog_track::backfill", "{report}");
+    Ok(report)
 }
 
 fn key_json<K: Serialize>(key: &K) -> Result<String> {
