@@ -468,6 +468,26 @@ where
 }
 on_every_backend!(backfill_dry_run);
 
+/// Without an API key the tracker prints the events and the checkpoint does not move: the
+/// run with the key still sends every row.
+async fn backfill_without_a_key_keeps_no_checkpoint<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let printing = Tracker::builder().build();
+    people(&printing, pool, 5).await;
+    let printed = printing.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!((printed.rows, printed.events), (5, 5), "{printed}");
+    assert!(printing.outbox(pool).is_empty().await.unwrap());
+
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    let sent = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!(sent.events, 5, "{sent}");
+    assert!(!sent.already_complete);
+}
+on_every_backend!(backfill_without_a_key_keeps_no_checkpoint);
+
 /// A group model: one `$groupidentify` per row, paginated by a text key.
 async fn backfill_groups<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
@@ -553,3 +573,177 @@ where
     }
 }
 on_every_backend!(backfill_groups);
+
+/// A historical event that PostHog refuses is dead-lettered with its flag, and requeued it is
+/// still sent as `historical_migration`.
+async fn backfill_historical_flag_survives_dead_letters<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 3).await;
+    mock.reject_events_where(|event| event["event"] == "person_signed_up");
+    tracker
+        .backfill::<Person>(pool)
+        .with_events("created_at")
+        .run()
+        .await
+        .unwrap();
+    // Dead-lettered by the background relay, or by the flush: either way, not delivered.
+    let _ = tracker.flush().await;
+    let outbox = tracker.outbox(pool);
+    assert_eq!(outbox.status().await.unwrap().dead, 3);
+
+    mock.clear();
+    mock.reject_events_where(|_| false);
+    assert_eq!(outbox.requeue(None).await.unwrap(), 3);
+    tracker.flush().await.unwrap();
+    let requests = mock.requests();
+    let signups: Vec<_> = requests
+        .iter()
+        .filter(|request| request.status == 200)
+        .collect();
+    assert!(!signups.is_empty());
+    assert!(
+        signups.iter().all(|request| request.historical_migration),
+        "{signups:#?}"
+    );
+    assert_eq!(mock.events().len(), 3);
+}
+on_every_backend!(backfill_historical_flag_survives_dead_letters);
+
+/// A restarted run over events still waiting in the outbox stages none of them twice; a row
+/// that changed since gets a new event (new content, new uuid).
+async fn backfill_restart_skips_pending_events<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    // Nothing is delivered: the first run's events stay in the outbox.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    people(&tracker, pool, 40).await;
+    let first = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!(first.events, 40);
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(
+        &mut conn,
+        sqlx::query("UPDATE bf_people SET plan = 'enterprise' WHERE id = 7"),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    let restarted = tracker
+        .backfill::<Person>(pool)
+        .restart()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(restarted.rows, 40, "{restarted}");
+    assert_eq!(restarted.already_in_outbox, 39);
+    assert_eq!(restarted.events, 1, "only the changed row");
+    let events = tracker.outbox(pool).events().await.unwrap();
+    assert_eq!(events.len(), 41);
+    let uuids: BTreeSet<_> = events.iter().map(|event| event.uuid).collect();
+    assert_eq!(uuids.len(), 41, "no uuid twice in the outbox");
+    let seven: Vec<_> = events.iter().filter(|e| e.distinct_id == "7").collect();
+    assert_eq!(
+        seven[1].payload["properties"]["$set"]["plan_name"],
+        "enterprise"
+    );
+}
+on_every_backend!(backfill_restart_skips_pending_events);
+
+/// `VmRSS` or `VmHWM` of this process in KiB, from `/proc/self/status` (Linux).
+fn memory_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Constant memory: a backfill of 1,000,000 rows on SQLite (`BACKFILL_RSS_ROWS` to change)
+/// holds one page at a time, so the resident set after the first tenth of the rows does not
+/// grow with the rest. Prints the peak RSS. Ignored by default (a minute or two):
+///
+/// ```text
+/// cargo test -p posthog-track-tests --test backfill -- --ignored constant_memory --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a million rows: run by hand to measure peak RSS"]
+async fn constant_memory() {
+    let rows: i64 = std::env::var("BACKFILL_RSS_ROWS")
+        .ok()
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or(1_000_000);
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("backfill_rss").await;
+    let mock = MockPostHog::start().await;
+    // Staging only: nothing is delivered, so the figure is the backfill's own.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE bf_people (id BIGINT PRIMARY KEY, email TEXT NOT NULL, plan TEXT NOT NULL, \
+         trial_ends_at TEXT NULL, created_at TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Filled inside SQLite, so the test's own memory stays out of the figure.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         INSERT INTO bf_people SELECT i, 'p' || i || '@example.com', \
+         CASE WHEN i % 3 = 0 THEN 'pro' ELSE 'free' END, NULL, '2024-01-01T00:00:00Z' FROM n",
+    )
+    .bind(rows)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = memory_kib("VmRSS:").unwrap_or(0);
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let started = Instant::now();
+    let report = tracker
+        .backfill::<Person>(&pool)
+        .with_events("created_at")
+        .page_size(1_000)
+        .on_progress(|progress| {
+            if progress.rows % 50_000 == 0 {
+                samples.push((progress.rows, memory_kib("VmRSS:").unwrap_or(0)));
+            }
+        })
+        .run()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let peak = memory_kib("VmHWM:").unwrap_or(0);
+    println!(
+        "backfill of {} rows ({} events) on SQLite in {took:.1?}: RSS before {} MiB, peak \
+         (VmHWM) {} MiB; RSS by rows read: {:?}",
+        report.rows,
+        report.events,
+        before / 1024,
+        peak / 1024,
+        samples
+            .iter()
+            .map(|(rows, kib)| format!("{rows}: {} MiB", kib / 1024))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.rows, u64::try_from(rows).unwrap());
+    let tenth = samples
+        .iter()
+        .find(|(read, _)| *read >= report.rows / 10)
+        .map_or(before, |(_, kib)| *kib);
+    let last = samples.last().map_or(0, |(_, kib)| *kib);
+    assert!(
+        last <= tenth + 32 * 1024,
+        "memory grew with the rows read: {} MiB after a tenth, {} MiB at the end",
+        tenth / 1024,
+        last / 1024
+    );
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

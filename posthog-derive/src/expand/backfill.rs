@@ -1,11 +1,11 @@
 //! What a backfill of existing rows needs from a model: the description of its fields, the
-//! keyset-paginated `SELECT` of each dialect, writers limited to chosen properties, the
-//! timestamp of a named column, and the key of a row read back.
+//! keyset-paginated `SELECT` of each dialect, the timestamp of a named column, and the key of
+//! a row read back. Properties are written by the model's own `__write_properties`, so a field
+//! type that cannot become JSON is still reported once.
 
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::event;
 use super::private::{Private, respan};
 use crate::internals::ast::{Container, Field, unraw};
 use crate::internals::dialect::Dialect;
@@ -41,8 +41,6 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
         }
     });
     let [postgres, mysql, sqlite] = Dialect::ALL.map(|dialect| page_sql(container, dialect));
-    let write_person = event::write_changed_person_properties(container);
-    let write_properties = event::write_selected_properties(container);
     let timestamps = container.fields.iter().map(|field| {
         let index = field.index;
         let ident = field.ident;
@@ -87,24 +85,6 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
                 sqlite: #sqlite,
             };
 
-            fn __write_person_only(
-                &self,
-                __changed: #private::ChangeMask,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_person
-                #private::Ok(())
-            }
-
-            fn __write_properties_only(
-                &self,
-                __changed: #private::ChangeMask,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_properties
-                #private::Ok(())
-            }
-
             fn __timestamp_of(&self, __index: usize) -> #private::BackfillTimestamp {
                 match __index {
                     #(#timestamps)*
@@ -136,20 +116,6 @@ pub fn dummy(ident: &syn::Ident) -> TokenStream {
         #[automatically_derived]
         impl #private::BackfillModel for #ident {
             const __BACKFILL: &'static #private::BackfillSpec = &#private::BackfillSpec::UNUSABLE;
-            fn __write_person_only(
-                &self,
-                _: #private::ChangeMask,
-                _: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #private::Ok(())
-            }
-            fn __write_properties_only(
-                &self,
-                _: #private::ChangeMask,
-                _: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #private::Ok(())
-            }
             fn __timestamp_of(&self, _: usize) -> #private::BackfillTimestamp {
                 #private::BackfillTimestamp::NotATimestamp
             }

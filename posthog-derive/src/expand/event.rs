@@ -135,19 +135,6 @@ pub fn write_changed_person_properties(container: &Container) -> TokenStream {
     })
 }
 
-/// Body of a backfill's `__write_properties_only`: the plain properties (no `$set`) of the
-/// tracked fields in `__changed`, keys and generated columns included.
-pub fn write_selected_properties(container: &Container) -> TokenStream {
-    write_sections(
-        container.tracked(),
-        |field| {
-            let index = field.index;
-            Some(quote!(__changed.contains(#index)))
-        },
-        &ALL_SECTIONS[..1],
-    )
-}
-
 /// Body of `__stage_milestones`.
 pub fn stage_milestones(container: &Container) -> TokenStream {
     let plain: Vec<TokenStream> = container

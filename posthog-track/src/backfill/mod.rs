@@ -33,11 +33,9 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
-use crate::event::{
-    LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, format_timestamp, properties_object,
-};
+use crate::event::{LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, format_timestamp};
 use crate::mode::Mode;
-use crate::model::{ChangeMask, with_groups};
+use crate::model::with_groups;
 use crate::outbox;
 use crate::tracker::Tracker;
 use checkpoint::Checkpoint;
@@ -380,6 +378,10 @@ where
     /// nothing to backfill ([`Error::NothingToBackfill`]), or when the tracker is disabled.
     /// A failure part-way leaves every committed page committed, with its checkpoint: run
     /// again to resume.
+    ///
+    /// A tracker without an API key (its dry-run mode) prints the events, as it does those of
+    /// tracked writes, and leaves the checkpoint alone, so the run with the key still sends
+    /// every row.
     pub async fn run(self) -> Result<BackfillReport> {
         self.pool.__run(self.tracker, self.options).await
     }
@@ -435,7 +437,10 @@ where
         sample: Vec::new(),
     };
 
-    let (mut checkpoint, existed) = if options.dry_run {
+    // Only events that are kept (live mode) move the checkpoint: a run of a tracker without an
+    // API key prints its events, and must not mark the backfill done for the run that sends.
+    let persist = !options.dry_run && mode == Mode::Live;
+    let (mut checkpoint, existed) = if !persist {
         match checkpoint::peek(pool, &plan.checkpoint).await? {
             Some(found) => (found, true),
             None => (Checkpoint::default(), false),
@@ -445,7 +450,7 @@ where
     };
     let mut look_in_outbox = false;
     if options.restart && existed {
-        if options.dry_run {
+        if !persist {
             checkpoint = Checkpoint::default();
         } else {
             checkpoint = checkpoint::reset(pool, &plan.checkpoint, &checkpoint).await?;
@@ -503,7 +508,7 @@ where
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // SQLite: take the write lock before reading the page, or the first write of a
         // transaction that read before a relay's commit fails with SQLITE_BUSY_SNAPSHOT.
-        let mut tx = if DB::DIALECT == Dialect::Sqlite && !options.dry_run {
+        let mut tx = if DB::DIALECT == Dialect::Sqlite && persist {
             pool.begin_with("BEGIN IMMEDIATE").await?
         } else {
             pool.begin().await?
@@ -514,7 +519,7 @@ where
         };
         let rows = DB::fetch_all(&mut tx, query).await?;
         let Some(last_row) = rows.last() else {
-            if !options.dry_run {
+            if persist {
                 let next = Checkpoint {
                     done: true,
                     generation: checkpoint.generation + 1,
@@ -561,16 +566,18 @@ where
                 outbox::write::<DB>(&mut tx, &live).await?;
                 outbox::write_marked::<DB>(&mut tx, &past, true).await?;
             }
-            let next = Checkpoint {
-                last_key: Some(page_key_json.clone()),
-                rows: checkpoint.rows + rows.len() as i64,
-                events: checkpoint.events + i64::try_from(staged).unwrap_or(i64::MAX),
-                done: false,
-                generation: checkpoint.generation + 1,
-            };
-            checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
+            if persist {
+                let next = Checkpoint {
+                    last_key: Some(page_key_json.clone()),
+                    rows: checkpoint.rows + rows.len() as i64,
+                    events: checkpoint.events + i64::try_from(staged).unwrap_or(i64::MAX),
+                    done: false,
+                    generation: checkpoint.generation + 1,
+                };
+                checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
+                checkpoint = next;
+            }
             tx.commit().await?;
-            checkpoint = next;
             let mut committed = live;
             committed.extend(past);
             dispatch.committed(relay, committed).await;
@@ -583,7 +590,9 @@ where
         let progress = BackfillProgress {
             rows: report.rows,
             events: report.events,
-            total_rows: u64::try_from(checkpoint.rows).unwrap_or(0).max(report.rows),
+            // The checkpoint counts this run's committed rows too, when it is kept.
+            total_rows: u64::try_from(checkpoint.rows).unwrap_or(0)
+                + if persist { 0 } else { report.rows },
             elapsed,
             rows_per_second: report.rows as f64 / seconds,
             events_per_second: report.events as f64 / seconds,
@@ -679,8 +688,8 @@ impl Page {
 struct Plan {
     person: bool,
     group: Option<&'static str>,
-    /// Fields whose properties are sent (all when `only` was not given).
-    only: ChangeMask,
+    /// The property names sent; all of them when `None`.
+    only: Option<Vec<&'static str>>,
     events_field: Option<usize>,
     checkpoint: String,
     description: String,
@@ -700,10 +709,9 @@ impl Plan {
         let eligible = |field: &BackfillField| {
             field.property.is_some() && (group.is_some() || field.person != BackfillPerson::No)
         };
-        let mut mask = ChangeMask::EMPTY;
         let mut chosen = Vec::new();
         match only {
-            None => mask = ChangeMask::from_bits(u128::MAX),
+            None => {}
             Some(names) => {
                 for name in names {
                     let found = fields.iter().position(|field| {
@@ -728,7 +736,6 @@ impl Plan {
                                 .collect(),
                         });
                     };
-                    mask.insert(index);
                     chosen.push(fields[index].property.unwrap_or(fields[index].field));
                 }
             }
@@ -787,11 +794,31 @@ impl Plan {
         Ok(Plan {
             person,
             group,
-            only: mask,
+            only: only.map(|_| chosen.clone()),
             events_field,
             checkpoint: format!("{table}:{digest}"),
             description,
         })
+    }
+
+    /// The entries of a JSON object (`$set`, `$set_once`, the plain properties) that were
+    /// chosen with `properties([...])`; all of them when none were.
+    fn chosen(
+        &self,
+        object: Option<&serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let Some(serde_json::Value::Object(object)) = object else {
+            return serde_json::Map::new();
+        };
+        object
+            .iter()
+            .filter(|(name, _)| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|only| only.contains(&name.as_str()))
+            })
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
     }
 
     fn events_per_row(&self) -> usize {
@@ -804,21 +831,29 @@ impl Plan {
     fn stage_row<M: BackfillModel>(&self, model: &M, key: &str, page: &mut Page) -> Result<()> {
         let stamps = with_groups(model, Vec::new());
         let distinct_id = model.distinct_id();
+        let properties = row_properties(model)?;
         let mut unattributed = false;
         if self.person {
             match &distinct_id {
                 None => unattributed = true,
                 Some(distinct_id) => {
-                    let mut events = Vec::with_capacity(1);
-                    let mut stager =
-                        Stager::new(&mut events, distinct_id.clone()).with_stamps(stamps.clone());
-                    let mut writer = stager.event("$set");
-                    model.__write_person_only(self.only, &mut writer)?;
-                    stager.push(writer)?;
-                    for mut event in events {
-                        if carries_nothing(&event) {
-                            page.skipped_empty += 1;
-                        } else {
+                    let set = self.chosen(properties.get("$set"));
+                    let set_once = self.chosen(properties.get("$set_once"));
+                    if set.is_empty() && set_once.is_empty() {
+                        page.skipped_empty += 1;
+                    } else {
+                        let mut events = Vec::with_capacity(1);
+                        let mut stager = Stager::new(&mut events, distinct_id.clone())
+                            .with_stamps(stamps.clone());
+                        let mut writer = stager.event("$set");
+                        for (section, values) in [(Section::Set, set), (Section::SetOnce, set_once)]
+                        {
+                            for (name, value) in &values {
+                                writer.dynamic_property(section, name, value)?;
+                            }
+                        }
+                        stager.push(writer)?;
+                        for mut event in events {
                             settle_uuid(M::TABLE, key, &mut event, false);
                             page.person_updates += 1;
                             page.live.push(event);
@@ -831,9 +866,13 @@ impl Plan {
             match model.__group_key() {
                 None => unattributed = true,
                 Some(group_key) => {
-                    let group_set = properties_object("$groupidentify", |writer| {
-                        model.__write_properties_only(self.only, writer)
-                    })?;
+                    let mut plain = properties.clone();
+                    for reserved in ["$lib", "$lib_version", "$set", "$set_once"] {
+                        plain.remove(reserved);
+                    }
+                    let group_set = serde_json::Value::Object(
+                        self.chosen(Some(&serde_json::Value::Object(plain))),
+                    );
                     let group_distinct_id = format!("${group_type}_{group_key}");
                     let mut events = Vec::with_capacity(1);
                     let mut stager = Stager::new(&mut events, group_distinct_id.clone())
@@ -901,6 +940,29 @@ impl Plan {
     }
 }
 
+/// Every property a row's events carry, as the model writes them (its insert event's
+/// properties, with `$set` and `$set_once`): one writer for live writes and backfills alike.
+fn row_properties<M: BackfillModel>(
+    model: &M,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut scratch = Vec::with_capacity(1);
+    let mut stager = Stager::new(&mut scratch, String::new());
+    let mut writer = stager.event(M::INSERT_EVENT);
+    model.__write_properties(&mut writer)?;
+    stager.push(writer)?;
+    let payload = scratch.pop().map(|event| event.payload).unwrap_or_default();
+    let mut event: serde_json::Value =
+        serde_json::from_str(&payload).map_err(|source| Error::Serialize {
+            event: Cow::Borrowed(M::INSERT_EVENT),
+            property: Cow::Borrowed("properties"),
+            source,
+        })?;
+    match event.get_mut("properties").map(serde_json::Value::take) {
+        Some(serde_json::Value::Object(properties)) => Ok(properties),
+        _ => Ok(serde_json::Map::new()),
+    }
+}
+
 /// The event's properties after `$lib` and `$lib_version`, which are the same for every
 /// event of a version (and must not change a uuid when the library is upgraded).
 fn content(event: &StagedEvent) -> &str {
@@ -912,12 +974,6 @@ fn content(event: &StagedEvent) -> &str {
         .map_or(event.payload.as_str(), |at| &event.payload[at + 14..]);
     let lib = format!("{{\"$lib\":\"{LIB_NAME}\",\"$lib_version\":\"{LIB_VERSION}\"");
     properties.strip_prefix(lib.as_str()).unwrap_or(properties)
-}
-
-/// A person update with no person property left (all `None`, or none chosen) says nothing.
-fn carries_nothing(event: &StagedEvent) -> bool {
-    let rest = content(event);
-    !rest.contains("\"$set\":") && !rest.contains("\"$set_once\":")
 }
 
 /// Gives `event` its deterministic uuid: UUIDv5 of the model, the row's key, the event's
@@ -970,16 +1026,5 @@ mod tests {
         let mut other_key = staged("a@x");
         settle_uuid("users", "\"u2\"", &mut other_key, false);
         assert_ne!(a.uuid, other_key.uuid);
-    }
-
-    #[test]
-    fn an_update_without_person_properties_carries_nothing() {
-        let mut events = Vec::new();
-        let mut stager = Stager::new(&mut events, "d1".to_owned());
-        let mut writer = stager.event("$set");
-        writer.set("email", "\"email\":", &None::<String>).unwrap();
-        stager.push(writer).unwrap();
-        assert!(carries_nothing(&events[0]));
-        assert!(!carries_nothing(&staged("a@x")));
     }
 }

@@ -1,25 +1,17 @@
 //! What `#[derive(TrackedModel)]` generates for backfills: the description of the model's
-//! fields, its keyset-paginated `SELECT`s, writers limited to chosen properties, timestamps
-//! of named columns, and the key of a row read back. Not public API.
+//! fields, its keyset-paginated `SELECT`s, timestamps of named columns, and the key of a row
+//! read back. Not public API.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use crate::backend::{Backend, Dialect};
-use crate::error::Result;
-use crate::event::EventWriter;
-use crate::model::{ChangeMask, TrackedModel, TrackedRow};
+use crate::model::{TrackedModel, TrackedRow};
 
 /// A model's backfill side, independent of the database.
 #[doc(hidden)]
 pub trait BackfillModel: TrackedModel {
     /// Fields and page queries.
     const __BACKFILL: &'static BackfillSpec;
-
-    /// `$set` / `$set_once` of the person fields in `changed`.
-    fn __write_person_only(&self, changed: ChangeMask, writer: &mut EventWriter) -> Result<()>;
-
-    /// The plain properties of the tracked fields in `changed`.
-    fn __write_properties_only(&self, changed: ChangeMask, writer: &mut EventWriter) -> Result<()>;
 
     /// The value of field `index` as an event timestamp.
     fn __timestamp_of(&self, index: usize) -> BackfillTimestamp;

@@ -106,7 +106,10 @@ pub struct PlannedEvent {
     /// The event's name.
     pub event: String,
     /// The write that sends it: `insert`, `update`, `delete` or `milestone`; for PostHog's
-    /// own events, `identify` (`$identify`) or `group_identify` (`$groupidentify`).
+    /// own events, `identify` (`$identify`), `group_identify` (`$groupidentify`, also what a
+    /// backfill of a group model sends) or `backfill` (the `$set` person update that
+    /// [`Tracker::backfill`](crate::Tracker::backfill) sends per row of a person model; its
+    /// historical insert events are the model's `insert` event).
     pub trigger: String,
     /// The Rust model.
     pub model: String,
@@ -230,6 +233,11 @@ impl TrackingPlan {
             let mut properties = vec![special_property("$anon_distinct_id", "string", false)];
             properties.extend(every(&|_| false, &|f| f.person.is_some()));
             self.events.push(event("$identify", "identify", properties));
+        }
+        if model.identify || model.fields.iter().any(|f| f.person.is_some()) {
+            // A backfill's person update: the person properties of one row, `None` left out.
+            let properties = every(&|_| false, &|f| f.person.is_some());
+            self.events.push(event("$set", "backfill", properties));
         }
         if model.group_type.is_some() {
             let mut properties = vec![
