@@ -40,6 +40,18 @@ struct Company {
     notes: String,
 }
 
+/// A seat of a member in a team: a composite key, read in `(team, member)` order.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_seats", distinct_id = member)]
+struct Seat {
+    #[tracked(key, property)]
+    team: String,
+    #[tracked(key, property)]
+    member: i64,
+    #[tracked(person)]
+    role: String,
+}
+
 fn timestamp_type(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Postgres => "TIMESTAMPTZ",
@@ -654,6 +666,79 @@ where
     );
 }
 on_every_backend!(backfill_restart_skips_pending_events);
+
+/// A composite key: pages follow `(team, member)` with a row-value comparison, and the
+/// checkpoint keeps both parts.
+async fn backfill_composite_key<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Seat>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(
+        &mut conn,
+        sqlx::query(
+            "CREATE TABLE bf_seats (team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
+             role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member))",
+        ),
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..5)
+        .flat_map(|team| {
+            (1..=50).map(move |member| format!("('team-{team}', {member}, 'r{team}')"))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO bf_seats (team, member, role) VALUES {}",
+        values.join(", ")
+    );
+    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let first = tracker
+        .backfill::<Seat>(pool)
+        .page_size(7)
+        .max_rows(105)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(first.rows, 105, "{first}");
+    let rest = tracker
+        .backfill::<Seat>(pool)
+        .page_size(7)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(rest.rows, 145, "{rest}");
+    assert_eq!(rest.resumed_from.as_deref(), Some("[\"team-2\",5]"));
+    tracker.flush().await.unwrap();
+    let events = mock.events();
+    assert_eq!(events.len(), 250);
+    assert_eq!(
+        mock.unique_uuids().len(),
+        250,
+        "one uuid per (team, member)"
+    );
+    let roles: BTreeSet<(String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event.distinct_id.clone(),
+                event.properties["$set"]["role"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(roles.len(), 250, "every seat once");
+}
+on_every_backend!(backfill_composite_key);
 
 /// `VmRSS` or `VmHWM` of this process in KiB, from `/proc/self/status` (Linux).
 fn memory_kib(field: &str) -> Option<u64> {

@@ -68,12 +68,12 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
         .iter()
         .map(|(position, field)| {
             let ty = field.ty;
-            quote!(<__DB as #private::Reads<#ty>>::read_column(__row, #position)?)
+            quote!(<__DB as #private::Reads<#ty>>::read_column(__row, #position))
         })
         .collect();
     let key_value = match key_reads.as_slice() {
         [single] => quote!(#single),
-        reads => quote!((#(#reads),*)),
+        reads => quote!(#private::Ok((#(#reads?),*))),
     };
     quote! {
         #[automatically_derived]
@@ -103,7 +103,7 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
             fn __key_from_row(
                 __row: &<__DB as #private::sqlx::Database>::Row,
             ) -> #private::Result<<Self as #private::TrackedModel>::Key, #private::sqlx::Error> {
-                #private::Ok(#key_value)
+                #key_value
             }
         }
     }
