@@ -149,3 +149,63 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
     tracker.relay(pool.clone()).drain().await.unwrap();
     assert_eq!(mock.events().len(), 3);
 }
+
+on_every_backend!(tables_without_the_historical_flag_gain_it);
+
+/// The outbox and dead-letter tables of the version before backfills (no `historical`
+/// column) gain the column, with their events kept and sent as before.
+async fn tables_without_the_historical_flag_gain_it<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    for table in ["posthog_outbox", "posthog_outbox_dead"] {
+        let sql = format!("ALTER TABLE {table} DROP COLUMN historical");
+        DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .await
+            .unwrap();
+    }
+    let tag = unique("historical");
+    for n in 0..2 {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let payload = serde_json::json!({
+            "uuid": uuid, "event": "before", "distinct_id": tag,
+            "timestamp": "2026-01-01T00:00:00.000000Z", "properties": {"n": n}
+        })
+        .to_string();
+        let mut sql =
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ("
+                .to_owned();
+        for i in 1..=5 {
+            if i > 1 {
+                sql.push_str(", ");
+            }
+            DB::DIALECT.push_placeholder(&mut sql, i);
+        }
+        sql.push(')');
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in [
+            &uuid,
+            "before",
+            &tag,
+            "2026-01-01T00:00:00.000000Z",
+            &payload,
+        ] {
+            query = DB::bind_text(query, text);
+        }
+        DB::execute(&mut conn, query).await.unwrap();
+    }
+    drop(conn);
+    assert!(
+        tracker.relay(pool.clone()).drain().await.is_err(),
+        "this version's relay needs the column"
+    );
+    tracker.migrate(pool).await.unwrap();
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    assert_eq!(mock.events().len(), 2);
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|request| !request.historical_migration)
+    );
+}

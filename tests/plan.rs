@@ -87,6 +87,22 @@ fn identify_and_group_events_are_planned() {
         "PostHog's own event keeps PostHog's description"
     );
 
+    let backfill = find("$set", "Member");
+    assert_eq!(backfill.trigger, "backfill");
+    let names: Vec<(&str, Option<&str>)> = backfill
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.person.as_deref()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("email", Some("set")),
+            ("first_channel", Some("set_once")),
+            ("$groups", None)
+        ]
+    );
+
     let group = find("$groupidentify", "Workspace");
     assert_eq!(group.trigger, "group_identify");
     let names: Vec<(&str, &str)> = group

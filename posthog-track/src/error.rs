@@ -110,6 +110,66 @@ pub enum Error {
         mode: crate::mode::Mode,
     },
 
+    /// A backfill was given a name that is no column of the model it can use.
+    #[error("`{model}` has no {what} named `{name}`; valid names: {}", valid.join(", "))]
+    UnknownColumn {
+        /// The model's table.
+        model: &'static str,
+        /// What the name was for, e.g. "person or group property to backfill".
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that would have been accepted.
+        valid: Vec<String>,
+    },
+
+    /// A backfill's `with_events` column holds no timestamp.
+    #[error(
+        "`{model}`: `{column}` is not a timestamp column, so it cannot date the backfilled \
+         insert events; timestamp fields: {}",
+        valid.join(", ")
+    )]
+    NotATimestamp {
+        /// The model's table.
+        model: &'static str,
+        /// The column given to `with_events`.
+        column: String,
+        /// The model's fields that hold timestamps.
+        valid: Vec<String>,
+    },
+
+    /// A backfill would send nothing: the model has no person properties, is no group, and
+    /// no `with_events` column was given.
+    #[error(
+        "`{model}` has nothing to backfill: it has no `person`/`person_once` field or \
+         `identify`, no `group_type`, and no `with_events(\"<timestamp column>\")` was given"
+    )]
+    NothingToBackfill {
+        /// The model's table.
+        model: &'static str,
+    },
+
+    /// Another backfill of the same model and options moved the checkpoint while this one
+    /// ran; this run's last page was rolled back.
+    #[error(
+        "checkpoint `{checkpoint}` was moved by another backfill running at the same time; \
+         this run stopped and rolled back its last page (run one backfill per model at a time)"
+    )]
+    BackfillConflict {
+        /// The checkpoint's name.
+        checkpoint: String,
+    },
+
+    /// A backfill checkpoint holds a key that does not read back as the model's key (the key
+    /// type changed since it was written); `restart()` starts over.
+    #[error("checkpoint `{checkpoint}` holds a key that is not a key of the model: {source}")]
+    BadCheckpoint {
+        /// The checkpoint's name.
+        checkpoint: String,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
+
     /// The outbox table does not exist in this database.
     #[error(
         "the outbox table `posthog_outbox` does not exist on {backend}: call \

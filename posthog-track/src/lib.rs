@@ -54,6 +54,7 @@
 //!   [`TrackedModel` derive](derive@TrackedModel).
 //! - [`Tracker`] and [`TrackedTransaction`]: configuration, transactions, `capture`,
 //!   `identify`, `flush` and `shutdown`.
+//! - [`backfill`]: existing rows to PostHog through the model (`tracker.backfill::<M>(&pool)`).
 //! - [`relay`] and [`outbox`]: delivery of committed events to PostHog, at least once and
 //!   deduplicated by uuid.
 //! - [`flags`]: remote and local feature flag evaluation, exposures, flag-routed tables.
@@ -64,6 +65,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod backfill;
 mod builder;
 mod client;
 mod config;
@@ -87,6 +89,7 @@ mod tracker;
 mod transaction;
 
 pub use backend::{Backend, Dialect};
+pub use backfill::{Backfill, BackfillPool, BackfillProgress, BackfillReport};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats};
 pub use config::{ApiKey, CaptureMode, Compression, Config, EU_HOST, US_HOST};
 pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
@@ -109,6 +112,10 @@ pub use transaction::TrackedTransaction;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backend::{Backend, Binds, BoundQuery, Column, Reads};
+    pub use crate::backfill::{
+        BackfillField, BackfillIsTimestamp, BackfillModel, BackfillNotTimestamp, BackfillPerson,
+        BackfillRow, BackfillSpec, BackfillTimestamp, BackfillTimestampProbe, PageSql,
+    };
     pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};
     pub use crate::event::{EventWriter, Stager, ToDistinctId};

@@ -36,6 +36,7 @@ pub const COLUMNS: &[&str] = &[
     "claim",
     "last_error",
     "created_at",
+    "historical",
 ];
 
 /// One versioned change to the outbox's schema, applied once by
@@ -59,7 +60,6 @@ impl Step {
     }
 
     /// A step with SQL for each backend.
-    #[allow(dead_code)] // for the next step; see `STEPS`
     const fn each(
         version: i64,
         name: &'static str,
@@ -97,7 +97,16 @@ impl Step {
 /// (atomically on PostgreSQL and SQLite); a statement that fails because its object already
 /// exists counts as done, so a step interrupted half-way on MySQL (whose DDL commits at once),
 /// or a table created from [`create_table_sql`], is completed rather than broken.
-const STEPS: &[Step] = &[];
+const STEPS: &[Step] = &[Step::each(
+    2,
+    "historical flag (events a backfill sends as historical_migration)",
+    "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0;\n\
+     ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0;\n\
+     ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE posthog_outbox ADD COLUMN historical INTEGER NOT NULL DEFAULT 0;\n\
+     ALTER TABLE posthog_outbox_dead ADD COLUMN historical INTEGER NOT NULL DEFAULT 0",
+)];
 
 /// The schema version this version of posthog-track migrates to.
 pub const SCHEMA_VERSION: i64 = latest_version(STEPS);
@@ -571,8 +580,19 @@ pub(crate) async fn write<DB: Backend>(
     events: &[StagedEvent],
     notify: bool,
 ) -> Result<()> {
+    write_marked::<DB>(conn, events, false, notify).await
+}
+
+/// Inserts staged events like [`write`]; `historical` ones are sent as `historical_migration`
+/// (PostHog's import path for past events) by every relay.
+pub(crate) async fn write_marked<DB: Backend>(
+    conn: &mut DB::Connection,
+    events: &[StagedEvent],
+    historical: bool,
+    notify: bool,
+) -> Result<()> {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let sql = insert_sql(DB::DIALECT, chunk.len());
+        let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         let mut uuid_buffer = Uuid::encode_buffer();
         for event in chunk {
@@ -595,14 +615,20 @@ pub(crate) async fn write<DB: Backend>(
     Ok(())
 }
 
-fn insert_sql(dialect: Dialect, events: usize) -> String {
-    let mut sql = String::with_capacity(96 + events * 24);
-    sql.push_str(
-        "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ",
-    );
+fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {
+    let mut sql = String::with_capacity(112 + events * 28);
+    sql.push_str("INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload");
+    sql.push_str(if historical {
+        ", historical) VALUES "
+    } else {
+        ") VALUES "
+    });
     for i in 0..events {
         sql.push_str(if i == 0 { "(" } else { ", (" });
         dialect.push_placeholders(&mut sql, i * COLUMNS_PER_EVENT + 1, COLUMNS_PER_EVENT);
+        if historical {
+            sql.push_str(", 1");
+        }
         sql.push(')');
     }
     sql
@@ -812,8 +838,9 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
         let filter = id_filter(DB::DIALECT, ids.unwrap_or_default(), 1);
         let copy = format!(
-            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-             SELECT uuid, event, distinct_id, timestamp, payload FROM posthog_outbox_dead{filter} \
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, historical) \
+             SELECT uuid, event, distinct_id, timestamp, payload, historical \
+             FROM posthog_outbox_dead{filter} \
              ORDER BY id"
         );
         let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
@@ -1012,14 +1039,19 @@ mod tests {
     #[test]
     fn insert_sql_numbers_postgres_placeholders_across_rows() {
         assert_eq!(
-            insert_sql(Dialect::Postgres, 2),
+            insert_sql(Dialect::Postgres, 2, false),
             "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES \
              ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
         );
         assert_eq!(
-            insert_sql(Dialect::Sqlite, 1),
+            insert_sql(Dialect::Sqlite, 1, false),
             "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES \
              (?, ?, ?, ?, ?)"
+        );
+        assert_eq!(
+            insert_sql(Dialect::Sqlite, 2, true),
+            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, historical) \
+             VALUES (?, ?, ?, ?, ?, 1), (?, ?, ?, ?, ?, 1)"
         );
     }
 }

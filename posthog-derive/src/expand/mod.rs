@@ -1,5 +1,6 @@
 //! expand: one file per generated concern.
 
+mod backfill;
 mod event;
 mod model;
 mod plan;
@@ -31,7 +32,8 @@ pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
             let row = model::tracked_row_impl(&container);
             let schema = schema::schema_check(&container);
             let plan = plan::plan_registration(&container);
-            quote!(#model #row #schema #plan #rebuild_on_change)
+            let backfill = backfill::backfill_impls(&container);
+            quote!(#model #row #schema #plan #backfill #rebuild_on_change)
         }
         (Err(errors), container) => {
             let errors = errors.to_compile_error();
@@ -61,7 +63,9 @@ fn dummy(container: &Container) -> Option<TokenStream> {
     }
     let ident = container.ident;
     let private = Private;
+    let backfill = backfill::dummy(ident);
     Some(quote! {
+        #backfill
         #[automatically_derived]
         impl #private::TrackedModel for #ident {
             type Key = ();

@@ -95,12 +95,15 @@ pub struct Report {
 
 /// Sends `payloads` in `groups` (see [`groups`]) and returns the fate of each payload, in
 /// order. Payloads in no group come back as [`Fate::Paused`] with an empty reason.
+/// `historical[i]` says whether payload `i` goes in a `historical_migration` request: a
+/// group's historical and live events travel in separate requests.
 pub async fn deliver(
     transport: &Transport,
     payloads: &[&str],
     groups: &[Group],
-    historical_migration: bool,
+    historical: &[bool],
 ) -> Report {
+    let is_historical = |index: usize| historical.get(index).copied().unwrap_or(false);
     let untried = Fate::Paused {
         reason: String::new(),
     };
@@ -125,28 +128,34 @@ pub async fn deliver(
                 sendable.push(index);
             }
         }
-        // Keep each request well under PostHog's size limit; only the first part keeps the
-        // group's request identity, the others are requests of their own.
-        let mut start = 0;
+        // A group's live and historical events travel in separate requests (the flag is the
+        // request's). Keep each request well under PostHog's size limit; only the first part
+        // keeps the group's request identity, the others are requests of their own.
+        let (past, live): (Vec<usize>, Vec<usize>) = sendable
+            .into_iter()
+            .partition(|&index| is_historical(index));
         let mut meta = request.clone();
-        while start < sendable.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < sendable.len()
-                && (end == start || bytes + payloads[sendable[end]].len() < MAX_REQUEST_BYTES)
-            {
-                bytes += payloads[sendable[end]].len() + 1;
-                end += 1;
+        for (sendable, historical_migration) in [(live, false), (past, true)] {
+            let mut start = 0;
+            while start < sendable.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < sendable.len()
+                    && (end == start || bytes + payloads[sendable[end]].len() < MAX_REQUEST_BYTES)
+                {
+                    bytes += payloads[sendable[end]].len() + 1;
+                    end += 1;
+                }
+                let part = Part {
+                    transport,
+                    payloads,
+                    historical_migration,
+                };
+                part.send(&sendable[start..end], meta, &mut fates, &mut sent_in)
+                    .await;
+                meta = RequestMeta::at_attempt(request.attempt);
+                start = end;
             }
-            let part = Part {
-                transport,
-                payloads,
-                historical_migration,
-            };
-            part.send(&sendable[start..end], meta, &mut fates, &mut sent_in)
-                .await;
-            meta = RequestMeta::at_attempt(request.attempt);
-            start = end;
         }
         let outcome = group.iter().map(|&index| &fates[index]).find(|fate| {
             matches!(

@@ -31,16 +31,17 @@ pub(crate) enum Sink {
 static DRY_RUN_NOTICE: Once = Once::new();
 
 impl Sink {
-    /// Delivers `payloads` in `groups` (see [`deliver::groups`]) and reports the fate of each.
+    /// Delivers `payloads` in `groups` (see [`deliver::groups`]) and reports the fate of each;
+    /// `historical[i]` sends payload `i` as `historical_migration`.
     pub(crate) async fn deliver(
         &self,
         payloads: &[&str],
         groups: &[Group],
-        historical_migration: bool,
+        historical: &[bool],
     ) -> Report {
         match self {
             Sink::PostHog(transport) => {
-                deliver::deliver(transport, payloads, groups, historical_migration).await
+                deliver::deliver(transport, payloads, groups, historical).await
             }
             Sink::DryRun => {
                 print_dry_run(payloads.iter().copied());

@@ -394,7 +394,11 @@ impl Worker {
             };
             let report = self
                 .sink
-                .deliver(&payloads, &groups, self.options.historical_migration)
+                .deliver(
+                    &payloads,
+                    &groups,
+                    &vec![self.options.historical_migration; payloads.len()],
+                )
                 .await;
             self.stats
                 .count_fates(&report.fates, crate::metrics::Path::Queue);

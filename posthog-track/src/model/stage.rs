@@ -46,7 +46,7 @@ pub(super) fn stage_updated<M: TrackedModel, DB: Backend>(
 
 /// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's
 /// own group, for a group model), so every event of the write is attributed to them.
-pub(super) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
+pub(crate) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
     let mut groups = serde_json::Map::new();
     if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, model.__group_key()) {
         groups.insert(group_type.to_owned(), key.into());

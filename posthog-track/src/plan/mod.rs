@@ -110,7 +110,10 @@ pub struct PlannedEvent {
     /// The write that sends it: `insert` (also `insert_all`), `update`, `delete` or
     /// `milestone`; `upsert_created` and `upsert_existed` for an `upsert` that created the
     /// row (the insert event) or found it (the update event, with every property); for
-    /// PostHog's own events, `identify` (`$identify`) or `group_identify` (`$groupidentify`).
+    /// PostHog's own events, `identify` (`$identify`), `group_identify` (`$groupidentify`,
+    /// also what a backfill of a group model sends) or `backfill` (the `$set` person update
+    /// that [`Tracker::backfill`](crate::Tracker::backfill) sends per row of a person model;
+    /// its historical insert events are the model's `insert` event).
     pub trigger: String,
     /// The Rust model.
     pub model: String,
@@ -248,6 +251,11 @@ impl TrackingPlan {
             let mut properties = vec![special_property("$anon_distinct_id", "string", false)];
             properties.extend(every(&|_| false, &|f| f.person.is_some()));
             self.events.push(event("$identify", "identify", properties));
+        }
+        if model.identify || model.fields.iter().any(|f| f.person.is_some()) {
+            // A backfill's person update: the person properties of one row, `None` left out.
+            let properties = every(&|_| false, &|f| f.person.is_some());
+            self.events.push(event("$set", "backfill", properties));
         }
         if model.group_type.is_some() {
             let mut properties = vec![

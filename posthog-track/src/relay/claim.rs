@@ -68,6 +68,8 @@ pub(crate) struct Claimed {
     /// Milliseconds since it was committed (database clock); `None` when unknown.
     pub age_millis: Option<i64>,
     pub payload: String,
+    /// Sent as `historical_migration` (a backfill's past events).
+    pub historical: bool,
 }
 
 /// Leases up to `limit` deliverable rows (not leased, or lease or backoff expired), oldest
@@ -96,7 +98,7 @@ pub(crate) async fn claim<DB: Backend>(
                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
                      octet_length(payload)::BIGINT, \
-                     CASE WHEN octet_length(payload) <= $4 THEN payload END"
+                     CASE WHEN octet_length(payload) <= $4 THEN payload END, historical"
             );
             fetch_claimed::<DB>(
                 pool,
@@ -115,7 +117,7 @@ pub(crate) async fn claim<DB: Backend>(
                      ORDER BY id LIMIT ?) \
                  RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
                      LENGTH(CAST(payload AS BLOB)), \
-                     CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END"
+                     CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END, historical"
             );
             fetch_claimed::<DB>(
                 pool,
@@ -155,7 +157,7 @@ async fn claim_held<DB: Backend>(
     let sql = format!(
         "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
              octet_length(payload)::BIGINT, \
-             CASE WHEN octet_length(payload) <= $2 THEN payload END \
+             CASE WHEN octet_length(payload) <= $2 THEN payload END, historical \
          FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
     );
@@ -294,7 +296,8 @@ async fn claim_mysql<DB: Backend>(
     // `attempts + 1`: what the update below stores.
     let select = format!(
         "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
-             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END \
+             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END, \
+             historical \
          FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
          ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
     );
@@ -357,6 +360,7 @@ fn decode<DB: Backend>(row: &DB::Row) -> Result<Taken> {
             failures: DB::int(row, 2)?,
             age_millis: (age >= 0).then_some(age),
             payload: payload.unwrap_or_default(),
+            historical: DB::int(row, 6)? != 0,
         },
     })
 }
@@ -571,14 +575,16 @@ fn settle_sql<'a>(
         Settle::Dead { reason } => {
             let mut sql = "INSERT INTO posthog_outbox_dead \
                  (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, \
-                  dead_at) \
+                  dead_at, historical) \
                  SELECT id, uuid, event, distinct_id, timestamp, payload, attempts + "
                 .to_owned();
             sql.push_str(if held { "1, " } else { "0, " });
             sql.push_str(&appended_history(dialect, 1));
             sql.push_str(", ");
             dialect.push_placeholder(&mut sql, 2);
-            sql.push_str(&format!(", {now} FROM posthog_outbox WHERE claim = "));
+            sql.push_str(&format!(
+                ", {now}, historical FROM posthog_outbox WHERE claim = "
+            ));
             binds.push(Bind::Text(reason));
             binds.push(Bind::Text(reason));
             sql

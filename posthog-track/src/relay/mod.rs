@@ -308,9 +308,13 @@ impl<DB: Backend> Relay<DB> {
                 deliver::Group::new(members.clone(), attempt)
             })
             .collect();
+        let historical: Vec<bool> = rows
+            .iter()
+            .map(|row| row.historical || self.options.historical_migration)
+            .collect();
         let fates = {
             let send = tracing::Instrument::instrument(
-                sink.deliver(&payloads, &requests, self.options.historical_migration),
+                sink.deliver(&payloads, &requests, &historical),
                 tracing::info_span!(
                     "posthog_track.send",
                     events = payloads.len(),

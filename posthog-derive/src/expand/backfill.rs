@@ -1,0 +1,169 @@
+//! What a backfill of existing rows needs from a model: the description of its fields, the
+//! keyset-paginated `SELECT` of each dialect, the timestamp of a named column, and the key of
+//! a row read back. Properties are written by the model's own `__write_properties`, so a field
+//! type that cannot become JSON is still reported once.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::private::{Private, respan};
+use crate::internals::ast::{Container, Field, unraw};
+use crate::internals::dialect::Dialect;
+use syn::spanned::Spanned;
+
+/// `impl BackfillModel` and `impl<DB> BackfillRow<DB>` for a model whose derive succeeded.
+pub fn backfill_impls(container: &Container) -> TokenStream {
+    let ident = container.ident;
+    let private = Private;
+    let fields = container.fields.iter().map(|field| {
+        let name = unraw(field.ident);
+        let column = field.column();
+        let property = match field.property_name() {
+            Some(property) => quote!(#private::Some(#property)),
+            None => quote!(#private::None),
+        };
+        let person = if field.is_person_set() {
+            quote!(#private::BackfillPerson::Set)
+        } else if field.is_person_set_once() {
+            quote!(#private::BackfillPerson::SetOnce)
+        } else {
+            quote!(#private::BackfillPerson::No)
+        };
+        let key = field.is_key();
+        quote! {
+            #private::BackfillField {
+                field: #name,
+                column: #column,
+                property: #property,
+                person: #person,
+                key: #key,
+            }
+        }
+    });
+    let [postgres, mysql, sqlite] = Dialect::ALL.map(|dialect| page_sql(container, dialect));
+    let timestamps = container.fields.iter().map(|field| {
+        let index = field.index;
+        let ident = field.ident;
+        // Autoref specialisation: a field whose type is a timestamp takes the first impl, any
+        // other the second, so asking a non-timestamp column is an error at run time (with
+        // the valid names), not a compile error in every model.
+        quote! {
+            #index => {
+                use #private::{BackfillIsTimestamp as _, BackfillNotTimestamp as _};
+                (&#private::BackfillTimestampProbe(&self.#ident)).__backfill_timestamp()
+            }
+        }
+    });
+    let key_fields: Vec<(usize, &Field)> = container
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| field.is_key())
+        .collect();
+    let key_bounds = key_fields.iter().map(|(_, field)| {
+        let ty = field.ty;
+        respan(quote!(__DB: #private::Reads<#ty>,), ty.span())
+    });
+    let key_reads: Vec<TokenStream> = key_fields
+        .iter()
+        .map(|(position, field)| {
+            let ty = field.ty;
+            quote!(<__DB as #private::Reads<#ty>>::read_column(__row, #position))
+        })
+        .collect();
+    let key_value = match key_reads.as_slice() {
+        [single] => quote!(#single),
+        reads => quote!(#private::Ok((#(#reads?),*))),
+    };
+    quote! {
+        #[automatically_derived]
+        impl #private::BackfillModel for #ident {
+            const __BACKFILL: &'static #private::BackfillSpec = &#private::BackfillSpec {
+                fields: &[#(#fields),*],
+                postgres: #postgres,
+                mysql: #mysql,
+                sqlite: #sqlite,
+            };
+
+            fn __timestamp_of(&self, __index: usize) -> #private::BackfillTimestamp {
+                match __index {
+                    #(#timestamps)*
+                    _ => #private::BackfillTimestamp::NotATimestamp,
+                }
+            }
+        }
+
+        #[automatically_derived]
+        impl<__DB> #private::BackfillRow<__DB> for #ident
+        where
+            __DB: #private::Backend,
+            Self: #private::TrackedRow<__DB>,
+            #(#key_bounds)*
+        {
+            fn __key_from_row(
+                __row: &<__DB as #private::sqlx::Database>::Row,
+            ) -> #private::Result<<Self as #private::TrackedModel>::Key, #private::sqlx::Error> {
+                #key_value
+            }
+        }
+    }
+}
+
+/// The dummy impls that stand in while the derive reports errors (see `expand::dummy`).
+pub fn dummy(ident: &syn::Ident) -> TokenStream {
+    let private = Private;
+    quote! {
+        #[automatically_derived]
+        impl #private::BackfillModel for #ident {
+            const __BACKFILL: &'static #private::BackfillSpec = &#private::BackfillSpec::UNUSABLE;
+            fn __timestamp_of(&self, _: usize) -> #private::BackfillTimestamp {
+                #private::BackfillTimestamp::NotATimestamp
+            }
+        }
+        #[automatically_derived]
+        impl<__DB: #private::Backend> #private::BackfillRow<__DB> for #ident {
+            fn __key_from_row(
+                _: &<__DB as #private::sqlx::Database>::Row,
+            ) -> #private::Result<(), #private::sqlx::Error> {
+                #private::Err(#private::sqlx::Error::RowNotFound)
+            }
+        }
+    }
+}
+
+/// `PageSql { first, after }`: the first page of rows in key order, and the page after a key.
+/// The last placeholder is the page size. Keyset pagination, so a page costs the same however
+/// far the backfill has gone (an `OFFSET` would rescan every earlier row).
+fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
+    let table = dialect.quote(container.table());
+    let columns: Vec<String> = container
+        .fields
+        .iter()
+        .map(|field| dialect.quote(&field.column()))
+        .collect();
+    let keys: Vec<String> = container
+        .keys()
+        .map(|field| dialect.quote(&field.column()))
+        .collect();
+    let select = format!("SELECT {} FROM {table}", columns.join(", "));
+    let order = format!("ORDER BY {}", keys.join(", "));
+    let first = format!("{select} {order} LIMIT {}", dialect.placeholder(1));
+    let placeholders: Vec<String> = (1..=keys.len()).map(|n| dialect.placeholder(n)).collect();
+    let condition = if keys.len() == 1 {
+        format!("{} > {}", keys[0], placeholders[0])
+    } else {
+        // A row-value comparison: PostgreSQL, MySQL/MariaDB and SQLite (3.15+) all order
+        // tuples lexicographically, which is the ORDER BY of the keys.
+        format!("({}) > ({})", keys.join(", "), placeholders.join(", "))
+    };
+    let after = format!(
+        "{select} WHERE {condition} {order} LIMIT {}",
+        dialect.placeholder(keys.len() + 1)
+    );
+    quote! {
+        #Private::PageSql {
+            first: #first,
+            after: #after,
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The checkpoint table, `posthog_backfill`: how far each backfill got, kept in the database
+//! the rows come from and moved in the same transaction as the events of each page, so a
+//! page's events and its checkpoint commit together or not at all.
+
+use sqlx::Pool;
+
+use crate::backend::{Backend, Dialect};
+use crate::error::{Error, Result};
+
+/// Name of the checkpoint table.
+pub const TABLE: &str = "posthog_backfill";
+
+/// The DDL of the checkpoint table in `dialect`; the backfill runs it itself (idempotent).
+///
+/// `name` identifies a backfill (the model's table and a digest of its options), `last_key`
+/// is the JSON of the last key done (`NULL` before the first page), `generation` counts the
+/// pages committed and fences concurrent runs, `done` is 1 once every row was read.
+pub fn create_table_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => {
+            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
+                name VARCHAR(255) PRIMARY KEY, \
+                description TEXT NOT NULL, \
+                last_key TEXT, \
+                rows_done BIGINT NOT NULL DEFAULT 0, \
+                events BIGINT NOT NULL DEFAULT 0, \
+                done BIGINT NOT NULL DEFAULT 0, \
+                generation BIGINT NOT NULL DEFAULT 0)"
+        }
+        Dialect::MySql => {
+            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
+                name VARCHAR(255) NOT NULL PRIMARY KEY, \
+                description TEXT NOT NULL, \
+                last_key MEDIUMTEXT NULL, \
+                rows_done BIGINT NOT NULL DEFAULT 0, \
+                events BIGINT NOT NULL DEFAULT 0, \
+                done BIGINT NOT NULL DEFAULT 0, \
+                generation BIGINT NOT NULL DEFAULT 0\
+            ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
+        }
+        Dialect::Sqlite => {
+            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
+                name TEXT PRIMARY KEY, \
+                description TEXT NOT NULL, \
+                last_key TEXT, \
+                rows_done INTEGER NOT NULL DEFAULT 0, \
+                events INTEGER NOT NULL DEFAULT 0, \
+                done INTEGER NOT NULL DEFAULT 0, \
+                generation INTEGER NOT NULL DEFAULT 0)"
+        }
+    }
+}
+
+/// One backfill's progress, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub last_key: Option<String>,
+    pub rows: i64,
+    pub events: i64,
+    pub done: bool,
+    pub generation: i64,
+}
+
+/// Creates the table if needed and reads checkpoint `name`, creating it (empty) when it does
+/// not exist yet.
+pub(crate) async fn load<DB: Backend>(
+    pool: &Pool<DB>,
+    name: &str,
+    description: &str,
+) -> Result<(Checkpoint, bool)> {
+    let mut conn = pool.acquire().await?;
+    DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+    if let Some(found) = read::<DB>(&mut conn, name).await? {
+        return Ok((found, true));
+    }
+    let mut sql = "INSERT INTO posthog_backfill (name, description) VALUES (".to_owned();
+    DB::DIALECT.push_placeholders(&mut sql, 1, 2);
+    sql.push(')');
+    let query = DB::bind_text(
+        DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), name),
+        description,
+    );
+    DB::execute(&mut conn, query).await?;
+    Ok((Checkpoint::default(), false))
+}
+
+/// Reads checkpoint `name`, if the table and the row exist; never creates anything.
+pub(crate) async fn peek<DB: Backend>(pool: &Pool<DB>, name: &str) -> Result<Option<Checkpoint>> {
+    let mut conn = pool.acquire().await?;
+    let exists = match DB::DIALECT {
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'posthog_backfill'"
+        }
+        Dialect::MySql => {
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = 'posthog_backfill'"
+        }
+        Dialect::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'posthog_backfill'"
+        }
+    };
+    let row = DB::fetch_one(&mut conn, sqlx::query(exists)).await?;
+    if DB::int(&row, 0)? == 0 {
+        return Ok(None);
+    }
+    read::<DB>(&mut conn, name).await
+}
+
+async fn read<DB: Backend>(conn: &mut DB::Connection, name: &str) -> Result<Option<Checkpoint>> {
+    let mut sql = "SELECT last_key, rows_done, events, done, generation FROM posthog_backfill \
+                   WHERE name = "
+        .to_owned();
+    DB::DIALECT.push_placeholder(&mut sql, 1);
+    let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), name);
+    let rows = DB::fetch_all(conn, query).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(Checkpoint {
+        last_key: DB::optional_text(row, 0)?,
+        rows: DB::int(row, 1)?,
+        events: DB::int(row, 2)?,
+        done: DB::int(row, 3)? != 0,
+        generation: DB::int(row, 4)?,
+    }))
+}
+
+/// Starts checkpoint `name` over (for `restart`): no key done, not done.
+pub(crate) async fn reset<DB: Backend>(
+    pool: &Pool<DB>,
+    name: &str,
+    from: &Checkpoint,
+) -> Result<Checkpoint> {
+    let mut conn = pool.acquire().await?;
+    let next = Checkpoint {
+        generation: from.generation + 1,
+        ..Checkpoint::default()
+    };
+    let mut sql = "UPDATE posthog_backfill SET last_key = NULL, rows_done = 0, events = 0, \
+                   done = 0, generation = "
+        .to_owned();
+    DB::DIALECT.push_placeholder(&mut sql, 1);
+    sql.push_str(" WHERE name = ");
+    DB::DIALECT.push_placeholder(&mut sql, 2);
+    sql.push_str(" AND generation = ");
+    DB::DIALECT.push_placeholder(&mut sql, 3);
+    let query = DB::bind_i64(
+        DB::bind_text(
+            DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), next.generation),
+            name,
+        ),
+        from.generation,
+    );
+    if DB::rows_affected(&DB::execute(&mut conn, query).await?) == 0 {
+        return Err(Error::BackfillConflict {
+            checkpoint: name.to_owned(),
+        });
+    }
+    Ok(next)
+}
+
+/// Moves checkpoint `name` from `from` to `to` inside the page's transaction. Fails with
+/// [`Error::BackfillConflict`] when another run moved it since `from` was read.
+pub(crate) async fn advance<DB: Backend>(
+    conn: &mut DB::Connection,
+    name: &str,
+    from: &Checkpoint,
+    to: &Checkpoint,
+) -> Result<()> {
+    let dialect = DB::DIALECT;
+    // An empty table ends with no key at all: the key column is then left as it is.
+    let mut sql = "UPDATE posthog_backfill SET ".to_owned();
+    let mut n = 0;
+    let mut next = |sql: &mut String| {
+        n += 1;
+        dialect.push_placeholder(sql, n);
+    };
+    if to.last_key.is_some() {
+        sql.push_str("last_key = ");
+        next(&mut sql);
+        sql.push_str(", ");
+    }
+    for (i, column) in ["rows_done", "events", "done", "generation"]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(column);
+        sql.push_str(" = ");
+        next(&mut sql);
+    }
+    sql.push_str(" WHERE name = ");
+    next(&mut sql);
+    sql.push_str(" AND generation = ");
+    next(&mut sql);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(key) = &to.last_key {
+        query = DB::bind_text(query, key);
+    }
+    query = DB::bind_i64(query, to.rows);
+    query = DB::bind_i64(query, to.events);
+    query = DB::bind_i64(query, i64::from(to.done));
+    query = DB::bind_i64(query, to.generation);
+    query = DB::bind_text(query, name);
+    query = DB::bind_i64(query, from.generation);
+    let result = DB::execute(conn, query).await?;
+    if DB::rows_affected(&result) == 0 {
+        return Err(Error::BackfillConflict {
+            checkpoint: name.to_owned(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! What `#[derive(TrackedModel)]` generates for backfills: the description of the model's
+//! fields, its keyset-paginated `SELECT`s, timestamps of named columns, and the key of a row
+//! read back. Not public API.
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+
+use crate::backend::{Backend, Dialect};
+use crate::model::{TrackedModel, TrackedRow};
+
+/// A model's backfill side, independent of the database.
+#[doc(hidden)]
+pub trait BackfillModel: TrackedModel {
+    /// Fields and page queries.
+    const __BACKFILL: &'static BackfillSpec;
+
+    /// The value of field `index` as an event timestamp.
+    fn __timestamp_of(&self, index: usize) -> BackfillTimestamp;
+}
+
+/// A model's backfill side on one database.
+#[doc(hidden)]
+pub trait BackfillRow<DB: Backend>: BackfillModel + TrackedRow<DB> {
+    /// The key of a row of every column, in field order (what the page queries select).
+    fn __key_from_row(row: &DB::Row) -> std::result::Result<Self::Key, sqlx::Error>;
+}
+
+/// Fields and page queries of a model.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BackfillSpec {
+    pub fields: &'static [BackfillField],
+    pub postgres: PageSql,
+    pub mysql: PageSql,
+    pub sqlite: PageSql,
+}
+
+impl BackfillSpec {
+    /// Stands in for a model whose derive failed; never used, the crate does not compile.
+    pub const UNUSABLE: BackfillSpec = BackfillSpec {
+        fields: &[],
+        postgres: PageSql::UNUSABLE,
+        mysql: PageSql::UNUSABLE,
+        sqlite: PageSql::UNUSABLE,
+    };
+
+    /// The page queries of `dialect`.
+    pub const fn pages(&self, dialect: Dialect) -> &PageSql {
+        match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::MySql => &self.mysql,
+            Dialect::Sqlite => &self.sqlite,
+        }
+    }
+}
+
+/// Keyset pagination in key order: every column of the first `$1` rows, and of the `$n` rows
+/// after a key (the key's placeholders first, the page size last).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PageSql {
+    pub first: &'static str,
+    pub after: &'static str,
+}
+
+impl PageSql {
+    const UNUSABLE: PageSql = PageSql {
+        first: "",
+        after: "",
+    };
+}
+
+/// One field of a model, as a backfill names it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BackfillField {
+    pub field: &'static str,
+    pub column: &'static str,
+    /// `None` for a skipped field.
+    pub property: Option<&'static str>,
+    pub person: BackfillPerson,
+    pub key: bool,
+}
+
+/// Whether a field is a person property.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackfillPerson {
+    No,
+    Set,
+    SetOnce,
+}
+
+/// A field's value as an event timestamp.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackfillTimestamp {
+    /// The field's type is no timestamp.
+    NotATimestamp,
+    /// A timestamp field without a value (`None`).
+    Missing,
+    At(DateTime<Utc>),
+}
+
+/// A type that can date an event: chrono's `DateTime` (any offset), `NaiveDateTime` (taken
+/// as UTC, which is how sqlx reads `TIMESTAMP WITHOUT TIME ZONE`), and `Option` of those.
+#[doc(hidden)]
+pub trait EventTimestamp {
+    fn event_timestamp(&self) -> Option<DateTime<Utc>>;
+}
+
+impl EventTimestamp for DateTime<Utc> {
+    fn event_timestamp(&self) -> Option<DateTime<Utc>> {
+        Some(*self)
+    }
+}
+
+impl EventTimestamp for DateTime<FixedOffset> {
+    fn event_timestamp(&self) -> Option<DateTime<Utc>> {
+        Some(self.with_timezone(&Utc))
+    }
+}
+
+impl EventTimestamp for NaiveDateTime {
+    fn event_timestamp(&self) -> Option<DateTime<Utc>> {
+        Some(self.and_utc())
+    }
+}
+
+impl<T: EventTimestamp> EventTimestamp for Option<T> {
+    fn event_timestamp(&self) -> Option<DateTime<Utc>> {
+        self.as_ref().and_then(EventTimestamp::event_timestamp)
+    }
+}
+
+/// Wraps a field for the autoref specialisation in generated code:
+/// `(&BackfillTimestampProbe(&self.f)).__backfill_timestamp()` finds [`BackfillIsTimestamp`]
+/// when the field's type is an [`EventTimestamp`], and [`BackfillNotTimestamp`] otherwise.
+#[doc(hidden)]
+pub struct BackfillTimestampProbe<'a, T: ?Sized>(pub &'a T);
+
+#[doc(hidden)]
+pub trait BackfillIsTimestamp {
+    fn __backfill_timestamp(&self) -> BackfillTimestamp;
+}
+
+impl<T: EventTimestamp + ?Sized> BackfillIsTimestamp for BackfillTimestampProbe<'_, T> {
+    fn __backfill_timestamp(&self) -> BackfillTimestamp {
+        match self.0.event_timestamp() {
+            Some(at) => BackfillTimestamp::At(at),
+            None => BackfillTimestamp::Missing,
+        }
+    }
+}
+
+#[doc(hidden)]
+pub trait BackfillNotTimestamp {
+    fn __backfill_timestamp(&self) -> BackfillTimestamp {
+        BackfillTimestamp::NotATimestamp
+    }
+}
+
+impl<T: ?Sized> BackfillNotTimestamp for &BackfillTimestampProbe<'_, T> {}

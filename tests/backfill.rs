@@ -1,0 +1,834 @@
+//! Backfill of existing rows (`tracker.backfill::<M>(&pool)`) on every backend, delivered to
+//! MockPostHog: one person update per row, no new uuids on a rerun, exactly once across an
+//! interruption, `properties([...])`, historical insert events, the throttle, dry runs, group
+//! models, and the typed errors for bad names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use posthog_track::testing::MockPostHog;
+use posthog_track::{Backend, BackfillPool, Dialect, Error, TrackedModel, Tracker};
+use posthog_track_tests::{on_every_backend, tracker_for};
+use sqlx::Pool;
+
+/// A person whose rows existed before posthog-track did.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bf_people", distinct_id = id, insert_event = "person_signed_up")]
+struct Person {
+    #[tracked(key, property = "person_id")]
+    id: i64,
+    #[tracked(person)]
+    email: String,
+    #[tracked(person = "plan_name")]
+    plan: String,
+    #[tracked(person_once)]
+    trial_ends_at: Option<DateTime<Utc>>,
+    #[tracked(property)]
+    created_at: DateTime<Utc>,
+}
+
+/// A company: a group model with a text key.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_companies", group_type = "company", group_key = slug)]
+struct Company {
+    #[tracked(key, property)]
+    slug: String,
+    #[tracked(property)]
+    seats: i64,
+    #[tracked(skip = "internal notes")]
+    notes: String,
+}
+
+/// A seat of a member in a team: a composite key, read in `(team, member)` order.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_seats", distinct_id = member)]
+struct Seat {
+    #[tracked(key, property)]
+    team: String,
+    #[tracked(key, property)]
+    member: i64,
+    #[tracked(person)]
+    role: String,
+}
+
+fn timestamp_type(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "TIMESTAMPTZ",
+        Dialect::MySql => "DATETIME(6)",
+        Dialect::Sqlite => "TEXT",
+    }
+}
+
+fn created_at(id: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(id)
+}
+
+/// Creates `bf_people` with `rows` rows (ids 1..=rows) and the outbox.
+async fn people<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, rows: i64) {
+    tracker.migrate(pool).await.unwrap();
+    let ddl = format!(
+        "CREATE TABLE bf_people (id BIGINT PRIMARY KEY, email VARCHAR(200) NOT NULL, \
+         plan VARCHAR(50) NOT NULL, trial_ends_at {ts} NULL, created_at {ts} NOT NULL)",
+        ts = timestamp_type(DB::DIALECT)
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(ddl)))
+        .await
+        .unwrap();
+    drop(conn);
+    // Plain inserts, as the data was written before the model was tracked.
+    let mut id = 1;
+    while id <= rows {
+        let chunk = (rows - id + 1).min(500);
+        let mut sql =
+            "INSERT INTO bf_people (id, email, plan, trial_ends_at, created_at) VALUES ".to_owned();
+        for i in 0..chunk {
+            let n = id + i;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let trial = if n % 2 == 0 {
+                quote_ts::<DB>(created_at(n) + chrono::Duration::days(14))
+            } else {
+                "NULL".to_owned()
+            };
+            sql.push_str(&format!(
+                "({n}, 'p{n}@example.com', '{}', {trial}, {})",
+                if n % 3 == 0 { "pro" } else { "free" },
+                quote_ts::<DB>(created_at(n))
+            ));
+        }
+        let mut conn = pool.acquire().await.unwrap();
+        DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .await
+            .unwrap();
+        id += chunk;
+    }
+}
+
+/// A timestamp literal each backend reads back as that instant.
+fn quote_ts<DB: Backend>(at: DateTime<Utc>) -> String {
+    match DB::DIALECT {
+        Dialect::Postgres => format!("'{}'", at.to_rfc3339()),
+        Dialect::MySql => format!("'{}'", at.format("%Y-%m-%d %H:%M:%S%.6f")),
+        Dialect::Sqlite => format!("'{}'", at.to_rfc3339()),
+    }
+}
+
+/// The `$set` events the mock accepted, by distinct id.
+fn person_updates(mock: &MockPostHog) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut by_person: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for event in mock.events() {
+        if event.event == "$set" {
+            by_person
+                .entry(event.distinct_id.clone())
+                .or_default()
+                .push(event.properties.clone());
+        }
+    }
+    by_person
+}
+
+fn all_ids(rows: i64) -> BTreeSet<String> {
+    (1..=rows).map(|id| id.to_string()).collect()
+}
+
+/// 10,000 rows: exactly one `$set` per row with the person properties as they are; a second
+/// run stages nothing, and a restarted run only resends the same uuids.
+async fn backfill_person_updates<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 10_000).await;
+
+    let report = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!((report.rows, report.events), (10_000, 10_000), "{report}");
+    assert_eq!(report.person_updates, 10_000);
+    assert!(report.complete && !report.already_complete);
+    tracker.flush().await.unwrap();
+
+    let updates = person_updates(&mock);
+    assert_eq!(updates.len(), 10_000);
+    assert!(updates.values().all(|events| events.len() == 1));
+    assert_eq!(
+        updates.keys().cloned().collect::<BTreeSet<_>>(),
+        all_ids(10_000)
+    );
+    let six = &updates["6"][0];
+    assert_eq!(
+        six["$set"],
+        serde_json::json!({"email": "p6@example.com", "plan_name": "pro"})
+    );
+    assert_eq!(
+        six["$set_once"]["trial_ends_at"],
+        serde_json::json!(created_at(6) + chrono::Duration::days(14))
+    );
+    assert!(
+        updates["7"][0].get("$set_once").is_none(),
+        "None is left out"
+    );
+    mock.assert_no_duplicates();
+    let first_uuids = mock.unique_uuids();
+
+    let again = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert!(again.already_complete, "{again}");
+    assert_eq!((again.rows, again.events), (0, 0));
+
+    let restarted = tracker
+        .backfill::<Person>(pool)
+        .restart()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(restarted.rows, 10_000, "{restarted}");
+    tracker.flush().await.unwrap();
+    assert_eq!(
+        mock.unique_uuids(),
+        first_uuids,
+        "a rerun adds no new uuids"
+    );
+}
+on_every_backend!(backfill_person_updates);
+
+/// A run stopped half-way (after a whole page) and resumed delivers each row once.
+async fn backfill_resumes_where_it_stopped<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 10_000).await;
+
+    let first = tracker
+        .backfill::<Person>(pool)
+        .max_rows(5_000)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(first.rows, 5_000);
+    assert!(!first.complete && first.resumed_from.is_none(), "{first}");
+    let second = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!(second.rows, 5_000, "{second}");
+    assert_eq!(second.resumed_from.as_deref(), Some("5000"));
+    assert!(second.complete);
+    tracker.flush().await.unwrap();
+
+    let updates = person_updates(&mock);
+    assert_eq!(
+        updates.keys().cloned().collect::<BTreeSet<_>>(),
+        all_ids(10_000)
+    );
+    assert!(updates.values().all(|events| events.len() == 1));
+    assert_eq!(mock.events().len(), 10_000, "each row delivered once");
+}
+on_every_backend!(backfill_resumes_where_it_stopped);
+
+/// A run dropped at an arbitrary point (a crash: the page in flight rolls back with its
+/// checkpoint) and run again delivers each row exactly once.
+async fn backfill_survives_a_crash<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 3_000).await;
+
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(300),
+        tracker.backfill::<Person>(pool).rate(5_000).run(),
+    )
+    .await;
+    assert!(crashed.is_err(), "3,000 events at 5,000/s outlast 300 ms");
+    let resumed = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert!(resumed.complete, "{resumed}");
+    assert!(resumed.rows < 3_000, "it resumed: {resumed}");
+    tracker.flush().await.unwrap();
+    let updates = person_updates(&mock);
+    assert_eq!(
+        updates.keys().cloned().collect::<BTreeSet<_>>(),
+        all_ids(3_000)
+    );
+    assert!(updates.values().all(|events| events.len() == 1));
+}
+on_every_backend!(backfill_survives_a_crash);
+
+/// `properties([...])` sends only those person properties; bad names are typed errors that
+/// list the valid ones, before anything is staged.
+async fn backfill_only_chosen_properties<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 300).await;
+
+    match tracker
+        .backfill::<Person>(pool)
+        .properties(["nope"])
+        .run()
+        .await
+    {
+        Err(Error::UnknownColumn { name, valid, .. }) => {
+            assert_eq!(name, "nope");
+            assert_eq!(valid, ["email", "plan_name", "trial_ends_at"]);
+        }
+        other => panic!("expected UnknownColumn, got {other:?}"),
+    }
+    match tracker
+        .backfill::<Person>(pool)
+        .with_events("signup_date")
+        .run()
+        .await
+    {
+        Err(Error::UnknownColumn { valid, .. }) => assert!(valid.contains(&"created_at".into())),
+        other => panic!("expected UnknownColumn, got {other:?}"),
+    }
+    match tracker
+        .backfill::<Person>(pool)
+        .with_events("email")
+        .run()
+        .await
+    {
+        Err(error @ Error::NotATimestamp { .. }) => {
+            let Error::NotATimestamp { valid, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(valid, &["trial_ends_at", "created_at"], "{error}");
+        }
+        other => panic!("expected NotATimestamp, got {other:?}"),
+    }
+    assert!(
+        tracker.outbox(pool).is_empty().await.unwrap(),
+        "nothing staged"
+    );
+
+    // By property name or by field name.
+    let report = tracker
+        .backfill::<Person>(pool)
+        .properties(["plan"])
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.events, 300, "{report}");
+    let only_trial = tracker
+        .backfill::<Person>(pool)
+        .properties(["trial_ends_at"])
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        only_trial.events, 150,
+        "rows without a trial have nothing to send"
+    );
+    assert_eq!(only_trial.skipped_empty, 150);
+    tracker.flush().await.unwrap();
+    let updates = person_updates(&mock);
+    assert_eq!(updates.len(), 300);
+    for (id, events) in &updates {
+        let id: i64 = id.parse().unwrap();
+        let plan_only = events
+            .iter()
+            .find(|event| event.get("$set").is_some())
+            .unwrap();
+        let plan = if id % 3 == 0 { "pro" } else { "free" };
+        assert_eq!(plan_only["$set"], serde_json::json!({"plan_name": plan}));
+        assert!(plan_only.get("$set_once").is_none());
+        assert_eq!(events.len(), if id % 2 == 0 { 2 } else { 1 });
+        if let Some(trial) = events.iter().find(|event| event.get("$set_once").is_some()) {
+            assert!(trial.get("$set").is_none());
+            assert_eq!(trial["$set_once"].as_object().unwrap().len(), 1);
+        }
+    }
+}
+on_every_backend!(backfill_only_chosen_properties);
+
+/// `with_events`: the insert event per row, dated by the column, in `historical_migration`
+/// requests; person updates go in ordinary requests.
+async fn backfill_historical_insert_events<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 200).await;
+
+    let report = tracker
+        .backfill::<Person>(pool)
+        .with_events("created_at")
+        .run()
+        .await
+        .unwrap();
+    assert_eq!((report.rows, report.events), (200, 400), "{report}");
+    assert_eq!(report.insert_events, 200);
+    tracker.flush().await.unwrap();
+
+    let signups: Vec<_> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.event == "person_signed_up")
+        .collect();
+    assert_eq!(signups.len(), 200);
+    for event in &signups {
+        let id: i64 = event.distinct_id.parse().unwrap();
+        let at = DateTime::parse_from_rfc3339(&event.timestamp).unwrap();
+        assert_eq!(at, created_at(id), "dated by created_at");
+        assert_eq!(event.properties["person_id"], id);
+    }
+    let requests = mock.requests();
+    let historical_events = |historical: bool| {
+        requests
+            .iter()
+            .filter(|request| request.status == 200 && request.historical_migration == historical)
+            .flat_map(|request| {
+                request.body["batch"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|event| event["event"].as_str().unwrap_or_default().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        historical_events(true),
+        BTreeSet::from(["person_signed_up".to_owned()])
+    );
+    assert_eq!(
+        historical_events(false),
+        BTreeSet::from(["$set".to_owned()])
+    );
+}
+on_every_backend!(backfill_historical_insert_events);
+
+/// The throttle: 1,000 events at 2,000 per second take at least 0.45 s (within 10 % of the
+/// 0.5 s the rate allows); unthrottled, the same run has no such floor to respect.
+async fn backfill_throttle<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 1_000).await;
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let report = tracker
+        .backfill::<Person>(pool)
+        .rate(2_000)
+        .on_progress(|progress| seen.push(progress.events))
+        .run()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.events, 1_000);
+    assert!(took >= Duration::from_millis(450), "too fast: {took:?}");
+    // Pages of a tenth of a second of events: the callback saw every page.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.last(), Some(&1_000));
+    #[allow(clippy::cast_precision_loss)]
+    let rate = report.events as f64 / took.as_secs_f64();
+    assert!(
+        rate <= 2_200.0,
+        "{rate} events/s is over the rate by more than 10 %"
+    );
+}
+on_every_backend!(backfill_throttle);
+
+/// A dry run counts and shows a sample, stages nothing and leaves the checkpoint alone.
+async fn backfill_dry_run<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 1_200).await;
+    let report = tracker
+        .backfill::<Person>(pool)
+        .with_events("created_at")
+        .dry_run()
+        .sample(3)
+        .run()
+        .await
+        .unwrap();
+    assert!(report.dry_run && report.complete, "{report}");
+    assert_eq!((report.rows, report.events), (1_200, 2_400));
+    assert_eq!(report.sample.len(), 3);
+    assert_eq!(report.sample[0].event, "$set");
+    assert_eq!(report.sample[0].distinct_id, "1");
+    assert!(tracker.outbox(pool).is_empty().await.unwrap());
+    let real = tracker
+        .backfill::<Person>(pool)
+        .with_events("created_at")
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        real.events, 2_400,
+        "the dry run did not move the checkpoint"
+    );
+    assert_eq!(
+        real.resumed_from, None,
+        "the dry run did not move the checkpoint"
+    );
+    let sampled = &report.sample[0];
+    tracker.flush().await.unwrap();
+    assert!(
+        mock.unique_uuids().contains(&sampled.uuid),
+        "a dry run shows the very uuids a run stages"
+    );
+}
+on_every_backend!(backfill_dry_run);
+
+/// Without an API key the tracker prints the events and the checkpoint does not move: the
+/// run with the key still sends every row.
+async fn backfill_without_a_key_keeps_no_checkpoint<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let printing = Tracker::builder().build();
+    people(&printing, pool, 5).await;
+    let printed = printing.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!((printed.rows, printed.events), (5, 5), "{printed}");
+    assert!(printing.outbox(pool).is_empty().await.unwrap());
+
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    let sent = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!(sent.events, 5, "{sent}");
+    assert!(!sent.already_complete);
+}
+on_every_backend!(backfill_without_a_key_keeps_no_checkpoint);
+
+/// A group model: one `$groupidentify` per row, paginated by a text key.
+async fn backfill_groups<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Company>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(
+        &mut conn,
+        sqlx::query(
+            "CREATE TABLE bf_companies (slug VARCHAR(100) PRIMARY KEY, seats BIGINT NOT NULL, \
+             notes TEXT NOT NULL)",
+        ),
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..1_050)
+        .map(|n| format!("('co-{n:05}', {n}, 'secret')"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO bf_companies (slug, seats, notes) VALUES {}",
+        values.join(", ")
+    );
+    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let report = tracker
+        .backfill::<Company>(pool)
+        .page_size(100)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.rows, report.group_updates),
+        (1_050, 1_050),
+        "{report}"
+    );
+    assert_eq!(report.pages, 11);
+    tracker.flush().await.unwrap();
+    let events = mock.events();
+    assert_eq!(events.len(), 1_050);
+    let acme = events
+        .iter()
+        .find(|event| event.distinct_id == "$company_co-00042")
+        .unwrap();
+    assert_eq!(acme.event, "$groupidentify");
+    assert_eq!(acme.properties["$group_type"], "company");
+    assert_eq!(acme.properties["$group_key"], "co-00042");
+    assert_eq!(
+        acme.properties["$group_set"],
+        serde_json::json!({"slug": "co-00042", "seats": 42})
+    );
+    let keys: BTreeSet<_> = events
+        .iter()
+        .map(|event| event.distinct_id.clone())
+        .collect();
+    assert_eq!(keys.len(), 1_050);
+
+    let only_seats = tracker
+        .backfill::<Company>(pool)
+        .properties(["seats"])
+        .dry_run()
+        .sample(1)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        only_seats.sample[0].json()["properties"]["$group_set"],
+        serde_json::json!({"seats": 0})
+    );
+    match tracker
+        .backfill::<Company>(pool)
+        .properties(["notes"])
+        .run()
+        .await
+    {
+        Err(Error::UnknownColumn { valid, .. }) => assert_eq!(valid, ["slug", "seats"]),
+        other => panic!("a skipped field is not a property: {other:?}"),
+    }
+}
+on_every_backend!(backfill_groups);
+
+/// A historical event that PostHog refuses is dead-lettered with its flag, and requeued it is
+/// still sent as `historical_migration`.
+async fn backfill_historical_flag_survives_dead_letters<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    people(&tracker, pool, 3).await;
+    mock.reject_events_where(|event| event["event"] == "person_signed_up");
+    tracker
+        .backfill::<Person>(pool)
+        .with_events("created_at")
+        .run()
+        .await
+        .unwrap();
+    // Dead-lettered by the background relay, or by the flush: either way, not delivered.
+    let _ = tracker.flush().await;
+    let outbox = tracker.outbox(pool);
+    assert_eq!(outbox.status().await.unwrap().dead, 3);
+
+    mock.clear();
+    mock.reject_events_where(|_| false);
+    assert_eq!(outbox.requeue(None).await.unwrap(), 3);
+    tracker.flush().await.unwrap();
+    let requests = mock.requests();
+    let signups: Vec<_> = requests
+        .iter()
+        .filter(|request| request.status == 200)
+        .collect();
+    assert!(!signups.is_empty());
+    assert!(
+        signups.iter().all(|request| request.historical_migration),
+        "{signups:#?}"
+    );
+    assert_eq!(mock.events().len(), 3);
+}
+on_every_backend!(backfill_historical_flag_survives_dead_letters);
+
+/// A restarted run over events still waiting in the outbox stages none of them twice; a row
+/// that changed since gets a new event (new content, new uuid).
+async fn backfill_restart_skips_pending_events<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let mock = MockPostHog::start().await;
+    // Nothing is delivered: the first run's events stay in the outbox.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    people(&tracker, pool, 40).await;
+    let first = tracker.backfill::<Person>(pool).run().await.unwrap();
+    assert_eq!(first.events, 40);
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(
+        &mut conn,
+        sqlx::query("UPDATE bf_people SET plan = 'enterprise' WHERE id = 7"),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    let restarted = tracker
+        .backfill::<Person>(pool)
+        .restart()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(restarted.rows, 40, "{restarted}");
+    assert_eq!(restarted.already_in_outbox, 39);
+    assert_eq!(restarted.events, 1, "only the changed row");
+    let events = tracker.outbox(pool).events().await.unwrap();
+    assert_eq!(events.len(), 41);
+    let uuids: BTreeSet<_> = events.iter().map(|event| event.uuid).collect();
+    assert_eq!(uuids.len(), 41, "no uuid twice in the outbox");
+    let seven: Vec<_> = events.iter().filter(|e| e.distinct_id == "7").collect();
+    assert_eq!(
+        seven[1].payload["properties"]["$set"]["plan_name"],
+        "enterprise"
+    );
+}
+on_every_backend!(backfill_restart_skips_pending_events);
+
+/// A composite key: pages follow `(team, member)` with a row-value comparison, and the
+/// checkpoint keeps both parts.
+async fn backfill_composite_key<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Seat>,
+{
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(
+        &mut conn,
+        sqlx::query(
+            "CREATE TABLE bf_seats (team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
+             role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member))",
+        ),
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..5)
+        .flat_map(|team| {
+            (1..=50).map(move |member| format!("('team-{team}', {member}, 'r{team}')"))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO bf_seats (team, member, role) VALUES {}",
+        values.join(", ")
+    );
+    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let first = tracker
+        .backfill::<Seat>(pool)
+        .page_size(7)
+        .max_rows(105)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(first.rows, 105, "{first}");
+    let rest = tracker
+        .backfill::<Seat>(pool)
+        .page_size(7)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(rest.rows, 145, "{rest}");
+    assert_eq!(rest.resumed_from.as_deref(), Some("[\"team-2\",5]"));
+    tracker.flush().await.unwrap();
+    let events = mock.events();
+    assert_eq!(events.len(), 250);
+    assert_eq!(
+        mock.unique_uuids().len(),
+        250,
+        "one uuid per (team, member)"
+    );
+    let roles: BTreeSet<(String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event.distinct_id.clone(),
+                event.properties["$set"]["role"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(roles.len(), 250, "every seat once");
+}
+on_every_backend!(backfill_composite_key);
+
+/// `VmRSS` or `VmHWM` of this process in KiB, from `/proc/self/status` (Linux).
+fn memory_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Constant memory: a backfill of 1,000,000 rows on SQLite (`BACKFILL_RSS_ROWS` to change)
+/// holds one page at a time, so the resident set after the first tenth of the rows does not
+/// grow with the rest. Prints the peak RSS. Ignored by default (a minute or two):
+///
+/// ```text
+/// cargo test -p posthog-track-tests --test backfill -- --ignored constant_memory --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a million rows: run by hand to measure peak RSS"]
+async fn constant_memory() {
+    let rows: i64 = std::env::var("BACKFILL_RSS_ROWS")
+        .ok()
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or(1_000_000);
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("backfill_rss").await;
+    let mock = MockPostHog::start().await;
+    // Staging only: nothing is delivered, so the figure is the backfill's own.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE bf_people (id BIGINT PRIMARY KEY, email TEXT NOT NULL, plan TEXT NOT NULL, \
+         trial_ends_at TEXT NULL, created_at TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Filled inside SQLite, so the test's own memory stays out of the figure.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         INSERT INTO bf_people SELECT i, 'p' || i || '@example.com', \
+         CASE WHEN i % 3 = 0 THEN 'pro' ELSE 'free' END, NULL, '2024-01-01T00:00:00Z' FROM n",
+    )
+    .bind(rows)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = memory_kib("VmRSS:").unwrap_or(0);
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let started = Instant::now();
+    let report = tracker
+        .backfill::<Person>(&pool)
+        .with_events("created_at")
+        .page_size(1_000)
+        .on_progress(|progress| {
+            if progress.rows % 50_000 == 0 {
+                samples.push((progress.rows, memory_kib("VmRSS:").unwrap_or(0)));
+            }
+        })
+        .run()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let peak = memory_kib("VmHWM:").unwrap_or(0);
+    println!(
+        "backfill of {} rows ({} events) on SQLite in {took:.1?}: RSS before {} MiB, peak \
+         (VmHWM) {} MiB; RSS by rows read: {:?}",
+        report.rows,
+        report.events,
+        before / 1024,
+        peak / 1024,
+        samples
+            .iter()
+            .map(|(rows, kib)| format!("{rows}: {} MiB", kib / 1024))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.rows, u64::try_from(rows).unwrap());
+    let tenth = samples
+        .iter()
+        .find(|(read, _)| *read >= report.rows / 10)
+        .map_or(before, |(_, kib)| *kib);
+    let last = samples.last().map_or(0, |(_, kib)| *kib);
+    assert!(
+        last <= tenth + 32 * 1024,
+        "memory grew with the rows read: {} MiB after a tenth, {} MiB at the end",
+        tenth / 1024,
+        last / 1024
+    );
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
