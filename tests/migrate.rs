@@ -152,18 +152,19 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
 
 on_every_backend!(tables_without_the_historical_flag_gain_it);
 
-/// The outbox and dead-letter tables of the version before backfills (no `historical`
-/// column) gain the column, with their events kept and sent as before.
+/// The outbox and dead-letter tables of schema version 1 (before backfills: no `historical`
+/// column) gain the column through step 2, with their events kept and sent as before.
 async fn tables_without_the_historical_flag_gain_it<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).external_relay(true).build();
     tracker.migrate(pool).await.unwrap();
     let mut conn = pool.acquire().await.unwrap();
-    for table in ["posthog_outbox", "posthog_outbox_dead"] {
-        let sql = format!("ALTER TABLE {table} DROP COLUMN historical");
-        DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
-            .await
-            .unwrap();
+    for sql in [
+        "ALTER TABLE posthog_outbox DROP COLUMN historical",
+        "ALTER TABLE posthog_outbox_dead DROP COLUMN historical",
+        "DELETE FROM posthog_outbox_schema WHERE version >= 2",
+    ] {
+        DB::execute(&mut conn, sqlx::query(sql)).await.unwrap();
     }
     let tag = unique("historical");
     for n in 0..2 {
