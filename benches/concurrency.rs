@@ -53,24 +53,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
+use posthog_track_benches::User;
 use sqlx::Pool;
-
-#[derive(Debug, Clone, TrackedModel)]
-#[tracked(table = "bench_users", distinct_id = id, insert_event = "user_signed_up")]
-pub struct User {
-    #[tracked(key, property = "user_id")]
-    pub id: String,
-    #[tracked(person)]
-    pub email: String,
-    #[tracked(property)]
-    pub plan: String,
-    #[tracked(property)]
-    pub seats: i64,
-    #[tracked(skip = "credential")]
-    pub password_hash: String,
-    #[tracked(generated, property)]
-    pub created_at: DateTime<Utc>,
-}
 
 /// Distinct ids of tracked writes are `w<n>`; the sink reads `n` back to match the commit.
 fn user(id: String, n: u64) -> User {

@@ -28,24 +28,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
+use posthog_track_benches::User;
 use sqlx::Pool;
-
-#[derive(Debug, Clone, TrackedModel)]
-#[tracked(table = "bench_users", distinct_id = id, insert_event = "user_signed_up")]
-pub struct User {
-    #[tracked(key, property = "user_id")]
-    pub id: String,
-    #[tracked(person)]
-    pub email: String,
-    #[tracked(property)]
-    pub plan: String,
-    #[tracked(property)]
-    pub seats: i64,
-    #[tracked(skip = "credential")]
-    pub password_hash: String,
-    #[tracked(generated, property)]
-    pub created_at: DateTime<Utc>,
-}
 
 const BATCH: usize = 50;
 
