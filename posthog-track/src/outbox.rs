@@ -147,9 +147,6 @@ const EVENTS_PER_STATEMENT: usize = 500;
 /// `leased_until` and `created_at` are milliseconds since the Unix epoch on the database's
 /// clock; `last_error` keeps the most recent delivery failures, newest last.
 pub fn create_table_sql(dialect: Dialect) -> &'static str {
-    if STEPS.is_empty() {
-        return baseline_sql(dialect);
-    }
     static SCRIPTS: [std::sync::OnceLock<String>; 3] = [const { std::sync::OnceLock::new() }; 3];
     let index = match dialect {
         Dialect::Postgres => 0,
@@ -157,7 +154,7 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
         Dialect::Sqlite => 2,
     };
     SCRIPTS[index].get_or_init(|| {
-        let mut script = baseline_sql(dialect).to_owned();
+        let mut script = baseline_sql(dialect);
         for step in STEPS {
             script.push_str(";\n");
             script.push_str(step.sql(dialect));
@@ -166,133 +163,131 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
     })
 }
 
-/// The tables of schema version 1.
-fn baseline_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Postgres => {
-            "CREATE TABLE IF NOT EXISTS posthog_outbox (\
-                id BIGSERIAL PRIMARY KEY, \
-                uuid TEXT NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp TEXT NOT NULL, \
-                payload TEXT NOT NULL, \
-                attempts BIGINT NOT NULL DEFAULT 0, \
-                failures BIGINT NOT NULL DEFAULT 0, \
-                leased_until BIGINT, \
-                claim BIGINT, \
-                last_error TEXT, \
-                created_at BIGINT DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT);\n\
-             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
-                id BIGINT PRIMARY KEY, \
-                uuid TEXT NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp TEXT NOT NULL, \
-                payload TEXT NOT NULL, \
-                attempts BIGINT NOT NULL DEFAULT 0, \
-                last_error TEXT, \
-                reason TEXT NOT NULL, \
-                dead_at BIGINT NOT NULL)"
-        }
-        Dialect::MySql => {
-            "CREATE TABLE IF NOT EXISTS posthog_outbox (\
-                id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-                uuid CHAR(36) NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp VARCHAR(40) NOT NULL, \
-                payload MEDIUMTEXT NOT NULL, \
-                attempts BIGINT NOT NULL DEFAULT 0, \
-                failures BIGINT NOT NULL DEFAULT 0, \
-                leased_until BIGINT NULL, \
-                claim BIGINT NULL, \
-                last_error TEXT NULL, \
-                created_at BIGINT NULL DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))\
-            ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;\n\
-             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
-                id BIGINT NOT NULL PRIMARY KEY, \
-                uuid CHAR(36) NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp VARCHAR(40) NOT NULL, \
-                payload MEDIUMTEXT NOT NULL, \
-                attempts BIGINT NOT NULL DEFAULT 0, \
-                last_error TEXT NULL, \
-                reason TEXT NOT NULL, \
-                dead_at BIGINT NOT NULL\
-            ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
-        }
-        Dialect::Sqlite => {
+/// How the outbox's DDL differs between backends: column types, the auto-increment key, the
+/// database clock as a column default, and table options.
+struct ColumnTypes {
+    /// The outbox's key, allocated by the database in commit order.
+    serial_key: &'static str,
+    /// The dead-letter table's key: the outbox id the row had.
+    copied_key: &'static str,
+    uuid: &'static str,
+    timestamp: &'static str,
+    payload: &'static str,
+    /// Every integer column: 64-bit, so one decoder reads them on every backend.
+    int: &'static str,
+    /// Written after a nullable column's type (MySQL says so explicitly).
+    null: &'static str,
+    /// `created_at`'s default: now, in milliseconds since the epoch.
+    now_millis: &'static str,
+    table_options: &'static str,
+}
+
+impl ColumnTypes {
+    const fn of(dialect: Dialect) -> ColumnTypes {
+        match dialect {
+            Dialect::Postgres => ColumnTypes {
+                serial_key: "BIGSERIAL PRIMARY KEY",
+                copied_key: "BIGINT PRIMARY KEY",
+                uuid: "TEXT",
+                timestamp: "TEXT",
+                payload: "TEXT",
+                int: "BIGINT",
+                null: "",
+                now_millis: "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+                table_options: "",
+            },
+            Dialect::MySql => ColumnTypes {
+                serial_key: "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+                copied_key: "BIGINT NOT NULL PRIMARY KEY",
+                uuid: "CHAR(36)",
+                timestamp: "VARCHAR(40)",
+                payload: "MEDIUMTEXT",
+                int: "BIGINT",
+                null: " NULL",
+                now_millis: "(CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+                table_options: " DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+            },
             // Not AUTOINCREMENT, which costs an extra page write per commit: a deleted newest
             // id may be reused, but the relay's acks are fenced by a random per-claim token,
             // so a reused id can never be mistaken for the event it replaced.
-            "CREATE TABLE IF NOT EXISTS posthog_outbox (\
-                id INTEGER PRIMARY KEY, \
-                uuid TEXT NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp TEXT NOT NULL, \
-                payload TEXT NOT NULL, \
-                attempts INTEGER NOT NULL DEFAULT 0, \
-                failures INTEGER NOT NULL DEFAULT 0, \
-                leased_until INTEGER, \
-                claim INTEGER, \
-                last_error TEXT, \
-                created_at INTEGER DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)));\n\
-             CREATE TABLE IF NOT EXISTS posthog_outbox_dead (\
-                id INTEGER PRIMARY KEY, \
-                uuid TEXT NOT NULL, \
-                event TEXT NOT NULL, \
-                distinct_id TEXT NOT NULL, \
-                timestamp TEXT NOT NULL, \
-                payload TEXT NOT NULL, \
-                attempts INTEGER NOT NULL DEFAULT 0, \
-                last_error TEXT, \
-                reason TEXT NOT NULL, \
-                dead_at INTEGER NOT NULL)"
+            Dialect::Sqlite => ColumnTypes {
+                serial_key: "INTEGER PRIMARY KEY",
+                copied_key: "INTEGER PRIMARY KEY",
+                uuid: "TEXT",
+                timestamp: "TEXT",
+                payload: "TEXT",
+                int: "INTEGER",
+                null: "",
+                now_millis: "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER))",
+                table_options: "",
+            },
         }
     }
+
+    /// The event's columns, which both tables have: `key` first, then the event as staged.
+    fn event_columns(&self, key: &str) -> String {
+        let ColumnTypes {
+            uuid,
+            timestamp,
+            payload,
+            int,
+            ..
+        } = self;
+        format!(
+            "id {key}, uuid {uuid} NOT NULL, event TEXT NOT NULL, distinct_id TEXT NOT NULL, \
+             timestamp {timestamp} NOT NULL, payload {payload} NOT NULL, \
+             attempts {int} NOT NULL DEFAULT 0"
+        )
+    }
+}
+
+/// The tables of schema version 1.
+fn baseline_sql(dialect: Dialect) -> String {
+    let types = ColumnTypes::of(dialect);
+    let ColumnTypes {
+        int,
+        null,
+        now_millis,
+        table_options,
+        ..
+    } = types;
+    format!(
+        "CREATE TABLE IF NOT EXISTS posthog_outbox ({outbox}, \
+             failures {int} NOT NULL DEFAULT 0, leased_until {int}{null}, claim {int}{null}, \
+             last_error TEXT{null}, created_at {int}{null} DEFAULT {now_millis}){table_options};\n\
+         CREATE TABLE IF NOT EXISTS posthog_outbox_dead ({dead}, \
+             last_error TEXT{null}, reason TEXT NOT NULL, dead_at {int} NOT NULL){table_options}",
+        outbox = types.event_columns(types.serial_key),
+        dead = types.event_columns(types.copied_key),
+    )
 }
 
 /// Columns that tables created by earlier versions lack, with the DDL that adds each. SQLite
 /// cannot add a column whose default is not constant, so its upgraded `created_at` starts
 /// empty (such rows are exempt from the age limit).
-fn added_columns(dialect: Dialect) -> [(&'static str, &'static str); 2] {
-    match dialect {
-        Dialect::Postgres => [
-            (
-                "failures",
-                "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
+fn added_columns(dialect: Dialect) -> [(&'static str, String); 2] {
+    let ColumnTypes {
+        int,
+        null,
+        now_millis,
+        ..
+    } = ColumnTypes::of(dialect);
+    let created_at_default = match dialect {
+        Dialect::Sqlite => String::new(),
+        Dialect::Postgres | Dialect::MySql => format!(" DEFAULT {now_millis}"),
+    };
+    [
+        (
+            "failures",
+            format!("ALTER TABLE posthog_outbox ADD COLUMN failures {int} NOT NULL DEFAULT 0"),
+        ),
+        (
+            "created_at",
+            format!(
+                "ALTER TABLE posthog_outbox ADD COLUMN created_at {int}{null}{created_at_default}"
             ),
-            (
-                "created_at",
-                "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT \
-                 DEFAULT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
-            ),
-        ],
-        Dialect::MySql => [
-            (
-                "failures",
-                "ALTER TABLE posthog_outbox ADD COLUMN failures BIGINT NOT NULL DEFAULT 0",
-            ),
-            (
-                "created_at",
-                "ALTER TABLE posthog_outbox ADD COLUMN created_at BIGINT NULL \
-                 DEFAULT (CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
-            ),
-        ],
-        Dialect::Sqlite => [
-            (
-                "failures",
-                "ALTER TABLE posthog_outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
-            ),
-            (
-                "created_at",
-                "ALTER TABLE posthog_outbox ADD COLUMN created_at INTEGER",
-            ),
-        ],
-    }
+        ),
+    ]
 }
 
 /// Creates the outbox and dead-letter tables, or upgrades tables created by an earlier
@@ -481,7 +476,7 @@ async fn upgrade_to_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<(
     let columns = columns_of::<DB>(conn).await?;
     for (column, ddl) in added_columns(dialect) {
         if !columns.iter().any(|existing| existing == column) {
-            DB::execute(conn, sqlx::query(ddl)).await?;
+            DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(ddl))).await?;
         }
     }
     // Versions before the dead-letter table kept dead rows in the outbox with `status = 1`.
@@ -524,30 +519,20 @@ async fn columns_of<DB: Backend>(conn: &mut DB::Connection) -> Result<Vec<String
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// A query that returns one row when `table` exists in the current schema, none otherwise.
-fn table_exists_sql(dialect: Dialect, table: &'static str) -> &'static str {
-    match (dialect, table) {
-        (Dialect::Postgres, SCHEMA_TABLE) => {
+/// A query that returns one row when [`SCHEMA_TABLE`] exists in the current schema, none
+/// otherwise.
+fn schema_table_exists_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => {
             "SELECT 1 FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_name = 'posthog_outbox_schema'"
         }
-        (Dialect::MySql, SCHEMA_TABLE) => {
+        Dialect::MySql => {
             "SELECT 1 FROM information_schema.tables \
              WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox_schema'"
         }
-        (Dialect::Sqlite, SCHEMA_TABLE) => {
+        Dialect::Sqlite => {
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'posthog_outbox_schema'"
-        }
-        (Dialect::Postgres, _) => {
-            "SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
-        }
-        (Dialect::MySql, _) => {
-            "SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox'"
-        }
-        (Dialect::Sqlite, _) => {
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'posthog_outbox'"
         }
     }
 }
@@ -786,11 +771,8 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     /// whose tables were created by hand from [`create_table_sql`]).
     pub async fn schema_version(&self) -> Result<Option<i64>> {
         let mut conn = self.pool.acquire().await?;
-        let exists = DB::fetch_all(
-            &mut conn,
-            sqlx::query(table_exists_sql(DB::DIALECT, SCHEMA_TABLE)),
-        )
-        .await?;
+        let exists =
+            DB::fetch_all(&mut conn, sqlx::query(schema_table_exists_sql(DB::DIALECT))).await?;
         if exists.is_empty() {
             return Ok(None);
         }
@@ -998,7 +980,7 @@ mod tests {
         // As after a step interrupted half-way on MySQL, or tables made by hand from the
         // whole script.
         let pool = memory().await;
-        sqlx::raw_sql(baseline_sql(Dialect::Sqlite))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(baseline_sql(Dialect::Sqlite)))
             .execute(&pool)
             .await
             .unwrap();
