@@ -43,6 +43,20 @@ impl Dialect {
         }
     }
 
+    /// `sql` with each `?` replaced by this dialect's placeholder, numbered from `first` (`$1`,
+    /// `$2`, ... on PostgreSQL). For statements this crate writes, which have no `?` in them
+    /// otherwise.
+    pub(crate) fn numbered(self, sql: &str, first: usize) -> String {
+        let mut out = String::with_capacity(sql.len() + 8);
+        for (n, part) in sql.split('?').enumerate() {
+            if n > 0 {
+                self.push_placeholder(&mut out, first + n - 1);
+            }
+            out.push_str(part);
+        }
+        out
+    }
+
     /// The database clock in milliseconds since the Unix epoch, as an SQL expression. Leases
     /// and retry times are computed by the database, so every relay agrees on them whatever
     /// its host's clock says.

@@ -35,6 +35,20 @@ const INLINE_PAYLOAD_BYTES: i64 = 16 * 1024;
 /// How much failure history a row keeps (`last_error`, newest last).
 const HISTORY_BYTES: i64 = 2000;
 
+/// What a relay asks of one claim.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    /// At most this many rows.
+    pub limit: i64,
+    /// How long the rows are the relay's, in milliseconds (a held claim: the longest the
+    /// relay's session may stay silent).
+    pub lease_millis: i64,
+    /// About this many payload bytes at most (always at least one row).
+    pub max_bytes: usize,
+    /// On PostgreSQL, hold the claim by the sending transaction instead of a written lease.
+    pub hold: bool,
+}
+
 /// Rows taken by one claim.
 pub(crate) struct Claim<DB: Backend> {
     /// The fence of every statement about these rows (a written lease).
@@ -72,20 +86,20 @@ pub(crate) struct Claimed {
     pub historical: bool,
 }
 
-/// Leases up to `limit` deliverable rows (not leased, or lease or backoff expired), oldest
-/// first, holding at most about `max_bytes` of payload; rows past the byte budget are handed
-/// back at once, uncounted. With `hold` on PostgreSQL, the claim is held by a transaction
-/// instead of a written lease (see the module's documentation); [`finish`] ends it.
-pub(crate) async fn claim<DB: Backend>(
-    pool: &Pool<DB>,
-    limit: i64,
-    lease_millis: i64,
-    max_bytes: usize,
-    hold: bool,
-) -> Result<Claim<DB>> {
-    if hold && DB::DIALECT == Dialect::Postgres {
-        return claim_held(pool, limit, lease_millis, max_bytes).await;
+/// Leases up to `ask.limit` deliverable rows (not leased, or lease or backoff expired),
+/// oldest first, holding at most about `ask.max_bytes` of payload; rows past the byte budget
+/// are handed back at once, uncounted. With `ask.hold` on PostgreSQL, the claim is held by a
+/// transaction instead of a written lease (see the module's documentation); [`finish`] ends it.
+pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Claim<DB>> {
+    if ask.hold && DB::DIALECT == Dialect::Postgres {
+        return claim_held(pool, ask).await;
     }
+    let Ask {
+        limit,
+        lease_millis,
+        max_bytes,
+        ..
+    } = ask;
     let token = fastrand::i64(1..i64::MAX);
     let now = DB::DIALECT.now_millis_sql();
     let mut rows = match DB::DIALECT {
@@ -126,7 +140,7 @@ pub(crate) async fn claim<DB: Backend>(
             )
             .await?
         }
-        Dialect::MySql => claim_mysql::<DB>(pool, limit, lease_millis, token).await?,
+        Dialect::MySql => claim_mysql::<DB>(pool, ask, token).await?,
     };
     rows.sort_by_key(|taken| taken.row.id);
     let rows = within_budget::<DB>(pool, token, rows, max_bytes).await?;
@@ -140,37 +154,16 @@ pub(crate) async fn claim<DB: Backend>(
 /// PostgreSQL: locks up to `limit` deliverable rows in a transaction that stays open until
 /// [`finish`]. `attempts` is written only when a row is released or dead-lettered, so the
 /// rows read back one more than stored (this send).
-async fn claim_held<DB: Backend>(
-    pool: &Pool<DB>,
-    limit: i64,
-    lease_millis: i64,
-    max_bytes: usize,
-) -> Result<Claim<DB>> {
-    let now = DB::DIALECT.now_millis_sql();
+async fn claim_held<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Claim<DB>> {
     // The lease of a held claim: the server ends the session of a relay silent for this long.
-    let timeout = lease_millis.clamp(1, i64::from(i32::MAX));
+    let timeout = ask.lease_millis.clamp(1, i64::from(i32::MAX));
     let mut tx = pool
         .begin_with(sqlx::AssertSqlSafe(format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}"
         )))
         .await?;
-    let sql = format!(
-        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
-             octet_length(payload)::BIGINT, \
-             CASE WHEN octet_length(payload) <= $2 THEN payload END, historical \
-         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-    );
-    let query = DB::bind_i64(
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), limit),
-        INLINE_PAYLOAD_BYTES,
-    );
-    let taken = DB::fetch_all(&mut tx, query)
-        .await?
-        .iter()
-        .map(|row| decode::<DB>(row))
-        .collect::<Result<Vec<_>>>()?;
-    let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let taken = lock_deliverable::<DB>(&mut tx, ask.limit).await?;
+    let budget = i64::try_from(ask.max_bytes).unwrap_or(i64::MAX);
     let mut used = 0i64;
     let mut rows = Vec::with_capacity(taken.len());
     for Taken {
@@ -280,12 +273,7 @@ async fn within_budget<DB: Backend>(
 /// update; then `COMMIT`). READ COMMITTED, because under InnoDB's default REPEATABLE READ the
 /// locking read also locks the gap after the last row, where the application's next outbox
 /// INSERT goes: that would block (and deadlock) user commits.
-async fn claim_mysql<DB: Backend>(
-    pool: &Pool<DB>,
-    limit: i64,
-    lease_millis: i64,
-    token: i64,
-) -> Result<Vec<Taken>> {
+async fn claim_mysql<DB: Backend>(pool: &Pool<DB>, ask: Ask, token: i64) -> Result<Vec<Taken>> {
     let now = Dialect::MySql.now_millis_sql();
     // One round trip: the isolation level applies to the transaction that follows.
     let mut tx = pool
@@ -293,26 +281,7 @@ async fn claim_mysql<DB: Backend>(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN".to_owned(),
         ))
         .await?;
-    // `attempts + 1`: what the update below stores.
-    let select = format!(
-        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), \
-             CAST(LENGTH(payload) AS SIGNED), CASE WHEN LENGTH(payload) <= ? THEN payload END, \
-             historical \
-         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
-         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
-    );
-    let query = DB::bind_i64(
-        DB::bind_i64(
-            sqlx::query(sqlx::AssertSqlSafe(select)),
-            INLINE_PAYLOAD_BYTES,
-        ),
-        limit,
-    );
-    let taken = DB::fetch_all(&mut tx, query)
-        .await?
-        .iter()
-        .map(|row| decode::<DB>(row))
-        .collect::<Result<Vec<_>>>()?;
+    let taken = lock_deliverable::<DB>(&mut tx, ask.limit).await?;
     if taken.is_empty() {
         tx.commit().await?;
         return Ok(taken);
@@ -323,7 +292,7 @@ async fn claim_mysql<DB: Backend>(
     );
     push_id_list(Dialect::MySql, &mut update, 3, taken.len());
     let mut query = DB::bind_i64(
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), lease_millis),
+        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), ask.lease_millis),
         token,
     );
     for taken in &taken {
@@ -332,6 +301,32 @@ async fn claim_mysql<DB: Backend>(
     DB::execute(&mut tx, query).await?;
     tx.commit().await?;
     Ok(taken)
+}
+
+/// PostgreSQL and MySQL: locks up to `limit` deliverable rows in `tx` (`FOR UPDATE SKIP
+/// LOCKED`, so concurrent relays take disjoint rows without waiting), oldest first, with
+/// `attempts` as it is after this send.
+async fn lock_deliverable<DB: Backend>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    limit: i64,
+) -> Result<Vec<Taken>> {
+    let now = DB::DIALECT.now_millis_sql();
+    let bytes = match DB::DIALECT {
+        Dialect::Postgres => "octet_length(payload)::BIGINT",
+        Dialect::MySql | Dialect::Sqlite => "CAST(LENGTH(payload) AS SIGNED)",
+    };
+    // Both numbers are this crate's integers, not input: no placeholders needed.
+    let sql = format!(
+        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), {bytes}, \
+             CASE WHEN {bytes} <= {INLINE_PAYLOAD_BYTES} THEN payload END, historical \
+         FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
+         ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    );
+    DB::fetch_all(tx, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await?
+        .iter()
+        .map(|row| decode::<DB>(row))
+        .collect()
 }
 
 async fn fetch_claimed<DB: Backend>(
@@ -383,17 +378,14 @@ pub(crate) async fn renew<DB: Backend>(
         return Ok(0);
     };
     let dialect = DB::DIALECT;
-    let mut sql = format!(
-        "UPDATE posthog_outbox SET leased_until = {} + ",
-        dialect.now_millis_sql()
+    let sql = dialect.numbered(
+        &format!(
+            "UPDATE posthog_outbox SET leased_until = {} + ? WHERE claim = ? \
+             AND id BETWEEN ? AND ?",
+            dialect.now_millis_sql()
+        ),
+        1,
     );
-    dialect.push_placeholder(&mut sql, 1);
-    sql.push_str(" WHERE claim = ");
-    dialect.push_placeholder(&mut sql, 2);
-    sql.push_str(" AND id BETWEEN ");
-    dialect.push_placeholder(&mut sql, 3);
-    sql.push_str(" AND ");
-    dialect.push_placeholder(&mut sql, 4);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for value in [lease_millis, claim.token, first.id, last.id] {
         query = DB::bind_i64(query, value);
@@ -506,20 +498,19 @@ fn bind_all<DB: Backend>(sql: String, binds: &[Bind<'_>]) -> crate::backend::Bou
     query
 }
 
-/// `last_error` with `entry` appended on a new line, keeping the newest `HISTORY_BYTES`.
-fn appended_history(dialect: Dialect, placeholder: usize) -> String {
-    let mut entry = String::new();
-    dialect.push_placeholder(&mut entry, placeholder);
+/// `last_error` with a `?` (the entry) appended on a new line, keeping the newest
+/// `HISTORY_BYTES`.
+fn appended_history(dialect: Dialect) -> String {
     match dialect {
         Dialect::Postgres => {
-            format!("RIGHT(COALESCE(last_error || chr(10), '') || {entry}, {HISTORY_BYTES})")
+            format!("RIGHT(COALESCE(last_error || chr(10), '') || ?, {HISTORY_BYTES})")
         }
         Dialect::MySql => format!(
-            "RIGHT(CONCAT(COALESCE(CONCAT(last_error, CHAR(10 USING utf8mb4)), ''), {entry}), \
+            "RIGHT(CONCAT(COALESCE(CONCAT(last_error, CHAR(10 USING utf8mb4)), ''), ?), \
              {HISTORY_BYTES})"
         ),
         Dialect::Sqlite => {
-            format!("substr(COALESCE(last_error || char(10), '') || {entry}, -{HISTORY_BYTES})")
+            format!("substr(COALESCE(last_error || char(10), '') || ?, -{HISTORY_BYTES})")
         }
     }
 }
@@ -544,6 +535,7 @@ fn settle_sql<'a>(
     let now = dialect.now_millis_sql();
     let held = matches!(fence, Fence::Held);
     let mut binds = Vec::new();
+    let history = appended_history(dialect);
     let mut sql = match settle {
         Settle::Delete => "DELETE FROM posthog_outbox WHERE claim = ".to_owned(),
         Settle::Release {
@@ -552,15 +544,6 @@ fn settle_sql<'a>(
             failed,
             counted,
         } => {
-            let mut sql = format!("UPDATE posthog_outbox SET leased_until = {now} + ");
-            dialect.push_placeholder(&mut sql, 1);
-            sql.push_str(", claim = NULL, failures = failures + ");
-            dialect.push_placeholder(&mut sql, 2);
-            sql.push_str(", attempts = attempts + ");
-            dialect.push_placeholder(&mut sql, 3);
-            sql.push_str(", last_error = ");
-            sql.push_str(&appended_history(dialect, 4));
-            sql.push_str(" WHERE claim = ");
             binds.push(Bind::Int(*delay_millis));
             binds.push(Bind::Int(i64::from(*failed)));
             // A written lease counted the send when it claimed; a held claim did not.
@@ -570,24 +553,30 @@ fn settle_sql<'a>(
                 (true, true) => 1,
             }));
             binds.push(Bind::Text(entry));
-            sql
+            dialect.numbered(
+                &format!(
+                    "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = NULL, \
+                     failures = failures + ?, attempts = attempts + ?, last_error = {history} \
+                     WHERE claim = "
+                ),
+                1,
+            )
         }
         Settle::Dead { reason } => {
-            let mut sql = "INSERT INTO posthog_outbox_dead \
-                 (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, \
-                  dead_at, historical) \
-                 SELECT id, uuid, event, distinct_id, timestamp, payload, attempts + "
-                .to_owned();
-            sql.push_str(if held { "1, " } else { "0, " });
-            sql.push_str(&appended_history(dialect, 1));
-            sql.push_str(", ");
-            dialect.push_placeholder(&mut sql, 2);
-            sql.push_str(&format!(
-                ", {now}, historical FROM posthog_outbox WHERE claim = "
-            ));
             binds.push(Bind::Text(reason));
             binds.push(Bind::Text(reason));
-            sql
+            let this_send = u8::from(held);
+            dialect.numbered(
+                &format!(
+                    "INSERT INTO posthog_outbox_dead \
+                     (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
+                      reason, dead_at, historical) \
+                     SELECT id, uuid, event, distinct_id, timestamp, payload, \
+                         attempts + {this_send}, {history}, ?, {now}, historical \
+                     FROM posthog_outbox WHERE claim = "
+                ),
+                1,
+            )
         }
     };
     let (token, first, last) = match fence {
@@ -606,10 +595,7 @@ fn settle_sql<'a>(
     dialect.push_placeholder(&mut sql, binds.len() + 1);
     binds.push(Bind::Int(token));
     if ids.is_empty() {
-        sql.push_str(" AND id BETWEEN ");
-        dialect.push_placeholder(&mut sql, binds.len() + 1);
-        sql.push_str(" AND ");
-        dialect.push_placeholder(&mut sql, binds.len() + 2);
+        sql.push_str(&dialect.numbered(" AND id BETWEEN ? AND ?", binds.len() + 1));
         binds.push(Bind::Int(first));
         binds.push(Bind::Int(last));
     } else {
@@ -654,14 +640,24 @@ mod tests {
 
     const BIG: usize = 1 << 30;
 
+    /// A written-lease claim of up to 10 rows.
+    fn ask(lease_millis: i64, max_bytes: usize) -> Ask {
+        Ask {
+            limit: 10,
+            lease_millis,
+            max_bytes,
+            hold: false,
+        }
+    }
+
     #[tokio::test]
     async fn stale_acks_are_fenced_off() {
         let pool = outbox().await;
         insert(&pool, "a", "{}").await;
         insert(&pool, "b", "{}").await;
         // A negative lease is expired at once: a second relay may claim the same rows.
-        let first = claim(&pool, 10, -1, BIG, false).await.unwrap();
-        let second = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
+        let first = claim(&pool, ask(-1, BIG)).await.unwrap();
+        let second = claim(&pool, ask(60_000, BIG)).await.unwrap();
         assert_eq!(first.rows.len(), 2);
         assert_eq!(
             second
@@ -672,7 +668,7 @@ mod tests {
             [2, 2]
         );
         assert!(
-            claim(&pool, 10, 60_000, BIG, false)
+            claim(&pool, ask(60_000, BIG))
                 .await
                 .unwrap()
                 .rows
@@ -713,14 +709,14 @@ mod tests {
     async fn a_reused_id_is_not_mistaken_for_the_deleted_event() {
         let pool = outbox().await;
         insert(&pool, "old", "{}").await;
-        let first = claim(&pool, 10, -1, BIG, false).await.unwrap();
+        let first = claim(&pool, ask(-1, BIG)).await.unwrap();
         // Another relay delivers and deletes it; a new event then takes the same id.
         sqlx::query("DELETE FROM posthog_outbox")
             .execute(&pool)
             .await
             .unwrap();
         insert(&pool, "new", "{}").await;
-        let second = claim(&pool, 10, -1, BIG, false).await.unwrap();
+        let second = claim(&pool, ask(-1, BIG)).await.unwrap();
         assert_eq!(
             (second.rows[0].id, second.rows[0].attempts),
             (first.rows[0].id, first.rows[0].attempts)
@@ -743,10 +739,10 @@ mod tests {
             insert(&pool, uuid, &large).await;
         }
         insert(&pool, "d", "{}").await;
-        let taken = claim(&pool, 10, 60_000, 50_000, false).await.unwrap();
+        let taken = claim(&pool, ask(60_000, 50_000)).await.unwrap();
         assert_eq!(taken.rows.len(), 1, "one large row fits the budget");
         assert_eq!(taken.rows[0].payload, large, "read in full");
-        let rest = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
+        let rest = claim(&pool, ask(60_000, BIG)).await.unwrap();
         assert_eq!(rest.rows.len(), 3, "the others were handed back");
         assert!(
             rest.rows.iter().all(|row| row.attempts == 1),
@@ -758,7 +754,7 @@ mod tests {
     async fn dead_rows_move_to_the_dead_letter_table_with_their_history() {
         let pool = outbox().await;
         insert(&pool, "a", "{}").await;
-        let first = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
+        let first = claim(&pool, ask(60_000, BIG)).await.unwrap();
         let release = Settle::Release {
             delay_millis: -1,
             entry: "503 Service Unavailable",
@@ -766,7 +762,7 @@ mod tests {
             counted: true,
         };
         settle(&pool, &first, None, release).await.unwrap();
-        let second = claim(&pool, 10, 60_000, BIG, false).await.unwrap();
+        let second = claim(&pool, ask(60_000, BIG)).await.unwrap();
         assert_eq!(second.rows[0].failures, 1);
         let dead = Settle::Dead {
             reason: "400 Bad Request",

@@ -168,9 +168,8 @@ impl RelayState {
 #[derive(Debug)]
 pub struct Relay<DB: Backend> {
     pool: Pool<DB>,
-    /// `Some` only in live mode; anything else must not touch the outbox.
-    sink: Option<Sink>,
-    mode: Mode,
+    /// Where events go, in live mode; otherwise the mode, which must not touch the outbox.
+    sink: std::result::Result<Sink, Mode>,
     options: RelayOptions,
     stats: SharedStats,
     wake: Arc<Notify>,
@@ -201,8 +200,9 @@ impl<DB: Backend> Relay<DB> {
     ) -> Self {
         Relay {
             pool,
-            sink: sink.filter(|sink| matches!(sink, Sink::PostHog(_))),
-            mode,
+            sink: sink
+                .filter(|sink| matches!(sink, Sink::PostHog(_)))
+                .ok_or(mode),
             options,
             stats,
             wake,
@@ -253,8 +253,9 @@ impl<DB: Backend> Relay<DB> {
 
     /// One round; a send still in flight at `deadline` is abandoned (see `abandon_at`).
     async fn round(&self, deadline: Option<Instant>) -> Result<Pass> {
-        let Some(sink) = &self.sink else {
-            return Err(Error::CannotDeliver { mode: self.mode });
+        let sink = match &self.sink {
+            Ok(sink) => sink,
+            Err(mode) => return Err(Error::CannotDeliver { mode: *mode }),
         };
         let _one_round_at_a_time = self.pass.lock().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
@@ -264,10 +265,12 @@ impl<DB: Backend> Relay<DB> {
         let claim = tracing::Instrument::instrument(
             claim::claim(
                 &self.pool,
-                limit,
-                lease,
-                self.options.max_claim_bytes,
-                self.options.held_claims,
+                claim::Ask {
+                    limit,
+                    lease_millis: lease,
+                    max_bytes: self.options.max_claim_bytes,
+                    hold: self.options.held_claims,
+                },
             ),
             claim_span.clone(),
         )
@@ -651,8 +654,8 @@ impl<DB: Backend> Relay<DB> {
     /// and with [`Error::Undelivered`] when some were dead-lettered on the way. Nothing is ever
     /// lost: undelivered events stay in the outbox.
     pub async fn drain_for(&self, timeout: Duration) -> Result<()> {
-        if self.sink.is_none() {
-            return Err(Error::CannotDeliver { mode: self.mode });
+        if let Err(mode) = self.sink {
+            return Err(Error::CannotDeliver { mode });
         }
         let started = Instant::now();
         let newest = self.outbox().newest_id().await?;
