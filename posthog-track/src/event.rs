@@ -83,9 +83,12 @@ pub struct EventWriter {
 /// Where a property goes in an event: the event's own properties, `$set` or `$set_once`.
 /// Sections are written in this order (the discriminants order them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Section {
+pub enum Section {
+    /// The event's own properties.
     Properties,
+    /// `$set`: person properties as they are now.
     Set,
+    /// `$set_once`: person properties kept from their first value.
     SetOnce,
 }
 
@@ -148,31 +151,11 @@ impl EventWriter {
         self.entry(name, key_json, value)
     }
 
-    /// Writes a `$set` person property; an absent value (`None`, or anything serialised as
-    /// `null`) is left out rather than set to null, as posthog-js and posthog-python do.
-    pub fn set<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        key_json: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.person_entry(Section::Set, name, key_json, value)
-    }
-
-    /// Writes a `$set_once` person property; an absent value is left out, as for
-    /// [`set`](EventWriter::set).
-    pub fn set_once<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        key_json: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.person_entry(Section::SetOnce, name, key_json, value)
-    }
-
-    /// A person property, unless its value is `null`: then the writer is left as it was, so a
-    /// `$set` with nothing in it is not written at all.
-    fn person_entry<T: Serialize + ?Sized>(
+    /// Writes a person property to `section` (`$set` or `$set_once`). An absent value (`None`,
+    /// or anything serialised as `null`) is left out rather than set to null, as posthog-js
+    /// and posthog-python do: the writer is left as it was, so a `$set` with nothing in it is
+    /// not written at all.
+    pub fn person<T: Serialize + ?Sized>(
         &mut self,
         section: Section,
         name: &'static str,
@@ -689,8 +672,12 @@ mod tests {
         let mut stager = Stager::new(&mut events, "d1".to_owned());
         let mut writer = stager.event("e");
         writer.property("a", "\"a\":", &1).unwrap();
-        writer.set("b", "\"b\":", &None::<u8>).unwrap();
-        writer.set_once("c", "\"c\":", &"x").unwrap();
+        writer
+            .person(Section::Set, "b", "\"b\":", &None::<u8>)
+            .unwrap();
+        writer
+            .person(Section::SetOnce, "c", "\"c\":", &"x")
+            .unwrap();
         stager.push(writer).unwrap();
         let payload = &events[0].payload;
         assert!(

@@ -118,7 +118,7 @@ pub mod __private {
     };
     pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};
-    pub use crate::event::{EventWriter, Stager, ToDistinctId};
+    pub use crate::event::{EventWriter, Section, Stager, ToDistinctId};
     pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
         ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow,

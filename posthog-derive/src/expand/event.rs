@@ -33,21 +33,22 @@ fn json_key(name: &str) -> String {
     key
 }
 
-/// `__writer.<section>(name, key, &<owner>.<field>)?;`
+/// `__writer.property(name, key, &<owner>.<field>)?;`, or `__writer.person(<section>, ...)`
+/// for `$set` and `$set_once`.
 fn write(field: &Field, section: Section, name: &str, owner: TokenStream) -> TokenStream {
     let ident = field.ident;
     let key = json_key(name);
-    let method = match section {
-        Section::Properties => quote!(property),
-        Section::Set => quote!(set),
-        Section::SetOnce => quote!(set_once),
+    let (method, section) = match section {
+        Section::Properties => (quote!(property), None),
+        Section::Set => (quote!(person), Some(quote!(#Private::Section::Set,))),
+        Section::SetOnce => (quote!(person), Some(quote!(#Private::Section::SetOnce,))),
     };
     // Spanned on the field's type, so "`T: Serialize` is not satisfied" points at it; every
     // token of the call needs that span, or rustc widens the error to the field's name or
     // labels the derive as well.
     respan(
         quote! {
-            __writer.#method(#name, #key, &#owner.#ident)?;
+            __writer.#method(#section #name, #key, &#owner.#ident)?;
         },
         field.ty.span(),
     )

@@ -1012,7 +1012,14 @@ mod tests {
         let mut events = Vec::new();
         let mut stager = Stager::new(&mut events, "d1".to_owned());
         let mut writer = stager.event("$set");
-        writer.set("email", "\"email\":", payload_tail).unwrap();
+        writer
+            .person(
+                crate::event::Section::Set,
+                "email",
+                "\"email\":",
+                payload_tail,
+            )
+            .unwrap();
         stager.push(writer).unwrap();
         events.pop().unwrap()
     }
