@@ -26,22 +26,22 @@ pub const SESSION_ID_HEADER: &str = "x-posthog-session-id";
 /// without their own, merges the anonymous visitor into the person an `identify` model
 /// creates, and fills the model fields marked `#[tracked(context = "...")]`. With the `axum`
 /// feature it is an extractor.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrackingContext {
     distinct_id: Option<String>,
     session_id: Option<String>,
     anonymous_id: Option<String>,
-    properties: Map<String, Value>,
+    properties: ContextProperties,
 }
 
-impl fmt::Debug for TrackingContext {
+/// The context's extra properties. Their values are user data, so `Debug` (which ends up in
+/// logs) lists only their keys.
+#[derive(Clone, Default, PartialEq)]
+struct ContextProperties(Map<String, Value>);
+
+impl fmt::Debug for ContextProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackingContext")
-            .field("distinct_id", &self.distinct_id)
-            .field("session_id", &self.session_id)
-            .field("anonymous_id", &self.anonymous_id)
-            .field("properties", &self.properties.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_list().entries(self.0.keys()).finish()
     }
 }
 
@@ -92,7 +92,7 @@ impl TrackingContext {
     /// Adds a property every event of the transaction carries (a marketing source, an app
     /// version); a `#[tracked(context = "property.<key>")]` field can store it too.
     pub fn with_property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.properties.insert(key.into(), value.into());
+        self.properties.0.insert(key.into(), value.into());
         self
     }
 
@@ -113,13 +113,13 @@ impl TrackingContext {
 
     /// The extra properties.
     pub fn properties(&self) -> &Map<String, Value> {
-        &self.properties
+        &self.properties.0
     }
 
     /// A property as text, for a `#[tracked(context = "property.<key>")]` column: a string as
     /// is, any other value as JSON, null as none.
     pub fn property_text(&self, key: &str) -> Option<String> {
-        match self.properties.get(key)? {
+        match self.properties.0.get(key)? {
             Value::Null => None,
             Value::String(text) => Some(text.clone()),
             other => Some(other.to_string()),

@@ -52,7 +52,7 @@ fn unsupported<DB: Backend>(operation: &str, table: &str, reason: &'static str) 
 
 /// Refuses, before anything is written, a model that `sql` cannot insert into `table`
 /// (on MySQL: a generated key that is not `AUTO_INCREMENT`).
-async fn check_insertable<DB: Backend>(
+pub(super) async fn check_insertable<DB: Backend>(
     sql: &ModelSql,
     table: &'static str,
     connection: &mut DB::Connection,
@@ -68,23 +68,8 @@ async fn check_insertable<DB: Backend>(
     Ok(())
 }
 
-/// Inserts one row with `sql` and reads it back as stored; checks included.
-pub(super) async fn insert_one<M, DB>(
-    model: &M,
-    sql: &ModelSql,
-    table: &'static str,
-    connection: &mut DB::Connection,
-) -> Result<M>
-where
-    DB: Backend,
-    M: TrackedRow<DB>,
-{
-    check_insertable::<DB>(sql, table, connection).await?;
-    write_one(model, sql, table, connection).await
-}
-
-/// [`insert_one`] without the checks.
-async fn write_one<M, DB>(
+/// Inserts one row with `sql` and reads it back as stored, once [`check_insertable`] passed.
+pub(super) async fn write_one<M, DB>(
     model: &M,
     sql: &ModelSql,
     table: &'static str,

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use super::bulk::{insert_all, insert_one};
+use super::bulk::{check_insertable, insert_all, write_one};
 use super::codegen::{ChangeMask, SqlSet};
 use super::route::route;
 use super::stage::{
@@ -144,7 +144,8 @@ pub trait TrackedModel: Sized + Send + Sync {
         async move {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
-            let stored = insert_one(&self, sql, table, tx.connection()).await?;
+            check_insertable::<DB>(sql, table, tx.connection()).await?;
+            let stored = write_one(&self, sql, table, tx.connection()).await?;
             stage_inserted(&stored, stamps, tx)?;
             Ok(stored)
         }
