@@ -169,22 +169,15 @@ impl DoctorOptions {
         Self::default()
     }
 
-    /// Checks the outbox of this database too.
-    pub fn database_url(mut self, url: impl Into<String>) -> Self {
-        self.database_url = Some(url.into());
-        self
-    }
+    setters! {
+        /// Checks the outbox of this database too.
+        pub fn database_url(url: impl Into<String>) => database_url = Some(url.into());
 
-    /// The delivery lag over which the backlog check fails.
-    pub fn max_lag(mut self, lag: Duration) -> Self {
-        self.max_lag = lag;
-        self
-    }
+        /// The delivery lag over which the backlog check fails.
+        pub fn max_lag(lag: Duration) => max_lag = lag;
 
-    /// How long each request and the database connection may take.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+        /// How long each request and the database connection may take.
+        pub fn timeout(timeout: Duration) => timeout = timeout;
     }
 }
 

@@ -64,6 +64,10 @@
 
 #![warn(missing_docs)]
 
+// First, so that every module below can use its macro.
+#[macro_use]
+mod setters;
+
 mod backend;
 pub mod backfill;
 mod builder;

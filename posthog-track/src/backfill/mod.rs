@@ -310,65 +310,44 @@ where
         self
     }
 
-    /// At most this many events per second, averaged from the start of the run (pages are
-    /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
-    /// Unlimited by default.
-    pub fn rate(mut self, events_per_second: u32) -> Self {
-        self.options.rate = Some(events_per_second);
-        self
-    }
+    setters! {
+        /// At most this many events per second, averaged from the start of the run (pages are
+        /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
+        /// Unlimited by default.
+        pub fn rate(events_per_second: u32) => options.rate = Some(events_per_second);
 
-    /// Also stages the model's insert event for every row, dated by `column` (a field or
-    /// column of the model holding a timestamp, e.g. `created_at`) and sent as
-    /// `historical_migration`. Rows whose column is `None` get no insert event. Needs outbox
-    /// delivery (the default): the after-commit queue has no per-event historical flag.
-    pub fn with_events(mut self, column: impl Into<String>) -> Self {
-        self.options.with_events = Some(column.into());
-        self
-    }
+        /// Also stages the model's insert event for every row, dated by `column` (a field or
+        /// column of the model holding a timestamp, e.g. `created_at`) and sent as
+        /// `historical_migration`. Rows whose column is `None` get no insert event. Needs outbox
+        /// delivery (the default): the after-commit queue has no per-event historical flag.
+        pub fn with_events(column: impl Into<String>) => options.with_events = Some(column.into());
 
-    /// Reads every row and counts the events a run would stage, keeps a
-    /// [`sample`](BackfillReport::sample) of them, and stages nothing (the checkpoint does not
-    /// move either).
-    pub fn dry_run(mut self) -> Self {
-        self.options.dry_run = true;
-        self
-    }
+        /// Reads every row and counts the events a run would stage, keeps a
+        /// [`sample`](BackfillReport::sample) of them, and stages nothing (the checkpoint does not
+        /// move either).
+        pub fn dry_run() => options.dry_run = true;
 
-    /// Starts from the first row again even when the checkpoint says this backfill is
-    /// complete or part-way (for example after the data changed). Rows whose events did not
-    /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
-    /// waiting in the outbox are not staged twice.
-    pub fn restart(mut self) -> Self {
-        self.options.restart = true;
-        self
-    }
+        /// Starts from the first row again even when the checkpoint says this backfill is
+        /// complete or part-way (for example after the data changed). Rows whose events did not
+        /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
+        /// waiting in the outbox are not staged twice.
+        pub fn restart() => options.restart = true;
 
-    /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
-    /// smaller.
-    pub fn page_size(mut self, rows: usize) -> Self {
-        self.options.page_size = rows.max(1);
-        self
-    }
+        /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
+        /// smaller.
+        pub fn page_size(rows: usize) => options.page_size = rows.max(1);
 
-    /// Stops after this many rows (a whole number of pages); the next run resumes. For
-    /// backfills spread over maintenance windows.
-    pub fn max_rows(mut self, rows: u64) -> Self {
-        self.options.max_rows = Some(rows);
-        self
-    }
+        /// Stops after this many rows (a whole number of pages); the next run resumes. For
+        /// backfills spread over maintenance windows.
+        pub fn max_rows(rows: u64) => options.max_rows = Some(rows);
 
-    /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
-    pub fn sample(mut self, events: usize) -> Self {
-        self.options.sample = events;
-        self
-    }
+        /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
+        pub fn sample(events: usize) => options.sample = events;
 
-    /// Called after every page with the progress so far (also logged with `tracing` at
-    /// `info`, target `posthog_track::backfill`).
-    pub fn on_progress(mut self, callback: impl FnMut(&BackfillProgress) + Send + 'p) -> Self {
-        self.options.on_progress = Some(Box::new(callback));
-        self
+        /// Called after every page with the progress so far (also logged with `tracing` at
+        /// `info`, target `posthog_track::backfill`).
+        pub fn on_progress(callback: impl FnMut(&BackfillProgress) + Send + 'p) =>
+            options.on_progress = Some(Box::new(callback));
     }
 
     /// Runs the backfill to the end (or to [`max_rows`](Backfill::max_rows)).
