@@ -33,7 +33,9 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
-use crate::event::{LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, format_timestamp};
+use crate::event::{
+    EventWriter, LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, Stamp, format_timestamp,
+};
 use crate::mode::Mode;
 use crate::model::with_groups;
 use crate::outbox;
@@ -825,22 +827,25 @@ impl Plan {
                     if set.is_empty() && set_once.is_empty() {
                         page.skipped_empty += 1;
                     } else {
-                        let mut events = Vec::with_capacity(1);
-                        let mut stager = Stager::new(&mut events, distinct_id.clone())
-                            .with_stamps(stamps.clone());
-                        let mut writer = stager.event("$set");
-                        for (section, values) in [(Section::Set, set), (Section::SetOnce, set_once)]
-                        {
-                            for (name, value) in &values {
-                                writer.dynamic_property(section, name, value)?;
-                            }
-                        }
-                        stager.push(writer)?;
-                        for mut event in events {
-                            settle_uuid(M::TABLE, key, &mut event, false);
-                            page.person_updates += 1;
-                            page.live.push(event);
-                        }
+                        let staged = stage_live_update(
+                            M::TABLE,
+                            key,
+                            distinct_id.clone(),
+                            stamps.clone(),
+                            page,
+                            |stager| {
+                                let mut writer = stager.event("$set");
+                                for (section, values) in
+                                    [(Section::Set, set), (Section::SetOnce, set_once)]
+                                {
+                                    for (name, value) in &values {
+                                        writer.dynamic_property(section, name, value)?;
+                                    }
+                                }
+                                Ok(writer)
+                            },
+                        )?;
+                        page.person_updates += staged;
                     }
                 }
             }
@@ -857,27 +862,25 @@ impl Plan {
                         self.chosen(Some(&serde_json::Value::Object(plain))),
                     );
                     let group_distinct_id = format!("${group_type}_{group_key}");
-                    let mut events = Vec::with_capacity(1);
-                    let mut stager = Stager::new(&mut events, group_distinct_id.clone())
-                        .with_stamps(stamps.clone());
-                    let mut writer = stager.event_for("$groupidentify", group_distinct_id);
-                    writer.dynamic_property(
-                        Section::Properties,
-                        "$group_type",
-                        &group_type.into(),
+                    let staged = stage_live_update(
+                        M::TABLE,
+                        key,
+                        group_distinct_id.clone(),
+                        stamps.clone(),
+                        page,
+                        |stager| {
+                            let mut writer = stager.event_for("$groupidentify", group_distinct_id);
+                            for (name, value) in [
+                                ("$group_type", group_type.into()),
+                                ("$group_key", group_key.into()),
+                                ("$group_set", group_set),
+                            ] {
+                                writer.dynamic_property(Section::Properties, name, &value)?;
+                            }
+                            Ok(writer)
+                        },
                     )?;
-                    writer.dynamic_property(
-                        Section::Properties,
-                        "$group_key",
-                        &group_key.into(),
-                    )?;
-                    writer.dynamic_property(Section::Properties, "$group_set", &group_set)?;
-                    stager.push(writer)?;
-                    for mut event in events {
-                        settle_uuid(M::TABLE, key, &mut event, false);
-                        page.group_updates += 1;
-                        page.live.push(event);
-                    }
+                    page.group_updates += staged;
                 }
             }
         }
@@ -957,6 +960,29 @@ fn content(event: &StagedEvent) -> &str {
         .map_or(event.payload.as_str(), |at| &event.payload[at + 14..]);
     let lib = format!("{{\"$lib\":\"{LIB_NAME}\",\"$lib_version\":\"{LIB_VERSION}\"");
     properties.strip_prefix(lib.as_str()).unwrap_or(properties)
+}
+
+/// Stages into `page.live` the person or group update that `write` makes with a stager for
+/// `distinct_id`, each event's uuid settled from the row (`table`, `key`) so that a rerun
+/// sends the same one; returns how many events it staged.
+fn stage_live_update(
+    table: &str,
+    key: &str,
+    distinct_id: String,
+    stamps: Vec<Stamp>,
+    page: &mut Page,
+    write: impl FnOnce(&Stager<'_>) -> Result<EventWriter>,
+) -> Result<u64> {
+    let mut events = Vec::with_capacity(1);
+    let mut stager = Stager::new(&mut events, distinct_id).with_stamps(stamps);
+    let writer = write(&stager)?;
+    stager.push(writer)?;
+    let staged = events.len() as u64;
+    for mut event in events {
+        settle_uuid(table, key, &mut event, false);
+        page.live.push(event);
+    }
+    Ok(staged)
 }
 
 /// Gives `event` its deterministic uuid: UUIDv5 of the model, the row's key, the event's
