@@ -120,6 +120,22 @@ where
         .unwrap()
 }
 
+/// The events in `tracker`'s outbox on `pool` that `keep` selects (a database may be shared by
+/// tests).
+///
+/// # Panics
+///
+/// When the outbox cannot be read.
+pub async fn outbox_events<DB: posthog_track::Backend>(
+    tracker: &posthog_track::Tracker,
+    pool: &sqlx::Pool<DB>,
+    keep: impl FnMut(&posthog_track::outbox::OutboxEvent) -> bool,
+) -> Vec<posthog_track::outbox::OutboxEvent> {
+    let mut events = tracker.outbox(pool).events().await.unwrap();
+    events.retain(keep);
+    events
+}
+
 /// Runs `sql` (statements the test wrote itself) on a connection from `pool`.
 ///
 /// # Panics
