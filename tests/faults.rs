@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, outbox_events, posthog_track_binary, received, tracker_for,
-    unique,
+    commit_events, on_every_backend, outbox_events, posthog_track_binary, received, relay_command,
+    tracker_for, unique,
 };
 use serde_json::Value;
 use sqlx::Pool;
@@ -529,20 +529,8 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
     let logs = std::env::temp_dir().join(unique("relay-logs"));
     std::fs::create_dir_all(&logs).unwrap();
     let spawn = |n: usize| {
-        std::process::Command::new(posthog_track_binary())
-            .args([
-                "relay",
-                "--database-url",
-                url,
-                "--lease",
-                "2",
-                "--batch-size",
-                "100",
-            ])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=error")
-            .stdout(std::process::Stdio::null())
+        relay_command(url, &mock, "posthog_track=error")
+            .args(["--lease", "2", "--batch-size", "100"])
             .stderr(std::fs::File::create(logs.join(format!("relay-{n}.log"))).unwrap())
             .spawn()
             .unwrap()

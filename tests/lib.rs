@@ -244,6 +244,23 @@ pub fn posthog_track_binary() -> std::path::PathBuf {
     binary
 }
 
+/// `posthog-track relay` on `url` delivering to `mock`, logging at `log` (`RUST_LOG`), its
+/// stdout discarded; add arguments and spawn it.
+pub fn relay_command(
+    url: &str,
+    mock: &posthog_track::testing::MockPostHog,
+    log: &str,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(posthog_track_binary());
+    command
+        .args(["relay", "--database-url", url])
+        .env("POSTHOG_API_KEY", mock.api_key())
+        .env("POSTHOG_HOST", mock.url())
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null());
+    command
+}
+
 /// Runs `async fn $scenario<DB: Backend>(pool: &Pool<DB>, url: &str)` as three tests: on a
 /// SQLite file, on a PostgreSQL schema and on a MariaDB database of its own (the URL reaches
 /// the same database, for other processes). Scenario names must be unique across test files.

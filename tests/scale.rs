@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, database_url, isolated_postgres, on_every_backend, posthog_track_binary,
-    received, tracker_for, unique, with_search_path,
+    commit_events, database_url, isolated_postgres, on_every_backend, received, relay_command,
+    tracker_for, unique, with_search_path,
 };
 use sqlx::Pool;
 use uuid::Uuid;
@@ -199,13 +199,8 @@ async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
     let before = BTreeSet::from([commit_one(&committer, &pool, &tag, "before").await]);
     let poll = Duration::from_secs(60);
     let _relay = Killed(
-        std::process::Command::new(posthog_track_binary())
-            .args(["relay", "--database-url", &url])
+        relay_command(&url, &mock, "posthog_track=warn")
             .args(["--poll-interval-ms", &poll.as_millis().to_string()])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=warn")
-            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
@@ -362,12 +357,7 @@ async fn an_idle_standalone_relay_polls_within_its_bound<DB: Backend>(pool: &Poo
     let tag = unique("polled");
     let before = BTreeSet::from([commit_one(&committer, pool, &tag, "before").await]);
     let _relay = Killed(
-        std::process::Command::new(posthog_track_binary())
-            .args(["relay", "--database-url", url])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=warn")
-            .stdout(std::process::Stdio::null())
+        relay_command(url, &mock, "posthog_track=warn")
             .spawn()
             .unwrap(),
     );
