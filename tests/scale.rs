@@ -267,6 +267,29 @@ async fn count_notifications(listener: &mut sqlx::postgres::PgListener) -> usize
     count
 }
 
+/// Commits 20 events named `name` under a fresh tag, and starts a relay pass whose request
+/// `mock` answers only after `delay`; returns 300 ms later, with the pass mid-send. Returns the
+/// tag, the uuids committed and the pass.
+async fn send_slowly(
+    tracker: &Tracker,
+    pool: &sqlx::PgPool,
+    mock: &MockPostHog,
+    name: &str,
+    delay: Duration,
+) -> (
+    String,
+    BTreeSet<Uuid>,
+    tokio::task::JoinHandle<posthog_track::Result<posthog_track::relay::Pass>>,
+) {
+    let tag = unique(name);
+    let committed = commit_events(tracker, pool, &tag, name, 20, 20).await;
+    mock.script([Reply::Delay(delay, Box::new(Reply::Accept))]);
+    let sending = tracker.relay(pool.clone());
+    let pass = tokio::spawn(async move { sending.run_once().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (tag, committed, pass)
+}
+
 /// PostgreSQL: a claim held by the sending transaction writes nothing into the rows (a written
 /// lease updates every one), still fences other relays off while the send is in flight, and
 /// ends with its relay: the rows of a relay that dies mid-send are claimable again at once,
@@ -285,15 +308,8 @@ async fn postgres_claims_are_held_by_the_sending_transaction() {
             .external_relay(true)
             .build();
         tracker.migrate(&pool).await.unwrap();
-        let tag = unique("held");
-        let committed = commit_events(&tracker, &pool, &tag, "held", 20, 20).await;
-        mock.script([Reply::Delay(
-            Duration::from_millis(1000),
-            Box::new(Reply::Accept),
-        )]);
-        let sending = tracker.relay(pool.clone());
-        let in_flight = tokio::spawn(async move { sending.run_once().await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tag, committed, in_flight) =
+            send_slowly(&tracker, &pool, &mock, "held", Duration::from_millis(1000)).await;
         let written: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM posthog_outbox WHERE leased_until IS NOT NULL OR attempts > 0",
         )
@@ -316,15 +332,14 @@ async fn postgres_claims_are_held_by_the_sending_transaction() {
         }
 
         if held {
-            let tag = unique("held-crash");
-            let committed = commit_events(&tracker, &pool, &tag, "held_crash", 20, 20).await;
-            mock.script([Reply::Delay(
+            let (tag, committed, dying) = send_slowly(
+                &tracker,
+                &pool,
+                &mock,
+                "held_crash",
                 Duration::from_secs(10),
-                Box::new(Reply::Accept),
-            )]);
-            let doomed = tracker.relay(pool.clone());
-            let dying = tokio::spawn(async move { doomed.run_once().await });
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            )
+            .await;
             dying.abort(); // dies mid-send, holding the claim
             let _ = dying.await;
             let started = Instant::now();
