@@ -31,6 +31,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posthog_track::{CaptureMode, Compression, Event, Tracker};
+use posthog_track_benches::proc_stat::cpu_time;
 
 /// Events per burst: `DELIVERY_BENCH_EVENTS` (default 100,000).
 fn burst() -> u64 {
@@ -218,20 +219,6 @@ fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 // Measurement
 
-/// User + system CPU time of this process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
-
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -270,7 +257,7 @@ async fn measure<F: std::future::Future<Output = ()>>(
     burst: F,
 ) -> Run {
     sink.call("/reset").await;
-    let (started, cpu) = (Instant::now(), cpu_time());
+    let (started, cpu) = (Instant::now(), cpu_time("self"));
     burst.await;
     let delivered = sink.settle(expected).await;
     // `settle` may have waited a second for a count that stopped short: do not bill it.
@@ -283,7 +270,7 @@ async fn measure<F: std::future::Future<Output = ()>>(
         name: name.to_owned(),
         delivered,
         wall,
-        cpu: cpu_time() - cpu,
+        cpu: cpu_time("self") - cpu,
     }
 }
 

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
+pub mod proc_stat;
+
 /// The row the write benchmarks insert (`writes`, `concurrency`): five columns and a generated
 /// `created_at`, staging a 360-byte `user_signed_up` event.
 #[derive(Debug, Clone, TrackedModel)]
