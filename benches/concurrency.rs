@@ -55,6 +55,7 @@ use hyper_util::rt::TokioIo;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
 use posthog_track_benches::User;
 use posthog_track_benches::proc_stat::cpu_time;
+use posthog_track_benches::{free_port, post, spawn_sink};
 use sqlx::Pool;
 
 /// Distinct ids of tracked writes are `w<n>`; the sink reads `n` back to match the commit.
@@ -257,16 +258,8 @@ struct Sink {
 
 impl Sink {
     async fn start() -> Sink {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--sink", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let port = free_port();
+        let child = spawn_sink(port);
         let sink = Sink {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -288,14 +281,7 @@ impl Sink {
     }
 
     async fn call(&self, path: &str) -> String {
-        self.http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        post(&self.http, format!("{}{path}", self.url)).await
     }
 
     /// (requests, events) received since the last `take`.

@@ -19,7 +19,7 @@
 //! run as a child process against the same sink, measuring its own CPU the same way.
 
 use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posthog_track::{CaptureMode, Compression, Event, Tracker};
 use posthog_track_benches::proc_stat::cpu_time;
+use posthog_track_benches::{free_port, post, spawn_sink};
 
 /// Events per burst: `DELIVERY_BENCH_EVENTS` (default 100,000).
 fn burst() -> u64 {
@@ -156,11 +157,7 @@ struct Sink {
 impl Sink {
     fn start() -> Sink {
         let port = free_port();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--sink", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_sink(port);
         std::thread::sleep(Duration::from_millis(300));
         Sink {
             child,
@@ -170,14 +167,7 @@ impl Sink {
     }
 
     async fn call(&self, path: &str) -> String {
-        self.http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        post(&self.http, format!("{}{path}", self.url)).await
     }
 
     async fn count(&self) -> u64 {
@@ -206,14 +196,6 @@ impl Drop for Sink {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,3 +23,27 @@ pub struct User {
     #[tracked(generated, property)]
     pub created_at: DateTime<Utc>,
 }
+
+/// A port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// This benchmark's own executable again as its sink server (`--sink <port>`): the sink's
+/// work then never shares a runtime with what is measured.
+pub fn spawn_sink(port: u16) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--sink", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// POSTs to `url` (a sink's control endpoint) and returns the answer's body.
+pub async fn post(http: &reqwest::Client, url: String) -> String {
+    http.post(url).send().await.unwrap().text().await.unwrap()
+}
