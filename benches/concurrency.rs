@@ -414,6 +414,21 @@ macro_rules! bind_user {
     };
 }
 
+/// `plain` on a backend whose INSERT returns the generated `created_at` (`RETURNING`).
+macro_rules! plain_returning {
+    ($insert:literal) => {
+        async fn plain(pool: &Pool<Self>, row: &User) {
+            let mut tx = pool.begin().await.unwrap();
+            let created_at: DateTime<Utc> = bind_user!(sqlx::query_scalar($insert), row)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            std::hint::black_box(created_at);
+            tx.commit().await.unwrap();
+        }
+    };
+}
+
 /// The set-up statements, the same text on every backend.
 macro_rules! common {
     () => {
@@ -449,21 +464,10 @@ impl Bench for sqlx::Postgres {
     const CREATE: &'static str = "CREATE TABLE bench_users (id TEXT PRIMARY KEY, \
         email TEXT NOT NULL, plan TEXT NOT NULL, seats BIGINT NOT NULL, \
         password_hash TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
-    async fn plain(pool: &Pool<Self>, row: &User) {
-        let mut tx = pool.begin().await.unwrap();
-        let created_at: DateTime<Utc> = bind_user!(
-            sqlx::query_scalar(
-                "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
-            ),
-            row
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        std::hint::black_box(created_at);
-        tx.commit().await.unwrap();
-    }
+    plain_returning!(
+        "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING created_at"
+    );
 }
 
 impl Bench for sqlx::MySql {
@@ -501,21 +505,10 @@ impl Bench for sqlx::Sqlite {
         email TEXT NOT NULL, plan TEXT NOT NULL, seats INTEGER NOT NULL, \
         password_hash TEXT NOT NULL, \
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
-    async fn plain(pool: &Pool<Self>, row: &User) {
-        let mut tx = pool.begin().await.unwrap();
-        let created_at: DateTime<Utc> = bind_user!(
-            sqlx::query_scalar(
-                "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING created_at",
-            ),
-            row
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        std::hint::black_box(created_at);
-        tx.commit().await.unwrap();
-    }
+    plain_returning!(
+        "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+         VALUES (?, ?, ?, ?, ?) RETURNING created_at"
+    );
 }
 
 /// Opens a pool of the given size.
