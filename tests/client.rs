@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
+use posthog_track_examples::memory_database;
 use posthog_track_tests::tracker_for;
 use serde_json::json;
 
@@ -290,11 +291,7 @@ struct Note {
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).delivery(Delivery::AfterCommit).build();
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
         .execute(&pool)
         .await
@@ -358,11 +355,7 @@ async fn max_batch_bytes_sends_early() {
 
 #[tokio::test]
 async fn a_disabled_tracker_leaves_the_outbox_alone() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     let mock = MockPostHog::start().await;
     let recording = tracker_for(&mock).external_relay(true).build();
     recording.migrate(&pool).await.unwrap();

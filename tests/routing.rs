@@ -8,6 +8,7 @@ use std::time::Duration;
 use posthog_track::flags::{FlagValue, LocalEvaluator};
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, routed_table};
+use posthog_track_examples::memory_database;
 use posthog_track_tests::{database_url, execute, isolated_mysql, isolated_postgres, tracker_for};
 use serde_json::json;
 use sqlx::Pool;
@@ -45,7 +46,7 @@ macro_rules! routing_tests {
     ($scenario:ident, $name:literal, $sqlite:ident, $postgres:ident, $mysql:ident) => {
         #[tokio::test]
         async fn $sqlite() {
-            $scenario(&memory_pool().await, "TEXT").await;
+            $scenario(&memory_database().await.unwrap(), "TEXT").await;
         }
 
         #[tokio::test]
@@ -248,17 +249,6 @@ where
         count(pool, "SELECT COUNT(*) FROM documents WHERE id = 'd2'").await,
         1
     );
-}
-
-/// An in-memory SQLite database that lives as long as its one connection.
-async fn memory_pool() -> sqlx::SqlitePool {
-    sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap()
 }
 
 /// The default table and the variant's, with `text` as the backend's text column type.
