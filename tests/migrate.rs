@@ -41,15 +41,7 @@ on_every_backend!(replicas_migrating_at_once_all_succeed);
 /// raced on `CREATE TABLE IF NOT EXISTS` before: a unique violation on `pg_type`).
 async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let tracker = Tracker::builder().build();
-    let replicas: Vec<_> = (0..10)
-        .map(|_| {
-            let (tracker, pool) = (tracker.clone(), pool.clone());
-            tokio::spawn(async move { tracker.migrate(&pool).await })
-        })
-        .collect();
-    for replica in replicas {
-        replica.await.unwrap().unwrap();
-    }
+    migrate_at_once(&tracker, pool, 10).await;
     assert_eq!(tracker.outbox(pool).len().await.unwrap(), 0);
     assert_eq!(
         tracker.outbox(pool).schema_version().await.unwrap(),
@@ -75,6 +67,19 @@ async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>, _url:
     );
 }
 
+/// `replicas` copies of `tracker` run `migrate` at once; every one must succeed.
+async fn migrate_at_once<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, replicas: usize) {
+    let replicas: Vec<_> = (0..replicas)
+        .map(|_| {
+            let (tracker, pool) = (tracker.clone(), pool.clone());
+            tokio::spawn(async move { tracker.migrate(&pool).await })
+        })
+        .collect();
+    for replica in replicas {
+        replica.await.unwrap().unwrap();
+    }
+}
+
 /// An INSERT of one outbox event (`event`, numbered `n`, for `tag`) as an older version wrote
 /// it: the five columns every version has, bound, then the `more` columns, which the caller
 /// binds.
@@ -95,17 +100,18 @@ fn old_outbox_row<DB: Backend>(
         .into_iter()
         .chain(more.iter().copied())
         .collect();
-    let mut sql = format!(
-        "INSERT INTO posthog_outbox ({}) VALUES (",
-        columns.join(", ")
+    let placeholders: Vec<String> = (1..=columns.len())
+        .map(|n| {
+            let mut placeholder = String::new();
+            DB::DIALECT.push_placeholder(&mut placeholder, n);
+            placeholder
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO posthog_outbox ({}) VALUES ({})",
+        columns.join(", "),
+        placeholders.join(", ")
     );
-    for i in 1..=columns.len() {
-        if i > 1 {
-            sql.push_str(", ");
-        }
-        DB::DIALECT.push_placeholder(&mut sql, i);
-    }
-    sql.push(')');
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for text in [uuid.as_str(), event, tag, timestamp, &payload] {
         query = DB::bind_text(query, text);
@@ -138,15 +144,7 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).external_relay(true).build();
     assert_eq!(tracker.outbox(pool).schema_version().await.unwrap(), None);
-    let replicas: Vec<_> = (0..4)
-        .map(|_| {
-            let (tracker, pool) = (tracker.clone(), pool.clone());
-            tokio::spawn(async move { tracker.migrate(&pool).await })
-        })
-        .collect();
-    for replica in replicas {
-        replica.await.unwrap().unwrap();
-    }
+    migrate_at_once(&tracker, pool, 4).await;
     tracker.migrate(pool).await.unwrap();
     assert_eq!(
         tracker.outbox(pool).schema_version().await.unwrap(),

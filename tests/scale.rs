@@ -20,6 +20,17 @@ const WAIT: Duration = Duration::from_secs(60);
 /// counts only its own notifications.
 static NOTIFYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The PostgreSQL URL and a pool on a schema of its own for `scenario`, with the `NOTIFYING`
+/// lock held; `None` when PostgreSQL is not configured.
+async fn notifying_postgres(
+    scenario: &str,
+) -> Option<(String, sqlx::PgPool, tokio::sync::MutexGuard<'static, ()>)> {
+    let url = database_url("POSTGRES_URL")?;
+    let alone = NOTIFYING.lock().await;
+    let pool = isolated_postgres(&url, scenario).await;
+    Some((url, pool, alone))
+}
+
 /// Commits one event named `name` for `tag` in a transaction of its own; returns its uuid.
 async fn commit_one<DB: Backend>(
     tracker: &Tracker,
@@ -182,12 +193,10 @@ impl Drop for Killed {
 /// another process within moments: the commit notifies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
-    let Some(url) = database_url("POSTGRES_URL") else {
+    let scenario = "notify_wakes_relay";
+    let Some((url, pool, _alone)) = notifying_postgres(scenario).await else {
         return;
     };
-    let _alone = NOTIFYING.lock().await;
-    let scenario = "notify_wakes_relay";
-    let pool = isolated_postgres(&url, scenario).await;
     let url = with_search_path(&url, &format!("pt_{scenario}"));
     let mock = MockPostHog::start().await;
     let committer = tracker_for(&mock).external_relay(true).build();
@@ -218,12 +227,10 @@ async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
 /// per commit, and throttled under load (every notifying commit is serialised by PostgreSQL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_notify_other_processes_sparingly() {
-    let Some(url) = database_url("POSTGRES_URL") else {
+    let scenario = "notify_sparingly";
+    let Some((url, pool, _alone)) = notifying_postgres(scenario).await else {
         return;
     };
-    let _alone = NOTIFYING.lock().await;
-    let scenario = "notify_sparingly";
-    let pool = isolated_postgres(&url, scenario).await;
     let mock = MockPostHog::start().await;
     let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
     listener
