@@ -797,16 +797,17 @@ mod tests {
 
     #[test]
     fn key_kinds_come_from_their_prefixes() {
-        assert_eq!(key_kind("phc_abc"), "project");
-        assert_eq!(key_kind("phx_abc"), "personal");
-        assert_eq!(key_kind("phs_abc"), "secret");
-        assert_eq!(key_kind("abc"), "unknown");
-        assert_eq!(key_kind("ph"), "unknown");
-        assert_eq!(
-            key_kind("ph€x"),
-            "unknown",
-            "no panic on a multi-byte boundary"
-        );
+        // "ph€x": no panic on a multi-byte boundary.
+        for (key, kind) in [
+            ("phc_abc", "project"),
+            ("phx_abc", "personal"),
+            ("phs_abc", "secret"),
+            ("abc", "unknown"),
+            ("ph", "unknown"),
+            ("ph€x", "unknown"),
+        ] {
+            assert_eq!(key_kind(key), kind, "{key}");
+        }
     }
 
     #[test]
