@@ -197,10 +197,16 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
 mod client {
     use std::time::Duration;
 
+    use posthog_track::Tracker;
     use posthog_track::flags::{FlagValue, FlagsRequest, LocalEvaluator};
     use posthog_track::testing::MockPostHog;
     use posthog_track_tests::tracker_for;
     use serde_json::json;
+
+    /// Flag `key` for `distinct_id`, read through `tracker`; it must not fail.
+    async fn flag(tracker: &Tracker, key: &str, distinct_id: &str) -> Option<FlagValue> {
+        tracker.get_feature_flag(key, distinct_id).await.unwrap()
+    }
 
     fn definitions() -> serde_json::Value {
         json!({"flags": [
@@ -224,10 +230,7 @@ mod client {
 
         // Decided locally: no /flags request.
         for _ in 0..3 {
-            let value = tracker
-                .get_feature_flag("rollout", FlagsRequest::new("u1"))
-                .await
-                .unwrap();
+            let value = flag(&tracker, "rollout", "u1").await;
             assert_eq!(value, Some(FlagValue::Enabled(true)));
         }
         assert!(
@@ -235,10 +238,7 @@ mod client {
             "local definitions decided"
         );
         // `plan` unknown locally: PostHog decides.
-        let value = tracker
-            .get_feature_flag("by-plan", FlagsRequest::new("u1"))
-            .await
-            .unwrap();
+        let value = flag(&tracker, "by-plan", "u1").await;
         assert_eq!(value, Some(FlagValue::Enabled(true)));
         assert_eq!(
             mock.flags_requests().len(),
@@ -326,20 +326,8 @@ mod client {
             .flag_definitions(evaluator)
             .local_evaluation_only(true)
             .build();
-        assert_eq!(
-            tracker
-                .get_feature_flag("by-plan", FlagsRequest::new("u1"))
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            tracker
-                .get_feature_flag("missing", FlagsRequest::new("u1"))
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(flag(&tracker, "by-plan", "u1").await, None);
+        assert_eq!(flag(&tracker, "missing", "u1").await, None);
         assert!(mock.flags_requests().is_empty());
     }
 
