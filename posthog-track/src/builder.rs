@@ -8,7 +8,7 @@ use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
 use crate::client::{Backoff, Sink};
 use crate::config::{ApiKey, CaptureMode, Compression, Config};
-use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions};
+use crate::dispatch::{Delivery, Dispatch, DispatchOptions};
 use crate::error::Result;
 use crate::flags::{
     DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
@@ -28,13 +28,9 @@ const DEFINITIONS_TIMEOUT: Duration = Duration::from_secs(10);
 #[must_use]
 pub struct TrackerBuilder {
     config: Config,
-    delivery: Delivery,
     request_timeout: Duration,
-    disable_geoip: bool,
-    queue: QueueOptions,
-    relay: RelayOptions,
-    before_send: Option<BeforeSend>,
-    external_relay: bool,
+    /// What the delivery side is built with, as the setters leave it.
+    dispatch: DispatchOptions,
     local_evaluation_only: bool,
     flag_definitions: Option<LocalEvaluator>,
 }
@@ -43,7 +39,7 @@ impl fmt::Debug for TrackerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackerBuilder")
             .field("config", &self.config)
-            .field("delivery", &self.delivery)
+            .field("delivery", &self.dispatch.delivery)
             .finish_non_exhaustive()
     }
 }
@@ -52,22 +48,24 @@ impl Default for TrackerBuilder {
     fn default() -> Self {
         TrackerBuilder {
             config: Config::default(),
-            delivery: Delivery::default(),
-            disable_geoip: false,
             request_timeout: Duration::from_secs(10),
-            queue: QueueOptions {
-                capacity: 10_000,
-                capacity_bytes: 64 * 1024 * 1024,
-                flush_at: 500,
-                flush_interval: Duration::from_millis(500),
-                max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
-                max_retries: 5,
-                backoff: Backoff::default(),
-                historical_migration: false,
+            dispatch: DispatchOptions {
+                delivery: Delivery::default(),
+                disable_geoip: false,
+                queue: QueueOptions {
+                    capacity: 10_000,
+                    capacity_bytes: 64 * 1024 * 1024,
+                    flush_at: 500,
+                    flush_interval: Duration::from_millis(500),
+                    max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
+                    max_retries: 5,
+                    backoff: Backoff::default(),
+                    historical_migration: false,
+                },
+                relay: RelayOptions::default(),
+                before_send: None,
+                external_relay: false,
             },
-            relay: RelayOptions::default(),
-            before_send: None,
-            external_relay: false,
             local_evaluation_only: false,
             flag_definitions: None,
         }
@@ -98,7 +96,7 @@ impl TrackerBuilder {
         pub fn disabled(disabled: bool) => config.disabled = disabled;
 
         /// Outbox (default) or after-commit delivery for tracked writes.
-        pub fn delivery(delivery: Delivery) => delivery = delivery;
+        pub fn delivery(delivery: Delivery) => dispatch.delivery = delivery;
     }
 
     /// Gzip request bodies (default on); `false` sends plain JSON. Shorthand for
@@ -125,84 +123,84 @@ impl TrackerBuilder {
 
         /// Adds `$geoip_disable: true` to every event, so PostHog does not derive a location from
         /// the sending server's IP address (default off).
-        pub fn disable_geoip(disable: bool) => disable_geoip = disable;
+        pub fn disable_geoip(disable: bool) => dispatch.disable_geoip = disable;
 
         /// Timeout of one request to PostHog (default 10 s).
         pub fn request_timeout(timeout: Duration) => request_timeout = timeout;
 
         /// Capacity of the in-memory queue (default 10,000 events).
-        pub fn queue_capacity(events: usize) => queue.capacity = events.max(1);
+        pub fn queue_capacity(events: usize) => dispatch.queue.capacity = events.max(1);
 
         /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,
         /// `capture` waits and `try_capture` refuses, as with the event count.
-        pub fn queue_capacity_bytes(bytes: usize) => queue.capacity_bytes = bytes.max(1);
+        pub fn queue_capacity_bytes(bytes: usize) => dispatch.queue.capacity_bytes = bytes.max(1);
 
         /// A standalone `posthog-track relay` delivers the outbox, so this process starts no
         /// relay of its own (default `false`: the first tracked transaction on a pool starts
         /// the pool's relay). `flush` then waits for that relay to deliver what was committed
         /// before it, and `shutdown` reports how many events it leaves in the outbox.
-        pub fn external_relay(external: bool) => external_relay = external;
+        pub fn external_relay(external: bool) => dispatch.external_relay = external;
 
         /// How long [`Tracker::flush`] waits for delivery at most (default 30 s).
-        pub fn flush_timeout(timeout: Duration) => relay.flush_timeout = timeout;
+        pub fn flush_timeout(timeout: Duration) => dispatch.relay.flush_timeout = timeout;
 
         /// Failures of one outbox event, sent alone while PostHog accepts other events, after
         /// which it is dead-lettered as poison (default 20). Failures during an outage, or in a
         /// request shared with a poison event, do not count.
-        pub fn max_failures(failures: u32) => relay.max_failures = failures.max(1);
+        pub fn max_failures(failures: u32) => dispatch.relay.max_failures = failures.max(1);
 
         /// Age after which an outbox event that still fails is dead-lettered (default 7 days).
-        pub fn max_age(age: Duration) => relay.max_age = age;
+        pub fn max_age(age: Duration) => dispatch.relay.max_age = age;
 
         /// Payload bytes one relay claim holds at most (default 16 MiB).
-        pub fn max_claim_bytes(bytes: usize) => relay.max_claim_bytes = bytes.max(1);
+        pub fn max_claim_bytes(bytes: usize) => dispatch.relay.max_claim_bytes = bytes.max(1);
 
         /// Events per request (default 500), for the queue and the relay.
         pub fn batch_size(events: usize) =>
-            queue.flush_at = events.max(1),
-            relay.batch_size = events.max(1);
+            dispatch.queue.flush_at = events.max(1),
+            dispatch.relay.batch_size = events.max(1);
 
         /// Bytes of events per request from the in-memory queue before it is sent early (default
         /// 4 MiB; PostHog accepts up to 20 MB).
-        pub fn max_batch_bytes(bytes: usize) => queue.max_batch_bytes = bytes.max(1);
+        pub fn max_batch_bytes(bytes: usize) => dispatch.queue.max_batch_bytes = bytes.max(1);
 
         /// The longest an event waits in the in-memory queue before it is sent (default 500 ms).
-        pub fn flush_interval(interval: Duration) => queue.flush_interval = interval;
+        pub fn flush_interval(interval: Duration) => dispatch.queue.flush_interval = interval;
 
         /// Retries of a failed in-memory delivery before its events are given up and counted
         /// (default 5). Outbox events are never given up.
-        pub fn max_retries(retries: u32) => queue.max_retries = retries;
+        pub fn max_retries(retries: u32) => dispatch.queue.max_retries = retries;
 
         /// Waits between retries.
-        pub fn backoff(backoff: Backoff) => queue.backoff = backoff, relay.backoff = backoff;
+        pub fn backoff(backoff: Backoff) => dispatch.queue.backoff = backoff, dispatch.relay.backoff = backoff;
 
         /// How often a running relay samples the outbox's pending, dead and lag figures into the
         /// [`metrics`](crate::metrics) gauges (default: never; each sample counts the table's
         /// rows). The `posthog-track relay` command samples every 15 s.
         pub fn outbox_metrics_interval(every: Duration) =>
-            relay.outbox_metrics_interval = Some(every);
+            dispatch.relay.outbox_metrics_interval = Some(every);
 
         /// How long a relay's claim on outbox rows lasts (default 60 s).
-        pub fn lease(lease: Duration) => relay.lease = lease;
+        pub fn lease(lease: Duration) => dispatch.relay.lease = lease;
 
         /// Polling bounds of an idle relay (default 50 ms growing to 2 s).
         pub fn poll_interval(min: Duration, max: Duration) =>
-            relay.min_poll = min,
-            relay.max_poll = max.max(min);
+            dispatch.relay.min_poll = min,
+            dispatch.relay.max_poll = max.max(min);
 
         /// How long a relay that finds the outbox busy waits for its next batch to fill (default
         /// 50 ms); a lone event after a quiet spell still leaves at once. See
         /// [`RelayOptions::linger`].
-        pub fn linger(linger: Duration) => relay.linger = linger;
+        pub fn linger(linger: Duration) => dispatch.relay.linger = linger;
 
         /// PostgreSQL: whether a relay holds each claim in the transaction that sends it (default
         /// `true`) or writes a lease into the claimed rows. See [`RelayOptions::held_claims`].
-        pub fn held_claims(held: bool) => relay.held_claims = held;
+        pub fn held_claims(held: bool) => dispatch.relay.held_claims = held;
 
         /// Marks batches as `historical_migration` (imports of past events).
         pub fn historical_migration(historical: bool) =>
-            queue.historical_migration = historical,
-            relay.historical_migration = historical;
+            dispatch.queue.historical_migration = historical,
+            dispatch.relay.historical_migration = historical;
     }
 
     /// A hook over every event before it is recorded; see [`BeforeSend`].
@@ -210,7 +208,7 @@ impl TrackerBuilder {
         mut self,
         hook: impl Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync + 'static,
     ) -> Self {
-        self.before_send = Some(Arc::new(hook));
+        self.dispatch.before_send = Some(Arc::new(hook));
         self
     }
 
@@ -247,18 +245,7 @@ impl TrackerBuilder {
                 ))
             }),
         };
-        let flush_timeout = self.relay.flush_timeout;
-        let dispatch = Dispatch::new(DispatchOptions {
-            mode,
-            delivery: self.delivery,
-            sink,
-            before_send: self.before_send,
-            disable_geoip: self.disable_geoip,
-            queue: self.queue,
-            relay: self.relay,
-            external_relay: self.external_relay,
-            flush_timeout,
-        });
+        let dispatch = Dispatch::new(mode, sink, self.dispatch);
         let flags = self
             .config
             .api_key
