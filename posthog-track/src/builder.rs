@@ -172,7 +172,9 @@ impl TrackerBuilder {
         pub fn max_retries(retries: u32) => dispatch.queue.max_retries = retries;
 
         /// Waits between retries.
-        pub fn backoff(backoff: Backoff) => dispatch.queue.backoff = backoff, dispatch.relay.backoff = backoff;
+        pub fn backoff(backoff: Backoff) =>
+            dispatch.queue.backoff = backoff,
+            dispatch.relay.backoff = backoff;
 
         /// How often a running relay samples the outbox's pending, dead and lag figures into the
         /// [`metrics`](crate::metrics) gauges (default: never; each sample counts the table's
