@@ -79,6 +79,17 @@ fn batch_sizes(mock: &MockPostHog) -> Vec<usize> {
 // woken by every commit, sends a request per handful of events; with one it sends a request
 // per linger at most, carrying everything committed meanwhile.
 
+/// A mock, and a tracker delivering to it whose relay lingers `linger` and polls fast.
+async fn lingering<DB: Backend>(pool: &Pool<DB>, linger: Duration) -> (MockPostHog, Tracker) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .linger(linger)
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    (mock, tracker)
+}
+
 on_every_backend!(lingering_relay_fills_its_batches_under_load);
 
 async fn lingering_relay_fills_its_batches_under_load<DB: Backend>(pool: &Pool<DB>, _url: &str) {
@@ -86,12 +97,7 @@ async fn lingering_relay_fills_its_batches_under_load<DB: Backend>(pool: &Pool<D
     let linger = Duration::from_millis(100);
     let mut means = Vec::new();
     for linger in [Duration::ZERO, linger] {
-        let mock = MockPostHog::start().await;
-        let tracker = tracker_for(&mock)
-            .linger(linger)
-            .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
-            .build();
-        tracker.migrate(pool).await.unwrap();
+        let (mock, tracker) = lingering(pool, linger).await;
         let tag = unique("stream");
         let mut committed = BTreeSet::new();
         let started = Instant::now();
@@ -145,12 +151,7 @@ async fn a_lone_event_leaves_at_once_despite_a_long_linger<DB: Backend>(
     _url: &str,
 ) {
     let linger = Duration::from_secs(3);
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .linger(linger)
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
-        .build();
-    tracker.migrate(pool).await.unwrap();
+    let (mock, tracker) = lingering(pool, linger).await;
     let tag = unique("lone");
 
     let first = BTreeSet::from([commit_one(&tracker, pool, &tag, "first").await]);
