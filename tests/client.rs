@@ -297,24 +297,20 @@ async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
         .await
         .unwrap();
 
-    let mut tx = tracker.begin(&pool).await.unwrap();
-    Note {
-        id: 1,
-        author: "ada".into(),
+    // Ada's note commits; Bob's is rolled back.
+    for (id, author, commit) in [(1, "ada", true), (2, "bob", false)] {
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        let note = Note {
+            id,
+            author: author.into(),
+        };
+        note.insert(&mut tx).await.unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
     }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = tracker.begin(&pool).await.unwrap();
-    Note {
-        id: 2,
-        author: "bob".into(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.rollback().await.unwrap();
     tracker.flush().await.unwrap();
 
     let events = mock.events();
