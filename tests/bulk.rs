@@ -369,7 +369,7 @@ where
     assert_eq!(&names[..2], ["account_opened", "$identify"]);
 
     // What committed is what was staged.
-    let committed: Vec<_> = outbox_events(&tracker, pool, |e| e.distinct_id.starts_with(&owner))
+    let committed: Vec<_> = outbox_events(tracker, pool, |e| e.distinct_id.starts_with(&owner))
         .await
         .into_iter()
         .map(|e| e.uuid)
