@@ -54,6 +54,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker};
 use posthog_track_benches::User;
+use posthog_track_benches::proc_stat::cpu_time;
+use posthog_track_benches::{free_port, post, spawn_sink};
 use sqlx::Pool;
 
 /// Distinct ids of tracked writes are `w<n>`; the sink reads `n` back to match the commit.
@@ -256,16 +258,8 @@ struct Sink {
 
 impl Sink {
     async fn start() -> Sink {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--sink", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let port = free_port();
+        let child = spawn_sink(port);
         let sink = Sink {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -287,14 +281,7 @@ impl Sink {
     }
 
     async fn call(&self, path: &str) -> String {
-        self.http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        post(&self.http, format!("{}{path}", self.url)).await
     }
 
     /// (requests, events) received since the last `take`.
@@ -385,7 +372,7 @@ impl RelayProcesses {
 
     /// User + system CPU of the relay processes so far.
     fn cpu(&self) -> Duration {
-        self.0.iter().map(|child| process_cpu(child.id())).sum()
+        self.0.iter().map(|child| cpu_time(child.id())).sum()
     }
 }
 
@@ -396,19 +383,6 @@ impl Drop for RelayProcesses {
             let _ = child.wait();
         }
     }
-}
-
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,6 +399,34 @@ where
     async fn reset(pool: &Pool<Self>);
     async fn empty_outbox(pool: &Pool<Self>);
     async fn outbox_len(pool: &Pool<Self>) -> i64;
+}
+
+/// `query` with the row's five written columns bound in order: id, email, plan, seats,
+/// password_hash (a macro, since each backend's plain write builds its own query type).
+macro_rules! bind_user {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind(&$row.id)
+            .bind(&$row.email)
+            .bind(&$row.plan)
+            .bind($row.seats)
+            .bind(&$row.password_hash)
+    };
+}
+
+/// `plain` on a backend whose INSERT returns the generated `created_at` (`RETURNING`).
+macro_rules! plain_returning {
+    ($insert:literal) => {
+        async fn plain(pool: &Pool<Self>, row: &User) {
+            let mut tx = pool.begin().await.unwrap();
+            let created_at: DateTime<Utc> = bind_user!(sqlx::query_scalar($insert), row)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            std::hint::black_box(created_at);
+            tx.commit().await.unwrap();
+        }
+    };
 }
 
 /// The set-up statements, the same text on every backend.
@@ -462,23 +464,10 @@ impl Bench for sqlx::Postgres {
     const CREATE: &'static str = "CREATE TABLE bench_users (id TEXT PRIMARY KEY, \
         email TEXT NOT NULL, plan TEXT NOT NULL, seats BIGINT NOT NULL, \
         password_hash TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
-    async fn plain(pool: &Pool<Self>, row: &User) {
-        let mut tx = pool.begin().await.unwrap();
-        let created_at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
-        )
-        .bind(&row.id)
-        .bind(&row.email)
-        .bind(&row.plan)
-        .bind(row.seats)
-        .bind(&row.password_hash)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        std::hint::black_box(created_at);
-        tx.commit().await.unwrap();
-    }
+    plain_returning!(
+        "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING created_at"
+    );
 }
 
 impl Bench for sqlx::MySql {
@@ -489,15 +478,13 @@ impl Bench for sqlx::MySql {
         created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))";
     async fn plain(pool: &Pool<Self>, row: &User) {
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query(
-            "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
-             VALUES (?, ?, ?, ?, ?)",
+        bind_user!(
+            sqlx::query(
+                "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+                 VALUES (?, ?, ?, ?, ?)",
+            ),
+            row
         )
-        .bind(&row.id)
-        .bind(&row.email)
-        .bind(&row.plan)
-        .bind(row.seats)
-        .bind(&row.password_hash)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -518,23 +505,10 @@ impl Bench for sqlx::Sqlite {
         email TEXT NOT NULL, plan TEXT NOT NULL, seats INTEGER NOT NULL, \
         password_hash TEXT NOT NULL, \
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
-    async fn plain(pool: &Pool<Self>, row: &User) {
-        let mut tx = pool.begin().await.unwrap();
-        let created_at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
-             VALUES (?, ?, ?, ?, ?) RETURNING created_at",
-        )
-        .bind(&row.id)
-        .bind(&row.email)
-        .bind(&row.plan)
-        .bind(row.seats)
-        .bind(&row.password_hash)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        std::hint::black_box(created_at);
-        tx.commit().await.unwrap();
-    }
+    plain_returning!(
+        "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
+         VALUES (?, ?, ?, ?, ?) RETURNING created_at"
+    );
 }
 
 /// Opens a pool of the given size.
@@ -550,15 +524,36 @@ struct Target<DB: Backend> {
 
 const SCHEMA: &str = "posthog_track_bench";
 
-async fn postgres_target(url: &str) -> Target<sqlx::Postgres> {
-    let admin = sqlx::PgPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {SCHEMA}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+/// Runs `create` (of the schema or database the benchmark uses) on a connection of its own.
+async fn create_on<DB>(url: &str, create: String)
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let admin = Pool::<DB>::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
+}
+
+/// Opens pools of any size with `options`.
+fn pools_on<DB: Backend>(options: <DB::Connection as sqlx::Connection>::Options) -> Connect<DB> {
+    Box::new(move |size| {
+        let options = options.clone();
+        Box::pin(async move {
+            sqlx::pool::PoolOptions::<DB>::new()
+                .max_connections(size)
+                .connect_with(options)
+                .await
+                .unwrap()
+        })
+    })
+}
+
+async fn postgres_target(url: &str) -> Target<sqlx::Postgres> {
+    create_on::<sqlx::Postgres>(url, format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}")).await;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)
         .unwrap()
         .options([("search_path", SCHEMA)]);
@@ -566,29 +561,13 @@ async fn postgres_target(url: &str) -> Target<sqlx::Postgres> {
     Target {
         name: "PostgreSQL",
         url: format!("{url}{separator}options=-c%20search_path%3D{SCHEMA}"),
-        connect: Box::new(move |size| {
-            let options = options.clone();
-            Box::pin(async move {
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(size)
-                    .connect_with(options)
-                    .await
-                    .unwrap()
-            })
-        }),
+        connect: pools_on(options),
         max_writers: usize::MAX,
     }
 }
 
 async fn mysql_target(url: &str) -> Target<sqlx::MySql> {
-    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE IF NOT EXISTS {SCHEMA}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
+    create_on::<sqlx::MySql>(url, format!("CREATE DATABASE IF NOT EXISTS {SCHEMA}")).await;
     let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
         .unwrap()
         .database(SCHEMA);
@@ -596,16 +575,7 @@ async fn mysql_target(url: &str) -> Target<sqlx::MySql> {
     Target {
         name: "MySQL/MariaDB",
         url: format!("{base}/{SCHEMA}"),
-        connect: Box::new(move |size| {
-            let options = options.clone();
-            Box::pin(async move {
-                sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(size)
-                    .connect_with(options)
-                    .await
-                    .unwrap()
-            })
-        }),
+        connect: pools_on(options),
         max_writers: usize::MAX,
     }
 }
@@ -845,17 +815,14 @@ where
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &writers in &writer_counts {
         for &relays in &settings.relays {
-            let pool = (target.connect)(u32::try_from(writers).unwrap_or(u32::MAX) + 4).await;
-            let tracker = tracker(sink, relays, settings);
-            tracker.migrate(&pool).await.unwrap();
-            DB::reset(&pool).await;
-            let processes = match relays {
-                Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
-                _ => None,
-            };
-            if relays == Relays::InProcess {
-                tracker.start_relay(pool.clone()).unwrap();
-            }
+            let (pool, tracker, processes) = set_up(
+                &target,
+                u32::try_from(writers).unwrap_or(u32::MAX) + 4,
+                relays,
+                sink,
+                settings,
+            )
+            .await;
             // Warm-up: connections, statement caches, relays up.
             let warm = settings.seconds.mul_f64(0.2).min(Duration::from_secs(1));
             write_phase(&tracker, &pool, Side::Plain, writers, warm, None).await;
@@ -989,6 +956,32 @@ fn print_row(writers: usize, relays: Relays, samples: &[Sample]) {
     );
 }
 
+/// A pool of `pool_size` connections on an empty `bench_users` and outbox, a tracker, and
+/// the `relays` delivering for it (started: in this process, or as processes returned).
+async fn set_up<DB: Bench>(
+    target: &Target<DB>,
+    pool_size: u32,
+    relays: Relays,
+    sink: &Sink,
+    settings: &Settings,
+) -> (Pool<DB>, Tracker, Option<RelayProcesses>)
+where
+    User: TrackedRow<DB>,
+{
+    let pool = (target.connect)(pool_size).await;
+    let tracker = tracker(sink, relays, settings);
+    tracker.migrate(&pool).await.unwrap();
+    DB::reset(&pool).await;
+    let processes = match relays {
+        Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
+        _ => None,
+    };
+    if relays == Relays::InProcess {
+        tracker.start_relay(pool.clone()).unwrap();
+    }
+    (pool, tracker, processes)
+}
+
 /// Commit-to-delivery latency at a fixed, moderate rate of tracked writes.
 async fn paced_latency<DB: Bench>(target: &Target<DB>, settings: &Settings, sink: &Sink)
 where
@@ -1002,17 +995,14 @@ where
     println!("| relays | writes/s | mean batch | latency p50 | latency p99 | relay CPU / event |");
     println!("|---|---|---|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
-        let pool = (target.connect)(u32::try_from(writers).unwrap_or(u32::MAX) + 4).await;
-        let tracker = tracker(sink, relays, settings);
-        tracker.migrate(&pool).await.unwrap();
-        DB::reset(&pool).await;
-        let processes = match relays {
-            Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
-            _ => None,
-        };
-        if relays == Relays::InProcess {
-            tracker.start_relay(pool.clone()).unwrap();
-        }
+        let (pool, tracker, processes) = set_up(
+            target,
+            u32::try_from(writers).unwrap_or(u32::MAX) + 4,
+            relays,
+            sink,
+            settings,
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut rates = Vec::new();
         let mut deliveries = Vec::new();
@@ -1071,17 +1061,7 @@ where
     println!("| relays | latency p50 | latency max |");
     println!("|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
-        let pool = (target.connect)(4).await;
-        let tracker = tracker(sink, relays, settings);
-        tracker.migrate(&pool).await.unwrap();
-        DB::reset(&pool).await;
-        let processes = match relays {
-            Relays::Processes(n) => Some(RelayProcesses::start(n, &target.url, sink, settings)),
-            _ => None,
-        };
-        if relays == Relays::InProcess {
-            tracker.start_relay(pool.clone()).unwrap();
-        }
+        let (pool, tracker, processes) = set_up(target, 4, relays, sink, settings).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         sink.take().await;
         let mut latencies = Vec::new();

@@ -19,7 +19,7 @@
 //! run as a child process against the same sink, measuring its own CPU the same way.
 
 use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posthog_track::{CaptureMode, Compression, Event, Tracker};
+use posthog_track_benches::proc_stat::cpu_time;
+use posthog_track_benches::{free_port, post, spawn_sink};
 
 /// Events per burst: `DELIVERY_BENCH_EVENTS` (default 100,000).
 fn burst() -> u64 {
@@ -155,11 +157,7 @@ struct Sink {
 impl Sink {
     fn start() -> Sink {
         let port = free_port();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--sink", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_sink(port);
         std::thread::sleep(Duration::from_millis(300));
         Sink {
             child,
@@ -169,14 +167,7 @@ impl Sink {
     }
 
     async fn call(&self, path: &str) -> String {
-        self.http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        post(&self.http, format!("{}{path}", self.url)).await
     }
 
     async fn count(&self) -> u64 {
@@ -207,30 +198,8 @@ impl Drop for Sink {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Measurement
-
-/// User + system CPU time of this process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -270,7 +239,7 @@ async fn measure<F: std::future::Future<Output = ()>>(
     burst: F,
 ) -> Run {
     sink.call("/reset").await;
-    let (started, cpu) = (Instant::now(), cpu_time());
+    let (started, cpu) = (Instant::now(), cpu_time("self"));
     burst.await;
     let delivered = sink.settle(expected).await;
     // `settle` may have waited a second for a count that stopped short: do not bill it.
@@ -283,7 +252,7 @@ async fn measure<F: std::future::Future<Output = ()>>(
         name: name.to_owned(),
         delivered,
         wall,
-        cpu: cpu_time() - cpu,
+        cpu: cpu_time("self") - cpu,
     }
 }
 

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
+pub mod proc_stat;
+
 /// The row the write benchmarks insert (`writes`, `concurrency`): five columns and a generated
 /// `created_at`, staging a 360-byte `user_signed_up` event.
 #[derive(Debug, Clone, TrackedModel)]
@@ -20,4 +22,28 @@ pub struct User {
     pub password_hash: String,
     #[tracked(generated, property)]
     pub created_at: DateTime<Utc>,
+}
+
+/// A port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// This benchmark's own executable again as its sink server (`--sink <port>`): the sink's
+/// work then never shares a runtime with what is measured.
+pub fn spawn_sink(port: u16) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--sink", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// POSTs to `url` (a sink's control endpoint) and returns the answer's body.
+pub async fn post(http: &reqwest::Client, url: String) -> String {
+    http.post(url).send().await.unwrap().text().await.unwrap()
 }

@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone as _, Utc};
+use posthog_track::backfill::BackfillModel;
 use posthog_track::testing::MockPostHog;
-use posthog_track::{Backend, BackfillPool, Dialect, Error, TrackedModel, Tracker};
-use posthog_track_tests::{on_every_backend, tracker_for};
+use posthog_track::{
+    Backend, Backfill, BackfillPool, BackfillReport, Dialect, Error, TrackedModel, Tracker,
+};
+use posthog_track_tests::{execute, on_every_backend, tracker_for};
 use sqlx::Pool;
 
 /// A person whose rows existed before posthog-track did.
@@ -72,11 +75,7 @@ async fn people<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, rows: i64) {
          plan VARCHAR(50) NOT NULL, trial_ends_at {ts} NULL, created_at {ts} NOT NULL)",
         ts = timestamp_type(DB::DIALECT)
     );
-    let mut conn = pool.acquire().await.unwrap();
-    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(ddl)))
-        .await
-        .unwrap();
-    drop(conn);
+    execute(pool, ddl).await;
     // Plain inserts, as the data was written before the model was tracked.
     let mut id = 1;
     while id <= rows {
@@ -99,10 +98,7 @@ async fn people<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, rows: i64) {
                 quote_ts::<DB>(created_at(n))
             ));
         }
-        let mut conn = pool.acquire().await.unwrap();
-        DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
-            .await
-            .unwrap();
+        execute(pool, sql).await;
         id += chunk;
     }
 }
@@ -134,17 +130,52 @@ fn all_ids(rows: i64) -> BTreeSet<String> {
     (1..=rows).map(|id| id.to_string()).collect()
 }
 
+/// Exactly one `$set` reached `mock` for each of the rows 1..=`rows`.
+fn assert_one_update_per_row(mock: &MockPostHog, rows: i64) {
+    let updates = person_updates(mock);
+    assert_eq!(
+        updates.keys().cloned().collect::<BTreeSet<_>>(),
+        all_ids(rows)
+    );
+    assert!(updates.values().all(|events| events.len() == 1));
+}
+
+/// Runs `backfill`, which must succeed.
+async fn run_ok<M: BackfillModel>(backfill: Backfill<'_, M>) -> BackfillReport {
+    backfill.run().await.unwrap()
+}
+
+/// A mock and a tracker delivering to it.
+async fn tracking() -> (MockPostHog, Tracker) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    (mock, tracker)
+}
+
+/// Inserts `rows` (SQL tuples) into `table (columns)` in one statement.
+async fn insert_rows<DB: Backend>(
+    pool: &Pool<DB>,
+    table: &str,
+    rows: impl Iterator<Item = String>,
+) {
+    let values: Vec<String> = rows.collect();
+    execute(
+        pool,
+        format!("INSERT INTO {table} VALUES {}", values.join(", ")),
+    )
+    .await;
+}
+
 /// 10,000 rows: exactly one `$set` per row with the person properties as they are; a second
 /// run stages nothing, and a restarted run only resends the same uuids.
 async fn backfill_person_updates<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 10_000).await;
 
-    let report = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let report = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!((report.rows, report.events), (10_000, 10_000), "{report}");
     assert_eq!(report.person_updates, 10_000);
     assert!(report.complete && !report.already_complete);
@@ -173,16 +204,11 @@ where
     mock.assert_no_duplicates();
     let first_uuids = mock.unique_uuids();
 
-    let again = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let again = run_ok(tracker.backfill::<Person>(pool)).await;
     assert!(again.already_complete, "{again}");
     assert_eq!((again.rows, again.events), (0, 0));
 
-    let restarted = tracker
-        .backfill::<Person>(pool)
-        .restart()
-        .run()
-        .await
-        .unwrap();
+    let restarted = run_ok(tracker.backfill::<Person>(pool).restart()).await;
     assert_eq!(restarted.rows, 10_000, "{restarted}");
     tracker.flush().await.unwrap();
     assert_eq!(
@@ -198,30 +224,19 @@ async fn backfill_resumes_where_it_stopped<DB: Backend>(pool: &Pool<DB>, _url: &
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 10_000).await;
 
-    let first = tracker
-        .backfill::<Person>(pool)
-        .max_rows(5_000)
-        .run()
-        .await
-        .unwrap();
+    let first = run_ok(tracker.backfill::<Person>(pool).max_rows(5_000)).await;
     assert_eq!(first.rows, 5_000);
     assert!(!first.complete && first.resumed_from.is_none(), "{first}");
-    let second = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let second = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!(second.rows, 5_000, "{second}");
     assert_eq!(second.resumed_from.as_deref(), Some("5000"));
     assert!(second.complete);
     tracker.flush().await.unwrap();
 
-    let updates = person_updates(&mock);
-    assert_eq!(
-        updates.keys().cloned().collect::<BTreeSet<_>>(),
-        all_ids(10_000)
-    );
-    assert!(updates.values().all(|events| events.len() == 1));
+    assert_one_update_per_row(&mock, 10_000);
     assert_eq!(mock.events().len(), 10_000, "each row delivered once");
 }
 on_every_backend!(backfill_resumes_where_it_stopped);
@@ -232,8 +247,7 @@ async fn backfill_survives_a_crash<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 3_000).await;
 
     let crashed = tokio::time::timeout(
@@ -242,16 +256,11 @@ where
     )
     .await;
     assert!(crashed.is_err(), "3,000 events at 5,000/s outlast 300 ms");
-    let resumed = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let resumed = run_ok(tracker.backfill::<Person>(pool)).await;
     assert!(resumed.complete, "{resumed}");
     assert!(resumed.rows < 3_000, "it resumed: {resumed}");
     tracker.flush().await.unwrap();
-    let updates = person_updates(&mock);
-    assert_eq!(
-        updates.keys().cloned().collect::<BTreeSet<_>>(),
-        all_ids(3_000)
-    );
-    assert!(updates.values().all(|events| events.len() == 1));
+    assert_one_update_per_row(&mock, 3_000);
 }
 on_every_backend!(backfill_survives_a_crash);
 
@@ -261,8 +270,7 @@ async fn backfill_only_chosen_properties<DB: Backend>(pool: &Pool<DB>, _url: &st
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 300).await;
 
     match tracker
@@ -306,19 +314,14 @@ where
     );
 
     // By property name or by field name.
-    let report = tracker
-        .backfill::<Person>(pool)
-        .properties(["plan"])
-        .run()
-        .await
-        .unwrap();
+    let report = run_ok(tracker.backfill::<Person>(pool).properties(["plan"])).await;
     assert_eq!(report.events, 300, "{report}");
-    let only_trial = tracker
-        .backfill::<Person>(pool)
-        .properties(["trial_ends_at"])
-        .run()
-        .await
-        .unwrap();
+    let only_trial = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .properties(["trial_ends_at"]),
+    )
+    .await;
     assert_eq!(
         only_trial.events, 150,
         "rows without a trial have nothing to send"
@@ -351,16 +354,10 @@ async fn backfill_historical_insert_events<DB: Backend>(pool: &Pool<DB>, _url: &
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 200).await;
 
-    let report = tracker
-        .backfill::<Person>(pool)
-        .with_events("created_at")
-        .run()
-        .await
-        .unwrap();
+    let report = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
     assert_eq!((report.rows, report.events), (200, 400), "{report}");
     assert_eq!(report.insert_events, 200);
     tracker.flush().await.unwrap();
@@ -408,18 +405,17 @@ async fn backfill_throttle<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (_mock, tracker) = tracking().await;
     people(&tracker, pool, 1_000).await;
     let mut seen = Vec::new();
     let started = Instant::now();
-    let report = tracker
-        .backfill::<Person>(pool)
-        .rate(2_000)
-        .on_progress(|progress| seen.push(progress.events))
-        .run()
-        .await
-        .unwrap();
+    let report = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .rate(2_000)
+            .on_progress(|progress| seen.push(progress.events)),
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(report.events, 1_000);
     assert!(took >= Duration::from_millis(450), "too fast: {took:?}");
@@ -440,29 +436,23 @@ async fn backfill_dry_run<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 1_200).await;
-    let report = tracker
-        .backfill::<Person>(pool)
-        .with_events("created_at")
-        .dry_run()
-        .sample(3)
-        .run()
-        .await
-        .unwrap();
+    let report = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .with_events("created_at")
+            .dry_run()
+            .sample(3),
+    )
+    .await;
     assert!(report.dry_run && report.complete, "{report}");
     assert_eq!((report.rows, report.events), (1_200, 2_400));
     assert_eq!(report.sample.len(), 3);
     assert_eq!(report.sample[0].event, "$set");
     assert_eq!(report.sample[0].distinct_id, "1");
     assert!(tracker.outbox(pool).is_empty().await.unwrap());
-    let real = tracker
-        .backfill::<Person>(pool)
-        .with_events("created_at")
-        .run()
-        .await
-        .unwrap();
+    let real = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
     assert_eq!(
         real.events, 2_400,
         "the dry run did not move the checkpoint"
@@ -488,13 +478,13 @@ where
 {
     let printing = Tracker::builder().build();
     people(&printing, pool, 5).await;
-    let printed = printing.backfill::<Person>(pool).run().await.unwrap();
+    let printed = run_ok(printing.backfill::<Person>(pool)).await;
     assert_eq!((printed.rows, printed.events), (5, 5), "{printed}");
     assert!(printing.outbox(pool).is_empty().await.unwrap());
 
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).build();
-    let sent = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let sent = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!(sent.events, 5, "{sent}");
     assert!(!sent.already_complete);
 }
@@ -505,37 +495,22 @@ async fn backfill_groups<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Company>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     tracker.migrate(pool).await.unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    DB::execute(
-        &mut conn,
-        sqlx::query(
-            "CREATE TABLE bf_companies (slug VARCHAR(100) PRIMARY KEY, seats BIGINT NOT NULL, \
-             notes TEXT NOT NULL)",
-        ),
+    execute(
+        pool,
+        "CREATE TABLE bf_companies (slug VARCHAR(100) PRIMARY KEY, seats BIGINT NOT NULL, \
+         notes TEXT NOT NULL)",
     )
-    .await
-    .unwrap();
-    let values: Vec<String> = (0..1_050)
-        .map(|n| format!("('co-{n:05}', {n}, 'secret')"))
-        .collect();
-    let sql = format!(
-        "INSERT INTO bf_companies (slug, seats, notes) VALUES {}",
-        values.join(", ")
-    );
-    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
-        .await
-        .unwrap();
-    drop(conn);
+    .await;
+    insert_rows(
+        pool,
+        "bf_companies (slug, seats, notes)",
+        (0..1_050).map(|n| format!("('co-{n:05}', {n}, 'secret')")),
+    )
+    .await;
 
-    let report = tracker
-        .backfill::<Company>(pool)
-        .page_size(100)
-        .run()
-        .await
-        .unwrap();
+    let report = run_ok(tracker.backfill::<Company>(pool).page_size(100)).await;
     assert_eq!(
         (report.rows, report.group_updates),
         (1_050, 1_050),
@@ -562,14 +537,14 @@ where
         .collect();
     assert_eq!(keys.len(), 1_050);
 
-    let only_seats = tracker
-        .backfill::<Company>(pool)
-        .properties(["seats"])
-        .dry_run()
-        .sample(1)
-        .run()
-        .await
-        .unwrap();
+    let only_seats = run_ok(
+        tracker
+            .backfill::<Company>(pool)
+            .properties(["seats"])
+            .dry_run()
+            .sample(1),
+    )
+    .await;
     assert_eq!(
         only_seats.sample[0].json()["properties"]["$group_set"],
         serde_json::json!({"seats": 0})
@@ -592,8 +567,7 @@ async fn backfill_historical_flag_survives_dead_letters<DB: Backend>(pool: &Pool
 where
     Pool<DB>: BackfillPool<Person>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     people(&tracker, pool, 3).await;
     mock.reject_events_where(|event| event["event"] == "person_signed_up");
     tracker
@@ -635,23 +609,15 @@ where
     // Nothing is delivered: the first run's events stay in the outbox.
     let tracker = tracker_for(&mock).external_relay(true).build();
     people(&tracker, pool, 40).await;
-    let first = tracker.backfill::<Person>(pool).run().await.unwrap();
+    let first = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!(first.events, 40);
-    let mut conn = pool.acquire().await.unwrap();
-    DB::execute(
-        &mut conn,
-        sqlx::query("UPDATE bf_people SET plan = 'enterprise' WHERE id = 7"),
+    execute(
+        pool,
+        "UPDATE bf_people SET plan = 'enterprise' WHERE id = 7",
     )
-    .await
-    .unwrap();
-    drop(conn);
+    .await;
 
-    let restarted = tracker
-        .backfill::<Person>(pool)
-        .restart()
-        .run()
-        .await
-        .unwrap();
+    let restarted = run_ok(tracker.backfill::<Person>(pool).restart()).await;
     assert_eq!(restarted.rows, 40, "{restarted}");
     assert_eq!(restarted.already_in_outbox, 39);
     assert_eq!(restarted.events, 1, "only the changed row");
@@ -673,47 +639,26 @@ async fn backfill_composite_key<DB: Backend>(pool: &Pool<DB>, _url: &str)
 where
     Pool<DB>: BackfillPool<Seat>,
 {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = tracking().await;
     tracker.migrate(pool).await.unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    DB::execute(
-        &mut conn,
-        sqlx::query(
-            "CREATE TABLE bf_seats (team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
-             role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member))",
-        ),
+    execute(
+        pool,
+        "CREATE TABLE bf_seats (team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
+         role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member))",
     )
-    .await
-    .unwrap();
-    let values: Vec<String> = (0..5)
-        .flat_map(|team| {
+    .await;
+    insert_rows(
+        pool,
+        "bf_seats (team, member, role)",
+        (0..5).flat_map(|team| {
             (1..=50).map(move |member| format!("('team-{team}', {member}, 'r{team}')"))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO bf_seats (team, member, role) VALUES {}",
-        values.join(", ")
-    );
-    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
-        .await
-        .unwrap();
-    drop(conn);
+        }),
+    )
+    .await;
 
-    let first = tracker
-        .backfill::<Seat>(pool)
-        .page_size(7)
-        .max_rows(105)
-        .run()
-        .await
-        .unwrap();
+    let first = run_ok(tracker.backfill::<Seat>(pool).page_size(7).max_rows(105)).await;
     assert_eq!(first.rows, 105, "{first}");
-    let rest = tracker
-        .backfill::<Seat>(pool)
-        .page_size(7)
-        .run()
-        .await
-        .unwrap();
+    let rest = run_ok(tracker.backfill::<Seat>(pool).page_size(7)).await;
     assert_eq!(rest.rows, 145, "{rest}");
     assert_eq!(rest.resumed_from.as_deref(), Some("[\"team-2\",5]"));
     tracker.flush().await.unwrap();

@@ -8,7 +8,7 @@ use posthog_track::{
     Backend, Dialect, Error, StagedEvent, TrackedModel, TrackedRow, Tracker, TrackingContext,
     Upserted,
 };
-use posthog_track_tests::{on_every_backend, unique};
+use posthog_track_tests::{on_every_backend, outbox_events, unique};
 use serde_json::{Value, json};
 use sqlx::Pool;
 
@@ -369,13 +369,9 @@ where
     assert_eq!(&names[..2], ["account_opened", "$identify"]);
 
     // What committed is what was staged.
-    let committed: Vec<_> = tracker
-        .outbox(pool)
-        .events()
+    let committed: Vec<_> = outbox_events(tracker, pool, |e| e.distinct_id.starts_with(&owner))
         .await
-        .unwrap()
         .into_iter()
-        .filter(|e| e.distinct_id.starts_with(&owner))
         .map(|e| e.uuid)
         .collect();
     assert_eq!(
@@ -471,14 +467,9 @@ where
         );
     }
     tx.rollback().await.unwrap();
-    let committed = tracker
-        .outbox(pool)
-        .events()
+    let committed = outbox_events(&tracker, pool, |e| e.distinct_id == owner)
         .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.distinct_id == owner)
-        .count();
+        .len();
     assert_eq!(committed, rows.len());
 }
 on_every_backend!(insert_all_splits_at_the_bind_limit);

@@ -172,6 +172,24 @@ async fn v0_stays_the_default() {
     assert!(request.header("posthog-request-id").is_none());
 }
 
+/// A v1 answer with one verdict of each kind, in this order: ok, retry, drop, limited, and
+/// one this version does not know.
+fn one_of_each_verdict(retry_after: Option<u64>) -> Reply {
+    Reply::Verdicts {
+        verdicts: vec![
+            MockVerdict::Ok,
+            MockVerdict::Retry,
+            MockVerdict::Drop("invalid_event".into()),
+            MockVerdict::Limited("billing_limit".into()),
+            MockVerdict::Other {
+                result: "from_the_future".into(),
+                details: "new".into(),
+            },
+        ],
+        retry_after,
+    }
+}
+
 // Responses, in-memory queue.
 
 #[tokio::test]
@@ -183,19 +201,7 @@ async fn only_retry_events_are_resent_as_the_same_request_after_retry_after() {
             max: Duration::from_secs(5),
         })
         .build();
-    mock.script([Reply::Verdicts {
-        verdicts: vec![
-            MockVerdict::Ok,
-            MockVerdict::Retry,
-            MockVerdict::Drop("invalid_event".into()),
-            MockVerdict::Limited("billing_limit".into()),
-            MockVerdict::Other {
-                result: "from_the_future".into(),
-                details: "new".into(),
-            },
-        ],
-        retry_after: Some(1),
-    }]);
+    mock.script([one_of_each_verdict(Some(1))]);
     let uuids = capture(&tracker, "partial-user", 5).await;
     let started = Instant::now();
     let flushed = tracker.flush().await;
@@ -326,19 +332,7 @@ async fn v1_verdicts_settle_each_outbox_row<DB: Backend>(pool: &Pool<DB>, _url: 
     }
     let uuids: Vec<uuid::Uuid> = tx.staged().iter().map(|event| event.uuid).collect();
     tx.commit().await.unwrap();
-    mock.script([Reply::Verdicts {
-        verdicts: vec![
-            MockVerdict::Ok,
-            MockVerdict::Retry,
-            MockVerdict::Drop("invalid_event".into()),
-            MockVerdict::Limited("billing_limit".into()),
-            MockVerdict::Other {
-                result: "from_the_future".into(),
-                details: "new".into(),
-            },
-        ],
-        retry_after: None,
-    }]);
+    mock.script([one_of_each_verdict(None)]);
 
     let relay = tracker.relay(pool.clone());
     let pass = relay.run_once().await.unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
+use posthog_track_examples::memory_database;
 use posthog_track_tests::tracker_for;
 use serde_json::json;
 
@@ -290,34 +291,26 @@ struct Note {
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).delivery(Delivery::AfterCommit).build();
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
         .execute(&pool)
         .await
         .unwrap();
 
-    let mut tx = tracker.begin(&pool).await.unwrap();
-    Note {
-        id: 1,
-        author: "ada".into(),
+    // Ada's note commits; Bob's is rolled back.
+    for (id, author, commit) in [(1, "ada", true), (2, "bob", false)] {
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        let note = Note {
+            id,
+            author: author.into(),
+        };
+        note.insert(&mut tx).await.unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
     }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = tracker.begin(&pool).await.unwrap();
-    Note {
-        id: 2,
-        author: "bob".into(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.rollback().await.unwrap();
     tracker.flush().await.unwrap();
 
     let events = mock.events();
@@ -358,11 +351,7 @@ async fn max_batch_bytes_sends_early() {
 
 #[tokio::test]
 async fn a_disabled_tracker_leaves_the_outbox_alone() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     let mock = MockPostHog::start().await;
     let recording = tracker_for(&mock).external_relay(true).build();
     recording.migrate(&pool).await.unwrap();

@@ -4,6 +4,7 @@
 //! value when the context has none.
 
 use posthog_track::{TrackedModel, Tracker, TrackingContext};
+use posthog_track_examples::memory_database;
 
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(table = "notes", insert_event = "note_written")]
@@ -17,11 +18,7 @@ pub struct Note {
 }
 
 async fn pool() -> sqlx::SqlitePool {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     sqlx::query("CREATE TABLE notes (id TEXT PRIMARY KEY, session_id TEXT, source TEXT NOT NULL)")
         .execute(&pool)
         .await

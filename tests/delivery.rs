@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
-use posthog_track_tests::{commit_events, on_every_backend, received, tracker_for, unique};
+use posthog_track_tests::{
+    commit_events, on_every_backend, outbox_events, received, tracker_for, unique,
+};
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -139,14 +141,7 @@ async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<D
         committed,
         "every other event arrived"
     );
-    let dead: Vec<_> = tracker
-        .outbox(pool)
-        .events()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.uuid == poison)
-        .collect();
+    let dead = outbox_events(&tracker, pool, |e| e.uuid == poison).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].status, posthog_track::outbox::Status::Dead);
     let reason = dead[0].last_error.as_deref().unwrap_or_default();
@@ -186,13 +181,9 @@ async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>, _url
         result.is_err(),
         "shutdown reports that delivery did not finish"
     );
-    let waiting: BTreeSet<Uuid> = tracker
-        .outbox(pool)
-        .events()
+    let waiting: BTreeSet<Uuid> = outbox_events(&tracker, pool, |event| event.distinct_id == tag)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|event| event.distinct_id == tag)
         .map(|event| event.uuid)
         .collect();
     assert_eq!(

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, posthog_track_binary, received, tracker_for, unique,
+    commit_events, on_every_backend, outbox_events, posthog_track_binary, received, relay_command,
+    tracker_for, unique,
 };
 use serde_json::Value;
 use sqlx::Pool;
@@ -94,13 +95,9 @@ async fn keyless_processes_leave_the_outbox_alone<DB: Backend>(pool: &Pool<DB>, 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("POSTHOG_API_KEY"), "{stderr}");
 
-    let waiting: BTreeSet<Uuid> = live
-        .outbox(pool)
-        .events()
+    let waiting: BTreeSet<Uuid> = outbox_events(&live, pool, |event| event.distinct_id == tag)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|event| event.distinct_id == tag)
         .map(|event| event.uuid)
         .collect();
     assert_eq!(waiting, committed, "exactly the live process's events wait");
@@ -173,14 +170,10 @@ async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &
         "the poison is dead-lettered and reported: {error}"
     );
     assert_exactly_delivered(&mock, &tag, &committed);
-    let dead: Vec<_> = tracker
-        .outbox(pool)
-        .events()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|event| event.status == posthog_track::outbox::Status::Dead)
-        .collect();
+    let dead = outbox_events(&tracker, pool, |event| {
+        event.status == posthog_track::outbox::Status::Dead
+    })
+    .await;
     assert_eq!(dead.len(), 1);
     assert!(poison.contains(&dead[0].uuid));
     let history = dead[0].last_error.clone().unwrap_or_default();
@@ -536,20 +529,8 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
     let logs = std::env::temp_dir().join(unique("relay-logs"));
     std::fs::create_dir_all(&logs).unwrap();
     let spawn = |n: usize| {
-        std::process::Command::new(posthog_track_binary())
-            .args([
-                "relay",
-                "--database-url",
-                url,
-                "--lease",
-                "2",
-                "--batch-size",
-                "100",
-            ])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=error")
-            .stdout(std::process::Stdio::null())
+        relay_command(url, &mock, "posthog_track=error")
+            .args(["--lease", "2", "--batch-size", "100"])
             .stderr(std::fs::File::create(logs.join(format!("relay-{n}.log"))).unwrap())
             .spawn()
             .unwrap()

@@ -197,10 +197,26 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
 mod client {
     use std::time::Duration;
 
-    use posthog_track::flags::{FlagValue, FlagsRequest, LocalEvaluator};
+    use posthog_track::Tracker;
+    use posthog_track::flags::{FlagValue, FlagsRequest, FlagsSnapshot, LocalEvaluator};
     use posthog_track::testing::MockPostHog;
     use posthog_track_tests::tracker_for;
     use serde_json::json;
+
+    /// Flag `key` for `distinct_id`, read through `tracker`; it must not fail.
+    async fn flag(tracker: &Tracker, key: &str, distinct_id: &str) -> Option<FlagValue> {
+        tracker.get_feature_flag(key, distinct_id).await.unwrap()
+    }
+
+    /// Every flag evaluated for `request` through `tracker`; it must not fail.
+    async fn evaluated(tracker: &Tracker, request: FlagsRequest) -> FlagsSnapshot {
+        tracker.evaluate_flags(request).await.unwrap()
+    }
+
+    /// `definitions()`, ready to evaluate locally.
+    fn local_definitions() -> LocalEvaluator {
+        LocalEvaluator::from_json(&definitions().to_string()).unwrap()
+    }
 
     fn definitions() -> serde_json::Value {
         json!({"flags": [
@@ -224,10 +240,7 @@ mod client {
 
         // Decided locally: no /flags request.
         for _ in 0..3 {
-            let value = tracker
-                .get_feature_flag("rollout", FlagsRequest::new("u1"))
-                .await
-                .unwrap();
+            let value = flag(&tracker, "rollout", "u1").await;
             assert_eq!(value, Some(FlagValue::Enabled(true)));
         }
         assert!(
@@ -235,10 +248,7 @@ mod client {
             "local definitions decided"
         );
         // `plan` unknown locally: PostHog decides.
-        let value = tracker
-            .get_feature_flag("by-plan", FlagsRequest::new("u1"))
-            .await
-            .unwrap();
+        let value = flag(&tracker, "by-plan", "u1").await;
         assert_eq!(value, Some(FlagValue::Enabled(true)));
         assert_eq!(
             mock.flags_requests().len(),
@@ -321,25 +331,12 @@ mod client {
     #[tokio::test]
     async fn local_only_never_asks_posthog() {
         let mock = MockPostHog::start().await;
-        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
         let tracker = tracker_for(&mock)
-            .flag_definitions(evaluator)
+            .flag_definitions(local_definitions())
             .local_evaluation_only(true)
             .build();
-        assert_eq!(
-            tracker
-                .get_feature_flag("by-plan", FlagsRequest::new("u1"))
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            tracker
-                .get_feature_flag("missing", FlagsRequest::new("u1"))
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(flag(&tracker, "by-plan", "u1").await, None);
+        assert_eq!(flag(&tracker, "missing", "u1").await, None);
         assert!(mock.flags_requests().is_empty());
     }
 
@@ -350,13 +347,15 @@ mod client {
             "rollout": {"key": "rollout", "enabled": true},
             "by-plan": {"key": "by-plan", "enabled": false}
         }, "quotaLimited": []}));
-        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
-        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
+        let tracker = tracker_for(&mock)
+            .flag_definitions(local_definitions())
+            .build();
 
-        let local = tracker
-            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "pro"))
-            .await
-            .unwrap();
+        let local = evaluated(
+            &tracker,
+            FlagsRequest::new("u1").person_property("plan", "pro"),
+        )
+        .await;
         assert!(local.is_enabled("rollout") && local.is_enabled("by-plan"));
         assert!(
             mock.flags_requests().is_empty(),
@@ -390,15 +389,12 @@ mod client {
     async fn one_undecidable_flag_does_not_empty_the_snapshot() {
         // Local only: the decided flag is there, the undecidable one is reported as such.
         let mock = MockPostHog::start().await;
-        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
+        let evaluator = local_definitions();
         let tracker = tracker_for(&mock)
             .flag_definitions(evaluator.clone())
             .local_evaluation_only(true)
             .build();
-        let snapshot = tracker
-            .evaluate_flags(FlagsRequest::new("u1"))
-            .await
-            .unwrap();
+        let snapshot = evaluated(&tracker, FlagsRequest::new("u1")).await;
         assert!(
             snapshot.is_enabled("rollout"),
             "decided locally: {snapshot:?}"
@@ -419,10 +415,7 @@ mod client {
             "by-plan": {"key": "by-plan", "enabled": true}
         }}));
         let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
-        let snapshot = tracker
-            .evaluate_flags(FlagsRequest::new("u1"))
-            .await
-            .unwrap();
+        let snapshot = evaluated(&tracker, FlagsRequest::new("u1")).await;
         assert!(snapshot.is_enabled("rollout") && snapshot.is_enabled("by-plan"));
         let requests = mock.flags_requests();
         assert_eq!(requests.len(), 1);
@@ -527,12 +520,14 @@ mod client {
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;
-        let evaluator = LocalEvaluator::from_json(&definitions().to_string()).unwrap();
-        let tracker = tracker_for(&mock).flag_definitions(evaluator).build();
-        let flags = tracker
-            .evaluate_flags(FlagsRequest::new("u1").person_property("plan", "free"))
-            .await
-            .unwrap();
+        let tracker = tracker_for(&mock)
+            .flag_definitions(local_definitions())
+            .build();
+        let flags = evaluated(
+            &tracker,
+            FlagsRequest::new("u1").person_property("plan", "free"),
+        )
+        .await;
 
         tracker
             .capture(

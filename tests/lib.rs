@@ -49,22 +49,15 @@ pub fn tracker_for(mock: &posthog_track::testing::MockPostHog) -> posthog_track:
 pub async fn isolated_postgres(url: &str, scenario: &str) -> sqlx::PgPool {
     use std::str::FromStr as _;
     let schema = format!("pt_{scenario}");
-    let admin = sqlx::PgPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap()
+    recreated(
+        url,
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"),
+        options,
+    )
+    .await
 }
 
 /// A pool on a fresh database of its own (dropped and recreated); see [`isolated_postgres`].
@@ -92,22 +85,67 @@ pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
             });
         database = format!("{}_{digest:016x}", &database[..47]);
     }
-    let admin = sqlx::MySqlPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
     let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
         .unwrap()
         .database(&database);
-    sqlx::mysql::MySqlPoolOptions::new()
+    recreated(
+        url,
+        format!("DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"),
+        options,
+    )
+    .await
+}
+
+/// Runs `recreate` (drop and create a schema or database) on a connection of its own to `url`,
+/// then opens a pool with `options` on what it created.
+async fn recreated<DB>(
+    url: &str,
+    recreate: String,
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> sqlx::Pool<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let admin = sqlx::Pool::<DB>::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(recreate))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(8)
         .connect_with(options)
         .await
         .unwrap()
+}
+
+/// The events in `tracker`'s outbox on `pool` that `keep` selects (a database may be shared by
+/// tests).
+///
+/// # Panics
+///
+/// When the outbox cannot be read.
+pub async fn outbox_events<DB: posthog_track::Backend>(
+    tracker: &posthog_track::Tracker,
+    pool: &sqlx::Pool<DB>,
+    keep: impl FnMut(&posthog_track::outbox::OutboxEvent) -> bool,
+) -> Vec<posthog_track::outbox::OutboxEvent> {
+    let mut events = tracker.outbox(pool).events().await.unwrap();
+    events.retain(keep);
+    events
+}
+
+/// Runs `sql` (statements the test wrote itself) on a connection from `pool`.
+///
+/// # Panics
+///
+/// When the statement fails.
+pub async fn execute<DB: posthog_track::Backend>(pool: &sqlx::Pool<DB>, sql: impl Into<String>) {
+    let mut conn = pool.acquire().await.unwrap();
+    DB::execute(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql.into())))
+        .await
+        .unwrap();
 }
 
 /// Commits `count` events named `name` for distinct id `tag`, in transactions of `per_tx`,
@@ -204,6 +242,23 @@ pub fn posthog_track_binary() -> std::path::PathBuf {
         binary.display()
     );
     binary
+}
+
+/// `posthog-track relay` on `url` delivering to `mock`, logging at `log` (`RUST_LOG`), its
+/// stdout discarded; add arguments and spawn it.
+pub fn relay_command(
+    url: &str,
+    mock: &posthog_track::testing::MockPostHog,
+    log: &str,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(posthog_track_binary());
+    command
+        .args(["relay", "--database-url", url])
+        .env("POSTHOG_API_KEY", mock.api_key())
+        .env("POSTHOG_HOST", mock.url())
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null());
+    command
 }
 
 /// Runs `async fn $scenario<DB: Backend>(pool: &Pool<DB>, url: &str)` as three tests: on a

@@ -5,6 +5,7 @@ use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, Error, Event, Tracker};
 use posthog_track_tests::{on_every_backend, tracker_for, unique};
 use sqlx::Pool;
+use sqlx::query::Query;
 
 /// The outbox as the previous version created it (dead rows kept in place with `status = 1`).
 fn previous_layout(dialect: posthog_track::Dialect) -> &'static str {
@@ -40,15 +41,7 @@ on_every_backend!(replicas_migrating_at_once_all_succeed);
 /// raced on `CREATE TABLE IF NOT EXISTS` before: a unique violation on `pg_type`).
 async fn replicas_migrating_at_once_all_succeed<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let tracker = Tracker::builder().build();
-    let replicas: Vec<_> = (0..10)
-        .map(|_| {
-            let (tracker, pool) = (tracker.clone(), pool.clone());
-            tokio::spawn(async move { tracker.migrate(&pool).await })
-        })
-        .collect();
-    for replica in replicas {
-        replica.await.unwrap().unwrap();
-    }
+    migrate_at_once(&tracker, pool, 10).await;
     assert_eq!(tracker.outbox(pool).len().await.unwrap(), 0);
     assert_eq!(
         tracker.outbox(pool).schema_version().await.unwrap(),
@@ -74,6 +67,58 @@ async fn a_forgotten_migrate_says_what_to_do<DB: Backend>(pool: &Pool<DB>, _url:
     );
 }
 
+/// `replicas` copies of `tracker` run `migrate` at once; every one must succeed.
+async fn migrate_at_once<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>, replicas: usize) {
+    let replicas: Vec<_> = (0..replicas)
+        .map(|_| {
+            let (tracker, pool) = (tracker.clone(), pool.clone());
+            tokio::spawn(async move { tracker.migrate(&pool).await })
+        })
+        .collect();
+    for replica in replicas {
+        replica.await.unwrap().unwrap();
+    }
+}
+
+/// An INSERT of one outbox event (`event`, numbered `n`, for `tag`) as an older version wrote
+/// it: the five columns every version has, bound, then the `more` columns, which the caller
+/// binds.
+fn old_outbox_row<DB: Backend>(
+    tag: &str,
+    event: &str,
+    n: i64,
+    more: &[&str],
+) -> Query<'static, DB, <DB as sqlx::Database>::Arguments> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let timestamp = "2026-01-01T00:00:00.000000Z";
+    let payload = serde_json::json!({
+        "uuid": uuid, "event": event, "distinct_id": tag,
+        "timestamp": timestamp, "properties": {"n": n}
+    })
+    .to_string();
+    let columns: Vec<&str> = ["uuid", "event", "distinct_id", "timestamp", "payload"]
+        .into_iter()
+        .chain(more.iter().copied())
+        .collect();
+    let placeholders: Vec<String> = (1..=columns.len())
+        .map(|n| {
+            let mut placeholder = String::new();
+            DB::DIALECT.push_placeholder(&mut placeholder, n);
+            placeholder
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO posthog_outbox ({}) VALUES ({})",
+        columns.join(", "),
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for text in [uuid.as_str(), event, tag, timestamp, &payload] {
+        query = DB::bind_text(query, text);
+    }
+    query
+}
+
 on_every_backend!(an_outbox_of_the_previous_version_is_upgraded_in_place);
 
 /// A table created by the previous layout, with pending and dead events in it, is upgraded by
@@ -89,28 +134,9 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
         .unwrap();
     let tag = unique("upgrade");
     for (n, status) in [(0, 0), (1, 1), (2, 0)] {
-        let uuid = uuid::Uuid::new_v4().to_string();
-        let payload = serde_json::json!({
-            "uuid": uuid, "event": "old", "distinct_id": tag,
-            "timestamp": "2026-01-01T00:00:00.000000Z", "properties": {"n": n}
-        })
-        .to_string();
-        let mut sql = "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, \
-                       status, last_error) VALUES ("
-            .to_owned();
-        for i in 1..=7 {
-            if i > 1 {
-                sql.push_str(", ");
-            }
-            DB::DIALECT.push_placeholder(&mut sql, i);
-        }
-        sql.push(')');
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for text in [&uuid, "old", &tag, "2026-01-01T00:00:00.000000Z", &payload] {
-            query = DB::bind_text(query, text);
-        }
-        query = DB::bind_i64(query, status);
-        query = DB::bind_text(query, if status == 1 { "400 Bad Request" } else { "" });
+        let query = old_outbox_row::<DB>(&tag, "old", n, &["status", "last_error"]);
+        let query = DB::bind_i64(query, status);
+        let query = DB::bind_text(query, if status == 1 { "400 Bad Request" } else { "" });
         DB::execute(&mut conn, query).await.unwrap();
     }
     drop(conn);
@@ -118,15 +144,7 @@ async fn an_outbox_of_the_previous_version_is_upgraded_in_place<DB: Backend>(
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).external_relay(true).build();
     assert_eq!(tracker.outbox(pool).schema_version().await.unwrap(), None);
-    let replicas: Vec<_> = (0..4)
-        .map(|_| {
-            let (tracker, pool) = (tracker.clone(), pool.clone());
-            tokio::spawn(async move { tracker.migrate(&pool).await })
-        })
-        .collect();
-    for replica in replicas {
-        replica.await.unwrap().unwrap();
-    }
+    migrate_at_once(&tracker, pool, 4).await;
     tracker.migrate(pool).await.unwrap();
     assert_eq!(
         tracker.outbox(pool).schema_version().await.unwrap(),
@@ -168,32 +186,7 @@ async fn tables_without_the_historical_flag_gain_it<DB: Backend>(pool: &Pool<DB>
     }
     let tag = unique("historical");
     for n in 0..2 {
-        let uuid = uuid::Uuid::new_v4().to_string();
-        let payload = serde_json::json!({
-            "uuid": uuid, "event": "before", "distinct_id": tag,
-            "timestamp": "2026-01-01T00:00:00.000000Z", "properties": {"n": n}
-        })
-        .to_string();
-        let mut sql =
-            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ("
-                .to_owned();
-        for i in 1..=5 {
-            if i > 1 {
-                sql.push_str(", ");
-            }
-            DB::DIALECT.push_placeholder(&mut sql, i);
-        }
-        sql.push(')');
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for text in [
-            &uuid,
-            "before",
-            &tag,
-            "2026-01-01T00:00:00.000000Z",
-            &payload,
-        ] {
-            query = DB::bind_text(query, text);
-        }
+        let query = old_outbox_row::<DB>(&tag, "before", n, &[]);
         DB::execute(&mut conn, query).await.unwrap();
     }
     drop(conn);

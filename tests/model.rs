@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use posthog_track::{Backend, Error, TrackedModel, TrackedRow, Tracker};
+use posthog_track_examples::memory_database;
 use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, unique};
 use serde_json::{Value, json};
 use sqlx::Pool;
@@ -111,11 +112,7 @@ const MYSQL_SCHEMA: &str = r#"
 
 async fn sqlite() -> sqlx::SqlitePool {
     // One connection: an in-memory database exists per connection.
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await.unwrap();
     pool
 }

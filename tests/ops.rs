@@ -14,7 +14,7 @@ use posthog_track::metrics::{self as names, Kind, TABLE};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Config, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, posthog_track_binary, sqlite_file, tracker_for, unique,
+    commit_events, on_every_backend, relay_command, sqlite_file, tracker_for, unique,
 };
 use serde_json::json;
 use sqlx::Pool;
@@ -496,22 +496,9 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
     let tag = unique("served");
     commit_events(&tracker, &pool, &tag, "served", 5, 5).await;
 
-    let mut relay = std::process::Command::new(posthog_track_binary())
-        .args([
-            "relay",
-            "--database-url",
-            &url,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--shutdown-timeout",
-            "2",
-        ])
-        .env("POSTHOG_API_KEY", mock.api_key())
-        .env("POSTHOG_HOST", mock.url())
-        .env("RUST_LOG", "posthog_track=info")
-        .stdout(std::process::Stdio::null())
+    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--shutdown-timeout", "2"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

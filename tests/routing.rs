@@ -8,7 +8,8 @@ use std::time::Duration;
 use posthog_track::flags::{FlagValue, LocalEvaluator};
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, routed_table};
-use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, tracker_for};
+use posthog_track_examples::memory_database;
+use posthog_track_tests::{database_url, execute, isolated_mysql, isolated_postgres, tracker_for};
 use serde_json::json;
 use sqlx::Pool;
 
@@ -39,43 +40,41 @@ fn definitions() -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn sqlite() {
-    let pool = memory_pool().await;
-    split_by_variant(&pool, "TEXT").await;
+/// The three tests of `$scenario`: on an in-memory SQLite database, and on a PostgreSQL schema
+/// and a MariaDB database of their own named `$name`, each with its text column type.
+macro_rules! routing_tests {
+    ($scenario:ident, $name:literal, $sqlite:ident, $postgres:ident, $mysql:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $scenario(&memory_database().await.unwrap(), "TEXT").await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(url) = database_url("POSTGRES_URL") else {
+                return;
+            };
+            $scenario(&isolated_postgres(&url, $name).await, "TEXT").await;
+        }
+
+        #[tokio::test]
+        async fn $mysql() {
+            let Some(url) = database_url("MYSQL_URL") else {
+                return;
+            };
+            $scenario(&isolated_mysql(&url, $name).await, "VARCHAR(64)").await;
+        }
+    };
 }
 
-#[tokio::test]
-async fn postgres() {
-    let Some(url) = database_url("POSTGRES_URL") else {
-        return;
-    };
-    split_by_variant(&isolated_postgres(&url, "routing").await, "TEXT").await;
-}
-
-#[tokio::test]
-async fn mysql() {
-    let Some(url) = database_url("MYSQL_URL") else {
-        return;
-    };
-    split_by_variant(&isolated_mysql(&url, "routing").await, "VARCHAR(64)").await;
-}
+routing_tests!(split_by_variant, "routing", sqlite, postgres, mysql);
 
 async fn split_by_variant<DB>(pool: &Pool<DB>, text: &str)
 where
     DB: Backend,
     Document: TrackedRow<DB>,
-    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
 {
-    create_document_tables(pool, text).await;
-    let mock = MockPostHog::start().await;
-    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
-    let tracker: Tracker = tracker_for(&mock)
-        .flag_definitions(evaluator.clone())
-        .build();
-    tracker.migrate(pool).await.unwrap();
+    let (mock, evaluator, tracker) = with_local_definitions(pool, text).await;
 
     // Two documents for each of 20 users, in one transaction per user.
     let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
@@ -114,13 +113,11 @@ where
     );
 
     let count = |table: &'static str| async move {
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM {table} WHERE title LIKE 'final%'"
-        )))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        n as usize
+        count(
+            pool,
+            format!("SELECT COUNT(*) FROM {table} WHERE title LIKE 'final%'"),
+        )
+        .await as usize
     };
     assert_eq!(
         count("documents_v2").await,
@@ -178,38 +175,21 @@ where
     }
 }
 
+routing_tests!(
+    consistent_routes,
+    "routing_cache",
+    routes_are_consistent_without_definitions_sqlite,
+    routes_are_consistent_without_definitions_postgres,
+    routes_are_consistent_without_definitions_mysql
+);
+
 /// Without local definitions, a user's route is asked of PostHog once and then kept: the
 /// insert and a later update in another transaction go to the same table, with one `/flags`
 /// request. A route PostHog cannot give falls back to the default table loudly (counted).
-#[tokio::test]
-async fn routes_are_consistent_without_definitions_sqlite() {
-    let pool = memory_pool().await;
-    consistent_routes(&pool, "TEXT").await;
-}
-
-#[tokio::test]
-async fn routes_are_consistent_without_definitions_postgres() {
-    let Some(url) = database_url("POSTGRES_URL") else {
-        return;
-    };
-    consistent_routes(&isolated_postgres(&url, "routing_cache").await, "TEXT").await;
-}
-
-#[tokio::test]
-async fn routes_are_consistent_without_definitions_mysql() {
-    let Some(url) = database_url("MYSQL_URL") else {
-        return;
-    };
-    consistent_routes(&isolated_mysql(&url, "routing_cache").await, "VARCHAR(64)").await;
-}
-
 async fn consistent_routes<DB>(pool: &Pool<DB>, text: &str)
 where
     DB: Backend,
     Document: TrackedRow<DB>,
-    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
 {
     create_document_tables(pool, text).await;
     let mock = MockPostHog::start().await;
@@ -243,11 +223,14 @@ where
         1,
         "one /flags request per user and flag"
     );
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents_v2 WHERE title = 'final'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(
+        count(
+            pool,
+            "SELECT COUNT(*) FROM documents_v2 WHERE title = 'final'"
+        )
+        .await,
+        1
+    );
 
     // PostHog has no value for this user: the default table, with a warning and a count.
     assert_eq!(tracker.flag_routing_fallbacks(), 0);
@@ -262,65 +245,58 @@ where
     .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(tracker.flag_routing_fallbacks(), 1);
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM documents WHERE id = 'd2'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-}
-
-/// An in-memory SQLite database that lives as long as its one connection.
-async fn memory_pool() -> sqlx::SqlitePool {
-    sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap()
+    assert_eq!(
+        count(pool, "SELECT COUNT(*) FROM documents WHERE id = 'd2'").await,
+        1
+    );
 }
 
 /// The default table and the variant's, with `text` as the backend's text column type.
-async fn create_document_tables<DB>(pool: &Pool<DB>, text: &str)
-where
-    DB: Backend,
-    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
-{
+async fn create_document_tables<DB: Backend>(pool: &Pool<DB>, text: &str) {
     for table in ["documents", "documents_v2"] {
-        let ddl = format!(
-            "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(pool)
-            .await
-            .unwrap();
+        execute(
+            pool,
+            format!(
+                "CREATE TABLE {table} (id {text} PRIMARY KEY, owner {text} NOT NULL, title {text} NOT NULL)"
+            ),
+        )
+        .await;
     }
 }
 
+/// The document tables, a mock, the flag's definitions, and a tracker delivering to the mock
+/// that evaluates the flag locally from them, with the outbox created.
+async fn with_local_definitions<DB: Backend>(
+    pool: &Pool<DB>,
+    text: &str,
+) -> (MockPostHog, LocalEvaluator, Tracker) {
+    create_document_tables(pool, text).await;
+    let mock = MockPostHog::start().await;
+    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
+    let tracker: Tracker = tracker_for(&mock)
+        .flag_definitions(evaluator.clone())
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    (mock, evaluator, tracker)
+}
+
+/// What a `SELECT COUNT(*)` answers.
+async fn count<DB: Backend>(pool: &Pool<DB>, sql: impl Into<String>) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql.into()));
+    DB::int(&DB::fetch_one(&mut conn, query).await.unwrap(), 0).unwrap()
+}
+
+routing_tests!(
+    insert_all_routes_each_row,
+    "routing_bulk",
+    insert_all_routes_each_row_sqlite,
+    insert_all_routes_each_row_postgres,
+    insert_all_routes_each_row_mysql
+);
+
 /// `insert_all` routes every row as `insert` does: one multi-row INSERT per table, each row
 /// in its user's table, each event stamped with the user's variant, in the order of the rows.
-#[tokio::test]
-async fn insert_all_routes_each_row_sqlite() {
-    insert_all_routes_each_row(&memory_pool().await, "TEXT").await;
-}
-
-#[tokio::test]
-async fn insert_all_routes_each_row_postgres() {
-    let Some(url) = database_url("POSTGRES_URL") else {
-        return;
-    };
-    insert_all_routes_each_row(&isolated_postgres(&url, "routing_bulk").await, "TEXT").await;
-}
-
-#[tokio::test]
-async fn insert_all_routes_each_row_mysql() {
-    let Some(url) = database_url("MYSQL_URL") else {
-        return;
-    };
-    let pool = isolated_mysql(&url, "routing_bulk").await;
-    insert_all_routes_each_row(&pool, "VARCHAR(64)").await;
-}
-
 async fn insert_all_routes_each_row<DB>(pool: &Pool<DB>, text: &str)
 where
     DB: Backend,
@@ -329,13 +305,7 @@ where
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
 {
-    create_document_tables(pool, text).await;
-    let mock = MockPostHog::start().await;
-    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
-    let tracker: Tracker = tracker_for(&mock)
-        .flag_definitions(evaluator.clone())
-        .build();
-    tracker.migrate(pool).await.unwrap();
+    let (_mock, evaluator, tracker) = with_local_definitions(pool, text).await;
 
     let rows: Vec<Document> = (0..20)
         .map(|i| Document {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, database_url, isolated_postgres, on_every_backend, posthog_track_binary,
-    received, tracker_for, unique, with_search_path,
+    commit_events, database_url, isolated_postgres, on_every_backend, received, relay_command,
+    tracker_for, unique, with_search_path,
 };
 use sqlx::Pool;
 use uuid::Uuid;
@@ -19,6 +19,17 @@ const WAIT: Duration = Duration::from_secs(60);
 /// The PostgreSQL tests below notify one channel of one database: one at a time, so that each
 /// counts only its own notifications.
 static NOTIFYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The PostgreSQL URL and a pool on a schema of its own for `scenario`, with the `NOTIFYING`
+/// lock held; `None` when PostgreSQL is not configured.
+async fn notifying_postgres(
+    scenario: &str,
+) -> Option<(String, sqlx::PgPool, tokio::sync::MutexGuard<'static, ()>)> {
+    let url = database_url("POSTGRES_URL")?;
+    let alone = NOTIFYING.lock().await;
+    let pool = isolated_postgres(&url, scenario).await;
+    Some((url, pool, alone))
+}
 
 /// Commits one event named `name` for `tag` in a transaction of its own; returns its uuid.
 async fn commit_one<DB: Backend>(
@@ -68,6 +79,17 @@ fn batch_sizes(mock: &MockPostHog) -> Vec<usize> {
 // woken by every commit, sends a request per handful of events; with one it sends a request
 // per linger at most, carrying everything committed meanwhile.
 
+/// A mock, and a tracker delivering to it whose relay lingers `linger` and polls fast.
+async fn lingering<DB: Backend>(pool: &Pool<DB>, linger: Duration) -> (MockPostHog, Tracker) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .linger(linger)
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    (mock, tracker)
+}
+
 on_every_backend!(lingering_relay_fills_its_batches_under_load);
 
 async fn lingering_relay_fills_its_batches_under_load<DB: Backend>(pool: &Pool<DB>, _url: &str) {
@@ -75,12 +97,7 @@ async fn lingering_relay_fills_its_batches_under_load<DB: Backend>(pool: &Pool<D
     let linger = Duration::from_millis(100);
     let mut means = Vec::new();
     for linger in [Duration::ZERO, linger] {
-        let mock = MockPostHog::start().await;
-        let tracker = tracker_for(&mock)
-            .linger(linger)
-            .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
-            .build();
-        tracker.migrate(pool).await.unwrap();
+        let (mock, tracker) = lingering(pool, linger).await;
         let tag = unique("stream");
         let mut committed = BTreeSet::new();
         let started = Instant::now();
@@ -134,12 +151,7 @@ async fn a_lone_event_leaves_at_once_despite_a_long_linger<DB: Backend>(
     _url: &str,
 ) {
     let linger = Duration::from_secs(3);
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .linger(linger)
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
-        .build();
-    tracker.migrate(pool).await.unwrap();
+    let (mock, tracker) = lingering(pool, linger).await;
     let tag = unique("lone");
 
     let first = BTreeSet::from([commit_one(&tracker, pool, &tag, "first").await]);
@@ -182,12 +194,10 @@ impl Drop for Killed {
 /// another process within moments: the commit notifies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
-    let Some(url) = database_url("POSTGRES_URL") else {
+    let scenario = "notify_wakes_relay";
+    let Some((url, pool, _alone)) = notifying_postgres(scenario).await else {
         return;
     };
-    let _alone = NOTIFYING.lock().await;
-    let scenario = "notify_wakes_relay";
-    let pool = isolated_postgres(&url, scenario).await;
     let url = with_search_path(&url, &format!("pt_{scenario}"));
     let mock = MockPostHog::start().await;
     let committer = tracker_for(&mock).external_relay(true).build();
@@ -199,13 +209,8 @@ async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
     let before = BTreeSet::from([commit_one(&committer, &pool, &tag, "before").await]);
     let poll = Duration::from_secs(60);
     let _relay = Killed(
-        std::process::Command::new(posthog_track_binary())
-            .args(["relay", "--database-url", &url])
+        relay_command(&url, &mock, "posthog_track=warn")
             .args(["--poll-interval-ms", &poll.as_millis().to_string()])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=warn")
-            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
@@ -223,12 +228,10 @@ async fn a_standalone_relay_on_postgres_hears_a_commit_before_its_poll() {
 /// per commit, and throttled under load (every notifying commit is serialised by PostgreSQL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_notify_other_processes_sparingly() {
-    let Some(url) = database_url("POSTGRES_URL") else {
+    let scenario = "notify_sparingly";
+    let Some((url, pool, _alone)) = notifying_postgres(scenario).await else {
         return;
     };
-    let _alone = NOTIFYING.lock().await;
-    let scenario = "notify_sparingly";
-    let pool = isolated_postgres(&url, scenario).await;
     let mock = MockPostHog::start().await;
     let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
     listener
@@ -272,6 +275,29 @@ async fn count_notifications(listener: &mut sqlx::postgres::PgListener) -> usize
     count
 }
 
+/// Commits 20 events named `name` under a fresh tag, and starts a relay pass whose request
+/// `mock` answers only after `delay`; returns 300 ms later, with the pass mid-send. Returns the
+/// tag, the uuids committed and the pass.
+async fn send_slowly(
+    tracker: &Tracker,
+    pool: &sqlx::PgPool,
+    mock: &MockPostHog,
+    name: &str,
+    delay: Duration,
+) -> (
+    String,
+    BTreeSet<Uuid>,
+    tokio::task::JoinHandle<posthog_track::Result<posthog_track::relay::Pass>>,
+) {
+    let tag = unique(name);
+    let committed = commit_events(tracker, pool, &tag, name, 20, 20).await;
+    mock.script([Reply::Delay(delay, Box::new(Reply::Accept))]);
+    let sending = tracker.relay(pool.clone());
+    let pass = tokio::spawn(async move { sending.run_once().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (tag, committed, pass)
+}
+
 /// PostgreSQL: a claim held by the sending transaction writes nothing into the rows (a written
 /// lease updates every one), still fences other relays off while the send is in flight, and
 /// ends with its relay: the rows of a relay that dies mid-send are claimable again at once,
@@ -290,15 +316,8 @@ async fn postgres_claims_are_held_by_the_sending_transaction() {
             .external_relay(true)
             .build();
         tracker.migrate(&pool).await.unwrap();
-        let tag = unique("held");
-        let committed = commit_events(&tracker, &pool, &tag, "held", 20, 20).await;
-        mock.script([Reply::Delay(
-            Duration::from_millis(1000),
-            Box::new(Reply::Accept),
-        )]);
-        let sending = tracker.relay(pool.clone());
-        let in_flight = tokio::spawn(async move { sending.run_once().await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tag, committed, in_flight) =
+            send_slowly(&tracker, &pool, &mock, "held", Duration::from_millis(1000)).await;
         let written: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM posthog_outbox WHERE leased_until IS NOT NULL OR attempts > 0",
         )
@@ -321,15 +340,14 @@ async fn postgres_claims_are_held_by_the_sending_transaction() {
         }
 
         if held {
-            let tag = unique("held-crash");
-            let committed = commit_events(&tracker, &pool, &tag, "held_crash", 20, 20).await;
-            mock.script([Reply::Delay(
+            let (tag, committed, dying) = send_slowly(
+                &tracker,
+                &pool,
+                &mock,
+                "held_crash",
                 Duration::from_secs(10),
-                Box::new(Reply::Accept),
-            )]);
-            let doomed = tracker.relay(pool.clone());
-            let dying = tokio::spawn(async move { doomed.run_once().await });
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            )
+            .await;
             dying.abort(); // dies mid-send, holding the claim
             let _ = dying.await;
             let started = Instant::now();
@@ -362,12 +380,7 @@ async fn an_idle_standalone_relay_polls_within_its_bound<DB: Backend>(pool: &Poo
     let tag = unique("polled");
     let before = BTreeSet::from([commit_one(&committer, pool, &tag, "before").await]);
     let _relay = Killed(
-        std::process::Command::new(posthog_track_binary())
-            .args(["relay", "--database-url", url])
-            .env("POSTHOG_API_KEY", mock.api_key())
-            .env("POSTHOG_HOST", mock.url())
-            .env("RUST_LOG", "posthog_track=warn")
-            .stdout(std::process::Stdio::null())
+        relay_command(url, &mock, "posthog_track=warn")
             .spawn()
             .unwrap(),
     );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, ReceivedEvent};
 use posthog_track::{Backend, TrackedRow, Tracker};
+use posthog_track_examples::memory_database;
 use posthog_track_examples::shop::{self, Account, Company, Order, Shop};
 use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, tracker_for, unique};
 use serde_json::{Value, json};
@@ -209,11 +210,7 @@ const SELECT_ORDERS: &str =
 
 #[tokio::test]
 async fn sqlite() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_database().await.unwrap();
     scenario(pool).await;
 }
 

@@ -8,7 +8,7 @@ use crate::client::queue::QueueOptions;
 use crate::client::transport::Transport;
 use crate::client::{Backoff, Sink};
 use crate::config::{ApiKey, CaptureMode, Compression, Config};
-use crate::dispatch::{BeforeSend, Delivery, Dispatch, DispatchOptions};
+use crate::dispatch::{Delivery, Dispatch, DispatchOptions};
 use crate::error::Result;
 use crate::flags::{
     DefinitionsCache, DefinitionsClient, ExposureCache, LocalEvaluator, RemoteFlags, RoutingState,
@@ -28,13 +28,9 @@ const DEFINITIONS_TIMEOUT: Duration = Duration::from_secs(10);
 #[must_use]
 pub struct TrackerBuilder {
     config: Config,
-    delivery: Delivery,
     request_timeout: Duration,
-    disable_geoip: bool,
-    queue: QueueOptions,
-    relay: RelayOptions,
-    before_send: Option<BeforeSend>,
-    external_relay: bool,
+    /// What the delivery side is built with, as the setters leave it.
+    dispatch: DispatchOptions,
     local_evaluation_only: bool,
     flag_definitions: Option<LocalEvaluator>,
 }
@@ -43,7 +39,7 @@ impl fmt::Debug for TrackerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackerBuilder")
             .field("config", &self.config)
-            .field("delivery", &self.delivery)
+            .field("delivery", &self.dispatch.delivery)
             .finish_non_exhaustive()
     }
 }
@@ -52,22 +48,24 @@ impl Default for TrackerBuilder {
     fn default() -> Self {
         TrackerBuilder {
             config: Config::default(),
-            delivery: Delivery::default(),
-            disable_geoip: false,
             request_timeout: Duration::from_secs(10),
-            queue: QueueOptions {
-                capacity: 10_000,
-                capacity_bytes: 64 * 1024 * 1024,
-                flush_at: 500,
-                flush_interval: Duration::from_millis(500),
-                max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
-                max_retries: 5,
-                backoff: Backoff::default(),
-                historical_migration: false,
+            dispatch: DispatchOptions {
+                delivery: Delivery::default(),
+                disable_geoip: false,
+                queue: QueueOptions {
+                    capacity: 10_000,
+                    capacity_bytes: 64 * 1024 * 1024,
+                    flush_at: 500,
+                    flush_interval: Duration::from_millis(500),
+                    max_batch_bytes: crate::client::wire::MAX_REQUEST_BYTES,
+                    max_retries: 5,
+                    backoff: Backoff::default(),
+                    historical_migration: false,
+                },
+                relay: RelayOptions::default(),
+                before_send: None,
+                external_relay: false,
             },
-            relay: RelayOptions::default(),
-            before_send: None,
-            external_relay: false,
             local_evaluation_only: false,
             flag_definitions: None,
         }
@@ -75,22 +73,16 @@ impl Default for TrackerBuilder {
 }
 
 impl TrackerBuilder {
-    /// Starts from `config` (keys, host, disabled), as read by [`Config::from_env`].
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
+    setters! {
+        /// Starts from `config` (keys, host, disabled), as read by [`Config::from_env`].
+        pub fn config(config: Config) => config = config;
 
-    /// The project API key (`phc_...`). Without one the tracker runs in dry-run mode.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.config.api_key = Some(ApiKey::new(key));
-        self
-    }
+        /// The project API key (`phc_...`). Without one the tracker runs in dry-run mode.
+        pub fn api_key(key: impl Into<String>) => config.api_key = Some(ApiKey::new(key));
 
-    /// The personal (or project secret) API key, for local flag evaluation.
-    pub fn personal_api_key(mut self, key: impl Into<String>) -> Self {
-        self.config.personal_api_key = Some(ApiKey::new(key));
-        self
+        /// The personal (or project secret) API key, for local flag evaluation.
+        pub fn personal_api_key(key: impl Into<String>) =>
+            config.personal_api_key = Some(ApiKey::new(key));
     }
 
     /// The PostHog host: a URL, or `us` / `eu` for PostHog Cloud.
@@ -99,16 +91,12 @@ impl TrackerBuilder {
         Ok(self)
     }
 
-    /// Records no events at all (tracked writes still write their rows).
-    pub fn disabled(mut self, disabled: bool) -> Self {
-        self.config.disabled = disabled;
-        self
-    }
+    setters! {
+        /// Records no events at all (tracked writes still write their rows).
+        pub fn disabled(disabled: bool) => config.disabled = disabled;
 
-    /// Outbox (default) or after-commit delivery for tracked writes.
-    pub fn delivery(mut self, delivery: Delivery) -> Self {
-        self.delivery = delivery;
-        self
+        /// Outbox (default) or after-commit delivery for tracked writes.
+        pub fn delivery(delivery: Delivery) => dispatch.delivery = delivery;
     }
 
     /// Gzip request bodies (default on); `false` sends plain JSON. Shorthand for
@@ -122,158 +110,99 @@ impl TrackerBuilder {
         self
     }
 
-    /// How request bodies are compressed (default gzip; `POSTHOG_COMPRESSION`). Deflate,
-    /// Brotli and zstd need [`CaptureMode::V1`]: PostHog's v0 endpoint reads gzip only, so v0
-    /// sends gzip for them.
-    pub fn compression(mut self, compression: Compression) -> Self {
-        self.config.compression = compression;
-        self
-    }
+    setters! {
+        /// How request bodies are compressed (default gzip; `POSTHOG_COMPRESSION`). Deflate,
+        /// Brotli and zstd need [`CaptureMode::V1`]: PostHog's v0 endpoint reads gzip only, so v0
+        /// sends gzip for them.
+        pub fn compression(compression: Compression) => config.compression = compression;
 
-    /// PostHog's capture protocol (default [`CaptureMode::V0`]; `POSTHOG_CAPTURE_MODE=v1`).
-    /// With v1, PostHog answers each event with its own verdict and the relay settles each
-    /// outbox row by it.
-    pub fn capture_mode(mut self, mode: CaptureMode) -> Self {
-        self.config.capture_mode = mode;
-        self
-    }
+        /// PostHog's capture protocol (default [`CaptureMode::V0`]; `POSTHOG_CAPTURE_MODE=v1`).
+        /// With v1, PostHog answers each event with its own verdict and the relay settles each
+        /// outbox row by it.
+        pub fn capture_mode(mode: CaptureMode) => config.capture_mode = mode;
 
-    /// Adds `$geoip_disable: true` to every event, so PostHog does not derive a location from
-    /// the sending server's IP address (default off).
-    pub fn disable_geoip(mut self, disable: bool) -> Self {
-        self.disable_geoip = disable;
-        self
-    }
+        /// Adds `$geoip_disable: true` to every event, so PostHog does not derive a location from
+        /// the sending server's IP address (default off).
+        pub fn disable_geoip(disable: bool) => dispatch.disable_geoip = disable;
 
-    /// Timeout of one request to PostHog (default 10 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
+        /// Timeout of one request to PostHog (default 10 s).
+        pub fn request_timeout(timeout: Duration) => request_timeout = timeout;
 
-    /// Capacity of the in-memory queue (default 10,000 events).
-    pub fn queue_capacity(mut self, events: usize) -> Self {
-        self.queue.capacity = events.max(1);
-        self
-    }
+        /// Capacity of the in-memory queue (default 10,000 events).
+        pub fn queue_capacity(events: usize) => dispatch.queue.capacity = events.max(1);
 
-    /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,
-    /// `capture` waits and `try_capture` refuses, as with the event count.
-    pub fn queue_capacity_bytes(mut self, bytes: usize) -> Self {
-        self.queue.capacity_bytes = bytes.max(1);
-        self
-    }
+        /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,
+        /// `capture` waits and `try_capture` refuses, as with the event count.
+        pub fn queue_capacity_bytes(bytes: usize) => dispatch.queue.capacity_bytes = bytes.max(1);
 
-    /// A standalone `posthog-track relay` delivers the outbox, so this process starts no
-    /// relay of its own (default `false`: the first tracked transaction on a pool starts
-    /// the pool's relay). `flush` then waits for that relay to deliver what was committed
-    /// before it, and `shutdown` reports how many events it leaves in the outbox.
-    pub fn external_relay(mut self, external: bool) -> Self {
-        self.external_relay = external;
-        self
-    }
+        /// A standalone `posthog-track relay` delivers the outbox, so this process starts no
+        /// relay of its own (default `false`: the first tracked transaction on a pool starts
+        /// the pool's relay). `flush` then waits for that relay to deliver what was committed
+        /// before it, and `shutdown` reports how many events it leaves in the outbox.
+        pub fn external_relay(external: bool) => dispatch.external_relay = external;
 
-    /// How long [`Tracker::flush`] waits for delivery at most (default 30 s).
-    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
-        self.relay.flush_timeout = timeout;
-        self
-    }
+        /// How long [`Tracker::flush`] waits for delivery at most (default 30 s).
+        pub fn flush_timeout(timeout: Duration) => dispatch.relay.flush_timeout = timeout;
 
-    /// Failures of one outbox event, sent alone while PostHog accepts other events, after
-    /// which it is dead-lettered as poison (default 20). Failures during an outage, or in a
-    /// request shared with a poison event, do not count.
-    pub fn max_failures(mut self, failures: u32) -> Self {
-        self.relay.max_failures = failures.max(1);
-        self
-    }
+        /// Failures of one outbox event, sent alone while PostHog accepts other events, after
+        /// which it is dead-lettered as poison (default 20). Failures during an outage, or in a
+        /// request shared with a poison event, do not count.
+        pub fn max_failures(failures: u32) => dispatch.relay.max_failures = failures.max(1);
 
-    /// Age after which an outbox event that still fails is dead-lettered (default 7 days).
-    pub fn max_age(mut self, age: Duration) -> Self {
-        self.relay.max_age = age;
-        self
-    }
+        /// Age after which an outbox event that still fails is dead-lettered (default 7 days).
+        pub fn max_age(age: Duration) => dispatch.relay.max_age = age;
 
-    /// Payload bytes one relay claim holds at most (default 16 MiB).
-    pub fn max_claim_bytes(mut self, bytes: usize) -> Self {
-        self.relay.max_claim_bytes = bytes.max(1);
-        self
-    }
+        /// Payload bytes one relay claim holds at most (default 16 MiB).
+        pub fn max_claim_bytes(bytes: usize) => dispatch.relay.max_claim_bytes = bytes.max(1);
 
-    /// Events per request (default 500), for the queue and the relay.
-    pub fn batch_size(mut self, events: usize) -> Self {
-        self.queue.flush_at = events.max(1);
-        self.relay.batch_size = events.max(1);
-        self
-    }
+        /// Events per request (default 500), for the queue and the relay.
+        pub fn batch_size(events: usize) =>
+            dispatch.queue.flush_at = events.max(1),
+            dispatch.relay.batch_size = events.max(1);
 
-    /// Bytes of events per request from the in-memory queue before it is sent early (default
-    /// 4 MiB; PostHog accepts up to 20 MB).
-    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
-        self.queue.max_batch_bytes = bytes.max(1);
-        self
-    }
+        /// Bytes of events per request from the in-memory queue before it is sent early (default
+        /// 4 MiB; PostHog accepts up to 20 MB).
+        pub fn max_batch_bytes(bytes: usize) => dispatch.queue.max_batch_bytes = bytes.max(1);
 
-    /// The longest an event waits in the in-memory queue before it is sent (default 500 ms).
-    pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.queue.flush_interval = interval;
-        self
-    }
+        /// The longest an event waits in the in-memory queue before it is sent (default 500 ms).
+        pub fn flush_interval(interval: Duration) => dispatch.queue.flush_interval = interval;
 
-    /// Retries of a failed in-memory delivery before its events are given up and counted
-    /// (default 5). Outbox events are never given up.
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.queue.max_retries = retries;
-        self
-    }
+        /// Retries of a failed in-memory delivery before its events are given up and counted
+        /// (default 5). Outbox events are never given up.
+        pub fn max_retries(retries: u32) => dispatch.queue.max_retries = retries;
 
-    /// Waits between retries.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.queue.backoff = backoff;
-        self.relay.backoff = backoff;
-        self
-    }
+        /// Waits between retries.
+        pub fn backoff(backoff: Backoff) =>
+            dispatch.queue.backoff = backoff,
+            dispatch.relay.backoff = backoff;
 
-    /// How often a running relay samples the outbox's pending, dead and lag figures into the
-    /// [`metrics`](crate::metrics) gauges (default: never; each sample counts the table's
-    /// rows). The `posthog-track relay` command samples every 15 s.
-    pub fn outbox_metrics_interval(mut self, every: Duration) -> Self {
-        self.relay.outbox_metrics_interval = Some(every);
-        self
-    }
+        /// How often a running relay samples the outbox's pending, dead and lag figures into the
+        /// [`metrics`](crate::metrics) gauges (default: never; each sample counts the table's
+        /// rows). The `posthog-track relay` command samples every 15 s.
+        pub fn outbox_metrics_interval(every: Duration) =>
+            dispatch.relay.outbox_metrics_interval = Some(every);
 
-    /// How long a relay's claim on outbox rows lasts (default 60 s).
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.relay.lease = lease;
-        self
-    }
+        /// How long a relay's claim on outbox rows lasts (default 60 s).
+        pub fn lease(lease: Duration) => dispatch.relay.lease = lease;
 
-    /// Polling bounds of an idle relay (default 50 ms growing to 2 s).
-    pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
-        self.relay.min_poll = min;
-        self.relay.max_poll = max.max(min);
-        self
-    }
+        /// Polling bounds of an idle relay (default 50 ms growing to 2 s).
+        pub fn poll_interval(min: Duration, max: Duration) =>
+            dispatch.relay.min_poll = min,
+            dispatch.relay.max_poll = max.max(min);
 
-    /// How long a relay that finds the outbox busy waits for its next batch to fill (default
-    /// 50 ms); a lone event after a quiet spell still leaves at once. See
-    /// [`RelayOptions::linger`].
-    pub fn linger(mut self, linger: Duration) -> Self {
-        self.relay.linger = linger;
-        self
-    }
+        /// How long a relay that finds the outbox busy waits for its next batch to fill (default
+        /// 50 ms); a lone event after a quiet spell still leaves at once. See
+        /// [`RelayOptions::linger`].
+        pub fn linger(linger: Duration) => dispatch.relay.linger = linger;
 
-    /// PostgreSQL: whether a relay holds each claim in the transaction that sends it (default
-    /// `true`) or writes a lease into the claimed rows. See [`RelayOptions::held_claims`].
-    pub fn held_claims(mut self, held: bool) -> Self {
-        self.relay.held_claims = held;
-        self
-    }
+        /// PostgreSQL: whether a relay holds each claim in the transaction that sends it (default
+        /// `true`) or writes a lease into the claimed rows. See [`RelayOptions::held_claims`].
+        pub fn held_claims(held: bool) => dispatch.relay.held_claims = held;
 
-    /// Marks batches as `historical_migration` (imports of past events).
-    pub fn historical_migration(mut self, historical: bool) -> Self {
-        self.queue.historical_migration = historical;
-        self.relay.historical_migration = historical;
-        self
+        /// Marks batches as `historical_migration` (imports of past events).
+        pub fn historical_migration(historical: bool) =>
+            dispatch.queue.historical_migration = historical,
+            dispatch.relay.historical_migration = historical;
     }
 
     /// A hook over every event before it is recorded; see [`BeforeSend`].
@@ -281,22 +210,18 @@ impl TrackerBuilder {
         mut self,
         hook: impl Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync + 'static,
     ) -> Self {
-        self.before_send = Some(Arc::new(hook));
+        self.dispatch.before_send = Some(Arc::new(hook));
         self
     }
 
-    /// Never ask PostHog for a flag local definitions cannot decide; such flags read as
-    /// `None`.
-    pub fn local_evaluation_only(mut self, local_only: bool) -> Self {
-        self.local_evaluation_only = local_only;
-        self
-    }
+    setters! {
+        /// Never ask PostHog for a flag local definitions cannot decide; such flags read as
+        /// `None`.
+        pub fn local_evaluation_only(local_only: bool) => local_evaluation_only = local_only;
 
-    /// Flag definitions to evaluate locally from the start (the body of
-    /// `/flags/definitions`), for offline use and tests; the poller replaces them.
-    pub fn flag_definitions(mut self, evaluator: LocalEvaluator) -> Self {
-        self.flag_definitions = Some(evaluator);
-        self
+        /// Flag definitions to evaluate locally from the start (the body of
+        /// `/flags/definitions`), for offline use and tests; the poller replaces them.
+        pub fn flag_definitions(evaluator: LocalEvaluator) => flag_definitions = Some(evaluator);
     }
 
     /// The tracker.
@@ -322,18 +247,7 @@ impl TrackerBuilder {
                 ))
             }),
         };
-        let flush_timeout = self.relay.flush_timeout;
-        let dispatch = Dispatch::new(DispatchOptions {
-            mode,
-            delivery: self.delivery,
-            sink,
-            before_send: self.before_send,
-            disable_geoip: self.disable_geoip,
-            queue: self.queue,
-            relay: self.relay,
-            external_relay: self.external_relay,
-            flush_timeout,
-        });
+        let dispatch = Dispatch::new(mode, sink, self.dispatch);
         let flags = self
             .config
             .api_key

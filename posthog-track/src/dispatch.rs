@@ -115,24 +115,24 @@ impl std::fmt::Debug for Dispatch {
     }
 }
 
+/// What a tracker's builder configures of its delivery side; the mode and the sink follow from
+/// the config when it is built.
 pub(crate) struct DispatchOptions {
-    pub mode: Mode,
     pub delivery: Delivery,
-    pub sink: Option<Sink>,
     pub before_send: Option<BeforeSend>,
     pub disable_geoip: bool,
     pub queue: QueueOptions,
     pub relay: RelayOptions,
     pub external_relay: bool,
-    pub flush_timeout: Duration,
 }
 
 impl Dispatch {
-    pub(crate) fn new(options: DispatchOptions) -> Self {
+    pub(crate) fn new(mode: Mode, sink: Option<Sink>, options: DispatchOptions) -> Self {
+        let flush_timeout = options.relay.flush_timeout;
         Dispatch {
-            mode: options.mode,
+            mode,
             delivery: options.delivery,
-            sink: options.sink,
+            sink,
             before_send: options.before_send,
             disable_geoip: options.disable_geoip,
             stats: SharedStats::default(),
@@ -142,7 +142,7 @@ impl Dispatch {
             pools: Mutex::new(HashMap::new()),
             external_relay: options.external_relay,
             unrelayed: AtomicU64::new(0),
-            flush_timeout: options.flush_timeout,
+            flush_timeout,
             epoch: Instant::now(),
             last_notify: AtomicU64::new(0),
         }

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::client::USER_AGENT_VALUE;
-use crate::config::{Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host};
+use crate::config::{ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host};
 use crate::mode::Mode;
 use crate::outbox::{COLUMNS, Outbox, SCHEMA_VERSION};
 
@@ -169,22 +169,15 @@ impl DoctorOptions {
         Self::default()
     }
 
-    /// Checks the outbox of this database too.
-    pub fn database_url(mut self, url: impl Into<String>) -> Self {
-        self.database_url = Some(url.into());
-        self
-    }
+    setters! {
+        /// Checks the outbox of this database too.
+        pub fn database_url(url: impl Into<String>) => database_url = Some(url.into());
 
-    /// The delivery lag over which the backlog check fails.
-    pub fn max_lag(mut self, lag: Duration) -> Self {
-        self.max_lag = lag;
-        self
-    }
+        /// The delivery lag over which the backlog check fails.
+        pub fn max_lag(lag: Duration) => max_lag = lag;
 
-    /// How long each request and the database connection may take.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+        /// How long each request and the database connection may take.
+        pub fn timeout(timeout: Duration) => timeout = timeout;
     }
 }
 
@@ -239,71 +232,86 @@ fn key_kind(key: &str) -> &'static str {
     }
 }
 
+/// What to say of a key that is set.
+type KeyVerdict = fn(&ApiKey) -> (Verdict, String);
+
 fn check_keys(config: &Config, diagnosis: &mut Diagnosis) {
-    match config.api_key() {
-        None => diagnosis.push(
+    let checks: [(&'static str, Option<&ApiKey>, &'static str, KeyVerdict); 2] = [
+        (
             "project key",
-            Verdict::Skipped,
+            config.api_key(),
             "POSTHOG_API_KEY is not set",
+            project_key_verdict,
         ),
-        Some(key) => {
-            let (verdict, detail) = match key_kind(key.expose()) {
-                "project" => (Verdict::Ok, format!("{key} is a project API key")),
-                "personal" => (
-                    Verdict::Fail,
-                    format!(
-                        "{key} in POSTHOG_API_KEY is a personal API key: PostHog refuses events \
-                         sent with it. Use the project API key (phc_..., Project settings); a \
-                         personal key belongs in POSTHOG_PERSONAL_API_KEY"
-                    ),
-                ),
-                "secret" => (
-                    Verdict::Fail,
-                    format!(
-                        "{key} in POSTHOG_API_KEY is a project secret key: events need the \
-                         project API key (phc_...); a secret key belongs in \
-                         POSTHOG_PERSONAL_API_KEY"
-                    ),
-                ),
-                _ => (
-                    Verdict::Warn,
-                    format!(
-                        "{key} does not start with phc_, as PostHog project API keys do; check \
-                         POSTHOG_API_KEY"
-                    ),
-                ),
-            };
-            diagnosis.push("project key", verdict, detail);
+        (
+            "personal key",
+            config.personal_api_key(),
+            "POSTHOG_PERSONAL_API_KEY is not set: flags are evaluated by PostHog, not locally",
+            personal_key_verdict,
+        ),
+    ];
+    for (name, key, unset, judge) in checks {
+        match key {
+            None => diagnosis.push(name, Verdict::Skipped, unset),
+            Some(key) => {
+                let (verdict, detail) = judge(key);
+                diagnosis.push(name, verdict, detail);
+            }
         }
     }
-    match config.personal_api_key() {
-        None => diagnosis.push(
-            "personal key",
-            Verdict::Skipped,
-            "POSTHOG_PERSONAL_API_KEY is not set: flags are evaluated by PostHog, not locally",
+}
+
+/// POSTHOG_API_KEY must be a project key: PostHog refuses events sent with any other.
+fn project_key_verdict(key: &ApiKey) -> (Verdict, String) {
+    match key_kind(key.expose()) {
+        "project" => (Verdict::Ok, format!("{key} is a project API key")),
+        "personal" => (
+            Verdict::Fail,
+            format!(
+                "{key} in POSTHOG_API_KEY is a personal API key: PostHog refuses events \
+                 sent with it. Use the project API key (phc_..., Project settings); a \
+                 personal key belongs in POSTHOG_PERSONAL_API_KEY"
+            ),
         ),
-        Some(key) => {
-            let (verdict, detail) = match key_kind(key.expose()) {
-                "personal" => (Verdict::Ok, format!("{key} is a personal API key")),
-                "secret" => (Verdict::Ok, format!("{key} is a project secret key")),
-                "project" => (
-                    Verdict::Fail,
-                    format!(
-                        "{key} in POSTHOG_PERSONAL_API_KEY is the project API key: local \
-                         evaluation needs a personal API key (phx_...) or a project secret key \
-                         (phs_...)"
-                    ),
-                ),
-                _ => (
-                    Verdict::Warn,
-                    format!(
-                        "{key} starts with neither phx_ nor phs_; check \
-                         POSTHOG_PERSONAL_API_KEY"
-                    ),
-                ),
-            };
-            diagnosis.push("personal key", verdict, detail);
-        }
+        "secret" => (
+            Verdict::Fail,
+            format!(
+                "{key} in POSTHOG_API_KEY is a project secret key: events need the \
+                 project API key (phc_...); a secret key belongs in \
+                 POSTHOG_PERSONAL_API_KEY"
+            ),
+        ),
+        _ => (
+            Verdict::Warn,
+            format!(
+                "{key} does not start with phc_, as PostHog project API keys do; check \
+                 POSTHOG_API_KEY"
+            ),
+        ),
+    }
+}
+
+/// POSTHOG_PERSONAL_API_KEY must be a personal or project secret key: local evaluation
+/// reads the flag definitions with it.
+fn personal_key_verdict(key: &ApiKey) -> (Verdict, String) {
+    match key_kind(key.expose()) {
+        "personal" => (Verdict::Ok, format!("{key} is a personal API key")),
+        "secret" => (Verdict::Ok, format!("{key} is a project secret key")),
+        "project" => (
+            Verdict::Fail,
+            format!(
+                "{key} in POSTHOG_PERSONAL_API_KEY is the project API key: local \
+                 evaluation needs a personal API key (phx_...) or a project secret key \
+                 (phs_...)"
+            ),
+        ),
+        _ => (
+            Verdict::Warn,
+            format!(
+                "{key} starts with neither phx_ nor phs_; check \
+                 POSTHOG_PERSONAL_API_KEY"
+            ),
+        ),
     }
 }
 
@@ -467,10 +475,7 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
                 Verdict::Warn,
                 format!("could not tell: /flags/ answered {status}"),
             ),
-            Err(error) => (
-                Verdict::Warn,
-                format!("could not tell: {}", describe_transport_error(error)),
-            ),
+            Err(error) => could_not_tell(error),
         };
         diagnosis.push("key accepted", verdict, detail);
     }
@@ -538,12 +543,18 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
                 ),
             }
         }
-        Err(error) => (
-            Verdict::Warn,
-            format!("could not tell: {}", describe_transport_error(error)),
-        ),
+        Err(error) => could_not_tell(error),
     };
     diagnosis.push("flag definitions", verdict, detail);
+}
+
+/// The verdict on a check whose request failed: the failure says nothing about what the check
+/// asks, so it warns rather than fails.
+fn could_not_tell(error: reqwest::Error) -> (Verdict, String) {
+    (
+        Verdict::Warn,
+        format!("could not tell: {}", describe_transport_error(error)),
+    )
 }
 
 fn describe_transport_error(error: reqwest::Error) -> String {
@@ -786,16 +797,17 @@ mod tests {
 
     #[test]
     fn key_kinds_come_from_their_prefixes() {
-        assert_eq!(key_kind("phc_abc"), "project");
-        assert_eq!(key_kind("phx_abc"), "personal");
-        assert_eq!(key_kind("phs_abc"), "secret");
-        assert_eq!(key_kind("abc"), "unknown");
-        assert_eq!(key_kind("ph"), "unknown");
-        assert_eq!(
-            key_kind("ph€x"),
-            "unknown",
-            "no panic on a multi-byte boundary"
-        );
+        // "ph€x": no panic on a multi-byte boundary.
+        for (key, kind) in [
+            ("phc_abc", "project"),
+            ("phx_abc", "personal"),
+            ("phs_abc", "secret"),
+            ("abc", "unknown"),
+            ("ph", "unknown"),
+            ("ph€x", "unknown"),
+        ] {
+            assert_eq!(key_kind(key), kind, "{key}");
+        }
     }
 
     #[test]

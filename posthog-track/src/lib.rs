@@ -64,6 +64,10 @@
 
 #![warn(missing_docs)]
 
+// First, so that every module below can use its macro.
+#[macro_use]
+mod setters;
+
 mod backend;
 pub mod backfill;
 mod builder;
@@ -121,7 +125,7 @@ pub mod __private {
     pub use crate::event::{EventWriter, Section, Stager, ToDistinctId};
     pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
-        ChangeMask, EventSchema, ModelSql, SqlSet, TrackedModel, TrackedRow,
+        ChangeMask, EventSchema, ModelSql, PerDialect, SqlSet, TrackedModel, TrackedRow,
         ignore_mariadb_returning, milestone_condition, stage_insert_event_detached,
     };
     pub use crate::plan::{FieldPlan, ModelPlan, PersonProperty, PlanEntry};

@@ -20,30 +20,31 @@ fn scratch_database(name: &str) -> (std::path::PathBuf, String) {
     (dir, url)
 }
 
-#[test]
-fn a_relay_without_a_key_refuses_and_exits_non_zero() {
-    let (dir, url) = scratch_database("keyless");
+/// Runs `args` with `--database-url` on a fresh SQLite database; the run must fail. Returns
+/// what it said on stderr.
+fn failing_stderr(name: &str, args: &[&str]) -> String {
+    let (dir, url) = scratch_database(name);
     let output = command()
-        .args(["relay", "--database-url", &url])
+        .args(args)
+        .args(["--database-url", &url])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("no POSTHOG_API_KEY"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_relay_without_a_key_refuses_and_exits_non_zero() {
+    let stderr = failing_stderr("keyless", &["relay"]);
+    assert!(stderr.contains("no POSTHOG_API_KEY"), "{stderr}");
 }
 
 #[test]
 fn a_missing_outbox_says_how_to_create_it() {
-    let (dir, url) = scratch_database("missing");
-    let output = command()
-        .args(["outbox", "status", "--database-url", &url])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = failing_stderr("missing", &["outbox", "status"]);
     assert!(stderr.contains("tracker.migrate(&pool)"), "{stderr}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

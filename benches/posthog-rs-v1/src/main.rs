@@ -2,20 +2,11 @@
 //! `benches/delivery.rs`: `posthog-rs-v1-bench <sink url> <gzip|zstd> <events>` prints
 //! `<events> <wall ms> <cpu ms>` (CPU: this process's user + system time).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
+// Shared with the benchmarks; this crate is a workspace of its own, so by path.
+#[path = "../../proc_stat.rs"]
+mod proc_stat;
 
 #[tokio::main]
 async fn main() {
@@ -40,7 +31,7 @@ async fn main() {
             _ => posthog_rs::CaptureCompression::Gzip,
         });
     let client = posthog_rs::client(options.build().expect("options")).await;
-    let (started, cpu) = (Instant::now(), cpu_time());
+    let (started, cpu) = (Instant::now(), proc_stat::cpu_time("self"));
     for n in 0..events {
         let mut event =
             posthog_rs::Event::new("bench_event".to_owned(), format!("user-{}", n % 1000));
@@ -48,7 +39,7 @@ async fn main() {
         client.capture(event);
     }
     client.flush().await;
-    let (wall, cpu) = (started.elapsed(), cpu_time() - cpu);
+    let (wall, cpu) = (started.elapsed(), proc_stat::cpu_time("self") - cpu);
     println!("{events} {} {}", wall.as_millis(), cpu.as_millis());
     client.shutdown().await;
 }

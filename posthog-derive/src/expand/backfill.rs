@@ -80,9 +80,11 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
         impl #private::BackfillModel for #ident {
             const __BACKFILL: &'static #private::BackfillSpec = &#private::BackfillSpec {
                 fields: &[#(#fields),*],
-                postgres: #postgres,
-                mysql: #mysql,
-                sqlite: #sqlite,
+                page_sql: #private::PerDialect {
+                    postgres: #postgres,
+                    mysql: #mysql,
+                    sqlite: #sqlite,
+                },
             };
 
             fn __timestamp_of(&self, __index: usize) -> #private::BackfillTimestamp {

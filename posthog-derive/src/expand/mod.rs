@@ -15,7 +15,7 @@ use syn::DeriveInput;
 use crate::internals::ast::Container;
 use crate::internals::ctxt::Ctxt;
 use crate::internals::{check, migrations};
-use private::Private;
+use private::{Private, stage_milestones_method, write_method};
 
 pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
@@ -64,6 +64,13 @@ fn dummy(container: &Container) -> Option<TokenStream> {
     let ident = container.ident;
     let private = Private;
     let backfill = backfill::dummy(ident);
+    // They write nothing (their parameters' leading underscores keep them lint-free).
+    let stage_milestones = stage_milestones_method(TokenStream::new());
+    let property_writers = [
+        write_method("__write_properties", false, TokenStream::new()),
+        write_method("__write_key_properties", false, TokenStream::new()),
+        write_method("__write_changed_properties", true, TokenStream::new()),
+    ];
     Some(quote! {
         #backfill
         #[automatically_derived]
@@ -78,33 +85,14 @@ fn dummy(container: &Container) -> Option<TokenStream> {
             fn distinct_id(&self) -> #private::Option<#private::String> {
                 #private::None
             }
-            fn __write_properties(&self, _: &mut #private::EventWriter) -> #private::Result<()> {
-                #private::Ok(())
-            }
-            fn __write_key_properties(&self, _: &mut #private::EventWriter) -> #private::Result<()> {
-                #private::Ok(())
-            }
-            fn __write_changed_properties(
-                &self,
-                _: #private::ChangeMask,
-                _: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #private::Ok(())
-            }
+            #(#property_writers)*
             fn __changed(&self, _: &Self) -> #private::ChangeMask {
                 #private::ChangeMask::EMPTY
             }
             fn __same_key(&self, _: &Self) -> bool {
                 true
             }
-            fn __stage_milestones(
-                &self,
-                _: &Self,
-                _: #private::ChangeMask,
-                _: &mut #private::Stager<'_>,
-            ) -> #private::Result<()> {
-                #private::Ok(())
-            }
+            #stage_milestones
         }
         #[automatically_derived]
         impl<__DB: #private::Backend> #private::TrackedRow<__DB> for #ident {

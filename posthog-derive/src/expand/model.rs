@@ -5,7 +5,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::private::{Private, respan};
+use super::private::{Private, bind_method, respan, stage_milestones_method, write_method};
 use super::{event, sql};
 use crate::internals::ast::{Container, Field};
 use crate::internals::attr::ContextSource;
@@ -25,24 +25,18 @@ fn identity_items(container: &Container) -> TokenStream {
         let person = Literal::u128_suffixed(person);
         let write_person = event::write_person_properties(container);
         let write_changed_person = event::write_changed_person_properties(container);
+        let person_writers = [
+            write_method("__write_person_properties", false, write_person),
+            write_method(
+                "__write_changed_person_properties",
+                true,
+                write_changed_person,
+            ),
+        ];
         items.push(quote! {
             const __IDENTIFY: bool = true;
             const __PERSON: #private::ChangeMask = #private::ChangeMask::from_bits(#person);
-            fn __write_person_properties(
-                &self,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_person
-                #private::Ok(())
-            }
-            fn __write_changed_person_properties(
-                &self,
-                __changed: #private::ChangeMask,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_changed_person
-                #private::Ok(())
-            }
+            #(#person_writers)*
         });
     }
     if let (Some(group_type), Some(group_key)) = (&attrs.group_type, &attrs.group_key) {
@@ -152,7 +146,12 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let write_properties = event::write_properties(container);
     let write_key_properties = event::write_key_properties(container);
     let write_changed_properties = event::write_changed_properties(container);
-    let stage_milestones = event::stage_milestones(container);
+    let stage_milestones = stage_milestones_method(event::stage_milestones(container));
+    let property_writers = [
+        write_method("__write_properties", false, write_properties),
+        write_method("__write_key_properties", false, write_key_properties),
+        write_method("__write_changed_properties", true, write_changed_properties),
+    ];
 
     let change_checks = container
         .fields
@@ -196,30 +195,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
 
             #identity
 
-            fn __write_properties(
-                &self,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_properties
-                #private::Ok(())
-            }
-
-            fn __write_key_properties(
-                &self,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_key_properties
-                #private::Ok(())
-            }
-
-            fn __write_changed_properties(
-                &self,
-                __changed: #private::ChangeMask,
-                __writer: &mut #private::EventWriter,
-            ) -> #private::Result<()> {
-                #write_changed_properties
-                #private::Ok(())
-            }
+            #(#property_writers)*
 
             fn __changed(&self, __before: &Self) -> #private::ChangeMask {
                 let mut __mask = #private::ChangeMask::EMPTY;
@@ -231,15 +207,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
                 true #(#key_comparisons)*
             }
 
-            fn __stage_milestones(
-                &self,
-                __before: &Self,
-                __changed: #private::ChangeMask,
-                __stager: &mut #private::Stager<'_>,
-            ) -> #private::Result<()> {
-                #stage_milestones
-                #private::Ok(())
-            }
+            #stage_milestones
         }
     }
 }
@@ -291,6 +259,21 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
         };
         quote!(__query = <__DB as #private::Binds<#ty>>::bind_column(__query, #value);)
     });
+    let bind_methods = [
+        bind_method("__bind_insert", quote!(&self,), bind_insert),
+        bind_method("__bind_update", quote!(&self,), bind_update),
+        bind_method(
+            "__bind_changed",
+            quote!(&self, __changed: #private::ChangeMask,),
+            bind_changed,
+        ),
+        bind_method("__bind_key", quote!(&self,), bind_key),
+        bind_method(
+            "__bind_key_value",
+            quote!(__key: &<Self as #private::TrackedModel>::Key,),
+            bind_key_value,
+        ),
+    ];
     // The SQL selects every column in field order.
     let read_fields = fields.iter().enumerate().map(|(position, field)| {
         let name = field.ident;
@@ -307,46 +290,7 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
             __DB: #private::Backend,
             #(#bounds)*
         {
-            fn __bind_insert(
-                &self,
-                mut __query: #private::BoundQuery<__DB>,
-            ) -> #private::BoundQuery<__DB> {
-                #(#bind_insert)*
-                __query
-            }
-
-            fn __bind_update(
-                &self,
-                mut __query: #private::BoundQuery<__DB>,
-            ) -> #private::BoundQuery<__DB> {
-                #(#bind_update)*
-                __query
-            }
-
-            fn __bind_changed(
-                &self,
-                __changed: #private::ChangeMask,
-                mut __query: #private::BoundQuery<__DB>,
-            ) -> #private::BoundQuery<__DB> {
-                #(#bind_changed)*
-                __query
-            }
-
-            fn __bind_key(
-                &self,
-                mut __query: #private::BoundQuery<__DB>,
-            ) -> #private::BoundQuery<__DB> {
-                #(#bind_key)*
-                __query
-            }
-
-            fn __bind_key_value(
-                __key: &<Self as #private::TrackedModel>::Key,
-                mut __query: #private::BoundQuery<__DB>,
-            ) -> #private::BoundQuery<__DB> {
-                #(#bind_key_value)*
-                __query
-            }
+            #(#bind_methods)*
 
             fn __from_row(
                 __row: &<__DB as #sqlx::Database>::Row,

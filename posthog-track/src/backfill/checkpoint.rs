@@ -10,6 +10,30 @@ use crate::error::{Error, Result};
 /// Name of the checkpoint table.
 pub const TABLE: &str = "posthog_backfill";
 
+/// The checkpoint table's DDL from one dialect's column types: the column list is written
+/// once, so the three dialects cannot drift apart.
+#[rustfmt::skip] // one column a line, as in the DDL
+macro_rules! checkpoint_table {
+    (
+        name: $name:literal,
+        last_key: $last_key:literal,
+        counter: $counter:literal,
+        options: $options:literal,
+    ) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS posthog_backfill (",
+            "name ", $name, ", ",
+            "description TEXT NOT NULL, ",
+            "last_key ", $last_key, ", ",
+            "rows_done ", $counter, " NOT NULL DEFAULT 0, ",
+            "events ", $counter, " NOT NULL DEFAULT 0, ",
+            "done ", $counter, " NOT NULL DEFAULT 0, ",
+            "generation ", $counter, " NOT NULL DEFAULT 0)",
+            $options,
+        )
+    };
+}
+
 /// The DDL of the checkpoint table in `dialect`; the backfill runs it itself (idempotent).
 ///
 /// `name` identifies a backfill (the model's table and a digest of its options), `last_key`
@@ -17,37 +41,24 @@ pub const TABLE: &str = "posthog_backfill";
 /// pages committed and fences concurrent runs, `done` is 1 once every row was read.
 pub fn create_table_sql(dialect: Dialect) -> &'static str {
     match dialect {
-        Dialect::Postgres => {
-            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
-                name VARCHAR(255) PRIMARY KEY, \
-                description TEXT NOT NULL, \
-                last_key TEXT, \
-                rows_done BIGINT NOT NULL DEFAULT 0, \
-                events BIGINT NOT NULL DEFAULT 0, \
-                done BIGINT NOT NULL DEFAULT 0, \
-                generation BIGINT NOT NULL DEFAULT 0)"
-        }
-        Dialect::MySql => {
-            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
-                name VARCHAR(255) NOT NULL PRIMARY KEY, \
-                description TEXT NOT NULL, \
-                last_key MEDIUMTEXT NULL, \
-                rows_done BIGINT NOT NULL DEFAULT 0, \
-                events BIGINT NOT NULL DEFAULT 0, \
-                done BIGINT NOT NULL DEFAULT 0, \
-                generation BIGINT NOT NULL DEFAULT 0\
-            ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
-        }
-        Dialect::Sqlite => {
-            "CREATE TABLE IF NOT EXISTS posthog_backfill (\
-                name TEXT PRIMARY KEY, \
-                description TEXT NOT NULL, \
-                last_key TEXT, \
-                rows_done INTEGER NOT NULL DEFAULT 0, \
-                events INTEGER NOT NULL DEFAULT 0, \
-                done INTEGER NOT NULL DEFAULT 0, \
-                generation INTEGER NOT NULL DEFAULT 0)"
-        }
+        Dialect::Postgres => checkpoint_table!(
+            name: "VARCHAR(255) PRIMARY KEY",
+            last_key: "TEXT",
+            counter: "BIGINT",
+            options: "",
+        ),
+        Dialect::MySql => checkpoint_table!(
+            name: "VARCHAR(255) NOT NULL PRIMARY KEY",
+            last_key: "MEDIUMTEXT NULL",
+            counter: "BIGINT",
+            options: " DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        ),
+        Dialect::Sqlite => checkpoint_table!(
+            name: "TEXT PRIMARY KEY",
+            last_key: "TEXT",
+            counter: "INTEGER",
+            options: "",
+        ),
     }
 }
 

@@ -33,7 +33,9 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
-use crate::event::{LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, format_timestamp};
+use crate::event::{
+    EventWriter, LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, Stamp, format_timestamp,
+};
 use crate::mode::Mode;
 use crate::model::with_groups;
 use crate::outbox;
@@ -310,65 +312,44 @@ where
         self
     }
 
-    /// At most this many events per second, averaged from the start of the run (pages are
-    /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
-    /// Unlimited by default.
-    pub fn rate(mut self, events_per_second: u32) -> Self {
-        self.options.rate = Some(events_per_second);
-        self
-    }
+    setters! {
+        /// At most this many events per second, averaged from the start of the run (pages are
+        /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
+        /// Unlimited by default.
+        pub fn rate(events_per_second: u32) => options.rate = Some(events_per_second);
 
-    /// Also stages the model's insert event for every row, dated by `column` (a field or
-    /// column of the model holding a timestamp, e.g. `created_at`) and sent as
-    /// `historical_migration`. Rows whose column is `None` get no insert event. Needs outbox
-    /// delivery (the default): the after-commit queue has no per-event historical flag.
-    pub fn with_events(mut self, column: impl Into<String>) -> Self {
-        self.options.with_events = Some(column.into());
-        self
-    }
+        /// Also stages the model's insert event for every row, dated by `column` (a field or
+        /// column of the model holding a timestamp, e.g. `created_at`) and sent as
+        /// `historical_migration`. Rows whose column is `None` get no insert event. Needs outbox
+        /// delivery (the default): the after-commit queue has no per-event historical flag.
+        pub fn with_events(column: impl Into<String>) => options.with_events = Some(column.into());
 
-    /// Reads every row and counts the events a run would stage, keeps a
-    /// [`sample`](BackfillReport::sample) of them, and stages nothing (the checkpoint does not
-    /// move either).
-    pub fn dry_run(mut self) -> Self {
-        self.options.dry_run = true;
-        self
-    }
+        /// Reads every row and counts the events a run would stage, keeps a
+        /// [`sample`](BackfillReport::sample) of them, and stages nothing (the checkpoint does not
+        /// move either).
+        pub fn dry_run() => options.dry_run = true;
 
-    /// Starts from the first row again even when the checkpoint says this backfill is
-    /// complete or part-way (for example after the data changed). Rows whose events did not
-    /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
-    /// waiting in the outbox are not staged twice.
-    pub fn restart(mut self) -> Self {
-        self.options.restart = true;
-        self
-    }
+        /// Starts from the first row again even when the checkpoint says this backfill is
+        /// complete or part-way (for example after the data changed). Rows whose events did not
+        /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
+        /// waiting in the outbox are not staged twice.
+        pub fn restart() => options.restart = true;
 
-    /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
-    /// smaller.
-    pub fn page_size(mut self, rows: usize) -> Self {
-        self.options.page_size = rows.max(1);
-        self
-    }
+        /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
+        /// smaller.
+        pub fn page_size(rows: usize) => options.page_size = rows.max(1);
 
-    /// Stops after this many rows (a whole number of pages); the next run resumes. For
-    /// backfills spread over maintenance windows.
-    pub fn max_rows(mut self, rows: u64) -> Self {
-        self.options.max_rows = Some(rows);
-        self
-    }
+        /// Stops after this many rows (a whole number of pages); the next run resumes. For
+        /// backfills spread over maintenance windows.
+        pub fn max_rows(rows: u64) => options.max_rows = Some(rows);
 
-    /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
-    pub fn sample(mut self, events: usize) -> Self {
-        self.options.sample = events;
-        self
-    }
+        /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
+        pub fn sample(events: usize) => options.sample = events;
 
-    /// Called after every page with the progress so far (also logged with `tracing` at
-    /// `info`, target `posthog_track::backfill`).
-    pub fn on_progress(mut self, callback: impl FnMut(&BackfillProgress) + Send + 'p) -> Self {
-        self.options.on_progress = Some(Box::new(callback));
-        self
+        /// Called after every page with the progress so far (also logged with `tracing` at
+        /// `info`, target `posthog_track::backfill`).
+        pub fn on_progress(callback: impl FnMut(&BackfillProgress) + Send + 'p) =>
+            options.on_progress = Some(Box::new(callback));
     }
 
     /// Runs the backfill to the end (or to [`max_rows`](Backfill::max_rows)).
@@ -846,22 +827,25 @@ impl Plan {
                     if set.is_empty() && set_once.is_empty() {
                         page.skipped_empty += 1;
                     } else {
-                        let mut events = Vec::with_capacity(1);
-                        let mut stager = Stager::new(&mut events, distinct_id.clone())
-                            .with_stamps(stamps.clone());
-                        let mut writer = stager.event("$set");
-                        for (section, values) in [(Section::Set, set), (Section::SetOnce, set_once)]
-                        {
-                            for (name, value) in &values {
-                                writer.dynamic_property(section, name, value)?;
-                            }
-                        }
-                        stager.push(writer)?;
-                        for mut event in events {
-                            settle_uuid(M::TABLE, key, &mut event, false);
-                            page.person_updates += 1;
-                            page.live.push(event);
-                        }
+                        let staged = stage_live_update(
+                            M::TABLE,
+                            key,
+                            distinct_id.clone(),
+                            stamps.clone(),
+                            page,
+                            |stager| {
+                                let mut writer = stager.event("$set");
+                                for (section, values) in
+                                    [(Section::Set, set), (Section::SetOnce, set_once)]
+                                {
+                                    for (name, value) in &values {
+                                        writer.dynamic_property(section, name, value)?;
+                                    }
+                                }
+                                Ok(writer)
+                            },
+                        )?;
+                        page.person_updates += staged;
                     }
                 }
             }
@@ -878,27 +862,25 @@ impl Plan {
                         self.chosen(Some(&serde_json::Value::Object(plain))),
                     );
                     let group_distinct_id = format!("${group_type}_{group_key}");
-                    let mut events = Vec::with_capacity(1);
-                    let mut stager = Stager::new(&mut events, group_distinct_id.clone())
-                        .with_stamps(stamps.clone());
-                    let mut writer = stager.event_for("$groupidentify", group_distinct_id);
-                    writer.dynamic_property(
-                        Section::Properties,
-                        "$group_type",
-                        &group_type.into(),
+                    let staged = stage_live_update(
+                        M::TABLE,
+                        key,
+                        group_distinct_id.clone(),
+                        stamps.clone(),
+                        page,
+                        |stager| {
+                            let mut writer = stager.event_for("$groupidentify", group_distinct_id);
+                            for (name, value) in [
+                                ("$group_type", group_type.into()),
+                                ("$group_key", group_key.into()),
+                                ("$group_set", group_set),
+                            ] {
+                                writer.dynamic_property(Section::Properties, name, &value)?;
+                            }
+                            Ok(writer)
+                        },
                     )?;
-                    writer.dynamic_property(
-                        Section::Properties,
-                        "$group_key",
-                        &group_key.into(),
-                    )?;
-                    writer.dynamic_property(Section::Properties, "$group_set", &group_set)?;
-                    stager.push(writer)?;
-                    for mut event in events {
-                        settle_uuid(M::TABLE, key, &mut event, false);
-                        page.group_updates += 1;
-                        page.live.push(event);
-                    }
+                    page.group_updates += staged;
                 }
             }
         }
@@ -978,6 +960,29 @@ fn content(event: &StagedEvent) -> &str {
         .map_or(event.payload.as_str(), |at| &event.payload[at + 14..]);
     let lib = format!("{{\"$lib\":\"{LIB_NAME}\",\"$lib_version\":\"{LIB_VERSION}\"");
     properties.strip_prefix(lib.as_str()).unwrap_or(properties)
+}
+
+/// Stages into `page.live` the person or group update that `write` makes with a stager for
+/// `distinct_id`, each event's uuid settled from the row (`table`, `key`) so that a rerun
+/// sends the same one; returns how many events it staged.
+fn stage_live_update(
+    table: &str,
+    key: &str,
+    distinct_id: String,
+    stamps: Vec<Stamp>,
+    page: &mut Page,
+    write: impl FnOnce(&Stager<'_>) -> Result<EventWriter>,
+) -> Result<u64> {
+    let mut events = Vec::with_capacity(1);
+    let mut stager = Stager::new(&mut events, distinct_id).with_stamps(stamps);
+    let writer = write(&stager)?;
+    stager.push(writer)?;
+    let staged = events.len() as u64;
+    for mut event in events {
+        settle_uuid(table, key, &mut event, false);
+        page.live.push(event);
+    }
+    Ok(staged)
 }
 
 /// Gives `event` its deterministic uuid: UUIDv5 of the model, the row's key, the event's

@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use crate::backend::{Backend, Dialect};
-use crate::model::{TrackedModel, TrackedRow};
+use crate::model::{PerDialect, TrackedModel, TrackedRow};
 
 /// A model's backfill side, independent of the database.
 #[doc(hidden)]
@@ -29,27 +29,23 @@ pub trait BackfillRow<DB: Backend>: BackfillModel + TrackedRow<DB> {
 #[derive(Debug)]
 pub struct BackfillSpec {
     pub fields: &'static [BackfillField],
-    pub postgres: PageSql,
-    pub mysql: PageSql,
-    pub sqlite: PageSql,
+    pub page_sql: PerDialect<PageSql>,
 }
 
 impl BackfillSpec {
     /// Stands in for a model whose derive failed; never used, the crate does not compile.
     pub const UNUSABLE: BackfillSpec = BackfillSpec {
         fields: &[],
-        postgres: PageSql::UNUSABLE,
-        mysql: PageSql::UNUSABLE,
-        sqlite: PageSql::UNUSABLE,
+        page_sql: PerDialect {
+            postgres: PageSql::UNUSABLE,
+            mysql: PageSql::UNUSABLE,
+            sqlite: PageSql::UNUSABLE,
+        },
     };
 
     /// The page queries of `dialect`.
     pub const fn pages(&self, dialect: Dialect) -> &PageSql {
-        match dialect {
-            Dialect::Postgres => &self.postgres,
-            Dialect::MySql => &self.mysql,
-            Dialect::Sqlite => &self.sqlite,
-        }
+        self.page_sql.get(dialect)
     }
 }
 

@@ -115,20 +115,7 @@ enum Command {
     },
     /// Check the set-up (keys, host, database, outbox) and say what to fix; exits non-zero
     /// when something would lose or hold back events.
-    Doctor {
-        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: Option<String>,
-        /// Print the checks as JSON.
-        #[arg(long)]
-        json: bool,
-        /// A pending event older than this fails the check: `90s`, `5m`, `1h`.
-        #[arg(long, value_parser = parse_age, default_value = "5m")]
-        max_lag: Duration,
-        /// Seconds each request and the database connection may take.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
-    },
+    Doctor(DoctorArgs),
     /// Inspect or repair the outbox.
     Outbox {
         #[command(subcommand)]
@@ -139,6 +126,24 @@ enum Command {
         #[command(subcommand)]
         command: PlanCommand,
     },
+}
+
+// One struct, so that `run` (which answers `doctor` before connecting) and `execute` pass the
+// options on whole.
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A pending event older than this fails the check: `90s`, `5m`, `1h`.
+    #[arg(long, value_parser = parse_age, default_value = "5m")]
+    max_lag: Duration,
+    /// Seconds each request and the database connection may take.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -226,21 +231,16 @@ async fn main() -> ExitCode {
 }
 
 /// Prints the diagnosis; returns whether the set-up is healthy.
-async fn doctor(
-    database_url: Option<String>,
-    json: bool,
-    max_lag: Duration,
-    timeout: u64,
-) -> Result<bool, CliError> {
+async fn doctor(args: &DoctorArgs) -> Result<bool, CliError> {
     let config = Config::from_env()?;
     let mut options = DoctorOptions::new()
-        .max_lag(max_lag)
-        .timeout(Duration::from_secs(timeout.max(1)));
-    if let Some(url) = database_url {
+        .max_lag(args.max_lag)
+        .timeout(Duration::from_secs(args.timeout.max(1)));
+    if let Some(url) = &args.database_url {
         options = options.database_url(url);
     }
     let diagnosis = diagnose(&config, &options).await;
-    if json {
+    if args.json {
         println!("{}", diagnosis.to_json());
     } else {
         print!("{diagnosis}");
@@ -251,13 +251,8 @@ async fn doctor(
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let url = match &cli.command {
         Command::Plan { command } => return Ok(plan(command).await.map(|()| ExitCode::SUCCESS)?),
-        Command::Doctor {
-            database_url,
-            json,
-            max_lag,
-            timeout,
-        } => {
-            let healthy = doctor(database_url.clone(), *json, *max_lag, *timeout).await?;
+        Command::Doctor(args) => {
+            let healthy = doctor(args).await?;
             return Ok(if healthy {
                 ExitCode::SUCCESS
             } else {
@@ -305,35 +300,28 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
     let tracker = builder.build();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        execute(
-            &tracker,
-            &sqlx::PgPool::connect(&url).await.map_err(Error::from)?,
-            cli.command,
-        )
-        .await
-        .map(|()| ExitCode::SUCCESS)
+        connect_and_execute::<sqlx::Postgres>(&tracker, &url, cli.command).await
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-        execute(
-            &tracker,
-            &sqlx::MySqlPool::connect(&url).await.map_err(Error::from)?,
-            cli.command,
-        )
-        .await
-        .map(|()| ExitCode::SUCCESS)
+        connect_and_execute::<sqlx::MySql>(&tracker, &url, cli.command).await
     } else if url.starts_with("sqlite:") {
-        execute(
-            &tracker,
-            &sqlx::SqlitePool::connect(&url).await.map_err(Error::from)?,
-            cli.command,
-        )
-        .await
-        .map(|()| ExitCode::SUCCESS)
+        connect_and_execute::<sqlx::Sqlite>(&tracker, &url, cli.command).await
     } else {
         Err(posthog_track::Error::Config(
             "--database-url must start with postgres://, mysql:// or sqlite:".to_owned(),
         )
         .into())
     }
+}
+
+/// Opens a pool on `url` for the database its scheme named, and runs `command` on it.
+async fn connect_and_execute<DB: Backend>(
+    tracker: &Tracker,
+    url: &str,
+    command: Command,
+) -> Result<ExitCode, CliError> {
+    let pool = Pool::<DB>::connect(url).await.map_err(Error::from)?;
+    execute(tracker, &pool, command).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn execute<DB: Backend>(
@@ -438,14 +426,9 @@ async fn execute<DB: Backend>(
             Ok(())
         }
         Command::Plan { command } => Ok(plan(&command).await?),
-        Command::Doctor {
-            database_url,
-            json,
-            max_lag,
-            timeout,
-        } => {
+        Command::Doctor(args) => {
             // `run` handles it before connecting; kept here so every command has one meaning.
-            if !doctor(database_url, json, max_lag, timeout).await? {
+            if !doctor(&args).await? {
                 return Err(Error::Config("the set-up is not healthy".to_owned()).into());
             }
             Ok(())

@@ -29,20 +29,11 @@ pub fn batch_body(
     // serde_json cannot fail to write a str into a Vec.
     let _ = serde_json::to_writer(&mut body, api_key);
     body.extend_from_slice(b",\"batch\":[");
-    for (i, payload) in payloads.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(payload.as_bytes());
-    }
+    push_payloads(&mut body, payloads);
     body.extend_from_slice(b"],\"sent_at\":\"");
     body.extend_from_slice(sent_at.as_bytes());
     body.push(b'"');
-    if historical_migration {
-        body.extend_from_slice(b",\"historical_migration\":true");
-    }
-    body.push(b'}');
-    body
+    close_body(body, historical_migration)
 }
 
 /// `{"created_at":…,"batch":[…][,"historical_migration":true]}`: v1's body. No key and no
@@ -53,13 +44,24 @@ pub fn v1_body(payloads: &[&str], historical_migration: bool, created_at: &str) 
     body.extend_from_slice(b"{\"created_at\":\"");
     body.extend_from_slice(created_at.as_bytes());
     body.extend_from_slice(b"\",\"batch\":[");
+    push_payloads(&mut body, payloads);
+    body.push(b']');
+    close_body(body, historical_migration)
+}
+
+/// The payloads, comma-separated: the inside of the `batch` array both versions send.
+fn push_payloads(body: &mut Vec<u8>, payloads: &[&str]) {
     for (i, payload) in payloads.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(payload.as_bytes());
     }
-    body.push(b']');
+}
+
+/// The end both versions' bodies share: the optional `historical_migration` flag and the
+/// closing brace.
+fn close_body(mut body: Vec<u8>, historical_migration: bool) -> Vec<u8> {
     if historical_migration {
         body.extend_from_slice(b",\"historical_migration\":true");
     }

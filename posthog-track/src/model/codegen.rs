@@ -6,32 +6,39 @@ use std::fmt::Write as _;
 
 use crate::backend::Dialect;
 
-/// The SQL of one model for every dialect, fixed at compile time.
+/// One value for each dialect, fixed at compile time by the derive; [`Dialect`] chooses at
+/// run time.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct SqlSet {
-    pub postgres: ModelSql,
-    pub mysql: ModelSql,
-    pub sqlite: ModelSql,
+pub struct PerDialect<T> {
+    pub postgres: T,
+    pub mysql: T,
+    pub sqlite: T,
 }
 
-impl SqlSet {
-    /// Stands in for the SQL of a model whose derive failed; never executed, because the crate
-    /// that holds such a model does not compile.
-    pub const UNUSABLE: SqlSet = SqlSet {
-        postgres: ModelSql::UNUSABLE,
-        mysql: ModelSql::UNUSABLE,
-        sqlite: ModelSql::UNUSABLE,
-    };
-
-    /// The statements for `dialect`.
-    pub const fn get(&self, dialect: Dialect) -> &ModelSql {
+impl<T> PerDialect<T> {
+    /// The value for `dialect`.
+    pub const fn get(&self, dialect: Dialect) -> &T {
         match dialect {
             Dialect::Postgres => &self.postgres,
             Dialect::MySql => &self.mysql,
             Dialect::Sqlite => &self.sqlite,
         }
     }
+}
+
+/// The SQL of one model for every dialect, fixed at compile time.
+#[doc(hidden)]
+pub type SqlSet = PerDialect<ModelSql>;
+
+impl SqlSet {
+    /// Stands in for the SQL of a model whose derive failed; never executed, because the crate
+    /// that holds such a model does not compile.
+    pub const UNUSABLE: SqlSet = PerDialect {
+        postgres: ModelSql::UNUSABLE,
+        mysql: ModelSql::UNUSABLE,
+        sqlite: ModelSql::UNUSABLE,
+    };
 }
 
 /// The SQL of one model in one dialect.

@@ -19,7 +19,7 @@ mod traits;
 mod upsert;
 
 pub use bulk::ignore_mariadb_returning;
-pub use codegen::{ChangeMask, ModelSql, SqlSet, milestone_condition};
+pub use codegen::{ChangeMask, ModelSql, PerDialect, SqlSet, milestone_condition};
 pub use stage::stage_insert_event_detached;
 pub(crate) use stage::with_groups;
 pub use traits::{EventSchema, TrackedModel, TrackedRow};

@@ -205,36 +205,36 @@ impl TrackingPlan {
             },
             properties,
         };
-        self.events.push(event(
-            model.insert_event,
-            "insert",
-            every(&|_| true, &|_| true),
-        ));
+        // The write methods' events: which properties each carries, and which of those are
+        // always there.
+        let every_field: fn(&FieldPlan) -> bool = |_| true;
+        let key_field: fn(&FieldPlan) -> bool = |f| f.key;
         // `update` sends every property; `update_changed` only the key and what changed.
-        self.events.push(event(
-            model.update_event,
-            "update",
-            every(&|f| f.key, &|_| true),
-        ));
+        let mut writes = vec![
+            (model.insert_event, "insert", every_field, every_field),
+            (model.update_event, "update", key_field, every_field),
+        ];
         if model.upsert {
             // An upsert sends the insert event when it creates the row, and the update event
             // with every property (as `update` does) when the row existed.
-            self.events.push(event(
+            writes.push((
                 model.insert_event,
                 "upsert_created",
-                every(&|_| true, &|_| true),
+                every_field,
+                every_field,
             ));
-            self.events.push(event(
+            writes.push((
                 model.update_event,
                 "upsert_existed",
-                every(&|_| true, &|_| true),
+                every_field,
+                every_field,
             ));
         }
-        self.events.push(event(
-            model.delete_event,
-            "delete",
-            every(&|_| true, &|f| f.key),
-        ));
+        writes.push((model.delete_event, "delete", every_field, key_field));
+        for (name, trigger, always, include) in writes {
+            self.events
+                .push(event(name, trigger, every(&always, &include)));
+        }
         for field in &tracked {
             for milestone in field.milestones {
                 let mut properties = every(&|_| true, &|_| true);

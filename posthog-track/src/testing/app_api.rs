@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::state::{
-    ApiRequest, Dropped, HttpResponse, MockDefinition, MockPostHog, Shared, invalid, respond,
+    ApiRequest, AppApiState, Dropped, HttpResponse, MockDefinition, MockPostHog, Shared, invalid,
+    respond,
 };
 
 const PERSONAL_API_KEY: &str = "phx_mock_personal_key";
@@ -20,16 +21,22 @@ impl MockPostHog {
         PERSONAL_API_KEY
     }
 
+    /// Stores `definition` in the list `list` picks; returns its id.
+    fn add_definition(
+        &self,
+        definition: MockDefinition,
+        list: impl FnOnce(&mut AppApiState) -> &mut Vec<MockDefinition>,
+    ) -> Uuid {
+        let id = definition.id;
+        list(&mut self.shared.state().app_api).push(definition);
+        id
+    }
+
     /// Adds an event definition, as PostHog creates on an event's first ingestion.
     pub fn add_event_definition(&self, name: &str, description: Option<&str>) -> Uuid {
-        let definition = definition(name, description, None);
-        let id = definition.id;
-        self.shared
-            .state()
-            .app_api
-            .event_definitions
-            .push(definition);
-        id
+        self.add_definition(definition(name, description, None), |api| {
+            &mut api.event_definitions
+        })
     }
 
     /// Adds an event property definition.
@@ -39,14 +46,9 @@ impl MockPostHog {
         property_type: Option<&str>,
         description: Option<&str>,
     ) -> Uuid {
-        let definition = definition(name, description, property_type);
-        let id = definition.id;
-        self.shared
-            .state()
-            .app_api
-            .property_definitions
-            .push(definition);
-        id
+        self.add_definition(definition(name, description, property_type), |api| {
+            &mut api.property_definitions
+        })
     }
 
     /// The event definitions, sorted by name, as patched so far.
