@@ -191,7 +191,7 @@ impl TrackerBuilder {
             dispatch.relay.max_poll = max.max(min);
 
         /// How long a relay that finds the outbox busy waits for its next batch to fill (default
-        /// 50 ms); a lone event after a quiet spell still leaves at once. See
+        /// 80 ms); a lone event after a quiet spell still leaves at once. See
         /// [`RelayOptions::linger`].
         pub fn linger(linger: Duration) => dispatch.relay.linger = linger;
 

@@ -89,7 +89,7 @@ enum Command {
         batch_size: usize,
         /// Milliseconds a busy relay waits before its next claim so that the batch can fill;
         /// a lone event after a quiet spell still leaves at once.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 80)]
         linger_ms: u64,
         /// Milliseconds between polls of an idle relay, instead of the adaptive default (50 ms
         /// growing to 2 s). On PostgreSQL, commits of processes that run no relay wake it at

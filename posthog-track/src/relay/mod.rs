@@ -97,7 +97,7 @@ impl Default for RelayOptions {
             backoff: Backoff::default(),
             min_poll: Duration::from_millis(50),
             max_poll: Duration::from_secs(2),
-            linger: Duration::from_millis(50),
+            linger: Duration::from_millis(80),
             held_claims: true,
             historical_migration: false,
             max_failures: 20,
