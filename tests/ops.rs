@@ -14,7 +14,8 @@ use posthog_track::metrics::{self as names, Kind, TABLE};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Config, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, relay_command, sqlite_file, tracker_for, unique,
+    commit_events, database_url, isolated_postgres, on_every_backend, relay_command, sqlite_file,
+    tracker_for, unique,
 };
 use serde_json::json;
 use sqlx::Pool;
@@ -481,6 +482,55 @@ async fn doctor_finds_a_large_lag<DB: Backend>(pool: &Pool<DB>, url: &str) {
         verdict(&patient, "outbox backlog"),
         Verdict::Ok,
         "{patient}"
+    );
+}
+
+/// PostgreSQL keeps every delivered (deleted) outbox row as a dead tuple until vacuum runs:
+/// `doctor` warns when nothing will (autovacuum off for the server or for the table).
+#[tokio::test]
+async fn doctor_warns_when_nothing_vacuums_the_outbox() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = isolated_postgres(&url, "doctor_vacuum").await;
+    Tracker::builder().build().migrate(&pool).await.unwrap();
+    // The doctor connects by URL: point its session at the same schema.
+    let scoped = format!(
+        "{url}{}options=-c%20search_path%3Dpt_doctor_vacuum",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let mock = MockPostHog::start().await;
+    let config = config_for(mock.api_key(), &mock.url());
+    let options = DoctorOptions::new().database_url(&scoped);
+
+    sqlx::query("ALTER TABLE posthog_outbox SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let never = diagnose(&config, &options).await;
+    assert_eq!(verdict(&never, "outbox vacuum"), Verdict::Warn, "{never}");
+    let detail = &never.check("outbox vacuum").unwrap().detail;
+    assert!(detail.contains("VACUUM posthog_outbox"), "{detail}");
+    assert!(never.healthy(), "a warning, not a failure: {never}");
+
+    sqlx::query("ALTER TABLE posthog_outbox RESET (autovacuum_enabled)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let table_default = diagnose(&config, &options).await;
+    let expected = if server == "on" {
+        Verdict::Ok
+    } else {
+        Verdict::Warn
+    };
+    assert_eq!(
+        verdict(&table_default, "outbox vacuum"),
+        expected,
+        "server autovacuum = {server}: {table_default}"
     );
 }
 

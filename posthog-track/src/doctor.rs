@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Dialect};
 use crate::client::USER_AGENT_VALUE;
 use crate::config::{ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host};
 use crate::mode::Mode;
@@ -65,7 +65,7 @@ impl Verdict {
 pub struct Check {
     /// Stable name of the check (`mode`, `project key`, `personal key`, `host`,
     /// `host answers`, `key accepted`, `flag definitions`, `database`, `outbox table`,
-    /// `outbox backlog`).
+    /// `outbox backlog`, and on PostgreSQL `outbox vacuum`).
     pub name: &'static str,
     /// What it found.
     pub verdict: Verdict,
@@ -742,6 +742,15 @@ async fn check_outbox<DB: Backend>(
         );
         return;
     }
+    check_backlog(&outbox, options, diagnosis).await;
+    check_vacuum(pool, diagnosis).await;
+}
+
+async fn check_backlog<DB: Backend>(
+    outbox: &Outbox<'_, DB>,
+    options: &DoctorOptions,
+    diagnosis: &mut Diagnosis,
+) {
     match outbox.status().await {
         Ok(status) => {
             let age = status.oldest_pending_age.unwrap_or_default();
@@ -787,6 +796,72 @@ async fn check_outbox<DB: Backend>(
             "outbox backlog",
             Verdict::Fail,
             format!("could not read the outbox: {error}"),
+        ),
+    }
+}
+
+/// PostgreSQL: whether vacuum cleans the outbox. Every delivered event is a deleted row, left
+/// behind as a dead tuple until vacuum reclaims it; with autovacuum off (for the server, or
+/// for the table) they pile up, the table grows without bound and every claim scans more of
+/// them (measured: idle delivery latency 7 ms -> 18 ms after a million deliveries).
+async fn check_vacuum<DB: Backend>(pool: &sqlx::Pool<DB>, diagnosis: &mut Diagnosis) {
+    if DB::DIALECT != Dialect::Postgres {
+        return;
+    }
+    let query = sqlx::query(
+        "SELECT current_setting('autovacuum'), COALESCE(array_to_string(c.reloptions, ','), ''), \
+             COALESCE(s.n_dead_tup, 0)::BIGINT \
+         FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE c.oid = to_regclass('posthog_outbox')",
+    );
+    let read = async {
+        let mut conn = pool.acquire().await?;
+        let row = DB::fetch_one(&mut conn, query).await?;
+        Ok::<_, crate::Error>((DB::text(&row, 0)?, DB::text(&row, 1)?, DB::int(&row, 2)?))
+    };
+    let (server, table_options, dead) = match read.await {
+        Ok(found) => found,
+        Err(error) => {
+            diagnosis.push(
+                "outbox vacuum",
+                Verdict::Warn,
+                format!("could not tell whether vacuum cleans posthog_outbox: {error}"),
+            );
+            return;
+        }
+    };
+    let off = |value: &str| {
+        matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "off" | "false" | "no" | "0" | "f" | "n"
+        )
+    };
+    let table_off = table_options.split(',').any(|option| {
+        option
+            .split_once('=')
+            .is_some_and(|(key, value)| key.trim() == "autovacuum_enabled" && off(value))
+    });
+    let cause = if off(&server) {
+        Some("the server runs with `autovacuum = off`")
+    } else if table_off {
+        Some("posthog_outbox has `autovacuum_enabled = false`")
+    } else {
+        None
+    };
+    match cause {
+        Some(cause) => diagnosis.push(
+            "outbox vacuum",
+            Verdict::Warn,
+            format!(
+                "{cause}: every delivered event leaves a dead row ({dead} now), so the table \
+                 grows and claims slow down; turn autovacuum on, or run \
+                 `VACUUM posthog_outbox` on a schedule"
+            ),
+        ),
+        None => diagnosis.push(
+            "outbox vacuum",
+            Verdict::Ok,
+            format!("autovacuum cleans posthog_outbox ({dead} dead rows now)"),
         ),
     }
 }
