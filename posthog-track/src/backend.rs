@@ -312,3 +312,20 @@ impl_backend!("mysql", sqlx::MySql, Dialect::MySql, |result| Some(
 impl_backend!("sqlite", sqlx::Sqlite, Dialect::Sqlite, |result| {
     u64::try_from(result.last_insert_rowid()).ok()
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_placeholders_follow_each_dialect() {
+        let sql = "UPDATE t SET a = ? WHERE b = ? AND c = ?";
+        assert_eq!(
+            Dialect::Postgres.numbered(sql, 4),
+            "UPDATE t SET a = $4 WHERE b = $5 AND c = $6"
+        );
+        assert_eq!(Dialect::MySql.numbered(sql, 4), sql);
+        assert_eq!(Dialect::Sqlite.numbered(sql, 1), sql);
+        assert_eq!(Dialect::Postgres.numbered("SELECT 1", 1), "SELECT 1");
+    }
+}

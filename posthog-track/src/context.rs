@@ -173,6 +173,18 @@ mod axum_extractor {
 mod tests {
     use super::*;
 
+    /// Debug output ends up in logs: it names the context's properties, never their values.
+    #[test]
+    fn debug_lists_property_keys_without_values() {
+        let context = TrackingContext::new()
+            .with_distinct_id("user-1")
+            .with_property("email", "private@example.com");
+        let shown = format!("{context:?}");
+        assert!(shown.contains("\"email\""), "{shown}");
+        assert!(!shown.contains("private@example.com"), "{shown}");
+        assert!(shown.contains("user-1"), "{shown}");
+    }
+
     #[test]
     fn reads_posthog_js_headers_case_insensitively_and_ignores_blank_ones() {
         let mut headers = http::HeaderMap::new();
