@@ -128,7 +128,7 @@ pub mod __private {
         ChangeMask, EventSchema, ModelSql, PerDialect, SqlSet, TrackedModel, TrackedRow,
         ignore_mariadb_returning, milestone_condition, stage_insert_event_detached,
     };
-    pub use crate::plan::{FieldPlan, ModelPlan, PersonProperty, PlanEntry};
+    pub use crate::plan::{FieldPlan, ModelEvents, ModelPlan, PersonProperty, PlanEntry};
     pub use inventory;
     pub use serde::Serialize;
     pub use sqlx;

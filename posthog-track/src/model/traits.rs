@@ -291,10 +291,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             let (sql, table, stamps) = route(self, tx).await;
             if let Some(update) = sql.update {
                 let query = self.__bind_key(self.__bind_update(sqlx::query(update)));
-                let result = DB::execute(tx.connection(), query).await?;
-                if DB::rows_affected(&result) == 0 {
-                    return Err(Error::RowNotFound { table });
-                }
+                write_keyed_row(tx, query, table).await?;
             }
             stage_updated(self, stamps, tx)
         }
@@ -332,10 +329,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             let statement = sql.update_changed_statement(DB::DIALECT, changed);
             let query = sqlx::query(sqlx::AssertSqlSafe(statement));
             let query = self.__bind_key(self.__bind_changed(changed, query));
-            let result = DB::execute(tx.connection(), query).await?;
-            if DB::rows_affected(&result) == 0 {
-                return Err(Error::RowNotFound { table });
-            }
+            write_keyed_row(tx, query, table).await?;
             let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
             let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
@@ -368,10 +362,7 @@ pub trait TrackedModel: Sized + Send + Sync {
         async move {
             let (sql, table, stamps) = route(self, tx).await;
             let query = self.__bind_key(sqlx::query(sql.delete));
-            let result = DB::execute(tx.connection(), query).await?;
-            if DB::rows_affected(&result) == 0 {
-                return Err(Error::RowNotFound { table });
-            }
+            write_keyed_row(tx, query, table).await?;
             let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
             let mut writer = stager.event(Self::DELETE_EVENT);
@@ -416,4 +407,18 @@ pub trait TrackedRow<DB: Backend>: TrackedModel {
 pub trait EventSchema {
     /// The schema's property names, in declaration order.
     const PROPERTIES: &'static [&'static str];
+}
+
+/// Runs a statement that writes the row with a model's key in `table` (an `UPDATE` or a
+/// `DELETE` ending in the key's `WHERE`). Touching no row means no row has that key there.
+async fn write_keyed_row<DB: Backend>(
+    tx: &mut TrackedTransaction<'_, DB>,
+    query: BoundQuery<DB>,
+    table: &'static str,
+) -> Result<()> {
+    let result = DB::execute(tx.connection(), query).await?;
+    if DB::rows_affected(&result) == 0 {
+        return Err(Error::RowNotFound { table });
+    }
+    Ok(())
 }

@@ -37,9 +37,7 @@ pub struct ModelPlan {
     pub model: &'static str,
     pub table: &'static str,
     pub description: &'static str,
-    pub insert_event: &'static str,
-    pub update_event: &'static str,
-    pub delete_event: &'static str,
+    pub events: ModelEvents,
     /// `identify`: inserts and person-property changes send `$identify`.
     pub identify: bool,
     /// `group_type`: the model is a group, and its writes send `$groupidentify`.
@@ -49,6 +47,15 @@ pub struct ModelPlan {
     /// The group types of its `group = "..."` fields.
     pub groups: &'static [&'static str],
     pub fields: &'static [FieldPlan],
+}
+
+/// The names of a model's write events (not public API).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct ModelEvents {
+    pub insert: &'static str,
+    pub update: &'static str,
+    pub delete: &'static str,
 }
 
 /// Where a `person` or `person_once` field's value goes besides the event (not public API).
@@ -211,26 +218,26 @@ impl TrackingPlan {
         let key_field: fn(&FieldPlan) -> bool = |f| f.key;
         // `update` sends every property; `update_changed` only the key and what changed.
         let mut writes = vec![
-            (model.insert_event, "insert", every_field, every_field),
-            (model.update_event, "update", key_field, every_field),
+            (model.events.insert, "insert", every_field, every_field),
+            (model.events.update, "update", key_field, every_field),
         ];
         if model.upsert {
             // An upsert sends the insert event when it creates the row, and the update event
             // with every property (as `update` does) when the row existed.
             writes.push((
-                model.insert_event,
+                model.events.insert,
                 "upsert_created",
                 every_field,
                 every_field,
             ));
             writes.push((
-                model.update_event,
+                model.events.update,
                 "upsert_existed",
                 every_field,
                 every_field,
             ));
         }
-        writes.push((model.delete_event, "delete", every_field, key_field));
+        writes.push((model.events.delete, "delete", every_field, key_field));
         for (name, trigger, always, include) in writes {
             self.events
                 .push(event(name, trigger, every(&always, &include)));
