@@ -60,15 +60,7 @@ use sqlx::Pool;
 
 /// Distinct ids of tracked writes are `w<n>`; the sink reads `n` back to match the commit.
 fn user(id: String, n: u64) -> User {
-    User {
-        id,
-        email: format!("user{n}@example.com"),
-        plan: "free".to_owned(),
-        seats: 3,
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
-            .to_owned(),
-        created_at: DateTime::<Utc>::UNIX_EPOCH,
-    }
+    User::sample(id, n)
 }
 
 fn main() {
@@ -438,7 +430,7 @@ macro_rules! plain_returning {
 macro_rules! common {
     () => {
         async fn reset(pool: &Pool<Self>) {
-            sqlx::query("DROP TABLE IF EXISTS bench_users")
+            sqlx::raw_sql("DROP TABLE IF EXISTS bench_users")
                 .execute(pool)
                 .await
                 .unwrap();
@@ -446,11 +438,7 @@ macro_rules! common {
             Self::empty_outbox(pool).await;
         }
         async fn empty_outbox(pool: &Pool<Self>) {
-            sqlx::query("DELETE FROM posthog_outbox")
-                .execute(pool)
-                .await
-                .unwrap();
-            sqlx::query("DELETE FROM posthog_outbox_dead")
+            sqlx::raw_sql("DELETE FROM posthog_outbox; DELETE FROM posthog_outbox_dead")
                 .execute(pool)
                 .await
                 .unwrap();
@@ -729,17 +717,17 @@ struct Load {
 }
 
 /// Runs `write_phase` for tracked writes and measures the relays' delivery of its events.
-async fn tracked_phase<DB: Bench>(
-    tracker: &Tracker,
-    pool: &Pool<DB>,
-    sink: &Sink,
-    relays: Relays,
-    processes: Option<&RelayProcesses>,
-    load: Load,
-) -> (f64, Option<Delivery>)
+async fn tracked_phase<DB: Bench>(rig: &Rig<'_, DB>, load: Load) -> (f64, Option<Delivery>)
 where
     User: TrackedRow<DB>,
 {
+    let Rig {
+        pool,
+        tracker,
+        sink,
+        ..
+    } = rig;
+    let processes = rig.processes.as_ref();
     sink.take().await;
     let cpu_before = processes.map(RelayProcesses::cpu);
     let phase = write_phase(
@@ -752,7 +740,7 @@ where
     )
     .await;
     let writes_per_sec = phase.writes as f64 / phase.elapsed.as_secs_f64();
-    if relays == Relays::None {
+    if rig.relays == Relays::None {
         DB::empty_outbox(pool).await;
         return (writes_per_sec, None);
     }
@@ -824,7 +812,7 @@ where
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &writers in &writer_counts {
         for &relays in &settings.relays {
-            let (pool, tracker, processes) = set_up(
+            let rig = set_up(
                 &target,
                 u32::try_from(writers).unwrap_or(u32::MAX) + 4,
                 relays,
@@ -834,9 +822,9 @@ where
             .await;
             // Warm-up: connections, statement caches, relays up.
             let warm = settings.seconds.mul_f64(0.2).min(Duration::from_secs(1));
-            write_phase(&tracker, &pool, Side::Plain, writers, warm, None).await;
-            write_phase(&tracker, &pool, Side::Tracked, writers, warm, None).await;
-            settle::<DB>(&pool, relays).await;
+            write_phase(&rig.tracker, &rig.pool, Side::Plain, writers, warm, None).await;
+            write_phase(&rig.tracker, &rig.pool, Side::Tracked, writers, warm, None).await;
+            settle::<DB>(&rig.pool, relays).await;
 
             let mut samples = Vec::new();
             for run in 0..settings.repeats {
@@ -849,8 +837,8 @@ where
                     match side {
                         Side::Plain => {
                             let phase = write_phase(
-                                &tracker,
-                                &pool,
+                                &rig.tracker,
+                                &rig.pool,
                                 Side::Plain,
                                 writers,
                                 settings.seconds,
@@ -860,19 +848,12 @@ where
                             sample.plain = phase.writes as f64 / phase.elapsed.as_secs_f64();
                         }
                         Side::Tracked => {
-                            let (rate, delivery) = tracked_phase(
-                                &tracker,
-                                &pool,
-                                sink,
-                                relays,
-                                processes.as_ref(),
-                                Load {
-                                    writers,
-                                    duration: settings.seconds,
-                                    rate: None,
-                                },
-                            )
-                            .await;
+                            let load = Load {
+                                writers,
+                                duration: settings.seconds,
+                                rate: None,
+                            };
+                            let (rate, delivery) = tracked_phase(&rig, load).await;
                             sample.tracked = rate;
                             sample.delivery = delivery;
                         }
@@ -881,9 +862,7 @@ where
                 samples.push(sample);
             }
             print_row(writers, relays, &samples);
-            drop(processes);
-            tracker.shutdown(Duration::ZERO).await.ok();
-            pool.close().await;
+            rig.tear_down().await;
         }
     }
     println!();
@@ -967,13 +946,13 @@ fn print_row(writers: usize, relays: Relays, samples: &[Sample]) {
 
 /// A pool of `pool_size` connections on an empty `bench_users` and outbox, a tracker, and
 /// the `relays` delivering for it (started: in this process, or as processes returned).
-async fn set_up<DB: Bench>(
+async fn set_up<'a, DB: Bench>(
     target: &Target<DB>,
     pool_size: u32,
     relays: Relays,
-    sink: &Sink,
+    sink: &'a Sink,
     settings: &Settings,
-) -> (Pool<DB>, Tracker, Option<RelayProcesses>)
+) -> Rig<'a, DB>
 where
     User: TrackedRow<DB>,
 {
@@ -988,7 +967,32 @@ where
     if relays == Relays::InProcess {
         tracker.start_relay(pool.clone()).unwrap();
     }
-    (pool, tracker, processes)
+    Rig {
+        pool,
+        tracker,
+        sink,
+        relays,
+        processes,
+    }
+}
+
+/// One case's set-up: a pool, a tracker whose relays (if any) deliver to the sink, and the
+/// relay processes when the case runs them.
+struct Rig<'a, DB: sqlx::Database> {
+    pool: Pool<DB>,
+    tracker: Tracker,
+    sink: &'a Sink,
+    relays: Relays,
+    processes: Option<RelayProcesses>,
+}
+
+impl<DB: sqlx::Database> Rig<'_, DB> {
+    /// Stops the relay processes, then the tracker, then closes the pool.
+    async fn tear_down(self) {
+        drop(self.processes);
+        self.tracker.shutdown(Duration::ZERO).await.ok();
+        self.pool.close().await;
+    }
 }
 
 /// Commit-to-delivery latency at a fixed, moderate rate of tracked writes.
@@ -1004,7 +1008,7 @@ where
     println!("| relays | writes/s | mean batch | latency p50 | latency p99 | relay CPU / event |");
     println!("|---|---|---|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
-        let (pool, tracker, processes) = set_up(
+        let rig = set_up(
             target,
             u32::try_from(writers).unwrap_or(u32::MAX) + 4,
             relays,
@@ -1016,23 +1020,16 @@ where
         let mut rates = Vec::new();
         let mut deliveries = Vec::new();
         for _ in 0..settings.repeats {
-            let (rate, delivery) = tracked_phase(
-                &tracker,
-                &pool,
-                sink,
-                relays,
-                processes.as_ref(),
-                Load {
-                    writers,
-                    duration: settings.seconds,
-                    rate: Some(settings.rate),
-                },
-            )
-            .await;
+            let load = Load {
+                writers,
+                duration: settings.seconds,
+                rate: Some(settings.rate),
+            };
+            let (rate, delivery) = tracked_phase(&rig, load).await;
             rates.push(rate);
             deliveries.extend(delivery);
         }
-        let cpu = if processes.is_some() {
+        let cpu = if rig.processes.is_some() {
             format!(
                 "{:.1} us",
                 median_duration(deliveries.iter().filter_map(|d| d.cpu_per_event).collect())
@@ -1050,9 +1047,7 @@ where
             ms(median_duration(deliveries.iter().map(|d| d.p50).collect())),
             ms(median_duration(deliveries.iter().map(|d| d.p99).collect())),
         );
-        drop(processes);
-        tracker.shutdown(Duration::ZERO).await.ok();
-        pool.close().await;
+        rig.tear_down().await;
     }
     println!();
 }
@@ -1070,7 +1065,8 @@ where
     println!("| relays | latency p50 | latency max |");
     println!("|---|---|---|");
     for relays in [Relays::InProcess, Relays::Processes(2)] {
-        let (pool, tracker, processes) = set_up(target, 4, relays, sink, settings).await;
+        let rig = set_up(target, 4, relays, sink, settings).await;
+        let Rig { pool, tracker, .. } = &rig;
         tokio::time::sleep(Duration::from_secs(1)).await;
         sink.take().await;
         let mut latencies = Vec::new();
@@ -1098,9 +1094,7 @@ where
             ms(median_duration(latencies)),
             ms(max)
         );
-        drop(processes);
-        tracker.shutdown(Duration::ZERO).await.ok();
-        pool.close().await;
+        rig.tear_down().await;
     }
     println!();
 }

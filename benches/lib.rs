@@ -24,6 +24,21 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+impl User {
+    /// The row both write benchmarks insert, with the id the benchmark tells rows apart by.
+    pub fn sample(id: String, n: u64) -> User {
+        User {
+            id,
+            email: format!("user{n}@example.com"),
+            plan: "free".to_owned(),
+            seats: 3,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                .to_owned(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+}
+
 /// A port free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

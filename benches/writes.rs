@@ -55,15 +55,7 @@ fn bulk_rows() -> usize {
 }
 
 fn user(n: usize, run: &str) -> User {
-    User {
-        id: format!("bench-{run}-{n}"),
-        email: format!("user{n}@example.com"),
-        plan: "free".to_owned(),
-        seats: 3,
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
-            .to_owned(),
-        created_at: DateTime::<Utc>::UNIX_EPOCH,
-    }
+    User::sample(format!("bench-{run}-{n}"), n as u64)
 }
 
 #[tokio::main]
