@@ -1073,7 +1073,7 @@ where
         for i in 0..settings.idle_events {
             tokio::time::sleep(quiet).await;
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let mut tx = tracker.begin(&pool).await.unwrap();
+            let mut tx = tracker.begin(pool).await.unwrap();
             user(format!("w{n}"), n).insert(&mut tx).await.unwrap();
             tx.commit().await.unwrap();
             let committed = Instant::now();
