@@ -2,9 +2,9 @@
 //! mapping alone.
 //!
 //! ```text
-//! cargo bench -p posthog-track-tests --bench writes            # SQLite only (two settings)
+//! cargo bench -p posthog-track-benches --bench writes            # SQLite only (two settings)
 //! POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
-//!     cargo bench -p posthog-track-tests --bench writes        # SQLite and PostgreSQL
+//!     cargo bench -p posthog-track-benches --bench writes        # SQLite and PostgreSQL
 //! ```
 //!
 //! Then the bulk write, the same way: `User::insert_all` of 1,000 rows in one transaction

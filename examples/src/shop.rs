@@ -12,7 +12,9 @@ use axum::extract::{Json, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, TrackingContext};
+use posthog_track::{
+    Backend, TrackedModel, TrackedRow, TrackedTransaction, Tracker, TrackingContext,
+};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::Pool;
@@ -117,6 +119,16 @@ pub struct Shop<DB: Backend> {
     pub tracker: Tracker,
 }
 
+impl<DB: Backend> Shop<DB> {
+    /// A tracked transaction whose events carry the request's context.
+    async fn begin(
+        &self,
+        context: TrackingContext,
+    ) -> posthog_track::Result<TrackedTransaction<'static, DB>> {
+        Ok(self.tracker.begin(&self.pool).await?.with_context(context))
+    }
+}
+
 impl<DB: Backend> Clone for Shop<DB> {
     fn clone(&self) -> Self {
         Shop {
@@ -158,7 +170,7 @@ where
 {
     let account_id = format!("user-{}", uuid::Uuid::new_v4().simple());
     let company_id = format!("company-{}", uuid::Uuid::new_v4().simple());
-    let mut tx = shop.tracker.begin(&shop.pool).await?.with_context(context);
+    let mut tx = shop.begin(context).await?;
     let account = Account {
         id: account_id.clone(),
         email: request.email,
@@ -209,7 +221,7 @@ where
         Some(source) => context.with_property("utm_source", source),
         None => context,
     };
-    let mut tx = shop.tracker.begin(&shop.pool).await?.with_context(context);
+    let mut tx = shop.begin(context).await?;
     let account = load_account(&mut tx, &request.user_id).await?;
     let order = Order {
         id: format!("order-{}", uuid::Uuid::new_v4().simple()),
@@ -242,7 +254,7 @@ async fn change_plan<DB: Backend>(
 where
     Account: TrackedRow<DB>,
 {
-    let mut tx = shop.tracker.begin(&shop.pool).await?.with_context(context);
+    let mut tx = shop.begin(context).await?;
     let before = load_account(&mut tx, &request.user_id).await?;
     let mut after = before.clone();
     after.plan = request.plan;
@@ -251,23 +263,17 @@ where
     Ok(Json(json!({"user_id": after.id, "plan": after.plan})).into_response())
 }
 
+/// The account with this id, locked for the rest of the transaction.
 async fn load_account<DB: Backend>(
-    tx: &mut posthog_track::TrackedTransaction<'_, DB>,
+    tx: &mut TrackedTransaction<'_, DB>,
     id: &str,
-) -> Result<Account, AppError> {
-    let mut sql =
-        "SELECT id, email, plan, company_id, anonymous_id FROM accounts WHERE id = ".to_owned();
-    DB::DIALECT.push_placeholder(&mut sql, 1);
-    let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), id);
-    let rows = DB::fetch_all(&mut *tx, query).await?;
-    let row = rows.first().ok_or(AppError::NotFound("no such user"))?;
-    Ok(Account {
-        id: DB::text(row, 0)?,
-        email: DB::text(row, 1)?,
-        plan: DB::text(row, 2)?,
-        company_id: DB::text(row, 3)?,
-        anonymous_id: DB::optional_text(row, 4)?,
-    })
+) -> Result<Account, AppError>
+where
+    Account: TrackedRow<DB>,
+{
+    Account::load_for_update(&id.to_owned(), tx)
+        .await?
+        .ok_or(AppError::NotFound("no such user"))
 }
 
 /// A handler's failure, as an HTTP answer.
