@@ -469,8 +469,7 @@ where
     }
     tx.rollback().await.unwrap();
     // Committed in the order they were staged (the outbox's ids are its delivery order),
-    // across the outbox's own statements: 500 events each where events are bound one by one,
-    // one array per column on PostgreSQL.
+    // across the outbox's own statements of 500 events each.
     let committed: Vec<Uuid> = outbox_events(&tracker, pool, |e| e.distinct_id == owner)
         .await
         .iter()

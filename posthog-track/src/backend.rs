@@ -157,13 +157,6 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
         value: i64,
     ) -> Query<'static, Self, <Self as sqlx::Database>::Arguments>;
-    /// Binds a `text[]` parameter, on the databases that have arrays (PostgreSQL); `None` on
-    /// the others, whose statements bind values one by one instead.
-    #[doc(hidden)]
-    fn bind_text_array(
-        query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
-        values: &[&str],
-    ) -> Option<Query<'static, Self, <Self as sqlx::Database>::Arguments>>;
     /// Reads a text column.
     fn text(row: &Self::Row, index: usize) -> Result<String, sqlx::Error>;
     /// Reads a nullable text column.
@@ -238,7 +231,7 @@ where
 }
 
 macro_rules! impl_backend {
-    ($feature:literal, $db:ty, $dialect:expr, $last_insert_id:expr, $bind_text_array:expr) => {
+    ($feature:literal, $db:ty, $dialect:expr, $last_insert_id:expr) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $db {}
 
@@ -297,15 +290,6 @@ macro_rules! impl_backend {
                 query.bind(value)
             }
 
-            fn bind_text_array(
-                query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
-                values: &[&str],
-            ) -> Option<Query<'static, Self, <Self as sqlx::Database>::Arguments>> {
-                type Bind = fn(BoundQuery<$db>, &[&str]) -> Option<BoundQuery<$db>>;
-                let bind: Bind = $bind_text_array;
-                bind(query, values)
-            }
-
             fn text(row: &Self::Row, index: usize) -> Result<String, sqlx::Error> {
                 sqlx::Row::try_get(row, index)
             }
@@ -321,27 +305,13 @@ macro_rules! impl_backend {
     };
 }
 
-impl_backend!(
-    "postgres",
-    sqlx::Postgres,
-    Dialect::Postgres,
-    |_| None,
-    |query, values| Some(query.bind(values))
-);
-impl_backend!(
-    "mysql",
-    sqlx::MySql,
-    Dialect::MySql,
-    |result| Some(result.last_insert_id()),
-    |_, _| None
-);
-impl_backend!(
-    "sqlite",
-    sqlx::Sqlite,
-    Dialect::Sqlite,
-    |result| u64::try_from(result.last_insert_rowid()).ok(),
-    |_, _| None
-);
+impl_backend!("postgres", sqlx::Postgres, Dialect::Postgres, |_| None);
+impl_backend!("mysql", sqlx::MySql, Dialect::MySql, |result| Some(
+    result.last_insert_id()
+));
+impl_backend!("sqlite", sqlx::Sqlite, Dialect::Sqlite, |result| {
+    u64::try_from(result.last_insert_rowid()).ok()
+});
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::backend::{Backend, BoundQuery, Dialect};
+use crate::backend::{Backend, Dialect};
 use crate::error::Result;
 use crate::event::StagedEvent;
 
@@ -576,71 +576,28 @@ pub(crate) async fn write_marked<DB: Backend>(
     historical: bool,
     notify: bool,
 ) -> Result<()> {
-    if let Some(query) = array_insert::<DB>(events, historical) {
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut uuid_buffer = Uuid::encode_buffer();
+        for event in chunk {
+            query = DB::bind_text(
+                query,
+                event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
+            );
+            query = DB::bind_text(query, &event.event);
+            query = DB::bind_text(query, &event.distinct_id);
+            query = DB::bind_text(query, &event.timestamp);
+            query = DB::bind_text(query, &event.payload);
+        }
         DB::execute(conn, query)
             .await
             .map_err(|error| explain(error, DB::DIALECT))?;
-    } else {
-        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-            let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            let mut uuid_buffer = Uuid::encode_buffer();
-            for event in chunk {
-                query = DB::bind_text(
-                    query,
-                    event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
-                );
-                query = DB::bind_text(query, &event.event);
-                query = DB::bind_text(query, &event.distinct_id);
-                query = DB::bind_text(query, &event.timestamp);
-                query = DB::bind_text(query, &event.payload);
-            }
-            DB::execute(conn, query)
-                .await
-                .map_err(|error| explain(error, DB::DIALECT))?;
-        }
     }
     if notify && DB::DIALECT == Dialect::Postgres {
         DB::execute(conn, sqlx::query("SELECT pg_notify('posthog_outbox', '')")).await?;
     }
     Ok(())
-}
-
-/// PostgreSQL: every event in one `INSERT ... SELECT FROM UNNEST`, with one `text[]` parameter
-/// per column; `None` on the databases without arrays. The statement's text is the same for
-/// any number of events, so each connection parses it once; a `VALUES` list of 500 rows, five
-/// parameters each, took PostgreSQL longer to parse, plan and bind than to insert.
-/// `WITH ORDINALITY ... ORDER BY` keeps the events' order, which the outbox ids (and with them
-/// delivery) follow.
-fn array_insert<DB: Backend>(events: &[StagedEvent], historical: bool) -> Option<BoundQuery<DB>> {
-    const INSERT: &str = "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-         SELECT u, e, d, t, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-         WITH ORDINALITY AS staged (u, e, d, t, p, n) ORDER BY n";
-    const INSERT_HISTORICAL: &str = "INSERT INTO posthog_outbox \
-         (uuid, event, distinct_id, timestamp, payload, historical) \
-         SELECT u, e, d, t, p, 1 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-         WITH ORDINALITY AS staged (u, e, d, t, p, n) ORDER BY n";
-    if DB::DIALECT != Dialect::Postgres || events.is_empty() {
-        return None;
-    }
-    let uuids: Vec<String> = events.iter().map(|event| event.uuid.to_string()).collect();
-    let uuids: Vec<&str> = uuids.iter().map(String::as_str).collect();
-    let column = |field: fn(&StagedEvent) -> &str| events.iter().map(field).collect::<Vec<_>>();
-    let mut query = sqlx::query(if historical {
-        INSERT_HISTORICAL
-    } else {
-        INSERT
-    });
-    for values in [
-        uuids,
-        column(|event| &event.event),
-        column(|event| &event.distinct_id),
-        column(|event| &event.timestamp),
-        column(|event| &event.payload),
-    ] {
-        query = DB::bind_text_array(query, &values)?;
-    }
-    Some(query)
 }
 
 fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {
