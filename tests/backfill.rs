@@ -12,7 +12,7 @@ use posthog_track::testing::MockPostHog;
 use posthog_track::{
     Backend, Backfill, BackfillPool, BackfillReport, Dialect, Error, TrackedModel, Tracker,
 };
-use posthog_track_tests::{execute, on_every_backend, tracker_for};
+use posthog_track_tests::{events_named, execute, on_every_backend, tracker_for};
 use sqlx::Pool;
 
 /// A person whose rows existed before posthog-track did.
@@ -369,11 +369,7 @@ where
     assert_eq!(report.insert_events, 200);
     tracker.flush().await.unwrap();
 
-    let signups: Vec<_> = mock
-        .events()
-        .into_iter()
-        .filter(|event| event.event == "person_signed_up")
-        .collect();
+    let signups = events_named(&mock, "person_signed_up");
     assert_eq!(signups.len(), 200);
     for event in &signups {
         let id: i64 = event.distinct_id.parse().unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::tracker_for;
+use posthog_track_tests::{capture_numbered, slow_mock, tracker_for};
 use serde_json::json;
 
 #[tokio::test]
@@ -121,12 +121,8 @@ async fn person_and_group_events() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
-    let mock = MockPostHog::start().await;
     // PostHog answers slowly: the worker is busy with the first event while we fill the queue.
-    mock.set_outage(Some(Reply::Delay(
-        Duration::from_millis(500),
-        Box::new(Reply::Accept),
-    )));
+    let mock = slow_mock(Duration::from_millis(500)).await;
     let tracker = tracker_for(&mock).queue_capacity(2).batch_size(1).build();
     let mut refused = 0;
     for n in 0..10 {
@@ -143,12 +139,7 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
     assert_eq!(tracker.stats().dropped_queue_full, refused);
     // `capture` waits for room instead: nothing is lost.
     mock.set_outage(None);
-    for n in 0..20 {
-        tracker
-            .capture(Event::new("patient").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    capture_numbered(&tracker, "patient", "u1", 20).await;
     tracker.flush().await.unwrap();
     assert_eq!(
         mock.events()
@@ -227,12 +218,7 @@ async fn a_413_splits_the_batch() {
     let mock = MockPostHog::start().await;
     mock.script([Reply::Status(413)]);
     let tracker = tracker_for(&mock).batch_size(100).build();
-    for n in 0..10 {
-        tracker
-            .capture(Event::new("split").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    capture_numbered(&tracker, "split", "u1", 10).await;
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 10);
     let statuses: Vec<u16> = mock.requests().iter().map(|r| r.status).collect();
@@ -334,12 +320,7 @@ async fn max_batch_bytes_sends_early() {
         .batch_size(100)
         .max_batch_bytes(1)
         .build();
-    for n in 0..5 {
-        tracker
-            .capture(Event::new("big").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    capture_numbered(&tracker, "big", "u1", 5).await;
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 5);
     assert_eq!(

@@ -200,7 +200,7 @@ mod client {
     use posthog_track::Tracker;
     use posthog_track::flags::{FlagValue, FlagsRequest, FlagsSnapshot, LocalEvaluator};
     use posthog_track::testing::MockPostHog;
-    use posthog_track_tests::tracker_for;
+    use posthog_track_tests::{events_named, tracker_for};
     use serde_json::json;
 
     /// Flag `key` for `distinct_id`, read through `tracker`; it must not fail.
@@ -268,11 +268,7 @@ mod client {
         assert_eq!(mock.flags_requests().len(), 1);
 
         tracker.flush().await.unwrap();
-        let exposures: Vec<_> = mock
-            .events()
-            .into_iter()
-            .filter(|e| e.event == "$feature_flag_called")
-            .collect();
+        let exposures = events_named(&mock, "$feature_flag_called");
         assert_eq!(
             exposures.len(),
             3,

@@ -6,7 +6,9 @@
 use chrono::{DateTime, TimeZone, Utc};
 use posthog_track::{Backend, Error, TrackedModel, TrackedRow, Tracker};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, unique};
+use posthog_track_tests::{
+    database_url, insert_committed, isolated_mysql, isolated_postgres, unique,
+};
 use serde_json::{Value, json};
 use sqlx::Pool;
 
@@ -110,6 +112,13 @@ const MYSQL_SCHEMA: &str = r#"
                            role TEXT NOT NULL, PRIMARY KEY (account, team)) ENGINE=InnoDB;
 "#;
 
+/// A tracker without an API key (it prints its events), its outbox migrated on `pool`.
+async fn migrated_printer<DB: Backend>(pool: &Pool<DB>) -> Tracker {
+    let tracker = Tracker::builder().build();
+    tracker.migrate(pool).await.unwrap();
+    tracker
+}
+
 async fn sqlite() -> sqlx::SqlitePool {
     // One connection: an in-memory database exists per connection.
     let pool = memory_database().await.unwrap();
@@ -143,8 +152,7 @@ async fn mysql_generated_key_that_is_not_auto_increment_is_refused_before_writin
     let Some(pool) = mysql("mc_uuid_key").await else {
         return;
     };
-    let tracker = Tracker::builder().build();
-    tracker.migrate(&pool).await.unwrap();
+    let tracker = migrated_printer(&pool).await;
     let owner = unique("device-owner");
     let mut tx = tracker.begin(&pool).await.unwrap();
     // Sets the connection's LAST_INSERT_ID().
@@ -223,8 +231,7 @@ async fn generated_text_key<DB: Backend>(pool: &Pool<DB>)
 where
     Device: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     let mut tx = tracker.begin(pool).await.unwrap();
     let device = Device {
         id: String::new(),
@@ -267,8 +274,7 @@ async fn insert_returns_values_as_stored<DB: TestDb>(pool: &Pool<DB>)
 where
     Reading: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     // Nanoseconds: PostgreSQL keeps microseconds, this MariaDB column whole seconds.
     let taken_at = Utc
         .timestamp_opt(1_700_000_000, 123_456_789)
@@ -305,8 +311,7 @@ where
 #[tokio::test]
 async fn absent_person_properties_are_left_out_of_set() {
     let pool = sqlite().await;
-    let tracker = Tracker::builder().build();
-    tracker.migrate(&pool).await.unwrap();
+    let tracker = migrated_printer(&pool).await;
     let owner = unique("owner");
     let reading = Reading {
         id: unique("reading"),
@@ -392,17 +397,14 @@ where
     Seat: TrackedRow<DB>,
     Reading: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     let account = unique("account");
     let seat = Seat {
         account: account.clone(),
         team: "core".to_owned(),
         role: "viewer".to_owned(),
     };
-    let mut tx = tracker.begin(pool).await.unwrap();
-    let seat = seat.insert(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let seat = insert_committed(&tracker, pool, seat).await;
 
     // Someone else changes the row after we read our copy.
     DB::set_role(pool, &account, "editor").await;
@@ -458,16 +460,12 @@ where
 {
     let tracker = Tracker::builder().build();
     let account = unique("locked");
-    let mut tx = tracker.begin(pool).await.unwrap();
-    Seat {
+    let seat = Seat {
         account: account.clone(),
         team: "core".to_owned(),
         role: "viewer".to_owned(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    };
+    insert_committed(&tracker, pool, seat).await;
 
     let key = (account, "core".to_owned());
     let mut first = tracker.begin(pool).await.unwrap();
