@@ -146,7 +146,7 @@ async fn options_geoip_and_historical_migration_are_sent_as_v1_says() {
             Some(event)
         })
         .build();
-    let event = Event::new("with_options")
+    let with_options = Event::new("with_options")
         .distinct_id("opt-user")
         .property("$set", serde_json::json!({"plan": "pro"}))
         .options(
@@ -154,11 +154,10 @@ async fn options_geoip_and_historical_migration_are_sent_as_v1_says() {
                 .cookieless_mode(true)
                 .process_person_profile(false),
         );
-    tracker.capture(event).await.unwrap();
-    tracker
-        .capture(Event::new("hooked").distinct_id("opt-user"))
-        .await
-        .unwrap();
+    let hooked = Event::new("hooked").distinct_id("opt-user");
+    for event in [with_options, hooked] {
+        tracker.capture(event).await.unwrap();
+    }
     tracker.flush().await.unwrap();
     let request = &mock.requests()[0];
     assert_eq!(request.body["historical_migration"], true);

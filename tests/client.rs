@@ -1,18 +1,27 @@
 //! The PostHog client without an outbox: `capture`, the in-memory queue, person and group
 //! events, hooks, limits, and `AfterCommit` delivery of tracked writes.
 
+use std::convert::identity;
 use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
+use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
 use posthog_track_examples::memory_database;
 use posthog_track_tests::{capture_numbered, slow_mock, tracker_for};
 use serde_json::json;
 
+/// A started mock, and a tracker aimed at it with what `configure` sets.
+async fn mock_tracker(
+    configure: impl FnOnce(TrackerBuilder) -> TrackerBuilder,
+) -> (MockPostHog, Tracker) {
+    let mock = MockPostHog::start().await;
+    let tracker = configure(tracker_for(&mock)).build();
+    (mock, tracker)
+}
+
 #[tokio::test]
 async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = mock_tracker(identity).await;
     let at = chrono::DateTime::parse_from_rfc3339("2025-01-02T08:34:05+05:30").unwrap();
     let uuid = tracker
         .capture(
@@ -69,8 +78,7 @@ async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
 
 #[tokio::test]
 async fn person_and_group_events() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = mock_tracker(identity).await;
     tracker
         .identify(
             "u1",
@@ -152,16 +160,16 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
 
 #[tokio::test]
 async fn before_send_can_change_or_drop_events() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .before_send(|mut event| {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder.before_send(|mut event| {
             if event["event"] == "internal_ping" {
                 return None;
             }
             event["properties"]["email"] = json!("[redacted]");
             Some(event)
         })
-        .build();
+    })
+    .await;
     tracker
         .capture(Event::new("internal_ping").distinct_id("u1"))
         .await
@@ -183,11 +191,8 @@ async fn before_send_can_change_or_drop_events() {
 
 #[tokio::test]
 async fn historical_migration_marks_the_batch() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .historical_migration(true)
-        .gzip(false)
-        .build();
+    let (mock, tracker) =
+        mock_tracker(|builder| builder.historical_migration(true).gzip(false)).await;
     tracker
         .capture(Event::new("imported").distinct_id("u1"))
         .await
@@ -200,8 +205,7 @@ async fn historical_migration_marks_the_batch() {
 
 #[tokio::test]
 async fn an_event_too_large_for_posthog_is_a_typed_error() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (_mock, tracker) = mock_tracker(identity).await;
     let huge = "x".repeat(1024 * 1024);
     let error = tracker
         .capture(Event::new("huge").distinct_id("u1").property("blob", huge))
@@ -275,8 +279,7 @@ struct Note {
 
 #[tokio::test]
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).delivery(Delivery::AfterCommit).build();
+    let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
     let pool = memory_database().await.unwrap();
     sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
         .execute(&pool)
@@ -315,11 +318,7 @@ async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
 
 #[tokio::test]
 async fn max_batch_bytes_sends_early() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .batch_size(100)
-        .max_batch_bytes(1)
-        .build();
+    let (mock, tracker) = mock_tracker(|builder| builder.batch_size(100).max_batch_bytes(1)).await;
     capture_numbered(&tracker, "big", "u1", 5).await;
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 5);
