@@ -12,7 +12,7 @@ use posthog_track::testing::MockPostHog;
 use posthog_track::{
     Backend, Backfill, BackfillPool, BackfillReport, Dialect, Error, TrackedModel, Tracker,
 };
-use posthog_track_tests::{execute, on_every_backend, tracker_for};
+use posthog_track_tests::{events_named, execute, on_every_backend, tracker_for};
 use sqlx::Pool;
 
 /// A person whose rows existed before posthog-track did.
@@ -53,6 +53,26 @@ struct Seat {
     member: i64,
     #[tracked(person)]
     role: String,
+}
+
+/// A pool that `M` can be backfilled from: what a scenario of `M` runs on, the bound stated
+/// once here rather than on every scenario.
+trait Source<M>: BackfillPool<M> {
+    type Db: Backend;
+
+    /// The pool itself, for the statements the scenario runs around the backfill.
+    fn sqlx(&self) -> &Pool<Self::Db>;
+}
+
+impl<DB: Backend, M> Source<M> for Pool<DB>
+where
+    Pool<DB>: BackfillPool<M>,
+{
+    type Db = DB;
+
+    fn sqlx(&self) -> &Pool<DB> {
+        self
+    }
 }
 
 fn timestamp_type(dialect: Dialect) -> &'static str {
@@ -140,6 +160,11 @@ fn assert_one_update_per_row(mock: &MockPostHog, rows: i64) {
     assert!(updates.values().all(|events| events.len() == 1));
 }
 
+/// Runs `backfill`, which must fail; returns its error.
+async fn run_err<M: BackfillModel>(backfill: Backfill<'_, M>) -> Error {
+    backfill.run().await.expect_err("the backfill must fail")
+}
+
 /// Runs `backfill`, which must succeed.
 async fn run_ok<M: BackfillModel>(backfill: Backfill<'_, M>) -> BackfillReport {
     backfill.run().await.unwrap()
@@ -152,28 +177,52 @@ async fn tracking() -> (MockPostHog, Tracker) {
     (mock, tracker)
 }
 
-/// Inserts `rows` (SQL tuples) into `table (columns)` in one statement.
-async fn insert_rows<DB: Backend>(
+/// A mock, a tracker delivering to it, the outbox, and `table (columns)` (SQL column
+/// definitions) holding `rows` (SQL tuples of every column, in order), inserted in one
+/// statement as the data was written before the model was tracked.
+async fn seeded<DB: Backend>(
     pool: &Pool<DB>,
     table: &str,
+    columns: &str,
     rows: impl Iterator<Item = String>,
-) {
+) -> (MockPostHog, Tracker) {
+    let (mock, tracker) = tracking().await;
+    tracker.migrate(pool).await.unwrap();
+    execute(pool, format!("CREATE TABLE {table} ({columns})")).await;
     let values: Vec<String> = rows.collect();
     execute(
         pool,
         format!("INSERT INTO {table} VALUES {}", values.join(", ")),
     )
     .await;
+    (mock, tracker)
+}
+
+/// `bf_companies`: a text key, and notes that are no property.
+const COMPANY_COLUMNS: &str =
+    "slug VARCHAR(100) PRIMARY KEY, seats BIGINT NOT NULL, notes TEXT NOT NULL";
+
+/// 1,050 companies: `co-00000` with no seats to `co-01049` with 1,049.
+fn companies() -> impl Iterator<Item = String> {
+    (0..1_050).map(|n| format!("('co-{n:05}', {n}, 'secret')"))
+}
+
+/// `bf_seats`: a key of two columns.
+const SEAT_COLUMNS: &str = "team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
+                            role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member)";
+
+/// Five teams of 50 members, each team with a role of its own.
+fn seats() -> impl Iterator<Item = String> {
+    (0..5).flat_map(|team| {
+        (1..=50).map(move |member| format!("('team-{team}', {member}, 'r{team}')"))
+    })
 }
 
 /// 10,000 rows: exactly one `$set` per row with the person properties as they are; a second
 /// run stages nothing, and a restarted run only resends the same uuids.
-async fn backfill_person_updates<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_person_updates(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 10_000).await;
+    people(&tracker, pool.sqlx(), 10_000).await;
 
     let report = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!((report.rows, report.events), (10_000, 10_000), "{report}");
@@ -220,12 +269,9 @@ where
 on_every_backend!(backfill_person_updates);
 
 /// A run stopped half-way (after a whole page) and resumed delivers each row once.
-async fn backfill_resumes_where_it_stopped<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_resumes_where_it_stopped(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 10_000).await;
+    people(&tracker, pool.sqlx(), 10_000).await;
 
     let first = run_ok(tracker.backfill::<Person>(pool).max_rows(5_000)).await;
     assert_eq!(first.rows, 5_000);
@@ -243,12 +289,9 @@ on_every_backend!(backfill_resumes_where_it_stopped);
 
 /// A run dropped at an arbitrary point (a crash: the page in flight rolls back with its
 /// checkpoint) and run again delivers each row exactly once.
-async fn backfill_survives_a_crash<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_survives_a_crash(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 3_000).await;
+    people(&tracker, pool.sqlx(), 3_000).await;
 
     let crashed = tokio::time::timeout(
         Duration::from_millis(300),
@@ -273,41 +316,23 @@ on_every_backend!(backfill_survives_a_crash);
 
 /// `properties([...])` sends only those person properties; bad names are typed errors that
 /// list the valid ones, before anything is staged.
-async fn backfill_only_chosen_properties<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_only_chosen_properties(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 300).await;
+    people(&tracker, pool.sqlx(), 300).await;
 
-    match tracker
-        .backfill::<Person>(pool)
-        .properties(["nope"])
-        .run()
-        .await
-    {
-        Err(Error::UnknownColumn { name, valid, .. }) => {
+    match run_err(tracker.backfill::<Person>(pool).properties(["nope"])).await {
+        Error::UnknownColumn { name, valid, .. } => {
             assert_eq!(name, "nope");
             assert_eq!(valid, ["email", "plan_name", "trial_ends_at"]);
         }
         other => panic!("expected UnknownColumn, got {other:?}"),
     }
-    match tracker
-        .backfill::<Person>(pool)
-        .with_events("signup_date")
-        .run()
-        .await
-    {
-        Err(Error::UnknownColumn { valid, .. }) => assert!(valid.contains(&"created_at".into())),
+    match run_err(tracker.backfill::<Person>(pool).with_events("signup_date")).await {
+        Error::UnknownColumn { valid, .. } => assert!(valid.contains(&"created_at".into())),
         other => panic!("expected UnknownColumn, got {other:?}"),
     }
-    match tracker
-        .backfill::<Person>(pool)
-        .with_events("email")
-        .run()
-        .await
-    {
-        Err(error @ Error::NotATimestamp { .. }) => {
+    match run_err(tracker.backfill::<Person>(pool).with_events("email")).await {
+        error @ Error::NotATimestamp { .. } => {
             let Error::NotATimestamp { valid, .. } = &error else {
                 unreachable!()
             };
@@ -316,7 +341,7 @@ where
         other => panic!("expected NotATimestamp, got {other:?}"),
     }
     assert!(
-        tracker.outbox(pool).is_empty().await.unwrap(),
+        tracker.outbox(pool.sqlx()).is_empty().await.unwrap(),
         "nothing staged"
     );
 
@@ -357,23 +382,16 @@ on_every_backend!(backfill_only_chosen_properties);
 
 /// `with_events`: the insert event per row, dated by the column, in `historical_migration`
 /// requests; person updates go in ordinary requests.
-async fn backfill_historical_insert_events<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_historical_insert_events(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 200).await;
+    people(&tracker, pool.sqlx(), 200).await;
 
     let report = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
     assert_eq!((report.rows, report.events), (200, 400), "{report}");
     assert_eq!(report.insert_events, 200);
     tracker.flush().await.unwrap();
 
-    let signups: Vec<_> = mock
-        .events()
-        .into_iter()
-        .filter(|event| event.event == "person_signed_up")
-        .collect();
+    let signups = events_named(&mock, "person_signed_up");
     assert_eq!(signups.len(), 200);
     for event in &signups {
         let id: i64 = event.distinct_id.parse().unwrap();
@@ -408,12 +426,9 @@ on_every_backend!(backfill_historical_insert_events);
 
 /// The throttle: 1,000 events at 2,000 per second take at least 0.45 s (within 10 % of the
 /// 0.5 s the rate allows); unthrottled, the same run has no such floor to respect.
-async fn backfill_throttle<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_throttle(pool: &impl Source<Person>, _url: &str) {
     let (_mock, tracker) = tracking().await;
-    people(&tracker, pool, 1_000).await;
+    people(&tracker, pool.sqlx(), 1_000).await;
     let mut seen = Vec::new();
     let started = Instant::now();
     let report = run_ok(
@@ -439,12 +454,9 @@ where
 on_every_backend!(backfill_throttle);
 
 /// A dry run counts and shows a sample, stages nothing and leaves the checkpoint alone.
-async fn backfill_dry_run<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_dry_run(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 1_200).await;
+    people(&tracker, pool.sqlx(), 1_200).await;
     let report = run_ok(
         tracker
             .backfill::<Person>(pool)
@@ -458,7 +470,7 @@ where
     assert_eq!(report.sample.len(), 3);
     assert_eq!(report.sample[0].event, "$set");
     assert_eq!(report.sample[0].distinct_id, "1");
-    assert!(tracker.outbox(pool).is_empty().await.unwrap());
+    assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
     let real = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
     assert_eq!(
         real.events, 2_400,
@@ -479,15 +491,12 @@ on_every_backend!(backfill_dry_run);
 
 /// Without an API key the tracker prints the events and the checkpoint does not move: the
 /// run with the key still sends every row.
-async fn backfill_without_a_key_keeps_no_checkpoint<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_without_a_key_keeps_no_checkpoint(pool: &impl Source<Person>, _url: &str) {
     let printing = Tracker::builder().build();
-    people(&printing, pool, 5).await;
+    people(&printing, pool.sqlx(), 5).await;
     let printed = run_ok(printing.backfill::<Person>(pool)).await;
     assert_eq!((printed.rows, printed.events), (5, 5), "{printed}");
-    assert!(printing.outbox(pool).is_empty().await.unwrap());
+    assert!(printing.outbox(pool.sqlx()).is_empty().await.unwrap());
 
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock).build();
@@ -498,24 +507,8 @@ where
 on_every_backend!(backfill_without_a_key_keeps_no_checkpoint);
 
 /// A group model: one `$groupidentify` per row, paginated by a text key.
-async fn backfill_groups<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Company>,
-{
-    let (mock, tracker) = tracking().await;
-    tracker.migrate(pool).await.unwrap();
-    execute(
-        pool,
-        "CREATE TABLE bf_companies (slug VARCHAR(100) PRIMARY KEY, seats BIGINT NOT NULL, \
-         notes TEXT NOT NULL)",
-    )
-    .await;
-    insert_rows(
-        pool,
-        "bf_companies (slug, seats, notes)",
-        (0..1_050).map(|n| format!("('co-{n:05}', {n}, 'secret')")),
-    )
-    .await;
+async fn backfill_groups(pool: &impl Source<Company>, _url: &str) {
+    let (mock, tracker) = seeded(pool.sqlx(), "bf_companies", COMPANY_COLUMNS, companies()).await;
 
     let report = run_ok(tracker.backfill::<Company>(pool).page_size(100)).await;
     assert_eq!(
@@ -556,13 +549,8 @@ where
         only_seats.sample[0].json()["properties"]["$group_set"],
         serde_json::json!({"seats": 0})
     );
-    match tracker
-        .backfill::<Company>(pool)
-        .properties(["notes"])
-        .run()
-        .await
-    {
-        Err(Error::UnknownColumn { valid, .. }) => assert_eq!(valid, ["slug", "seats"]),
+    match run_err(tracker.backfill::<Company>(pool).properties(["notes"])).await {
+        Error::UnknownColumn { valid, .. } => assert_eq!(valid, ["slug", "seats"]),
         other => panic!("a skipped field is not a property: {other:?}"),
     }
 }
@@ -570,12 +558,9 @@ on_every_backend!(backfill_groups);
 
 /// A historical event that PostHog refuses is dead-lettered with its flag, and requeued it is
 /// still sent as `historical_migration`.
-async fn backfill_historical_flag_survives_dead_letters<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_historical_flag_survives_dead_letters(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
-    people(&tracker, pool, 3).await;
+    people(&tracker, pool.sqlx(), 3).await;
     mock.reject_events_where(|event| event["event"] == "person_signed_up");
     tracker
         .backfill::<Person>(pool)
@@ -585,7 +570,7 @@ where
         .unwrap();
     // Dead-lettered by the background relay, or by the flush: either way, not delivered.
     let _ = tracker.flush().await;
-    let outbox = tracker.outbox(pool);
+    let outbox = tracker.outbox(pool.sqlx());
     assert_eq!(outbox.status().await.unwrap().dead, 3);
 
     mock.clear();
@@ -608,18 +593,15 @@ on_every_backend!(backfill_historical_flag_survives_dead_letters);
 
 /// A restarted run over events still waiting in the outbox stages none of them twice; a row
 /// that changed since gets a new event (new content, new uuid).
-async fn backfill_restart_skips_pending_events<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Person>,
-{
+async fn backfill_restart_skips_pending_events(pool: &impl Source<Person>, _url: &str) {
     let mock = MockPostHog::start().await;
     // Nothing is delivered: the first run's events stay in the outbox.
     let tracker = tracker_for(&mock).external_relay(true).build();
-    people(&tracker, pool, 40).await;
+    people(&tracker, pool.sqlx(), 40).await;
     let first = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!(first.events, 40);
     execute(
-        pool,
+        pool.sqlx(),
         "UPDATE bf_people SET plan = 'enterprise' WHERE id = 7",
     )
     .await;
@@ -628,7 +610,7 @@ where
     assert_eq!(restarted.rows, 40, "{restarted}");
     assert_eq!(restarted.already_in_outbox, 39);
     assert_eq!(restarted.events, 1, "only the changed row");
-    let events = tracker.outbox(pool).events().await.unwrap();
+    let events = tracker.outbox(pool.sqlx()).events().await.unwrap();
     assert_eq!(events.len(), 41);
     let uuids: BTreeSet<_> = events.iter().map(|event| event.uuid).collect();
     assert_eq!(uuids.len(), 41, "no uuid twice in the outbox");
@@ -642,26 +624,8 @@ on_every_backend!(backfill_restart_skips_pending_events);
 
 /// A composite key: pages follow `(team, member)` with a row-value comparison, and the
 /// checkpoint keeps both parts.
-async fn backfill_composite_key<DB: Backend>(pool: &Pool<DB>, _url: &str)
-where
-    Pool<DB>: BackfillPool<Seat>,
-{
-    let (mock, tracker) = tracking().await;
-    tracker.migrate(pool).await.unwrap();
-    execute(
-        pool,
-        "CREATE TABLE bf_seats (team VARCHAR(50) NOT NULL, member BIGINT NOT NULL, \
-         role VARCHAR(50) NOT NULL, PRIMARY KEY (team, member))",
-    )
-    .await;
-    insert_rows(
-        pool,
-        "bf_seats (team, member, role)",
-        (0..5).flat_map(|team| {
-            (1..=50).map(move |member| format!("('team-{team}', {member}, 'r{team}')"))
-        }),
-    )
-    .await;
+async fn backfill_composite_key(pool: &impl Source<Seat>, _url: &str) {
+    let (mock, tracker) = seeded(pool.sqlx(), "bf_seats", SEAT_COLUMNS, seats()).await;
 
     let first = run_ok(tracker.backfill::<Seat>(pool).page_size(7).max_rows(105)).await;
     assert_eq!(first.rows, 105, "{first}");

@@ -120,58 +120,48 @@ struct Visit {
     session: Option<String>,
 }
 
-const SQLITE_SCHEMA: &str = r#"
-    CREATE TABLE bk_visits (id TEXT PRIMARY KEY, visitor TEXT, session TEXT);
-    CREATE TABLE bk_accounts (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,
-        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
-    CREATE TABLE bk_profiles (id TEXT PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
-        plan TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
-    CREATE TABLE bk_members (account TEXT NOT NULL, team TEXT NOT NULL,
-        joined_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-        PRIMARY KEY (account, team));
-    CREATE TABLE bk_wide (id INTEGER PRIMARY KEY, owner TEXT NOT NULL,
-        c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, c3 INTEGER NOT NULL, c4 INTEGER NOT NULL,
-        c5 INTEGER NOT NULL, c6 INTEGER NOT NULL, c7 INTEGER NOT NULL, c8 INTEGER NOT NULL,
-        c9 INTEGER NOT NULL, c10 INTEGER NOT NULL, c11 INTEGER NOT NULL, c12 INTEGER NOT NULL,
-        c13 INTEGER NOT NULL, c14 TEXT, c15 TEXT NOT NULL);
-"#;
-
-const POSTGRES_SCHEMA: &str = r#"
-    CREATE TABLE bk_visits (id TEXT PRIMARY KEY, visitor TEXT, session TEXT);
-    CREATE TABLE bk_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL,
-        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
-    CREATE TABLE bk_profiles (id TEXT PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
-        plan TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
-    CREATE TABLE bk_members (account TEXT NOT NULL, team TEXT NOT NULL,
-        joined_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (account, team));
-    CREATE TABLE bk_wide (id BIGINT PRIMARY KEY, owner TEXT NOT NULL,
-        c1 BIGINT NOT NULL, c2 BIGINT NOT NULL, c3 BIGINT NOT NULL, c4 BIGINT NOT NULL,
-        c5 BIGINT NOT NULL, c6 BIGINT NOT NULL, c7 BIGINT NOT NULL, c8 BIGINT NOT NULL,
-        c9 BIGINT NOT NULL, c10 BIGINT NOT NULL, c11 BIGINT NOT NULL, c12 BIGINT NOT NULL,
-        c13 BIGINT NOT NULL, c14 TEXT, c15 TEXT NOT NULL);
-"#;
-
-const MYSQL_SCHEMA: &str = r#"
-    CREATE TABLE bk_visits (id VARCHAR(100) PRIMARY KEY, visitor TEXT, session TEXT)
-        ENGINE=InnoDB;
-    CREATE TABLE bk_accounts (id BIGINT AUTO_INCREMENT PRIMARY KEY, owner VARCHAR(100) NOT NULL,
-        email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL, secret TEXT NOT NULL,
-        created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;
-    CREATE TABLE bk_profiles (id VARCHAR(100) PRIMARY KEY, email TEXT NOT NULL, referrer TEXT,
-        plan TEXT NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))
-        ENGINE=InnoDB;
-    CREATE TABLE bk_members (account VARCHAR(100) NOT NULL, team VARCHAR(100) NOT NULL,
-        joined_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-        PRIMARY KEY (account, team)) ENGINE=InnoDB;
-    CREATE TABLE bk_wide (id BIGINT PRIMARY KEY, owner VARCHAR(100) NOT NULL,
-        c1 BIGINT NOT NULL, c2 BIGINT NOT NULL, c3 BIGINT NOT NULL, c4 BIGINT NOT NULL,
-        c5 BIGINT NOT NULL, c6 BIGINT NOT NULL, c7 BIGINT NOT NULL, c8 BIGINT NOT NULL,
-        c9 BIGINT NOT NULL, c10 BIGINT NOT NULL, c11 BIGINT NOT NULL, c12 BIGINT NOT NULL,
-        c13 BIGINT NOT NULL, c14 TEXT, c15 TEXT NOT NULL) ENGINE=InnoDB;
-"#;
+/// The tables in `dialect`'s column types: a key or indexed text column, a key the database
+/// generates, a stored timestamp that defaults to the insert's time, a wide integer, and the
+/// table options.
+fn schema(dialect: Dialect) -> String {
+    let (text_key, generated_key, inserted_at, int, options) = match dialect {
+        Dialect::Sqlite => (
+            "TEXT",
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            "INTEGER",
+            "",
+        ),
+        Dialect::Postgres => (
+            "TEXT",
+            "BIGSERIAL PRIMARY KEY",
+            "TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()",
+            "BIGINT",
+            "",
+        ),
+        Dialect::MySql => (
+            "VARCHAR(100)",
+            "BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+            "BIGINT",
+            " ENGINE=InnoDB",
+        ),
+    };
+    let wide_columns: Vec<String> = (1..=13).map(|n| format!("c{n} {int} NOT NULL")).collect();
+    let wide_columns = wide_columns.join(", ");
+    format!(
+        "CREATE TABLE bk_visits (id {text_key} PRIMARY KEY, visitor TEXT, session TEXT){options};
+         CREATE TABLE bk_accounts (id {generated_key}, owner {text_key} NOT NULL,
+             email TEXT NOT NULL, company TEXT NOT NULL, plan TEXT NOT NULL,
+             secret TEXT NOT NULL, created_at {inserted_at}){options};
+         CREATE TABLE bk_profiles (id {text_key} PRIMARY KEY, email TEXT NOT NULL,
+             referrer TEXT, plan TEXT NOT NULL, created_at {inserted_at}){options};
+         CREATE TABLE bk_members (account {text_key} NOT NULL, team {text_key} NOT NULL,
+             joined_at {inserted_at}, PRIMARY KEY (account, team)){options};
+         CREATE TABLE bk_wide (id {int} PRIMARY KEY, owner {text_key} NOT NULL, {wide_columns},
+             c14 TEXT, c15 TEXT NOT NULL){options};"
+    )
+}
 
 /// The tables, once per backend (concrete types keep sqlx's executor bounds out of the
 /// generic scenarios).
@@ -180,18 +170,21 @@ trait Schema: Backend {
 }
 
 macro_rules! impl_schema {
-    ($db:ty, $schema:expr) => {
+    ($db:ty) => {
         impl Schema for $db {
             async fn create_tables(pool: &Pool<Self>) {
-                sqlx::raw_sql($schema).execute(pool).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(schema(Self::DIALECT)))
+                    .execute(pool)
+                    .await
+                    .unwrap();
             }
         }
     };
 }
 
-impl_schema!(sqlx::Sqlite, SQLITE_SCHEMA);
-impl_schema!(sqlx::Postgres, POSTGRES_SCHEMA);
-impl_schema!(sqlx::MySql, MYSQL_SCHEMA);
+impl_schema!(sqlx::Sqlite);
+impl_schema!(sqlx::Postgres);
+impl_schema!(sqlx::MySql);
 
 /// Live, so that commits write the outbox, without a relay: the test reads what committed.
 async fn tracker<DB: Schema>(pool: &Pool<DB>) -> Tracker {

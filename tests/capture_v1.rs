@@ -8,11 +8,25 @@ use std::time::{Duration, Instant};
 use posthog_track::outbox::Status;
 use posthog_track::testing::{MockPostHog, MockVerdict, ReceivedRequest, Reply};
 use posthog_track::{Backend, CaptureMode, Compression, Error, Event, EventOptions, Tracker};
-use posthog_track_tests::{on_every_backend, tracker_for, unique};
+use posthog_track_tests::{migrated_tracker, on_every_backend, tracker_for};
 use sqlx::Pool;
 
 fn v1_tracker(mock: &MockPostHog) -> posthog_track::TrackerBuilder {
     tracker_for(mock).capture_mode(CaptureMode::V1)
+}
+
+/// A v1 tracker whose commits start no relay: the test drives the relay.
+fn v1_committer(mock: &MockPostHog) -> Tracker {
+    v1_tracker(mock).external_relay(true).build()
+}
+
+/// A v1 tracker whose retries back off from `initial` up to `max`.
+fn v1_backing_off(
+    mock: &MockPostHog,
+    initial: Duration,
+    max: Duration,
+) -> posthog_track::TrackerBuilder {
+    v1_tracker(mock).backoff(posthog_track::Backoff { initial, max })
 }
 
 fn is_rfc3339_utc(value: &str) -> bool {
@@ -132,7 +146,7 @@ async fn options_geoip_and_historical_migration_are_sent_as_v1_says() {
             Some(event)
         })
         .build();
-    let event = Event::new("with_options")
+    let with_options = Event::new("with_options")
         .distinct_id("opt-user")
         .property("$set", serde_json::json!({"plan": "pro"}))
         .options(
@@ -140,11 +154,10 @@ async fn options_geoip_and_historical_migration_are_sent_as_v1_says() {
                 .cookieless_mode(true)
                 .process_person_profile(false),
         );
-    tracker.capture(event).await.unwrap();
-    tracker
-        .capture(Event::new("hooked").distinct_id("opt-user"))
-        .await
-        .unwrap();
+    let hooked = Event::new("hooked").distinct_id("opt-user");
+    for event in [with_options, hooked] {
+        tracker.capture(event).await.unwrap();
+    }
     tracker.flush().await.unwrap();
     let request = &mock.requests()[0];
     assert_eq!(request.body["historical_migration"], true);
@@ -195,12 +208,7 @@ fn one_of_each_verdict(retry_after: Option<u64>) -> Reply {
 #[tokio::test]
 async fn only_retry_events_are_resent_as_the_same_request_after_retry_after() {
     let mock = MockPostHog::start().await;
-    let tracker = v1_tracker(&mock)
-        .backoff(posthog_track::Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_secs(5),
-        })
-        .build();
+    let tracker = v1_backing_off(&mock, Duration::from_millis(10), Duration::from_secs(5)).build();
     mock.script([one_of_each_verdict(Some(1))]);
     let uuids = capture(&tracker, "partial-user", 5).await;
     let started = Instant::now();
@@ -294,11 +302,7 @@ async fn retryable_statuses_are_retried_with_the_same_request_id_and_the_rest_ne
 async fn backoff_starts_at_100_ms_at_least_and_max_retries_is_respected() {
     let mock = MockPostHog::start().await;
     // A configured backoff of 1 ms is raised to v1's floor.
-    let tracker = v1_tracker(&mock)
-        .backoff(posthog_track::Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        })
+    let tracker = v1_backing_off(&mock, Duration::from_millis(1), Duration::from_millis(2))
         .max_retries(3)
         .build();
     mock.set_outage(Some(Reply::Status(502)));
@@ -321,10 +325,7 @@ async fn backoff_starts_at_100_ms_at_least_and_max_retries_is_respected() {
 on_every_backend!(v1_verdicts_settle_each_outbox_row);
 
 async fn v1_verdicts_settle_each_outbox_row<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = v1_tracker(&mock).external_relay(true).build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("verdicts");
+    let (mock, tracker, tag) = migrated_tracker(pool, v1_committer, "verdicts").await;
     let mut tx = tracker.begin(pool).await.unwrap();
     tx.set_distinct_id(tag.clone());
     for name in ["accepted", "again", "invalid", "over_quota", "future"] {
@@ -413,10 +414,7 @@ async fn v1_verdicts_settle_each_outbox_row<DB: Backend>(pool: &Pool<DB>, _url: 
 on_every_backend!(v1_whole_request_failures_keep_the_v0_rules);
 
 async fn v1_whole_request_failures_keep_the_v0_rules<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = v1_tracker(&mock).external_relay(true).build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("v1-whole");
+    let (mock, tracker, tag) = migrated_tracker(pool, v1_committer, "v1-whole").await;
     let committed = posthog_track_tests::commit_events(&tracker, pool, &tag, "whole", 4, 4).await;
     let relay = tracker.relay(pool.clone());
 

@@ -1,18 +1,27 @@
 //! The PostHog client without an outbox: `capture`, the in-memory queue, person and group
 //! events, hooks, limits, and `AfterCommit` delivery of tracked writes.
 
+use std::convert::identity;
 use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker};
+use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::tracker_for;
+use posthog_track_tests::{capture_numbered, slow_mock, tracker_for};
 use serde_json::json;
+
+/// A started mock, and a tracker aimed at it with what `configure` sets.
+async fn mock_tracker(
+    configure: impl FnOnce(TrackerBuilder) -> TrackerBuilder,
+) -> (MockPostHog, Tracker) {
+    let mock = MockPostHog::start().await;
+    let tracker = configure(tracker_for(&mock)).build();
+    (mock, tracker)
+}
 
 #[tokio::test]
 async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = mock_tracker(identity).await;
     let at = chrono::DateTime::parse_from_rfc3339("2025-01-02T08:34:05+05:30").unwrap();
     let uuid = tracker
         .capture(
@@ -69,8 +78,7 @@ async fn capture_sends_a_gzipped_batch_with_the_wire_contract() {
 
 #[tokio::test]
 async fn person_and_group_events() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (mock, tracker) = mock_tracker(identity).await;
     tracker
         .identify(
             "u1",
@@ -121,12 +129,8 @@ async fn person_and_group_events() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
-    let mock = MockPostHog::start().await;
     // PostHog answers slowly: the worker is busy with the first event while we fill the queue.
-    mock.set_outage(Some(Reply::Delay(
-        Duration::from_millis(500),
-        Box::new(Reply::Accept),
-    )));
+    let mock = slow_mock(Duration::from_millis(500)).await;
     let tracker = tracker_for(&mock).queue_capacity(2).batch_size(1).build();
     let mut refused = 0;
     for n in 0..10 {
@@ -143,12 +147,7 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
     assert_eq!(tracker.stats().dropped_queue_full, refused);
     // `capture` waits for room instead: nothing is lost.
     mock.set_outage(None);
-    for n in 0..20 {
-        tracker
-            .capture(Event::new("patient").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    capture_numbered(&tracker, "patient", "u1", 20).await;
     tracker.flush().await.unwrap();
     assert_eq!(
         mock.events()
@@ -161,16 +160,16 @@ async fn a_full_queue_refuses_and_counts_instead_of_dropping_silently() {
 
 #[tokio::test]
 async fn before_send_can_change_or_drop_events() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .before_send(|mut event| {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder.before_send(|mut event| {
             if event["event"] == "internal_ping" {
                 return None;
             }
             event["properties"]["email"] = json!("[redacted]");
             Some(event)
         })
-        .build();
+    })
+    .await;
     tracker
         .capture(Event::new("internal_ping").distinct_id("u1"))
         .await
@@ -192,11 +191,8 @@ async fn before_send_can_change_or_drop_events() {
 
 #[tokio::test]
 async fn historical_migration_marks_the_batch() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .historical_migration(true)
-        .gzip(false)
-        .build();
+    let (mock, tracker) =
+        mock_tracker(|builder| builder.historical_migration(true).gzip(false)).await;
     tracker
         .capture(Event::new("imported").distinct_id("u1"))
         .await
@@ -209,8 +205,7 @@ async fn historical_migration_marks_the_batch() {
 
 #[tokio::test]
 async fn an_event_too_large_for_posthog_is_a_typed_error() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
+    let (_mock, tracker) = mock_tracker(identity).await;
     let huge = "x".repeat(1024 * 1024);
     let error = tracker
         .capture(Event::new("huge").distinct_id("u1").property("blob", huge))
@@ -227,12 +222,7 @@ async fn a_413_splits_the_batch() {
     let mock = MockPostHog::start().await;
     mock.script([Reply::Status(413)]);
     let tracker = tracker_for(&mock).batch_size(100).build();
-    for n in 0..10 {
-        tracker
-            .capture(Event::new("split").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    capture_numbered(&tracker, "split", "u1", 10).await;
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 10);
     let statuses: Vec<u16> = mock.requests().iter().map(|r| r.status).collect();
@@ -289,8 +279,7 @@ struct Note {
 
 #[tokio::test]
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).delivery(Delivery::AfterCommit).build();
+    let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
     let pool = memory_database().await.unwrap();
     sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
         .execute(&pool)
@@ -329,17 +318,8 @@ async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
 
 #[tokio::test]
 async fn max_batch_bytes_sends_early() {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .batch_size(100)
-        .max_batch_bytes(1)
-        .build();
-    for n in 0..5 {
-        tracker
-            .capture(Event::new("big").distinct_id("u1").property("n", n))
-            .await
-            .unwrap();
-    }
+    let (mock, tracker) = mock_tracker(|builder| builder.batch_size(100).max_batch_bytes(1)).await;
+    capture_numbered(&tracker, "big", "u1", 5).await;
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 5);
     assert_eq!(

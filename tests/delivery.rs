@@ -8,7 +8,8 @@ use std::time::Duration;
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, outbox_events, received, tracker_for, unique,
+    assert_timed_out, commit_events, migrated_tracker, on_every_backend, outbox_events, received,
+    tracker_for, unique,
 };
 use sqlx::Pool;
 use uuid::Uuid;
@@ -65,10 +66,7 @@ on_every_backend!(concurrent_relays);
 
 /// PostHog answers 503 for a while, then recovers: everything arrives, once the outage ends.
 async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker(&mock);
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("outage");
+    let (mock, tracker, tag) = migrated_tracker(pool, tracker, "outage").await;
     mock.set_outage(Some(Reply::Status(503)));
     tracker.start_relay(pool.clone()).unwrap();
     let committed = commit_events(&tracker, pool, &tag, "delivery_test", 200, 20).await;
@@ -88,10 +86,7 @@ async fn outage_then_recovery<DB: Backend>(pool: &Pool<DB>, _url: &str) {
 
 /// 10,000 events through 20 % random 500s, 429s with Retry-After and dropped connections.
 async fn random_failures<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker(&mock);
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("chaos");
+    let (mock, tracker, tag) = migrated_tracker(pool, tracker, "chaos").await;
     mock.set_random_failures(
         0.2,
         vec![
@@ -118,10 +113,7 @@ async fn random_failures<DB: Backend>(pool: &Pool<DB>, _url: &str) {
 /// One event of a batch is rejected with 400: it is dead-lettered with the reason, the rest
 /// arrive, and a requeue delivers it once PostHog accepts it.
 async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = committer(&mock);
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("poison");
+    let (mock, tracker, tag) = migrated_tracker(pool, committer, "poison").await;
     let poison_tag = tag.clone();
     mock.reject_events_where(move |event| {
         event["event"] == "poison" && event["properties"]["tag"] == poison_tag.as_str()
@@ -164,10 +156,7 @@ async fn rejected_event_is_dead_lettered_and_requeued<DB: Backend>(pool: &Pool<D
 /// Shutdown with a deadline while PostHog is down returns in time, and the events wait in
 /// the outbox for the next relay.
 async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker(&mock);
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("shutdown");
+    let (mock, tracker, tag) = migrated_tracker(pool, tracker, "shutdown").await;
     mock.set_outage(Some(Reply::Status(503)));
     tracker.start_relay(pool.clone()).unwrap();
     let committed = commit_events(&tracker, pool, &tag, "delivery_test", 50, 10).await;
@@ -206,10 +195,7 @@ async fn shutdown_during_outage_loses_nothing<DB: Backend>(pool: &Pool<DB>, _url
 /// Four relays on one database at once: every event is delivered, and none twice (no lease
 /// expires here, so a duplicate would mean two relays claimed the same row).
 async fn concurrent_relays<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = committer(&mock);
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("fleet");
+    let (mock, tracker, tag) = migrated_tracker(pool, committer, "fleet").await;
     let committed = commit_events(&tracker, pool, &tag, "delivery_test", 2_000, 100).await;
     let relays: Vec<Tracker> = (0..4).map(|_| self::tracker(&mock)).collect();
     for relay in &relays {
@@ -239,17 +225,17 @@ on_every_backend!(relay_killed_between_send_and_ack);
 /// on every backend here; a claim held by its transaction on PostgreSQL, which ends with the
 /// relay at once, is covered in `tests/scale.rs`.)
 async fn relay_killed_between_send_and_ack<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = Tracker::builder()
-        .api_key(mock.api_key())
-        .host(mock.url())
-        .unwrap()
-        .held_claims(false)
-        .lease(Duration::from_millis(300))
-        .external_relay(true)
-        .build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("killed");
+    let written_leases = |mock: &MockPostHog| {
+        Tracker::builder()
+            .api_key(mock.api_key())
+            .host(mock.url())
+            .unwrap()
+            .held_claims(false)
+            .lease(Duration::from_millis(300))
+            .external_relay(true)
+            .build()
+    };
+    let (mock, tracker, tag) = migrated_tracker(pool, written_leases, "killed").await;
     let committed = commit_events(&tracker, pool, &tag, "delivery_test", 20, 20).await;
 
     mock.script([Reply::AcceptWithoutResponse]);
@@ -315,15 +301,8 @@ async fn wrong_key_pauses_and_nothing_is_lost<DB: Backend>(pool: &Pool<DB>, _url
     let tag = unique("wrong-key");
     let committed = commit_events(&wrong, pool, &tag, "delivery_test", 10, 10).await;
     let relay = wrong.relay(pool.clone());
-    let error = relay
-        .drain_for(Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    let text = error.to_string();
-    assert!(
-        matches!(error, posthog_track::Error::Timeout { pending: 10, .. }),
-        "{text}"
-    );
+    let drained = relay.drain_for(Duration::from_millis(300)).await;
+    let text = assert_timed_out(drained, 10, "a wrong key").to_string();
     assert!(
         text.contains("401") && text.contains("POSTHOG_API_KEY"),
         "the error says what to fix: {text}"

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
-    commit_events, on_every_backend, outbox_events, posthog_track_binary, received, relay_command,
-    tracker_for, unique,
+    assert_timed_out, capture_numbered, commit_events, migrated_tracker, on_every_backend,
+    outbox_events, posthog_track_binary, received, relay_command, slow_mock, tracker_for, unique,
 };
 use serde_json::Value;
 use sqlx::Pool;
@@ -21,6 +21,21 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A tracker whose commits start no relay: the scenario decides who delivers.
 fn committer(mock: &MockPostHog) -> Tracker {
     tracker_for(mock).external_relay(true).build()
+}
+
+/// Makes `mock` fail `rate` of the requests (seeded by `seed`) with, at random, a 500, a
+/// `status`, a dropped connection or `other`.
+fn fail_randomly(mock: &MockPostHog, rate: f64, status: u16, other: Reply, seed: u64) {
+    mock.set_random_failures(
+        rate,
+        vec![
+            Reply::Status(500),
+            Reply::Status(status),
+            Reply::DropConnection,
+            other,
+        ],
+        seed,
+    );
 }
 
 /// Committed == received, nothing rolled back arrived, and every duplicate is byte-identical
@@ -64,10 +79,7 @@ fn assert_exactly_delivered(
 on_every_backend!(keyless_processes_leave_the_outbox_alone);
 
 async fn keyless_processes_leave_the_outbox_alone<DB: Backend>(pool: &Pool<DB>, url: &str) {
-    let mock = MockPostHog::start().await;
-    let live = committer(&mock);
-    live.migrate(pool).await.unwrap();
-    let tag = unique("keyless");
+    let (mock, live, tag) = migrated_tracker(pool, committer, "keyless").await;
     let committed = commit_events(&live, pool, &tag, "kept", 5, 5).await;
 
     let dry_run = Tracker::builder().build();
@@ -110,19 +122,11 @@ on_every_backend!(flush_delivers_through_partial_failures);
 
 async fn flush_delivers_through_partial_failures<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
-    mock.set_random_failures(
-        0.3,
-        vec![
-            Reply::Status(500),
-            Reply::Status(502),
-            Reply::DropConnection,
-            Reply::RetryAfter {
-                status: 429,
-                seconds: 0,
-            },
-        ],
-        11,
-    );
+    let retry_now = Reply::RetryAfter {
+        status: 429,
+        seconds: 0,
+    };
+    fail_randomly(&mock, 0.3, 502, retry_now, 11);
     let tracker = tracker_for(&mock)
         .batch_size(100)
         .flush_timeout(WAIT)
@@ -222,14 +226,8 @@ async fn shutdown_flushes_the_queue_when_the_outbox_cannot_drain<DB: Backend>(
         .await
         .unwrap()
         .unwrap();
-    let error = tracker
-        .shutdown(Duration::from_millis(1500))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::Timeout { pending: 3, .. }),
-        "the true count of what waits: {error}"
-    );
+    let shutdown = tracker.shutdown(Duration::from_millis(1500)).await;
+    assert_timed_out(shutdown, 3, "the true count of what waits");
     assert!(
         received(&mock, &tag).contains(&captured),
         "the captured event was delivered anyway"
@@ -251,14 +249,8 @@ async fn configuration_failures_pause_and_resume<DB: Backend>(pool: &Pool<DB>, _
         let committed = commit_events(&tracker, pool, &tag, "paused", 40, 40).await;
         mock.set_outage(Some(Reply::Status(status)));
         let relay = tracker.relay(pool.clone());
-        let error = relay
-            .drain_for(Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(error, Error::Timeout { pending: 40, .. }),
-            "{status}: {error}"
-        );
+        let drained = relay.drain_for(Duration::from_millis(200)).await;
+        let error = assert_timed_out(drained, 40, &status.to_string());
         assert!(error.to_string().contains("check POSTHOG_"), "{error}");
         assert!(relay.is_paused(), "{status}");
         let requests = mock.requests().len();
@@ -281,13 +273,13 @@ async fn configuration_failures_pause_and_resume<DB: Backend>(pool: &Pool<DB>, _
 on_every_backend!(a_slow_send_keeps_its_lease);
 
 async fn a_slow_send_keeps_its_lease<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock)
-        .lease(Duration::from_millis(300))
-        .external_relay(true)
-        .build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("lease");
+    let short_lease = |mock: &MockPostHog| {
+        tracker_for(mock)
+            .lease(Duration::from_millis(300))
+            .external_relay(true)
+            .build()
+    };
+    let (mock, tracker, tag) = migrated_tracker(pool, short_lease, "lease").await;
     let committed = commit_events(&tracker, pool, &tag, "slow", 20, 20).await;
     mock.script([Reply::Delay(
         Duration::from_millis(1500),
@@ -309,10 +301,8 @@ async fn a_slow_send_keeps_its_lease<DB: Backend>(pool: &Pool<DB>, _url: &str) {
 on_every_backend!(commits_are_delivered_without_start_relay);
 
 async fn commits_are_delivered_without_start_relay<DB: Backend>(pool: &Pool<DB>, _url: &str) {
-    let mock = MockPostHog::start().await;
-    let tracker = tracker_for(&mock).build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("no-start");
+    let (mock, tracker, tag) =
+        migrated_tracker(pool, |mock| tracker_for(mock).build(), "no-start").await;
     let committed = commit_events(&tracker, pool, &tag, "auto", 30, 10).await;
     tracker.flush().await.unwrap();
     assert_exactly_delivered(&mock, &tag, &committed);
@@ -367,12 +357,7 @@ async fn in_memory_losses_are_reported_with_counts() {
         let mock = MockPostHog::start().await;
         mock.set_outage(Some(reply));
         let tracker = tracker_for(&mock).max_retries(1).build();
-        for n in 0..3 {
-            tracker
-                .capture(Event::new("lost").distinct_id("u").property("n", n))
-                .await
-                .unwrap();
-        }
+        capture_numbered(&tracker, "lost", "u", 3).await;
         let error = tracker.flush().await.unwrap_err();
         assert!(
             matches!(error, Error::Undelivered { dropped: 3, .. }),
@@ -449,11 +434,7 @@ fn cpu_ticks() -> Option<u64> {
 
 #[tokio::test]
 async fn the_queue_is_bounded_in_bytes() {
-    let mock = MockPostHog::start().await;
-    mock.set_outage(Some(Reply::Delay(
-        Duration::from_secs(2),
-        Box::new(Reply::Accept),
-    )));
+    let mock = slow_mock(Duration::from_secs(2)).await;
     let tracker = tracker_for(&mock)
         .queue_capacity(10_000)
         .queue_capacity_bytes(64 * 1024)
@@ -510,17 +491,9 @@ on_every_backend!(relay_processes_killed_mid_run_lose_nothing);
 
 async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB>, url: &str) {
     let mock = MockPostHog::start().await;
-    mock.set_random_failures(
-        0.25,
-        vec![
-            Reply::Status(500),
-            Reply::Status(503),
-            Reply::DropConnection,
-            // Slow answers, so that the kill lands on sends in flight.
-            Reply::Delay(Duration::from_millis(300), Box::new(Reply::Accept)),
-        ],
-        5,
-    );
+    // Slow answers too, so that the kill lands on sends in flight.
+    let slow = Reply::Delay(Duration::from_millis(300), Box::new(Reply::Accept));
+    fail_randomly(&mock, 0.25, 503, slow, 5);
     let tracker = committer(&mock);
     tracker.migrate(pool).await.unwrap();
     let tag = unique("fleet");

@@ -70,6 +70,24 @@ fn person(properties: Value) -> Properties {
     properties.as_object().unwrap().clone()
 }
 
+/// `flag` for `distinct_id`, a person with `properties` in no group; it must evaluate.
+fn evaluate_for_person(
+    evaluator: &LocalEvaluator,
+    flag: &str,
+    distinct_id: &str,
+    properties: Value,
+) -> FlagValue {
+    evaluator
+        .evaluate_with(
+            flag,
+            distinct_id,
+            &person(properties),
+            &HashMap::new(),
+            &HashMap::new(),
+        )
+        .unwrap()
+}
+
 #[test]
 fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
     let evaluator = LocalEvaluator::from_json(
@@ -105,12 +123,8 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
         .to_string(),
     )
     .unwrap();
-    let (none, no_props) = (HashMap::new(), HashMap::new());
-
-    let staff = person(json!({"email": "ada@PostHog.com"}));
-    let value = evaluator
-        .evaluate_with("beta", "u1", &staff, &none, &no_props)
-        .unwrap();
+    let staff = json!({"email": "ada@PostHog.com"});
+    let value = evaluate_for_person(&evaluator, "beta", "u1", staff);
     assert_eq!(
         value,
         FlagValue::Variant("test".into()),
@@ -120,11 +134,9 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
         evaluator.payload("beta", &value),
         Some(json!({"color": "blue"}))
     );
-    let outsider = person(json!({"email": "bob@example.com"}));
+    let outsider = json!({"email": "bob@example.com"});
     assert_eq!(
-        evaluator
-            .evaluate_with("beta", "u2", &outsider, &none, &no_props)
-            .unwrap(),
+        evaluate_for_person(&evaluator, "beta", "u2", outsider),
         FlagValue::Enabled(false)
     );
     assert!(
@@ -137,18 +149,14 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
 
     // early_exit: matched properties but out of rollout ends evaluation, even though the next
     // condition would match everyone.
-    let pro = person(json!({"plan": "pro"}));
+    let pro = json!({"plan": "pro"});
     assert_eq!(
-        evaluator
-            .evaluate_with("gated", "u1", &pro, &none, &no_props)
-            .unwrap(),
+        evaluate_for_person(&evaluator, "gated", "u1", pro),
         FlagValue::Enabled(false)
     );
-    let free = person(json!({"plan": "free"}));
+    let free = json!({"plan": "free"});
     assert_eq!(
-        evaluator
-            .evaluate_with("gated", "u1", &free, &none, &no_props)
-            .unwrap(),
+        evaluate_for_person(&evaluator, "gated", "u1", free),
         FlagValue::Enabled(true)
     );
 
@@ -167,18 +175,19 @@ fn conditions_in_order_overrides_early_exit_payloads_and_groups() {
     let groups = HashMap::from([("company".to_owned(), "acme".to_owned())]);
     let big = HashMap::from([("company".to_owned(), person(json!({"seats": 12})))]);
     let small = HashMap::from([("company".to_owned(), person(json!({"seats": 3})))]);
-    assert_eq!(
+    let company_flag = |group_properties| {
         evaluator
-            .evaluate_with("company-flag", "u1", &Properties::new(), &groups, &big)
-            .unwrap(),
-        FlagValue::Enabled(true)
-    );
-    assert_eq!(
-        evaluator
-            .evaluate_with("company-flag", "u1", &Properties::new(), &groups, &small)
-            .unwrap(),
-        FlagValue::Enabled(false)
-    );
+            .evaluate_with(
+                "company-flag",
+                "u1",
+                &Properties::new(),
+                &groups,
+                group_properties,
+            )
+            .unwrap()
+    };
+    assert_eq!(company_flag(&big), FlagValue::Enabled(true));
+    assert_eq!(company_flag(&small), FlagValue::Enabled(false));
     assert_eq!(
         evaluator.evaluate("company-flag", "u1").unwrap(),
         FlagValue::Enabled(false),
@@ -200,7 +209,7 @@ mod client {
     use posthog_track::Tracker;
     use posthog_track::flags::{FlagValue, FlagsRequest, FlagsSnapshot, LocalEvaluator};
     use posthog_track::testing::MockPostHog;
-    use posthog_track_tests::tracker_for;
+    use posthog_track_tests::{events_named, tracker_for};
     use serde_json::json;
 
     /// Flag `key` for `distinct_id`, read through `tracker`; it must not fail.
@@ -211,6 +220,20 @@ mod client {
     /// Every flag evaluated for `request` through `tracker`; it must not fail.
     async fn evaluated(tracker: &Tracker, request: FlagsRequest) -> FlagsSnapshot {
         tracker.evaluate_flags(request).await.unwrap()
+    }
+
+    /// Every flag evaluated through `tracker` for `u1`, a person on `plan`.
+    async fn evaluated_on_plan(tracker: &Tracker, plan: &str) -> FlagsSnapshot {
+        evaluated(
+            tracker,
+            FlagsRequest::new("u1").person_property("plan", plan),
+        )
+        .await
+    }
+
+    /// A tracker builder aimed at `mock` with `local_definitions()`.
+    fn with_local_definitions(mock: &MockPostHog) -> posthog_track::TrackerBuilder {
+        tracker_for(mock).flag_definitions(local_definitions())
     }
 
     /// `definitions()`, ready to evaluate locally.
@@ -268,11 +291,7 @@ mod client {
         assert_eq!(mock.flags_requests().len(), 1);
 
         tracker.flush().await.unwrap();
-        let exposures: Vec<_> = mock
-            .events()
-            .into_iter()
-            .filter(|e| e.event == "$feature_flag_called")
-            .collect();
+        let exposures = events_named(&mock, "$feature_flag_called");
         assert_eq!(
             exposures.len(),
             3,
@@ -331,8 +350,7 @@ mod client {
     #[tokio::test]
     async fn local_only_never_asks_posthog() {
         let mock = MockPostHog::start().await;
-        let tracker = tracker_for(&mock)
-            .flag_definitions(local_definitions())
+        let tracker = with_local_definitions(&mock)
             .local_evaluation_only(true)
             .build();
         assert_eq!(flag(&tracker, "by-plan", "u1").await, None);
@@ -347,15 +365,9 @@ mod client {
             "rollout": {"key": "rollout", "enabled": true},
             "by-plan": {"key": "by-plan", "enabled": false}
         }, "quotaLimited": []}));
-        let tracker = tracker_for(&mock)
-            .flag_definitions(local_definitions())
-            .build();
+        let tracker = with_local_definitions(&mock).build();
 
-        let local = evaluated(
-            &tracker,
-            FlagsRequest::new("u1").person_property("plan", "pro"),
-        )
-        .await;
+        let local = evaluated_on_plan(&tracker, "pro").await;
         assert!(local.is_enabled("rollout") && local.is_enabled("by-plan"));
         assert!(
             mock.flags_requests().is_empty(),
@@ -520,14 +532,8 @@ mod client {
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;
-        let tracker = tracker_for(&mock)
-            .flag_definitions(local_definitions())
-            .build();
-        let flags = evaluated(
-            &tracker,
-            FlagsRequest::new("u1").person_property("plan", "free"),
-        )
-        .await;
+        let tracker = with_local_definitions(&mock).build();
+        let flags = evaluated_on_plan(&tracker, "free").await;
 
         tracker
             .capture(
@@ -616,43 +622,24 @@ fn cohorts_and_flag_dependencies() {
     };
 
     // (pro AND NOT FR) OR staff
-    assert_eq!(
-        eval(
-            "in-cohort",
-            json!({"plan": "pro", "country": "DE", "email": "a@b.c"})
-        )
-        .unwrap(),
-        FlagValue::Enabled(true)
-    );
-    assert_eq!(
-        eval(
-            "in-cohort",
-            json!({"plan": "pro", "country": "FR", "email": "a@b.c"})
-        )
-        .unwrap(),
-        FlagValue::Enabled(false)
-    );
-    assert_eq!(
-        eval(
-            "in-cohort",
-            json!({"plan": "free", "country": "FR", "email": "a@posthog.com"})
-        )
-        .unwrap(),
-        FlagValue::Enabled(true)
-    );
-    assert_eq!(
-        eval(
-            "not-in-cohort",
-            json!({"plan": "free", "country": "FR", "email": "a@b.c"})
-        )
-        .unwrap(),
-        FlagValue::Enabled(true)
-    );
-    // The first branch matched: the missing email does not matter.
-    assert_eq!(
-        eval("in-cohort", json!({"plan": "pro", "country": "DE"})).unwrap(),
-        FlagValue::Enabled(true)
-    );
+    for (flag, plan, country, email, enabled) in [
+        ("in-cohort", "pro", "DE", Some("a@b.c"), true),
+        ("in-cohort", "pro", "FR", Some("a@b.c"), false),
+        ("in-cohort", "free", "FR", Some("a@posthog.com"), true),
+        ("not-in-cohort", "free", "FR", Some("a@b.c"), true),
+        // The first branch matched: the missing email does not matter.
+        ("in-cohort", "pro", "DE", None, true),
+    ] {
+        let mut properties = json!({"plan": plan, "country": country});
+        if let Some(email) = email {
+            properties["email"] = json!(email);
+        }
+        assert_eq!(
+            eval(flag, properties.clone()).unwrap(),
+            FlagValue::Enabled(enabled),
+            "{flag} for {properties}"
+        );
+    }
     assert!(matches!(
         eval("in-cohort", json!({"plan": "free", "country": "DE"})),
         Err(FlagError::Inconclusive { .. })
@@ -660,27 +647,20 @@ fn cohorts_and_flag_dependencies() {
 
     let pro = json!({"plan": "pro"});
     let free = json!({"plan": "free"});
-    assert_eq!(
-        eval("needs-base-on", pro.clone()).unwrap(),
-        FlagValue::Enabled(true),
-        "any variant counts as on"
-    );
-    assert_eq!(
-        eval("needs-base-variant", pro.clone()).unwrap(),
-        FlagValue::Enabled(true)
-    );
-    assert_eq!(
-        eval("needs-base-off", pro).unwrap(),
-        FlagValue::Enabled(false)
-    );
-    assert_eq!(
-        eval("needs-base-off", free.clone()).unwrap(),
-        FlagValue::Enabled(true)
-    );
-    assert_eq!(
-        eval("needs-base-on", free).unwrap(),
-        FlagValue::Enabled(false)
-    );
+    for (flag, properties, enabled) in [
+        // Any variant counts as on.
+        ("needs-base-on", &pro, true),
+        ("needs-base-variant", &pro, true),
+        ("needs-base-off", &pro, false),
+        ("needs-base-off", &free, true),
+        ("needs-base-on", &free, false),
+    ] {
+        assert_eq!(
+            eval(flag, properties.clone()).unwrap(),
+            FlagValue::Enabled(enabled),
+            "{flag} for {properties}"
+        );
+    }
     assert!(matches!(
         eval("circular", json!({})),
         Err(FlagError::Inconclusive { .. })
@@ -762,15 +742,7 @@ fn cycles_and_deep_chains_are_inconclusive() {
     }
     // Wide but finite: decided, in linear time.
     assert_eq!(
-        evaluator
-            .evaluate_with(
-                "wide-cohort",
-                "u1",
-                &person(json!({"plan": "pro"})),
-                &HashMap::new(),
-                &HashMap::new()
-            )
-            .unwrap(),
+        evaluate_for_person(&evaluator, "wide-cohort", "u1", json!({"plan": "pro"})),
         FlagValue::Enabled(true)
     );
     // A short chain still evaluates.
@@ -993,18 +965,6 @@ fn the_readme_definitions_sample_evaluates() {
     let evaluator = LocalEvaluator::from_json(definitions_json).unwrap();
     let value = evaluator.evaluate("checkout-experiment", "user-1").unwrap();
     assert!(matches!(value.variant(), Some("control" | "test")));
-    let properties = json!({"plan": "pro"})
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let value = evaluator
-        .evaluate_with(
-            "new-editor",
-            "user-1",
-            &properties,
-            &Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
+    let value = evaluate_for_person(&evaluator, "new-editor", "user-1", json!({"plan": "pro"}));
     assert!(matches!(value, FlagValue::Enabled(_)));
 }

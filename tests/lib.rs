@@ -40,6 +40,112 @@ pub fn tracker_for(mock: &posthog_track::testing::MockPostHog) -> posthog_track:
         })
 }
 
+/// A mock that answers every request only after `delay` (then accepts it): a worker stays busy
+/// with what it sent while the test fills its queue.
+pub async fn slow_mock(delay: std::time::Duration) -> posthog_track::testing::MockPostHog {
+    let mock = posthog_track::testing::MockPostHog::start().await;
+    mock.set_outage(Some(posthog_track::testing::Reply::Delay(
+        delay,
+        Box::new(posthog_track::testing::Reply::Accept),
+    )));
+    mock
+}
+
+/// A started mock, the tracker `build` makes for it (migrated on `pool`) and a distinct id
+/// [`unique`] to this run: the opening of a delivery scenario.
+///
+/// # Panics
+///
+/// When the outbox cannot be migrated.
+pub async fn migrated_tracker<DB: posthog_track::Backend>(
+    pool: &sqlx::Pool<DB>,
+    build: impl FnOnce(&posthog_track::testing::MockPostHog) -> posthog_track::Tracker,
+    tag: &str,
+) -> (
+    posthog_track::testing::MockPostHog,
+    posthog_track::Tracker,
+    String,
+) {
+    let mock = posthog_track::testing::MockPostHog::start().await;
+    let tracker = build(&mock);
+    tracker.migrate(pool).await.unwrap();
+    (mock, tracker, unique(tag))
+}
+
+/// The events named `name` that `mock` accepted.
+pub fn events_named(
+    mock: &posthog_track::testing::MockPostHog,
+    name: &str,
+) -> Vec<posthog_track::testing::ReceivedEvent> {
+    mock.events()
+        .into_iter()
+        .filter(|event| event.event == name)
+        .collect()
+}
+
+/// Inserts `row` in a transaction of its own from `tracker` on `pool`, and commits it.
+///
+/// # Panics
+///
+/// When the transaction cannot begin, the insert fails or the commit does.
+pub async fn insert_committed<DB, M>(
+    tracker: &posthog_track::Tracker,
+    pool: &sqlx::Pool<DB>,
+    row: M,
+) -> M
+where
+    DB: posthog_track::Backend,
+    M: posthog_track::TrackedRow<DB> + Send,
+{
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let stored = row.insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    stored
+}
+
+/// Captures `count` events named `name` for `distinct_id` through `tracker`, numbered by their
+/// property `n` from 0.
+///
+/// # Panics
+///
+/// When a capture is refused.
+pub async fn capture_numbered(
+    tracker: &posthog_track::Tracker,
+    name: &str,
+    distinct_id: &str,
+    count: u32,
+) {
+    for n in 0..count {
+        tracker
+            .capture(
+                posthog_track::Event::new(name.to_owned())
+                    .distinct_id(distinct_id)
+                    .property("n", n),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The error of `result`, which must be a timeout with `pending` events still undelivered
+/// (`context` says which case failed).
+///
+/// # Panics
+///
+/// When `result` is not such a timeout.
+pub fn assert_timed_out<T: std::fmt::Debug>(
+    result: Result<T, posthog_track::Error>,
+    pending: u64,
+    context: &str,
+) -> posthog_track::Error {
+    let error = result.unwrap_err();
+    assert!(
+        matches!(&error, posthog_track::Error::Timeout { pending: left, .. } if *left == pending),
+        "{context}: {error}"
+    );
+    error
+}
+
 /// A pool on a fresh schema of its own (dropped and recreated), so that concurrent tests never
 /// share tables.
 ///

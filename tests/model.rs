@@ -6,7 +6,9 @@
 use chrono::{DateTime, TimeZone, Utc};
 use posthog_track::{Backend, Error, TrackedModel, TrackedRow, Tracker};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::{database_url, isolated_mysql, isolated_postgres, unique};
+use posthog_track_tests::{
+    database_url, insert_committed, isolated_mysql, isolated_postgres, unique,
+};
 use serde_json::{Value, json};
 use sqlx::Pool;
 
@@ -110,6 +112,13 @@ const MYSQL_SCHEMA: &str = r#"
                            role TEXT NOT NULL, PRIMARY KEY (account, team)) ENGINE=InnoDB;
 "#;
 
+/// A tracker without an API key (it prints its events), its outbox migrated on `pool`.
+async fn migrated_printer<DB: Backend>(pool: &Pool<DB>) -> Tracker {
+    let tracker = Tracker::builder().build();
+    tracker.migrate(pool).await.unwrap();
+    tracker
+}
+
 async fn sqlite() -> sqlx::SqlitePool {
     // One connection: an in-memory database exists per connection.
     let pool = memory_database().await.unwrap();
@@ -131,6 +140,31 @@ async fn mysql(scenario: &str) -> Option<sqlx::MySqlPool> {
     Some(pool)
 }
 
+/// The three tests of `$scenario`: on an in-memory SQLite database, and on a PostgreSQL schema
+/// and a MariaDB database of their own named `$name`.
+macro_rules! model_tests {
+    ($scenario:ident, $name:literal, $sqlite:ident, $postgres:ident, $mysql:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $scenario(&sqlite().await).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            if let Some(pool) = postgres($name).await {
+                $scenario(&pool).await;
+            }
+        }
+
+        #[tokio::test]
+        async fn $mysql() {
+            if let Some(pool) = mysql($name).await {
+                $scenario(&pool).await;
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // #13.1: a generated key that is not AUTO_INCREMENT on MySQL/MariaDB.
 
@@ -143,18 +177,11 @@ async fn mysql_generated_key_that_is_not_auto_increment_is_refused_before_writin
     let Some(pool) = mysql("mc_uuid_key").await else {
         return;
     };
-    let tracker = Tracker::builder().build();
-    tracker.migrate(&pool).await.unwrap();
+    let tracker = migrated_printer(&pool).await;
     let owner = unique("device-owner");
     let mut tx = tracker.begin(&pool).await.unwrap();
     // Sets the connection's LAST_INSERT_ID().
-    let counter = Counter {
-        id: 0,
-        owner: owner.clone(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
+    let counter = new_counter(&owner).insert(&mut tx).await.unwrap();
     assert!(counter.id > 0);
     let error = Device {
         id: String::new(),
@@ -172,11 +199,7 @@ async fn mysql_generated_key_that_is_not_auto_increment_is_refused_before_writin
         }
         other => panic!("expected Error::Unsupported, got {other:?}"),
     }
-    let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mc_devices")
-        .fetch_one(&mut **tx.as_sqlx())
-        .await
-        .unwrap();
-    assert_eq!(devices, 0, "nothing was written");
+    assert_eq!(devices(&mut tx).await, 0, "nothing was written");
     assert_eq!(tx.staged().len(), 1, "only the counter's event is staged");
 
     // A key type whose SQL type the derive cannot see: the database's own description of the
@@ -192,22 +215,28 @@ async fn mysql_generated_key_that_is_not_auto_increment_is_refused_before_writin
         matches!(&error, Error::Unsupported { reason, .. } if reason.contains("AUTO_INCREMENT")),
         "{error:?}"
     );
-    let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mc_devices")
-        .fetch_one(&mut **tx.as_sqlx())
-        .await
-        .unwrap();
-    assert_eq!(devices, 0, "nothing was written");
+    assert_eq!(devices(&mut tx).await, 0, "nothing was written");
     // An AUTO_INCREMENT key still reads back its own row, also after the refusals.
-    let second = Counter {
-        id: 0,
-        owner: owner.clone(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
+    let second = new_counter(&owner).insert(&mut tx).await.unwrap();
     assert!(second.id > counter.id);
     assert_eq!(second.owner, owner);
     tx.rollback().await.unwrap();
+}
+
+/// A counter of `owner`'s, its key left to `AUTO_INCREMENT`.
+fn new_counter(owner: &str) -> Counter {
+    Counter {
+        id: 0,
+        owner: owner.to_owned(),
+    }
+}
+
+/// The rows of `mc_devices`, as `tx` sees them.
+async fn devices(tx: &mut posthog_track::TrackedTransaction<'_, sqlx::MySql>) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM mc_devices")
+        .fetch_one(&mut **tx.as_sqlx())
+        .await
+        .unwrap()
 }
 
 /// With RETURNING, the same model reads its generated text key back.
@@ -223,8 +252,7 @@ async fn generated_text_key<DB: Backend>(pool: &Pool<DB>)
 where
     Device: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     let mut tx = tracker.begin(pool).await.unwrap();
     let device = Device {
         id: String::new(),
@@ -244,31 +272,19 @@ where
 // ---------------------------------------------------------------------------------------------
 // #13.2: insert returns the row as stored, and the event carries the same values.
 
-#[tokio::test]
-async fn sqlite_insert_returns_values_as_stored() {
-    insert_returns_values_as_stored(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn postgres_insert_returns_values_as_stored() {
-    if let Some(pool) = postgres("mc_as_stored").await {
-        insert_returns_values_as_stored(&pool).await;
-    }
-}
-
-#[tokio::test]
-async fn mysql_insert_returns_values_as_stored() {
-    if let Some(pool) = mysql("mc_as_stored").await {
-        insert_returns_values_as_stored(&pool).await;
-    }
-}
+model_tests!(
+    insert_returns_values_as_stored,
+    "mc_as_stored",
+    sqlite_insert_returns_values_as_stored,
+    postgres_insert_returns_values_as_stored,
+    mysql_insert_returns_values_as_stored
+);
 
 async fn insert_returns_values_as_stored<DB: TestDb>(pool: &Pool<DB>)
 where
     Reading: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     // Nanoseconds: PostgreSQL keeps microseconds, this MariaDB column whole seconds.
     let taken_at = Utc
         .timestamp_opt(1_700_000_000, 123_456_789)
@@ -305,8 +321,7 @@ where
 #[tokio::test]
 async fn absent_person_properties_are_left_out_of_set() {
     let pool = sqlite().await;
-    let tracker = Tracker::builder().build();
-    tracker.migrate(&pool).await.unwrap();
+    let tracker = migrated_printer(&pool).await;
     let owner = unique("owner");
     let reading = Reading {
         id: unique("reading"),
@@ -366,43 +381,27 @@ async fn absent_person_properties_are_left_out_of_set() {
 // ---------------------------------------------------------------------------------------------
 // #13.5: `load_for_update` reads `before` in the transaction that writes `after`, locked.
 
-#[tokio::test]
-async fn sqlite_load_for_update() {
-    load_for_update(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn postgres_load_for_update() {
-    if let Some(pool) = postgres("mc_load").await {
-        load_for_update(&pool).await;
-        second_locker_waits::<sqlx::Postgres>(&pool, "SET LOCAL lock_timeout = '50ms'").await;
-    }
-}
-
-#[tokio::test]
-async fn mysql_load_for_update() {
-    if let Some(pool) = mysql("mc_load").await {
-        load_for_update(&pool).await;
-        second_locker_waits::<sqlx::MySql>(&pool, "SET SESSION innodb_lock_wait_timeout = 1").await;
-    }
-}
+model_tests!(
+    load_for_update,
+    "mc_load",
+    sqlite_load_for_update,
+    postgres_load_for_update,
+    mysql_load_for_update
+);
 
 async fn load_for_update<DB: TestDb>(pool: &Pool<DB>)
 where
     Seat: TrackedRow<DB>,
     Reading: TrackedRow<DB>,
 {
-    let tracker = Tracker::builder().build();
-    tracker.migrate(pool).await.unwrap();
+    let tracker = migrated_printer(pool).await;
     let account = unique("account");
     let seat = Seat {
         account: account.clone(),
         team: "core".to_owned(),
         role: "viewer".to_owned(),
     };
-    let mut tx = tracker.begin(pool).await.unwrap();
-    let seat = seat.insert(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let seat = insert_committed(&tracker, pool, seat).await;
 
     // Someone else changes the row after we read our copy.
     DB::set_role(pool, &account, "editor").await;
@@ -448,6 +447,11 @@ where
         .unwrap();
     assert_eq!(loaded.as_ref(), Some(&reading));
     tx.rollback().await.unwrap();
+
+    // SQLite locks the whole database, not rows: nothing to wait on there.
+    if let Some(lock_timeout) = DB::LOCK_TIMEOUT {
+        second_locker_waits(pool, lock_timeout).await;
+    }
 }
 
 /// While one transaction holds the row from `load_for_update`, another one's `load_for_update`
@@ -458,16 +462,12 @@ where
 {
     let tracker = Tracker::builder().build();
     let account = unique("locked");
-    let mut tx = tracker.begin(pool).await.unwrap();
-    Seat {
+    let seat = Seat {
         account: account.clone(),
         team: "core".to_owned(),
         role: "viewer".to_owned(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    };
+    insert_committed(&tracker, pool, seat).await;
 
     let key = (account, "core".to_owned());
     let mut first = tracker.begin(pool).await.unwrap();
@@ -489,6 +489,9 @@ where
 
 /// The raw queries the checks need, per backend.
 trait TestDb: Backend {
+    /// The statement that makes a transaction wait for a locked row only briefly, where rows
+    /// are locked.
+    const LOCK_TIMEOUT: Option<&'static str>;
     async fn fetch_taken_at(pool: &Pool<Self>, id: &str) -> DateTime<Utc>;
     async fn set_role(pool: &Pool<Self>, account: &str, role: &str);
     async fn execute_in(
@@ -498,8 +501,10 @@ trait TestDb: Backend {
 }
 
 macro_rules! impl_test_db {
-    ($db:ty, $p1:literal, $p2:literal) => {
+    ($db:ty, $p1:literal, $p2:literal, $lock_timeout:expr) => {
         impl TestDb for $db {
+            const LOCK_TIMEOUT: Option<&'static str> = $lock_timeout;
+
             async fn fetch_taken_at(pool: &Pool<Self>, id: &str) -> DateTime<Utc> {
                 sqlx::query_scalar(concat!("SELECT taken_at FROM mc_readings WHERE id = ", $p1))
                     .bind(id)
@@ -535,6 +540,16 @@ macro_rules! impl_test_db {
     };
 }
 
-impl_test_db!(sqlx::Sqlite, "?", "?");
-impl_test_db!(sqlx::Postgres, "$1", "$2");
-impl_test_db!(sqlx::MySql, "?", "?");
+impl_test_db!(sqlx::Sqlite, "?", "?", None);
+impl_test_db!(
+    sqlx::Postgres,
+    "$1",
+    "$2",
+    Some("SET LOCAL lock_timeout = '50ms'")
+);
+impl_test_db!(
+    sqlx::MySql,
+    "?",
+    "?",
+    Some("SET SESSION innodb_lock_wait_timeout = 1")
+);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use posthog_track::doctor::{DoctorOptions, Verdict, diagnose};
+use posthog_track::doctor::{Diagnosis, DoctorOptions, Verdict, diagnose};
 use posthog_track::flags::LocalEvaluator;
 use posthog_track::metrics::{self as names, Kind, TABLE};
 use posthog_track::testing::{MockPostHog, Reply};
@@ -303,7 +303,27 @@ fn config_for(api_key: &str, host: &str) -> Config {
         .clone()
 }
 
-fn verdict(diagnosis: &posthog_track::doctor::Diagnosis, name: &str) -> Verdict {
+/// What `doctor` finds, with `options`, for a tracker aimed at `mock` with its key.
+async fn diagnose_for(mock: &MockPostHog, options: &DoctorOptions) -> Diagnosis {
+    diagnose(&config_for(mock.api_key(), &mock.url()), options).await
+}
+
+/// What `doctor` finds, as [`diagnose_for`]: it must not be healthy.
+async fn diagnose_unhealthy(mock: &MockPostHog, options: &DoctorOptions) -> Diagnosis {
+    let diagnosis = diagnose_for(mock, options).await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    diagnosis
+}
+
+/// What the check `name` of `diagnosis` says.
+fn detail<'a>(diagnosis: &'a Diagnosis, name: &str) -> &'a str {
+    &diagnosis
+        .check(name)
+        .unwrap_or_else(|| panic!("no check `{name}`:\n{diagnosis}"))
+        .detail
+}
+
+fn verdict(diagnosis: &Diagnosis, name: &str) -> Verdict {
     diagnosis
         .check(name)
         .unwrap_or_else(|| panic!("no check `{name}`:\n{diagnosis}"))
@@ -316,8 +336,7 @@ async fn doctor_passes_a_healthy_set_up<DB: Backend>(pool: &Pool<DB>, url: &str)
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions(flag_definitions());
     Tracker::builder().build().migrate(pool).await.unwrap();
-    let config = config_for(mock.api_key(), &mock.url());
-    let diagnosis = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
+    let diagnosis = diagnose_for(&mock, &DoctorOptions::new().database_url(url)).await;
     // What `posthog-track doctor` prints (the README shows it).
     println!("{diagnosis}");
     assert!(diagnosis.healthy(), "{diagnosis}");
@@ -366,13 +385,7 @@ async fn doctor_finds_a_wrong_host() {
         Verdict::Fail,
         "{diagnosis}"
     );
-    assert!(
-        diagnosis
-            .check("host answers")
-            .unwrap()
-            .detail
-            .contains("404")
-    );
+    assert!(detail(&diagnosis, "host answers").contains("404"));
     // And nothing answers there.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -395,17 +408,12 @@ async fn doctor_finds_a_wrong_host() {
 async fn doctor_finds_a_refused_personal_key() {
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions_status(Some(401));
-    let diagnosis = diagnose(
-        &config_for(mock.api_key(), &mock.url()),
-        &DoctorOptions::new(),
-    )
-    .await;
+    let diagnosis = diagnose_unhealthy(&mock, &DoctorOptions::new()).await;
     assert_eq!(
         verdict(&diagnosis, "flag definitions"),
         Verdict::Fail,
         "{diagnosis}"
     );
-    assert!(!diagnosis.healthy());
 }
 
 #[tokio::test]
@@ -416,14 +424,10 @@ async fn doctor_finds_an_unreachable_database_without_showing_its_password() {
         listener.local_addr().unwrap()
     };
     let url = format!("postgres://app:hunter2secret@{closed}/app");
-    let diagnosis = diagnose(
-        &config_for(mock.api_key(), &mock.url()),
-        &DoctorOptions::new()
-            .database_url(url)
-            .timeout(Duration::from_secs(3)),
-    )
-    .await;
-    assert!(!diagnosis.healthy(), "{diagnosis}");
+    let options = DoctorOptions::new()
+        .database_url(url)
+        .timeout(Duration::from_secs(3));
+    let diagnosis = diagnose_unhealthy(&mock, &options).await;
     assert_eq!(verdict(&diagnosis, "database"), Verdict::Fail);
     assert_eq!(verdict(&diagnosis, "outbox table"), Verdict::Skipped);
     let text = format!("{diagnosis}{}", diagnosis.to_json());
@@ -434,21 +438,10 @@ on_every_backend!(doctor_finds_a_missing_outbox_table);
 
 async fn doctor_finds_a_missing_outbox_table<DB: Backend>(_pool: &Pool<DB>, url: &str) {
     let mock = MockPostHog::start().await;
-    let diagnosis = diagnose(
-        &config_for(mock.api_key(), &mock.url()),
-        &DoctorOptions::new().database_url(url),
-    )
-    .await;
-    assert!(!diagnosis.healthy(), "{diagnosis}");
+    let diagnosis = diagnose_unhealthy(&mock, &DoctorOptions::new().database_url(url)).await;
     assert_eq!(verdict(&diagnosis, "database"), Verdict::Ok, "{diagnosis}");
     assert_eq!(verdict(&diagnosis, "outbox table"), Verdict::Fail);
-    assert!(
-        diagnosis
-            .check("outbox table")
-            .unwrap()
-            .detail
-            .contains("posthog-track outbox migrate")
-    );
+    assert!(detail(&diagnosis, "outbox table").contains("posthog-track outbox migrate"));
 }
 
 on_every_backend!(doctor_finds_a_large_lag);
@@ -460,24 +453,13 @@ async fn doctor_finds_a_large_lag<DB: Backend>(pool: &Pool<DB>, url: &str) {
     tracker.migrate(pool).await.unwrap();
     commit_events(&tracker, pool, &unique("lag"), "waiting", 2, 2).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let config = config_for(mock.api_key(), &mock.url());
-    let lagging = diagnose(
-        &config,
-        &DoctorOptions::new()
-            .database_url(url)
-            .max_lag(Duration::from_millis(500)),
-    )
-    .await;
-    assert!(!lagging.healthy(), "{lagging}");
+    let impatient = DoctorOptions::new()
+        .database_url(url)
+        .max_lag(Duration::from_millis(500));
+    let lagging = diagnose_unhealthy(&mock, &impatient).await;
     assert_eq!(verdict(&lagging, "outbox backlog"), Verdict::Fail);
-    assert!(
-        lagging
-            .check("outbox backlog")
-            .unwrap()
-            .detail
-            .contains("2 pending")
-    );
-    let patient = diagnose(&config, &DoctorOptions::new().database_url(url)).await;
+    assert!(detail(&lagging, "outbox backlog").contains("2 pending"));
+    let patient = diagnose_for(&mock, &DoctorOptions::new().database_url(url)).await;
     assert_eq!(
         verdict(&patient, "outbox backlog"),
         Verdict::Ok,
@@ -509,7 +491,7 @@ async fn doctor_warns_when_nothing_vacuums_the_outbox() {
         .unwrap();
     let never = diagnose(&config, &options).await;
     assert_eq!(verdict(&never, "outbox vacuum"), Verdict::Warn, "{never}");
-    let detail = &never.check("outbox vacuum").unwrap().detail;
+    let detail = detail(&never, "outbox vacuum");
     assert!(detail.contains("VACUUM posthog_outbox"), "{detail}");
     assert!(never.healthy(), "a warning, not a failure: {never}");
 

@@ -299,93 +299,97 @@ where
     assert_eq!(properties(&events[3])["nickname"], json!(null));
     assert_eq!(properties(&events[4]), json!({"account_id": account.id}));
 
-    rollback_and_drop_leave_nothing(&tracker, pool).await;
-    composite_keys(&tracker, pool).await;
-    own_queries_share_the_transaction(&tracker, pool).await;
+    let checks = Checks {
+        tracker: &tracker,
+        pool,
+    };
+    checks.rollback_and_drop_leave_nothing().await;
+    checks.composite_keys().await;
+    checks.own_queries_share_the_transaction().await;
 }
 
-async fn rollback_and_drop_leave_nothing<DB>(tracker: &Tracker, pool: &Pool<DB>)
+/// The checks after the writes of [`round_trip`], on its tracker and pool.
+struct Checks<'a, DB: Backend> {
+    tracker: &'a Tracker,
+    pool: &'a Pool<DB>,
+}
+
+impl<DB> Checks<'_, DB>
 where
     DB: TestDb,
     Account: TrackedRow<DB>,
     Membership: TrackedRow<DB>,
 {
-    let owner = unique("rolled-back");
-    let mut tx = tracker.begin(pool).await.unwrap();
-    new_account(&owner).insert(&mut tx).await.unwrap();
-    tx.rollback().await.unwrap();
-    {
-        let mut tx = tracker.begin(pool).await.unwrap();
+    async fn rollback_and_drop_leave_nothing(&self) {
+        let owner = unique("rolled-back");
+        let mut tx = self.tracker.begin(self.pool).await.unwrap();
         new_account(&owner).insert(&mut tx).await.unwrap();
-        // Dropped without commit.
+        tx.rollback().await.unwrap();
+        {
+            let mut tx = self.tracker.begin(self.pool).await.unwrap();
+            new_account(&owner).insert(&mut tx).await.unwrap();
+            // Dropped without commit.
+        }
+        let rows = DB::count_owned(self.pool, &owner).await;
+        assert_eq!(rows, 0, "no row survives a rollback or a drop");
+        assert!(
+            outbox_events(self.tracker, self.pool, &owner)
+                .await
+                .is_empty(),
+            "and no event either"
+        );
     }
-    let rows = DB::count_owned(pool, &owner).await;
-    assert_eq!(rows, 0, "no row survives a rollback or a drop");
-    assert!(
-        outbox_events(tracker, pool, &owner).await.is_empty(),
-        "and no event either"
-    );
-}
 
-async fn composite_keys<DB>(tracker: &Tracker, pool: &Pool<DB>)
-where
-    DB: TestDb,
-    Account: TrackedRow<DB>,
-    Membership: TrackedRow<DB>,
-{
-    let account = unique("member");
-    let mut tx = tracker.begin(pool).await.unwrap();
-    tx.set_distinct_id(account.clone());
-    let membership = Membership {
-        account: account.clone(),
-        team: "core".to_owned(),
-        role: "viewer".to_owned(),
-        joined_at: DateTime::<Utc>::UNIX_EPOCH,
+    async fn composite_keys(&self) {
+        let account = unique("member");
+        let mut tx = self.tracker.begin(self.pool).await.unwrap();
+        tx.set_distinct_id(account.clone());
+        let membership = Membership {
+            account: account.clone(),
+            team: "core".to_owned(),
+            role: "viewer".to_owned(),
+            joined_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+        .insert(&mut tx)
+        .await
+        .unwrap();
+        assert!(membership.joined_at > DateTime::<Utc>::UNIX_EPOCH);
+        let mut promoted = membership.clone();
+        promoted.role = "admin".to_owned();
+        assert_eq!(
+            promoted.update_changed(&membership, &mut tx).await.unwrap(),
+            1
+        );
+        tx.commit().await.unwrap();
+
+        let events = outbox_events(self.tracker, self.pool, &account).await;
+        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            names,
+            ["membership_created", "membership_updated"],
+            "default event names"
+        );
+        assert_eq!(
+            properties(&events[1]),
+            json!({"account": account, "team": "core", "role": "admin"})
+        );
+
+        // Without a distinct id anywhere, a write is refused rather than sent anonymously.
+        let mut tx = self.tracker.begin(self.pool).await.unwrap();
+        let error = promoted.delete(&mut tx).await.unwrap_err();
+        assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
     }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    assert!(membership.joined_at > DateTime::<Utc>::UNIX_EPOCH);
-    let mut promoted = membership.clone();
-    promoted.role = "admin".to_owned();
-    assert_eq!(
-        promoted.update_changed(&membership, &mut tx).await.unwrap(),
-        1
-    );
-    tx.commit().await.unwrap();
 
-    let events = outbox_events(tracker, pool, &account).await;
-    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(
-        names,
-        ["membership_created", "membership_updated"],
-        "default event names"
-    );
-    assert_eq!(
-        properties(&events[1]),
-        json!({"account": account, "team": "core", "role": "admin"})
-    );
-
-    // Without a distinct id anywhere, a write is refused rather than sent anonymously.
-    let mut tx = tracker.begin(pool).await.unwrap();
-    let error = promoted.delete(&mut tx).await.unwrap_err();
-    assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
-}
-
-async fn own_queries_share_the_transaction<DB>(tracker: &Tracker, pool: &Pool<DB>)
-where
-    DB: TestDb,
-    Account: TrackedRow<DB>,
-    Membership: TrackedRow<DB>,
-{
-    let owner = unique("own-query");
-    let mut tx = tracker.begin(pool).await.unwrap();
-    let account = new_account(&owner).insert(&mut tx).await.unwrap();
-    // A plain sqlx query inside the tracked transaction sees the uncommitted row ...
-    assert_eq!(DB::count_id_in(&mut tx, account.id).await, 1);
-    // ... and rolls back with it.
-    tx.rollback().await.unwrap();
-    assert_eq!(DB::count_owned(pool, &owner).await, 0);
+    async fn own_queries_share_the_transaction(&self) {
+        let owner = unique("own-query");
+        let mut tx = self.tracker.begin(self.pool).await.unwrap();
+        let account = new_account(&owner).insert(&mut tx).await.unwrap();
+        // A plain sqlx query inside the tracked transaction sees the uncommitted row ...
+        assert_eq!(DB::count_id_in(&mut tx, account.id).await, 1);
+        // ... and rolls back with it.
+        tx.rollback().await.unwrap();
+        assert_eq!(DB::count_owned(self.pool, &owner).await, 0);
+    }
 }
 
 /// This test's events: the outbox is shared with every other test on the same server.

@@ -9,7 +9,9 @@ use posthog_track::flags::{FlagValue, LocalEvaluator};
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, TrackedModel, TrackedRow, Tracker, routed_table};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::{database_url, execute, isolated_mysql, isolated_postgres, tracker_for};
+use posthog_track_tests::{
+    database_url, execute, insert_committed, isolated_mysql, isolated_postgres, tracker_for,
+};
 use serde_json::json;
 use sqlx::Pool;
 
@@ -204,9 +206,7 @@ where
         owner: "user-1".into(),
         title: "draft".into(),
     };
-    let mut tx = tracker.begin(pool).await.unwrap();
-    let document = document.insert(&mut tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let document = insert_committed(&tracker, pool, document).await;
     // PostHog changes its answer: the user's route does not change under them.
     mock.set_remote_flags(json!({"flags": {}}));
     let mut renamed = document.clone();
@@ -234,16 +234,12 @@ where
 
     // PostHog has no value for this user: the default table, with a warning and a count.
     assert_eq!(tracker.flag_routing_fallbacks(), 0);
-    let mut tx = tracker.begin(pool).await.unwrap();
-    Document {
+    let unrouted = Document {
         id: "d2".into(),
         owner: "user-2".into(),
         title: "draft".into(),
-    }
-    .insert(&mut tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    };
+    insert_committed(&tracker, pool, unrouted).await;
     assert_eq!(tracker.flag_routing_fallbacks(), 1);
     assert_eq!(
         count(pool, "SELECT COUNT(*) FROM documents WHERE id = 'd2'").await,

@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use posthog_track::flags::{FlagValue, FlagsRequest};
 use posthog_track::{CaptureMode, Compression, Config, Event, EventOptions, Tracker};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 #[derive(Parser)]
@@ -63,14 +63,16 @@ async fn main() -> std::io::Result<()> {
     let adapter = Shared::default();
     loop {
         let (stream, _) = listener.accept().await?;
-        let adapter = adapter.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| handle(adapter.clone(), request));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve(stream, adapter.clone()));
     }
+}
+
+/// Answers the requests of one connection, until the harness closes it.
+async fn serve(stream: TcpStream, adapter: Shared) {
+    let service = service_fn(move |request| handle(adapter.clone(), request));
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn handle(
