@@ -1,7 +1,8 @@
 //! Backfill of existing rows (`tracker.backfill::<M>(&pool)`) on every backend, delivered to
 //! MockPostHog: one person update per row, no new uuids on a rerun, exactly once across an
-//! interruption, `properties([...])`, historical insert events, the throttle, dry runs, group
-//! models, and the typed errors for bad names.
+//! interruption (a dropped future, and a process killed with SIGKILL), `properties([...])`,
+//! historical insert events, the throttle, dry runs, group models, and the typed errors for
+//! bad names.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -313,6 +314,107 @@ async fn backfill_survives_a_crash(pool: &impl Source<Person>, _url: &str) {
     assert_one_update_per_row(&mock, 3_000);
 }
 on_every_backend!(backfill_survives_a_crash);
+
+/// The environment variable that makes [`backfill_child_process`] run: the database URL.
+const CHILD_URL: &str = "POSTHOG_TRACK_BACKFILL_CHILD_URL";
+
+/// A backfill process killed with SIGKILL half-way (a real crash: no destructor runs, no
+/// commit is in flight from a dead process) and resumed by another process delivers each row
+/// exactly once.
+async fn backfill_survives_kill_9(pool: &impl Source<Person>, url: &str) {
+    let (mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 3_000).await;
+
+    // This test binary again, running only `backfill_child_process`.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "backfill_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_URL, url)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backfill process ended before it was killed: {status}");
+        }
+        let progress = checkpoint(pool.sqlx()).await;
+        if progress.is_some_and(|(rows, _)| rows >= 500) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break checkpoint(pool.sqlx()).await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill process made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        at_kill.1, 0,
+        "killed half-way, not after the last page: {at_kill:?}"
+    );
+
+    let resumed = run_ok(tracker.backfill::<Person>(pool)).await;
+    assert!(resumed.complete, "{resumed}");
+    assert_eq!(
+        resumed.rows,
+        3_000 - u64::try_from(at_kill.0).unwrap(),
+        "it resumed after the last page the killed process committed: {resumed}"
+    );
+    tracker.flush().await.unwrap();
+    assert_one_update_per_row(&mock, 3_000);
+}
+on_every_backend!(backfill_survives_kill_9);
+
+/// The child of [`backfill_survives_kill_9`]: backfills `Person` from the database in
+/// `POSTHOG_TRACK_BACKFILL_CHILD_URL`, slowly, until it is killed. It stages into the outbox
+/// and delivers nothing (the test's own tracker does). Does nothing when run on its own.
+#[tokio::test]
+#[ignore = "run by backfill_survives_kill_9 as its child process"]
+async fn backfill_child_process() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        return;
+    };
+    let tracker = Tracker::builder()
+        .api_key("phc_child")
+        .host("http://127.0.0.1:9")
+        .unwrap()
+        .external_relay(true)
+        .build();
+    async fn backfill<DB: Backend>(tracker: &Tracker, pool: Pool<DB>)
+    where
+        Pool<DB>: BackfillPool<Person>,
+    {
+        tracker
+            .backfill::<Person>(&pool)
+            .rate(2_000)
+            .run()
+            .await
+            .unwrap();
+    }
+    if url.starts_with("postgres") {
+        backfill(&tracker, sqlx::PgPool::connect(&url).await.unwrap()).await;
+    } else if url.starts_with("mysql") {
+        backfill(&tracker, sqlx::MySqlPool::connect(&url).await.unwrap()).await;
+    } else {
+        backfill(&tracker, sqlx::SqlitePool::connect(&url).await.unwrap()).await;
+    }
+}
+
+/// The one checkpoint of the database, once a page committed: rows done, and whether the
+/// backfill finished (1).
+async fn checkpoint<DB: Backend>(pool: &Pool<DB>) -> Option<(i64, i64)> {
+    let mut conn = pool.acquire().await.unwrap();
+    let query = sqlx::query("SELECT rows_done, done FROM posthog_backfill");
+    let rows = DB::fetch_all(&mut conn, query).await.ok()?;
+    let row = rows.first()?;
+    Some((DB::int(row, 0).unwrap(), DB::int(row, 1).unwrap()))
+}
 
 /// `properties([...])` sends only those person properties; bad names are typed errors that
 /// list the valid ones, before anything is staged.
