@@ -600,6 +600,82 @@ pub(crate) async fn write_marked<DB: Backend>(
     Ok(())
 }
 
+/// The outbox `INSERT` and the `COMMIT` as one PostgreSQL simple query, so that a tracked
+/// transaction costs the round trips of an untracked one (`BEGIN`, its own statements,
+/// `COMMIT`). `None` where this does not apply: other backends, more events than one
+/// statement takes, or a value with a NUL (PostgreSQL's text cannot hold one; the bound
+/// path reports it as the database's error).
+///
+/// A simple query cannot carry parameters, so the values are escaped string constants
+/// (`E'...'`, every backslash and quote doubled: read the same whatever
+/// `standard_conforming_strings` says). The script ends by opening an empty transaction
+/// (`BEGIN`): the caller's `sqlx::Transaction` still believes its transaction is open and,
+/// when dropped, queues the `ROLLBACK` that closes this one; the pool sends it with the ping
+/// it does on every release. Without that `BEGIN`, the queued `ROLLBACK` would find no
+/// transaction and PostgreSQL would warn on every commit.
+pub(crate) fn insert_and_commit_script(
+    dialect: Dialect,
+    events: &[StagedEvent],
+    notify: bool,
+) -> Option<String> {
+    if dialect != Dialect::Postgres || events.is_empty() || events.len() > EVENTS_PER_STATEMENT {
+        return None;
+    }
+    let values_len: usize = events
+        .iter()
+        .map(|event| {
+            event.event.len()
+                + event.distinct_id.len()
+                + event.timestamp.len()
+                + event.payload.len()
+        })
+        .sum();
+    let mut sql = String::with_capacity(160 + values_len + events.len() * 80);
+    sql.push_str(
+        "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) VALUES ",
+    );
+    let mut uuid_buffer = Uuid::encode_buffer();
+    for (i, event) in events.iter().enumerate() {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        let values: [&str; COLUMNS_PER_EVENT] = [
+            event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
+            &event.event,
+            &event.distinct_id,
+            &event.timestamp,
+            &event.payload,
+        ];
+        for (column, value) in values.into_iter().enumerate() {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            push_escaped_literal(&mut sql, value)?;
+        }
+        sql.push(')');
+    }
+    if notify {
+        sql.push_str(";\nSELECT pg_notify('posthog_outbox', '')");
+    }
+    sql.push_str(";\nCOMMIT;\nBEGIN");
+    Some(sql)
+}
+
+/// Appends `value` as a PostgreSQL escape string constant; `None` for a NUL.
+fn push_escaped_literal(sql: &mut String, value: &str) -> Option<()> {
+    if value.contains('\0') {
+        return None;
+    }
+    sql.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\\' => sql.push_str("\\\\"),
+            '\'' => sql.push_str("''"),
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+    Some(())
+}
+
 fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {
     let mut sql = String::with_capacity(112 + events * 28);
     sql.push_str("INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload");

@@ -91,6 +91,7 @@ impl Tracker {
             pool.begin().await?,
             self.inner.clone(),
             relay,
+            true,
         ))
     }
 
@@ -102,7 +103,7 @@ impl Tracker {
         &self,
         tx: sqlx::Transaction<'c, DB>,
     ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.inner.clone(), None)
+        TrackedTransaction::new(tx, self.inner.clone(), None, false)
     }
 
     /// The outbox of the database behind `pool`.

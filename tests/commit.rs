@@ -1,0 +1,264 @@
+//! Commits: a tracked transaction's rows and events commit together, with every value in the
+//! outbox exactly as staged, and on PostgreSQL in the round trips of an untracked transaction
+//! (the outbox `INSERT` travels with the `COMMIT`) without leaving anything open or logging
+//! anything on the connection afterwards.
+
+use std::sync::{Arc, Mutex};
+
+use posthog_track::{Backend, Event, Tracker};
+use posthog_track_tests::{
+    database_url, isolated_postgres, migrated_tracker, on_every_backend, outbox_events,
+    tracker_for, with_search_path,
+};
+use sqlx::Pool;
+
+/// Text that breaks SQL string constants written carelessly: quotes, backslashes (which an
+/// escape string constant reads as escapes), dollar quotes, statements, control characters.
+const HOSTILE: &[&str] = &[
+    "it's",
+    "''",
+    "back\\slash",
+    "\\' both",
+    "trailing backslash \\",
+    "\\x41 \\u0041 \\101 \\n",
+    "$$ dollar $$ $tag$",
+    "E'x'",
+    "'); DROP TABLE posthog_outbox; --",
+    ";\nCOMMIT;\nBEGIN;",
+    "line\nbreak\ttab\rreturn",
+    "emoji 🦀, ü, 中文",
+];
+
+fn tracker(mock: &posthog_track::testing::MockPostHog) -> Tracker {
+    // External delivery: the events stay in the outbox to be read back.
+    tracker_for(mock).external_relay(true).build()
+}
+
+async fn hostile_text_reaches_the_outbox_unchanged<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let (_mock, tracker, tag) = migrated_tracker(pool, tracker, "hostile").await;
+    let mut staged = Vec::new();
+    // One event per transaction (PostgreSQL's one-round-trip commit), then all of them in one.
+    for text in HOSTILE {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(format!("{tag}{text}"));
+        tx.capture(
+            Event::new(format!("hostile {text}"))
+                .property("text", *text)
+                .property("tag", tag.as_str()),
+        )
+        .unwrap();
+        staged.extend(tx.staged().iter().cloned());
+        tx.commit().await.unwrap();
+    }
+    let mut tx = tracker.begin(pool).await.unwrap();
+    for text in HOSTILE {
+        tx.capture(
+            Event::new(format!("hostile {text}"))
+                .distinct_id(format!("{tag}{text}"))
+                .property("text", *text)
+                .property("tag", tag.as_str()),
+        )
+        .unwrap();
+    }
+    staged.extend(tx.staged().iter().cloned());
+    tx.commit().await.unwrap();
+
+    let stored = outbox_events(&tracker, pool, |event| {
+        event.property("tag").and_then(|value| value.as_str()) == Some(tag.as_str())
+    })
+    .await;
+    assert_eq!(stored.len(), staged.len());
+    for (stored, staged) in stored.iter().zip(&staged) {
+        assert_eq!(stored.uuid, staged.uuid);
+        assert_eq!(stored.event, staged.event);
+        assert_eq!(stored.distinct_id, staged.distinct_id);
+        assert_eq!(stored.timestamp, staged.timestamp);
+        let payload: serde_json::Value = serde_json::from_str(&staged.payload).unwrap();
+        assert_eq!(stored.payload, payload);
+    }
+    for (stored, text) in stored.iter().zip(HOSTILE.iter().chain(HOSTILE)) {
+        assert_eq!(stored.property("text"), Some(&serde_json::json!(text)));
+    }
+}
+on_every_backend!(hostile_text_reaches_the_outbox_unchanged);
+
+/// What `sqlx` logged about the server's notices (PostgreSQL warns, for example, on a
+/// `ROLLBACK` with no transaction open).
+#[derive(Clone, Default)]
+struct Notices(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Notices {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{value:?} "));
+            }
+        }
+        if event
+            .metadata()
+            .target()
+            .starts_with("sqlx::postgres::notice")
+        {
+            let mut message = String::new();
+            event.record(&mut Message(&mut message));
+            self.0.lock().unwrap().push(message);
+        }
+    }
+}
+
+/// A pool of one connection on `scenario`'s own schema: what one commit leaves on the
+/// connection, the next query meets.
+async fn one_connection(scenario: &str) -> Option<sqlx::PgPool> {
+    let url = database_url("POSTGRES_URL")?;
+    isolated_postgres(&url, scenario).await.close().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&with_search_path(&url, &format!("pt_{scenario}")))
+        .await
+        .unwrap();
+    Some(pool)
+}
+
+/// Whether each statement on the pool's connection runs in a transaction of its own (none
+/// left open by a commit): a setting made local to the transaction of one statement must be
+/// gone in the next.
+async fn runs_in_its_own_transaction(pool: &sqlx::PgPool) -> bool {
+    sqlx::query("SELECT set_config('posthog_track.probe', 'set', true)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let probe: Option<String> =
+        sqlx::query_scalar("SELECT current_setting('posthog_track.probe', true)")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    probe.as_deref() != Some("set")
+}
+
+// Current-thread runtime: the pool's release of the connection (a spawned task) runs on this
+// thread too, inside the subscriber set below.
+#[tokio::test]
+async fn postgres_commit_leaves_the_connection_idle_and_quiet() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let Some(pool) = one_connection("commit_idle").await else {
+        return;
+    };
+    let notices = Notices::default();
+    let _subscriber =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(notices.clone()));
+    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "idle").await;
+    for n in 0..3 {
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id(tag.clone());
+        tx.capture(Event::new("idle_check").property("n", n))
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            runs_in_its_own_transaction(&pool).await,
+            "the commit left a transaction open on the pooled connection"
+        );
+    }
+    let stored = outbox_events(&tracker, &pool, |event| event.distinct_id == tag).await;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(*notices.0.lock().unwrap(), Vec::<String>::new());
+}
+
+/// Begins a transaction that inserts a row with `insert` and stages one event for
+/// `distinct_id`, and asserts that its commit fails with an error mentioning `expected`,
+/// whole: neither the row (in `table`) nor the event exists afterwards, and the connection
+/// is back to a transaction per statement.
+async fn assert_commit_fails_whole(
+    pool: &sqlx::PgPool,
+    tracker: &Tracker,
+    distinct_id: String,
+    (table, insert): (&str, &str),
+    expected: &str,
+) {
+    let mut tx = tracker.begin(pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.set_distinct_id(distinct_id.clone());
+    tx.capture(Event::new("doomed")).unwrap();
+    let error = tx.commit().await.unwrap_err();
+    assert!(
+        error.to_string().contains(expected),
+        "unexpected error: {error}"
+    );
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+    let events = outbox_events(tracker, pool, |event| event.distinct_id == distinct_id).await;
+    assert!(events.is_empty());
+    assert!(runs_in_its_own_transaction(pool).await);
+}
+
+#[tokio::test]
+async fn postgres_a_failing_commit_keeps_neither_rows_nor_events() {
+    let Some(pool) = one_connection("commit_fails").await else {
+        return;
+    };
+    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "fails").await;
+    sqlx::raw_sql(
+        "CREATE TABLE parent (id BIGINT PRIMARY KEY);
+         CREATE TABLE child (parent_id BIGINT NOT NULL REFERENCES parent (id)
+             DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The foreign key is checked at COMMIT, after the outbox INSERT has run.
+    let orphan = ("child", "INSERT INTO child (parent_id) VALUES (42)");
+    assert_commit_fails_whole(&pool, &tracker, tag, orphan, "foreign key").await;
+}
+
+/// PostgreSQL's text cannot hold a NUL: the commit fails as the database says, whole.
+#[tokio::test]
+async fn postgres_a_nul_fails_the_commit_whole() {
+    let Some(pool) = one_connection("commit_nul").await else {
+        return;
+    };
+    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "nul").await;
+    sqlx::raw_sql("CREATE TABLE note (body TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let note = (
+        "note",
+        "INSERT INTO note (body) VALUES ('kept only with its event')",
+    );
+    assert_commit_fails_whole(&pool, &tracker, format!("{tag}\0nul"), note, "0x00").await;
+}
+
+/// Any text without a NUL, as a distinct id and a property, reaches the outbox exactly as
+/// staged through PostgreSQL's one-round-trip commit (its values are string constants).
+#[test]
+fn postgres_any_text_reaches_the_outbox_unchanged() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pool) = runtime.block_on(one_connection("commit_any_text")) else {
+        return;
+    };
+    let (_mock, tracker, _) = runtime.block_on(migrated_tracker(&pool, tracker, "any"));
+    let text =
+        any::<String>().prop_filter("PostgreSQL text holds no NUL", |text| !text.contains('\0'));
+    proptest!(ProptestConfig::with_cases(64), |(text in text)| {
+        let stored = runtime.block_on(async {
+            let mut tx = tracker.begin(&pool).await.unwrap();
+            tx.set_distinct_id(text.clone());
+            tx.capture(Event::new("any_text").property("text", text.as_str()))
+                .unwrap();
+            let uuid = tx.staged()[0].uuid;
+            tx.commit().await.unwrap();
+            outbox_events(&tracker, &pool, |event| event.uuid == uuid).await
+        });
+        prop_assert_eq!(stored.len(), 1);
+        prop_assert_eq!(&stored[0].distinct_id, &text);
+        prop_assert_eq!(stored[0].property("text"), Some(&serde_json::json!(text)));
+    });
+}
