@@ -120,13 +120,6 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
     ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c;
 
-    /// Runs SQL text through the simple-query protocol: several `;`-separated statements in
-    /// one round trip, without parameters (every value must already be a safe literal).
-    fn execute_script<'c>(
-        conn: &'c mut Self::Connection,
-        sql: String,
-    ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c;
-
     /// Runs a statement that returns exactly one row.
     fn fetch_one<'c>(
         conn: &'c mut Self::Connection,
@@ -251,13 +244,6 @@ macro_rules! impl_backend {
                 query: Query<'static, Self, <Self as sqlx::Database>::Arguments>,
             ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c {
                 query.execute(conn)
-            }
-
-            fn execute_script<'c>(
-                conn: &'c mut Self::Connection,
-                sql: String,
-            ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send + 'c {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn)
             }
 
             fn fetch_one<'c>(

@@ -91,7 +91,6 @@ impl Tracker {
             pool.begin().await?,
             self.inner.clone(),
             relay,
-            true,
         ))
     }
 
@@ -103,7 +102,7 @@ impl Tracker {
         &self,
         tx: sqlx::Transaction<'c, DB>,
     ) -> TrackedTransaction<'c, DB> {
-        TrackedTransaction::new(tx, self.inner.clone(), None, false)
+        TrackedTransaction::new(tx, self.inner.clone(), None)
     }
 
     /// The outbox of the database behind `pool`.

@@ -29,10 +29,6 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     shared: Arc<Shared>,
     /// The pool's key when the transaction came from [`Tracker::begin`]: whose relay to wake.
     relay: Option<usize>,
-    /// Whether the connection goes back to a pool when the transaction ends (it came from
-    /// [`Tracker::begin`]): the pool's release ping then closes the empty transaction that a
-    /// one-round-trip commit leaves open (see [`outbox::insert_and_commit_script`]).
-    pooled: bool,
     /// `$feature/<flag>` properties every event of this transaction carries.
     flag_stamps: Vec<Stamp>,
     context: TrackingContext,
@@ -56,7 +52,6 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         tx: sqlx::Transaction<'c, DB>,
         shared: Arc<Shared>,
         relay: Option<usize>,
-        pooled: bool,
     ) -> Self {
         TrackedTransaction {
             tx,
@@ -64,7 +59,6 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             distinct_id: None,
             shared,
             relay,
-            pooled,
             flag_stamps: Vec::new(),
             context: TrackingContext::default(),
             context_stamps: Vec::new(),
@@ -137,9 +131,6 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// in-memory queue once the commit succeeded. In dry run (no API key) they are printed
     /// after the commit and the outbox is left alone; a disabled tracker records none.
     ///
-    /// On PostgreSQL, a transaction from [`Tracker::begin`](crate::Tracker::begin) sends its events and the `COMMIT`
-    /// in one round trip: a tracked commit waits on the server as often as an untracked one.
-    ///
     /// Returns `Ok` once the database has committed: delivery trouble after that is logged
     /// and counted in [`Tracker::stats`], never returned here (a caller that retried a
     /// failed commit would write the row twice).
@@ -160,36 +151,16 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             Vec::new()
         };
         let to_outbox = dispatch.writes_outbox() && !staged.is_empty();
-        let mut committed = false;
         if to_outbox {
             let notify = DB::DIALECT == crate::backend::Dialect::Postgres
                 && dispatch.notifies_relays(self.relay);
-            let script = self
-                .pooled
-                .then(|| outbox::insert_and_commit_script(DB::DIALECT, &staged, notify))
-                .flatten();
-            if let Some(script) = script {
-                // One round trip for the events and the commit. The script leaves an empty
-                // transaction open, which the `ROLLBACK` that `self.tx` queues when dropped
-                // (below, it still counts itself open) closes on the pool's release ping.
-                DB::execute_script(&mut self.tx, script)
-                    .await
-                    .map_err(|error| outbox::explain(error, DB::DIALECT))?;
-                committed = true;
-            } else {
-                outbox::write::<DB>(&mut self.tx, &staged, notify).await?;
-            }
+            outbox::write::<DB>(&mut self.tx, &staged, notify).await?;
         }
-        let TrackedTransaction { tx, relay, .. } = self;
-        if committed {
-            drop(tx);
-        } else {
-            tx.commit().await?;
-        }
+        self.tx.commit().await?;
         if to_outbox {
             crate::metrics::committed(staged.len());
         }
-        dispatch.committed(relay, staged).await;
+        dispatch.committed(self.relay, staged).await;
         Ok(())
     }
 
