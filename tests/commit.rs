@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use posthog_track::{Backend, Event, Tracker};
 use posthog_track_tests::{
-    database_url, isolated_postgres, migrated_tracker, on_every_backend, outbox_events,
+    database_url, execute, isolated_postgres, migrated_tracker, on_every_backend, outbox_events,
     tracker_for, with_search_path,
 };
 use sqlx::Pool;
@@ -120,20 +120,33 @@ async fn one_connection(scenario: &str) -> Option<sqlx::PgPool> {
     Some(pool)
 }
 
-/// Whether each statement on the pool's connection runs in a transaction of its own (none
-/// left open by a commit): a setting made local to the transaction of one statement must be
-/// gone in the next.
-async fn runs_in_its_own_transaction(pool: &sqlx::PgPool) -> bool {
+/// Whether each statement on `conn` runs in a transaction of its own (none left open by a
+/// commit): a setting made local to the transaction of one statement must be gone in the next.
+async fn runs_in_its_own_transaction(conn: &mut sqlx::PgConnection) -> bool {
     sqlx::query("SELECT set_config('posthog_track.probe', 'set', true)")
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .unwrap();
     let probe: Option<String> =
         sqlx::query_scalar("SELECT current_setting('posthog_track.probe', true)")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await
             .unwrap();
     probe.as_deref() != Some("set")
+}
+
+/// [`runs_in_its_own_transaction`] on the pool's one connection; then (a `BEGIN` would close
+/// a transaction left open, so only after the probe) checks that the probe does see a
+/// transaction that is open.
+async fn pool_runs_in_its_own_transaction(pool: &sqlx::PgPool) -> bool {
+    let own = runs_in_its_own_transaction(&mut pool.acquire().await.unwrap()).await;
+    let mut open = pool.begin().await.unwrap();
+    assert!(
+        !runs_in_its_own_transaction(&mut open).await,
+        "the probe missed an open transaction"
+    );
+    open.rollback().await.unwrap();
+    own
 }
 
 // Current-thread runtime: the pool's release of the connection (a spawned task) runs on this
@@ -155,7 +168,7 @@ async fn postgres_commit_leaves_the_connection_idle_and_quiet() {
             .unwrap();
         tx.commit().await.unwrap();
         assert!(
-            runs_in_its_own_transaction(&pool).await,
+            pool_runs_in_its_own_transaction(&pool).await,
             "the commit left a transaction open on the pooled connection"
         );
     }
@@ -195,7 +208,7 @@ async fn assert_commit_fails_whole(
     assert_eq!(rows, 0);
     let events = outbox_events(tracker, pool, |event| event.distinct_id == distinct_id).await;
     assert!(events.is_empty());
-    assert!(runs_in_its_own_transaction(pool).await);
+    assert!(pool_runs_in_its_own_transaction(pool).await);
 }
 
 #[tokio::test]
@@ -204,14 +217,13 @@ async fn postgres_a_failing_commit_keeps_neither_rows_nor_events() {
         return;
     };
     let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "fails").await;
-    sqlx::raw_sql(
-        "CREATE TABLE parent (id BIGINT PRIMARY KEY);
-         CREATE TABLE child (parent_id BIGINT NOT NULL REFERENCES parent (id)
-             DEFERRABLE INITIALLY DEFERRED)",
+    execute(&pool, "CREATE TABLE parent (id BIGINT PRIMARY KEY)").await;
+    execute(
+        &pool,
+        "CREATE TABLE child (parent_id BIGINT NOT NULL REFERENCES parent (id) \
+         DEFERRABLE INITIALLY DEFERRED)",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     // The foreign key is checked at COMMIT, after the outbox INSERT has run.
     let orphan = ("child", "INSERT INTO child (parent_id) VALUES (42)");
     assert_commit_fails_whole(&pool, &tracker, tag, orphan, "foreign key").await;
@@ -224,10 +236,7 @@ async fn postgres_a_nul_fails_the_commit_whole() {
         return;
     };
     let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "nul").await;
-    sqlx::raw_sql("CREATE TABLE note (body TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    execute(&pool, "CREATE TABLE note (body TEXT NOT NULL)").await;
     let note = (
         "note",
         "INSERT INTO note (body) VALUES ('kept only with its event')",
