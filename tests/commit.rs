@@ -177,18 +177,27 @@ async fn postgres_commit_leaves_the_connection_idle_and_quiet() {
     assert_eq!(*notices.0.lock().unwrap(), Vec::<String>::new());
 }
 
-/// Begins a transaction that inserts a row with `insert` and stages one event for
-/// `distinct_id`, and asserts that its commit fails with an error mentioning `expected`,
-/// whole: neither the row (in `table`) nor the event exists afterwards, and the connection
-/// is back to a transaction per statement.
+/// On a pool of one connection with `schema` created: begins a transaction that inserts a
+/// row with `insert` and stages one event for a distinct id ending in `suffix`, and asserts
+/// that its commit fails with an error mentioning `expected`, whole: neither the row (in
+/// `table`) nor the event exists afterwards, and the connection is back to a transaction per
+/// statement.
 async fn assert_commit_fails_whole(
-    pool: &sqlx::PgPool,
-    tracker: &Tracker,
-    distinct_id: String,
+    scenario: &str,
+    schema: &[&str],
     (table, insert): (&str, &str),
+    suffix: &str,
     expected: &str,
 ) {
-    let mut tx = tracker.begin(pool).await.unwrap();
+    let Some(pool) = one_connection(scenario).await else {
+        return;
+    };
+    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, scenario).await;
+    for statement in schema {
+        execute(&pool, *statement).await;
+    }
+    let distinct_id = format!("{tag}{suffix}");
+    let mut tx = tracker.begin(&pool).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(insert))
         .execute(&mut *tx)
         .await
@@ -202,46 +211,36 @@ async fn assert_commit_fails_whole(
     );
     let rows: i64 =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(pool)
+            .fetch_one(&pool)
             .await
             .unwrap();
     assert_eq!(rows, 0);
-    let events = outbox_events(tracker, pool, |event| event.distinct_id == distinct_id).await;
+    let events = outbox_events(&tracker, &pool, |event| event.distinct_id == distinct_id).await;
     assert!(events.is_empty());
-    assert!(pool_runs_in_its_own_transaction(pool).await);
+    assert!(pool_runs_in_its_own_transaction(&pool).await);
 }
 
+/// The foreign key is checked at `COMMIT`, after the outbox `INSERT` has run.
 #[tokio::test]
 async fn postgres_a_failing_commit_keeps_neither_rows_nor_events() {
-    let Some(pool) = one_connection("commit_fails").await else {
-        return;
-    };
-    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "fails").await;
-    execute(&pool, "CREATE TABLE parent (id BIGINT PRIMARY KEY)").await;
-    execute(
-        &pool,
+    let schema = [
+        "CREATE TABLE parent (id BIGINT PRIMARY KEY)",
         "CREATE TABLE child (parent_id BIGINT NOT NULL REFERENCES parent (id) \
          DEFERRABLE INITIALLY DEFERRED)",
-    )
-    .await;
-    // The foreign key is checked at COMMIT, after the outbox INSERT has run.
+    ];
     let orphan = ("child", "INSERT INTO child (parent_id) VALUES (42)");
-    assert_commit_fails_whole(&pool, &tracker, tag, orphan, "foreign key").await;
+    assert_commit_fails_whole("commit_fails", &schema, orphan, "", "foreign key").await;
 }
 
 /// PostgreSQL's text cannot hold a NUL: the commit fails as the database says, whole.
 #[tokio::test]
 async fn postgres_a_nul_fails_the_commit_whole() {
-    let Some(pool) = one_connection("commit_nul").await else {
-        return;
-    };
-    let (_mock, tracker, tag) = migrated_tracker(&pool, tracker, "nul").await;
-    execute(&pool, "CREATE TABLE note (body TEXT NOT NULL)").await;
+    let schema = ["CREATE TABLE note (body TEXT NOT NULL)"];
     let note = (
         "note",
         "INSERT INTO note (body) VALUES ('kept only with its event')",
     );
-    assert_commit_fails_whole(&pool, &tracker, format!("{tag}\0nul"), note, "0x00").await;
+    assert_commit_fails_whole("commit_nul", &schema, note, "\0nul", "0x00").await;
 }
 
 /// Any text without a NUL (control characters included), as a distinct id and a property,
