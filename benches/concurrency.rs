@@ -20,9 +20,9 @@
 //! spell, default 20; 0 skips), `BENCH_BACKLOG` (events of the PostgreSQL backlog drain by one
 //! and by four relay processes, default 0: skipped; the target is 1000000), and
 //! `POSTHOG_TRACK_BIN` (the `posthog-track` binary; default: beside this benchmark's target
-//! directory, built by the first command above). `BENCH_FOLDED=1` (PostgreSQL) makes the
-//! tracked side a prototype that is not the library's code: the row and its outbox row in one
-//! statement (see `folded_write`).
+//! directory, built by the first command above). `BENCH_FOLD=0` turns off the library's
+//! one-statement insert on PostgreSQL (the row and its outbox row written together), so that
+//! the tracked side writes its outbox row at commit, as on the other backends.
 //!
 //! Every write is one transaction: `BEGIN`, `INSERT ... RETURNING created_at` (MySQL/MariaDB:
 //! `INSERT` then `SELECT created_at`), `COMMIT`; the tracked one is `user.insert(&mut tx)` +
@@ -416,11 +416,6 @@ where
     async fn reset(pool: &Pool<Self>);
     async fn empty_outbox(pool: &Pool<Self>);
     async fn outbox_len(pool: &Pool<Self>) -> i64;
-    /// `BENCH_FOLDED=1`: the tracked side as a prototype of a design that is not built (see
-    /// [`folded_write`]). PostgreSQL only.
-    fn folded(_pool: &Pool<Self>, _row: &User) -> impl Future<Output = ()> + Send {
-        async { panic!("BENCH_FOLDED=1 is a PostgreSQL prototype: set BENCH_BACKENDS=postgres") }
-    }
 }
 
 /// `query` with the row's five written columns bound in order: id, email, plan, seats,
@@ -490,57 +485,6 @@ impl Bench for sqlx::Postgres {
         "INSERT INTO bench_users (id, email, plan, seats, password_hash) \
          VALUES ($1, $2, $3, $4, $5) RETURNING created_at"
     );
-    async fn folded(pool: &Pool<Self>, row: &User) {
-        folded_write(pool, row).await;
-    }
-}
-
-/// When a folded write last sent `pg_notify` (milliseconds since the epoch).
-static LAST_NOTIFY_MS: AtomicU64 = AtomicU64::new(0);
-
-/// A prototype, not the library: the row and its outbox row in **one** statement (a
-/// data-modifying CTE), instead of the tracked write's `INSERT ... RETURNING` followed by the
-/// outbox `INSERT`. `pgbench` on this machine put such a statement at about the plain
-/// write's rate (see BENCHMARKS.md); this measures it end to end, with the library's event
-/// mapping and real relays delivering the rows.
-///
-/// The event is mapped from the row as given (its `created_at` is the sample's, not the
-/// database's `now()`), which the library cannot do: it maps the row as stored, generated
-/// columns included. The cost is the same; the values are not. It sends `pg_notify` at most
-/// once per 10 ms, as a process without a relay of its own does.
-async fn folded_write(pool: &Pool<sqlx::Postgres>, row: &User) {
-    const FOLDED: &str = "WITH row AS (INSERT INTO bench_users \
-        (id, email, plan, seats, password_hash) VALUES ($1, $2, $3, $4, $5) \
-        RETURNING created_at), \
-        event AS (INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-        SELECT $6, $7, $8, $9, $10 FROM row) SELECT created_at FROM row";
-    let mut events = Vec::with_capacity(1);
-    posthog_track::__private::stage_insert_event_detached(row, "", &mut events).unwrap();
-    let event = &events[0];
-    let mut tx = pool.begin().await.unwrap();
-    let created_at: DateTime<Utc> = bind_user!(sqlx::query_scalar(FOLDED), row)
-        .bind(event.uuid.hyphenated().to_string())
-        .bind(event.event.as_ref())
-        .bind(&event.distinct_id)
-        .bind(&event.timestamp)
-        .bind(&event.payload)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    std::hint::black_box(created_at);
-    let now = unix_micros(SystemTime::now()) / 1000;
-    let last = LAST_NOTIFY_MS.load(Ordering::Relaxed);
-    if now >= last + 10
-        && LAST_NOTIFY_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        sqlx::query("SELECT pg_notify('posthog_outbox', '')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
 }
 
 impl Bench for sqlx::MySql {
@@ -681,12 +625,6 @@ fn sqlite_target(dir: &std::path::Path) -> Target<sqlx::Sqlite> {
 // ---------------------------------------------------------------------------------------------
 // Measurement
 
-/// `BENCH_FOLDED=1`: tracked writes are [`folded_write`]'s prototype instead of the library's.
-fn folded() -> bool {
-    static FOLDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FOLDED.get_or_init(|| env_or("BENCH_FOLDED", 0u8) == 1)
-}
-
 /// Sequence numbers of writes: tracked rows are `w<n>`, plain ones `p<n>`.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -737,10 +675,6 @@ where
                 let n = NEXT.fetch_add(1, Ordering::Relaxed);
                 match side {
                     Side::Plain => DB::plain(&pool, &user(format!("p{n}"), n)).await,
-                    Side::Tracked if folded() => {
-                        DB::folded(&pool, &user(format!("w{n}"), n)).await;
-                        committed.push((n, unix_micros(SystemTime::now())));
-                    }
                     Side::Tracked => {
                         let mut tx = tracker.begin(&pool).await.unwrap();
                         std::hint::black_box(
@@ -1241,9 +1175,11 @@ async fn backlog_drain(target: &Target<sqlx::Postgres>, settings: &Settings, sin
 #[tokio::main]
 async fn orchestrate() {
     let settings = Settings::from_env();
+    let fold = env_or("BENCH_FOLD", 1u8) == 1;
+    posthog_track::__private::fold_inserts(fold);
     println!(
         "posthog-track concurrency benchmark: {:?} per phase, {} runs per case (medians), \
-         writers {:?}, relays {:?}, linger {}, PostgreSQL claims {}\n",
+         writers {:?}, relays {:?}, linger {}, PostgreSQL claims {}, PostgreSQL inserts {}\n",
         settings.seconds,
         settings.repeats,
         settings.writers,
@@ -1259,6 +1195,11 @@ async fn orchestrate() {
             "with written leases"
         } else {
             "held by the sending transaction"
+        },
+        if fold {
+            "fold their events (one statement)"
+        } else {
+            "write their events at commit (BENCH_FOLD=0)"
         },
     );
     let sink = Sink::start().await;

@@ -163,6 +163,8 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn optional_text(row: &Self::Row, index: usize) -> Result<Option<String>, sqlx::Error>;
     /// Reads a 64-bit integer column.
     fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
+    /// The database's name for the type of column `index` of `row` (`TIMESTAMPTZ`, `INT8`).
+    fn column_type(row: &Self::Row, index: usize) -> Option<String>;
 }
 
 /// A database that can bind a `T` as a query parameter. Generated code bounds the database,
@@ -300,6 +302,11 @@ macro_rules! impl_backend {
 
             fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error> {
                 sqlx::Row::try_get(row, index)
+            }
+
+            fn column_type(row: &Self::Row, index: usize) -> Option<String> {
+                let column = sqlx::Row::columns(row).get(index)?;
+                Some(sqlx::TypeInfo::name(sqlx::Column::type_info(column)).to_owned())
             }
         }
     };

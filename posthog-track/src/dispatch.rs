@@ -249,6 +249,16 @@ impl Dispatch {
             .collect()
     }
 
+    /// Whether a write's events may go to the outbox with the statement that writes its row
+    /// (`model::fold`): in live mode with outbox delivery, when commit would write them
+    /// unchanged (no `before_send` hook, no `$geoip_disable` to add).
+    pub(crate) fn folds_events(&self) -> bool {
+        self.uses_outbox()
+            && self.records_events()
+            && self.before_send.is_none()
+            && !self.disable_geoip
+    }
+
     /// Where the events of a transaction about to commit go: `true` when they must be written
     /// to the outbox inside it.
     pub(crate) fn writes_outbox(&self) -> bool {

@@ -78,6 +78,16 @@ pub struct EventWriter {
     first_in_section: bool,
     /// The event's v1 `options` object, written after its properties when set.
     options: Option<String>,
+    /// Properties whose values the database fills in: written as [`splice_marker`]s for SQL to
+    /// replace (see `model::fold`).
+    splice: &'static [(&'static str, usize)],
+}
+
+/// Stands for the value of column `index` in an event rendered before its row is inserted.
+/// Byte 0x01 never appears raw in JSON that serde writes (it escapes control characters in
+/// strings, and keys are escaped at compile time), so a marker cannot collide with data.
+pub(crate) fn splice_marker(index: usize) -> String {
+    format!("\u{1}{index}\u{1}")
 }
 
 /// Where a property goes in an event: the event's own properties, `$set` or `$set_once`.
@@ -130,6 +140,7 @@ impl EventWriter {
             section: Section::Properties,
             first_in_section: false,
             options: None,
+            splice: &[],
         }
     }
 
@@ -223,6 +234,10 @@ impl EventWriter {
             self.buf.push(b',');
         }
         self.buf.extend_from_slice(key_json.as_bytes());
+        if let Some(&(_, index)) = self.splice.iter().find(|(spliced, _)| *spliced == name) {
+            self.buf.extend_from_slice(splice_marker(index).as_bytes());
+            return Ok(());
+        }
         serde_json::to_writer(&mut self.buf, value).map_err(|source| Error::Serialize {
             event: self.event.clone(),
             property: Cow::Borrowed(name),
@@ -260,6 +275,21 @@ pub struct Stager<'a> {
     distinct_id: String,
     timestamp: String,
     stamps: Vec<Stamp>,
+    shape: EventShape,
+    /// `events.len()` when the stager was made: the first event it stages is replay's first.
+    base: usize,
+}
+
+/// How a stager renders events, when not the usual way: for writing a row and its events in
+/// one statement (`model::fold`), the events are rendered once before the row exists, with the
+/// database's values left as markers, and once after, from the row as stored, with the same
+/// uuids and timestamp so that the two renderings can be compared byte for byte.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventShape {
+    /// `(property, column index)` written as [`splice_marker`]s.
+    pub(crate) splice: &'static [(&'static str, usize)],
+    /// The timestamp and, in order, the uuids of the events to render again.
+    pub(crate) replay: Option<(String, Vec<Uuid>)>,
 }
 
 /// A property every event of a write carries (`$feature/<flag>`).
@@ -286,12 +316,41 @@ impl Stamp {
 
 impl<'a> Stager<'a> {
     pub(crate) fn new(events: &'a mut Vec<StagedEvent>, distinct_id: String) -> Self {
+        let base = events.len();
         Stager {
             events,
             distinct_id,
             timestamp: format_timestamp(Utc::now()),
             stamps: Vec::new(),
+            shape: EventShape::default(),
+            base,
         }
+    }
+
+    /// Renders events the way `shape` says (see [`EventShape`]).
+    pub(crate) fn with_shape(mut self, shape: EventShape) -> Self {
+        if let Some((timestamp, _)) = &shape.replay {
+            self.timestamp.clone_from(timestamp);
+        }
+        self.shape = shape;
+        self
+    }
+
+    /// The uuid of the next event: the replayed one, or a new UUIDv7.
+    fn next_uuid(&self) -> Uuid {
+        self.shape
+            .replay
+            .as_ref()
+            .and_then(|(_, uuids)| uuids.get(self.events.len().checked_sub(self.base)?))
+            .copied()
+            .unwrap_or_else(Uuid::now_v7)
+    }
+
+    fn begin(&self, name: Cow<'static, str>, distinct_id: &str, timestamp: &str) -> EventWriter {
+        let mut writer =
+            EventWriter::begin(name, distinct_id, self.next_uuid(), timestamp, &self.stamps);
+        writer.splice = self.shape.splice;
+        writer
     }
 
     /// Every event of this write will carry these properties too.
@@ -302,24 +361,12 @@ impl<'a> Stager<'a> {
 
     /// Starts an event of this write.
     pub fn event(&self, name: impl Into<Cow<'static, str>>) -> EventWriter {
-        EventWriter::begin(
-            name.into(),
-            &self.distinct_id,
-            Uuid::now_v7(),
-            &self.timestamp,
-            &self.stamps,
-        )
+        self.begin(name.into(), &self.distinct_id, &self.timestamp)
     }
 
     /// Starts an event that happened at `timestamp` rather than at this write.
     pub(crate) fn event_at(&self, name: Cow<'static, str>, timestamp: String) -> EventWriter {
-        let mut writer = EventWriter::begin(
-            name,
-            &self.distinct_id,
-            Uuid::now_v7(),
-            &timestamp,
-            &self.stamps,
-        );
+        let mut writer = self.begin(name, &self.distinct_id, &timestamp);
         writer.timestamp = Some(timestamp);
         writer
     }
@@ -331,13 +378,7 @@ impl<'a> Stager<'a> {
 
     /// Starts an event of this write about another distinct id (a group's `$groupidentify`).
     pub(crate) fn event_for(&self, name: &'static str, distinct_id: String) -> EventWriter {
-        let mut writer = EventWriter::begin(
-            name.into(),
-            &distinct_id,
-            Uuid::now_v7(),
-            &self.timestamp,
-            &self.stamps,
-        );
+        let mut writer = self.begin(name.into(), &distinct_id, &self.timestamp);
         writer.distinct_id = Some(distinct_id);
         writer
     }

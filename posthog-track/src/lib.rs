@@ -126,7 +126,8 @@ pub mod __private {
     pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
         ChangeMask, EventSchema, ModelSql, PerDialect, SqlSet, TrackedModel, TrackedRow,
-        ignore_mariadb_returning, milestone_condition, stage_insert_event_detached,
+        fold_counts, fold_counts_of, fold_inserts, ignore_mariadb_returning, milestone_condition,
+        stage_insert_event_detached,
     };
     pub use crate::plan::{FieldPlan, ModelEvents, ModelPlan, PersonProperty, PlanEntry};
     pub use inventory;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{Event, StagedEvent, Stager, Stamp};
+use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
 use crate::shared::Shared;
@@ -25,6 +25,11 @@ use crate::shared::Shared;
 pub struct TrackedTransaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     staged: Vec<StagedEvent>,
+    /// How many events at the front of `staged` are in the outbox already: written by the
+    /// statement that inserted their row (PostgreSQL, see `model::fold`).
+    folded: usize,
+    /// How stagers render events; not the default only while `model::fold` stages a write.
+    shape: EventShape,
     distinct_id: Option<String>,
     shared: Arc<Shared>,
     /// The pool's key when the transaction came from [`Tracker::begin`]: whose relay to wake.
@@ -56,6 +61,8 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         TrackedTransaction {
             tx,
             staged: Vec::new(),
+            folded: 0,
+            shape: EventShape::default(),
             distinct_id: None,
             shared,
             relay,
@@ -145,16 +152,20 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
 
     async fn commit_inner(mut self) -> Result<()> {
         let dispatch = &self.shared.dispatch;
-        let staged = if dispatch.records_events() {
-            dispatch.apply_before_send(std::mem::take(&mut self.staged))
+        let mut staged = std::mem::take(&mut self.staged);
+        // Folded events are in the outbox already (and were only folded when no hook could
+        // want to see them: see `can_fold`).
+        let rest = staged.split_off(self.folded.min(staged.len()));
+        if dispatch.records_events() {
+            staged.extend(dispatch.apply_before_send(rest));
         } else {
-            Vec::new()
-        };
+            staged.clear();
+        }
         let to_outbox = dispatch.writes_outbox() && !staged.is_empty();
         if to_outbox {
             let notify = DB::DIALECT == crate::backend::Dialect::Postgres
                 && dispatch.notifies_relays(self.relay);
-            outbox::write::<DB>(&mut self.tx, &staged, notify).await?;
+            outbox::write::<DB>(&mut self.tx, &staged[self.folded..], notify).await?;
         }
         self.tx.commit().await?;
         if to_outbox {
@@ -173,7 +184,32 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// Drops the events staged since there were `len`: a write that failed half-way stages
     /// nothing.
     pub(crate) fn discard_staged_from(&mut self, len: usize) {
-        self.staged.truncate(len);
+        // Folded events went to the database with their rows; they go only with a rollback.
+        self.staged.truncate(len.max(self.folded));
+    }
+
+    /// Whether the next write may put its events in the outbox with its own statement
+    /// (`model::fold`): only while nothing is staged that is not in the outbox yet, so the
+    /// outbox keeps the staging order, and only when the events go to the outbox unchanged
+    /// (no `before_send` hook or `$geoip_disable` to apply at commit).
+    pub(crate) fn can_fold(&self) -> bool {
+        self.folded == self.staged.len() && self.shared.dispatch.folds_events()
+    }
+
+    /// The events staged so far, for `model::fold`, which renders a write's events, takes them
+    /// back and stages them again.
+    pub(crate) fn staged_mut(&mut self) -> &mut Vec<StagedEvent> {
+        &mut self.staged
+    }
+
+    /// Stagers render events this way until it is reset to the default.
+    pub(crate) fn set_shape(&mut self, shape: EventShape) {
+        self.shape = shape;
+    }
+
+    /// Every event staged so far is in the outbox already.
+    pub(crate) fn mark_folded(&mut self) {
+        self.folded = self.staged.len();
     }
 
     /// The underlying sqlx transaction, for APIs that want one by name.
@@ -223,7 +259,9 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         let mut stamps = self.context_stamps.clone();
         stamps.extend(self.flag_stamps.iter().cloned());
         stamps.extend(extra);
-        Ok(Stager::new(&mut self.staged, distinct_id).with_stamps(stamps))
+        Ok(Stager::new(&mut self.staged, distinct_id)
+            .with_stamps(stamps)
+            .with_shape(self.shape.clone()))
     }
 }
 

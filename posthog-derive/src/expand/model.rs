@@ -100,6 +100,29 @@ fn identity_items(container: &Container) -> TokenStream {
     quote!(#(#items)*)
 }
 
+/// What the database fills in at insert, for writing the row and its events in one statement
+/// (PostgreSQL): each `generated` field's property name with the field's index (its column's
+/// position in the inserted row), and whether the row's identity (distinct id, group key,
+/// a `group` field) is generated, which rules that out.
+fn generated_items(container: &Container) -> TokenStream {
+    let attrs = &container.attrs;
+    let generated = container.fields.iter().filter(|field| field.is_generated());
+    let properties = generated.clone().filter_map(|field| {
+        let name = field.property_name()?;
+        let index = field.index;
+        Some(quote!((#name, #index)))
+    });
+    let identity_generated = generated.clone().any(|field| {
+        attrs.distinct_id.as_ref() == Some(field.ident)
+            || attrs.group_key.as_ref() == Some(field.ident)
+            || field.attrs.group.is_some()
+    });
+    quote! {
+        const __GENERATED_PROPERTIES: &'static [(&'static str, usize)] = &[#(#properties),*];
+        const __IDENTITY_GENERATED: bool = #identity_generated;
+    }
+}
+
 pub fn tracked_model_impl(container: &Container) -> TokenStream {
     let ident = container.ident;
     let attrs = &container.attrs;
@@ -142,6 +165,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
     };
 
     let identity = identity_items(container);
+    let generated = generated_items(container);
 
     let write_properties = event::write_properties(container);
     let write_key_properties = event::write_key_properties(container);
@@ -194,6 +218,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
             }
 
             #identity
+            #generated
 
             #(#property_writers)*
 

@@ -4,12 +4,11 @@
 
 use std::future::Future;
 
-use super::bulk::{check_insertable, insert_all, write_one};
+use super::bulk::{check_insertable, insert_all};
 use super::codegen::{ChangeMask, SqlSet};
+use super::fold;
 use super::route::route;
-use super::stage::{
-    stage_group_identify, stage_identify, stage_inserted, stage_updated, with_groups,
-};
+use super::stage::{stage_group_identify, stage_identify, stage_updated, with_groups};
 use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
@@ -93,6 +92,13 @@ pub trait TrackedModel: Sized + Send + Sync {
     ) -> Result<()> {
         Ok(())
     }
+    /// `(property name, field index)` of each tracked `generated` field: values the database
+    /// fills in at insert.
+    #[doc(hidden)]
+    const __GENERATED_PROPERTIES: &'static [(&'static str, usize)] = &[];
+    /// The distinct id, the group key or a `group` field is `generated`.
+    #[doc(hidden)]
+    const __IDENTITY_GENERATED: bool = false;
     /// The model has `#[tracked(context = "...")]` fields.
     #[doc(hidden)]
     const __CONTEXT_FIELDS: bool = false;
@@ -133,6 +139,15 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// On MySQL/MariaDB a `generated` key must be an integer `AUTO_INCREMENT` column, the only
     /// generated value MySQL reports: otherwise the insert fails with [`Error::Unsupported`]
     /// before anything is written (and at compile time when the type or the migrations show it).
+    ///
+    /// On PostgreSQL the events usually reach the outbox with the row, in the same statement
+    /// (a data-modifying `WITH`), rather than at commit: one statement fewer per write, which
+    /// is most of a tracked write's extra cost under many concurrent writers. The outbox ends up
+    /// holding exactly the events [`staged`](TrackedTransaction::staged) shows, as at commit,
+    /// and a rollback removes both. This happens while everything staged earlier in the
+    /// transaction went the same way (so the outbox keeps the staging order) and there is no
+    /// `before_send` hook or `$geoip_disable`, and not for group models or models whose distinct
+    /// id is `generated`; a model's first insert in a process takes the usual path.
     fn insert<'t, 'c, DB>(
         mut self,
         tx: &'t mut TrackedTransaction<'c, DB>,
@@ -145,9 +160,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
             check_insertable::<DB>(sql, table, tx.connection()).await?;
-            let stored = write_one(&self, sql, table, tx.connection()).await?;
-            stage_inserted(&stored, stamps, tx)?;
-            Ok(stored)
+            fold::insert(&self, sql, table, stamps, tx).await
         }
     }
 

@@ -1,0 +1,438 @@
+//! PostgreSQL: an inserted row and its events in one statement.
+//!
+//! A tracked insert is otherwise two statements in its transaction: the model's
+//! `INSERT ... RETURNING` and, at commit, the outbox `INSERT`. With many concurrent writers
+//! the server is CPU-bound and pays per statement: the second statement costs about a quarter
+//! of the write rate, while the same outbox row written by the model's own statement costs
+//! about a twentieth (BENCHMARKS.md, "Many writers, several relays"). So here the events go in
+//! with the row, through a data-modifying CTE:
+//!
+//! 1. the events are rendered from the row as given, each `generated` property (a value only
+//!    the `INSERT` knows: a default timestamp, a sequence) left as a marker
+//!    ([`splice_marker`]);
+//! 2. one statement inserts the row, inserts the events with every marker replaced by SQL that
+//!    renders the stored column as serde does, and returns the row, the events' outbox ids and
+//!    those renderings;
+//! 3. the events are rendered again from the row as stored (with the same uuids and
+//!    timestamp) and compared, byte for byte, with what the statement wrote. An event that
+//!    differs is corrected with an `UPDATE` of its outbox row.
+//!
+//! So the outbox always holds exactly what the two-statement path would have written; only
+//! the speed depends on the SQL rendering. A model whose events need correcting more often
+//! than not stops folding. The column types rendered are learned from the first insert of
+//! each model (which takes the two-statement path); a model with a generated property of any
+//! other type never folds.
+//!
+//! Folding needs the outbox to keep the staging order and the events to reach it unchanged,
+//! so a write folds only while everything staged before it in the transaction is folded too,
+//! and only without a `before_send` hook or `$geoip_disable` (both applied at commit); see
+//! `TrackedTransaction::can_fold`. Group models (whose `$groupidentify` embeds properties in
+//! a nested object) and models whose distinct id or group is `generated` never fold.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+
+use super::bulk::write_one;
+use super::codegen::ModelSql;
+use super::stage::stage_inserted;
+use super::traits::{TrackedModel, TrackedRow};
+use crate::backend::{Backend, Dialect};
+use crate::error::Result;
+use crate::event::{EventShape, StagedEvent, Stamp, splice_marker};
+use crate::outbox;
+use crate::transaction::TrackedTransaction;
+
+/// The most events one insert folds: its own event and `$identify`.
+const MAX_FOLDED_EVENTS: usize = 2;
+/// A model stops folding once this many of its inserts needed a correction and they are at
+/// least half of its folded inserts.
+const CORRECTIONS_BEFORE_GIVING_UP: u64 = 8;
+
+/// Whether inserts fold at all (on by default; benchmarks turn it off to compare).
+static FOLDING: AtomicBool = AtomicBool::new(true);
+/// Inserts folded, and of those, corrected, in this process (for tests).
+static FOLDED: AtomicU64 = AtomicU64::new(0);
+static CORRECTED: AtomicU64 = AtomicU64::new(0);
+
+/// What is known of each model's insert: none until its first insert on PostgreSQL.
+static PLANS: LazyLock<RwLock<HashMap<PlanKey, Arc<Plan>>>> = LazyLock::new(Default::default);
+
+/// A model's insert SQL and generated properties: models alike in both fold alike.
+type PlanKey = (&'static str, &'static [(&'static str, usize)]);
+
+fn key_of<M: TrackedModel>(sql: &ModelSql) -> PlanKey {
+    (sql.insert, M::__GENERATED_PROPERTIES)
+}
+
+/// Turns folding on or off for the whole process. For benchmarks that compare the two
+/// paths; the outbox receives the same events either way.
+#[doc(hidden)]
+pub fn fold_inserts(on: bool) {
+    FOLDING.store(on, Ordering::Relaxed);
+}
+
+/// `(folded, corrected)`: inserts whose events went in with their row in this process, and
+/// how many of those needed an `UPDATE` because the SQL rendering differed. For tests.
+#[doc(hidden)]
+pub fn fold_counts() -> (u64, u64) {
+    (
+        FOLDED.load(Ordering::Relaxed),
+        CORRECTED.load(Ordering::Relaxed),
+    )
+}
+
+/// [`fold_counts`] for one model's inserts on `DB` (zeros before its first insert there).
+#[doc(hidden)]
+pub fn fold_counts_of<M: TrackedModel, DB: Backend>() -> (u64, u64) {
+    known_plan(key_of::<M>(M::__SQL.get(DB::DIALECT))).map_or((0, 0), |plan| {
+        (
+            plan.folded.load(Ordering::Relaxed),
+            plan.corrected.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// How one model's inserts fold.
+#[derive(Debug)]
+struct Plan {
+    /// `None`: a generated property has a type this module does not render; never fold.
+    /// Otherwise the statement for one and for two events.
+    statements: Option<[&'static str; MAX_FOLDED_EVENTS]>,
+    /// Column index of each generated property, in the order the statement returns their
+    /// renderings.
+    rendered: Vec<usize>,
+    folded: AtomicU64,
+    corrected: AtomicU64,
+    off: AtomicBool,
+}
+
+impl Plan {
+    /// The plan for a model whose first insert returned `row`.
+    fn learn<M: TrackedModel, DB: Backend>(sql: &ModelSql, row: &DB::Row) -> Plan {
+        let mut rendered = Vec::new();
+        let mut renderings = Vec::new();
+        let mut renderable = true;
+        for &(_, index) in M::__GENERATED_PROPERTIES {
+            if rendered.contains(&index) {
+                continue;
+            }
+            let rendering = sql
+                .columns
+                .get(index)
+                .and_then(|column| json_of(&DB::column_type(row, index)?, &format!("r.{column}")));
+            match rendering {
+                Some(rendering) => {
+                    rendered.push(index);
+                    renderings.push(rendering);
+                }
+                None => renderable = false,
+            }
+        }
+        let statements = renderable.then(|| {
+            [1, 2].map(|events| {
+                &*Box::leak(statement(sql, &rendered, &renderings, events).into_boxed_str())
+            })
+        });
+        Plan {
+            statements,
+            rendered,
+            folded: AtomicU64::new(0),
+            corrected: AtomicU64::new(0),
+            off: AtomicBool::new(false),
+        }
+    }
+
+    fn folds(&self) -> bool {
+        self.statements.is_some() && !self.off.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, corrected: bool) {
+        FOLDED.fetch_add(1, Ordering::Relaxed);
+        let folded = self.folded.fetch_add(1, Ordering::Relaxed) + 1;
+        if corrected {
+            CORRECTED.fetch_add(1, Ordering::Relaxed);
+            let corrected = self.corrected.fetch_add(1, Ordering::Relaxed) + 1;
+            if corrected >= CORRECTIONS_BEFORE_GIVING_UP && corrected * 2 >= folded {
+                self.off.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    corrected,
+                    folded,
+                    "posthog-track: a model's events are rendered differently by SQL than by \
+                     serde; its inserts write their events at commit from now on"
+                );
+            }
+        }
+    }
+}
+
+/// SQL that renders `column` (of PostgreSQL type `type_name`) as JSON text the way serde
+/// renders the Rust value sqlx decodes it into, or `None` for types it does not know.
+/// Exactness never depends on this (see the module docs), only the speed.
+fn json_of(type_name: &str, column: &str) -> Option<String> {
+    match type_name {
+        "INT2" | "INT4" | "INT8" | "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" | "BOOL"
+        | "UUID" | "DATE" => Some(format!("COALESCE(to_json({column})::text, 'null')")),
+        "TIMESTAMPTZ" => Some(timestamp_json(
+            column,
+            &format!("({column} AT TIME ZONE 'UTC')"),
+            "Z",
+        )),
+        "TIMESTAMP" => Some(timestamp_json(column, column, "")),
+        _ => None,
+    }
+}
+
+/// chrono's serde form of a timestamp (RFC 3339, as many fractional digits as needed: none,
+/// 3 or 6 for microseconds), from `local`, the column's UTC or naive wall time.
+fn timestamp_json(column: &str, local: &str, zone: &str) -> String {
+    let micros = format!("(extract(microseconds FROM {column})::bigint % 1000000)");
+    format!(
+        "CASE WHEN {column} IS NULL THEN 'null' ELSE '\"' || \
+         to_char({local}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || \
+         CASE WHEN {micros} = 0 THEN '' \
+         WHEN {micros} % 1000 = 0 THEN '.' || lpad(({micros} / 1000)::text, 3, '0') \
+         ELSE '.' || lpad({micros}::text, 6, '0') END || '{zone}\"' END"
+    )
+}
+
+/// The model's `INSERT ... RETURNING` with `events` outbox rows written by the same
+/// statement. Parameters: the model's, then five per event (uuid, event, distinct id,
+/// timestamp, payload with markers). Returns the row's columns, then the first and last outbox
+/// id, then each rendering in `rendered` order.
+fn statement(sql: &ModelSql, rendered: &[usize], renderings: &[String], events: usize) -> String {
+    let mut payload = "e.payload".to_owned();
+    for (index, rendering) in rendered.iter().zip(renderings) {
+        payload = format!("replace({payload}, chr(1) || '{index}' || chr(1), {rendering})");
+    }
+    let mut values = String::new();
+    let mut parameter = sql.insert_width;
+    for n in 0..events {
+        if n > 0 {
+            values.push_str(", ");
+        }
+        let _ = write!(values, "({n}");
+        for _ in 0..5 {
+            parameter += 1;
+            let _ = write!(values, ", ${parameter}::text");
+        }
+        values.push(')');
+    }
+    let mut returned = String::new();
+    for rendering in renderings {
+        let _ = write!(returned, ", {rendering}");
+    }
+    format!(
+        "WITH \"__posthog_track_row\" AS ({insert}), \
+         \"__posthog_track_events\" AS (\
+         INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
+         SELECT e.uuid, e.event, e.distinct_id, e.timestamp, {payload} \
+         FROM \"__posthog_track_row\" r, (VALUES {values}) \
+         AS e(n, uuid, event, distinct_id, timestamp, payload) ORDER BY e.n RETURNING id) \
+         SELECT r.*, (SELECT min(id) FROM \"__posthog_track_events\"), \
+         (SELECT max(id) FROM \"__posthog_track_events\"){returned} \
+         FROM \"__posthog_track_row\" r",
+        insert = sql.insert,
+    )
+}
+
+fn known_plan(key: PlanKey) -> Option<Arc<Plan>> {
+    let plans = PLANS.read().unwrap_or_else(PoisonError::into_inner);
+    plans.get(&key).cloned()
+}
+
+/// Inserts `model` into `table` with `sql` and stages its events: in one statement when it
+/// can (PostgreSQL, see the module docs), otherwise the row now and the events at commit.
+pub(super) async fn insert<M, DB>(
+    model: &M,
+    sql: &'static ModelSql,
+    table: &'static str,
+    stamps: Vec<Stamp>,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<M>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let foldable = DB::DIALECT == Dialect::Postgres
+        && FOLDING.load(Ordering::Relaxed)
+        && sql.insert_returns_row
+        && M::__GROUP_TYPE.is_none()
+        && !M::__IDENTITY_GENERATED
+        && tx.can_fold();
+    if foldable {
+        match known_plan(key_of::<M>(sql)) {
+            Some(plan) if plan.folds() => {
+                return folded(model, sql, table, &plan, stamps, tx).await;
+            }
+            Some(_) => {}
+            None => return learning(model, sql, stamps, tx).await,
+        }
+    }
+    let stored = write_one(model, sql, table, tx.connection()).await?;
+    stage_inserted(&stored, stamps, tx)?;
+    Ok(stored)
+}
+
+/// A model's first foldable insert: two statements, as ever, and the types of its generated
+/// columns noted for the next.
+async fn learning<M, DB>(
+    model: &M,
+    sql: &'static ModelSql,
+    stamps: Vec<Stamp>,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<M>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let query = model.__bind_insert(sqlx::query(sql.insert));
+    let row = DB::fetch_one(tx.connection(), query).await?;
+    let plan = Arc::new(Plan::learn::<M, DB>(sql, &row));
+    PLANS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(key_of::<M>(sql))
+        .or_insert(plan);
+    let stored = M::__from_row(&row)?;
+    stage_inserted(&stored, stamps, tx)?;
+    Ok(stored)
+}
+
+/// Renders `model`'s insert events with `shape` and takes them back out of the transaction.
+fn render<M: TrackedModel, DB: Backend>(
+    model: &M,
+    stamps: Vec<Stamp>,
+    shape: EventShape,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<Vec<StagedEvent>> {
+    let start = tx.staged().len();
+    tx.set_shape(shape);
+    let staged = stage_inserted(model, stamps, tx);
+    tx.set_shape(EventShape::default());
+    let events = tx.staged_mut().split_off(start);
+    staged.map(|()| events)
+}
+
+async fn folded<M, DB>(
+    model: &M,
+    sql: &'static ModelSql,
+    table: &'static str,
+    plan: &Plan,
+    stamps: Vec<Stamp>,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<M>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let given = EventShape {
+        splice: M::__GENERATED_PROPERTIES,
+        replay: None,
+    };
+    let before = render(model, stamps.clone(), given, tx)?;
+    let Some(statement) = plan
+        .statements
+        .and_then(|statements| statements.get(before.len().checked_sub(1)?).copied())
+    else {
+        // More events than a fold writes (not the case for any model that folds today).
+        let stored = write_one(model, sql, table, tx.connection()).await?;
+        stage_inserted(&stored, stamps, tx)?;
+        return Ok(stored);
+    };
+    let mut query = model.__bind_insert(sqlx::query(statement));
+    let mut uuid_buffer = uuid::Uuid::encode_buffer();
+    for event in &before {
+        query = DB::bind_text(
+            query,
+            event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
+        );
+        query = DB::bind_text(query, &event.event);
+        query = DB::bind_text(query, &event.distinct_id);
+        query = DB::bind_text(query, &event.timestamp);
+        query = DB::bind_text(query, &event.payload);
+    }
+    let row = DB::fetch_one(tx.connection(), query)
+        .await
+        .map_err(|error| outbox::explain(error, DB::DIALECT))?;
+    // From here on the row and its outbox rows are in the transaction. A failure below is
+    // one the two-statement path would also have after its INSERT (decoding the row, mapping
+    // it), and the outbox rows are removed again so that no event outlives its failed write.
+    let width = sql.columns.len();
+    let ids = match (DB::int(&row, width), DB::int(&row, width + 1)) {
+        (Ok(first), Ok(last)) if before.len() == 1 => vec![first.min(last)],
+        (Ok(first), Ok(last)) => vec![first, last],
+        (Err(error), _) | (_, Err(error)) => return Err(error.into()),
+    };
+    let stored = match M::__from_row(&row) {
+        Ok(stored) => stored,
+        Err(error) => {
+            remove(tx, &ids).await?;
+            return Err(error.into());
+        }
+    };
+    let mut written: Vec<String> = before.iter().map(|event| event.payload.clone()).collect();
+    for (n, &index) in plan.rendered.iter().enumerate() {
+        let rendering = DB::text(&row, width + 2 + n)?;
+        let marker = splice_marker(index);
+        for payload in &mut written {
+            *payload = payload.replace(&marker, &rendering);
+        }
+    }
+    let replay = EventShape {
+        splice: &[],
+        replay: Some((
+            before[0].timestamp.clone(),
+            before.iter().map(|event| event.uuid).collect(),
+        )),
+    };
+    let after = match render(&stored, stamps, replay, tx) {
+        Ok(after) => after,
+        Err(error) => {
+            remove(tx, &ids).await?;
+            return Err(error);
+        }
+    };
+    let same_events = after.len() == before.len()
+        && after
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a.uuid == b.uuid && a.event == b.event);
+    if !same_events {
+        // The row as stored staged other events than the row as given: write those at commit
+        // like any unfolded write.
+        remove(tx, &ids).await?;
+        tx.staged_mut().extend(after);
+        plan.record(true);
+        return Ok(stored);
+    }
+    let mut corrected = false;
+    for ((event, payload), (id, given)) in after.iter().zip(&written).zip(ids.iter().zip(&before)) {
+        if event.payload != *payload || event.distinct_id != given.distinct_id {
+            corrected = true;
+            let query = sqlx::query(
+                "UPDATE posthog_outbox SET distinct_id = $1, payload = $2 WHERE id = $3",
+            );
+            let query = DB::bind_i64(
+                DB::bind_text(DB::bind_text(query, &event.distinct_id), &event.payload),
+                *id,
+            );
+            DB::execute(tx.connection(), query).await?;
+        }
+    }
+    tx.staged_mut().extend(after);
+    tx.mark_folded();
+    plan.record(corrected);
+    Ok(stored)
+}
+
+/// Deletes the outbox rows a folded insert wrote, by id (each exactly; ids of one statement
+/// need not be consecutive).
+async fn remove<DB: Backend>(tx: &mut TrackedTransaction<'_, DB>, ids: &[i64]) -> Result<()> {
+    for &id in ids {
+        let query = DB::bind_i64(sqlx::query("DELETE FROM posthog_outbox WHERE id = $1"), id);
+        DB::execute(tx.connection(), query).await?;
+    }
+    Ok(())
+}
