@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -235,7 +236,8 @@ impl EventWriter {
         }
         self.buf.extend_from_slice(key_json.as_bytes());
         if let Some(&(_, index)) = self.splice.iter().find(|(spliced, _)| *spliced == name) {
-            self.buf.extend_from_slice(splice_marker(index).as_bytes());
+            // Writing to a Vec cannot fail.
+            let _ = write!(self.buf, "\u{1}{index}\u{1}");
             return Ok(());
         }
         serde_json::to_writer(&mut self.buf, value).map_err(|source| Error::Serialize {

@@ -11,8 +11,7 @@
 //!    the `INSERT` knows: a default timestamp, a sequence) left as a marker
 //!    ([`splice_marker`]);
 //! 2. one statement inserts the row, inserts the events with every marker replaced by SQL that
-//!    renders the stored column as serde does, and returns the row, the events' outbox ids and
-//!    those renderings;
+//!    renders the stored column as serde does, and returns the row and those renderings;
 //! 3. the events are rendered again from the row as stored (with the same uuids and
 //!    timestamp) and compared, byte for byte, with what the statement wrote. An event that
 //!    differs is corrected with an `UPDATE` of its outbox row.
@@ -59,11 +58,19 @@ static CORRECTED: AtomicU64 = AtomicU64::new(0);
 /// What is known of each model's insert: none until its first insert on PostgreSQL.
 static PLANS: LazyLock<RwLock<HashMap<PlanKey, Arc<Plan>>>> = LazyLock::new(Default::default);
 
-/// A model's insert SQL and generated properties: models alike in both fold alike.
-type PlanKey = (&'static str, &'static [(&'static str, usize)]);
+/// A model's insert SQL and generated properties, by address and length: cheap to hash on
+/// every insert. The same text at two addresses (a constant copied into two codegen units)
+/// only means two plans, each learned once.
+type PlanKey = (usize, usize, usize, usize);
 
 fn key_of<M: TrackedModel>(sql: &ModelSql) -> PlanKey {
-    (sql.insert, M::__GENERATED_PROPERTIES)
+    let generated = M::__GENERATED_PROPERTIES;
+    (
+        sql.insert.as_ptr() as usize,
+        sql.insert.len(),
+        generated.as_ptr() as usize,
+        generated.len(),
+    )
 }
 
 /// Turns folding on or off for the whole process. For benchmarks that compare the two
@@ -86,17 +93,25 @@ pub fn fold_counts() -> (u64, u64) {
 /// [`fold_counts`] for one model's inserts on `DB` (zeros before its first insert there).
 #[doc(hidden)]
 pub fn fold_counts_of<M: TrackedModel, DB: Backend>() -> (u64, u64) {
-    known_plan(key_of::<M>(M::__SQL.get(DB::DIALECT))).map_or((0, 0), |plan| {
-        (
-            plan.folded.load(Ordering::Relaxed),
-            plan.corrected.load(Ordering::Relaxed),
-        )
-    })
+    let sql = M::__SQL.get(DB::DIALECT);
+    let plans = PLANS.read().unwrap_or_else(PoisonError::into_inner);
+    plans
+        .values()
+        .filter(|plan| plan.insert == sql.insert && plan.generated == M::__GENERATED_PROPERTIES)
+        .fold((0, 0), |(folded, corrected), plan| {
+            (
+                folded + plan.folded.load(Ordering::Relaxed),
+                corrected + plan.corrected.load(Ordering::Relaxed),
+            )
+        })
 }
 
 /// How one model's inserts fold.
 #[derive(Debug)]
 struct Plan {
+    /// What the plan is for (the key holds only addresses).
+    insert: &'static str,
+    generated: &'static [(&'static str, usize)],
     /// `None`: a generated property has a type this module does not render; never fold.
     /// Otherwise the statement for one and for two events.
     statements: Option<[&'static str; MAX_FOLDED_EVENTS]>,
@@ -110,7 +125,7 @@ struct Plan {
 
 impl Plan {
     /// The plan for a model whose first insert returned `row`.
-    fn learn<M: TrackedModel, DB: Backend>(sql: &ModelSql, row: &DB::Row) -> Plan {
+    fn learn<M: TrackedModel, DB: Backend>(sql: &'static ModelSql, row: &DB::Row) -> Plan {
         let mut rendered = Vec::new();
         let mut renderings = Vec::new();
         let mut renderable = true;
@@ -121,7 +136,7 @@ impl Plan {
             let rendering = sql
                 .columns
                 .get(index)
-                .and_then(|column| json_of(&DB::column_type(row, index)?, &format!("r.{column}")));
+                .and_then(|column| json_of(&DB::column_type(row, index)?, column));
             match rendering {
                 Some(rendering) => {
                     rendered.push(index);
@@ -136,6 +151,8 @@ impl Plan {
             })
         });
         Plan {
+            insert: sql.insert,
+            generated: M::__GENERATED_PROPERTIES,
             statements,
             rendered,
             folded: AtomicU64::new(0),
@@ -174,67 +191,113 @@ fn json_of(type_name: &str, column: &str) -> Option<String> {
     match type_name {
         "INT2" | "INT4" | "INT8" | "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" | "BOOL"
         | "UUID" | "DATE" => Some(format!("COALESCE(to_json({column})::text, 'null')")),
-        "TIMESTAMPTZ" => Some(timestamp_json(
-            column,
-            &format!("({column} AT TIME ZONE 'UTC')"),
-            "Z",
-        )),
-        "TIMESTAMP" => Some(timestamp_json(column, column, "")),
+        "TIMESTAMPTZ" => Some(timestamp_json(&format!("{column} AT TIME ZONE 'UTC'"), "Z")),
+        "TIMESTAMP" => Some(timestamp_json(column, "")),
         _ => None,
     }
 }
 
-/// chrono's serde form of a timestamp (RFC 3339, as many fractional digits as needed: none,
-/// 3 or 6 for microseconds), from `local`, the column's UTC or naive wall time.
-fn timestamp_json(column: &str, local: &str, zone: &str) -> String {
-    let micros = format!("(extract(microseconds FROM {column})::bigint % 1000000)");
+/// chrono's serde form of a timestamp, from `local`, the column's UTC or naive wall time:
+/// RFC 3339 with as many fractional digits as the value needs (none, 3, or 6 for
+/// microseconds), so `.120000` is written `.120` and `.000000` not at all.
+fn timestamp_json(local: &str, zone: &str) -> String {
     format!(
-        "CASE WHEN {column} IS NULL THEN 'null' ELSE '\"' || \
-         to_char({local}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || \
-         CASE WHEN {micros} = 0 THEN '' \
-         WHEN {micros} % 1000 = 0 THEN '.' || lpad(({micros} / 1000)::text, 3, '0') \
-         ELSE '.' || lpad({micros}::text, 6, '0') END || '{zone}\"' END"
+        "COALESCE('\"' || regexp_replace(to_char({local}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), \
+         '(\\.000)?000$', '') || '{zone}\"', 'null')"
     )
 }
 
 /// The model's `INSERT ... RETURNING` with `events` outbox rows written by the same
 /// statement. Parameters: the model's, then five per event (uuid, event, distinct id,
-/// timestamp, payload with markers). Returns the row's columns, then the first and last outbox
-/// id, then each rendering in `rendered` order.
+/// timestamp, payload with markers). Returns the row's columns, then each rendering in
+/// `rendered` order.
+///
+/// PostgreSQL builds the executor state of every expression on each execution, so the
+/// statement is kept small: each rendering is computed once, in the row's `RETURNING`, and a
+/// single event (the common case) is a plain `SELECT` of parameters from the row. The outbox
+/// ids are not returned: a correction finds its row by uuid (see [`outbox_row`]).
 fn statement(sql: &ModelSql, rendered: &[usize], renderings: &[String], events: usize) -> String {
+    let mut returning = String::new();
     let mut payload = "e.payload".to_owned();
     for (index, rendering) in rendered.iter().zip(renderings) {
-        payload = format!("replace({payload}, chr(1) || '{index}' || chr(1), {rendering})");
+        let _ = write!(returning, ", {rendering} AS \"__posthog_track_{index}\"");
+        payload = format!(
+            "replace({payload}, chr(1) || '{index}' || chr(1), r.\"__posthog_track_{index}\")"
+        );
     }
-    let mut values = String::new();
-    let mut parameter = sql.insert_width;
-    for n in 0..events {
-        if n > 0 {
-            values.push_str(", ");
+    let first = sql.insert_width + 1;
+    let source = if events == 1 {
+        let [uuid, event, distinct_id, timestamp, given] = [0, 1, 2, 3, 4].map(|n| first + n);
+        payload = payload.replace("e.payload", &format!("${given}::text"));
+        format!(
+            "SELECT ${uuid}::text, ${event}::text, ${distinct_id}::text, ${timestamp}::text, \
+             {payload} FROM \"__posthog_track_row\" r"
+        )
+    } else {
+        let mut values = String::new();
+        let mut parameter = first;
+        for n in 0..events {
+            if n > 0 {
+                values.push_str(", ");
+            }
+            let _ = write!(values, "({n}");
+            for _ in 0..5 {
+                let _ = write!(values, ", ${parameter}::text");
+                parameter += 1;
+            }
+            values.push(')');
         }
-        let _ = write!(values, "({n}");
-        for _ in 0..5 {
-            parameter += 1;
-            let _ = write!(values, ", ${parameter}::text");
-        }
-        values.push(')');
-    }
-    let mut returned = String::new();
-    for rendering in renderings {
-        let _ = write!(returned, ", {rendering}");
-    }
+        format!(
+            "SELECT e.uuid, e.event, e.distinct_id, e.timestamp, {payload} \
+             FROM \"__posthog_track_row\" r, (VALUES {values}) \
+             AS e(n, uuid, event, distinct_id, timestamp, payload) ORDER BY e.n"
+        )
+    };
     format!(
-        "WITH \"__posthog_track_row\" AS ({insert}), \
+        "WITH \"__posthog_track_row\" AS ({insert}{returning}), \
          \"__posthog_track_events\" AS (\
-         INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
-         SELECT e.uuid, e.event, e.distinct_id, e.timestamp, {payload} \
-         FROM \"__posthog_track_row\" r, (VALUES {values}) \
-         AS e(n, uuid, event, distinct_id, timestamp, payload) ORDER BY e.n RETURNING id) \
-         SELECT r.*, (SELECT min(id) FROM \"__posthog_track_events\"), \
-         (SELECT max(id) FROM \"__posthog_track_events\"){returned} \
-         FROM \"__posthog_track_row\" r",
+         INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) {source}) \
+         SELECT * FROM \"__posthog_track_row\"",
         insert = sql.insert,
     )
+}
+
+/// The outbox row of `uuid` that this session's statement just wrote: the newest row with
+/// that uuid up to the outbox sequence's current value in this session, found by a short
+/// backward scan of the primary key. (No other row can have the uuid: it was made for this
+/// event.)
+const OUTBOX_ROW: &str = "(SELECT id FROM posthog_outbox \
+    WHERE id <= currval(pg_get_serial_sequence('posthog_outbox', 'id')) AND uuid = $1 \
+    ORDER BY id DESC LIMIT 1)";
+
+/// Rewrites the outbox row of the event `uuid` to `distinct_id` and `payload`.
+async fn outbox_row<DB: Backend>(
+    tx: &mut TrackedTransaction<'_, DB>,
+    uuid: uuid::Uuid,
+    rewrite: Option<(&str, &str)>,
+) -> Result<()> {
+    let uuid = uuid.hyphenated().to_string();
+    let query = match rewrite {
+        Some((distinct_id, payload)) => {
+            let sql = format!(
+                "UPDATE posthog_outbox SET distinct_id = $2, payload = $3 WHERE id = {OUTBOX_ROW}"
+            );
+            let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid);
+            DB::bind_text(DB::bind_text(query, distinct_id), payload)
+        }
+        None => {
+            let sql = format!("DELETE FROM posthog_outbox WHERE id = {OUTBOX_ROW}");
+            DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid)
+        }
+    };
+    let result = DB::execute(tx.connection(), query).await?;
+    if DB::rows_affected(&result) == 1 {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Database(sqlx::Error::Protocol(
+            format!("the outbox row of event {uuid}, written by this transaction, was not found"),
+        )))
+    }
 }
 
 fn known_plan(key: PlanKey) -> Option<Arc<Plan>> {
@@ -360,21 +423,17 @@ where
     // one the two-statement path would also have after its INSERT (decoding the row, mapping
     // it), and the outbox rows are removed again so that no event outlives its failed write.
     let width = sql.columns.len();
-    let ids = match (DB::int(&row, width), DB::int(&row, width + 1)) {
-        (Ok(first), Ok(last)) if before.len() == 1 => vec![first.min(last)],
-        (Ok(first), Ok(last)) => vec![first, last],
-        (Err(error), _) | (_, Err(error)) => return Err(error.into()),
-    };
+    let uuids: Vec<uuid::Uuid> = before.iter().map(|event| event.uuid).collect();
     let stored = match M::__from_row(&row) {
         Ok(stored) => stored,
         Err(error) => {
-            remove(tx, &ids).await?;
+            remove(tx, &uuids).await?;
             return Err(error.into());
         }
     };
     let mut written: Vec<String> = before.iter().map(|event| event.payload.clone()).collect();
     for (n, &index) in plan.rendered.iter().enumerate() {
-        let rendering = DB::text(&row, width + 2 + n)?;
+        let rendering = DB::text(&row, width + n)?;
         let marker = splice_marker(index);
         for payload in &mut written {
             *payload = payload.replace(&marker, &rendering);
@@ -382,15 +441,12 @@ where
     }
     let replay = EventShape {
         splice: &[],
-        replay: Some((
-            before[0].timestamp.clone(),
-            before.iter().map(|event| event.uuid).collect(),
-        )),
+        replay: Some((before[0].timestamp.clone(), uuids.clone())),
     };
     let after = match render(&stored, stamps, replay, tx) {
         Ok(after) => after,
         Err(error) => {
-            remove(tx, &ids).await?;
+            remove(tx, &uuids).await?;
             return Err(error);
         }
     };
@@ -402,23 +458,17 @@ where
     if !same_events {
         // The row as stored staged other events than the row as given: write those at commit
         // like any unfolded write.
-        remove(tx, &ids).await?;
+        remove(tx, &uuids).await?;
         tx.staged_mut().extend(after);
         plan.record(true);
         return Ok(stored);
     }
     let mut corrected = false;
-    for ((event, payload), (id, given)) in after.iter().zip(&written).zip(ids.iter().zip(&before)) {
+    for ((event, payload), given) in after.iter().zip(&written).zip(&before) {
         if event.payload != *payload || event.distinct_id != given.distinct_id {
             corrected = true;
-            let query = sqlx::query(
-                "UPDATE posthog_outbox SET distinct_id = $1, payload = $2 WHERE id = $3",
-            );
-            let query = DB::bind_i64(
-                DB::bind_text(DB::bind_text(query, &event.distinct_id), &event.payload),
-                *id,
-            );
-            DB::execute(tx.connection(), query).await?;
+            let rewrite = Some((event.distinct_id.as_str(), event.payload.as_str()));
+            outbox_row(tx, event.uuid, rewrite).await?;
         }
     }
     tx.staged_mut().extend(after);
@@ -427,12 +477,13 @@ where
     Ok(stored)
 }
 
-/// Deletes the outbox rows a folded insert wrote, by id (each exactly; ids of one statement
-/// need not be consecutive).
-async fn remove<DB: Backend>(tx: &mut TrackedTransaction<'_, DB>, ids: &[i64]) -> Result<()> {
-    for &id in ids {
-        let query = DB::bind_i64(sqlx::query("DELETE FROM posthog_outbox WHERE id = $1"), id);
-        DB::execute(tx.connection(), query).await?;
+/// Deletes the outbox rows a folded insert wrote.
+async fn remove<DB: Backend>(
+    tx: &mut TrackedTransaction<'_, DB>,
+    uuids: &[uuid::Uuid],
+) -> Result<()> {
+    for &uuid in uuids {
+        outbox_row(tx, uuid, None).await?;
     }
     Ok(())
 }
