@@ -292,6 +292,8 @@ pub(crate) struct EventShape {
     pub(crate) splice: &'static [(&'static str, usize)],
     /// The timestamp and, in order, the uuids of the events to render again.
     pub(crate) replay: Option<(String, Vec<Uuid>)>,
+    /// A rendering that is taken back and staged again: not counted as staged.
+    pub(crate) rehearsal: bool,
 }
 
 /// A property every event of a write carries (`$feature/<flag>`).
@@ -406,7 +408,9 @@ impl<'a> Stager<'a> {
             timestamp: timestamp.unwrap_or_else(|| self.timestamp.clone()),
             payload,
         });
-        crate::metrics::staged();
+        if !self.shape.rehearsal {
+            crate::metrics::staged();
+        }
         Ok(())
     }
 }

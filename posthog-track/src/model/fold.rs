@@ -393,6 +393,7 @@ where
     let given = EventShape {
         splice: M::__GENERATED_PROPERTIES,
         replay: None,
+        rehearsal: true,
     };
     let before = render(model, stamps.clone(), given, tx)?;
     let Some(statement) = plan
@@ -442,6 +443,7 @@ where
     let replay = EventShape {
         splice: &[],
         replay: Some((before[0].timestamp.clone(), uuids.clone())),
+        rehearsal: false,
     };
     let after = match render(&stored, stamps, replay, tx) {
         Ok(after) => after,
