@@ -87,6 +87,7 @@ member_model!(Member, "fold_members", "member_created");
 member_model!(OrderedMember, "fold_ordered_members", "member_created");
 member_model!(RolledMember, "fold_rolled_members", "member_created");
 member_model!(DeliveredMember, "fold_delivered_members", "member_created");
+member_model!(RuledMember, "fold_ruled_members", "member_created");
 
 /// A text whose JSON is not what PostgreSQL's `to_json` writes: every folded insert of
 /// [`Shout`] needs its event corrected.
@@ -129,6 +130,7 @@ async fn pool(scenario: &str) -> Option<PgPool> {
         OrderedMember::CREATE,
         RolledMember::CREATE,
         DeliveredMember::CREATE,
+        RuledMember::CREATE,
     ] {
         execute(&pool, create).await;
     }
@@ -423,4 +425,33 @@ async fn folded_events_reach_posthog_with_the_stored_values() {
         .shutdown(std::time::Duration::from_secs(5))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_table_with_rules_never_folds_and_its_inserts_succeed() {
+    let Some(pool) = pool("fold_rules").await else {
+        return;
+    };
+    // PostgreSQL refuses a data-modifying WITH on a table with rules.
+    execute(&pool, "CREATE TABLE fold_audit (email TEXT NOT NULL)").await;
+    execute(
+        &pool,
+        "CREATE RULE fold_audited AS ON INSERT TO fold_ruled_members \
+         DO ALSO INSERT INTO fold_audit VALUES (NEW.email)",
+    )
+    .await;
+    let (_mock, tracker) = tracker(&pool).await;
+    let mut staged = Vec::new();
+    for n in 0..3 {
+        let (_, events) =
+            insert_one(&tracker, &pool, RuledMember::new(&unique(&format!("r{n}")))).await;
+        staged.extend(events);
+    }
+    assert_eq!(fold_counts_of::<RuledMember, Postgres>(), (0, 0));
+    assert_eq!(outbox_rows(&pool).await, rows_of(&staged));
+    let audited: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fold_audit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 3);
 }

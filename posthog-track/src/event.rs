@@ -395,7 +395,9 @@ impl<'a> Stager<'a> {
         let timestamp = writer.timestamp.clone();
         let distinct_id = writer.distinct_id.clone();
         let payload = writer.finish();
-        if payload.len() > crate::client::wire::MAX_EVENT_BYTES {
+        // A rehearsal's size is not the event's (markers stand for values): the event is
+        // checked when it is rendered for real.
+        if payload.len() > crate::client::wire::MAX_EVENT_BYTES && !self.shape.rehearsal {
             return Err(Error::EventTooLarge {
                 event,
                 bytes: payload.len(),

@@ -1,7 +1,8 @@
 //! The outbox table, `posthog_outbox`: events committed with the rows that caused them.
 //!
-//! A tracked transaction writes its staged events here just before it commits, in the same
-//! transaction, so a row and its events exist together or not at all. The relay delivers them
+//! A tracked transaction writes its staged events here in the same transaction as its rows
+//! (just before it commits, or on PostgreSQL usually with the inserted row itself: see
+//! `model::fold`), so a row and its events exist together or not at all. The relay delivers them
 //! from here and deletes them once PostHog has accepted them.
 
 use sqlx::Pool;
@@ -166,7 +167,9 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
 /// How the outbox's DDL differs between backends: column types, the auto-increment key, the
 /// database clock as a column default, and table options.
 struct ColumnTypes {
-    /// The outbox's key, allocated by the database in commit order.
+    /// The outbox's key, allocated by the database as events are written (at commit, or with
+    /// their row on PostgreSQL): staging order within a transaction, roughly commit order
+    /// across transactions.
     serial_key: &'static str,
     /// The dead-letter table's key: the outbox id the row had.
     copied_key: &'static str,

@@ -14,9 +14,10 @@ use crate::shared::Shared;
 
 /// A `sqlx::Transaction` whose tracked writes stage PostHog events.
 ///
-/// The events are written to the outbox by [`commit`](TrackedTransaction::commit), inside the
-/// transaction, so the rows and their events commit together. [`rollback`] or dropping the
-/// transaction discards both.
+/// The events are written to the outbox inside the transaction, by
+/// [`commit`](TrackedTransaction::commit) (on PostgreSQL, usually by the insert that staged
+/// them, in its own statement), so the rows and their events commit together. [`rollback`] or
+/// dropping the transaction discards both.
 ///
 /// It dereferences to the database connection, so your own sqlx queries run inside the same
 /// transaction: `sqlx::query("...").execute(&mut *tx)`.
@@ -117,7 +118,12 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         self.distinct_id.as_deref()
     }
 
-    /// The events staged so far, in order. They reach the outbox at commit.
+    /// The events staged so far, in order: what the outbox holds once the transaction commits.
+    ///
+    /// On PostgreSQL an insert may have written its events already (see
+    /// [`TrackedModel::insert`](crate::TrackedModel::insert)); a `ROLLBACK TO SAVEPOINT` you
+    /// send yourself removes those from the outbox but not from this list, so roll back the
+    /// whole transaction instead, as after any failed write.
     pub fn staged(&self) -> &[StagedEvent] {
         &self.staged
     }

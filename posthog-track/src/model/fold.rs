@@ -16,8 +16,11 @@
 //!    timestamp) and compared, byte for byte, with what the statement wrote. An event that
 //!    differs is corrected with an `UPDATE` of its outbox row.
 //!
-//! So the outbox always holds exactly what the two-statement path would have written; only
-//! the speed depends on the SQL rendering. A model whose events need correcting more often
+//! So the outbox holds exactly what the two-statement path would have written; only the speed
+//! depends on the SQL rendering. (Two things can part them, as they can part a transaction's
+//! rows from its intentions: a `ROLLBACK TO SAVEPOINT` sent by hand after a folded insert, and
+//! a transaction committed after an insert failed or was cancelled half-way; roll back after
+//! a failed write.) A model whose events need correcting more often
 //! than not stops folding. The column types rendered are learned from the first insert of
 //! each model (which takes the two-statement path); a model with a generated property of any
 //! other type never folds.
@@ -26,7 +29,8 @@
 //! so a write folds only while everything staged before it in the transaction is folded too,
 //! and only without a `before_send` hook or `$geoip_disable` (both applied at commit); see
 //! `TrackedTransaction::can_fold`. Group models (whose `$groupidentify` embeds properties in
-//! a nested object) and models whose distinct id or group is `generated` never fold.
+//! a nested object), models whose distinct id or group is `generated`, and tables with rules
+//! or that are views (PostgreSQL refuses those in a data-modifying `WITH`) never fold.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -262,42 +266,48 @@ fn statement(sql: &ModelSql, rendered: &[usize], renderings: &[String], events: 
     )
 }
 
-/// The outbox row of `uuid` that this session's statement just wrote: the newest row with
-/// that uuid up to the outbox sequence's current value in this session, found by a short
-/// backward scan of the primary key. (No other row can have the uuid: it was made for this
-/// event.)
-const OUTBOX_ROW: &str = "(SELECT id FROM posthog_outbox \
-    WHERE id <= currval(pg_get_serial_sequence('posthog_outbox', 'id')) AND uuid = $1 \
-    ORDER BY id DESC LIMIT 1)";
+/// Where the outbox row of the event `$1`, written by this session's statement, is: the
+/// newest row with that uuid at or below the outbox sequence's current value in this session
+/// (a sub-select, so that it bounds the backward scan of the primary key), or, when the
+/// outbox's id has no sequence PostgreSQL knows of, any row with that uuid (a full scan; no
+/// other row can have the uuid, which was made for this event).
+const OUTBOX_ROWS: [&str; 2] = [
+    "(SELECT id FROM posthog_outbox \
+     WHERE id <= (SELECT currval(pg_get_serial_sequence('posthog_outbox', 'id'))) \
+     AND uuid = $1 ORDER BY id DESC LIMIT 1)",
+    "(SELECT id FROM posthog_outbox WHERE uuid = $1 LIMIT 1)",
+];
 
-/// Rewrites the outbox row of the event `uuid` to `distinct_id` and `payload`.
+/// Rewrites the outbox row of the event `uuid` to `distinct_id` and `payload`, or with
+/// `None` deletes it.
 async fn outbox_row<DB: Backend>(
     tx: &mut TrackedTransaction<'_, DB>,
     uuid: uuid::Uuid,
     rewrite: Option<(&str, &str)>,
 ) -> Result<()> {
     let uuid = uuid.hyphenated().to_string();
-    let query = match rewrite {
-        Some((distinct_id, payload)) => {
-            let sql = format!(
-                "UPDATE posthog_outbox SET distinct_id = $2, payload = $3 WHERE id = {OUTBOX_ROW}"
-            );
-            let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid);
-            DB::bind_text(DB::bind_text(query, distinct_id), payload)
+    for row in OUTBOX_ROWS {
+        let query = match rewrite {
+            Some((distinct_id, payload)) => {
+                let sql = format!(
+                    "UPDATE posthog_outbox SET distinct_id = $2, payload = $3 WHERE id = {row}"
+                );
+                let query = DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid);
+                DB::bind_text(DB::bind_text(query, distinct_id), payload)
+            }
+            None => {
+                let sql = format!("DELETE FROM posthog_outbox WHERE id = {row}");
+                DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid)
+            }
+        };
+        let result = DB::execute(tx.connection(), query).await?;
+        if DB::rows_affected(&result) == 1 {
+            return Ok(());
         }
-        None => {
-            let sql = format!("DELETE FROM posthog_outbox WHERE id = {OUTBOX_ROW}");
-            DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), &uuid)
-        }
-    };
-    let result = DB::execute(tx.connection(), query).await?;
-    if DB::rows_affected(&result) == 1 {
-        Ok(())
-    } else {
-        Err(crate::error::Error::Database(sqlx::Error::Protocol(
-            format!("the outbox row of event {uuid}, written by this transaction, was not found"),
-        )))
     }
+    Err(crate::error::Error::Database(sqlx::Error::Protocol(
+        format!("the outbox row of event {uuid}, written by this transaction, was not found"),
+    )))
 }
 
 fn known_plan(key: PlanKey) -> Option<Arc<Plan>> {
@@ -352,7 +362,11 @@ where
 {
     let query = model.__bind_insert(sqlx::query(sql.insert));
     let row = DB::fetch_one(tx.connection(), query).await?;
-    let plan = Arc::new(Plan::learn::<M, DB>(sql, &row));
+    let plan = Plan::learn::<M, DB>(sql, &row);
+    if !plain_table::<DB>(sql, tx).await? {
+        plan.off.store(true, Ordering::Relaxed);
+    }
+    let plan = Arc::new(plan);
     PLANS
         .write()
         .unwrap_or_else(PoisonError::into_inner)
@@ -361,6 +375,32 @@ where
     let stored = M::__from_row(&row)?;
     stage_inserted(&stored, stamps, tx)?;
     Ok(stored)
+}
+
+/// Whether the model's table is an ordinary (or partitioned) table without rules: PostgreSQL
+/// refuses a data-modifying `WITH` on a table with rules, and a view may be written through
+/// them.
+async fn plain_table<DB: Backend>(
+    sql: &ModelSql,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<bool> {
+    // `UPDATE "schema"."table" SET `: the table as the statements name it, quoted.
+    let Some(table) = sql
+        .update_prefix
+        .strip_prefix("UPDATE ")
+        .and_then(|rest| rest.strip_suffix(" SET "))
+    else {
+        return Ok(false);
+    };
+    let query = DB::bind_text(
+        sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_class \
+             WHERE oid = to_regclass($1) AND NOT relhasrules AND relkind IN ('r', 'p')",
+        ),
+        table,
+    );
+    let row = DB::fetch_one(tx.connection(), query).await?;
+    Ok(DB::int(&row, 0)? == 1)
 }
 
 /// Renders `model`'s insert events with `shape` and takes them back out of the transaction.
@@ -419,7 +459,17 @@ where
     }
     let row = DB::fetch_one(tx.connection(), query)
         .await
-        .map_err(|error| outbox::explain(error, DB::DIALECT))?;
+        .map_err(|error| {
+            if let sqlx::Error::Database(database) = &error
+                && database.code().as_deref() == Some("0A000")
+            {
+                // Something PostgreSQL does not allow in a data-modifying `WITH` (a rule added to
+                // the table since): this transaction has failed, the model's next inserts won't
+                // fold.
+                plan.off.store(true, Ordering::Relaxed);
+            }
+            outbox::explain(error, DB::DIALECT)
+        })?;
     // From here on the row and its outbox rows are in the transaction. A failure below is
     // one the two-statement path would also have after its INSERT (decoding the row, mapping
     // it), and the outbox rows are removed again so that no event outlives its failed write.
@@ -434,7 +484,13 @@ where
     };
     let mut written: Vec<String> = before.iter().map(|event| event.payload.clone()).collect();
     for (n, &index) in plan.rendered.iter().enumerate() {
-        let rendering = DB::text(&row, width + n)?;
+        let rendering = match DB::text(&row, width + n) {
+            Ok(rendering) => rendering,
+            Err(error) => {
+                remove(tx, &uuids).await?;
+                return Err(error.into());
+            }
+        };
         let marker = splice_marker(index);
         for payload in &mut written {
             *payload = payload.replace(&marker, &rendering);
