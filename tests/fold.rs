@@ -88,6 +88,7 @@ member_model!(OrderedMember, "fold_ordered_members", "member_created");
 member_model!(RolledMember, "fold_rolled_members", "member_created");
 member_model!(DeliveredMember, "fold_delivered_members", "member_created");
 member_model!(RuledMember, "fold_ruled_members", "member_created");
+member_model!(LateRuledMember, "fold_late_ruled_members", "member_created");
 
 /// A text whose JSON is not what PostgreSQL's `to_json` writes: every folded insert of
 /// [`Shout`] needs its event corrected.
@@ -112,6 +113,22 @@ struct Shout {
     volume: Loud,
 }
 
+/// An event whose size the test sets through `body`; `seats` (7) is one byte in the event and
+/// three as the marker that stands for it before the insert.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "fold_notes", distinct_id = id)]
+struct Note {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    body: String,
+    #[tracked(property, generated)]
+    seats: i32,
+}
+
+/// posthog-track's limit on one event's JSON (PostHog's 1 MB, less headroom).
+const MAX_EVENT_BYTES: usize = 900 * 1024;
+
 /// The distinct id comes from the database: never folds.
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(table = "fold_tickets", distinct_id = id)]
@@ -131,6 +148,7 @@ async fn pool(scenario: &str) -> Option<PgPool> {
         RolledMember::CREATE,
         DeliveredMember::CREATE,
         RuledMember::CREATE,
+        LateRuledMember::CREATE,
     ] {
         execute(&pool, create).await;
     }
@@ -143,6 +161,12 @@ async fn pool(scenario: &str) -> Option<PgPool> {
     execute(
         &pool,
         "CREATE TABLE fold_tickets (id BIGSERIAL PRIMARY KEY, subject TEXT NOT NULL)",
+    )
+    .await;
+    execute(
+        &pool,
+        "CREATE TABLE fold_notes (id TEXT PRIMARY KEY, body TEXT NOT NULL, \
+         seats INT NOT NULL DEFAULT 7)",
     )
     .await;
     Some(pool)
@@ -193,20 +217,33 @@ where
     (stored, staged)
 }
 
+/// Inserts each of `rows` in a transaction of its own; returns them as stored and everything
+/// they staged, in order.
+async fn insert_each<M>(
+    tracker: &Tracker,
+    pool: &PgPool,
+    rows: impl IntoIterator<Item = M>,
+) -> (Vec<M>, Vec<StagedEvent>)
+where
+    M: posthog_track::TrackedRow<Postgres> + Send,
+{
+    let (mut stored, mut staged) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (row, events) = insert_one(tracker, pool, row).await;
+        stored.push(row);
+        staged.extend(events);
+    }
+    (stored, staged)
+}
+
 #[tokio::test]
 async fn folded_inserts_write_exactly_the_events_staged_from_the_stored_row() {
     let Some(pool) = pool("fold_exact").await else {
         return;
     };
     let (_mock, tracker) = tracker(&pool).await;
-    let mut staged = Vec::new();
-    let mut stored = Vec::new();
-    for n in 0..5 {
-        let (row, events) =
-            insert_one(&tracker, &pool, Member::new(&unique(&format!("m{n}")))).await;
-        stored.push(row);
-        staged.extend(events);
-    }
+    let members = (0..5).map(|n| Member::new(&unique(&format!("m{n}"))));
+    let (stored, staged) = insert_each(&tracker, &pool, members).await;
     // The first insert of the model learns its column types; the other four fold, and SQL
     // renders every generated value exactly as serde does (no correction).
     assert_eq!(fold_counts_of::<Member, Postgres>(), (4, 0));
@@ -249,17 +286,15 @@ async fn a_rendering_sql_gets_wrong_is_corrected_and_the_model_stops_folding() {
         return;
     };
     let (_mock, tracker) = tracker(&pool).await;
-    let mut staged = Vec::new();
-    for n in 0..12 {
-        let shout = Shout {
-            id: 0,
-            author: unique(&format!("a{n}")),
-            volume: Loud(String::new()),
-        };
-        let (stored, events) = insert_one(&tracker, &pool, shout).await;
-        assert_eq!(stored.volume.0, "quiet");
-        assert_eq!(events[0].json()["properties"]["volume"], "QUIET");
-        staged.extend(events);
+    let shouts = (0..12).map(|n| Shout {
+        id: 0,
+        author: unique(&format!("a{n}")),
+        volume: Loud(String::new()),
+    });
+    let (stored, staged) = insert_each(&tracker, &pool, shouts).await;
+    for (shout, event) in stored.iter().zip(staged.iter()) {
+        assert_eq!(shout.volume.0, "quiet");
+        assert_eq!(event.json()["properties"]["volume"], "QUIET");
     }
     // One learning insert, then eight folded and corrected, after which the model stops
     // folding; the outbox is right throughout.
@@ -273,15 +308,13 @@ async fn a_model_whose_distinct_id_is_generated_never_folds() {
         return;
     };
     let (_mock, tracker) = tracker(&pool).await;
-    let mut staged = Vec::new();
-    for n in 0..3 {
-        let ticket = Ticket {
-            id: 0,
-            subject: format!("ticket {n}"),
-        };
-        let (stored, events) = insert_one(&tracker, &pool, ticket).await;
-        assert_eq!(events[0].distinct_id, stored.id.to_string());
-        staged.extend(events);
+    let tickets = (0..3).map(|n| Ticket {
+        id: 0,
+        subject: format!("ticket {n}"),
+    });
+    let (stored, staged) = insert_each(&tracker, &pool, tickets).await;
+    for (ticket, event) in stored.iter().zip(&staged) {
+        assert_eq!(event.distinct_id, ticket.id.to_string());
     }
     assert_eq!(fold_counts_of::<Ticket, Postgres>(), (0, 0));
     assert_eq!(outbox_rows(&pool).await, rows_of(&staged));
@@ -441,12 +474,8 @@ async fn a_table_with_rules_never_folds_and_its_inserts_succeed() {
     )
     .await;
     let (_mock, tracker) = tracker(&pool).await;
-    let mut staged = Vec::new();
-    for n in 0..3 {
-        let (_, events) =
-            insert_one(&tracker, &pool, RuledMember::new(&unique(&format!("r{n}")))).await;
-        staged.extend(events);
-    }
+    let members = (0..3).map(|n| RuledMember::new(&unique(&format!("r{n}"))));
+    let (_, staged) = insert_each(&tracker, &pool, members).await;
     assert_eq!(fold_counts_of::<RuledMember, Postgres>(), (0, 0));
     assert_eq!(outbox_rows(&pool).await, rows_of(&staged));
     let audited: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fold_audit")
@@ -454,4 +483,96 @@ async fn a_table_with_rules_never_folds_and_its_inserts_succeed() {
         .await
         .unwrap();
     assert_eq!(audited, 3);
+}
+
+#[tokio::test]
+async fn an_event_at_the_size_limit_folds_and_one_byte_over_leaves_nothing() {
+    let Some(pool) = pool("fold_size").await else {
+        return;
+    };
+    let (_mock, tracker) = tracker(&pool).await;
+    let note = |body: String| Note {
+        id: unique("note"),
+        body,
+        seats: 0,
+    };
+    let (_, staged) = insert_each(&tracker, &pool, [note("x".into()), note("x".into())]).await;
+    assert_eq!(fold_counts_of::<Note, Postgres>(), (1, 0));
+    // A body that makes the stored event exactly as large as allowed. Before the insert it
+    // is two bytes larger (the marker for `seats`), which must not count against it.
+    let body = "x".repeat(1 + MAX_EVENT_BYTES - staged[1].payload.len());
+    let (_, at_limit) = insert_one(&tracker, &pool, note(body.clone())).await;
+    assert_eq!(at_limit[0].payload.len(), MAX_EVENT_BYTES);
+    assert_eq!(fold_counts_of::<Note, Postgres>(), (2, 0));
+    let outbox = outbox_rows(&pool).await;
+    assert_eq!(outbox[outbox.len() - 1..], rows_of(&at_limit)[..]);
+
+    // One byte more: refused once the statement has written it, and its outbox row removed
+    // again in the transaction.
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    let error = note(body + "x").insert(&mut tx).await.unwrap_err();
+    assert!(
+        matches!(error, Error::EventTooLarge { bytes, .. } if bytes == MAX_EVENT_BYTES + 1),
+        "{error:?}"
+    );
+    assert!(tx.staged().is_empty());
+    let in_tx: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox")
+        .fetch_one(&mut **tx.as_sqlx())
+        .await
+        .unwrap();
+    assert_eq!(in_tx, outbox.len() as i64);
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rule_added_after_a_model_folds_fails_one_insert_then_the_model_stops_folding() {
+    let Some(pool) = pool("fold_late_rule").await else {
+        return;
+    };
+    let (_mock, tracker) = tracker(&pool).await;
+    let (_, mut staged) =
+        insert_each(&tracker, &pool, [LateRuledMember::new(&unique("before"))]).await;
+    execute(&pool, "CREATE TABLE fold_late_audit (email TEXT NOT NULL)").await;
+    execute(
+        &pool,
+        "CREATE RULE fold_late_audited AS ON INSERT TO fold_late_ruled_members \
+         DO ALSO INSERT INTO fold_late_audit VALUES (NEW.email)",
+    )
+    .await;
+    // The plan learned before the rule folds this insert; PostgreSQL refuses it.
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    let error = LateRuledMember::new(&unique("refused"))
+        .insert(&mut tx)
+        .await
+        .unwrap_err();
+    match &error {
+        Error::Database(sqlx::Error::Database(database)) => {
+            assert_eq!(database.code().as_deref(), Some("0A000"), "{error}");
+        }
+        other => panic!("expected PostgreSQL's refusal, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    // From then on the model's inserts take the usual path, and succeed.
+    let members = (0..2).map(|n| LateRuledMember::new(&unique(&format!("after{n}"))));
+    staged.extend(insert_each(&tracker, &pool, members).await.1);
+    assert_eq!(fold_counts_of::<LateRuledMember, Postgres>(), (0, 0));
+    assert_eq!(outbox_rows(&pool).await, rows_of(&staged));
+}
+
+#[tokio::test]
+async fn a_correction_finds_its_row_when_the_outbox_id_has_no_owned_sequence() {
+    let Some(pool) = pool("fold_unowned").await else {
+        return;
+    };
+    let (_mock, tracker) = tracker(&pool).await;
+    // As in an outbox created by hand: the id's default still draws from the sequence, but
+    // `pg_get_serial_sequence` no longer knows it.
+    execute(&pool, "ALTER SEQUENCE posthog_outbox_id_seq OWNED BY NONE").await;
+    let shouts = (0..4).map(|n| Shout {
+        id: 0,
+        author: unique(&format!("u{n}")),
+        volume: Loud(String::new()),
+    });
+    let (_, staged) = insert_each(&tracker, &pool, shouts).await;
+    assert_eq!(outbox_rows(&pool).await, rows_of(&staged));
 }

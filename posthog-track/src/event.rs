@@ -88,7 +88,14 @@ pub struct EventWriter {
 /// Byte 0x01 never appears raw in JSON that serde writes (it escapes control characters in
 /// strings, and keys are escaped at compile time), so a marker cannot collide with data.
 pub(crate) fn splice_marker(index: usize) -> String {
-    format!("\u{1}{index}\u{1}")
+    let mut marker = Vec::with_capacity(8);
+    write_splice_marker(&mut marker, index);
+    String::from_utf8_lossy(&marker).into_owned()
+}
+
+fn write_splice_marker(buf: &mut Vec<u8>, index: usize) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(buf, "\u{1}{index}\u{1}");
 }
 
 /// Where a property goes in an event: the event's own properties, `$set` or `$set_once`.
@@ -236,8 +243,7 @@ impl EventWriter {
         }
         self.buf.extend_from_slice(key_json.as_bytes());
         if let Some(&(_, index)) = self.splice.iter().find(|(spliced, _)| *spliced == name) {
-            // Writing to a Vec cannot fail.
-            let _ = write!(self.buf, "\u{1}{index}\u{1}");
+            write_splice_marker(&mut self.buf, index);
             return Ok(());
         }
         serde_json::to_writer(&mut self.buf, value).map_err(|source| Error::Serialize {

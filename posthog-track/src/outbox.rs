@@ -8,7 +8,7 @@
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::backend::{Backend, Dialect};
+use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::error::Result;
 use crate::event::StagedEvent;
 
@@ -582,16 +582,8 @@ pub(crate) async fn write_marked<DB: Backend>(
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let mut uuid_buffer = Uuid::encode_buffer();
         for event in chunk {
-            query = DB::bind_text(
-                query,
-                event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
-            );
-            query = DB::bind_text(query, &event.event);
-            query = DB::bind_text(query, &event.distinct_id);
-            query = DB::bind_text(query, &event.timestamp);
-            query = DB::bind_text(query, &event.payload);
+            query = bind_event::<DB>(query, event);
         }
         DB::execute(conn, query)
             .await
@@ -601,6 +593,25 @@ pub(crate) async fn write_marked<DB: Backend>(
         DB::execute(conn, sqlx::query("SELECT pg_notify('posthog_outbox', '')")).await?;
     }
     Ok(())
+}
+
+/// Binds an event's outbox columns, in the order every outbox `INSERT` lists them: uuid,
+/// event, distinct id, timestamp, payload.
+pub(crate) fn bind_event<DB: Backend>(
+    query: BoundQuery<DB>,
+    event: &StagedEvent,
+) -> BoundQuery<DB> {
+    let query = DB::bind_text(
+        query,
+        event
+            .uuid
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer()),
+    );
+    let query = DB::bind_text(query, &event.event);
+    let query = DB::bind_text(query, &event.distinct_id);
+    let query = DB::bind_text(query, &event.timestamp);
+    DB::bind_text(query, &event.payload)
 }
 
 fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {

@@ -55,9 +55,6 @@ const CORRECTIONS_BEFORE_GIVING_UP: u64 = 8;
 
 /// Whether inserts fold at all (on by default; benchmarks turn it off to compare).
 static FOLDING: AtomicBool = AtomicBool::new(true);
-/// Inserts folded, and of those, corrected, in this process (for tests).
-static FOLDED: AtomicU64 = AtomicU64::new(0);
-static CORRECTED: AtomicU64 = AtomicU64::new(0);
 
 /// What is known of each model's insert: none until its first insert on PostgreSQL.
 static PLANS: LazyLock<RwLock<HashMap<PlanKey, Arc<Plan>>>> = LazyLock::new(Default::default);
@@ -85,23 +82,25 @@ pub fn fold_inserts(on: bool) {
 }
 
 /// `(folded, corrected)`: inserts whose events went in with their row in this process, and
-/// how many of those needed an `UPDATE` because the SQL rendering differed. For tests.
+/// how many of those needed an `UPDATE` because the SQL rendering differed. For tests and
+/// benchmarks.
 #[doc(hidden)]
 pub fn fold_counts() -> (u64, u64) {
-    (
-        FOLDED.load(Ordering::Relaxed),
-        CORRECTED.load(Ordering::Relaxed),
-    )
+    counts(|_| true)
 }
 
 /// [`fold_counts`] for one model's inserts on `DB` (zeros before its first insert there).
 #[doc(hidden)]
 pub fn fold_counts_of<M: TrackedModel, DB: Backend>() -> (u64, u64) {
     let sql = M::__SQL.get(DB::DIALECT);
+    counts(|plan| plan.insert == sql.insert && plan.generated == M::__GENERATED_PROPERTIES)
+}
+
+fn counts(selected: impl Fn(&Plan) -> bool) -> (u64, u64) {
     let plans = PLANS.read().unwrap_or_else(PoisonError::into_inner);
     plans
         .values()
-        .filter(|plan| plan.insert == sql.insert && plan.generated == M::__GENERATED_PROPERTIES)
+        .filter(|plan| selected(plan))
         .fold((0, 0), |(folded, corrected), plan| {
             (
                 folded + plan.folded.load(Ordering::Relaxed),
@@ -170,10 +169,8 @@ impl Plan {
     }
 
     fn record(&self, corrected: bool) {
-        FOLDED.fetch_add(1, Ordering::Relaxed);
         let folded = self.folded.fetch_add(1, Ordering::Relaxed) + 1;
         if corrected {
-            CORRECTED.fetch_add(1, Ordering::Relaxed);
             let corrected = self.corrected.fetch_add(1, Ordering::Relaxed) + 1;
             if corrected >= CORRECTIONS_BEFORE_GIVING_UP && corrected * 2 >= folded {
                 self.off.store(true, Ordering::Relaxed);
@@ -221,46 +218,45 @@ fn timestamp_json(local: &str, zone: &str) -> String {
 /// single event (the common case) is a plain `SELECT` of parameters from the row. The outbox
 /// ids are not returned: a correction finds its row by uuid (see [`outbox_row`]).
 fn statement(sql: &ModelSql, rendered: &[usize], renderings: &[String], events: usize) -> String {
+    let first = sql.insert_width + 1;
+    // One event: its parameters, selected from the row; more: a `VALUES` list, in order.
+    let (columns, mut payload, values) = if events == 1 {
+        let [uuid, event, distinct_id, timestamp, payload] = [0, 1, 2, 3, 4].map(|n| first + n);
+        (
+            format!("${uuid}::text, ${event}::text, ${distinct_id}::text, ${timestamp}::text"),
+            format!("${payload}::text"),
+            String::new(),
+        )
+    } else {
+        let mut values = String::new();
+        for n in 0..events {
+            let _ = write!(values, "{}({n}", if n > 0 { ", " } else { "" });
+            for parameter in first + 5 * n..first + 5 * (n + 1) {
+                let _ = write!(values, ", ${parameter}::text");
+            }
+            values.push(')');
+        }
+        (
+            "e.uuid, e.event, e.distinct_id, e.timestamp".to_owned(),
+            "e.payload".to_owned(),
+            format!(
+                ", (VALUES {values}) AS e(n, uuid, event, distinct_id, timestamp, payload) \
+                 ORDER BY e.n"
+            ),
+        )
+    };
     let mut returning = String::new();
-    let mut payload = "e.payload".to_owned();
     for (index, rendering) in rendered.iter().zip(renderings) {
         let _ = write!(returning, ", {rendering} AS \"__posthog_track_{index}\"");
         payload = format!(
             "replace({payload}, chr(1) || '{index}' || chr(1), r.\"__posthog_track_{index}\")"
         );
     }
-    let first = sql.insert_width + 1;
-    let source = if events == 1 {
-        let [uuid, event, distinct_id, timestamp, given] = [0, 1, 2, 3, 4].map(|n| first + n);
-        payload = payload.replace("e.payload", &format!("${given}::text"));
-        format!(
-            "SELECT ${uuid}::text, ${event}::text, ${distinct_id}::text, ${timestamp}::text, \
-             {payload} FROM \"__posthog_track_row\" r"
-        )
-    } else {
-        let mut values = String::new();
-        let mut parameter = first;
-        for n in 0..events {
-            if n > 0 {
-                values.push_str(", ");
-            }
-            let _ = write!(values, "({n}");
-            for _ in 0..5 {
-                let _ = write!(values, ", ${parameter}::text");
-                parameter += 1;
-            }
-            values.push(')');
-        }
-        format!(
-            "SELECT e.uuid, e.event, e.distinct_id, e.timestamp, {payload} \
-             FROM \"__posthog_track_row\" r, (VALUES {values}) \
-             AS e(n, uuid, event, distinct_id, timestamp, payload) ORDER BY e.n"
-        )
-    };
     format!(
         "WITH \"__posthog_track_row\" AS ({insert}{returning}), \
          \"__posthog_track_events\" AS (\
-         INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) {source}) \
+         INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
+         SELECT {columns}, {payload} FROM \"__posthog_track_row\" r{values}) \
          SELECT * FROM \"__posthog_track_row\"",
         insert = sql.insert,
     )
@@ -343,6 +339,21 @@ where
             None => return learning(model, sql, stamps, tx).await,
         }
     }
+    unfolded(model, sql, table, stamps, tx).await
+}
+
+/// The usual insert: the row now, its events at commit.
+async fn unfolded<M, DB>(
+    model: &M,
+    sql: &'static ModelSql,
+    table: &'static str,
+    stamps: Vec<Stamp>,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<M>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
     let stored = write_one(model, sql, table, tx.connection()).await?;
     stage_inserted(&stored, stamps, tx)?;
     Ok(stored)
@@ -441,22 +452,12 @@ where
         .and_then(|statements| statements.get(before.len().checked_sub(1)?).copied())
     else {
         // More events than a fold writes (not the case for any model that folds today).
-        let stored = write_one(model, sql, table, tx.connection()).await?;
-        stage_inserted(&stored, stamps, tx)?;
-        return Ok(stored);
+        return unfolded(model, sql, table, stamps, tx).await;
     };
-    let mut query = model.__bind_insert(sqlx::query(statement));
-    let mut uuid_buffer = uuid::Uuid::encode_buffer();
-    for event in &before {
-        query = DB::bind_text(
-            query,
-            event.uuid.hyphenated().encode_lower(&mut uuid_buffer),
-        );
-        query = DB::bind_text(query, &event.event);
-        query = DB::bind_text(query, &event.distinct_id);
-        query = DB::bind_text(query, &event.timestamp);
-        query = DB::bind_text(query, &event.payload);
-    }
+    let query = before.iter().fold(
+        model.__bind_insert(sqlx::query(statement)),
+        outbox::bind_event::<DB>,
+    );
     let row = DB::fetch_one(tx.connection(), query)
         .await
         .map_err(|error| {
@@ -473,24 +474,36 @@ where
     // From here on the row and its outbox rows are in the transaction. A failure below is
     // one the two-statement path would also have after its INSERT (decoding the row, mapping
     // it), and the outbox rows are removed again so that no event outlives its failed write.
-    let width = sql.columns.len();
     let uuids: Vec<uuid::Uuid> = before.iter().map(|event| event.uuid).collect();
-    let stored = match M::__from_row(&row) {
-        Ok(stored) => stored,
+    match settle(&row, sql, plan, before, stamps, tx).await {
+        Ok(stored) => Ok(stored),
         Err(error) => {
             remove(tx, &uuids).await?;
-            return Err(error.into());
+            Err(error)
         }
-    };
+    }
+}
+
+/// After a folded statement returned `row`: the stored model, with its events rendered again
+/// from it, compared with what the statement wrote from `before`, corrected where they differ,
+/// and staged as folded.
+async fn settle<M, DB>(
+    row: &DB::Row,
+    sql: &ModelSql,
+    plan: &Plan,
+    before: Vec<StagedEvent>,
+    stamps: Vec<Stamp>,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<M>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let stored = M::__from_row(row)?;
+    let width = sql.columns.len();
     let mut written: Vec<String> = before.iter().map(|event| event.payload.clone()).collect();
     for (n, &index) in plan.rendered.iter().enumerate() {
-        let rendering = match DB::text(&row, width + n) {
-            Ok(rendering) => rendering,
-            Err(error) => {
-                remove(tx, &uuids).await?;
-                return Err(error.into());
-            }
-        };
+        let rendering = DB::text(row, width + n)?;
         let marker = splice_marker(index);
         for payload in &mut written {
             *payload = payload.replace(&marker, &rendering);
@@ -498,24 +511,22 @@ where
     }
     let replay = EventShape {
         splice: &[],
-        replay: Some((before[0].timestamp.clone(), uuids.clone())),
+        replay: Some((
+            before[0].timestamp.clone(),
+            before.iter().map(|event| event.uuid).collect(),
+        )),
         rehearsal: false,
     };
-    let after = match render(&stored, stamps, replay, tx) {
-        Ok(after) => after,
-        Err(error) => {
-            remove(tx, &uuids).await?;
-            return Err(error);
-        }
-    };
+    let after = render(&stored, stamps, replay, tx)?;
     let same_events = after.len() == before.len()
         && after
             .iter()
             .zip(&before)
             .all(|(a, b)| a.uuid == b.uuid && a.event == b.event);
     if !same_events {
-        // The row as stored staged other events than the row as given: write those at commit
-        // like any unfolded write.
+        // The row as stored staged other events than the row as given (no model does):
+        // write those at commit like any unfolded write.
+        let uuids: Vec<uuid::Uuid> = before.iter().map(|event| event.uuid).collect();
         remove(tx, &uuids).await?;
         tx.staged_mut().extend(after);
         plan.record(true);
