@@ -30,7 +30,8 @@
 //! and only without a `before_send` hook or `$geoip_disable` (both applied at commit); see
 //! `TrackedTransaction::can_fold`. Group models (whose `$groupidentify` embeds properties in
 //! a nested object), models whose distinct id or group is `generated`, and tables with rules
-//! or that are views (PostgreSQL refuses those in a data-modifying `WITH`) never fold.
+//! or that are views, the model's or the outbox (PostgreSQL refuses those in a data-modifying
+//! `WITH`), never fold.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -263,13 +264,20 @@ fn statement(sql: &ModelSql, rendered: &[usize], renderings: &[String], events: 
 }
 
 /// Where the outbox row of the event `$1`, written by this session's statement, is: the
-/// newest row with that uuid at or below the outbox sequence's current value in this session
-/// (a sub-select, so that it bounds the backward scan of the primary key), or, when the
-/// outbox's id has no sequence PostgreSQL knows of, any row with that uuid (a full scan; no
-/// other row can have the uuid, which was made for this event).
+/// newest row with that uuid at or below the last value of the sequence PostgreSQL names for
+/// the outbox's id (a sub-select, so that it bounds the backward scan of the primary key), or,
+/// when that misses, any row with that uuid (a full scan; no other row can have the uuid,
+/// which was made for this event).
+///
+/// The bound is read from `pg_sequences`, which says `NULL` where `currval` would fail and
+/// abort the transaction: the id has no sequence PostgreSQL knows of, the sequence named is
+/// not the one the ids come from (an identity column added after the serial one), or the role
+/// may not read it. A `NULL` bound finds nothing, and the second lookup runs.
 const OUTBOX_ROWS: [&str; 2] = [
     "(SELECT id FROM posthog_outbox \
-     WHERE id <= (SELECT currval(pg_get_serial_sequence('posthog_outbox', 'id'))) \
+     WHERE id <= (SELECT last_value FROM pg_sequences \
+     WHERE format('%I.%I', schemaname, sequencename) \
+     = pg_get_serial_sequence('posthog_outbox', 'id')) \
      AND uuid = $1 ORDER BY id DESC LIMIT 1)",
     "(SELECT id FROM posthog_outbox WHERE uuid = $1 LIMIT 1)",
 ];
@@ -388,9 +396,9 @@ where
     Ok(stored)
 }
 
-/// Whether the model's table is an ordinary (or partitioned) table without rules: PostgreSQL
-/// refuses a data-modifying `WITH` on a table with rules, and a view may be written through
-/// them.
+/// Whether the model's table and the outbox are both ordinary (or partitioned) tables without
+/// rules: PostgreSQL refuses a data-modifying `WITH` on a table with rules, and a view may be
+/// written through them.
 async fn plain_table<DB: Backend>(
     sql: &ModelSql,
     tx: &mut TrackedTransaction<'_, DB>,
@@ -406,12 +414,13 @@ async fn plain_table<DB: Backend>(
     let query = DB::bind_text(
         sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_class \
-             WHERE oid = to_regclass($1) AND NOT relhasrules AND relkind IN ('r', 'p')",
+             WHERE oid IN (to_regclass($1), to_regclass('posthog_outbox')) \
+             AND NOT relhasrules AND relkind IN ('r', 'p')",
         ),
         table,
     );
     let row = DB::fetch_one(tx.connection(), query).await?;
-    Ok(DB::int(&row, 0)? == 1)
+    Ok(DB::int(&row, 0)? == 2)
 }
 
 /// Renders `model`'s insert events with `shape` and takes them back out of the transaction.
@@ -478,7 +487,15 @@ where
     match settle(&row, sql, plan, before, stamps, tx).await {
         Ok(stored) => Ok(stored),
         Err(error) => {
-            remove(tx, &uuids).await?;
+            if let Err(removal) = remove(tx, &uuids).await {
+                // The write has failed either way, and its transaction must be rolled back;
+                // the error to return is the one that says why it failed.
+                tracing::warn!(
+                    error = %removal,
+                    "posthog-track: the outbox rows of a failed insert could not be removed; \
+                     roll its transaction back"
+                );
+            }
             Err(error)
         }
     }
