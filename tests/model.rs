@@ -553,3 +553,46 @@ impl_test_db!(
     "?",
     Some("SET SESSION innodb_lock_wait_timeout = 1")
 );
+
+// ---------------------------------------------------------------------------------------------
+// A write whose events fail half-way (its own event staged, `$identify` too large) stages none
+// of them, on every path: an insert (folded, learning or unfolded), an upsert that inserts.
+
+model_tests!(
+    a_write_that_fails_half_way_stages_nothing,
+    "mc_half_way",
+    sqlite_a_write_that_fails_half_way_stages_nothing,
+    postgres_a_write_that_fails_half_way_stages_nothing,
+    mysql_a_write_that_fails_half_way_stages_nothing
+);
+
+async fn a_write_that_fails_half_way_stages_nothing<DB: TestDb>(pool: &Pool<DB>)
+where
+    Reading: TrackedRow<DB>,
+{
+    let tracker = migrated_printer(pool).await;
+    let reading = || Reading {
+        id: unique("reading"),
+        owner: unique("owner"),
+        taken_at: Utc.timestamp_opt(1_700_000_000, 0).single().unwrap(),
+        nickname: None,
+        first_source: None,
+        note: None,
+    };
+    // Over posthog-track's limit on one event only as `$identify`'s `$anon_distinct_id`.
+    let huge = "a".repeat(1024 * 1024);
+    let too_large =
+        |error: Error| assert!(matches!(error, Error::EventTooLarge { .. }), "{error:?}");
+
+    let mut tx = tracker.begin(pool).await.unwrap();
+    reading().insert(&mut tx).await.unwrap();
+    let staged = tx.staged().to_vec();
+    assert_eq!(staged.len(), 2, "the insert event and $identify");
+
+    tx.set_context(posthog_track::TrackingContext::new().with_anonymous_id(huge.as_str()));
+    too_large(reading().insert(&mut tx).await.unwrap_err());
+    assert_eq!(tx.staged(), &staged[..], "a failed insert stages nothing");
+    too_large(reading().upsert(&mut tx).await.unwrap_err());
+    assert_eq!(tx.staged(), &staged[..], "a failed upsert stages nothing");
+    tx.rollback().await.unwrap();
+}

@@ -187,11 +187,18 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         Ok(())
     }
 
-    /// Drops the events staged since there were `len`: a write that failed half-way stages
-    /// nothing.
-    pub(crate) fn discard_staged_from(&mut self, len: usize) {
-        // Folded events went to the database with their rows; they go only with a rollback.
-        self.staged.truncate(len.max(self.folded));
+    /// Runs `stage`, which stages the events of one write: all of them, or none when it fails
+    /// half-way (its own event staged, say, and `$identify` too large), so that a transaction
+    /// committed after a failed write does not send part of it.
+    pub(crate) fn stage_all(&mut self, stage: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let start = self.staged.len();
+        let staged = stage(self);
+        if staged.is_err() {
+            // Folded events went to the database with their rows; they go only with a
+            // rollback.
+            self.staged.truncate(start.max(self.folded));
+        }
+        staged
     }
 
     /// Whether the next write may put its events in the outbox with its own statement

@@ -447,13 +447,12 @@ where
 
     // The events, in the order of the rows, exactly as one `insert` per row stages them; all
     // or none.
-    let staged_before = tx.staged().len();
-    for (row, stamps) in stored.iter().zip(stamps) {
-        if let Err(error) = stage_inserted(row, stamps, tx) {
-            tx.discard_staged_from(staged_before);
-            return Err(error);
-        }
-    }
+    tx.stage_all(|tx| {
+        stored
+            .iter()
+            .zip(stamps)
+            .try_for_each(|(row, stamps)| stage_inserted(row, stamps, tx))
+    })?;
     Ok(stored)
 }
 

@@ -10,7 +10,8 @@ use crate::event::{Section, StagedEvent, Stager, Stamp, properties_object};
 use crate::transaction::TrackedTransaction;
 
 /// The events of an inserted row: `INSERT_EVENT` with every tracked property, `$identify`
-/// for an `identify` model, `$groupidentify` for a group model. `stamps` are the routing's.
+/// for an `identify` model, `$groupidentify` for a group model; all or, on an error, none.
+/// `stamps` are the routing's.
 pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
     model: &M,
     stamps: Vec<Stamp>,
@@ -18,30 +19,34 @@ pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
 ) -> Result<()> {
     let anonymous_id = tx.context().anonymous_id().map(str::to_owned);
     let stamps = with_groups(model, stamps);
-    let mut stager = tx.stager_with(model.distinct_id(), M::INSERT_EVENT, stamps)?;
-    stage_insert_event(model, &mut stager)?;
-    if M::__IDENTIFY {
-        stage_identify(model, anonymous_id, &mut stager, None)?;
-    }
-    stage_group_identify(model, &mut stager, None)
+    tx.stage_all(|tx| {
+        let mut stager = tx.stager_with(model.distinct_id(), M::INSERT_EVENT, stamps)?;
+        stage_insert_event(model, &mut stager)?;
+        if M::__IDENTIFY {
+            stage_identify(model, anonymous_id, &mut stager, None)?;
+        }
+        stage_group_identify(model, &mut stager, None)
+    })
 }
 
 /// The events of a row written whole: `UPDATE_EVENT` with every tracked property, `$identify`
-/// with every person property, `$groupidentify` with every property.
+/// with every person property, `$groupidentify` with every property; all or none.
 pub(super) fn stage_updated<M: TrackedModel, DB: Backend>(
     model: &M,
     stamps: Vec<Stamp>,
     tx: &mut TrackedTransaction<'_, DB>,
 ) -> Result<()> {
     let stamps = with_groups(model, stamps);
-    let mut stager = tx.stager_with(model.distinct_id(), M::UPDATE_EVENT, stamps)?;
-    let mut writer = stager.event(M::UPDATE_EVENT);
-    model.__write_properties(&mut writer)?;
-    stager.push(writer)?;
-    if M::__IDENTIFY && !M::__PERSON.is_empty() {
-        stage_identify(model, None, &mut stager, None)?;
-    }
-    stage_group_identify(model, &mut stager, None)
+    tx.stage_all(|tx| {
+        let mut stager = tx.stager_with(model.distinct_id(), M::UPDATE_EVENT, stamps)?;
+        let mut writer = stager.event(M::UPDATE_EVENT);
+        model.__write_properties(&mut writer)?;
+        stager.push(writer)?;
+        if M::__IDENTIFY && !M::__PERSON.is_empty() {
+            stage_identify(model, None, &mut stager, None)?;
+        }
+        stage_group_identify(model, &mut stager, None)
+    })
 }
 
 /// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's

@@ -344,20 +344,22 @@ pub trait TrackedModel: Sized + Send + Sync {
             let query = self.__bind_key(self.__bind_changed(changed, query));
             write_keyed_row(tx, query, table).await?;
             let stamps = with_groups(self, stamps);
-            let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
-            let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
-            if !tracked.is_empty() {
-                let mut writer = stager.event(Self::UPDATE_EVENT);
-                self.__write_key_properties(&mut writer)?;
-                self.__write_changed_properties(tracked, &mut writer)?;
-                stager.push(writer)?;
-                stage_group_identify(self, &mut stager, Some(tracked))?;
-            }
-            let person = changed.intersection(Self::__PERSON);
-            if Self::__IDENTIFY && !person.is_empty() {
-                stage_identify(self, None, &mut stager, Some(person))?;
-            }
-            self.__stage_milestones(before, changed, &mut stager)?;
+            tx.stage_all(|tx| {
+                let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
+                let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
+                if !tracked.is_empty() {
+                    let mut writer = stager.event(Self::UPDATE_EVENT);
+                    self.__write_key_properties(&mut writer)?;
+                    self.__write_changed_properties(tracked, &mut writer)?;
+                    stager.push(writer)?;
+                    stage_group_identify(self, &mut stager, Some(tracked))?;
+                }
+                let person = changed.intersection(Self::__PERSON);
+                if Self::__IDENTIFY && !person.is_empty() {
+                    stage_identify(self, None, &mut stager, Some(person))?;
+                }
+                self.__stage_milestones(before, changed, &mut stager)
+            })?;
             Ok(changed.len())
         }
     }
