@@ -309,18 +309,63 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
         _ => format!("https://{host}"),
     };
     let url = url.trim_end_matches('/').to_owned();
+    let not_a_url = || {
+        Error::Config(format!(
+            "POSTHOG_HOST `{}` is not a URL: give `https://<host>` (`http://` for a PostHog on \
+             this machine), `us` or `eu`",
+            redact_host(host)
+        ))
+    };
     let rest = url
         .split_once("://")
         .map(|(_, rest)| rest)
         .unwrap_or_default();
-    if rest.is_empty() || rest.contains(char::is_whitespace) {
+    // `htp:/host` or `https//host` (a scheme misspelt, a colon or slash missing) would
+    // otherwise read as a host `htp` or `https`.
+    if rest.is_empty()
+        || rest.contains(char::is_whitespace)
+        || rest.contains(":/")
+        || rest.contains("//")
+    {
+        return Err(not_a_url());
+    }
+    let parsed = reqwest::Url::parse(&url).map_err(|_| not_a_url())?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(not_a_url());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(Error::Config(format!(
-            "POSTHOG_HOST `{}` is not a URL",
+            "POSTHOG_HOST `{}` has a query or fragment: give the host alone, such as `{US_HOST}`",
+            redact_host(host)
+        )));
+    }
+    // A path is a reverse proxy's prefix (`https://example.com/ingest`), but one that ends in
+    // an endpoint is a URL copied from PostHog's docs, to which every request would 404.
+    let path = parsed.path().trim_end_matches('/');
+    if let Some(endpoint) = ENDPOINTS.iter().find(|endpoint| path.ends_with(*endpoint)) {
+        return Err(Error::Config(format!(
+            "POSTHOG_HOST `{}` ends in PostHog's `{endpoint}` endpoint: give the host alone \
+             (with a proxy's path prefix, if any), such as `{US_HOST}`; posthog-track adds the \
+             endpoints",
             redact_host(host)
         )));
     }
     Ok(url)
 }
+
+/// PostHog's API paths, which a `POSTHOG_HOST` must not include (longest first, so that the
+/// message names the whole of it).
+const ENDPOINTS: &[&str] = &[
+    "/i/v1/general/events",
+    "/i/v0/e",
+    "/batch",
+    "/capture",
+    "/e",
+    "/decide",
+    "/flags",
+    "/track",
+    "/engage",
+];
 
 fn parse_flag(name: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
@@ -358,11 +403,25 @@ mod tests {
             ("eu", EU_HOST),
             ("posthog.example.com//", "https://posthog.example.com"),
             ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+            // A reverse proxy's path prefix.
+            ("https://example.com/ingest/", "https://example.com/ingest"),
+            ("example.com:8443", "https://example.com:8443"),
         ] {
             assert_eq!(normalize_host(given).unwrap(), normalised, "{given}");
         }
-        for refused in ["ftp://x", "https://"] {
-            assert!(normalize_host(refused).is_err(), "{refused}");
+        for (refused, says) in [
+            ("ftp://x", "must use http:// or https://"),
+            ("https://", "is not a URL"),
+            ("htp:/nowhere", "is not a URL"),
+            ("https//us.i.posthog.com", "is not a URL"),
+            ("https://host:port", "is not a URL"),
+            ("https://us.i.posthog.com/batch/", "`/batch` endpoint"),
+            ("https://eu.i.posthog.com/i/v0/e/", "`/i/v0/e` endpoint"),
+            ("https://example.com/ingest/flags?v=2", "query"),
+            ("https://example.com/ingest/decide", "`/decide` endpoint"),
+        ] {
+            let error = normalize_host(refused).unwrap_err().to_string();
+            assert!(error.contains(says), "{refused}: {error}");
         }
     }
 

@@ -273,7 +273,8 @@ fn describe(status: u16, body: &str) -> String {
     format!("{status} {reason}: {body}")
 }
 
-/// Never includes the URL's query or the body, which could carry the key.
+/// Names the host and port (so that a wrong `POSTHOG_HOST` shows), never the URL's
+/// credentials, query or the body, which could carry the key.
 pub(crate) fn transport_reason(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
@@ -282,6 +283,14 @@ pub(crate) fn transport_reason(error: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
+    let kind = match error
+        .url()
+        .and_then(|url| Some((url.host_str()?, url.port())))
+    {
+        Some((host, Some(port))) => format!("{kind} ({host}:{port})"),
+        Some((host, None)) => format!("{kind} ({host})"),
+        None => kind.to_owned(),
+    };
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
     let mut detail = String::new();
     while let Some(cause) = source {
@@ -289,7 +298,7 @@ pub(crate) fn transport_reason(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     if detail.is_empty() {
-        kind.to_owned()
+        kind
     } else {
         format!("{kind}: {detail}")
     }
@@ -344,6 +353,24 @@ mod tests {
             !reason.contains("phc_sec"),
             "not even a truncated prefix: {reason}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_failure_names_the_host_and_not_its_credentials() {
+        // Nothing listens on port 9 (discard) here; the connection is refused at once.
+        let error = reqwest::Client::new()
+            .get("http://user:hunter2@127.0.0.1:9/batch/?token=phc_secret")
+            .send()
+            .await
+            .unwrap_err();
+        let reason = transport_reason(&error);
+        assert!(
+            reason.starts_with("could not connect (127.0.0.1:9)"),
+            "{reason}"
+        );
+        for secret in ["hunter2", "user", "phc_secret"] {
+            assert!(!reason.contains(secret), "{reason}");
+        }
     }
 
     #[test]
