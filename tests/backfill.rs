@@ -56,6 +56,19 @@ struct Seat {
     role: String,
 }
 
+/// The people of `bf_people` through a model that names no distinct id (its tracked writes
+/// take the transaction's): a backfill has none to take.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_people")]
+struct Unattributed {
+    #[tracked(key, property = "person_id")]
+    id: i64,
+    #[tracked(person)]
+    email: String,
+    #[tracked(property)]
+    created_at: DateTime<Utc>,
+}
+
 /// A pool that `M` can be backfilled from: what a scenario of `M` runs on, the bound stated
 /// once here rather than on every scenario.
 trait Source<M>: BackfillPool<M> {
@@ -277,6 +290,11 @@ async fn backfill_resumes_where_it_stopped(pool: &impl Source<Person>, _url: &st
     let first = run_ok(tracker.backfill::<Person>(pool).max_rows(5_000)).await;
     assert_eq!(first.rows, 5_000);
     assert!(!first.complete && first.resumed_from.is_none(), "{first}");
+    assert!(first.checkpoint_kept, "{first}");
+    assert!(
+        first.to_string().contains("the next run resumes"),
+        "{first}"
+    );
     let second = run_ok(tracker.backfill::<Person>(pool)).await;
     assert_eq!(second.rows, 5_000, "{second}");
     assert_eq!(second.resumed_from.as_deref(), Some("5000"));
@@ -573,6 +591,22 @@ async fn backfill_dry_run(pool: &impl Source<Person>, _url: &str) {
     assert_eq!(report.sample[0].event, "$set");
     assert_eq!(report.sample[0].distinct_id, "1");
     assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
+    // Stopped early, a dry run does not claim that the next run resumes: nothing was kept.
+    let stopped = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .dry_run()
+            .page_size(100)
+            .max_rows(200),
+    )
+    .await;
+    assert_eq!(stopped.rows, 200, "{stopped}");
+    assert!(!stopped.complete && !stopped.checkpoint_kept, "{stopped}");
+    assert!(
+        stopped.to_string().contains("nothing was kept")
+            && !stopped.to_string().contains("resumes"),
+        "{stopped}"
+    );
     let real = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
     assert_eq!(
         real.events, 2_400,
@@ -590,6 +624,35 @@ async fn backfill_dry_run(pool: &impl Source<Person>, _url: &str) {
     );
 }
 on_every_backend!(backfill_dry_run);
+
+/// A model without a distinct id is refused before a row is read, rather than a run that
+/// skips every row and reports itself complete.
+async fn backfill_without_a_distinct_id_is_refused(pool: &impl Source<Unattributed>, _url: &str) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 3).await;
+    for (backfill, what) in [
+        (tracker.backfill::<Unattributed>(pool), "person updates"),
+        (
+            tracker
+                .backfill::<Unattributed>(pool)
+                .with_events("created_at"),
+            "insert events",
+        ),
+    ] {
+        match run_err(backfill).await {
+            error @ Error::BackfillWithoutDistinctId { .. } => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(what) && message.contains("distinct_id = <field>"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected BackfillWithoutDistinctId, got {other:?}"),
+        }
+    }
+    assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
+}
+on_every_backend!(backfill_without_a_distinct_id_is_refused);
 
 /// Without an API key the tracker prints the events and the checkpoint does not move: the
 /// run with the key still sends every row.

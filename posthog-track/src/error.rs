@@ -149,6 +149,21 @@ pub enum Error {
         model: &'static str,
     },
 
+    /// A backfill would stage person updates or insert events for a model that names no
+    /// `distinct_id` field: a backfill has no transaction to take one from, so it could
+    /// attribute none of them.
+    #[error(
+        "`{model}` cannot be backfilled with {what}: the model has no `distinct_id` field, so \
+         no row could be attributed to a person; add `#[tracked(distinct_id = <field>)]` to the \
+         model (a backfill has no transaction whose distinct id it could use)"
+    )]
+    BackfillWithoutDistinctId {
+        /// The model's table.
+        model: &'static str,
+        /// What needed a distinct id: "person updates" or "insert events".
+        what: &'static str,
+    },
+
     /// Another backfill of the same model and options moved the checkpoint while this one
     /// ran; this run's last page was rolled back.
     #[error(

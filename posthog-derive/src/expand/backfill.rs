@@ -41,6 +41,7 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
         }
     });
     let [postgres, mysql, sqlite] = Dialect::ALL.map(|dialect| page_sql(container, dialect));
+    let distinct_id = container.attrs.distinct_id.is_some();
     let timestamps = container.fields.iter().map(|field| {
         let index = field.index;
         let ident = field.ident;
@@ -85,6 +86,7 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
                     mysql: #mysql,
                     sqlite: #sqlite,
                 },
+                distinct_id: #distinct_id,
             };
 
             fn __timestamp_of(&self, __index: usize) -> #private::BackfillTimestamp {

@@ -249,6 +249,9 @@ pub struct BackfillReport {
     pub complete: bool,
     /// A dry run: nothing was staged and the checkpoint did not move.
     pub dry_run: bool,
+    /// This run moved the checkpoint, so the next one resumes after it: false for a dry run
+    /// and for a tracker without an API key, whose events are not kept.
+    pub checkpoint_kept: bool,
     /// The first events of a dry run (at most [`Backfill::sample`]).
     pub sample: Vec<StagedEvent>,
 }
@@ -288,8 +291,14 @@ impl fmt::Display for BackfillReport {
             write!(f, "; already complete, nothing to do")?;
         } else if self.complete {
             write!(f, "; complete")?;
-        } else {
+        } else if self.checkpoint_kept {
             write!(f, "; incomplete, the next run resumes")?;
+        } else {
+            write!(
+                f,
+                "; stopped before the last row, and nothing was kept: the next run starts \
+                 where this one did"
+            )?;
         }
         write!(f, " (checkpoint `{}`)", self.checkpoint)
     }
@@ -339,8 +348,9 @@ where
         /// smaller.
         pub fn page_size(rows: usize) => options.page_size = rows.max(1);
 
-        /// Stops after this many rows (a whole number of pages); the next run resumes. For
-        /// backfills spread over maintenance windows.
+        /// Stops after this many rows (a whole number of pages); the next run resumes, unless
+        /// nothing was kept (a dry run, or a tracker without an API key). For backfills
+        /// spread over maintenance windows.
         pub fn max_rows(rows: u64) => options.max_rows = Some(rows);
 
         /// How many events a dry run keeps in [`BackfillReport::sample`] (default 5).
@@ -415,12 +425,14 @@ where
         already_complete: false,
         complete: false,
         dry_run: options.dry_run,
+        checkpoint_kept: false,
         sample: Vec::new(),
     };
 
     // Only events that are kept (live mode) move the checkpoint: a run of a tracker without an
     // API key prints its events, and must not mark the backfill done for the run that sends.
     let persist = !options.dry_run && mode == Mode::Live;
+    report.checkpoint_kept = persist;
     let (mut checkpoint, existed) = if !persist {
         match checkpoint::peek(pool, &plan.checkpoint).await? {
             Some(found) => (found, true),
@@ -741,6 +753,23 @@ impl Plan {
         };
         if !person && group.is_none() && events_field.is_none() {
             return Err(Error::NothingToBackfill { model: M::TABLE });
+        }
+        // Without a distinct id every person update and insert event would be skipped: say so
+        // before reading a row. (A group model's `$groupidentify` needs only its group key.)
+        if !M::__BACKFILL.distinct_id {
+            let what = if events_field.is_some() {
+                Some("insert events")
+            } else if group.is_none() {
+                Some("person updates")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(Error::BackfillWithoutDistinctId {
+                    model: M::TABLE,
+                    what,
+                });
+            }
         }
         let mut description = String::new();
         if person {

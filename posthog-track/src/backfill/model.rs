@@ -30,6 +30,9 @@ pub trait BackfillRow<DB: Backend>: BackfillModel + TrackedRow<DB> {
 pub struct BackfillSpec {
     pub fields: &'static [BackfillField],
     pub page_sql: PerDialect<PageSql>,
+    /// The model names a `distinct_id` field (otherwise no person update or insert event of a
+    /// backfill can be attributed).
+    pub distinct_id: bool,
 }
 
 impl BackfillSpec {
@@ -41,6 +44,7 @@ impl BackfillSpec {
             mysql: PageSql::UNUSABLE,
             sqlite: PageSql::UNUSABLE,
         },
+        distinct_id: false,
     };
 
     /// The page queries of `dialect`.
