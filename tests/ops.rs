@@ -713,3 +713,61 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     }
     names
 }
+
+/// The command line says which command fixes a missing outbox or key, and `relay --drain`
+/// says what it delivered. (Two workers: the commands block one while the mock answers on the
+/// other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_names_the_fix_and_reports_a_drain() {
+    let (pool, url, dir) = sqlite_file("cli_hints").await;
+    let mock = MockPostHog::start().await;
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(posthog_track_tests::posthog_track_binary());
+        command
+            .args(args)
+            .args(["--database-url", url.as_str()])
+            .env("POSTHOG_API_KEY", mock.api_key())
+            .env("POSTHOG_HOST", mock.url())
+            .env_remove("POSTHOG_DISABLED");
+        command
+    };
+    let failed = |mut command: std::process::Command| {
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    let missing = failed(command(&["outbox", "status"]));
+    assert!(
+        missing.contains("hint: create it with `posthog-track outbox migrate"),
+        "{missing}"
+    );
+    let mut keyless = command(&["relay", "--drain"]);
+    keyless.env_remove("POSTHOG_API_KEY");
+    let keyless = failed(keyless);
+    assert!(keyless.contains("hint: set POSTHOG_API_KEY"), "{keyless}");
+
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    commit_events(&tracker, &pool, &unique("drain"), "drained", 3, 3).await;
+    let output = command(&["relay", "--drain", "--timeout", "30"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("drained: 3 event(s) delivered in "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("; 0 committed since wait in the outbox"),
+        "{stdout}"
+    );
+    assert_eq!(mock.events().len(), 3);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

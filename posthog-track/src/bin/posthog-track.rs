@@ -225,8 +225,30 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
+            if let Some(hint) = hint(&error) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about `error` from the command line, where the library's advice (calls in the
+/// application) is not what an operator types.
+fn hint(error: &CliError) -> Option<&'static str> {
+    match error {
+        CliError::Track(Error::OutboxMissing { .. }) => Some(
+            "create it with `posthog-track outbox migrate --database-url <the same URL>` (or \
+             with your application's migrations)",
+        ),
+        CliError::Track(Error::CannotDeliver { mode }) => Some(match mode {
+            posthog_track::Mode::Disabled => "unset POSTHOG_DISABLED in this command's environment",
+            _ => {
+                "set POSTHOG_API_KEY (the project API key, phc_...) in this command's \
+                 environment, and POSTHOG_HOST unless the project is on PostHog's US cloud"
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -334,10 +356,21 @@ async fn execute<DB: Backend>(
             drain: true,
             timeout,
             ..
-        } => Ok(tracker
-            .relay(pool.clone())
-            .drain_for(Duration::from_secs(timeout))
-            .await?),
+        } => {
+            let started = std::time::Instant::now();
+            tracker
+                .relay(pool.clone())
+                .drain_for(Duration::from_secs(timeout))
+                .await?;
+            let pending = tracker.outbox(pool).status().await?.pending;
+            println!(
+                "drained: {} event(s) delivered in {:.1?}; {pending} committed since wait in \
+                 the outbox",
+                tracker.stats().delivered,
+                started.elapsed()
+            );
+            Ok(())
+        }
         Command::Relay {
             drain: false,
             metrics_addr,
