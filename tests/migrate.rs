@@ -3,7 +3,7 @@
 
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Backend, Error, Event, Tracker};
-use posthog_track_tests::{on_every_backend, tracker_for, unique};
+use posthog_track_tests::{execute, on_every_backend, tracker_for, unique};
 use sqlx::Pool;
 use sqlx::query::Query;
 
@@ -202,4 +202,28 @@ async fn tables_without_the_historical_flag_gain_it<DB: Backend>(pool: &Pool<DB>
             .iter()
             .all(|request| !request.historical_migration)
     );
+}
+
+on_every_backend!(tables_created_from_the_script_know_their_version);
+
+/// The outbox created from `create_table_sql` in the application's own migrations records its
+/// schema version as `migrate` does, so `migrate` and `doctor` know it (before, `doctor` warned
+/// of an unversioned outbox), and `migrate` afterwards is a no-op.
+async fn tables_created_from_the_script_know_their_version<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let script = posthog_track::outbox::create_table_sql(DB::DIALECT);
+    for statement in script.split(";\n") {
+        execute(pool, statement).await;
+    }
+    let tracker = Tracker::builder().build();
+    let version = || async { tracker.outbox(pool).schema_version().await.unwrap() };
+    assert_eq!(version().await, Some(posthog_track::outbox::SCHEMA_VERSION));
+    tracker.migrate(pool).await.unwrap();
+    assert_eq!(version().await, Some(posthog_track::outbox::SCHEMA_VERSION));
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id("u");
+    tx.capture(Event::new("e")).unwrap();
+    tx.commit().await.unwrap();
 }

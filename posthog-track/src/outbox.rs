@@ -160,9 +160,32 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
             script.push_str(";\n");
             script.push_str(step.sql(dialect));
         }
+        // The versions it reached, as `migrate` records them, so that `migrate` (and `doctor`)
+        // later know them: without, `migrate` would treat the tables as unversioned.
+        script.push_str(";\n");
+        script.push_str(SCHEMA_TABLE_DDL);
+        script.push_str(";\nINSERT INTO posthog_outbox_schema (version, name, applied_at) VALUES ");
+        let now = dialect.now_millis_sql();
+        let versions = std::iter::once((1, BASELINE_NAME))
+            .chain(STEPS.iter().map(|step| (step.version, step.name)));
+        for (n, (version, name)) in versions.enumerate() {
+            if n > 0 {
+                script.push_str(", ");
+            }
+            // Names are this crate's constants, without quotes.
+            script.push_str(&format!("({version}, '{name}', {now})"));
+        }
         script
     })
 }
+
+/// [`SCHEMA_TABLE`]: one row per schema version applied.
+const SCHEMA_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS posthog_outbox_schema \
+     (version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL, \
+     applied_at BIGINT NOT NULL)";
+
+/// The name version 1 is recorded with.
+const BASELINE_NAME: &str = "outbox and dead-letter tables";
 
 /// How the outbox's DDL differs between backends: column types, the auto-increment key, the
 /// database clock as a column default, and table options.
@@ -359,18 +382,16 @@ async fn migrate_locked<DB: Backend>(conn: &mut DB::Connection) -> Result<()> {
 
 /// Brings the schema from its recorded version up to the last of `steps`.
 async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -> Result<()> {
-    DB::execute(
-        conn,
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS posthog_outbox_schema (version BIGINT NOT NULL PRIMARY KEY, \
-             name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL)",
-        ),
-    )
-    .await?;
+    // Looked up first: PostgreSQL answers `CREATE TABLE IF NOT EXISTS` on an existing table
+    // with a NOTICE, which sqlx logs on every start.
+    let exists = DB::fetch_all(conn, sqlx::query(schema_table_exists_sql(DB::DIALECT))).await?;
+    if exists.is_empty() {
+        DB::execute(conn, sqlx::query(SCHEMA_TABLE_DDL)).await?;
+    }
     let current = recorded_version::<DB>(conn).await?.unwrap_or(0);
     if current < 1 {
         upgrade_to_baseline::<DB>(conn).await?;
-        record_step::<DB>(conn, 1, "outbox and dead-letter tables").await?;
+        record_step::<DB>(conn, 1, BASELINE_NAME).await?;
     }
     for step in steps.iter().filter(|step| step.version > current.max(1)) {
         for statement in step.sql(DB::DIALECT).split(";\n") {
@@ -1022,6 +1043,13 @@ mod tests {
         sqlx::Sqlite::execute(&mut conn, sqlx::query("ROLLBACK"))
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn step_names_can_be_written_into_the_script_as_they_are() {
+        for name in std::iter::once(BASELINE_NAME).chain(STEPS.iter().map(|step| step.name)) {
+            assert!(!name.contains(['\'', '\\']), "{name}");
+        }
     }
 
     #[tokio::test]
