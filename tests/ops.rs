@@ -742,6 +742,19 @@ async fn the_command_line_names_the_fix_and_reports_a_drain() {
         missing.contains("hint: create it with `posthog-track outbox migrate"),
         "{missing}"
     );
+    let mut no_plan = std::process::Command::new(posthog_track_tests::posthog_track_binary());
+    no_plan.args([
+        "plan",
+        "show",
+        "--plan",
+        &format!("{url}-no-such-plan.json"),
+    ]);
+    let no_plan = failed(no_plan);
+    assert!(
+        no_plan.contains("hint: the plan file is written by the test")
+            && no_plan.contains("POSTHOG_TRACK_UPDATE_PLAN=1"),
+        "{no_plan}"
+    );
     let mut keyless = command(&["relay", "--drain"]);
     keyless.env_remove("POSTHOG_API_KEY");
     let keyless = failed(keyless);

@@ -205,7 +205,7 @@ impl TrackerBuilder {
             dispatch.relay.historical_migration = historical;
     }
 
-    /// A hook over every event before it is recorded; see [`BeforeSend`].
+    /// A hook over every event before it is recorded; see [`BeforeSend`](crate::dispatch::BeforeSend).
     pub fn before_send(
         mut self,
         hook: impl Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync + 'static,

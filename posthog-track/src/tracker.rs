@@ -214,10 +214,15 @@ impl Tracker {
     }
 
     /// Flushes within `deadline`, then stops background work (relays, the in-memory queue,
-    /// the flag poller); for the end of a process or a serverless invocation. Outbox events
-    /// not delivered by then wait for the next relay, and the report says how many; in-memory
-    /// events not delivered by then are lost, and counted in the error. A zero deadline stops
-    /// at once without starting a delivery.
+    /// the flag poller); for the end of a process or a serverless invocation. A zero deadline
+    /// stops at once without starting a delivery.
+    ///
+    /// Fails as [`flush`](Self::flush) does, after stopping: [`Error::Timeout`] when events
+    /// were still pending at the deadline (outbox events wait there for the next relay, never
+    /// lost; in-memory events are lost), [`Error::Undelivered`] when some were dead-lettered
+    /// or dropped. So at the end of a process, log the error rather than fail the exit on it.
+    /// `Ok` says how many events wait in the outbox for another process's relay (delivery
+    /// left to `posthog-track relay` with `external_relay(true)`).
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
         if let Some(poller) = lock(&self.inner.poller).take() {
             let _ = poller.send(true);

@@ -145,7 +145,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// after the commit and the outbox is left alone; a disabled tracker records none.
     ///
     /// Returns `Ok` once the database has committed: delivery trouble after that is logged
-    /// and counted in [`Tracker::stats`], never returned here (a caller that retried a
+    /// and counted in [`Tracker::stats`](crate::Tracker::stats), never returned here (a caller that retried a
     /// failed commit would write the row twice).
     pub async fn commit(self) -> Result<()> {
         let span = tracing::info_span!(

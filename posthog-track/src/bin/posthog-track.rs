@@ -248,6 +248,15 @@ fn hint(error: &CliError) -> Option<&'static str> {
                  environment, and POSTHOG_HOST unless the project is on PostHog's US cloud"
             }
         }),
+        CliError::Track(Error::ReadPlan { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Some(
+                "the plan file is written by the test that calls \
+                 `posthog_track::plan::assert_snapshot`: run `POSTHOG_TRACK_UPDATE_PLAN=1 cargo \
+                 test` in the application, or give its path with --plan",
+            )
+        }
         _ => None,
     }
 }
