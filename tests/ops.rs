@@ -743,12 +743,9 @@ async fn the_command_line_names_the_fix_and_reports_a_drain() {
         "{missing}"
     );
     let mut no_plan = std::process::Command::new(posthog_track_tests::posthog_track_binary());
-    no_plan.args([
-        "plan",
-        "show",
-        "--plan",
-        &format!("{url}-no-such-plan.json"),
-    ]);
+    no_plan
+        .args(["plan", "show", "--plan"])
+        .arg(dir.join("no-such-plan.json"));
     let no_plan = failed(no_plan);
     assert!(
         no_plan.contains("hint: the plan file is written by the test")
