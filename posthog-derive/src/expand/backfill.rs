@@ -114,7 +114,7 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
 }
 
 /// The dummy impls that stand in while the derive reports errors (see `expand::dummy`).
-pub fn dummy(ident: &syn::Ident) -> TokenStream {
+pub fn dummy(ident: &syn::Ident, key: &TokenStream) -> TokenStream {
     let private = Private;
     quote! {
         #[automatically_derived]
@@ -128,7 +128,7 @@ pub fn dummy(ident: &syn::Ident) -> TokenStream {
         impl<__DB: #private::Backend> #private::BackfillRow<__DB> for #ident {
             fn __key_from_row(
                 _: &<__DB as #private::sqlx::Database>::Row,
-            ) -> #private::Result<(), #private::sqlx::Error> {
+            ) -> #private::Result<#key, #private::sqlx::Error> {
                 #private::Err(#private::sqlx::Error::RowNotFound)
             }
         }

@@ -63,7 +63,10 @@ fn dummy(container: &Container) -> Option<TokenStream> {
     }
     let ident = container.ident;
     let private = Private;
-    let backfill = backfill::dummy(ident);
+    // The real key type where the key fields are known, so that `load_for_update(&id, ..)`
+    // at the call sites type-checks rather than adding a "mismatched types" to the report.
+    let key = model::key_type(container);
+    let backfill = backfill::dummy(ident, &key);
     // They write nothing (their parameters' leading underscores keep them lint-free).
     let stage_milestones = stage_milestones_method(TokenStream::new());
     let property_writers = [
@@ -75,7 +78,7 @@ fn dummy(container: &Container) -> Option<TokenStream> {
         #backfill
         #[automatically_derived]
         impl #private::TrackedModel for #ident {
-            type Key = ();
+            type Key = #key;
             const TABLE: &'static str = "";
             const INSERT_EVENT: &'static str = "";
             const UPDATE_EVENT: &'static str = "";
@@ -107,7 +110,7 @@ fn dummy(container: &Container) -> Option<TokenStream> {
             }
             fn __bind_key(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }
             fn __bind_key_value(
-                _: &(),
+                _: &#key,
                 q: #private::BoundQuery<__DB>,
             ) -> #private::BoundQuery<__DB> {
                 q

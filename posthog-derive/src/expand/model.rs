@@ -194,11 +194,7 @@ pub fn tracked_model_impl(container: &Container) -> TokenStream {
         let name = field.ident;
         quote_spanned!(field.ty.span()=> && self.#name == __other.#name)
     });
-    let key_types: Vec<&syn::Type> = container.keys().map(|field| field.ty).collect();
-    let key = match key_types.as_slice() {
-        [ty] => quote!(#ty),
-        types => quote!((#(#types),*)),
-    };
+    let key = key_type(container);
 
     quote! {
         #[automatically_derived]
@@ -325,5 +321,15 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
                 })
             }
         }
+    }
+}
+
+/// `TrackedModel::Key`: the type of the `#[tracked(key)]` field, or a tuple of the key fields'
+/// types in field order (`()` when there is none, which only a failed derive has).
+pub fn key_type(container: &Container) -> TokenStream {
+    let key_types: Vec<&syn::Type> = container.keys().map(|field| field.ty).collect();
+    match key_types.as_slice() {
+        [ty] => quote!(#ty),
+        types => quote!((#(#types),*)),
     }
 }
