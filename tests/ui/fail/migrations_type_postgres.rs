@@ -1,6 +1,6 @@
-//! PostgreSQL: sqlx decodes integers at their own width and keeps TIMESTAMPTZ apart from TIMESTAMP.
+//! PostgreSQL: sqlx decodes integers at their own width and keeps TIMESTAMPTZ apart from TIMESTAMP;
+//! a nullable column's suggestion is an `Option` at once (one build, one fix).
 
-use chrono::{DateTime, Utc};
 use posthog_track::TrackedModel;
 
 #[derive(TrackedModel)]
@@ -15,7 +15,7 @@ pub struct User {
     #[tracked(generated, property)]
     pub created_at: chrono::NaiveDateTime,
     #[tracked(property)]
-    pub trial_ends_at: Option<DateTime<Utc>>,
+    pub trial_ends_at: chrono::NaiveDateTime,
 }
 
 fn main() {}

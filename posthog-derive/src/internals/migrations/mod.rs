@@ -265,7 +265,8 @@ fn check_field(
     let type_text = quote::ToTokens::to_token_stream(ty)
         .to_string()
         .replace(' ', "");
-    if let Some(instead) = types::incompatibility(ty, column.kind, dialect) {
+    let optional = !column.not_null || types::option_inner(ty).is_some();
+    if let Some(instead) = types::incompatibility(ty, column.kind, dialect, optional) {
         cx.error_spanned_by(
             ty,
             format!(

@@ -124,12 +124,17 @@ fn classify_sqlite(text: &str) -> SqlKind {
 
 /// Why `ty` cannot hold a column of `kind`, with the type to use instead; `None` when it can,
 /// or when the derive cannot tell.
-pub fn incompatibility(ty: &syn::Type, kind: SqlKind, dialect: Option<Dialect>) -> Option<String> {
+pub fn incompatibility(
+    ty: &syn::Type,
+    kind: SqlKind,
+    dialect: Option<Dialect>,
+    optional: bool,
+) -> Option<String> {
     let rust = rust_kind(ty)?;
     if kind == SqlKind::Other || holds(rust, kind, dialect) {
         return None;
     }
-    Some(suggestion(kind, dialect))
+    Some(suggestion(kind, dialect, optional))
 }
 
 fn holds(rust: RustKind, column: SqlKind, dialect: Option<Dialect>) -> bool {
@@ -201,8 +206,9 @@ fn holds(rust: RustKind, column: SqlKind, dialect: Option<Dialect>) -> bool {
     }
 }
 
-/// The Rust type that holds `kind`.
-fn suggestion(kind: SqlKind, dialect: Option<Dialect>) -> String {
+/// The Rust type that holds `kind`, in an `Option` when the column is `optional` (nullable,
+/// or the field is an `Option` already): the whole fix in one message, not one per build.
+fn suggestion(kind: SqlKind, dialect: Option<Dialect>, optional: bool) -> String {
     let text = match kind {
         SqlKind::Int { bits, unsigned } if dialect != Some(Dialect::Postgres) && unsigned => {
             format!("u{}", bits.max(8))
@@ -224,7 +230,11 @@ fn suggestion(kind: SqlKind, dialect: Option<Dialect>) -> String {
         SqlKind::Time => "chrono::NaiveTime".into(),
         SqlKind::Other => unreachable!("`Other` columns are not judged"),
     };
-    format!("`{text}`")
+    if optional {
+        format!("`Option<{text}>`")
+    } else {
+        format!("`{text}`")
+    }
 }
 
 /// Whether `ty` is an integer type: `None` for a type the derive does not know (a newtype, an
@@ -310,7 +320,7 @@ mod tests {
     fn fits(rust: &str, sql: &str, dialect: Dialect) -> bool {
         let dialect = Some(dialect);
         let ty: syn::Type = syn::parse_str(rust).unwrap();
-        incompatibility(&ty, column(sql, dialect), dialect).is_none()
+        incompatibility(&ty, column(sql, dialect), dialect, false).is_none()
     }
 
     /// Every case of `type_cases.txt`: whether a column of the SQL type decodes into the Rust
