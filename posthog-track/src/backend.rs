@@ -108,7 +108,7 @@ mod sealed {
     note = "each database is behind a cargo feature of posthog-track: `postgres` for \
             `sqlx::Postgres`, `mysql` for `sqlx::MySql` (MySQL and MariaDB), `sqlite` for \
             `sqlx::Sqlite`; enable it, e.g. \
-            `posthog-track = {{ version = \"0.1\", features = [\"postgres\"] }}`"
+            `features = [\"postgres\"]` on the posthog-track dependency in Cargo.toml"
 )]
 pub trait Backend: sqlx::Database + sealed::Sealed {
     /// Which SQL text to use.
