@@ -164,18 +164,56 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `host` with any `user:password@` replaced, for messages and logs.
+/// `host` (a PostHog host or a database URL) with any `user:password@` replaced, and the
+/// value of every query parameter that can carry a secret (`?password=`, `sslpassword`,
+/// `token`, `api_key`, ...), for messages and logs.
 pub(crate) fn redact_host(host: &str) -> String {
-    match host.split_once("://") {
+    let (address, query) = match host.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (host, None),
+    };
+    let mut redacted = match address.split_once("://") {
         Some((scheme, rest)) => {
             let authority_end = rest.find('/').unwrap_or(rest.len());
             match rest[..authority_end].rfind('@') {
                 Some(at) => format!("{scheme}://(credentials)@{}", &rest[at + 1..]),
-                None => host.to_owned(),
+                None => address.to_owned(),
             }
         }
-        None => host.to_owned(),
+        None => address.to_owned(),
+    };
+    if let Some(query) = query {
+        redacted.push('?');
+        for (n, parameter) in query.split('&').enumerate() {
+            if n > 0 {
+                redacted.push('&');
+            }
+            match parameter.split_once('=') {
+                Some((name, _)) if is_secret_parameter(name) => {
+                    redacted.push_str(name);
+                    redacted.push_str("=(redacted)");
+                }
+                _ => redacted.push_str(parameter),
+            }
+        }
     }
+    redacted
+}
+
+/// Whether a URL query parameter named `name` can carry a secret.
+pub(crate) fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 /// Whether `host` sends keys and events in clear text over a network: plain `http://` to
@@ -436,6 +474,27 @@ mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("phc_"), "{shown}");
         assert_eq!(config.mode(), Mode::Live);
+    }
+
+    #[test]
+    fn secrets_in_a_url_query_are_redacted() {
+        let shown = redact_host(
+            "postgres://db.internal/app?sslmode=require&password=hunter2&sslpassword=s3cr3t\
+             &application_name=web",
+        );
+        assert_eq!(
+            shown,
+            "postgres://db.internal/app?sslmode=require&password=(redacted)\
+             &sslpassword=(redacted)&application_name=web"
+        );
+        assert_eq!(
+            redact_host("https://proxy.example.com/ph?token=abc"),
+            "https://proxy.example.com/ph?token=(redacted)"
+        );
+        assert_eq!(
+            redact_host("sqlite:app.db?mode=rwc"),
+            "sqlite:app.db?mode=rwc"
+        );
     }
 
     #[test]

@@ -571,19 +571,30 @@ fn describe_transport_error(error: reqwest::Error) -> String {
     text
 }
 
-/// `text` without the password of `url`, if it has one.
+/// `text` without the secrets of `url`: the password of its `user:password@`, and the values
+/// of its query parameters that can carry one (`?password=...`).
 fn scrub(text: &str, url: &str) -> String {
     let password = url
         .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
         .and_then(|authority| authority.rsplit_once('@'))
         .and_then(|(credentials, _)| credentials.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(password, "(redacted)"),
-        None => text.to_owned(),
-    }
+        .map(|(_, password)| password);
+    let in_query = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .filter_map(|parameter| parameter.split_once('='))
+        .filter(|(name, _)| crate::config::is_secret_parameter(name))
+        .map(|(_, value)| value);
+    password
+        .into_iter()
+        .chain(in_query)
+        .filter(|secret| !secret.is_empty())
+        .fold(text.to_owned(), |text, secret| {
+            text.replace(secret, "(redacted)")
+        })
 }
 
 async fn check_database(url: &str, options: &DoctorOptions, diagnosis: &mut Diagnosis) {
@@ -895,6 +906,12 @@ mod tests {
         assert_eq!(
             scrub("no password here", "sqlite:app.db"),
             "no password here"
+        );
+        assert!(!redact_host(url).contains("hunter2"));
+        let url = "postgres://db.internal:5432/app?password=hunter2";
+        assert_eq!(
+            scrub("password authentication failed: hunter2", url),
+            "password authentication failed: (redacted)"
         );
         assert!(!redact_host(url).contains("hunter2"));
     }
