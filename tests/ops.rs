@@ -781,3 +781,30 @@ async fn the_command_line_names_the_fix_and_reports_a_drain() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A database password never shows in doctor's report, whatever it holds (`?`, `/`), and
+/// neither does a secret query parameter, even percent-encoded.
+#[tokio::test]
+async fn doctor_never_shows_a_database_password() {
+    let mock = MockPostHog::start().await;
+    let config = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .unwrap()
+        .build()
+        .config()
+        .clone();
+    for url in [
+        "postgres://app:s3cr?t@127.0.0.1:9/app",
+        "postgres://app:s3cr/t@127.0.0.1:9/app",
+        "postgres://app@127.0.0.1:9/app?p%61ssword=s3cr3t",
+        "mysql://app@127.0.0.1:9/app?password=s3cr3t",
+    ] {
+        let options = DoctorOptions::new()
+            .database_url(url)
+            .timeout(Duration::from_secs(2));
+        let diagnosis = diagnose(&config, &options).await;
+        let text = format!("{diagnosis}\n{}", diagnosis.to_json());
+        assert!(!text.contains("s3cr"), "{url}: {text}");
+    }
+}

@@ -168,41 +168,68 @@ impl fmt::Debug for Config {
 /// value of every query parameter that can carry a secret (`?password=`, `sslpassword`,
 /// `token`, `api_key`, ...), for messages and logs.
 pub(crate) fn redact_host(host: &str) -> String {
-    let (address, query) = match host.split_once('?') {
-        Some((address, query)) => (address, Some(query)),
-        None => (host, None),
+    let Some((scheme, rest)) = host.split_once("://") else {
+        return redact_query(host);
     };
-    let mut redacted = match address.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://(credentials)@{}", &rest[at + 1..]),
-                None => address.to_owned(),
-            }
-        }
-        None => address.to_owned(),
+    // Everything up to the last `@` is hidden: a password may hold `/`, `?` or `#`, so the
+    // end of the authority cannot be found before the credentials are (an `@` later in the
+    // URL only hides more).
+    match rest.rsplit_once('@') {
+        Some((_, after)) => format!("{scheme}://(credentials)@{}", redact_query(after)),
+        None => format!("{scheme}://{}", redact_query(rest)),
+    }
+}
+
+/// `address` with the value of each secret query parameter replaced.
+fn redact_query(address: &str) -> String {
+    let Some((before, query)) = address.split_once('?') else {
+        return address.to_owned();
     };
-    if let Some(query) = query {
-        redacted.push('?');
-        for (n, parameter) in query.split('&').enumerate() {
-            if n > 0 {
-                redacted.push('&');
-            }
-            match parameter.split_once('=') {
-                Some((name, _)) if is_secret_parameter(name) => {
-                    redacted.push_str(name);
-                    redacted.push_str("=(redacted)");
-                }
-                _ => redacted.push_str(parameter),
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((name, _)) if is_secret_parameter(name) => format!("{name}=(redacted)"),
+            _ => parameter.to_owned(),
+        })
+        .collect();
+    format!("{before}?{}", parameters.join("&"))
+}
+
+/// The secrets of `url` as they appear in it and percent-decoded (as a driver uses them, and
+/// may echo them in an error): the password of its `user:password@`, and the values of its
+/// query parameters that can carry one.
+pub(crate) fn url_secrets(url: &str) -> Vec<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (password, after) = match rest.rsplit_once('@') {
+        Some((credentials, after)) => (credentials.split_once(':').map(|(_, p)| p), after),
+        None => (None, rest),
+    };
+    let in_query = after
+        .split_once('?')
+        .map(|(_, query)| query)
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .filter_map(|parameter| parameter.split_once('='))
+        .filter(|(name, _)| is_secret_parameter(name))
+        .map(|(_, value)| value);
+    let mut secrets: Vec<String> = Vec::new();
+    for secret in password.into_iter().chain(in_query) {
+        let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy();
+        for form in [secret, &*decoded] {
+            if !form.is_empty() && !secrets.iter().any(|known| known == form) {
+                secrets.push(form.to_owned());
             }
         }
     }
-    redacted
+    secrets
 }
 
-/// Whether a URL query parameter named `name` can carry a secret.
+/// Whether a URL query parameter named `name` can carry a secret; the name is compared
+/// percent-decoded, as drivers read it (`p%61ssword` is `password`).
 pub(crate) fn is_secret_parameter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
     [
         "pass",
         "pwd",
@@ -494,6 +521,28 @@ mod tests {
         assert_eq!(
             redact_host("sqlite:app.db?mode=rwc"),
             "sqlite:app.db?mode=rwc"
+        );
+        assert_eq!(
+            redact_host("postgres://app@db/app?p%61ssword=s3cr3t"),
+            "postgres://(credentials)@db/app?p%61ssword=(redacted)"
+        );
+    }
+
+    #[test]
+    fn passwords_holding_url_delimiters_are_redacted() {
+        for url in [
+            "postgres://app:s3cr?t@127.0.0.1:9/app",
+            "postgres://app:s3cr/t@127.0.0.1:9/app",
+            "postgres://app:s3cr#t@127.0.0.1:9/app?sslmode=require",
+            "https://user:s3cr?t@posthog.example.com",
+        ] {
+            let shown = redact_host(url);
+            assert!(!shown.contains("s3cr"), "{url}: {shown}");
+            assert!(shown.contains("(credentials)@"), "{url}: {shown}");
+        }
+        assert_eq!(
+            url_secrets("postgres://app:s%3Fcr@db/app?password=a%2Fb&sslmode=require"),
+            ["s%3Fcr", "s?cr", "a%2Fb", "a/b"]
         );
     }
 

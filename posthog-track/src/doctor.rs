@@ -29,7 +29,9 @@ use serde_json::json;
 
 use crate::backend::{Backend, Dialect};
 use crate::client::USER_AGENT_VALUE;
-use crate::config::{ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host};
+use crate::config::{
+    ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host, url_secrets,
+};
 use crate::mode::Mode;
 use crate::outbox::{COLUMNS, Outbox, SCHEMA_VERSION};
 
@@ -571,29 +573,12 @@ fn describe_transport_error(error: reqwest::Error) -> String {
     text
 }
 
-/// `text` without the secrets of `url`: the password of its `user:password@`, and the values
-/// of its query parameters that can carry one (`?password=...`).
+/// `text` without the secrets of `url` (see [`url_secrets`]).
 fn scrub(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(credentials, _)| credentials.split_once(':'))
-        .map(|(_, password)| password);
-    let in_query = url
-        .split_once('?')
-        .map(|(_, query)| query)
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .filter_map(|parameter| parameter.split_once('='))
-        .filter(|(name, _)| crate::config::is_secret_parameter(name))
-        .map(|(_, value)| value);
-    password
-        .into_iter()
-        .chain(in_query)
-        .filter(|secret| !secret.is_empty())
+    url_secrets(url)
+        .iter()
         .fold(text.to_owned(), |text, secret| {
-            text.replace(secret, "(redacted)")
+            text.replace(secret.as_str(), "(redacted)")
         })
 }
 
