@@ -227,3 +227,38 @@ async fn tables_created_from_the_script_know_their_version<DB: Backend>(
     tx.capture(Event::new("e")).unwrap();
     tx.commit().await.unwrap();
 }
+
+on_every_backend!(the_script_over_a_previous_outbox_still_upgrades_it);
+
+/// The script run over an outbox an older version created (its `CREATE TABLE IF NOT EXISTS`
+/// keeps the old table, yet it records the versions) does not make `migrate` skip the
+/// upgrade: the missing columns are added and the old dead rows moved.
+async fn the_script_over_a_previous_outbox_still_upgrades_it<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    execute(pool, previous_layout(DB::DIALECT)).await;
+    execute(
+        pool,
+        "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, status, \
+         last_error) VALUES ('00000000-0000-0000-0000-000000000001', 'old', 'd', \
+         '2026-01-01T00:00:00.000000Z', '{}', 0, NULL), \
+         ('00000000-0000-0000-0000-000000000002', 'old', 'd', \
+         '2026-01-01T00:00:00.000000Z', '{}', 1, '400 Bad Request')",
+    )
+    .await;
+    for statement in posthog_track::outbox::create_table_sql(DB::DIALECT).split(";\n") {
+        execute(pool, statement).await;
+    }
+    let tracker = Tracker::builder().build();
+    tracker.migrate(pool).await.unwrap();
+    let columns = tracker.outbox(pool).columns().await.unwrap();
+    for column in posthog_track::outbox::COLUMNS {
+        assert!(
+            columns.iter().any(|c| c == column),
+            "{column} missing: {columns:?}"
+        );
+    }
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (1, 1));
+}

@@ -392,6 +392,10 @@ async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -
     if current < 1 {
         upgrade_to_baseline::<DB>(conn).await?;
         record_step::<DB>(conn, 1, BASELINE_NAME).await?;
+    } else if !at_baseline::<DB>(conn).await? {
+        // Versions recorded over tables that are older: `create_table_sql` run on a database
+        // that had an outbox (its `CREATE TABLE IF NOT EXISTS` kept the old table).
+        upgrade_to_baseline::<DB>(conn).await?;
     }
     for step in steps.iter().filter(|step| step.version > current.max(1)) {
         for statement in step.sql(DB::DIALECT).split(";\n") {
@@ -521,6 +525,17 @@ async fn upgrade_to_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<(
         .await?;
     }
     Ok(())
+}
+
+/// Whether the outbox has the layout of version 1: the columns earlier versions lacked, and
+/// not their `status` (dead rows kept in place).
+async fn at_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<bool> {
+    let columns = columns_of::<DB>(conn).await?;
+    let has = |name: &str| columns.iter().any(|column| column == name);
+    Ok(added_columns(DB::DIALECT)
+        .iter()
+        .all(|(column, _)| has(column))
+        && !has("status"))
 }
 
 /// The outbox table's columns, lower case (none when it does not exist).
