@@ -69,6 +69,18 @@ struct Unattributed {
     created_at: DateTime<Utc>,
 }
 
+/// A group whose owner's email is a person property, but with no distinct id to give it to.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_owned_companies", group_type = "company", group_key = slug)]
+struct OwnedCompany {
+    #[tracked(key, property)]
+    slug: String,
+    #[tracked(property)]
+    seats: i64,
+    #[tracked(person)]
+    owner_email: String,
+}
+
 /// A pool that `M` can be backfilled from: what a scenario of `M` runs on, the bound stated
 /// once here rather than on every scenario.
 trait Source<M>: BackfillPool<M> {
@@ -653,6 +665,44 @@ async fn backfill_without_a_distinct_id_is_refused(pool: &impl Source<Unattribut
     assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
 }
 on_every_backend!(backfill_without_a_distinct_id_is_refused);
+
+/// A group model with person fields and no distinct id: its person updates are refused up
+/// front too, and a backfill of its group properties alone runs.
+async fn backfill_of_a_group_without_a_distinct_id(pool: &impl Source<OwnedCompany>, _url: &str) {
+    let (mock, tracker) = tracking().await;
+    tracker.migrate(pool.sqlx()).await.unwrap();
+    execute(
+        pool.sqlx(),
+        "CREATE TABLE bf_owned_companies (slug VARCHAR(50) PRIMARY KEY, seats BIGINT NOT NULL, \
+         owner_email VARCHAR(100) NOT NULL)",
+    )
+    .await;
+    execute(
+        pool.sqlx(),
+        "INSERT INTO bf_owned_companies VALUES ('a', 1, 'a@x'), ('b', 2, 'b@x')",
+    )
+    .await;
+    for backfill in [
+        tracker.backfill::<OwnedCompany>(pool),
+        tracker
+            .backfill::<OwnedCompany>(pool)
+            .properties(["seats", "owner_email"]),
+    ] {
+        match run_err(backfill).await {
+            Error::BackfillWithoutDistinctId { what, .. } => assert_eq!(what, "person updates"),
+            other => panic!("expected BackfillWithoutDistinctId, got {other:?}"),
+        }
+    }
+    let report = run_ok(tracker.backfill::<OwnedCompany>(pool).properties(["seats"])).await;
+    assert_eq!(
+        (report.group_updates, report.skipped_unattributed),
+        (2, 0),
+        "{report}"
+    );
+    tracker.flush().await.unwrap();
+    assert_eq!(events_named(&mock, "$groupidentify").len(), 2);
+}
+on_every_backend!(backfill_of_a_group_without_a_distinct_id);
 
 /// Without an API key the tracker prints the events and the checkpoint does not move: the
 /// run with the key still sends every row.

@@ -707,6 +707,8 @@ impl Plan {
             field.property.is_some() && (group.is_some() || field.person != BackfillPerson::No)
         };
         let mut chosen = Vec::new();
+        // Whether a person property is among those chosen (all are, without `only`).
+        let mut person_chosen = only.is_none() && person;
         match only {
             None => {}
             Some(names) => {
@@ -733,6 +735,7 @@ impl Plan {
                                 .collect(),
                         });
                     };
+                    person_chosen |= fields[index].person != BackfillPerson::No;
                     chosen.push(fields[index].property.unwrap_or(fields[index].field));
                 }
             }
@@ -754,12 +757,15 @@ impl Plan {
         if !person && group.is_none() && events_field.is_none() {
             return Err(Error::NothingToBackfill { model: M::TABLE });
         }
+        // A group model's backfill limited to group properties stages no person updates.
+        let person = person_chosen;
         // Without a distinct id every person update and insert event would be skipped: say so
-        // before reading a row. (A group model's `$groupidentify` needs only its group key.)
+        // before reading a row. (A group model's `$groupidentify` needs only its group key, so
+        // a group model backfills without one when no person property is chosen.)
         if !M::__BACKFILL.distinct_id {
             let what = if events_field.is_some() {
                 Some("insert events")
-            } else if group.is_none() {
+            } else if person {
                 Some("person updates")
             } else {
                 None
