@@ -364,7 +364,12 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
     let url = match host.to_ascii_lowercase().as_str() {
         "us" => return Ok(US_HOST.to_owned()),
         "eu" => return Ok(EU_HOST.to_owned()),
-        lower if lower.starts_with("http://") || lower.starts_with("https://") => host.to_owned(),
+        // The scheme lower-cased, so that every later check (`http://` to a remote host is
+        // warned about) sees it as written here.
+        lower if lower.starts_with("http://") || lower.starts_with("https://") => {
+            let (scheme, rest) = host.split_once("://").unwrap_or((host, ""));
+            format!("{}://{rest}", scheme.to_ascii_lowercase())
+        }
         _ if host.contains("://") => {
             return Err(Error::Config(format!(
                 "POSTHOG_HOST `{}` must use http:// or https://",
@@ -471,6 +476,8 @@ mod tests {
             // A reverse proxy's path prefix.
             ("https://example.com/ingest/", "https://example.com/ingest"),
             ("example.com:8443", "https://example.com:8443"),
+            ("HTTP://PostHog.example.com", "http://PostHog.example.com"),
+            ("Https://eu.i.posthog.com", EU_HOST),
         ] {
             assert_eq!(normalize_host(given).unwrap(), normalised, "{given}");
         }
@@ -566,6 +573,8 @@ mod tests {
         assert!(!is_plain_http_to_remote("https://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://10.0.0.5:8000"));
+        let shouted = normalize_host("HTTP://posthog.example.com").unwrap();
+        assert!(is_plain_http_to_remote(&shouted), "{shouted}");
     }
 
     #[test]

@@ -192,7 +192,11 @@ impl Schema {
                         column.sql_type = data_type.to_string();
                         column.kind = SqlKind::classify(&data_type, dialect);
                     }
-                    AlterColumnOperation::AddGenerated { .. } => column.has_default = true,
+                    // An identity column is NOT NULL (PostgreSQL requires it already).
+                    AlterColumnOperation::AddGenerated { .. } => {
+                        column.has_default = true;
+                        column.not_null = true;
+                    }
                 }
             }
             AlterTableOperation::AddConstraint { constraint, .. } => {
@@ -238,7 +242,8 @@ fn column_from_def(def: &ColumnDef, origin: &str, dialect: Option<Dialect>) -> C
         name: normalize(&def.name),
         sql_type: def.data_type.to_string(),
         kind: SqlKind::classify(&def.data_type, dialect),
-        not_null: false,
+        // SERIAL types are NOT NULL (PostgreSQL's, and MySQL's `SERIAL` alias).
+        not_null: is_serial(&def.data_type),
         has_default: is_serial(&def.data_type),
         auto_increment: is_serial(&def.data_type),
         origin: origin.to_owned(),
@@ -261,7 +266,7 @@ fn redefine_column(
     // MySQL's CHANGE/MODIFY restate the whole definition: what is not written is gone.
     column.sql_type = data_type.to_string();
     column.kind = SqlKind::classify(data_type, dialect);
-    column.not_null = false;
+    column.not_null = is_serial(data_type);
     column.has_default = is_serial(data_type);
     column.auto_increment = is_serial(data_type);
     column.origin = origin.to_owned();
@@ -287,9 +292,19 @@ fn apply_options(column: &mut Column, options: &[&ColumnOption]) {
             ColumnOption::NotNull => column.not_null = true,
             ColumnOption::Null => column.not_null = false,
             ColumnOption::PrimaryKey(_) => column.not_null = true,
+            // An identity column (`GENERATED ... AS IDENTITY`, which has no expression, or
+            // `IDENTITY(1, 1)`) is NOT NULL; a computed one (`GENERATED ALWAYS AS (expr)`)
+            // is NULL when its expression is.
+            ColumnOption::Generated {
+                generation_expr: None,
+                ..
+            }
+            | ColumnOption::Identity(_) => {
+                column.has_default = true;
+                column.not_null = true;
+            }
             ColumnOption::Default(_)
             | ColumnOption::Generated { .. }
-            | ColumnOption::Identity(_)
             | ColumnOption::Materialized(_)
             | ColumnOption::Alias(_) => column.has_default = true,
             ColumnOption::DialectSpecific(tokens) => {
