@@ -65,7 +65,17 @@ fn dummy(container: &Container) -> Option<TokenStream> {
     let private = Private;
     // The real key type where the key fields are known, so that `load_for_update(&id, ..)`
     // at the call sites type-checks rather than adding a "mismatched types" to the report.
-    let key = model::key_type(container);
+    // (Not a type that is itself an error, such as `&str` without a lifetime: that would
+    // add one.)
+    let unusable = |ty: &syn::Type| {
+        matches!(ty, syn::Type::Reference(reference) if reference.lifetime.is_none())
+            || matches!(ty, syn::Type::Infer(_))
+    };
+    let key = if container.keys().any(|field| unusable(field.ty)) {
+        quote!(())
+    } else {
+        model::key_type(container)
+    };
     let backfill = backfill::dummy(ident, &key);
     // They write nothing (their parameters' leading underscores keep them lint-free).
     let stage_milestones = stage_milestones_method(TokenStream::new());

@@ -20,6 +20,7 @@ pub fn check(cx: &Ctxt, container: &Container) {
     check_field_count(cx, container);
     check_keys(cx, container);
     for field in &container.fields {
+        check_owned(cx, field);
         check_decision(cx, container, field);
         check_milestones(cx, field);
     }
@@ -31,6 +32,30 @@ pub fn check(cx: &Ctxt, container: &Container) {
         check_group(cx, field);
         check_context(cx, field);
     }
+}
+
+/// A model owns its fields: sqlx decodes rows into owned values, and a borrowed field would
+/// otherwise fail as a missing lifetime, in the struct and in every generated impl.
+fn check_owned(cx: &Ctxt, field: &Field) {
+    let syn::Type::Reference(reference) = field.ty else {
+        return;
+    };
+    let inner = &*reference.elem;
+    let owned = match inner {
+        syn::Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
+        syn::Type::Slice(slice) => {
+            format!("Vec<{}>", quote::ToTokens::to_token_stream(&slice.elem))
+        }
+        other => quote::ToTokens::to_token_stream(other).to_string(),
+    };
+    cx.error_spanned_by(
+        field.ty,
+        format!(
+            "field `{}` borrows its value; a tracked model owns its fields (sqlx decodes rows \
+             into owned values): use `{owned}`",
+            unraw(field.ident)
+        ),
+    );
 }
 
 /// Sources a `context` field can be filled from (besides `property.<key>`), for suggestions.
