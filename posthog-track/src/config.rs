@@ -424,17 +424,15 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
 }
 
 /// PostHog's API paths, which a `POSTHOG_HOST` must not include (longest first, so that the
-/// message names the whole of it).
+/// message names the whole of it): those its docs give in full URLs. The legacy short ones
+/// (`/e`, `/track`, `/engage`) are left out, as a reverse proxy's prefix may be named so.
 const ENDPOINTS: &[&str] = &[
     "/i/v1/general/events",
     "/i/v0/e",
     "/batch",
     "/capture",
-    "/e",
     "/decide",
     "/flags",
-    "/track",
-    "/engage",
 ];
 
 fn parse_flag(name: &str, value: &str) -> Result<bool> {
@@ -475,6 +473,8 @@ mod tests {
             ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
             // A reverse proxy's path prefix.
             ("https://example.com/ingest/", "https://example.com/ingest"),
+            ("https://example.com/track", "https://example.com/track"),
+            ("https://example.com/e/", "https://example.com/e"),
             ("example.com:8443", "https://example.com:8443"),
             ("HTTP://PostHog.example.com", "http://PostHog.example.com"),
             ("Https://eu.i.posthog.com", EU_HOST),
