@@ -808,3 +808,35 @@ async fn doctor_never_shows_a_database_password() {
         assert!(!text.contains("s3cr"), "{url}: {text}");
     }
 }
+
+mod hosts {
+    use posthog_track::Tracker;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any `POSTHOG_HOST` is accepted or refused with an error, never a panic.
+        #[test]
+        fn any_host_is_accepted_or_refused(host in "\\PC{0,60}") {
+            let _ = Tracker::builder().host(&host).map(|builder| builder.build());
+        }
+
+        /// A password in the host's URL, whatever characters it holds, appears neither in the
+        /// error that refuses the host nor in the Debug output of a tracker that accepted it.
+        #[test]
+        fn a_host_password_never_shows(
+            user in "[a-z]{1,8}",
+            password in "Zq9[A-Za-z0-9?/#%:!&=.]{4,16}",
+            host in "[a-z]{1,10}(\\.[a-z]{2,6}){0,2}",
+            tail in "(/[a-z]{0,8})?(\\?[a-z]{1,6}=[a-z0-9]{0,6})?",
+        ) {
+            let url = format!("https://{user}:{password}@{host}{tail}");
+            let shown = match Tracker::builder().host(&url) {
+                Ok(builder) => format!("{:?}", builder.build().config()),
+                Err(error) => format!("{error} {error:?}"),
+            };
+            prop_assert!(!shown.contains(&password), "{url}: {shown}");
+        }
+    }
+}
