@@ -460,3 +460,96 @@ async fn v0_in_memory_retries_resend_the_whole_request_once_and_never_a_refused_
         assert_eq!(tracker.stats().dropped_misconfigured, 1);
     }
 }
+
+/// A server that answers every request `200 OK` with a `Content-Length` 200 bytes longer than
+/// `body_start`, sends `body_start` and closes: an answer cut short in its body. Returns its
+/// URL and how many requests it answered.
+async fn cutting_server(
+    body_start: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (body_start, counter) = (body_start.clone(), counter.clone());
+            tokio::spawn(async move {
+                // The whole request: its head, then `Content-Length` bytes of body.
+                let (mut request, mut chunk) = (Vec::new(), [0u8; 65536]);
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .map_or(0, |value| value.trim().parse().unwrap());
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n{body_start}",
+                    body_start.len() + 200
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.flush().await;
+            });
+        }
+    });
+    (url, served)
+}
+
+on_every_backend!(an_answer_cut_short_is_not_taken_as_delivered);
+
+/// A 200 whose body (the verdicts) is cut short may have said `retry` in the part that never
+/// arrived: the event stays in the outbox to be sent again (PostHog deduplicates by uuid),
+/// rather than being deleted as delivered.
+async fn an_answer_cut_short_is_not_taken_as_delivered<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let (mock, committer, tag) = migrated_tracker(pool, v1_committer, "v1cut").await;
+    let mut tx = committer.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("kept")).unwrap();
+    let uuid = tx.staged()[0].uuid;
+    tx.commit().await.unwrap();
+
+    let body_start =
+        format!("{{\"results\":{{\"{uuid}\":{{\"result\":\"retry\",\"details\":\"overloaded");
+    let (url, served) = cutting_server(body_start).await;
+    let relay = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(url)
+        .unwrap()
+        .capture_mode(CaptureMode::V1)
+        .external_relay(true)
+        .build();
+    let pass = relay.relay(pool.clone()).run_once().await.unwrap();
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!((pass.delivered, pass.retried), (0, 1), "{pass:?}");
+    assert!(
+        pass.failure
+            .as_deref()
+            .is_some_and(|reason| reason.contains("cut short")),
+        "{pass:?}"
+    );
+    let waiting: Vec<uuid::Uuid> = relay
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect();
+    assert_eq!(waiting, [uuid]);
+}

@@ -179,7 +179,19 @@ impl Transport {
             .and_then(|value| parse_retry_after(value, chrono::Utc::now()));
         if (200..300).contains(&status) {
             if self.mode == CaptureMode::V1 {
-                let body = read_limited(response, MAX_RESULTS_BODY).await;
+                let (body, end) = read_limited(response, MAX_RESULTS_BODY).await;
+                if let BodyEnd::Cut(error) = end {
+                    // The verdicts may be in what did not arrive (a `retry` among them): send
+                    // again rather than take the batch as accepted; PostHog deduplicates.
+                    return Outcome::Retry {
+                        retry_after,
+                        reason: format!(
+                            "PostHog's answer was cut short after {} bytes, before its \
+                             verdicts were read: {error}",
+                            body.len()
+                        ),
+                    };
+                }
                 if let Some(verdicts) = v1::verdicts(&body, payloads) {
                     return Outcome::PerEvent {
                         verdicts,
@@ -231,22 +243,37 @@ fn fix_for(status: u16) -> &'static str {
 /// any size.
 pub(crate) async fn read_bounded(response: reqwest::Response) -> String {
     const MAX_ERROR_BODY: usize = 4096;
-    String::from_utf8_lossy(&read_limited(response, MAX_ERROR_BODY).await).into_owned()
+    String::from_utf8_lossy(&read_limited(response, MAX_ERROR_BODY).await.0).into_owned()
 }
 
-/// At most `limit` bytes of an answer's body (what arrived before an error, if one cuts it).
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+/// How the reading of an answer's body ended.
+enum BodyEnd {
+    /// The whole body was read.
+    Complete,
+    /// The body was longer than the limit; the rest was not read.
+    Capped,
+    /// The connection failed before the body ended (reason given).
+    Cut(String),
+}
+
+/// At most `limit` bytes of an answer's body, and how the reading ended: what arrived before
+/// an error, if one cut it.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Vec<u8>, BodyEnd) {
     let mut body = Vec::new();
-    while body.len() < limit {
+    loop {
         match response.chunk().await {
+            Ok(None) => return (body, BodyEnd::Complete),
+            Err(error) => return (body, BodyEnd::Cut(transport_reason(&error))),
             Ok(Some(chunk)) => {
                 let room = limit - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, BodyEnd::Capped);
+                }
+                body.extend_from_slice(&chunk);
             }
-            Ok(None) | Err(_) => break,
         }
     }
-    body
 }
 
 /// `body` without `secret`: a proxy that echoes the request would echo the key, and error
