@@ -544,3 +544,44 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
         started.elapsed()
     );
 }
+
+// A second poison event after the first was dead-lettered. SQLite reuses the id of a deleted
+// newest row, so the second event may have the first's id: the dead-letter table must still
+// take it (it refused it with a UNIQUE violation, and the event was resent forever).
+
+on_every_backend!(a_poison_event_after_one_dead_lettered_is_dead_lettered_too);
+
+async fn a_poison_event_after_one_dead_lettered_is_dead_lettered_too<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "poison");
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("second-poison");
+    let relay = tracker.relay(pool.clone());
+    let mut dead = BTreeSet::new();
+    for _ in 0..2 {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(tag.clone());
+        tx.capture(Event::new("poison")).unwrap();
+        dead.insert(tx.staged()[0].uuid);
+        tx.commit().await.unwrap();
+        let pass = relay.run_once().await.unwrap();
+        assert_eq!(pass.dead, 1, "{pass:?}");
+    }
+    let in_dead_table: BTreeSet<Uuid> = outbox_events(&tracker, pool, |event| {
+        event.distinct_id == tag && event.status == posthog_track::outbox::Status::Dead
+    })
+    .await
+    .into_iter()
+    .map(|event| event.uuid)
+    .collect();
+    assert_eq!(in_dead_table, dead);
+    // Both can be requeued and delivered.
+    mock.reject_events_where(|_| false);
+    assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 2);
+    relay.drain().await.unwrap();
+    assert_eq!(received(&mock, &tag), dead);
+}

@@ -194,7 +194,8 @@ struct ColumnTypes {
     /// their row on PostgreSQL): staging order within a transaction, roughly commit order
     /// across transactions.
     serial_key: &'static str,
-    /// The dead-letter table's key: the outbox id the row had.
+    /// The dead-letter table's key: the outbox id the row had (a number of its own on
+    /// SQLite; see [`dead_id_sql`]).
     copied_key: &'static str,
     uuid: &'static str,
     timestamp: &'static str,
@@ -264,6 +265,19 @@ impl ColumnTypes {
              timestamp {timestamp} NOT NULL, payload {payload} NOT NULL, \
              attempts {int} NOT NULL DEFAULT 0"
         )
+    }
+}
+
+/// What a row moved into the dead-letter table takes as its key: the outbox id, which
+/// PostgreSQL and MySQL/MariaDB never hand out twice. SQLite reuses the id of a deleted newest
+/// row, so a second event could carry the id of one dead-lettered before it; there the
+/// dead-letter table numbers its rows itself (`NULL` into an `INTEGER PRIMARY KEY`), in the
+/// order they died. Nothing relies on the two being equal: requeues give events new outbox
+/// ids, and name dead rows by their dead-letter id.
+pub(crate) const fn dead_id_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "NULL",
+        Dialect::Postgres | Dialect::MySql => "id",
     }
 }
 
@@ -512,9 +526,10 @@ async fn upgrade_to_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<(
         let move_dead = format!(
             "INSERT INTO posthog_outbox_dead \
                  (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, reason, dead_at) \
-             SELECT id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
+             SELECT {}, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
                     COALESCE(last_error, 'dead-lettered by an earlier version'), {} \
              FROM posthog_outbox WHERE status = 1",
+            dead_id_sql(dialect),
             dialect.now_millis_sql()
         );
         DB::execute(conn, sqlx::query(sqlx::AssertSqlSafe(move_dead))).await?;

@@ -566,12 +566,13 @@ fn settle_sql<'a>(
             binds.push(Bind::Text(reason));
             binds.push(Bind::Text(reason));
             let this_send = u8::from(held);
+            let dead_id = crate::outbox::dead_id_sql(dialect);
             dialect.numbered(
                 &format!(
                     "INSERT INTO posthog_outbox_dead \
                      (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
                       reason, dead_at, historical) \
-                     SELECT id, uuid, event, distinct_id, timestamp, payload, \
+                     SELECT {dead_id}, uuid, event, distinct_id, timestamp, payload, \
                          attempts + {this_send}, {history}, ?, {now}, historical \
                      FROM posthog_outbox WHERE claim = "
                 ),
