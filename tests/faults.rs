@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
-    assert_timed_out, capture_numbered, commit_events, migrated_tracker, on_every_backend,
-    outbox_events, posthog_track_binary, received, relay_command, slow_mock, tracker_for, unique,
+    assert_timed_out, capture_numbered, commit_events, database_url, migrated_tracker,
+    on_every_backend, outbox_events, posthog_track_binary, received, relay_command, slow_mock,
+    tracker_for, unique,
 };
 use serde_json::Value;
 use sqlx::Pool;
@@ -584,4 +585,67 @@ async fn a_poison_event_after_one_dead_lettered_is_dead_lettered_too<DB: Backend
     assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 2);
     relay.drain().await.unwrap();
     assert_eq!(received(&mock, &tag), dead);
+}
+
+// Requeueing every dead event while a relay dead-letters another: the event dead-lettered
+// in between is requeued or still dead, never gone. (PostgreSQL ran the copy and the delete as
+// two statements under READ COMMITTED; a trigger that sleeps widens the window between them
+// so that the race is certain.)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "requeue_race").await;
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] != "delivered");
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("requeue-race");
+    let relay = tracker.relay(pool.clone());
+    let commit = |name: &'static str| {
+        let (tracker, pool, tag) = (tracker.clone(), pool.clone(), tag.clone());
+        async move {
+            let mut tx = tracker.begin(&pool).await.unwrap();
+            tx.set_distinct_id(tag);
+            tx.capture(Event::new(name)).unwrap();
+            let uuid = tx.staged()[0].uuid;
+            tx.commit().await.unwrap();
+            uuid
+        }
+    };
+    let first = commit("first_dead").await;
+    assert_eq!(relay.run_once().await.unwrap().dead, 1);
+    posthog_track_tests::execute(
+        &pool,
+        "CREATE FUNCTION slow_requeue() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$",
+    )
+    .await;
+    posthog_track_tests::execute(
+        &pool,
+        "CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
+         WHEN (NEW.event = 'first_dead') EXECUTE FUNCTION slow_requeue()",
+    )
+    .await;
+    let second = commit("second_dead").await;
+    let requeue = {
+        let (tracker, pool) = (tracker.clone(), pool.clone());
+        tokio::spawn(async move { tracker.outbox(&pool).requeue(None).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Dead-letters `second` while the requeue is between its copy and its delete.
+    assert_eq!(relay.run_once().await.unwrap().dead, 1);
+    requeue.await.unwrap();
+    let left: BTreeSet<Uuid> = outbox_events(&tracker, &pool, |event| event.distinct_id == tag)
+        .await
+        .into_iter()
+        .map(|event| event.uuid)
+        .collect();
+    assert!(left.contains(&first), "first is requeued: {left:?}");
+    assert!(
+        left.contains(&second),
+        "the event dead-lettered during the requeue is requeued or still dead: {left:?}"
+    );
 }

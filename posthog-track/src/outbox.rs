@@ -891,6 +891,26 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
              ORDER BY id"
         );
         let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
+        if DB::DIALECT == Dialect::Postgres {
+            // One statement, so the rows deleted are exactly the rows copied. As two, under
+            // READ COMMITTED, a row dead-lettered between the copy and the delete would be
+            // deleted without having been copied. (MySQL's copy locks what it reads, and
+            // SQLite has one writer.)
+            let moved = format!(
+                "WITH moved AS (DELETE FROM posthog_outbox_dead{filter} \
+                 RETURNING id, uuid, event, distinct_id, timestamp, payload, historical) \
+                 INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, \
+                 historical) \
+                 SELECT uuid, event, distinct_id, timestamp, payload, historical FROM moved \
+                 ORDER BY id"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(moved));
+            for id in ids.unwrap_or_default() {
+                query = DB::bind_i64(query, *id);
+            }
+            let mut conn = self.pool.acquire().await?;
+            return Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?));
+        }
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let bind = |sql: String| {
