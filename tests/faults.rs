@@ -649,3 +649,39 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
         "the event dead-lettered during the requeue is requeued or still dead: {left:?}"
     );
 }
+
+// `flush` with delivery left to another process reports the events that process
+// dead-lettered, as a flush by an in-process relay does (it returned Ok: the events had left
+// the outbox).
+
+on_every_backend!(a_flush_waiting_for_another_relay_reports_dead_letters);
+
+async fn a_flush_waiting_for_another_relay_reports_dead_letters<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "external_poison");
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("external-flush");
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("external_poison")).unwrap();
+    tx.capture(Event::new("external_fine")).unwrap();
+    tx.commit().await.unwrap();
+    let other_process = tracker_for(&mock).build();
+    let relay_pool = pool.clone();
+    let relay = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        other_process.relay(relay_pool).drain().await
+    });
+    let flushed = tracker.flush().await;
+    assert!(relay.await.unwrap().is_err(), "the relay dead-lettered one");
+    match flushed {
+        Err(Error::Undelivered { dead, dropped, .. }) => assert_eq!((dead, dropped), (1, 0)),
+        other => panic!("flush must report the dead-lettered event: {other:?}"),
+    }
+    // Nothing dead-lettered since: the next flush is clean.
+    tracker.flush().await.unwrap();
+}

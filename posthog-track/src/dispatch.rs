@@ -506,14 +506,26 @@ fn known_pool<DB: Backend>(pool: Pool<DB>, relay: Option<RunningRelay>) -> Known
 }
 
 /// Waits until every event committed before the call has left the outbox (delivered or
-/// dead-lettered by whichever relay serves it), for at most `timeout`.
+/// dead-lettered by whichever relay serves it), for at most `timeout`; fails with
+/// [`Error::Undelivered`] when some of them were dead-lettered, as a flush by an in-process
+/// relay does.
 async fn await_delivery<DB: Backend>(pool: &Pool<DB>, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     let outbox = Outbox::new(pool);
-    let newest = outbox.newest_id().await?;
+    let (oldest, newest, since) = outbox.wait_start().await?;
     loop {
         let (pending, _) = outbox.pending_through(newest).await?;
         if pending == 0 {
+            let dead = outbox.dead_since(oldest, newest, since).await?;
+            if dead > 0 {
+                return Err(Error::Undelivered {
+                    dead: dead.unsigned_abs(),
+                    dropped: 0,
+                    reason: "dead-lettered by the relay that serves this outbox; see \
+                             `posthog-track outbox status` for why"
+                        .to_owned(),
+                });
+            }
             return Ok(());
         }
         let remaining = timeout.saturating_sub(started.elapsed());

@@ -864,6 +864,39 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok(DB::int(&row, 0)?)
     }
 
+    /// Where a wait for another process's relay starts: the oldest and newest pending ids,
+    /// and the database clock (for [`Outbox::dead_since`]).
+    pub(crate) async fn wait_start(&self) -> Result<(i64, i64, i64)> {
+        let mut conn = self.pool.acquire().await?;
+        let sql = format!(
+            "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0), {} FROM posthog_outbox",
+            DB::DIALECT.now_millis_sql()
+        );
+        let row = DB::fetch_one(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .await
+            .map_err(|error| explain(error, DB::DIALECT))?;
+        Ok((DB::int(&row, 0)?, DB::int(&row, 1)?, DB::int(&row, 2)?))
+    }
+
+    /// Events dead-lettered since `since` (the database clock's milliseconds) whose outbox ids
+    /// were `first..=last`. On SQLite, whose dead-letter table numbers its rows itself (see
+    /// [`dead_id_sql`]), every event dead-lettered since then.
+    pub(crate) async fn dead_since(&self, first: i64, last: i64, since: i64) -> Result<i64> {
+        let by_id = DB::DIALECT != Dialect::Sqlite;
+        let mut sql = "SELECT COUNT(*) FROM posthog_outbox_dead WHERE dead_at >= ?".to_owned();
+        if by_id {
+            sql.push_str(" AND id >= ? AND id <= ?");
+        }
+        let sql = DB::DIALECT.numbered(&sql, 1);
+        let mut query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), since);
+        if by_id {
+            query = DB::bind_i64(DB::bind_i64(query, first), last);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let row = DB::fetch_one(&mut conn, query).await?;
+        Ok(DB::int(&row, 0)?)
+    }
+
     /// Pending events with ids up to `newest`, and the database clock's milliseconds until
     /// the first of them can be claimed (0 when one can be now).
     pub(crate) async fn pending_through(&self, newest: i64) -> Result<(i64, i64)> {
