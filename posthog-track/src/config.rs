@@ -171,13 +171,20 @@ pub(crate) fn redact_host(host: &str) -> String {
     let Some((scheme, rest)) = host.split_once("://") else {
         return redact_query(host);
     };
-    // Everything up to the last `@` is hidden: a password may hold `/`, `?` or `#`, so the
-    // end of the authority cannot be found before the credentials are (an `@` later in the
-    // URL only hides more).
-    match rest.rsplit_once('@') {
+    match split_credentials(rest) {
         Some((_, after)) => format!("{scheme}://(credentials)@{}", redact_query(after)),
         None => format!("{scheme}://{}", redact_query(rest)),
     }
+}
+
+/// `rest` (a URL after `://`) split around the `@` that ends its credentials: the last `@`
+/// before the query, or, with none there, the last `@` of all. A password may hold `/` or `#`
+/// (and, unencoded, `?`), so the end of the authority cannot be found before the credentials
+/// are; an `@` in a query (`?application_name=a@b`) is not theirs.
+fn split_credentials(rest: &str) -> Option<(&str, &str)> {
+    let query = rest.find('?').unwrap_or(rest.len());
+    let at = rest[..query].rfind('@').or_else(|| rest.rfind('@'))?;
+    Some((&rest[..at], &rest[at + 1..]))
 }
 
 /// `address` with the value of each secret query parameter replaced.
@@ -200,7 +207,7 @@ fn redact_query(address: &str) -> String {
 /// query parameters that can carry one.
 pub(crate) fn url_secrets(url: &str) -> Vec<String> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let (password, after) = match rest.rsplit_once('@') {
+    let (password, after) = match split_credentials(rest) {
         Some((credentials, after)) => (credentials.split_once(':').map(|(_, p)| p), after),
         None => (None, rest),
     };
@@ -410,13 +417,25 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
         )));
     }
     // A path is a reverse proxy's prefix (`https://example.com/ingest`), but one that ends in
-    // an endpoint is a URL copied from PostHog's docs, to which every request would 404.
+    // an endpoint is a URL copied from PostHog's docs, to which every request would 404; and
+    // PostHog Cloud's hosts take no path at all.
     let path = parsed.path().trim_end_matches('/');
     if let Some(endpoint) = ENDPOINTS.iter().find(|endpoint| path.ends_with(*endpoint)) {
         return Err(Error::Config(format!(
             "POSTHOG_HOST `{}` ends in PostHog's `{endpoint}` endpoint: give the host alone \
              (with a proxy's path prefix, if any), such as `{US_HOST}`; posthog-track adds the \
              endpoints",
+            redact_host(host)
+        )));
+    }
+    let cloud = parsed.host_str().is_some_and(|name| {
+        let name = name.to_ascii_lowercase();
+        name == "posthog.com" || name.ends_with(".posthog.com")
+    });
+    if cloud && !path.is_empty() {
+        return Err(Error::Config(format!(
+            "POSTHOG_HOST `{}` has a path, which PostHog Cloud's hosts do not take: give the \
+             host alone, such as `{US_HOST}` or `{EU_HOST}`; posthog-track adds the endpoints",
             redact_host(host)
         )));
     }
@@ -427,6 +446,7 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
 /// message names the whole of it): those its docs give in full URLs. The legacy short ones
 /// (`/e`, `/track`, `/engage`) are left out, as a reverse proxy's prefix may be named so.
 const ENDPOINTS: &[&str] = &[
+    "/i/v1/analytics/events",
     "/i/v1/general/events",
     "/i/v0/e",
     "/batch",
@@ -475,6 +495,7 @@ mod tests {
             ("https://example.com/ingest/", "https://example.com/ingest"),
             ("https://example.com/track", "https://example.com/track"),
             ("https://example.com/e/", "https://example.com/e"),
+            ("https://US.posthog.com/", "https://US.posthog.com"),
             ("example.com:8443", "https://example.com:8443"),
             ("HTTP://PostHog.example.com", "http://PostHog.example.com"),
             ("Https://eu.i.posthog.com", EU_HOST),
@@ -491,6 +512,12 @@ mod tests {
             ("https://eu.i.posthog.com/i/v0/e/", "`/i/v0/e` endpoint"),
             ("https://example.com/ingest/flags?v=2", "query"),
             ("https://example.com/ingest/decide", "`/decide` endpoint"),
+            (
+                "https://example.com/i/v1/analytics/events",
+                "`/i/v1/analytics/events` endpoint",
+            ),
+            ("https://us.i.posthog.com/e/", "PostHog Cloud"),
+            ("https://eu.posthog.com/project/123", "PostHog Cloud"),
         ] {
             let error = normalize_host(refused).unwrap_err().to_string();
             assert!(error.contains(says), "{refused}: {error}");
@@ -547,6 +574,10 @@ mod tests {
             assert!(!shown.contains("s3cr"), "{url}: {shown}");
             assert!(shown.contains("(credentials)@"), "{url}: {shown}");
         }
+        assert_eq!(
+            redact_host("postgres://app:s3cr3t@db:5432/app?application_name=x@y/z"),
+            "postgres://(credentials)@db:5432/app?application_name=x@y/z"
+        );
         assert_eq!(
             url_secrets("postgres://app:s%3Fcr@db/app?password=a%2Fb&sslmode=require"),
             ["s%3Fcr", "s?cr", "a%2Fb", "a/b"]
