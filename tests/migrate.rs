@@ -262,3 +262,24 @@ async fn the_script_over_a_previous_outbox_still_upgrades_it<DB: Backend>(
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!((status.pending, status.dead), (1, 1));
 }
+
+/// On PostgreSQL the script can join the application's migrations after `migrate` made the
+/// outbox (the README's two routes, taken one after the other): it keeps what is there.
+#[tokio::test]
+async fn the_script_runs_over_an_outbox_that_migrate_made_on_postgres() {
+    let Some(url) = posthog_track_tests::database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "script_after_migrate").await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let script = posthog_track::outbox::create_table_sql(posthog_track::Dialect::Postgres);
+    for statement in script.split(";\n") {
+        execute(&pool, statement).await;
+    }
+    assert_eq!(
+        tracker.outbox(&pool).schema_version().await.unwrap(),
+        Some(posthog_track::outbox::SCHEMA_VERSION)
+    );
+    tracker.migrate(&pool).await.unwrap();
+}

@@ -101,8 +101,9 @@ impl Step {
 const STEPS: &[Step] = &[Step::each(
     2,
     "historical flag (events a backfill sends as historical_migration)",
-    "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0;\n\
-     ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE posthog_outbox ADD COLUMN IF NOT EXISTS historical BIGINT NOT NULL DEFAULT 0;\n\
+     ALTER TABLE posthog_outbox_dead ADD COLUMN IF NOT EXISTS historical BIGINT NOT NULL \
+     DEFAULT 0",
     "ALTER TABLE posthog_outbox ADD COLUMN historical BIGINT NOT NULL DEFAULT 0;\n\
      ALTER TABLE posthog_outbox_dead ADD COLUMN historical BIGINT NOT NULL DEFAULT 0",
     "ALTER TABLE posthog_outbox ADD COLUMN historical INTEGER NOT NULL DEFAULT 0;\n\
@@ -142,7 +143,10 @@ const EVENTS_PER_STATEMENT: usize = 500;
 
 /// The DDL of the outbox and dead-letter tables in `dialect`, as one script of `;`-separated
 /// statements: what [`Tracker::migrate`](crate::Tracker::migrate) creates, and what to put in
-/// your own migrations (for example a `sqlx::migrate!` file) if you prefer. Integer columns are
+/// your own migrations (for example a `sqlx::migrate!` file) if you prefer. It records the
+/// schema version it reaches, as `migrate` does. On PostgreSQL it can run over an outbox that
+/// `migrate` already made; on MySQL/MariaDB and SQLite, which cannot add a column only if it
+/// is missing, it is for a database without one. Integer columns are
 /// 64-bit everywhere so one decoder reads them on every backend.
 ///
 /// `leased_until` and `created_at` are milliseconds since the Unix epoch on the database's
@@ -164,7 +168,16 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
         // later know them: without, `migrate` would treat the tables as unversioned.
         script.push_str(";\n");
         script.push_str(SCHEMA_TABLE_DDL);
-        script.push_str(";\nINSERT INTO posthog_outbox_schema (version, name, applied_at) VALUES ");
+        // Versions already recorded (by `migrate`, before the script was added to the
+        // application's migrations) are kept.
+        script.push_str(match dialect {
+            Dialect::Postgres | Dialect::Sqlite => ";\nINSERT ",
+            Dialect::MySql => ";\nINSERT IGNORE ",
+        });
+        if dialect == Dialect::Sqlite {
+            script.push_str("OR IGNORE ");
+        }
+        script.push_str("INTO posthog_outbox_schema (version, name, applied_at) VALUES ");
         let now = dialect.now_millis_sql();
         let versions = std::iter::once((1, BASELINE_NAME))
             .chain(STEPS.iter().map(|step| (step.version, step.name)));
@@ -174,6 +187,9 @@ pub fn create_table_sql(dialect: Dialect) -> &'static str {
             }
             // Names are this crate's constants, without quotes.
             script.push_str(&format!("({version}, '{name}', {now})"));
+        }
+        if dialect == Dialect::Postgres {
+            script.push_str(" ON CONFLICT (version) DO NOTHING");
         }
         script
     })
