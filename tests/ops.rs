@@ -752,6 +752,18 @@ async fn the_command_line_names_the_fix_and_reports_a_drain() {
             && no_plan.contains("POSTHOG_TRACK_UPDATE_PLAN=1"),
         "{no_plan}"
     );
+    let mut unreadable = std::process::Command::new(posthog_track_tests::posthog_track_binary());
+    unreadable.args([
+        "outbox",
+        "status",
+        "--database-url",
+        "postgres://app:s3cr?t@127.0.0.1:9/app",
+    ]);
+    let unreadable = failed(unreadable);
+    assert!(
+        unreadable.contains("must be percent-encoded") && !unreadable.contains("s3cr"),
+        "{unreadable}"
+    );
     let mut keyless = command(&["relay", "--drain"]);
     keyless.env_remove("POSTHOG_API_KEY");
     let keyless = failed(keyless);
@@ -807,6 +819,12 @@ async fn doctor_never_shows_a_database_password() {
         let text = format!("{diagnosis}\n{}", diagnosis.to_json());
         assert!(!text.contains("s3cr"), "{url}: {text}");
     }
+    // A password that breaks the URL's form is named as the likely cause.
+    let options = DoctorOptions::new()
+        .database_url("postgres://app:s3cr?t@127.0.0.1:9/app")
+        .timeout(Duration::from_secs(2));
+    let text = diagnose(&config, &options).await.to_string();
+    assert!(text.contains("must be percent-encoded: `%3F`"), "{text}");
 }
 
 mod hosts {

@@ -250,6 +250,17 @@ fn properties_shared_by_events_are_merged() {
 }
 
 #[test]
+fn a_project_key_given_as_the_personal_key_is_refused_with_what_to_use() {
+    let error = PushOptions::new("us", 1, ApiKey::new("phc_project_key_0123456789")).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("project API key (phc_...)") && message.contains("phx_"),
+        "{message}"
+    );
+    assert!(!message.contains("0123456789"), "{message}");
+}
+
+#[test]
 fn ingestion_hosts_map_to_the_app_host() {
     let key = || ApiKey::new("phx_x");
     let host = |h: &str| PushOptions::new(h, 1, key()).unwrap().host().to_owned();

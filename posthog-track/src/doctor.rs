@@ -603,7 +603,11 @@ async fn check_database(url: &str, options: &DoctorOptions, diagnosis: &mut Diag
                     pool.close().await;
                 }
                 Ok(Err(error)) => {
-                    unreachable_database(&shown, &scrub(&error.to_string(), url), diagnosis)
+                    let mut why = scrub(&error.to_string(), url);
+                    if matches!(error, sqlx::Error::Configuration(_)) {
+                        why.push_str(URL_HINT);
+                    }
+                    unreachable_database(&shown, &why, diagnosis)
                 }
                 Err(_) => unreachable_database(
                     &shown,
@@ -645,6 +649,11 @@ fn unsupported(shown: &str, feature: &str, diagnosis: &mut Diagnosis) {
         format!("{shown}: this build lacks the `{feature}` feature of posthog-track"),
     );
 }
+
+/// What to check when the driver cannot read a database URL: most often a password holding
+/// a character that ends a URL's part.
+const URL_HINT: &str = " (check the URL's form: a password holding `?`, `/`, `#`, `@` or \
+     `%` must be percent-encoded: `%3F`, `%2F`, `%23`, `%40`, `%25`)";
 
 fn unreachable_database(shown: &str, why: &str, diagnosis: &mut Diagnosis) {
     diagnosis.push(

@@ -237,6 +237,10 @@ async fn main() -> ExitCode {
 /// application) is not what an operator types.
 fn hint(error: &CliError) -> Option<&'static str> {
     match error {
+        CliError::Track(Error::Database(sqlx::Error::Configuration(_))) => Some(
+            "--database-url could not be read; a password holding `?`, `/`, `#`, `@` or `%` \
+             must be percent-encoded (`%3F`, `%2F`, `%23`, `%40`, `%25`)",
+        ),
         CliError::Track(Error::OutboxMissing { .. }) => Some(
             "create it with `posthog-track outbox migrate --database-url <the same URL>` (or \
              with your application's migrations)",

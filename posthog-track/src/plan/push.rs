@@ -66,8 +66,17 @@ impl PushOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `host` is not a URL.
+    /// [`Error::Config`] when `host` is not a URL, or when the key is a project API key
+    /// (`phc_...`, which PostHog's app API refuses with a bare 401).
     pub fn new(host: &str, project_id: u64, personal_api_key: ApiKey) -> Result<PushOptions> {
+        if personal_api_key.expose().starts_with("phc_") {
+            return Err(Error::Config(
+                "the personal API key is a project API key (phc_...): plan push needs a \
+                 personal API key (phx_..., created under your user's settings) with the \
+                 event_definition and property_definition read and write scopes"
+                    .to_owned(),
+            ));
+        }
         Ok(PushOptions {
             host: app_host(host)?,
             project_id,
