@@ -40,6 +40,9 @@ struct Account {
     created_at: DateTime<Utc>,
 }
 
+/// Not derived (the key is `generated`), written by hand to reach the runtime's own refusal.
+impl posthog_track::Upsertable for Account {}
+
 /// A key written from Rust (the upsert's kind of model), and generated columns.
 #[derive(Debug, Clone, PartialEq, TrackedModel)]
 #[tracked(table = "bk_profiles", distinct_id = id, identify)]
@@ -593,7 +596,9 @@ where
     );
     tx.rollback().await.unwrap();
 
-    // A generated key cannot conflict: refused before anything is written or staged.
+    // A generated key cannot conflict: calling `upsert` on such a model is a compile error
+    // (`Upsertable` is not derived for it; tests/ui/fail/upsert_generated_key.rs). A hand-written
+    // `impl Upsertable` (below) still gets a refusal before anything is written or staged.
     let owner = unique("upsert-generated");
     let mut tx = tracker.begin(pool).await.unwrap();
     let error = accounts(&owner, 1)

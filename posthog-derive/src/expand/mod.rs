@@ -33,7 +33,8 @@ pub fn derive_tracked_model(input: &DeriveInput) -> TokenStream {
             let schema = schema::schema_check(&container);
             let plan = plan::plan_registration(&container);
             let backfill = backfill::backfill_impls(&container);
-            quote!(#model #row #schema #plan #backfill #rebuild_on_change)
+            let upsertable = model::upsertable_impl(&container);
+            quote!(#model #row #upsertable #schema #plan #backfill #rebuild_on_change)
         }
         (Err(errors), container) => {
             let errors = errors.to_compile_error();
@@ -107,6 +108,8 @@ fn dummy(container: &Container) -> Option<TokenStream> {
             }
             #stage_milestones
         }
+        #[automatically_derived]
+        impl #private::Upsertable for #ident {}
         #[automatically_derived]
         impl<__DB: #private::Backend> #private::TrackedRow<__DB> for #ident {
             fn __bind_insert(&self, q: #private::BoundQuery<__DB>) -> #private::BoundQuery<__DB> { q }

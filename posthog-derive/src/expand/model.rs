@@ -324,6 +324,20 @@ pub fn tracked_row_impl(container: &Container) -> TokenStream {
     }
 }
 
+/// `Upsertable`, for a model whose key the application gives: `upsert` on a model with a
+/// `generated` key is then a compile error at the call (the trait's `on_unimplemented`).
+pub fn upsertable_impl(container: &Container) -> TokenStream {
+    if container.keys().any(Field::is_generated) {
+        return TokenStream::new();
+    }
+    let ident = container.ident;
+    let private = Private;
+    quote! {
+        #[automatically_derived]
+        impl #private::Upsertable for #ident {}
+    }
+}
+
 /// `TrackedModel::Key`: the type of the `#[tracked(key)]` field, or a tuple of the key fields'
 /// types in field order (`()` when there is none, which only a failed derive has).
 pub fn key_type(container: &Container) -> TokenStream {

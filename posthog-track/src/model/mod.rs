@@ -25,5 +25,5 @@ pub use codegen::{ChangeMask, ModelSql, PerDialect, SqlSet, milestone_condition}
 pub use fold::{fold_counts, fold_counts_of, fold_inserts};
 pub use stage::stage_insert_event_detached;
 pub(crate) use stage::with_groups;
-pub use traits::{EventSchema, TrackedModel, TrackedRow};
+pub use traits::{EventSchema, TrackedModel, TrackedRow, Upsertable};
 pub use upsert::Upserted;

@@ -3,6 +3,7 @@
 //! database) and [`EventSchema`].
 
 use std::future::Future;
+use std::pin::Pin;
 
 use super::bulk::{check_insertable, insert_all};
 use super::codegen::{ChangeMask, SqlSet};
@@ -230,16 +231,19 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// [`update_changed`](TrackedModel::update_changed) or [`insert`](TrackedModel::insert).
     ///
     /// A model with a `generated` key cannot be upserted (the INSERT does not write the key, so
-    /// no row could conflict): it fails with [`Error::Unsupported`] before writing anything.
+    /// no row could conflict): calling `upsert` on one is a compile error (see [`Upsertable`]).
+    ///
+    /// (The future is boxed so that a model that is not [`Upsertable`] is reported once, at
+    /// the call, rather than again at its `.await`.)
     fn upsert<'t, 'c, DB>(
         self,
         tx: &'t mut TrackedTransaction<'c, DB>,
-    ) -> impl Future<Output = Result<Upserted<Self>>> + Send + 't
+    ) -> Pin<Box<dyn Future<Output = Result<Upserted<Self>>> + Send + 't>>
     where
         DB: Backend,
-        Self: TrackedRow<DB> + 't,
+        Self: TrackedRow<DB> + Upsertable + 't,
     {
-        upsert(self, tx)
+        Box::pin(upsert(self, tx))
     }
 
     /// Reads the row with this key in the transaction, locking it until the transaction ends
@@ -411,6 +415,18 @@ pub trait TrackedRow<DB: Backend>: TrackedModel {
     #[doc(hidden)]
     fn __from_row(row: &DB::Row) -> std::result::Result<Self, sqlx::Error>;
 }
+
+/// A model whose key the application gives, so that [`TrackedModel::upsert`] can find an
+/// existing row by it. The derive implements it for every model whose key fields are not
+/// `generated`: a key the database generates is not written by the `INSERT`, so no row could
+/// ever conflict, and an upsert of such a model would only ever insert.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be upserted: its key is `generated` by the database",
+    label = "`{Self}`'s key is not written by the INSERT, so no existing row could conflict",
+    note = "insert such rows with `insert` (or `insert_all`), or give the key its value in Rust \
+            and remove `generated` from the key field"
+)]
+pub trait Upsertable: TrackedModel {}
 
 /// A struct owned by the analytics side that lists exactly the properties a model's events
 /// carry. Name it with `#[tracked(schema = Type)]` on a model: the build then fails until every
