@@ -98,7 +98,7 @@ impl Tracker {
                 evaluator.and_then(|evaluator| local_value(&evaluator, key, &request).ok())
             {
                 crate::metrics::flag_evaluations(true, 1);
-                self.record_exposure(&request.distinct_id, key, &value, true)
+                self.record_exposure(&request.distinct_id, &request.groups, key, &value, true)
                     .await?;
                 return Ok(Some(value));
             }
@@ -111,7 +111,7 @@ impl Tracker {
         let Some(value) = snapshot.value(key) else {
             return Ok(None);
         };
-        self.record_exposure(&request.distinct_id, key, value, false)
+        self.record_exposure(&request.distinct_id, &request.groups, key, value, false)
             .await?;
         Ok(Some(value.clone()))
     }
@@ -188,18 +188,25 @@ impl Tracker {
         self.inner.routing.fallbacks()
     }
 
-    /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id`, unless
-    /// it was sent before.
+    /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id` (in
+    /// `groups`), unless it was sent before.
     pub(crate) async fn record_exposure(
         &self,
         distinct_id: &str,
+        groups: &HashMap<String, String>,
         key: &str,
         value: &FlagValue,
         locally_evaluated: bool,
     ) -> Result<()> {
         let first_time = lock(&self.inner.exposures).first_time(distinct_id, key, value);
         if first_time {
-            self.capture(exposure_event(distinct_id, key, value, locally_evaluated))
+            self.capture(exposure_event(
+                distinct_id,
+                groups,
+                key,
+                value,
+                locally_evaluated,
+            ))
                 .await?;
             crate::metrics::exposure_sent();
         }
@@ -246,4 +253,47 @@ pub(crate) fn local_value(
         &request.groups,
         &request.group_properties,
     )
+}
+
+#[cfg(test)]
+mod reference_cases {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// posthog-python `_capture_feature_flag_called`: `self.capture("$feature_flag_called",
+    /// distinct_id=..., properties=..., groups=groups or {})`, and `$groups` is in its
+    /// "Correctness-required" allowlist: a group flag's exposure must carry the groups, or
+    /// group-aggregated experiments cannot count it.
+    #[tokio::test]
+    async fn group_flag_exposure_carries_groups() {
+        let definitions = json!({"group_type_mapping": {"0": "company"}, "flags": [{
+            "key": "company-beta", "active": true,
+            "filters": {"aggregation_group_type_index": 0,
+                "groups": [{"properties": [], "rollout_percentage": 100}]}}]});
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = seen.clone();
+        let tracker = Tracker::builder()
+            .flag_definitions(LocalEvaluator::from_json(&definitions.to_string()).unwrap())
+            .before_send(move |event| {
+                sink.lock().unwrap().push(event.clone());
+                Some(event)
+            })
+            .build();
+        let request = FlagsRequest::new("user-1").group("company", "acme");
+        let value = tracker.get_feature_flag("company-beta", request).await.unwrap();
+        assert_eq!(value, Some(FlagValue::Enabled(true)));
+        let events = seen.lock().unwrap().clone();
+        let exposure = events
+            .iter()
+            .find(|event| event["event"] == "$feature_flag_called")
+            .expect("an exposure");
+        assert_eq!(
+            exposure["properties"]["$groups"],
+            json!({"company": "acme"}),
+            "{exposure}"
+        );
+    }
 }

@@ -3,10 +3,12 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The flags as sent, each read on its own: one flag PostHog describes in a way this version
+/// does not read must not take the others' local evaluation down with it.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Definitions {
-    #[serde(default)]
-    pub flags: Vec<FlagDefinition>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub flags: Vec<Value>,
 }
 
 /// One flag.
@@ -15,16 +17,32 @@ pub(crate) struct Definitions {
 pub struct FlagDefinition {
     /// The flag's key.
     pub key: String,
-    /// Inactive flags evaluate to `false`.
-    #[serde(default = "active_by_default")]
+    /// Inactive flags evaluate to `false`; a flag that does not say (or says `null`) is
+    /// inactive, as in PostHog's SDKs.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub active: bool,
+    /// Only PostHog holds the overrides that keep a user's value from changing when they are
+    /// identified: such a flag is never evaluated locally.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ensure_experience_continuity: bool,
+    /// `device_id` when the flag buckets by the device rather than the distinct id (PostHog
+    /// puts it on the flag or in its filters).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub bucketing_identifier: Option<String>,
     /// Targeting.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub filters: Filters,
 }
 
-fn active_by_default() -> bool {
-    true
+impl FlagDefinition {
+    /// Whether the flag buckets users by their device id, which a server-side evaluation
+    /// does not know.
+    pub(crate) fn buckets_by_device(&self) -> bool {
+        self.bucketing_identifier
+            .as_deref()
+            .or(self.filters.bucketing_identifier.as_deref())
+            == Some("device_id")
+    }
 }
 
 /// A flag's targeting rules.
@@ -45,8 +63,11 @@ pub struct Filters {
     pub aggregation_group_type_index: Option<i64>,
     /// A condition whose properties matched but whose rollout excluded the user ends
     /// evaluation with `false`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub early_exit: bool,
+    /// See [`FlagDefinition::bucketing_identifier`].
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub bucketing_identifier: Option<String>,
 }
 
 /// The variants of a multivariate flag.
@@ -81,6 +102,11 @@ pub struct Condition {
     /// Forces this variant for users who match.
     #[serde(default)]
     pub variant: Option<String>,
+    /// Mixed targeting: a condition about a group (`Some(Some(index))`) or about the person
+    /// (`Some(None)`) in a flag aggregated otherwise. `None` when the condition does not say,
+    /// so it follows the flag.
+    #[serde(default, deserialize_with = "present")]
+    pub aggregation_group_type_index: Option<Option<i64>>,
 }
 
 /// One property filter of a condition.
@@ -99,7 +125,7 @@ pub struct PropertyFilter {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Inside cohorts: the filter matches when the property does *not*.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub negation: bool,
     /// For `flag` filters: the flags to evaluate first, the referenced one last (empty means
     /// a circular dependency).
@@ -113,4 +139,14 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A field that is present, `null` included (`Some(None)`), as opposed to absent (`None`, the
+/// `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }

@@ -14,6 +14,8 @@ use super::value::{FlagError, FlagValue, Inconclusive, Properties, decode_payloa
 #[derive(Debug, Clone, Default)]
 pub struct LocalEvaluator {
     flags: HashMap<String, FlagDefinition>,
+    /// Flags whose definition could not be read, with why: only PostHog can evaluate them.
+    unreadable: HashMap<String, String>,
     group_type_mapping: HashMap<String, String>,
     /// Cohort property groups by cohort id (`send_cohorts`).
     cohorts: HashMap<String, Value>,
@@ -76,10 +78,31 @@ impl LocalEvaluator {
             })
             .unwrap_or_default();
         let definitions: Definitions = serde_json::from_value(value)?;
+        let mut flags = HashMap::new();
+        let mut unreadable = HashMap::new();
+        for flag in definitions.flags {
+            // A flag without a key cannot be asked for; one with a key but an unexpected
+            // shape is left to PostHog.
+            let Some(key) = flag.get("key").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            match serde_json::from_value::<FlagDefinition>(flag) {
+                Ok(flag) => {
+                    flags.insert(key, flag);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        flag = %key,
+                        %error,
+                        "a feature flag definition could not be read; PostHog evaluates it"
+                    );
+                    unreadable.insert(key, format!("its definition could not be read: {error}"));
+                }
+            }
+        }
         let mut regexes = Regexes::default();
-        for filter in definitions
-            .flags
-            .iter()
+        for filter in flags
+            .values()
             .flat_map(|flag| &flag.filters.groups)
             .flat_map(|condition| &condition.properties)
             .filter(|filter| is_regex_operator(filter.operator.as_deref()))
@@ -89,22 +112,22 @@ impl LocalEvaluator {
         for group in cohorts.values() {
             collect_cohort_regexes(group, &mut regexes);
         }
-        let flags = definitions
-            .flags
-            .into_iter()
-            .map(|flag| (flag.key.clone(), flag))
-            .collect();
         Ok(LocalEvaluator {
             flags,
+            unreadable,
             group_type_mapping,
             cohorts,
             regexes,
         })
     }
 
-    /// The keys of every flag in the definitions.
+    /// The keys of every flag in the definitions (those it could not read included: they
+    /// evaluate as undecided, for PostHog to decide).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.flags.keys().map(String::as_str)
+        self.flags
+            .keys()
+            .chain(self.unreadable.keys())
+            .map(String::as_str)
     }
 
     /// The definition of a flag.
@@ -133,29 +156,47 @@ impl LocalEvaluator {
         groups: &HashMap<String, String>,
         group_properties: &HashMap<String, Properties>,
     ) -> Result<FlagValue, FlagError> {
-        let flag = self
-            .flags
-            .get(flag_key)
-            .ok_or_else(|| FlagError::UnknownFlag(flag_key.to_owned()))?;
-        if !flag.active {
-            return Ok(FlagValue::Enabled(false));
-        }
         let inconclusive = |Inconclusive(reason)| FlagError::Inconclusive {
             flag: flag_key.to_owned(),
             reason,
         };
-        let context = Context {
+        if let Some(reason) = self.unreadable.get(flag_key) {
+            return Err(inconclusive(Inconclusive(reason.clone())));
+        }
+        let flag = self
+            .flags
+            .get(flag_key)
+            .ok_or_else(|| FlagError::UnknownFlag(flag_key.to_owned()))?;
+        // Checked before `active`, as PostHog's SDKs do.
+        if flag.ensure_experience_continuity {
+            return Err(inconclusive(Inconclusive(
+                "the flag has experience continuity enabled".to_owned(),
+            )));
+        }
+        if !flag.active {
+            return Ok(FlagValue::Enabled(false));
+        }
+        let context = |bucketing_value| Context {
             evaluator: self,
-            distinct_id,
+            bucketing_value,
+            groups,
+            group_properties,
             cache: RefCell::new(HashMap::new()),
             cohorts_in_progress: RefCell::new(Vec::new()),
             cohort_results: RefCell::new(HashMap::new()),
             depth: Cell::new(0),
         };
         match flag.filters.aggregation_group_type_index {
-            None => context
-                .match_flag(flag, distinct_id, person_properties)
-                .map_err(inconclusive),
+            None => {
+                if flag.buckets_by_device() {
+                    return Err(inconclusive(Inconclusive(
+                        "the flag buckets by device id, which only PostHog knows".to_owned(),
+                    )));
+                }
+                context(distinct_id)
+                    .match_flag(flag, distinct_id, person_properties)
+                    .map_err(inconclusive)
+            }
             Some(index) => {
                 let Some(group_type) = self.group_type_mapping.get(&index.to_string()) else {
                     return Err(inconclusive(Inconclusive(format!(
@@ -168,7 +209,8 @@ impl LocalEvaluator {
                 };
                 let empty = Properties::new();
                 let properties = group_properties.get(group_type).unwrap_or(&empty);
-                context
+                // The flags it depends on bucket by the group key too.
+                context(group_key)
                     .match_flag(flag, group_key, properties)
                     .map_err(inconclusive)
             }
@@ -223,7 +265,13 @@ enum Dependency {
 /// and dependencies (cycles and depth).
 struct Context<'a> {
     evaluator: &'a LocalEvaluator,
-    distinct_id: &'a str,
+    /// What the evaluated flag buckets by (the distinct id, or the group key of a group
+    /// flag), and so what the flags it depends on bucket by.
+    bucketing_value: &'a str,
+    /// The request's groups and their properties, for conditions about a group in a flag
+    /// about persons (mixed targeting).
+    groups: &'a HashMap<String, String>,
+    group_properties: &'a HashMap<String, Properties>,
     cache: RefCell<HashMap<String, Dependency>>,
     cohorts_in_progress: RefCell<Vec<String>>,
     /// Each cohort is matched once per evaluation, however many conditions refer to it:
@@ -261,6 +309,34 @@ impl Context<'_> {
             .unwrap_or_default();
         let mut inconclusive = None;
         for condition in &flag.filters.groups {
+            // Mixed targeting: a condition about another aggregation than the flag's matches
+            // that group's properties and buckets by its key (or the person's, for a person
+            // condition in a group flag).
+            let flag_aggregation = flag.filters.aggregation_group_type_index;
+            let aggregation = condition
+                .aggregation_group_type_index
+                .unwrap_or(flag_aggregation);
+            let (properties, bucketing_value) = match aggregation {
+                Some(index) if aggregation != flag_aggregation => {
+                    let group = self.evaluator.group_type_mapping.get(&index.to_string());
+                    // Someone outside the group: the condition does not apply to them.
+                    let Some((group, key)) = group.and_then(|group| {
+                        self.groups.get(group).map(|key| (group, key.as_str()))
+                    }) else {
+                        continue;
+                    };
+                    match self.group_properties.get(group) {
+                        Some(properties) => (properties, key),
+                        None => {
+                            inconclusive = Some(Inconclusive(format!(
+                                "no properties were given for group `{group}`"
+                            )));
+                            continue;
+                        }
+                    }
+                }
+                _ => (properties, bucketing_value),
+            };
             match self.condition_match(flag, condition, bucketing_value, properties) {
                 Ok(ConditionMatch::Match) => {
                     let variant = condition
@@ -379,6 +455,10 @@ impl Context<'_> {
                 "cohort property group values must be a list".to_owned(),
             ));
         };
+        // An empty group matches, AND and OR alike.
+        if entries.is_empty() {
+            return Ok(true);
+        }
         let (mut decided, mut inconclusive) = (None, false);
         for entry in entries {
             let Some(object) = entry.as_object() else {
@@ -480,8 +560,18 @@ impl Context<'_> {
             self.cache
                 .borrow_mut()
                 .insert(key.clone(), Dependency::InProgress);
+            // A group flag keeps bucketing by the group key of this evaluation; a person flag
+            // bucketing by device id cannot be decided here.
+            if flag.filters.aggregation_group_type_index.is_none() && flag.buckets_by_device() {
+                self.cache
+                    .borrow_mut()
+                    .insert(key.clone(), Dependency::Undecided);
+                return Err(Undecided::Inconclusive(format!(
+                    "dependency `{key}` buckets by device id, which only PostHog knows"
+                )));
+            }
             let outcome = self.nested(|| {
-                self.match_flag(flag, self.distinct_id, properties)
+                self.match_flag(flag, self.bucketing_value, properties)
                     .map_err(Undecided::from)
             });
             match outcome {
@@ -546,4 +636,191 @@ fn matching_variant(flag: &FlagDefinition, bucketing_value: &str) -> Option<Stri
         low = high;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eval(
+        definitions: Value,
+        key: &str,
+        distinct_id: &str,
+        person: Value,
+        groups: &[(&str, &str)],
+        group_props: Value,
+    ) -> Result<FlagValue, String> {
+        let evaluator = LocalEvaluator::from_json(&definitions.to_string()).unwrap();
+        let person: Properties = serde_json::from_value(person).unwrap();
+        let groups: HashMap<String, String> = groups
+            .iter()
+            .map(|(t, k)| (t.to_string(), k.to_string()))
+            .collect();
+        let group_props: HashMap<String, Properties> = serde_json::from_value(group_props).unwrap();
+        evaluator
+            .evaluate_with(key, distinct_id, &person, &groups, &group_props)
+            .map_err(|e| e.to_string())
+    }
+
+    /// posthog-python's `_compute_flag_locally`: `ensure_experience_continuity` is inconclusive
+    /// (only the server, with its hash-key overrides, can decide), even for an inactive flag.
+    #[test]
+    fn experience_continuity_flag_is_inconclusive() {
+        let defs = json!({"flags": [{"key": "onboarding", "active": true,
+            "ensure_experience_continuity": true,
+            "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}]});
+        let got = eval(defs, "onboarding", "user-1", json!({}), &[], json!({}));
+        assert!(got.is_err(), "expected inconclusive, got {got:?}");
+        let inactive = json!({"flags": [{"key": "onboarding", "active": false,
+            "ensure_experience_continuity": true}]});
+        let got = eval(inactive, "onboarding", "user-1", json!({}), &[], json!({}));
+        assert!(got.is_err(), "expected inconclusive, got {got:?}");
+    }
+
+    /// posthog-python resolve_bucketing_value: `bucketing_identifier: "device_id"` without a
+    /// device id -> InconclusiveMatchError; never bucket such a flag by the distinct id.
+    #[test]
+    fn device_id_bucketed_flag_is_inconclusive_without_device_id() {
+        let defs = json!({"flags": [{"key": "device-flag", "active": true,
+            "filters": {"bucketing_identifier": "device_id",
+                "groups": [{"properties": [], "rollout_percentage": 50}]}}]});
+        let got = eval(defs, "device-flag", "user-1", json!({}), &[], json!({}));
+        assert!(got.is_err(), "expected inconclusive, got {got:?}");
+        // On the flag itself too, and for a flag that depends on it.
+        let defs = json!({"flags": [
+            {"key": "device-flag", "active": true, "bucketing_identifier": "device_id",
+             "filters": {"groups": [{"properties": [], "rollout_percentage": 50}]}},
+            {"key": "parent", "active": true, "filters": {"groups": [{"properties": [{
+                "key": "device-flag", "operator": "flag_evaluates_to", "value": true,
+                "type": "flag", "dependency_chain": ["device-flag"]}]}]}}]});
+        for key in ["device-flag", "parent"] {
+            let got = eval(defs.clone(), key, "user-1", json!({}), &[], json!({}));
+            assert!(got.is_err(), "{key}: expected inconclusive, got {got:?}");
+        }
+    }
+
+    /// posthog-python match_feature_flag_properties (mixed targeting): a condition with its own
+    /// `aggregation_group_type_index` is matched against that group's properties and key, and
+    /// skipped when the group is not passed. test_mixed_targeting "no_match" variant.
+    #[test]
+    fn mixed_targeting_group_condition_is_not_matched_against_person_properties() {
+        let defs = json!({"group_type_mapping": {"0": "company"}, "flags": [{
+            "key": "mixed-flag", "active": true,
+            "filters": {"aggregation_group_type_index": null, "groups": [
+                {"aggregation_group_type_index": 0, "rollout_percentage": 100,
+                 "properties": [{"key": "plan", "value": "enterprise", "operator": "exact",
+                                 "type": "group", "group_type_index": 0}]},
+                {"aggregation_group_type_index": null, "rollout_percentage": 100,
+                 "properties": [{"key": "email", "value": "test@example.com",
+                                 "operator": "exact", "type": "person"}]}
+            ]}}]});
+        // The person has a `plan` person property, but is in no company group.
+        let got = eval(
+            defs.clone(),
+            "mixed-flag",
+            "user-123",
+            json!({"email": "wrong@example.com", "plan": "enterprise"}),
+            &[],
+            json!({}),
+        );
+        assert_eq!(got, Ok(FlagValue::Enabled(false)));
+        // In the company, with its properties: the group condition decides.
+        let group = |plan: &str| {
+            eval(
+                defs.clone(),
+                "mixed-flag",
+                "user-123",
+                json!({"email": "wrong@example.com"}),
+                &[("company", "acme")],
+                json!({"company": {"plan": plan}}),
+            )
+        };
+        assert_eq!(group("enterprise"), Ok(FlagValue::Enabled(true)));
+        assert_eq!(group("free"), Ok(FlagValue::Enabled(false)));
+        // In the company without its properties: undecided here, as in the SDKs.
+        let got = eval(
+            defs.clone(),
+            "mixed-flag",
+            "user-123",
+            json!({"email": "wrong@example.com"}),
+            &[("company", "acme")],
+            json!({}),
+        );
+        assert!(got.is_err(), "{got:?}");
+        // The person condition still matches on its own.
+        let got = eval(
+            defs,
+            "mixed-flag",
+            "user-123",
+            json!({"email": "test@example.com"}),
+            &[],
+            json!({}),
+        );
+        assert_eq!(got, Ok(FlagValue::Enabled(true)));
+    }
+
+    /// One flag PostHog describes in a shape this version cannot read is left to PostHog
+    /// (undecided, still listed); the others are evaluated as before. A flag that does not
+    /// say whether it is active is not, as in PostHog's SDKs.
+    #[test]
+    fn an_unreadable_flag_does_not_take_the_others_down() {
+        let defs = json!({"flags": [
+            {"key": "odd", "active": true, "filters": {"groups": "not a list"}},
+            {"key": "nulls", "active": true, "filters": {"early_exit": null,
+                "groups": [{"properties": [{"key": "plan", "value": "pro", "negation": null}],
+                            "rollout_percentage": null}]}},
+            {"key": "silent", "filters": {"groups": [{"properties": []}]}},
+            {"key": "inactive", "active": null},
+            {"active": true},
+            {"key": "on", "active": true, "filters": {"groups": [{"properties": []}]}}
+        ]});
+        let evaluator = LocalEvaluator::from_json(&defs.to_string()).unwrap();
+        let mut keys: Vec<&str> = evaluator.keys().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["inactive", "nulls", "odd", "on", "silent"]);
+        let person = json!({"plan": "pro"});
+        let got = eval(defs.clone(), "odd", "u1", person.clone(), &[], json!({}));
+        assert!(
+            got.as_ref().is_err_and(|reason| reason.contains("could not be read")),
+            "{got:?}"
+        );
+        for (key, expected) in [("on", true), ("nulls", true), ("silent", false), ("inactive", false)] {
+            let got = eval(defs.clone(), key, "u1", person.clone(), &[], json!({}));
+            assert_eq!(got, Ok(FlagValue::Enabled(expected)), "{key}");
+        }
+    }
+
+    /// posthog-python match_property_group: `if not properties: return True` (an empty group is
+    /// a no-op that matches), for OR groups as well as AND groups.
+    #[test]
+    fn cohort_with_empty_or_group_matches() {
+        let defs = json!({"cohorts": {"7": {"type": "OR", "values": []}}, "flags": [{
+            "key": "cohort-flag", "active": true,
+            "filters": {"groups": [{"rollout_percentage": 100,
+                "properties": [{"key": "id", "type": "cohort", "value": 7}]}]}}]});
+        let got = eval(defs, "cohort-flag", "user-1", json!({}), &[], json!({}));
+        assert_eq!(got, Ok(FlagValue::Enabled(true)));
+    }
+
+    /// posthog-python evaluate_flag_dependency: inside a group flag's evaluation the
+    /// "distinct id" is the group key, and a group dependency buckets by it
+    /// (test_group_flag_dependency_ignores_device_id_bucketing_identifier).
+    /// bucket("child", "acme-inc") = 0.4526 (in a 50 % rollout);
+    /// bucket("child", "user-123") = 0.9453 (out).
+    #[test]
+    fn group_flag_dependency_buckets_by_group_key() {
+        let defs = json!({"group_type_mapping": {"0": "company"}, "flags": [
+            {"key": "child", "active": true, "filters": {"aggregation_group_type_index": 0,
+                "groups": [{"properties": [], "rollout_percentage": 50}]}},
+            {"key": "parent", "active": true, "filters": {"aggregation_group_type_index": 0,
+                "groups": [{"rollout_percentage": 100, "properties": [{
+                    "key": "child", "operator": "flag_evaluates_to", "value": true,
+                    "type": "flag", "dependency_chain": ["child"]}]}]}}
+        ]});
+        let child = eval(defs.clone(), "child", "user-123", json!({}), &[("company", "acme-inc")], json!({"company": {}}));
+        assert_eq!(child, Ok(FlagValue::Enabled(true)), "the child alone is on for acme-inc");
+        let parent = eval(defs, "parent", "user-123", json!({}), &[("company", "acme-inc")], json!({"company": {}}));
+        assert_eq!(parent, Ok(FlagValue::Enabled(true)));
+    }
 }

@@ -1,7 +1,7 @@
 //! `$feature_flag_called`: the exposure event PostHog's experiments count, sent once per
 //! user, flag and value.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::value::{FlagValue, MAX_CACHED_ID_BYTES, json_value};
 use crate::event::Event;
@@ -49,19 +49,29 @@ impl ExposureCache {
     }
 }
 
-/// The exposure event.
+/// The exposure event, with the request's groups as `$groups` so that an experiment
+/// aggregated by a group counts the exposure for it.
 pub(crate) fn exposure_event(
     distinct_id: &str,
+    groups: &HashMap<String, String>,
     flag: &str,
     value: &FlagValue,
     locally_evaluated: bool,
 ) -> Event {
-    Event::new("$feature_flag_called")
+    let event = Event::new("$feature_flag_called")
         .distinct_id(distinct_id)
         .property("$feature_flag", flag)
         .property("$feature_flag_response", json_value(value))
         .property(format!("$feature/{flag}"), json_value(value))
-        .property("locally_evaluated", locally_evaluated)
+        .property("locally_evaluated", locally_evaluated);
+    if groups.is_empty() {
+        return event;
+    }
+    let groups: serde_json::Map<String, serde_json::Value> = groups
+        .iter()
+        .map(|(kind, key)| (kind.clone(), key.clone().into()))
+        .collect();
+    event.property("$groups", groups)
 }
 
 #[cfg(test)]

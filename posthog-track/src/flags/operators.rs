@@ -41,9 +41,11 @@ pub(crate) fn match_property(
         "not_starts_with" => !lower(actual).starts_with(&lower(expected)),
         "ends_with" => lower(actual).ends_with(&lower(expected)),
         "not_ends_with" => !lower(actual).ends_with(&lower(expected)),
-        // An invalid pattern matches nothing, for both operators.
-        "regex" => regexes.with(expected, |re| re.is_match(&py_str(actual))),
-        "not_regex" => regexes.with(expected, |re| !re.is_match(&py_str(actual))),
+        // An invalid pattern matches nothing, for both operators (as in PostHog's SDKs).
+        "regex" => regexes.is_match(expected, &py_str(actual))?.unwrap_or(false),
+        "not_regex" => regexes
+            .is_match(expected, &py_str(actual))?
+            .is_some_and(|matched| !matched),
         "gt" | "gte" | "lt" | "lte" => compare(operator, expected, actual),
         "is_date_before" | "is_date_after" => {
             let flag_date = relative_date(&py_str(expected))
@@ -139,11 +141,18 @@ pub(crate) fn is_regex_operator(operator: Option<&str>) -> bool {
 const MAX_PATTERN_BYTES: usize = 4 * 1024;
 /// Bound on one compiled regex (and its lazy DFA), far above what flag patterns need.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Bound on the backtracking steps of one match of a pattern with look-around or
+/// backreferences (the rest run in linear time): a hostile pattern ends the match as
+/// undecided instead of holding the thread. PostHog's own evaluator bounds them the same way.
+const BACKTRACK_LIMIT: usize = 20_000;
 
 /// The `regex`/`not_regex` patterns of a set of definitions, compiled once when they are loaded
 /// (an invalid or oversized pattern is kept as `None`: it matches nothing).
+///
+/// Patterns are Python's and PostHog's dialect, look-around and backreferences included, so
+/// they are compiled by `fancy-regex`, which hands whatever it can to the `regex` crate.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Regexes(HashMap<String, Option<regex::Regex>>);
+pub(crate) struct Regexes(HashMap<String, Option<fancy_regex::Regex>>);
 
 impl Regexes {
     /// Compiles `pattern` unless it was already.
@@ -155,26 +164,36 @@ impl Regexes {
         }
     }
 
-    /// `test` applied to `pattern` compiled; `false` for an invalid pattern. A pattern that
-    /// was not loaded with the definitions is compiled for this call.
-    fn with(&self, pattern: &Value, test: impl FnOnce(&regex::Regex) -> bool) -> bool {
+    /// Whether `pattern` matches somewhere in `text`: `None` for an invalid pattern, `Err`
+    /// when the match ran out of its backtracking budget. A pattern that was not loaded with
+    /// the definitions is compiled for this call.
+    fn is_match(&self, pattern: &Value, text: &str) -> Result<Option<bool>, Inconclusive> {
         let pattern = py_str(pattern);
-        match self.0.get(&pattern) {
-            Some(compiled) => compiled.as_ref().is_some_and(test),
-            None => compile(&pattern).as_ref().is_some_and(test),
-        }
+        let compiled;
+        let regex = match self.0.get(&pattern) {
+            Some(regex) => regex.as_ref(),
+            None => {
+                compiled = compile(&pattern);
+                compiled.as_ref()
+            }
+        };
+        regex
+            .map(|regex| regex.is_match(text))
+            .transpose()
+            .map_err(|error| Inconclusive(format!("the regex could not be run: {error}")))
     }
 }
 
-fn compile(pattern: &str) -> Option<regex::Regex> {
+fn compile(pattern: &str) -> Option<fancy_regex::Regex> {
     #[cfg(test)]
     tests::COMPILED.with(|compiled| compiled.set(compiled.get() + 1));
     if pattern.len() > MAX_PATTERN_BYTES {
         return None;
     }
-    regex::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
+    fancy_regex::RegexBuilder::new(pattern)
+        .backtrack_limit(BACKTRACK_LIMIT)
+        .delegate_size_limit(REGEX_SIZE_LIMIT)
+        .delegate_dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
         .ok()
 }
@@ -199,12 +218,47 @@ fn compare(operator: &str, expected: &Value, actual: &Value) -> bool {
         (Some(_), Value::String(text)) => {
             ordered(operator, text.as_str(), py_str(expected).as_str())
         }
-        (Some(number), Value::Number(actual)) => {
-            ordered(operator, actual.as_f64().unwrap_or(f64::NAN), number)
-        }
+        // Integers exactly, as Python compares an int with a float (past 2^53 a cast to
+        // f64 would round the property).
+        (Some(number), Value::Number(actual)) => match integer(actual) {
+            Some(integer) => cmp_integer_float(integer, number).is_some_and(|ordering| {
+                ordered(operator, ordering, std::cmp::Ordering::Equal)
+            }),
+            None => ordered(operator, actual.as_f64().unwrap_or(f64::NAN), number),
+        },
         (Some(number), Value::Bool(flag)) => ordered(operator, f64::from(u8::from(*flag)), number),
         _ => ordered(operator, py_str(actual).as_str(), py_str(expected).as_str()),
     }
+}
+
+/// A JSON integer, however large (`u64` included).
+fn integer(number: &serde_json::Number) -> Option<i128> {
+    number
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| number.as_u64().map(i128::from))
+}
+
+/// How `integer` orders against `float`, exactly; `None` against NaN.
+fn cmp_integer_float(integer: i128, float: f64) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    if float.is_nan() {
+        return None;
+    }
+    // Beyond i64's range on either side (infinities included): a JSON integer is within it
+    // (or u64's), so the order is known.
+    if float >= 2f64.powi(64) {
+        return Some(Ordering::Less);
+    }
+    if float < -(2f64.powi(63)) {
+        return Some(Ordering::Greater);
+    }
+    let floor = float.floor();
+    // Exact: an integral f64 within i128's range converts without rounding.
+    Some(match integer.cmp(&(floor as i128)) {
+        Ordering::Equal if float > floor => Ordering::Less,
+        ordering => ordering,
+    })
 }
 
 /// `-7d`, `3h`, `2w`, `1m`, `1y`: that long before now.
@@ -618,5 +672,46 @@ mod tests {
         let filter: PropertyFilter =
             serde_json::from_value(json!({"key": "plan", "value": "pro"})).unwrap();
         assert!(match_property(&filter, &Properties::new(), &Regexes::default()).is_err());
+    }
+
+    /// PostHog's evaluators use Python's `re` and `fancy_regex`, which have look-around.
+    #[test]
+    fn look_around_patterns_are_evaluated() {
+        assert_eq!(check("regex", json!("^(?!bot-)"), json!("alice")), Ok(true));
+        assert_eq!(check("regex", json!("^(?!bot-)"), json!("bot-1")), Ok(false));
+        assert_eq!(check("not_regex", json!("^(?!bot-)"), json!("bot-1")), Ok(true));
+        assert_eq!(check("regex", json!(r"(\w)\1"), json!("hello")), Ok(true));
+        // Invalid patterns still match nothing, for both operators.
+        assert_eq!(check("regex", json!("(unclosed"), json!("x")), Ok(false));
+        assert_eq!(check("not_regex", json!("(unclosed"), json!("x")), Ok(false));
+    }
+
+    /// A pattern that backtracks without end is undecided (PostHog decides), never a hang.
+    #[test]
+    fn runaway_backtracking_is_undecided() {
+        let text = json!(format!("{}!", "a".repeat(40)));
+        for operator in ["regex", "not_regex"] {
+            let outcome = check(operator, json!(r"(a|aa)+\1$"), text.clone());
+            assert!(
+                outcome.as_ref().is_err_and(|reason| reason.contains("regex")),
+                "{operator}: {outcome:?}"
+            );
+        }
+    }
+
+    /// Python compares an int with a float exactly: past 2^53 a cast would round.
+    #[test]
+    fn integers_compare_exactly_with_the_flag_value() {
+        let big = 9_007_199_254_740_992_u64; // 2^53
+        assert_eq!(check("gt", json!(big), json!(big + 1)), Ok(true));
+        assert_eq!(check("lte", json!(big), json!(big + 1)), Ok(false));
+        assert_eq!(check("gte", json!(u64::MAX), json!(u64::MAX)), Ok(false), "2^64 - 1 < 2^64");
+        assert_eq!(check("lt", json!(1.5), json!(1)), Ok(true));
+        assert_eq!(check("gt", json!(1.5), json!(2)), Ok(true));
+        assert_eq!(check("gt", json!(-1.5), json!(-1)), Ok(true));
+        assert_eq!(check("lt", json!(-1.5), json!(-2)), Ok(true));
+        assert_eq!(check("gte", json!("7"), json!(7)), Ok(true));
+        assert_eq!(check("lt", json!(1e300), json!(i64::MAX)), Ok(true));
+        assert_eq!(check("gt", json!(-1e300), json!(i64::MIN)), Ok(true));
     }
 }

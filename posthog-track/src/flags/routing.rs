@@ -7,6 +7,7 @@
 //! and a route that cannot be decided goes to the default table loudly: a warning with the
 //! reason, counted by [`Tracker::flag_routing_fallbacks`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -145,7 +146,7 @@ async fn decide(
     routing.remember(generation, distinct_id, flag, &value);
     // The route stands even when its exposure cannot be recorded (a full or closed queue).
     if let Err(error) = tracker
-        .record_exposure(distinct_id, flag, &value, locally_evaluated)
+        .record_exposure(distinct_id, &HashMap::new(), flag, &value, locally_evaluated)
         .await
     {
         tracing::warn!(flag, %error, "flag routing: the exposure could not be recorded");
