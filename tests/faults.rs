@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Backend, Delivery, Error, Event, Mode, Tracker};
+use posthog_track::{Backend, CaptureMode, Delivery, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
     assert_timed_out, capture_numbered, commit_events, database_url, migrated_tracker,
     on_every_backend, outbox_events, posthog_track_binary, received, relay_command, slow_mock,
@@ -598,10 +598,64 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
         return;
     };
     let pool = posthog_track_tests::isolated_postgres(&url, "requeue_race").await;
+    requeue_racing_a_dead_letter(
+        &pool,
+        &[
+            "CREATE FUNCTION slow_requeue() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$",
+            "CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
+             WHEN (NEW.event = 'first_dead') EXECUTE FUNCTION slow_requeue()",
+        ],
+    )
+    .await;
+}
+
+// The same on MariaDB with sessions in READ COMMITTED (a common server setting), where the
+// copy's reads lock no gap: the delete re-ran the copy's filter and took the event
+// dead-lettered in between, never copied.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_racing_a_dead_letter_loses_nothing_on_mysql_read_committed() {
+    use std::str::FromStr;
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let isolated = posthog_track_tests::isolated_mysql(&url, "requeue_race_rc").await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&isolated)
+        .await
+        .unwrap();
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+        .unwrap()
+        .database(&database);
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .unwrap();
+    requeue_racing_a_dead_letter(
+        &pool,
+        &["CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
+           BEGIN IF NEW.event = 'first_dead' THEN DO SLEEP(1.5); END IF; END"],
+    )
+    .await;
+}
+
+/// Requeues every dead event while a relay dead-letters another; `slow_requeue` creates a
+/// trigger that sleeps when the requeue copies the first event back, so that the relay's
+/// dead-letter lands inside the requeue for certain.
+async fn requeue_racing_a_dead_letter<DB: Backend>(pool: &Pool<DB>, slow_requeue: &[&str]) {
     let mock = MockPostHog::start().await;
     mock.reject_events_where(|event| event["event"] != "delivered");
     let tracker = committer(&mock);
-    tracker.migrate(&pool).await.unwrap();
+    tracker.migrate(pool).await.unwrap();
     let tag = unique("requeue-race");
     let relay = tracker.relay(pool.clone());
     let commit = |name: &'static str| {
@@ -617,18 +671,9 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
     };
     let first = commit("first_dead").await;
     assert_eq!(relay.run_once().await.unwrap().dead, 1);
-    posthog_track_tests::execute(
-        &pool,
-        "CREATE FUNCTION slow_requeue() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$",
-    )
-    .await;
-    posthog_track_tests::execute(
-        &pool,
-        "CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
-         WHEN (NEW.event = 'first_dead') EXECUTE FUNCTION slow_requeue()",
-    )
-    .await;
+    for sql in slow_requeue {
+        posthog_track_tests::execute(pool, *sql).await;
+    }
     let second = commit("second_dead").await;
     let requeue = {
         let (tracker, pool) = (tracker.clone(), pool.clone());
@@ -638,7 +683,7 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
     // Dead-letters `second` while the requeue is between its copy and its delete.
     assert_eq!(relay.run_once().await.unwrap().dead, 1);
     requeue.await.unwrap();
-    let left: BTreeSet<Uuid> = outbox_events(&tracker, &pool, |event| event.distinct_id == tag)
+    let left: BTreeSet<Uuid> = outbox_events(&tracker, pool, |event| event.distinct_id == tag)
         .await
         .into_iter()
         .map(|event| event.uuid)
@@ -684,4 +729,87 @@ async fn a_flush_waiting_for_another_relay_reports_dead_letters<DB: Backend>(
     }
     // Nothing dead-lettered since: the next flush is clean.
     tracker.flush().await.unwrap();
+}
+
+// In v1 capture, rows written into the outbox by hand (a payload cut short, one with no uuid,
+// one that is not JSON at all) are dead-lettered alone and the rest is delivered. A v1 400 was
+// taken as every event's verdict (all 23 dead), and a payload without a uuid could never be
+// settled by PostHog's per-uuid answer (resent until max_age).
+
+on_every_backend!(v1_hand_written_rows_are_dead_lettered_alone);
+
+async fn v1_hand_written_rows_are_dead_lettered_alone<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .capture_mode(CaptureMode::V1)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("v1-hand-written");
+    let committed = commit_events(&tracker, pool, &tag, "good", 20, 20).await;
+    for (n, payload) in [
+        r#"{"uuid":"00000000-0000-4000-8000-000000000001","event":"cut","#,
+        r#"{"event":"no_uuid","distinct_id":"x","properties":{}}"#,
+        r#"{"event": "not json", "#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        posthog_track_tests::execute(
+            pool,
+            format!(
+                "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload) \
+                 VALUES ('00000000-0000-4000-8000-00000000000{n}', 'hand', 'x', \
+                 '2024-01-01T00:00:00Z', '{payload}')"
+            ),
+        )
+        .await;
+    }
+    let drained = tracker.relay(pool.clone()).drain_for(WAIT).await;
+    assert!(
+        matches!(drained, Err(Error::Undelivered { dead: 3, .. })),
+        "{drained:?}"
+    );
+    assert_exactly_delivered(&mock, &tag, &committed);
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 3), "{status:?}");
+}
+
+// An outage seen by many relays: ten relays taking turns, then relays started afresh for
+// every round (restarted processes, `relay --drain` from cron). None of them saw PostHog
+// accept anything, so a lone event failing again is nobody's fault; it was dead-lettered
+// "while PostHog accepted other events" after max_failures rounds, because each relay started
+// out believing PostHog healthy.
+
+on_every_backend!(an_outage_seen_by_many_relays_gives_up_nothing);
+
+async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .max_failures(3)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    mock.set_outage(Some(Reply::Status(503)));
+    let tag = unique("outage-relays");
+    let committed = commit_events(&tracker, pool, &tag, "waits", 1, 1).await;
+    let relays: Vec<_> = (0..10).map(|_| tracker.relay(pool.clone())).collect();
+    let mut tried = 0;
+    for round in 0..24 {
+        let pass = if round < 12 {
+            relays[round % relays.len()].run_once().await.unwrap()
+        } else {
+            tracker.relay(pool.clone()).run_once().await.unwrap()
+        };
+        tried += pass.claimed;
+        assert_eq!(pass.dead, 0, "round {round}: nothing is given up in an outage");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(tried > 6, "the event was tried past max_failures: {tried}");
+    mock.set_outage(None);
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    assert_exactly_delivered(&mock, &tag, &committed);
 }

@@ -932,19 +932,19 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     /// the back of the line with fresh attempt and failure counts. Returns how many were
     /// requeued.
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
-        let filter = id_filter(DB::DIALECT, ids.unwrap_or_default(), 1);
-        let copy = format!(
-            "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, historical) \
-             SELECT uuid, event, distinct_id, timestamp, payload, historical \
-             FROM posthog_outbox_dead{filter} \
-             ORDER BY id"
-        );
-        let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
+        let bind = |sql: String, ids: &[i64]| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                query = DB::bind_i64(query, *id);
+            }
+            query
+        };
+        let ids = ids.unwrap_or_default();
+        let filter = id_filter(DB::DIALECT, ids, 1);
         if DB::DIALECT == Dialect::Postgres {
             // One statement, so the rows deleted are exactly the rows copied. As two, under
             // READ COMMITTED, a row dead-lettered between the copy and the delete would be
-            // deleted without having been copied. (MySQL's copy locks what it reads, and
-            // SQLite has one writer.)
+            // deleted without having been copied.
             let moved = format!(
                 "WITH moved AS (DELETE FROM posthog_outbox_dead{filter} \
                  RETURNING id, uuid, event, distinct_id, timestamp, payload, historical) \
@@ -953,24 +953,46 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
                  SELECT uuid, event, distinct_id, timestamp, payload, historical FROM moved \
                  ORDER BY id"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(moved));
-            for id in ids.unwrap_or_default() {
-                query = DB::bind_i64(query, *id);
-            }
             let mut conn = self.pool.acquire().await?;
-            return Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?));
+            return Ok(DB::rows_affected(
+                &DB::execute(&mut conn, bind(moved, ids)).await?,
+            ));
         }
+        // Elsewhere: the rows to move are read (and on MySQL locked) first, and the copy and
+        // the delete name exactly those ids. A filter re-run by the delete would, under READ
+        // COMMITTED, also delete a row dead-lettered after the copy, which was never copied.
+        // (SQLite has one writer, so nothing comes between; the same statements serve.)
+        let lock = if DB::DIALECT == Dialect::MySql {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let bind = |sql: String| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in ids.unwrap_or_default() {
-                query = DB::bind_i64(query, *id);
-            }
-            query
-        };
-        let copied = DB::rows_affected(&DB::execute(&mut tx, bind(copy)).await?);
-        DB::execute(&mut tx, bind(delete)).await?;
+        let chosen = DB::fetch_all(
+            &mut tx,
+            bind(
+                format!("SELECT id FROM posthog_outbox_dead{filter} ORDER BY id{lock}"),
+                ids,
+            ),
+        )
+        .await?
+        .iter()
+        .map(|row| DB::int(row, 0))
+        .collect::<std::result::Result<Vec<i64>, _>>()?;
+        let mut copied = 0;
+        for chunk in chosen.chunks(REQUEUE_CHUNK) {
+            let filter = id_filter(DB::DIALECT, chunk, 1);
+            let copy = format!(
+                "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, \
+                 historical) \
+                 SELECT uuid, event, distinct_id, timestamp, payload, historical \
+                 FROM posthog_outbox_dead{filter} ORDER BY id"
+            );
+            copied += DB::rows_affected(&DB::execute(&mut tx, bind(copy, chunk)).await?);
+            let delete = format!("DELETE FROM posthog_outbox_dead{filter}");
+            DB::execute(&mut tx, bind(delete, chunk)).await?;
+        }
         tx.commit().await?;
         Ok(copied)
     }
@@ -995,6 +1017,10 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?))
     }
 }
+
+/// Dead rows moved per statement by a requeue off PostgreSQL: far under every backend's bind
+/// limit (SQLite's 32,766, MySQL's 65,535).
+const REQUEUE_CHUNK: usize = 1_000;
 
 /// ` WHERE id IN (...)` for `ids`, or nothing when there are none.
 fn id_filter(dialect: Dialect, ids: &[i64], first: usize) -> String {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::transport::{Outcome, Transport, oversized};
-use super::v1::{RequestMeta, Verdict};
+use super::v1::{RequestMeta, Verdict, payload_uuid};
 use super::wire::MAX_REQUEST_BYTES;
 use crate::config::CaptureMode;
 
@@ -124,6 +124,8 @@ pub async fn deliver(
                         payloads[index].len()
                     ),
                 };
+            } else if let Some(reason) = unreadable_in_v1(transport.mode(), payloads[index]) {
+                fates[index] = Fate::Dead { reason };
             } else {
                 sendable.push(index);
             }
@@ -179,6 +181,24 @@ pub async fn deliver(
     Report { fates, sent_in }
 }
 
+/// Why v1 could never settle this payload: v1's verdicts are keyed by the event's uuid, so
+/// without one PostHog's answer could not say what became of it, and it would be resent until
+/// `max_age`. Only payloads written into the outbox by hand lack one.
+fn unreadable_in_v1(mode: CaptureMode, payload: &str) -> Option<String> {
+    if mode != CaptureMode::V1 || payload_uuid(payload).is_some() {
+        return None;
+    }
+    Some(
+        if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err() {
+            "the payload is not JSON (written into the outbox by hand?)"
+        } else {
+            "the payload has no uuid (written into the outbox by hand?): v1 capture needs one \
+             to read PostHog's verdict on the event"
+        }
+        .to_owned(),
+    )
+}
+
 /// What every part of one delivery shares.
 #[derive(Clone, Copy)]
 struct Part<'a> {
@@ -222,9 +242,10 @@ fn fate_of(verdict: Verdict, retry_after: Option<Duration>) -> Fate {
 }
 
 impl<'a> Part<'a> {
-    /// Sends one part; on 413 (and, on v0, 400) splits it in halves until the culprits stand
-    /// alone (only a single event refused is refused for its own sake). v1 answers a bad event
-    /// with its own verdict, so a v1 400 is about the request and is not split.
+    /// Sends one part; on 413 or 400 splits it in halves until the culprits stand alone (only
+    /// a single event refused is refused for its own sake). v1 answers most bad events with
+    /// their own verdicts, but a body it cannot read at all (one event's payload that is not
+    /// JSON, written into the outbox by hand) is a 400 for the whole request on v1 too.
     fn send(
         self,
         indices: &'a [usize],
@@ -243,11 +264,7 @@ impl<'a> Part<'a> {
             for &index in indices {
                 sent_in[index] = Some(meta.clone());
             }
-            let splits = match &outcome {
-                Outcome::TooLarge => true,
-                Outcome::Rejected { .. } => self.transport.mode() == CaptureMode::V0,
-                _ => false,
-            };
+            let splits = matches!(outcome, Outcome::TooLarge | Outcome::Rejected { .. });
             let fate = match outcome {
                 Outcome::Delivered => Fate::Delivered,
                 Outcome::PerEvent {

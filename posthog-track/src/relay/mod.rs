@@ -183,8 +183,9 @@ pub struct Relay<DB: Backend> {
     /// When set (by `shutdown`), a round still sending at this instant stops waiting and hands
     /// its rows back at once, instead of leaving them leased for a whole lease.
     abandon_at: std::sync::Mutex<Option<Instant>>,
-    /// Whether PostHog accepts events, as far as this relay can tell: see `judge`.
-    healthy: std::sync::atomic::AtomicBool,
+    /// When this relay last saw PostHog accept events (`None`: not yet, or it has failed
+    /// since in a way only an outage explains); see `judge`.
+    accepted_at: std::sync::Mutex<Option<Instant>>,
     /// A [`RelayState`] as `u8`, kept by `run`.
     state: std::sync::atomic::AtomicU8,
 }
@@ -210,7 +211,7 @@ impl<DB: Backend> Relay<DB> {
             pauses: AtomicU32::new(0),
             failed_rounds: AtomicU32::new(0),
             abandon_at: std::sync::Mutex::new(None),
-            healthy: std::sync::atomic::AtomicBool::new(true),
+            accepted_at: std::sync::Mutex::new(None),
             state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
         }
     }
@@ -562,18 +563,20 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// Updates what the relay believes of PostHog's health from a round's outcome, and returns
-    /// it: healthy once anything is accepted; unhealthy when a round failed whole while it
-    /// sent fresh events (which have no history of failing) or several groups (two poison
-    /// events at once are unlikely; an outage is not); unchanged by a lone retried event
-    /// failing again, which is what a poison event looks like.
+    /// it: healthy when this relay saw PostHog accept events within [`HEALTH_WINDOW`];
+    /// unhealthy from the start (a relay just started, or another relay's `--drain`, knows
+    /// nothing yet), once nothing was accepted for that long, or when a round failed whole
+    /// while it sent fresh events (which have no history of failing) or several groups (two
+    /// poison events at once are unlikely; an outage is not); unchanged by a lone retried
+    /// event failing again, which is what a poison event looks like.
     fn judge(&self, groups: &[Vec<usize>], summary: &RoundSummary) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
+        let mut accepted_at = crate::sync::lock(&self.accepted_at);
         if summary.delivered > 0 {
-            self.healthy.store(true, Relaxed);
+            *accepted_at = Some(Instant::now());
         } else if summary.failed > 0 && (summary.fresh_failed || groups.len() > 1) {
-            self.healthy.store(false, Relaxed);
+            *accepted_at = None;
         }
-        self.healthy.load(Relaxed)
+        accepted_at.is_some_and(|at| at.elapsed() < HEALTH_WINDOW)
     }
 
     /// Updates the pause state after a round; returns how long a paused relay waits.
@@ -799,6 +802,12 @@ fn fates_summary(
 }
 
 /// Backoff of a paused relay: a probe after a second, growing to one a minute.
+/// How long PostHog's accepting events stays evidence that a lone event failing again is
+/// the event's fault. Past it, with nothing accepted since, the relay cannot tell an outage
+/// from a poison event and blames nothing (a poison event is then given up at `max_age`, or as
+/// soon as other events get through again).
+const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+
 const PAUSE_BACKOFF: Backoff = Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(60),
