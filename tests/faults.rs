@@ -642,8 +642,10 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_mysql_read_committed() {
         .unwrap();
     requeue_racing_a_dead_letter(
         &pool,
-        &["CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
-           BEGIN IF NEW.event = 'first_dead' THEN DO SLEEP(1.5); END IF; END"],
+        &[
+            "CREATE TRIGGER slow_requeue AFTER INSERT ON posthog_outbox FOR EACH ROW \
+           BEGIN IF NEW.event = 'first_dead' THEN DO SLEEP(1.5); END IF; END",
+        ],
     )
     .await;
 }
@@ -783,10 +785,7 @@ async fn v1_hand_written_rows_are_dead_lettered_alone<DB: Backend>(pool: &Pool<D
 
 on_every_backend!(an_outage_seen_by_many_relays_gives_up_nothing);
 
-async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(
-    pool: &Pool<DB>,
-    _url: &str,
-) {
+async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     let mock = MockPostHog::start().await;
     let tracker = tracker_for(&mock)
         .external_relay(true)
@@ -805,7 +804,10 @@ async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(
             tracker.relay(pool.clone()).run_once().await.unwrap()
         };
         tried += pass.claimed;
-        assert_eq!(pass.dead, 0, "round {round}: nothing is given up in an outage");
+        assert_eq!(
+            pass.dead, 0,
+            "round {round}: nothing is given up in an outage"
+        );
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
     assert!(tried > 6, "the event was tried past max_failures: {tried}");

@@ -102,7 +102,7 @@ pub use error::{Error, Result};
 pub use event::{Event, EventOptions, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};
 pub use flags::routed_table;
 pub use mode::Mode;
-pub use model::{EventSchema, TrackedModel, TrackedRow, Upserted, Upsertable};
+pub use model::{EventSchema, TrackedModel, TrackedRow, Upsertable, Upserted};
 pub use posthog_derive::EventSchema;
 /// Derives [`TrackedModel`](trait@TrackedModel): the SQL that writes the struct and the
 /// mapping of its fields to PostHog events, checked at compile time.
@@ -125,9 +125,9 @@ pub mod __private {
     pub use crate::event::{EventWriter, Section, Stager, ToDistinctId};
     pub use crate::flags::routing::TableVariant;
     pub use crate::model::{
-        ChangeMask, EventSchema, ModelSql, PerDialect, SqlSet, TrackedModel, TrackedRow, Upsertable,
-        fold_counts, fold_counts_of, fold_inserts, ignore_mariadb_returning, milestone_condition,
-        stage_insert_event_detached,
+        ChangeMask, EventSchema, ModelSql, PerDialect, SqlSet, TrackedModel, TrackedRow,
+        Upsertable, fold_counts, fold_counts_of, fold_inserts, ignore_mariadb_returning,
+        milestone_condition, stage_insert_event_detached,
     };
     pub use crate::plan::{FieldPlan, ModelEvents, ModelPlan, PersonProperty, PlanEntry};
     pub use inventory;

@@ -207,7 +207,7 @@ impl Tracker {
                 value,
                 locally_evaluated,
             ))
-                .await?;
+            .await?;
             crate::metrics::exposure_sent();
         }
         Ok(())
@@ -256,7 +256,7 @@ pub(crate) fn local_value(
 }
 
 #[cfg(test)]
-mod reference_cases {
+mod tests {
     use std::sync::{Arc, Mutex};
 
     use serde_json::{Value, json};
@@ -283,7 +283,10 @@ mod reference_cases {
             })
             .build();
         let request = FlagsRequest::new("user-1").group("company", "acme");
-        let value = tracker.get_feature_flag("company-beta", request).await.unwrap();
+        let value = tracker
+            .get_feature_flag("company-beta", request)
+            .await
+            .unwrap();
         assert_eq!(value, Some(FlagValue::Enabled(true)));
         let events = seen.lock().unwrap().clone();
         let exposure = events

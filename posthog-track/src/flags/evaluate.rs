@@ -320,9 +320,9 @@ impl Context<'_> {
                 Some(index) if aggregation != flag_aggregation => {
                     let group = self.evaluator.group_type_mapping.get(&index.to_string());
                     // Someone outside the group: the condition does not apply to them.
-                    let Some((group, key)) = group.and_then(|group| {
-                        self.groups.get(group).map(|key| (group, key.as_str()))
-                    }) else {
+                    let Some((group, key)) = group
+                        .and_then(|group| self.groups.get(group).map(|key| (group, key.as_str())))
+                    else {
                         continue;
                     };
                     match self.group_properties.get(group) {
@@ -706,15 +706,15 @@ mod tests {
     #[test]
     fn mixed_targeting_group_condition_is_not_matched_against_person_properties() {
         let defs = json!({"group_type_mapping": {"0": "company"}, "flags": [{
-            "key": "mixed-flag", "active": true,
-            "filters": {"aggregation_group_type_index": null, "groups": [
-                {"aggregation_group_type_index": 0, "rollout_percentage": 100,
-                 "properties": [{"key": "plan", "value": "enterprise", "operator": "exact",
-                                 "type": "group", "group_type_index": 0}]},
-                {"aggregation_group_type_index": null, "rollout_percentage": 100,
-                 "properties": [{"key": "email", "value": "test@example.com",
-                                 "operator": "exact", "type": "person"}]}
-            ]}}]});
+        "key": "mixed-flag", "active": true,
+        "filters": {"aggregation_group_type_index": null, "groups": [
+            {"aggregation_group_type_index": 0, "rollout_percentage": 100,
+             "properties": [{"key": "plan", "value": "enterprise", "operator": "exact",
+                             "type": "group", "group_type_index": 0}]},
+            {"aggregation_group_type_index": null, "rollout_percentage": 100,
+             "properties": [{"key": "email", "value": "test@example.com",
+                             "operator": "exact", "type": "person"}]}
+        ]}}]});
         // The person has a `plan` person property, but is in no company group.
         let got = eval(
             defs.clone(),
@@ -782,10 +782,16 @@ mod tests {
         let person = json!({"plan": "pro"});
         let got = eval(defs.clone(), "odd", "u1", person.clone(), &[], json!({}));
         assert!(
-            got.as_ref().is_err_and(|reason| reason.contains("could not be read")),
+            got.as_ref()
+                .is_err_and(|reason| reason.contains("could not be read")),
             "{got:?}"
         );
-        for (key, expected) in [("on", true), ("nulls", true), ("silent", false), ("inactive", false)] {
+        for (key, expected) in [
+            ("on", true),
+            ("nulls", true),
+            ("silent", false),
+            ("inactive", false),
+        ] {
             let got = eval(defs.clone(), key, "u1", person.clone(), &[], json!({}));
             assert_eq!(got, Ok(FlagValue::Enabled(expected)), "{key}");
         }
@@ -818,9 +824,27 @@ mod tests {
                     "key": "child", "operator": "flag_evaluates_to", "value": true,
                     "type": "flag", "dependency_chain": ["child"]}]}]}}
         ]});
-        let child = eval(defs.clone(), "child", "user-123", json!({}), &[("company", "acme-inc")], json!({"company": {}}));
-        assert_eq!(child, Ok(FlagValue::Enabled(true)), "the child alone is on for acme-inc");
-        let parent = eval(defs, "parent", "user-123", json!({}), &[("company", "acme-inc")], json!({"company": {}}));
+        let child = eval(
+            defs.clone(),
+            "child",
+            "user-123",
+            json!({}),
+            &[("company", "acme-inc")],
+            json!({"company": {}}),
+        );
+        assert_eq!(
+            child,
+            Ok(FlagValue::Enabled(true)),
+            "the child alone is on for acme-inc"
+        );
+        let parent = eval(
+            defs,
+            "parent",
+            "user-123",
+            json!({}),
+            &[("company", "acme-inc")],
+            json!({"company": {}}),
+        );
         assert_eq!(parent, Ok(FlagValue::Enabled(true)));
     }
 }

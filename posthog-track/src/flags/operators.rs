@@ -42,7 +42,9 @@ pub(crate) fn match_property(
         "ends_with" => lower(actual).ends_with(&lower(expected)),
         "not_ends_with" => !lower(actual).ends_with(&lower(expected)),
         // An invalid pattern matches nothing, for both operators (as in PostHog's SDKs).
-        "regex" => regexes.is_match(expected, &py_str(actual))?.unwrap_or(false),
+        "regex" => regexes
+            .is_match(expected, &py_str(actual))?
+            .unwrap_or(false),
         "not_regex" => regexes
             .is_match(expected, &py_str(actual))?
             .is_some_and(|matched| !matched),
@@ -221,9 +223,8 @@ fn compare(operator: &str, expected: &Value, actual: &Value) -> bool {
         // Integers exactly, as Python compares an int with a float (past 2^53 a cast to
         // f64 would round the property).
         (Some(number), Value::Number(actual)) => match integer(actual) {
-            Some(integer) => cmp_integer_float(integer, number).is_some_and(|ordering| {
-                ordered(operator, ordering, std::cmp::Ordering::Equal)
-            }),
+            Some(integer) => cmp_integer_float(integer, number)
+                .is_some_and(|ordering| ordered(operator, ordering, std::cmp::Ordering::Equal)),
             None => ordered(operator, actual.as_f64().unwrap_or(f64::NAN), number),
         },
         (Some(number), Value::Bool(flag)) => ordered(operator, f64::from(u8::from(*flag)), number),
@@ -678,12 +679,21 @@ mod tests {
     #[test]
     fn look_around_patterns_are_evaluated() {
         assert_eq!(check("regex", json!("^(?!bot-)"), json!("alice")), Ok(true));
-        assert_eq!(check("regex", json!("^(?!bot-)"), json!("bot-1")), Ok(false));
-        assert_eq!(check("not_regex", json!("^(?!bot-)"), json!("bot-1")), Ok(true));
+        assert_eq!(
+            check("regex", json!("^(?!bot-)"), json!("bot-1")),
+            Ok(false)
+        );
+        assert_eq!(
+            check("not_regex", json!("^(?!bot-)"), json!("bot-1")),
+            Ok(true)
+        );
         assert_eq!(check("regex", json!(r"(\w)\1"), json!("hello")), Ok(true));
         // Invalid patterns still match nothing, for both operators.
         assert_eq!(check("regex", json!("(unclosed"), json!("x")), Ok(false));
-        assert_eq!(check("not_regex", json!("(unclosed"), json!("x")), Ok(false));
+        assert_eq!(
+            check("not_regex", json!("(unclosed"), json!("x")),
+            Ok(false)
+        );
     }
 
     /// A pattern that backtracks without end is undecided (PostHog decides), never a hang.
@@ -693,7 +703,9 @@ mod tests {
         for operator in ["regex", "not_regex"] {
             let outcome = check(operator, json!(r"(a|aa)+\1$"), text.clone());
             assert!(
-                outcome.as_ref().is_err_and(|reason| reason.contains("regex")),
+                outcome
+                    .as_ref()
+                    .is_err_and(|reason| reason.contains("regex")),
                 "{operator}: {outcome:?}"
             );
         }
@@ -705,7 +717,11 @@ mod tests {
         let big = 9_007_199_254_740_992_u64; // 2^53
         assert_eq!(check("gt", json!(big), json!(big + 1)), Ok(true));
         assert_eq!(check("lte", json!(big), json!(big + 1)), Ok(false));
-        assert_eq!(check("gte", json!(u64::MAX), json!(u64::MAX)), Ok(false), "2^64 - 1 < 2^64");
+        assert_eq!(
+            check("gte", json!(u64::MAX), json!(u64::MAX)),
+            Ok(false),
+            "2^64 - 1 < 2^64"
+        );
         assert_eq!(check("lt", json!(1.5), json!(1)), Ok(true));
         assert_eq!(check("gt", json!(1.5), json!(2)), Ok(true));
         assert_eq!(check("gt", json!(-1.5), json!(-1)), Ok(true));

@@ -146,7 +146,13 @@ async fn decide(
     routing.remember(generation, distinct_id, flag, &value);
     // The route stands even when its exposure cannot be recorded (a full or closed queue).
     if let Err(error) = tracker
-        .record_exposure(distinct_id, &HashMap::new(), flag, &value, locally_evaluated)
+        .record_exposure(
+            distinct_id,
+            &HashMap::new(),
+            flag,
+            &value,
+            locally_evaluated,
+        )
         .await
     {
         tracing::warn!(flag, %error, "flag routing: the exposure could not be recorded");
