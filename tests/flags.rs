@@ -804,7 +804,8 @@ mod properties {
             "-?[0-9]{0,6}[hdwmyé€😀x]?",
             "[vV]?[0-9]{1,22}(\\.[0-9*]{0,22}){0,3}(-[a-z]{1,4})?(\\+[0-9]{1,3})?",
             "[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,9})?)?)?(Z| UTC|[+-][0-9]{2}:[0-9]{2}|é)?",
-            "[(\\[\\]{}.*+?|^$a-z0-9\\\\]{0,16}",
+            // Regexes, look-around and backreferences included (`(?=`, `(?<!`, `\1`).
+            "[(\\[\\]{}.*+?|^$a-z0-9\\\\=!<]{0,16}",
             Just(u64::MAX.to_string()),
             Just(format!("0.{}.*", u64::MAX)),
             Just(format!("0.0.{}", u64::MAX)),
@@ -858,30 +859,47 @@ mod properties {
     }
 
     fn flag() -> impl Strategy<Value = Value> {
+        // A condition may name its own aggregation (mixed targeting): a group type index,
+        // known (0) or not (1), or null for the person.
         let condition = (
             prop::collection::vec(filter(), 0..3),
             prop::option::of(-10.0..110.0f64),
             prop::option::of("[a-c]"),
+            prop::option::of(prop::option::of(0..2i64)),
         )
-            .prop_map(|(properties, rollout, variant)| {
-                json!({"properties": properties, "rollout_percentage": rollout, "variant": variant})
+            .prop_map(|(properties, rollout, variant, aggregation)| {
+                let mut condition = json!({"properties": properties,
+                    "rollout_percentage": rollout, "variant": variant});
+                if let Some(aggregation) = aggregation {
+                    condition["aggregation_group_type_index"] = json!(aggregation);
+                }
+                condition
             });
         (
-            any::<bool>(),
+            (
+                any::<bool>(),
+                prop::bool::weighted(0.2),
+                prop::option::of(0..2i64),
+            ),
             prop::collection::vec(condition, 0..3),
             any::<bool>(),
             prop::option::of(prop::collection::vec(("[a-c]", -10.0..70.0f64), 0..4)),
         )
-            .prop_map(|(active, groups, early_exit, variants)| {
-                let variants = variants.map(|variants| {
-                    variants
+            .prop_map(
+                |((active, by_device, aggregation), groups, early_exit, variants)| {
+                    let variants =
+                        variants.map(|variants| {
+                            variants
                         .into_iter()
                         .map(|(key, rollout)| json!({"key": key, "rollout_percentage": rollout}))
                         .collect::<Vec<_>>()
-                });
-                json!({"active": active, "filters": {"groups": groups, "early_exit": early_exit,
+                        });
+                    json!({"active": active, "filters": {"groups": groups, "early_exit": early_exit,
+                    "aggregation_group_type_index": aggregation,
+                    "bucketing_identifier": if by_device { "device_id" } else { "distinct_id" },
                     "multivariate": variants.map(|variants| json!({"variants": variants}))}})
-            })
+                },
+            )
     }
 
     fn definitions() -> impl Strategy<Value = Value> {
@@ -903,7 +921,8 @@ mod properties {
                     .enumerate()
                     .map(|(n, cohort)| (n.to_string(), cohort))
                     .collect();
-                json!({"flags": flags, "cohorts": cohorts})
+                json!({"flags": flags, "cohorts": cohorts,
+                    "group_type_mapping": {"0": "company"}})
             })
     }
 
@@ -923,9 +942,16 @@ mod properties {
             definitions in definitions(),
             properties in properties(),
             distinct_id in any::<String>(),
+            company in prop::option::of((any::<String>(), prop::option::of(properties()))),
         ) {
             let evaluator = LocalEvaluator::from_json(&definitions.to_string()).unwrap();
-            let (groups, group_properties) = (HashMap::new(), HashMap::new());
+            let (mut groups, mut group_properties) = (HashMap::new(), HashMap::new());
+            if let Some((key, properties)) = company {
+                groups.insert("company".to_owned(), key);
+                if let Some(properties) = properties {
+                    group_properties.insert("company".to_owned(), properties);
+                }
+            }
             for n in 0..FLAGS {
                 let key = format!("f{n}");
                 let first = evaluator
