@@ -488,6 +488,29 @@ mod client {
         assert!(source.is::<reqwest::Error>(), "{source:?}");
     }
 
+    /// A proxy's basic-auth password in POSTHOG_HOST is a secret: a failed /flags request must
+    /// not show it in the error's Display chain or Debug.
+    #[tokio::test]
+    async fn remote_flags_error_hides_host_credentials() {
+        use posthog_track::Tracker;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let tracker = Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://proxyuser:hunter2pw@{address}"))
+            .unwrap()
+            .build();
+        let error = tracker.evaluate_flags("u1").await.unwrap_err();
+        let mut shown = format!("{error} / {error:?}");
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            shown.push_str(&format!(" / {cause}"));
+            source = cause.source();
+        }
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+    }
+
     /// An error answer is read up to a bound, never whole: a body that never ends still gives
     /// an error that shows how it began.
     #[tokio::test]

@@ -858,3 +858,30 @@ mod hosts {
         }
     }
 }
+
+/// the `relay` command's start-up line names the host without the `user:password@`
+/// a proxy's POSTHOG_HOST may carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_start_line_hides_host_credentials() {
+    let (pool, url, _dir) = sqlite_file("relay_host").await;
+    let mock = MockPostHog::start().await;
+    Tracker::builder().build().migrate(&pool).await.unwrap();
+    let host = mock
+        .url()
+        .replacen("http://", "http://relayuser:hunter2pw@", 1);
+    let mut child = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+        .args(["relay", "--database-url", url.as_str()])
+        .env("POSTHOG_API_KEY", mock.api_key())
+        .env("POSTHOG_HOST", &host)
+        .env_remove("POSTHOG_DISABLED")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("relaying"), "{stderr}");
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
+}

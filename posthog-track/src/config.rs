@@ -327,9 +327,16 @@ impl Config {
         self.personal_api_key.as_ref()
     }
 
-    /// The PostHog host, without a trailing slash.
+    /// The PostHog host, without a trailing slash. It may hold credentials
+    /// (`https://user:password@proxy`): show [`redacted_host`](Config::redacted_host) instead.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The host as it may be shown in messages and logs: credentials and secret query
+    /// parameters replaced.
+    pub fn redacted_host(&self) -> String {
+        redact_host(&self.host)
     }
 
     /// The capture protocol (`POSTHOG_CAPTURE_MODE`).

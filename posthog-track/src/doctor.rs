@@ -142,8 +142,9 @@ impl fmt::Display for Diagnosis {
     }
 }
 
-/// What [`diagnose`] checks beyond the configuration.
-#[derive(Debug, Clone)]
+/// What [`diagnose`] checks beyond the configuration. Its `Debug` hides the database URL's
+/// credentials and secret parameters.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct DoctorOptions {
     /// The database that holds the outbox (`postgres://`, `mysql://`, `sqlite:`); `None`
@@ -153,6 +154,19 @@ pub struct DoctorOptions {
     pub max_lag: Duration,
     /// How long each request and the database connection may take (default 10 s).
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for DoctorOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoctorOptions")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_host),
+            )
+            .field("max_lag", &self.max_lag)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for DoctorOptions {
@@ -874,6 +888,14 @@ async fn check_vacuum<DB: Backend>(pool: &sqlx::Pool<DB>, diagnosis: &mut Diagno
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Database credentials never appear in Debug output (DESIGN: secrets).
+    #[test]
+    fn debug_hides_the_database_password() {
+        let options = DoctorOptions::new().database_url("postgres://app:hunter2secret@db:5432/app");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2secret"), "{shown}");
+    }
 
     #[test]
     fn key_kinds_come_from_their_prefixes() {

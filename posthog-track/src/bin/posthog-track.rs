@@ -406,7 +406,7 @@ async fn execute<DB: Backend>(
             eprintln!(
                 "relaying {} to {} (Ctrl-C or SIGTERM to stop)",
                 posthog_track::outbox::TABLE,
-                tracker.config().host()
+                tracker.config().redacted_host()
             );
             stopped().await;
             eprintln!("stopping: delivering what is claimable ({shutdown_timeout} s at most)");
@@ -580,7 +580,7 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
             let applied = push.apply(&changes).await?;
             println!(
                 "updated {applied} definition(s) in project {project_id} on {}; {unseen} not yet seen by PostHog",
-                push.options().host()
+                push.options().redacted_host()
             );
             Ok(())
         }

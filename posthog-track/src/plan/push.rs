@@ -44,12 +44,25 @@ pub const US_APP_HOST: &str = "https://us.posthog.com";
 /// PostHog's EU cloud app host.
 pub const EU_APP_HOST: &str = "https://eu.posthog.com";
 
+impl std::fmt::Debug for PushOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOptions")
+            .field("host", &self.redacted_host())
+            .field("project_id", &self.project_id)
+            .field("personal_api_key", &self.personal_api_key)
+            .field("page_size", &self.page_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 const DEFAULT_PAGE_SIZE: usize = 100;
 /// A runaway `next` chain stops here instead of looping forever.
 const MAX_PAGES: usize = 10_000;
 
-/// Where and as whom to push the plan.
-#[derive(Debug, Clone)]
+/// Where and as whom to push the plan. Its `Debug` shows neither the key nor credentials in
+/// the host.
+#[derive(Clone)]
 pub struct PushOptions {
     host: String,
     project_id: u64,
@@ -100,9 +113,16 @@ impl PushOptions {
         self
     }
 
-    /// The app host requests go to, without a trailing slash.
+    /// The app host requests go to, without a trailing slash. It may hold credentials: show
+    /// [`redacted_host`](PushOptions::redacted_host) instead.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The host as it may be shown in messages and logs: credentials and secret query
+    /// parameters replaced.
+    pub fn redacted_host(&self) -> String {
+        crate::config::redact_host(&self.host)
     }
 
     /// The PostHog project.
@@ -303,7 +323,7 @@ impl PlanPush {
                 reason: format!(
                     "{what}: {} ({})",
                     transport_reason(&error),
-                    self.options.host
+                    self.options.redacted_host()
                 ),
                 // Without its URL: the host may carry credentials, which never go into errors.
                 source: Some(Box::new(error.without_url())),
@@ -328,12 +348,13 @@ impl PlanPush {
             .ok()
             .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
-        let detail: String = detail.chars().take(300).collect();
+        // Redacted before it is cut short: a key across the cut would keep its start.
         let detail = if key.expose().is_empty() {
             detail
         } else {
             detail.replace(key.expose(), "(redacted)")
         };
+        let detail: String = detail.chars().take(300).collect();
         let reason = if detail.is_empty() {
             format!("{what}: {status}: {hint}")
         } else {
@@ -350,6 +371,67 @@ impl PlanPush {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// a host's `user:password@` is a credential: neither Debug nor errors show it.
+    #[test]
+    fn debug_hides_host_credentials() {
+        let options = PushOptions::new(
+            "https://deploy:hunter2pw@posthog.internal",
+            1,
+            ApiKey::new("phx_personal_1234"),
+        )
+        .unwrap();
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_hides_host_credentials() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let options = PushOptions::new(
+            &format!("http://deploy:hunter2pw@{address}"),
+            1,
+            ApiKey::new("phx_personal_1234"),
+        )
+        .unwrap();
+        let error = PlanPush::new(options)
+            .event_definitions()
+            .await
+            .unwrap_err();
+        let shown = format!("{error}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+    }
+
+    /// the key echoed in an error's `detail` is redacted before it is cut to 300
+    /// chars (as transport.rs does), or a prefix of it survives.
+    #[tokio::test]
+    async fn an_echoed_key_is_redacted_before_the_detail_is_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let key = "phx_abcdefghijklmnopqrstuvwxyz0123456789";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let detail = format!("{}{key}", "x".repeat(280));
+        let body = serde_json::json!({ "detail": detail }).to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let _ = socket.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+        });
+        let options = PushOptions::new(&format!("http://{address}"), 1, ApiKey::new(key)).unwrap();
+        let error = PlanPush::new(options)
+            .event_definitions()
+            .await
+            .unwrap_err();
+        let shown = format!("{error}");
+        assert!(!shown.contains("phx_abcdefghij"), "{shown}");
+    }
 
     #[test]
     fn ingestion_hosts_map_to_app_hosts() {
