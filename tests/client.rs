@@ -349,3 +349,42 @@ async fn a_disabled_tracker_leaves_the_outbox_alone() {
         "nothing was printed away or deleted"
     );
 }
+
+/// `capture` returns the uuid of the event as sent, also when `before_send` set it
+/// (posthog-python re-reads it after the hook "so the returned uuid always matches the wire
+/// event"); it returned the uuid from before the hook. A uuid the hook removes is put back, so
+/// that retries stay deduplicated.
+#[tokio::test]
+async fn capture_returns_the_uuid_before_send_gave() {
+    const FIXED: &str = "0190a1b2-0000-7000-8000-00000000abcd";
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder.before_send(|mut event| {
+            if event["event"] == "signup" {
+                event["uuid"] = json!(FIXED);
+            } else if let Some(event) = event.as_object_mut() {
+                event.remove("uuid");
+            }
+            Some(event)
+        })
+    })
+    .await;
+    let returned = tracker
+        .capture(Event::new("signup").distinct_id("u1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = tracker
+        .capture(Event::new("login").distinct_id("u1"))
+        .await
+        .unwrap()
+        .unwrap();
+    tracker.flush().await.unwrap();
+    let events = mock.events();
+    assert_eq!(events[0].uuid.to_string(), FIXED);
+    assert_eq!(
+        returned.to_string(),
+        FIXED,
+        "returned uuid is not the one sent"
+    );
+    assert_eq!(events[1].uuid, kept, "a removed uuid is put back");
+}

@@ -227,3 +227,26 @@ async fn mariadb() {
         scenario(isolated_mysql(&url, "signup_http").await).await;
     }
 }
+
+/// a hostile 300-byte X-POSTHOG-DISTINCT-ID (well within hyper's header limits) must
+/// not make the signup fail: analytics must not break a request.
+#[tokio::test]
+async fn long_distinct_id_header_does_not_break_signup() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = isolated_postgres(&url, "signup_long_header").await;
+    let mock = MockPostHog::start().await;
+    let base = serve(pool, tracker_for(&mock).build()).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/signup"))
+        .header("X-POSTHOG-DISTINCT-ID", "a".repeat(300))
+        .header("content-type", "application/json")
+        .body(json!({"email": "eve@example.com", "company": "Evil"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status} {text}");
+}

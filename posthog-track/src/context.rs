@@ -12,6 +12,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+/// The longest distinct id or session id [`TrackingContext::from_headers`] keeps, in
+/// characters (as posthog-python's integrations cut them).
+pub const MAX_HEADER_ID_CHARS: usize = 1000;
+
 /// The header posthog-js puts the browser's distinct id in.
 pub const DISTINCT_ID_HEADER: &str = "x-posthog-distinct-id";
 /// The header posthog-js puts the session id in.
@@ -52,15 +56,23 @@ impl TrackingContext {
     }
 
     /// The context posthog-js's headers describe. Missing, empty or non-UTF-8 headers are
-    /// left out; nothing here fails, since analytics must not break a request.
+    /// left out; nothing here fails, since analytics must not break a request. The values come
+    /// from whoever sent the request, so they are cleaned as PostHog's own SDKs clean them:
+    /// control characters removed, surrounding whitespace trimmed, and cut to
+    /// [`MAX_HEADER_ID_CHARS`] characters (a megabyte-long session id would otherwise make
+    /// every event of the request too large to stage, and the write fail).
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::trim)
-                .filter(|value| !value.is_empty())
-                .map(str::to_owned)
+            let value = headers.get(name)?.to_str().ok()?;
+            let cleaned: String = value
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .chars()
+                .take(MAX_HEADER_ID_CHARS)
+                .collect();
+            (!cleaned.is_empty()).then_some(cleaned)
         };
         TrackingContext {
             distinct_id: header(DISTINCT_ID_HEADER),

@@ -239,10 +239,11 @@ impl Dispatch {
         events
             .into_iter()
             .filter_map(|mut event| {
-                let Some(json) = hook(event.json()) else {
+                let Some(mut json) = hook(event.json()) else {
                     self.stats.filtered();
                     return None;
                 };
+                adopt_hook_identity(&mut event, &mut json);
                 event.payload = json.to_string();
                 Some(event)
             })
@@ -600,5 +601,31 @@ impl Outcome {
             });
         }
         Ok(())
+    }
+}
+
+/// What a `before_send` hook made of the event's identity becomes the staged event's, so that
+/// `capture` returns, and the outbox's columns show, what is sent (a hook that pseudonymises
+/// the distinct id leaves no raw id in the outbox). A uuid the hook removed or spoiled is put
+/// back: retries must resend the same uuid for PostHog to deduplicate them.
+fn adopt_hook_identity(event: &mut StagedEvent, json: &mut serde_json::Value) {
+    let text = |key: &str| json.get(key).and_then(serde_json::Value::as_str);
+    match text("uuid").and_then(|uuid| uuid::Uuid::parse_str(uuid).ok()) {
+        Some(uuid) => event.uuid = uuid,
+        None => {
+            if let Some(object) = json.as_object_mut() {
+                object.insert("uuid".to_owned(), event.uuid.to_string().into());
+            }
+        }
+    }
+    let text = |key: &str| json.get(key).and_then(serde_json::Value::as_str);
+    if let Some(name) = text("event") {
+        event.event = std::borrow::Cow::Owned(name.to_owned());
+    }
+    if let Some(distinct_id) = text("distinct_id") {
+        event.distinct_id = distinct_id.to_owned();
+    }
+    if let Some(timestamp) = text("timestamp") {
+        event.timestamp = timestamp.to_owned();
     }
 }

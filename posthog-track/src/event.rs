@@ -82,6 +82,12 @@ pub struct EventWriter {
     /// Properties whose values the database fills in: written as [`splice_marker`]s for SQL to
     /// replace (see `model::fold`).
     splice: &'static [(&'static str, usize)],
+    /// Whether an absent person value clears the property (`$unset`): on an update, the
+    /// person loses what the row no longer has. An insert leaves it out instead, so that it
+    /// does not erase what the visitor's person got before the row existed.
+    unset_absent: bool,
+    /// The person properties to `$unset`.
+    unset: Vec<&'static str>,
 }
 
 /// Stands for the value of column `index` in an event rendered before its row is inserted.
@@ -149,6 +155,8 @@ impl EventWriter {
             first_in_section: false,
             options: None,
             splice: &[],
+            unset_absent: false,
+            unset: Vec::new(),
         }
     }
 
@@ -171,9 +179,10 @@ impl EventWriter {
     }
 
     /// Writes a person property to `section` (`$set` or `$set_once`). An absent value (`None`,
-    /// or anything serialised as `null`) is left out rather than set to null, as posthog-js
-    /// and posthog-python do: the writer is left as it was, so a `$set` with nothing in it is
-    /// not written at all.
+    /// or anything serialised as `null`) is never set to null: it is left out, or, for `$set`
+    /// on an update ([`unset_absent`](EventWriter::unset_absent)), sent in `$unset`, so that a
+    /// column cleared to NULL clears the person's property. A `$set` with nothing in it is not
+    /// written at all.
     pub fn person<T: Serialize + ?Sized>(
         &mut self,
         section: Section,
@@ -190,8 +199,17 @@ impl EventWriter {
             self.buf.truncate(start);
             self.section = previous_section;
             self.first_in_section = previous_first;
+            if self.unset_absent && section == Section::Set && !self.unset.contains(&name) {
+                self.unset.push(name);
+            }
         }
         Ok(())
+    }
+
+    /// Sends the absent `$set` person values written from now on as `$unset` (an update's
+    /// events: see [`person`](EventWriter::person)).
+    pub(crate) fn unset_absent(&mut self) {
+        self.unset_absent = true;
     }
 
     /// Writes a property whose key is only known at run time (untyped events).
@@ -256,6 +274,16 @@ impl EventWriter {
     fn finish(mut self) -> String {
         if self.section != Section::Properties {
             self.buf.push(b'}');
+        }
+        if !self.unset.is_empty() {
+            self.buf.extend_from_slice(b",\"$unset\":[");
+            for (n, name) in self.unset.iter().enumerate() {
+                if n > 0 {
+                    self.buf.push(b',');
+                }
+                write_json_str(&mut self.buf, name);
+            }
+            self.buf.push(b']');
         }
         self.buf.push(b'}');
         if let Some(options) = &self.options {
@@ -720,12 +748,25 @@ mod tests {
         assert_eq!(event.payload, expected);
     }
 
-    /// Typed writers skip an absent person property and leave no empty `$set` behind.
+    /// Typed writers leave an absent person property out (an insert) or send it as `$unset`
+    /// from `$set` (an update), and leave no empty `$set` behind.
     #[test]
     fn absent_person_properties_leave_no_section() {
         let mut events = Vec::new();
         let mut stager = Stager::new(&mut events, "d1".to_owned());
         let mut writer = stager.event("e");
+        writer
+            .person(Section::Set, "b", "\"b\":", &None::<u8>)
+            .unwrap();
+        stager.push(writer).unwrap();
+        let inserted = &events[0].payload;
+        assert!(
+            !inserted.contains("$set") && !inserted.contains("$unset"),
+            "{inserted}"
+        );
+        let mut stager = Stager::new(&mut events, "d1".to_owned());
+        let mut writer = stager.event("e");
+        writer.unset_absent();
         writer.property("a", "\"a\":", &1).unwrap();
         writer
             .person(Section::Set, "b", "\"b\":", &None::<u8>)
@@ -733,11 +774,16 @@ mod tests {
         writer
             .person(Section::SetOnce, "c", "\"c\":", &"x")
             .unwrap();
+        writer
+            .person(Section::SetOnce, "d", "\"d\":", &None::<u8>)
+            .unwrap();
         stager.push(writer).unwrap();
-        let payload = &events[0].payload;
+        let payload = &events[1].payload;
         assert!(
-            payload.ends_with(",\"a\":1,\"$set_once\":{\"c\":\"x\"}}}"),
+            payload.ends_with(",\"a\":1,\"$set_once\":{\"c\":\"x\"},\"$unset\":[\"b\"]}}"),
             "{payload}"
         );
+        let json: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(json["properties"]["$unset"], serde_json::json!(["b"]));
     }
 }

@@ -96,7 +96,7 @@ pub use backend::{Backend, Dialect};
 pub use backfill::{Backfill, BackfillPool, BackfillProgress, BackfillReport};
 pub use client::{Backoff, DeliveryCounts, DeliveryStats};
 pub use config::{ApiKey, CaptureMode, Compression, Config, EU_HOST, US_HOST};
-pub use context::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, TrackingContext};
+pub use context::{DISTINCT_ID_HEADER, MAX_HEADER_ID_CHARS, SESSION_ID_HEADER, TrackingContext};
 pub use dispatch::{BeforeSend, Delivery, ShutdownReport};
 pub use error::{Error, Result};
 pub use event::{Event, EventOptions, LIB_NAME, LIB_VERSION, StagedEvent, ToDistinctId};

@@ -239,6 +239,7 @@ impl Tracker {
         let distinct_id = event
             .distinct_id
             .clone()
+            .filter(|id| !id.is_empty())
             .ok_or(Error::MissingDistinctId { event: name })?;
         let mut staged = Vec::with_capacity(1);
         event.write(&mut Stager::new(&mut staged, distinct_id))?;

@@ -265,9 +265,18 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         event: std::borrow::Cow<'static, str>,
         extra: Vec<Stamp>,
     ) -> Result<Stager<'_>> {
+        // An empty id is no id (PostHog refuses it): the next source decides, as in
+        // PostHog's SDKs, and with none the write fails rather than stage an undeliverable
+        // event.
         let distinct_id = own
-            .or_else(|| self.distinct_id.clone())
-            .or_else(|| self.context.distinct_id().map(str::to_owned))
+            .filter(|id| !id.is_empty())
+            .or_else(|| self.distinct_id.clone().filter(|id| !id.is_empty()))
+            .or_else(|| {
+                self.context
+                    .distinct_id()
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+            })
             .ok_or(Error::MissingDistinctId { event })?;
         let mut stamps = self.context_stamps.clone();
         stamps.extend(self.flag_stamps.iter().cloned());

@@ -23,7 +23,7 @@ pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
         let mut stager = tx.stager_with(model.distinct_id(), M::INSERT_EVENT, stamps)?;
         stage_insert_event(model, &mut stager)?;
         if M::__IDENTIFY {
-            stage_identify(model, anonymous_id, &mut stager, None)?;
+            stage_identify(model, anonymous_id, &mut stager, Written::Inserted)?;
         }
         stage_group_identify(model, &mut stager, None)
     })
@@ -40,10 +40,11 @@ pub(super) fn stage_updated<M: TrackedModel, DB: Backend>(
     tx.stage_all(|tx| {
         let mut stager = tx.stager_with(model.distinct_id(), M::UPDATE_EVENT, stamps)?;
         let mut writer = stager.event(M::UPDATE_EVENT);
+        writer.unset_absent();
         model.__write_properties(&mut writer)?;
         stager.push(writer)?;
         if M::__IDENTIFY && !M::__PERSON.is_empty() {
-            stage_identify(model, None, &mut stager, None)?;
+            stage_identify(model, None, &mut stager, Written::Whole)?;
         }
         stage_group_identify(model, &mut stager, None)
     })
@@ -67,16 +68,30 @@ pub(crate) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) ->
     stamps
 }
 
+/// What a write did to the row, for its `$identify`.
+pub(super) enum Written {
+    /// Inserted: every person property; an absent one is left out.
+    Inserted,
+    /// Updated whole: every person property; an absent one is `$unset`.
+    Whole,
+    /// Updated in these columns: their person properties; an absent one is `$unset`.
+    Changed(ChangeMask),
+}
+
 /// `$identify` for an `identify` model: its person properties in `$set` / `$set_once` (only
-/// the `changed` ones on an update), and `$anon_distinct_id` when the request's anonymous
-/// visitor is someone else, which merges that visitor into the person.
+/// the changed ones on a partial update; on an update, those the row no longer has in
+/// `$unset`), and `$anon_distinct_id` when the request's anonymous visitor is someone else,
+/// which merges that visitor into the person.
 pub(super) fn stage_identify<M: TrackedModel>(
     model: &M,
     anonymous_id: Option<String>,
     stager: &mut Stager<'_>,
-    changed: Option<ChangeMask>,
+    written: Written,
 ) -> Result<()> {
     let mut writer = stager.event("$identify");
+    if !matches!(written, Written::Inserted) {
+        writer.unset_absent();
+    }
     if let Some(anonymous_id) = anonymous_id.filter(|id| id != stager.distinct_id()) {
         writer.dynamic_property(
             Section::Properties,
@@ -84,9 +99,11 @@ pub(super) fn stage_identify<M: TrackedModel>(
             &anonymous_id.into(),
         )?;
     }
-    match changed {
-        Some(changed) => model.__write_changed_person_properties(changed, &mut writer)?,
-        None => model.__write_person_properties(&mut writer)?,
+    match written {
+        Written::Changed(changed) => {
+            model.__write_changed_person_properties(changed, &mut writer)?;
+        }
+        Written::Inserted | Written::Whole => model.__write_person_properties(&mut writer)?,
     }
     stager.push(writer)
 }

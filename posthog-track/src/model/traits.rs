@@ -9,7 +9,7 @@ use super::bulk::{check_insertable, insert_all};
 use super::codegen::{ChangeMask, SqlSet};
 use super::fold;
 use super::route::route;
-use super::stage::{stage_group_identify, stage_identify, stage_updated, with_groups};
+use super::stage::{Written, stage_group_identify, stage_identify, stage_updated, with_groups};
 use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
@@ -353,6 +353,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                 let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
                 if !tracked.is_empty() {
                     let mut writer = stager.event(Self::UPDATE_EVENT);
+                    writer.unset_absent();
                     self.__write_key_properties(&mut writer)?;
                     self.__write_changed_properties(tracked, &mut writer)?;
                     stager.push(writer)?;
@@ -360,7 +361,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                 }
                 let person = changed.intersection(Self::__PERSON);
                 if Self::__IDENTIFY && !person.is_empty() {
-                    stage_identify(self, None, &mut stager, Some(person))?;
+                    stage_identify(self, None, &mut stager, Written::Changed(person))?;
                 }
                 self.__stage_milestones(before, changed, &mut stager)
             })?;

@@ -260,7 +260,7 @@ impl TrackingPlan {
             self.events.push(event("$identify", "identify", properties));
         }
         if model.identify || model.fields.iter().any(|f| f.person.is_some()) {
-            // A backfill's person update: the person properties of one row, `None` left out.
+            // A backfill's person update: the person properties of one row (`None` as `$unset`).
             let properties = every(&|_| false, &|f| f.person.is_some());
             self.events.push(event("$set", "backfill", properties));
         }
