@@ -802,9 +802,33 @@ impl Plan {
             description.push_str(" dated by ");
             description.push_str(fields[index].column);
         }
+        // The checkpoint belongs to this model as it is: its fields, columns, properties and
+        // person properties, besides what the run sends. Another model on the same table, or
+        // this one with a property added (the drift guard's case), starts a run of its own
+        // instead of finding the other's complete.
+        let signature: String = fields
+            .iter()
+            .map(|field| {
+                format!(
+                    "{}:{}:{}:{:?}:{}\n",
+                    field.field,
+                    field.column,
+                    field.property.unwrap_or_default(),
+                    field.person,
+                    field.key
+                )
+            })
+            .collect();
         let digest = {
             use sha1::Digest as _;
-            let hash = sha1::Sha1::digest(format!("{}\n{description}", M::TABLE).as_bytes());
+            let hash = sha1::Sha1::digest(
+                format!(
+                    "{}\n{description}\n{}\n{signature}",
+                    M::TABLE,
+                    M::INSERT_EVENT
+                )
+                .as_bytes(),
+            );
             hash.iter()
                 .take(8)
                 .map(|byte| format!("{byte:02x}"))
@@ -1033,15 +1057,39 @@ fn settle_uuid(table: &str, key: &str, event: &mut StagedEvent, historical: bool
     if historical {
         name.extend_from_slice(event.timestamp.as_bytes());
         name.push(0);
+        // The insert event's properties are written as the model's fields serialise, and a
+        // `HashMap` serialises in an order of its own each time: hash them in canonical form
+        // (keys sorted at every level). A person update's properties already are (see
+        // `row_properties`).
+        if let Some(properties) = canonical_properties(&event.payload) {
+            name.extend_from_slice(properties.as_bytes());
+            return set_uuid(event, &name);
+        }
     }
     name.extend_from_slice(content(event).as_bytes());
-    let uuid = Uuid::new_v5(&NAMESPACE, &name);
+    set_uuid(event, &name);
+}
+
+/// Gives `event` the UUIDv5 of `name`.
+fn set_uuid(event: &mut StagedEvent, name: &[u8]) {
+    let uuid = Uuid::new_v5(&NAMESPACE, name);
     let text = uuid.hyphenated().to_string();
     // Every payload starts with `{"uuid":"<36 characters>"`.
     if event.payload.get(9..45).is_some() && event.payload.starts_with("{\"uuid\":\"") {
         event.payload.replace_range(9..45, &text);
         event.uuid = uuid;
     }
+}
+
+/// The payload's properties without `$lib` and `$lib_version` (the same for every event of a
+/// version, and a library upgrade must not change a uuid), as JSON with its keys sorted at
+/// every level (serde_json's maps are ordered), floats exactly as written.
+fn canonical_properties(payload: &str) -> Option<String> {
+    let mut event: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let properties = event.get_mut("properties")?.as_object_mut()?;
+    properties.remove("$lib");
+    properties.remove("$lib_version");
+    Some(serde_json::Value::Object(std::mem::take(properties)).to_string())
 }
 
 #[cfg(test)]
