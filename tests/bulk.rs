@@ -686,3 +686,60 @@ where
     tx.rollback().await.unwrap();
 }
 on_every_backend!(insert_all_fills_context_and_stages_all_or_nothing);
+
+/// A time series keyed by device and instant.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_samples", distinct_id = device)]
+struct Sample {
+    #[tracked(key, property)]
+    device: String,
+    #[tracked(key, property)]
+    at: DateTime<Utc>,
+    #[tracked(property)]
+    value: i64,
+}
+
+/// `insert_all` returns what `insert` returns for rows whose key the database keeps at its own
+/// precision (a timestamp with nanoseconds: PostgreSQL and MariaDB keep microseconds); it
+/// failed with RowNotFound, matching the stored rows to the given ones by key.
+async fn insert_all_keys_stored_at_the_database_precision<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Sample: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let ts = match DB::DIALECT {
+        Dialect::Postgres => "TIMESTAMPTZ",
+        Dialect::MySql => "DATETIME(6)",
+        Dialect::Sqlite => "TEXT",
+    };
+    posthog_track_tests::execute(
+        pool,
+        format!(
+            "CREATE TABLE bk_samples (device VARCHAR(50) NOT NULL, at {ts} NOT NULL, \
+             value BIGINT NOT NULL, PRIMARY KEY (device, at))"
+        ),
+    )
+    .await;
+    let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+    let row = |device: &str| Sample {
+        device: device.to_owned(),
+        at,
+        value: 1,
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let one = row("one").insert(&mut tx).await.unwrap();
+    let all = Sample::insert_all(&[row("all"), row("both")], &mut tx)
+        .await
+        .unwrap();
+    let stored: Vec<(&str, DateTime<Utc>)> = all
+        .iter()
+        .map(|row| (row.device.as_str(), row.at))
+        .collect();
+    assert_eq!(
+        stored,
+        [("all", one.at), ("both", one.at)],
+        "insert_all as insert"
+    );
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(insert_all_keys_stored_at_the_database_precision);

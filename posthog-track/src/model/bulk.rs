@@ -231,10 +231,15 @@ fn select_by_ids(sql: &ModelSql, ids: usize) -> String {
 
 /// `stored` in the order of `inputs`: the same order when every key matches in place (the
 /// usual case), else each input's row found by its key. Only for keys written from Rust.
+///
+/// `in_values_order` says that `stored` came back from the INSERT's `RETURNING`, in the order
+/// of its VALUES (what generated keys rely on too): then a key the database stored otherwise
+/// than given (a timestamp cut to microseconds, a `CHAR(n)` padded) matches by position.
 fn in_input_order<M: TrackedModel>(
     inputs: &[&M],
     mut stored: Vec<M>,
     table: &'static str,
+    in_values_order: bool,
 ) -> Result<Vec<M>> {
     let in_place = stored.len() == inputs.len()
         && inputs
@@ -242,6 +247,12 @@ fn in_input_order<M: TrackedModel>(
             .zip(&stored)
             .all(|(input, row)| input.__same_key(row));
     if in_place {
+        return Ok(stored);
+    }
+    let every_key_found = inputs
+        .iter()
+        .all(|input| stored.iter().any(|row| input.__same_key(row)));
+    if !every_key_found && in_values_order && stored.len() == inputs.len() {
         return Ok(stored);
     }
     let mut ordered = Vec::with_capacity(inputs.len());
@@ -305,7 +316,7 @@ where
                 }
                 Ok(stored)
             } else {
-                in_input_order(rows, stored, table)
+                in_input_order(rows, stored, table, true)
             }
         }
         ReadBack::ByKeys => {
@@ -318,7 +329,7 @@ where
                 query = row.__bind_key(query);
             }
             let stored = decode(DB::fetch_all(connection, query).await?)?;
-            in_input_order(rows, stored, table)
+            in_input_order(rows, stored, table, false)
         }
         ReadBack::ByIdRange { increment } => {
             let statement = multi_row_insert(sql, DB::DIALECT, rows.len(), false);
