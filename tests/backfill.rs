@@ -1126,3 +1126,51 @@ where
     );
 }
 on_every_backend!(person_floats_are_sent_exactly);
+
+/// A reading keyed by its timestamp.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_readings", distinct_id = sensor)]
+struct Reading {
+    #[tracked(key, property)]
+    at: DateTime<Utc>,
+    #[tracked(property)]
+    sensor: String,
+    #[tracked(person)]
+    value: i64,
+}
+
+/// A timestamp key stored as text in another format than sqlx binds (SQLite's own
+/// `strftime('%Y-%m-%dT%H:%M:%fZ')`, JavaScript's `toISOString()`): SQLite compares the text,
+/// so each page's last row sorted after its own checkpoint and was read again, for ever (20
+/// rows read and staged from 3 before `max_rows` stopped it). The run now stops at once and
+/// says why; PostgreSQL and MariaDB compare timestamps and read each row once.
+async fn a_key_stored_unlike_its_binding_stops_the_backfill<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) where
+    Pool<DB>: BackfillPool<Reading>,
+{
+    let at = |second: u32| match DB::DIALECT {
+        Dialect::Sqlite => format!("'2024-01-01T00:00:0{second}.000Z'"),
+        Dialect::Postgres => format!("'2024-01-01T00:00:0{second}Z'"),
+        Dialect::MySql => format!("'2024-01-01 00:00:0{second}'"),
+    };
+    let columns = format!(
+        "at {} PRIMARY KEY, sensor VARCHAR(50) NOT NULL, value BIGINT NOT NULL",
+        timestamp_type(DB::DIALECT)
+    );
+    let rows = (1..=3).map(|second| format!("({}, 's{second}', {second})", at(second)));
+    let (_mock, tracker) = seeded(pool, "bf_readings", &columns, rows).await;
+    let backfill = tracker.backfill::<Reading>(pool).page_size(2).max_rows(20);
+    if DB::DIALECT == Dialect::Sqlite {
+        let error = run_err(backfill).await;
+        assert!(
+            matches!(&error, Error::Unsupported { reason, .. } if reason.contains("compares text")),
+            "{error}"
+        );
+    } else {
+        let report = run_ok(backfill).await;
+        assert_eq!((report.rows, report.complete), (3, true), "{report}");
+    }
+}
+on_every_backend!(a_key_stored_unlike_its_binding_stops_the_backfill);

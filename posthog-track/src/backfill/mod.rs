@@ -379,6 +379,13 @@ where
 }
 
 /// [`Backfill::run`] on one backend.
+/// Why a backfill stops when a page would start with the key the last one ended with.
+const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key as bound \
+    (SQLite compares text byte by byte: a timestamp stored as '2024-01-01T00:00:02.000Z' sorts \
+    after the '2024-01-01T00:00:02+00:00' sqlx binds for it), so each page would read its last \
+    row again; store the key column as sqlx writes it (or as a number), or backfill through a \
+    model keyed by another unique column";
+
 async fn run<M, DB>(
     tracker: Tracker,
     pool: &Pool<DB>,
@@ -524,6 +531,18 @@ where
             report.complete = true;
             break;
         };
+        // A page starts after the last key read. Its first row being that key again means the
+        // database does not order the stored keys as it compares them with the bound ones
+        // (SQLite compares text byte by byte): the run would read that row for ever.
+        if let (Some(previous), Some(first)) = (&last_key, rows.first())
+            && key_json(&M::__key_from_row(first)?)? == key_json(previous)?
+        {
+            return Err(Error::Unsupported {
+                operation: format!("backfill of `{}`", M::TABLE),
+                backend: DB::DIALECT.name(),
+                reason: KEY_NOT_ORDERED,
+            });
+        }
         let page_key = M::__key_from_row(last_row)?;
         let page_key_json = key_json(&page_key)?;
 
