@@ -815,3 +815,58 @@ async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(pool: &Pool
     tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
     assert_exactly_delivered(&mock, &tag, &committed);
 }
+
+// A relay whose clock is off: PostHog corrects every event's timestamp by the request's
+// `sent_at`, so a relay stamping it from its own clock, off by hours, shifted every event it
+// sent by as much. It now times requests by the database's clock (which leases use already).
+// The test moves the other clock: MariaDB's `SET timestamp` puts the sessions' NOW() three
+// hours ahead of this process's clock.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_times_its_requests_by_the_database_clock() {
+    use std::str::FromStr;
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let isolated = posthog_track_tests::isolated_mysql(&url, "relay_clock").await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&isolated)
+        .await
+        .unwrap();
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+        .unwrap()
+        .database(&database);
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("SET timestamp = UNIX_TIMESTAMP() + 3 * 3600")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("relay-clock");
+    let committed = commit_events(&tracker, &pool, &tag, "timed", 3, 3).await;
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    assert_exactly_delivered(&mock, &tag, &committed);
+    let database_now = chrono::Utc::now() + chrono::Duration::hours(3);
+    let requests = mock.requests();
+    assert!(!requests.is_empty());
+    for request in requests {
+        let sent_at = request.body["sent_at"].as_str().unwrap_or_default();
+        let sent_at = chrono::DateTime::parse_from_rfc3339(sent_at).unwrap();
+        let off = (sent_at.with_timezone(&chrono::Utc) - database_now)
+            .num_seconds()
+            .abs();
+        assert!(
+            off < 300,
+            "sent_at {sent_at} is not on the database's clock"
+        );
+    }
+}

@@ -82,6 +82,15 @@ impl Group {
             request: RequestMeta::at_attempt(attempt),
         }
     }
+
+    /// `members` as a new request at `attempt`, its times on this process's clock plus
+    /// `clock_offset` (see [`RequestMeta::clock_offset`]).
+    pub fn on_clock(members: Vec<usize>, attempt: u32, clock_offset: chrono::Duration) -> Self {
+        Group {
+            members,
+            request: RequestMeta::on_clock(attempt, clock_offset),
+        }
+    }
 }
 
 /// What became of each payload, and the request each was last sent in (`None`: not sent).
@@ -155,7 +164,7 @@ pub async fn deliver(
                 };
                 part.send(&sendable[start..end], meta, &mut fates, &mut sent_in)
                     .await;
-                meta = RequestMeta::at_attempt(request.attempt);
+                meta = request.part(request.attempt);
                 start = end;
             }
         }
@@ -288,8 +297,7 @@ impl<'a> Part<'a> {
                 _ if splits && indices.len() > 1 => {
                     let (left, right) = indices.split_at(indices.len() / 2);
                     let attempt = meta.attempt;
-                    self.send(left, RequestMeta::at_attempt(attempt), fates, sent_in)
-                        .await;
+                    self.send(left, meta.part(attempt), fates, sent_in).await;
                     if let Some(Fate::Paused { .. }) = left.first().map(|&i| &fates[i]) {
                         // The set-up broke half-way: the other half waits too.
                         let paused = fates[left[0]].clone();
@@ -298,8 +306,7 @@ impl<'a> Part<'a> {
                         }
                         return;
                     }
-                    self.send(right, RequestMeta::at_attempt(attempt), fates, sent_in)
-                        .await;
+                    self.send(right, meta.part(attempt), fates, sent_in).await;
                     return;
                 }
                 Outcome::TooLarge => Fate::Dead {

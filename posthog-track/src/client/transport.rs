@@ -125,7 +125,7 @@ impl Transport {
         historical_migration: bool,
         meta: &RequestMeta,
     ) -> Outcome {
-        let now = format_timestamp(chrono::Utc::now());
+        let now = format_timestamp(meta.now());
         let body = match self.mode {
             CaptureMode::V0 => {
                 wire::batch_body(self.api_key.expose(), payloads, historical_migration, &now)

@@ -19,17 +19,39 @@ pub struct RequestMeta {
     pub attempt: u32,
     /// The body's `created_at`: when the batch was made, kept across retries.
     pub created_at: String,
+    /// Added to this process's clock for the request's times (`created_at`, v0's `sent_at`):
+    /// zero, or, for the relay, the database's clock minus this one, so that a relay whose
+    /// clock is off does not shift the events (PostHog corrects each event's timestamp by the
+    /// request's send time).
+    pub clock_offset: chrono::Duration,
 }
 
 impl RequestMeta {
     /// A new request whose events were already sent `attempt - 1` times (by the relay, in
     /// other requests).
     pub fn at_attempt(attempt: u32) -> Self {
+        Self::on_clock(attempt, chrono::Duration::zero())
+    }
+
+    /// [`at_attempt`](RequestMeta::at_attempt), its times on this process's clock plus
+    /// `clock_offset`.
+    pub fn on_clock(attempt: u32, clock_offset: chrono::Duration) -> Self {
         RequestMeta {
             id: Uuid::new_v4(),
             attempt: attempt.max(1),
-            created_at: format_timestamp(chrono::Utc::now()),
+            created_at: format_timestamp(chrono::Utc::now() + clock_offset),
+            clock_offset,
         }
+    }
+
+    /// A new request for part of this one's events (a split), on the same clock.
+    pub fn part(&self, attempt: u32) -> Self {
+        Self::on_clock(attempt, self.clock_offset)
+    }
+
+    /// Now, on this request's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.clock_offset
     }
 
     /// The same request, sent once more.

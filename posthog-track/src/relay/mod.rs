@@ -186,6 +186,9 @@ pub struct Relay<DB: Backend> {
     /// When this relay last saw PostHog accept events (`None`: not yet, or it has failed
     /// since in a way only an outage explains); see `judge`.
     accepted_at: std::sync::Mutex<Option<Instant>>,
+    /// The database's clock minus this process's, and when it was measured: see
+    /// `clock_offset`.
+    clock: std::sync::Mutex<Option<(Instant, chrono::Duration)>>,
     /// A [`RelayState`] as `u8`, kept by `run`.
     state: std::sync::atomic::AtomicU8,
 }
@@ -212,6 +215,7 @@ impl<DB: Backend> Relay<DB> {
             failed_rounds: AtomicU32::new(0),
             abandon_at: std::sync::Mutex::new(None),
             accepted_at: std::sync::Mutex::new(None),
+            clock: std::sync::Mutex::new(None),
             state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
         }
     }
@@ -300,7 +304,9 @@ impl<DB: Backend> Relay<DB> {
             }
         }
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
-        // Each request's `PostHog-Attempt` is the most sends any of its events has had.
+        // Each request's `PostHog-Attempt` is the most sends any of its events has had; its
+        // send time is on the database's clock.
+        let clock_offset = self.clock_offset().await;
         let requests: Vec<deliver::Group> = groups
             .iter()
             .map(|members| {
@@ -309,7 +315,7 @@ impl<DB: Backend> Relay<DB> {
                     .map(|&i| u32::try_from(rows[i].attempts).unwrap_or(u32::MAX))
                     .max()
                     .unwrap_or(1);
-                deliver::Group::new(members.clone(), attempt)
+                deliver::Group::on_clock(members.clone(), attempt, clock_offset)
             })
             .collect();
         let historical: Vec<bool> = rows
@@ -579,6 +585,61 @@ impl<DB: Backend> Relay<DB> {
         accepted_at.is_some_and(|at| at.elapsed() < HEALTH_WINDOW)
     }
 
+    /// The database's clock minus this process's, measured again every [`CLOCK_EVERY`]. The
+    /// relay's requests carry their send time (`sent_at`, v1's `created_at`), from which
+    /// PostHog corrects every event's timestamp as if the sender's clock were off: events
+    /// stamped by the application's hosts, sent by a relay whose clock is off by an hour,
+    /// would be stored an hour off. On the database's clock, which leases already use, the
+    /// relay's own clock no longer matters. A failed measurement keeps the last one.
+    async fn clock_offset(&self) -> chrono::Duration {
+        let last = *crate::sync::lock(&self.clock);
+        if let Some((at, offset)) = last
+            && at.elapsed() < CLOCK_EVERY
+        {
+            return offset;
+        }
+        let last = last.map_or(chrono::Duration::zero(), |(_, offset)| offset);
+        match self.measure_clock().await {
+            Ok(offset) => {
+                if offset.num_seconds().abs() >= CLOCK_WARNING.as_secs() as i64
+                    && (last - offset).num_seconds().abs() >= 1
+                {
+                    tracing::warn!(
+                        offset_ms = offset.num_milliseconds(),
+                        "this host's clock is {} s {} the database's; the relay times its \
+                         requests by the database's clock, so events are not shifted, but \
+                         check the host's time synchronisation (NTP)",
+                        offset.num_seconds().abs(),
+                        if offset > chrono::Duration::zero() {
+                            "behind"
+                        } else {
+                            "ahead of"
+                        }
+                    );
+                }
+                *crate::sync::lock(&self.clock) = Some((Instant::now(), offset));
+                offset
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not read the database's clock; keeping the last offset");
+                last
+            }
+        }
+    }
+
+    async fn measure_clock(&self) -> Result<chrono::Duration> {
+        let mut conn = self.pool.acquire().await?;
+        let sql = format!("SELECT {}", DB::DIALECT.now_millis_sql());
+        let sent = chrono::Utc::now();
+        let row = DB::fetch_one(&mut conn, sqlx::query(sqlx::AssertSqlSafe(sql))).await?;
+        let received = chrono::Utc::now();
+        // The database read its clock about half-way through the round trip.
+        let local = sent + (received - sent) / 2;
+        Ok(chrono::Duration::milliseconds(
+            DB::int(&row, 0)?.saturating_sub(local.timestamp_millis()),
+        ))
+    }
+
     /// Updates the pause state after a round; returns how long a paused relay waits.
     fn track_pause(&self, pass: &Pass) -> Duration {
         match &pass.paused {
@@ -802,6 +863,11 @@ fn fates_summary(
 }
 
 /// Backoff of a paused relay: a probe after a second, growing to one a minute.
+/// How often the relay measures the database's clock against its own (`clock_offset`).
+const CLOCK_EVERY: Duration = Duration::from_secs(60);
+/// A difference between the clocks from which the relay warns.
+const CLOCK_WARNING: Duration = Duration::from_secs(60);
+
 /// How long PostHog's accepting events stays evidence that a lone event failing again is
 /// the event's fault. Past it, with nothing accepted since, the relay cannot tell an outage
 /// from a poison event and blames nothing (a poison event is then given up at `max_age`, or as
