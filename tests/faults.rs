@@ -870,3 +870,42 @@ async fn a_relay_times_its_requests_by_the_database_clock() {
         );
     }
 }
+
+// A relay whose pool has one connection, on PostgreSQL with claims held by the sending
+// transaction: the held claim keeps the connection for the round, so reading the database's
+// clock in the middle of the round waited for the pool (4 s here) while PostgreSQL ended the
+// idle held session at the lease (2 s), and the round failed with the events sent. The clock is
+// read before the claim.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_one_connection_holds_its_claims() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    drop(posthog_track_tests::isolated_postgres(&url, "relay_one_connection").await);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(4))
+        .connect(&posthog_track_tests::with_search_path(
+            &url,
+            "pt_relay_one_connection",
+        ))
+        .await
+        .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .held_claims(true)
+        .lease(Duration::from_secs(2))
+        .external_relay(true)
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("one-connection");
+    let mut committed = BTreeSet::new();
+    let relay = tracker.relay(pool.clone());
+    for _ in 0..2 {
+        committed.extend(commit_events(&tracker, &pool, &tag, "held", 5, 5).await);
+        let pass = relay.run_once().await.unwrap();
+        assert_eq!(pass.delivered, 5, "{pass:?}");
+    }
+    assert_exactly_delivered(&mock, &tag, &committed);
+}

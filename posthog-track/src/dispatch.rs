@@ -625,7 +625,12 @@ fn adopt_hook_identity(event: &mut StagedEvent, json: &mut serde_json::Value) {
     if let Some(distinct_id) = text("distinct_id") {
         event.distinct_id = distinct_id.to_owned();
     }
-    if let Some(timestamp) = text("timestamp") {
+    // The outbox's timestamp column holds an RFC 3339 time of at most 40 characters (it is
+    // a VARCHAR(40) on MySQL); anything else stays in the payload alone.
+    if let Some(timestamp) = text("timestamp")
+        .filter(|timestamp| timestamp.len() <= 40)
+        .filter(|timestamp| chrono::DateTime::parse_from_rfc3339(timestamp).is_ok())
+    {
         event.timestamp = timestamp.to_owned();
     }
 }

@@ -378,7 +378,6 @@ where
     }
 }
 
-/// [`Backfill::run`] on one backend.
 /// Why a backfill stops when a page would start with the key the last one ended with.
 const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key as bound \
     (SQLite compares text byte by byte: a timestamp stored as '2024-01-01T00:00:02.000Z' sorts \
@@ -386,6 +385,7 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
     row again; store the key column as sqlx writes it (or as a number), or backfill through a \
     model keyed by another unique column";
 
+/// [`Backfill::run`] on one backend.
 async fn run<M, DB>(
     tracker: Tracker,
     pool: &Pool<DB>,
@@ -1077,10 +1077,11 @@ fn settle_uuid(table: &str, key: &str, event: &mut StagedEvent, historical: bool
         name.extend_from_slice(event.timestamp.as_bytes());
         name.push(0);
         // The insert event's properties are written as the model's fields serialise, and a
-        // `HashMap` serialises in an order of its own each time: hash them in canonical form
-        // (keys sorted at every level). A person update's properties already are (see
-        // `row_properties`).
-        if let Some(properties) = canonical_properties(&event.payload) {
+        // `HashMap` serialises in an order of its own each time: a property holding a map is
+        // hashed in canonical form (keys sorted at every level). Flat properties are hashed as
+        // written, as before, so their uuids stay those of earlier versions' runs. A person
+        // update's properties are canonical already (see `row_properties`).
+        if let Some(properties) = canonical_nested_properties(&event.payload) {
             name.extend_from_slice(properties.as_bytes());
             return set_uuid(event, &name);
         }
@@ -1100,12 +1101,30 @@ fn set_uuid(event: &mut StagedEvent, name: &[u8]) {
     }
 }
 
-/// The payload's properties without `$lib` and `$lib_version` (the same for every event of a
-/// version, and a library upgrade must not change a uuid), as JSON with its keys sorted at
-/// every level (serde_json's maps are ordered), floats exactly as written.
-fn canonical_properties(payload: &str) -> Option<String> {
+/// When a property of the payload holds a map (at any depth): the payload's properties
+/// without `$lib` and `$lib_version` (the same for every event of a version, and a library
+/// upgrade must not change a uuid), as JSON with its keys sorted at every level (serde_json's
+/// maps are ordered), floats exactly as written. `None` for flat properties.
+fn canonical_nested_properties(payload: &str) -> Option<String> {
+    fn holds_map(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(_) => true,
+            serde_json::Value::Array(items) => items.iter().any(holds_map),
+            _ => false,
+        }
+    }
+    // The common case, no nested object at all, costs no parse.
+    if !payload
+        .find(",\"properties\":{")
+        .is_some_and(|at| payload[at + 15..].contains('{'))
+    {
+        return None;
+    }
     let mut event: serde_json::Value = serde_json::from_str(payload).ok()?;
     let properties = event.get_mut("properties")?.as_object_mut()?;
+    if !properties.values().any(holds_map) {
+        return None;
+    }
     properties.remove("$lib");
     properties.remove("$lib_version");
     Some(serde_json::Value::Object(std::mem::take(properties)).to_string())
@@ -1144,5 +1163,43 @@ mod tests {
         let mut other_key = staged("a@x");
         settle_uuid("users", "\"u2\"", &mut other_key, false);
         assert_ne!(a.uuid, other_key.uuid);
+    }
+
+    /// A historical event with flat properties keeps the uuid earlier versions gave it (the
+    /// properties hashed as written), so a rerun after an upgrade is deduplicated by PostHog;
+    /// one holding a map hashes it canonically, whatever the map's order.
+    #[test]
+    fn historical_uuids_hash_flat_properties_as_written_and_maps_canonically() {
+        /// A map serialised in the order given, as a `HashMap` serialises in an order of its
+        /// own.
+        struct InOrder(Vec<(&'static str, i64)>);
+        impl Serialize for InOrder {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
+            }
+        }
+        fn historical<T: Serialize>(
+            name: &'static str,
+            key: &'static str,
+            value: &T,
+        ) -> StagedEvent {
+            let mut events = Vec::new();
+            let mut stager = Stager::new(&mut events, "d1".to_owned());
+            let mut writer =
+                stager.event_at("signed_up".into(), "2024-01-01T00:00:00.000000Z".into());
+            writer.property(name, key, value).unwrap();
+            stager.push(writer).unwrap();
+            let mut event = events.pop().unwrap();
+            settle_uuid("users", "1", &mut event, true);
+            event
+        }
+        let flat = historical("plan", "\"plan\":", &"pro");
+        let mut name = b"users\x001\x00signed_up\x00d1\x002024-01-01T00:00:00.000000Z\x00".to_vec();
+        name.extend_from_slice(b",\"plan\":\"pro\"}}");
+        assert_eq!(flat.uuid, Uuid::new_v5(&NAMESPACE, &name));
+        let one = historical("tags", "\"tags\":", &InOrder(vec![("a", 1), ("b", 2)]));
+        let other = historical("tags", "\"tags\":", &InOrder(vec![("b", 2), ("a", 1)]));
+        assert_ne!(one.payload, other.payload);
+        assert_eq!(one.uuid, other.uuid);
     }
 }

@@ -263,6 +263,9 @@ impl<DB: Backend> Relay<DB> {
             Err(mode) => return Err(Error::CannotDeliver { mode: *mode }),
         };
         let _one_round_at_a_time = self.pass.lock().await;
+        // Before the claim: a held claim keeps its connection until it ends, and reading the
+        // clock needs one (a pool of one would wait for itself).
+        let clock_offset = self.clock_offset().await;
         let limit = i64::try_from(self.options.batch_size.max(1)).unwrap_or(500);
         let lease = self.lease_millis();
         let claim_span =
@@ -306,7 +309,6 @@ impl<DB: Backend> Relay<DB> {
         let fresh: Vec<bool> = prior.iter().map(|&failures| failures == 0).collect();
         // Each request's `PostHog-Attempt` is the most sends any of its events has had; its
         // send time is on the database's clock.
-        let clock_offset = self.clock_offset().await;
         let requests: Vec<deliver::Group> = groups
             .iter()
             .map(|members| {
@@ -622,6 +624,8 @@ impl<DB: Backend> Relay<DB> {
             }
             Err(error) => {
                 tracing::debug!(%error, "could not read the database's clock; keeping the last offset");
+                // Not again before CLOCK_EVERY: a round must not wait for a connection each time.
+                *crate::sync::lock(&self.clock) = Some((Instant::now(), last));
                 last
             }
         }
@@ -862,7 +866,6 @@ fn fates_summary(
     }
 }
 
-/// Backoff of a paused relay: a probe after a second, growing to one a minute.
 /// How often the relay measures the database's clock against its own (`clock_offset`).
 const CLOCK_EVERY: Duration = Duration::from_secs(60);
 /// A difference between the clocks from which the relay warns.
@@ -874,6 +877,7 @@ const CLOCK_WARNING: Duration = Duration::from_secs(60);
 /// soon as other events get through again).
 const HEALTH_WINDOW: Duration = Duration::from_secs(60);
 
+/// Backoff of a paused relay: a probe after a second, growing to one a minute.
 const PAUSE_BACKOFF: Backoff = Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(60),
