@@ -15,7 +15,7 @@ const MAX_BYTES: usize = 4 << 20;
 /// (its exposures are sent each time) so it cannot fill the cache.
 #[derive(Debug)]
 pub(crate) struct ExposureCache {
-    seen: HashSet<(String, String, String)>,
+    seen: HashSet<(String, String, FlagValue)>,
     capacity: usize,
     bytes: usize,
 }
@@ -31,12 +31,12 @@ impl ExposureCache {
 
     /// Whether this exposure is new (and now remembered).
     pub(crate) fn first_time(&mut self, distinct_id: &str, flag: &str, value: &FlagValue) -> bool {
-        let value = value.to_string();
-        let bytes = distinct_id.len() + flag.len() + value.len();
+        let bytes = distinct_id.len() + flag.len() + value_bytes(value);
         if distinct_id.len() > MAX_CACHED_ID_BYTES || bytes > MAX_BYTES {
             return true;
         }
-        let entry = (distinct_id.to_owned(), flag.to_owned(), value);
+        // The value itself, not its text: a variant named "true" is not the boolean `true`.
+        let entry = (distinct_id.to_owned(), flag.to_owned(), value.clone());
         if self.seen.contains(&entry) {
             return false;
         }
@@ -46,6 +46,14 @@ impl ExposureCache {
         }
         self.bytes += bytes;
         self.seen.insert(entry)
+    }
+}
+
+/// What a value adds to the cache, in bytes.
+fn value_bytes(value: &FlagValue) -> usize {
+    match value {
+        FlagValue::Enabled(_) => 1,
+        FlagValue::Variant(variant) => variant.len(),
     }
 }
 
@@ -93,6 +101,16 @@ mod tests {
         assert!(cache.seen.len() <= 2);
     }
 
+    /// The cache kept values as text, so after `true` a variant named "true" was taken as
+    /// already exposed.
+    #[test]
+    fn a_variant_named_true_is_not_the_boolean() {
+        let mut cache = ExposureCache::new(10);
+        assert!(cache.first_time("u1", "beta", &FlagValue::Enabled(true)));
+        assert!(cache.first_time("u1", "beta", &FlagValue::Variant("true".into())));
+        assert!(!cache.first_time("u1", "beta", &FlagValue::Variant("true".into())));
+    }
+
     #[test]
     fn bounded_in_bytes_and_long_ids_are_not_kept() {
         let mut cache = ExposureCache::new(50_000);
@@ -101,7 +119,7 @@ mod tests {
             cache
                 .seen
                 .iter()
-                .map(|(id, flag, value)| id.len() + flag.len() + value.len())
+                .map(|(id, flag, value)| id.len() + flag.len() + value_bytes(value))
                 .sum()
         };
         // Header-supplied ids of any length: not remembered, so never a memory sink.

@@ -14,7 +14,7 @@ pub(crate) const MAX_CACHED_ID_BYTES: usize = 512;
 pub type Properties = serde_json::Map<String, Value>;
 
 /// The value of a flag for one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FlagValue {
     /// A boolean flag (or a multivariate flag without variants): on or off.
     Enabled(bool),
