@@ -616,30 +616,15 @@ async fn requeue_racing_a_dead_letter_loses_nothing_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_racing_a_dead_letter_loses_nothing_on_mysql_read_committed() {
-    use std::str::FromStr;
     let Some(url) = database_url("MYSQL_URL") else {
         return;
     };
-    let isolated = posthog_track_tests::isolated_mysql(&url, "requeue_race_rc").await;
-    let database: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&isolated)
-        .await
-        .unwrap();
-    let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-        .unwrap()
-        .database(&database);
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .after_connect(|connection, _| {
-            Box::pin(async move {
-                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .execute(&mut *connection)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "requeue_race_rc",
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    )
+    .await;
     requeue_racing_a_dead_letter(
         &pool,
         &[
@@ -824,30 +809,15 @@ async fn an_outage_seen_by_many_relays_gives_up_nothing<DB: Backend>(pool: &Pool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_times_its_requests_by_the_database_clock() {
-    use std::str::FromStr;
     let Some(url) = database_url("MYSQL_URL") else {
         return;
     };
-    let isolated = posthog_track_tests::isolated_mysql(&url, "relay_clock").await;
-    let database: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&isolated)
-        .await
-        .unwrap();
-    let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-        .unwrap()
-        .database(&database);
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .after_connect(|connection, _| {
-            Box::pin(async move {
-                sqlx::query("SET timestamp = UNIX_TIMESTAMP() + 3 * 3600")
-                    .execute(&mut *connection)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "relay_clock",
+        "SET timestamp = UNIX_TIMESTAMP() + 3 * 3600",
+    )
+    .await;
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
     tracker.migrate(&pool).await.unwrap();
@@ -908,4 +878,38 @@ async fn a_relay_with_one_connection_holds_its_claims() {
         assert_eq!(pass.delivered, 5, "{pass:?}");
     }
     assert_exactly_delivered(&mock, &tag, &committed);
+}
+
+// A `before_send` hook may write any timestamp into the event; the outbox's own timestamp
+// column (a VARCHAR(40) on MySQL) takes it only as RFC 3339 that fits, so a longer one stays in
+// the payload alone instead of failing the commit ("Data too long" on MariaDB).
+
+on_every_backend!(a_hook_timestamp_the_outbox_cannot_hold_stays_in_the_payload);
+
+async fn a_hook_timestamp_the_outbox_cannot_hold_stays_in_the_payload<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let long = format!("2024-01-01T00:00:00.{}Z", "1".repeat(40));
+    let hooked = long.clone();
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .before_send(move |mut event| {
+            event["timestamp"] = serde_json::json!(hooked.clone());
+            Some(event)
+        })
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("hook-timestamp");
+    commit_events(&tracker, pool, &tag, "stamped", 2, 2).await;
+    let stored = outbox_events(&tracker, pool, |event| event.distinct_id == tag).await;
+    assert_eq!(stored.len(), 2);
+    for event in stored {
+        assert_ne!(
+            event.timestamp, long,
+            "the column keeps the staged timestamp"
+        );
+        assert_eq!(event.payload["timestamp"], serde_json::json!(long));
+    }
 }

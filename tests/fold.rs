@@ -217,6 +217,14 @@ async fn outbox_rows(pool: &PgPool) -> Vec<(String, String, String, String, Stri
     .unwrap()
 }
 
+/// How many outbox rows the open transaction `tx` sees (its own uncommitted ones included).
+async fn outbox_count_in(tx: &mut posthog_track::TrackedTransaction<'_, sqlx::Postgres>) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox")
+        .fetch_one(&mut **tx.as_sqlx())
+        .await
+        .unwrap()
+}
+
 fn rows_of(events: &[StagedEvent]) -> Vec<(String, String, String, String, String)> {
     events
         .iter()
@@ -543,10 +551,7 @@ async fn an_event_at_the_size_limit_folds_and_one_byte_over_leaves_nothing() {
         "{error:?}"
     );
     assert!(tx.staged().is_empty());
-    let in_tx: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox")
-        .fetch_one(&mut **tx.as_sqlx())
-        .await
-        .unwrap();
+    let in_tx = outbox_count_in(&mut tx).await;
     assert_eq!(in_tx, outbox.len() as i64);
     tx.rollback().await.unwrap();
 }
@@ -636,10 +641,7 @@ async fn a_correction_or_removal_finds_its_row_when_the_outbox_id_became_an_iden
         .await
         .unwrap_err();
     assert!(matches!(error, Error::EventTooLarge { .. }), "{error:?}");
-    let in_tx: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox")
-        .fetch_one(&mut **tx.as_sqlx())
-        .await
-        .unwrap();
+    let in_tx = outbox_count_in(&mut tx).await;
     assert_eq!(in_tx, staged.len() as i64);
     tx.rollback().await.unwrap();
 }

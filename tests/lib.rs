@@ -202,6 +202,40 @@ pub async fn isolated_mysql(url: &str, scenario: &str) -> sqlx::MySqlPool {
     .await
 }
 
+/// [`isolated_mysql`] whose every connection first runs `session`, a `SET` that changes the
+/// session (its isolation level, its clock).
+///
+/// # Panics
+///
+/// When the server cannot be reached or refuses `session`.
+pub async fn isolated_mysql_with_session(
+    url: &str,
+    scenario: &str,
+    session: &'static str,
+) -> sqlx::MySqlPool {
+    use std::str::FromStr as _;
+    let isolated = isolated_mysql(url, scenario).await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&isolated)
+        .await
+        .unwrap();
+    isolated.close().await;
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
+        .unwrap()
+        .database(&database);
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(8)
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                sqlx::query(session).execute(&mut *connection).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
 /// Runs `recreate` (drop and create a schema or database) on a connection of its own to `url`,
 /// then opens a pool with `options` on what it created.
 async fn recreated<DB>(
