@@ -129,8 +129,11 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
         .unwrap();
     tracker.flush().await.unwrap();
 
-    // A queue of one, filled faster than it drains: dropped as full.
-    let small = tracker_for(&mock).queue_capacity(1).build();
+    // A queue of one whose worker is busy with what it sent (a mock that answers after
+    // 300 ms): the next events find it full and are dropped as full. (Against a fast mock the
+    // worker could keep up and the queue never fill.)
+    let slow = posthog_track_tests::slow_mock(Duration::from_millis(300)).await;
+    let small = tracker_for(&slow).queue_capacity(1).build();
     let mut full = 0;
     for n in 0..200 {
         if small
