@@ -548,7 +548,9 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
 
 // A second poison event after the first was dead-lettered. SQLite reuses the id of a deleted
 // newest row, so the second event may have the first's id: the dead-letter table must still
-// take it (it refused it with a UNIQUE violation, and the event was resent forever).
+// take it (it refused it with a UNIQUE violation, and the event was resent forever). Each
+// poison event travels with a good one, which PostHog accepts in the same round: that is what
+// makes a 400 the event's fault.
 
 on_every_backend!(a_poison_event_after_one_dead_lettered_is_dead_lettered_too);
 
@@ -567,10 +569,11 @@ async fn a_poison_event_after_one_dead_lettered_is_dead_lettered_too<DB: Backend
         let mut tx = tracker.begin(pool).await.unwrap();
         tx.set_distinct_id(tag.clone());
         tx.capture(Event::new("poison")).unwrap();
+        tx.capture(Event::new("good")).unwrap();
         dead.insert(tx.staged()[0].uuid);
         tx.commit().await.unwrap();
         let pass = relay.run_once().await.unwrap();
-        assert_eq!(pass.dead, 1, "{pass:?}");
+        assert_eq!((pass.dead, pass.delivered), (1, 1), "{pass:?}");
     }
     let in_dead_table: BTreeSet<Uuid> = outbox_events(&tracker, pool, |event| {
         event.distinct_id == tag && event.status == posthog_track::outbox::Status::Dead
@@ -584,7 +587,13 @@ async fn a_poison_event_after_one_dead_lettered_is_dead_lettered_too<DB: Backend
     mock.reject_events_where(|_| false);
     assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 2);
     relay.drain().await.unwrap();
-    assert_eq!(received(&mock, &tag), dead);
+    let poison: BTreeSet<Uuid> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.event == "poison" && event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect();
+    assert_eq!(poison, dead);
 }
 
 // Requeueing every dead event while a relay dead-letters another: the event dead-lettered
@@ -651,6 +660,8 @@ async fn requeue_racing_a_dead_letter<DB: Backend>(pool: &Pool<DB>, slow_requeue
             let mut tx = tracker.begin(&pool).await.unwrap();
             tx.set_distinct_id(tag);
             tx.capture(Event::new(name)).unwrap();
+            // Accepted in the same round, so the refusal is the event's fault.
+            tx.capture(Event::new("delivered")).unwrap();
             let uuid = tx.staged()[0].uuid;
             tx.commit().await.unwrap();
             uuid
@@ -912,4 +923,61 @@ async fn a_hook_timestamp_the_outbox_cannot_hold_stays_in_the_payload<DB: Backen
         );
         assert_eq!(event.payload["timestamp"], serde_json::json!(long));
     }
+}
+
+// An operator's mistake in front of PostHog: a proxy (or a wrong POSTHOG_HOST, such as plain
+// HTTP sent to an HTTPS port, which nginx answers with 400) refuses every request with 400.
+// Bisection takes every batch down to single events, each refused alone: that is what a bad
+// event looks like, but nothing shows PostHog accepting anything, so no event may be
+// dead-lettered. Once the proxy is fixed, every event arrives.
+
+on_every_backend!(a_proxy_refusing_every_request_dead_letters_nothing);
+
+async fn a_proxy_refusing_every_request_dead_letters_nothing<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("proxy-400");
+    let mut committed = BTreeSet::new();
+    // The relay saw PostHog accept an event a moment ago, as one running when the proxy broke
+    // has: the refusals that follow are still not the events' fault.
+    let relay = tracker.relay(pool.clone());
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("before_the_proxy_broke")).unwrap();
+    committed.insert(tx.staged()[0].uuid);
+    tx.commit().await.unwrap();
+    relay.drain().await.unwrap();
+    mock.set_outage(Some(Reply::Status(400)));
+    for round in 0..3 {
+        let mut tx = tracker.begin(pool).await.unwrap();
+        tx.set_distinct_id(tag.clone());
+        for n in 0..4 {
+            tx.capture(Event::new("behind_a_proxy").property("n", round * 4 + n))
+                .unwrap();
+        }
+        committed.extend(tx.staged().iter().map(|event| event.uuid));
+        tx.commit().await.unwrap();
+    }
+    for _ in 0..6 {
+        let pass = relay.run_once().await.unwrap();
+        assert_eq!(
+            pass.dead, 0,
+            "nothing is dead-lettered behind the proxy: {pass:?}"
+        );
+        if pass.claimed == 0 {
+            // Everything waits out a backoff; make it due again.
+            posthog_track_tests::execute(pool, "UPDATE posthog_outbox SET leased_until = NULL")
+                .await;
+        }
+    }
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!(status.dead, 0, "{status:?}");
+    mock.set_outage(None);
+    posthog_track_tests::execute(pool, "UPDATE posthog_outbox SET leased_until = NULL").await;
+    relay.drain().await.unwrap();
+    assert_eq!(received(&mock, &tag), committed);
 }

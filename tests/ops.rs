@@ -87,11 +87,13 @@ async fn every_metric_in_the_table_is_emitted_by_its_scenario() {
     commit_events(&tracker, &pool, &tag, "ordered", 3, 3).await;
     tracker.flush().await.unwrap();
 
-    // A poison event alone: refused, dead-lettered.
+    // A poison event beside a good one: refused alone while the other is accepted,
+    // dead-lettered.
     mock.reject_events_where(|event| event["event"] == "poison");
     let mut tx = tracker.begin(&pool).await.unwrap();
     tx.set_distinct_id(tag.clone());
     tx.capture(Event::new("poison")).unwrap();
+    tx.capture(Event::new("beside_the_poison")).unwrap();
     tx.commit().await.unwrap();
     // The background relay or this flush dead-letters it (the flush fails only if it did).
     let _ = tracker.flush().await;

@@ -27,6 +27,12 @@ pub enum Fate {
     Dead {
         reason: String,
     },
+    /// A request holding only this event was refused (400, 413). That is what PostHog says of
+    /// a bad event, and also what a proxy or a wrong host refusing every request says: the
+    /// event is at fault only while PostHog accepts others (the relay decides).
+    Refused {
+        reason: String,
+    },
     /// Not delivered because the set-up is wrong (key, host, proxy), not the event: keep it,
     /// unchanged and uncounted, until the set-up is fixed.
     Paused {
@@ -309,12 +315,12 @@ impl<'a> Part<'a> {
                     self.send(right, meta.part(attempt), fates, sent_in).await;
                     return;
                 }
-                Outcome::TooLarge => Fate::Dead {
+                Outcome::TooLarge => Fate::Refused {
                     reason: "413 Payload Too Large: the event alone exceeds PostHog's request \
                              limit"
                         .to_owned(),
                 },
-                Outcome::Rejected { reason } => Fate::Dead { reason },
+                Outcome::Rejected { reason } => Fate::Refused { reason },
             };
             for &index in indices {
                 fates[index] = fate.clone();

@@ -175,7 +175,7 @@ impl DeliveryStats {
                 Fate::Delivered => &self.delivered,
                 Fate::Retry { .. } => &self.retried,
                 Fate::Paused { reason } if !reason.is_empty() => &self.paused,
-                Fate::Paused { .. } | Fate::Dead { .. } => continue,
+                Fate::Paused { .. } | Fate::Dead { .. } | Fate::Refused { .. } => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }

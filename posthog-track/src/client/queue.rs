@@ -417,7 +417,7 @@ impl Worker {
                         delivered_any = true;
                         done += 1;
                     }
-                    Fate::Dead { reason } => {
+                    Fate::Dead { reason } | Fate::Refused { reason } => {
                         given_up.push((queued, DropCause::Rejected, reason));
                     }
                     Fate::Retry {

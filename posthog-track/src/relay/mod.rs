@@ -11,8 +11,11 @@
 //!   from the good events within a few rounds; once it has failed `max_failures` times sent
 //!   alone while PostHog accepted other events, or is older than `max_age`, it is dead-lettered with its
 //!   history. Rows waiting out a backoff never hold back newer rows;
-//! - refused for its own sake (a single event answered 400 or 413, or over 1 MB): moved to the
-//!   dead-letter table with the reason, to be requeued or purged;
+//! - refused for its own sake (over 1 MB, or a single event answered 400 or 413 in a round in
+//!   which PostHog accepted other events): moved to the dead-letter table with the reason, to
+//!   be requeued or purged. A round in which every event is refused, each sent alone, is what
+//!   a proxy or a wrong host refusing every request looks like: its events fail as in an
+//!   outage, with a loud error, and nothing is dead-lettered for it;
 //! - a configuration failure (401, 403, 404, 405, a redirect): nothing is wrong with the
 //!   events, so none is counted or dead-lettered. The relay pauses with one loud error that
 //!   says what to fix, probes again with a backoff capped at a minute, and resumes by itself.
@@ -394,6 +397,7 @@ impl<DB: Backend> Relay<DB> {
         let mut dead: Vec<(&Claimed, String)> = Vec::new();
         let mut retry: Vec<(&Claimed, bool)> = Vec::new();
         let mut held: Vec<&Claimed> = Vec::new();
+        let mut refused: Vec<(&Claimed, String)> = Vec::new();
         let mut retry_after = None;
         for ((row, fate), alone) in rows.iter().zip(fates).zip(alone) {
             match fate {
@@ -402,6 +406,7 @@ impl<DB: Backend> Relay<DB> {
                     crate::metrics::dead_lettered(crate::metrics::DeadReason::Refused);
                     dead.push((row, reason));
                 }
+                Fate::Refused { reason } => refused.push((row, reason)),
                 Fate::Retry {
                     retry_after: after,
                     reason,
@@ -419,6 +424,31 @@ impl<DB: Backend> Relay<DB> {
                     held.push(row);
                 }
             }
+        }
+        // A 400 (or 413) for a request of one event is PostHog's word that the event is bad
+        // only if PostHog accepts other events meanwhile. When nothing got through this round,
+        // the refusals may be the way to PostHog refusing everything (a proxy, or plain HTTP
+        // sent to an HTTPS port, which nginx answers with 400): dead-lettering them would
+        // empty the outbox into the dead-letter table. They fail like a retry instead, and
+        // the blame rules below decide (`max_failures` alone while PostHog accepts others).
+        if delivered.is_empty() && !refused.is_empty() {
+            let (_, reason) = &refused[refused.len() - 1];
+            tracing::error!(
+                events = refused.len(),
+                %reason,
+                "PostHog refused every event of this round, each sent alone, and accepted none: \
+                 a proxy or a wrong POSTHOG_HOST refusing every request looks like this (for \
+                 example plain HTTP sent to an HTTPS port). The events are kept and retried, \
+                 not dead-lettered; check the host and what stands in front of PostHog"
+            );
+            for (row, reason) in refused.drain(..) {
+                pass.failure = Some(reason);
+                retry.push((row, true));
+            }
+        }
+        for (row, reason) in refused {
+            crate::metrics::dead_lettered(crate::metrics::DeadReason::Refused);
+            dead.push((row, reason));
         }
         pass.delivered = delivered.len();
         settle_span.record("delivered", delivered.len());
