@@ -353,3 +353,231 @@ where
         );
     }
 }
+
+/// Everyone in `variant` of `documents-v2`.
+fn everyone_in(variant: &str) -> serde_json::Value {
+    json!({"flags": [{"key": "documents-v2", "active": true, "filters": {
+        "groups": [{"properties": [], "rollout_percentage": 100, "variant": variant}],
+        "multivariate": {"variants": [
+            {"key": "control", "rollout_percentage": 50},
+            {"key": "test", "rollout_percentage": 50}
+        ]}
+    }}]})
+}
+
+/// A user the 50/50 definitions put in `variant`.
+fn user_in(variant: &str) -> String {
+    let evaluator = LocalEvaluator::from_json(&definitions()).unwrap();
+    (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|user| evaluator.evaluate("documents-v2", user).unwrap().variant() == Some(variant))
+        .unwrap()
+}
+
+routing_tests!(
+    rows_stay_where_they_were_written,
+    "routing_moved",
+    rows_stay_where_they_were_written_sqlite,
+    rows_stay_where_they_were_written_postgres,
+    rows_stay_where_they_were_written_mysql
+);
+
+/// A user's route can change after their row was written: new definitions (even within the
+/// transaction that wrote it), a route that fell back because PostHog could not decide, a
+/// change of owner. Updates, deletes and upserts of an existing row find it where it is (they
+/// failed with `RowNotFound`, and an upsert inserted a second row in the other table), and
+/// their events say which table's variant they wrote.
+async fn rows_stay_where_they_were_written<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    Document: TrackedRow<DB>,
+{
+    create_document_tables(pool, text).await;
+    let mock = MockPostHog::start().await;
+    mock.set_flag_definitions(everyone_in("test"));
+    let tracker: Tracker = tracker_for(&mock)
+        .personal_api_key(mock.personal_api_key())
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    tracker.load_flag_definitions().await.unwrap();
+
+    // New definitions between the insert and the update, in one transaction.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let document = Document {
+        id: "d1".into(),
+        owner: "user-1".into(),
+        title: "draft".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    mock.set_flag_definitions(everyone_in("control"));
+    tracker.load_flag_definitions().await.unwrap();
+    let mut renamed = document.clone();
+    renamed.title = "final".into();
+    renamed.update_changed(&document, &mut tx).await.unwrap();
+    renamed.update(&mut tx).await.unwrap();
+    let staged: Vec<_> = tx.staged().iter().map(|event| event.json()).collect();
+    tx.commit().await.unwrap();
+    for event in &staged {
+        assert_eq!(
+            event["properties"]["$feature/documents-v2"],
+            json!("test"),
+            "every write went to the `test` table: {event}"
+        );
+    }
+    assert_eq!(
+        count(
+            pool,
+            "SELECT COUNT(*) FROM documents_v2 WHERE title = 'final'"
+        )
+        .await,
+        1
+    );
+
+    // `load_for_update` finds it in the variant's table (it read only `documents`), and the
+    // upsert of that row updates it where it is; it does not insert it into `documents`.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let loaded = Document::load_for_update(&"d1".to_owned(), &mut tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded.map(|document| document.title),
+        Some("final".to_owned())
+    );
+    let mut again = renamed.clone();
+    again.title = "upserted".into();
+    assert!(!again.upsert(&mut tx).await.unwrap().was_inserted());
+    tx.commit().await.unwrap();
+    assert_eq!(count(pool, "SELECT COUNT(*) FROM documents").await, 0);
+    assert_eq!(
+        count(
+            pool,
+            "SELECT COUNT(*) FROM documents_v2 WHERE title = 'upserted'"
+        )
+        .await,
+        1
+    );
+
+    // A change of owner: routed by the row as it is, found where it is.
+    let (alice, bob) = (user_in("test"), user_in("control"));
+    let tracker: Tracker = tracker_for(&mock)
+        .flag_definitions(LocalEvaluator::from_json(&definitions()).unwrap())
+        .build();
+    let owned = Document {
+        id: "d2".into(),
+        owner: alice.clone(),
+        title: "draft".into(),
+    };
+    let owned = insert_committed(&tracker, pool, owned).await;
+    let mut transferred = owned.clone();
+    transferred.owner = bob;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    transferred.update_changed(&owned, &mut tx).await.unwrap();
+    transferred.delete(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        count(pool, "SELECT COUNT(*) FROM documents_v2 WHERE id = 'd2'").await,
+        0
+    );
+
+    // A route that fell back (PostHog could not decide) put the row in `documents`; once
+    // PostHog decides `test`, the update still finds it there.
+    let mock = MockPostHog::start().await;
+    mock.set_remote_flags(json!({"flags": {}}));
+    let tracker: Tracker = tracker_for(&mock).build();
+    let fallen = insert_committed(
+        &tracker,
+        pool,
+        Document {
+            id: "d3".into(),
+            owner: "user-3".into(),
+            title: "draft".into(),
+        },
+    )
+    .await;
+    assert_eq!(tracker.flag_routing_fallbacks(), 1);
+    mock.set_remote_flags(json!({"flags": {
+        "documents-v2": {"key": "documents-v2", "enabled": true, "variant": "test"}
+    }}));
+    let mut renamed = fallen.clone();
+    renamed.title = "final".into();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    renamed.update_changed(&fallen, &mut tx).await.unwrap();
+    let staged = tx.staged()[0].json();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        count(
+            pool,
+            "SELECT COUNT(*) FROM documents WHERE id = 'd3' AND title = 'final'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        staged["properties"].get("$feature/documents-v2"),
+        None,
+        "the write went to the default table, not to `test`'s: {staged}"
+    );
+}
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "notes",
+    insert_event = "note_created",
+    table_variant(flag = "documents-v2", variant = "test", table = "notes_v2")
+)]
+struct Note {
+    #[tracked(key, property = "note_id")]
+    id: String,
+    #[tracked(property)]
+    body: String,
+}
+
+/// A model without a distinct id field is routed by the id its events get: the transaction's,
+/// else the request context's (the context's was ignored, so the row went to the default table
+/// and its event carried no `$feature/...`). The routing stamp and flags attached to the
+/// transaction for another user give one `$feature/documents-v2` key, the write's.
+#[tokio::test]
+async fn routes_by_the_distinct_id_the_events_get() {
+    let pool = memory_database().await.unwrap();
+    for table in ["notes", "notes_v2"] {
+        execute(
+            &pool,
+            format!("CREATE TABLE {table} (id TEXT PRIMARY KEY, body TEXT NOT NULL)"),
+        )
+        .await;
+    }
+    let (mock, _evaluator, tracker) = with_local_definitions(&pool, "TEXT").await;
+    let _ = mock;
+    let (alice, admin) = (user_in("test"), user_in("control"));
+    let admin_flags = tracker.evaluate_flags(admin.as_str()).await.unwrap();
+    let mut tx = tracker
+        .begin(&pool)
+        .await
+        .unwrap()
+        .with_context(posthog_track::TrackingContext::new().with_distinct_id(alice.clone()));
+    tx.attach_flags(&admin_flags);
+    Note {
+        id: "n1".into(),
+        body: "hello".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let payload = tx.staged()[0].payload.clone();
+    let event = tx.staged()[0].json();
+    tx.commit().await.unwrap();
+    assert_eq!(event["distinct_id"], json!(alice));
+    assert_eq!(
+        event["properties"]["$feature/documents-v2"],
+        json!("test"),
+        "{event}"
+    );
+    assert_eq!(
+        payload.matches("\"$feature/documents-v2\"").count(),
+        1,
+        "one `$feature/documents-v2` per event: {payload}"
+    );
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM notes_v2").await, 1);
+}

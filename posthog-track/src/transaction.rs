@@ -265,11 +265,34 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         event: std::borrow::Cow<'static, str>,
         extra: Vec<Stamp>,
     ) -> Result<Stager<'_>> {
-        // An empty id is no id (PostHog refuses it): the next source decides, as in
-        // PostHog's SDKs, and with none the write fails rather than stage an undeliverable
-        // event.
-        let distinct_id = own
-            .filter(|id| !id.is_empty())
+        let distinct_id = self
+            .effective_distinct_id(own)
+            .ok_or(Error::MissingDistinctId { event })?;
+        // One value per key, the most specific source's: the write's own stamps (its route's
+        // `$feature/<flag>`, its `$groups`) over flags attached for the request, over the
+        // context's. A key twice in one JSON object is read differently by each parser.
+        let mut stamps: Vec<Stamp> = Vec::new();
+        for stamp in self
+            .context_stamps
+            .iter()
+            .chain(&self.flag_stamps)
+            .cloned()
+            .chain(extra)
+        {
+            stamps.retain(|kept| kept.key != stamp.key);
+            stamps.push(stamp);
+        }
+        Ok(Stager::new(&mut self.staged, distinct_id)
+            .with_stamps(stamps)
+            .with_shape(self.shape.clone()))
+    }
+
+    /// Whom a write's events are about: the model's own id, else the transaction's
+    /// ([`set_distinct_id`](Self::set_distinct_id)), else the request context's. An empty id
+    /// is no id (PostHog refuses it): the next source decides, as in PostHog's SDKs. Flag
+    /// routing decides a write's table for the same id its events get.
+    pub(crate) fn effective_distinct_id(&self, own: Option<String>) -> Option<String> {
+        own.filter(|id| !id.is_empty())
             .or_else(|| self.distinct_id.clone().filter(|id| !id.is_empty()))
             .or_else(|| {
                 self.context
@@ -277,13 +300,6 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
                     .filter(|id| !id.is_empty())
                     .map(str::to_owned)
             })
-            .ok_or(Error::MissingDistinctId { event })?;
-        let mut stamps = self.context_stamps.clone();
-        stamps.extend(self.flag_stamps.iter().cloned());
-        stamps.extend(extra);
-        Ok(Stager::new(&mut self.staged, distinct_id)
-            .with_stamps(stamps)
-            .with_shape(self.shape.clone()))
     }
 }
 

@@ -26,9 +26,7 @@ pub(super) async fn route<M: TrackedModel, DB: Backend>(
     if M::__TABLE_VARIANTS.is_empty() {
         return (M::__SQL.get(DB::DIALECT), M::TABLE, Vec::new());
     }
-    let distinct_id = model
-        .distinct_id()
-        .or_else(|| tx.distinct_id().map(str::to_owned));
+    let distinct_id = tx.effective_distinct_id(model.distinct_id());
     let (variant, stamps) = match distinct_id {
         Some(distinct_id) => choose_variant::<M>(tx.shared(), &distinct_id, true).await,
         None => (None, Vec::new()),
@@ -37,4 +35,40 @@ pub(super) async fn route<M: TrackedModel, DB: Backend>(
         Some(variant) => (variant.sql.get(DB::DIALECT), variant.table, stamps),
         None => (M::__SQL.get(DB::DIALECT), M::TABLE, stamps),
     }
+}
+
+/// A table an existing row of a flag-routed model may be in, and the stamps of a write there:
+/// `$feature/<flag>` with the variant for a variant's table, none for the default table (which
+/// holds the rows of every other value, and of routes that fell back).
+pub(super) struct RowTable {
+    pub(super) sql: &'static ModelSql,
+    pub(super) table: &'static str,
+    pub(super) stamps: Vec<Stamp>,
+}
+
+/// The tables of `M` other than `routed`, the default first, then the variants' in
+/// declaration order. A row stays in the table it was written to when its user's route
+/// changes (new definitions, a flag that could not be decided and fell back, a new owner), so
+/// a write to an existing row that is not in the table routed now looks in these.
+pub(super) fn other_tables<M: TrackedModel, DB: Backend>(routed: &str) -> Vec<RowTable> {
+    let default = RowTable {
+        sql: M::__SQL.get(DB::DIALECT),
+        table: M::TABLE,
+        stamps: Vec::new(),
+    };
+    let variants = M::__TABLE_VARIANTS.iter().map(|variant| RowTable {
+        sql: variant.sql.get(DB::DIALECT),
+        table: variant.table,
+        stamps: vec![Stamp::new(
+            format!("$feature/{}", variant.flag),
+            &serde_json::Value::from(variant.variant),
+        )],
+    });
+    let mut tables: Vec<RowTable> = Vec::new();
+    for candidate in std::iter::once(default).chain(variants) {
+        if candidate.table != routed && tables.iter().all(|kept| kept.table != candidate.table) {
+            tables.push(candidate);
+        }
+    }
+    tables
 }

@@ -6,15 +6,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::bulk::{check_insertable, insert_all};
+use super::codegen::ModelSql;
 use super::codegen::{ChangeMask, SqlSet};
 use super::fold;
-use super::route::route;
+use super::route::{other_tables, route};
 use super::stage::{Written, stage_group_identify, stage_identify, stage_updated, with_groups};
 use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{EventWriter, Stager};
+use crate::event::{EventWriter, Stager, Stamp};
 use crate::flags::routing::TableVariant;
 use crate::transaction::TrackedTransaction;
 
@@ -274,7 +275,8 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// # Ok(()) }
     /// ```
     ///
-    /// A flag-routed model (`table_variant`) is read from its own `TABLE`.
+    /// A flag-routed model (`table_variant`) is looked for in its `TABLE`, then in each
+    /// variant's table: a key alone does not say whose row it is.
     fn load_for_update<'t, 'c, DB>(
         key: &'t Self::Key,
         tx: &'t mut TrackedTransaction<'c, DB>,
@@ -284,13 +286,19 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let sql = Self::__SQL.get(DB::DIALECT);
-            let query = Self::__bind_key_value(key, sqlx::query(sql.select_for_update));
-            let rows = DB::fetch_all(tx.connection(), query).await?;
-            match rows.first() {
-                Some(row) => Ok(Some(Self::__from_row(row)?)),
-                None => Ok(None),
+            let tables = std::iter::once(Self::__SQL.get(DB::DIALECT)).chain(
+                other_tables::<Self, DB>(Self::TABLE)
+                    .into_iter()
+                    .map(|other| other.sql),
+            );
+            for sql in tables {
+                let query = Self::__bind_key_value(key, sqlx::query(sql.select_for_update));
+                let rows = DB::fetch_all(tx.connection(), query).await?;
+                if let Some(row) = rows.first() {
+                    return Ok(Some(Self::__from_row(row)?));
+                }
             }
+            Ok(None)
         }
     }
 
@@ -305,11 +313,17 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let (sql, table, stamps) = route(self, tx).await;
-            if let Some(update) = sql.update {
-                let query = self.__bind_key(self.__bind_update(sqlx::query(update)));
-                write_keyed_row(tx, query, table).await?;
-            }
+            let routed = route(self, tx).await;
+            let stamps = match routed.0.update {
+                Some(_) => {
+                    write_existing_row::<Self, DB>(tx, routed, |sql| {
+                        sql.update
+                            .map(|update| self.__bind_key(self.__bind_update(sqlx::query(update))))
+                    })
+                    .await?
+                }
+                None => routed.2,
+            };
             stage_updated(self, stamps, tx)
         }
     }
@@ -342,11 +356,15 @@ pub trait TrackedModel: Sized + Send + Sync {
             if changed.is_empty() {
                 return Ok(0);
             }
-            let (sql, table, stamps) = route(self, tx).await;
-            let statement = sql.update_changed_statement(DB::DIALECT, changed);
-            let query = sqlx::query(sqlx::AssertSqlSafe(statement));
-            let query = self.__bind_key(self.__bind_changed(changed, query));
-            write_keyed_row(tx, query, table).await?;
+            // Routed by the row as it is: a change of owner must not send the update to the
+            // new owner's table.
+            let routed = route(before, tx).await;
+            let stamps = write_existing_row::<Self, DB>(tx, routed, |sql| {
+                let statement = sql.update_changed_statement(DB::DIALECT, changed);
+                let query = sqlx::query(sqlx::AssertSqlSafe(statement));
+                Some(self.__bind_key(self.__bind_changed(changed, query)))
+            })
+            .await?;
             let stamps = with_groups(self, stamps);
             tx.stage_all(|tx| {
                 let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
@@ -380,9 +398,11 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let (sql, table, stamps) = route(self, tx).await;
-            let query = self.__bind_key(sqlx::query(sql.delete));
-            write_keyed_row(tx, query, table).await?;
+            let routed = route(self, tx).await;
+            let stamps = write_existing_row::<Self, DB>(tx, routed, |sql| {
+                Some(self.__bind_key(sqlx::query(sql.delete)))
+            })
+            .await?;
             let stamps = with_groups(self, stamps);
             let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
             let mut writer = stager.event(Self::DELETE_EVENT);
@@ -443,6 +463,45 @@ pub trait EventSchema {
 
 /// Runs a statement that writes the row with a model's key in `table` (an `UPDATE` or a
 /// `DELETE` ending in the key's `WHERE`). Touching no row means no row has that key there.
+/// Runs `query` (an `UPDATE` or `DELETE` of one row by its key, for a table's SQL) in the
+/// `routed` table and returns the routed stamps. For a flag-routed model whose row is not
+/// there, runs it in each of the model's other tables and returns the stamps of the table
+/// that held the row: a row stays where it was written when its user's route changes.
+/// [`Error::RowNotFound`] names the routed table when no table has the row.
+async fn write_existing_row<M: TrackedModel, DB: Backend>(
+    tx: &mut TrackedTransaction<'_, DB>,
+    routed: (&'static ModelSql, &'static str, Vec<Stamp>),
+    query: impl Fn(&'static ModelSql) -> Option<BoundQuery<DB>>,
+) -> Result<Vec<Stamp>> {
+    let (sql, table, stamps) = routed;
+    let Some(first) = query(sql) else {
+        return Ok(stamps);
+    };
+    match write_keyed_row(tx, first, table).await {
+        Err(Error::RowNotFound { .. }) if !M::__TABLE_VARIANTS.is_empty() => {}
+        done => return done.map(|()| stamps),
+    }
+    for other in other_tables::<M, DB>(table) {
+        let Some(query) = query(other.sql) else {
+            continue;
+        };
+        match write_keyed_row(tx, query, other.table).await {
+            Ok(()) => {
+                tracing::debug!(
+                    routed = table,
+                    found = other.table,
+                    "flag routing: the row is not in the table its user is routed to now; \
+                     written where it is"
+                );
+                return Ok(other.stamps);
+            }
+            Err(Error::RowNotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::RowNotFound { table })
+}
+
 async fn write_keyed_row<DB: Backend>(
     tx: &mut TrackedTransaction<'_, DB>,
     query: BoundQuery<DB>,

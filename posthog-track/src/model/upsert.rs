@@ -1,7 +1,7 @@
 //! [`TrackedModel::upsert`](super::TrackedModel::upsert): insert the row or update the one
 //! with its key, in one atomic statement, and stage the events of whichever happened.
 
-use super::route::route;
+use super::route::{other_tables, route};
 use super::stage::{stage_inserted, stage_updated};
 use super::traits::TrackedRow;
 use crate::backend::{Backend, Dialect};
@@ -71,7 +71,18 @@ where
     M: TrackedRow<DB>,
 {
     model.__fill_from_context(tx.context());
-    let (sql, table, stamps) = route(&model, tx).await;
+    let (mut sql, mut table, mut stamps) = route(&model, tx).await;
+    // A row stays in the table it was written to when its user's route changes: an existing
+    // row in another of the model's tables is updated there, not inserted again here.
+    if !M::__TABLE_VARIANTS.is_empty() {
+        for other in other_tables::<M, DB>(table) {
+            let probe = model.__bind_key(sqlx::query(other.sql.select_for_update));
+            if !DB::fetch_all(tx.connection(), probe).await?.is_empty() {
+                (sql, table, stamps) = (other.sql, other.table, other.stamps);
+                break;
+            }
+        }
+    }
     let Some(statement) = sql.upsert else {
         return Err(Error::Unsupported {
             operation: format!("upsert into `{table}`"),
