@@ -78,6 +78,30 @@ struct Seat {
     role: String,
 }
 
+/// A column the database computes from others, on every update too.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "mc_lines", distinct_id = id)]
+struct Line {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    qty: i64,
+    #[tracked(property)]
+    unit_price: i64,
+    #[tracked(generated, property)]
+    total: i64,
+}
+
+/// Every column is a key: an update has nothing to write.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "mc_members", distinct_id = user_id)]
+struct Member {
+    #[tracked(key, property)]
+    user_id: String,
+    #[tracked(key, property)]
+    team_id: String,
+}
+
 const SQLITE_SCHEMA: &str = r#"
     CREATE TABLE mc_devices (id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))),
                              owner TEXT NOT NULL);
@@ -86,6 +110,10 @@ const SQLITE_SCHEMA: &str = r#"
                               nickname TEXT, first_source TEXT, note TEXT);
     CREATE TABLE mc_seats (account TEXT NOT NULL, team TEXT NOT NULL, role TEXT NOT NULL,
                            PRIMARY KEY (account, team));
+    CREATE TABLE mc_lines (id TEXT PRIMARY KEY, qty INTEGER NOT NULL, unit_price INTEGER NOT NULL,
+                           total INTEGER GENERATED ALWAYS AS (qty * unit_price) STORED);
+    CREATE TABLE mc_members (user_id TEXT NOT NULL, team_id TEXT NOT NULL,
+                             PRIMARY KEY (user_id, team_id));
 "#;
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -97,6 +125,10 @@ const POSTGRES_SCHEMA: &str = r#"
                               nickname TEXT, first_source TEXT, note TEXT);
     CREATE TABLE mc_seats (account TEXT NOT NULL, team TEXT NOT NULL, role TEXT NOT NULL,
                            PRIMARY KEY (account, team));
+    CREATE TABLE mc_lines (id TEXT PRIMARY KEY, qty BIGINT NOT NULL, unit_price BIGINT NOT NULL,
+                           total BIGINT GENERATED ALWAYS AS (qty * unit_price) STORED);
+    CREATE TABLE mc_members (user_id TEXT NOT NULL, team_id TEXT NOT NULL,
+                             PRIMARY KEY (user_id, team_id));
 "#;
 
 // `taken_at` is a DATETIME without fractional seconds: MariaDB keeps whole seconds.
@@ -110,6 +142,11 @@ const MYSQL_SCHEMA: &str = r#"
                               nickname TEXT, first_source TEXT, note TEXT) ENGINE=InnoDB;
     CREATE TABLE mc_seats (account VARCHAR(100) NOT NULL, team VARCHAR(100) NOT NULL,
                            role TEXT NOT NULL, PRIMARY KEY (account, team)) ENGINE=InnoDB;
+    CREATE TABLE mc_lines (id VARCHAR(100) PRIMARY KEY, qty BIGINT NOT NULL,
+                           unit_price BIGINT NOT NULL,
+                           total BIGINT AS (qty * unit_price) STORED) ENGINE=InnoDB;
+    CREATE TABLE mc_members (user_id VARCHAR(100) NOT NULL, team_id VARCHAR(100) NOT NULL,
+                             PRIMARY KEY (user_id, team_id)) ENGINE=InnoDB;
 "#;
 
 /// A tracker without an API key (it prints its events), its outbox migrated on `pool`.
@@ -595,4 +632,74 @@ where
     too_large(reading().upsert(&mut tx).await.unwrap_err());
     assert_eq!(tx.staged(), &staged[..], "a failed upsert stages nothing");
     tx.rollback().await.unwrap();
+}
+
+model_tests!(
+    update_events_carry_the_row_as_stored,
+    "model_update_stored",
+    update_events_carry_the_row_as_stored_sqlite,
+    update_events_carry_the_row_as_stored_postgres,
+    update_events_carry_the_row_as_stored_mysql
+);
+
+/// `update` stages its event from the row as stored: a `generated` column the database
+/// computes again on the update is read back (the event carried the caller's stale value). A
+/// model with nothing to write (every column a key) still fails with `RowNotFound` for a
+/// missing row (it staged an update event for a row that does not exist).
+async fn update_events_carry_the_row_as_stored<DB: Backend>(pool: &Pool<DB>)
+where
+    Line: TrackedRow<DB>,
+    Member: TrackedRow<DB>,
+{
+    let tracker = migrated_printer(pool).await;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let inserted = Line {
+        id: unique("line"),
+        qty: 2,
+        unit_price: 10,
+        total: 0,
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    assert_eq!(inserted.total, 20, "insert reads the generated column back");
+    let mut after = inserted.clone();
+    after.qty = 5;
+    after.update(&mut tx).await.unwrap();
+    let event = tx.staged().last().unwrap().json();
+    assert_eq!(event["event"], "line_updated");
+    assert_eq!(
+        event["properties"]["total"],
+        json!(50),
+        "the update event carries the value the row holds: {event}"
+    );
+
+    let ghost = Member {
+        user_id: unique("nobody"),
+        team_id: "t".into(),
+    };
+    let staged = tx.staged().len();
+    let result = ghost.update(&mut tx).await;
+    assert!(
+        matches!(result, Err(Error::RowNotFound { .. })),
+        "update of a missing row: {result:?}"
+    );
+    assert_eq!(
+        tx.staged().len(),
+        staged,
+        "no event for a row that does not exist"
+    );
+    let member = Member {
+        user_id: unique("member"),
+        team_id: "t".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    member.update(&mut tx).await.unwrap();
+    assert_eq!(
+        tx.staged().last().unwrap().json()["event"],
+        "member_updated"
+    );
+    tx.commit().await.unwrap();
 }

@@ -303,7 +303,9 @@ pub trait TrackedModel: Sized + Send + Sync {
     }
 
     /// Writes every non-key, non-generated column and stages `UPDATE_EVENT` with every tracked
-    /// property. Fails with [`Error::RowNotFound`] when no row has this key.
+    /// property, as stored: a model with tracked `generated` properties reads the row back
+    /// after the update (the database may compute them again). Fails with
+    /// [`Error::RowNotFound`] when no row has this key.
     fn update<'t, 'c, DB>(
         &'t self,
         tx: &'t mut TrackedTransaction<'c, DB>,
@@ -314,17 +316,38 @@ pub trait TrackedModel: Sized + Send + Sync {
     {
         async move {
             let routed = route(self, tx).await;
-            let stamps = match routed.0.update {
-                Some(_) => {
-                    write_existing_row::<Self, DB>(tx, routed, |sql| {
-                        sql.update
-                            .map(|update| self.__bind_key(self.__bind_update(sqlx::query(update))))
-                    })
-                    .await?
-                }
-                None => routed.2,
+            if routed.0.update.is_none() {
+                // Nothing to write (every column is a key or generated): the row must still
+                // exist, and the event is the row's.
+                let (stored, stamps) = read_existing_row(self, tx, routed).await?;
+                return stage_updated(&stored, stamps, tx);
+            }
+            let (stamps, written) = write_existing_row::<Self, DB>(tx, routed, |sql| {
+                sql.update
+                    .map(|update| self.__bind_key(self.__bind_update(sqlx::query(update))))
+            })
+            .await?;
+            // A generated key cannot change (the row was found by it); other generated
+            // columns can.
+            let recomputed = Self::__GENERATED_PROPERTIES.iter().any(|&(_, index)| {
+                written
+                    .columns
+                    .get(index)
+                    .is_some_and(|column| !written.keys.contains(column))
+            });
+            if !recomputed {
+                return stage_updated(self, stamps, tx);
+            }
+            // The database may compute a generated column again on the update (an expression
+            // of other columns, `ON UPDATE CURRENT_TIMESTAMP`, a trigger): the event carries
+            // the row as stored, not the caller's copy.
+            let query = self.__bind_key(sqlx::query(written.select_for_update));
+            let rows = DB::fetch_all(tx.connection(), query).await?;
+            let stored = match rows.first() {
+                Some(row) => Self::__from_row(row)?,
+                None => return Err(Error::RowNotFound { table: Self::TABLE }),
             };
-            stage_updated(self, stamps, tx)
+            stage_updated(&stored, stamps, tx)
         }
     }
 
@@ -359,7 +382,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             // Routed by the row as it is: a change of owner must not send the update to the
             // new owner's table.
             let routed = route(before, tx).await;
-            let stamps = write_existing_row::<Self, DB>(tx, routed, |sql| {
+            let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {
                 let statement = sql.update_changed_statement(DB::DIALECT, changed);
                 let query = sqlx::query(sqlx::AssertSqlSafe(statement));
                 Some(self.__bind_key(self.__bind_changed(changed, query)))
@@ -399,7 +422,7 @@ pub trait TrackedModel: Sized + Send + Sync {
     {
         async move {
             let routed = route(self, tx).await;
-            let stamps = write_existing_row::<Self, DB>(tx, routed, |sql| {
+            let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {
                 Some(self.__bind_key(sqlx::query(sql.delete)))
             })
             .await?;
@@ -467,19 +490,20 @@ pub trait EventSchema {
 /// `routed` table and returns the routed stamps. For a flag-routed model whose row is not
 /// there, runs it in each of the model's other tables and returns the stamps of the table
 /// that held the row: a row stays where it was written when its user's route changes.
-/// [`Error::RowNotFound`] names the routed table when no table has the row.
+/// [`Error::RowNotFound`] names the routed table when no table has the row. Also returns the
+/// SQL of the table written.
 async fn write_existing_row<M: TrackedModel, DB: Backend>(
     tx: &mut TrackedTransaction<'_, DB>,
     routed: (&'static ModelSql, &'static str, Vec<Stamp>),
     query: impl Fn(&'static ModelSql) -> Option<BoundQuery<DB>>,
-) -> Result<Vec<Stamp>> {
+) -> Result<(Vec<Stamp>, &'static ModelSql)> {
     let (sql, table, stamps) = routed;
     let Some(first) = query(sql) else {
-        return Ok(stamps);
+        return Ok((stamps, sql));
     };
     match write_keyed_row(tx, first, table).await {
         Err(Error::RowNotFound { .. }) if !M::__TABLE_VARIANTS.is_empty() => {}
-        done => return done.map(|()| stamps),
+        done => return done.map(|()| (stamps, sql)),
     }
     for other in other_tables::<M, DB>(table) {
         let Some(query) = query(other.sql) else {
@@ -493,10 +517,32 @@ async fn write_existing_row<M: TrackedModel, DB: Backend>(
                     "flag routing: the row is not in the table its user is routed to now; \
                      written where it is"
                 );
-                return Ok(other.stamps);
+                return Ok((other.stamps, other.sql));
             }
             Err(Error::RowNotFound { .. }) => {}
             Err(error) => return Err(error),
+        }
+    }
+    Err(Error::RowNotFound { table })
+}
+
+/// The row with `model`'s key as stored (locked where rows are), from the `routed` table or,
+/// for a flag-routed model, whichever of its other tables holds it, with the stamps of a write
+/// there; [`Error::RowNotFound`] naming the routed table when none does.
+async fn read_existing_row<M: TrackedRow<DB>, DB: Backend>(
+    model: &M,
+    tx: &mut TrackedTransaction<'_, DB>,
+    routed: (&'static ModelSql, &'static str, Vec<Stamp>),
+) -> Result<(M, Vec<Stamp>)> {
+    let (sql, table, stamps) = routed;
+    let others = other_tables::<M, DB>(table)
+        .into_iter()
+        .map(|other| (other.sql, other.stamps));
+    for (sql, stamps) in std::iter::once((sql, stamps)).chain(others) {
+        let query = model.__bind_key(sqlx::query(sql.select_for_update));
+        let rows = DB::fetch_all(tx.connection(), query).await?;
+        if let Some(row) = rows.first() {
+            return Ok((M::__from_row(row)?, stamps));
         }
     }
     Err(Error::RowNotFound { table })
