@@ -388,3 +388,46 @@ async fn capture_returns_the_uuid_before_send_gave() {
     );
     assert_eq!(events[1].uuid, kept, "a removed uuid is put back");
 }
+
+/// `flush_timeout(Duration::MAX)` ("wait as long as it takes") panicked in `flush`: the
+/// deadline overflowed the clock.
+#[tokio::test]
+async fn flush_with_an_unbounded_timeout_does_not_panic() {
+    let (mock, tracker) = mock_tracker(|builder| builder.flush_timeout(Duration::MAX)).await;
+    tracker
+        .capture(Event::new("e").distinct_id("u1"))
+        .await
+        .unwrap();
+    let joined = tokio::spawn(async move { tracker.flush().await }).await;
+    assert!(joined.is_ok(), "flush panicked: {:?}", joined.err());
+    joined.unwrap().unwrap();
+    assert_eq!(mock.unique_uuids().len(), 1);
+}
+
+/// `shutdown(Duration::MAX)` panicked: the deadline overflowed the clock.
+#[tokio::test]
+async fn shutdown_with_an_unbounded_deadline_does_not_panic() {
+    let (mock, tracker) = mock_tracker(identity).await;
+    tracker
+        .capture(Event::new("e").distinct_id("u1"))
+        .await
+        .unwrap();
+    let joined = tokio::spawn(async move { tracker.shutdown(Duration::MAX).await }).await;
+    assert!(joined.is_ok(), "shutdown panicked: {:?}", joined.err());
+    joined.unwrap().unwrap();
+    assert_eq!(mock.unique_uuids().len(), 1);
+}
+
+/// `flush_interval(Duration::MAX)` ("send on batch size or flush only") panicked the queue's
+/// worker at the first event: every queued event was lost and flush failed with ShutDown.
+#[tokio::test]
+async fn an_unbounded_flush_interval_does_not_kill_the_worker() {
+    let (mock, tracker) = mock_tracker(|builder| builder.flush_interval(Duration::MAX)).await;
+    tracker
+        .capture(Event::new("e").distinct_id("u1"))
+        .await
+        .unwrap();
+    let flushed = tracker.flush().await;
+    assert!(flushed.is_ok(), "{flushed:?}");
+    assert_eq!(mock.unique_uuids().len(), 1);
+}

@@ -13,7 +13,7 @@ use sqlx::Pool;
 use tokio::sync::{Notify, watch};
 
 use crate::backend::Backend;
-use crate::client::queue::{Queue, QueueOptions};
+use crate::client::queue::{Queue, QueueOptions, Stop};
 use crate::client::{DropCause, SharedStats, Sink, print_dry_run};
 use crate::error::{Error, Result};
 use crate::event::StagedEvent;
@@ -375,10 +375,13 @@ impl Dispatch {
 
     /// Delivers everything committed or captured before the call, within the flush timeout.
     pub(crate) async fn flush(&self) -> Result<()> {
-        self.deliver_all(Instant::now() + self.flush_timeout).await
+        // A timeout too large to add to the clock (`Duration::MAX`) is no deadline at all.
+        self.deliver_all(Instant::now().checked_add(self.flush_timeout))
+            .await
     }
 
-    async fn deliver_all(&self, deadline: Instant) -> Result<()> {
+    /// `deadline`: `None` waits as long as it takes.
+    async fn deliver_all(&self, deadline: Option<Instant>) -> Result<()> {
         let started = Instant::now();
         let drains: Vec<DrainFn> = lock(&self.pools)
             .values()
@@ -389,10 +392,10 @@ impl Dispatch {
             .collect();
         let mut outcome = Outcome::default();
         for drain in drains {
-            outcome.add(drain(deadline.saturating_duration_since(Instant::now())).await);
+            outcome.add(drain(time_left(deadline)).await);
         }
         if let Some(queue) = self.queue.get() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = time_left(deadline);
             match tokio::time::timeout(remaining, queue.flush()).await {
                 Ok(result) => outcome.add(result),
                 Err(_) => outcome.add(Err(Error::Timeout {
@@ -412,13 +415,16 @@ impl Dispatch {
     /// Flushes until `deadline`, then stops background work.
     pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
         let started = Instant::now();
-        let at = started + deadline;
+        // `None`: a deadline too far to add to the clock (`Duration::MAX`), i.e. none.
+        let at = started.checked_add(deadline);
         let relays: Vec<RunningRelay> = lock(&self.pools)
             .values_mut()
             .filter_map(|known| known.relay.take())
             .collect();
-        for relay in &relays {
-            (relay.abandon_at)(at);
+        if let Some(at) = at {
+            for relay in &relays {
+                (relay.abandon_at)(at);
+            }
         }
         // Put the relays back for the final flush only: they stop as soon as it ends.
         let result = if deadline.is_zero() {
@@ -427,7 +433,7 @@ impl Dispatch {
         } else {
             let mut outcome = Outcome::default();
             for relay in &relays {
-                outcome.add((relay.drain)(at.saturating_duration_since(Instant::now())).await);
+                outcome.add((relay.drain)(time_left(at)).await);
             }
             outcome.finish(started)
         };
@@ -439,14 +445,17 @@ impl Dispatch {
             let flushed = if deadline.is_zero() {
                 Ok(())
             } else {
-                let remaining = at.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, queue.flush()).await {
+                match tokio::time::timeout(time_left(at), queue.flush()).await {
                     Ok(result) => result,
                     Err(_) => Ok(()), // `close` counts what is left
                 }
             };
             let lost = queue
-                .close((!deadline.is_zero()).then(|| tokio::time::Instant::from_std(at)))
+                .close(if deadline.is_zero() {
+                    Stop::Now
+                } else {
+                    Stop::At(at.map(tokio::time::Instant::from_std))
+                })
                 .await;
             let mut outcome = Outcome::default();
             outcome.add(result);
@@ -462,7 +471,7 @@ impl Dispatch {
         }
         for relay in relays {
             // Its round in flight ends by `at` (abandoned if need be); then it sees the stop.
-            let grace = at.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+            let grace = time_left(at).saturating_add(Duration::from_millis(500));
             let mut task = relay.task;
             if tokio::time::timeout(grace, &mut task).await.is_err() {
                 task.abort();
@@ -486,6 +495,13 @@ impl Dispatch {
             left_in_outbox: left,
         })
     }
+}
+
+/// What is left until `deadline`; all the time in the world without one.
+fn time_left(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |at| {
+        at.saturating_duration_since(Instant::now())
+    })
 }
 
 fn known_pool<DB: Backend>(pool: Pool<DB>, relay: Option<RunningRelay>) -> KnownPool {

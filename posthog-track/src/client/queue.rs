@@ -224,9 +224,9 @@ impl Queue {
     }
 
     /// Stops accepting events and waits for the worker to deliver what it holds, until
-    /// `deadline`; past it, the worker is stopped and what it still held is counted as
+    /// `stop`; past it, the worker is stopped and what it still held is counted as
     /// dropped at shutdown. Returns the events dropped that way.
-    pub(crate) async fn close(&self, deadline: Option<Instant>) -> usize {
+    pub(crate) async fn close(&self, stop: Stop) -> usize {
         self.sender.lock().await.take();
         self.room.close();
         let worker = self
@@ -237,9 +237,10 @@ impl Queue {
         let Some(mut worker) = worker else {
             return 0;
         };
-        let finished = match deadline {
-            Some(at) => tokio::time::timeout_at(at, &mut worker).await.is_ok(),
-            None => false,
+        let finished = match stop {
+            Stop::At(Some(at)) => tokio::time::timeout_at(at, &mut worker).await.is_ok(),
+            Stop::At(None) => (&mut worker).await.is_ok(),
+            Stop::Now => false,
         };
         if finished {
             return 0;
@@ -256,6 +257,15 @@ impl Queue {
         }
         lost
     }
+}
+
+/// When [`Queue::close`] stops the worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stop {
+    /// At once: what it holds is dropped.
+    Now,
+    /// Once it has delivered what it holds, or at the instant given (`None`: no deadline).
+    At(Option<Instant>),
 }
 
 /// The groups of a v1 round: events that were sent in the same request are resent together as
@@ -318,7 +328,9 @@ impl Worker {
                         self.send_buffer().await;
                         deadline = None;
                     } else if deadline.is_none() {
-                        deadline = Some(Instant::now() + self.options.flush_interval);
+                        // An interval too long to add to the clock (`Duration::MAX`) sends
+                        // only on batch size or flush.
+                        deadline = Instant::now().checked_add(self.options.flush_interval);
                     }
                 }
                 Some(Command::Flush(ack)) => {

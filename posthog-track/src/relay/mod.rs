@@ -761,7 +761,8 @@ impl<DB: Backend> Relay<DB> {
         let mut last_dead = None;
         let mut why = String::new();
         loop {
-            let pass = self.round(Some(started + timeout)).await?;
+            // A timeout too long to add to the clock (`Duration::MAX`) is no deadline.
+            let pass = self.round(started.checked_add(timeout)).await?;
             dead += pass.dead as u64;
             if pass.rejection.is_some() {
                 last_dead = pass.rejection.clone();

@@ -52,7 +52,7 @@ impl MockPostHog {
             if received >= unique {
                 return Ok(self.events());
             }
-            if tokio::time::timeout_at(started + timeout, notified)
+            if tokio::time::timeout(timeout.saturating_sub(started.elapsed()), notified)
                 .await
                 .is_err()
             {
