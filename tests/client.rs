@@ -5,7 +5,7 @@ use std::convert::identity;
 use std::time::Duration;
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
+use posthog_track::{Backoff, Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
 use posthog_track_examples::memory_database;
 use posthog_track_tests::{capture_numbered, slow_mock, tracker_for};
 use serde_json::json;
@@ -387,6 +387,38 @@ async fn capture_returns_the_uuid_before_send_gave() {
         "returned uuid is not the one sent"
     );
     assert_eq!(events[1].uuid, kept, "a removed uuid is put back");
+}
+
+/// A `flush` that timed out left its request in the queue; when the worker got to it, it
+/// took (and reset) the count of events given up and sent it to nobody, so no later flush
+/// ever reported them.
+#[tokio::test]
+async fn a_timed_out_flush_does_not_swallow_the_report_of_events_given_up() {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder
+            .backoff(Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_millis(200),
+            })
+            .max_retries(2)
+            .flush_timeout(Duration::from_millis(100))
+    })
+    .await;
+    mock.set_outage(Some(Reply::Status(503)));
+    tracker
+        .capture(Event::new("lost").distinct_id("u1"))
+        .await
+        .unwrap();
+    let first = tracker.flush().await;
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
+    // The worker gives the event up: 3 sends, 2 backoffs of 200 ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tracker.stats().dropped_after_retries, 1, "it was given up");
+    let second = tracker.flush().await;
+    assert!(
+        matches!(second, Err(Error::Undelivered { dropped: 1, .. })),
+        "some flush must report the event given up; got {second:?}"
+    );
 }
 
 /// `flush_timeout(Duration::MAX)` ("wait as long as it takes") panicked in `flush`: the

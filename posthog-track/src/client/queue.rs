@@ -345,7 +345,17 @@ impl Worker {
                             reason: std::mem::take(&mut self.last_drop),
                         })
                     };
-                    let _ = ack.send(result);
+                    // The flush that asked gave up waiting (it timed out): the events given
+                    // up stay to be reported by the next one.
+                    if let Err(Err(Error::Undelivered {
+                        dropped, reason, ..
+                    })) = ack.send(result)
+                    {
+                        self.dropped += dropped;
+                        if self.last_drop.is_empty() {
+                            self.last_drop = reason;
+                        }
+                    }
                 }
                 None => {
                     self.send_buffer().await;
