@@ -2,7 +2,7 @@
 //! events, hooks, limits, and `AfterCommit` delivery of tracked writes.
 
 use std::convert::identity;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backoff, Delivery, Error, Event, TrackedModel, Tracker, TrackerBuilder};
@@ -418,6 +418,43 @@ async fn a_timed_out_flush_does_not_swallow_the_report_of_events_given_up() {
     assert!(
         matches!(second, Err(Error::Undelivered { dropped: 1, .. })),
         "some flush must report the event given up; got {second:?}"
+    );
+}
+
+/// On v0, a group of a round rate limited with `Retry-After` was resent at once when another
+/// group of the same round got through: the server's wait was ignored.
+#[tokio::test]
+async fn v0_honours_retry_after_when_another_group_of_the_round_got_through() {
+    let mock = MockPostHog::start().await;
+    // Rounds 1 and 2: the whole batch fails (503). Round 3 splits it in two: the first half
+    // passes, the second is rate limited for 2 s.
+    mock.script([
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Accept,
+        Reply::RetryAfter {
+            status: 429,
+            seconds: 2,
+        },
+    ]);
+    let tracker = tracker_for(&mock)
+        .backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(10),
+        })
+        .build();
+    capture_numbered(&tracker, "e", "u1", 2).await;
+    let started = Instant::now();
+    tracker.flush().await.unwrap();
+    let elapsed = started.elapsed();
+    let requests = mock.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 503, 200, 429, 200]);
+    assert_eq!(requests[3].response_retry_after.as_deref(), Some("2"));
+    assert_eq!(mock.unique_uuids().len(), 2);
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "the 429's Retry-After (2 s) was not waited out: all done in {elapsed:?}"
     );
 }
 

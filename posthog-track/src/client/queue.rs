@@ -468,8 +468,9 @@ impl Worker {
             done += given_up.len();
             self.in_flight.fetch_sub(done, Ordering::Relaxed);
             // v0 resends at once what another group of the same round let through (poison
-            // isolation); v1 resends only what PostHog asked for, and never at once.
-            let wait = !delivered_any || (v1 && failed_any);
+            // isolation), unless PostHog asked for a wait (`Retry-After` of a 429 or 503);
+            // v1 resends only what PostHog asked for, and never at once.
+            let wait = !delivered_any || (v1 && failed_any) || retry_after.is_some();
             if wait {
                 round += 1;
             }
