@@ -2,6 +2,7 @@
 //! events, hooks, limits, and `AfterCommit` delivery of tracked writes.
 
 use std::convert::identity;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
@@ -499,4 +500,113 @@ async fn an_unbounded_flush_interval_does_not_kill_the_worker() {
     let flushed = tracker.flush().await;
     assert!(flushed.is_ok(), "{flushed:?}");
     assert_eq!(mock.unique_uuids().len(), 1);
+}
+
+/// A server that answers the first request 503 with `Retry-After: <retry_after(now + 3 s)>`
+/// and every later one 200; returns its URL and the instants of the requests.
+async fn retry_after_server(
+    retry_after: fn(chrono::DateTime<chrono::Utc>) -> String,
+) -> (String, Arc<Mutex<Vec<Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut request, mut chunk) = (Vec::new(), [0u8; 65536]);
+                    loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head =
+                                String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|line| line.strip_prefix("content-length:"))
+                                .map_or(0, |value| value.trim().parse().unwrap());
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let first = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Instant::now());
+                        log.len() == 1
+                    };
+                    let answer = if first {
+                        let value = retry_after(chrono::Utc::now() + chrono::Duration::seconds(3));
+                        format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {value}\r\n\
+                             Content-Length: 0\r\n\r\n"
+                        )
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: 13\r\n\r\n{\"status\":1}\n"
+                            .to_owned()
+                    };
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// The time between the 503 of [`retry_after_server`], whose `Retry-After` is written by
+/// `retry_after`, and the retry.
+async fn gap_after_retry_after(
+    retry_after: fn(chrono::DateTime<chrono::Utc>) -> String,
+) -> Duration {
+    let (url, seen) = retry_after_server(retry_after).await;
+    let tracker = Tracker::builder()
+        .api_key("phc_testkey123456")
+        .host(url)
+        .unwrap()
+        .backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(10),
+        })
+        .build();
+    tracker
+        .capture(Event::new("e").distinct_id("u1"))
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    seen[1] - seen[0]
+}
+
+/// A `Retry-After` date in any of the three forms RFC 9110 (5.6.7) says a recipient must
+/// accept is waited out; the obsolete ones (RFC 850, asctime) were ignored.
+#[tokio::test]
+async fn retry_after_dates_are_honoured_in_every_http_date_form() {
+    let forms: [(&str, fn(chrono::DateTime<chrono::Utc>) -> String); 3] = [
+        ("IMF-fixdate", |at| {
+            at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+        }),
+        ("asctime", |at| {
+            at.format("%a %b %e %H:%M:%S %Y").to_string()
+        }),
+        ("RFC 850", |at| {
+            at.format("%A, %d-%b-%y %H:%M:%S GMT").to_string()
+        }),
+    ];
+    for (form, retry_after) in forms {
+        let gap = gap_after_retry_after(retry_after).await;
+        assert!(
+            gap >= Duration::from_millis(1500),
+            "{form} Retry-After ignored: retried after {gap:?}"
+        );
+    }
 }

@@ -36,18 +36,21 @@ impl Backoff {
     }
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date.
+/// Parses `Retry-After`: delta-seconds or an HTTP date in any of the three forms a recipient
+/// must accept (RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms).
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
+    let at = match httpdate::parse_http_date(value) {
+        Ok(at) => chrono::DateTime::<chrono::Utc>::from(at),
+        // Not an HTTP date, but a date all the same (a numeric zone, say): honoured too.
+        Err(_) => chrono::DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&chrono::Utc),
+    };
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -94,6 +97,21 @@ mod tests {
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:28:30 GMT", now),
+            Some(Duration::from_secs(30)),
+            "RFC 850"
+        );
+        assert_eq!(
+            parse_retry_after("Wed Oct 21 07:28:30 2015", now),
+            Some(Duration::from_secs(30)),
+            "asctime"
+        );
+        assert_eq!(
+            parse_retry_after("Thu Oct  1 07:28:30 2015", now),
+            Some(Duration::ZERO),
+            "asctime, a past date"
         );
         assert_eq!(parse_retry_after("soon", now), None);
     }
