@@ -459,6 +459,41 @@ async fn v0_honours_retry_after_when_another_group_of_the_round_got_through() {
     );
 }
 
+/// `AfterCommit`: an event committed after `shutdown` could not be queued; it was counted in
+/// the stats, but every later `flush` said Ok.
+#[tokio::test]
+async fn after_commit_event_lost_after_shutdown_is_reported_by_flush() {
+    let (_mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The queue exists (one event delivered), then the process starts shutting down.
+    tracker
+        .capture(Event::new("warmup").distinct_id("u0"))
+        .await
+        .unwrap();
+    tracker.shutdown(Duration::from_secs(5)).await.unwrap();
+    // A request still in flight commits.
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tracker.stats().dropped_at_shutdown, 1, "it was lost");
+    let flushed = tracker.flush().await;
+    assert!(
+        matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+        "flush after a committed event was lost must say so: {flushed:?}"
+    );
+    assert!(tracker.flush().await.is_ok(), "reported once");
+}
+
 /// `flush_timeout(Duration::MAX)` ("wait as long as it takes") panicked in `flush`: the
 /// deadline overflowed the clock.
 #[tokio::test]
@@ -609,4 +644,53 @@ async fn retry_after_dates_are_honoured_in_every_http_date_form() {
             "{form} Retry-After ignored: retried after {gap:?}"
         );
     }
+}
+
+/// `AfterCommit`: `commit` hands the events to the queue after the database committed,
+/// waiting for room. A commit dropped during that wait (a web handler cancelled when its
+/// client disconnects) lost the events silently: not sent, not counted, flush said Ok.
+#[tokio::test]
+async fn after_commit_events_of_a_cancelled_commit_are_not_lost_silently() {
+    let mock = slow_mock(Duration::from_millis(1500)).await;
+    let tracker = tracker_for(&mock)
+        .delivery(Delivery::AfterCommit)
+        .queue_capacity(1)
+        .batch_size(1)
+        .build();
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The worker is busy sending `a`; `b` fills the queue.
+    for name in ["a", "b"] {
+        tracker
+            .capture(Event::new(name).distinct_id("u0"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 7,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(200), tx.commit()).await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "the row committed");
+    mock.set_outage(None);
+    let flushed = tracker.flush().await;
+    let delivered = mock.events().iter().any(|e| e.event == "note_created");
+    assert!(
+        delivered || flushed.is_err(),
+        "the committed row's event was neither delivered nor reported: flush {flushed:?}, \
+         stats {:?}",
+        tracker.stats()
+    );
 }

@@ -103,6 +103,9 @@ pub(crate) struct Dispatch {
     epoch: Instant,
     /// `last_notify` of commits whose pool is unknown (`Tracker::track`).
     last_notify: AtomicU64,
+    /// `AfterCommit` events lost before they reached the queue (committed after `shutdown`,
+    /// or their `commit` cancelled), and why: reported by the next `flush` or `shutdown`.
+    unqueued: Mutex<(u64, String)>,
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -145,6 +148,7 @@ impl Dispatch {
             flush_timeout,
             epoch: Instant::now(),
             last_notify: AtomicU64::new(0),
+            unqueued: Mutex::new((0, String::new())),
         }
     }
 
@@ -324,15 +328,60 @@ impl Dispatch {
             }
             (Mode::DryRun, _) => print_dry_run(events.iter().map(|e| e.payload.as_str())),
             (Mode::Live, Delivery::AfterCommit) => {
+                // Counts what a `commit` cancelled while it waits for room leaves unqueued.
+                let mut handoff = Handoff {
+                    dispatch: self,
+                    left: events.len(),
+                };
                 for event in events {
-                    if let Err(error) = self.push(event, true).await {
+                    let queued = self.push(event, true).await;
+                    handoff.left -= 1;
+                    if let Err(error) = queued {
                         tracing::error!(%error, "an after-commit event could not be queued");
-                        self.stats.dropped(DropCause::AtShutdown, 1);
+                        self.unqueued(
+                            DropCause::AtShutdown,
+                            1,
+                            "committed after `shutdown`: the in-memory queue accepts no more \
+                             events",
+                        );
                     }
                 }
             }
             (Mode::Disabled, _) => {}
         }
+    }
+
+    /// Counts `AfterCommit` events lost before they reached the queue, for the next `flush`.
+    fn unqueued(&self, cause: DropCause, events: usize, reason: &str) {
+        self.stats.dropped(cause, events);
+        let mut unqueued = lock(&self.unqueued);
+        unqueued.0 += events as u64;
+        unqueued.1 = reason.to_owned();
+    }
+
+    /// `result` with the `AfterCommit` events lost before they reached the queue, which it
+    /// reports; a result that could not report them (a timeout) leaves them for the next.
+    fn with_unqueued(&self, result: Result<()>, started: Instant) -> Result<()> {
+        let (lost, reason) = std::mem::take(&mut *lock(&self.unqueued));
+        if lost == 0 {
+            return result;
+        }
+        let mut outcome = Outcome::default();
+        outcome.add(result);
+        outcome.add(Err(Error::Undelivered {
+            dead: 0,
+            dropped: lost,
+            reason: reason.clone(),
+        }));
+        let result = outcome.finish(started);
+        if !matches!(result, Err(Error::Undelivered { .. })) {
+            let mut unqueued = lock(&self.unqueued);
+            unqueued.0 += lost;
+            if unqueued.1.is_empty() {
+                unqueued.1 = reason;
+            }
+        }
+        result
     }
 
     /// The worst state of the background relays, `None` when none runs.
@@ -409,7 +458,7 @@ impl Dispatch {
         if unrelayed > 0 && !self.runs_relays() && !self.external_relay {
             outcome.add(Err(Error::NoRelay { pending: unrelayed }));
         }
-        outcome.finish(started)
+        self.with_unqueued(outcome.finish(started), started)
     }
 
     /// Flushes until `deadline`, then stops background work.
@@ -491,9 +540,35 @@ impl Dispatch {
                 "posthog-track stopped; events wait in the outbox for the next relay"
             );
         }
-        result.map(|()| ShutdownReport {
-            left_in_outbox: left,
-        })
+        self.with_unqueued(result, started)
+            .map(|()| ShutdownReport {
+                left_in_outbox: left,
+            })
+    }
+}
+
+/// The events of an `AfterCommit` hand-off not queued yet: counted as lost if the hand-off
+/// is dropped half-way (its `commit` cancelled), so that the next `flush` reports them.
+struct Handoff<'a> {
+    dispatch: &'a Dispatch,
+    left: usize,
+}
+
+impl Drop for Handoff<'_> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            tracing::error!(
+                events = self.left,
+                "a commit was cancelled after the database committed, before its after-commit \
+                 events were queued: they are lost"
+            );
+            self.dispatch.unqueued(
+                DropCause::Cancelled,
+                self.left,
+                "their `commit` was cancelled (its future dropped) after the database committed, \
+                 while they waited for room in the in-memory queue",
+            );
+        }
     }
 }
 

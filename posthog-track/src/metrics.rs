@@ -12,7 +12,7 @@
 //! | `posthog_track_events_delivered_total` | counter | `path` = `outbox` \| `queue` | events PostHog accepted |
 //! | `posthog_track_events_retried_total` | counter | `path` = `outbox` \| `queue` | event sends that failed transiently and are retried |
 //! | `posthog_track_events_dead_lettered_total` | counter | `reason` = `refused` \| `max_failures` \| `max_age` | outbox events moved to the dead-letter table |
-//! | `posthog_track_events_dropped_total` | counter | `cause` = `queue_full` \| `after_retries` \| `rejected` \| `misconfigured` \| `at_shutdown` | in-memory events given up |
+//! | `posthog_track_events_dropped_total` | counter | `cause` = `queue_full` \| `after_retries` \| `rejected` \| `misconfigured` \| `at_shutdown` \| `cancelled` | in-memory events given up |
 //! | `posthog_track_flag_evaluations_total` | counter | `source` = `local` \| `remote` | feature flag values decided |
 //! | `posthog_track_exposures_sent_total` | counter | | `$feature_flag_called` exposures captured |
 //! | `posthog_track_outbox_pending` | gauge | | events waiting in the outbox |
@@ -149,6 +149,7 @@ pub const TABLE: &[Metric] = &[
                 "rejected",
                 "misconfigured",
                 "at_shutdown",
+                "cancelled",
             ],
         )],
         help: "In-memory events given up",

@@ -146,7 +146,10 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     ///
     /// Returns `Ok` once the database has committed: delivery trouble after that is logged
     /// and counted in [`Tracker::stats`](crate::Tracker::stats), never returned here (a caller that retried a
-    /// failed commit would write the row twice).
+    /// failed commit would write the row twice). With `AfterCommit`, `commit` waits for room in
+    /// the queue after the database committed: cancelling it then (dropping its future) loses
+    /// the events not queued yet; they are counted as `dropped_cancelled` and reported by the
+    /// next `flush`.
     pub async fn commit(self) -> Result<()> {
         let span = tracing::info_span!(
             "posthog_track.commit",

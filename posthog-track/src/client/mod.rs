@@ -90,6 +90,7 @@ pub struct DeliveryStats {
     dropped_rejected: AtomicU64,
     dropped_misconfigured: AtomicU64,
     dropped_at_shutdown: AtomicU64,
+    dropped_cancelled: AtomicU64,
     filtered: AtomicU64,
 }
 
@@ -113,8 +114,13 @@ pub struct DeliveryCounts {
     pub dropped_rejected: u64,
     /// In-memory events given up because the set-up stayed wrong through the retry budget.
     pub dropped_misconfigured: u64,
-    /// In-memory events still queued when `shutdown`'s deadline passed.
+    /// In-memory events still queued when `shutdown`'s deadline passed, or committed
+    /// (`Delivery::AfterCommit`) after `shutdown`.
     pub dropped_at_shutdown: u64,
+    /// `Delivery::AfterCommit` events whose `commit` was cancelled (its future dropped, as
+    /// when a web framework cancels the handler of a client that went away) after the
+    /// database committed, while they waited for room in the queue.
+    pub dropped_cancelled: u64,
     /// Dropped on purpose by the `before_send` hook.
     pub filtered: u64,
 }
@@ -127,6 +133,7 @@ impl DeliveryCounts {
             + self.dropped_rejected
             + self.dropped_misconfigured
             + self.dropped_at_shutdown
+            + self.dropped_cancelled
     }
 }
 
@@ -137,6 +144,7 @@ pub(crate) enum DropCause {
     Rejected,
     Misconfigured,
     AtShutdown,
+    Cancelled,
 }
 
 impl DeliveryStats {
@@ -153,6 +161,7 @@ impl DeliveryStats {
             dropped_rejected: get(&self.dropped_rejected),
             dropped_misconfigured: get(&self.dropped_misconfigured),
             dropped_at_shutdown: get(&self.dropped_at_shutdown),
+            dropped_cancelled: get(&self.dropped_cancelled),
             filtered: get(&self.filtered),
         }
     }
@@ -196,6 +205,7 @@ impl DeliveryStats {
             DropCause::Rejected => &self.dropped_rejected,
             DropCause::Misconfigured => &self.dropped_misconfigured,
             DropCause::AtShutdown => &self.dropped_at_shutdown,
+            DropCause::Cancelled => &self.dropped_cancelled,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
         crate::metrics::dropped(
@@ -204,6 +214,7 @@ impl DeliveryStats {
                 DropCause::Rejected => "rejected",
                 DropCause::Misconfigured => "misconfigured",
                 DropCause::AtShutdown => "at_shutdown",
+                DropCause::Cancelled => "cancelled",
             },
             n,
         );
