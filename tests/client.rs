@@ -459,6 +459,41 @@ async fn v0_honours_retry_after_when_another_group_of_the_round_got_through() {
     );
 }
 
+/// `queue_capacity` bounded only the channel in front of the worker, which drained it into
+/// its batch (up to `batch_size` events): `try_capture` accepted far more than the capacity
+/// while nothing had been delivered.
+#[tokio::test]
+async fn queue_capacity_bounds_the_events_held_undelivered() {
+    // PostHog answers slowly: nothing is delivered while the test fills the queue.
+    let mock = slow_mock(Duration::from_secs(2)).await;
+    let tracker = tracker_for(&mock)
+        .queue_capacity(10)
+        .flush_interval(Duration::from_secs(30))
+        .build();
+    let mut accepted = 0;
+    for n in 0..100 {
+        if tracker
+            .try_capture(Event::new("e").distinct_id("u1").property("n", n))
+            .await
+            .is_ok()
+        {
+            accepted += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        accepted <= 10,
+        "a queue of capacity 10 holds {accepted} undelivered events"
+    );
+    assert_eq!(
+        accepted, 10,
+        "a full batch is sent at once, but is still held"
+    );
+    mock.set_outage(None);
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.unique_uuids().len(), 10);
+}
+
 /// `AfterCommit`: an event committed after `shutdown` could not be queued; it was counted in
 /// the stats, but every later `flush` said Ok.
 #[tokio::test]
@@ -537,11 +572,12 @@ async fn an_unbounded_flush_interval_does_not_kill_the_worker() {
     assert_eq!(mock.unique_uuids().len(), 1);
 }
 
+/// Writes a `Retry-After` date for the instant given.
+type DateForm = fn(chrono::DateTime<chrono::Utc>) -> String;
+
 /// A server that answers the first request 503 with `Retry-After: <retry_after(now + 3 s)>`
 /// and every later one 200; returns its URL and the instants of the requests.
-async fn retry_after_server(
-    retry_after: fn(chrono::DateTime<chrono::Utc>) -> String,
-) -> (String, Arc<Mutex<Vec<Instant>>>) {
+async fn retry_after_server(retry_after: DateForm) -> (String, Arc<Mutex<Vec<Instant>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -599,9 +635,7 @@ async fn retry_after_server(
 
 /// The time between the 503 of [`retry_after_server`], whose `Retry-After` is written by
 /// `retry_after`, and the retry.
-async fn gap_after_retry_after(
-    retry_after: fn(chrono::DateTime<chrono::Utc>) -> String,
-) -> Duration {
+async fn gap_after_retry_after(retry_after: DateForm) -> Duration {
     let (url, seen) = retry_after_server(retry_after).await;
     let tracker = Tracker::builder()
         .api_key("phc_testkey123456")
@@ -626,7 +660,7 @@ async fn gap_after_retry_after(
 /// accept is waited out; the obsolete ones (RFC 850, asctime) were ignored.
 #[tokio::test]
 async fn retry_after_dates_are_honoured_in_every_http_date_form() {
-    let forms: [(&str, fn(chrono::DateTime<chrono::Utc>) -> String); 3] = [
+    let forms: [(&str, DateForm); 3] = [
         ("IMF-fixdate", |at| {
             at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
         }),

@@ -128,7 +128,8 @@ impl TrackerBuilder {
         /// Timeout of one request to PostHog (default 10 s).
         pub fn request_timeout(timeout: Duration) => request_timeout = timeout;
 
-        /// Capacity of the in-memory queue (default 10,000 events).
+        /// Capacity of the in-memory queue (default 10,000 events): events not yet delivered
+        /// or given up, the batch being sent included. A batch that fills it is sent at once.
         pub fn queue_capacity(events: usize) => dispatch.queue.capacity = events.max(1);
 
         /// Bytes of events the in-memory queue holds at most (default 64 MiB); when full,

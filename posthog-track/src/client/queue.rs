@@ -56,17 +56,21 @@ struct Queued {
     request: Option<RequestMeta>,
     /// Its share of the byte budget, returned when the event leaves the queue.
     _room: OwnedSemaphorePermit,
+    /// Its place among the `capacity` events the queue holds, freed when it leaves the queue
+    /// (delivered, given up or dropped), not when the worker takes it into its batch.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Queued {
     /// An event entering the queue (counted in the queue's gauges until it leaves).
-    fn new(event: StagedEvent, room: OwnedSemaphorePermit) -> Self {
+    fn new(event: StagedEvent, (slot, room): (OwnedSemaphorePermit, OwnedSemaphorePermit)) -> Self {
         crate::metrics::queue_moved(1.0, event.payload.len());
         Queued {
             event,
             failures: 0,
             request: None,
             _room: room,
+            _slot: slot,
         }
     }
 }
@@ -78,6 +82,8 @@ impl Drop for Queued {
     }
 }
 
+// Nearly every command is an event: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Event(Queued),
     Flush(oneshot::Sender<Result<()>>),
@@ -89,6 +95,8 @@ pub(crate) struct Queue {
     worker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     room: Arc<Semaphore>,
     room_permits: u32,
+    /// `capacity` permits: one per event held, in the channel, the batch or its retries.
+    slots: Arc<Semaphore>,
     capacity: usize,
     /// Events accepted and not yet delivered or given up.
     in_flight: Arc<AtomicUsize>,
@@ -107,8 +115,9 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// Starts the worker on the current tokio runtime.
     pub(crate) fn start(sink: Sink, options: QueueOptions, stats: SharedStats) -> Arc<Queue> {
-        let (sender, receiver) = mpsc::channel(options.capacity.max(1));
-        let capacity = options.capacity;
+        // At most `Semaphore::MAX_PERMITS`: more would panic, and is no bound anyway.
+        let capacity = options.capacity.clamp(1, Semaphore::MAX_PERMITS);
+        let (sender, receiver) = mpsc::channel(capacity);
         let room_permits = permits_for(options.capacity_bytes);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let worker = tokio::spawn(
@@ -119,6 +128,9 @@ impl Queue {
                 buffer: Vec::new(),
                 bytes: 0,
                 in_flight: in_flight.clone(),
+                capacity,
+                room_permits,
+                held_permits: 0,
                 dropped: 0,
                 last_drop: String::new(),
             }
@@ -129,6 +141,7 @@ impl Queue {
             worker: std::sync::Mutex::new(Some(worker)),
             room: Arc::new(Semaphore::new(room_permits as usize)),
             room_permits,
+            slots: Arc::new(Semaphore::new(capacity)),
             capacity,
             in_flight,
             stats,
@@ -139,25 +152,29 @@ impl Queue {
         self.sender.lock().await.clone().ok_or(Error::ShutDown)
     }
 
-    /// The event's share of the byte budget; `None` when it must wait and `wait` is false.
+    /// The event's place in the queue and share of the byte budget; `None` when it must wait
+    /// and `wait` is false.
     async fn room_for(
         &self,
         event: &StagedEvent,
         wait: bool,
-    ) -> Result<Option<OwnedSemaphorePermit>> {
+    ) -> Result<Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>> {
         // A single event larger than the whole budget still passes, alone.
         let permits = permits_for(event.payload.len()).min(self.room_permits);
         if wait {
-            return self
-                .room
-                .clone()
-                .acquire_many_owned(permits)
-                .await
-                .map(Some)
-                .map_err(|_| Error::ShutDown);
+            let slot = self.slots.clone().acquire_owned().await;
+            let room = self.room.clone().acquire_many_owned(permits).await;
+            return match (slot, room) {
+                (Ok(slot), Ok(room)) => Ok(Some((slot, room))),
+                _ => Err(Error::ShutDown),
+            };
         }
-        match self.room.clone().try_acquire_many_owned(permits) {
-            Ok(permit) => Ok(Some(permit)),
+        let taken = self.slots.clone().try_acquire_owned().and_then(|slot| {
+            let room = self.room.clone().try_acquire_many_owned(permits)?;
+            Ok((slot, room))
+        });
+        match taken {
+            Ok(permits) => Ok(Some(permits)),
             Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
             Err(tokio::sync::TryAcquireError::Closed) => Err(Error::ShutDown),
         }
@@ -229,6 +246,7 @@ impl Queue {
     pub(crate) async fn close(&self, stop: Stop) -> usize {
         self.sender.lock().await.take();
         self.room.close();
+        self.slots.close();
         let worker = self
             .worker
             .lock()
@@ -298,6 +316,12 @@ struct Worker {
     buffer: Vec<Queued>,
     bytes: usize,
     in_flight: Arc<AtomicUsize>,
+    /// The queue's capacity in events, and its byte budget in permits: a batch that holds
+    /// either is sent at once, as nothing more can be queued until it leaves.
+    capacity: usize,
+    room_permits: u32,
+    /// Byte-budget permits of the events in `buffer`.
+    held_permits: usize,
     /// Events given up since the last flush, and the last reason.
     dropped: u64,
     last_drop: String,
@@ -321,9 +345,12 @@ impl Worker {
             match command {
                 Some(Command::Event(queued)) => {
                     self.bytes += queued.event.payload.len();
+                    self.held_permits += queued._room.num_permits();
                     self.buffer.push(queued);
                     if self.buffer.len() >= self.options.flush_at
                         || self.bytes >= self.options.max_batch_bytes
+                        || self.buffer.len() >= self.capacity
+                        || self.held_permits >= self.room_permits as usize
                     {
                         self.send_buffer().await;
                         deadline = None;
@@ -389,6 +416,7 @@ impl Worker {
     async fn send_buffer(&mut self) {
         let mut pending = std::mem::take(&mut self.buffer);
         self.bytes = 0;
+        self.held_permits = 0;
         let mut round = 0u32;
         let v1 = self.sink.capture_mode() == CaptureMode::V1;
         while !pending.is_empty() {
