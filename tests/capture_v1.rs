@@ -553,3 +553,39 @@ async fn an_answer_cut_short_is_not_taken_as_delivered<DB: Backend>(pool: &Pool<
         .collect();
     assert_eq!(waiting, [uuid]);
 }
+
+// A proxy's credentials in POSTHOG_HOST (`https://user:password@proxy`) become a Basic
+// `Authorization` header, and v1 authenticates with `Authorization: Bearer <key>`: requests
+// went out with two Authorization headers, which a server reads as it pleases. v1 through such
+// a host sends nothing and says why (a configuration failure: nothing is dropped from the
+// outbox, the in-memory events are given up as for a 401), never showing the credentials.
+#[tokio::test]
+async fn v1_refuses_a_host_with_credentials() {
+    let mock = MockPostHog::start().await;
+    let host = mock
+        .url()
+        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let tracker = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(host)
+        .unwrap()
+        .capture_mode(CaptureMode::V1)
+        .max_retries(0)
+        .build();
+    tracker
+        .capture(Event::new("through_a_proxy").distinct_id("u1"))
+        .await
+        .unwrap();
+    let flushed = tracker.flush().await;
+    assert!(
+        mock.requests().is_empty(),
+        "nothing is sent: {:?}",
+        mock.requests()
+    );
+    let shown = format!("{flushed:?}");
+    assert!(
+        shown.contains("credentials"),
+        "the reason says why: {shown}"
+    );
+    assert!(!shown.contains("hunter2pw"), "{shown}");
+}

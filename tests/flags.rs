@@ -1017,3 +1017,25 @@ fn the_readme_definitions_sample_evaluates() {
     let value = evaluate_for_person(&evaluator, "new-editor", "user-1", json!({"plan": "pro"}));
     assert!(matches!(value, FlagValue::Enabled(_)));
 }
+
+// Flag definitions are fetched with `Authorization: Bearer <personal key>`; a proxy's
+// credentials in POSTHOG_HOST would go out as a second Authorization header. The load refuses
+// and says why, without the credentials, and sends nothing.
+#[tokio::test]
+async fn definitions_refuse_a_host_with_credentials() {
+    let mock = posthog_track::testing::MockPostHog::start().await;
+    let host = mock
+        .url()
+        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let tracker = posthog_track::Tracker::builder()
+        .api_key(mock.api_key())
+        .host(host)
+        .unwrap()
+        .personal_api_key(mock.personal_api_key())
+        .build();
+    let loaded = tracker.load_flag_definitions().await;
+    let shown = format!("{loaded:?}");
+    assert!(loaded.is_err() && shown.contains("credentials"), "{shown}");
+    assert!(!shown.contains("hunter2pw"), "{shown}");
+    assert!(mock.flag_definitions_requests().is_empty());
+}

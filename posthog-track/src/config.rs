@@ -167,6 +167,25 @@ impl fmt::Debug for Config {
 /// `host` (a PostHog host or a database URL) with any `user:password@` replaced, and the
 /// value of every query parameter that can carry a secret (`?password=`, `sslpassword`,
 /// `token`, `api_key`, ...), for messages and logs.
+/// Whether `host` carries credentials (`https://user:password@proxy`), which an HTTP client
+/// sends as a Basic `Authorization` header.
+pub(crate) fn host_has_credentials(host: &str) -> bool {
+    reqwest::Url::parse(host)
+        .is_ok_and(|url| !url.username().is_empty() || url.password().is_some())
+}
+
+/// Why a request authenticated with `Authorization: Bearer` cannot go through a host with
+/// credentials: `what` names the request, `instead` what to do (the credentials are never
+/// shown).
+pub(crate) fn bearer_with_credentials(what: &str, instead: &str) -> String {
+    format!(
+        "POSTHOG_HOST carries credentials (user:password@), which go in the Authorization \
+         header, and {what} authenticates with `Authorization: Bearer`: one request cannot \
+         carry both; {instead}, or let the proxy authenticate otherwise (by network, or a \
+         header it adds itself)"
+    )
+}
+
 pub(crate) fn redact_host(host: &str) -> String {
     let Some((scheme, rest)) = host.split_once("://") else {
         return redact_query(host);

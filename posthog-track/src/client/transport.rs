@@ -93,7 +93,17 @@ impl Transport {
             // (and the key) somewhere else, or turn the POST into a GET.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|error| format!("the HTTP client could not be built: {error}"));
+            .map_err(|error| format!("the HTTP client could not be built: {error}"))
+            .and_then(|http| match mode {
+                CaptureMode::V1 if crate::config::host_has_credentials(host) => {
+                    Err(crate::config::bearer_with_credentials(
+                        "capture v1",
+                        "use capture v0 (POSTHOG_CAPTURE_MODE=v0), which sends the project key \
+                         in the body",
+                    ))
+                }
+                _ => Ok(http),
+            });
         let compression = match (mode, compression) {
             (CaptureMode::V0, Compression::None) => Compression::None,
             (CaptureMode::V0, _) => Compression::Gzip,

@@ -89,6 +89,8 @@ pub(crate) struct DefinitionsClient {
     /// Carries the project key (`?token=`, as PostHog's API wants it): never printed.
     url: String,
     secret: ApiKey,
+    /// The host carries credentials, which cannot travel beside the Bearer key.
+    credentialed_host: bool,
 }
 
 impl std::fmt::Debug for DefinitionsClient {
@@ -108,10 +110,24 @@ impl DefinitionsClient {
             "{host}/flags/definitions?token={}&send_cohorts",
             project_key.expose()
         );
-        DefinitionsClient { http, url, secret }
+        DefinitionsClient {
+            http,
+            url,
+            secret,
+            credentialed_host: crate::config::host_has_credentials(host),
+        }
     }
 
     pub(crate) async fn poll(&self, cache: &DefinitionsCache) -> Result<Polled> {
+        if self.credentialed_host {
+            return Err(Error::flags(
+                crate::config::bearer_with_credentials(
+                    "loading flag definitions (with the personal API key)",
+                    "evaluate flags remotely (no personal key)",
+                ),
+                None,
+            ));
+        }
         let mut request = self
             .http
             .get()?
