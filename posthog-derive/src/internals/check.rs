@@ -465,4 +465,27 @@ fn check_table_variants(cx: &Ctxt, container: &Container) {
             seen.push(pair);
         }
     }
+    // The route is decided before the INSERT, by the row's distinct id: a `generated` one
+    // still holds the placeholder then, so every row would be routed as the same user.
+    let Some(distinct_id) = &container.attrs.distinct_id else {
+        return;
+    };
+    let generated = container
+        .fields
+        .iter()
+        .any(|field| field.ident == distinct_id && field.is_generated());
+    if generated && !container.attrs.table_variants.is_empty() {
+        cx.error_spanned_by(
+            distinct_id,
+            format!(
+                "`distinct_id = {name}` names a `generated` field, but `table_variant` chooses \
+                 the row's table by its distinct id before the INSERT, while `{name}` still \
+                 holds the placeholder the database replaces: every row would be routed as the \
+                 same user. Take the distinct id from a field the application sets (the \
+                 owner's id), or leave `distinct_id` out so that the events and the route use \
+                 the transaction's (`TrackingContext::with_distinct_id`)",
+                name = unraw(distinct_id)
+            ),
+        );
+    }
 }
