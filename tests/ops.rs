@@ -890,3 +890,35 @@ async fn relay_start_line_hides_host_credentials() {
     assert!(stderr.contains("relaying"), "{stderr}");
     assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }
+
+/// clap prints the current value of an `env = ...` argument in `--help`: a POSTHOG_HOST with
+/// credentials (a proxy's `user:password@`) and a DATABASE_URL's password were shown.
+#[test]
+fn the_command_line_help_does_not_print_secrets_from_the_environment() {
+    let binary = posthog_track_tests::posthog_track_binary();
+    for args in [
+        vec!["plan", "push", "--help"],
+        vec!["relay", "--help"],
+        vec!["doctor", "--help"],
+        vec!["outbox", "migrate", "--help"],
+        vec!["outbox", "status", "--help"],
+        vec!["outbox", "purge", "--help"],
+        vec!["outbox", "requeue", "--help"],
+    ] {
+        let output = std::process::Command::new(&binary)
+            .args(&args)
+            .env("POSTHOG_HOST", "https://deploy:hunter2pw@posthog.internal")
+            .env("DATABASE_URL", "postgres://app:s3cretdbpw@db.internal/app")
+            .env("POSTHOG_PROJECT_ID", "1")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{shown}");
+        assert!(
+            !shown.contains("hunter2pw") && !shown.contains("s3cretdbpw"),
+            "`posthog-track {}` prints a secret:\n{shown}",
+            args.join(" ")
+        );
+    }
+}

@@ -71,7 +71,7 @@ enum Command {
     /// Deliver the outbox to PostHog until interrupted.
     Relay {
         /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// Deliver what the outbox holds now, then stop, instead of running forever. Exits
         /// non-zero when events are left undelivered.
@@ -133,7 +133,7 @@ enum Command {
 #[derive(clap::Args)]
 struct DoctorArgs {
     /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Print the checks as JSON.
     #[arg(long)]
@@ -167,7 +167,12 @@ enum PlanCommand {
         #[arg(long, env = "POSTHOG_PROJECT_ID")]
         project_id: u64,
         /// PostHog's host; ingestion hosts (us.i.posthog.com) map to the app (us.posthog.com).
-        #[arg(long, env = "POSTHOG_HOST", default_value = "https://us.posthog.com")]
+        #[arg(
+            long,
+            env = "POSTHOG_HOST",
+            hide_env_values = true,
+            default_value = "https://us.posthog.com"
+        )]
         host: String,
         /// List the changes without making them.
         #[arg(long)]
@@ -180,17 +185,17 @@ enum OutboxCommand {
     /// Create the outbox tables, or upgrade them in place to this version's schema
     /// (versioned, idempotent, safe when several instances run it at once).
     Migrate {
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
     /// What waits, what is in flight, what was rejected for good (and why), and the lag.
     Status {
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
     /// Delete dead-lettered events for good (all, or those dead for longer than --older-than).
     Purge {
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// Only events dead for longer than this: `90s`, `30m`, `24h`, `7d`.
         #[arg(long, value_parser = parse_age)]
@@ -198,7 +203,7 @@ enum OutboxCommand {
     },
     /// Put dead-lettered events back in line (all of them, or those given with --id).
     Requeue {
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         #[arg(long = "id")]
         ids: Vec<i64>,
