@@ -129,7 +129,9 @@ pub mod __private {
         Upsertable, fold_counts, fold_counts_of, fold_inserts, ignore_mariadb_returning,
         milestone_condition, stage_insert_event_detached,
     };
-    pub use crate::plan::{FieldPlan, ModelEvents, ModelPlan, PersonProperty, PlanEntry};
+    pub use crate::plan::{
+        FieldPlan, ModelEvents, ModelPlan, PersonProperty, PlanEntry, VariantPlan,
+    };
     pub use inventory;
     pub use serde::Serialize;
     pub use sqlx;

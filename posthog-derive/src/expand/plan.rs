@@ -66,11 +66,20 @@ pub fn plan_registration(container: &Container) -> TokenStream {
             }
         }
     });
+    let table_variants = attrs.table_variants.iter().map(|variant| {
+        let (flag, name, table) = (
+            &variant.flag.value,
+            &variant.variant.value,
+            &variant.table.value,
+        );
+        quote!(#private::VariantPlan { flag: #flag, variant: #name, table: #table })
+    });
     quote! {
         #private::inventory::submit! {
             #private::PlanEntry(&#private::ModelPlan {
                 model: #model,
                 table: #table,
+                table_variants: &[#(#table_variants),*],
                 description: #description,
                 events: #private::ModelEvents { insert: #insert_event, update: #update_event, delete: #delete_event },
                 identify: #identify,

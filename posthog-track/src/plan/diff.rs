@@ -33,13 +33,45 @@ impl fmt::Display for Change {
     }
 }
 
-type Key<'a> = (&'a str, &'a str, &'a str);
+/// An event's source: its name, model, trigger and, for a milestone, the property whose
+/// change sends it (a model can send one milestone event from several fields).
+type Key<'a> = (&'a str, &'a str, &'a str, &'a str);
 
 fn index(plan: &TrackingPlan) -> BTreeMap<Key<'_>, &PlannedEvent> {
     plan.events
         .iter()
-        .map(|e| ((e.event.as_str(), e.model.as_str(), e.trigger.as_str()), e))
+        .map(|e| {
+            let key = (
+                e.event.as_str(),
+                e.model.as_str(),
+                e.trigger.as_str(),
+                milestone_of(e),
+            );
+            (key, e)
+        })
         .collect()
+}
+
+/// The property whose change sends a milestone: as recorded, or, in a plan written before
+/// plans recorded it, the one whose old value the event carries as `previous_<property>`.
+fn milestone_of(event: &PlannedEvent) -> &str {
+    if !event.milestone_of.is_empty() || event.trigger != "milestone" {
+        return &event.milestone_of;
+    }
+    event
+        .properties
+        .iter()
+        .filter_map(|p| p.name.strip_prefix("previous_"))
+        .find(|name| event.properties.iter().any(|p| p.name == *name))
+        .unwrap_or_default()
+}
+
+/// An event's source, for people: "insert of `Order`", "milestone of `Account` on `plan`".
+fn source(event: &PlannedEvent) -> String {
+    match milestone_of(event) {
+        "" => format!("{} of `{}`", event.trigger, event.model),
+        property => format!("{} of `{}` on `{property}`", event.trigger, event.model),
+    }
 }
 
 /// The changes from `old` to `new`, breaking ones first.
@@ -56,10 +88,7 @@ pub fn diff(old: &TrackingPlan, new: &TrackingPlan) -> Vec<Change> {
         if !before.contains_key(key) {
             push(
                 Severity::Additive,
-                format!(
-                    "event `{}` added ({} of `{}`)",
-                    event.event, event.trigger, event.model
-                ),
+                format!("event `{}` added ({})", event.event, source(event)),
             );
         }
     }
@@ -68,8 +97,9 @@ pub fn diff(old: &TrackingPlan, new: &TrackingPlan) -> Vec<Change> {
             push(
                 Severity::Breaking,
                 format!(
-                    "event `{}` removed ({} of `{}`)",
-                    old_event.event, old_event.trigger, old_event.model
+                    "event `{}` removed ({})",
+                    old_event.event,
+                    source(old_event)
                 ),
             );
             continue;
@@ -82,10 +112,7 @@ pub fn diff(old: &TrackingPlan, new: &TrackingPlan) -> Vec<Change> {
                 .collect()
         };
         let (old_props, new_props) = (props(old_event), props(new_event));
-        let place = format!(
-            "`{}` ({} of `{}`)",
-            old_event.event, old_event.trigger, old_event.model
-        );
+        let place = format!("`{}` ({})", old_event.event, source(old_event));
         for (name, new_prop) in &new_props {
             match old_props.get(name) {
                 None => push(
@@ -114,12 +141,25 @@ pub fn diff(old: &TrackingPlan, new: &TrackingPlan) -> Vec<Change> {
                             format!("property `{name}` of {place} is no longer always present"),
                         );
                     }
-                    if old_prop.person != new_prop.person {
-                        push(
+                    // A property that stops setting the person (or stops overwriting it, or
+                    // starts overwriting a first value) leaves person-based insights and
+                    // cohorts with other values than before: only a new one is additive.
+                    let (severity, what) = match (&old_prop.person, &new_prop.person) {
+                        (None, Some(new)) => (
                             Severity::Additive,
-                            format!("property `{name}` of {place}: person property changed"),
-                        );
-                    }
+                            format!("is now also a person property (`${new}`)"),
+                        ),
+                        (Some(old), None) => (
+                            Severity::Breaking,
+                            format!("is no longer a person property (`${old}`)"),
+                        ),
+                        (Some(old), Some(new)) if old != new => (
+                            Severity::Breaking,
+                            format!("changed person property: `${old}` -> `${new}`"),
+                        ),
+                        _ => continue,
+                    };
+                    push(severity, format!("property `{name}` of {place} {what}"));
                 }
             }
         }

@@ -36,6 +36,8 @@ pub use push::{EU_APP_HOST, PlanPush, PushOptions, US_APP_HOST};
 pub struct ModelPlan {
     pub model: &'static str,
     pub table: &'static str,
+    /// `table_variant(...)`: the tables its rows go to instead, per flag variant.
+    pub table_variants: &'static [VariantPlan],
     pub description: &'static str,
     pub events: ModelEvents,
     /// `identify`: inserts and person-property changes send `$identify`.
@@ -47,6 +49,15 @@ pub struct ModelPlan {
     /// The group types of its `group = "..."` fields.
     pub groups: &'static [&'static str],
     pub fields: &'static [FieldPlan],
+}
+
+/// What the derive records about a `table_variant(...)` (not public API).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct VariantPlan {
+    pub flag: &'static str,
+    pub variant: &'static str,
+    pub table: &'static str,
 }
 
 /// The names of a model's write events (not public API).
@@ -126,11 +137,30 @@ pub struct PlannedEvent {
     pub model: String,
     /// The table written.
     pub table: String,
+    /// For a flag-routed model, the tables its rows go to instead of `table`: those of the
+    /// users in each variant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variant_tables: Vec<VariantTable>,
+    /// For a `milestone`, the property whose change sends it (its old value is
+    /// `previous_<property>`): one event name can have a milestone on several fields.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub milestone_of: String,
     /// The model's doc comment.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Its properties, in field order.
     pub properties: Vec<PlannedProperty>,
+}
+
+/// Where a flag-routed model's rows go for the users in one variant of a feature flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantTable {
+    /// The feature flag's key.
+    pub flag: String,
+    /// The variant.
+    pub variant: String,
+    /// The table the rows of its users go to.
+    pub table: String,
 }
 
 /// One property of an event.
@@ -177,7 +207,12 @@ impl TrackingPlan {
             plan.add_model(model);
         }
         plan.events.sort_by(|a, b| {
-            (&a.event, &a.model, &a.trigger).cmp(&(&b.event, &b.model, &b.trigger))
+            (&a.event, &a.model, &a.trigger, &a.milestone_of).cmp(&(
+                &b.event,
+                &b.model,
+                &b.trigger,
+                &b.milestone_of,
+            ))
         });
         plan
     }
@@ -188,22 +223,49 @@ impl TrackingPlan {
             .iter()
             .filter(|f| f.property.is_some())
             .collect();
+        // Every event a write of a flag-routed model stages carries `$feature/<flag>` with the
+        // flag's value for the row's user (not when the flag could not be decided, nor on a
+        // backfill, which routes nothing).
+        let mut flags: Vec<&str> = Vec::new();
+        for variant in model.table_variants {
+            if !flags.contains(&variant.flag) {
+                flags.push(variant.flag);
+            }
+        }
+        let features: Vec<PlannedProperty> = flags
+            .iter()
+            .map(|flag| special_property(&format!("$feature/{flag}"), "string", false))
+            .collect();
         // Every event of a grouped model carries `$groups`.
         let groups = (model.group_type.is_some() || !model.groups.is_empty())
             .then(|| special_property("$groups", "object", true));
+        // PostHog's properties, after the model's.
+        let specials: Vec<PlannedProperty> =
+            features.iter().cloned().chain(groups.clone()).collect();
         let every = |always: &dyn Fn(&FieldPlan) -> bool, include: &dyn Fn(&FieldPlan) -> bool| {
             tracked
                 .iter()
                 .filter(|f| include(f))
                 .map(|f| property(f, always(f)))
-                .chain(groups.clone())
+                .chain(specials.iter().cloned())
                 .collect::<Vec<_>>()
         };
+        let variant_tables: Vec<VariantTable> = model
+            .table_variants
+            .iter()
+            .map(|variant| VariantTable {
+                flag: variant.flag.to_owned(),
+                variant: variant.variant.to_owned(),
+                table: variant.table.to_owned(),
+            })
+            .collect();
         let event = |name: &str, trigger: &str, properties: Vec<PlannedProperty>| PlannedEvent {
             event: name.to_owned(),
             trigger: trigger.to_owned(),
             model: model.model.to_owned(),
             table: model.table.to_owned(),
+            variant_tables: variant_tables.clone(),
+            milestone_of: String::new(),
             // PostHog's own events keep PostHog's descriptions.
             description: if name.starts_with('$') {
                 String::new()
@@ -244,12 +306,19 @@ impl TrackingPlan {
         }
         for field in &tracked {
             for milestone in field.milestones {
+                // A milestone sends the row's properties and the field's old value, but no
+                // `$set`: none of them is a person property there.
                 let mut properties = every(&|_| true, &|_| true);
                 let mut previous = property(field, true);
-                previous.name = format!("previous_{}", previous.name);
-                previous.person = None;
-                properties.insert(properties.len() - usize::from(groups.is_some()), previous);
-                self.events.push(event(milestone, "milestone", properties));
+                let changed = std::mem::take(&mut previous.name);
+                previous.name = format!("previous_{changed}");
+                properties.insert(properties.len() - specials.len(), previous);
+                for property in &mut properties {
+                    property.person = None;
+                }
+                let mut planned = event(milestone, "milestone", properties);
+                planned.milestone_of = changed;
+                self.events.push(planned);
             }
         }
         if model.identify {
@@ -260,8 +329,10 @@ impl TrackingPlan {
             self.events.push(event("$identify", "identify", properties));
         }
         if model.identify || model.fields.iter().any(|f| f.person.is_some()) {
-            // A backfill's person update: the person properties of one row (`None` as `$unset`).
-            let properties = every(&|_| false, &|f| f.person.is_some());
+            // A backfill's person update: the person properties of one row (`None` as `$unset`),
+            // and no flag (a backfill routes nothing).
+            let mut properties = every(&|_| false, &|f| f.person.is_some());
+            properties.retain(|p| !p.name.starts_with("$feature/"));
             self.events.push(event("$set", "backfill", properties));
         }
         if model.group_type.is_some() {
@@ -270,7 +341,7 @@ impl TrackingPlan {
                 special_property("$group_key", "string", true),
                 special_property("$group_set", "object", true),
             ];
-            properties.extend(groups.clone());
+            properties.extend(specials.iter().cloned());
             self.events
                 .push(event("$groupidentify", "group_identify", properties));
         }
@@ -303,8 +374,23 @@ impl TrackingPlan {
         for (name, sources) in by_event {
             out.push_str(&format!("\n## `{name}`\n"));
             for event in sources {
+                let milestone_of = if event.milestone_of.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (a change of `{}`)", event.milestone_of)
+                };
+                let variants: String = event
+                    .variant_tables
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            ", or `{}` for variant `{}` of flag `{}`",
+                            v.table, v.variant, v.flag
+                        )
+                    })
+                    .collect();
                 out.push_str(&format!(
-                    "\nSent on {} of `{}` (table `{}`).",
+                    "\nSent on {}{milestone_of} of `{}` (table `{}`{variants}).",
                     trigger_phrase(&event.trigger),
                     event.model,
                     event.table
@@ -322,7 +408,14 @@ impl TrackingPlan {
                     out.push_str(&format!(
                         "| `{}` | {ty} | {} | {} | {} |\n",
                         p.name,
-                        if p.always { "yes" } else { "when changed" },
+                        if p.always {
+                            "yes"
+                        } else if p.name.starts_with("$feature/") {
+                            // Absent when the flag could not be decided.
+                            "when decided"
+                        } else {
+                            "when changed"
+                        },
                         p.person
                             .as_deref()
                             .map_or(String::new(), |person| format!("`${person}`")),
@@ -392,8 +485,12 @@ fn json_type(rust_type: &str) -> (&'static str, bool) {
     let ty = match head.as_str() {
         "String" | "str" | "&str" | "Uuid" | "DateTime" | "NaiveDate" | "NaiveDateTime"
         | "NaiveTime" | "char" | "Cow" => "string",
+        // serde sends `rust_decimal::Decimal` and `bigdecimal::BigDecimal` as strings ("49.50"),
+        // unless rust_decimal's `serde-float` or `serde-arbitrary-precision` feature is on,
+        // which the type's name cannot tell: plan what they send by default.
+        "Decimal" | "BigDecimal" => "string",
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
-        | "usize" | "f32" | "f64" | "Decimal" => "number",
+        | "usize" | "f32" | "f64" => "number",
         "bool" => "boolean",
         "Vec" | "HashSet" | "BTreeSet" => "array",
         "HashMap" | "BTreeMap" | "Map" => "object",
@@ -476,6 +573,20 @@ pub fn assert_snapshot(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// serde sends decimals as strings; the plan said number (Decimal) and object (BigDecimal).
+    #[test]
+    fn decimals_are_planned_as_the_strings_serde_sends() {
+        for ty in [
+            "Decimal",
+            "rust_decimal::Decimal",
+            "BigDecimal",
+            "bigdecimal::BigDecimal",
+        ] {
+            assert_eq!(json_type(ty), ("string", false), "{ty}");
+        }
+        assert_eq!(json_type("Option<Decimal>"), ("string", true));
+    }
 
     #[test]
     fn an_empty_plan_is_refused_with_the_way_to_link_the_models() {
