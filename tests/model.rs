@@ -102,6 +102,16 @@ struct Member {
     team_id: String,
 }
 
+/// Columns whose names contain a dot: one identifier each, not `"app"."version"`.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "mc_dotted", distinct_id = id)]
+struct Dotted {
+    #[tracked(key, property, column = "dotted.id")]
+    id: String,
+    #[tracked(person = "app_version", column = "app.version")]
+    version: String,
+}
+
 const SQLITE_SCHEMA: &str = r#"
     CREATE TABLE mc_devices (id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))),
                              owner TEXT NOT NULL);
@@ -114,6 +124,7 @@ const SQLITE_SCHEMA: &str = r#"
                            total INTEGER GENERATED ALWAYS AS (qty * unit_price) STORED);
     CREATE TABLE mc_members (user_id TEXT NOT NULL, team_id TEXT NOT NULL,
                              PRIMARY KEY (user_id, team_id));
+    CREATE TABLE mc_dotted ("dotted.id" TEXT PRIMARY KEY, "app.version" TEXT NOT NULL);
 "#;
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -129,6 +140,7 @@ const POSTGRES_SCHEMA: &str = r#"
                            total BIGINT GENERATED ALWAYS AS (qty * unit_price) STORED);
     CREATE TABLE mc_members (user_id TEXT NOT NULL, team_id TEXT NOT NULL,
                              PRIMARY KEY (user_id, team_id));
+    CREATE TABLE mc_dotted ("dotted.id" TEXT PRIMARY KEY, "app.version" TEXT NOT NULL);
 "#;
 
 // `taken_at` is a DATETIME without fractional seconds: MariaDB keeps whole seconds.
@@ -147,6 +159,8 @@ const MYSQL_SCHEMA: &str = r#"
                            total BIGINT AS (qty * unit_price) STORED) ENGINE=InnoDB;
     CREATE TABLE mc_members (user_id VARCHAR(100) NOT NULL, team_id VARCHAR(100) NOT NULL,
                              PRIMARY KEY (user_id, team_id)) ENGINE=InnoDB;
+    CREATE TABLE mc_dotted (`dotted.id` VARCHAR(100) PRIMARY KEY,
+                            `app.version` TEXT NOT NULL) ENGINE=InnoDB;
 "#;
 
 /// A tracker without an API key (it prints its events), its outbox migrated on `pool`.
@@ -702,4 +716,61 @@ where
         "member_updated"
     );
     tx.commit().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A column name with a dot in it is one identifier: every statement of the model (insert,
+// insert_all, update, update_changed, upsert, load_for_update, delete, a backfill's pages)
+// quotes it whole, where it used to split it into `"app"."version"`.
+
+model_tests!(
+    dotted_column_names,
+    "mc_dotted",
+    sqlite_dotted_column_names,
+    postgres_dotted_column_names,
+    mysql_dotted_column_names
+);
+
+async fn dotted_column_names<DB: TestDb>(pool: &Pool<DB>)
+where
+    Dotted: TrackedRow<DB>,
+    Pool<DB>: posthog_track::BackfillPool<Dotted>,
+{
+    let tracker = migrated_printer(pool).await;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let row = Dotted {
+        id: unique("dotted"),
+        version: "1.2.3".into(),
+    };
+    assert_eq!(row.clone().insert(&mut tx).await.unwrap(), row);
+    assert_eq!(
+        tx.staged()[0].json()["properties"]["$set"]["app_version"],
+        json!("1.2.3")
+    );
+    let more: Vec<Dotted> = (0..2)
+        .map(|n| Dotted {
+            id: unique("dotted"),
+            version: format!("0.{n}"),
+        })
+        .collect();
+    assert_eq!(Dotted::insert_all(&more, &mut tx).await.unwrap(), more);
+    let mut after = row.clone();
+    after.version = "1.2.4".into();
+    after.update_changed(&row, &mut tx).await.unwrap();
+    after.version = "1.2.5".into();
+    after.update(&mut tx).await.unwrap();
+    after.version = "1.2.6".into();
+    assert!(!after.clone().upsert(&mut tx).await.unwrap().was_inserted());
+    let loaded = Dotted::load_for_update(&after.id, &mut tx).await.unwrap();
+    assert_eq!(loaded.as_ref(), Some(&after));
+    more[0].clone().delete(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let report = tracker
+        .backfill::<Dotted>(pool)
+        .dry_run()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.person_updates, 2, "{report}");
 }

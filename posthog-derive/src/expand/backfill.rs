@@ -139,15 +139,15 @@ pub fn dummy(ident: &syn::Ident, key: &TokenStream) -> TokenStream {
 /// The last placeholder is the page size. Keyset pagination, so a page costs the same however
 /// far the backfill has gone (an `OFFSET` would rescan every earlier row).
 fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
-    let table = dialect.quote(container.table());
+    let table = dialect.quote_table(container.table());
     let columns: Vec<String> = container
         .fields
         .iter()
-        .map(|field| dialect.quote(&field.column()))
+        .map(|field| dialect.quote_ident(&field.column()))
         .collect();
     let keys: Vec<String> = container
         .keys()
-        .map(|field| dialect.quote(&field.column()))
+        .map(|field| dialect.quote_ident(&field.column()))
         .collect();
     let select = format!("SELECT {} FROM {table}", columns.join(", "));
     let order = format!("ORDER BY {}", keys.join(", "));

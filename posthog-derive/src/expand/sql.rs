@@ -34,9 +34,9 @@ const NOT_AUTO_INCREMENT: &str = "a generated key is read back with the insert's
     `Uuid::now_v7()`) and remove `generated`";
 
 fn model_sql(container: &Container, table: &str, dialect: Dialect) -> TokenStream {
-    let table = dialect.quote(table);
+    let table = dialect.quote_table(table);
     let fields = &container.fields;
-    let column = |field: &Field| dialect.quote(&field.column());
+    let column = |field: &Field| dialect.quote_ident(&field.column());
     let inserted: Vec<&Field> = fields.iter().filter(|f| !f.is_generated()).collect();
     let keys: Vec<&Field> = container.keys().collect();
     let updatable: Vec<&Field> = fields.iter().filter(|f| f.is_updatable()).collect();
@@ -210,7 +210,7 @@ fn upsert_sql(
     if container.keys().any(Field::is_generated) {
         return Err(GENERATED_KEY_UPSERT);
     }
-    let column = |field: &Field| dialect.quote(&field.column());
+    let column = |field: &Field| dialect.quote_ident(&field.column());
     let inserted: Vec<&Field> = container
         .fields
         .iter()

@@ -35,14 +35,20 @@ impl Dialect {
         }
     }
 
-    /// Quotes an identifier; a dotted name (`schema.table`) is quoted part by part.
-    pub fn quote(self, name: &str) -> String {
+    /// Quotes one identifier whole, a column: a dot is part of the name (`"app.version"`).
+    pub fn quote_ident(self, name: &str) -> String {
         let (open, close) = match self {
             Dialect::MySql => ('`', "``"),
             Dialect::Postgres | Dialect::Sqlite => ('"', "\"\""),
         };
+        format!("{open}{}{open}", name.replace(open, close))
+    }
+
+    /// Quotes a table name, which may be qualified: `schema.table` is quoted part by part
+    /// (`"schema"."table"`), so a table's own name cannot contain a dot.
+    pub fn quote_table(self, name: &str) -> String {
         name.split('.')
-            .map(|part| format!("{open}{}{open}", part.replace(open, close)))
+            .map(|part| self.quote_ident(part))
             .collect::<Vec<_>>()
             .join(".")
     }
@@ -73,9 +79,23 @@ mod tests {
 
     #[test]
     fn quoting_doubles_the_quote_character() {
-        assert_eq!(Dialect::Postgres.quote("user\"s"), "\"user\"\"s\"");
-        assert_eq!(Dialect::MySql.quote("user`s"), "`user``s`");
-        assert_eq!(Dialect::Sqlite.quote("app.users"), "\"app\".\"users\"");
+        assert_eq!(Dialect::Postgres.quote_ident("user\"s"), "\"user\"\"s\"");
+        assert_eq!(Dialect::MySql.quote_ident("user`s"), "`user``s`");
+        assert_eq!(Dialect::MySql.quote_table("app.user`s"), "`app`.`user``s`");
+        assert_eq!(
+            Dialect::Sqlite.quote_table("app.users"),
+            "\"app\".\"users\""
+        );
+    }
+
+    #[test]
+    fn a_column_is_one_identifier_dots_and_all() {
+        assert_eq!(
+            Dialect::Postgres.quote_ident("app.version"),
+            "\"app.version\""
+        );
+        assert_eq!(Dialect::MySql.quote_ident("app.version"), "`app.version`");
+        assert_eq!(Dialect::Sqlite.quote_ident("a.\"b\""), "\"a.\"\"b\"\"\"");
     }
 
     #[test]
