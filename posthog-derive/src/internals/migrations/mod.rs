@@ -18,7 +18,7 @@ use super::attr::Spanned;
 use super::case::did_you_mean;
 use super::ctxt::Ctxt;
 use super::dialect::{self, Dialect};
-use schema::{Schema, Table, normalize_str};
+use schema::{Schema, Table};
 
 /// Applies the migrations rules; returns the files read, for the rebuild trigger.
 pub fn check(cx: &Ctxt, container: &Container) -> Vec<PathBuf> {
@@ -145,7 +145,7 @@ fn load(
             return None;
         }
     };
-    let mut schema = Schema::default();
+    let mut schema = Schema::new(dialect);
     for file in &files {
         let name = file_name(file);
         let sql = match std::fs::read_to_string(file) {
@@ -159,7 +159,7 @@ fn load(
             }
         };
         match sqlparser::parser::Parser::parse_sql(&*Dialect::parser(dialect), &sql) {
-            Ok(statements) => schema.apply(statements, &name, dialect),
+            Ok(statements) => schema.apply(statements, &name),
             Err(error) => {
                 cx.error_at(
                     directory.span,
@@ -320,16 +320,16 @@ fn check_unaccounted_columns(cx: &Ctxt, container: &Container, table_name: &str,
     let fields: Vec<String> = container
         .fields
         .iter()
-        .map(|field| normalize_str(&field.column()))
+        .map(|field| table.column_key(&field.column()))
         .collect();
     let untracked = &container.attrs.untracked_columns;
     for column in &table.columns {
-        if fields.contains(&normalize_str(&column.name)) {
+        if fields.contains(&column.name) {
             continue;
         }
         let declared = untracked
             .iter()
-            .find(|name| name.value.eq_ignore_ascii_case(&column.name));
+            .find(|name| table.column_key(&name.value) == column.name);
         if column.not_null && !column.has_default {
             let span = declared.map_or_else(|| container.ident.span(), |name| name.span);
             cx.error_at(
@@ -364,12 +364,15 @@ fn check_untracked_columns(
     all_found: bool,
 ) {
     for name in &container.attrs.untracked_columns {
-        let normalized = normalize_str(&name.value);
-        if container
-            .fields
-            .iter()
-            .any(|field| normalize_str(&field.column()) == normalized)
-        {
+        // A field's column, by the rules of every table it is found in (PostgreSQL's
+        // `"Email"` is not `email`); before any table is known, as the name is written.
+        let is_field = |field: &Field| match tables {
+            [] => field.column() == name.value,
+            _ => tables.iter().any(|(_, table)| {
+                table.column_key(&field.column()) == table.column_key(&name.value)
+            }),
+        };
+        if container.fields.iter().any(is_field) {
             cx.error_at(
                 name.span,
                 format!(
@@ -415,8 +418,8 @@ fn check_primary_key(cx: &Ctxt, container: &Container, table_name: &str, table: 
         // `check` already asked for a key.
         return;
     }
-    let mut key_columns: Vec<String> = keys.iter().map(|f| normalize_str(&f.column())).collect();
-    let mut primary_key: Vec<String> = table.primary_key.iter().map(|c| normalize_str(c)).collect();
+    let mut key_columns: Vec<String> = keys.iter().map(|f| table.column_key(&f.column())).collect();
+    let mut primary_key: Vec<String> = table.primary_key.clone();
     key_columns.sort();
     primary_key.sort();
     if key_columns == primary_key {
@@ -456,12 +459,12 @@ mod tests {
     use super::types::SqlKind;
 
     fn replay(dialect: Dialect, files: &[&str]) -> Schema {
-        let mut schema = Schema::default();
+        let mut schema = Schema::new(Some(dialect));
         for (index, sql) in files.iter().enumerate() {
             let statements =
                 sqlparser::parser::Parser::parse_sql(&*Dialect::parser(Some(dialect)), sql)
                     .unwrap_or_else(|error| panic!("{sql}: {error}"));
-            schema.apply(statements, &format!("{index:04}.sql"), Some(dialect));
+            schema.apply(statements, &format!("{index:04}.sql"));
         }
         schema
     }

@@ -14,7 +14,41 @@ use super::types::SqlKind;
 /// The tables after every migration ran.
 #[derive(Debug, Default)]
 pub struct Schema {
+    /// By name, resolved as the dialect resolves it (see [`name_key`]).
     pub tables: BTreeMap<String, Table>,
+    dialect: Option<Dialect>,
+}
+
+/// What a name is the name of: MySQL compares table names with their case (as on Linux, its
+/// default `lower_case_table_names = 0`) and column names without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Table,
+    Column,
+}
+
+/// The form of a name the database finds objects by, so that two names are the same object
+/// exactly when their forms are equal:
+/// - PostgreSQL (and the generic dialect): an unquoted name folds to lower case, a quoted one
+///   is exact;
+/// - MySQL/MariaDB: a table's name is exact, quoted or not (a table is a file; Linux compares
+///   file names with their case); a column's name is compared without case;
+/// - SQLite: every name is compared without ASCII case, quoted or not.
+fn name_key(dialect: Option<Dialect>, kind: Kind, ident: &Ident) -> String {
+    match (dialect, kind) {
+        (None | Some(Dialect::Postgres), _) => match ident.quote_style {
+            Some(_) => ident.value.clone(),
+            None => ident.value.to_ascii_lowercase(),
+        },
+        (Some(Dialect::MySql), Kind::Table) => ident.value.clone(),
+        (Some(Dialect::MySql), Kind::Column) => ident.value.to_lowercase(),
+        (Some(Dialect::Sqlite), _) => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// A name from the model, which the derive quotes as written.
+fn model_name_key(dialect: Option<Dialect>, kind: Kind, name: &str) -> String {
+    name_key(dialect, kind, &Ident::with_quote('"', name))
 }
 
 #[derive(Debug, Clone)]
@@ -25,11 +59,12 @@ pub struct Table {
     pub primary_key: Vec<String>,
     /// The migration file that created the table.
     pub origin: String,
+    dialect: Option<Dialect>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Column {
-    /// Normalized (unquoted names fold to lower case, as every supported database compares them).
+    /// Normalized: the form the dialect finds the column by (see [`name_key`]).
     pub name: String,
     /// The type as written, for messages: `BIGINT`, `VARCHAR(255)`.
     pub sql_type: String,
@@ -45,13 +80,18 @@ pub struct Column {
 }
 
 impl Table {
-    /// A column the model names; the derive quotes names as written, but every supported
-    /// database matches them without regard to case in practice (PostgreSQL folds unquoted
-    /// names, MySQL and SQLite compare column names case-insensitively).
+    /// A column the model names, found as the database finds it: the derive quotes names as
+    /// written, so on PostgreSQL `email` is not a column created as `"Email"`, while MySQL
+    /// and SQLite compare column names without case.
     pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns
-            .iter()
-            .find(|column| column.name.eq_ignore_ascii_case(name))
+        let key = self.column_key(name);
+        self.columns.iter().find(|column| column.name == key)
+    }
+
+    /// The normalized form of a column name from the model, to compare with
+    /// [`Column::name`] and [`Table::primary_key`].
+    pub fn column_key(&self, name: &str) -> String {
+        model_name_key(self.dialect, Kind::Column, name)
     }
 
     fn column_mut(&mut self, name: &str) -> Option<&mut Column> {
@@ -60,19 +100,31 @@ impl Table {
 }
 
 impl Schema {
-    /// The table a model names: `users` or `public.users`.
+    /// The tables the migrations of `dialect` (`None`: the generic parser) leave behind.
+    pub fn new(dialect: Option<Dialect>) -> Self {
+        Schema {
+            tables: BTreeMap::new(),
+            dialect,
+        }
+    }
+
+    /// The table a model names, `users` or `public.users`, found as the database finds it:
+    /// the derive quotes the name as written, so on PostgreSQL `Accounts` is the table created
+    /// as `"Accounts"`, not one created as `Accounts` (which is `accounts`).
     pub fn table(&self, name: &str) -> Option<&Table> {
         let last = name.rsplit('.').next().unwrap_or(name);
-        self.tables.get(&normalize_str(last))
+        self.tables
+            .get(&model_name_key(self.dialect, Kind::Table, last))
     }
 
     /// Applies one migration file's statements.
-    pub fn apply(&mut self, statements: Vec<Statement>, origin: &str, dialect: Option<Dialect>) {
+    pub fn apply(&mut self, statements: Vec<Statement>, origin: &str) {
+        let dialect = self.dialect;
         for statement in statements {
             match statement {
                 Statement::CreateTable(create) => self.create_table(create, origin, dialect),
                 Statement::AlterTable(alter) => {
-                    let name = table_name(&alter.name);
+                    let name = self.table_name(&alter.name);
                     for operation in alter.operations {
                         self.alter_table(&name, operation, origin, dialect);
                     }
@@ -83,12 +135,14 @@ impl Schema {
                     ..
                 } => {
                     for name in names {
-                        self.tables.remove(&table_name(&name));
+                        let name = self.table_name(&name);
+                        self.tables.remove(&name);
                     }
                 }
                 Statement::RenameTable(renames) => {
                     for rename in renames {
-                        self.rename_table(&table_name(&rename.old_name), &rename.new_name);
+                        let old = self.table_name(&rename.old_name);
+                        self.rename_table(&old, &rename.new_name);
                     }
                 }
                 // Data changes, indexes, views, functions: they do not change a table's shape.
@@ -98,7 +152,7 @@ impl Schema {
     }
 
     fn create_table(&mut self, create: CreateTable, origin: &str, dialect: Option<Dialect>) {
-        let name = table_name(&create.name);
+        let name = self.table_name(&create.name);
         if create.if_not_exists && self.tables.contains_key(&name) {
             return;
         }
@@ -106,10 +160,11 @@ impl Schema {
             columns: Vec::new(),
             primary_key: Vec::new(),
             origin: origin.to_owned(),
+            dialect,
         };
         for column in &create.columns {
             if is_primary_key(&column.options.iter().map(|o| &o.option).collect::<Vec<_>>()) {
-                table.primary_key = vec![normalize(&column.name)];
+                table.primary_key = vec![normalize(dialect, &column.name)];
             }
             table.columns.push(column_from_def(column, origin, dialect));
         }
@@ -153,7 +208,7 @@ impl Schema {
             }
             AlterTableOperation::DropColumn { column_names, .. } => {
                 for dropped in column_names {
-                    let dropped = normalize(&dropped);
+                    let dropped = normalize(dialect, &dropped);
                     table.columns.retain(|column| column.name != dropped);
                     table.primary_key.retain(|column| *column != dropped);
                 }
@@ -179,7 +234,7 @@ impl Schema {
                 ..
             } => redefine_column(table, &col_name, &data_type, &options, origin, dialect),
             AlterTableOperation::AlterColumn { column_name, op } => {
-                let Some(column) = table.column_mut(&normalize(&column_name)) else {
+                let Some(column) = table.column_mut(&normalize(dialect, &column_name)) else {
                     return;
                 };
                 column.origin = origin.to_owned();
@@ -209,37 +264,30 @@ impl Schema {
 
     fn rename_table(&mut self, old: &str, new_name: &ObjectName) {
         if let Some(table) = self.tables.remove(old) {
-            self.tables.insert(table_name(new_name), table);
+            let new_name = self.table_name(new_name);
+            self.tables.insert(new_name, table);
         }
     }
-}
 
-/// Unquoted identifiers fold to lower case; quoted ones keep their case.
-fn normalize(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
+    /// The last part of a possibly schema-qualified name, normalized.
+    fn table_name(&self, name: &ObjectName) -> String {
+        name.0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(|ident| name_key(self.dialect, Kind::Table, ident))
+            .unwrap_or_default()
     }
 }
 
-/// A name from the model, which the derive quotes as written.
-pub fn normalize_str(name: &str) -> String {
-    name.to_lowercase()
-}
-
-/// The last part of a possibly schema-qualified name.
-fn table_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|part| part.as_ident())
-        .map(normalize)
-        .unwrap_or_default()
+/// A column's name from a migration, normalized.
+fn normalize(dialect: Option<Dialect>, ident: &Ident) -> String {
+    name_key(dialect, Kind::Column, ident)
 }
 
 fn column_from_def(def: &ColumnDef, origin: &str, dialect: Option<Dialect>) -> Column {
     let options: Vec<&ColumnOption> = def.options.iter().map(|o| &o.option).collect();
     let mut column = Column {
-        name: normalize(&def.name),
+        name: normalize(dialect, &def.name),
         sql_type: def.data_type.to_string(),
         kind: SqlKind::classify(&def.data_type, dialect),
         // SERIAL types are NOT NULL (PostgreSQL's, and MySQL's `SERIAL` alias).
@@ -260,7 +308,7 @@ fn redefine_column(
     origin: &str,
     dialect: Option<Dialect>,
 ) {
-    let Some(column) = table.column_mut(&normalize(name)) else {
+    let Some(column) = table.column_mut(&normalize(dialect, name)) else {
         return;
     };
     // MySQL's CHANGE/MODIFY restate the whole definition: what is not written is gone.
@@ -274,7 +322,7 @@ fn redefine_column(
 }
 
 fn rename_column(table: &mut Table, old: &Ident, new: &Ident, origin: &str) {
-    let (old, new) = (normalize(old), normalize(new));
+    let (old, new) = (normalize(table.dialect, old), normalize(table.dialect, new));
     if let Some(column) = table.column_mut(&old) {
         column.name = new.clone();
         column.origin = origin.to_owned();
@@ -335,8 +383,10 @@ fn apply_constraint(table: &mut Table, constraint: &TableConstraint) {
             .columns
             .iter()
             .filter_map(|column| match &column.column.expr {
-                Expr::Identifier(ident) => Some(normalize(ident)),
-                Expr::CompoundIdentifier(parts) => parts.last().map(normalize),
+                Expr::Identifier(ident) => Some(normalize(table.dialect, ident)),
+                Expr::CompoundIdentifier(parts) => {
+                    parts.last().map(|ident| normalize(table.dialect, ident))
+                }
                 // An expression key (a function of columns) matches no field.
                 _ => None,
             })
