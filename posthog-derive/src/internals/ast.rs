@@ -244,12 +244,28 @@ pub fn property_ident(name: &str, span: Span) -> Option<Ident> {
     if !is_identifier {
         return None;
     }
-    Some(match syn::parse_str::<Ident>(name) {
-        Ok(_) => Ident::new(name, span),
-        // A keyword, such as a field `r#type` sent as `type`.
-        Err(_) => Ident::new_raw(name, span),
-    })
+    // A keyword, such as a field `r#type` sent as `type`: raw. The list covers every
+    // edition's keywords, since the identifier is read in the edition of the user's crate
+    // (`gen` is reserved in 2024, which syn does not know); a raw identifier that did not need
+    // to be is still the same name.
+    Some(
+        if KEYWORDS.contains(&name) || syn::parse_str::<Ident>(name).is_err() {
+            Ident::new_raw(name, span)
+        } else {
+            Ident::new(name, span)
+        },
+    )
 }
+
+/// The strict and reserved keywords of every edition up to 2024 that a raw identifier may
+/// spell (`self`, `Self`, `super`, `crate` and `_` cannot be one).
+const KEYWORDS: &[&str] = &[
+    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "do", "dyn",
+    "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if", "impl", "in", "let",
+    "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub", "ref", "return",
+    "static", "struct", "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use",
+    "virtual", "where", "while", "yield",
+];
 
 /// `r#type` -> `type`.
 pub fn unraw(ident: &Ident) -> String {
