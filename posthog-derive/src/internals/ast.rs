@@ -124,7 +124,8 @@ impl Container<'_> {
     /// The insert, update and delete event names, defaults applied.
     pub fn event_names(&self) -> [String; 3] {
         let attrs = &self.attrs;
-        let snake = to_snake_case(&self.ident.to_string());
+        // `struct r#match` is `match_created`, not `r#match_created`.
+        let snake = to_snake_case(&unraw(self.ident));
         let event_name = |explicit: &Option<attr::Spanned<String>>, suffix: &str| {
             explicit
                 .as_ref()
