@@ -922,3 +922,24 @@ fn the_command_line_help_does_not_print_secrets_from_the_environment() {
         );
     }
 }
+
+// Flag definitions are loaded with `Authorization: Bearer`; through a host with credentials
+// the tracker refuses to load them, and doctor says so instead of sending two Authorization
+// headers (it reported whatever the server made of them).
+#[tokio::test]
+async fn doctor_finds_a_host_with_credentials_for_flag_definitions() {
+    let mock = MockPostHog::start().await;
+    let host = mock
+        .url()
+        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let diagnosis = diagnose(&config_for(mock.api_key(), &host), &DoctorOptions::new()).await;
+    assert_eq!(
+        verdict(&diagnosis, "flag definitions"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(detail(&diagnosis, "flag definitions").contains("credentials"));
+    let text = format!("{diagnosis}{}", diagnosis.to_json());
+    assert!(!text.contains("hunter2pw"), "{text}");
+    assert!(mock.flag_definitions_requests().is_empty());
+}

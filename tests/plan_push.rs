@@ -269,3 +269,24 @@ fn ingestion_hosts_map_to_the_app_host() {
     assert_eq!(host("https://eu.posthog.com"), "https://eu.posthog.com");
     assert_eq!(host("https://ph.example.com"), "https://ph.example.com");
 }
+
+// PostHog's API takes the personal key as `Authorization: Bearer`; a `--host` with credentials
+// would add a second Authorization header. The push refuses, sends nothing, and never shows
+// the credentials.
+#[tokio::test]
+async fn a_host_with_credentials_is_refused_without_showing_them() {
+    let mock = MockPostHog::start().await;
+    seed(&mock);
+    let host = mock
+        .url()
+        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let options = PushOptions::new(&host, PROJECT, ApiKey::new(mock.personal_api_key())).unwrap();
+    let error = PlanPush::new(options)
+        .plan_changes(&plan())
+        .await
+        .unwrap_err();
+    let shown = format!("{error} {error:?}");
+    assert!(shown.contains("credentials"), "{shown}");
+    assert!(!shown.contains("hunter2pw"), "{shown}");
+    assert!(mock.api_requests().is_empty());
+}

@@ -512,6 +512,17 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
         );
         return;
     }
+    if crate::config::host_has_credentials(host) {
+        diagnosis.push(
+            "flag definitions",
+            Verdict::Fail,
+            crate::config::bearer_with_credentials(
+                "loading flag definitions (with the personal API key)",
+                "evaluate flags remotely (no personal key)",
+            ),
+        );
+        return;
+    }
     let definitions = http
         .get(format!("{host}/flags/definitions"))
         .query(&[("token", project_key), ("send_cohorts", "")])

@@ -313,6 +313,19 @@ impl PlanPush {
     /// Sends `request` with the key and returns the body of a 2xx answer.
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<String> {
         let key = &self.options.personal_api_key;
+        if crate::config::host_has_credentials(&self.options.host) {
+            return Err(Error::Api {
+                status: None,
+                reason: format!(
+                    "{what}: {}",
+                    crate::config::bearer_with_credentials(
+                        "PostHog's API (with the personal API key)",
+                        "give `--host` without them",
+                    )
+                ),
+                source: None,
+            });
+        }
         let response = request
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(AUTHORIZATION, format!("Bearer {}", key.expose()))
