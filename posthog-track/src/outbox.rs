@@ -89,8 +89,8 @@ impl Step {
 /// appended here, with the next version number, for example
 ///
 /// ```text
-/// Step::same(2, "index on leased_until", "CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)"),
-/// Step::each(3, "column priority", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... INTEGER ..."),
+/// Step::same(3, "index on leased_until", "CREATE INDEX posthog_outbox_lease ON posthog_outbox (leased_until)"),
+/// Step::each(4, "column priority", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... BIGINT ...", "ALTER TABLE ... INTEGER ..."),
 /// ```
 ///
 /// (and a new column's name in [`COLUMNS`] when the code needs it). `migrate` applies the
