@@ -942,4 +942,23 @@ async fn doctor_finds_a_host_with_credentials_for_flag_definitions() {
     let text = format!("{diagnosis}{}", diagnosis.to_json());
     assert!(!text.contains("hunter2pw"), "{text}");
     assert!(mock.flag_definitions_requests().is_empty());
+    assert_eq!(
+        verdict(&diagnosis, "host"),
+        Verdict::Ok,
+        "v0 sends Basic auth: fine"
+    );
+
+    // Capture v1 authenticates with Bearer too: the relay would send nothing.
+    let config = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(&host)
+        .unwrap()
+        .capture_mode(posthog_track::CaptureMode::V1)
+        .build()
+        .config()
+        .clone();
+    let diagnosis = diagnose(&config, &DoctorOptions::new()).await;
+    assert_eq!(verdict(&diagnosis, "host"), Verdict::Fail, "{diagnosis}");
+    assert!(detail(&diagnosis, "host").contains("capture v1"));
+    assert!(!format!("{diagnosis}").contains("hunter2pw"));
 }

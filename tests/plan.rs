@@ -677,3 +677,24 @@ fn a_decimal_is_planned_as_the_string_serde_sends() {
         .unwrap();
     assert_eq!(revenue.json_type, "string", "the event sends {sent}");
 }
+
+/// A plan file written before milestone properties stopped being marked as person properties
+/// (milestone events never send `$set`) is no different from today's: comparing it reports
+/// nothing for them, rather than a breaking change for every person field with a milestone.
+#[test]
+fn an_older_plan_marking_milestone_properties_as_person_is_no_change() {
+    let new = TrackingPlan::collect();
+    let mut old = new.clone();
+    let mut marked = 0;
+    for event in old.events.iter_mut().filter(|e| e.trigger == "milestone") {
+        for property in &mut event.properties {
+            if property.name == "plan" {
+                property.person = Some("set".into());
+                marked += 1;
+            }
+        }
+    }
+    assert!(marked > 0, "the plan has a milestone carrying `plan`");
+    let changes: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+    assert!(changes.is_empty(), "{changes:?}");
+}

@@ -581,3 +581,54 @@ async fn routes_by_the_distinct_id_the_events_get() {
     );
     assert_eq!(count(&pool, "SELECT COUNT(*) FROM notes_v2").await, 1);
 }
+
+routing_tests!(
+    upserts_prefer_the_routed_table,
+    "routing_upsert_first",
+    upserts_prefer_the_routed_table_sqlite,
+    upserts_prefer_the_routed_table_postgres,
+    upserts_prefer_the_routed_table_mysql
+);
+
+/// A key can be in two of a model's tables (a stale copy an earlier version's upsert made, or
+/// keys unique per table only). `upsert` writes the routed table's row, as `update` does; it
+/// looks in the other tables only when the routed one has no such row.
+async fn upserts_prefer_the_routed_table<DB>(pool: &Pool<DB>, text: &str)
+where
+    DB: Backend,
+    Document: TrackedRow<DB>,
+{
+    let (_mock, _evaluator, tracker) = with_local_definitions(pool, text).await;
+    let alice = user_in("test");
+    for table in ["documents", "documents_v2"] {
+        execute(
+            pool,
+            format!("INSERT INTO {table} (id, owner, title) VALUES ('d1', '{alice}', 'old')"),
+        )
+        .await;
+    }
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let upserted = Document {
+        id: "d1".into(),
+        owner: alice.clone(),
+        title: "new".into(),
+    }
+    .upsert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!upserted.was_inserted());
+    assert_eq!(
+        count(
+            pool,
+            "SELECT COUNT(*) FROM documents_v2 WHERE title = 'new'"
+        )
+        .await,
+        1,
+        "alice is in `test`: her table's row is the one written"
+    );
+    assert_eq!(
+        count(pool, "SELECT COUNT(*) FROM documents WHERE title = 'old'").await,
+        1
+    );
+}

@@ -164,9 +164,6 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `host` (a PostHog host or a database URL) with any `user:password@` replaced, and the
-/// value of every query parameter that can carry a secret (`?password=`, `sslpassword`,
-/// `token`, `api_key`, ...), for messages and logs.
 /// Whether `host` carries credentials (`https://user:password@proxy`), which an HTTP client
 /// sends as a Basic `Authorization` header.
 pub(crate) fn host_has_credentials(host: &str) -> bool {
@@ -186,6 +183,9 @@ pub(crate) fn bearer_with_credentials(what: &str, instead: &str) -> String {
     )
 }
 
+/// `host` (a PostHog host or a database URL) with any `user:password@` replaced, and the
+/// value of every query parameter that can carry a secret (`?password=`, `sslpassword`,
+/// `token`, `api_key`, ...), for messages and logs.
 pub(crate) fn redact_host(host: &str) -> String {
     let Some((scheme, rest)) = host.split_once("://") else {
         return redact_query(host);

@@ -341,7 +341,22 @@ fn check_host(config: &Config, diagnosis: &mut Diagnosis) {
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let (verdict, detail) = if host == US_HOST {
+    let (verdict, detail) = if config.capture_mode() == crate::config::CaptureMode::V1
+        && crate::config::host_has_credentials(host)
+    {
+        // The relay's transport refuses it: events would wait in the outbox for ever.
+        (
+            Verdict::Fail,
+            format!(
+                "{shown}: {}",
+                crate::config::bearer_with_credentials(
+                    "capture v1",
+                    "use capture v0 (POSTHOG_CAPTURE_MODE=v0), which sends the project key in \
+                     the body",
+                )
+            ),
+        )
+    } else if host == US_HOST {
         (Verdict::Ok, format!("{shown}: PostHog Cloud US ingestion"))
     } else if host == EU_HOST {
         (Verdict::Ok, format!("{shown}: PostHog Cloud EU ingestion"))

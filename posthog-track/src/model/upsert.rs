@@ -73,8 +73,14 @@ where
     model.__fill_from_context(tx.context());
     let (mut sql, mut table, mut stamps) = route(&model, tx).await;
     // A row stays in the table it was written to when its user's route changes: an existing
-    // row in another of the model's tables is updated there, not inserted again here.
-    if !M::__TABLE_VARIANTS.is_empty() {
+    // row in another of the model's tables is updated there, not inserted again here. The
+    // routed table is asked first, as `update` does: a row there is the one to write.
+    let in_routed = || model.__bind_key(sqlx::query(sql.select_for_update));
+    if !M::__TABLE_VARIANTS.is_empty()
+        && DB::fetch_all(tx.connection(), in_routed())
+            .await?
+            .is_empty()
+    {
         for other in other_tables::<M, DB>(table) {
             let probe = model.__bind_key(sqlx::query(other.sql.select_for_update));
             if !DB::fetch_all(tx.connection(), probe).await?.is_empty() {

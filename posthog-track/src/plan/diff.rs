@@ -144,6 +144,11 @@ pub fn diff(old: &TrackingPlan, new: &TrackingPlan) -> Vec<Change> {
                     // A property that stops setting the person (or stops overwriting it, or
                     // starts overwriting a first value) leaves person-based insights and
                     // cohorts with other values than before: only a new one is additive.
+                    // Milestone events never send `$set`: plans written before they said so
+                    // marked their properties as person properties, which is no change.
+                    if new_event.trigger == "milestone" {
+                        continue;
+                    }
                     let (severity, what) = match (&old_prop.person, &new_prop.person) {
                         (None, Some(new)) => (
                             Severity::Additive,

@@ -433,14 +433,24 @@ impl<DB: Backend> Relay<DB> {
         // the blame rules below decide (`max_failures` alone while PostHog accepts others).
         if delivered.is_empty() && !refused.is_empty() {
             let (_, reason) = &refused[refused.len() - 1];
-            tracing::error!(
-                events = refused.len(),
-                %reason,
-                "PostHog refused every event of this round, each sent alone, and accepted none: \
-                 a proxy or a wrong POSTHOG_HOST refusing every request looks like this (for \
-                 example plain HTTP sent to an HTTPS port). The events are kept and retried, \
-                 not dead-lettered; check the host and what stands in front of PostHog"
-            );
+            if refused.len() > 1 {
+                tracing::error!(
+                    events = refused.len(),
+                    %reason,
+                    "PostHog refused every event of this round, each sent alone, and accepted \
+                     none: a proxy or a wrong POSTHOG_HOST refusing every request looks like \
+                     this (for example plain HTTP sent to an HTTPS port). The events are kept \
+                     and retried, not dead-lettered; check the host and what stands in front \
+                     of PostHog"
+                );
+            } else {
+                tracing::warn!(
+                    %reason,
+                    "PostHog refused the only event of this round: it is dead-lettered once \
+                     PostHog accepts another event beside it (a bad event), and kept until then \
+                     (a proxy or a wrong POSTHOG_HOST refusing every request looks the same)"
+                );
+            }
             for (row, reason) in refused.drain(..) {
                 pass.failure = Some(reason);
                 retry.push((row, true));
