@@ -976,6 +976,11 @@ async fn a_proxy_refusing_every_request_dead_letters_nothing<DB: Backend>(
     }
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!(status.dead, 0, "{status:?}");
+    let stats = tracker.stats();
+    assert!(
+        stats.retried >= 12 && stats.dead_lettered == 0,
+        "the refusals count as retries: {stats:?}"
+    );
     mock.set_outage(None);
     posthog_track_tests::execute(pool, "UPDATE posthog_outbox SET leased_until = NULL").await;
     relay.drain().await.unwrap();

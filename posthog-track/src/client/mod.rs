@@ -190,6 +190,13 @@ impl DeliveryStats {
         }
     }
 
+    /// Counts `n` events kept for a retry that [`count_fates`](Self::count_fates) did not see
+    /// as retries (the relay's refusals held back while PostHog accepted nothing).
+    pub(crate) fn retried(&self, n: usize, path: crate::metrics::Path) {
+        self.retried.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::retried(path, n);
+    }
+
     pub(crate) fn dead_lettered(&self, n: usize) {
         self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -451,6 +451,8 @@ impl<DB: Backend> Relay<DB> {
                      (a proxy or a wrong POSTHOG_HOST refusing every request looks the same)"
                 );
             }
+            self.stats
+                .retried(refused.len(), crate::metrics::Path::Outbox);
             for (row, reason) in refused.drain(..) {
                 pass.failure = Some(reason);
                 retry.push((row, true));
