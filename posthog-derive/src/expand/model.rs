@@ -117,9 +117,15 @@ fn generated_items(container: &Container) -> TokenStream {
             || attrs.group_key.as_ref() == Some(field.ident)
             || field.attrs.group.is_some()
     });
+    // A generated key cannot change on an update (the row is found by it); any other tracked
+    // generated column may be computed again, so `update` reads the row back.
+    let update_reads_back = generated
+        .clone()
+        .any(|field| !field.is_key() && field.property_name().is_some());
     quote! {
         const __GENERATED_PROPERTIES: &'static [(&'static str, usize)] = &[#(#properties),*];
         const __IDENTITY_GENERATED: bool = #identity_generated;
+        const __UPDATE_READS_BACK: bool = #update_reads_back;
     }
 }
 

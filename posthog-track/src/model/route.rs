@@ -5,6 +5,8 @@
 use super::codegen::{ModelSql, SqlSet};
 use super::traits::TrackedModel;
 use crate::backend::Backend;
+use crate::backend::BoundQuery;
+use crate::error::Result;
 use crate::event::Stamp;
 use crate::flags::FlagRouted;
 use crate::flags::routing::{TableVariant, choose_variant};
@@ -71,4 +73,27 @@ pub(super) fn other_tables<M: TrackedModel, DB: Backend>(routed: &str) -> Vec<Ro
         }
     }
     tables
+}
+
+/// `first`, then the model's other tables: where an existing row of `M` may be.
+pub(super) fn tables_from<M: TrackedModel, DB: Backend>(first: RowTable) -> Vec<RowTable> {
+    let mut tables = other_tables::<M, DB>(first.table);
+    tables.insert(0, first);
+    tables
+}
+
+/// The first of `tables` that holds the row `select` finds (a `select_for_update` by key for
+/// that table's SQL), read and locked where rows are, with that table; `None` when none does.
+pub(super) async fn find_row<DB: Backend>(
+    tx: &mut TrackedTransaction<'_, DB>,
+    tables: Vec<RowTable>,
+    select: impl Fn(&'static ModelSql) -> BoundQuery<DB>,
+) -> Result<Option<(DB::Row, RowTable)>> {
+    for table in tables {
+        let rows = DB::fetch_all(tx.connection(), select(table.sql)).await?;
+        if let Some(row) = rows.into_iter().next() {
+            return Ok(Some((row, table)));
+        }
+    }
+    Ok(None)
 }

@@ -9,7 +9,7 @@ use super::bulk::{check_insertable, insert_all};
 use super::codegen::ModelSql;
 use super::codegen::{ChangeMask, SqlSet};
 use super::fold;
-use super::route::{other_tables, route};
+use super::route::{RowTable, find_row, other_tables, route, tables_from};
 use super::stage::{Written, stage_group_identify, stage_identify, stage_updated, with_groups};
 use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
@@ -98,6 +98,10 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// fills in at insert.
     #[doc(hidden)]
     const __GENERATED_PROPERTIES: &'static [(&'static str, usize)] = &[];
+    /// A tracked `generated` field is not a key: the database may compute it again on an
+    /// update, so `update` stages its event from the row read back.
+    #[doc(hidden)]
+    const __UPDATE_READS_BACK: bool = false;
     /// The distinct id, the group key or a `group` field is `generated`.
     #[doc(hidden)]
     const __IDENTITY_GENERATED: bool = false;
@@ -286,19 +290,20 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let tables = std::iter::once(Self::__SQL.get(DB::DIALECT)).chain(
-                other_tables::<Self, DB>(Self::TABLE)
-                    .into_iter()
-                    .map(|other| other.sql),
-            );
-            for sql in tables {
-                let query = Self::__bind_key_value(key, sqlx::query(sql.select_for_update));
-                let rows = DB::fetch_all(tx.connection(), query).await?;
-                if let Some(row) = rows.first() {
-                    return Ok(Some(Self::__from_row(row)?));
-                }
+            let default = RowTable {
+                sql: Self::__SQL.get(DB::DIALECT),
+                table: Self::TABLE,
+                stamps: Vec::new(),
+            };
+            let tables = tables_from::<Self, DB>(default);
+            let found = find_row(tx, tables, |sql| {
+                Self::__bind_key_value(key, sqlx::query(sql.select_for_update))
+            })
+            .await?;
+            match found {
+                Some((row, _)) => Ok(Some(Self::__from_row(&row)?)),
+                None => Ok(None),
             }
-            Ok(None)
         }
     }
 
@@ -327,15 +332,7 @@ pub trait TrackedModel: Sized + Send + Sync {
                     .map(|update| self.__bind_key(self.__bind_update(sqlx::query(update))))
             })
             .await?;
-            // A generated key cannot change (the row was found by it); other generated
-            // columns can.
-            let recomputed = Self::__GENERATED_PROPERTIES.iter().any(|&(_, index)| {
-                written
-                    .columns
-                    .get(index)
-                    .is_some_and(|column| !written.keys.contains(column))
-            });
-            if !recomputed {
+            if !Self::__UPDATE_READS_BACK {
                 return stage_updated(self, stamps, tx);
             }
             // The database may compute a generated column again on the update (an expression
@@ -535,17 +532,15 @@ async fn read_existing_row<M: TrackedRow<DB>, DB: Backend>(
     routed: (&'static ModelSql, &'static str, Vec<Stamp>),
 ) -> Result<(M, Vec<Stamp>)> {
     let (sql, table, stamps) = routed;
-    let others = other_tables::<M, DB>(table)
-        .into_iter()
-        .map(|other| (other.sql, other.stamps));
-    for (sql, stamps) in std::iter::once((sql, stamps)).chain(others) {
-        let query = model.__bind_key(sqlx::query(sql.select_for_update));
-        let rows = DB::fetch_all(tx.connection(), query).await?;
-        if let Some(row) = rows.first() {
-            return Ok((M::__from_row(row)?, stamps));
-        }
+    let tables = tables_from::<M, DB>(RowTable { sql, table, stamps });
+    match find_row(tx, tables, |sql| {
+        model.__bind_key(sqlx::query(sql.select_for_update))
+    })
+    .await?
+    {
+        Some((row, found)) => Ok((M::__from_row(&row)?, found.stamps)),
+        None => Err(Error::RowNotFound { table }),
     }
-    Err(Error::RowNotFound { table })
 }
 
 async fn write_keyed_row<DB: Backend>(

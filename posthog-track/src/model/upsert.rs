@@ -1,7 +1,8 @@
 //! [`TrackedModel::upsert`](super::TrackedModel::upsert): insert the row or update the one
 //! with its key, in one atomic statement, and stage the events of whichever happened.
 
-use super::route::{other_tables, route};
+use super::codegen::ModelSql;
+use super::route::{RowTable, find_row, route, tables_from};
 use super::stage::{stage_inserted, stage_updated};
 use super::traits::TrackedRow;
 use crate::backend::{Backend, Dialect};
@@ -75,18 +76,15 @@ where
     // A row stays in the table it was written to when its user's route changes: an existing
     // row in another of the model's tables is updated there, not inserted again here. The
     // routed table is asked first, as `update` does: a row there is the one to write.
-    let in_routed = || model.__bind_key(sqlx::query(sql.select_for_update));
-    if !M::__TABLE_VARIANTS.is_empty()
-        && DB::fetch_all(tx.connection(), in_routed())
-            .await?
-            .is_empty()
-    {
-        for other in other_tables::<M, DB>(table) {
-            let probe = model.__bind_key(sqlx::query(other.sql.select_for_update));
-            if !DB::fetch_all(tx.connection(), probe).await?.is_empty() {
-                (sql, table, stamps) = (other.sql, other.table, other.stamps);
-                break;
-            }
+    if !M::__TABLE_VARIANTS.is_empty() {
+        let routed = RowTable {
+            sql,
+            table,
+            stamps: stamps.clone(),
+        };
+        let select = |sql: &'static ModelSql| model.__bind_key(sqlx::query(sql.select_for_update));
+        if let Some((_, found)) = find_row(tx, tables_from::<M, DB>(routed), select).await? {
+            (sql, table, stamps) = (found.sql, found.table, found.stamps);
         }
     }
     let Some(statement) = sql.upsert else {
