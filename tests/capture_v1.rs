@@ -562,9 +562,7 @@ async fn an_answer_cut_short_is_not_taken_as_delivered<DB: Backend>(pool: &Pool<
 #[tokio::test]
 async fn v1_refuses_a_host_with_credentials() {
     let mock = MockPostHog::start().await;
-    let host = mock
-        .url()
-        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let host = posthog_track_tests::with_credentials(&mock.url());
     let tracker = Tracker::builder()
         .api_key(mock.api_key())
         .host(host)

@@ -1024,9 +1024,7 @@ fn the_readme_definitions_sample_evaluates() {
 #[tokio::test]
 async fn definitions_refuse_a_host_with_credentials() {
     let mock = posthog_track::testing::MockPostHog::start().await;
-    let host = mock
-        .url()
-        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let host = posthog_track_tests::with_credentials(&mock.url());
     let tracker = posthog_track::Tracker::builder()
         .api_key(mock.api_key())
         .host(host)

@@ -445,3 +445,9 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// `url` with a proxy's credentials (`proxyuser:hunter2pw@`) in it: what a test of a host with
+/// credentials passes as `POSTHOG_HOST`. The password never appears in what it asserts on.
+pub fn with_credentials(url: &str) -> String {
+    url.replacen("://", "://proxyuser:hunter2pw@", 1)
+}

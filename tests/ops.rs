@@ -929,9 +929,7 @@ fn the_command_line_help_does_not_print_secrets_from_the_environment() {
 #[tokio::test]
 async fn doctor_finds_a_host_with_credentials_for_flag_definitions() {
     let mock = MockPostHog::start().await;
-    let host = mock
-        .url()
-        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let host = posthog_track_tests::with_credentials(&mock.url());
     let diagnosis = diagnose(&config_for(mock.api_key(), &host), &DoctorOptions::new()).await;
     assert_eq!(
         verdict(&diagnosis, "flag definitions"),

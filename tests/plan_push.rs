@@ -277,9 +277,7 @@ fn ingestion_hosts_map_to_the_app_host() {
 async fn a_host_with_credentials_is_refused_without_showing_them() {
     let mock = MockPostHog::start().await;
     seed(&mock);
-    let host = mock
-        .url()
-        .replacen("http://", "http://proxyuser:hunter2pw@", 1);
+    let host = posthog_track_tests::with_credentials(&mock.url());
     let options = PushOptions::new(&host, PROJECT, ApiKey::new(mock.personal_api_key())).unwrap();
     let error = PlanPush::new(options)
         .plan_changes(&plan())
