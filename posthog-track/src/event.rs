@@ -484,6 +484,13 @@ fn uuid_of(buf: &[u8]) -> Uuid {
         .unwrap_or_default()
 }
 
+/// Whether `id` is no id at all: empty or nothing but whitespace. PostHog's capture takes a
+/// whitespace id as a person of its own (and refuses to merge it), so such an id is treated as
+/// absent, as PostHog's SDKs treat an empty one.
+pub(crate) fn is_blank_id(id: &str) -> bool {
+    id.trim().is_empty()
+}
+
 /// Turns a model's `distinct_id` field into the string PostHog receives.
 ///
 /// Implemented for strings, integers, [`Uuid`] and `Option` of those (`None` falls back to the

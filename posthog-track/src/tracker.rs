@@ -14,7 +14,7 @@ use crate::client::DeliveryCounts;
 use crate::config::Config;
 use crate::dispatch::ShutdownReport;
 use crate::error::{Error, Result};
-use crate::event::{Event, StagedEvent, Stager};
+use crate::event::{Event, StagedEvent, Stager, is_blank_id};
 use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::Relay;
@@ -239,7 +239,7 @@ impl Tracker {
         let distinct_id = event
             .distinct_id
             .clone()
-            .filter(|id| !id.is_empty())
+            .filter(|id| !is_blank_id(id))
             .ok_or(Error::MissingDistinctId { event: name })?;
         let mut staged = Vec::with_capacity(1);
         event.write(&mut Stager::new(&mut staged, distinct_id))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp};
+use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp, is_blank_id};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
 use crate::shared::Shared;
@@ -291,16 +291,17 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     }
 
     /// Whom a write's events are about: the model's own id, else the transaction's
-    /// ([`set_distinct_id`](Self::set_distinct_id)), else the request context's. An empty id
-    /// is no id (PostHog refuses it): the next source decides, as in PostHog's SDKs. Flag
-    /// routing decides a write's table for the same id its events get.
+    /// ([`set_distinct_id`](Self::set_distinct_id)), else the request context's. An empty or
+    /// whitespace id is no id (PostHog refuses the one and lumps the other into one person):
+    /// the next source decides, as in PostHog's SDKs. Flag routing decides a write's table for
+    /// the same id its events get.
     pub(crate) fn effective_distinct_id(&self, own: Option<String>) -> Option<String> {
-        own.filter(|id| !id.is_empty())
-            .or_else(|| self.distinct_id.clone().filter(|id| !id.is_empty()))
+        own.filter(|id| !is_blank_id(id))
+            .or_else(|| self.distinct_id.clone().filter(|id| !is_blank_id(id)))
             .or_else(|| {
                 self.context
                     .distinct_id()
-                    .filter(|id| !id.is_empty())
+                    .filter(|id| !is_blank_id(id))
                     .map(str::to_owned)
             })
     }
