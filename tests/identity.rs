@@ -90,3 +90,42 @@ async fn a_blank_distinct_id_is_no_id() {
         .unwrap_err();
     assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
 }
+
+/// The `$anon_distinct_id` of a new person's `$identify` is never blank: a blank anonymous id
+/// (or a blank request distinct id standing in for it) is no anonymous id. It was sent, and
+/// PostHog refused the merge with an ingestion warning.
+#[tokio::test]
+async fn a_blank_anonymous_id_is_never_merged() {
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let contexts = [
+        TrackingContext::new()
+            .with_distinct_id("visitor-2")
+            .with_anonymous_id(" "),
+        TrackingContext::new().with_distinct_id("\t"),
+        TrackingContext::new().with_anonymous_id(""),
+    ];
+    for (n, context) in contexts.into_iter().enumerate() {
+        let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+        Member {
+            id: format!("m{n}"),
+            email: format!("m{n}@example.com"),
+        }
+        .insert(&mut tx)
+        .await
+        .unwrap();
+        let identify = tx
+            .staged()
+            .iter()
+            .map(|event| event.json())
+            .find(|event| event["event"] == "$identify")
+            .expect("an identify model sends $identify");
+        let anonymous = &identify["properties"]["$anon_distinct_id"];
+        assert!(
+            anonymous.is_null() || anonymous == "visitor-2",
+            "context {n}: {identify}"
+        );
+        tx.rollback().await.unwrap();
+    }
+}

@@ -118,9 +118,13 @@ impl TrackingContext {
         self.session_id.as_deref()
     }
 
-    /// The anonymous id to merge: the one set, else the distinct id.
+    /// The anonymous id to merge: the one set, else the distinct id. A blank one (empty or
+    /// whitespace) is no id: PostHog refuses to merge it.
     pub fn anonymous_id(&self) -> Option<&str> {
-        self.anonymous_id.as_deref().or(self.distinct_id())
+        [self.anonymous_id.as_deref(), self.distinct_id()]
+            .into_iter()
+            .flatten()
+            .find(|id| !crate::event::is_blank_id(id))
     }
 
     /// The extra properties.
