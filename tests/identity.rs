@@ -1,8 +1,11 @@
 //! Who PostHog attributes events to: distinct ids of tracked writes and untyped events, the
 //! request's anonymous visitor merged by `$identify`, `$create_alias`, and groups.
 
+use posthog_track::testing::MockPostHog;
 use posthog_track::{Error, Event, TrackedModel, Tracker, TrackingContext};
 use posthog_track_examples::memory_database;
+use posthog_track_tests::tracker_for;
+use serde_json::Value;
 
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(table = "visits", distinct_id = visitor, insert_event = "visit_recorded")]
@@ -128,4 +131,24 @@ async fn a_blank_anonymous_id_is_never_merged() {
         );
         tx.rollback().await.unwrap();
     }
+}
+
+/// `$create_alias` with a blank alias would ask PostHog to merge a person with nobody: it is
+/// refused with a typed error before anything is queued. It was sent.
+#[tokio::test]
+async fn alias_refuses_a_blank_alias() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    for alias in ["", "  "] {
+        let error = tracker.alias("user-1", alias).await.unwrap_err();
+        assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
+    }
+    tracker.alias("user-1", "anon-1").await.unwrap();
+    tracker.flush().await.unwrap();
+    let aliases: Vec<Value> = mock
+        .events()
+        .iter()
+        .map(|event| event.properties["alias"].clone())
+        .collect();
+    assert_eq!(aliases, ["anon-1"]);
 }

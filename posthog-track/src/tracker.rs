@@ -169,15 +169,23 @@ impl Tracker {
     }
 
     /// `$create_alias`: `alias` becomes another distinct id of the person `distinct_id`.
+    /// A blank `distinct_id` or `alias` (empty or whitespace) is refused with
+    /// [`Error::MissingDistinctId`]: PostHog would refuse the merge.
     pub async fn alias(
         &self,
         distinct_id: impl Into<String>,
         alias: impl Into<String>,
     ) -> Result<()> {
-        let distinct_id = distinct_id.into();
+        let (distinct_id, alias) = (distinct_id.into(), alias.into());
+        // As `stage` checks the distinct id: only when the event would be recorded.
+        if self.inner.dispatch.records_events() && is_blank_id(&alias) {
+            return Err(Error::MissingDistinctId {
+                event: "$create_alias".into(),
+            });
+        }
         let event = Event::new("$create_alias")
             .property("distinct_id", distinct_id.clone())
-            .property("alias", alias.into())
+            .property("alias", alias)
             .distinct_id(distinct_id);
         self.capture(event).await?;
         Ok(())
