@@ -2,7 +2,7 @@
 //! request's anonymous visitor merged by `$identify`, `$create_alias`, and groups.
 
 use posthog_track::testing::MockPostHog;
-use posthog_track::{Error, Event, TrackedModel, Tracker, TrackingContext};
+use posthog_track::{Error, Event, EventOptions, TrackedModel, Tracker, TrackingContext};
 use posthog_track_examples::memory_database;
 use posthog_track_tests::tracker_for;
 use serde_json::Value;
@@ -151,4 +151,53 @@ async fn alias_refuses_a_blank_alias() {
         .map(|event| event.properties["alias"].clone())
         .collect();
     assert_eq!(aliases, ["anon-1"]);
+}
+
+/// An event's options (`process_person_profile`, `cookieless_mode`, `disable_skew_correction`,
+/// `product_tour_id`) mean the same on v0 as on v1. Only v1 reads the `options` object; v1's
+/// capture turns it into `$process_person_profile`, `$cookieless_mode`, `$ignore_sent_at` and
+/// `$product_tour_id`, which is what v0 reads (and what posthog-rs writes for v0). On v0 (the
+/// default) the options were ignored: `process_person_profile(false)` still made a person
+/// profile. A property the event sets itself wins.
+#[tokio::test]
+async fn event_options_reach_posthog_on_v0_too() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    let options = EventOptions::new()
+        .process_person_profile(false)
+        .cookieless_mode(true)
+        .disable_skew_correction(true)
+        .product_tour_id("tour-1");
+    tracker
+        .capture(
+            Event::new("tour_step")
+                .distinct_id("u1")
+                .options(options.clone()),
+        )
+        .await
+        .unwrap();
+    tracker
+        .capture(
+            Event::new("tour_step")
+                .distinct_id("u2")
+                .property("$product_tour_id", "own")
+                .options(options),
+        )
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.requests()[0].path, "/batch/");
+    let events = mock.events();
+    let properties = &events[0].properties;
+    assert_eq!(properties["$process_person_profile"], false, "{properties}");
+    assert_eq!(properties["$cookieless_mode"], true, "{properties}");
+    assert_eq!(properties["$ignore_sent_at"], true, "{properties}");
+    assert_eq!(properties["$product_tour_id"], "tour-1", "{properties}");
+    let raw = &mock.requests()[0].body["batch"][1];
+    assert_eq!(raw["properties"]["$product_tour_id"], "own", "{raw}");
+    assert_eq!(
+        mock.requests()[0].body.to_string().matches("$product_tour_id").count(),
+        2,
+        "one key per event"
+    );
 }

@@ -544,8 +544,11 @@ distinct_id_via_display!(
 );
 
 /// PostHog's per-event overrides, sent as the event's `options` object (v1) and carrying only
-/// what was set, so PostHog's defaults apply to the rest. A `before_send` hook sees and may
-/// change them as the event's `options` key.
+/// what was set, so PostHog's defaults apply to the rest. They are also sent as the properties
+/// v1's capture makes of them (`$process_person_profile`, `$cookieless_mode`,
+/// `$ignore_sent_at`, `$product_tour_id`), which is how v0 reads them; a property the event
+/// sets itself wins. A `before_send` hook sees and may change them as the event's `options`
+/// key (and the properties), which v1 alone reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct EventOptions {
@@ -596,6 +599,26 @@ impl EventOptions {
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
         *self == EventOptions::default()
+    }
+
+    /// The properties v1's capture makes of these options (`$process_person_profile`,
+    /// `$cookieless_mode`, `$ignore_sent_at`, `$product_tour_id`): what v0, which ignores the
+    /// `options` object, reads instead.
+    pub(crate) fn as_properties(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut properties = Vec::new();
+        if let Some(on) = self.process_person_profile {
+            properties.push(("$process_person_profile", on.into()));
+        }
+        if let Some(on) = self.cookieless_mode {
+            properties.push(("$cookieless_mode", on.into()));
+        }
+        if let Some(on) = self.disable_skew_correction {
+            properties.push(("$ignore_sent_at", on.into()));
+        }
+        if let Some(id) = &self.product_tour_id {
+            properties.push(("$product_tour_id", id.as_str().into()));
+        }
+        properties
     }
 }
 
@@ -703,6 +726,16 @@ impl Event {
 
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
         let mut properties = self.properties;
+        // The options as properties too, so that they mean the same on v0 (which reads only
+        // properties) as on v1; a property the event sets itself wins.
+        for (key, value) in self.options.as_properties() {
+            let own = properties
+                .iter()
+                .any(|(section, name, _)| *section == Section::Properties && name == key);
+            if !own {
+                properties.push((Section::Properties, key.to_owned(), value));
+            }
+        }
         if !self.unset.is_empty() {
             properties.push((
                 Section::Properties,
