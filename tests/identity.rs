@@ -201,3 +201,40 @@ async fn event_options_reach_posthog_on_v0_too() {
         "one key per event"
     );
 }
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "subscribers", distinct_id = id, identify)]
+pub struct Subscriber {
+    #[tracked(key, property = "subscriber_id")]
+    pub id: String,
+    #[tracked(person)]
+    pub email: String,
+}
+
+/// A backfill attributes no event to a blank distinct id: such a row is skipped as
+/// unattributed, as one without an id is. Its `$set` was sent with `"distinct_id": ""`, which
+/// PostHog's capture refuses.
+#[tokio::test]
+async fn a_backfill_skips_rows_with_a_blank_distinct_id() {
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE subscribers (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO subscribers VALUES ('s1', 'a@x'), ('', 'b@x'), ('  ', 'c@x')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(&pool).await.unwrap();
+    let report = tracker.backfill::<Subscriber>(&pool).run().await.unwrap();
+    tracker.flush().await.unwrap();
+    let ids: Vec<String> = mock
+        .events()
+        .into_iter()
+        .map(|event| event.distinct_id)
+        .collect();
+    assert_eq!(ids, ["s1"], "{report}");
+    assert_eq!(report.skipped_unattributed, 2, "{report}");
+}

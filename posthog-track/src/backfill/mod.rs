@@ -35,6 +35,7 @@ use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
 use crate::event::{
     EventWriter, LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, Stamp, format_timestamp,
+    is_blank_id,
 };
 use crate::mode::Mode;
 use crate::model::with_groups;
@@ -893,7 +894,8 @@ impl Plan {
     /// Stages the events of one row into `page`.
     fn stage_row<M: BackfillModel>(&self, model: &M, key: &str, page: &mut Page) -> Result<()> {
         let stamps = with_groups(model, Vec::new());
-        let distinct_id = model.distinct_id();
+        // A blank id is no id, as in live writes: PostHog refuses an empty one.
+        let distinct_id = model.distinct_id().filter(|id| !is_blank_id(id));
         let properties = row_properties(model)?;
         let mut unattributed = false;
         if self.person {
