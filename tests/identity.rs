@@ -238,3 +238,92 @@ async fn a_backfill_skips_rows_with_a_blank_distinct_id() {
     assert_eq!(ids, ["s1"], "{report}");
     assert_eq!(report.skipped_unattributed, 2, "{report}");
 }
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "teams", group_type = "team", group_key = slug, insert_event = "team_created")]
+pub struct Team {
+    #[tracked(key, property = "team_slug")]
+    pub slug: String,
+    #[tracked(property, group = "company")]
+    pub company: String,
+    #[tracked(skip = "who created it")]
+    pub owner: String,
+}
+
+/// A blank group key (empty or whitespace) is no group, as a blank distinct id is no person:
+/// it is left out of `$groups`, a group model with a blank key sends no `$groupidentify`, and
+/// `Tracker::group_identify` refuses a blank type or key with a typed error. Blank keys were
+/// sent: PostHog ignores a `$groupidentify` whose key is empty (the call looked successful)
+/// and makes a whitespace key one group of every such row.
+#[tokio::test]
+async fn a_blank_group_key_is_no_group() {
+    let pool = memory_database().await.unwrap();
+    sqlx::query(
+        "CREATE TABLE teams (slug TEXT PRIMARY KEY, company TEXT NOT NULL, owner TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id("owner-1");
+    for (slug, company) in [("core", " "), (" ", "acme")] {
+        Team {
+            slug: slug.into(),
+            company: company.into(),
+            owner: "owner-1".into(),
+        }
+        .insert(&mut tx)
+        .await
+        .unwrap();
+    }
+    let staged: Vec<Value> = tx.staged().iter().map(|event| event.json()).collect();
+    tx.rollback().await.unwrap();
+    for event in &staged {
+        let groups = &event["properties"]["$groups"];
+        for (group_type, key) in groups.as_object().into_iter().flatten() {
+            assert!(
+                !key.as_str().unwrap_or_default().trim().is_empty(),
+                "blank {group_type} key: {event}"
+            );
+        }
+        if event["event"] == "$groupidentify" {
+            assert_eq!(event["properties"]["$group_key"], "core", "{event}");
+        }
+    }
+    assert_eq!(
+        staged
+            .iter()
+            .filter(|event| event["event"] == "$groupidentify")
+            .count(),
+        1,
+        "{staged:?}"
+    );
+
+    for (group_type, key) in [("company", ""), ("company", "  "), (" ", "acme")] {
+        let error = tracker
+            .group_identify(group_type, key, serde_json::Map::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidGroup { .. }), "{error}");
+    }
+    tracker.flush().await.unwrap();
+    assert!(mock.events().is_empty(), "{:?}", mock.events());
+
+    // A backfill of the group model, likewise: the blank-keyed row is unattributed.
+    sqlx::query("INSERT INTO teams VALUES ('core', 'acme', 'o'), (' ', 'acme', 'o')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = tracker.backfill::<Team>(&pool).run().await.unwrap();
+    tracker.flush().await.unwrap();
+    let keys: Vec<Value> = mock
+        .events()
+        .iter()
+        .map(|event| event.properties["$group_key"].clone())
+        .collect();
+    assert_eq!(keys, ["core"], "{report}");
+    assert_eq!(report.skipped_unattributed, 1, "{report}");
+}

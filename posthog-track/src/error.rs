@@ -37,6 +37,16 @@ pub enum Error {
         event: Cow<'static, str>,
     },
 
+    /// A group type or key is blank (empty or whitespace): PostHog ignores a `$groupidentify`
+    /// whose key is empty and makes a whitespace key one group of everything sent with it.
+    #[error("group type `{group_type}` with key `{group_key}`: neither may be empty or whitespace")]
+    InvalidGroup {
+        /// The group type given.
+        group_type: String,
+        /// The group key given.
+        group_key: String,
+    },
+
     /// A property value could not be serialised to JSON.
     #[error("property `{property}` of event `{event}` cannot be serialised to JSON: {source}")]
     Serialize {

@@ -191,7 +191,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// `$groupidentify`: sets properties of a group (a company, a team).
+    /// `$groupidentify`: sets properties of a group (a company, a team). A blank (empty or
+    /// whitespace) type or key is refused with [`Error::InvalidGroup`].
     pub async fn group_identify(
         &self,
         group_type: impl Into<String>,
@@ -199,6 +200,15 @@ impl Tracker {
         properties: serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
         let (group_type, group_key) = (group_type.into(), group_key.into());
+        // As `stage` checks the distinct id: only when the event would be recorded.
+        if self.inner.dispatch.records_events()
+            && (is_blank_id(&group_type) || is_blank_id(&group_key))
+        {
+            return Err(Error::InvalidGroup {
+                group_type,
+                group_key,
+            });
+        }
         let event = Event::new("$groupidentify")
             .distinct_id(format!("${group_type}_{group_key}"))
             .property("$group_type", group_type)

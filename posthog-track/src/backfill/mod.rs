@@ -931,7 +931,7 @@ impl Plan {
             }
         }
         if let Some(group_type) = self.group {
-            match model.__group_key() {
+            match model.__group_key().filter(|key| !is_blank_id(key)) {
                 None => unattributed = true,
                 Some(group_key) => {
                     let mut plain = properties.clone();

@@ -6,7 +6,7 @@ use super::codegen::ChangeMask;
 use super::traits::TrackedModel;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::event::{Section, StagedEvent, Stager, Stamp, properties_object};
+use crate::event::{Section, StagedEvent, Stager, Stamp, is_blank_id, properties_object};
 use crate::transaction::TrackedTransaction;
 
 /// The events of an inserted row: `INSERT_EVENT` with every tracked property, `$identify`
@@ -51,14 +51,15 @@ pub(super) fn stage_updated<M: TrackedModel, DB: Backend>(
 }
 
 /// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's
-/// own group, for a group model), so every event of the write is attributed to them.
+/// own group, for a group model), so every event of the write is attributed to them. A blank
+/// key (empty or whitespace) is no group, as `None` is.
 pub(crate) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
     let mut groups = serde_json::Map::new();
-    if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, model.__group_key()) {
+    if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, group_key(model)) {
         groups.insert(group_type.to_owned(), key.into());
     }
     for (group_type, key) in model.__groups() {
-        if let Some(key) = key {
+        if let Some(key) = key.filter(|key| !is_blank_id(key)) {
             groups.insert(group_type.to_owned(), key.into());
         }
     }
@@ -115,7 +116,7 @@ pub(super) fn stage_group_identify<M: TrackedModel>(
     stager: &mut Stager<'_>,
     changed: Option<ChangeMask>,
 ) -> Result<()> {
-    let (Some(group_type), Some(group_key)) = (M::__GROUP_TYPE, model.__group_key()) else {
+    let (Some(group_type), Some(group_key)) = (M::__GROUP_TYPE, group_key(model)) else {
         return Ok(());
     };
     let group_set = properties_object("$groupidentify", |writer| match changed {
@@ -127,6 +128,12 @@ pub(super) fn stage_group_identify<M: TrackedModel>(
     writer.dynamic_property(Section::Properties, "$group_key", &group_key.into())?;
     writer.dynamic_property(Section::Properties, "$group_set", &group_set)?;
     stager.push(writer)
+}
+
+/// A group model's key, unless it is blank (no group, as `None` is: PostHog ignores a
+/// `$groupidentify` with an empty key and lumps whitespace keys into one group).
+fn group_key<M: TrackedModel>(model: &M) -> Option<String> {
+    model.__group_key().filter(|key| !is_blank_id(key))
 }
 
 pub(super) fn stage_insert_event<M: TrackedModel>(
