@@ -327,3 +327,58 @@ async fn a_blank_group_key_is_no_group() {
     assert_eq!(keys, ["core"], "{report}");
     assert_eq!(report.skipped_unattributed, 1, "{report}");
 }
+
+/// What a `before_send` hook returns is checked as a staged event is: a hook that blanks or
+/// removes the distinct id, or makes the event larger than PostHog accepts, gets the same
+/// typed errors (`MissingDistinctId`, `EventTooLarge`) from `capture` and from `commit`
+/// (before the database commits), and nothing is sent. Such events were queued or written to
+/// the outbox and sent, for PostHog to refuse.
+#[tokio::test]
+async fn before_send_cannot_send_what_posthog_refuses() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .before_send(|mut event| {
+            match event["event"].as_str() {
+                Some("blanked") => event["distinct_id"] = " ".into(),
+                Some("removed") => {
+                    event.as_object_mut()?.remove("distinct_id");
+                }
+                Some("inflated") => {
+                    event["properties"]["blob"] = "x".repeat(1024 * 1024).into();
+                }
+                _ => {}
+            }
+            Some(event)
+        })
+        .build();
+    for name in ["blanked", "removed"] {
+        let error = tracker
+            .capture(Event::new(name).distinct_id("u1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::MissingDistinctId { .. }), "{name}: {error}");
+    }
+    let error = tracker
+        .capture(Event::new("inflated").distinct_id("u1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::EventTooLarge { .. }), "{error}");
+
+    let pool = pool().await;
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    visit("v1", "u1").insert(&mut tx).await.unwrap();
+    tx.capture(Event::new("blanked").distinct_id("u1")).unwrap();
+    let error = tx.commit().await.unwrap_err();
+    assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM visits")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the transaction did not commit");
+
+    tracker.capture(Event::new("kept").distinct_id("u1")).await.unwrap();
+    tracker.flush().await.unwrap();
+    let names: Vec<String> = mock.events().into_iter().map(|event| event.event).collect();
+    assert_eq!(names, ["kept"]);
+}

@@ -35,7 +35,11 @@ pub enum Delivery {
 }
 
 /// A hook that sees every event before it is recorded: return it (changed or not) to keep it,
-/// or `None` to drop it.
+/// or `None` to drop it. An event it returns without a distinct id (absent, empty or
+/// whitespace), or larger than PostHog accepts, is refused as staging refuses one: `capture`
+/// or `commit` (before the database commits) fails with
+/// [`Error::MissingDistinctId`](crate::Error::MissingDistinctId) or
+/// [`Error::EventTooLarge`](crate::Error::EventTooLarge).
 pub type BeforeSend = Arc<dyn Fn(serde_json::Value) -> Option<serde_json::Value> + Send + Sync>;
 
 /// What [`Tracker::shutdown`](crate::Tracker::shutdown) left behind.
@@ -230,28 +234,47 @@ impl Dispatch {
     }
 
     /// Adds `$geoip_disable` when asked, then runs `before_send` over staged events (so the
-    /// hook sees what will be sent); dropped ones are counted.
-    pub(crate) fn apply_before_send(&self, mut events: Vec<StagedEvent>) -> Vec<StagedEvent> {
+    /// hook sees what will be sent); dropped ones are counted. What the hook returns is
+    /// checked as staging checks an event: an event it left without a distinct id (absent,
+    /// empty or whitespace) fails with [`Error::MissingDistinctId`], one it made larger than
+    /// PostHog accepts with [`Error::EventTooLarge`], rather than be sent for PostHog to refuse.
+    pub(crate) fn apply_before_send(
+        &self,
+        mut events: Vec<StagedEvent>,
+    ) -> Result<Vec<StagedEvent>> {
         if self.disable_geoip {
             for event in &mut events {
                 crate::event::disable_geoip(event);
             }
         }
         let Some(hook) = &self.before_send else {
-            return events;
+            return Ok(events);
         };
-        events
-            .into_iter()
-            .filter_map(|mut event| {
-                let Some(mut json) = hook(event.json()) else {
-                    self.stats.filtered();
-                    return None;
-                };
-                adopt_hook_identity(&mut event, &mut json);
-                event.payload = json.to_string();
-                Some(event)
-            })
-            .collect()
+        let mut kept = Vec::with_capacity(events.len());
+        for mut event in events {
+            let Some(mut json) = hook(event.json()) else {
+                self.stats.filtered();
+                continue;
+            };
+            adopt_hook_identity(&mut event, &mut json);
+            let attributed = match json.get("distinct_id") {
+                Some(serde_json::Value::String(id)) => !crate::event::is_blank_id(id),
+                Some(serde_json::Value::Number(_)) => true,
+                _ => false,
+            };
+            if !attributed {
+                return Err(Error::MissingDistinctId { event: event.event });
+            }
+            event.payload = json.to_string();
+            if event.payload.len() > crate::client::wire::MAX_EVENT_BYTES {
+                return Err(Error::EventTooLarge {
+                    event: event.event,
+                    bytes: event.payload.len(),
+                });
+            }
+            kept.push(event);
+        }
+        Ok(kept)
     }
 
     /// Whether a write's events may go to the outbox with the statement that writes its row

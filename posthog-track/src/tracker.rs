@@ -261,7 +261,7 @@ impl Tracker {
             .ok_or(Error::MissingDistinctId { event: name })?;
         let mut staged = Vec::with_capacity(1);
         event.write(&mut Stager::new(&mut staged, distinct_id))?;
-        let mut staged = self.inner.dispatch.apply_before_send(staged);
+        let mut staged = self.inner.dispatch.apply_before_send(staged)?;
         Ok(staged.pop())
     }
 }

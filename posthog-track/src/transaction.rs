@@ -166,7 +166,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         // want to see them: see `can_fold`).
         let rest = staged.split_off(self.folded.min(staged.len()));
         if dispatch.records_events() {
-            staged.extend(dispatch.apply_before_send(rest));
+            staged.extend(dispatch.apply_before_send(rest)?);
         } else {
             staged.clear();
         }

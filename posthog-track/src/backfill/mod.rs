@@ -573,8 +573,8 @@ where
                 .extend(page.live.into_iter().chain(page.past).take(room));
             drop(tx);
         } else {
-            let live = dispatch.apply_before_send(page.live);
-            let past = dispatch.apply_before_send(page.past);
+            let live = dispatch.apply_before_send(page.live)?;
+            let past = dispatch.apply_before_send(page.past)?;
             if dispatch.writes_outbox() {
                 // One notification for the page's commit, when another process relays.
                 let notify = DB::DIALECT == crate::backend::Dialect::Postgres
