@@ -196,7 +196,11 @@ async fn event_options_reach_posthog_on_v0_too() {
     let raw = &mock.requests()[0].body["batch"][1];
     assert_eq!(raw["properties"]["$product_tour_id"], "own", "{raw}");
     assert_eq!(
-        mock.requests()[0].body.to_string().matches("$product_tour_id").count(),
+        mock.requests()[0]
+            .body
+            .to_string()
+            .matches("$product_tour_id")
+            .count(),
         2,
         "one key per event"
     );
@@ -356,7 +360,10 @@ async fn before_send_cannot_send_what_posthog_refuses() {
             .capture(Event::new(name).distinct_id("u1"))
             .await
             .unwrap_err();
-        assert!(matches!(error, Error::MissingDistinctId { .. }), "{name}: {error}");
+        assert!(
+            matches!(error, Error::MissingDistinctId { .. }),
+            "{name}: {error}"
+        );
     }
     let error = tracker
         .capture(Event::new("inflated").distinct_id("u1"))
@@ -377,7 +384,10 @@ async fn before_send_cannot_send_what_posthog_refuses() {
         .unwrap();
     assert_eq!(rows, 0, "the transaction did not commit");
 
-    tracker.capture(Event::new("kept").distinct_id("u1")).await.unwrap();
+    tracker
+        .capture(Event::new("kept").distinct_id("u1"))
+        .await
+        .unwrap();
     tracker.flush().await.unwrap();
     let names: Vec<String> = mock.events().into_iter().map(|event| event.event).collect();
     assert_eq!(names, ["kept"]);
