@@ -2,10 +2,13 @@
 //! request's anonymous visitor merged by `$identify`, `$create_alias`, and groups.
 
 use posthog_track::testing::MockPostHog;
-use posthog_track::{Error, Event, EventOptions, TrackedModel, Tracker, TrackingContext};
+use posthog_track::{
+    Backend, Error, Event, EventOptions, TrackedModel, TrackedRow, Tracker, TrackingContext,
+};
 use posthog_track_examples::memory_database;
-use posthog_track_tests::tracker_for;
+use posthog_track_tests::{execute, on_every_backend, tracker_for};
 use serde_json::Value;
+use sqlx::Pool;
 
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(table = "visits", distinct_id = visitor, insert_event = "visit_recorded")]
@@ -392,3 +395,98 @@ async fn before_send_cannot_send_what_posthog_refuses() {
     let names: Vec<String> = mock.events().into_iter().map(|event| event.event).collect();
     assert_eq!(names, ["kept"]);
 }
+
+/// The request's anonymous visitor is merged into one person: the first `identify` row a
+/// transaction inserts. Each row's `$identify` carried the same `$anon_distinct_id`, so
+/// PostHog merged the visitor into whichever row it processed first (rows are different
+/// distinct ids, so different partitions) and refused the others with ingestion warnings. On
+/// PostgreSQL the rows' events are also written by their inserts' own statements (`fold`),
+/// which render them twice: the visitor still goes to the first row only.
+async fn the_anonymous_visitor_is_merged_into_one_person<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Member: TrackedRow<DB>,
+{
+    execute(
+        pool,
+        "CREATE TABLE members (id VARCHAR(100) PRIMARY KEY, email VARCHAR(100) NOT NULL)",
+    )
+    .await;
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(pool).await.unwrap();
+    let member = |id: &str| Member {
+        id: id.into(),
+        email: format!("{id}@example.com"),
+    };
+    // A first insert in a transaction of its own: on PostgreSQL the next ones fold.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    member("warm-up").insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let visitor = TrackingContext::new().with_distinct_id("visitor-7");
+    let mut tx = tracker
+        .begin(pool)
+        .await
+        .unwrap()
+        .with_context(visitor.clone());
+    member("first").insert(&mut tx).await.unwrap();
+    member("second").insert(&mut tx).await.unwrap();
+    Member::insert_all(&[member("third"), member("fourth")], &mut tx)
+        .await
+        .unwrap();
+    let merged: Vec<(Value, Value)> = tx
+        .staged()
+        .iter()
+        .map(|event| event.json())
+        .filter(|event| event["event"] == "$identify")
+        .map(|event| {
+            (
+                event["distinct_id"].clone(),
+                event["properties"]["$anon_distinct_id"].clone(),
+            )
+        })
+        .collect();
+    tx.commit().await.unwrap();
+    let expected: [(Value, Value); 4] = [
+        ("first".into(), "visitor-7".into()),
+        ("second".into(), Value::Null),
+        ("third".into(), Value::Null),
+        ("fourth".into(), Value::Null),
+    ];
+    assert_eq!(merged, expected);
+    // What the outbox held, as PostHog receives it.
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    let mut received: Vec<(Value, Value)> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.event == "$identify" && event.distinct_id != "warm-up")
+        .map(|event| {
+            (
+                event.distinct_id.into(),
+                event.properties["$anon_distinct_id"].clone(),
+            )
+        })
+        .collect();
+    received.sort_by_key(|(id, _)| {
+        ["first", "second", "third", "fourth"]
+            .iter()
+            .position(|name| id == name)
+    });
+    assert_eq!(received, expected);
+    // The rule holds within a transaction: a new one (which cannot see what another merged)
+    // merges the visitor into its own first row.
+    let mut tx = tracker.begin(pool).await.unwrap().with_context(visitor);
+    Member::insert_all(&[member("fifth"), member("sixth")], &mut tx)
+        .await
+        .unwrap();
+    let anonymous: Vec<Value> = tx
+        .staged()
+        .iter()
+        .map(|event| event.json())
+        .filter(|event| event["event"] == "$identify")
+        .map(|event| event["properties"]["$anon_distinct_id"].clone())
+        .collect();
+    tx.rollback().await.unwrap();
+    assert_eq!(anonymous, ["visitor-7".into(), Value::Null]);
+}
+on_every_backend!(the_anonymous_visitor_is_merged_into_one_person);

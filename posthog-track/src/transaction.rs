@@ -40,6 +40,10 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     context: TrackingContext,
     /// `$session_id` and the context's properties, ready to splice into every event.
     context_stamps: Vec<Stamp>,
+    /// Where in `staged`, and with which uuid, the `$identify` of the first `identify` row
+    /// is: that person took the request's anonymous visitor, who is merged into one person
+    /// only. Stale once that event is no longer staged there (taken back, or rolled back).
+    anonymous_merged: Option<(usize, uuid::Uuid)>,
 }
 
 impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
@@ -70,6 +74,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             flag_stamps: Vec::new(),
             context: TrackingContext::default(),
             context_stamps: Vec::new(),
+            anonymous_merged: None,
         }
     }
 
@@ -105,6 +110,27 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// The request context (empty unless one was given).
     pub fn context(&self) -> &TrackingContext {
         &self.context
+    }
+
+    /// The request's anonymous id for the next `identify` row's `$identify` to merge: none
+    /// once an earlier row of this transaction took the visitor (one visitor is one person).
+    pub(crate) fn anonymous_to_merge(&self) -> Option<String> {
+        let merged = self
+            .anonymous_merged
+            .is_some_and(|(at, uuid)| self.staged.get(at).is_some_and(|e| e.uuid == uuid));
+        if merged {
+            return None;
+        }
+        self.context.anonymous_id().map(str::to_owned)
+    }
+
+    /// The last `$identify` staged took the request's anonymous visitor.
+    pub(crate) fn mark_anonymous_merged(&mut self) {
+        self.anonymous_merged = self
+            .staged
+            .iter()
+            .rposition(|event| event.event == "$identify")
+            .map(|at| (at, self.staged[at].uuid));
     }
 
     /// The distinct id for events of models without a `distinct_id` field, and for

@@ -11,13 +11,19 @@ use crate::transaction::TrackedTransaction;
 
 /// The events of an inserted row: `INSERT_EVENT` with every tracked property, `$identify`
 /// for an `identify` model, `$groupidentify` for a group model; all or, on an error, none.
-/// `stamps` are the routing's.
+/// `stamps` are the routing's. The request's anonymous visitor goes to the first `identify`
+/// row of the transaction only: one visitor is one person.
 pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
     model: &M,
     stamps: Vec<Stamp>,
     tx: &mut TrackedTransaction<'_, DB>,
 ) -> Result<()> {
-    let anonymous_id = tx.context().anonymous_id().map(str::to_owned);
+    let anonymous_id = if M::__IDENTIFY {
+        tx.anonymous_to_merge()
+    } else {
+        None
+    };
+    let merges = anonymous_id.is_some();
     let stamps = with_groups(model, stamps);
     tx.stage_all(|tx| {
         let mut stager = tx.stager_with(model.distinct_id(), M::INSERT_EVENT, stamps)?;
@@ -26,7 +32,13 @@ pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
             stage_identify(model, anonymous_id, &mut stager, Written::Inserted)?;
         }
         stage_group_identify(model, &mut stager, None)
-    })
+    })?;
+    // Also when the row is the visitor (its distinct id is the anonymous id, so nothing was
+    // merged): a later row must not take this person in.
+    if merges {
+        tx.mark_anonymous_merged();
+    }
+    Ok(())
 }
 
 /// The events of a row written whole: `UPDATE_EVENT` with every tracked property, `$identify`
