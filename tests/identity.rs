@@ -161,7 +161,8 @@ async fn alias_refuses_a_blank_alias() {
 /// capture turns it into `$process_person_profile`, `$cookieless_mode`, `$ignore_sent_at` and
 /// `$product_tour_id`, which is what v0 reads (and what posthog-rs writes for v0). On v0 (the
 /// default) the options were ignored: `process_person_profile(false)` still made a person
-/// profile. A property the event sets itself wins.
+/// profile. An option wins over a property of the same name, as it does in v1's capture
+/// (which writes its properties after the event's).
 #[tokio::test]
 async fn event_options_reach_posthog_on_v0_too() {
     let mock = MockPostHog::start().await;
@@ -197,7 +198,7 @@ async fn event_options_reach_posthog_on_v0_too() {
     assert_eq!(properties["$ignore_sent_at"], true, "{properties}");
     assert_eq!(properties["$product_tour_id"], "tour-1", "{properties}");
     let raw = &mock.requests()[0].body["batch"][1];
-    assert_eq!(raw["properties"]["$product_tour_id"], "own", "{raw}");
+    assert_eq!(raw["properties"]["$product_tour_id"], "tour-1", "{raw}");
     assert_eq!(
         mock.requests()[0]
             .body
@@ -207,6 +208,34 @@ async fn event_options_reach_posthog_on_v0_too() {
         2,
         "one key per event"
     );
+}
+
+/// Options a `before_send` hook sets or changes (through the event's `options` key) mean the
+/// same on v0 as on v1 too: v0 got only the event's own options, as they were before the hook.
+#[tokio::test]
+async fn options_a_hook_sets_reach_posthog_on_v0_too() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .before_send(|mut event| {
+            event["options"] = serde_json::json!({
+                "process_person_profile": false,
+                "product_tour_id": "from-hook",
+            });
+            Some(event)
+        })
+        .build();
+    tracker
+        .capture(
+            Event::new("tour_step")
+                .distinct_id("u1")
+                .options(EventOptions::new().process_person_profile(true)),
+        )
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    let properties = &mock.events()[0].properties;
+    assert_eq!(properties["$process_person_profile"], false, "{properties}");
+    assert_eq!(properties["$product_tour_id"], "from-hook", "{properties}");
 }
 
 #[derive(Debug, Clone, TrackedModel)]

@@ -257,6 +257,7 @@ impl Dispatch {
                 continue;
             };
             adopt_hook_identity(&mut event, &mut json);
+            crate::event::options_to_properties(&mut json);
             let attributed = match json.get("distinct_id") {
                 Some(serde_json::Value::String(id)) => !crate::event::is_blank_id(id),
                 Some(serde_json::Value::Number(_)) => true,

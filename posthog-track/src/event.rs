@@ -546,9 +546,9 @@ distinct_id_via_display!(
 /// PostHog's per-event overrides, sent as the event's `options` object (v1) and carrying only
 /// what was set, so PostHog's defaults apply to the rest. They are also sent as the properties
 /// v1's capture makes of them (`$process_person_profile`, `$cookieless_mode`,
-/// `$ignore_sent_at`, `$product_tour_id`), which is how v0 reads them; a property the event
-/// sets itself wins. A `before_send` hook sees and may change them as the event's `options`
-/// key (and the properties), which v1 alone reads.
+/// `$ignore_sent_at`, `$product_tour_id`), which is how v0 reads them; as in v1's capture,
+/// they win over a property of the same name. A `before_send` hook sees and may set or change
+/// them as the event's `options` key; the properties follow what it returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct EventOptions {
@@ -603,7 +603,8 @@ impl EventOptions {
 
     /// The properties v1's capture makes of these options (`$process_person_profile`,
     /// `$cookieless_mode`, `$ignore_sent_at`, `$product_tour_id`): what v0, which ignores the
-    /// `options` object, reads instead.
+    /// `options` object, reads instead. v1's capture writes them after the event's own
+    /// properties, so they win over a property of the same name.
     pub(crate) fn as_properties(&self) -> Vec<(&'static str, serde_json::Value)> {
         let mut properties = Vec::new();
         if let Some(on) = self.process_person_profile {
@@ -619,6 +620,39 @@ impl EventOptions {
             properties.push(("$product_tour_id", id.as_str().into()));
         }
         properties
+    }
+}
+
+/// What [`EventOptions::as_properties`] makes of an event's `options` object, for an event a
+/// `before_send` hook returned (it may have set or changed them): written into its properties,
+/// over any of the same name, so that v0 reads what v1 does.
+pub(crate) fn options_to_properties(event: &mut serde_json::Value) {
+    let Some(options) = event.get("options").and_then(serde_json::Value::as_object) else {
+        return;
+    };
+    let mut found = Vec::new();
+    for (option, property) in [
+        ("process_person_profile", "$process_person_profile"),
+        ("cookieless_mode", "$cookieless_mode"),
+        ("disable_skew_correction", "$ignore_sent_at"),
+    ] {
+        if let Some(on) = options.get(option).and_then(serde_json::Value::as_bool) {
+            found.push((property, on.into()));
+        }
+    }
+    if let Some(id) = options
+        .get("product_tour_id")
+        .and_then(serde_json::Value::as_str)
+    {
+        found.push(("$product_tour_id", id.into()));
+    }
+    if let Some(properties) = event
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (key, value) in found {
+            properties.insert(key.to_owned(), value);
+        }
     }
 }
 
@@ -727,14 +761,10 @@ impl Event {
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
         let mut properties = self.properties;
         // The options as properties too, so that they mean the same on v0 (which reads only
-        // properties) as on v1; a property the event sets itself wins.
+        // properties) as on v1, where they win over a property of the same name.
         for (key, value) in self.options.as_properties() {
-            let own = properties
-                .iter()
-                .any(|(section, name, _)| *section == Section::Properties && name == key);
-            if !own {
-                properties.push((Section::Properties, key.to_owned(), value));
-            }
+            properties.retain(|(section, name, _)| *section != Section::Properties || name != key);
+            properties.push((Section::Properties, key.to_owned(), value));
         }
         if !self.unset.is_empty() {
             properties.push((
