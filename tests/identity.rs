@@ -519,3 +519,26 @@ where
     assert_eq!(anonymous, ["visitor-7".into(), Value::Null]);
 }
 on_every_backend!(the_anonymous_visitor_is_merged_into_one_person);
+
+/// A blank session id is no session: `with_session_id("")` or whitespace stamped
+/// `$session_id` with it on every event of the transaction, putting the events of every such
+/// request in one session (a whitespace one) or in none with a property that says otherwise.
+#[tokio::test]
+async fn a_blank_session_id_is_no_session() {
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    for session in ["", "  "] {
+        let context = TrackingContext::new()
+            .with_distinct_id("visitor-3")
+            .with_session_id(session);
+        let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+        visit("v1", "visitor-3").insert(&mut tx).await.unwrap();
+        let event = tx.staged()[0].json();
+        tx.rollback().await.unwrap();
+        assert!(
+            event["properties"].get("$session_id").is_none(),
+            "{session:?}: {event}"
+        );
+    }
+}

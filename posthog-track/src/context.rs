@@ -113,9 +113,12 @@ impl TrackingContext {
         self.distinct_id.as_deref()
     }
 
-    /// The session id, if the request carries one.
+    /// The session id, if the request carries one. A blank one (empty or whitespace) is none:
+    /// as `$session_id` it would put every such request in one session.
     pub fn session_id(&self) -> Option<&str> {
-        self.session_id.as_deref()
+        self.session_id
+            .as_deref()
+            .filter(|id| !crate::event::is_blank_id(id))
     }
 
     /// The anonymous id to merge: the one set, else the distinct id. A blank one (empty or
