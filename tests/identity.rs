@@ -542,3 +542,26 @@ async fn a_blank_session_id_is_no_session() {
         );
     }
 }
+
+/// A `before_send` hook may give a number as the distinct id (v0's capture reads it as its
+/// text); it is sent as that text, which v1's capture requires (a number there fails the
+/// event). It was sent as a number, and v1 dropped the event.
+#[tokio::test]
+async fn a_numeric_distinct_id_from_a_hook_is_sent_as_text() {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .capture_mode(posthog_track::CaptureMode::V1)
+        .before_send(|mut event| {
+            event["distinct_id"] = 42.into();
+            Some(event)
+        })
+        .build();
+    tracker
+        .capture(Event::new("counted").distinct_id("u1"))
+        .await
+        .unwrap();
+    let flushed = tracker.flush().await;
+    let events = mock.events();
+    assert_eq!(events.len(), 1, "{flushed:?}");
+    assert_eq!(events[0].raw["distinct_id"], "42");
+}

@@ -256,11 +256,15 @@ impl Dispatch {
                 self.stats.filtered();
                 continue;
             };
+            // A number as the distinct id is sent as its text, as v0's capture reads it: v1's
+            // requires a string.
+            if let Some(id) = json.get("distinct_id").filter(|id| id.is_number()) {
+                json["distinct_id"] = id.to_string().into();
+            }
             adopt_hook_identity(&mut event, &mut json);
             crate::event::options_to_properties(&mut json);
             let attributed = match json.get("distinct_id") {
                 Some(serde_json::Value::String(id)) => !crate::event::is_blank_id(id),
-                Some(serde_json::Value::Number(_)) => true,
                 _ => false,
             };
             if !attributed {
