@@ -565,3 +565,40 @@ async fn a_numeric_distinct_id_from_a_hook_is_sent_as_text() {
     assert_eq!(events.len(), 1, "{flushed:?}");
     assert_eq!(events[0].raw["distinct_id"], "42");
 }
+
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "purchases", distinct_id = buyer, insert_event = "purchase_made")]
+pub struct Purchase {
+    #[tracked(key, property = "purchase_id")]
+    pub id: String,
+    #[tracked(property)]
+    pub buyer: String,
+    #[tracked(skip = "attribution column", context = "distinct_id")]
+    pub visitor: Option<String>,
+}
+
+/// A blank request distinct id fills no `context = "distinct_id"` column: the column is
+/// there to join with PostHog's ids, and no event of the request carries a blank one. It was
+/// filled with the blank id.
+#[tokio::test]
+async fn a_blank_request_distinct_id_fills_no_attribution_column() {
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE purchases (id TEXT PRIMARY KEY, buyer TEXT NOT NULL, visitor TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let context = TrackingContext::new().with_distinct_id("  ");
+    let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+    let stored = Purchase {
+        id: "p1".into(),
+        buyer: "user-1".into(),
+        visitor: None,
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(stored.visitor, None);
+}

@@ -108,9 +108,12 @@ impl TrackingContext {
         self
     }
 
-    /// The distinct id, if the request carries one.
+    /// The distinct id, if the request carries one. A blank one (empty or whitespace) is
+    /// none, as everywhere a distinct id is read.
     pub fn distinct_id(&self) -> Option<&str> {
-        self.distinct_id.as_deref()
+        self.distinct_id
+            .as_deref()
+            .filter(|id| !crate::event::is_blank_id(id))
     }
 
     /// The session id, if the request carries one. A blank one (empty or whitespace) is none:
