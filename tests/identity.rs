@@ -602,3 +602,79 @@ async fn a_blank_request_distinct_id_fills_no_attribution_column() {
     tx.rollback().await.unwrap();
     assert_eq!(stored.visitor, None);
 }
+
+/// Distinct ids PostHog refuses to merge because they come from a bug (`"undefined"`,
+/// `"null"`, `"[object Object]"`, `"0"`, `"anonymous"`, ... and their quoted forms): a request
+/// header holding one carries no distinct id (it made every such request's events one person),
+/// no `$identify` merges one as the anonymous visitor, and `alias` refuses one. They were all
+/// sent, and PostHog refused the merges with ingestion warnings.
+#[tokio::test]
+async fn ids_posthog_refuses_to_merge_are_not_sent_as_merges() {
+    for id in [
+        "undefined",
+        "null",
+        "\"null\"",
+        "'undefined'",
+        "[object Object]",
+        "NaN",
+        "0",
+        "Anonymous",
+        "not_authenticated",
+    ] {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-posthog-distinct-id",
+            axum::http::HeaderValue::from_str(id).unwrap(),
+        );
+        assert_eq!(
+            TrackingContext::from_headers(&headers).distinct_id(),
+            None,
+            "{id}"
+        );
+    }
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        "x-posthog-distinct-id",
+        axum::http::HeaderValue::from_static("nan"),
+    );
+    assert_eq!(
+        TrackingContext::from_headers(&headers).distinct_id(),
+        Some("nan"),
+        "only `NaN` is refused, as in PostHog"
+    );
+
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let context = TrackingContext::new()
+        .with_distinct_id("visitor-5")
+        .with_anonymous_id("undefined");
+    let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+    Member {
+        id: "m-illegal".into(),
+        email: "m@example.com".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let identify = tx
+        .staged()
+        .iter()
+        .map(|event| event.json())
+        .find(|event| event["event"] == "$identify")
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        identify["properties"]["$anon_distinct_id"], "visitor-5",
+        "{identify}"
+    );
+
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    for (distinct_id, alias) in [("user-1", "undefined"), ("null", "anon-1")] {
+        let error = tracker.alias(distinct_id, alias).await.unwrap_err();
+        assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
+    }
+    tracker.flush().await.unwrap();
+    assert!(mock.events().is_empty(), "{:?}", mock.events());
+}

@@ -56,7 +56,7 @@ impl TrackingContext {
     }
 
     /// The context posthog-js's headers describe. Missing, empty or non-UTF-8 headers are
-    /// left out; nothing here fails, since analytics must not break a request. The values come
+    /// left out, and so is a distinct id PostHog takes for a bug (`"undefined"`, `"null"`); nothing here fails, since analytics must not break a request. The values come
     /// from whoever sent the request, so they are cleaned as PostHog's own SDKs clean them:
     /// control characters removed, surrounding whitespace trimmed, and cut to
     /// [`MAX_HEADER_ID_CHARS`] characters (a megabyte-long session id would otherwise make
@@ -75,7 +75,10 @@ impl TrackingContext {
             (!cleaned.is_empty()).then_some(cleaned)
         };
         TrackingContext {
-            distinct_id: header(DISTINCT_ID_HEADER),
+            // An id PostHog takes for a bug (`"undefined"`, `"null"`, ...) is no id: it would
+            // make the events of every such request one person.
+            distinct_id: header(DISTINCT_ID_HEADER)
+                .filter(|id| !crate::event::is_illegal_merge_id(id)),
             session_id: header(SESSION_ID_HEADER),
             ..TrackingContext::default()
         }
@@ -124,13 +127,13 @@ impl TrackingContext {
             .filter(|id| !crate::event::is_blank_id(id))
     }
 
-    /// The anonymous id to merge: the one set, else the distinct id. A blank one (empty or
-    /// whitespace) is no id: PostHog refuses to merge it.
+    /// The anonymous id to merge: the one set, else the distinct id. One PostHog refuses to
+    /// merge (blank, or an id it takes for a bug, such as `"undefined"` or `"null"`) is no id.
     pub fn anonymous_id(&self) -> Option<&str> {
         [self.anonymous_id.as_deref(), self.distinct_id()]
             .into_iter()
             .flatten()
-            .find(|id| !crate::event::is_blank_id(id))
+            .find(|id| !crate::event::is_illegal_merge_id(id))
     }
 
     /// The extra properties.

@@ -491,6 +491,44 @@ pub(crate) fn is_blank_id(id: &str) -> bool {
     id.trim().is_empty()
 }
 
+/// Whether PostHog refuses to merge `id` (`$identify`'s `$anon_distinct_id`, `$create_alias`):
+/// a blank id, or one of the ids its ingestion takes for a bug or a mistake (`"undefined"`,
+/// `"null"`, `"[object Object]"`, `"0"`, `"anonymous"`, ...), bare or in quotes. PostHog
+/// ingests other events for such an id as one person, and refuses merges with it (with an
+/// ingestion warning).
+pub(crate) fn is_illegal_merge_id(id: &str) -> bool {
+    const ANY_CASE: [&str; 10] = [
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+    ];
+    const EXACT: [&str; 7] = [
+        "[object Object]",
+        "NaN",
+        "None",
+        "none",
+        "null",
+        "0",
+        "undefined",
+    ];
+    if is_blank_id(id) {
+        return true;
+    }
+    let bare = [('"', '"'), ('\'', '\'')]
+        .iter()
+        .find_map(|&(open, close)| id.strip_prefix(open)?.strip_suffix(close))
+        .unwrap_or(id);
+    let lower = bare.to_lowercase();
+    ANY_CASE.contains(&lower.as_str()) || EXACT.contains(&bare)
+}
+
 /// Turns a model's `distinct_id` field into the string PostHog receives.
 ///
 /// Implemented for strings, integers, [`Uuid`] and `Option` of those (`None` falls back to the

@@ -14,7 +14,7 @@ use crate::client::DeliveryCounts;
 use crate::config::Config;
 use crate::dispatch::ShutdownReport;
 use crate::error::{Error, Result};
-use crate::event::{Event, StagedEvent, Stager, is_blank_id};
+use crate::event::{Event, StagedEvent, Stager, is_blank_id, is_illegal_merge_id};
 use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::Relay;
@@ -169,8 +169,8 @@ impl Tracker {
     }
 
     /// `$create_alias`: `alias` becomes another distinct id of the person `distinct_id`.
-    /// A blank `distinct_id` or `alias` (empty or whitespace) is refused with
-    /// [`Error::MissingDistinctId`]: PostHog would refuse the merge.
+    /// An id PostHog refuses to merge (blank, or one it takes for a bug: `"undefined"`,
+    /// `"null"`, `"0"`, ...) is refused with [`Error::MissingDistinctId`].
     pub async fn alias(
         &self,
         distinct_id: impl Into<String>,
@@ -178,7 +178,9 @@ impl Tracker {
     ) -> Result<()> {
         let (distinct_id, alias) = (distinct_id.into(), alias.into());
         // As `stage` checks the distinct id: only when the event would be recorded.
-        if self.inner.dispatch.records_events() && is_blank_id(&alias) {
+        if self.inner.dispatch.records_events()
+            && (is_illegal_merge_id(&alias) || is_illegal_merge_id(&distinct_id))
+        {
             return Err(Error::MissingDistinctId {
                 event: "$create_alias".into(),
             });
