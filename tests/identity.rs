@@ -678,3 +678,49 @@ async fn ids_posthog_refuses_to_merge_are_not_sent_as_merges() {
     tracker.flush().await.unwrap();
     assert!(mock.events().is_empty(), "{:?}", mock.events());
 }
+
+/// A group's `$groupidentify` is sent as the group (`$<type>_<key>`), not as the request's
+/// person, so it carries no `$session_id`: PostHog's sessions take their distinct id from
+/// their latest event, and this one shares its write's timestamp, so a session could be
+/// attributed to `$team_core` (a person that does not exist) instead of the visitor. It
+/// carried the request's session id.
+#[tokio::test]
+async fn a_group_identify_joins_no_session() {
+    let pool = memory_database().await.unwrap();
+    sqlx::query(
+        "CREATE TABLE teams (slug TEXT PRIMARY KEY, company TEXT NOT NULL, owner TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let context = TrackingContext::new()
+        .with_distinct_id("visitor-8")
+        .with_session_id("0190a1b2-0000-7000-8000-000000000008");
+    let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+    Team {
+        slug: "core".into(),
+        company: "acme".into(),
+        owner: "visitor-8".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let staged: Vec<Value> = tx.staged().iter().map(|event| event.json()).collect();
+    tx.rollback().await.unwrap();
+    let (group, own): (Vec<&Value>, Vec<&Value>) = staged
+        .iter()
+        .partition(|event| event["event"] == "$groupidentify");
+    assert_eq!((group.len(), own.len()), (1, 1), "{staged:?}");
+    assert_eq!(group[0]["distinct_id"], "$team_core");
+    assert!(
+        group[0]["properties"].get("$session_id").is_none(),
+        "{}",
+        group[0]
+    );
+    assert_eq!(
+        own[0]["properties"]["$session_id"],
+        "0190a1b2-0000-7000-8000-000000000008"
+    );
+}

@@ -415,8 +415,23 @@ impl<'a> Stager<'a> {
     }
 
     /// Starts an event of this write about another distinct id (a group's `$groupidentify`).
+    /// It is not the request person's, so it joins no session: PostHog's sessions take their
+    /// distinct id from their latest event, and this one shares its write's timestamp.
     pub(crate) fn event_for(&self, name: &'static str, distinct_id: String) -> EventWriter {
-        let mut writer = self.begin(name.into(), &distinct_id, &self.timestamp);
+        let stamps: Vec<Stamp> = self
+            .stamps
+            .iter()
+            .filter(|stamp| stamp.key != "$session_id")
+            .cloned()
+            .collect();
+        let mut writer = EventWriter::begin(
+            name.into(),
+            &distinct_id,
+            self.next_uuid(),
+            &self.timestamp,
+            &stamps,
+        );
+        writer.splice = self.shape.splice;
         writer.distinct_id = Some(distinct_id);
         writer
     }
