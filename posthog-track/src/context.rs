@@ -56,7 +56,8 @@ impl TrackingContext {
     }
 
     /// The context posthog-js's headers describe. Missing, empty or non-UTF-8 headers are
-    /// left out, and so is a distinct id PostHog takes for a bug (`"undefined"`, `"null"`); nothing here fails, since analytics must not break a request. The values come
+    /// left out, and so is a distinct id PostHog takes for a bug (`"undefined"`, `"null"`);
+    /// nothing here fails, since analytics must not break a request. The values come
     /// from whoever sent the request, so they are cleaned as PostHog's own SDKs clean them:
     /// control characters removed, surrounding whitespace trimmed, and cut to
     /// [`MAX_HEADER_ID_CHARS`] characters (a megabyte-long session id would otherwise make

@@ -27,10 +27,12 @@ pub enum Error {
         table: &'static str,
     },
 
-    /// An event has nobody to attribute it to.
+    /// An event has nobody to attribute it to (an empty or whitespace id counts as none; so
+    /// does, for `alias`, an id PostHog refuses to merge, such as `"undefined"`).
     #[error(
-        "event `{event}` has no distinct id: give the model `#[tracked(distinct_id = <field>)]` \
-         or call `set_distinct_id` on the transaction"
+        "event `{event}` has no distinct id (an empty or whitespace one counts as none): give \
+         the model `#[tracked(distinct_id = <field>)]` or call `set_distinct_id` on the \
+         transaction"
     )]
     MissingDistinctId {
         /// The event that could not be staged.
