@@ -1174,3 +1174,64 @@ async fn a_key_stored_unlike_its_binding_stops_the_backfill<DB: Backend>(
     }
 }
 on_every_backend!(a_key_stored_unlike_its_binding_stops_the_backfill);
+
+/// A company managed by a person: a group model with a distinct id and a person property.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "bf_managed_companies",
+    group_type = "company",
+    group_key = slug,
+    distinct_id = manager
+)]
+struct ManagedCompany {
+    #[tracked(key, property)]
+    slug: String,
+    #[tracked(property)]
+    seats: i64,
+    #[tracked(property)]
+    manager: String,
+    #[tracked(person)]
+    manager_email: String,
+}
+
+/// `properties([...])` naming only a group model's person property sends those person
+/// updates and no `$groupidentify` (one with an empty `$group_set` per row was staged too).
+async fn only_person_properties_of_a_group_send_no_group_updates(
+    pool: &impl Source<ManagedCompany>,
+    _url: &str,
+) {
+    let (mock, tracker) = seeded(
+        pool.sqlx(),
+        "bf_managed_companies",
+        "slug VARCHAR(50) PRIMARY KEY, seats BIGINT NOT NULL, manager VARCHAR(50) NOT NULL, \
+         manager_email VARCHAR(100) NOT NULL",
+        ["('a', 1, 'm1', 'm1@x')", "('b', 2, 'm2', 'm2@x')"]
+            .into_iter()
+            .map(str::to_owned),
+    )
+    .await;
+    let report = run_ok(
+        tracker
+            .backfill::<ManagedCompany>(pool)
+            .properties(["manager_email"]),
+    )
+    .await;
+    assert_eq!(
+        (report.person_updates, report.group_updates, report.events),
+        (2, 0, 2),
+        "{report}"
+    );
+    tracker.flush().await.unwrap();
+    assert!(events_named(&mock, "$groupidentify").is_empty());
+    assert_eq!(events_named(&mock, "$set").len(), 2);
+
+    // Naming a group property too sends both.
+    let both = run_ok(
+        tracker
+            .backfill::<ManagedCompany>(pool)
+            .properties(["manager_email", "seats"]),
+    )
+    .await;
+    assert_eq!((both.person_updates, both.group_updates), (2, 2), "{both}");
+}
+on_every_backend!(only_person_properties_of_a_group_send_no_group_updates);

@@ -312,7 +312,9 @@ where
     /// Backfills only these person (or group) properties, by property name, field name or
     /// column: the day `trial_ends_at` becomes `#[tracked(person)]`, send just it. A name
     /// that is no such property fails the run with [`Error::UnknownColumn`], which lists the
-    /// valid ones. Insert events (`with_events`) always carry every tracked property.
+    /// valid ones. Insert events (`with_events`) always carry every tracked property. A
+    /// group model's `$groupidentify` is staged only when a group property is named (not
+    /// only person properties).
     pub fn properties<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -729,6 +731,9 @@ impl Plan {
         let mut chosen = Vec::new();
         // Whether a person property is among those chosen (all are, without `only`).
         let mut person_chosen = only.is_none() && person;
+        // Whether a group property (a field that is no person property) is among those
+        // chosen: a `$groupidentify` with none would carry an empty `$group_set`.
+        let mut group_chosen = only.is_none() && group.is_some();
         match only {
             None => {}
             Some(names) => {
@@ -756,6 +761,7 @@ impl Plan {
                         });
                     };
                     person_chosen |= fields[index].person != BackfillPerson::No;
+                    group_chosen |= fields[index].person == BackfillPerson::No;
                     chosen.push(fields[index].property.unwrap_or(fields[index].field));
                 }
             }
@@ -777,8 +783,10 @@ impl Plan {
         if !person && group.is_none() && events_field.is_none() {
             return Err(Error::NothingToBackfill { model: M::TABLE });
         }
-        // A group model's backfill limited to group properties stages no person updates.
+        // A group model's backfill limited to group properties stages no person updates, and
+        // one limited to person properties no group updates.
         let person = person_chosen;
+        let group = group.filter(|_| group_chosen);
         // Without a distinct id every person update and insert event would be skipped: say so
         // before reading a row. (A group model's `$groupidentify` needs only its group key, so
         // a group model backfills without one when no person property is chosen.)
