@@ -1235,3 +1235,38 @@ async fn only_person_properties_of_a_group_send_no_group_updates(
     assert_eq!((both.person_updates, both.group_updates), (2, 2), "{both}");
 }
 on_every_backend!(only_person_properties_of_a_group_send_no_group_updates);
+
+/// `properties([])` chooses nothing to send: the run is refused, as one of a model with
+/// nothing to backfill is, instead of reading every row, staging nothing and marking the
+/// backfill complete.
+async fn an_empty_property_list_is_refused(pool: &impl Source<Person>, _url: &str) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 3).await;
+    let error = run_err(tracker.backfill::<Person>(pool).properties(Vec::<String>::new())).await;
+    assert!(
+        matches!(error, Error::NothingToBackfill { .. }),
+        "{error:?}"
+    );
+    // With insert events there is still something to send.
+    let report = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .properties(Vec::<String>::new())
+            .with_events("created_at"),
+    )
+    .await;
+    assert_eq!((report.person_updates, report.insert_events), (0, 3), "{report}");
+}
+on_every_backend!(an_empty_property_list_is_refused);
+
+/// The same with a group model: no `$groupidentify` with an empty `$group_set` per row.
+async fn an_empty_property_list_of_a_group_is_refused(pool: &impl Source<Company>, _url: &str) {
+    let (_mock, tracker) = seeded(pool.sqlx(), "bf_companies", COMPANY_COLUMNS, companies()).await;
+    let error = run_err(tracker.backfill::<Company>(pool).properties(Vec::<String>::new())).await;
+    assert!(
+        matches!(error, Error::NothingToBackfill { .. }),
+        "{error:?}"
+    );
+    assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
+}
+on_every_backend!(an_empty_property_list_of_a_group_is_refused);

@@ -150,11 +150,12 @@ pub enum Error {
         valid: Vec<String>,
     },
 
-    /// A backfill would send nothing: the model has no person properties, is no group, and
-    /// no `with_events` column was given.
+    /// A backfill would send nothing: the model has no person properties and is no group,
+    /// or `properties([])` chose none of them, and no `with_events` column was given.
     #[error(
         "`{model}` has nothing to backfill: it has no `person`/`person_once` field or \
-         `identify`, no `group_type`, and no `with_events(\"<timestamp column>\")` was given"
+         `identify` and no `group_type`, or `properties([...])` chose none of its person or \
+         group properties, and no `with_events(\"<timestamp column>\")` was given"
     )]
     NothingToBackfill {
         /// The model's table.

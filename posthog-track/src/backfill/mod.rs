@@ -314,7 +314,8 @@ where
     /// that is no such property fails the run with [`Error::UnknownColumn`], which lists the
     /// valid ones. Insert events (`with_events`) always carry every tracked property. A
     /// group model's `$groupidentify` is staged only when a group property is named (not
-    /// only person properties).
+    /// only person properties), and a list naming nothing fails with
+    /// [`Error::NothingToBackfill`] unless `with_events` is given.
     pub fn properties<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -780,13 +781,15 @@ impl Plan {
                     })?,
             ),
         };
-        if !person && group.is_none() && events_field.is_none() {
-            return Err(Error::NothingToBackfill { model: M::TABLE });
-        }
         // A group model's backfill limited to group properties stages no person updates, and
         // one limited to person properties no group updates.
         let person = person_chosen;
         let group = group.filter(|_| group_chosen);
+        // A model with nothing to send, or `properties([])` that chose nothing: refused, rather
+        // than a run that reads every row, stages nothing and marks itself complete.
+        if !person && group.is_none() && events_field.is_none() {
+            return Err(Error::NothingToBackfill { model: M::TABLE });
+        }
         // Without a distinct id every person update and insert event would be skipped: say so
         // before reading a row. (A group model's `$groupidentify` needs only its group key, so
         // a group model backfills without one when no person property is chosen.)
