@@ -1270,3 +1270,45 @@ async fn an_empty_property_list_of_a_group_is_refused(pool: &impl Source<Company
     assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
 }
 on_every_backend!(an_empty_property_list_of_a_group_is_refused);
+
+/// A signup whose timestamp sqlx reads in the local time zone.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_local_signups", distinct_id = id, insert_event = "signed_up")]
+struct LocalSignup {
+    #[tracked(key, property)]
+    id: i64,
+    #[tracked(person)]
+    email: String,
+    #[tracked(property)]
+    created_at: DateTime<chrono::Local>,
+}
+
+/// `with_events` dates insert events by a `DateTime<Local>` column as by a `DateTime<Utc>`
+/// one (it failed with `NotATimestamp`: only `Utc` and `FixedOffset` were timestamps).
+async fn with_events_dates_by_a_local_timestamp<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<LocalSignup>,
+{
+    let columns = format!(
+        "id BIGINT PRIMARY KEY, email VARCHAR(100) NOT NULL, created_at {} NOT NULL",
+        timestamp_type(DB::DIALECT)
+    );
+    let rows = (1..=2).map(|id| format!("({id}, 'p{id}@x', {})", quote_ts::<DB>(created_at(id))));
+    let (mock, tracker) = seeded(pool, "bf_local_signups", &columns, rows).await;
+    let report = run_ok(
+        tracker
+            .backfill::<LocalSignup>(pool)
+            .with_events("created_at"),
+    )
+    .await;
+    assert_eq!(report.insert_events, 2, "{report}");
+    tracker.flush().await.unwrap();
+    let signups = events_named(&mock, "signed_up");
+    assert_eq!(signups.len(), 2);
+    for event in signups {
+        let id: i64 = event.distinct_id.parse().unwrap();
+        let at = DateTime::parse_from_rfc3339(&event.timestamp).unwrap();
+        assert_eq!(at, created_at(id));
+    }
+}
+on_every_backend!(with_events_dates_by_a_local_timestamp);

@@ -2,7 +2,7 @@
 //! fields, its keyset-paginated `SELECT`s, timestamps of named columns, and the key of a row
 //! read back. Not public API.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
 use crate::backend::{Backend, Dialect};
 use crate::model::{PerDialect, TrackedModel, TrackedRow};
@@ -101,20 +101,15 @@ pub enum BackfillTimestamp {
     At(DateTime<Utc>),
 }
 
-/// A type that can date an event: chrono's `DateTime` (any offset), `NaiveDateTime` (taken
-/// as UTC, which is how sqlx reads `TIMESTAMP WITHOUT TIME ZONE`), and `Option` of those.
+/// A type that can date an event: chrono's `DateTime` (any time zone: `Utc`, `Local`, which
+/// sqlx also reads, or a fixed offset), `NaiveDateTime` (taken as UTC, which is how sqlx
+/// reads `TIMESTAMP WITHOUT TIME ZONE`), and `Option` of those.
 #[doc(hidden)]
 pub trait EventTimestamp {
     fn event_timestamp(&self) -> Option<DateTime<Utc>>;
 }
 
-impl EventTimestamp for DateTime<Utc> {
-    fn event_timestamp(&self) -> Option<DateTime<Utc>> {
-        Some(*self)
-    }
-}
-
-impl EventTimestamp for DateTime<FixedOffset> {
+impl<Tz: TimeZone> EventTimestamp for DateTime<Tz> {
     fn event_timestamp(&self) -> Option<DateTime<Utc>> {
         Some(self.with_timezone(&Utc))
     }
