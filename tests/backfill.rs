@@ -1312,3 +1312,25 @@ where
     }
 }
 on_every_backend!(with_events_dates_by_a_local_timestamp);
+
+/// Two processes starting the same backfill at once, before either made its checkpoint (or
+/// the checkpoint table): one backfills and the other finds it complete or stops with
+/// `BackfillConflict`; neither fails on the other's `CREATE TABLE` or checkpoint `INSERT`.
+async fn two_first_runs_at_once(pool: &impl Source<Person>, _url: &str) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 20).await;
+    for attempt in 0..10 {
+        execute(pool.sqlx(), "DROP TABLE IF EXISTS posthog_backfill").await;
+        let (a, b) = tokio::join!(
+            tracker.backfill::<Person>(pool).page_size(5).run(),
+            tracker.backfill::<Person>(pool).page_size(5).run(),
+        );
+        for result in [a, b] {
+            match result {
+                Ok(_) | Err(Error::BackfillConflict { .. }) => {}
+                Err(other) => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+    }
+}
+on_every_backend!(two_first_runs_at_once);

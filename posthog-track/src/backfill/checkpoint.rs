@@ -73,26 +73,53 @@ pub(crate) struct Checkpoint {
 }
 
 /// Creates the table if needed and reads checkpoint `name`, creating it (empty) when it does
-/// not exist yet.
+/// not exist yet. Safe when two processes start the same backfill at once: both read the
+/// same checkpoint, and the generation fence of [`advance`] stops the one that commits second.
 pub(crate) async fn load<DB: Backend>(
     pool: &Pool<DB>,
     name: &str,
     description: &str,
 ) -> Result<(Checkpoint, bool)> {
     let mut conn = pool.acquire().await?;
-    DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+    if DB::DIALECT == Dialect::Postgres {
+        // `CREATE TABLE IF NOT EXISTS` is not safe under concurrency on PostgreSQL: the
+        // session that loses the race fails on `pg_type`'s unique index. A transaction-scoped
+        // lock serialises the creations (released by the commit, or by the rollback when this
+        // future is dropped half-way).
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        DB::execute(
+            &mut tx,
+            sqlx::query("SELECT pg_advisory_xact_lock(7135245020)"),
+        )
+        .await?;
+        DB::execute(&mut tx, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+        tx.commit().await?;
+    } else {
+        DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+    }
     if let Some(found) = read::<DB>(&mut conn, name).await? {
         return Ok((found, true));
     }
+    // Another run may insert the same checkpoint between the read and this insert: the row
+    // is then left as that run made it, and read back.
     let mut sql = "INSERT INTO posthog_backfill (name, description) VALUES (".to_owned();
     DB::DIALECT.push_placeholders(&mut sql, 1, 2);
-    sql.push(')');
+    sql.push_str(match DB::DIALECT {
+        Dialect::MySql => ") ON DUPLICATE KEY UPDATE name = name",
+        Dialect::Postgres | Dialect::Sqlite => ") ON CONFLICT (name) DO NOTHING",
+    });
     let query = DB::bind_text(
         DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), name),
         description,
     );
     DB::execute(&mut conn, query).await?;
-    Ok((Checkpoint::default(), false))
+    match read::<DB>(&mut conn, name).await? {
+        Some(found) => {
+            let existed = found != Checkpoint::default();
+            Ok((found, existed))
+        }
+        None => Err(Error::Database(sqlx::Error::RowNotFound)),
+    }
 }
 
 /// Reads checkpoint `name`, if the table and the row exist; never creates anything.
