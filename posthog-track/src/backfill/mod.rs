@@ -1028,15 +1028,45 @@ fn row_properties<M: BackfillModel>(
     model.__write_properties(&mut writer)?;
     stager.push(writer)?;
     let payload = scratch.pop().map(|event| event.payload).unwrap_or_default();
+    payload_properties(M::INSERT_EVENT, &payload)
+}
+
+/// The properties of event `name`'s `payload`.
+fn payload_properties(
+    name: &'static str,
+    payload: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut event: serde_json::Value =
-        serde_json::from_str(&payload).map_err(|source| Error::Serialize {
-            event: Cow::Borrowed(M::INSERT_EVENT),
+        serde_json::from_str(payload).map_err(|source| Error::Serialize {
+            event: Cow::Borrowed(name),
             property: Cow::Borrowed("properties"),
             source,
         })?;
-    match event.get_mut("properties").map(serde_json::Value::take) {
+    // Canonical (keys sorted at every level), so a map property's order, a `HashMap`'s own,
+    // cannot reach the `$set` a uuid is made of.
+    match event.get_mut("properties").map(serde_json::Value::take).map(sort_keys) {
         Some(serde_json::Value::Object(properties)) => Ok(properties),
         _ => Ok(serde_json::Map::new()),
+    }
+}
+
+/// `value` with the keys of every object in it sorted. serde_json's maps sort their keys,
+/// unless its `preserve_order` feature is on (any crate of the application's build can turn
+/// it on), in which case they keep the order the keys were written in.
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(object) => {
+            let mut entries: Vec<(String, serde_json::Value)> = object
+                .into_iter()
+                .map(|(key, value)| (key, sort_keys(value)))
+                .collect();
+            entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+            serde_json::Value::Object(entries.into_iter().collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        other => other,
     }
 }
 
@@ -1116,8 +1146,8 @@ fn set_uuid(event: &mut StagedEvent, name: &[u8]) {
 
 /// When a property of the payload holds a map (at any depth): the payload's properties
 /// without `$lib` and `$lib_version` (the same for every event of a version, and a library
-/// upgrade must not change a uuid), as JSON with its keys sorted at every level (serde_json's
-/// maps are ordered), floats exactly as written. `None` for flat properties.
+/// upgrade must not change a uuid), as JSON with its keys sorted at every level
+/// ([`sort_keys`]), floats exactly as written. `None` for flat properties.
 fn canonical_nested_properties(payload: &str) -> Option<String> {
     fn holds_map(value: &serde_json::Value) -> bool {
         match value {
@@ -1140,7 +1170,7 @@ fn canonical_nested_properties(payload: &str) -> Option<String> {
     }
     properties.remove("$lib");
     properties.remove("$lib_version");
-    Some(serde_json::Value::Object(std::mem::take(properties)).to_string())
+    Some(sort_keys(serde_json::Value::Object(std::mem::take(properties))).to_string())
 }
 
 #[cfg(test)]
@@ -1178,19 +1208,55 @@ mod tests {
         assert_ne!(a.uuid, other_key.uuid);
     }
 
+    /// A map serialised in the order given, as a `HashMap` serialises in an order of its own.
+    struct InOrder(Vec<(&'static str, i64)>);
+
+    impl Serialize for InOrder {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
+        }
+    }
+
+    /// A person update's uuid does not depend on the order a map property (a `HashMap`)
+    /// serialised in, whatever serde_json's map keeps: with its `preserve_order` feature,
+    /// which any crate of an application's build may turn on, the map read back keeps the
+    /// order it was written in (a new uuid for every rerun). Run it both ways:
+    /// `cargo test -p posthog-track --lib --features serde_json/preserve_order backfill`.
+    #[test]
+    fn person_update_uuids_do_not_depend_on_map_order() {
+        fn person_update(prefs: &InOrder) -> (StagedEvent, String) {
+            let mut scratch = Vec::new();
+            let mut stager = Stager::new(&mut scratch, String::new());
+            let mut writer = stager.event("user_created");
+            writer
+                .person(Section::Set, "prefs", "\"prefs\":", prefs)
+                .unwrap();
+            stager.push(writer).unwrap();
+            let payload = scratch.pop().unwrap().payload;
+            let properties = payload_properties("user_created", &payload).unwrap();
+            let set = properties["$set"].as_object().unwrap().clone();
+            let mut page = Page::default();
+            stage_live_update("users", "1", "d1".to_owned(), Vec::new(), &mut page, |stager| {
+                let mut writer = stager.event("$set");
+                for (name, value) in &set {
+                    writer.dynamic_property(Section::Set, name, value)?;
+                }
+                Ok(writer)
+            })
+            .unwrap();
+            (page.live.pop().unwrap(), payload)
+        }
+        let (one, one_payload) = person_update(&InOrder(vec![("a", 1), ("b", 2)]));
+        let (other, other_payload) = person_update(&InOrder(vec![("b", 2), ("a", 1)]));
+        assert_ne!(one_payload, other_payload);
+        assert_eq!(one.uuid, other.uuid, "{} / {}", one.payload, other.payload);
+    }
+
     /// A historical event with flat properties keeps the uuid earlier versions gave it (the
     /// properties hashed as written), so a rerun after an upgrade is deduplicated by PostHog;
     /// one holding a map hashes it canonically, whatever the map's order.
     #[test]
     fn historical_uuids_hash_flat_properties_as_written_and_maps_canonically() {
-        /// A map serialised in the order given, as a `HashMap` serialises in an order of its
-        /// own.
-        struct InOrder(Vec<(&'static str, i64)>);
-        impl Serialize for InOrder {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
-            }
-        }
         fn historical<T: Serialize>(
             name: &'static str,
             key: &'static str,
