@@ -1334,3 +1334,78 @@ async fn two_first_runs_at_once(pool: &impl Source<Person>, _url: &str) {
     }
 }
 on_every_backend!(two_first_runs_at_once);
+
+/// A row updated (by a tracked write) while the backfill holds its page: the backfill's `$set`
+/// must not carry the value from before that update, or, committed after the update's own
+/// `$set`, it puts the old value back in PostHog. The update commits between the page's read
+/// and its commit (held there by a `before_send` hook), or, when the page's read waits for
+/// the update's lock, half a second later.
+async fn a_row_updated_during_a_page_is_not_sent_stale<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+    Person: posthog_track::TrackedRow<DB>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+
+    let mock = MockPostHog::start().await;
+    let (read_tx, read_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let done_rx = Mutex::new(done_rx);
+    let armed = Arc::new(AtomicBool::new(true));
+    let hook_armed = armed.clone();
+    let tracker = tracker_for(&mock)
+        .before_send(move |event| {
+            // The backfill's update of person 1, staged from the row it read: let the tracked
+            // update commit now, before the page does.
+            if event["event"] == "$set"
+                && event["distinct_id"] == "1"
+                && hook_armed.swap(false, Ordering::SeqCst)
+            {
+                let _ = read_tx.send(());
+                let _ = done_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+            Some(event)
+        })
+        .build();
+    people(&tracker, pool, 3).await;
+
+    let mut update = tracker.begin(pool).await.unwrap();
+    let person = Person {
+        id: 1,
+        email: "new@example.com".to_owned(),
+        plan: "free".to_owned(),
+        trial_ends_at: None,
+        created_at: created_at(1),
+    };
+    person.update(&mut update).await.unwrap();
+    let committer = tokio::spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || {
+            read_rx.recv_timeout(Duration::from_millis(500))
+        })
+        .await;
+        armed.store(false, Ordering::SeqCst);
+        update.commit().await.unwrap();
+        let _ = done_tx.send(());
+    });
+    let report = run_ok(tracker.backfill::<Person>(pool)).await;
+    committer.await.unwrap();
+    assert_eq!(report.person_updates, 3, "{report}");
+    tracker.flush().await.unwrap();
+
+    let emails: Vec<serde_json::Value> = mock
+        .events()
+        .iter()
+        .filter(|event| event.distinct_id == "1")
+        .filter_map(|event| event.properties.get("$set")?.get("email").cloned())
+        .collect();
+    assert_eq!(
+        emails.last(),
+        Some(&serde_json::json!("new@example.com")),
+        "the email PostHog ends with, of {emails:?}"
+    );
+}
+on_every_backend!(a_row_updated_during_a_page_is_not_sent_stale);

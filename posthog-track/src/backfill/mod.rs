@@ -13,7 +13,10 @@
 //! rerun stages the same uuids and PostHog's uuid deduplication absorbs them. A checkpoint of
 //! the last key (table `posthog_backfill`) moves in the same transaction as each page's
 //! events: an interrupted run resumes after the last page it committed, and never stages a
-//! page twice.
+//! page twice. A page's rows are read with a shared lock held until it commits (PostgreSQL
+//! `FOR SHARE`, MySQL `LOCK IN SHARE MODE`, SQLite's write lock), so a concurrent write to
+//! one of them is staged after the page's update of it, never before one carrying the value
+//! it replaced.
 
 mod checkpoint;
 mod model;
@@ -491,6 +494,20 @@ where
     let pacer = Pacer::new(if options.dry_run { None } else { options.rate });
     let rows_per_page = pacer.rows_per_page(options.page_size, plan.events_per_row());
     let pages = M::__BACKFILL.pages(DB::DIALECT);
+    // A run that stages reads each page's rows with a shared lock until the page commits: a
+    // write to one of them waits for the page (and stages its own update after it) or the page
+    // waits for the write (and reads what it wrote). Without it, a write committed between a
+    // page's read and its commit had its new value overwritten in PostHog by the page's
+    // staler one, staged after it. SQLite's write lock, taken before the read, does as much.
+    let lock = match DB::DIALECT {
+        Dialect::Postgres if persist => " FOR SHARE",
+        Dialect::MySql if persist => " LOCK IN SHARE MODE",
+        _ => "",
+    };
+    let (first_page, next_page) = (
+        format!("{}{lock}", pages.first),
+        format!("{}{lock}", pages.after),
+    );
     tracing::info!(
         target: "posthog_track::backfill",
         model = M::TABLE,
@@ -518,8 +535,11 @@ where
             pool.begin().await?
         };
         let query = match &last_key {
-            None => DB::bind_i64(sqlx::query(pages.first), limit),
-            Some(key) => DB::bind_i64(M::__bind_key_value(key, sqlx::query(pages.after)), limit),
+            None => DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(first_page.clone())), limit),
+            Some(key) => DB::bind_i64(
+                M::__bind_key_value(key, sqlx::query(sqlx::AssertSqlSafe(next_page.clone()))),
+                limit,
+            ),
         };
         let rows = DB::fetch_all(&mut tx, query).await?;
         let Some(last_row) = rows.last() else {
