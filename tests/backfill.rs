@@ -1409,3 +1409,21 @@ where
     );
 }
 on_every_backend!(a_row_updated_during_a_page_is_not_sent_stale);
+
+/// A `with_events` column that holds no timestamp is refused before a row is read, also on
+/// an empty table (the run completed there, and its checkpoint said done).
+async fn a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table(
+    pool: &impl Source<Person>,
+    _url: &str,
+) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 0).await;
+    match run_err(tracker.backfill::<Person>(pool).with_events("email")).await {
+        Error::NotATimestamp { column, valid, .. } => {
+            assert_eq!(column, "email");
+            assert_eq!(valid, ["trial_ends_at", "created_at"]);
+        }
+        other => panic!("expected NotATimestamp, got {other:?}"),
+    }
+}
+on_every_backend!(a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table);

@@ -117,8 +117,9 @@ pub use transaction::TrackedTransaction;
 pub mod __private {
     pub use crate::backend::{Backend, Binds, BoundQuery, Column, Reads};
     pub use crate::backfill::{
-        BackfillField, BackfillIsTimestamp, BackfillModel, BackfillNotTimestamp, BackfillPerson,
-        BackfillRow, BackfillSpec, BackfillTimestamp, BackfillTimestampProbe, PageSql,
+        BackfillField, BackfillIsTimestamp, BackfillIsTimestampType, BackfillModel,
+        BackfillNotTimestamp, BackfillNotTimestampType, BackfillPerson, BackfillRow, BackfillSpec,
+        BackfillTimestamp, BackfillTimestampProbe, BackfillTimestampType, PageSql,
     };
     pub use crate::context::{ContextValue, TrackingContext};
     pub use crate::error::{Error, Result};

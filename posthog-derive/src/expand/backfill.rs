@@ -55,6 +55,18 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
             }
         }
     });
+    let timestamp_types = container.fields.iter().map(|field| {
+        let index = field.index;
+        let ty = field.ty;
+        // The same specialisation on the field's type: a `with_events` column is checked
+        // before a row is read.
+        quote! {
+            #index => {
+                use #private::{BackfillIsTimestampType as _, BackfillNotTimestampType as _};
+                (&#private::BackfillTimestampType::<#ty>::NEW).__backfill_is_timestamp()
+            }
+        }
+    });
     let key_fields: Vec<(usize, &Field)> = container
         .fields
         .iter()
@@ -95,6 +107,13 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
                     _ => #private::BackfillTimestamp::NotATimestamp,
                 }
             }
+
+            fn __is_timestamp(__index: usize) -> bool {
+                match __index {
+                    #(#timestamp_types)*
+                    _ => false,
+                }
+            }
         }
 
         #[automatically_derived]
@@ -122,6 +141,9 @@ pub fn dummy(ident: &syn::Ident, key: &TokenStream) -> TokenStream {
             const __BACKFILL: &'static #private::BackfillSpec = &#private::BackfillSpec::UNUSABLE;
             fn __timestamp_of(&self, _: usize) -> #private::BackfillTimestamp {
                 #private::BackfillTimestamp::NotATimestamp
+            }
+            fn __is_timestamp(_: usize) -> bool {
+                false
             }
         }
         #[automatically_derived]

@@ -48,8 +48,9 @@ use checkpoint::Checkpoint;
 pub use checkpoint::{TABLE as CHECKPOINT_TABLE, create_table_sql};
 #[doc(hidden)]
 pub use model::{
-    BackfillField, BackfillIsTimestamp, BackfillModel, BackfillNotTimestamp, BackfillPerson,
-    BackfillRow, BackfillSpec, BackfillTimestamp, BackfillTimestampProbe, EventTimestamp, PageSql,
+    BackfillField, BackfillIsTimestamp, BackfillIsTimestampType, BackfillModel,
+    BackfillNotTimestamp, BackfillNotTimestampType, BackfillPerson, BackfillRow, BackfillSpec,
+    BackfillTimestamp, BackfillTimestampProbe, BackfillTimestampType, EventTimestamp, PageSql,
 };
 use pace::Pacer;
 
@@ -801,6 +802,20 @@ impl Plan {
                     })?,
             ),
         };
+        // Checked from the field's type, before a row is read: on an empty table the run
+        // would otherwise complete (and its checkpoint say done).
+        if let Some(index) = events_field
+            && !M::__is_timestamp(index)
+        {
+            return Err(Error::NotATimestamp {
+                model: M::TABLE,
+                column: fields[index].column.to_owned(),
+                valid: (0..fields.len())
+                    .filter(|&i| M::__is_timestamp(i))
+                    .map(|i| fields[i].field.to_owned())
+                    .collect(),
+            });
+        }
         // A group model's backfill limited to group properties stages no person updates, and
         // one limited to person properties no group updates.
         let person = person_chosen;

@@ -15,6 +15,10 @@ pub trait BackfillModel: TrackedModel {
 
     /// The value of field `index` as an event timestamp.
     fn __timestamp_of(&self, index: usize) -> BackfillTimestamp;
+
+    /// Whether field `index`'s type is a timestamp (an [`EventTimestamp`]), known before any
+    /// row is read.
+    fn __is_timestamp(index: usize) -> bool;
 }
 
 /// A model's backfill side on one database.
@@ -155,3 +159,31 @@ pub trait BackfillNotTimestamp {
 }
 
 impl<T: ?Sized> BackfillNotTimestamp for &BackfillTimestampProbe<'_, T> {}
+
+/// [`BackfillTimestampProbe`] for a field's type rather than its value:
+/// `(&BackfillTimestampType::<T>::NEW).__backfill_is_timestamp()` is true when `T` is an
+/// [`EventTimestamp`], so a `with_events` column is checked before any row is read.
+#[doc(hidden)]
+pub struct BackfillTimestampType<T: ?Sized>(std::marker::PhantomData<fn() -> *const T>);
+
+impl<T: ?Sized> BackfillTimestampType<T> {
+    pub const NEW: Self = BackfillTimestampType(std::marker::PhantomData);
+}
+
+#[doc(hidden)]
+pub trait BackfillIsTimestampType {
+    fn __backfill_is_timestamp(&self) -> bool {
+        true
+    }
+}
+
+impl<T: EventTimestamp + ?Sized> BackfillIsTimestampType for BackfillTimestampType<T> {}
+
+#[doc(hidden)]
+pub trait BackfillNotTimestampType {
+    fn __backfill_is_timestamp(&self) -> bool {
+        false
+    }
+}
+
+impl<T: ?Sized> BackfillNotTimestampType for &BackfillTimestampType<T> {}
