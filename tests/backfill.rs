@@ -1427,3 +1427,28 @@ async fn a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table(
     }
 }
 on_every_backend!(a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table);
+
+/// The same properties named in another order, or one of them twice, are the same backfill:
+/// once complete, it is not run again (it was, under a checkpoint of its own).
+async fn the_order_of_chosen_properties_is_the_same_backfill(
+    pool: &impl Source<Person>,
+    _url: &str,
+) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 3).await;
+    let first = run_ok(tracker.backfill::<Person>(pool).properties(["email", "plan"])).await;
+    assert_eq!(first.person_updates, 3, "{first}");
+    for names in [
+        vec!["plan", "email"],
+        vec!["plan_name", "email"],
+        vec!["email", "plan", "email"],
+    ] {
+        let again = run_ok(tracker.backfill::<Person>(pool).properties(names.clone())).await;
+        assert!(
+            again.already_complete && again.events == 0,
+            "{names:?}: {again}"
+        );
+        assert_eq!(again.checkpoint, first.checkpoint);
+    }
+}
+on_every_backend!(the_order_of_chosen_properties_is_the_same_backfill);

@@ -784,10 +784,18 @@ impl Plan {
                     };
                     person_chosen |= fields[index].person != BackfillPerson::No;
                     group_chosen |= fields[index].person == BackfillPerson::No;
-                    chosen.push(fields[index].property.unwrap_or(fields[index].field));
+                    chosen.push(index);
                 }
             }
         }
+        // In field order, each once: the same properties named in another order, by another
+        // of their names or twice are the same backfill, with the same checkpoint.
+        chosen.sort_unstable();
+        chosen.dedup();
+        let chosen: Vec<&'static str> = chosen
+            .into_iter()
+            .map(|index| fields[index].property.unwrap_or(fields[index].field))
+            .collect();
         let events_field = match with_events {
             None => None,
             Some(name) => Some(
