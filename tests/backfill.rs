@@ -1452,3 +1452,54 @@ async fn the_order_of_chosen_properties_is_the_same_backfill(
     }
 }
 on_every_backend!(the_order_of_chosen_properties_is_the_same_backfill);
+
+/// The index entries MariaDB read on this connection so far.
+async fn rows_read(conn: &mut sqlx::MySqlConnection) -> i64 {
+    let (_, value): (String, String) =
+        sqlx::query_as("SHOW SESSION STATUS LIKE 'Handler_read_next'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    value.parse().unwrap()
+}
+
+/// A page of a composite key costs its own rows on MariaDB, not every row before it: the
+/// row-value comparison `(team, member) > (?, ?)` is no range for MariaDB's optimiser (MySQL
+/// 5.7+, PostgreSQL and SQLite use the index), so each page scanned the key index from the
+/// start, and a backfill cost rows² / (2 x page size) reads. A pool of one connection, whose
+/// session counters are the run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_key_pages_read_only_their_rows_on_mariadb() {
+    let Some(url) = posthog_track_tests::database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql(&url, "bf_composite_cost").await;
+    let rows = 20_000;
+    let (_mock, tracker) = seeded(
+        &pool,
+        "bf_seats",
+        SEAT_COLUMNS,
+        (1..=rows).map(|member| format!("('team-0', {member}, 'r')")),
+    )
+    .await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let single = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
+        .await
+        .unwrap();
+    let before = rows_read(&mut single.acquire().await.unwrap()).await;
+    let report = run_ok(
+        tracker
+            .backfill::<Seat>(&single)
+            .page_size(100)
+            .dry_run(),
+    )
+    .await;
+    let read = rows_read(&mut single.acquire().await.unwrap()).await - before;
+    assert_eq!(report.rows, rows as u64, "{report}");
+    assert!(read < 3 * rows, "{read} index entries read for {rows} rows");
+}

@@ -75,7 +75,24 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
         .collect();
     let key_bounds = key_fields.iter().map(|(_, field)| {
         let ty = field.ty;
-        respan(quote!(__DB: #private::Reads<#ty>,), ty.span())
+        respan(
+            quote!(__DB: #private::Reads<#ty> + #private::Binds<#ty>,),
+            ty.span(),
+        )
+    });
+    let prefix_binds = key_fields.iter().enumerate().map(|(n, (_, field))| {
+        let ty = field.ty;
+        let value = if key_fields.len() == 1 {
+            quote!(__key)
+        } else {
+            let n = syn::Index::from(n);
+            quote!(&__key.#n)
+        };
+        quote! {
+            if #n < __len {
+                __query = <__DB as #private::Binds<#ty>>::bind_column(__query, #value);
+            }
+        }
     });
     let key_reads: Vec<TokenStream> = key_fields
         .iter()
@@ -128,6 +145,15 @@ pub fn backfill_impls(container: &Container) -> TokenStream {
             ) -> #private::Result<<Self as #private::TrackedModel>::Key, #private::sqlx::Error> {
                 #key_value
             }
+
+            fn __bind_key_prefix(
+                __key: &<Self as #private::TrackedModel>::Key,
+                __len: usize,
+                mut __query: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                #(#prefix_binds)*
+                __query
+            }
         }
     }
 }
@@ -153,6 +179,13 @@ pub fn dummy(ident: &syn::Ident, key: &TokenStream) -> TokenStream {
             ) -> #private::Result<#key, #private::sqlx::Error> {
                 #private::Err(#private::sqlx::Error::RowNotFound)
             }
+            fn __bind_key_prefix(
+                _: &#key,
+                _: usize,
+                q: #private::BoundQuery<__DB>,
+            ) -> #private::BoundQuery<__DB> {
+                q
+            }
         }
     }
 }
@@ -175,16 +208,36 @@ fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
     let order = format!("ORDER BY {}", keys.join(", "));
     let first = format!("{select} {order} LIMIT {}", dialect.placeholder(1));
     let placeholders: Vec<String> = (1..=keys.len()).map(|n| dialect.placeholder(n)).collect();
-    let condition = if keys.len() == 1 {
-        format!("{} > {}", keys[0], placeholders[0])
+    let (condition, key_placeholders) = if keys.len() == 1 {
+        (format!("{} > {}", keys[0], placeholders[0]), 1)
+    } else if dialect == Dialect::MySql {
+        // MariaDB's optimiser makes no index range of a row-value comparison: each page would
+        // scan the key from its first entry. The comparison spelled out is a range on every
+        // backend; MySQL's `?` cannot be repeated, so the key's first 1, 2, ... n values are
+        // bound in turn (`BackfillRow::__bind_key_prefix`).
+        let disjuncts: Vec<String> = (0..keys.len())
+            .map(|last| {
+                let mut terms: Vec<String> =
+                    keys[..last].iter().map(|key| format!("{key} = ?")).collect();
+                terms.push(format!("{} > ?", keys[last]));
+                format!("({})", terms.join(" AND "))
+            })
+            .collect();
+        (
+            format!("({})", disjuncts.join(" OR ")),
+            keys.len() * (keys.len() + 1) / 2,
+        )
     } else {
-        // A row-value comparison: PostgreSQL, MySQL/MariaDB and SQLite (3.15+) all order
-        // tuples lexicographically, which is the ORDER BY of the keys.
-        format!("({}) > ({})", keys.join(", "), placeholders.join(", "))
+        // A row-value comparison: PostgreSQL and SQLite (3.15+) order tuples
+        // lexicographically, which is the ORDER BY of the keys, and search the index with it.
+        (
+            format!("({}) > ({})", keys.join(", "), placeholders.join(", ")),
+            keys.len(),
+        )
     };
     let after = format!(
         "{select} WHERE {condition} {order} LIMIT {}",
-        dialect.placeholder(keys.len() + 1)
+        dialect.placeholder(key_placeholders + 1)
     );
     quote! {
         #Private::PageSql {

@@ -505,6 +505,9 @@ where
         Dialect::MySql if persist => " LOCK IN SHARE MODE",
         _ => "",
     };
+    // MySQL's page after a composite key spells the row comparison out (see `PageSql`).
+    let key_columns = M::__BACKFILL.fields.iter().filter(|field| field.key).count();
+    let spelled_out = DB::DIALECT == Dialect::MySql && key_columns > 1;
     let (first_page, next_page) = (
         format!("{}{lock}", pages.first),
         format!("{}{lock}", pages.after),
@@ -537,10 +540,17 @@ where
         };
         let query = match &last_key {
             None => DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(first_page.clone())), limit),
-            Some(key) => DB::bind_i64(
-                M::__bind_key_value(key, sqlx::query(sqlx::AssertSqlSafe(next_page.clone()))),
-                limit,
-            ),
+            Some(key) => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(next_page.clone()));
+                if spelled_out {
+                    for len in 1..=key_columns {
+                        query = M::__bind_key_prefix(key, len, query);
+                    }
+                } else {
+                    query = M::__bind_key_value(key, query);
+                }
+                DB::bind_i64(query, limit)
+            }
         };
         let rows = DB::fetch_all(&mut tx, query).await?;
         let Some(last_row) = rows.last() else {

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
-use crate::backend::{Backend, Dialect};
+use crate::backend::{Backend, BoundQuery, Dialect};
 use crate::model::{PerDialect, TrackedModel, TrackedRow};
 
 /// A model's backfill side, independent of the database.
@@ -26,6 +26,10 @@ pub trait BackfillModel: TrackedModel {
 pub trait BackfillRow<DB: Backend>: BackfillModel + TrackedRow<DB> {
     /// The key of a row of every column, in field order (what the page queries select).
     fn __key_from_row(row: &DB::Row) -> std::result::Result<Self::Key, sqlx::Error>;
+
+    /// Binds the first `len` values of `key`, in key order: MySQL's page after a composite
+    /// key spells the comparison out, and takes the key's first 1, 2, ... n values in turn.
+    fn __bind_key_prefix(key: &Self::Key, len: usize, query: BoundQuery<DB>) -> BoundQuery<DB>;
 }
 
 /// Fields and page queries of a model.
@@ -58,7 +62,8 @@ impl BackfillSpec {
 }
 
 /// Keyset pagination in key order: every column of the first `$1` rows, and of the `$n` rows
-/// after a key (the key's placeholders first, the page size last).
+/// after a key (the key's placeholders first, the page size last). On MySQL, the page after a
+/// composite key of n columns takes its first 1, 2, ... n values in turn.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct PageSql {
