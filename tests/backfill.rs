@@ -1242,7 +1242,12 @@ on_every_backend!(only_person_properties_of_a_group_send_no_group_updates);
 async fn an_empty_property_list_is_refused(pool: &impl Source<Person>, _url: &str) {
     let (_mock, tracker) = tracking().await;
     people(&tracker, pool.sqlx(), 3).await;
-    let error = run_err(tracker.backfill::<Person>(pool).properties(Vec::<String>::new())).await;
+    let error = run_err(
+        tracker
+            .backfill::<Person>(pool)
+            .properties(Vec::<String>::new()),
+    )
+    .await;
     assert!(
         matches!(error, Error::NothingToBackfill { .. }),
         "{error:?}"
@@ -1255,14 +1260,23 @@ async fn an_empty_property_list_is_refused(pool: &impl Source<Person>, _url: &st
             .with_events("created_at"),
     )
     .await;
-    assert_eq!((report.person_updates, report.insert_events), (0, 3), "{report}");
+    assert_eq!(
+        (report.person_updates, report.insert_events),
+        (0, 3),
+        "{report}"
+    );
 }
 on_every_backend!(an_empty_property_list_is_refused);
 
 /// The same with a group model: no `$groupidentify` with an empty `$group_set` per row.
 async fn an_empty_property_list_of_a_group_is_refused(pool: &impl Source<Company>, _url: &str) {
     let (_mock, tracker) = seeded(pool.sqlx(), "bf_companies", COMPANY_COLUMNS, companies()).await;
-    let error = run_err(tracker.backfill::<Company>(pool).properties(Vec::<String>::new())).await;
+    let error = run_err(
+        tracker
+            .backfill::<Company>(pool)
+            .properties(Vec::<String>::new()),
+    )
+    .await;
     assert!(
         matches!(error, Error::NothingToBackfill { .. }),
         "{error:?}"
@@ -1383,10 +1397,9 @@ where
     };
     person.update(&mut update).await.unwrap();
     let committer = tokio::spawn(async move {
-        let _ = tokio::task::spawn_blocking(move || {
-            read_rx.recv_timeout(Duration::from_millis(500))
-        })
-        .await;
+        let _ =
+            tokio::task::spawn_blocking(move || read_rx.recv_timeout(Duration::from_millis(500)))
+                .await;
         armed.store(false, Ordering::SeqCst);
         update.commit().await.unwrap();
         let _ = done_tx.send(());
@@ -1436,7 +1449,12 @@ async fn the_order_of_chosen_properties_is_the_same_backfill(
 ) {
     let (_mock, tracker) = tracking().await;
     people(&tracker, pool.sqlx(), 3).await;
-    let first = run_ok(tracker.backfill::<Person>(pool).properties(["email", "plan"])).await;
+    let first = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .properties(["email", "plan"]),
+    )
+    .await;
     assert_eq!(first.person_updates, 3, "{first}");
     for names in [
         vec!["plan", "email"],
@@ -1492,13 +1510,7 @@ async fn composite_key_pages_read_only_their_rows_on_mariadb() {
         .await
         .unwrap();
     let before = rows_read(&mut single.acquire().await.unwrap()).await;
-    let report = run_ok(
-        tracker
-            .backfill::<Seat>(&single)
-            .page_size(100)
-            .dry_run(),
-    )
-    .await;
+    let report = run_ok(tracker.backfill::<Seat>(&single).page_size(100).dry_run()).await;
     let read = rows_read(&mut single.acquire().await.unwrap()).await - before;
     assert_eq!(report.rows, rows as u64, "{report}");
     assert!(read < 3 * rows, "{read} index entries read for {rows} rows");

@@ -217,8 +217,10 @@ fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
         // bound in turn (`BackfillRow::__bind_key_prefix`).
         let disjuncts: Vec<String> = (0..keys.len())
             .map(|last| {
-                let mut terms: Vec<String> =
-                    keys[..last].iter().map(|key| format!("{key} = ?")).collect();
+                let mut terms: Vec<String> = keys[..last]
+                    .iter()
+                    .map(|key| format!("{key} = ?"))
+                    .collect();
                 terms.push(format!("{} > ?", keys[last]));
                 format!("({})", terms.join(" AND "))
             })

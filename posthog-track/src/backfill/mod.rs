@@ -506,7 +506,11 @@ where
         _ => "",
     };
     // MySQL's page after a composite key spells the row comparison out (see `PageSql`).
-    let key_columns = M::__BACKFILL.fields.iter().filter(|field| field.key).count();
+    let key_columns = M::__BACKFILL
+        .fields
+        .iter()
+        .filter(|field| field.key)
+        .count();
     let spelled_out = DB::DIALECT == Dialect::MySql && key_columns > 1;
     let (first_page, next_page) = (
         format!("{}{lock}", pages.first),
@@ -1097,7 +1101,11 @@ fn payload_properties(
         })?;
     // Canonical (keys sorted at every level), so a map property's order, a `HashMap`'s own,
     // cannot reach the `$set` a uuid is made of.
-    match event.get_mut("properties").map(serde_json::Value::take).map(sort_keys) {
+    match event
+        .get_mut("properties")
+        .map(serde_json::Value::take)
+        .map(sort_keys)
+    {
         Some(serde_json::Value::Object(properties)) => Ok(properties),
         _ => Ok(serde_json::Map::new()),
     }
@@ -1289,13 +1297,20 @@ mod tests {
             let properties = payload_properties("user_created", &payload).unwrap();
             let set = properties["$set"].as_object().unwrap().clone();
             let mut page = Page::default();
-            stage_live_update("users", "1", "d1".to_owned(), Vec::new(), &mut page, |stager| {
-                let mut writer = stager.event("$set");
-                for (name, value) in &set {
-                    writer.dynamic_property(Section::Set, name, value)?;
-                }
-                Ok(writer)
-            })
+            stage_live_update(
+                "users",
+                "1",
+                "d1".to_owned(),
+                Vec::new(),
+                &mut page,
+                |stager| {
+                    let mut writer = stager.event("$set");
+                    for (name, value) in &set {
+                        writer.dynamic_property(Section::Set, name, value)?;
+                    }
+                    Ok(writer)
+                },
+            )
             .unwrap();
             (page.live.pop().unwrap(), payload)
         }
