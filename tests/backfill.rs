@@ -1515,3 +1515,58 @@ async fn composite_key_pages_read_only_their_rows_on_mariadb() {
     assert_eq!(report.rows, rows as u64, "{report}");
     assert!(read < 3 * rows, "{read} index entries read for {rows} rows");
 }
+
+/// A flag-routed model: users in the flag's `test` variant have their rows in another table.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "bf_documents",
+    distinct_id = owner,
+    table_variant(flag = "documents-v2", variant = "test", table = "bf_documents_v2")
+)]
+struct RoutedDocument {
+    #[tracked(key, property)]
+    id: i64,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(person)]
+    title: String,
+}
+
+/// A backfill of a routed model is refused before a row is read: it paged through the
+/// model's default table alone, so the rows of the variant tables were never sent, and the
+/// run said it was complete.
+async fn a_routed_model_is_refused(pool: &impl Source<RoutedDocument>, _url: &str) {
+    let columns = "id BIGINT PRIMARY KEY, owner VARCHAR(50) NOT NULL, title VARCHAR(50) NOT NULL";
+    let (_mock, tracker) = seeded(
+        pool.sqlx(),
+        "bf_documents",
+        columns,
+        ["(1, 'u1', 'a')", "(2, 'u2', 'b')"]
+            .into_iter()
+            .map(str::to_owned),
+    )
+    .await;
+    execute(
+        pool.sqlx(),
+        format!("CREATE TABLE bf_documents_v2 ({columns})"),
+    )
+    .await;
+    execute(
+        pool.sqlx(),
+        "INSERT INTO bf_documents_v2 VALUES (3, 'u3', 'c'), (4, 'u4', 'd')",
+    )
+    .await;
+    for backfill in [
+        tracker.backfill::<RoutedDocument>(pool),
+        tracker.backfill::<RoutedDocument>(pool).dry_run(),
+    ] {
+        match backfill.run().await {
+            Err(Error::Unsupported { reason, .. }) => {
+                assert!(reason.contains("table_variant"), "{reason}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+    assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
+}
+on_every_backend!(a_routed_model_is_refused);

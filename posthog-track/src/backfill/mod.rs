@@ -374,7 +374,9 @@ where
     ///
     /// Fails before staging anything when a name given to `properties` or `with_events` is
     /// not valid ([`Error::UnknownColumn`], [`Error::NotATimestamp`]), when the model has
-    /// nothing to backfill ([`Error::NothingToBackfill`]), or when the tracker is disabled.
+    /// nothing to backfill ([`Error::NothingToBackfill`]), when it is flag-routed
+    /// (`table_variant`: [`Error::Unsupported`], since a run reads one table), or when the
+    /// tracker is disabled.
     /// A failure part-way leaves every committed page committed, with its checkpoint: run
     /// again to resume.
     ///
@@ -393,6 +395,12 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
     row again; store the key column as sqlx writes it (or as a number), or backfill through a \
     model keyed by another unique column";
 
+/// Why a model with `table_variant`s is not backfilled.
+const ROUTED_MODEL: &str = "the model has `table_variant` tables, and a backfill pages \
+    through one table: the rows of the others would never be sent while the run said it was \
+    complete. Backfill each table through a model of its own without `table_variant` (the same \
+    fields, `table = \"...\"`)";
+
 /// [`Backfill::run`] on one backend.
 async fn run<M, DB>(
     tracker: Tracker,
@@ -405,6 +413,13 @@ where
     DB: Backend,
 {
     let started = Instant::now();
+    if !M::__TABLE_VARIANTS.is_empty() {
+        return Err(Error::Unsupported {
+            operation: format!("backfill of `{}`", M::TABLE),
+            backend: DB::DIALECT.name(),
+            reason: ROUTED_MODEL,
+        });
+    }
     let plan = Plan::resolve::<M>(options.only.as_deref(), options.with_events.as_deref())?;
     let dispatch = &tracker.inner.dispatch;
     let mode = tracker.mode();
