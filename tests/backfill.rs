@@ -1570,3 +1570,46 @@ async fn a_routed_model_is_refused(pool: &impl Source<RoutedDocument>, _url: &st
     assert!(tracker.outbox(pool.sqlx()).is_empty().await.unwrap());
 }
 on_every_backend!(a_routed_model_is_refused);
+
+/// A transaction that locks one of a page's rows, then another the page has locked already,
+/// deadlocks with the page's shared lock; when the database picks the backfill, the page is
+/// read again once the other transaction is done, rather than the run failing.
+async fn a_page_that_loses_a_deadlock_is_read_again<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let (mock, tracker) = tracking().await;
+    people(&tracker, pool, 3).await;
+    let mut other = pool.begin().await.unwrap();
+    DB::execute(
+        &mut other,
+        sqlx::query("UPDATE bf_people SET plan = 'x' WHERE id = 2"),
+    )
+    .await
+    .unwrap();
+    let backfill = tokio::spawn({
+        let tracker = tracker.clone();
+        let pool = pool.clone();
+        async move { tracker.backfill::<Person>(&pool).run().await }
+    });
+    // The page has locked row 1 and waits for row 2.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = DB::execute(
+        &mut other,
+        sqlx::query("UPDATE bf_people SET plan = 'y' WHERE id = 1"),
+    )
+    .await;
+    match second {
+        Ok(_) => other.commit().await.unwrap(),
+        // The database picked this transaction instead: the backfill goes on.
+        Err(_) => other.rollback().await.unwrap(),
+    }
+    let report = backfill
+        .await
+        .unwrap()
+        .expect("the backfill reads the page again");
+    assert_eq!((report.rows, report.person_updates), (3, 3), "{report}");
+    tracker.flush().await.unwrap();
+    assert_one_update_per_row(&mock, 3);
+}
+on_every_backend!(a_page_that_loses_a_deadlock_is_read_again);

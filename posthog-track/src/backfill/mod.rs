@@ -395,6 +395,19 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
     row again; store the key column as sqlx writes it (or as a number), or backfill through a \
     model keyed by another unique column";
 
+/// How many times in a row a page that lost a deadlock is read again before the run fails.
+const PAGE_ATTEMPTS: u32 = 5;
+
+/// Whether `error` says the database rolled the statement's transaction back to break a
+/// deadlock (SQLSTATE 40P01 on PostgreSQL, 40001 on MySQL/MariaDB, error 1213) or a
+/// serialization failure (40001).
+fn lost_deadlock(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    matches!(database.code().as_deref(), Some("40P01" | "40001"))
+}
+
 /// Why a model with `table_variant`s is not backfilled.
 const ROUTED_MODEL: &str = "the model has `table_variant` tables, and a backfill pages \
     through one table: the rows of the others would never be sent while the run said it was \
@@ -541,6 +554,8 @@ where
         plan.description
     );
 
+    // Deadlocks lost in a row by the page being read.
+    let mut lost_deadlocks = 0;
     loop {
         let mut limit = rows_per_page as u64;
         if let Some(max) = options.max_rows {
@@ -571,7 +586,28 @@ where
                 DB::bind_i64(query, limit)
             }
         };
-        let rows = DB::fetch_all(&mut tx, query).await?;
+        let rows = match DB::fetch_all(&mut tx, query).await {
+            Ok(rows) => {
+                lost_deadlocks = 0;
+                rows
+            }
+            // The page's shared lock deadlocked with a transaction that locks several of its
+            // rows, and the database rolled the page back: nothing of it was staged, so read
+            // it again (the other transaction holds its locks until it ends).
+            Err(error) if lost_deadlocks < PAGE_ATTEMPTS && lost_deadlock(&error) => {
+                drop(tx);
+                lost_deadlocks += 1;
+                tracing::info!(
+                    target: "posthog_track::backfill",
+                    model = M::TABLE,
+                    attempt = lost_deadlocks,
+                    "backfill page lost a deadlock; reading it again: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50) * lost_deadlocks).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let Some(last_row) = rows.last() else {
             if persist {
                 let next = Checkpoint {
