@@ -332,7 +332,7 @@ where
     setters! {
         /// At most this many events per second, averaged from the start of the run (pages are
         /// sized to a tenth of a second of events), so PostHog's ingestion is not flooded.
-        /// Unlimited by default.
+        /// Unlimited by default, and with `0`.
         pub fn rate(events_per_second: u32) => options.rate = Some(events_per_second);
 
         /// Also stages the model's insert event for every row, dated by `column` (a field or
