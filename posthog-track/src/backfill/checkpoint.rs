@@ -244,7 +244,17 @@ pub(crate) async fn advance<DB: Backend>(
     query = DB::bind_i64(query, to.generation);
     query = DB::bind_text(query, name);
     query = DB::bind_i64(query, from.generation);
-    let result = DB::execute(conn, query).await?;
+    let result = match DB::execute(conn, query).await {
+        Ok(result) => result,
+        // A page at REPEATABLE READ (PostgreSQL) whose checkpoint another run moved after the
+        // page's snapshot: the same conflict as an UPDATE that finds another generation.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("40001") => {
+            return Err(Error::BackfillConflict {
+                checkpoint: name.to_owned(),
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
     if DB::rows_affected(&result) == 0 {
         return Err(Error::BackfillConflict {
             checkpoint: name.to_owned(),

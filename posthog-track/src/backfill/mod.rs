@@ -399,8 +399,8 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
 const PAGE_ATTEMPTS: u32 = 5;
 
 /// Whether `error` says the database rolled the statement's transaction back to break a
-/// deadlock (SQLSTATE 40P01 on PostgreSQL, 40001 on MySQL/MariaDB, error 1213) or a
-/// serialization failure (40001).
+/// deadlock (SQLSTATE 40P01 on PostgreSQL, 40001 on MySQL/MariaDB, error 1213) or for a
+/// serialization failure (40001: a row a REPEATABLE READ page locks changed meanwhile).
 fn lost_deadlock(error: &sqlx::Error) -> bool {
     let sqlx::Error::Database(database) = error else {
         return false;
@@ -565,12 +565,19 @@ where
             }
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // SQLite: take the write lock before reading the page, or the first write of a
-        // transaction that read before a relay's commit fails with SQLITE_BUSY_SNAPSHOT.
-        let mut tx = if DB::DIALECT == Dialect::Sqlite && persist {
-            pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            pool.begin().await?
+        let mut tx = match DB::DIALECT {
+            // Take the write lock before reading the page, or the first write of a
+            // transaction that read before a relay's commit fails with SQLITE_BUSY_SNAPSHOT.
+            Dialect::Sqlite if persist => pool.begin_with("BEGIN IMMEDIATE").await?,
+            // At READ COMMITTED, a row the page's `FOR SHARE` waited for comes back as its
+            // new version, in its old place: a key changed meanwhile is out of order, and as
+            // the page's last row it moved the checkpoint past rows never read. At REPEATABLE
+            // READ the read fails instead (40001), and the page is read again.
+            Dialect::Postgres if persist => {
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .await?
+            }
+            _ => pool.begin().await?,
         };
         let query = match &last_key {
             None => DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(first_page.clone())), limit),
@@ -592,8 +599,9 @@ where
                 rows
             }
             // The page's shared lock deadlocked with a transaction that locks several of its
-            // rows, and the database rolled the page back: nothing of it was staged, so read
-            // it again (the other transaction holds its locks until it ends).
+            // rows, or (PostgreSQL) a row it waited for was changed meanwhile, and the
+            // database rolled the page back: nothing of it was staged, so read it again (in a
+            // new transaction, which sees the change).
             Err(error) if lost_deadlocks < PAGE_ATTEMPTS && lost_deadlock(&error) => {
                 drop(tx);
                 lost_deadlocks += 1;
