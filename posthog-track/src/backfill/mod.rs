@@ -395,7 +395,8 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
     row again; store the key column as sqlx writes it (or as a number), or backfill through a \
     model keyed by another unique column";
 
-/// How many times in a row a page that lost a deadlock is read again before the run fails.
+/// How many times in a row a page the database rolled back (see [`lost_deadlock`]) is read
+/// again before the run fails.
 const PAGE_ATTEMPTS: u32 = 5;
 
 /// Whether `error` says the database rolled the statement's transaction back to break a
@@ -609,7 +610,8 @@ where
                     target: "posthog_track::backfill",
                     model = M::TABLE,
                     attempt = lost_deadlocks,
-                    "backfill page lost a deadlock; reading it again: {error}"
+                    "backfill page rolled back by the database (a deadlock, or a row changed \
+                     while the page waited for it); reading it again: {error}"
                 );
                 tokio::time::sleep(Duration::from_millis(50) * lost_deadlocks).await;
                 continue;
