@@ -1650,3 +1650,21 @@ where
     assert_eq!(sent, expected, "{report}");
 }
 on_every_backend!(a_key_moved_while_its_page_waits_skips_no_row);
+
+/// Events a `before_send` hook drops are not staged, and the report does not count them.
+async fn events_dropped_by_before_send_are_not_counted(pool: &impl Source<Person>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .before_send(|event| (event["distinct_id"] != "2").then_some(event))
+        .build();
+    people(&tracker, pool.sqlx(), 3).await;
+    let report = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
+    assert_eq!(
+        (report.events, report.person_updates, report.insert_events),
+        (4, 2, 2),
+        "{report}"
+    );
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.events().len(), 4);
+}
+on_every_backend!(events_dropped_by_before_send_are_not_counted);

@@ -655,17 +655,16 @@ where
         if look_in_outbox {
             report.already_in_outbox += page.drop_pending::<DB>(&mut tx).await?;
         }
-        let staged = (page.live.len() + page.past.len()) as u64;
         report.rows += rows.len() as u64;
-        report.events += staged;
-        report.person_updates += page.person_updates;
-        report.group_updates += page.group_updates;
-        report.insert_events += page.past.len() as u64;
         report.skipped_unattributed += page.skipped_unattributed;
         report.skipped_empty += page.skipped_empty;
         report.pages += 1;
 
         if options.dry_run {
+            report.events += (page.live.len() + page.past.len()) as u64;
+            report.person_updates += page.person_updates;
+            report.group_updates += page.group_updates;
+            report.insert_events += page.past.len() as u64;
             let room = options.sample.saturating_sub(report.sample.len());
             report
                 .sample
@@ -674,6 +673,13 @@ where
         } else {
             let live = dispatch.apply_before_send(page.live)?;
             let past = dispatch.apply_before_send(page.past)?;
+            // Counted after the `before_send` hook: an event it drops is not staged.
+            let staged = (live.len() + past.len()) as u64;
+            let named = |name: &str| live.iter().filter(|event| event.event == name).count();
+            report.events += staged;
+            report.person_updates += named("$set") as u64;
+            report.group_updates += named("$groupidentify") as u64;
+            report.insert_events += past.len() as u64;
             if dispatch.writes_outbox() {
                 // One notification for the page's commit, when another process relays.
                 let notify = DB::DIALECT == crate::backend::Dialect::Postgres
