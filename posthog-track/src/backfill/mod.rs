@@ -356,7 +356,7 @@ where
         /// smaller.
         pub fn page_size(rows: usize) => options.page_size = rows.max(1);
 
-        /// Stops after this many rows (a whole number of pages); the next run resumes, unless
+        /// Stops after this many rows (the last page is cut to fit); the next run resumes, unless
         /// nothing was kept (a dry run, or a tracker without an API key). For backfills
         /// spread over maintenance windows.
         pub fn max_rows(rows: u64) => options.max_rows = Some(rows);
