@@ -743,3 +743,166 @@ where
     tx.rollback().await.unwrap();
 }
 on_every_backend!(insert_all_keys_stored_at_the_database_precision);
+
+/// How many of the rows with these `ids` are in `bk_visits`, as committed.
+async fn committed_visits<DB: Backend>(pool: &Pool<DB>, ids: &[&str]) -> usize {
+    let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+    let sql = format!("SELECT id FROM bk_visits WHERE id IN ({})", list.join(", "));
+    let mut connection = pool.acquire().await.unwrap();
+    DB::fetch_all(&mut connection, sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .await
+        .unwrap()
+        .len()
+}
+
+/// A write that fails after its statement wrote the row (here: the row has no distinct id, so
+/// no event can be staged for it) leaves the transaction unable to commit that row without its
+/// events: `commit` fails and rolls back. It committed the rows of `insert`, `insert_all` and
+/// the deletion of `delete` with no event at all (the insert on SQLite and MariaDB, and on
+/// PostgreSQL when it does not fold).
+async fn a_failed_write_never_commits_rows_without_events<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Visit: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let visitor = unique("visitor");
+    let visit = |visitor: Option<&str>| Visit {
+        id: unique("v"),
+        visitor: visitor.map(str::to_owned),
+        session: None,
+    };
+    let events_of = |ids: Vec<String>| {
+        let tracker = &tracker;
+        async move {
+            outbox_events(tracker, pool, |event| {
+                event
+                    .property("visit_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| ids.iter().any(|wanted| wanted == id))
+            })
+            .await
+            .len()
+        }
+    };
+
+    // insert
+    let lone = visit(None);
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = lone.clone().insert(&mut tx).await.unwrap_err();
+    assert!(
+        matches!(error, Error::MissingDistinctId { .. }),
+        "{error:?}"
+    );
+    // (A folded insert on PostgreSQL renders its events first and fails before writing; the
+    // commit then commits nothing of it.)
+    let committed = tx.commit().await;
+    assert_eq!(
+        committed_visits(pool, &[&lone.id]).await,
+        0,
+        "insert: the row has no event (commit: {committed:?})"
+    );
+
+    // insert_all: the first two rows are written before the third fails
+    let rows = vec![visit(Some(&visitor)), visit(Some(&visitor)), visit(None)];
+    let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = Visit::insert_all(&rows, &mut tx).await.unwrap_err();
+    assert!(
+        matches!(error, Error::MissingDistinctId { .. }),
+        "{error:?}"
+    );
+    let error = tx.commit().await.unwrap_err();
+    assert!(matches!(error, Error::IncompleteWrite { .. }), "{error:?}");
+    assert_eq!(committed_visits(pool, &ids).await, 0);
+    assert_eq!(
+        events_of(ids.iter().map(|id| id.to_string()).collect()).await,
+        0
+    );
+
+    // delete: the row is deleted, its event cannot be staged
+    let kept = visit(Some(&visitor));
+    let mut tx = tracker.begin(pool).await.unwrap();
+    kept.clone().insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = Visit {
+        visitor: None,
+        ..kept.clone()
+    }
+    .delete(&mut tx)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, Error::MissingDistinctId { .. }),
+        "{error:?}"
+    );
+    let error = tx.commit().await.unwrap_err();
+    assert!(matches!(error, Error::IncompleteWrite { .. }), "{error:?}");
+    assert_eq!(committed_visits(pool, &[&kept.id]).await, 1);
+
+    // A write whose own statement fails wrote nothing: the transaction commits as before.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = kept.clone().insert(&mut tx).await.unwrap_err();
+    assert!(matches!(error, Error::Database(_)), "{error:?}");
+    let fresh = visit(Some(&visitor));
+    if DB::DIALECT != Dialect::Postgres {
+        // (PostgreSQL aborts the transaction at the failed statement.)
+        fresh.clone().insert(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(committed_visits(pool, &[&fresh.id]).await, 1);
+        assert_eq!(events_of(vec![fresh.id.clone()]).await, 1);
+    } else {
+        tx.rollback().await.unwrap();
+    }
+}
+on_every_backend!(a_failed_write_never_commits_rows_without_events);
+
+/// An insert whose future is dropped after its first poll (its statement may be on its way to
+/// the database, and sqlx finishes it on the connection's next use) leaves the transaction
+/// unable to commit, even after later writes succeed: the row could otherwise commit without
+/// its event. It committed the row and no event.
+async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
+    pool: &Pool<DB>,
+    _url: &str,
+) where
+    Visit: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let visitor = unique("visitor");
+    let visit = || Visit {
+        id: unique("v"),
+        visitor: Some(visitor.clone()),
+        session: None,
+    };
+    let (cancelled, after) = (visit(), visit());
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let finished = {
+        // Polled once, then dropped.
+        let mut insert = std::pin::pin!(cancelled.clone().insert(&mut tx));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(insert.as_mut().poll(cx))).await;
+        polled.is_ready()
+    };
+    if DB::DIALECT != Dialect::MySql {
+        // (sqlx's MySQL connection is out of step after a cancelled statement: its next
+        // query may wait forever.)
+        after.clone().insert(&mut tx).await.unwrap();
+    }
+    if finished {
+        // (sqlx may finish a statement within one poll: nothing was cancelled then.)
+        tx.commit().await.unwrap();
+        let written = if DB::DIALECT == Dialect::MySql { 1 } else { 2 };
+        assert_eq!(
+            committed_visits(pool, &[&cancelled.id, &after.id]).await,
+            written
+        );
+        return;
+    }
+    let error = tx.commit().await.unwrap_err();
+    assert!(
+        matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
+        "{error:?}"
+    );
+    assert_eq!(committed_visits(pool, &[&cancelled.id, &after.id]).await, 0);
+}
+on_every_backend!(a_cancelled_write_never_commits_rows_without_events);

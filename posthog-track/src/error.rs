@@ -17,6 +17,19 @@ pub enum Error {
         table: &'static str,
     },
 
+    /// `commit` of a transaction in which a tracked write failed, or was cancelled (its future
+    /// dropped), after its statement may have written rows whose events were never staged: the
+    /// transaction was rolled back instead, so that no row is committed without its events.
+    #[error(
+        "a tracked write to `{table}` failed or was cancelled after writing to the database, \
+         before its events were staged; the transaction was rolled back (roll back after a \
+         failed write)"
+    )]
+    IncompleteWrite {
+        /// The table of the write that did not finish.
+        table: &'static str,
+    },
+
     /// `update_changed` was given a `before` value whose key differs from the new value's.
     #[error(
         "`{table}`: update_changed compares two different rows (their keys differ); \

@@ -44,6 +44,22 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     /// is: that person took the request's anonymous visitor, who is merged into one person
     /// only. Stale once that event is no longer staged there (taken back, or rolled back).
     anonymous_merged: Option<(usize, uuid::Uuid)>,
+    /// Whether a tracked write is under way, or left rows without their events.
+    write: WriteState,
+}
+
+/// Where the tracked writes of a transaction stand: a write whose statement may have changed
+/// rows, and that then failed or was dropped before staging its events, leaves rows that must
+/// not commit without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    /// Every write finished: its events are staged, or it wrote nothing.
+    Clean,
+    /// A write to `table` is under way; `wrote`: one of its statements changed rows.
+    Writing { table: &'static str, wrote: bool },
+    /// A write to `table` did not finish after it may have written: the transaction must not
+    /// commit.
+    Broken { table: &'static str },
 }
 
 impl<DB: Backend> fmt::Debug for TrackedTransaction<'_, DB> {
@@ -75,6 +91,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             context: TrackingContext::default(),
             context_stamps: Vec::new(),
             anonymous_merged: None,
+            write: WriteState::Clean,
         }
     }
 
@@ -186,6 +203,15 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     }
 
     async fn commit_inner(mut self) -> Result<()> {
+        if let WriteState::Writing { table, .. } | WriteState::Broken { table } = self.write {
+            // A write failed or was cancelled after its statement was sent: its rows may be
+            // in the transaction without their events (or, folded, events without the rest).
+            if let Err(error) = self.tx.rollback().await {
+                // The connection goes back to the pool without the transaction either way.
+                tracing::warn!(%error, "posthog-track: rolling back an incomplete write failed");
+            }
+            return Err(Error::IncompleteWrite { table });
+        }
         let dispatch = &self.shared.dispatch;
         let mut staged = std::mem::take(&mut self.staged);
         // Folded events are in the outbox already (and were only folded when no hook could
@@ -214,6 +240,40 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await?;
         Ok(())
+    }
+
+    /// A tracked write to `table` begins. A write still under way is one whose future was
+    /// dropped: whatever it sent may have been written.
+    pub(crate) fn begin_write(&mut self, table: &'static str) {
+        self.write = match self.write {
+            WriteState::Clean => WriteState::Writing {
+                table,
+                wrote: false,
+            },
+            WriteState::Writing { table, .. } | WriteState::Broken { table } => {
+                WriteState::Broken { table }
+            }
+        };
+    }
+
+    /// A statement of the write under way changed rows (or may have: its outcome is known).
+    pub(crate) fn wrote(&mut self) {
+        if let WriteState::Writing { wrote, .. } = &mut self.write {
+            *wrote = true;
+        }
+    }
+
+    /// The write under way ended with `result`: done, or failed before any of its statements
+    /// wrote (a statement that fails writes nothing), or failed after, which leaves the
+    /// transaction unable to commit.
+    pub(crate) fn end_write<T>(&mut self, result: &Result<T>) {
+        if let WriteState::Writing { table, wrote } = self.write {
+            self.write = if result.is_err() && wrote {
+                WriteState::Broken { table }
+            } else {
+                WriteState::Clean
+            };
+        }
     }
 
     /// Runs `stage`, which stages the events of one write: all of them, or none when it fails

@@ -73,7 +73,7 @@ pub(super) async fn write_one<M, DB>(
     model: &M,
     sql: &ModelSql,
     table: &'static str,
-    connection: &mut DB::Connection,
+    tx: &mut TrackedTransaction<'_, DB>,
 ) -> Result<M>
 where
     DB: Backend,
@@ -81,9 +81,12 @@ where
 {
     let query = model.__bind_insert(sqlx::query(sql.insert));
     let row = if sql.insert_returns_row {
-        DB::fetch_one(connection, query).await?
+        let row = DB::fetch_one(tx.connection(), query).await?;
+        tx.wrote();
+        row
     } else {
-        let result = DB::execute(connection, query).await?;
+        let result = DB::execute(tx.connection(), query).await?;
+        tx.wrote();
         let Some(select) = sql.select_inserted else {
             // Only a model with `insert_unsupported` has neither; refused before.
             return Err(unsupported::<DB>(
@@ -104,7 +107,7 @@ where
         } else {
             query = model.__bind_key(query);
         }
-        DB::fetch_one(connection, query).await?
+        DB::fetch_one(tx.connection(), query).await?
     };
     Ok(M::__from_row(&row)?)
 }
@@ -285,7 +288,7 @@ async fn write_chunk<M, DB>(
     sql: &ModelSql,
     table: &'static str,
     read_back: ReadBack,
-    connection: &mut DB::Connection,
+    tx: &mut TrackedTransaction<'_, DB>,
 ) -> Result<Vec<M>>
 where
     DB: Backend,
@@ -301,14 +304,16 @@ where
         ReadBack::OneByOne => {
             let mut stored = Vec::with_capacity(rows.len());
             for row in rows {
-                stored.push(write_one(*row, sql, table, connection).await?);
+                stored.push(write_one(*row, sql, table, tx).await?);
             }
             Ok(stored)
         }
         ReadBack::Returning => {
             let statement = multi_row_insert(sql, DB::DIALECT, rows.len(), true);
             let query = bind_rows(rows, sqlx::query(sqlx::AssertSqlSafe(statement)));
-            let stored = decode(DB::fetch_all(connection, query).await?)?;
+            let rows_stored = DB::fetch_all(tx.connection(), query).await?;
+            tx.wrote();
+            let stored = decode(rows_stored)?;
             if sql.key_generated {
                 // Nothing to match by: the rows come back in the order of the VALUES.
                 if stored.len() != rows.len() {
@@ -322,19 +327,21 @@ where
         ReadBack::ByKeys => {
             let statement = multi_row_insert(sql, DB::DIALECT, rows.len(), false);
             let query = bind_rows(rows, sqlx::query(sqlx::AssertSqlSafe(statement)));
-            DB::execute(connection, query).await?;
+            DB::execute(tx.connection(), query).await?;
+            tx.wrote();
             // The keys are at most the inserted columns, so this SELECT binds no more.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(select_by_keys(sql, rows.len())));
             for row in rows {
                 query = row.__bind_key(query);
             }
-            let stored = decode(DB::fetch_all(connection, query).await?)?;
+            let stored = decode(DB::fetch_all(tx.connection(), query).await?)?;
             in_input_order(rows, stored, table, false)
         }
         ReadBack::ByIdRange { increment } => {
             let statement = multi_row_insert(sql, DB::DIALECT, rows.len(), false);
             let query = bind_rows(rows, sqlx::query(sqlx::AssertSqlSafe(statement)));
-            let result = DB::execute(connection, query).await?;
+            let result = DB::execute(tx.connection(), query).await?;
+            tx.wrote();
             let first = DB::last_insert_id(&result)
                 .filter(|id| *id != 0)
                 .and_then(|id| i64::try_from(id).ok())
@@ -346,7 +353,7 @@ where
                     .saturating_mul(increment);
                 query = DB::bind_i64(query, first.saturating_add(offset));
             }
-            let stored = decode(DB::fetch_all(connection, query).await?)?;
+            let stored = decode(DB::fetch_all(tx.connection(), query).await?)?;
             if stored.len() != rows.len() {
                 // The ids were not this statement's alone: never return (or send) others' rows.
                 return Err(unsupported::<DB>(
@@ -381,6 +388,18 @@ where
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    tx.begin_write(M::TABLE);
+    let inserted = write_all(rows, tx).await;
+    tx.end_write(&inserted);
+    inserted
+}
+
+/// [`insert_all`] of at least one row, within its `begin_write` / `end_write`.
+async fn write_all<M, DB>(rows: &[M], tx: &mut TrackedTransaction<'_, DB>) -> Result<Vec<M>>
+where
+    DB: Backend,
+    M: TrackedRow<DB> + Clone,
+{
     // `context` fields are filled from the request, as `insert` fills them: on copies, since
     // the rows are borrowed.
     let filled: Option<Vec<M>> = M::__CONTEXT_FIELDS.then(|| {
@@ -445,7 +464,7 @@ where
             .chunks(per_statement)
             .zip(group.indices.chunks(per_statement))
         {
-            let written = write_chunk(chunk, sql, table, read_back, tx.connection()).await?;
+            let written = write_chunk(chunk, sql, table, read_back, tx).await?;
             for (index, row) in indices.iter().zip(written) {
                 stored[*index] = Some(row);
             }

@@ -17,10 +17,10 @@
 //!    differs is corrected with an `UPDATE` of its outbox row.
 //!
 //! So the outbox holds exactly what the two-statement path would have written; only the speed
-//! depends on the SQL rendering. (Two things can part them, as they can part a transaction's
-//! rows from its intentions: a `ROLLBACK TO SAVEPOINT` sent by hand after a folded insert, and
-//! a transaction committed after an insert failed or was cancelled half-way; roll back after
-//! a failed write.) A model whose events need correcting more often
+//! depends on the SQL rendering. (A `ROLLBACK TO SAVEPOINT` sent by hand after a folded insert
+//! can part them, as it can part a transaction's rows from its intentions. A transaction whose
+//! insert failed or was cancelled after its statement does not commit: `commit` rolls it back
+//! and fails with `Error::IncompleteWrite`.) A model whose events need correcting more often
 //! than not stops folding. The column types rendered are learned from the first insert of
 //! each model (which takes the two-statement path); a model with a generated property of any
 //! other type never folds.
@@ -362,7 +362,7 @@ where
     DB: Backend,
     M: TrackedRow<DB>,
 {
-    let stored = write_one(model, sql, table, tx.connection()).await?;
+    let stored = write_one(model, sql, table, tx).await?;
     stage_inserted(&stored, stamps, tx)?;
     Ok(stored)
 }
@@ -381,6 +381,7 @@ where
 {
     let query = model.__bind_insert(sqlx::query(sql.insert));
     let row = DB::fetch_one(tx.connection(), query).await?;
+    tx.wrote();
     let plan = Plan::learn::<M, DB>(sql, &row);
     if !plain_table::<DB>(sql, tx).await? {
         plan.off.store(true, Ordering::Relaxed);
@@ -480,6 +481,7 @@ where
             }
             outbox::explain(error, DB::DIALECT)
         })?;
+    tx.wrote();
     // From here on the row and its outbox rows are in the transaction. A failure below is
     // one the two-statement path would also have after its INSERT (decoding the row, mapping
     // it), and the outbox rows are removed again so that no event outlives its failed write.

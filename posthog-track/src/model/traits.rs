@@ -166,7 +166,10 @@ pub trait TrackedModel: Sized + Send + Sync {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
             check_insertable::<DB>(sql, table, tx.connection()).await?;
-            fold::insert(&self, sql, table, stamps, tx).await
+            tx.begin_write(table);
+            let inserted = fold::insert(&self, sql, table, stamps, tx).await;
+            tx.end_write(&inserted);
+            inserted
         }
     }
 
@@ -186,7 +189,9 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// On MySQL/MariaDB a chunk can exceed `max_allowed_packet` when rows are large (many KB
     /// each): pass smaller slices then. A row with `context` fields is copied to fill them,
     /// hence `Clone`. When the call fails nothing it staged remains, but the rows it wrote
-    /// stay in the transaction: roll it back.
+    /// stay in the transaction: roll it back (a `commit` rolls back and fails with
+    /// [`Error::IncompleteWrite`], as after any tracked write that failed or was cancelled
+    /// after writing).
     ///
     /// ```no_run
     /// # use posthog_track::{TrackedModel, Tracker};
@@ -320,31 +325,10 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let routed = route(self, tx).await;
-            if routed.0.update.is_none() {
-                // Nothing to write (every column is a key or generated): the row must still
-                // exist, and the event is the row's.
-                let (stored, stamps) = read_existing_row(self, tx, routed).await?;
-                return stage_updated(&stored, stamps, tx);
-            }
-            let (stamps, written) = write_existing_row::<Self, DB>(tx, routed, |sql| {
-                sql.update
-                    .map(|update| self.__bind_key(self.__bind_update(sqlx::query(update))))
-            })
-            .await?;
-            if !Self::__UPDATE_READS_BACK {
-                return stage_updated(self, stamps, tx);
-            }
-            // The database may compute a generated column again on the update (an expression
-            // of other columns, `ON UPDATE CURRENT_TIMESTAMP`, a trigger): the event carries
-            // the row as stored, not the caller's copy.
-            let query = self.__bind_key(sqlx::query(written.select_for_update));
-            let rows = DB::fetch_all(tx.connection(), query).await?;
-            let stored = match rows.first() {
-                Some(row) => Self::__from_row(row)?,
-                None => return Err(Error::RowNotFound { table: Self::TABLE }),
-            };
-            stage_updated(&stored, stamps, tx)
+            tx.begin_write(Self::TABLE);
+            let updated = update(self, tx).await;
+            tx.end_write(&updated);
+            updated
         }
     }
 
@@ -376,34 +360,10 @@ pub trait TrackedModel: Sized + Send + Sync {
             if changed.is_empty() {
                 return Ok(0);
             }
-            // Routed by the row as it is: a change of owner must not send the update to the
-            // new owner's table.
-            let routed = route(before, tx).await;
-            let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {
-                let statement = sql.update_changed_statement(DB::DIALECT, changed);
-                let query = sqlx::query(sqlx::AssertSqlSafe(statement));
-                Some(self.__bind_key(self.__bind_changed(changed, query)))
-            })
-            .await?;
-            let stamps = with_groups(self, stamps);
-            tx.stage_all(|tx| {
-                let mut stager = tx.stager_with(self.distinct_id(), Self::UPDATE_EVENT, stamps)?;
-                let tracked = changed.intersection(Self::__TRACKED_UPDATABLE);
-                if !tracked.is_empty() {
-                    let mut writer = stager.event(Self::UPDATE_EVENT);
-                    writer.unset_absent();
-                    self.__write_key_properties(&mut writer)?;
-                    self.__write_changed_properties(tracked, &mut writer)?;
-                    stager.push(writer)?;
-                    stage_group_identify(self, &mut stager, Some(tracked))?;
-                }
-                let person = changed.intersection(Self::__PERSON);
-                if Self::__IDENTIFY && !person.is_empty() {
-                    stage_identify(self, None, &mut stager, Written::Changed(person))?;
-                }
-                self.__stage_milestones(before, changed, &mut stager)
-            })?;
-            Ok(changed.len())
+            tx.begin_write(Self::TABLE);
+            let written = update_changed(self, before, changed, tx).await;
+            tx.end_write(&written);
+            written
         }
     }
 
@@ -418,17 +378,22 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            let routed = route(self, tx).await;
-            let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {
-                Some(self.__bind_key(sqlx::query(sql.delete)))
-            })
-            .await?;
-            let stamps = with_groups(self, stamps);
-            let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
-            let mut writer = stager.event(Self::DELETE_EVENT);
-            self.__write_key_properties(&mut writer)?;
-            stager.push(writer)?;
-            Ok(())
+            tx.begin_write(Self::TABLE);
+            let deleted = async {
+                let routed = route(self, tx).await;
+                let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {
+                    Some(self.__bind_key(sqlx::query(sql.delete)))
+                })
+                .await?;
+                let stamps = with_groups(self, stamps);
+                let mut stager = tx.stager_with(self.distinct_id(), Self::DELETE_EVENT, stamps)?;
+                let mut writer = stager.event(Self::DELETE_EVENT);
+                self.__write_key_properties(&mut writer)?;
+                stager.push(writer)
+            }
+            .await;
+            tx.end_write(&deleted);
+            deleted
         }
     }
 }
@@ -479,6 +444,75 @@ pub trait Upsertable: TrackedModel {}
 pub trait EventSchema {
     /// The schema's property names, in declaration order.
     const PROPERTIES: &'static [&'static str];
+}
+
+/// [`TrackedModel::update`], within its `begin_write` / `end_write`.
+async fn update<M: TrackedRow<DB>, DB: Backend>(
+    this: &M,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<()> {
+    let routed = route(this, tx).await;
+    if routed.0.update.is_none() {
+        // Nothing to write (every column is a key or generated): the row must still
+        // exist, and the event is the row's.
+        let (stored, stamps) = read_existing_row(this, tx, routed).await?;
+        return stage_updated(&stored, stamps, tx);
+    }
+    let (stamps, written) = write_existing_row::<M, DB>(tx, routed, |sql| {
+        sql.update
+            .map(|update| this.__bind_key(this.__bind_update(sqlx::query(update))))
+    })
+    .await?;
+    if !M::__UPDATE_READS_BACK {
+        return stage_updated(this, stamps, tx);
+    }
+    // The database may compute a generated column again on the update (an expression
+    // of other columns, `ON UPDATE CURRENT_TIMESTAMP`, a trigger): the event carries
+    // the row as stored, not the caller's copy.
+    let query = this.__bind_key(sqlx::query(written.select_for_update));
+    let rows = DB::fetch_all(tx.connection(), query).await?;
+    let stored = match rows.first() {
+        Some(row) => M::__from_row(row)?,
+        None => return Err(Error::RowNotFound { table: M::TABLE }),
+    };
+    stage_updated(&stored, stamps, tx)
+}
+
+/// [`TrackedModel::update_changed`], within its `begin_write` / `end_write`.
+async fn update_changed<M: TrackedRow<DB>, DB: Backend>(
+    this: &M,
+    before: &M,
+    changed: ChangeMask,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<usize> {
+    // Routed by the row as it is: a change of owner must not send the update to the
+    // new owner's table.
+    let routed = route(before, tx).await;
+    let (stamps, _) = write_existing_row::<M, DB>(tx, routed, |sql| {
+        let statement = sql.update_changed_statement(DB::DIALECT, changed);
+        let query = sqlx::query(sqlx::AssertSqlSafe(statement));
+        Some(this.__bind_key(this.__bind_changed(changed, query)))
+    })
+    .await?;
+    let stamps = with_groups(this, stamps);
+    tx.stage_all(|tx| {
+        let mut stager = tx.stager_with(this.distinct_id(), M::UPDATE_EVENT, stamps)?;
+        let tracked = changed.intersection(M::__TRACKED_UPDATABLE);
+        if !tracked.is_empty() {
+            let mut writer = stager.event(M::UPDATE_EVENT);
+            writer.unset_absent();
+            this.__write_key_properties(&mut writer)?;
+            this.__write_changed_properties(tracked, &mut writer)?;
+            stager.push(writer)?;
+            stage_group_identify(this, &mut stager, Some(tracked))?;
+        }
+        let person = changed.intersection(M::__PERSON);
+        if M::__IDENTIFY && !person.is_empty() {
+            stage_identify(this, None, &mut stager, Written::Changed(person))?;
+        }
+        this.__stage_milestones(before, changed, &mut stager)
+    })?;
+    Ok(changed.len())
 }
 
 /// Runs a statement that writes the row with a model's key in `table` (an `UPDATE` or a
@@ -552,5 +586,6 @@ async fn write_keyed_row<DB: Backend>(
     if DB::rows_affected(&result) == 0 {
         return Err(Error::RowNotFound { table });
     }
+    tx.wrote();
     Ok(())
 }

@@ -64,9 +64,21 @@ impl<M> Upserted<M> {
 
 /// [`TrackedModel::upsert`](super::TrackedModel::upsert).
 pub(super) async fn upsert<M, DB>(
-    mut model: M,
+    model: M,
     tx: &mut TrackedTransaction<'_, DB>,
 ) -> Result<Upserted<M>>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    tx.begin_write(M::TABLE);
+    let upserted = write(model, tx).await;
+    tx.end_write(&upserted);
+    upserted
+}
+
+/// [`upsert`], within its `begin_write` / `end_write`.
+async fn write<M, DB>(mut model: M, tx: &mut TrackedTransaction<'_, DB>) -> Result<Upserted<M>>
 where
     DB: Backend,
     M: TrackedRow<DB>,
@@ -96,11 +108,11 @@ where
                 .unwrap_or("the model cannot be upserted"),
         });
     };
-    let connection = tx.connection();
     let (row, inserted) = match DB::DIALECT {
         Dialect::Postgres => {
             let query = model.__bind_insert(sqlx::query(statement));
-            let row = DB::fetch_one(connection, query).await?;
+            let row = DB::fetch_one(tx.connection(), query).await?;
+            tx.wrote();
             // After every column: `xmax = 0`, a row version no transaction has touched since
             // it was inserted, i.e. this statement inserted it.
             let inserted = DB::int(&row, sql.columns.len())? == 1;
@@ -108,20 +120,28 @@ where
         }
         Dialect::Sqlite => {
             let query = model.__bind_insert(sqlx::query(statement));
-            match DB::fetch_all(connection, query).await?.into_iter().next() {
+            match DB::fetch_all(tx.connection(), query)
+                .await?
+                .into_iter()
+                .next()
+            {
                 // DO NOTHING returned the row: it is new.
-                Some(row) => (row, true),
+                Some(row) => {
+                    tx.wrote();
+                    (row, true)
+                }
                 None => {
                     // It exists; this transaction holds the write lock since the INSERT.
                     let query = match sql.update_returning {
                         Some(update) => model.__bind_key(model.__bind_update(sqlx::query(update))),
                         None => model.__bind_key(sqlx::query(sql.select_for_update)),
                     };
-                    let row = DB::fetch_all(connection, query)
+                    let row = DB::fetch_all(tx.connection(), query)
                         .await?
                         .into_iter()
                         .next()
                         .ok_or(Error::RowNotFound { table })?;
+                    tx.wrote();
                     (row, false)
                 }
             }
@@ -129,13 +149,14 @@ where
         Dialect::MySql => {
             // Whether the row exists, locked (or its gap, when it does not) until commit.
             let probe = model.__bind_key(sqlx::query(sql.select_for_update));
-            let existed = !DB::fetch_all(connection, probe).await?.is_empty();
-            let result =
-                DB::execute(connection, model.__bind_insert(sqlx::query(statement))).await?;
+            let existed = !DB::fetch_all(tx.connection(), probe).await?.is_empty();
+            let insert = model.__bind_insert(sqlx::query(statement));
+            let result = DB::execute(tx.connection(), insert).await?;
+            tx.wrote();
             // 1: inserted, or (CLIENT_FOUND_ROWS) found and left as it was; 2: updated.
             let inserted = DB::rows_affected(&result) == 1 && !existed;
             let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
-            let row = DB::fetch_one(connection, model.__bind_key(sqlx::query(select))).await?;
+            let row = DB::fetch_one(tx.connection(), model.__bind_key(sqlx::query(select))).await?;
             (row, inserted)
         }
     };
