@@ -6,7 +6,8 @@
 //! - PostgreSQL, SQLite and MariaDB 10.5+: `INSERT ... VALUES (...), (...) RETURNING` every
 //!   column, one returned row per inserted row, in the order of the `VALUES`.
 //! - MySQL (no `RETURNING`), with a key written from Rust: `SELECT ... WHERE key IN (...)`
-//!   after the insert, each row matched to its input by its key.
+//!   after the insert, each row matched to its input by its key (when a key comes back
+//!   otherwise than given, each row is read back by its own key, as `insert` reads it).
 //! - MySQL with a `generated` (`AUTO_INCREMENT`) key: `LAST_INSERT_ID()` is the id of the
 //!   chunk's FIRST row, and the others follow it by `@@auto_increment_increment` only when
 //!   InnoDB allocated them together. It does for a multi-row `INSERT ... VALUES` under
@@ -335,7 +336,23 @@ where
                 query = row.__bind_key(query);
             }
             let stored = decode(DB::fetch_all(tx.connection(), query).await?)?;
-            in_input_order(rows, stored, table, false)
+            match in_input_order(rows, stored, table, false) {
+                Err(Error::RowNotFound { .. }) => {
+                    // A key the database stores otherwise than given (a timestamp cut to
+                    // microseconds, a `CHAR(n)` padded): each row read back by its own key,
+                    // as `insert` reads it.
+                    let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
+                    let mut stored = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        let query = row.__bind_key(sqlx::query(select));
+                        stored.push(M::__from_row(
+                            &DB::fetch_one(tx.connection(), query).await?,
+                        )?);
+                    }
+                    Ok(stored)
+                }
+                ordered => ordered,
+            }
         }
         ReadBack::ByIdRange { increment } => {
             let statement = multi_row_insert(sql, DB::DIALECT, rows.len(), false);
