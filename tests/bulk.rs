@@ -926,3 +926,38 @@ async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
     assert_eq!(committed_visits(pool, &[&cancelled.id, &after.id]).await, 0);
 }
 on_every_backend!(a_cancelled_write_never_commits_rows_without_events);
+
+/// PostgreSQL aborts a transaction at a failed statement and answers its `COMMIT` with a
+/// rollback: `commit` must not report that as committed (it returned `Ok` for a transaction
+/// whose earlier inserts were all gone).
+async fn commit_after_a_failed_statement_is_not_ok<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Visit: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let visitor = unique("visitor");
+    let visit = || Visit {
+        id: unique("v"),
+        visitor: Some(visitor.clone()),
+        session: None,
+    };
+    // A first insert of the model, so that the next ones fold on PostgreSQL: the commit then
+    // has no outbox statement of its own left to fail on.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    visit().insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let first = visit();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    first.clone().insert(&mut tx).await.unwrap();
+    let error = first.clone().insert(&mut tx).await.unwrap_err();
+    assert!(matches!(error, Error::Database(_)), "{error:?}");
+    let committed = tx.commit().await;
+    let rows = committed_visits(pool, &[&first.id]).await;
+    assert_eq!(
+        committed.is_ok(),
+        rows == 1,
+        "commit said {committed:?}, and {rows} row committed"
+    );
+}
+on_every_backend!(commit_after_a_failed_statement_is_not_ok);

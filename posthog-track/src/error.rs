@@ -18,12 +18,14 @@ pub enum Error {
     },
 
     /// `commit` of a transaction in which a tracked write failed, or was cancelled (its future
-    /// dropped), after its statement may have written rows whose events were never staged: the
-    /// transaction was rolled back instead, so that no row is committed without its events.
+    /// dropped), after its statement may have written rows whose events were never staged, or
+    /// (PostgreSQL) after a statement of it failed, which aborts the whole transaction: the
+    /// transaction was rolled back instead, so that no row is committed without its events and
+    /// no rolled-back work is reported as committed.
     #[error(
-        "a tracked write to `{table}` failed or was cancelled after writing to the database, \
-         before its events were staged; the transaction was rolled back (roll back after a \
-         failed write)"
+        "a tracked write to `{table}` failed or was cancelled after writing to the database \
+         (or, on PostgreSQL, its statement failed and aborted the transaction); the transaction \
+         was rolled back (roll back after a failed write)"
     )]
     IncompleteWrite {
         /// The table of the write that did not finish.

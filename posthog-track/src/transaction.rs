@@ -265,10 +265,17 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
 
     /// The write under way ended with `result`: done, or failed before any of its statements
     /// wrote (a statement that fails writes nothing), or failed after, which leaves the
-    /// transaction unable to commit.
+    /// transaction unable to commit. On PostgreSQL a statement that fails aborts the whole
+    /// transaction, whose `COMMIT` then rolls back without an error: that is refused too, so
+    /// that `commit` never reports (nor hands to delivery) what was rolled back.
     pub(crate) fn end_write<T>(&mut self, result: &Result<T>) {
         if let WriteState::Writing { table, wrote } = self.write {
-            self.write = if result.is_err() && wrote {
+            let aborted = DB::DIALECT == crate::backend::Dialect::Postgres
+                && matches!(
+                    result,
+                    Err(Error::Database(sqlx::Error::Database(_)) | Error::OutboxMissing { .. })
+                );
+            self.write = if result.is_err() && (wrote || aborted) {
                 WriteState::Broken { table }
             } else {
                 WriteState::Clean

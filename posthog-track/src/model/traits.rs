@@ -301,11 +301,15 @@ pub trait TrackedModel: Sized + Send + Sync {
                 stamps: Vec::new(),
             };
             let tables = tables_from::<Self, DB>(default);
+            // A read, but one that aborts a PostgreSQL transaction when it fails (a deadlock,
+            // a lock timeout): the transaction must not report a commit then.
+            tx.begin_write(Self::TABLE);
             let found = find_row(tx, tables, |sql| {
                 Self::__bind_key_value(key, sqlx::query(sql.select_for_update))
             })
-            .await?;
-            match found {
+            .await;
+            tx.end_write(&found);
+            match found? {
                 Some((row, _)) => Ok(Some(Self::__from_row(&row)?)),
                 None => Ok(None),
             }
