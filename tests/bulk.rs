@@ -961,3 +961,64 @@ where
     );
 }
 on_every_backend!(commit_after_a_failed_statement_is_not_ok);
+
+/// A timestamp the database keeps at microseconds, written from Rust (not `generated`).
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_stamped", distinct_id = id)]
+struct Stamped {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    at: DateTime<Utc>,
+}
+
+/// `upsert` of an existing row stages exactly what `update` of it stages, for a value the
+/// column keeps otherwise than given too (a timestamp with nanoseconds): it sent the stored
+/// microseconds where `update` sends the value given.
+async fn upsert_of_an_existing_row_stages_what_update_stages<DB: Schema>(
+    pool: &Pool<DB>,
+    _url: &str,
+) where
+    Stamped: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let ts = match DB::DIALECT {
+        Dialect::Postgres => "TIMESTAMPTZ",
+        Dialect::MySql => "DATETIME(6)",
+        Dialect::Sqlite => "TEXT",
+    };
+    posthog_track_tests::execute(
+        pool,
+        format!("CREATE TABLE bk_stamped (id VARCHAR(80) PRIMARY KEY, at {ts} NOT NULL)"),
+    )
+    .await;
+    let id = unique("stamped");
+    let mut tx = tracker.begin(pool).await.unwrap();
+    Stamped {
+        id: id.clone(),
+        at: DateTime::<Utc>::UNIX_EPOCH,
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let row = Stamped {
+        id,
+        at: DateTime::<Utc>::from_timestamp(1_700_000_000, 123_456_789).unwrap(),
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    row.update(&mut tx).await.unwrap();
+    let update_events = tx.staged().to_vec();
+    tx.rollback().await.unwrap();
+
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let upserted = row.clone().upsert(&mut tx).await.unwrap();
+    assert!(!upserted.was_inserted(), "{upserted:?}");
+    assert_eq!(
+        comparable_all(tx.staged(), &[]),
+        comparable_all(&update_events, &[])
+    );
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(upsert_of_an_existing_row_stages_what_update_stages);

@@ -165,7 +165,12 @@ where
         stage_inserted(&stored, stamps, tx)?;
         Ok(Upserted::Inserted(stored))
     } else {
-        stage_updated(&stored, stamps, tx)?;
+        // The events of `update`, which stages them from the row as given unless it reads the
+        // row back (nothing to write, or a tracked generated column the database may compute
+        // again): a value the column keeps otherwise than given (a timestamp's nanoseconds)
+        // is sent as `update` sends it.
+        let reads_back = sql.update.is_none() || M::__UPDATE_READS_BACK;
+        stage_updated(if reads_back { &stored } else { &model }, stamps, tx)?;
         Ok(Upserted::Updated(stored))
     }
 }
