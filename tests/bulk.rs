@@ -1022,3 +1022,66 @@ async fn upsert_of_an_existing_row_stages_what_update_stages<DB: Schema>(
     tx.rollback().await.unwrap();
 }
 on_every_backend!(upsert_of_an_existing_row_stages_what_update_stages);
+
+/// A key written from Rust and another unique column.
+#[derive(Debug, Clone, PartialEq, TrackedModel)]
+#[tracked(table = "bk_handles", distinct_id = id)]
+struct Handle {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    handle: String,
+    #[tracked(property)]
+    bio: String,
+}
+
+/// An upsert whose row conflicts on another unique key than the model's key fails, on every
+/// backend, with an error that says so, and the other row is not left changed. On MySQL/MariaDB
+/// `ON DUPLICATE KEY UPDATE` rewrote the other row and the upsert then failed with sqlx's
+/// "no rows returned by a query that expected to return at least one row".
+async fn upsert_conflicting_on_another_unique_key_fails<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Handle: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    posthog_track_tests::execute(
+        pool,
+        "CREATE TABLE bk_handles (id VARCHAR(80) PRIMARY KEY, handle VARCHAR(80) NOT NULL UNIQUE, \
+         bio TEXT NOT NULL)",
+    )
+    .await;
+    let handle = unique("handle");
+    let owner = Handle {
+        id: unique("owner"),
+        handle: handle.clone(),
+        bio: "the owner's".to_owned(),
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    owner.clone().insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = tracker.begin(pool).await.unwrap();
+    let error = Handle {
+        id: unique("other"),
+        handle,
+        bio: "someone else's".to_owned(),
+    }
+    .upsert(&mut tx)
+    .await
+    .unwrap_err();
+    let unique_violation = match &error {
+        Error::Database(sqlx::Error::Database(database)) => database.is_unique_violation(),
+        Error::Unsupported { reason, .. } => reason.contains("another unique key"),
+        _ => false,
+    };
+    assert!(unique_violation, "{error:?}");
+    assert!(tx.staged().is_empty());
+    let _ = tx.commit().await;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert_eq!(
+        Handle::load_for_update(&owner.id, &mut tx).await.unwrap(),
+        Some(owner)
+    );
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(upsert_conflicting_on_another_unique_key_fails);

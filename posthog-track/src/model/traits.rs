@@ -232,7 +232,9 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// reports 1 affected row for an insert and 2 for an update, but also 1 for an existing
     /// row left as it was (sqlx connects with `CLIENT_FOUND_ROWS`), so the row is first
     /// looked up (`SELECT ... FOR UPDATE`, which also locks the gap of a missing key). On
-    /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table.
+    /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table: an
+    /// upsert that meets another row there fails with [`Error::Unsupported`] (PostgreSQL and
+    /// SQLite fail with the unique violation), and its transaction cannot commit.
     ///
     /// An existing row gets `UPDATE_EVENT` with every tracked property, as `update` sends it,
     /// and no milestone: a milestone compares the row before and after, and the upsert has no

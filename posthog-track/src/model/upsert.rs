@@ -62,6 +62,11 @@ impl<M> Upserted<M> {
     }
 }
 
+/// Why a MySQL upsert failed when its row met another row on another unique key.
+const ANOTHER_UNIQUE_KEY: &str = "the row conflicts with an existing row on another unique key \
+    than the model's key, and ON DUPLICATE KEY UPDATE wrote that other row; roll the transaction \
+    back (its commit is refused)";
+
 /// [`TrackedModel::upsert`](super::TrackedModel::upsert).
 pub(super) async fn upsert<M, DB>(
     model: M,
@@ -156,7 +161,20 @@ where
             // 1: inserted, or (CLIENT_FOUND_ROWS) found and left as it was; 2: updated.
             let inserted = DB::rows_affected(&result) == 1 && !existed;
             let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
-            let row = DB::fetch_one(tx.connection(), model.__bind_key(sqlx::query(select))).await?;
+            let query = model.__bind_key(sqlx::query(select));
+            let Some(row) = DB::fetch_all(tx.connection(), query)
+                .await?
+                .into_iter()
+                .next()
+            else {
+                // The statement neither inserted a row with the key nor found one with it: it
+                // met another row on another unique key, and may have rewritten that row.
+                return Err(Error::Unsupported {
+                    operation: format!("upsert into `{table}`"),
+                    backend: DB::DIALECT.name(),
+                    reason: ANOTHER_UNIQUE_KEY,
+                });
+            };
             (row, inserted)
         }
     };
