@@ -1085,3 +1085,69 @@ where
     tx.rollback().await.unwrap();
 }
 on_every_backend!(upsert_conflicting_on_another_unique_key_fails);
+
+/// InnoDB answers a deadlock by rolling back the whole transaction, not the statement: the
+/// session then runs in autocommit, so a `commit` afterwards wrote the earlier writes' events
+/// to the outbox, each committed on its own, for rows that were rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_victim_commits_no_event_without_its_row() {
+    let Some(url) = posthog_track_tests::database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql(&url, "bulk_deadlock").await;
+    let tracker = tracker(&pool).await;
+    let visitor = unique("visitor");
+    let visit = || Visit {
+        id: unique("v"),
+        visitor: Some(visitor.clone()),
+        session: None,
+    };
+    let (x, y) = (visit(), visit());
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    x.clone().insert(&mut tx).await.unwrap();
+    y.clone().insert(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Each transaction inserts a row, locks one of x and y, then wants the other.
+    let (a, b) = (visit(), visit());
+    let mut first = tracker.begin(&pool).await.unwrap();
+    a.clone().insert(&mut first).await.unwrap();
+    Visit::load_for_update(&x.id, &mut first).await.unwrap();
+    let mut second = tracker.begin(&pool).await.unwrap();
+    b.clone().insert(&mut second).await.unwrap();
+    Visit::load_for_update(&y.id, &mut second).await.unwrap();
+    let wants_y = {
+        let y = y.id.clone();
+        tokio::spawn(async move {
+            let locked = Visit::load_for_update(&y, &mut first).await.map(|_| ());
+            (locked, first)
+        })
+    };
+    // Whichever asks first waits for the other, whose request then closes the cycle: InnoDB
+    // makes one of them the victim.
+    let second_locked = Visit::load_for_update(&x.id, &mut second).await.map(|_| ());
+    let (first_locked, first) = wants_y.await.unwrap();
+    assert!(
+        first_locked.is_err() || second_locked.is_err(),
+        "one transaction is the deadlock's victim"
+    );
+    let first_committed = first.commit().await;
+    let second_committed = second.commit().await;
+    for (row, committed) in [(&a, first_committed), (&b, second_committed)] {
+        let rows = committed_visits(&pool, &[&row.id]).await;
+        let events = outbox_events(&tracker, &pool, |event| {
+            event.property("visit_id").and_then(Value::as_str) == Some(row.id.as_str())
+        })
+        .await
+        .len();
+        assert_eq!(
+            rows, events,
+            "commit said {committed:?}: {rows} row(s), {events} event(s)"
+        );
+        assert_eq!(
+            committed.is_ok(),
+            rows == 1,
+            "commit said {committed:?}, {rows} row(s)"
+        );
+    }
+}

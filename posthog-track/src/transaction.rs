@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Dialect};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp, is_blank_id};
@@ -224,8 +224,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         }
         let to_outbox = dispatch.writes_outbox() && !staged.is_empty();
         if to_outbox {
-            let notify = DB::DIALECT == crate::backend::Dialect::Postgres
-                && dispatch.notifies_relays(self.relay);
+            let notify = DB::DIALECT == Dialect::Postgres && dispatch.notifies_relays(self.relay);
             outbox::write::<DB>(&mut self.tx, &staged[self.folded..], notify).await?;
         }
         self.tx.commit().await?;
@@ -265,16 +264,18 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
 
     /// The write under way ended with `result`: done, or failed before any of its statements
     /// wrote (a statement that fails writes nothing), or failed after, which leaves the
-    /// transaction unable to commit. On PostgreSQL a statement that fails aborts the whole
-    /// transaction, whose `COMMIT` then rolls back without an error: that is refused too, so
-    /// that `commit` never reports (nor hands to delivery) what was rolled back.
+    /// transaction unable to commit. An error that ended the whole transaction (see
+    /// [`aborts_transaction`]) is refused too, so that `commit` never reports (nor hands to
+    /// delivery) what was rolled back, nor writes events in the autocommit that follows.
     pub(crate) fn end_write<T>(&mut self, result: &Result<T>) {
         if let WriteState::Writing { table, wrote } = self.write {
-            let aborted = DB::DIALECT == crate::backend::Dialect::Postgres
-                && matches!(
-                    result,
-                    Err(Error::Database(sqlx::Error::Database(_)) | Error::OutboxMissing { .. })
-                );
+            let aborted = match result {
+                Err(Error::Database(sqlx::Error::Database(error))) => {
+                    aborts_transaction(DB::DIALECT, error.as_ref())
+                }
+                Err(Error::OutboxMissing { .. }) => DB::DIALECT == Dialect::Postgres,
+                _ => false,
+            };
             self.write = if result.is_err() && (wrote || aborted) {
                 WriteState::Broken { table }
             } else {
@@ -397,6 +398,23 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
                     .filter(|id| !is_blank_id(id))
                     .map(str::to_owned)
             })
+    }
+}
+
+/// Whether `error`, returned by a statement, ended its whole transaction rather than the
+/// statement alone: on PostgreSQL every error (the transaction is aborted, and its `COMMIT`
+/// rolls back without an error); on MySQL/MariaDB a deadlock (SQLSTATE 40001: InnoDB rolls
+/// the transaction back and the session goes on in autocommit); on SQLite the errors that may
+/// roll a transaction back (`SQLITE_BUSY`, `SQLITE_NOMEM`, `SQLITE_INTERRUPT`, `SQLITE_IOERR`,
+/// `SQLITE_FULL`).
+fn aborts_transaction(dialect: Dialect, error: &dyn sqlx::error::DatabaseError) -> bool {
+    match dialect {
+        Dialect::Postgres => true,
+        Dialect::MySql => error.code().as_deref() == Some("40001"),
+        Dialect::Sqlite => error
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 7 | 9 | 10 | 13)),
     }
 }
 
