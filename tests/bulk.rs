@@ -903,12 +903,15 @@ async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
             std::future::poll_fn(|cx| std::task::Poll::Ready(insert.as_mut().poll(cx))).await;
         polled.is_ready()
     };
-    if DB::DIALECT != Dialect::MySql {
-        // (sqlx's MySQL connection is out of step after a cancelled statement: its next
-        // query may wait forever.)
-        after.clone().insert(&mut tx).await.unwrap();
-    }
+    // (sqlx's MySQL connection is out of step after a cancelled statement: its next query
+    // may wait forever.)
+    let later = if DB::DIALECT == Dialect::MySql {
+        None
+    } else {
+        Some(after.clone().insert(&mut tx).await)
+    };
     if finished {
+        later.transpose().unwrap();
         // (sqlx may finish a statement within one poll: nothing was cancelled then.)
         tx.commit().await.unwrap();
         let written = if DB::DIALECT == Dialect::MySql { 1 } else { 2 };
@@ -917,6 +920,14 @@ async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
             written
         );
         return;
+    }
+    if let Some(later) = later {
+        // A transaction that can only roll back takes no more writes.
+        let error = later.unwrap_err();
+        assert!(
+            matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
+            "{error:?}"
+        );
     }
     let error = tx.commit().await.unwrap_err();
     assert!(
@@ -1131,8 +1142,23 @@ async fn a_deadlock_victim_commits_no_event_without_its_row() {
         first_locked.is_err() || second_locked.is_err(),
         "one transaction is the deadlock's victim"
     );
+    // The victim goes on writing: nothing of that may commit on its own either.
+    let (mut first, mut second) = (first, second);
+    let (c, d) = (visit(), visit());
+    let victim = if first_locked.is_err() {
+        &mut first
+    } else {
+        &mut second
+    };
+    let later = if first_locked.is_err() { &c } else { &d };
+    let _ = later.clone().insert(victim).await;
     let first_committed = first.commit().await;
     let second_committed = second.commit().await;
+    let later_rows = committed_visits(&pool, &[&later.id]).await;
+    assert_eq!(
+        later_rows, 0,
+        "a write after the deadlock committed on its own"
+    );
     for (row, committed) in [(&a, first_committed), (&b, second_committed)] {
         let rows = committed_visits(&pool, &[&row.id]).await;
         let events = outbox_events(&tracker, &pool, |event| {

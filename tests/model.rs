@@ -643,6 +643,13 @@ where
     tx.set_context(posthog_track::TrackingContext::new().with_anonymous_id(huge.as_str()));
     too_large(reading().insert(&mut tx).await.unwrap_err());
     assert_eq!(tx.staged(), &staged[..], "a failed insert stages nothing");
+    tx.rollback().await.unwrap();
+
+    // (A transaction whose write failed after writing takes no more writes: a fresh one.)
+    let mut tx = tracker.begin(pool).await.unwrap();
+    reading().insert(&mut tx).await.unwrap();
+    let staged = tx.staged().to_vec();
+    tx.set_context(posthog_track::TrackingContext::new().with_anonymous_id(huge.as_str()));
     too_large(reading().upsert(&mut tx).await.unwrap_err());
     assert_eq!(tx.staged(), &staged[..], "a failed upsert stages nothing");
     tx.rollback().await.unwrap();

@@ -17,15 +17,16 @@ pub enum Error {
         table: &'static str,
     },
 
-    /// `commit` of a transaction in which a tracked write failed, or was cancelled (its future
-    /// dropped), after its statement may have written rows whose events were never staged, or
-    /// (PostgreSQL) after a statement of it failed, which aborts the whole transaction: the
-    /// transaction was rolled back instead, so that no row is committed without its events and
-    /// no rolled-back work is reported as committed.
+    /// A tracked write failed, or was cancelled (its future dropped), after its statement may
+    /// have written rows whose events were never staged, or failed with an error that ended
+    /// the whole transaction (any on PostgreSQL, a deadlock on MySQL/MariaDB). The
+    /// transaction can only roll back: `commit` rolls it back and returns this, and a later
+    /// tracked write in it is refused with this, so that no row is committed without its
+    /// events and no rolled-back work is reported as committed.
     #[error(
         "a tracked write to `{table}` failed or was cancelled after writing to the database \
-         (or, on PostgreSQL, its statement failed and aborted the transaction); the transaction \
-         was rolled back (roll back after a failed write)"
+         (or failed with an error that ended the transaction); the transaction can only be \
+         rolled back, and commit rolls it back"
     )]
     IncompleteWrite {
         /// The table of the write that did not finish.

@@ -241,18 +241,24 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         Ok(())
     }
 
-    /// A tracked write to `table` begins. A write still under way is one whose future was
-    /// dropped: whatever it sent may have been written.
-    pub(crate) fn begin_write(&mut self, table: &'static str) {
-        self.write = match self.write {
-            WriteState::Clean => WriteState::Writing {
-                table,
-                wrote: false,
-            },
-            WriteState::Writing { table, .. } | WriteState::Broken { table } => {
-                WriteState::Broken { table }
+    /// A tracked write to `table` begins, or is refused: after a write that did not finish (a
+    /// write still under way is one whose future was dropped: whatever it sent may have been
+    /// written) the transaction can only roll back, and a write in it could even commit on its
+    /// own (after a MySQL deadlock the session is in autocommit).
+    pub(crate) fn begin_write(&mut self, table: &'static str) -> Result<()> {
+        match self.write {
+            WriteState::Clean => {
+                self.write = WriteState::Writing {
+                    table,
+                    wrote: false,
+                };
+                Ok(())
             }
-        };
+            WriteState::Writing { table, .. } | WriteState::Broken { table } => {
+                self.write = WriteState::Broken { table };
+                Err(Error::IncompleteWrite { table })
+            }
+        }
     }
 
     /// A statement of the write under way changed rows (or may have: its outcome is known).

@@ -405,7 +405,7 @@ where
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    tx.begin_write(M::TABLE);
+    tx.begin_write(M::TABLE)?;
     let inserted = write_all(rows, tx).await;
     tx.end_write(&inserted);
     inserted

@@ -166,7 +166,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             self.__fill_from_context(tx.context());
             let (sql, table, stamps) = route(&self, tx).await;
             check_insertable::<DB>(sql, table, tx.connection()).await?;
-            tx.begin_write(table);
+            tx.begin_write(table)?;
             let inserted = fold::insert(&self, sql, table, stamps, tx).await;
             tx.end_write(&inserted);
             inserted
@@ -305,7 +305,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             let tables = tables_from::<Self, DB>(default);
             // A read, but one that aborts a PostgreSQL transaction when it fails (a deadlock,
             // a lock timeout): the transaction must not report a commit then.
-            tx.begin_write(Self::TABLE);
+            tx.begin_write(Self::TABLE)?;
             let found = find_row(tx, tables, |sql| {
                 Self::__bind_key_value(key, sqlx::query(sql.select_for_update))
             })
@@ -331,7 +331,7 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            tx.begin_write(Self::TABLE);
+            tx.begin_write(Self::TABLE)?;
             let updated = update(self, tx).await;
             tx.end_write(&updated);
             updated
@@ -366,7 +366,7 @@ pub trait TrackedModel: Sized + Send + Sync {
             if changed.is_empty() {
                 return Ok(0);
             }
-            tx.begin_write(Self::TABLE);
+            tx.begin_write(Self::TABLE)?;
             let written = update_changed(self, before, changed, tx).await;
             tx.end_write(&written);
             written
@@ -384,7 +384,7 @@ pub trait TrackedModel: Sized + Send + Sync {
         Self: TrackedRow<DB>,
     {
         async move {
-            tx.begin_write(Self::TABLE);
+            tx.begin_write(Self::TABLE)?;
             let deleted = async {
                 let routed = route(self, tx).await;
                 let (stamps, _) = write_existing_row::<Self, DB>(tx, routed, |sql| {

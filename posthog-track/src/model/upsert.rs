@@ -76,7 +76,7 @@ where
     DB: Backend,
     M: TrackedRow<DB>,
 {
-    tx.begin_write(M::TABLE);
+    tx.begin_write(M::TABLE)?;
     let upserted = write(model, tx).await;
     tx.end_write(&upserted);
     upserted
