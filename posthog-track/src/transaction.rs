@@ -187,6 +187,11 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// in-memory queue once the commit succeeded. In dry run (no API key) they are printed
     /// after the commit and the outbox is left alone; a disabled tracker records none.
     ///
+    /// Rolls back instead, and fails with [`Error::IncompleteWrite`], when a tracked write in
+    /// the transaction failed or was cancelled after it may have written (its rows would commit
+    /// without their events), or failed with an error that ended the transaction (any on
+    /// PostgreSQL, whose `COMMIT` would roll back silently; a deadlock on MySQL/MariaDB).
+    ///
     /// Returns `Ok` once the database has committed: delivery trouble after that is logged
     /// and counted in [`Tracker::stats`](crate::Tracker::stats), never returned here (a caller that retried a
     /// failed commit would write the row twice). With `AfterCommit`, `commit` waits for room in
