@@ -986,3 +986,58 @@ async fn a_proxy_refusing_every_request_dead_letters_nothing<DB: Backend>(
     relay.drain().await.unwrap();
     assert_eq!(received(&mock, &tag), committed);
 }
+
+// A wrong POSTHOG_HOST that answers 200 with a web page (a site's catch-all route, a parked
+// domain, a captive portal): PostHog never answers its capture endpoints with HTML, so the
+// events did not arrive and must stay in the outbox, and the relay pauses as for a 404.
+
+/// A web server that answers every request with 200 and an HTML page; its URL.
+async fn html_site() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
+    let site = html_site().await;
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("html-200").await;
+    for mode in [CaptureMode::V0, CaptureMode::V1] {
+        let tracker = Tracker::builder()
+            .api_key("phc_wrong_host_test")
+            .host(&site)
+            .unwrap()
+            .capture_mode(mode)
+            .external_relay(true)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id(unique("html-200"));
+        tx.capture(Event::new("sent_to_a_web_site")).unwrap();
+        tx.commit().await.unwrap();
+        let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
+        assert_eq!(
+            pass.delivered, 0,
+            "{mode:?}: a web page is no delivery: {pass:?}"
+        );
+        assert!(
+            pass.paused
+                .as_deref()
+                .is_some_and(|why| why.contains("POSTHOG_HOST")),
+            "{mode:?}: the relay pauses and names the setting to fix: {pass:?}"
+        );
+        let status = tracker.outbox(&pool).status().await.unwrap();
+        assert_eq!(
+            (status.pending, status.dead),
+            (1, 0),
+            "{mode:?}: {status:?}"
+        );
+        posthog_track_tests::execute(&pool, "DELETE FROM posthog_outbox").await;
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -410,6 +410,33 @@ async fn doctor_finds_a_wrong_host() {
 }
 
 #[tokio::test]
+async fn doctor_finds_a_host_answering_with_a_web_page() {
+    // A site's catch-all route answers every path with 200 and a page: not PostHog, and a
+    // relay aimed there would pause.
+    let app = axum::Router::new().fallback(|| async {
+        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let diagnosis = diagnose(
+        &config_for("phc_project_key_123", &site),
+        &DoctorOptions::new(),
+    )
+    .await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(
+        detail(&diagnosis, "host answers").contains("web page"),
+        "{diagnosis}"
+    );
+}
+
+#[tokio::test]
 async fn doctor_finds_a_refused_personal_key() {
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions_status(Some(401));

@@ -439,7 +439,20 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
         }
         Ok(response) => {
             let status = response.status().as_u16();
+            let web_page = crate::client::transport::answers_with_a_web_page(&response);
             match status {
+                200..=299 if web_page => {
+                    diagnosis.push(
+                        "host answers",
+                        Verdict::Fail,
+                        format!(
+                            "{shown}/batch/ answered {status} with a web page (text/html): not a \
+                             PostHog ingestion host (or a proxy that does not forward /batch/); \
+                             relays would pause"
+                        ),
+                    );
+                    false
+                }
                 200..=299 | 400 | 401 | 403 => {
                     diagnosis.push(
                         "host answers",

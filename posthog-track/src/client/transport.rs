@@ -188,6 +188,18 @@ impl Transport {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, chrono::Utc::now()));
         if (200..300).contains(&status) {
+            if answers_with_a_web_page(&response) {
+                // PostHog answers its capture endpoints with JSON (or nothing). A web page is a
+                // wrong host's catch-all route (a site, a parked domain, a captive portal): the
+                // events did not arrive, and taking them as delivered would delete them.
+                return Outcome::Misconfigured {
+                    reason: format!(
+                        "{}: a web page (text/html), not PostHog's answer{}",
+                        describe(status, "").trim_end_matches(": (no body)"),
+                        fix_for(404)
+                    ),
+                };
+            }
             if self.mode == CaptureMode::V1 {
                 let (body, end) = read_limited(response, MAX_RESULTS_BODY).await;
                 if let BodyEnd::Cut(error) = end {
@@ -215,6 +227,19 @@ impl Transport {
         let reason = describe(status, &redact(&body, self.api_key.expose()));
         classify(status, retry_after, reason)
     }
+}
+
+/// Whether `response` says it is an HTML page, which PostHog's capture endpoints never send.
+pub(crate) fn answers_with_a_web_page(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let media = value.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("text/html")
+                || media.eq_ignore_ascii_case("application/xhtml+xml")
+        })
 }
 
 /// What an answer other than 2xx means for the events in the request.
