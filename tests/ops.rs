@@ -987,3 +987,38 @@ async fn doctor_finds_a_host_with_credentials_for_flag_definitions() {
     assert!(detail(&diagnosis, "host").contains("capture v1"));
     assert!(!format!("{diagnosis}").contains("hunter2pw"));
 }
+
+/// The command runs against databases that require TLS (managed PostgreSQL services do): it
+/// was built without TLS in sqlx, so `sslmode=require` failed with "SQLx was built without TLS
+/// support" and the relay could not run there at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_connects_over_tls() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = isolated_postgres(&url, "cli_tls").await;
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("note: this PostgreSQL server has ssl off; skipping the TLS connection");
+        return;
+    }
+    let mock = MockPostHog::start().await;
+    tracker_for(&mock).build().migrate(&pool).await.unwrap();
+    let tls_url = format!(
+        "{}&sslmode=require",
+        posthog_track_tests::with_search_path(&url, "pt_cli_tls")
+    );
+    let output = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+        .args(["outbox", "status", "--database-url", tls_url.as_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("pending: 0"),
+        "{stderr}"
+    );
+}
