@@ -1041,3 +1041,44 @@ async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// A lease of zero (`relay --lease 0`, `.lease(Duration::ZERO)`) expired as it was taken: any
+// other relay claimed the rows while the first was still sending them, so every event went
+// out once per relay, and on PostgreSQL a held claim's session was ended a millisecond into
+// the send, its events resent every round. A lease lasts at least 250 ms.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_lease_still_keeps_a_claim_from_other_relays() {
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("zero-lease").await;
+    let mock = slow_mock(Duration::from_millis(1500)).await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .lease(Duration::ZERO)
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("zero-lease");
+    let committed = commit_events(&tracker, &pool, &tag, "leased", 5, 5).await;
+    let first = tracker.relay(pool.clone());
+    let sending = tokio::spawn(async move { first.run_once().await.unwrap() });
+    // The first relay has claimed the rows (a written lease marks them) and is sending them.
+    loop {
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox WHERE claim IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if claimed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = tracker.relay(pool.clone()).run_once().await.unwrap();
+    assert_eq!(
+        second.claimed, 0,
+        "rows being sent are not claimed again: {second:?}"
+    );
+    assert_eq!(sending.await.unwrap().delivered, committed.len());
+    assert_exactly_delivered(&mock, &tag, &committed);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

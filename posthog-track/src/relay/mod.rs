@@ -54,8 +54,9 @@ pub struct RelayOptions {
     pub batch_size: usize,
     /// Payload bytes one claim may hold at most (the first row is always taken).
     pub max_claim_bytes: usize,
-    /// How long a claim is exclusive. It is renewed while the batch is in flight; a relay
-    /// that died holding it loses it after this long, and another relay resends the rows.
+    /// How long a claim is exclusive (at least 250 ms). It is renewed while the batch is in
+    /// flight; a relay that died holding it loses it after this long, and another relay
+    /// resends the rows.
     pub lease: Duration,
     /// Waits between retries of failed deliveries.
     pub backoff: Backoff,
@@ -228,8 +229,14 @@ impl<DB: Backend> Relay<DB> {
         Outbox::new(&self.pool)
     }
 
+    /// The lease, at least [`MIN_LEASE`]: a shorter one expires while the rows are sent, and
+    /// other relays send them again meanwhile.
+    fn lease(&self) -> Duration {
+        self.options.lease.max(MIN_LEASE)
+    }
+
     fn lease_millis(&self) -> i64 {
-        i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX / 4)
+        i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX / 4)
     }
 
     /// Claims one batch, delivers it and settles every row. Fails with
@@ -337,7 +344,7 @@ impl<DB: Backend> Relay<DB> {
                 ),
             );
             tokio::pin!(send);
-            let renew_every = (self.options.lease / 3).max(Duration::from_millis(10));
+            let renew_every = self.lease() / 3;
             let mut renewed = Instant::now();
             let tick = Duration::from_millis(50).min(renew_every);
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
@@ -908,6 +915,10 @@ fn fates_summary(
         fresh_failed: retry.iter().any(|(row, _)| fresh_ids.contains(&row.id)),
     }
 }
+
+/// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
+/// every third of it while a send is in flight.
+const MIN_LEASE: Duration = Duration::from_millis(250);
 
 /// How often the relay measures the database's clock against its own (`clock_offset`).
 const CLOCK_EVERY: Duration = Duration::from_secs(60);
