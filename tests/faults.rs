@@ -1082,3 +1082,46 @@ async fn a_zero_lease_still_keeps_a_claim_from_other_relays() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// A shutdown whose deadline passes mid-send hands the rows back at the deadline; the final
+// drain's next round then claimed them again and started a fresh request after the deadline
+// (sent, never waited for: a second copy of every event, and the stop no sooner). A round
+// due after the deadline claims nothing.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_sends_nothing_after_its_deadline() {
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("shutdown-deadline").await;
+    let mock = slow_mock(Duration::from_secs(5)).await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("shutdown-deadline");
+    commit_events(&tracker, &pool, &tag, "at_the_deadline", 3, 3).await;
+    // The in-process relay has claimed the rows and is sending them.
+    loop {
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM posthog_outbox WHERE claim IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if claimed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped = tracker.shutdown(Duration::from_millis(300)).await;
+    assert!(
+        stopped.is_err(),
+        "the events were not delivered: {stopped:?}"
+    );
+    for event in tracker.outbox(&pool).events().await.unwrap() {
+        let history = event.last_error.unwrap_or_default();
+        assert_eq!(
+            history.matches("abandoned").count(),
+            1,
+            "sent once, abandoned once at the deadline: {history}"
+        );
+        assert_eq!(event.attempts, 0, "an abandoned send is not counted");
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -273,6 +273,14 @@ impl<DB: Backend> Relay<DB> {
             Err(mode) => return Err(Error::CannotDeliver { mode: *mode }),
         };
         let _one_round_at_a_time = self.pass.lock().await;
+        if self
+            .abandon_deadline(deadline)
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            // Past the deadline (a round in flight just handed its rows back): a new request
+            // now would be sent and never waited for.
+            return Ok(Pass::default());
+        }
         // Before the claim: a held claim keeps its connection until it ends, and reading the
         // clock needs one (a pool of one would wait for itself).
         let clock_offset = self.clock_offset().await;
