@@ -1125,3 +1125,37 @@ async fn a_shutdown_sends_nothing_after_its_deadline() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// `requeue` of a long list of dead-letter ids (an operator's export of what to resend): every
+// backend bounds the parameters of one statement (SQLite 32,766; PostgreSQL and MySQL 65,535),
+// and the ids went into one statement, so the requeue failed whole. They go in chunks.
+
+on_every_backend!(requeue_takes_a_long_list_of_ids);
+
+async fn requeue_takes_a_long_list_of_ids<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    posthog_track_tests::execute(
+        pool,
+        "INSERT INTO posthog_outbox_dead (id, uuid, event, distinct_id, timestamp, payload, \
+         attempts, reason, dead_at) VALUES (69999, '00000000-0000-4000-8000-000000000001', 'e', \
+         'd', '2026-01-01T00:00:00Z', '{}', 1, 'test', 0)",
+    )
+    .await;
+    let dead_id: i64 = {
+        let mut conn = pool.acquire().await.unwrap();
+        let row = DB::fetch_one(
+            &mut conn,
+            sqlx::query("SELECT MAX(id) FROM posthog_outbox_dead"),
+        )
+        .await
+        .unwrap();
+        DB::int(&row, 0).unwrap()
+    };
+    let mut ids: Vec<i64> = (1_000_000..1_070_000).collect();
+    ids.push(dead_id);
+    assert_eq!(tracker.outbox(pool).requeue(Some(&ids)).await.unwrap(), 1);
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (1, 0), "{status:?}");
+}

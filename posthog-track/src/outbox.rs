@@ -932,6 +932,21 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     /// the back of the line with fresh attempt and failure counts. Returns how many were
     /// requeued.
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
+        match ids {
+            // Every backend bounds the parameters of a statement: a long list goes in chunks.
+            Some(ids) if ids.len() > REQUEUE_CHUNK => {
+                let mut moved = 0;
+                for chunk in ids.chunks(REQUEUE_CHUNK) {
+                    moved += self.requeue_chunk(Some(chunk)).await?;
+                }
+                Ok(moved)
+            }
+            _ => self.requeue_chunk(ids).await,
+        }
+    }
+
+    /// [`requeue`](Outbox::requeue) of all dead events, or of at most [`REQUEUE_CHUNK`] ids.
+    async fn requeue_chunk(&self, ids: Option<&[i64]>) -> Result<u64> {
         let bind = |sql: String, ids: &[i64]| {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in ids {
@@ -1018,8 +1033,8 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     }
 }
 
-/// Dead rows moved per statement by a requeue off PostgreSQL: far under every backend's bind
-/// limit (SQLite's 32,766, MySQL's 65,535).
+/// Dead rows moved per statement by a requeue (and ids named per statement): far under every
+/// backend's bind limit (SQLite's 32,766, PostgreSQL's and MySQL's 65,535).
 const REQUEUE_CHUNK: usize = 1_000;
 
 /// ` WHERE id IN (...)` for `ids`, or nothing when there are none.
