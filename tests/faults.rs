@@ -1159,3 +1159,24 @@ async fn requeue_takes_a_long_list_of_ids<DB: Backend>(pool: &Pool<DB>, _url: &s
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!((status.pending, status.dead), (1, 0), "{status:?}");
 }
+
+// `requeue(Some(ids))` with an empty list (a script's selection of dead events that found
+// none) requeued every dead event: the empty filter read as no filter.
+
+on_every_backend!(requeue_of_no_ids_requeues_nothing);
+
+async fn requeue_of_no_ids_requeues_nothing<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    posthog_track_tests::execute(
+        pool,
+        "INSERT INTO posthog_outbox_dead (id, uuid, event, distinct_id, timestamp, payload, \
+         attempts, reason, dead_at) VALUES (7, '00000000-0000-4000-8000-000000000002', 'e', \
+         'd', '2026-01-01T00:00:00Z', '{}', 1, 'kept dead', 0)",
+    )
+    .await;
+    assert_eq!(tracker.outbox(pool).requeue(Some(&[])).await.unwrap(), 0);
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 1), "{status:?}");
+}

@@ -928,11 +928,13 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok((DB::int(&row, 0)?, DB::int(&row, 1)?))
     }
 
-    /// Puts dead events back in line for delivery (all of them, or those with these ids), at
-    /// the back of the line with fresh attempt and failure counts. Returns how many were
-    /// requeued.
+    /// Puts dead events back in line for delivery (all of them, or those with these ids: none
+    /// for an empty list), at the back of the line with fresh attempt and failure counts.
+    /// Returns how many were requeued.
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
         match ids {
+            // Those with no ids: none (an empty filter would read as no filter: all of them).
+            Some([]) => Ok(0),
             // Every backend bounds the parameters of a statement: a long list goes in chunks.
             Some(ids) if ids.len() > REQUEUE_CHUNK => {
                 let mut moved = 0;
