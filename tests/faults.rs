@@ -1180,3 +1180,32 @@ async fn requeue_of_no_ids_requeues_nothing<DB: Backend>(pool: &Pool<DB>, _url: 
     let status = tracker.outbox(pool).status().await.unwrap();
     assert_eq!((status.pending, status.dead), (0, 1), "{status:?}");
 }
+
+// A large `--batch-size` (a backlog drain) put every claimed id into one statement: MySQL's
+// lease UPDATE (over 65,535 ids) and the hand-back of what a claim's byte budget leaves out
+// (over SQLite's 32,766) failed, every round, and nothing was delivered while they did.
+
+on_every_backend!(a_claim_larger_than_a_statement_still_delivers);
+
+async fn a_claim_larger_than_a_statement_still_delivers<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .batch_size(70_000)
+        .max_claim_bytes(1)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("large-claim");
+    commit_events(&tracker, pool, &tag, "backlog", 70_000, 10_000).await;
+    let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
+    assert_eq!(
+        pass.delivered, 1,
+        "the byte budget holds one event: {pass:?}"
+    );
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!(
+        (status.pending, status.leased),
+        (69_999, 0),
+        "the rest is handed back: {status:?}"
+    );
+}

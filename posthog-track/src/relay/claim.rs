@@ -32,6 +32,10 @@ use crate::error::Result;
 /// `batch_size x INLINE_PAYLOAD_BYTES + max_claim_bytes` of payload in memory.
 const INLINE_PAYLOAD_BYTES: i64 = 16 * 1024;
 
+/// Ids named per statement: a claim (`batch_size`) may hold more rows than a statement may
+/// bind parameters (SQLite 32,766; PostgreSQL and MySQL 65,535).
+const IDS_PER_STATEMENT: usize = 500;
+
 /// How much failure history a row keeps (`last_error`, newest last).
 const HISTORY_BYTES: i64 = 2000;
 
@@ -252,15 +256,15 @@ async fn within_budget<DB: Backend>(
         }
         kept.push(row);
     }
-    if !returned.is_empty() {
+    for chunk in returned.chunks(IDS_PER_STATEMENT) {
         let mut sql = "UPDATE posthog_outbox SET leased_until = NULL, claim = NULL, \
                        attempts = attempts - 1 WHERE claim = "
             .to_owned();
         DB::DIALECT.push_placeholder(&mut sql, 1);
-        push_id_list(DB::DIALECT, &mut sql, 2, returned.len());
+        push_id_list(DB::DIALECT, &mut sql, 2, chunk.len());
         let mut query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), token);
-        for id in returned {
-            query = DB::bind_i64(query, id);
+        for id in chunk {
+            query = DB::bind_i64(query, *id);
         }
         let mut conn = pool.acquire().await?;
         DB::execute(&mut conn, query).await?;
@@ -286,19 +290,21 @@ async fn claim_mysql<DB: Backend>(pool: &Pool<DB>, ask: Ask, token: i64) -> Resu
         tx.commit().await?;
         return Ok(taken);
     }
-    let mut update = format!(
-        "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, attempts = attempts + 1 \
-         WHERE 1 = 1"
-    );
-    push_id_list(Dialect::MySql, &mut update, 3, taken.len());
-    let mut query = DB::bind_i64(
-        DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), ask.lease_millis),
-        token,
-    );
-    for taken in &taken {
-        query = DB::bind_i64(query, taken.row.id);
+    for chunk in taken.chunks(IDS_PER_STATEMENT) {
+        let mut update = format!(
+            "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, \
+             attempts = attempts + 1 WHERE 1 = 1"
+        );
+        push_id_list(Dialect::MySql, &mut update, 3, chunk.len());
+        let mut query = DB::bind_i64(
+            DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(update)), ask.lease_millis),
+            token,
+        );
+        for taken in chunk {
+            query = DB::bind_i64(query, taken.row.id);
+        }
+        DB::execute(&mut tx, query).await?;
     }
-    DB::execute(&mut tx, query).await?;
     tx.commit().await?;
     Ok(taken)
 }
@@ -433,7 +439,7 @@ pub(crate) async fn settle<DB: Backend>(
         };
         let mut tx = held.lock().await;
         let mut affected = 0;
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
             let (sql, binds) = settle_sql(dialect, &Fence::Held, chunk, &settle);
             affected +=
                 DB::rows_affected(&DB::execute(&mut tx, bind_all::<DB>(sql, &binds)).await?);
@@ -460,7 +466,7 @@ pub(crate) async fn settle<DB: Backend>(
     let chunks: Vec<&[i64]> = if ids.is_empty() {
         vec![&[]]
     } else {
-        ids.chunks(500).collect()
+        ids.chunks(IDS_PER_STATEMENT).collect()
     };
     for chunk in chunks {
         let (sql, binds) = settle_sql(dialect, &fence, chunk, &settle);
