@@ -1209,3 +1209,24 @@ async fn a_claim_larger_than_a_statement_still_delivers<DB: Backend>(pool: &Pool
         "the rest is handed back: {status:?}"
     );
 }
+
+// A relay started before the outbox exists (relays and `outbox migrate` started together):
+// every round failed with the driver's bare error ('relation "posthog_outbox" does not exist
+// at line 1392' in the log, Error::Database to `run_once`), where the outbox's other
+// operations say the table is missing and how to create it.
+
+on_every_backend!(a_relay_without_an_outbox_says_how_to_create_it);
+
+async fn a_relay_without_an_outbox_says_how_to_create_it<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    let relay = tracker.relay(pool.clone());
+    for _ in 0..2 {
+        let error = relay.run_once().await.unwrap_err();
+        assert!(matches!(error, Error::OutboxMissing { .. }), "{error:?}");
+    }
+    assert!(matches!(
+        relay.drain().await.unwrap_err(),
+        Error::OutboxMissing { .. }
+    ));
+}

@@ -300,7 +300,12 @@ impl<DB: Backend> Relay<DB> {
             ),
             claim_span.clone(),
         )
-        .await?;
+        .await
+        // A missing outbox (a relay started before `outbox migrate`) says how to create it.
+        .map_err(|error| match error {
+            Error::Database(error) => crate::outbox::explain(error, DB::DIALECT),
+            other => other,
+        })?;
         claim_span.record("rows", claim.rows.len());
         let claimed_at = Instant::now();
         let rows = &claim.rows;
