@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use posthog_track::testing::{MockPostHog, Reply};
-use posthog_track::{Backend, CaptureMode, Delivery, Error, Event, Mode, Tracker};
+use posthog_track::{Backend, CaptureMode, Delivery, Dialect, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
     assert_timed_out, capture_numbered, commit_events, database_url, migrated_tracker,
     on_every_backend, outbox_events, posthog_track_binary, received, relay_command, slow_mock,
@@ -1229,4 +1229,53 @@ async fn a_relay_without_an_outbox_says_how_to_create_it<DB: Backend>(pool: &Poo
         relay.drain().await.unwrap_err(),
         Error::OutboxMissing { .. }
     ));
+}
+
+// A drain (what flush, shutdown and `relay --drain` run) while the database does not answer
+// (here: another session holds a lock on the outbox; in production a partition or a hung
+// server): its statements waited without end, so `drain_for(1 s)` never returned, and neither
+// did a SIGTERM'd relay's shutdown. A drain ends at its timeout, whatever the database does.
+
+on_every_backend!(a_drain_ends_at_its_timeout_while_the_database_hangs);
+
+async fn a_drain_ends_at_its_timeout_while_the_database_hangs<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("hung-database");
+    commit_events(&tracker, pool, &tag, "behind_a_lock", 3, 3).await;
+    let mut locker = pool.acquire().await.unwrap();
+    let lock: &[&str] = match DB::DIALECT {
+        Dialect::Postgres => &[
+            "BEGIN",
+            "LOCK TABLE posthog_outbox IN ACCESS EXCLUSIVE MODE",
+        ],
+        Dialect::MySql => &["LOCK TABLES posthog_outbox WRITE, posthog_outbox_dead WRITE"],
+        Dialect::Sqlite => &["BEGIN IMMEDIATE"],
+    };
+    for statement in lock {
+        DB::execute(&mut locker, sqlx::query(*statement))
+            .await
+            .unwrap();
+    }
+    let drained = tokio::time::timeout(
+        WAIT,
+        tracker
+            .relay(pool.clone())
+            .drain_for(Duration::from_secs(1)),
+    )
+    .await;
+    let unlock = match DB::DIALECT {
+        Dialect::MySql => "UNLOCK TABLES",
+        Dialect::Postgres | Dialect::Sqlite => "ROLLBACK",
+    };
+    DB::execute(&mut locker, sqlx::query(unlock)).await.unwrap();
+    drop(locker);
+    let drained = drained.expect("the drain returned at its timeout, not when the lock went");
+    assert!(matches!(drained, Err(Error::Timeout { .. })), "{drained:?}");
+    tracker.relay(pool.clone()).drain().await.unwrap();
+    assert_eq!(received(&mock, &tag).len(), 3);
 }

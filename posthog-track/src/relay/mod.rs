@@ -788,6 +788,29 @@ impl<DB: Backend> Relay<DB> {
             return Err(Error::CannotDeliver { mode });
         }
         let started = Instant::now();
+        // The last count of pending events, for a drain cut off at its timeout.
+        let pending = std::sync::atomic::AtomicU64::new(0);
+        // Bounded as a whole: a database that does not answer (a lock held, a partition, a
+        // hung server) would otherwise keep a statement, and the drain, waiting without end.
+        // A little past the timeout, so that a send in flight at the timeout is abandoned by its
+        // round, which hands its rows back, rather than cut off with its rows still leased.
+        let bound = timeout.saturating_add(DRAIN_GRACE);
+        match tokio::time::timeout(bound, self.drain_until(started, timeout, &pending)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                waited: started.elapsed(),
+                pending: pending.load(Ordering::Relaxed),
+                reason: "the database did not answer within the timeout".to_owned(),
+            }),
+        }
+    }
+
+    async fn drain_until(
+        &self,
+        started: Instant,
+        timeout: Duration,
+        last_pending: &std::sync::atomic::AtomicU64,
+    ) -> Result<()> {
         let newest = self.outbox().newest_id().await?;
         let mut dead = 0u64;
         let mut last_dead = None;
@@ -803,6 +826,7 @@ impl<DB: Backend> Relay<DB> {
                 why = reason;
             }
             let (pending, ready_in) = self.outbox().pending_through(newest).await?;
+            last_pending.store(pending.unsigned_abs(), Ordering::Relaxed);
             if pending == 0 {
                 break;
             }
@@ -932,6 +956,10 @@ fn fates_summary(
 /// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
 /// every third of it while a send is in flight.
 const MIN_LEASE: Duration = Duration::from_millis(250);
+
+/// How long past its timeout a drain waits for the database before it gives up on it (see
+/// `drain_for`).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// How often the relay measures the database's clock against its own (`clock_offset`).
 const CLOCK_EVERY: Duration = Duration::from_secs(60);
