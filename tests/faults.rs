@@ -1279,3 +1279,102 @@ async fn a_drain_ends_at_its_timeout_while_the_database_hangs<DB: Backend>(
     tracker.relay(pool.clone()).drain().await.unwrap();
     assert_eq!(received(&mock, &tag).len(), 3);
 }
+
+// The same for a shutdown: after its drain it counted what was left in the outbox, a query
+// that waited without end for the database, so shutdown(1 s) never returned either.
+
+on_every_backend!(a_shutdown_ends_at_its_deadline_while_the_database_hangs);
+
+async fn a_shutdown_ends_at_its_deadline_while_the_database_hangs<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("hung-shutdown");
+    commit_events(&tracker, pool, &tag, "before_the_lock", 3, 3).await;
+    tracker.flush().await.unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    let lock: &[&str] = match DB::DIALECT {
+        Dialect::Postgres => &[
+            "BEGIN",
+            "LOCK TABLE posthog_outbox IN ACCESS EXCLUSIVE MODE",
+        ],
+        Dialect::MySql => &["LOCK TABLES posthog_outbox WRITE, posthog_outbox_dead WRITE"],
+        Dialect::Sqlite => &["BEGIN IMMEDIATE"],
+    };
+    for statement in lock {
+        DB::execute(&mut locker, sqlx::query(*statement))
+            .await
+            .unwrap();
+    }
+    let stopped = tokio::time::timeout(WAIT, tracker.shutdown(Duration::from_secs(1))).await;
+    let unlock = match DB::DIALECT {
+        Dialect::MySql => "UNLOCK TABLES",
+        Dialect::Postgres | Dialect::Sqlite => "ROLLBACK",
+    };
+    DB::execute(&mut locker, sqlx::query(unlock)).await.unwrap();
+    assert!(
+        stopped.is_ok(),
+        "the shutdown returned at its deadline, not when the lock went"
+    );
+    assert_eq!(received(&mock, &tag).len(), 3);
+}
+
+// And the `relay` command: stopped by SIGTERM while the database does not answer, it counted
+// what was left with a query that waited without end, and never exited.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_stops_the_relay_command_while_the_database_hangs() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "hung_sigterm").await;
+    let url = posthog_track_tests::with_search_path(&url, "pt_hung_sigterm");
+    let mock = MockPostHog::start().await;
+    committer(&mock).migrate(&pool).await.unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    for statement in [
+        "BEGIN",
+        "LOCK TABLE posthog_outbox IN ACCESS EXCLUSIVE MODE",
+    ] {
+        sqlx::query(statement).execute(&mut *locker).await.unwrap();
+    }
+    let log = std::env::temp_dir().join(unique("hung-sigterm.log"));
+    let mut relay = relay_command(&url, &mock, "posthog_track=warn")
+        .args(["--shutdown-timeout", "1"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("relaying")
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let mut exited = None;
+    while started.elapsed() < WAIT {
+        if let Some(status) = relay.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if exited.is_none() {
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+    }
+    sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        exited.is_some(),
+        "the relay never exited after SIGTERM:\n{said}"
+    );
+}
