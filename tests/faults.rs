@@ -1378,3 +1378,43 @@ async fn a_sigterm_stops_the_relay_command_while_the_database_hangs() {
         "the relay never exited after SIGTERM:\n{said}"
     );
 }
+
+// And a flush that waits for another process's relay (external delivery): its queries of the
+// outbox waited without end as well.
+
+on_every_backend!(a_flush_for_an_external_relay_ends_while_the_database_hangs);
+
+async fn a_flush_for_an_external_relay_ends_while_the_database_hangs<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .flush_timeout(Duration::from_secs(1))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    commit_events(&tracker, pool, &unique("hung-flush"), "waiting", 3, 3).await;
+    let mut locker = pool.acquire().await.unwrap();
+    let lock: &[&str] = match DB::DIALECT {
+        Dialect::Postgres => &[
+            "BEGIN",
+            "LOCK TABLE posthog_outbox IN ACCESS EXCLUSIVE MODE",
+        ],
+        Dialect::MySql => &["LOCK TABLES posthog_outbox WRITE, posthog_outbox_dead WRITE"],
+        Dialect::Sqlite => &["BEGIN IMMEDIATE"],
+    };
+    for statement in lock {
+        DB::execute(&mut locker, sqlx::query(*statement))
+            .await
+            .unwrap();
+    }
+    let flushed = tokio::time::timeout(WAIT, tracker.flush()).await;
+    let unlock = match DB::DIALECT {
+        Dialect::MySql => "UNLOCK TABLES",
+        Dialect::Postgres | Dialect::Sqlite => "ROLLBACK",
+    };
+    DB::execute(&mut locker, sqlx::query(unlock)).await.unwrap();
+    let flushed = flushed.expect("the flush returned at its timeout, not when the lock went");
+    assert!(matches!(flushed, Err(Error::Timeout { .. })), "{flushed:?}");
+}

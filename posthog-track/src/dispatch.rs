@@ -635,6 +635,24 @@ fn known_pool<DB: Backend>(pool: Pool<DB>, relay: Option<RunningRelay>) -> Known
 /// relay does.
 async fn await_delivery<DB: Backend>(pool: &Pool<DB>, timeout: Duration) -> Result<()> {
     let started = Instant::now();
+    // Bounded as a whole: a database that does not answer would keep a query, and the flush,
+    // waiting without end.
+    let bound = timeout.saturating_add(Duration::from_millis(500));
+    match tokio::time::timeout(bound, await_delivery_until(pool, started, timeout)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout {
+            waited: started.elapsed(),
+            pending: 0,
+            reason: "the database did not answer within the timeout".to_owned(),
+        }),
+    }
+}
+
+async fn await_delivery_until<DB: Backend>(
+    pool: &Pool<DB>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<()> {
     let outbox = Outbox::new(pool);
     let (oldest, newest, since) = outbox.wait_start().await?;
     loop {
@@ -669,6 +687,9 @@ async fn await_delivery<DB: Backend>(pool: &Pool<DB>, timeout: Duration) -> Resu
 #[derive(Default)]
 struct Outcome {
     pending: u64,
+    /// A wait ran out of time, even if it could not count what was left (a database that
+    /// did not answer): never a success.
+    timed_out: bool,
     dead: u64,
     dropped: u64,
     reason: Option<String>,
@@ -683,6 +704,7 @@ impl Outcome {
                 pending, reason, ..
             }) => {
                 self.pending += pending;
+                self.timed_out = true;
                 self.reason = Some(reason);
             }
             Err(Error::Undelivered {
@@ -709,7 +731,7 @@ impl Outcome {
             return Err(error);
         }
         let reason = self.reason.unwrap_or_default();
-        if self.pending > 0 {
+        if self.pending > 0 || self.timed_out {
             return Err(Error::Timeout {
                 waited: started.elapsed(),
                 pending: self.pending,

@@ -423,7 +423,12 @@ async fn execute<DB: Backend>(
                 // A clean stop all the same: what was not delivered waits in the outbox.
                 Err(error @ (Error::Timeout { .. } | Error::Undelivered { .. })) => {
                     eprintln!("stopped before everything was delivered: {error}");
-                    tracker.outbox(pool).status().await?.pending.unsigned_abs()
+                    // Bounded: the database may be what did not answer.
+                    let outbox = tracker.outbox(pool);
+                    match tokio::time::timeout(Duration::from_secs(5), outbox.status()).await {
+                        Ok(status) => status?.pending.unsigned_abs(),
+                        Err(_) => 0,
+                    }
                 }
                 Err(error) => return Err(error.into()),
             };
