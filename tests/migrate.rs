@@ -283,3 +283,34 @@ async fn the_script_runs_over_an_outbox_that_migrate_made_on_postgres() {
     );
     tracker.migrate(&pool).await.unwrap();
 }
+
+/// MySQL/MariaDB: migrations serialise on a named lock, and MySQL's named locks belong to the
+/// server, not to a database: a migration of one database (another application, another
+/// tenant, a slow upgrade) held up `migrate` of every other database on the server, which
+/// failed after 60 s. The lock is the database's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_of_another_database_does_not_hold_this_one_up() {
+    let Some(url) = posthog_track_tests::database_url("MYSQL_URL") else {
+        return;
+    };
+    let other = posthog_track_tests::isolated_mysql(&url, "migrate_lock_other").await;
+    let this = posthog_track_tests::isolated_mysql(&url, "migrate_lock_this").await;
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(&other).await.unwrap();
+    // A migration of the other database in progress holds its lock (under this version's name,
+    // and an earlier version's).
+    let mut migrating = other.acquire().await.unwrap();
+    let lock = "SELECT GET_LOCK(CONCAT('posthog_outbox_migrate.', MD5(DATABASE())), 0), \
+                GET_LOCK('posthog_outbox_migrate', 0)";
+    sqlx::query(lock).execute(&mut *migrating).await.unwrap();
+    let migrated =
+        tokio::time::timeout(std::time::Duration::from_secs(30), tracker.migrate(&this)).await;
+    sqlx::query("SELECT RELEASE_ALL_LOCKS()")
+        .execute(&mut *migrating)
+        .await
+        .unwrap();
+    migrated
+        .expect("migrate waited for another database's migration")
+        .unwrap();
+}

@@ -376,10 +376,14 @@ pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
             Ok(())
         }
         Dialect::MySql => {
-            // MySQL commits DDL implicitly, so a session lock serialises the migrations.
+            // MySQL commits DDL implicitly, so a session lock serialises the migrations. Named
+            // locks belong to the server: the name is this database's (at most 64 characters),
+            // so that migrations of other databases on the server do not wait for each other.
             let got = DB::fetch_one(
                 &mut conn,
-                sqlx::query("SELECT GET_LOCK('posthog_outbox_migrate', 60)"),
+                sqlx::query(
+                    "SELECT GET_LOCK(CONCAT('posthog_outbox_migrate.', MD5(DATABASE())), 60)",
+                ),
             )
             .await?;
             if DB::int(&got, 0)? != 1 {
@@ -390,7 +394,9 @@ pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
             let result = migrate_locked::<DB>(&mut conn).await;
             DB::execute(
                 &mut conn,
-                sqlx::query("SELECT RELEASE_LOCK('posthog_outbox_migrate')"),
+                sqlx::query(
+                    "SELECT RELEASE_LOCK(CONCAT('posthog_outbox_migrate.', MD5(DATABASE())))",
+                ),
             )
             .await?;
             result
