@@ -324,12 +324,23 @@ async fn backfill_survives_a_crash(pool: &impl Source<Person>, _url: &str) {
     let (mock, tracker) = tracking().await;
     people(&tracker, pool.sqlx(), 3_000).await;
 
-    let crashed = tokio::time::timeout(
-        Duration::from_millis(300),
-        tracker.backfill::<Person>(pool).rate(5_000).run(),
-    )
-    .await;
-    assert!(crashed.is_err(), "3,000 events at 5,000/s outlast 300 ms");
+    // Dropped 50 ms after its first page committed, however long that page took on a busy
+    // machine (a fixed timeout could end before any page committed, and nothing was resumed):
+    // 3,000 events at 5,000/s need 600 ms, so the run is still going.
+    let first_page = std::sync::Arc::new(tokio::sync::Notify::new());
+    let committed = first_page.clone();
+    let run = tracker
+        .backfill::<Person>(pool)
+        .rate(5_000)
+        .on_progress(move |_| committed.notify_one())
+        .run();
+    tokio::select! {
+        finished = run => panic!("3,000 events at 5,000/s outlast the first page: {finished:?}"),
+        () = async {
+            first_page.notified().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } => {}
+    }
     // A dropped future is not a dead process: the page commit it had already sent may still
     // land after the timeout, moving the checkpoint under the resumed run. The resumed run
     // then refuses with `BackfillConflict` (the guard against two runs at once), and running
