@@ -698,3 +698,32 @@ fn an_older_plan_marking_milestone_properties_as_person_is_no_change() {
     let changes: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
     assert!(changes.is_empty(), "{changes:?}");
 }
+
+/// A flag-routed model with a person property: its writes send `$set`, but the backfill
+/// refuses it (a run reads one table), so the plan must not promise a backfill `$set`.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(
+    table = "plan_routed_profiles",
+    distinct_id = id,
+    insert_event = "plan_routed_profile_created",
+    table_variant(flag = "profiles-v2", variant = "test", table = "plan_routed_profiles_v2")
+)]
+pub struct RoutedProfile {
+    #[tracked(key, property = "profile_id")]
+    pub id: String,
+    #[tracked(person)]
+    pub email: String,
+}
+
+#[test]
+fn a_flag_routed_model_plans_no_backfill() {
+    let plan = TrackingPlan::collect();
+    let routed: Vec<&str> = plan
+        .events
+        .iter()
+        .filter(|event| event.model == "RoutedProfile")
+        .map(|event| event.trigger.as_str())
+        .collect();
+    assert!(routed.contains(&"insert"), "{routed:?}");
+    assert!(!routed.contains(&"backfill"), "{routed:?}");
+}

@@ -224,8 +224,7 @@ impl TrackingPlan {
             .filter(|f| f.property.is_some())
             .collect();
         // Every event a write of a flag-routed model stages carries `$feature/<flag>` with the
-        // flag's value for the row's user (not when the flag could not be decided, nor on a
-        // backfill, which routes nothing).
+        // flag's value for the row's user (not when the flag could not be decided).
         let mut flags: Vec<&str> = Vec::new();
         for variant in model.table_variants {
             if !flags.contains(&variant.flag) {
@@ -328,9 +327,12 @@ impl TrackingPlan {
             properties.extend(every(&|_| false, &|f| f.person.is_some()));
             self.events.push(event("$identify", "identify", properties));
         }
-        if model.identify || model.fields.iter().any(|f| f.person.is_some()) {
-            // A backfill's person update: the person properties of one row (`None` as `$unset`),
-            // and no flag (a backfill routes nothing).
+        if model.table_variants.is_empty()
+            && (model.identify || model.fields.iter().any(|f| f.person.is_some()))
+        {
+            // A backfill's person update: the person properties of one row (a `None` left
+            // out), and no flag. A flag-routed model is refused by the backfill (a run reads
+            // one table), so it has none.
             let mut properties = every(&|_| false, &|f| f.person.is_some());
             properties.retain(|p| !p.name.starts_with("$feature/"));
             self.events.push(event("$set", "backfill", properties));
