@@ -942,9 +942,9 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
             // Those with no ids: none (an empty filter would read as no filter: all of them).
             Some([]) => Ok(0),
             // Every backend bounds the parameters of a statement: a long list goes in chunks.
-            Some(ids) if ids.len() > REQUEUE_CHUNK => {
+            Some(ids) if ids.len() > IDS_PER_STATEMENT => {
                 let mut moved = 0;
-                for chunk in ids.chunks(REQUEUE_CHUNK) {
+                for chunk in ids.chunks(IDS_PER_STATEMENT) {
                     moved += self.requeue_chunk(Some(chunk)).await?;
                 }
                 Ok(moved)
@@ -953,7 +953,7 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         }
     }
 
-    /// [`requeue`](Outbox::requeue) of all dead events, or of at most [`REQUEUE_CHUNK`] ids.
+    /// [`requeue`](Outbox::requeue) of all dead events, or of at most [`IDS_PER_STATEMENT`] ids.
     async fn requeue_chunk(&self, ids: Option<&[i64]>) -> Result<u64> {
         let bind = |sql: String, ids: &[i64]| {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -1004,7 +1004,7 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         .map(|row| DB::int(row, 0))
         .collect::<std::result::Result<Vec<i64>, _>>()?;
         let mut copied = 0;
-        for chunk in chosen.chunks(REQUEUE_CHUNK) {
+        for chunk in chosen.chunks(IDS_PER_STATEMENT) {
             let filter = id_filter(DB::DIALECT, chunk, 1);
             let copy = format!(
                 "INSERT INTO posthog_outbox (uuid, event, distinct_id, timestamp, payload, \
@@ -1041,9 +1041,10 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
     }
 }
 
-/// Dead rows moved per statement by a requeue (and ids named per statement): far under every
-/// backend's bind limit (SQLite's 32,766, PostgreSQL's and MySQL's 65,535).
-const REQUEUE_CHUNK: usize = 1_000;
+/// Ids named in one statement (a requeue's, a relay claim's lease, hand-back and
+/// settlement): far under every backend's bind limit (SQLite's 32,766, PostgreSQL's and
+/// MySQL's 65,535), so a list of any length goes in chunks of this many.
+pub(crate) const IDS_PER_STATEMENT: usize = 500;
 
 /// ` WHERE id IN (...)` for `ids`, or nothing when there are none.
 fn id_filter(dialect: Dialect, ids: &[i64], first: usize) -> String {

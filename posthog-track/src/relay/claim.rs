@@ -26,15 +26,14 @@ use sqlx::Pool;
 
 use crate::backend::{Backend, Dialect};
 use crate::error::Result;
+// A claim (`batch_size`) may hold more rows than a statement may bind parameters: its ids go
+// in chunks.
+use crate::outbox::IDS_PER_STATEMENT;
 
 /// Payloads up to this size come back with the claim itself; larger ones are read one by one
 /// while the claim's byte budget lasts, so a claim never holds more than
 /// `batch_size x INLINE_PAYLOAD_BYTES + max_claim_bytes` of payload in memory.
 const INLINE_PAYLOAD_BYTES: i64 = 16 * 1024;
-
-/// Ids named per statement: a claim (`batch_size`) may hold more rows than a statement may
-/// bind parameters (SQLite 32,766; PostgreSQL and MySQL 65,535).
-const IDS_PER_STATEMENT: usize = 500;
 
 /// How much failure history a row keeps (`last_error`, newest last).
 const HISTORY_BYTES: i64 = 2000;
