@@ -186,7 +186,7 @@ impl TrackerBuilder {
         /// How long a relay's claim on outbox rows lasts (default 60 s; at least 250 ms).
         pub fn lease(lease: Duration) => dispatch.relay.lease = lease;
 
-        /// Polling bounds of an idle relay (default 50 ms growing to 2 s).
+        /// Polling bounds of an idle relay (default 50 ms growing to 2 s; at least 10 ms).
         pub fn poll_interval(min: Duration, max: Duration) =>
             dispatch.relay.min_poll = min,
             dispatch.relay.max_poll = max.max(min);

@@ -91,9 +91,9 @@ enum Command {
         /// a lone event after a quiet spell still leaves at once.
         #[arg(long, default_value_t = 80)]
         linger_ms: u64,
-        /// Milliseconds between polls of an idle relay, instead of the adaptive default (50 ms
-        /// growing to 2 s). On PostgreSQL, commits of processes that run no relay wake it at
-        /// once (LISTEN/NOTIFY), whatever this says.
+        /// Milliseconds between polls of an idle relay (at least 10), instead of the adaptive
+        /// default (50 ms growing to 2 s). On PostgreSQL, commits of processes that run no relay
+        /// wake it at once (LISTEN/NOTIFY), whatever this says.
         #[arg(long)]
         poll_interval_ms: Option<u64>,
         /// PostgreSQL: write a lease into the claimed rows (as on MySQL/MariaDB and SQLite)

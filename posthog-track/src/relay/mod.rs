@@ -60,8 +60,8 @@ pub struct RelayOptions {
     pub lease: Duration,
     /// Waits between retries of failed deliveries.
     pub backoff: Backoff,
-    /// Polling interval when idle grows from `min_poll` to `max_poll`; a local commit wakes the
-    /// relay at once.
+    /// Polling interval when idle grows from `min_poll` (at least 10 ms) to `max_poll`; a local
+    /// commit wakes the relay at once.
     pub min_poll: Duration,
     /// See `min_poll`.
     pub max_poll: Duration,
@@ -233,6 +233,17 @@ impl<DB: Backend> Relay<DB> {
     /// other relays send them again meanwhile.
     fn lease(&self) -> Duration {
         self.options.lease.max(MIN_LEASE)
+    }
+
+    /// The shortest idle poll, at least [`MIN_POLL`]: a zero interval (`relay
+    /// --poll-interval-ms 0`) would send a claim to the database back to back, thousands a
+    /// second, while the outbox is empty.
+    fn min_poll(&self) -> Duration {
+        self.options.min_poll.max(MIN_POLL)
+    }
+
+    fn max_poll(&self) -> Duration {
+        self.options.max_poll.max(self.min_poll())
     }
 
     fn lease_millis(&self) -> i64 {
@@ -874,7 +885,7 @@ impl<DB: Backend> Relay<DB> {
     async fn run_loop(&self, mut stop: watch::Receiver<bool>) {
         // On PostgreSQL, commits of processes without a relay wake this one too.
         let _listening = wake::listen(&self.pool, self.wake.clone());
-        let mut idle = self.options.min_poll;
+        let mut idle = self.min_poll();
         let mut errors = 0u32;
         let mut sampled = None;
         loop {
@@ -896,14 +907,14 @@ impl<DB: Backend> Relay<DB> {
                     if let Some(backoff) = pass.backoff {
                         (backoff, false)
                     } else if pass.claimed > 0 {
-                        idle = self.options.min_poll;
+                        idle = self.min_poll();
                         match self.linger_after(&pass) {
                             Some(linger) => (linger, false),
                             None => continue,
                         }
                     } else {
                         let wait = idle;
-                        idle = (idle * 2).min(self.options.max_poll);
+                        idle = (idle * 2).min(self.max_poll());
                         (wait, true)
                     }
                 }
@@ -915,7 +926,7 @@ impl<DB: Backend> Relay<DB> {
                 }
             };
             tokio::select! {
-                _ = self.wake.notified(), if wakeable => idle = self.options.min_poll,
+                _ = self.wake.notified(), if wakeable => idle = self.min_poll(),
                 _ = tokio::time::sleep(wait) => {}
                 changed = stop.changed() => {
                     if changed.is_err() {
@@ -957,6 +968,9 @@ fn fates_summary(
 /// every third of it while a send is in flight.
 const MIN_LEASE: Duration = Duration::from_millis(250);
 
+/// The shortest wait between two polls of an empty outbox, whatever the relay was given.
+const MIN_POLL: Duration = Duration::from_millis(10);
+
 /// How long past its timeout a drain waits for the database before it gives up on it (see
 /// `drain_for`).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
@@ -988,4 +1002,22 @@ fn history_entry(reason: &str) -> String {
         "{} {reason}",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tracker;
+
+    #[tokio::test]
+    async fn a_zero_poll_interval_still_waits_between_polls() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let tracker = Tracker::builder()
+            .api_key("phc_poll")
+            .poll_interval(Duration::ZERO, Duration::ZERO)
+            .build();
+        let relay = tracker.relay(pool);
+        assert_eq!(relay.min_poll(), MIN_POLL);
+        assert_eq!(relay.max_poll(), MIN_POLL);
+    }
 }
