@@ -903,32 +903,22 @@ async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
             std::future::poll_fn(|cx| std::task::Poll::Ready(insert.as_mut().poll(cx))).await;
         polled.is_ready()
     };
-    // (sqlx's MySQL connection is out of step after a cancelled statement: its next query
-    // may wait forever.)
-    let later = if DB::DIALECT == Dialect::MySql {
-        None
-    } else {
-        Some(after.clone().insert(&mut tx).await)
-    };
+    // (Refused before it sends anything when the first did not finish: on MySQL/MariaDB the
+    // connection may be out of step then, see the next test.)
+    let later = after.clone().insert(&mut tx).await;
     if finished {
-        later.transpose().unwrap();
+        later.unwrap();
         // (sqlx may finish a statement within one poll: nothing was cancelled then.)
         tx.commit().await.unwrap();
-        let written = if DB::DIALECT == Dialect::MySql { 1 } else { 2 };
-        assert_eq!(
-            committed_visits(pool, &[&cancelled.id, &after.id]).await,
-            written
-        );
+        assert_eq!(committed_visits(pool, &[&cancelled.id, &after.id]).await, 2);
         return;
     }
-    if let Some(later) = later {
-        // A transaction that can only roll back takes no more writes.
-        let error = later.unwrap_err();
-        assert!(
-            matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
-            "{error:?}"
-        );
-    }
+    // A transaction that can only roll back takes no more writes.
+    let error = later.unwrap_err();
+    assert!(
+        matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
+        "{error:?}"
+    );
     let error = tx.commit().await.unwrap_err();
     assert!(
         matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
@@ -937,6 +927,144 @@ async fn a_cancelled_write_never_commits_rows_without_events<DB: Schema>(
     assert_eq!(committed_visits(pool, &[&cancelled.id, &after.id]).await, 0);
 }
 on_every_backend!(a_cancelled_write_never_commits_rows_without_events);
+
+/// sqlx's MySQL connection cannot resume after a statement's future is dropped half-way (here
+/// while the insert is being prepared): its next statement waits for an answer the server
+/// never sends (sqlx#563). The `ROLLBACK` that `commit` and `rollback` send after a cancelled
+/// write hung there for good (a CI run hung 90 minutes on it), and the transaction's row locks
+/// were held until the server's `wait_timeout`. Such a connection is closed instead: both
+/// return at once, the locks are gone and the pool goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cancelled_mid_statement_on_mariadb_neither_hangs_nor_holds_locks() {
+    use std::time::Duration;
+    let Some(url) = posthog_track_tests::database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql(&url, "bulk_cancel_mid_statement").await;
+    let tracker = tracker(&pool).await;
+    let visitor = unique("visitor");
+    let server = {
+        let options = pool.connect_options();
+        let host = if options.get_host() == "localhost" {
+            "127.0.0.1"
+        } else {
+            options.get_host()
+        };
+        tokio::net::lookup_host((host, options.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = slow_proxy(server, Duration::from_millis(50)).await;
+    for end in ["commit", "rollback"] {
+        // A pool of its own, whose connection has not prepared the insert yet, reaching the
+        // server through a proxy that holds its answers back: the first poll sends the
+        // prepare, and its answer is still on its way when the insert is dropped.
+        let fresh = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                (*pool.connect_options())
+                    .clone()
+                    .host("127.0.0.1")
+                    .port(proxy.port()),
+            )
+            .await
+            .unwrap();
+        let cancelled = Visit {
+            id: unique("v"),
+            visitor: Some(visitor.clone()),
+            session: None,
+        };
+        let mut tx = tracker.begin(&fresh).await.unwrap();
+        {
+            let mut insert = std::pin::pin!(cancelled.clone().insert(&mut tx));
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(insert.as_mut().poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "{end}: the insert finished in one poll"
+            );
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            match end {
+                "commit" => tx.commit().await,
+                _ => tx.rollback().await,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{end} after a cancelled write hung"));
+        if end == "commit" {
+            let error = ended.unwrap_err();
+            assert!(
+                matches!(error, Error::IncompleteWrite { table: "bk_visits" }),
+                "{error:?}"
+            );
+        } else {
+            ended.unwrap();
+        }
+        // No lock of the cancelled insert is left: the same key is free at once.
+        let mut other = pool.acquire().await.unwrap();
+        sqlx::query("SET SESSION innodb_lock_wait_timeout = 5")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO bk_visits (id, visitor) VALUES (?, ?)")
+            .bind(&cancelled.id)
+            .bind(&visitor)
+            .execute(&mut *other)
+            .await
+            .unwrap_or_else(|error| panic!("{end}: the cancelled row is still locked: {error}"));
+        // The pool's one connection slot is usable again.
+        let alive = tokio::time::timeout(
+            Duration::from_secs(30),
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&fresh),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{end}: the pool's connection never came back"));
+        assert_eq!(alive.unwrap(), 1);
+        fresh.close().await;
+    }
+}
+
+/// A TCP proxy to `server` that holds each answer of the server back for `delay`.
+async fn slow_proxy(
+    server: std::net::SocketAddr,
+    delay: std::time::Duration,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                let requests = tokio::io::copy(&mut from_client, &mut to_server);
+                let answers = async {
+                    let mut buffer = vec![0; 64 * 1024];
+                    loop {
+                        let read = from_server.read(&mut buffer).await?;
+                        if read == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        tokio::time::sleep(delay).await;
+                        to_client.write_all(&buffer[..read]).await?;
+                    }
+                };
+                // Either side closing closes both.
+                tokio::select! {
+                    _ = requests => {}
+                    _ = answers => {}
+                }
+            });
+        }
+    });
+    address
+}
 
 /// PostgreSQL aborts a transaction at a failed statement and answers its `COMMIT` with a
 /// rollback: `commit` must not report that as committed (it returned `Ok` for a transaction

@@ -401,6 +401,16 @@ pub fn relay_command(
     command
 }
 
+/// Runs a scenario, failing it after ten minutes: a test that hangs (a CI run once waited 90
+/// minutes on one) fails with its name instead of stalling the whole suite.
+pub async fn bounded<T>(scenario: &str, run: impl std::future::Future<Output = T>) -> T {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    match tokio::time::timeout(LIMIT, run).await {
+        Ok(done) => done,
+        Err(_) => panic!("scenario `{scenario}` did not finish in {LIMIT:?}: it hangs"),
+    }
+}
+
 /// Runs `async fn $scenario<DB: Backend>(pool: &Pool<DB>, url: &str)` as three tests: on a
 /// SQLite file, on a PostgreSQL schema and on a MariaDB database of its own (the URL reaches
 /// the same database, for other processes). Scenario names must be unique across test files.
@@ -413,7 +423,7 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 let (pool, url, dir) = $crate::sqlite_file(stringify!($scenario)).await;
-                super::$scenario(&pool, &url).await;
+                $crate::bounded(stringify!($scenario), super::$scenario(&pool, &url)).await;
                 pool.close().await;
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -426,7 +436,7 @@ macro_rules! on_every_backend {
                 let scenario = stringify!($scenario);
                 let pool = $crate::isolated_postgres(&url, scenario).await;
                 let url = $crate::with_search_path(&url, &format!("pt_{scenario}"));
-                super::$scenario(&pool, &url).await;
+                $crate::bounded(scenario, super::$scenario(&pool, &url)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +450,7 @@ macro_rules! on_every_backend {
                     .await
                     .unwrap();
                 let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
-                super::$scenario(&pool, &url).await;
+                $crate::bounded(stringify!($scenario), super::$scenario(&pool, &url)).await;
             }
         }
     };

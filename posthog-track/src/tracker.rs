@@ -87,11 +87,10 @@ impl Tracker {
         pool: &Pool<DB>,
     ) -> Result<TrackedTransaction<'static, DB>> {
         let relay = self.inner.dispatch.track_pool(pool);
-        Ok(TrackedTransaction::new(
-            pool.begin().await?,
-            self.inner.clone(),
-            relay,
-        ))
+        Ok(
+            TrackedTransaction::new(pool.begin().await?, self.inner.clone(), relay)
+                .with_reconnect(pool.connect_options()),
+        )
     }
 
     /// Tracks writes in a transaction you already began (on a pool, a connection or as a

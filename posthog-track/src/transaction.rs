@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::{Backend, Dialect};
 use crate::context::TrackingContext;
@@ -46,7 +47,18 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     anonymous_merged: Option<(usize, uuid::Uuid)>,
     /// Whether a tracked write is under way, or left rows without their events.
     write: WriteState,
+    /// The pool's connect options, when the transaction came from [`Tracker::begin`]: what
+    /// [`close_cancelled`](Self::close_cancelled) opens a connection with.
+    ///
+    /// [`Tracker::begin`]: crate::Tracker::begin
+    reconnect: Option<Arc<ConnectOptionsOf<DB>>>,
 }
+
+type ConnectOptionsOf<DB> = <<DB as sqlx::Database>::Connection as sqlx::Connection>::Options;
+
+/// How long ending a transaction whose write was cancelled may take before the connection is
+/// given up: a `ROLLBACK` normally answers in milliseconds.
+const ABANDON_AFTER: Duration = Duration::from_secs(10);
 
 /// Where the tracked writes of a transaction stand: a write whose statement may have changed
 /// rows, and that then failed or was dropped before staging its events, leaves rows that must
@@ -92,7 +104,14 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             context_stamps: Vec::new(),
             anonymous_merged: None,
             write: WriteState::Clean,
+            reconnect: None,
         }
+    }
+
+    /// The transaction came from a pool with these connect options.
+    pub(crate) fn with_reconnect(mut self, options: Arc<ConnectOptionsOf<DB>>) -> Self {
+        self.reconnect = Some(options);
+        self
     }
 
     /// Ties the transaction to a request: its events carry the context's `$session_id` and
@@ -211,7 +230,7 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
         if let WriteState::Writing { table, .. } | WriteState::Broken { table } = self.write {
             // A write failed or was cancelled after its statement was sent: its rows may be
             // in the transaction without their events (or, folded, events without the rest).
-            if let Err(error) = self.tx.rollback().await {
+            if let Err(error) = self.end_incomplete().await {
                 // The connection goes back to the pool without the transaction either way.
                 tracing::warn!(%error, "posthog-track: rolling back an incomplete write failed");
             }
@@ -241,9 +260,78 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     }
 
     /// Rolls back: no row and no event of this transaction remains.
+    ///
+    /// After a tracked write whose future was dropped on MySQL/MariaDB, the connection is
+    /// closed instead (the server rolls back a transaction whose connection closes), and the
+    /// pool opens a new one: sqlx cannot resume a MySQL connection whose statement was cut
+    /// off half-way, and its `ROLLBACK` could wait forever.
     pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await?;
-        Ok(())
+        self.end_incomplete().await
+    }
+
+    /// Rolls back, by closing the connection when a cancelled write may have left it out of
+    /// step (see [`close_cancelled`](Self::close_cancelled)).
+    async fn end_incomplete(mut self) -> Result<()> {
+        let cancelled = matches!(self.write, WriteState::Writing { .. });
+        if !(cancelled && DB::DIALECT == Dialect::MySql) {
+            self.tx.rollback().await?;
+            return Ok(());
+        }
+        if self.close_cancelled().await {
+            return Ok(());
+        }
+        // No pool to open a connection from (`Tracker::track`), or it could not: try the
+        // `ROLLBACK`, bounded, as it may never be answered.
+        match tokio::time::timeout(ABANDON_AFTER, self.tx.rollback()).await {
+            Ok(rolled_back) => Ok(rolled_back?),
+            Err(_) => {
+                tracing::error!(
+                    "posthog-track: the connection did not answer ROLLBACK within {ABANDON_AFTER:?} \
+                     after a tracked write was cancelled (sqlx cannot resume a MySQL connection \
+                     whose statement was cut off); it is given up, and the server rolls the \
+                     transaction back when it closes the connection (`wait_timeout`)"
+                );
+                Err(Error::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the connection did not answer ROLLBACK after a cancelled write",
+                ))))
+            }
+        }
+    }
+
+    /// Closes the connection of a transaction whose write was cancelled, on MySQL/MariaDB,
+    /// where sqlx may have been cut off between sending a statement and reading its answer:
+    /// its next statement would then read that answer as its own, or wait forever for one the
+    /// server never sends (sqlx#563), with the transaction's locks held. Closing the socket
+    /// rolls the transaction back at once. In its place goes a connection opened with the
+    /// pool's options and closed by the server at once (`KILL CONNECTION_ID()`): the pool tests
+    /// it on release, finds it closed, and opens new ones with its own `after_connect` hooks,
+    /// which a connection opened here would lack. Returns whether it closed the connection.
+    async fn close_cancelled(&mut self) -> bool {
+        let Some(options) = self.reconnect.clone() else {
+            return false;
+        };
+        let opened = tokio::time::timeout(ABANDON_AFTER, async {
+            let mut stand_in = sqlx::ConnectOptions::connect(&*options).await?;
+            // Answered with an error (the connection was killed) or with a closed socket.
+            let _ = DB::execute(&mut stand_in, sqlx::query("KILL CONNECTION_ID()")).await;
+            Ok::<_, sqlx::Error>(stand_in)
+        })
+        .await;
+        match opened {
+            Ok(Ok(stand_in)) => {
+                // Dropping the connection closes its socket (and the transaction with it);
+                // the sqlx transaction now holds one that is in none, so it queues no
+                // `ROLLBACK` when dropped.
+                drop(std::mem::replace(&mut *self.tx, stand_in));
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "posthog-track: no connection to stand in for one left out of step by a cancelled write");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// A tracked write to `table` begins, or is refused: after a write that did not finish (a
