@@ -931,46 +931,69 @@ on_every_backend!(a_cancelled_write_never_commits_rows_without_events);
 /// sqlx's MySQL connection cannot resume after a statement's future is dropped half-way (here
 /// while the insert is being prepared): its next statement waits for an answer the server
 /// never sends (sqlx#563). The `ROLLBACK` that `commit` and `rollback` send after a cancelled
-/// write hung there for good (a CI run hung 90 minutes on it), and the transaction's row locks
-/// were held until the server's `wait_timeout`. Such a connection is closed instead: both
-/// return at once, the locks are gone and the pool goes on working.
+/// write could hang there for good (a CI run hung 90 minutes on it), and the pool's slot was
+/// lost. Such a connection is closed instead: both return at once, the row's locks are gone
+/// and the pool goes on working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_cancelled_mid_statement_on_mariadb_neither_hangs_nor_holds_locks() {
-    use std::time::Duration;
     let Some(url) = posthog_track_tests::database_url("MYSQL_URL") else {
         return;
     };
     let pool = posthog_track_tests::isolated_mysql(&url, "bulk_cancel_mid_statement").await;
-    let tracker = tracker(&pool).await;
-    let visitor = unique("visitor");
-    let server = {
-        let options = pool.connect_options();
-        let host = if options.get_host() == "localhost" {
-            "127.0.0.1"
-        } else {
-            options.get_host()
-        };
-        tokio::net::lookup_host((host, options.get_port()))
+    let options = pool.connect_options();
+    let proxy = slow_proxy(options.get_host(), options.get_port()).await;
+    let through_proxy = async || {
+        sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect_with((*options).clone().host("127.0.0.1").port(proxy))
             .await
-            .unwrap()
-            .next()
             .unwrap()
     };
-    let proxy = slow_proxy(server, Duration::from_millis(50)).await;
-    for end in ["commit", "rollback"] {
-        // A pool of its own, whose connection has not prepared the insert yet, reaching the
-        // server through a proxy that holds its answers back: the first poll sends the
-        // prepare, and its answer is still on its way when the insert is dropped.
-        let fresh = sqlx::mysql::MySqlPoolOptions::new()
+    cancelled_mid_statement(
+        &pool,
+        through_proxy,
+        "SET SESSION innodb_lock_wait_timeout = 5",
+    )
+    .await;
+}
+
+/// The same on PostgreSQL, whose sqlx connection reads past the answers of a statement cut
+/// off half-way: the `ROLLBACK` goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cancelled_mid_statement_on_postgres_neither_hangs_nor_holds_locks() {
+    let Some(url) = posthog_track_tests::database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "bulk_cancel_mid_statement").await;
+    let options = pool.connect_options();
+    let proxy = slow_proxy(options.get_host(), options.get_port()).await;
+    let through_proxy = async || {
+        sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(
-                (*pool.connect_options())
-                    .clone()
-                    .host("127.0.0.1")
-                    .port(proxy.port()),
-            )
+            .connect_with((*options).clone().host("127.0.0.1").port(proxy))
             .await
-            .unwrap();
+            .unwrap()
+    };
+    cancelled_mid_statement(&pool, through_proxy, "SET lock_timeout = '5s'").await;
+}
+
+/// Cancels an insert after its first poll on a pool of its own (`through_proxy`: one
+/// connection, which has not prepared the insert yet, reaching the server through a proxy
+/// that holds its answers back, so the prepare's answer is still on its way), then ends the
+/// transaction with `commit` and with `rollback`: neither may hang, the row's locks must be
+/// gone (`lock_timeout` bounds the wait for them) and the pool must work again.
+async fn cancelled_mid_statement<DB: Schema>(
+    pool: &Pool<DB>,
+    through_proxy: impl AsyncFn() -> Pool<DB>,
+    lock_timeout: &'static str,
+) where
+    Visit: TrackedRow<DB>,
+{
+    use std::time::Duration;
+    let tracker = tracker(pool).await;
+    let visitor = unique("visitor");
+    for end in ["commit", "rollback"] {
+        let fresh = through_proxy().await;
         let cancelled = Visit {
             id: unique("v"),
             visitor: Some(visitor.clone()),
@@ -1005,36 +1028,48 @@ async fn a_write_cancelled_mid_statement_on_mariadb_neither_hangs_nor_holds_lock
         }
         // No lock of the cancelled insert is left: the same key is free at once.
         let mut other = pool.acquire().await.unwrap();
-        sqlx::query("SET SESSION innodb_lock_wait_timeout = 5")
-            .execute(&mut *other)
+        DB::execute(&mut other, sqlx::query(lock_timeout))
             .await
             .unwrap();
-        sqlx::query("INSERT INTO bk_visits (id, visitor) VALUES (?, ?)")
-            .bind(&cancelled.id)
-            .bind(&visitor)
-            .execute(&mut *other)
+        let row = Visit {
+            visitor: Some(visitor.clone()),
+            ..cancelled
+        };
+        let mut tx = tracker.track(sqlx::Connection::begin(&mut *other).await.unwrap());
+        row.insert(&mut tx)
             .await
             .unwrap_or_else(|error| panic!("{end}: the cancelled row is still locked: {error}"));
+        tx.rollback().await.unwrap();
         // The pool's one connection slot is usable again.
-        let alive = tokio::time::timeout(
-            Duration::from_secs(30),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&fresh),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{end}: the pool's connection never came back"));
-        assert_eq!(alive.unwrap(), 1);
+        let alive = tokio::time::timeout(Duration::from_secs(30), fresh.acquire())
+            .await
+            .unwrap_or_else(|_| panic!("{end}: the pool's connection never came back"));
+        let mut alive = alive.unwrap();
+        DB::execute(&mut alive, sqlx::query("SELECT 1"))
+            .await
+            .unwrap();
+        drop(alive);
         fresh.close().await;
     }
 }
 
-/// A TCP proxy to `server` that holds each answer of the server back for `delay`.
-async fn slow_proxy(
-    server: std::net::SocketAddr,
-    delay: std::time::Duration,
-) -> std::net::SocketAddr {
+/// A TCP proxy on 127.0.0.1 to the server at `host`:`port` that holds each of the server's
+/// answers back for 50 ms; returns its port.
+async fn slow_proxy(host: &str, port: u16) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let delay = std::time::Duration::from_millis(50);
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let server = tokio::net::lookup_host((host, port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let address = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             tokio::spawn(async move {
