@@ -371,6 +371,22 @@ pub(crate) async fn migrate<DB: Backend>(pool: &Pool<DB>) -> Result<()> {
                 sqlx::query("SELECT pg_advisory_xact_lock(7135245019)"),
             )
             .await?;
+            // An outbox that the search_path finds in a later schema than the first (the path
+            // grew an application schema in front of it) is the one to upgrade: for this
+            // transaction, its schema comes first, so that `CREATE TABLE IF NOT EXISTS` (which
+            // looks only in the schema it creates in) never makes a second, empty outbox that
+            // would shadow it and strand its events.
+            DB::execute(
+                &mut tx,
+                sqlx::query(
+                    "SELECT set_config('search_path', \
+                         quote_ident(n.nspname) || ', ' || current_setting('search_path'), true) \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.oid = to_regclass('posthog_outbox') \
+                       AND n.nspname IS DISTINCT FROM current_schema()",
+                ),
+            )
+            .await?;
             migrate_locked::<DB>(&mut tx).await?;
             tx.commit().await?;
             Ok(())
@@ -578,9 +594,11 @@ async fn at_baseline<DB: Backend>(conn: &mut DB::Connection) -> Result<bool> {
 /// The outbox table's columns, lower case (none when it does not exist).
 async fn columns_of<DB: Backend>(conn: &mut DB::Connection) -> Result<Vec<String>> {
     let columns_sql = match DB::DIALECT {
+        // The table the search_path finds, as every statement on it does (not only one in
+        // the first schema of the path).
         Dialect::Postgres => {
-            "SELECT column_name::TEXT FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox'"
+            "SELECT attname::TEXT FROM pg_attribute \
+             WHERE attrelid = to_regclass('posthog_outbox') AND attnum > 0 AND NOT attisdropped"
         }
         Dialect::MySql => {
             "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
@@ -599,10 +617,7 @@ async fn columns_of<DB: Backend>(conn: &mut DB::Connection) -> Result<Vec<String
 /// otherwise.
 fn schema_table_exists_sql(dialect: Dialect) -> &'static str {
     match dialect {
-        Dialect::Postgres => {
-            "SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_outbox_schema'"
-        }
+        Dialect::Postgres => "SELECT 1 WHERE to_regclass('posthog_outbox_schema') IS NOT NULL",
         Dialect::MySql => {
             "SELECT 1 FROM information_schema.tables \
              WHERE table_schema = DATABASE() AND table_name = 'posthog_outbox_schema'"

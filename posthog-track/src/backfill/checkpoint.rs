@@ -72,6 +72,9 @@ pub(crate) struct Checkpoint {
     pub generation: i64,
 }
 
+/// A row when the search_path finds `posthog_backfill` on PostgreSQL (in whichever schema).
+const POSTGRES_TABLE_FOUND: &str = "SELECT 1 WHERE to_regclass('posthog_backfill') IS NOT NULL";
+
 /// Creates the table if needed and reads checkpoint `name`, creating it (empty) when it does
 /// not exist yet. Safe when two processes start the same backfill at once: both read the
 /// same checkpoint, and the generation fence of [`advance`] stops the one that commits second.
@@ -92,7 +95,13 @@ pub(crate) async fn load<DB: Backend>(
             sqlx::query("SELECT pg_advisory_xact_lock(7135245020)"),
         )
         .await?;
-        DB::execute(&mut tx, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+        // Only when the search_path finds no checkpoint table: `CREATE TABLE IF NOT EXISTS`
+        // looks in the first schema of the path alone, and would make an empty table there
+        // that shadows the one in a later schema (every checkpoint lost, every row sent again).
+        let found = DB::fetch_all(&mut tx, sqlx::query(POSTGRES_TABLE_FOUND)).await?;
+        if found.is_empty() {
+            DB::execute(&mut tx, sqlx::query(create_table_sql(DB::DIALECT))).await?;
+        }
         tx.commit().await?;
     } else {
         DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
@@ -127,8 +136,8 @@ pub(crate) async fn peek<DB: Backend>(pool: &Pool<DB>, name: &str) -> Result<Opt
     let mut conn = pool.acquire().await?;
     let exists = match DB::DIALECT {
         Dialect::Postgres => {
-            "SELECT COUNT(*) FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = 'posthog_backfill'"
+            "SELECT COUNT(*) FROM (SELECT to_regclass('posthog_backfill') AS found) AS t \
+             WHERE found IS NOT NULL"
         }
         Dialect::MySql => {
             "SELECT COUNT(*) FROM information_schema.tables \

@@ -1,0 +1,166 @@
+//! Database settings an operator may have set, on the connection or on the server: tracked
+//! writes, the outbox and the relay keep their contract under each (rows and events together,
+//! every committed event delivered once and deleted, nothing stranded or silently changed).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use posthog_track::testing::MockPostHog;
+use posthog_track::{Event, TrackedModel, Tracker};
+use posthog_track_tests::{database_url, tracker_for, unique};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A tracker whose commits start no relay: the scenario decides who delivers.
+fn committer(mock: &MockPostHog) -> Tracker {
+    tracker_for(mock).external_relay(true).build()
+}
+
+/// The uuids `mock` accepted for distinct id `tag`, each exactly once.
+fn delivered_once(mock: &MockPostHog, tag: &str) -> BTreeSet<Uuid> {
+    let mine: Vec<Uuid> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.uuid)
+        .collect();
+    let unique: BTreeSet<Uuid> = mine.iter().copied().collect();
+    assert_eq!(unique.len(), mine.len(), "an event was delivered twice");
+    unique
+}
+
+/// Commits one captured event named `name` for `tag` through `tracker` on `pool`; its uuid.
+async fn commit_one<DB: posthog_track::Backend>(
+    tracker: &Tracker,
+    pool: &sqlx::Pool<DB>,
+    tag: &str,
+    name: &'static str,
+) -> Uuid {
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.to_owned());
+    tx.capture(Event::new(name)).unwrap();
+    let uuid = tx.staged()[0].uuid;
+    tx.commit().await.unwrap();
+    uuid
+}
+
+// PostgreSQL with a search_path that puts the application's own schema before the one that
+// holds the outbox (`ALTER ROLE app SET search_path = app, public` after the outbox was made in
+// `public`). Writes and relays find the outbox through the path; `migrate` looked for it in the
+// first schema only (`current_schema()`), found nothing, and created a second, empty outbox
+// there (`CREATE TABLE IF NOT EXISTS` looks in the schema it creates in), which from then on
+// shadowed the first: the events waiting in it were never delivered, and `drain` said Ok.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_under_a_longer_search_path_keeps_the_outbox_it_finds() {
+    use std::str::FromStr as _;
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let outbox_pool = posthog_track_tests::isolated_postgres(&url, "search_path_outbox").await;
+    drop(posthog_track_tests::isolated_postgres(&url, "search_path_app").await);
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&outbox_pool).await.unwrap();
+    let tag = unique("search-path");
+    let waiting = commit_one(&tracker, &outbox_pool, &tag, "waiting").await;
+    outbox_pool.close().await;
+
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", "pt_search_path_app, pt_search_path_outbox")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    // The next start of the application.
+    tracker.migrate(&pool).await.unwrap();
+    tracker.migrate(&pool).await.unwrap();
+    let after = commit_one(&tracker, &pool, &tag, "after").await;
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    assert_eq!(
+        delivered_once(&mock, &tag),
+        BTreeSet::from([waiting, after]),
+        "the event committed before the path changed is delivered too"
+    );
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT schemaname || '.' || tablename FROM pg_tables \
+         WHERE schemaname = 'pt_search_path_app'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(tables.is_empty(), "no second outbox: {tables:?}");
+    let status = tracker.outbox(&pool).status().await.unwrap();
+    assert_eq!(status.pending, 0, "{status:?}");
+    assert_eq!(
+        tracker.outbox(&pool).schema_version().await.unwrap(),
+        Some(posthog_track::outbox::SCHEMA_VERSION)
+    );
+}
+
+/// A row of a table written before it was tracked: what a backfill sends.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "sp_people", distinct_id = id)]
+struct Person {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(person)]
+    email: String,
+}
+
+// The same for the backfill's checkpoint table: a backfill completed before the path changed
+// found no `posthog_backfill` in the first schema, created an empty one there, and sent every
+// row again.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_under_a_longer_search_path_keeps_its_checkpoint() {
+    use std::str::FromStr as _;
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let base = posthog_track_tests::isolated_postgres(&url, "search_path_backfill").await;
+    drop(posthog_track_tests::isolated_postgres(&url, "search_path_backfill_app").await);
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(&base).await.unwrap();
+    posthog_track_tests::execute(
+        &base,
+        "CREATE TABLE sp_people (id TEXT PRIMARY KEY, email TEXT NOT NULL)",
+    )
+    .await;
+    posthog_track_tests::execute(
+        &base,
+        "INSERT INTO sp_people VALUES ('a', 'a@example.com'), ('b', 'b@example.com')",
+    )
+    .await;
+    let first = tracker.backfill::<Person>(&base).run().await.unwrap();
+    assert!(first.complete && first.events == 2, "{first}");
+    base.close().await;
+
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([(
+            "search_path",
+            "pt_search_path_backfill_app, pt_search_path_backfill",
+        )]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let again = tracker.backfill::<Person>(&pool).run().await.unwrap();
+    assert!(
+        again.already_complete && again.events == 0,
+        "the checkpoint is the one the path finds: {again}"
+    );
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::TEXT FROM pg_tables WHERE schemaname = 'pt_search_path_backfill_app'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(tables.is_empty(), "no second checkpoint table: {tables:?}");
+}
