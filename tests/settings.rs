@@ -164,3 +164,60 @@ async fn a_backfill_under_a_longer_search_path_keeps_its_checkpoint() {
     .unwrap();
     assert!(tables.is_empty(), "no second checkpoint table: {tables:?}");
 }
+
+// MySQL/MariaDB sessions with autocommit off (`autocommit = 0` in the server's configuration,
+// `init_connect`, or a pool's `after_connect`). Tracked transactions are explicit and commit as
+// ever, but the relay's own statements would each open a transaction that nothing commits: its
+// deletes of delivered rows stay invisible (resent after the lease) while their locks block other
+// relays, and its claim failed at once with the server's "Transaction characteristics can't be
+// changed while a transaction is in progress", which names neither the setting nor the fix. The
+// relay refuses such a pool with a typed error that says both, and leaves every event in place.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_sessions_without_autocommit() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "relay_autocommit_off",
+        "SET autocommit = 0",
+    )
+    .await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let plain =
+        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
+            .await
+            .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&plain).await.unwrap();
+    let tag = unique("autocommit-off");
+    let mut committed = BTreeSet::new();
+    for name in ["first", "second"] {
+        committed.insert(commit_one(&tracker, &pool, &tag, name).await);
+    }
+    let relay = tracker.relay(pool.clone());
+    for _ in 0..2 {
+        match relay.drain_for(Duration::from_secs(5)).await {
+            Err(error @ posthog_track::Error::Unsupported { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("autocommit") && message.contains("SET autocommit = 1"),
+                    "{message}"
+                );
+            }
+            other => panic!("the relay must refuse sessions without autocommit: {other:?}"),
+        }
+    }
+    assert!(delivered_once(&mock, &tag).is_empty());
+    let status = tracker.outbox(&plain).status().await.unwrap();
+    assert_eq!((status.pending, status.leased), (2, 0), "{status:?}");
+    // A pool with autocommit on delivers them, once.
+    tracker.relay(plain.clone()).drain_for(WAIT).await.unwrap();
+    assert_eq!(delivered_once(&mock, &tag), committed);
+    assert_eq!(tracker.outbox(&plain).status().await.unwrap().pending, 0);
+}

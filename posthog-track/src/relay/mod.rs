@@ -31,7 +31,7 @@ mod claim;
 mod wake;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Pool;
@@ -195,6 +195,8 @@ pub struct Relay<DB: Backend> {
     clock: std::sync::Mutex<Option<(Instant, chrono::Duration)>>,
     /// A [`RelayState`] as `u8`, kept by `run`.
     state: std::sync::atomic::AtomicU8,
+    /// MySQL/MariaDB: the pool's sessions were seen to autocommit (see `check_session`).
+    session_checked: AtomicBool,
 }
 
 impl<DB: Backend> Relay<DB> {
@@ -221,6 +223,7 @@ impl<DB: Backend> Relay<DB> {
             accepted_at: std::sync::Mutex::new(None),
             clock: std::sync::Mutex::new(None),
             state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
+            session_checked: AtomicBool::new(false),
         }
     }
 
@@ -292,6 +295,7 @@ impl<DB: Backend> Relay<DB> {
             // now would be sent and never waited for.
             return Ok(Pass::default());
         }
+        self.check_session().await?;
         // Before the claim: a held claim keeps its connection until it ends, and reading the
         // clock needs one (a pool of one would wait for itself).
         let clock_offset = self.clock_offset().await;
@@ -702,6 +706,37 @@ impl<DB: Backend> Relay<DB> {
                 last
             }
         }
+    }
+
+    /// MySQL/MariaDB, once per relay: refuses a pool whose sessions run with autocommit off
+    /// (`autocommit = 0` in the server's configuration, `init_connect`, an `after_connect`).
+    /// The relay's statements outside its claim each rely on autocommit: without it, each
+    /// would open a transaction that nothing commits (delivered rows never deleted, so sent
+    /// again after their lease, their locks held against other relays), and the claim fails
+    /// with the server's "Transaction characteristics can't be changed while a transaction is
+    /// in progress", which names neither the setting nor the fix.
+    async fn check_session(&self) -> Result<()> {
+        if DB::DIALECT != crate::backend::Dialect::MySql
+            || self.session_checked.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let row = DB::fetch_one(&mut conn, sqlx::query("SELECT @@autocommit")).await?;
+        if DB::int(&row, 0)? == 0 {
+            return Err(Error::Unsupported {
+                operation: "the relay".to_owned(),
+                backend: DB::DIALECT.name(),
+                reason: "this pool's sessions run with autocommit off (autocommit = 0 in the \
+                         server's configuration, init_connect or the pool's after_connect), \
+                         so each of the relay's statements would open a transaction that \
+                         nothing commits, and delivered events would stay in the outbox; give \
+                         the relay a pool whose sessions run `SET autocommit = 1` (in \
+                         after_connect). Nothing was claimed or sent",
+            });
+        }
+        self.session_checked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn measure_clock(&self) -> Result<chrono::Duration> {
