@@ -221,3 +221,95 @@ async fn a_relay_refuses_sessions_without_autocommit() {
     assert_eq!(delivered_once(&mock, &tag), committed);
     assert_eq!(tracker.outbox(&plain).status().await.unwrap().pending, 0);
 }
+
+/// A note whose body is a tracked property.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "st_notes", distinct_id = owner, insert_event = "note_created")]
+struct Note {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(property)]
+    body: String,
+}
+
+/// Text every MySQL character set of a connection can carry (within the Basic Multilingual
+/// Plane), with what breaks naive SQL.
+const BMP_TEXT: &str = "Zoë 名前 back\\slash \"dq\" 'sq' || pipes";
+/// Characters beyond the Basic Multilingual Plane: four bytes in UTF-8, which a `utf8mb3`
+/// (`utf8`) connection cannot carry.
+const EMOJI_TEXT: &str = "🚀 launch 🎉 𝔘𝔫𝔦𝔠𝔬𝔡𝔢";
+
+// MySQL/MariaDB connections whose character set is `utf8mb3` (`SET NAMES utf8`, a
+// `charset=utf8` in an older configuration) cannot carry four-byte characters such as emoji. The
+// outbox table is utf8mb4, but the payload went through the connection: in strict mode the
+// commit of an event with an emoji in a property failed ("Incorrect string value"), and with
+// strict mode off each emoji was silently stored, and sent to PostHog, as '????'. The payload
+// is JSON: on MySQL/MariaDB such characters are written as JSON escapes (`\ud83d\ude80`), which
+// every connection carries and PostHog reads as the same string.
+
+async fn emoji_survive_a_utf8mb3_connection(scenario: &str, session: &'static str) {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(&url, scenario, session).await;
+    posthog_track_tests::execute(
+        &pool,
+        "CREATE TABLE st_notes (id VARCHAR(100) PRIMARY KEY, owner VARCHAR(100) NOT NULL, \
+         body TEXT NOT NULL) DEFAULT CHARSET = utf8mb4",
+    )
+    .await;
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("utf8mb3");
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    let note = Note {
+        id: format!("{tag}-1"),
+        owner: tag.clone(),
+        body: BMP_TEXT.to_owned(),
+    };
+    note.insert(&mut tx).await.unwrap();
+    tx.capture(
+        Event::new("emoji_sent")
+            .property("text", EMOJI_TEXT)
+            .property(EMOJI_TEXT, "a key too"),
+    )
+    .unwrap();
+    let staged: Vec<serde_json::Value> = tx
+        .staged()
+        .iter()
+        .map(|event| serde_json::from_str(&event.payload).unwrap())
+        .collect();
+    tx.commit().await.unwrap();
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    let received: Vec<serde_json::Value> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.raw)
+        .collect();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for (staged, received) in staged.iter().zip(&received) {
+        assert_eq!(received["properties"], staged["properties"]);
+    }
+    assert_eq!(received[0]["properties"]["body"], BMP_TEXT);
+    assert_eq!(received[1]["properties"]["text"], EMOJI_TEXT);
+    assert_eq!(received[1]["properties"][EMOJI_TEXT], "a key too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emoji_survive_a_utf8mb3_connection_in_strict_mode() {
+    emoji_survive_a_utf8mb3_connection("emoji_utf8mb3_strict", "SET NAMES utf8mb3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emoji_survive_a_utf8mb3_connection_without_strict_mode() {
+    emoji_survive_a_utf8mb3_connection(
+        "emoji_utf8mb3_lax",
+        "SET NAMES utf8mb3, SESSION sql_mode = ''",
+    )
+    .await;
+}

@@ -699,7 +699,36 @@ pub(crate) fn bind_event<DB: Backend>(
     let query = DB::bind_text(query, &event.event);
     let query = DB::bind_text(query, &event.distinct_id);
     let query = DB::bind_text(query, &event.timestamp);
-    DB::bind_text(query, &event.payload)
+    if DB::DIALECT == Dialect::MySql {
+        DB::bind_text(query, &escape_supplementary(&event.payload))
+    } else {
+        DB::bind_text(query, &event.payload)
+    }
+}
+
+/// `payload` (JSON) with every character beyond the Basic Multilingual Plane (emoji: four bytes
+/// in UTF-8) written as a JSON escape, `\ud83d\ude80`, for MySQL/MariaDB: a connection whose
+/// character set is `utf8mb3` cannot carry such characters, and the server refuses the row
+/// (strict mode) or silently stores `?` for each (strict mode off) although the table is
+/// utf8mb4. The escaped JSON is the same value, and PostHog reads it as such. In JSON such
+/// characters only occur inside strings, where escapes are valid.
+fn escape_supplementary(payload: &str) -> std::borrow::Cow<'_, str> {
+    // A four-byte UTF-8 sequence, and only such a sequence, starts with a byte of 0xF0 or more.
+    if !payload.bytes().any(|byte| byte >= 0xF0) {
+        return std::borrow::Cow::Borrowed(payload);
+    }
+    let mut escaped = String::with_capacity(payload.len() + 32);
+    for character in payload.chars() {
+        if u32::from(character) > 0xFFFF {
+            let mut units = [0u16; 2];
+            for unit in character.encode_utf16(&mut units) {
+                escaped.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            escaped.push(character);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 fn insert_sql(dialect: Dialect, events: usize, historical: bool) -> String {
@@ -1222,6 +1251,28 @@ mod tests {
         let outbox = Outbox::new(&pool);
         assert_eq!(outbox.schema_version().await.unwrap(), None);
         assert!(outbox.columns().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn supplementary_characters_are_escaped_into_the_same_json() {
+        let value = serde_json::json!({"🚀 key": "a 🚀 b 𝔘 c ë 名", "plain": "x\\y\"z"});
+        let payload = serde_json::to_string(&value).unwrap();
+        let escaped = escape_supplementary(&payload);
+        assert!(escaped.bytes().all(|byte| byte < 0xF0), "{escaped}");
+        assert!(escaped.contains("\\ud83d\\ude80"), "{escaped}");
+        assert!(
+            escaped.contains("ë 名"),
+            "three-byte characters stay as they are"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&escaped).unwrap(),
+            value
+        );
+        let plain = r#"{"a":"ë 名"}"#;
+        assert!(matches!(
+            escape_supplementary(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
