@@ -313,3 +313,66 @@ async fn emoji_survive_a_utf8mb3_connection_without_strict_mode() {
     )
     .await;
 }
+
+/// Whether the MySQL/MariaDB server behind `pool` knows named time zones (its time zone
+/// tables are loaded: `mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql`, which
+/// `.ci/run` does). Without them a test of a named zone cannot run: under `CI=true` that fails.
+async fn named_time_zones(pool: &sqlx::MySqlPool) -> bool {
+    let zones: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.time_zone_name")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
+    if zones == 0 {
+        assert!(
+            std::env::var("CI").map_or(true, |ci| ci != "true"),
+            "the MariaDB server has no time zone tables; .ci/run loads them"
+        );
+        eprintln!("note: the MariaDB server has no time zone tables; skipping this test");
+    }
+    zones > 0
+}
+
+// MySQL/MariaDB sessions on a time zone with daylight saving time (`time_zone = 'SYSTEM'` on a
+// server whose system zone is local time, MySQL's default, or a named zone). The database's
+// clock in milliseconds was `UNIX_TIMESTAMP(NOW(3))`, which turns the local wall-clock time back
+// into an instant: in the hour repeated when the clocks go back, the second 02:30 reads as the
+// first, an hour early. For that hour the relay timed its requests an hour in the past (PostHog
+// moves every event by the difference between `sent_at` and its arrival: an hour into the
+// future), and leases and backoffs taken just before jumped an hour forward. The clock is now
+// read from `UTC_TIMESTAMP(3)`, which no session time zone changes. The session's clock is set
+// to 01:30 UTC on 2023-10-29, the second 02:30 in Berlin.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_clock_holds_through_the_hour_repeated_at_the_end_of_summer_time() {
+    const SECOND_PASS: i64 = 1_698_543_000; // 2023-10-29T01:30:00Z, 02:30 CET
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "clock_summer_time",
+        "SET time_zone = 'Europe/Berlin', timestamp = 1698543000",
+    )
+    .await;
+    if !named_time_zones(&pool).await {
+        return;
+    }
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("summer-time");
+    let committed = BTreeSet::from([commit_one(&tracker, &pool, &tag, "timed").await]);
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    assert_eq!(delivered_once(&mock, &tag), committed);
+    let requests = mock.requests();
+    assert!(!requests.is_empty());
+    for request in requests {
+        let sent_at = request.body["sent_at"].as_str().unwrap_or_default();
+        let sent_at = chrono::DateTime::parse_from_rfc3339(sent_at).unwrap();
+        let off = (sent_at.timestamp() - SECOND_PASS).abs();
+        assert!(
+            off < 300,
+            "sent_at {sent_at} is not the database's clock (01:30 UTC)"
+        );
+    }
+}

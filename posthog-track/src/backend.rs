@@ -60,10 +60,15 @@ impl Dialect {
     /// The database clock in milliseconds since the Unix epoch, as an SQL expression. Leases
     /// and retry times are computed by the database, so every relay agrees on them whatever
     /// its host's clock says.
+    ///
+    /// On MySQL/MariaDB not `UNIX_TIMESTAMP(NOW(3))`, which turns the session's local time
+    /// back into an instant: in a time zone with daylight saving time, the hour repeated when
+    /// the clocks go back reads an hour early. `UTC_TIMESTAMP` is the same in every session
+    /// time zone.
     pub(crate) const fn now_millis_sql(self) -> &'static str {
         match self {
             Dialect::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
-            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Dialect::MySql => MYSQL_NOW_MILLIS,
             Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
         }
     }
@@ -88,6 +93,11 @@ impl Dialect {
         }
     }
 }
+
+/// MySQL/MariaDB's clock in milliseconds since the Unix epoch, whatever the session's
+/// `time_zone` (see [`Dialect::now_millis_sql`]).
+pub(crate) const MYSQL_NOW_MILLIS: &str =
+    "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(3)) DIV 1000)";
 
 /// A query as generated code builds it: owned SQL text, arguments encoded on bind. (The
 /// [`Backend`] trait spells it out, so its public signatures name only sqlx types.)

@@ -247,7 +247,7 @@ impl ColumnTypes {
                 payload: "MEDIUMTEXT",
                 int: "BIGINT",
                 null: " NULL",
-                now_millis: "(CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+                now_millis: crate::backend::MYSQL_NOW_MILLIS,
                 table_options: " DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             },
             // Not AUTOINCREMENT, which costs an extra page write per commit: a deleted newest
