@@ -376,3 +376,164 @@ async fn the_database_clock_holds_through_the_hour_repeated_at_the_end_of_summer
         );
     }
 }
+
+// PostgreSQL with `default_transaction_isolation = 'serializable'` (or 'repeatable read') for
+// the application's sessions. Tracked writes keep it. Relays sharing the outbox took their
+// claims in it too: a relay whose snapshot still showed rows another relay had delivered and
+// deleted since failed its claim ("could not serialize access due to concurrent delete"), and
+// with it the whole `drain` (a `flush`) with a database error, although nothing was wrong.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_sharing_a_serializable_outbox_drain_without_errors() {
+    use std::str::FromStr as _;
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    drop(posthog_track_tests::isolated_postgres(&url, "serializable_relays").await);
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([
+            ("search_path", "pt_serializable_relays"),
+            ("default_transaction_isolation", "serializable"),
+        ]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(12)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mock = MockPostHog::start().await;
+    for held in [true, false] {
+        let tracker = tracker_for(&mock)
+            .external_relay(true)
+            .held_claims(held)
+            .batch_size(5)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        let tag = unique("serializable");
+        let committed =
+            posthog_track_tests::commit_events(&tracker, &pool, &tag, "serial", 300, 10).await;
+        let relays: Vec<_> = (0..4)
+            .map(|_| {
+                let relay = tracker.relay(pool.clone());
+                tokio::spawn(async move { relay.drain_for(WAIT).await })
+            })
+            .collect();
+        for relay in relays {
+            relay
+                .await
+                .unwrap()
+                .unwrap_or_else(|error| panic!("held claims {held}: {error:?}"));
+        }
+        let delivered: BTreeSet<Uuid> = mock
+            .events()
+            .into_iter()
+            .filter(|event| event.distinct_id == tag)
+            .map(|event| event.uuid)
+            .collect();
+        assert_eq!(delivered, committed, "held claims {held}");
+        assert_eq!(tracker.outbox(&pool).status().await.unwrap().pending, 0);
+    }
+}
+
+/// The SQLSTATE of `error`'s database error, if it is one.
+fn sqlstate(error: &posthog_track::Error) -> Option<String> {
+    match error {
+        posthog_track::Error::Database(sqlx::Error::Database(database)) => {
+            database.code().map(|code| code.into_owned())
+        }
+        _ => None,
+    }
+}
+
+// Tracked transactions under SERIALIZABLE keep rows and events together through a
+// serialization failure, and say so in a way a retry loop can read (SQLSTATE 40001): at
+// commit (write skew: each transaction read what the other wrote), and at a write (a row
+// another transaction updated since the snapshot).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_roll_rows_and_events_back_together() {
+    use std::str::FromStr as _;
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    drop(posthog_track_tests::isolated_postgres(&url, "serialization_failures").await);
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([
+            ("search_path", "pt_serialization_failures"),
+            ("default_transaction_isolation", "serializable"),
+        ]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    posthog_track_tests::execute(
+        &pool,
+        "CREATE TABLE st_notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT NOT NULL)",
+    )
+    .await;
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("serialization");
+    let note = |n: u32| Note {
+        id: format!("{tag}-{n}"),
+        owner: tag.clone(),
+        body: format!("note {n}"),
+    };
+    let count = "SELECT COUNT(*) FROM st_notes";
+    // Write skew: both read the table, each inserts a note.
+    let mut first = tracker.begin(&pool).await.unwrap();
+    let mut second = tracker.begin(&pool).await.unwrap();
+    for tx in [&mut first, &mut second] {
+        let _: i64 = sqlx::query_scalar(count)
+            .fetch_one(&mut **tx)
+            .await
+            .unwrap();
+    }
+    let first_note = note(1).insert(&mut first).await.unwrap();
+    note(2).insert(&mut second).await.unwrap();
+    let kept = first.staged()[0].uuid;
+    first.commit().await.unwrap();
+    let error = second.commit().await.unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("40001"), "{error:?}");
+    // A write of a row updated since the snapshot.
+    let mut late = tracker.begin(&pool).await.unwrap();
+    let _: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut *late)
+        .await
+        .unwrap();
+    let mut update = tracker.begin(&pool).await.unwrap();
+    let mut changed = first_note.clone();
+    changed.body = "changed".to_owned();
+    changed
+        .update_changed(&first_note, &mut update)
+        .await
+        .unwrap();
+    let updated = update.staged()[0].uuid;
+    update.commit().await.unwrap();
+    let mut again = first_note.clone();
+    again.body = "changed again".to_owned();
+    let error = again
+        .update_changed(&first_note, &mut late)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("40001"), "{error:?}");
+    assert!(late.commit().await.is_err());
+
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, body FROM st_notes")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [(format!("{tag}-1"), "changed".to_owned())]);
+    let outbox: BTreeSet<Uuid> = tracker
+        .outbox(&pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.uuid)
+        .collect();
+    assert_eq!(outbox, BTreeSet::from([kept, updated]));
+}

@@ -160,9 +160,14 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
 async fn claim_held<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Claim<DB>> {
     // The lease of a held claim: the server ends the session of a relay silent for this long.
     let timeout = ask.lease_millis.clamp(1, i64::from(i32::MAX));
+    // READ COMMITTED whatever the sessions' default (`default_transaction_isolation`): under
+    // SERIALIZABLE or REPEATABLE READ, relays sharing the outbox failed their claims and
+    // their commits (the settlements of events PostHog had accepted) with serialization
+    // failures, although `SKIP LOCKED` already keeps their rows apart.
     let mut tx = pool
         .begin_with(sqlx::AssertSqlSafe(format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}"
+            "BEGIN ISOLATION LEVEL READ COMMITTED; \
+             SET LOCAL idle_in_transaction_session_timeout = {timeout}"
         )))
         .await?;
     let taken = lock_deliverable::<DB>(&mut tx, ask.limit).await?;
@@ -266,7 +271,7 @@ async fn within_budget<DB: Backend>(
             query = DB::bind_i64(query, *id);
         }
         let mut conn = pool.acquire().await?;
-        DB::execute(&mut conn, query).await?;
+        execute_read_committed::<DB>(&mut conn, query).await?;
     }
     Ok(kept)
 }
@@ -344,8 +349,48 @@ async fn fetch_claimed<DB: Backend>(
         query = DB::bind_i64(query, value);
     }
     let mut conn = pool.acquire().await?;
-    let rows = DB::fetch_all(&mut conn, query).await?;
+    let rows = fetch_read_committed::<DB>(&mut conn, query).await?;
     rows.iter().map(|row| decode::<DB>(row)).collect()
+}
+
+/// How the relay's written-lease statements begin their transactions on PostgreSQL: READ
+/// COMMITTED whatever the sessions' `default_transaction_isolation`. Under SERIALIZABLE (or
+/// REPEATABLE READ) relays sharing the outbox failed their claims, deletes and releases with
+/// serialization failures ("could not serialize access"), although the claim tokens already
+/// keep their rows apart: a drain failed, and a delivered batch was sent again.
+const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// Runs `query` on `conn`, in a READ COMMITTED transaction of its own on PostgreSQL (see
+/// [`BEGIN_READ_COMMITTED`]; elsewhere as it is).
+async fn execute_read_committed<DB: Backend>(
+    conn: &mut DB::Connection,
+    query: crate::backend::BoundQuery<DB>,
+) -> Result<DB::QueryResult> {
+    if DB::DIALECT != Dialect::Postgres {
+        return Ok(DB::execute(conn, query).await?);
+    }
+    let mut tx =
+        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()))
+            .await?;
+    let done = DB::execute(&mut tx, query).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// [`execute_read_committed`] for a statement that returns rows.
+async fn fetch_read_committed<DB: Backend>(
+    conn: &mut DB::Connection,
+    query: crate::backend::BoundQuery<DB>,
+) -> Result<Vec<DB::Row>> {
+    if DB::DIALECT != Dialect::Postgres {
+        return Ok(DB::fetch_all(conn, query).await?);
+    }
+    let mut tx =
+        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()))
+            .await?;
+    let rows = DB::fetch_all(&mut tx, query).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 fn decode<DB: Backend>(row: &DB::Row) -> Result<Taken> {
@@ -396,7 +441,9 @@ pub(crate) async fn renew<DB: Backend>(
         query = DB::bind_i64(query, value);
     }
     let mut conn = pool.acquire().await?;
-    Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?))
+    Ok(DB::rows_affected(
+        &execute_read_committed::<DB>(&mut conn, query).await?,
+    ))
 }
 
 /// What to do with claimed rows once PostHog has answered.
@@ -471,7 +518,15 @@ pub(crate) async fn settle<DB: Backend>(
         let (sql, binds) = settle_sql(dialect, &fence, chunk, &settle);
         match &settle {
             Settle::Dead { .. } => {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = if dialect == Dialect::Postgres {
+                    sqlx::Connection::begin_with(
+                        &mut *conn,
+                        sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()),
+                    )
+                    .await?
+                } else {
+                    sqlx::Connection::begin(&mut *conn).await?
+                };
                 let copy = bind_all::<DB>(sql, &binds);
                 affected += DB::rows_affected(&DB::execute(&mut tx, copy).await?);
                 let (delete, binds) = settle_sql(dialect, &fence, chunk, &Settle::Delete);
@@ -480,7 +535,8 @@ pub(crate) async fn settle<DB: Backend>(
             }
             _ => {
                 let query = bind_all::<DB>(sql, &binds);
-                affected += DB::rows_affected(&DB::execute(&mut conn, query).await?);
+                affected +=
+                    DB::rows_affected(&execute_read_committed::<DB>(&mut conn, query).await?);
             }
         }
     }
