@@ -537,3 +537,82 @@ async fn serialization_failures_roll_rows_and_events_back_together() {
         .collect();
     assert_eq!(outbox, BTreeSet::from([kept, updated]));
 }
+
+// SQLite with a second writer holding the database (a migration, a VACUUM, a backup, or in the
+// rollback journal a long reader) past the relay's busy timeout, just when PostHog accepted a
+// batch: the relay's delete of the delivered rows failed with "database is locked", the round
+// failed with it, and the rows stayed leased until the lease ran out and were sent a second
+// time. The relay retries the delete (fenced by its claim) while its lease lasts.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_batch_is_deleted_once_the_sqlite_database_is_free_again() {
+    for (journal, name) in [
+        (sqlx::sqlite::SqliteJournalMode::Delete, "rollback"),
+        (sqlx::sqlite::SqliteJournalMode::Wal, "wal"),
+    ] {
+        let dir = std::env::temp_dir().join(unique("sqlite-busy-ack"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("app.db"))
+            .create_if_missing(true)
+            .journal_mode(journal)
+            .busy_timeout(Duration::from_millis(100));
+        let pool = sqlx::SqlitePool::connect_with(options.clone())
+            .await
+            .unwrap();
+        let mock = MockPostHog::start().await;
+        mock.set_outage(Some(posthog_track::testing::Reply::Delay(
+            Duration::from_secs(1),
+            Box::new(posthog_track::testing::Reply::Accept),
+        )));
+        let tracker = committer(&mock);
+        tracker.migrate(&pool).await.unwrap();
+        let tag = unique("sqlite-busy");
+        let committed =
+            posthog_track_tests::commit_events(&tracker, &pool, &tag, "busy", 3, 3).await;
+        let relay = std::sync::Arc::new(tracker.relay(pool.clone()));
+        let round = {
+            let relay = relay.clone();
+            tokio::spawn(async move { relay.run_once().await })
+        };
+        // Once the rows are claimed, another writer takes the database.
+        let claimed = tokio::time::timeout(WAIT, async {
+            while tracker.outbox(&pool).status().await.unwrap().leased < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        claimed.await.expect("the rows are claimed");
+        let mut other = sqlx::ConnectOptions::connect(&options).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        // Meanwhile a tracked commit fails, whole ("database is locked").
+        let mut locked_out = tracker.begin(&pool).await.unwrap();
+        locked_out.set_distinct_id(tag.clone());
+        locked_out.capture(Event::new("locked_out")).unwrap();
+        match locked_out.commit().await {
+            Err(posthog_track::Error::Database(error)) => {
+                assert!(error.to_string().contains("locked"), "{name}: {error}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // PostHog accepts the batch while the database is held, and the relay's delete meets
+        // the lock (its busy timeout is 100 ms) before it is released.
+        tokio::time::timeout(WAIT, mock.wait_for_events(3, WAIT))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        let pass = round.await.unwrap();
+        let pass = pass.unwrap_or_else(|error| panic!("{name}: {error:?}"));
+        assert_eq!(pass.delivered, 3, "{name}: {pass:?}");
+        mock.set_outage(None);
+        relay.drain_for(WAIT).await.unwrap();
+        assert_eq!(delivered_once(&mock, &tag), committed, "{name}");
+        assert_eq!(tracker.outbox(&pool).status().await.unwrap().pending, 0);
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

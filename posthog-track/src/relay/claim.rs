@@ -211,6 +211,13 @@ pub(crate) async fn finish<DB: Backend>(claim: Claim<DB>) -> Result<()> {
     Ok(())
 }
 
+impl<DB: Backend> Claim<DB> {
+    /// Whether a transaction holds this claim (PostgreSQL), rather than a written lease.
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
 /// A claimed row before its payload is known to fit.
 struct Taken {
     row: Claimed,

@@ -501,12 +501,7 @@ impl<DB: Backend> Relay<DB> {
         settle_span.record("delivered", delivered.len());
         let whole_claim = delivered.len() == rows.len();
         let acked = tracing::Instrument::instrument(
-            claim::settle(
-                &self.pool,
-                &claim,
-                (!whole_claim).then_some(&delivered[..]),
-                Settle::Delete,
-            ),
+            self.ack(&claim, (!whole_claim).then_some(&delivered[..]), deadline),
             settle_span.clone(),
         )
         .await?;
@@ -705,6 +700,40 @@ impl<DB: Backend> Relay<DB> {
                 *crate::sync::lock(&self.clock) = Some((Instant::now(), last));
                 last
             }
+        }
+    }
+
+    /// Deletes the delivered rows of `claim` (all of them when `rows` is `None`). A written
+    /// lease retries a delete that fails (SQLite's "database is locked" while another writer
+    /// holds the database past the busy timeout, a connection lost) while half a lease lasts:
+    /// the rows are still this relay's, the delete is fenced by the claim, and giving up
+    /// leaves them leased until the lease runs out, then sends them a second time. A held
+    /// claim's transaction ends with a failed statement on PostgreSQL, so it is not retried.
+    async fn ack(
+        &self,
+        claim: &claim::Claim<DB>,
+        rows: Option<&[&Claimed]>,
+        deadline: Option<Instant>,
+    ) -> Result<u64> {
+        let until = Instant::now() + self.lease() / 2;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let error = match claim::settle(&self.pool, claim, rows, Settle::Delete).await {
+                Ok(acked) => return Ok(acked),
+                Err(error) => error,
+            };
+            let retry_at = Instant::now() + wait;
+            if claim.is_held()
+                || retry_at >= until
+                || self
+                    .abandon_deadline(deadline)
+                    .is_some_and(|at| retry_at >= at)
+            {
+                return Err(error);
+            }
+            tracing::warn!(%error, "could not delete delivered events; retrying while the lease lasts");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
     }
 
