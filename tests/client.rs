@@ -728,3 +728,83 @@ async fn after_commit_events_of_a_cancelled_commit_are_not_lost_silently() {
         tracker.stats()
     );
 }
+
+/// Waits, for at most 10 s, until `done` holds.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited 10 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `AfterCommit`: a `commit` cancelled after its event was counted as pending but before the
+/// queue took it (the queue's channel full of flush requests) left the pending count one too
+/// high: a later flush that timed out reported an event too many as pending, and a shutdown
+/// counted it as lost a second time.
+#[tokio::test]
+async fn a_cancelled_after_commit_hand_off_leaves_no_phantom_pending_event() {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder
+            .delivery(Delivery::AfterCommit)
+            .queue_capacity(2)
+            .batch_size(1)
+            .max_retries(1_000)
+            .backoff(Backoff {
+                initial: Duration::from_secs(600),
+                max: Duration::from_secs(600),
+            })
+            .flush_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // `a` fails and waits out a long backoff in the worker, holding one of the two places.
+    mock.set_outage(Some(Reply::Status(503)));
+    tracker
+        .capture(Event::new("a").distinct_id("u0"))
+        .await
+        .unwrap();
+    wait_for("the first send of `a`", || !mock.requests().is_empty()).await;
+    // Two flush requests fill the queue's channel (each is sent by the flush's first poll).
+    for _ in 0..2 {
+        let _ = tokio::time::timeout(Duration::ZERO, tracker.flush()).await;
+    }
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let commit = tokio::time::timeout(Duration::from_millis(200), tx.commit()).await;
+    assert!(
+        commit.is_err(),
+        "the commit waited for the queue: {commit:?}"
+    );
+    assert_eq!(tracker.stats().dropped_cancelled, 1);
+    let flushed = tracker.flush().await;
+    assert!(
+        matches!(flushed, Err(Error::Timeout { pending: 1, .. })),
+        "only `a` is pending: {flushed:?}"
+    );
+    let shutdown = tracker.shutdown(Duration::from_millis(100)).await;
+    assert!(
+        matches!(shutdown, Err(Error::Undelivered { dropped: 2, .. })),
+        "`a` lost at shutdown and the cancelled commit's event: {shutdown:?}"
+    );
+    assert_eq!(
+        tracker.stats().dropped_at_shutdown,
+        1,
+        "{:?}",
+        tracker.stats()
+    );
+    assert_eq!(tracker.stats().dropped(), 2, "{:?}", tracker.stats());
+}

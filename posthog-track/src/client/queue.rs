@@ -186,12 +186,16 @@ impl Queue {
         let Some(room) = self.room_for(&event, true).await? else {
             return Err(Error::ShutDown);
         };
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending::count(&self.in_flight);
         let queued = Queued::new(event, room);
-        sender.send(Command::Event(queued)).await.map_err(|_| {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            Error::ShutDown
-        })
+        // The channel may be full (of flush requests): the send waits, and a caller cancelled
+        // then (a `commit` dropped) must not leave the event counted as pending.
+        sender
+            .send(Command::Event(queued))
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        pending.accepted();
+        Ok(())
     }
 
     /// Queues an event if there is room right now.
@@ -206,12 +210,15 @@ impl Queue {
         let Some(room) = self.room_for(&event, false).await? else {
             return Err(full());
         };
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending::count(&self.in_flight);
         let queued = Queued::new(event, room);
         match sender.try_send(Command::Event(queued)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                pending.accepted();
+                Ok(())
+            }
             Err(error) => {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(pending);
                 match error {
                     mpsc::error::TrySendError::Full(_) => Err(full()),
                     mpsc::error::TrySendError::Closed(_) => Err(Error::ShutDown),
@@ -274,6 +281,41 @@ impl Queue {
             );
         }
         lost
+    }
+}
+
+/// An event counted in `in_flight` while it is handed to the worker: uncounted again if the
+/// hand-off fails or is cancelled (its future dropped) before the channel took it.
+struct Pending<'a> {
+    in_flight: &'a AtomicUsize,
+    accepted: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn count(in_flight: &'a AtomicUsize) -> Self {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            in_flight,
+            accepted: false,
+        }
+    }
+
+    /// The channel took it: the worker uncounts it when it leaves the queue.
+    fn accepted(mut self) {
+        self.accepted = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.accepted {
+            // Saturating: `close` may have counted it as lost (and zeroed the count) already.
+            let _ = self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
     }
 }
 
