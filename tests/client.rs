@@ -808,3 +808,27 @@ async fn a_cancelled_after_commit_hand_off_leaves_no_phantom_pending_event() {
     );
     assert_eq!(tracker.stats().dropped(), 2, "{:?}", tracker.stats());
 }
+/// A lone event that PostHog refuses (400) leaves the in-memory queue: it must be counted as
+/// `rejected` and reported by the next `flush`, on v0 and v1.
+#[tokio::test]
+async fn a_lone_event_refused_with_400_is_counted_and_reported() {
+    for mode in [
+        posthog_track::CaptureMode::V0,
+        posthog_track::CaptureMode::V1,
+    ] {
+        let (mock, tracker) = mock_tracker(|builder| builder.capture_mode(mode)).await;
+        mock.script([Reply::Status(400)]);
+        tracker
+            .capture(Event::new("refused").distinct_id("u1"))
+            .await
+            .unwrap();
+        let flushed = tracker.flush().await;
+        assert!(
+            matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+            "{mode:?}: flush must report the refused event: {flushed:?}"
+        );
+        assert_eq!(tracker.stats().dropped_rejected, 1, "{mode:?}");
+        assert!(tracker.flush().await.is_ok(), "{mode:?}: reported once");
+        assert!(mock.events().is_empty());
+    }
+}
