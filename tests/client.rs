@@ -832,3 +832,59 @@ async fn a_lone_event_refused_with_400_is_counted_and_reported() {
         assert!(mock.events().is_empty());
     }
 }
+/// In-memory events given up before `shutdown`'s deadline (refused, say) while others were
+/// still being sent at the deadline: shutdown reported only the latter.
+#[tokio::test]
+async fn a_shutdown_that_times_out_reports_the_events_given_up_before_it() {
+    let (mock, tracker) =
+        mock_tracker(|builder| builder.delivery(Delivery::AfterCommit).batch_size(1)).await;
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The first event is refused; the second one's request hangs.
+    mock.script([
+        Reply::Status(400),
+        Reply::Delay(Duration::from_secs(60), Box::new(Reply::Accept)),
+    ]);
+    for id in [1, 2] {
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        Note {
+            id,
+            author: "ada".into(),
+        }
+        .insert(&mut tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        if id == 1 {
+            wait_for("the refusal of the first event", || {
+                tracker.stats().dropped_rejected == 1
+            })
+            .await;
+        }
+    }
+    let shutdown = tracker.shutdown(Duration::from_millis(200)).await;
+    assert!(
+        matches!(shutdown, Err(Error::Undelivered { dropped: 2, .. })),
+        "both committed events are lost and must be reported: {shutdown:?}"
+    );
+    assert_eq!(tracker.stats().dropped(), 2, "{:?}", tracker.stats());
+    assert!(tracker.flush().await.is_ok(), "reported once");
+    // A commit after the shutdown cannot be queued: the next flush reports it.
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 3,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let flushed = tracker.flush().await;
+    assert!(
+        matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+        "{flushed:?}"
+    );
+}

@@ -527,7 +527,7 @@ impl Dispatch {
                     Err(_) => Ok(()), // `close` counts what is left
                 }
             };
-            let lost = queue
+            let closed = queue
                 .close(if deadline.is_zero() {
                     Stop::Now
                 } else {
@@ -537,13 +537,7 @@ impl Dispatch {
             let mut outcome = Outcome::default();
             outcome.add(result);
             outcome.add(flushed);
-            if lost > 0 {
-                outcome.add(Err(Error::Undelivered {
-                    dead: 0,
-                    dropped: lost as u64,
-                    reason: "shutdown's deadline passed before they were sent".to_owned(),
-                }));
-            }
+            outcome.add(closed);
             result = outcome.finish(started);
         }
         for relay in relays {

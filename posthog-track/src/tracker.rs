@@ -236,10 +236,11 @@ impl Tracker {
     /// the flag poller); for the end of a process or a serverless invocation. A zero deadline
     /// stops at once without starting a delivery.
     ///
-    /// Fails as [`flush`](Self::flush) does, after stopping: [`Error::Timeout`] when events
-    /// were still pending at the deadline (outbox events wait there for the next relay, never
-    /// lost; in-memory events are lost), [`Error::Undelivered`] when some were dead-lettered
-    /// or dropped. So at the end of a process, log the error rather than fail the exit on it.
+    /// Fails as [`flush`](Self::flush) does, after stopping: [`Error::Timeout`] when outbox
+    /// events were still pending at the deadline (they wait there for the next relay, never
+    /// lost), [`Error::Undelivered`] when some were dead-lettered or in-memory events were
+    /// lost: those still queued at the deadline, and those given up before it that no flush
+    /// reported yet. So at the end of a process, log the error rather than fail the exit on it.
     /// `Ok` says how many events wait in the outbox for another process's relay (delivery
     /// left to `posthog-track relay` with `external_relay(true)`).
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {

@@ -100,7 +100,41 @@ pub(crate) struct Queue {
     capacity: usize,
     /// Events accepted and not yet delivered or given up.
     in_flight: Arc<AtomicUsize>,
+    /// Events given up and not reported yet; shared with the worker so that what it gave up
+    /// is still reported when `close` stops it.
+    unreported: Arc<std::sync::Mutex<Unreported>>,
     stats: SharedStats,
+}
+
+/// Events given up since the last flush reported them, and the last reason.
+#[derive(Debug, Default)]
+struct Unreported {
+    dropped: u64,
+    reason: String,
+}
+
+impl Unreported {
+    /// Takes them, as the error that reports them (`Ok` when there are none).
+    fn take(shared: &std::sync::Mutex<Unreported>) -> Result<()> {
+        let Unreported { dropped, reason } = std::mem::take(&mut *crate::sync::lock(shared));
+        if dropped == 0 {
+            return Ok(());
+        }
+        Err(Error::Undelivered {
+            dead: 0,
+            dropped,
+            reason,
+        })
+    }
+
+    /// Puts back what a report that nobody received held.
+    fn restore(shared: &std::sync::Mutex<Unreported>, dropped: u64, reason: String) {
+        let mut unreported = crate::sync::lock(shared);
+        unreported.dropped += dropped;
+        if unreported.reason.is_empty() {
+            unreported.reason = reason;
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -120,6 +154,7 @@ impl Queue {
         let (sender, receiver) = mpsc::channel(capacity);
         let room_permits = permits_for(options.capacity_bytes);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let unreported = Arc::new(std::sync::Mutex::new(Unreported::default()));
         let worker = tokio::spawn(
             Worker {
                 sink,
@@ -131,8 +166,7 @@ impl Queue {
                 capacity,
                 room_permits,
                 held_permits: 0,
-                dropped: 0,
-                last_drop: String::new(),
+                unreported: unreported.clone(),
             }
             .run(receiver),
         );
@@ -144,6 +178,7 @@ impl Queue {
             slots: Arc::new(Semaphore::new(capacity)),
             capacity,
             in_flight,
+            unreported,
             stats,
         })
     }
@@ -249,8 +284,27 @@ impl Queue {
 
     /// Stops accepting events and waits for the worker to deliver what it holds, until
     /// `stop`; past it, the worker is stopped and what it still held is counted as
-    /// dropped at shutdown. Returns the events dropped that way.
-    pub(crate) async fn close(&self, stop: Stop) -> usize {
+    /// dropped at shutdown. Fails with [`Error::Undelivered`] counting those and every event
+    /// given up before and not reported yet (by a flush that timed out, say).
+    pub(crate) async fn close(&self, stop: Stop) -> Result<()> {
+        let lost = self.stop_worker(stop).await;
+        let unreported = Unreported::take(&self.unreported);
+        if lost == 0 {
+            return unreported;
+        }
+        let dropped = match unreported {
+            Err(Error::Undelivered { dropped, .. }) => dropped,
+            _ => 0,
+        };
+        Err(Error::Undelivered {
+            dead: 0,
+            dropped: dropped + lost as u64,
+            reason: "shutdown's deadline passed before they were sent".to_owned(),
+        })
+    }
+
+    /// Stops the worker (see [`close`](Self::close)); returns the events it still held.
+    async fn stop_worker(&self, stop: Stop) -> usize {
         self.sender.lock().await.take();
         self.room.close();
         self.slots.close();
@@ -365,8 +419,7 @@ struct Worker {
     /// Byte-budget permits of the events in `buffer`.
     held_permits: usize,
     /// Events given up since the last flush, and the last reason.
-    dropped: u64,
-    last_drop: String,
+    unreported: Arc<std::sync::Mutex<Unreported>>,
 }
 
 impl Worker {
@@ -405,25 +458,14 @@ impl Worker {
                 Some(Command::Flush(ack)) => {
                     self.send_buffer().await;
                     deadline = None;
-                    let result = if self.dropped == 0 {
-                        Ok(())
-                    } else {
-                        Err(Error::Undelivered {
-                            dead: 0,
-                            dropped: std::mem::take(&mut self.dropped),
-                            reason: std::mem::take(&mut self.last_drop),
-                        })
-                    };
+                    let result = Unreported::take(&self.unreported);
                     // The flush that asked gave up waiting (it timed out): the events given
                     // up stay to be reported by the next one.
                     if let Err(Err(Error::Undelivered {
                         dropped, reason, ..
                     })) = ack.send(result)
                     {
-                        self.dropped += dropped;
-                        if self.last_drop.is_empty() {
-                            self.last_drop = reason;
-                        }
+                        Unreported::restore(&self.unreported, dropped, reason);
                     }
                 }
                 None => {
@@ -445,8 +487,9 @@ impl Worker {
             "in-memory events given up; they will not reach PostHog"
         );
         self.stats.dropped(cause, events.len());
-        self.dropped += events.len() as u64;
-        self.last_drop = reason.to_owned();
+        let mut unreported = crate::sync::lock(&self.unreported);
+        unreported.dropped += events.len() as u64;
+        reason.clone_into(&mut unreported.reason);
     }
 
     /// Sends the buffer; events that fail are retried until the retry budget is spent. On v0,
