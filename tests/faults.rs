@@ -1415,3 +1415,80 @@ async fn a_flush_for_an_external_relay_ends_while_the_database_hangs<DB: Backend
     let flushed = flushed.expect("the flush returned at its timeout, not when the lock went");
     assert!(matches!(flushed, Err(Error::Timeout { .. })), "{flushed:?}");
 }
+
+// In-memory events beside an outbox that cannot drain: the queue gets its share of
+// `shutdown`'s deadline, and what it gives up is reported.
+
+on_every_backend!(shutdown_sends_the_queue_while_the_outbox_drains);
+on_every_backend!(a_flush_that_fails_for_the_outbox_still_reports_in_memory_losses);
+
+/// `shutdown` drained the outbox first and flushed the in-memory queue only with what was left
+/// of the deadline: with an outbox that could not drain (PostHog failing its events) the
+/// captured event, waiting for its batch, was never sent and was lost at the deadline, though
+/// PostHog would have accepted it at once.
+async fn shutdown_sends_the_queue_while_the_outbox_drains<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.fail_events_where(503, |event| event["event"] == "stuck");
+    let tracker = tracker_for(&mock)
+        .flush_interval(Duration::from_secs(600))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("share");
+    let stuck = commit_events(&tracker, pool, &tag, "stuck", 3, 3).await;
+    let captured = tracker
+        .capture(Event::new("captured").distinct_id(tag.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let shutdown = tracker.shutdown(Duration::from_millis(1500)).await;
+    assert_timed_out(shutdown, 3, "the outbox events wait");
+    assert!(
+        received(&mock, &tag).contains(&captured),
+        "the captured event was lost at shutdown; stats {:?}",
+        tracker.stats()
+    );
+    assert_eq!(tracker.stats().dropped(), 0, "{:?}", tracker.stats());
+    let waiting = tracker.outbox(pool).status().await.unwrap().pending;
+    assert_eq!(waiting, stuck.len() as i64, "the outbox events wait");
+}
+
+/// A flush whose outbox part failed (here: events committed through `Tracker::track` with no
+/// relay running) returned that error, and the in-memory events given up in the same flush
+/// were reported nowhere: the next flush said Ok.
+async fn a_flush_that_fails_for_the_outbox_still_reports_in_memory_losses<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "refused");
+    let tracker = tracker_for(&mock).build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("report");
+    let mut tx = tracker.track(pool.begin().await.unwrap());
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("waits").property("tag", tag.clone()))
+        .unwrap();
+    tx.commit().await.unwrap();
+    tracker
+        .capture(Event::new("refused").distinct_id(tag.clone()))
+        .await
+        .unwrap();
+    let first = tracker.flush().await;
+    assert!(
+        matches!(first, Err(Error::NoRelay { .. } | Error::Timeout { .. })),
+        "no relay delivers the committed event: {first:?}"
+    );
+    let said = first.unwrap_err().to_string();
+    assert!(said.contains("1 in-memory event(s) were lost"), "{said}");
+    assert_eq!(tracker.stats().dropped_rejected, 1, "{:?}", tracker.stats());
+    tracker.start_relay(pool.clone()).unwrap();
+    let second = tracker.flush().await;
+    assert!(
+        matches!(second, Err(Error::Undelivered { dropped: 1, .. })),
+        "the refused event must be reported by a flush: {second:?}"
+    );
+    assert!(tracker.flush().await.is_ok(), "reported once");
+}

@@ -107,8 +107,10 @@ pub(crate) struct Dispatch {
     epoch: Instant,
     /// `last_notify` of commits whose pool is unknown (`Tracker::track`).
     last_notify: AtomicU64,
-    /// `AfterCommit` events lost before they reached the queue (committed after `shutdown`,
-    /// or their `commit` cancelled), and why: reported by the next `flush` or `shutdown`.
+    /// In-memory events lost and not reported yet, and why: `AfterCommit` events lost before
+    /// they reached the queue (committed after `shutdown`, or their `commit` cancelled), and
+    /// the queue's losses that a `flush` or `shutdown` could not report because it failed
+    /// otherwise (a timeout of the outbox, say). Reported by the next `flush` or `shutdown`.
     unqueued: Mutex<(u64, String)>,
 }
 
@@ -387,8 +389,27 @@ impl Dispatch {
         unqueued.1 = reason.to_owned();
     }
 
-    /// `result` with the `AfterCommit` events lost before they reached the queue, which it
-    /// reports; a result that could not report them (a timeout) leaves them for the next.
+    /// The in-memory queue's `result`, its losses set aside for
+    /// [`with_unqueued`](Self::with_unqueued) (counted in the stats already): a result that
+    /// fails otherwise (a timeout) would fold them away unreported.
+    fn defer_losses(&self, result: Result<()>) -> Result<()> {
+        match result {
+            Err(Error::Undelivered {
+                dead: 0,
+                dropped,
+                reason,
+            }) => {
+                let mut unqueued = lock(&self.unqueued);
+                unqueued.0 += dropped;
+                unqueued.1 = reason;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// `result` with the in-memory events lost and not reported yet, which it reports; a
+    /// result that could not report them (a timeout) leaves them for the next.
     fn with_unqueued(&self, result: Result<()>, started: Instant) -> Result<()> {
         let (lost, reason) = std::mem::take(&mut *lock(&self.unqueued));
         if lost == 0 {
@@ -401,8 +422,15 @@ impl Dispatch {
             dropped: lost,
             reason: reason.clone(),
         }));
-        let result = outcome.finish(started);
+        let mut result = outcome.finish(started);
         if !matches!(result, Err(Error::Undelivered { .. })) {
+            // Said in words too: after a `shutdown`, there may be no next flush.
+            if let Err(Error::Timeout { reason: why, .. }) = &mut result {
+                why.push_str(&format!(
+                    "; besides, {lost} in-memory event(s) were lost ({reason}), counted by the \
+                     next flush"
+                ));
+            }
             let mut unqueued = lock(&self.unqueued);
             unqueued.0 += lost;
             if unqueued.1.is_empty() {
@@ -467,20 +495,30 @@ impl Dispatch {
                 None => known.await_external.clone(),
             })
             .collect();
-        let mut outcome = Outcome::default();
-        for drain in drains {
-            outcome.add(drain(time_left(deadline)).await);
-        }
-        if let Some(queue) = self.queue.get() {
+        let outbox = async {
+            let mut outcome = Outcome::default();
+            for drain in drains {
+                outcome.add(drain(time_left(deadline)).await);
+            }
+            outcome
+        };
+        // At the same time as the outbox: the queue's events must not wait for the outbox's
+        // (its losses are kept for a report, whatever the outbox's result).
+        let memory = async {
+            let queue = self.queue.get()?;
             let remaining = time_left(deadline);
-            match tokio::time::timeout(remaining, queue.flush()).await {
-                Ok(result) => outcome.add(result),
-                Err(_) => outcome.add(Err(Error::Timeout {
+            Some(match tokio::time::timeout(remaining, queue.flush()).await {
+                Ok(result) => self.defer_losses(result),
+                Err(_) => Err(Error::Timeout {
                     waited: started.elapsed(),
                     pending: queue.pending() as u64,
                     reason: "in-memory events still being sent".to_owned(),
-                })),
-            }
+                }),
+            })
+        };
+        let (mut outcome, memory) = tokio::join!(outbox, memory);
+        if let Some(result) = memory {
+            outcome.add(result);
         }
         let unrelayed = self.unrelayed.load(Ordering::Relaxed);
         if unrelayed > 0 && !self.runs_relays() && !self.external_relay {
@@ -504,29 +542,37 @@ impl Dispatch {
             }
         }
         // Put the relays back for the final flush only: they stop as soon as it ends.
-        let result = if deadline.is_zero() {
-            // "Stop now": not even one delivery attempt is started.
-            Ok(())
-        } else {
+        let drained = async {
+            if deadline.is_zero() {
+                // "Stop now": not even one delivery attempt is started.
+                return Ok(());
+            }
             let mut outcome = Outcome::default();
             for relay in &relays {
                 outcome.add((relay.drain)(time_left(at)).await);
             }
             outcome.finish(started)
         };
+        // The in-memory queue is flushed at the same time: its events are lost at the
+        // deadline, the outbox's wait for the next relay.
+        let flushed = async {
+            let queue = self.queue.get()?;
+            if deadline.is_zero() {
+                return Some(Ok(()));
+            }
+            Some(
+                match tokio::time::timeout(time_left(at), queue.flush()).await {
+                    Ok(result) => self.defer_losses(result),
+                    Err(_) => Ok(()), // `close` counts what is left
+                },
+            )
+        };
+        let (mut result, flushed) = tokio::join!(drained, flushed);
         for relay in &relays {
             let _ = relay.stop.send(true);
         }
-        let mut result = result;
         if let Some(queue) = self.queue.get() {
-            let flushed = if deadline.is_zero() {
-                Ok(())
-            } else {
-                match tokio::time::timeout(time_left(at), queue.flush()).await {
-                    Ok(result) => result,
-                    Err(_) => Ok(()), // `close` counts what is left
-                }
-            };
+            let flushed = flushed.unwrap_or(Ok(()));
             let closed = queue
                 .close(if deadline.is_zero() {
                     Stop::Now
@@ -537,7 +583,7 @@ impl Dispatch {
             let mut outcome = Outcome::default();
             outcome.add(result);
             outcome.add(flushed);
-            outcome.add(closed);
+            outcome.add(self.defer_losses(closed));
             result = outcome.finish(started);
         }
         for relay in relays {
