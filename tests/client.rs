@@ -888,3 +888,32 @@ async fn a_shutdown_that_times_out_reports_the_events_given_up_before_it() {
         "{flushed:?}"
     );
 }
+
+/// Dry run: `stats().delivered` counts what is printed. A captured event was counted, a
+/// committed one (printed at commit) was not.
+#[tokio::test]
+async fn dry_run_counts_committed_events_as_printed() {
+    let tracker = Tracker::builder().build();
+    assert_eq!(tracker.mode(), posthog_track::Mode::DryRun);
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    tracker
+        .capture(Event::new("captured").distinct_id("u1"))
+        .await
+        .unwrap();
+    tracker.flush().await.unwrap();
+    assert_eq!(tracker.stats().delivered, 2, "{:?}", tracker.stats());
+}

@@ -356,7 +356,15 @@ impl Dispatch {
                     None => {}
                 }
             }
-            (Mode::DryRun, _) => print_dry_run(events.iter().map(|e| e.payload.as_str())),
+            (Mode::DryRun, delivery) => {
+                print_dry_run(events.iter().map(|e| e.payload.as_str()));
+                // Printed is dry run's delivered, as for captured events.
+                let path = match delivery {
+                    Delivery::Outbox => crate::metrics::Path::Outbox,
+                    Delivery::AfterCommit => crate::metrics::Path::Queue,
+                };
+                self.stats.printed(events.len(), path);
+            }
             (Mode::Live, Delivery::AfterCommit) => {
                 // Counts what a `commit` cancelled while it waits for room leaves unqueued.
                 let mut handoff = Handoff {

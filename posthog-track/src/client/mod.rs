@@ -197,6 +197,12 @@ impl DeliveryStats {
         crate::metrics::retried(path, n);
     }
 
+    /// Counts `n` events printed in dry run at commit, which no delivery round sees.
+    pub(crate) fn printed(&self, n: usize, path: crate::metrics::Path) {
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::delivered(path, n);
+    }
+
     pub(crate) fn dead_lettered(&self, n: usize) {
         self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
     }
