@@ -917,3 +917,41 @@ async fn dry_run_counts_committed_events_as_printed() {
     tracker.flush().await.unwrap();
     assert_eq!(tracker.stats().delivered, 2, "{:?}", tracker.stats());
 }
+
+/// After `shutdown`, the in-memory queue takes no more events, whether or not it was started
+/// before: a capture or an `AfterCommit` commit after a shutdown that found no queue started a
+/// new queue worker that nothing would stop or flush (its events lost at the process's exit,
+/// counted nowhere), while after a shutdown that closed a queue they fail with `ShutDown`.
+#[tokio::test]
+async fn after_shutdown_no_queue_is_started() {
+    let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
+    let pool = memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    tracker.shutdown(Duration::from_secs(5)).await.unwrap();
+    let captured = tracker.capture(Event::new("late").distinct_id("u0")).await;
+    assert!(matches!(captured, Err(Error::ShutDown)), "{captured:?}");
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        tracker.stats().dropped_at_shutdown,
+        1,
+        "{:?}",
+        tracker.stats()
+    );
+    let flushed = tracker.flush().await;
+    assert!(
+        matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+        "{flushed:?}"
+    );
+    assert!(mock.requests().is_empty(), "nothing is sent after shutdown");
+}

@@ -97,6 +97,9 @@ pub(crate) struct Dispatch {
     queue_options: QueueOptions,
     relay_options: RelayOptions,
     queue: OnceLock<Arc<Queue>>,
+    /// `shutdown` was called: no queue is started from then on (one it closed refuses
+    /// events itself).
+    shut_down: std::sync::atomic::AtomicBool,
     pools: Mutex<HashMap<usize, KnownPool>>,
     /// A standalone relay serves the databases: this process starts none.
     external_relay: bool,
@@ -148,6 +151,7 @@ impl Dispatch {
             queue_options: options.queue,
             relay_options: options.relay,
             queue: OnceLock::new(),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
             pools: Mutex::new(HashMap::new()),
             external_relay: options.external_relay,
             unrelayed: AtomicU64::new(0),
@@ -481,6 +485,13 @@ impl Dispatch {
         let sink = self.sink.clone().ok_or(Error::Disabled {
             operation: "the in-memory event queue",
         })?;
+        if let Some(queue) = self.queue.get() {
+            return Ok(queue);
+        }
+        // A queue started after `shutdown` would run on with nothing to stop or flush it.
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
         Ok(self
             .queue
             .get_or_init(|| Queue::start(sink, self.queue_options.clone(), self.stats.clone())))
@@ -538,6 +549,7 @@ impl Dispatch {
     /// Flushes until `deadline`, then stops background work.
     pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
         let started = Instant::now();
+        self.shut_down.store(true, Ordering::SeqCst);
         // `None`: a deadline too far to add to the clock (`Duration::MAX`), i.e. none.
         let at = started.checked_add(deadline);
         let relays: Vec<RunningRelay> = lock(&self.pools)

@@ -234,7 +234,9 @@ impl Tracker {
 
     /// Flushes within `deadline`, then stops background work (relays, the in-memory queue,
     /// the flag poller); for the end of a process or a serverless invocation. A zero deadline
-    /// stops at once without starting a delivery.
+    /// stops at once without starting a delivery. From then on the in-memory queue takes no
+    /// events: `capture` fails with [`Error::ShutDown`], and `AfterCommit` events committed
+    /// later are counted as dropped at shutdown and reported by the next `flush`.
     ///
     /// Fails as [`flush`](Self::flush) does, after stopping: [`Error::Timeout`] when outbox
     /// events were still pending at the deadline (they wait there for the next relay, never
