@@ -955,3 +955,36 @@ async fn after_shutdown_no_queue_is_started() {
     );
     assert!(mock.requests().is_empty(), "nothing is sent after shutdown");
 }
+
+/// A `capture` waiting for room in the byte budget waited for the next timed send: with
+/// `flush_interval(Duration::MAX)` ("on batch size or flush only") and a batch that held less
+/// than the whole budget, it waited for ever (the worker sent nothing: no threshold reached),
+/// and a task that flushes after its captures hung.
+#[tokio::test]
+async fn a_capture_waiting_for_room_does_not_wait_for_the_flush_interval() {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder
+            .queue_capacity_bytes(8 * 1024)
+            .flush_interval(Duration::MAX)
+    })
+    .await;
+    let pad = "x".repeat(2 * 1024 + 300); // 3 KiB permits with the rest of the event
+    for n in 0..3 {
+        let captured = tokio::time::timeout(
+            Duration::from_secs(10),
+            tracker.capture(
+                Event::new("e")
+                    .distinct_id("u1")
+                    .property("n", n)
+                    .property("pad", pad.as_str()),
+            ),
+        )
+        .await;
+        assert!(
+            matches!(captured, Ok(Ok(Some(_)))),
+            "capture {n} waited for room for 10 s: {captured:?}"
+        );
+    }
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.unique_uuids().len(), 3);
+}

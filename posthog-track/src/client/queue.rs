@@ -87,6 +87,9 @@ impl Drop for Queued {
 enum Command {
     Event(Queued),
     Flush(oneshot::Sender<Result<()>>),
+    /// The queue is full and an event waits for room: send what is held now, not at the next
+    /// timed send (which `flush_interval(Duration::MAX)` never makes).
+    Send,
 }
 
 /// Handle to the queue's worker task.
@@ -218,8 +221,13 @@ impl Queue {
     /// Queues an event, waiting for room when the queue is full.
     pub(crate) async fn push(&self, event: StagedEvent) -> Result<()> {
         let sender = self.sender().await?;
-        let Some(room) = self.room_for(&event, true).await? else {
-            return Err(Error::ShutDown);
+        let room = match self.room_for(&event, false).await? {
+            Some(room) => room,
+            None => {
+                // A full channel holds events the worker has yet to take: it needs no nudge.
+                let _ = sender.try_send(Command::Send);
+                self.room_for(&event, true).await?.ok_or(Error::ShutDown)?
+            }
         };
         let pending = Pending::count(&self.in_flight);
         let queued = Queued::new(event, room);
@@ -454,6 +462,10 @@ impl Worker {
                         // only on batch size or flush.
                         deadline = Instant::now().checked_add(self.options.flush_interval);
                     }
+                }
+                Some(Command::Send) => {
+                    self.send_buffer().await;
+                    deadline = None;
                 }
                 Some(Command::Flush(ack)) => {
                     self.send_buffer().await;
