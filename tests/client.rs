@@ -988,3 +988,42 @@ async fn a_capture_waiting_for_room_does_not_wait_for_the_flush_interval() {
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 3);
 }
+
+/// `try_capture` on a full queue refuses, and the worker sends what it holds: with
+/// `flush_interval(Duration::MAX)` the queue stayed full until a flush, every `try_capture`
+/// refused (and its event dropped) in the meantime.
+#[tokio::test]
+async fn a_full_queue_empties_without_waiting_for_the_flush_interval() {
+    let (mock, tracker) = mock_tracker(|builder| {
+        builder
+            .queue_capacity_bytes(8 * 1024)
+            .flush_interval(Duration::MAX)
+    })
+    .await;
+    let pad = "x".repeat(2 * 1024 + 300); // 3 KiB permits with the rest of the event
+    for n in 0..2 {
+        let event = Event::new("e").distinct_id("u1").property("n", n);
+        tracker
+            .try_capture(event.property("pad", pad.as_str()))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let late = Event::new("late")
+            .distinct_id("u1")
+            .property("pad", pad.as_str());
+        match tracker.try_capture(late).await {
+            Ok(_) => break,
+            Err(Error::QueueFull { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the full queue was not sent in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracker.flush().await.unwrap();
+    assert_eq!(mock.unique_uuids().len(), 3);
+}

@@ -251,6 +251,8 @@ impl Queue {
             }
         };
         let Some(room) = self.room_for(&event, false).await? else {
+            // Refused now; the worker sends what it holds, so that room is made.
+            let _ = sender.try_send(Command::Send);
             return Err(full());
         };
         let pending = Pending::count(&self.in_flight);
