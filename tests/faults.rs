@@ -1492,3 +1492,30 @@ async fn a_flush_that_fails_for_the_outbox_still_reports_in_memory_losses<DB: Ba
     );
     assert!(tracker.flush().await.is_ok(), "reported once");
 }
+
+on_every_backend!(a_flush_after_shutdown_says_what_waits_without_waiting);
+
+/// After `shutdown` stopped the in-process relay, a flush took the outbox for an external
+/// relay's: it waited its whole flush timeout (30 s by default) for a relay that does not run,
+/// and then blamed `posthog-track relay`.
+async fn a_flush_after_shutdown_says_what_waits_without_waiting<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Status(503)));
+    let tracker = tracker_for(&mock)
+        .flush_timeout(Duration::from_secs(60))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("after-shutdown");
+    commit_events(&tracker, pool, &tag, "waits", 3, 3).await;
+    let shutdown = tracker.shutdown(Duration::from_millis(300)).await;
+    assert_timed_out(shutdown, 3, "shutdown");
+    let flushed = tokio::time::timeout(Duration::from_secs(10), tracker.flush()).await;
+    let flushed =
+        flushed.expect("a flush after shutdown waited 10 s for a relay that does not run");
+    let error = assert_timed_out(flushed, 3, "flush after shutdown");
+    assert!(!error.to_string().contains("external relay"), "{error}");
+    assert!(error.to_string().contains("shut down"), "{error}");
+}

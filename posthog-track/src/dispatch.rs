@@ -194,7 +194,9 @@ impl Dispatch {
         let key = pool_key(pool);
         let mut pools = lock(&self.pools);
         if let std::collections::hash_map::Entry::Vacant(entry) = pools.entry(key) {
-            let relay = (!self.external_relay).then(|| self.spawn_relay(pool.clone()));
+            // None after `shutdown`: it stopped background work for good.
+            let spawn = !self.external_relay && !self.shut_down.load(Ordering::SeqCst);
+            let relay = spawn.then(|| self.spawn_relay(pool.clone()));
             entry.insert(known_pool(pool.clone(), relay));
         }
         Some(key)
@@ -507,10 +509,13 @@ impl Dispatch {
     /// `deadline`: `None` waits as long as it takes.
     async fn deliver_all(&self, deadline: Option<Instant>) -> Result<()> {
         let started = Instant::now();
+        // `shutdown` stopped this process's relays: no relay here delivers any more.
+        let stopped = self.shut_down.load(Ordering::SeqCst) && !self.external_relay;
         let drains: Vec<DrainFn> = lock(&self.pools)
             .values()
             .map(|known| match &known.relay {
                 Some(relay) => relay.drain.clone(),
+                None if stopped => left_after_shutdown(known.pending.clone()),
                 None => known.await_external.clone(),
             })
             .collect();
@@ -662,6 +667,33 @@ impl Drop for Handoff<'_> {
             );
         }
     }
+}
+
+/// The "drain" of a pool whose relay `shutdown` stopped: nothing in this process delivers its
+/// outbox any more, so a flush says at once what waits there (for the next relay) instead of
+/// waiting, until its timeout, for a relay that does not run.
+fn left_after_shutdown(pending: PendingFn) -> DrainFn {
+    Arc::new(move |timeout| {
+        let pending = pending.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let bound = timeout.saturating_add(Duration::from_millis(500));
+            let (pending, reason) = match tokio::time::timeout(bound, pending()).await {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(count)) => (
+                    count.unsigned_abs(),
+                    "the tracker was shut down: they wait in the outbox for the next relay",
+                ),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => (0, "the database did not answer within the timeout"),
+            };
+            Err(Error::Timeout {
+                waited: started.elapsed(),
+                pending,
+                reason: reason.to_owned(),
+            })
+        })
+    })
 }
 
 /// What is left until `deadline`; all the time in the world without one.

@@ -236,7 +236,9 @@ impl Tracker {
     /// the flag poller); for the end of a process or a serverless invocation. A zero deadline
     /// stops at once without starting a delivery. From then on the in-memory queue takes no
     /// events: `capture` fails with [`Error::ShutDown`], and `AfterCommit` events committed
-    /// later are counted as dropped at shutdown and reported by the next `flush`.
+    /// later are counted as dropped at shutdown and reported by the next `flush`. No relay
+    /// runs in this process any more: a later `flush` fails at once with [`Error::Timeout`]
+    /// counting what waits in the outbox for the next relay (unless delivery is external).
     ///
     /// Fails as [`flush`](Self::flush) does, after stopping: [`Error::Timeout`] when outbox
     /// events were still pending at the deadline (they wait there for the next relay, never
