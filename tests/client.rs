@@ -1027,3 +1027,32 @@ async fn a_full_queue_empties_without_waiting_for_the_flush_interval() {
     tracker.flush().await.unwrap();
     assert_eq!(mock.unique_uuids().len(), 3);
 }
+
+/// A transaction begun on a pool the tracker had not seen, after `shutdown`, started a relay
+/// for it: background work that nothing would stop again, after the tracker was shut down.
+#[tokio::test]
+async fn after_shutdown_no_relay_is_started() {
+    let (_mock, tracker) = mock_tracker(identity).await;
+    tracker.shutdown(Duration::from_secs(5)).await.unwrap();
+    let pool = memory_database().await.unwrap();
+    tracker.migrate(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tracker.relay_state(), None, "no relay runs");
+    let flushed = tracker.flush().await;
+    assert!(
+        matches!(flushed, Err(Error::Timeout { pending: 1, .. })),
+        "the event waits in the outbox for the next relay: {flushed:?}"
+    );
+}
