@@ -100,6 +100,8 @@ pub(crate) struct Dispatch {
     /// `shutdown` was called: no queue is started from then on (one it closed refuses
     /// events itself).
     shut_down: std::sync::atomic::AtomicBool,
+    /// `shutdown` stopped this process's relays: a `flush` waits for none of them.
+    relays_stopped: std::sync::atomic::AtomicBool,
     pools: Mutex<HashMap<usize, KnownPool>>,
     /// A standalone relay serves the databases: this process starts none.
     external_relay: bool,
@@ -152,6 +154,7 @@ impl Dispatch {
             relay_options: options.relay,
             queue: OnceLock::new(),
             shut_down: std::sync::atomic::AtomicBool::new(false),
+            relays_stopped: std::sync::atomic::AtomicBool::new(false),
             pools: Mutex::new(HashMap::new()),
             external_relay: options.external_relay,
             unrelayed: AtomicU64::new(0),
@@ -509,8 +512,9 @@ impl Dispatch {
     /// `deadline`: `None` waits as long as it takes.
     async fn deliver_all(&self, deadline: Option<Instant>) -> Result<()> {
         let started = Instant::now();
-        // `shutdown` stopped this process's relays: no relay here delivers any more.
-        let stopped = self.shut_down.load(Ordering::SeqCst) && !self.external_relay;
+        // `shutdown` stopped this process's relays: no relay here delivers any more. (While
+        // it runs, a flush waits for what its final drain delivers.)
+        let stopped = self.relays_stopped.load(Ordering::SeqCst) && !self.external_relay;
         let drains: Vec<DrainFn> = lock(&self.pools)
             .values()
             .map(|known| match &known.relay {
@@ -619,6 +623,7 @@ impl Dispatch {
                 task.abort();
             }
         }
+        self.relays_stopped.store(true, Ordering::SeqCst);
         let mut left = 0u64;
         let pending: Vec<PendingFn> = lock(&self.pools)
             .values()
