@@ -112,7 +112,8 @@ pub struct DeliveryCounts {
     pub dropped_after_retries: u64,
     /// In-memory events PostHog rejected for good (400, 413, over 1 MB).
     pub dropped_rejected: u64,
-    /// In-memory events given up because the set-up stayed wrong through the retry budget.
+    /// In-memory events given up because their request was refused for the set-up (401,
+    /// 403, 404, 405, a redirect, ...): the in-memory queue does not retry those.
     pub dropped_misconfigured: u64,
     /// In-memory events still queued when `shutdown`'s deadline passed, or committed
     /// (`Delivery::AfterCommit`) after `shutdown`.
