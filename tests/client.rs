@@ -1056,3 +1056,70 @@ async fn after_shutdown_no_relay_is_started() {
         "the event waits in the outbox for the next relay: {flushed:?}"
     );
 }
+
+/// `AfterCommit`: a `commit` cancelled while the database committed (its `COMMIT` sent, the
+/// answer not read yet) left the rows committed and their events nowhere: not queued, not
+/// counted, and the next flush said Ok.
+#[tokio::test]
+async fn after_commit_events_of_a_commit_cancelled_mid_commit_are_not_lost_silently() {
+    let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
+    // A file in rollback-journal mode: a reader's shared lock holds a writer's COMMIT back.
+    let dir = std::env::temp_dir().join(format!("pt-mid-commit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("notes.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Delete)
+        .busy_timeout(Duration::from_secs(30));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    Note {
+        id: 1,
+        author: "ada".into(),
+    }
+    .insert(&mut tx)
+    .await
+    .unwrap();
+    let mut reader = pool.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+    // `COMMIT` waits for the reader's lock; the commit is cancelled meanwhile.
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), tx.commit()).await;
+    assert!(cancelled.is_err(), "the commit did not wait: {cancelled:?}");
+    reader.rollback().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the row never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flushed = tracker.flush().await;
+    let delivered = mock.events().iter().any(|e| e.event == "note_created");
+    assert!(
+        delivered || matches!(flushed, Err(Error::Undelivered { dropped: 1, .. })),
+        "the committed row's event was neither delivered nor reported: flush {flushed:?}, \
+         stats {:?}",
+        tracker.stats()
+    );
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

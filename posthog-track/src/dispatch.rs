@@ -379,6 +379,7 @@ impl Dispatch {
                 let mut handoff = Handoff {
                     dispatch: self,
                     left: events.len(),
+                    reason: WAITED_FOR_ROOM,
                 };
                 for event in events {
                     let queued = self.push(event, true).await;
@@ -396,6 +397,22 @@ impl Dispatch {
             }
             (Mode::Disabled, _) => {}
         }
+    }
+
+    /// Held across the database's `COMMIT` of a transaction whose events go to the in-memory
+    /// queue after it (`AfterCommit`): a `commit` cancelled there may leave the rows
+    /// committed, and their events are then counted as lost rather than lost silently.
+    pub(crate) fn guard_commit(&self, events: usize) -> Option<Handoff<'_>> {
+        let queued = self.mode == Mode::Live && self.delivery == Delivery::AfterCommit;
+        // Not `then_some`: a guard built and dropped would count the events as lost.
+        if !queued || events == 0 {
+            return None;
+        }
+        Some(Handoff {
+            dispatch: self,
+            left: events,
+            reason: WAITED_FOR_COMMIT,
+        })
     }
 
     /// Counts `AfterCommit` events lost before they reached the queue, for the next `flush`.
@@ -649,11 +666,26 @@ impl Dispatch {
     }
 }
 
+/// Why the events of a cancelled hand-off were lost.
+const WAITED_FOR_ROOM: &str = "their `commit` was cancelled (its future dropped) after the \
+                               database committed, while they waited for room in the in-memory \
+                               queue";
+const WAITED_FOR_COMMIT: &str = "their `commit` was cancelled (its future dropped) while the \
+                                 database committed: the rows may have committed without them";
+
 /// The events of an `AfterCommit` hand-off not queued yet: counted as lost if the hand-off
 /// is dropped half-way (its `commit` cancelled), so that the next `flush` reports them.
-struct Handoff<'a> {
+pub(crate) struct Handoff<'a> {
     dispatch: &'a Dispatch,
     left: usize,
+    reason: &'static str,
+}
+
+impl Handoff<'_> {
+    /// The database answered the `COMMIT` (or failed it): [`Dispatch::committed`] takes over.
+    pub(crate) fn answered(mut self) {
+        self.left = 0;
+    }
 }
 
 impl Drop for Handoff<'_> {
@@ -661,15 +693,11 @@ impl Drop for Handoff<'_> {
         if self.left > 0 {
             tracing::error!(
                 events = self.left,
-                "a commit was cancelled after the database committed, before its after-commit \
-                 events were queued: they are lost"
+                "a commit was cancelled when the database may have committed, before its \
+                 after-commit events were queued: they are lost"
             );
-            self.dispatch.unqueued(
-                DropCause::Cancelled,
-                self.left,
-                "their `commit` was cancelled (its future dropped) after the database committed, \
-                 while they waited for room in the in-memory queue",
-            );
+            self.dispatch
+                .unqueued(DropCause::Cancelled, self.left, self.reason);
         }
     }
 }

@@ -216,7 +216,8 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// failed commit would write the row twice). With `AfterCommit`, `commit` waits for room in
     /// the queue after the database committed: cancelling it then (dropping its future) loses
     /// the events not queued yet; they are counted as `dropped_cancelled` and reported by the
-    /// next `flush`.
+    /// next `flush`. So are all its events when it is cancelled while the database commits
+    /// (the rows may have committed, or not).
     pub async fn commit(self) -> Result<()> {
         let span = tracing::info_span!(
             "posthog_track.commit",
@@ -251,7 +252,13 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
             let notify = DB::DIALECT == Dialect::Postgres && dispatch.notifies_relays(self.relay);
             outbox::write::<DB>(&mut self.tx, &staged[self.folded..], notify).await?;
         }
-        self.tx.commit().await?;
+        let guard = dispatch.guard_commit(staged.len());
+        let committed = self.tx.commit().await;
+        // Answered: committed, or failed and rolled back (nothing to count either way).
+        if let Some(guard) = guard {
+            guard.answered();
+        }
+        committed?;
         if to_outbox {
             crate::metrics::committed(staged.len());
         }

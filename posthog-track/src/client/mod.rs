@@ -119,8 +119,8 @@ pub struct DeliveryCounts {
     /// (`Delivery::AfterCommit`) after `shutdown`.
     pub dropped_at_shutdown: u64,
     /// `Delivery::AfterCommit` events whose `commit` was cancelled (its future dropped, as
-    /// when a web framework cancels the handler of a client that went away) after the
-    /// database committed, while they waited for room in the queue.
+    /// when a web framework cancels the handler of a client that went away) while the
+    /// database committed, or after it, while they waited for room in the queue.
     pub dropped_cancelled: u64,
     /// Dropped on purpose by the `before_send` hook.
     pub filtered: u64,
