@@ -1519,3 +1519,32 @@ async fn a_flush_after_shutdown_says_what_waits_without_waiting<DB: Backend>(
     assert!(!error.to_string().contains("external relay"), "{error}");
     assert!(error.to_string().contains("shut down"), "{error}");
 }
+
+on_every_backend!(a_flush_after_a_cancelled_shutdown_says_what_waits);
+
+/// A shutdown cancelled during its final drain (wrapped in a shorter timeout, or a second
+/// signal) had taken the relays and let them stop; a later flush then waited its whole flush
+/// timeout for an "external relay".
+async fn a_flush_after_a_cancelled_shutdown_says_what_waits<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Status(503)));
+    let tracker = tracker_for(&mock)
+        .flush_timeout(Duration::from_secs(60))
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("cancelled-shutdown");
+    commit_events(&tracker, pool, &tag, "waits", 3, 3).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        tracker.shutdown(Duration::from_secs(60)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the shutdown was cancelled mid-drain");
+    let flushed = tokio::time::timeout(Duration::from_secs(10), tracker.flush()).await;
+    let flushed = flushed.expect("a flush after a cancelled shutdown waited 10 s");
+    let error = assert_timed_out(flushed, 3, "flush after a cancelled shutdown");
+    assert!(error.to_string().contains("shut down"), "{error}");
+}

@@ -582,6 +582,9 @@ impl Dispatch {
             .values_mut()
             .filter_map(|known| known.relay.take())
             .collect();
+        // The relays are out of the pools for good: once this ends, or is cancelled (its
+        // future dropped, the relays with it), no relay of this process delivers.
+        let stops = StopsRelays(&self.relays_stopped);
         if let Some(at) = at {
             for relay in &relays {
                 (relay.abandon_at)(at);
@@ -640,7 +643,7 @@ impl Dispatch {
                 task.abort();
             }
         }
-        self.relays_stopped.store(true, Ordering::SeqCst);
+        drop(stops);
         let mut left = 0u64;
         let pending: Vec<PendingFn> = lock(&self.pools)
             .values()
@@ -672,6 +675,15 @@ const WAITED_FOR_ROOM: &str = "their `commit` was cancelled (its future dropped)
                                queue";
 const WAITED_FOR_COMMIT: &str = "their `commit` was cancelled (its future dropped) while the \
                                  database committed: the rows may have committed without them";
+
+/// Sets its flag when dropped: see [`Dispatch::shutdown`].
+struct StopsRelays<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopsRelays<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// The events of an `AfterCommit` hand-off not queued yet: counted as lost if the hand-off
 /// is dropped half-way (its `commit` cancelled), so that the next `flush` reports them.
