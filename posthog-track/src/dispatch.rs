@@ -461,8 +461,8 @@ impl Dispatch {
             // Said in words too: after a `shutdown`, there may be no next flush.
             if let Err(Error::Timeout { reason: why, .. }) = &mut result {
                 why.push_str(&format!(
-                    "; besides, {lost} in-memory event(s) were lost ({reason}), counted by the \
-                     next flush"
+                    "; besides, {lost} in-memory event(s) were lost ({reason}), reported again \
+                     by the next flush"
                 ));
             }
             let mut unqueued = lock(&self.unqueued);
