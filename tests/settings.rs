@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use posthog_track::testing::MockPostHog;
 use posthog_track::{Event, TrackedModel, Tracker};
-use posthog_track_tests::{database_url, tracker_for, unique};
+use posthog_track_tests::{database_url, on_every_backend, tracker_for, unique};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -587,15 +587,12 @@ async fn a_delivered_batch_is_deleted_once_the_sqlite_database_is_free_again() {
             .execute(&mut other)
             .await
             .unwrap();
-        // Meanwhile a tracked commit fails, whole ("database is locked").
-        let mut locked_out = tracker.begin(&pool).await.unwrap();
-        locked_out.set_distinct_id(tag.clone());
-        locked_out.capture(Event::new("locked_out")).unwrap();
-        match locked_out.commit().await {
+        // Meanwhile a tracked transaction cannot begin (it takes the write lock at once).
+        match tracker.begin(&pool).await {
             Err(posthog_track::Error::Database(error)) => {
                 assert!(error.to_string().contains("locked"), "{name}: {error}")
             }
-            other => panic!("{name}: {other:?}"),
+            other => panic!("{name}: {:?}", other.map(|_| "began")),
         }
         // PostHog accepts the batch while the database is held, and the relay's delete meets
         // the lock (its busy timeout is 100 ms) before it is released.
@@ -615,4 +612,88 @@ async fn a_delivered_batch_is_deleted_once_the_sqlite_database_is_free_again() {
         pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A counter that two transactions increment from what they loaded.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "st_counters", distinct_id = owner, update_event = "counter_bumped")]
+struct Counter {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    owner: String,
+    #[tracked(property)]
+    visits: i64,
+}
+
+// Two tracked transactions that load a row with `load_for_update` and write it back: the
+// second waits for the first, as the README promises, and loads what the first wrote. On
+// SQLite the transaction began deferred, so `load_for_update` took no lock: in WAL mode the
+// first transaction's write then failed at once with "database is locked" (its snapshot was
+// older than the second's commit, which no busy timeout waits out), and in the rollback
+// journal one of them did. A tracked transaction begins `IMMEDIATE` on SQLite: it takes the
+// write lock at `begin`, as `FOR UPDATE` takes the row's elsewhere.
+
+on_every_backend!(load_for_update_serialises_two_writers);
+
+async fn load_for_update_serialises_two_writers<DB: posthog_track::Backend>(
+    pool: &sqlx::Pool<DB>,
+    _url: &str,
+) where
+    Counter: posthog_track::TrackedRow<DB>,
+{
+    posthog_track_tests::execute(
+        pool,
+        "CREATE TABLE st_counters (id VARCHAR(100) PRIMARY KEY, owner VARCHAR(100) NOT NULL, \
+         visits BIGINT NOT NULL)",
+    )
+    .await;
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("counter");
+    let key = format!("{tag}-c");
+    posthog_track_tests::execute(
+        pool,
+        format!("INSERT INTO st_counters (id, owner, visits) VALUES ('{key}', '{tag}', 0)"),
+    )
+    .await;
+    let bump = |tracker: Tracker, pool: sqlx::Pool<DB>, key: String| async move {
+        let mut tx = tracker.begin(&pool).await?;
+        let before = Counter::load_for_update(&key, &mut tx).await?.unwrap();
+        let mut after = before.clone();
+        after.visits += 1;
+        after.update_changed(&before, &mut tx).await?;
+        tx.commit().await
+    };
+    let mut first = tracker.begin(pool).await.unwrap();
+    let before = Counter::load_for_update(&key, &mut first)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = tokio::spawn(bump(tracker.clone(), pool.clone(), key.clone()));
+    // The second writer waits for the first (if it does not, it finishes now, and the first
+    // meets its write).
+    let finished_early = tokio::time::timeout(Duration::from_millis(500), &mut second).await;
+    let mut after = before.clone();
+    after.visits += 1;
+    let written = after.update_changed(&before, &mut first).await;
+    let committed = first.commit().await;
+    let second = match finished_early {
+        Ok(done) => done.unwrap(),
+        Err(_) => second.await.unwrap(),
+    };
+    written.unwrap();
+    committed.unwrap();
+    second.unwrap();
+    let visits: Vec<i64> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|event| event.distinct_id == tag)
+        .filter_map(|event| event.property("visits").and_then(serde_json::Value::as_i64))
+        .collect();
+    assert_eq!(visits, [1, 2], "each writer bumped what the other left");
 }

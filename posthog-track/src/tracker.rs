@@ -82,15 +82,29 @@ impl Tracker {
     /// The first transaction on a pool starts that pool's relay in the background (in live
     /// mode, unless the builder said delivery is [external](TrackerBuilder::external_relay)),
     /// so whatever this tracker commits is delivered without further calls.
+    ///
+    /// On SQLite the transaction begins `IMMEDIATE`: it takes the database's write lock at
+    /// once (waiting for another writer up to the busy timeout), as `FOR UPDATE` takes a
+    /// row's lock elsewhere, so that what it reads ([`load_for_update`]) stays what it writes
+    /// over. A deferred transaction that read first could not write once another writer had
+    /// committed since its read: it failed at once with "database is locked", whatever the
+    /// busy timeout.
+    ///
+    /// [`load_for_update`]: crate::TrackedModel::load_for_update
     pub async fn begin<DB: Backend>(
         &self,
         pool: &Pool<DB>,
     ) -> Result<TrackedTransaction<'static, DB>> {
         let relay = self.inner.dispatch.track_pool(pool);
-        Ok(
-            TrackedTransaction::new(pool.begin().await?, self.inner.clone(), relay)
-                .with_reconnect(pool.connect_options()),
-        )
+        let tx = match DB::DIALECT {
+            crate::Dialect::Sqlite => {
+                pool.begin_with(sqlx::AssertSqlSafe("BEGIN IMMEDIATE".to_owned()))
+                    .await?
+            }
+            crate::Dialect::Postgres | crate::Dialect::MySql => pool.begin().await?,
+        };
+        Ok(TrackedTransaction::new(tx, self.inner.clone(), relay)
+            .with_reconnect(pool.connect_options()))
     }
 
     /// Tracks writes in a transaction you already began (on a pool, a connection or as a
