@@ -697,3 +697,142 @@ async fn load_for_update_serialises_two_writers<DB: posthog_track::Backend>(
         .collect();
     assert_eq!(visits, [1, 2], "each writer bumped what the other left");
 }
+
+/// A person row with a generated timestamp, for the sql_mode scenarios.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "st_people", distinct_id = id)]
+struct ModePerson {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(person)]
+    email: String,
+    #[tracked(generated, property)]
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every kind of tracked write, a dead letter, its requeue and a backfill, on a MySQL/MariaDB
+/// pool whose sessions run `session`: every committed event arrives once, its strings byte
+/// for byte, and the outbox ends empty.
+async fn every_operation_under(scenario: &str, session: &'static str) {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(&url, scenario, session).await;
+    posthog_track_tests::execute(
+        &pool,
+        "CREATE TABLE st_people (id VARCHAR(100) PRIMARY KEY, email TEXT NOT NULL, \
+         created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) DEFAULT CHARSET = utf8mb4",
+    )
+    .await;
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "poison");
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("sql-mode");
+    let email = |n: usize| format!("{BMP_TEXT} {EMOJI_TEXT} \\\\n\\0 {n}@example.com");
+    let people: Vec<ModePerson> = (0..4)
+        .map(|n| ModePerson {
+            id: format!("{tag}-{n}"),
+            email: email(n),
+            created_at: chrono::DateTime::UNIX_EPOCH,
+        })
+        .collect();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    let stored = ModePerson::insert_all(&people, &mut tx).await.unwrap();
+    let mut changed = stored[0].clone();
+    changed.email = format!("{} changed", email(0));
+    changed.update_changed(&stored[0], &mut tx).await.unwrap();
+    let upserted = ModePerson {
+        id: format!("{tag}-u"),
+        ..people[1].clone()
+    };
+    assert!(matches!(
+        upserted.clone().upsert(&mut tx).await.unwrap(),
+        posthog_track::Upserted::Inserted(_)
+    ));
+    assert!(matches!(
+        upserted.upsert(&mut tx).await.unwrap(),
+        posthog_track::Upserted::Updated(_)
+    ));
+    stored[1].delete(&mut tx).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("poison").property("text", EMOJI_TEXT))
+        .unwrap();
+    let staged: std::collections::BTreeMap<Uuid, serde_json::Value> = tx
+        .staged()
+        .iter()
+        .map(|event| (event.uuid, serde_json::from_str(&event.payload).unwrap()))
+        .collect();
+    tx.commit().await.unwrap();
+    let drained = tracker.relay(pool.clone()).drain_for(WAIT).await;
+    assert!(
+        matches!(
+            drained,
+            Err(posthog_track::Error::Undelivered { dead: 1, .. })
+        ),
+        "{drained:?}"
+    );
+    let status = tracker.outbox(&pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 1), "{status:?}");
+    mock.reject_events_where(|_| false);
+    assert_eq!(tracker.outbox(&pool).requeue(None).await.unwrap(), 1);
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    let received: Vec<_> = mock
+        .events()
+        .into_iter()
+        .filter(|event| staged.contains_key(&event.uuid))
+        .collect();
+    assert_eq!(received.len(), staged.len(), "each event once");
+    for event in &received {
+        assert_eq!(event.raw["properties"], staged[&event.uuid]["properties"]);
+    }
+    let report = tracker.backfill::<ModePerson>(&pool).run().await.unwrap();
+    assert!(report.complete && report.person_updates == 4, "{report}");
+    tracker.relay(pool.clone()).drain_for(WAIT).await.unwrap();
+    let backfilled: BTreeSet<String> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.event == "$set" && event.distinct_id.starts_with(&tag))
+        .map(|event| {
+            event.properties["$set"]["email"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected = BTreeSet::from([
+        format!("{} changed", email(0)),
+        email(1),
+        email(2),
+        email(3),
+    ]);
+    assert_eq!(backfilled, expected);
+    let status = tracker.outbox(&pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 0), "{status:?}");
+}
+
+// The sql_mode settings an operator may give a server: ANSI (ANSI_QUOTES, PIPES_AS_CONCAT,
+// ONLY_FULL_GROUP_BY, ...) with NO_BACKSLASH_ESCAPES and the zero-date rules, strict mode
+// off, and a session time zone other than UTC. Every statement binds its values and quotes
+// identifiers with backticks, so none of them changes what is written or sent.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_under_ansi_sql_mode() {
+    every_operation_under(
+        "sql_mode_ansi",
+        "SET SESSION sql_mode = 'ANSI,NO_BACKSLASH_ESCAPES,STRICT_ALL_TABLES,NO_ZERO_DATE,\
+         NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO'",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_without_strict_mode() {
+    every_operation_under("sql_mode_lax", "SET SESSION sql_mode = ''").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_in_another_time_zone() {
+    every_operation_under("time_zone_ist", "SET time_zone = '+05:30'").await;
+}
