@@ -836,3 +836,48 @@ async fn every_operation_without_strict_mode() {
 async fn every_operation_in_another_time_zone() {
     every_operation_under("time_zone_ist", "SET time_zone = '+05:30'").await;
 }
+
+// `outbox purge` through a pool whose sessions run with autocommit off: the DELETE opened a
+// transaction nothing committed, so purge reported the dead events gone while they stayed
+// (until the connection's next transaction committed it, or its close rolled it back). It
+// runs in a transaction of its own.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_without_autocommit_is_committed() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "purge_autocommit_off",
+        "SET autocommit = 0",
+    )
+    .await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let plain =
+        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
+            .await
+            .unwrap();
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "refused");
+    let tracker = committer(&mock);
+    tracker.migrate(&plain).await.unwrap();
+    let tag = unique("purge-autocommit");
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("refused")).unwrap();
+    // Accepted in the same round, so the refusal is the event's fault.
+    tx.capture(Event::new("accepted")).unwrap();
+    tx.commit().await.unwrap();
+    assert!(tracker.relay(plain.clone()).drain_for(WAIT).await.is_err());
+    assert_eq!(tracker.outbox(&plain).status().await.unwrap().dead, 1);
+    assert_eq!(tracker.outbox(&pool).purge(None).await.unwrap(), 1);
+    assert_eq!(
+        tracker.outbox(&plain).status().await.unwrap().dead,
+        0,
+        "the purge is committed"
+    );
+}

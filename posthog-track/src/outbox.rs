@@ -1080,8 +1080,13 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         if let Some(age) = query_age {
             query = DB::bind_i64(query, age);
         }
+        // In a transaction of its own: on a MySQL/MariaDB session with autocommit off, the
+        // DELETE alone would open a transaction that nothing commits.
         let mut conn = self.pool.acquire().await?;
-        Ok(DB::rows_affected(&DB::execute(&mut conn, query).await?))
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let purged = DB::rows_affected(&DB::execute(&mut tx, query).await?);
+        tx.commit().await?;
+        Ok(purged)
     }
 }
 
