@@ -50,6 +50,10 @@ pub(crate) struct Ask {
     pub max_bytes: usize,
     /// On PostgreSQL, hold the claim by the sending transaction instead of a written lease.
     pub hold: bool,
+    /// On PostgreSQL, the sessions default to a stricter isolation level than READ COMMITTED
+    /// (`default_transaction_isolation`): the written-lease statements then run in READ
+    /// COMMITTED transactions of their own (see [`BEGIN_READ_COMMITTED`]).
+    pub isolate: bool,
 }
 
 /// Rows taken by one claim.
@@ -61,6 +65,8 @@ pub(crate) struct Claim<DB: Backend> {
     /// PostgreSQL: the transaction whose row locks are the claim, committed by [`finish`].
     /// `None`: a lease written in the rows and fenced by `token`.
     held: Option<tokio::sync::Mutex<sqlx::Transaction<'static, DB>>>,
+    /// [`Ask::isolate`], for the statements that settle a written lease.
+    isolate: bool,
 }
 
 impl<DB: Backend> std::fmt::Debug for Claim<DB> {
@@ -101,6 +107,7 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
         limit,
         lease_millis,
         max_bytes,
+        isolate,
         ..
     } = ask;
     let token = fastrand::i64(1..i64::MAX);
@@ -121,6 +128,7 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
                 pool,
                 sql,
                 [lease_millis, token, limit, INLINE_PAYLOAD_BYTES],
+                isolate,
             )
             .await?
         }
@@ -140,17 +148,19 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
                 pool,
                 sql,
                 [lease_millis, token, limit, INLINE_PAYLOAD_BYTES],
+                isolate,
             )
             .await?
         }
         Dialect::MySql => claim_mysql::<DB>(pool, ask, token).await?,
     };
     rows.sort_by_key(|taken| taken.row.id);
-    let rows = within_budget::<DB>(pool, token, rows, max_bytes).await?;
+    let rows = within_budget::<DB>(pool, token, rows, max_bytes, isolate).await?;
     Ok(Claim {
         token,
         rows,
         held: None,
+        isolate,
     })
 }
 
@@ -198,6 +208,7 @@ async fn claim_held<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Claim<DB>>
         token: 0,
         rows,
         held: Some(tokio::sync::Mutex::new(tx)),
+        isolate: false,
     })
 }
 
@@ -233,6 +244,7 @@ async fn within_budget<DB: Backend>(
     token: i64,
     taken: Vec<Taken>,
     max_bytes: usize,
+    isolate: bool,
 ) -> Result<Vec<Claimed>> {
     let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
     let mut used = 0i64;
@@ -278,7 +290,7 @@ async fn within_budget<DB: Backend>(
             query = DB::bind_i64(query, *id);
         }
         let mut conn = pool.acquire().await?;
-        execute_read_committed::<DB>(&mut conn, query).await?;
+        execute_isolated::<DB>(&mut conn, query, isolate).await?;
     }
     Ok(kept)
 }
@@ -350,30 +362,32 @@ async fn fetch_claimed<DB: Backend>(
     pool: &Pool<DB>,
     sql: String,
     values: [i64; 4],
+    isolate: bool,
 ) -> Result<Vec<Taken>> {
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for value in values {
         query = DB::bind_i64(query, value);
     }
     let mut conn = pool.acquire().await?;
-    let rows = fetch_read_committed::<DB>(&mut conn, query).await?;
+    let rows = fetch_isolated::<DB>(&mut conn, query, isolate).await?;
     rows.iter().map(|row| decode::<DB>(row)).collect()
 }
 
-/// How the relay's written-lease statements begin their transactions on PostgreSQL: READ
-/// COMMITTED whatever the sessions' `default_transaction_isolation`. Under SERIALIZABLE (or
-/// REPEATABLE READ) relays sharing the outbox failed their claims, deletes and releases with
+/// How the relay's written-lease statements begin their transactions on PostgreSQL when the
+/// sessions default to a stricter level ([`Ask::isolate`]). Under SERIALIZABLE (or REPEATABLE
+/// READ) relays sharing the outbox failed their claims, deletes and releases with
 /// serialization failures ("could not serialize access"), although the claim tokens already
 /// keep their rows apart: a drain failed, and a delivered batch was sent again.
 const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
-/// Runs `query` on `conn`, in a READ COMMITTED transaction of its own on PostgreSQL (see
-/// [`BEGIN_READ_COMMITTED`]; elsewhere as it is).
-async fn execute_read_committed<DB: Backend>(
+/// Runs `query` on `conn`: with `isolate` on PostgreSQL, in a READ COMMITTED transaction of its
+/// own (see [`BEGIN_READ_COMMITTED`]); otherwise as it is.
+async fn execute_isolated<DB: Backend>(
     conn: &mut DB::Connection,
     query: crate::backend::BoundQuery<DB>,
+    isolate: bool,
 ) -> Result<DB::QueryResult> {
-    if DB::DIALECT != Dialect::Postgres {
+    if !isolate || DB::DIALECT != Dialect::Postgres {
         return Ok(DB::execute(conn, query).await?);
     }
     let mut tx =
@@ -384,12 +398,13 @@ async fn execute_read_committed<DB: Backend>(
     Ok(done)
 }
 
-/// [`execute_read_committed`] for a statement that returns rows.
-async fn fetch_read_committed<DB: Backend>(
+/// [`execute_isolated`] for a statement that returns rows.
+async fn fetch_isolated<DB: Backend>(
     conn: &mut DB::Connection,
     query: crate::backend::BoundQuery<DB>,
+    isolate: bool,
 ) -> Result<Vec<DB::Row>> {
-    if DB::DIALECT != Dialect::Postgres {
+    if !isolate || DB::DIALECT != Dialect::Postgres {
         return Ok(DB::fetch_all(conn, query).await?);
     }
     let mut tx =
@@ -449,7 +464,7 @@ pub(crate) async fn renew<DB: Backend>(
     }
     let mut conn = pool.acquire().await?;
     Ok(DB::rows_affected(
-        &execute_read_committed::<DB>(&mut conn, query).await?,
+        &execute_isolated::<DB>(&mut conn, query, claim.isolate).await?,
     ))
 }
 
@@ -525,7 +540,7 @@ pub(crate) async fn settle<DB: Backend>(
         let (sql, binds) = settle_sql(dialect, &fence, chunk, &settle);
         match &settle {
             Settle::Dead { .. } => {
-                let mut tx = if dialect == Dialect::Postgres {
+                let mut tx = if claim.isolate && dialect == Dialect::Postgres {
                     sqlx::Connection::begin_with(
                         &mut *conn,
                         sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()),
@@ -542,8 +557,9 @@ pub(crate) async fn settle<DB: Backend>(
             }
             _ => {
                 let query = bind_all::<DB>(sql, &binds);
-                affected +=
-                    DB::rows_affected(&execute_read_committed::<DB>(&mut conn, query).await?);
+                affected += DB::rows_affected(
+                    &execute_isolated::<DB>(&mut conn, query, claim.isolate).await?,
+                );
             }
         }
     }
@@ -716,6 +732,7 @@ mod tests {
             lease_millis,
             max_bytes,
             hold: false,
+            isolate: false,
         }
     }
 

@@ -195,8 +195,10 @@ pub struct Relay<DB: Backend> {
     clock: std::sync::Mutex<Option<(Instant, chrono::Duration)>>,
     /// A [`RelayState`] as `u8`, kept by `run`.
     state: std::sync::atomic::AtomicU8,
-    /// MySQL/MariaDB: the pool's sessions were seen to autocommit (see `check_session`).
+    /// The pool's sessions were looked at (see `check_session`).
     session_checked: AtomicBool,
+    /// PostgreSQL: the sessions default to a stricter isolation level than READ COMMITTED.
+    strict_isolation: AtomicBool,
 }
 
 impl<DB: Backend> Relay<DB> {
@@ -224,6 +226,7 @@ impl<DB: Backend> Relay<DB> {
             clock: std::sync::Mutex::new(None),
             state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
             session_checked: AtomicBool::new(false),
+            strict_isolation: AtomicBool::new(false),
         }
     }
 
@@ -311,6 +314,7 @@ impl<DB: Backend> Relay<DB> {
                     lease_millis: lease,
                     max_bytes: self.options.max_claim_bytes,
                     hold: self.options.held_claims,
+                    isolate: self.strict_isolation.load(Ordering::Relaxed),
                 },
             ),
             claim_span.clone(),
@@ -737,32 +741,52 @@ impl<DB: Backend> Relay<DB> {
         }
     }
 
-    /// MySQL/MariaDB, once per relay: refuses a pool whose sessions run with autocommit off
-    /// (`autocommit = 0` in the server's configuration, `init_connect`, an `after_connect`).
-    /// The relay's statements outside its claim each rely on autocommit: without it, each
-    /// would open a transaction that nothing commits (delivered rows never deleted, so sent
-    /// again after their lease, their locks held against other relays), and the claim fails
-    /// with the server's "Transaction characteristics can't be changed while a transaction is
-    /// in progress", which names neither the setting nor the fix.
+    /// Once per relay, what the pool's sessions were set up with. MySQL/MariaDB: refuses a
+    /// pool whose sessions run with autocommit off (`autocommit = 0` in the server's
+    /// configuration, `init_connect`, an `after_connect`). The relay's statements outside its
+    /// claim each rely on autocommit: without it, each would open a transaction that nothing
+    /// commits (delivered rows never deleted, so sent again after their lease, their locks
+    /// held against other relays), and the claim fails with the server's "Transaction
+    /// characteristics can't be changed while a transaction is in progress", which names
+    /// neither the setting nor the fix. PostgreSQL: notes whether the sessions default to a
+    /// stricter isolation level than READ COMMITTED, under which written leases run their
+    /// statements in READ COMMITTED transactions (see `claim::Ask::isolate`).
     async fn check_session(&self) -> Result<()> {
-        if DB::DIALECT != crate::backend::Dialect::MySql
-            || self.session_checked.load(Ordering::Relaxed)
-        {
+        if self.session_checked.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let sql = match DB::DIALECT {
+            crate::backend::Dialect::MySql => "SELECT @@autocommit",
+            crate::backend::Dialect::Postgres => {
+                "SELECT CASE WHEN current_setting('transaction_isolation') = 'read committed' \
+                 THEN 0 ELSE 1 END::BIGINT"
+            }
+            crate::backend::Dialect::Sqlite => {
+                self.session_checked.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
         let mut conn = self.pool.acquire().await?;
-        let row = DB::fetch_one(&mut conn, sqlx::query("SELECT @@autocommit")).await?;
-        if DB::int(&row, 0)? == 0 {
-            return Err(Error::Unsupported {
-                operation: "the relay".to_owned(),
-                backend: DB::DIALECT.name(),
-                reason: "this pool's sessions run with autocommit off (autocommit = 0 in the \
-                         server's configuration, init_connect or the pool's after_connect), \
-                         so each of the relay's statements would open a transaction that \
-                         nothing commits, and delivered events would stay in the outbox; give \
-                         the relay a pool whose sessions run `SET autocommit = 1` (in \
-                         after_connect). Nothing was claimed or sent",
-            });
+        let row = DB::fetch_one(&mut conn, sqlx::query(sql)).await?;
+        let value = DB::int(&row, 0)?;
+        match DB::DIALECT {
+            crate::backend::Dialect::MySql if value == 0 => {
+                return Err(Error::Unsupported {
+                    operation: "the relay".to_owned(),
+                    backend: DB::DIALECT.name(),
+                    reason: "this pool's sessions run with autocommit off (autocommit = 0 in \
+                             the server's configuration, init_connect or the pool's \
+                             after_connect), so each of the relay's statements would open a \
+                             transaction that nothing commits, and delivered events would \
+                             stay in the outbox; give the relay a pool whose sessions run \
+                             `SET autocommit = 1` (in after_connect). Nothing was claimed or \
+                             sent",
+                });
+            }
+            crate::backend::Dialect::Postgres => {
+                self.strict_isolation.store(value != 0, Ordering::Relaxed);
+            }
+            _ => {}
         }
         self.session_checked.store(true, Ordering::Relaxed);
         Ok(())
