@@ -1679,3 +1679,55 @@ async fn events_dropped_by_before_send_are_not_counted(pool: &impl Source<Person
     assert_eq!(mock.events().len(), 4);
 }
 on_every_backend!(events_dropped_by_before_send_are_not_counted);
+
+/// A member keyed by a nullable unique column (an optional external id).
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_nullable_keys", distinct_id = email)]
+struct NullableKeyed {
+    #[tracked(key, property)]
+    external_id: Option<i64>,
+    #[tracked(property)]
+    email: String,
+    #[tracked(person)]
+    plan: String,
+}
+
+/// A key column holding NULLs: keyset pagination (`key > last`) never reads a NULL key, and
+/// a page ending on one (NULLs sort first on MySQL and SQLite) was followed by `key > NULL`,
+/// which reads nothing: the run said complete with 3 of 5 rows never sent (on PostgreSQL,
+/// where NULLs sort last, the 2 NULL-keyed rows were left out, complete too). The run now
+/// fails and says why: on MySQL and SQLite at the page holding the NULL (nothing staged), on
+/// PostgreSQL when it would have marked itself complete (the rows before were sent); a second
+/// run fails the same way rather than find the backfill complete.
+async fn a_key_column_holding_nulls_is_refused<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<NullableKeyed>,
+{
+    let columns = "external_id BIGINT NULL UNIQUE, email VARCHAR(50) NOT NULL, \
+                   plan VARCHAR(50) NOT NULL";
+    let rows = ["(NULL, 'a@x', 'free')", "(NULL, 'b@x', 'free')"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((1..=3).map(|n| format!("({n}, 'u{n}@x', 'pro')")));
+    let (mock, tracker) = seeded(pool, "bf_nullable_keys", columns, rows).await;
+    for _ in 0..2 {
+        let backfill = tracker.backfill::<NullableKeyed>(pool).page_size(2);
+        let error = run_err(backfill).await;
+        assert!(
+            matches!(&error, Error::Unsupported { reason, .. } if reason.contains("NULL")),
+            "{error}"
+        );
+    }
+    tracker.flush().await.unwrap();
+    let sent = mock.events().len();
+    let expected = if DB::DIALECT == Dialect::Postgres {
+        3
+    } else {
+        0
+    };
+    assert_eq!(
+        sent, expected,
+        "the rows with a key, once each on PostgreSQL"
+    );
+}
+on_every_backend!(a_key_column_holding_nulls_is_refused);

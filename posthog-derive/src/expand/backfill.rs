@@ -190,7 +190,8 @@ pub fn dummy(ident: &syn::Ident, key: &TokenStream) -> TokenStream {
     }
 }
 
-/// `PageSql { first, after }`: the first page of rows in key order, and the page after a key.
+/// `PageSql { first, after, null_key }`: the first page of rows in key order, the page after a
+/// key, and a row whose key holds a NULL (which no page reads).
 /// The last placeholder is the page size. Keyset pagination, so a page costs the same however
 /// far the backfill has gone (an `OFFSET` would rescan every earlier row).
 fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
@@ -241,10 +242,13 @@ fn page_sql(container: &Container, dialect: Dialect) -> TokenStream {
         "{select} WHERE {condition} {order} LIMIT {}",
         dialect.placeholder(key_placeholders + 1)
     );
+    let nulls: Vec<String> = keys.iter().map(|key| format!("{key} IS NULL")).collect();
+    let null_key = format!("SELECT 1 FROM {table} WHERE {} LIMIT 1", nulls.join(" OR "));
     quote! {
         #Private::PageSql {
             first: #first,
             after: #after,
+            null_key: #null_key,
         }
     }
 }

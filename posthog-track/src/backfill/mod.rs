@@ -395,6 +395,30 @@ const KEY_NOT_ORDERED: &str = "the key as stored does not compare with the key a
     row again; store the key column as sqlx writes it (or as a number), or backfill through a \
     model keyed by another unique column";
 
+/// Why a backfill stops at a row whose key holds a NULL.
+const KEY_HOLDS_NULL: &str = "a key column of the table holds NULL, and keyset pagination \
+    cannot page through it (`key > last` is never true of a NULL: the rows after it, or the \
+    NULL-keyed rows themselves, would never be sent while the run said it was complete); give \
+    those rows a key, or backfill through a model keyed by a NOT NULL unique column";
+
+/// The error of a backfill of `table` whose key column holds a NULL.
+fn key_holds_null<DB: Backend>(table: &str) -> Error {
+    Error::Unsupported {
+        operation: format!("backfill of `{table}`"),
+        backend: DB::DIALECT.name(),
+        reason: KEY_HOLDS_NULL,
+    }
+}
+
+/// Whether a key (a value, or a composite key's tuple) is or holds a NULL.
+fn holds_null<K: Serialize>(key: &K) -> bool {
+    match serde_json::to_value(key) {
+        Ok(serde_json::Value::Null) => true,
+        Ok(serde_json::Value::Array(items)) => items.iter().any(serde_json::Value::is_null),
+        _ => false,
+    }
+}
+
 /// How many times in a row a page the database rolled back (see [`lost_deadlock`]) is read
 /// again before the run fails.
 const PAGE_ATTEMPTS: u32 = 5;
@@ -619,6 +643,14 @@ where
             Err(error) => return Err(error.into()),
         };
         let Some(last_row) = rows.last() else {
+            // Keyset pagination reads no row whose key holds a NULL (PostgreSQL sorts them
+            // last, after every page): such rows were never sent, so the run is not complete.
+            if !DB::fetch_all(&mut tx, sqlx::query(pages.null_key))
+                .await?
+                .is_empty()
+            {
+                return Err(key_holds_null::<DB>(M::TABLE));
+            }
             if persist {
                 let next = Checkpoint {
                     done: true,
@@ -649,7 +681,14 @@ where
         let mut page = Page::default();
         for row in &rows {
             let model = M::__from_row(row)?;
-            let key = key_json(&M::__key_from_row(row)?)?;
+            let key = M::__key_from_row(row)?;
+            // A NULL in the key (MySQL and SQLite sort them first): the page after it would
+            // read nothing (`key > NULL`), and the run would say complete. Nothing of the
+            // page is staged.
+            if holds_null(&key) {
+                return Err(key_holds_null::<DB>(M::TABLE));
+            }
+            let key = key_json(&key)?;
             plan.stage_row(&model, &key, &mut page)?;
         }
         if look_in_outbox {

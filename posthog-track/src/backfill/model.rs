@@ -69,12 +69,16 @@ impl BackfillSpec {
 pub struct PageSql {
     pub first: &'static str,
     pub after: &'static str,
+    /// A row (`SELECT 1 ... LIMIT 1`) with a NULL in a key column, if any: keyset pagination
+    /// never reads one (`key > last` is not true of a NULL).
+    pub null_key: &'static str,
 }
 
 impl PageSql {
     const UNUSABLE: PageSql = PageSql {
         first: "",
         after: "",
+        null_key: "",
     };
 }
 
