@@ -881,3 +881,60 @@ async fn a_purge_without_autocommit_is_committed() {
         "the purge is committed"
     );
 }
+
+// A backfill through a pool whose sessions run with autocommit off: the checkpoint's creation
+// (and a restart's reset) ran outside any transaction, so it opened one that nothing
+// committed, and went back to the pool holding the checkpoint row's lock. The first page,
+// on another of the pool's connections, waited on that lock for its advance until the lock
+// wait timeout, and the run failed. They run in transactions of their own.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_without_autocommit_keeps_its_checkpoint() {
+    let Some(url) = database_url("MYSQL_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_mysql_with_session(
+        &url,
+        "backfill_autocommit_off",
+        "SET autocommit = 0, innodb_lock_wait_timeout = 2",
+    )
+    .await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let plain =
+        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
+            .await
+            .unwrap();
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&plain).await.unwrap();
+    sqlx::query("CREATE TABLE sp_people (id VARCHAR(50) PRIMARY KEY, email TEXT NOT NULL)")
+        .execute(&plain)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO sp_people VALUES ('p1', 'p1@example.com'), ('p2', 'p2@example.com')")
+        .execute(&plain)
+        .await
+        .unwrap();
+    // Several idle connections, so the checkpoint's and the page's are not the same one.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    for restart in [false, true] {
+        let mut backfill = tracker.backfill::<Person>(&pool).page_size(1);
+        if restart {
+            backfill = backfill.restart();
+        }
+        let report = backfill.run().await.unwrap();
+        assert!(report.complete && report.rows == 2, "{report}");
+    }
+    let again = tracker.backfill::<Person>(&plain).run().await.unwrap();
+    assert!(
+        again.already_complete,
+        "the checkpoint is committed: {again}"
+    );
+}

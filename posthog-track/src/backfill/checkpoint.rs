@@ -106,7 +106,40 @@ pub(crate) async fn load<DB: Backend>(
     } else {
         DB::execute(&mut conn, sqlx::query(create_table_sql(DB::DIALECT))).await?;
     }
-    if let Some(found) = read::<DB>(&mut conn, name).await? {
+    let loaded = read_or_create::<DB>(&mut conn, name, description).await;
+    end_session_transaction::<DB>(&mut conn, loaded.is_ok()).await?;
+    loaded
+}
+
+/// On MySQL/MariaDB, ends the transaction that the statements just run on `conn` opened when
+/// the session runs with autocommit off (`COMMIT` when they succeeded, else `ROLLBACK`; both
+/// do nothing under autocommit). Without it, the connection would go back to the pool
+/// holding the checkpoint row's lock, which the first page's advance (on another connection)
+/// waits on until the lock wait timeout, or a snapshot older than the checkpoint.
+async fn end_session_transaction<DB: Backend>(
+    conn: &mut DB::Connection,
+    succeeded: bool,
+) -> Result<()> {
+    if DB::DIALECT != Dialect::MySql {
+        return Ok(());
+    }
+    if succeeded {
+        DB::execute(conn, sqlx::query("COMMIT")).await?;
+    } else {
+        // The failure is what is reported.
+        let _ = DB::execute(conn, sqlx::query("ROLLBACK")).await;
+    }
+    Ok(())
+}
+
+/// Reads checkpoint `name`, creating it (empty) when it does not exist yet; whether it
+/// existed with progress.
+async fn read_or_create<DB: Backend>(
+    conn: &mut DB::Connection,
+    name: &str,
+    description: &str,
+) -> Result<(Checkpoint, bool)> {
+    if let Some(found) = read::<DB>(conn, name).await? {
         return Ok((found, true));
     }
     // Another run may insert the same checkpoint between the read and this insert: the row
@@ -121,8 +154,8 @@ pub(crate) async fn load<DB: Backend>(
         DB::bind_text(sqlx::query(sqlx::AssertSqlSafe(sql)), name),
         description,
     );
-    DB::execute(&mut conn, query).await?;
-    match read::<DB>(&mut conn, name).await? {
+    DB::execute(conn, query).await?;
+    match read::<DB>(conn, name).await? {
         Some(found) => {
             let existed = found != Checkpoint::default();
             Ok((found, existed))
@@ -199,7 +232,11 @@ pub(crate) async fn reset<DB: Backend>(
         ),
         from.generation,
     );
-    if DB::rows_affected(&DB::execute(&mut conn, query).await?) == 0 {
+    let updated = DB::execute(&mut conn, query).await;
+    // Committed whatever the session's autocommit, as in `load`.
+    end_session_transaction::<DB>(&mut conn, updated.is_ok()).await?;
+    let updated = updated?;
+    if DB::rows_affected(&updated) == 0 {
         return Err(Error::BackfillConflict {
             checkpoint: name.to_owned(),
         });
