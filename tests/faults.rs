@@ -1548,3 +1548,34 @@ async fn a_flush_after_a_cancelled_shutdown_says_what_waits<DB: Backend>(
     let error = assert_timed_out(flushed, 3, "flush after a cancelled shutdown");
     assert!(error.to_string().contains("shut down"), "{error}");
 }
+
+// Flag values at the top of their range (`--lease 18446744073709551615`, the largest u64) are
+// what an operator types for "never": the relay must deliver and exit cleanly, not panic on
+// adding them to the clock with its events sent and still in the outbox.
+
+on_every_backend!(a_relay_with_the_largest_flag_values_delivers_and_exits);
+
+async fn a_relay_with_the_largest_flag_values_delivers_and_exits<DB: Backend>(
+    pool: &Pool<DB>,
+    url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("huge_flags");
+    let committed = commit_events(&tracker, pool, &tag, "huge_flags", 3, 3).await;
+    let max = u64::MAX.to_string();
+    let output = relay_command(url, &mock, "posthog_track=warn")
+        .args(["--drain", "--timeout", "30", "--lease", &max])
+        .args(["--linger-ms", &max, "--shutdown-timeout", &max])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(received(&mock, &tag), committed);
+    assert_eq!(tracker.outbox(pool).status().await.unwrap().pending, 0);
+}

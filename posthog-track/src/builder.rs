@@ -183,7 +183,7 @@ impl TrackerBuilder {
         pub fn outbox_metrics_interval(every: Duration) =>
             dispatch.relay.outbox_metrics_interval = Some(every);
 
-        /// How long a relay's claim on outbox rows lasts (default 60 s; at least 250 ms).
+        /// How long a relay's claim on outbox rows lasts (default 60 s; at least 250 ms, at most a day).
         pub fn lease(lease: Duration) => dispatch.relay.lease = lease;
 
         /// Polling bounds of an idle relay (default 50 ms growing to 2 s; at least 10 ms).

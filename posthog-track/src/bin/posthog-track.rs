@@ -81,7 +81,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
         /// Seconds a claim on outbox rows lasts (renewed while a send is in flight); a relay
-        /// that dies holding one loses it after this long.
+        /// that dies holding one loses it after this long (taken as at least 0.25 s and at
+        /// most a day).
         #[arg(long, default_value_t = 60)]
         lease: u64,
         /// Events per request.

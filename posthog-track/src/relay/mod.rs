@@ -54,7 +54,7 @@ pub struct RelayOptions {
     pub batch_size: usize,
     /// Payload bytes one claim may hold at most (the first row is always taken).
     pub max_claim_bytes: usize,
-    /// How long a claim is exclusive (at least 250 ms). It is renewed while the batch is in
+    /// How long a claim is exclusive (at least 250 ms, at most a day). It is renewed while the batch is in
     /// flight; a relay that died holding it loses it after this long, and another relay
     /// resends the rows.
     pub lease: Duration,
@@ -236,9 +236,11 @@ impl<DB: Backend> Relay<DB> {
     }
 
     /// The lease, at least [`MIN_LEASE`]: a shorter one expires while the rows are sent, and
-    /// other relays send them again meanwhile.
+    /// other relays send them again meanwhile. At most [`MAX_LEASE`]: a lease too long to add
+    /// to the clock (`relay --lease 18446744073709551615`) panicked the relay after its send,
+    /// with the delivered rows still in the outbox.
     fn lease(&self) -> Duration {
-        self.options.lease.max(MIN_LEASE)
+        self.options.lease.clamp(MIN_LEASE, MAX_LEASE)
     }
 
     /// The shortest idle poll, at least [`MIN_POLL`]: a zero interval (`relay
@@ -1055,6 +1057,10 @@ fn fates_summary(
 /// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
 /// every third of it while a send is in flight.
 const MIN_LEASE: Duration = Duration::from_millis(250);
+
+/// The longest lease a relay takes, whatever it was given: a day is "never" for a claim that
+/// is renewed while its send is in flight, and it fits the clock and the database's arithmetic.
+const MAX_LEASE: Duration = Duration::from_secs(86_400);
 
 /// The shortest wait between two polls of an empty outbox, whatever the relay was given.
 const MIN_POLL: Duration = Duration::from_millis(10);
