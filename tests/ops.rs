@@ -279,6 +279,22 @@ async fn doctor_passes_a_healthy_set_up<DB: Backend>(pool: &Pool<DB>, url: &str)
     assert!(mock.events().is_empty(), "the checks send no event");
 }
 
+// `doctor --timeout 18446744073709551615` (the largest u64, "no limit"): the checks run, rather
+// than the command panicking on adding the timeout to the clock when it opens the pool.
+on_every_backend!(doctor_takes_the_largest_timeout);
+
+async fn doctor_takes_the_largest_timeout<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    Tracker::builder().build().migrate(pool).await.unwrap();
+    let options = DoctorOptions::new()
+        .database_url(url)
+        .timeout(Duration::from_secs(u64::MAX));
+    let diagnosis = diagnose_for(&mock, &options).await;
+    for name in ["host answers", "key accepted", "database", "outbox table"] {
+        assert_eq!(verdict(&diagnosis, name), Verdict::Ok, "{diagnosis}");
+    }
+}
+
 #[tokio::test]
 async fn doctor_finds_a_personal_key_used_as_the_project_key() {
     let mock = MockPostHog::start().await;

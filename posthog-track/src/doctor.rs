@@ -152,9 +152,14 @@ pub struct DoctorOptions {
     pub database_url: Option<String>,
     /// A pending event older than this fails the backlog check (default 5 minutes).
     pub max_lag: Duration,
-    /// How long each request and the database connection may take (default 10 s).
+    /// How long each request and the database connection may take (default 10 s; taken as
+    /// at most a day).
     pub timeout: Duration,
 }
+
+/// The longest [`DoctorOptions::timeout`] the checks use: a longer one (`doctor --timeout
+/// 18446744073709551615`) cannot be added to the clock, which panicked the database check.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 impl std::fmt::Debug for DoctorOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,6 +205,10 @@ impl DoctorOptions {
 /// Runs every check of `config` (and of the database in `options`) and returns them all.
 /// Never fails and never panics: what goes wrong is a check's verdict.
 pub async fn diagnose(config: &Config, options: &DoctorOptions) -> Diagnosis {
+    let options = &DoctorOptions {
+        timeout: options.timeout.min(MAX_TIMEOUT),
+        ..options.clone()
+    };
     let mut diagnosis = Diagnosis { checks: Vec::new() };
     check_mode(config, &mut diagnosis);
     check_keys(config, &mut diagnosis);
