@@ -1579,3 +1579,60 @@ async fn a_relay_with_the_largest_flag_values_delivers_and_exits<DB: Backend>(
     assert_eq!(received(&mock, &tag), committed);
     assert_eq!(tracker.outbox(pool).status().await.unwrap().pending, 0);
 }
+
+// The running relay (not --drain) with the same values, stopped by SIGTERM: it delivers, then
+// exits 0 with nothing left in the outbox.
+
+on_every_backend!(a_running_relay_with_the_largest_flag_values_stops_cleanly);
+
+async fn a_running_relay_with_the_largest_flag_values_stops_cleanly<DB: Backend>(
+    pool: &Pool<DB>,
+    url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("huge_running");
+    let committed = commit_events(&tracker, pool, &tag, "huge_running", 3, 3).await;
+    let max = u64::MAX.to_string();
+    let log = std::env::temp_dir().join(unique("huge-running.log"));
+    let mut relay = relay_command(url, &mock, "posthog_track=warn")
+        .args([
+            "--lease",
+            &max,
+            "--linger-ms",
+            &max,
+            "--shutdown-timeout",
+            &max,
+        ])
+        .args(["--poll-interval-ms", &max, "--max-lag", &format!("{max}d")])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while received(&mock, &tag).len() < committed.len() {
+        if started.elapsed() > WAIT || relay.try_wait().unwrap().is_some() {
+            let _ = relay.kill();
+            panic!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = None;
+    while status.is_none() && started.elapsed() < WAIT {
+        status = relay.try_wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if status.is_none() {
+        relay.kill().unwrap();
+    }
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {said}");
+    assert_eq!(received(&mock, &tag), committed);
+    assert_eq!(tracker.outbox(pool).status().await.unwrap().pending, 0);
+}
