@@ -956,3 +956,29 @@ async fn the_command_line_connects_over_tls() {
         "{stderr}"
     );
 }
+
+/// A database URL whose server does not answer (a closed port, a wrong host): the command says
+/// why (the connection was refused) and what to check, at once, rather than "pool timed out
+/// while waiting for an open connection" after 30 s; and never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_says_why_the_database_does_not_connect() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://app:hunter2@127.0.0.1:{closed}/app");
+        let output = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+            .args(["outbox", "status", "--database-url", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("refused") && !stderr.contains("pool timed out"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("hint: check the host and port"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}

@@ -247,6 +247,10 @@ fn hint(error: &CliError) -> Option<&'static str> {
             "--database-url could not be read; a password holding `?`, `/`, `#`, `@` or `%` \
              must be percent-encoded (`%3F`, `%2F`, `%23`, `%40`, `%25`)",
         ),
+        CliError::Track(Error::Database(sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => Some(
+            "check the host and port in --database-url, and that the database server runs and \
+             accepts connections from this machine",
+        ),
         CliError::Track(Error::OutboxMissing { .. }) => Some(
             "create it with `posthog-track outbox migrate --database-url <the same URL>` (or \
              with your application's migrations)",
@@ -354,12 +358,31 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// How long the first connection to --database-url may take (sqlx's pool waits as long).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens a pool on `url` for the database its scheme named, and runs `command` on it.
 async fn connect_and_execute<DB: Backend>(
     tracker: &Tracker,
     url: &str,
     command: Command,
 ) -> Result<ExitCode, CliError> {
+    // One connection first: its error says why (refused, unknown host, wrong password), where
+    // a pool's says only that it timed out, after 30 s.
+    let first = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        <DB::Connection as sqlx::Connection>::connect(url),
+    )
+    .await
+    .map_err(|_| {
+        Error::Config(format!(
+            "the database in --database-url did not answer within {} s: check the host and \
+             port, and that no firewall drops the connection",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(Error::from)?;
+    let _ = sqlx::Connection::close(first).await;
     let pool = Pool::<DB>::connect(url).await.map_err(Error::from)?;
     execute(tracker, &pool, command).await?;
     Ok(ExitCode::SUCCESS)
