@@ -1634,3 +1634,73 @@ async fn a_running_relay_with_the_largest_flag_values_stops_cleanly<DB: Backend>
     assert_eq!(received(&mock, &tag), committed);
     assert_eq!(tracker.outbox(pool).status().await.unwrap().pending, 0);
 }
+
+// A second Ctrl-C (or SIGTERM) while the relay command delivers what is claimable after the
+// first: the operator wants it gone now. It ignored every signal until its --shutdown-timeout
+// ran out (here ten minutes: PostHog is down), and had to be killed. It stops at once, and
+// nothing is lost: the events wait in the outbox for the next relay.
+
+on_every_backend!(a_second_signal_stops_the_relay_command_at_once);
+
+async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Status(503)));
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("second_signal");
+    let committed = commit_events(&tracker, pool, &tag, "second_signal", 3, 3).await;
+    let log = std::env::temp_dir().join(unique("second-signal.log"));
+    let mut relay = relay_command(url, &mock, "posthog_track=warn")
+        .args(["--shutdown-timeout", "600"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &relay.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    let started = Instant::now();
+    while mock.requests().is_empty() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !mock.requests().is_empty(),
+        "the relay sent nothing:\n{}",
+        said()
+    );
+    signal("-TERM");
+    while !said().contains("stopping:") && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal("-INT");
+    let mut status = None;
+    while status.is_none() && started.elapsed() < WAIT {
+        status = relay.try_wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let said = said();
+    let _ = std::fs::remove_file(&log);
+    let status = status.unwrap_or_else(|| panic!("still running after a second signal:\n{said}"));
+    assert!(
+        !status.success(),
+        "a forced stop is not a clean one:\n{said}"
+    );
+    assert!(said.contains("stopped at once"), "{said}");
+    // Nothing lost: a relay that can deliver sends every event.
+    mock.set_outage(None);
+    let drained = relay_command(url, &mock, "posthog_track=warn")
+        .args(["--drain", "--timeout", "120"])
+        .output()
+        .unwrap();
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    assert_eq!(received(&mock, &tag), committed);
+}

@@ -42,6 +42,11 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "stopped at once by a second signal, before delivering what is claimable: nothing is \
+         lost, undelivered events wait in the outbox for the next relay"
+    )]
+    Interrupted,
     #[error("cannot install the Prometheus recorder: {0}")]
     Recorder(#[from] metrics_exporter_prometheus::BuildError),
 }
@@ -438,11 +443,19 @@ async fn execute<DB: Backend>(
                 tracker.config().redacted_host()
             );
             stopped().await;
-            eprintln!("stopping: delivering what is claimable ({shutdown_timeout} s at most)");
-            let left = match tracker
-                .shutdown(Duration::from_secs(shutdown_timeout))
-                .await
-            {
+            eprintln!(
+                "stopping: delivering what is claimable ({shutdown_timeout} s at most; Ctrl-C \
+                 or SIGTERM again to stop at once)"
+            );
+            // A second signal stops at once: nothing is lost, what this relay held returns to
+            // the outbox (with its connection, or when its lease runs out).
+            let shutdown = tokio::select! {
+                shutdown = tracker.shutdown(Duration::from_secs(shutdown_timeout)) => shutdown,
+                () = stopped() => {
+                    return Err(CliError::Interrupted);
+                }
+            };
+            let left = match shutdown {
                 Ok(report) => report.left_in_outbox,
                 // A clean stop all the same: what was not delivered waits in the outbox.
                 Err(error @ (Error::Timeout { .. } | Error::Undelivered { .. })) => {
