@@ -982,3 +982,55 @@ async fn the_command_line_says_why_the_database_does_not_connect() {
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
 }
+
+/// A SQLite file that does not exist (a typo in the path, or the app's database not created
+/// yet): "unable to open database file" alone, with no hint, left the operator guessing.
+#[test]
+fn the_command_line_says_what_to_do_about_a_missing_sqlite_file() {
+    let missing = std::env::temp_dir()
+        .join(posthog_track_tests::unique("no-such-dir"))
+        .join("app.db");
+    let output = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+        .args(["outbox", "status", "--database-url"])
+        .arg(format!("sqlite:{}", missing.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hint: check the SQLite file's path in --database-url"),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "the command created a database");
+}
+
+/// `sslmode=require` against a server that offers no TLS: the hint named the host and port
+/// (a network error's), not the TLS settings that are what is wrong.
+#[test]
+fn the_command_line_says_what_to_do_about_a_failed_tls_handshake() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A PostgreSQL server without TLS: it answers the SSLRequest with `N`.
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).unwrap();
+        socket.write_all(b"N").unwrap();
+    });
+    let output = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+        .args(["outbox", "status", "--database-url"])
+        .arg(format!(
+            "postgres://app:hunter2@127.0.0.1:{port}/app?sslmode=require"
+        ))
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hint: the TLS handshake with the database failed: check the sslmode"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -252,10 +252,25 @@ fn hint(error: &CliError) -> Option<&'static str> {
             "--database-url could not be read; a password holding `?`, `/`, `#`, `@` or `%` \
              must be percent-encoded (`%3F`, `%2F`, `%23`, `%40`, `%25`)",
         ),
-        CliError::Track(Error::Database(sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => Some(
+        CliError::Track(Error::Database(sqlx::Error::Io(_))) => Some(
             "check the host and port in --database-url, and that the database server runs and \
              accepts connections from this machine",
         ),
+        CliError::Track(Error::Database(sqlx::Error::Tls(_))) => Some(
+            "the TLS handshake with the database failed: check the sslmode (PostgreSQL) or \
+             ssl-mode (MySQL) in --database-url against what the server offers, and its \
+             certificate",
+        ),
+        // SQLITE_CANTOPEN: the file (or its folder) is missing or not readable.
+        CliError::Track(Error::Database(sqlx::Error::Database(error)))
+            if error.code().as_deref() == Some("14") =>
+        {
+            Some(
+                "check the SQLite file's path in --database-url (`sqlite:/abs/path.db` or \
+                 `sqlite:relative.db`) and its permissions; the command never creates a database \
+                 (add `?mode=rwc` to create an empty one)",
+            )
+        }
         CliError::Track(Error::OutboxMissing { .. }) => Some(
             "create it with `posthog-track outbox migrate --database-url <the same URL>` (or \
              with your application's migrations)",
