@@ -517,8 +517,11 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
         let line = received
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no address announced: {log:#?}"));
-        if let Some(address) = line.strip_prefix("serving /metrics and /healthz on ") {
-            break address.to_owned();
+        // JSON logs: the address is the `bound` field of the line that announces it.
+        let parsed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if parsed["fields"]["message"] == "serving /metrics and /healthz" {
+            break format!("http://{}", parsed["fields"]["bound"].as_str().unwrap());
         }
         log.push(line);
     };
@@ -1033,4 +1036,49 @@ fn the_command_line_says_what_to_do_about_a_failed_tls_handshake() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// `--log-format json` promises one JSON object per line on stderr, for log collectors: the
+/// relay's own lines (relaying, serving, stopping) and a failed command's error and hint were
+/// plain text among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_on_every_line() {
+    let (pool, url, dir) = sqlite_file("json_lines").await;
+    let mock = MockPostHog::start().await;
+    Tracker::builder().build().migrate(&pool).await.unwrap();
+    let log = dir.join("relay.log");
+    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+        .args(["--log-format", "json", "--metrics-addr", "127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = Instant::now();
+    while !said().contains("relaying") && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    let status = relay.wait().unwrap();
+    let mut failed = std::process::Command::new(posthog_track_tests::posthog_track_binary());
+    failed.args(["--log-format", "json", "outbox", "status", "--database-url"]);
+    failed.arg(format!(
+        "sqlite:{}",
+        dir.join("missing").join("app.db").display()
+    ));
+    let failed = failed.output().unwrap();
+    let text = format!("{}{}", said(), String::from_utf8_lossy(&failed.stderr));
+    assert!(status.success(), "{text}");
+    assert!(!failed.status.success(), "{text}");
+    assert!(text.contains("relaying") && text.contains("hint"), "{text}");
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}\n{text}"
+        );
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

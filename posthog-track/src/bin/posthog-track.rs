@@ -225,6 +225,10 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "posthog_track=info".into()),
         )
         .with_writer(std::io::stderr);
+    JSON_LOGS.store(
+        matches!(cli.log_format, LogFormat::Json),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.log_format {
         // Plain text when the output is a file or a pipe (log collectors, CI).
         LogFormat::Text => logs
@@ -235,12 +239,36 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
-            if let Some(hint) = hint(&error) {
-                eprintln!("hint: {hint}");
+            if json_logs() {
+                match hint(&error) {
+                    Some(hint) => tracing::error!(hint, "{error}"),
+                    None => tracing::error!("{error}"),
+                }
+            } else {
+                eprintln!("error: {error}");
+                if let Some(hint) = hint(&error) {
+                    eprintln!("hint: {hint}");
+                }
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the logs are JSON (`--log-format json`): then every line on stderr is one.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line for the operator on stderr: plain text, or a log line when the logs are JSON (a
+/// collector reads every line as an object).
+fn say(line: std::fmt::Arguments<'_>) {
+    if json_logs() {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("{line}");
     }
 }
 
@@ -446,22 +474,24 @@ async fn execute<DB: Backend>(
             if let Some(addr) = metrics_addr.filter(|_| live) {
                 let health = serve::Health::new(tracker.clone(), pool.clone(), max_lag);
                 let bound = serve::start(addr, health).await?;
-                eprintln!("serving /metrics and /healthz on http://{bound}");
+                if !json_logs() {
+                    eprintln!("serving /metrics and /healthz on http://{bound}");
+                }
                 tracing::info!(%bound, "serving /metrics and /healthz");
             }
             // Refuses without an API key: a relay that cannot deliver must not take other
             // processes' events out of the outbox.
             tracker.start_relay(pool.clone())?;
-            eprintln!(
+            say(format_args!(
                 "relaying {} to {} (Ctrl-C or SIGTERM to stop)",
                 posthog_track::outbox::TABLE,
                 tracker.config().redacted_host()
-            );
+            ));
             stopped().await;
-            eprintln!(
+            say(format_args!(
                 "stopping: delivering what is claimable ({shutdown_timeout} s at most; Ctrl-C \
                  or SIGTERM again to stop at once)"
-            );
+            ));
             // A second signal stops at once: nothing is lost, what this relay held returns to
             // the outbox (with its connection, or when its lease runs out).
             let shutdown = tokio::select! {
@@ -474,7 +504,9 @@ async fn execute<DB: Backend>(
                 Ok(report) => report.left_in_outbox,
                 // A clean stop all the same: what was not delivered waits in the outbox.
                 Err(error @ (Error::Timeout { .. } | Error::Undelivered { .. })) => {
-                    eprintln!("stopped before everything was delivered: {error}");
+                    say(format_args!(
+                        "stopped before everything was delivered: {error}"
+                    ));
                     // Bounded: the database may be what did not answer.
                     let outbox = tracker.outbox(pool);
                     match tokio::time::timeout(Duration::from_secs(5), outbox.status()).await {
@@ -485,7 +517,9 @@ async fn execute<DB: Backend>(
                 Err(error) => return Err(error.into()),
             };
             if left > 0 {
-                eprintln!("{left} event(s) wait in the outbox for the next relay");
+                say(format_args!(
+                    "{left} event(s) wait in the outbox for the next relay"
+                ));
             }
             Ok(())
         }
