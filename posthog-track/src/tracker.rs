@@ -103,8 +103,13 @@ impl Tracker {
             }
             crate::Dialect::Postgres | crate::Dialect::MySql => pool.begin().await?,
         };
-        Ok(TrackedTransaction::new(tx, self.inner.clone(), relay)
-            .with_reconnect(pool.connect_options()))
+        let tx = TrackedTransaction::new(tx, self.inner.clone(), relay);
+        // Only MySQL/MariaDB needs them (to replace a connection a cancelled write left out
+        // of step); reading them takes the pool's lock, so the others skip it.
+        Ok(match DB::DIALECT {
+            crate::Dialect::MySql => tx.with_reconnect(pool.connect_options()),
+            crate::Dialect::Postgres | crate::Dialect::Sqlite => tx,
+        })
     }
 
     /// Tracks writes in a transaction you already began (on a pool, a connection or as a

@@ -47,8 +47,8 @@ pub struct TrackedTransaction<'c, DB: Backend> {
     anonymous_merged: Option<(usize, uuid::Uuid)>,
     /// Whether a tracked write is under way, or left rows without their events.
     write: WriteState,
-    /// The pool's connect options, when the transaction came from [`Tracker::begin`]: what
-    /// [`close_cancelled`](Self::close_cancelled) opens a connection with.
+    /// The pool's connect options, when the transaction came from [`Tracker::begin`] on
+    /// MySQL/MariaDB: what [`close_cancelled`](Self::close_cancelled) opens a connection with.
     ///
     /// [`Tracker::begin`]: crate::Tracker::begin
     reconnect: Option<Arc<ConnectOptionsOf<DB>>>,

@@ -380,6 +380,20 @@ async fn fetch_claimed<DB: Backend>(
 /// keep their rows apart: a drain failed, and a delivered batch was sent again.
 const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
+/// A transaction on `conn`: READ COMMITTED with `isolate` on PostgreSQL (see
+/// [`BEGIN_READ_COMMITTED`]), at the session's default level otherwise.
+async fn begin_on<DB: Backend>(
+    conn: &mut DB::Connection,
+    isolate: bool,
+) -> Result<sqlx::Transaction<'_, DB>> {
+    Ok(if isolate && DB::DIALECT == Dialect::Postgres {
+        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()))
+            .await?
+    } else {
+        sqlx::Connection::begin(conn).await?
+    })
+}
+
 /// Runs `query` on `conn`: with `isolate` on PostgreSQL, in a READ COMMITTED transaction of its
 /// own (see [`BEGIN_READ_COMMITTED`]); otherwise as it is.
 async fn execute_isolated<DB: Backend>(
@@ -390,9 +404,7 @@ async fn execute_isolated<DB: Backend>(
     if !isolate || DB::DIALECT != Dialect::Postgres {
         return Ok(DB::execute(conn, query).await?);
     }
-    let mut tx =
-        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()))
-            .await?;
+    let mut tx = begin_on::<DB>(conn, isolate).await?;
     let done = DB::execute(&mut tx, query).await?;
     tx.commit().await?;
     Ok(done)
@@ -407,9 +419,7 @@ async fn fetch_isolated<DB: Backend>(
     if !isolate || DB::DIALECT != Dialect::Postgres {
         return Ok(DB::fetch_all(conn, query).await?);
     }
-    let mut tx =
-        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()))
-            .await?;
+    let mut tx = begin_on::<DB>(conn, isolate).await?;
     let rows = DB::fetch_all(&mut tx, query).await?;
     tx.commit().await?;
     Ok(rows)
@@ -540,15 +550,7 @@ pub(crate) async fn settle<DB: Backend>(
         let (sql, binds) = settle_sql(dialect, &fence, chunk, &settle);
         match &settle {
             Settle::Dead { .. } => {
-                let mut tx = if claim.isolate && dialect == Dialect::Postgres {
-                    sqlx::Connection::begin_with(
-                        &mut *conn,
-                        sqlx::AssertSqlSafe(BEGIN_READ_COMMITTED.to_owned()),
-                    )
-                    .await?
-                } else {
-                    sqlx::Connection::begin(&mut *conn).await?
-                };
+                let mut tx = begin_on::<DB>(&mut *conn, claim.isolate).await?;
                 let copy = bind_all::<DB>(sql, &binds);
                 affected += DB::rows_affected(&DB::execute(&mut tx, copy).await?);
                 let (delete, binds) = settle_sql(dialect, &fence, chunk, &Settle::Delete);
