@@ -269,6 +269,14 @@ async fn keys_never_appear_in_debug_or_errors() {
     assert!(!error.contains("supersecretvalue123"), "{error}");
 }
 
+/// Creates `Note`'s table.
+async fn create_notes(pool: &sqlx::SqlitePool) {
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[derive(Debug, Clone, TrackedModel)]
 #[tracked(table = "notes", distinct_id = author)]
 struct Note {
@@ -282,10 +290,7 @@ struct Note {
 async fn after_commit_delivery_needs_no_outbox_and_sends_nothing_rolled_back() {
     let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
 
     // Ada's note commits; Bob's is rolled back.
     for (id, author, commit) in [(1, "ada", true), (2, "bob", false)] {
@@ -500,10 +505,7 @@ async fn queue_capacity_bounds_the_events_held_undelivered() {
 async fn after_commit_event_lost_after_shutdown_is_reported_by_flush() {
     let (_mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     // The queue exists (one event delivered), then the process starts shutting down.
     tracker
         .capture(Event::new("warmup").distinct_id("u0"))
@@ -692,10 +694,7 @@ async fn after_commit_events_of_a_cancelled_commit_are_not_lost_silently() {
         .batch_size(1)
         .build();
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     // The worker is busy sending `a`; `b` fills the queue.
     for name in ["a", "b"] {
         tracker
@@ -761,10 +760,7 @@ async fn a_cancelled_after_commit_hand_off_leaves_no_phantom_pending_event() {
     })
     .await;
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     // `a` fails and waits out a long backoff in the worker, holding one of the two places.
     mock.set_outage(Some(Reply::Status(503)));
     tracker
@@ -839,10 +835,7 @@ async fn a_shutdown_that_times_out_reports_the_events_given_up_before_it() {
     let (mock, tracker) =
         mock_tracker(|builder| builder.delivery(Delivery::AfterCommit).batch_size(1)).await;
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     // The first event is refused; the second one's request hangs.
     mock.script([
         Reply::Status(400),
@@ -896,10 +889,7 @@ async fn dry_run_counts_committed_events_as_printed() {
     let tracker = Tracker::builder().build();
     assert_eq!(tracker.mode(), posthog_track::Mode::DryRun);
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     tracker.migrate(&pool).await.unwrap();
     let mut tx = tracker.begin(&pool).await.unwrap();
     Note {
@@ -926,10 +916,7 @@ async fn dry_run_counts_committed_events_as_printed() {
 async fn after_shutdown_no_queue_is_started() {
     let (mock, tracker) = mock_tracker(|builder| builder.delivery(Delivery::AfterCommit)).await;
     let pool = memory_database().await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     tracker.shutdown(Duration::from_secs(5)).await.unwrap();
     let captured = tracker.capture(Event::new("late").distinct_id("u0")).await;
     assert!(matches!(captured, Err(Error::ShutDown)), "{captured:?}");
@@ -1036,10 +1023,7 @@ async fn after_shutdown_no_relay_is_started() {
     tracker.shutdown(Duration::from_secs(5)).await.unwrap();
     let pool = memory_database().await.unwrap();
     tracker.migrate(&pool).await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     let mut tx = tracker.begin(&pool).await.unwrap();
     Note {
         id: 1,
@@ -1076,10 +1060,7 @@ async fn after_commit_events_of_a_commit_cancelled_mid_commit_are_not_lost_silen
         .connect_with(options)
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, author TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    create_notes(&pool).await;
     let mut tx = tracker.begin(&pool).await.unwrap();
     Note {
         id: 1,

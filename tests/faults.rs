@@ -1502,22 +1502,7 @@ async fn a_flush_after_shutdown_says_what_waits_without_waiting<DB: Backend>(
     pool: &Pool<DB>,
     _url: &str,
 ) {
-    let mock = MockPostHog::start().await;
-    mock.set_outage(Some(Reply::Status(503)));
-    let tracker = tracker_for(&mock)
-        .flush_timeout(Duration::from_secs(60))
-        .build();
-    tracker.migrate(pool).await.unwrap();
-    let tag = unique("after-shutdown");
-    commit_events(&tracker, pool, &tag, "waits", 3, 3).await;
-    let shutdown = tracker.shutdown(Duration::from_millis(300)).await;
-    assert_timed_out(shutdown, 3, "shutdown");
-    let flushed = tokio::time::timeout(Duration::from_secs(10), tracker.flush()).await;
-    let flushed =
-        flushed.expect("a flush after shutdown waited 10 s for a relay that does not run");
-    let error = assert_timed_out(flushed, 3, "flush after shutdown");
-    assert!(!error.to_string().contains("external relay"), "{error}");
-    assert!(error.to_string().contains("shut down"), "{error}");
+    flush_after_shutdown(pool, false).await;
 }
 
 on_every_backend!(a_flush_after_a_cancelled_shutdown_says_what_waits);
@@ -1529,23 +1514,37 @@ async fn a_flush_after_a_cancelled_shutdown_says_what_waits<DB: Backend>(
     pool: &Pool<DB>,
     _url: &str,
 ) {
+    flush_after_shutdown(pool, true).await;
+}
+
+/// Commits three events PostHog cannot take (503), shuts the tracker down (timing out, or
+/// `cancelled` mid-drain), then flushes: the flush must say at once that the three wait in
+/// the outbox because the tracker was shut down, not wait for an external relay.
+async fn flush_after_shutdown<DB: Backend>(pool: &Pool<DB>, cancelled: bool) {
     let mock = MockPostHog::start().await;
     mock.set_outage(Some(Reply::Status(503)));
     let tracker = tracker_for(&mock)
         .flush_timeout(Duration::from_secs(60))
         .build();
     tracker.migrate(pool).await.unwrap();
-    let tag = unique("cancelled-shutdown");
+    let tag = unique("after-shutdown");
     commit_events(&tracker, pool, &tag, "waits", 3, 3).await;
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(300),
-        tracker.shutdown(Duration::from_secs(60)),
-    )
-    .await;
-    assert!(cancelled.is_err(), "the shutdown was cancelled mid-drain");
+    if cancelled {
+        let shutdown = tokio::time::timeout(
+            Duration::from_millis(300),
+            tracker.shutdown(Duration::from_secs(60)),
+        )
+        .await;
+        assert!(shutdown.is_err(), "the shutdown was cancelled mid-drain");
+    } else {
+        let shutdown = tracker.shutdown(Duration::from_millis(300)).await;
+        assert_timed_out(shutdown, 3, "shutdown");
+    }
     let flushed = tokio::time::timeout(Duration::from_secs(10), tracker.flush()).await;
-    let flushed = flushed.expect("a flush after a cancelled shutdown waited 10 s");
-    let error = assert_timed_out(flushed, 3, "flush after a cancelled shutdown");
+    let flushed =
+        flushed.expect("a flush after shutdown waited 10 s for a relay that does not run");
+    let error = assert_timed_out(flushed, 3, "flush after shutdown");
+    assert!(!error.to_string().contains("external relay"), "{error}");
     assert!(error.to_string().contains("shut down"), "{error}");
 }
 

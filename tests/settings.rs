@@ -178,20 +178,8 @@ async fn a_relay_refuses_sessions_without_autocommit() {
     let Some(url) = database_url("MYSQL_URL") else {
         return;
     };
-    let pool = posthog_track_tests::isolated_mysql_with_session(
-        &url,
-        "relay_autocommit_off",
-        "SET autocommit = 0",
-    )
-    .await;
-    let database: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let plain =
-        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
-            .await
-            .unwrap();
+    let (pool, plain) =
+        with_session_and_plain(&url, "relay_autocommit_off", "SET autocommit = 0").await;
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
     tracker.migrate(&plain).await.unwrap();
@@ -847,20 +835,8 @@ async fn a_purge_without_autocommit_is_committed() {
     let Some(url) = database_url("MYSQL_URL") else {
         return;
     };
-    let pool = posthog_track_tests::isolated_mysql_with_session(
-        &url,
-        "purge_autocommit_off",
-        "SET autocommit = 0",
-    )
-    .await;
-    let database: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let plain =
-        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
-            .await
-            .unwrap();
+    let (pool, plain) =
+        with_session_and_plain(&url, "purge_autocommit_off", "SET autocommit = 0").await;
     let mock = MockPostHog::start().await;
     mock.reject_events_where(|event| event["event"] == "refused");
     let tracker = committer(&mock);
@@ -886,27 +862,19 @@ async fn a_purge_without_autocommit_is_committed() {
 // (and a restart's reset) ran outside any transaction, so it opened one that nothing
 // committed, and went back to the pool holding the checkpoint row's lock. The first page,
 // on another of the pool's connections, waited on that lock for its advance until the lock
-// wait timeout, and the run failed. They run in transactions of their own.
+// wait timeout, and the run failed. Both now end with an explicit `COMMIT` on MySQL.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_without_autocommit_keeps_its_checkpoint() {
     let Some(url) = database_url("MYSQL_URL") else {
         return;
     };
-    let pool = posthog_track_tests::isolated_mysql_with_session(
+    let (pool, plain) = with_session_and_plain(
         &url,
         "backfill_autocommit_off",
         "SET autocommit = 0, innodb_lock_wait_timeout = 2",
     )
     .await;
-    let database: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let plain =
-        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
-            .await
-            .unwrap();
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
     tracker.migrate(&plain).await.unwrap();
@@ -937,4 +905,23 @@ async fn a_backfill_without_autocommit_keeps_its_checkpoint() {
         again.already_complete,
         "the checkpoint is committed: {again}"
     );
+}
+
+/// A MariaDB database of its own for `scenario`: a pool whose sessions begin with `session`,
+/// and a plain pool on the same database, to set it up and look at it from outside.
+async fn with_session_and_plain(
+    url: &str,
+    scenario: &str,
+    session: &'static str,
+) -> (sqlx::MySqlPool, sqlx::MySqlPool) {
+    let pool = posthog_track_tests::isolated_mysql_with_session(url, scenario, session).await;
+    let database: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let plain =
+        sqlx::MySqlPool::connect(&format!("{}/{database}", url.rsplit_once('/').unwrap().0))
+            .await
+            .unwrap();
+    (pool, plain)
 }
