@@ -31,7 +31,7 @@ mod claim;
 mod wake;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Pool;
@@ -54,9 +54,9 @@ pub struct RelayOptions {
     pub batch_size: usize,
     /// Payload bytes one claim may hold at most (the first row is always taken).
     pub max_claim_bytes: usize,
-    /// How long a claim is exclusive (at least 250 ms, at most a day). It is renewed while the batch is in
-    /// flight; a relay that died holding it loses it after this long, and another relay
-    /// resends the rows.
+    /// How long a claim is exclusive (at least 250 ms, at most a day). It is renewed while
+    /// the batch is in flight; a relay that died holding it loses it after this long, and
+    /// another relay resends the rows.
     pub lease: Duration,
     /// Waits between retries of failed deliveries.
     pub backoff: Backoff,
@@ -195,10 +195,10 @@ pub struct Relay<DB: Backend> {
     clock: std::sync::Mutex<Option<(Instant, chrono::Duration)>>,
     /// A [`RelayState`] as `u8`, kept by `run`.
     state: std::sync::atomic::AtomicU8,
-    /// The pool's sessions were looked at (see `check_session`).
-    session_checked: AtomicBool,
-    /// PostgreSQL: the sessions default to a stricter isolation level than READ COMMITTED.
-    strict_isolation: AtomicBool,
+    /// Set once the pool's sessions were looked at (see `check_session`): whether they
+    /// default to a stricter isolation level than READ COMMITTED (PostgreSQL; `false`
+    /// elsewhere).
+    strict_isolation: std::sync::OnceLock<bool>,
 }
 
 impl<DB: Backend> Relay<DB> {
@@ -225,8 +225,7 @@ impl<DB: Backend> Relay<DB> {
             accepted_at: std::sync::Mutex::new(None),
             clock: std::sync::Mutex::new(None),
             state: std::sync::atomic::AtomicU8::new(RelayState::Running as u8),
-            session_checked: AtomicBool::new(false),
-            strict_isolation: AtomicBool::new(false),
+            strict_isolation: std::sync::OnceLock::new(),
         }
     }
 
@@ -316,7 +315,7 @@ impl<DB: Backend> Relay<DB> {
                     lease_millis: lease,
                     max_bytes: self.options.max_claim_bytes,
                     hold: self.options.held_claims,
-                    isolate: self.strict_isolation.load(Ordering::Relaxed),
+                    isolate: self.strict_isolation.get().copied().unwrap_or(false),
                 },
             ),
             claim_span.clone(),
@@ -754,7 +753,7 @@ impl<DB: Backend> Relay<DB> {
     /// stricter isolation level than READ COMMITTED, under which written leases run their
     /// statements in READ COMMITTED transactions (see `claim::Ask::isolate`).
     async fn check_session(&self) -> Result<()> {
-        if self.session_checked.load(Ordering::Relaxed) {
+        if self.strict_isolation.get().is_some() {
             return Ok(());
         }
         let sql = match DB::DIALECT {
@@ -764,14 +763,14 @@ impl<DB: Backend> Relay<DB> {
                  THEN 0 ELSE 1 END::BIGINT"
             }
             crate::backend::Dialect::Sqlite => {
-                self.session_checked.store(true, Ordering::Relaxed);
+                let _ = self.strict_isolation.set(false);
                 return Ok(());
             }
         };
         let mut conn = self.pool.acquire().await?;
         let row = DB::fetch_one(&mut conn, sqlx::query(sql)).await?;
         let value = DB::int(&row, 0)?;
-        match DB::DIALECT {
+        let strict = match DB::DIALECT {
             crate::backend::Dialect::MySql if value == 0 => {
                 return Err(Error::Unsupported {
                     operation: "the relay".to_owned(),
@@ -785,12 +784,10 @@ impl<DB: Backend> Relay<DB> {
                              sent",
                 });
             }
-            crate::backend::Dialect::Postgres => {
-                self.strict_isolation.store(value != 0, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        self.session_checked.store(true, Ordering::Relaxed);
+            crate::backend::Dialect::Postgres => value != 0,
+            _ => false,
+        };
+        let _ = self.strict_isolation.set(strict);
         Ok(())
     }
 
