@@ -1703,3 +1703,49 @@ async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Poo
     );
     assert_eq!(received(&mock, &tag), committed);
 }
+
+// The relay command's relay task panicked (a bug): the command went on running, /healthz and
+// all, with nothing delivering, and a supervisor saw nothing wrong. It now says so loudly and
+// exits non-zero, so that the supervisor restarts it. The panic is provoked by
+// POSTHOG_TRACK_TEST_RELAY_PANIC, which only debug builds read (nothing from the database or
+// PostHog may panic the relay, so no input can stand in for it).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_exits_when_its_relay_task_panics() {
+    let (pool, url, dir) = posthog_track_tests::sqlite_file("relay_panics").await;
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("relay_panics");
+    commit_events(&tracker, &pool, &tag, "relay_panics", 2, 2).await;
+    let log = std::env::temp_dir().join(unique("relay-panics.log"));
+    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("POSTHOG_TRACK_TEST_RELAY_PANIC", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut status = None;
+    while status.is_none() && started.elapsed() < Duration::from_secs(30) {
+        status = relay.try_wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(said.contains("panics after a round"), "no panic:\n{said}");
+    let status = status
+        .unwrap_or_else(|| panic!("still running 30 s after its relay task panicked:\n{said}"));
+    assert!(
+        !status.success(),
+        "a dead relay is not a clean stop:\n{said}"
+    );
+    assert!(
+        said.contains("error: the relay stopped by itself"),
+        "{said}"
+    );
+}

@@ -474,16 +474,28 @@ impl Dispatch {
         result
     }
 
-    /// The worst state of the background relays, `None` when none runs.
+    /// The worst state of the background relays, `None` when none runs. A relay whose task
+    /// ended while it was not stopped (it panicked) is [`RelayState::Stopped`].
     pub(crate) fn relay_state(&self) -> Option<RelayState> {
         let rank = |state: RelayState| match state {
+            RelayState::Stopped => 3,
             RelayState::Paused => 2,
             RelayState::BackingOff => 1,
             _ => 0,
         };
         lock(&self.pools)
             .values()
-            .filter_map(|known| known.relay.as_ref().map(|relay| (relay.state)()))
+            .filter_map(|known| {
+                // `shutdown` takes the relays out of the pools before stopping them: one still
+                // here whose task is over ended by itself.
+                known.relay.as_ref().map(|relay| {
+                    if relay.task.is_finished() {
+                        RelayState::Stopped
+                    } else {
+                        (relay.state)()
+                    }
+                })
+            })
             .max_by_key(|state| rank(*state))
     }
 

@@ -47,6 +47,13 @@ enum CliError {
          lost, undelivered events wait in the outbox for the next relay"
     )]
     Interrupted,
+    #[error(
+        "the relay stopped by itself (its task panicked: see the log above), so nothing \
+         delivers from this command; exiting so that a supervisor restarts it. Nothing is lost: \
+         undelivered events wait in the outbox (what the relay held returns when its lease runs \
+         out)"
+    )]
+    RelayStopped,
     #[error("cannot install the Prometheus recorder: {0}")]
     Recorder(#[from] metrics_exporter_prometheus::BuildError),
 }
@@ -487,7 +494,12 @@ async fn execute<DB: Backend>(
                 posthog_track::outbox::TABLE,
                 tracker.config().redacted_host()
             ));
-            stopped().await;
+            // A relay task that dies (a panic) must not leave the command running, healthy in
+            // a supervisor's eyes, with nobody delivering.
+            tokio::select! {
+                () = stopped() => {}
+                () = relay_ended(tracker) => return Err(CliError::RelayStopped),
+            }
             say(format_args!(
                 "stopping: delivering what is claimable ({shutdown_timeout} s at most; Ctrl-C \
                  or SIGTERM again to stop at once)"
@@ -574,6 +586,16 @@ async fn execute<DB: Backend>(
                 return Err(Error::Config("the set-up is not healthy".to_owned()).into());
             }
             Ok(())
+        }
+    }
+}
+
+/// Returns when the tracker's background relay has ended by itself (its task panicked).
+async fn relay_ended(tracker: &Tracker) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tracker.relay_state() == Some(posthog_track::relay::RelayState::Stopped) {
+            return;
         }
     }
 }

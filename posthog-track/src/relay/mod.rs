@@ -148,14 +148,20 @@ pub enum RelayState {
     /// Paused on a configuration failure (wrong key or host): nothing is sent until it is
     /// fixed, and the relay probes now and then to resume by itself.
     Paused,
+    /// A background relay ([`Tracker::start_relay`](crate::Tracker::start_relay)) whose task
+    /// ended without being stopped, i.e. it panicked (a bug: the panic is logged): nothing
+    /// delivers for it until the process restarts. The `relay` command exits non-zero on it.
+    Stopped,
 }
 
 impl RelayState {
-    fn gauge(self) -> crate::metrics::RelayGauge {
+    /// The relay-state gauge counting relays in this state (`None`: not a running relay's).
+    fn gauge(self) -> Option<crate::metrics::RelayGauge> {
         match self {
-            RelayState::Running => crate::metrics::RelayGauge::Running,
-            RelayState::BackingOff => crate::metrics::RelayGauge::BackingOff,
-            RelayState::Paused => crate::metrics::RelayGauge::Paused,
+            RelayState::Running => Some(crate::metrics::RelayGauge::Running),
+            RelayState::BackingOff => Some(crate::metrics::RelayGauge::BackingOff),
+            RelayState::Paused => Some(crate::metrics::RelayGauge::Paused),
+            RelayState::Stopped => None,
         }
     }
 
@@ -850,7 +856,7 @@ impl<DB: Backend> Relay<DB> {
     /// relay-state gauge.
     fn set_state(&self, state: RelayState) {
         let before = RelayState::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
-        crate::metrics::relay_state(Some(before.gauge()), Some(state.gauge()));
+        crate::metrics::relay_state(before.gauge(), state.gauge());
     }
 
     /// Samples the outbox figures into the metrics gauges when they are due.
@@ -964,9 +970,11 @@ impl<DB: Backend> Relay<DB> {
     pub async fn run(&self, stop: watch::Receiver<bool>) {
         self.state
             .store(RelayState::Running as u8, Ordering::Relaxed);
-        crate::metrics::relay_state(None, Some(RelayState::Running.gauge()));
+        crate::metrics::relay_state(None, RelayState::Running.gauge());
+        // Dropped when the loop returns, and when it unwinds from a panic: the gauge must not
+        // count a dead relay as running, and the panic must not pass unnoticed in the logs.
+        let _ended = RunEnded(&self.state);
         self.run_loop(stop).await;
-        crate::metrics::relay_state(Some(self.state().gauge()), None);
     }
 
     async fn run_loop(&self, mut stop: watch::Receiver<bool>) {
@@ -981,7 +989,14 @@ impl<DB: Backend> Relay<DB> {
             }
             self.sample_outbox(&mut sampled).await;
             // While PostHog fails, new commits must not cut the backoff short.
-            let (wait, wakeable) = match self.run_once().await {
+            let round = self.run_once().await;
+            // Debug builds only: the `relay` command's test of a relay task that panics
+            // (tests/faults.rs); nothing from the database or the network can get here.
+            #[cfg(debug_assertions)]
+            if std::env::var_os(TEST_PANIC_ENV).is_some() {
+                panic!("{TEST_PANIC_ENV} is set: the relay panics after a round, for a test");
+            }
+            let (wait, wakeable) = match round {
                 Ok(pass) => {
                     errors = 0;
                     self.set_state(if self.is_paused() {
@@ -1025,6 +1040,24 @@ impl<DB: Backend> Relay<DB> {
     }
 }
 
+/// Ends [`Relay::run`]: takes the relay out of the relay-state gauge, and says loudly when
+/// it ends by a panic.
+struct RunEnded<'a>(&'a std::sync::atomic::AtomicU8);
+
+impl Drop for RunEnded<'_> {
+    fn drop(&mut self) {
+        let state = RelayState::from_u8(self.0.load(Ordering::Relaxed));
+        crate::metrics::relay_state(state.gauge(), None);
+        if std::thread::panicking() {
+            tracing::error!(
+                "the relay panicked (a bug in posthog-track: please report it with the panic \
+                 message above): this relay delivers nothing more until the process restarts; \
+                 what it held returns to the outbox when its lease runs out"
+            );
+        }
+    }
+}
+
 /// What a round achieved, for judging PostHog's health.
 struct RoundSummary {
     delivered: usize,
@@ -1053,6 +1086,11 @@ fn fates_summary(
 
 /// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
 /// every third of it while a send is in flight.
+/// Debug builds: when set in the environment, a running relay panics after its first round
+/// (the `relay` command's test that a dead relay task stops the command).
+#[cfg(debug_assertions)]
+const TEST_PANIC_ENV: &str = "POSTHOG_TRACK_TEST_RELAY_PANIC";
+
 const MIN_LEASE: Duration = Duration::from_millis(250);
 
 /// The longest lease a relay takes, whatever it was given: a day is "never" for a claim that

@@ -60,6 +60,10 @@ impl<DB: Backend> Health<DB> {
                 );
                 "paused"
             }
+            Some(RelayState::Stopped) => {
+                problems.push("the relay stopped by itself (it panicked); see the log".to_owned());
+                "stopped"
+            }
             Some(_) => "unknown",
             None => {
                 problems.push("no relay runs".to_owned());
