@@ -1082,3 +1082,68 @@ async fn json_logs_are_json_on_every_line() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// `outbox requeue --id N` with an id no dead event has (a mistyped id) printed `requeued: 0`
+// and succeeded: the operator was never told. It now says which ids no dead event has, and
+// nothing else, exits non-zero, and requeues nothing, not even the ids that are dead.
+
+on_every_backend!(requeue_of_an_unknown_id_says_so);
+
+async fn requeue_of_an_unknown_id_says_so<DB: Backend>(pool: &Pool<DB>, url: &str) {
+    let mock = MockPostHog::start().await;
+    mock.reject_events_where(|event| event["event"] == "poison");
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(pool).await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(unique("requeue_unknown"));
+    tx.capture(Event::new("poison")).unwrap();
+    // Accepted in the same round, so the refusal is the event's fault: it is dead-lettered.
+    tx.capture(Event::new("delivered")).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        tracker.relay(pool.clone()).run_once().await.unwrap().dead,
+        1
+    );
+    let dead = tracker.outbox(pool).events().await.unwrap()[0].id;
+    let missing = dead + 1000;
+    let requeue = |ids: &[i64]| {
+        let mut command = std::process::Command::new(posthog_track_tests::posthog_track_binary());
+        command.args(["outbox", "requeue", "--database-url", url]);
+        for id in ids {
+            command.args(["--id", &id.to_string()]);
+        }
+        let output = command.env_remove("POSTHOG_API_KEY").output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let still_dead = || async { tracker.outbox(pool).status().await.unwrap().dead };
+
+    let (ok, out, err) = requeue(&[missing]);
+    assert!(!ok, "a mistyped id is not a success: {out}{err}");
+    assert!(
+        err.contains(&format!("no dead event has id {missing}")),
+        "{out}{err}"
+    );
+    assert!(!out.contains("requeued"), "{out}");
+
+    let (ok, out, err) = requeue(&[dead, missing, missing + 1]);
+    assert!(!ok, "{out}{err}");
+    // Only the unknown ids, not the dead one.
+    assert_eq!(
+        err.lines().next().unwrap_or_default(),
+        format!(
+            "error: no dead event has id {missing} or {}: nothing was requeued",
+            missing + 1
+        ),
+        "{out}{err}"
+    );
+    assert_eq!(still_dead().await, 1, "nothing requeued: {out}{err}");
+
+    let (ok, out, err) = requeue(&[dead]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("requeued: 1"), "{out}{err}");
+    assert_eq!(still_dead().await, 0);
+}

@@ -980,7 +980,8 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
 
     /// Puts dead events back in line for delivery (all of them, or those with these ids: none
     /// for an empty list), at the back of the line with fresh attempt and failure counts.
-    /// Returns how many were requeued.
+    /// Returns how many were requeued; an id no dead event has is skipped (see
+    /// [`missing_dead`](Outbox::missing_dead) to tell them apart).
     pub async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64> {
         match ids {
             // Those with no ids: none (an empty filter would read as no filter: all of them).
@@ -995,6 +996,36 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
             }
             _ => self.requeue_chunk(ids).await,
         }
+    }
+
+    /// Those of `ids` that no dead event has (each once, in the order given): check them
+    /// before a [`requeue`](Outbox::requeue), which counts only the ids it found, so that a
+    /// mistyped id is reported instead of requeueing nothing in silence.
+    pub async fn missing_dead(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        let mut found = std::collections::HashSet::new();
+        let mut conn = self.pool.acquire().await?;
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let filter = id_filter(DB::DIALECT, chunk, 1);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM posthog_outbox_dead{filter}"
+            )));
+            for id in chunk {
+                query = DB::bind_i64(query, *id);
+            }
+            for row in DB::fetch_all(&mut conn, query)
+                .await
+                .map_err(|error| explain(error, DB::DIALECT))?
+            {
+                found.insert(DB::int(&row, 0)?);
+            }
+        }
+        let mut missing = Vec::new();
+        for id in ids {
+            if !found.contains(id) && !missing.contains(id) {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
     }
 
     /// [`requeue`](Outbox::requeue) of all dead events, or of at most [`IDS_PER_STATEMENT`] ids.

@@ -54,6 +54,13 @@ enum CliError {
          out)"
     )]
     RelayStopped,
+    #[error("no dead event has {}: nothing was requeued", id_list(.0))]
+    NotDead(Vec<i64>),
+    #[error(
+        "requeued {requeued} of {asked} dead event(s): the others were requeued or purged by \
+         someone else meanwhile"
+    )]
+    RequeuedFewer { requeued: u64, asked: usize },
     #[error("cannot install the Prometheus recorder: {0}")]
     Recorder(#[from] metrics_exporter_prometheus::BuildError),
 }
@@ -306,6 +313,11 @@ fn hint(error: &CliError) -> Option<&'static str> {
                  (add `?mode=rwc` to create an empty one)",
             )
         }
+        CliError::NotDead(_) => Some(
+            "`posthog-track outbox status` counts the dead events and their reasons; their ids \
+             are those of the posthog_outbox_dead table (`SELECT id, event, last_error FROM \
+             posthog_outbox_dead`); without --id every dead event is requeued",
+        ),
         CliError::Track(Error::OutboxMissing { .. }) => Some(
             "create it with `posthog-track outbox migrate --database-url <the same URL>` (or \
              with your application's migrations)",
@@ -574,9 +586,24 @@ async fn execute<DB: Backend>(
         Command::Outbox {
             command: OutboxCommand::Requeue { ids, .. },
         } => {
-            let ids = (!ids.is_empty()).then_some(ids.as_slice());
-            let requeued = tracker.outbox(pool).requeue(ids).await?;
+            let outbox = tracker.outbox(pool);
+            if ids.is_empty() {
+                let requeued = outbox.requeue(None).await?;
+                println!("requeued: {requeued}");
+                return Ok(());
+            }
+            // A mistyped id must be told, not requeue nothing in silence; and none is requeued
+            // then, so that the corrected command does what was meant.
+            let missing = outbox.missing_dead(&ids).await?;
+            if !missing.is_empty() {
+                return Err(CliError::NotDead(missing));
+            }
+            let asked = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            let requeued = outbox.requeue(Some(&ids)).await?;
             println!("requeued: {requeued}");
+            if requeued < asked as u64 {
+                return Err(CliError::RequeuedFewer { requeued, asked });
+            }
             Ok(())
         }
         Command::Plan { command } => Ok(plan(&command).await?),
@@ -588,6 +615,18 @@ async fn execute<DB: Backend>(
             Ok(())
         }
     }
+}
+
+/// `id 7`, `id 7 or 9`, `id 7, 8 or 9`.
+fn id_list(ids: &[i64]) -> String {
+    let mut text = "id ".to_owned();
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            text.push_str(if i + 1 == ids.len() { " or " } else { ", " });
+        }
+        text.push_str(&id.to_string());
+    }
+    text
 }
 
 /// Returns when the tracker's background relay has ended by itself (its task panicked).
