@@ -724,3 +724,56 @@ async fn a_group_identify_joins_no_session() {
         "0190a1b2-0000-7000-8000-000000000008"
     );
 }
+
+/// An event with an empty or whitespace name was staged, committed to the outbox and sent,
+/// for PostHog to refuse (or to ingest as a nameless event): a poison event found long after
+/// the code that made it. Staging refuses it with `InvalidEventName`, as a missing distinct id
+/// is refused, and so does an event that `before_send` leaves without a name.
+#[tokio::test]
+async fn an_event_without_a_name_is_refused_where_it_is_staged() {
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id("user-1");
+    for name in ["", " ", "\t\n"] {
+        let error = tx.capture(Event::new(name)).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidEventName { event } if event == name),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("Event::new"),
+            "says how to fix: {error}"
+        );
+    }
+    assert!(tx.staged().is_empty());
+    tx.capture(Event::new("clicked")).unwrap();
+    tx.commit().await.unwrap();
+
+    let error = tracker
+        .capture(Event::new(" ").distinct_id("user-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+
+    for renamed in [
+        Value::from(""),
+        Value::from("  "),
+        Value::Null,
+        Value::from(7),
+    ] {
+        let mock = MockPostHog::start().await;
+        let hooked = tracker_for(&mock)
+            .before_send(move |mut event| {
+                event["event"] = renamed.clone();
+                Some(event)
+            })
+            .build();
+        let error = hooked
+            .capture(Event::new("clicked").distinct_id("user-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+    }
+}

@@ -247,7 +247,9 @@ impl Dispatch {
     /// Adds `$geoip_disable` when asked, then runs `before_send` over staged events (so the
     /// hook sees what will be sent); dropped ones are counted. What the hook returns is
     /// checked as staging checks an event: an event it left without a distinct id (absent,
-    /// empty or whitespace) fails with [`Error::MissingDistinctId`], one it made larger than
+    /// empty or whitespace) fails with [`Error::MissingDistinctId`], one it left without a
+    /// name (not a string, or empty or whitespace) with [`Error::InvalidEventName`], one it
+    /// made larger than
     /// PostHog accepts with [`Error::EventTooLarge`], rather than be sent for PostHog to refuse.
     pub(crate) fn apply_before_send(
         &self,
@@ -271,6 +273,19 @@ impl Dispatch {
             // requires a string.
             if let Some(id) = json.get("distinct_id").filter(|id| id.is_number()) {
                 json["distinct_id"] = id.to_string().into();
+            }
+            // The hook may rename the event: to a blank name, or to no string at all.
+            match json.get("event") {
+                Some(serde_json::Value::String(name)) if !crate::event::is_blank_id(name) => {}
+                other => {
+                    return Err(Error::InvalidEventName {
+                        event: match other {
+                            Some(serde_json::Value::String(name)) => name.clone().into(),
+                            Some(value) => value.to_string().into(),
+                            None => "".into(),
+                        },
+                    });
+                }
             }
             adopt_hook_identity(&mut event, &mut json);
             crate::event::options_to_properties(&mut json);

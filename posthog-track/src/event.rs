@@ -735,6 +735,8 @@ pub struct Event {
 
 impl Event {
     /// An event with this name. Without [`Event::distinct_id`] it takes the transaction's.
+    /// A name that is empty or whitespace is refused where the event is staged (`capture`)
+    /// with [`Error::InvalidEventName`].
     pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
         Event {
             name: name.into(),
@@ -812,6 +814,10 @@ impl Event {
     }
 
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
+        // Blank as an id is: nothing PostHog can file the event under.
+        if is_blank_id(&self.name) {
+            return Err(Error::InvalidEventName { event: self.name });
+        }
         let mut properties = self.properties;
         // The options as properties too, so that they mean the same on v0 (which reads only
         // properties) as on v1, where they win over a property of the same name.
