@@ -1340,3 +1340,107 @@ async fn a_deadlock_victim_commits_no_event_without_its_row() {
         );
     }
 }
+
+/// Concurrent upserts of the same new key, each in a transaction of its own: every one
+/// succeeds, exactly one inserts and the others update, and the outbox holds the events of
+/// one insert and of the updates. On MySQL/MariaDB the upsert's probe (`SELECT ... FOR
+/// UPDATE` of the missing key) took gap locks that every transaction held at once, so their
+/// INSERTs waited on each other and InnoDB killed all but one with a deadlock (1213).
+async fn concurrent_upserts_of_a_new_key_all_succeed<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Profile: TrackedRow<DB>,
+{
+    // Six, with the pool's eight connections: each transaction holds one until its commit.
+    const TASKS: usize = 6;
+    let tracker = tracker(pool).await;
+    let id = unique("upsert-race");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for n in 0..TASKS {
+        let (tracker, pool, id, barrier) =
+            (tracker.clone(), pool.clone(), id.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            // Before `begin`: SQLite's takes the one write lock (BEGIN IMMEDIATE).
+            barrier.wait().await;
+            let mut tx = tracker.begin(&pool).await?;
+            // Half the same values (MySQL reports an unchanged row like an insert), half not.
+            let plan = if n % 2 == 0 { "free" } else { "pro" };
+            let upserted = profile(&id, plan).upsert(&mut tx).await;
+            let upserted = match upserted {
+                Ok(upserted) => upserted,
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(error);
+                }
+            };
+            tx.commit().await?;
+            Ok(upserted.was_inserted())
+        }));
+    }
+    let mut inserted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(true) => inserted += 1,
+            Ok(false) => {}
+            Err(error) => panic!("a concurrent upsert failed: {error:?}"),
+        }
+    }
+    assert_eq!(inserted, 1, "exactly one upsert inserts the row");
+    let names: Vec<String> = tracker
+        .outbox(pool)
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.distinct_id == id && event.event != "$identify")
+        .map(|event| event.event)
+        .collect();
+    let created = names
+        .iter()
+        .filter(|name| *name == "profile_created")
+        .count();
+    let updated = names
+        .iter()
+        .filter(|name| *name == "profile_updated")
+        .count();
+    assert_eq!(
+        (created, updated, names.len()),
+        (1, TASKS - 1, TASKS),
+        "{names:?}"
+    );
+
+    // On one connection, an update (of a row left as it was) then an insert: what told the
+    // first apart must not leak into the second.
+    let mut tx = tracker.begin(pool).await.unwrap();
+    assert!(
+        !profile(&id, "free")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
+    assert!(
+        !profile(&id, "free")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
+    let fresh = unique("upsert-race-fresh");
+    assert!(
+        profile(&fresh, "free")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
+    assert!(
+        !profile(&fresh, "pro")
+            .upsert(&mut tx)
+            .await
+            .unwrap()
+            .was_inserted()
+    );
+    tx.rollback().await.unwrap();
+}
+on_every_backend!(concurrent_upserts_of_a_new_key_all_succeed);

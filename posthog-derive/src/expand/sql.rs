@@ -197,11 +197,20 @@ const GENERATED_KEY_UPSERT: &str = "an upsert finds the existing row by its key,
 ///   back exactly when it was inserted (the probe); otherwise the runtime updates the row
 ///   with `update_returning`. The INSERT takes SQLite's single write lock, so nothing can
 ///   come between the two statements.
-/// - MySQL/MariaDB: `INSERT ... ON DUPLICATE KEY UPDATE c = VALUES(c)` (`VALUES()` rather than
-///   MySQL 8's row alias, which MariaDB lacks); the runtime tells insert from update by the
-///   affected rows and reads the row back by its key.
+/// - MySQL/MariaDB: `INSERT ... ON DUPLICATE KEY UPDATE k = IF(LAST_INSERT_ID(<marker>), k,
+///   k), c = VALUES(c)` (`VALUES()` rather than MySQL 8's row alias, which MariaDB lacks). The
+///   first assignment leaves the key as it is and, only when the row existed, sets the
+///   statement's insert id to [`UPSERT_FOUND`]: the runtime tells an update (even of a row
+///   left unchanged, which `CLIENT_FOUND_ROWS` reports as 1 affected row, like an insert) from
+///   an insert by it, with no look-up before the statement (whose gap locks deadlocked
+///   concurrent upserts of one new key), and reads the row back by its key.
 ///
-/// With no column to update, the key is set to itself, so an existing row still comes back.
+/// With no column to update, PostgreSQL's sets the key to itself, so an existing row still
+/// comes back.
+/// The insert id a MySQL/MariaDB upsert reports when its row existed: no AUTO_INCREMENT column
+/// reaches it. `posthog_track::model::upsert` reads it; the two must agree.
+const UPSERT_FOUND: u64 = u64::MAX;
+
 fn upsert_sql(
     container: &Container,
     table: &str,
@@ -225,12 +234,13 @@ fn upsert_sql(
         names.join(", "),
         values.join(", ")
     );
-    let mut updated: Vec<String> = container
+    let updatable: Vec<String> = container
         .fields
         .iter()
         .filter(|f| f.is_updatable())
         .map(column)
         .collect();
+    let mut updated = updatable.clone();
     if updated.is_empty() {
         updated.extend(container.keys().next().map(column));
     }
@@ -255,10 +265,13 @@ fn upsert_sql(
             keys.join(", ")
         ),
         Dialect::MySql => {
-            let set: Vec<String> = updated
-                .iter()
-                .map(|c| format!("{c} = VALUES({c})"))
-                .collect();
+            // Keys are never generated here (refused above), and a model has at least one.
+            let key = keys.first().ok_or(GENERATED_KEY_UPSERT)?;
+            let set: Vec<String> = std::iter::once(format!(
+                "{key} = IF(LAST_INSERT_ID({UPSERT_FOUND}), {key}, {key})"
+            ))
+            .chain(updatable.iter().map(|c| format!("{c} = VALUES({c})")))
+            .collect();
             format!("{head} ON DUPLICATE KEY UPDATE {}", set.join(", "))
         }
     })

@@ -230,8 +230,10 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// then the `UPDATE` when no row came back (the INSERT holds SQLite's only write lock, so
     /// nothing comes between); `INSERT ... ON DUPLICATE KEY UPDATE` on MySQL/MariaDB, which
     /// reports 1 affected row for an insert and 2 for an update, but also 1 for an existing
-    /// row left as it was (sqlx connects with `CLIENT_FOUND_ROWS`), so the row is first
-    /// looked up (`SELECT ... FOR UPDATE`, which also locks the gap of a missing key). On
+    /// row left as it was (sqlx connects with `CLIENT_FOUND_ROWS`), so its update clause
+    /// marks an existing row by setting the statement's insert id (`LAST_INSERT_ID(expr)`);
+    /// nothing is looked up first, so concurrent upserts of one new key wait for each other
+    /// instead of deadlocking on gap locks. On
     /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table: an
     /// upsert that meets another row there fails with [`Error::Unsupported`] (PostgreSQL and
     /// SQLite fail with the unique violation), and its transaction cannot commit.

@@ -67,6 +67,11 @@ const ANOTHER_UNIQUE_KEY: &str = "the row conflicts with an existing row on anot
     than the model's key, and ON DUPLICATE KEY UPDATE wrote that other row; roll the transaction \
     back (its commit is refused)";
 
+/// The insert id of a MySQL/MariaDB upsert whose row existed: its statement's `ON DUPLICATE
+/// KEY UPDATE` sets `LAST_INSERT_ID(UPSERT_FOUND)` (posthog-derive's `upsert_sql` writes it;
+/// the two must agree). No AUTO_INCREMENT column of an inserted row reaches it.
+const UPSERT_FOUND: u64 = u64::MAX;
+
 /// [`TrackedModel::upsert`](super::TrackedModel::upsert).
 pub(super) async fn upsert<M, DB>(
     model: M,
@@ -152,14 +157,19 @@ where
             }
         }
         Dialect::MySql => {
-            // Whether the row exists, locked (or its gap, when it does not) until commit.
-            let probe = model.__bind_key(sqlx::query(sql.select_for_update));
-            let existed = !DB::fetch_all(tx.connection(), probe).await?.is_empty();
+            // No look-up first: a `SELECT ... FOR UPDATE` of a missing key takes a gap lock,
+            // which every concurrent upsert of the same new key takes too, and then their
+            // INSERTs wait on each other's gaps: InnoDB kills all but one with a deadlock,
+            // which rolls back each victim's whole transaction (so no retry here could be
+            // safe). `ON DUPLICATE KEY UPDATE` alone locks the existing row exclusively, so
+            // concurrent upserts of one key queue behind each other instead. The affected
+            // rows cannot tell an insert from an update (CLIENT_FOUND_ROWS counts a row left
+            // as it was as 1, like an insert): the statement's first assignment sets the
+            // insert id to UPSERT_FOUND exactly when the row existed.
             let insert = model.__bind_insert(sqlx::query(statement));
             let result = DB::execute(tx.connection(), insert).await?;
             tx.wrote();
-            // 1: inserted, or (CLIENT_FOUND_ROWS) found and left as it was; 2: updated.
-            let inserted = DB::rows_affected(&result) == 1 && !existed;
+            let inserted = DB::last_insert_id(&result) != Some(UPSERT_FOUND);
             let select = sql.select_inserted.ok_or(Error::RowNotFound { table })?;
             let query = model.__bind_key(sqlx::query(select));
             let Some(row) = DB::fetch_all(tx.connection(), query)
