@@ -1084,13 +1084,13 @@ fn fates_summary(
     }
 }
 
-/// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
-/// every third of it while a send is in flight.
 /// Debug builds: when set in the environment, a running relay panics after its first round
 /// (the `relay` command's test that a dead relay task stops the command).
 #[cfg(debug_assertions)]
 const TEST_PANIC_ENV: &str = "POSTHOG_TRACK_TEST_RELAY_PANIC";
 
+/// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
+/// every third of it while a send is in flight.
 const MIN_LEASE: Duration = Duration::from_millis(250);
 
 /// The longest lease a relay takes, whatever it was given: a day is "never" for a claim that
