@@ -67,7 +67,7 @@ struct KnownPool {
 }
 
 /// At most one `NOTIFY` per database per this long: see [`crate::outbox::WAKE_CHANNEL`].
-const NOTIFY_EVERY: Duration = Duration::from_millis(10);
+const NOTIFY_EVERY: Duration = Duration::from_millis(25);
 
 struct RunningRelay {
     /// Dropped with the tracker: the relay loop then stops by itself.

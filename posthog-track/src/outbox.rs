@@ -128,11 +128,14 @@ const fn latest_version(steps: &[Step]) -> i64 {
 /// The PostgreSQL notification channel that wakes relays in other processes (`LISTEN
 /// posthog_outbox`). A process that commits events and runs no relay for that database sends
 /// `pg_notify('posthog_outbox', '')` inside the commit's transaction, at most once per commit
-/// and at most once per 10 ms per database: on PostgreSQL every notifying commit takes a
+/// and at most once per 25 ms per database: on PostgreSQL every notifying commit takes a
 /// database-wide lock until it is durable, which serialises them (in `pgbench`, a `NOTIFY`
-/// with every commit cut the commits/s of 16 concurrent writers severalfold). A relay
-/// woken by one notification claims again after its linger, which takes in the commits whose
-/// notification was throttled away; a relay idle since then finds them at its next poll.
+/// with every commit cut the commits/s of 16 concurrent writers severalfold), and every
+/// listening relay spends CPU on each notification it receives (at one per 10 ms, a
+/// tenth of a busy relay's CPU). A relay woken by one notification claims again after its
+/// linger (80 ms by default, longer than the throttle), which takes in the commits whose
+/// notification was throttled away; a relay lingering less than 25 ms may find them only at
+/// its next poll.
 pub const WAKE_CHANNEL: &str = "posthog_outbox";
 
 /// Columns bound per event by [`write`].
