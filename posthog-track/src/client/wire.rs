@@ -115,30 +115,37 @@ enum Framing {
     Zlib,
 }
 
-thread_local! {
-    /// One compressor per thread and framing, reset between requests. Setting one up costs
-    /// about a third of compressing a 250-event batch (its hash tables and window are
-    /// allocated and zeroed), which a relay under load paid on every request. A request
-    /// compresses without awaiting, so a thread's compressor is never used by two at once.
-    static COMPRESSORS: std::cell::RefCell<[Option<flate2::Compress>; 2]> =
-        const { std::cell::RefCell::new([None, None]) };
-}
+/// Compressors kept between requests, per framing, reset before each use. Setting one up costs
+/// about a third of compressing a 250-event batch (its hash tables and window, some 300 KB,
+/// allocated and zeroed), which a relay under load paid on every request. A few are kept, as
+/// many as requests compress at once in practice; a thread-local cache would keep one per
+/// runtime thread instead.
+static COMPRESSORS: [std::sync::Mutex<Vec<flate2::Compress>>; 2] = [
+    std::sync::Mutex::new(Vec::new()),
+    std::sync::Mutex::new(Vec::new()),
+];
 
-/// Appends `body` deflated at the fast level to `out`, with a compressor kept by this thread.
+/// Compressors kept per framing at most.
+const KEPT_COMPRESSORS: usize = 4;
+
+/// Appends `body` deflated at the fast level to `out`, with a kept compressor if there is one.
 fn deflate_into(body: &[u8], framing: Framing, out: &mut Vec<u8>) -> std::io::Result<()> {
-    COMPRESSORS.with(|compressors| {
-        let mut compressors = compressors.borrow_mut();
-        let compressor = compressors[framing as usize].get_or_insert_with(|| {
-            flate2::Compress::new(FlateLevel::fast(), matches!(framing, Framing::Zlib))
-        });
-        compressor.reset();
-        let result = deflate_with(compressor, body, out);
-        if result.is_err() {
-            // Whatever state a failure left behind is not reused.
-            compressors[framing as usize] = None;
+    let kept = &COMPRESSORS[framing as usize];
+    let reused = crate::sync::lock(kept).pop();
+    let mut compressor = match reused {
+        Some(mut compressor) => {
+            compressor.reset();
+            compressor
         }
-        result
-    })
+        None => flate2::Compress::new(FlateLevel::fast(), matches!(framing, Framing::Zlib)),
+    };
+    deflate_with(&mut compressor, body, out)?;
+    // Only a compressor that finished its stream goes back: a failure's state is not reused.
+    let mut kept = crate::sync::lock(kept);
+    if kept.len() < KEPT_COMPRESSORS {
+        kept.push(compressor);
+    }
+    Ok(())
 }
 
 fn deflate_with(
@@ -250,7 +257,12 @@ mod tests {
                 state as u8
             })
             .collect();
-        let bodies = [noise.clone(), b"{}".to_vec(), noise[..1000].to_vec(), Vec::new()];
+        let bodies = [
+            noise.clone(),
+            b"{}".to_vec(),
+            noise[..1000].to_vec(),
+            Vec::new(),
+        ];
         for body in bodies.iter().chain(bodies.iter()) {
             let mut decoded = Vec::new();
             flate2::read::GzDecoder::new(&gzip(body).unwrap()[..])
