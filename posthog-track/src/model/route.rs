@@ -42,6 +42,7 @@ pub(super) async fn route<M: TrackedModel, DB: Backend>(
 /// A table an existing row of a flag-routed model may be in, and the stamps of a write there:
 /// `$feature/<flag>` with the variant for a variant's table, none for the default table (which
 /// holds the rows of every other value, and of routes that fell back).
+#[derive(Clone)]
 pub(super) struct RowTable {
     pub(super) sql: &'static ModelSql,
     pub(super) table: &'static str,

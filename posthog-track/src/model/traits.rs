@@ -233,7 +233,12 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// row left as it was (sqlx connects with `CLIENT_FOUND_ROWS`), so its update clause
     /// marks an existing row by setting the statement's insert id (`LAST_INSERT_ID(expr)`);
     /// nothing is looked up first, so concurrent upserts of one new key wait for each other
-    /// instead of deadlocking on gap locks. On
+    /// instead of deadlocking on gap locks. A flag-routed model (`table_variant`) looks the
+    /// key up in its other tables first, locking it there (a row stays in the table it was
+    /// written to), but not in the table it is routed to, the one it may insert into: upserts
+    /// of one new key routed to one table wait for each other there too, while two routed to
+    /// different tables (an owner changing meanwhile) may deadlock, one rolled back, rather
+    /// than leave the key in both tables. On
     /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table: an
     /// upsert that meets another row there fails with [`Error::Unsupported`] (PostgreSQL and
     /// SQLite fail with the unique violation), and its transaction cannot commit.

@@ -2,7 +2,7 @@
 //! with its key, in one atomic statement, and stage the events of whichever happened.
 
 use super::codegen::ModelSql;
-use super::route::{RowTable, find_row, route, tables_from};
+use super::route::{RowTable, find_row, other_tables, route, tables_from};
 use super::stage::{stage_inserted, stage_updated};
 use super::traits::TrackedRow;
 use crate::backend::{Backend, Dialect};
@@ -94,21 +94,54 @@ where
     M: TrackedRow<DB>,
 {
     model.__fill_from_context(tx.context());
-    let (mut sql, mut table, mut stamps) = route(&model, tx).await;
-    // A row stays in the table it was written to when its user's route changes: an existing
-    // row in another of the model's tables is updated there, not inserted again here. The
-    // routed table is asked first, as `update` does: a row there is the one to write.
-    if !M::__TABLE_VARIANTS.is_empty() {
-        let routed = RowTable {
-            sql,
-            table,
-            stamps: stamps.clone(),
-        };
+    let (sql, table, stamps) = route(&model, tx).await;
+    let routed = RowTable { sql, table, stamps };
+    let (row, inserted, RowTable { sql, stamps, .. }) = if M::__TABLE_VARIANTS.is_empty() {
+        let (row, inserted) = upsert_into(&model, &routed, tx).await?;
+        (row, inserted, routed)
+    } else if DB::DIALECT == Dialect::MySql {
+        upsert_routed_mysql(&model, routed, tx).await?
+    } else {
+        // A row stays in the table it was written to when its user's route changes: an
+        // existing row in another of the model's tables is updated there, not inserted again
+        // here. The routed table is asked first, as `update` does: a row there is the one to
+        // write. (On PostgreSQL a missing key locks nothing; SQLite's transaction holds the
+        // database's write lock.)
         let select = |sql: &'static ModelSql| model.__bind_key(sqlx::query(sql.select_for_update));
-        if let Some((_, found)) = find_row(tx, tables_from::<M, DB>(routed), select).await? {
-            (sql, table, stamps) = (found.sql, found.table, found.stamps);
-        }
+        let target = match find_row(tx, tables_from::<M, DB>(routed.clone()), select).await? {
+            Some((_, found)) => found,
+            None => routed,
+        };
+        let (row, inserted) = upsert_into(&model, &target, tx).await?;
+        (row, inserted, target)
+    };
+    let stored = M::__from_row(&row)?;
+    if inserted {
+        stage_inserted(&stored, stamps, tx)?;
+        Ok(Upserted::Inserted(stored))
+    } else {
+        // The events of `update`, which stages them from the row as given unless it reads the
+        // row back (nothing to write, or a tracked generated column the database may compute
+        // again): a value the column keeps otherwise than given (a timestamp's nanoseconds)
+        // is sent as `update` sends it.
+        let reads_back = sql.update.is_none() || M::__UPDATE_READS_BACK;
+        stage_updated(if reads_back { &stored } else { &model }, stamps, tx)?;
+        Ok(Upserted::Updated(stored))
     }
+}
+
+/// The upsert statement of `target`'s table, and whether it inserted the row (rather than
+/// found one with its key and updated it).
+async fn upsert_into<M, DB>(
+    model: &M,
+    target: &RowTable,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<(DB::Row, bool)>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let (sql, table) = (target.sql, target.table);
     let Some(statement) = sql.upsert else {
         return Err(Error::Unsupported {
             operation: format!("upsert into `{table}`"),
@@ -118,7 +151,7 @@ where
                 .unwrap_or("the model cannot be upserted"),
         });
     };
-    let (row, inserted) = match DB::DIALECT {
+    match DB::DIALECT {
         Dialect::Postgres => {
             let query = model.__bind_insert(sqlx::query(statement));
             let row = DB::fetch_one(tx.connection(), query).await?;
@@ -126,7 +159,7 @@ where
             // After every column: `xmax = 0`, a row version no transaction has touched since
             // it was inserted, i.e. this statement inserted it.
             let inserted = DB::int(&row, sql.columns.len())? == 1;
-            (row, inserted)
+            Ok((row, inserted))
         }
         Dialect::Sqlite => {
             let query = model.__bind_insert(sqlx::query(statement));
@@ -138,7 +171,7 @@ where
                 // DO NOTHING returned the row: it is new.
                 Some(row) => {
                     tx.wrote();
-                    (row, true)
+                    Ok((row, true))
                 }
                 None => {
                     // It exists; this transaction holds the write lock since the INSERT.
@@ -152,7 +185,7 @@ where
                         .next()
                         .ok_or(Error::RowNotFound { table })?;
                     tx.wrote();
-                    (row, false)
+                    Ok((row, false))
                 }
             }
         }
@@ -185,20 +218,72 @@ where
                     reason: ANOTHER_UNIQUE_KEY,
                 });
             };
-            (row, inserted)
+            Ok((row, inserted))
         }
-    };
-    let stored = M::__from_row(&row)?;
-    if inserted {
-        stage_inserted(&stored, stamps, tx)?;
-        Ok(Upserted::Inserted(stored))
-    } else {
-        // The events of `update`, which stages them from the row as given unless it reads the
-        // row back (nothing to write, or a tracked generated column the database may compute
-        // again): a value the column keeps otherwise than given (a timestamp's nanoseconds)
-        // is sent as `update` sends it.
-        let reads_back = sql.update.is_none() || M::__UPDATE_READS_BACK;
-        stage_updated(if reads_back { &stored } else { &model }, stamps, tx)?;
-        Ok(Upserted::Updated(stored))
     }
+}
+
+/// MySQL/MariaDB, a flag-routed model: the upsert of `model`, whose route is `routed`, into
+/// the table that holds its key, else into `routed`; with that table.
+///
+/// The row must stay in one of the model's tables (a key already in another table than the
+/// routed one is updated there), so the other tables are looked up with `SELECT ... FOR
+/// UPDATE`: a row found is locked, and a missing key's gap is locked, so that a concurrent
+/// upsert routed to that table cannot insert the key there until this transaction ends (and
+/// one whose look-up comes after this transaction's insert waits for its row, then finds it).
+/// What the look-up must not lock is the gap of the routed table, the one this upsert
+/// inserts into: every concurrent upsert of one new key would take that gap lock (gap locks
+/// do not conflict), and then each one's INSERT waited on the others' gaps (InnoDB 1213). So
+/// the routed table is not looked up first: its `ON DUPLICATE KEY UPDATE` alone finds or
+/// inserts the row, locking it exclusively, and concurrent upserts of the key queue on that
+/// lock. It is looked up only when another table holds the key, to write the routed table's
+/// row when both do (as `update` does); the upsert then updates a row and inserts nothing.
+///
+/// Concurrent upserts of one new key routed to the same table therefore queue and cannot
+/// deadlock: their look-ups lock gaps only in tables none of them inserts into. Two routed to
+/// different tables can, each having locked the gap of the other's table before inserting
+/// into its own: InnoDB rolls one back (1213), and the key still ends up in one table. No lock
+/// order avoids that and keeps the key in one table. A missing key can only be locked by a
+/// gap lock, which does not exclude another's, so one of the two must insert before it looks
+/// in the other's table; and undoing that insert when the other table turns out to hold the
+/// key turns the waiting locks of the upserts queued on it into gap locks, which deadlock
+/// each other's INSERTs (tried: the tables in one fixed order, the insert undone to a
+/// savepoint).
+async fn upsert_routed_mysql<M, DB>(
+    model: &M,
+    routed: RowTable,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<(DB::Row, bool, RowTable)>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let mut found = None;
+    for table in other_tables::<M, DB>(routed.table) {
+        if holds_key(model, &table, tx).await? {
+            found = Some(table);
+            break;
+        }
+    }
+    let target = match found {
+        Some(found) if !holds_key(model, &routed, tx).await? => found,
+        _ => routed,
+    };
+    let (row, inserted) = upsert_into(model, &target, tx).await?;
+    Ok((row, inserted, target))
+}
+
+/// Whether `table` holds `model`'s key, locking the row (or, when there is none, the gap
+/// where it would be) until the transaction ends.
+async fn holds_key<M, DB>(
+    model: &M,
+    table: &RowTable,
+    tx: &mut TrackedTransaction<'_, DB>,
+) -> Result<bool>
+where
+    DB: Backend,
+    M: TrackedRow<DB>,
+{
+    let query = model.__bind_key(sqlx::query(table.sql.select_for_update));
+    Ok(!DB::fetch_all(tx.connection(), query).await?.is_empty())
 }
