@@ -115,10 +115,10 @@ fn check_group(cx: &Ctxt, field: &Field) {
 }
 
 fn check_group_type_name(cx: &Ctxt, key: &str, name: &Spanned<String>) {
-    if name.value.trim().is_empty() {
+    if let Some(blank) = blank(&name.value) {
         cx.error_at(
             name.span,
-            format!("`{key}` is empty; name the PostHog group type, e.g. \"company\""),
+            format!("`{key}` is {blank}; name the PostHog group type, e.g. \"company\""),
         );
     } else if name.value.starts_with('$') {
         cx.error_at(
@@ -183,16 +183,30 @@ fn check_event_names(cx: &Ctxt, container: &Container) {
         ("delete_event", &attrs.delete_event),
     ] {
         if let Some(name) = name {
-            check_event_name(cx, key, &name.value, name.span);
+            check_event_name(cx, key, "user_signed_up", &name.value, name.span);
         }
     }
 }
 
-fn check_event_name(cx: &Ctxt, key: &str, name: &str, span: Span) {
-    if name.trim().is_empty() {
+/// Why `name` names nothing: it is `empty`, or `only whitespace` (which PostHog would file
+/// under a name no one can see or query); `None` when it has a visible character.
+fn blank(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.trim().is_empty() {
+        Some("only whitespace")
+    } else {
+        None
+    }
+}
+
+/// The rules of every event name the derive is given: `key` is the attribute that gave it,
+/// `example` a name to suggest.
+fn check_event_name(cx: &Ctxt, key: &str, example: &str, name: &str, span: Span) {
+    if let Some(blank) = blank(name) {
         cx.error_at(
             span,
-            format!("`{key}` is empty; name the event, e.g. \"user_signed_up\""),
+            format!("`{key}` is {blank}; name the event, e.g. \"{example}\""),
         );
     } else if name.starts_with('$') {
         cx.error_at(
@@ -296,7 +310,8 @@ fn check_milestones(cx: &Ctxt, field: &Field) {
     for milestone in &field.attrs.milestones {
         check_event_name(
             cx,
-            "milestone event",
+            "milestone(event = ...)",
+            "plan_upgraded",
             &milestone.event.value,
             milestone.event.span,
         );
@@ -361,7 +376,7 @@ fn check_property_names(cx: &Ctxt, container: &Container) {
             continue;
         };
         let span = field.property_span();
-        if name.trim().is_empty() {
+        if let Some(blank) = blank(&name) {
             let keyword = field
                 .attrs
                 .decision()
@@ -369,7 +384,7 @@ fn check_property_names(cx: &Ctxt, container: &Container) {
             cx.error_at(
                 span,
                 format!(
-                    "the property name is empty; write `{keyword}` alone to send the field \
+                    "the property name is {blank}; write `{keyword}` alone to send the field \
                      under its own name, or `{keyword} = \"name\"` to rename it"
                 ),
             );
