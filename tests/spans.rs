@@ -94,6 +94,10 @@ async fn commit_claim_send_and_settle_have_spans_with_counts() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The start of the statement that counts the events left up to an id (and when the first can
+/// be claimed): it reads every row it counts.
+const PENDING_COUNT: &str = "SELECT COUNT(*), COALESCE(MIN(CASE";
+
 /// Statements seen by a subscriber whose text contains `needle` (sqlx logs each statement
 /// it runs as an event of target `sqlx::query`, with its text in `db.statement`).
 #[derive(Clone)]
@@ -155,7 +159,7 @@ async fn draining_a_backlog_does_not_recount_it_after_every_round() {
     commit_events(&tracker, &pool, &tag, "backlog", 2_000, 500).await;
 
     let counts = Statements {
-        needle: "SELECT COUNT(*)",
+        needle: PENDING_COUNT,
         seen: Arc::default(),
     };
     let subscriber = tracing_subscriber::registry().with(counts.clone());
@@ -169,5 +173,50 @@ async fn draining_a_backlog_does_not_recount_it_after_every_round() {
     assert!(
         (1..=4).contains(&seen),
         "{seen} counting statements for a drain of 40 rounds"
+    );
+}
+
+/// A `flush` waiting for an external relay asked every 100 ms how many events were left, a
+/// count of every row left: with a backlog of millions (an outage just over, ten replicas
+/// shutting down) each waiting process kept the database scanning it. It now asks whether any
+/// is left (one index probe) and counts only when it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_flush_does_not_count_the_backlog_on_every_poll() {
+    use tracing::instrument::WithSubscriber as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let Some(url) = posthog_track_tests::database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "flush_counts").await;
+    // Each request answered after 150 ms: six batches keep the flush waiting about a second.
+    let mock = posthog_track_tests::slow_mock(std::time::Duration::from_millis(150)).await;
+    let tracker = tracker_for(&mock)
+        .external_relay(true)
+        .batch_size(50)
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("flush-counts");
+    commit_events(&tracker, &pool, &tag, "waiting", 300, 300).await;
+    // The external relay, outside the subscriber.
+    let relay = tokio::spawn({
+        let relay = tracker.relay(pool.clone());
+        async move { relay.drain().await }
+    });
+
+    let counts = Statements {
+        needle: PENDING_COUNT,
+        seen: Arc::default(),
+    };
+    let subscriber = tracing_subscriber::registry().with(counts.clone());
+    async { tracker.flush().await.unwrap() }
+        .with_subscriber(subscriber)
+        .await;
+    relay.await.unwrap().unwrap();
+    assert_eq!(mock.events().len(), 300, "every event delivered");
+    let seen = *counts.seen.lock().unwrap();
+    assert_eq!(
+        seen, 0,
+        "{seen} counts of the backlog while the flush waited"
     );
 }

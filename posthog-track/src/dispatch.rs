@@ -820,8 +820,8 @@ async fn await_delivery_until<DB: Backend>(
     let outbox = Outbox::new(pool);
     let (oldest, newest, since) = outbox.wait_start().await?;
     loop {
-        let (pending, _) = outbox.pending_through(newest).await?;
-        if pending == 0 {
+        // Whether anything is left, not how much: counting read every row left on each poll.
+        if !outbox.any_pending_through(newest).await? {
             let dead = outbox.dead_since(oldest, newest, since).await?;
             if dead > 0 {
                 return Err(Error::Undelivered {
@@ -836,6 +836,7 @@ async fn await_delivery_until<DB: Backend>(
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         if remaining.is_zero() {
+            let (pending, _) = outbox.pending_through(newest).await?;
             return Err(Error::Timeout {
                 waited: started.elapsed(),
                 pending: pending.unsigned_abs(),

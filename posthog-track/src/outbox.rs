@@ -966,6 +966,18 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok(DB::int(&row, 0)?)
     }
 
+    /// Whether any event with an id up to `newest` is still in the outbox: the first row in
+    /// key order, one index probe, where [`pending_through`](Self::pending_through) reads every
+    /// row left (a waiting `flush` asks this every 100 ms, a backlog may hold millions).
+    pub(crate) async fn any_pending_through(&self, newest: i64) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        let mut sql = "SELECT id FROM posthog_outbox WHERE id <= ".to_owned();
+        DB::DIALECT.push_placeholder(&mut sql, 1);
+        sql.push_str(" ORDER BY id LIMIT 1");
+        let query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), newest);
+        Ok(!DB::fetch_all(&mut conn, query).await?.is_empty())
+    }
+
     /// Pending events with ids up to `newest`, and the database clock's milliseconds until
     /// the first of them can be claimed (0 when one can be now).
     pub(crate) async fn pending_through(&self, newest: i64) -> Result<(i64, i64)> {
