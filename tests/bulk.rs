@@ -1412,35 +1412,18 @@ where
     // On one connection, an update (of a row left as it was) then an insert: what told the
     // first apart must not leak into the second.
     let mut tx = tracker.begin(pool).await.unwrap();
-    assert!(
-        !profile(&id, "free")
-            .upsert(&mut tx)
-            .await
-            .unwrap()
-            .was_inserted()
-    );
-    assert!(
-        !profile(&id, "free")
-            .upsert(&mut tx)
-            .await
-            .unwrap()
-            .was_inserted()
-    );
     let fresh = unique("upsert-race-fresh");
-    assert!(
-        profile(&fresh, "free")
-            .upsert(&mut tx)
-            .await
-            .unwrap()
-            .was_inserted()
-    );
-    assert!(
-        !profile(&fresh, "pro")
-            .upsert(&mut tx)
-            .await
-            .unwrap()
-            .was_inserted()
-    );
+    let mut inserted = Vec::new();
+    for (key, plan) in [
+        (&id, "free"),
+        (&id, "free"),
+        (&fresh, "free"),
+        (&fresh, "pro"),
+    ] {
+        let upserted = profile(key, plan).upsert(&mut tx).await.unwrap();
+        inserted.push(upserted.was_inserted());
+    }
+    assert_eq!(inserted, [false, false, true, false]);
     tx.rollback().await.unwrap();
 }
 on_every_backend!(concurrent_upserts_of_a_new_key_all_succeed);
