@@ -154,6 +154,14 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// transaction went the same way (so the outbox keeps the staging order) and there is no
     /// `before_send` hook or `$geoip_disable`, and not for group models or models whose distinct
     /// id is `generated`; a model's first insert in a process takes the usual path.
+    ///
+    /// A flag-routed model (`table_variant`) inserts into its routed table only, without
+    /// looking in its other tables: the database refuses a key already in that table, but not
+    /// one another of the model's tables holds (a row written before its user's route
+    /// changed), which then ends up in both. A new key (generated, a UUID) cannot be there;
+    /// when the key may exist under another route, [`upsert`](TrackedModel::upsert) finds it
+    /// where it is. (Looking there on every insert would cost a statement per table, and on
+    /// MySQL/MariaDB take gap locks there, the kind concurrent upserts deadlocked on.)
     fn insert<'t, 'c, DB>(
         mut self,
         tx: &'t mut TrackedTransaction<'c, DB>,
@@ -238,8 +246,15 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// written to), but not in the table it is routed to, the one it may insert into: upserts
     /// of one new key routed to one table wait for each other there too, while two routed to
     /// different tables (an owner changing meanwhile) may deadlock, one rolled back, rather
-    /// than leave the key in both tables. On
-    /// MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table: an
+    /// than leave the key in both tables. On PostgreSQL a routed upsert first takes a
+    /// transaction-scoped advisory lock on a hash of its model's default table and key
+    /// (`pg_advisory_xact_lock`), so concurrent upserts of one key queue whichever table each
+    /// is routed to, and one that waited finds the row the other committed (at READ COMMITTED,
+    /// the default; under SERIALIZABLE PostgreSQL rolls one back instead, 40001). Under
+    /// REPEATABLE READ the key can still end up in two tables: a snapshot older than the other
+    /// transaction's commit does not see its row, and only the routed table's unique key
+    /// guards the insert. [`insert`](TrackedModel::insert) does not look in the other tables.
+    /// On MySQL/MariaDB `ON DUPLICATE KEY` also fires on any other unique key of the table: an
     /// upsert that meets another row there fails with [`Error::Unsupported`] (PostgreSQL and
     /// SQLite fail with the unique violation), and its transaction cannot commit.
     ///
