@@ -208,6 +208,68 @@ async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &
     assert!(received(&mock, &tag).is_superset(&poison));
 }
 
+// 4b. During an outage, an event older than `max_age` is dead-lettered (kept, with its
+// history, for a requeue) and a younger one waits; nothing is lost either way.
+
+on_every_backend!(an_outage_dead_letters_only_events_past_max_age);
+
+async fn an_outage_dead_letters_only_events_past_max_age<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    const MAX_AGE: Duration = Duration::from_secs(4);
+    let mock = MockPostHog::start().await;
+    mock.set_random_failures(1.0, vec![Reply::Status(503)], 7);
+    let tracker = tracker_for(&mock)
+        .max_age(MAX_AGE)
+        .flush_timeout(WAIT)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("max-age");
+    let old = commit_events(&tracker, pool, &tag, "old", 10, 10).await;
+    // Ages are read off the database's clock, from each row's `created_at`.
+    tokio::time::sleep(MAX_AGE + Duration::from_millis(300)).await;
+    let young = commit_events(&tracker, pool, &tag, "young", 5, 5).await;
+
+    let relay = tracker.relay(pool.clone());
+    let error = relay.drain_for(Duration::from_secs(2)).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Timeout { pending: 5, .. }),
+        "the young events still wait: {error}"
+    );
+    let dead = outbox_events(&tracker, pool, |event| {
+        event.status == posthog_track::outbox::Status::Dead
+    })
+    .await;
+    let dead_uuids: BTreeSet<Uuid> = dead.iter().map(|event| event.uuid).collect();
+    assert_eq!(
+        dead_uuids, old,
+        "exactly the events older than max_age are dead-lettered"
+    );
+    let history = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        history.contains("503"),
+        "the dead letter keeps its history: {history}"
+    );
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (5, 10));
+    assert!(
+        status.dead_reasons[0].0.contains("longer than max_age"),
+        "{:?}",
+        status.dead_reasons
+    );
+    assert!(
+        mock.events().is_empty(),
+        "PostHog took nothing during the outage"
+    );
+
+    // PostHog is back: the young events go out, and the old ones once requeued.
+    mock.set_random_failures(0.0, vec![Reply::Status(503)], 7);
+    relay.drain().await.unwrap();
+    assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 10);
+    relay.drain().await.unwrap();
+    let all: BTreeSet<Uuid> = old.union(&young).copied().collect();
+    assert_exactly_delivered(&mock, &tag, &all);
+}
+
 // 5. `shutdown` always flushes the in-memory queue, even when the outbox cannot be drained.
 
 on_every_backend!(shutdown_flushes_the_queue_when_the_outbox_cannot_drain);
