@@ -411,6 +411,62 @@ async fn v1_verdicts_settle_each_outbox_row<DB: Backend>(pool: &Pool<DB>, _url: 
     assert_eq!((status.pending, status.dead), (0, 2));
 }
 
+// A 200 whose `results` leave an event out says nothing of that event: it is sent again (the
+// same uuid, which PostHog deduplicates), never taken as delivered and deleted.
+
+on_every_backend!(an_event_left_out_of_the_results_is_sent_again);
+
+async fn an_event_left_out_of_the_results_is_sent_again<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let (mock, tracker, tag) = migrated_tracker(pool, v1_committer, "omitted").await;
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    for name in ["first", "left_out", "third"] {
+        tx.capture(Event::new(name)).unwrap();
+    }
+    let uuids: Vec<uuid::Uuid> = tx.staged().iter().map(|event| event.uuid).collect();
+    tx.commit().await.unwrap();
+    mock.script([Reply::Verdicts {
+        verdicts: vec![MockVerdict::Ok, MockVerdict::Omitted, MockVerdict::Ok],
+        retry_after: None,
+    }]);
+
+    let relay = tracker.relay(pool.clone());
+    let pass = relay.run_once().await.unwrap();
+    assert_eq!(
+        (pass.claimed, pass.delivered, pass.retried, pass.dead),
+        (3, 2, 1, 0),
+        "{pass:?}"
+    );
+    let waiting = relay.outbox().events().await.unwrap();
+    assert_eq!(
+        waiting.iter().map(|event| event.uuid).collect::<Vec<_>>(),
+        [uuids[1]],
+        "the left-out event stays in the outbox"
+    );
+    relay.drain().await.unwrap();
+    let requests = v1_requests(&mock);
+    assert_eq!(requests.last().unwrap().uuids(), [uuids[1].to_string()]);
+    let delivered: BTreeSet<uuid::Uuid> = mock.events().iter().map(|e| e.uuid).collect();
+    assert_eq!(delivered, uuids.iter().copied().collect::<BTreeSet<_>>());
+}
+
+#[tokio::test]
+async fn an_event_left_out_of_the_results_is_captured_again_from_memory() {
+    let mock = MockPostHog::start().await;
+    let tracker = v1_backing_off(&mock, Duration::from_millis(10), Duration::from_secs(5)).build();
+    mock.script([Reply::Verdicts {
+        verdicts: vec![MockVerdict::Omitted, MockVerdict::Ok],
+        retry_after: Some(0),
+    }]);
+    let uuids = capture(&tracker, "omitted-user", 2).await;
+    tracker.flush().await.unwrap();
+    let requests = v1_requests(&mock);
+    assert_eq!(requests.len(), 2, "one resend, of the left-out event only");
+    assert_eq!(requests[1].uuids(), [uuids[0].to_string()]);
+    let delivered: BTreeSet<uuid::Uuid> = mock.events().iter().map(|e| e.uuid).collect();
+    assert_eq!(delivered, uuids.iter().copied().collect::<BTreeSet<_>>());
+}
+
 on_every_backend!(v1_whole_request_failures_keep_the_v0_rules);
 
 async fn v1_whole_request_failures_keep_the_v0_rules<DB: Backend>(pool: &Pool<DB>, _url: &str) {

@@ -453,7 +453,9 @@ impl Endpoint<'_> {
             if self.v1 {
                 let verdict = verdicts.get(index).cloned().unwrap_or(MockVerdict::Ok);
                 asks_retry |= verdict == MockVerdict::Retry;
-                results.insert(received.uuid.to_string(), verdict.entry());
+                if let Some(entry) = verdict.entry() {
+                    results.insert(received.uuid.to_string(), entry);
+                }
                 if verdict != MockVerdict::Ok {
                     continue;
                 }

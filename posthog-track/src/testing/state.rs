@@ -214,12 +214,16 @@ pub enum MockVerdict {
         /// The `details` string.
         details: String,
     },
+    /// No entry at all for the event in `results` (an answer that leaves an event out): not
+    /// recorded; the client cannot know whether it was stored, so it must send it again.
+    Omitted,
 }
 
 impl MockVerdict {
-    /// The `{"result": ..., "details": ...}` entry of the answer's `results` map.
-    pub(super) fn entry(&self) -> Value {
-        match self {
+    /// The `{"result": ..., "details": ...}` entry of the answer's `results` map; `None` for
+    /// [`Omitted`](MockVerdict::Omitted).
+    pub(super) fn entry(&self) -> Option<Value> {
+        Some(match self {
             MockVerdict::Ok => json!({"result": "ok"}),
             MockVerdict::Retry => json!({"result": "retry", "details": "not_persisted"}),
             MockVerdict::Drop(details) => json!({"result": "drop", "details": details}),
@@ -227,7 +231,8 @@ impl MockVerdict {
             MockVerdict::Other { result, details } => {
                 json!({"result": result, "details": details})
             }
-        }
+            MockVerdict::Omitted => return None,
+        })
     }
 }
 
