@@ -608,6 +608,84 @@ async fn relay_processes_killed_mid_run_lose_nothing<DB: Backend>(pool: &Pool<DB
     );
 }
 
+// A relay process frozen mid-send (SIGSTOP: a paused VM, a stalled host) keeps its
+// connection open, so, unlike a killed one, nothing tells the database it is gone. Its claim
+// must still end with its lease: on PostgreSQL the server ends the frozen session's held
+// claim (`idle_in_transaction_session_timeout`), on MySQL/MariaDB the written lease runs out.
+// Another relay then delivers everything. (Not on SQLite: there the relay is the database's
+// own process, and one frozen inside a write would hold the file's lock; no lease covers it.)
+
+on_every_backend!(a_frozen_relay_process_loses_its_claim_with_its_lease);
+
+async fn a_frozen_relay_process_loses_its_claim_with_its_lease<DB: Backend>(
+    pool: &Pool<DB>,
+    url: &str,
+) {
+    if DB::DIALECT == Dialect::Sqlite {
+        return;
+    }
+    let mock = MockPostHog::start().await;
+    // The frozen relay's request is never answered in the test's time (and would be refused).
+    mock.script([Reply::Delay(
+        Duration::from_secs(600),
+        Box::new(Reply::Status(503)),
+    )]);
+    let tracker = committer(&mock);
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("frozen");
+    let committed = commit_events(&tracker, pool, &tag, "frozen", 50, 50).await;
+
+    let mut frozen = relay_command(url, &mock, "posthog_track=error")
+        .args(["--lease", "2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the relay holds the rows: a written lease on MySQL, row locks on PostgreSQL.
+    let started = Instant::now();
+    while !holds_claim(&tracker, pool).await {
+        assert!(started.elapsed() < WAIT, "the relay never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &frozen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+
+    let relay = tracker.relay(pool.clone());
+    let drained = relay.drain_for(Duration::from_secs(30)).await;
+    let waited = started.elapsed();
+    frozen.kill().unwrap(); // SIGKILL ends a stopped process too
+    frozen.wait().unwrap();
+    drained.unwrap();
+    assert_exactly_delivered(&mock, &tag, &committed);
+    eprintln!(
+        "fault matrix | relay frozen mid-send (SIGSTOP), lease 2 s | {} committed 50, \
+         delivered by another relay after {waited:?}",
+        DB::DIALECT.name()
+    );
+}
+
+/// Whether a relay holds outbox rows: a written lease (MySQL/MariaDB, SQLite), or on
+/// PostgreSQL a transaction holding row locks on the outbox (a held claim).
+async fn holds_claim<DB: Backend>(tracker: &Tracker, pool: &Pool<DB>) -> bool {
+    if DB::DIALECT != Dialect::Postgres {
+        return tracker.outbox(pool).status().await.unwrap().leased > 0;
+    }
+    // `FOR UPDATE` takes ROW SHARE on the table until the transaction ends.
+    let mut conn = pool.acquire().await.unwrap();
+    let row = DB::fetch_one(
+        &mut conn,
+        sqlx::query(
+            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'posthog_outbox'::regclass \
+             AND mode = 'RowShareLock' AND pid <> pg_backend_pid()",
+        ),
+    )
+    .await
+    .unwrap();
+    DB::int(&row, 0).unwrap() > 0
+}
+
 // A second poison event after the first was dead-lettered. SQLite reuses the id of a deleted
 // newest row, so the second event may have the first's id: the dead-letter table must still
 // take it (it refused it with a UNIQUE violation, and the event was resent forever). Each
