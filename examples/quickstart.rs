@@ -73,7 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Live => {
             println!(
                 "\nDelivering to {} with key {} ...",
-                tracker.config().host(),
+                // Redacted: a proxy's `user:password@` in POSTHOG_HOST is a secret.
+                tracker.config().redacted_host(),
                 tracker
                     .config()
                     .api_key()

@@ -1,0 +1,56 @@
+//! `cargo run --example quickstart` as a newcomer runs it, with a key and a host.
+
+use posthog_track::testing::MockPostHog;
+
+/// An example's binary, which `cargo test` builds beside the test binaries (as it builds every
+/// example) unless told to build only some targets.
+///
+/// # Panics
+///
+/// When it was not built.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test -p posthog-track-examples` (or \
+         `--workspace`), which builds the examples, or `cargo build --example {name}` first",
+        binary.display()
+    );
+    binary
+}
+
+/// A proxy's `user:password@` in POSTHOG_HOST is a secret: the quickstart, which prints where
+/// it delivers, shows the host redacted, as every message of the library does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_never_prints_the_hosts_credentials() {
+    let mock = MockPostHog::start().await;
+    let host = mock
+        .url()
+        .replacen("http://", "http://proxy-user:hunter2@", 1);
+    let mut command = std::process::Command::new(example("quickstart"));
+    command
+        .env("POSTHOG_API_KEY", mock.api_key())
+        .env("POSTHOG_HOST", &host)
+        .env_remove("POSTHOG_DISABLED");
+    // Off the runtime's threads: the mock answers the example meanwhile.
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Delivering to http://(credentials)@127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("delivered"), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "the proxy's password is printed:\n{stdout}\n{stderr}"
+    );
+}
