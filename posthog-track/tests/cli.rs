@@ -112,3 +112,56 @@ fn doctor_fails_a_broken_set_up_and_says_why_in_json() {
     assert!(!stdout.contains("a_personal_key_0123"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--help` is where an operator looks up an option: each one says what it is, beyond the
+/// environment variable or default clap adds.
+#[test]
+fn every_option_of_every_command_is_explained_in_its_help() {
+    let commands: [&[&str]; 8] = [
+        &["relay"],
+        &["doctor"],
+        &["outbox", "migrate"],
+        &["outbox", "status"],
+        &["outbox", "purge"],
+        &["outbox", "requeue"],
+        &["plan", "show"],
+        &["plan", "push"],
+    ];
+    let mut unexplained = Vec::new();
+    for path in commands {
+        let output = command().args(path).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{help}");
+        // An option's line is its flags, then (after two spaces) its text, or its text on the
+        // lines below when clap puts it there.
+        let mut options: Vec<(String, String)> = Vec::new();
+        for line in help.lines().skip_while(|line| *line != "Options:").skip(1) {
+            let line = line.trim_start();
+            if line.starts_with('-') {
+                let (flags, text) = line.split_once("  ").unwrap_or((line, ""));
+                options.push((flags.to_owned(), text.to_owned()));
+            } else if let Some((_, text)) = options.last_mut() {
+                text.push(' ');
+                text.push_str(line);
+            }
+        }
+        assert!(!options.is_empty(), "no options in {help}");
+        for (flags, text) in options {
+            // What clap adds by itself does not explain the option.
+            let mut explained = text.clone();
+            while let Some(start) = explained.find('[') {
+                let end = explained[start..]
+                    .find(']')
+                    .map_or(explained.len(), |end| start + end + 1);
+                explained.replace_range(start..end, "");
+            }
+            if explained.trim().is_empty() {
+                unexplained.push(format!("{} {flags}", path.join(" ")));
+            }
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "options without help: {unexplained:?}"
+    );
+}

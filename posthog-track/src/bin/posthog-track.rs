@@ -205,16 +205,19 @@ enum OutboxCommand {
     /// Create the outbox tables, or upgrade them in place to this version's schema
     /// (versioned, idempotent, safe when several instances run it at once).
     Migrate {
+        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
     /// What waits, what is in flight, what was rejected for good (and why), and the lag.
     Status {
+        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
     /// Delete dead-lettered events for good (all, or those dead for longer than --older-than).
     Purge {
+        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// Only events dead for longer than this: `90s`, `30m`, `24h`, `7d`.
@@ -223,8 +226,11 @@ enum OutboxCommand {
     },
     /// Put dead-lettered events back in line (all of them, or those given with --id).
     Requeue {
+        /// postgres://, mysql:// or sqlite: URL of the database that holds posthog_outbox.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// A dead event's id (the posthog_outbox_dead table's `id`) to requeue; repeat it for
+        /// several. Without it every dead event is requeued.
         #[arg(long = "id")]
         ids: Vec<i64>,
     },
