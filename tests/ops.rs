@@ -986,6 +986,33 @@ async fn the_command_line_says_why_the_database_does_not_connect() {
     }
 }
 
+/// A user name or password the server refuses: the error ("role ... does not exist", "Access
+/// denied for user ...") came with no hint, where every other connection failure says what to
+/// check in --database-url.
+#[test]
+fn the_command_line_says_what_to_do_about_refused_credentials() {
+    for var in ["POSTGRES_URL", "MYSQL_URL"] {
+        let Some(url) = database_url(var) else {
+            continue;
+        };
+        // The same server, as a user that does not exist.
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let url = format!("{scheme}://posthog_track_no_such_user:hunter2@{host}");
+        let output = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+            .args(["outbox", "status", "--database-url", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{var}: {stderr}");
+        assert!(
+            stderr.contains("hint: the database refused the user name or password"),
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{var}: {stderr}");
+    }
+}
+
 /// A SQLite file that does not exist (a typo in the path, or the app's database not created
 /// yet): "unable to open database file" alone, with no hint, left the operator guessing.
 #[test]
