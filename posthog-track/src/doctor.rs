@@ -750,7 +750,8 @@ async fn check_outbox<DB: Backend>(
             "outbox table",
             Verdict::Fail,
             "posthog_outbox does not exist: tracked commits fail until it does; run \
-             `posthog-track outbox migrate` (or `tracker.migrate(&pool)` at start-up)",
+             `posthog-track outbox migrate --database-url <the same URL>` (or \
+             `tracker.migrate(&pool)` at start-up)",
         );
         diagnosis.push("outbox backlog", Verdict::Skipped, "no outbox table");
         return;
@@ -777,13 +778,14 @@ async fn check_outbox<DB: Backend>(
             Verdict::Fail,
             format!(
                 "schema version {version}, this version needs {SCHEMA_VERSION}: run \
-                 `posthog-track outbox migrate`"
+                 `posthog-track outbox migrate --database-url <the same URL>`"
             ),
         ),
         ([], Ok(None)) => (
             Verdict::Warn,
             "posthog_outbox has the expected columns but no recorded schema version (created \
-             by hand?): run `posthog-track outbox migrate` once to record it"
+             by hand?): run `posthog-track outbox migrate --database-url <the same URL>` once \
+             to record it"
                 .to_owned(),
         ),
         ([], Err(error)) => (
@@ -794,7 +796,7 @@ async fn check_outbox<DB: Backend>(
             Verdict::Fail,
             format!(
                 "posthog_outbox lacks column(s) {} (an earlier layout): relays cannot claim \
-                 from it; run `posthog-track outbox migrate`",
+                 from it; run `posthog-track outbox migrate --database-url <the same URL>`",
                 missing.join(", ")
             ),
         ),

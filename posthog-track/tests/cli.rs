@@ -165,3 +165,42 @@ fn every_option_of_every_command_is_explained_in_its_help() {
         "options without help: {unexplained:?}"
     );
 }
+
+/// The doctor's advice on a missing outbox is a command to copy: run as given (the database
+/// named only by --database-url, not DATABASE_URL), it must create the outbox, not fail for
+/// want of the URL.
+#[test]
+fn the_doctors_outbox_advice_runs_as_given() {
+    let (dir, url) = scratch_database("doctor-advice");
+    let output = command()
+        .env_remove("DATABASE_URL")
+        .args(["doctor", "--json", "--timeout", "1", "--database-url", &url])
+        .env("POSTHOG_HOST", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let diagnosis: serde_json::Value =
+        serde_json::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    let detail = diagnosis["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["check"] == "outbox table")
+        .map(|check| check["detail"].as_str().unwrap().to_owned())
+        .unwrap();
+    let advice = detail
+        .split('`')
+        .find(|part| part.starts_with("posthog-track outbox migrate"))
+        .unwrap_or_else(|| panic!("no command in {detail:?}"))
+        .replace("<the same URL>", &url);
+    let output = command()
+        .env_remove("DATABASE_URL")
+        .args(advice.split_whitespace().skip(1))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        output.status.success(),
+        "`{advice}` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
