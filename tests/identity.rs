@@ -97,6 +97,33 @@ async fn a_blank_distinct_id_is_no_id() {
     assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
 }
 
+/// `MissingDistinctId` says where a distinct id comes from. It told every caller to "give the
+/// model `#[tracked(distinct_id = <field>)]`", also a model that has one (whose field was blank
+/// for this row) and an event captured by hand, which has no model at all.
+#[tokio::test]
+async fn a_missing_distinct_id_says_where_one_comes_from() {
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    let error = visit("v5", "").insert(&mut tx).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("must hold one for the row written"),
+        "a model with a distinct_id field: {message}"
+    );
+    tx.rollback().await.unwrap();
+    let message = tracker
+        .capture(Event::new("clicked"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("Event::distinct_id"),
+        "an event captured by hand: {message}"
+    );
+}
+
 /// The `$anon_distinct_id` of a new person's `$identify` is never blank: a blank anonymous id
 /// (or a blank request distinct id standing in for it) is no anonymous id. It was sent, and
 /// PostHog refused the merge with an ingestion warning.

@@ -45,10 +45,13 @@ pub enum Error {
 
     /// An event has nobody to attribute it to (an empty or whitespace id counts as none; so
     /// does, for `alias`, an id PostHog refuses to merge, such as `"undefined"`).
+    // One message for tracked writes and captures: say every source, in the order they count.
     #[error(
-        "event `{event}` has no distinct id (an empty or whitespace one counts as none): give \
-         the model `#[tracked(distinct_id = <field>)]` or call `set_distinct_id` on the \
-         transaction"
+        "event `{event}` has no distinct id (an empty or whitespace one counts as none): a \
+         tracked write takes it from the model's distinct id field (`#[tracked(distinct_id = \
+         <field>)]`, which must hold one for the row written), else from the transaction \
+         (`set_distinct_id`) or its request's `TrackingContext`; an event of your own needs \
+         `Event::distinct_id`"
     )]
     MissingDistinctId {
         /// The event that could not be staged.
