@@ -204,3 +204,21 @@ fn the_doctors_outbox_advice_runs_as_given() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `--metrics-addr localhost:9464` is what many would type; it is refused (the address is
+/// bound, not resolved), and the refusal must say what to give instead, not only "invalid
+/// socket address syntax".
+#[test]
+fn a_metrics_address_given_as_a_host_name_says_what_to_give() {
+    let output = command()
+        .args(["relay", "--database-url", "sqlite:unused.db"])
+        .args(["--metrics-addr", "localhost:9464"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("an IP address and a port") && stderr.contains("127.0.0.1:9464"),
+        "{stderr}"
+    );
+}

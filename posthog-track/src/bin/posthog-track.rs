@@ -122,7 +122,7 @@ enum Command {
         written_leases: bool,
         /// Serve Prometheus metrics at /metrics and health at /healthz on this address, e.g.
         /// 127.0.0.1:9464 (port 0 picks a free one; the address is logged).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen_address)]
         metrics_addr: Option<SocketAddr>,
         /// /healthz is unhealthy when the oldest pending event is older than this: `90s`,
         /// `5m`, `1h`.
@@ -677,6 +677,17 @@ async fn stopped() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// An IP address and a port to listen on. A host name (`localhost:9464`) is refused with what
+/// to give instead: the address is bound as given, never resolved.
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "`{text}` is not an IP address and a port: give one such as 127.0.0.1:9464 (this \
+             machine only), 0.0.0.0:9464 (every interface) or [::1]:9464"
+        )
+    })
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or plain seconds.
