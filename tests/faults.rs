@@ -270,6 +270,51 @@ async fn an_outage_dead_letters_only_events_past_max_age<DB: Backend>(pool: &Poo
     assert_exactly_delivered(&mock, &tag, &all);
 }
 
+// A drain that runs out of time while its events wait out the backoff of an earlier failure
+// (another round's, or another relay's) says what that failure was, not only that they wait.
+
+on_every_backend!(a_drain_timed_out_by_a_backoff_names_the_failure_behind_it);
+
+async fn a_drain_timed_out_by_a_backoff_names_the_failure_behind_it<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    mock.script([Reply::Status(503)]);
+    let tracker = Tracker::builder()
+        .api_key(mock.api_key())
+        .host(mock.url())
+        .unwrap()
+        .backoff(posthog_track::Backoff {
+            initial: Duration::from_secs(30),
+            max: Duration::from_secs(30),
+        })
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("backoff-reason");
+    commit_events(&tracker, pool, &tag, "waiting", 3, 3).await;
+    let relay = tracker.relay(pool.clone());
+    let pass = relay.run_once().await.unwrap();
+    assert_eq!((pass.claimed, pass.retried), (3, 3), "{pass:?}");
+
+    let error = relay
+        .drain_for(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let Error::Timeout {
+        pending, reason, ..
+    } = &error
+    else {
+        panic!("a timeout: {error:?}");
+    };
+    assert_eq!(*pending, 3);
+    assert!(
+        reason.contains("503"),
+        "the reason names the failure the events wait out: {reason}"
+    );
+}
+
 // 5. `shutdown` always flushes the in-memory queue, even when the outbox cannot be drained.
 
 on_every_backend!(shutdown_flushes_the_queue_when_the_outbox_cannot_drain);

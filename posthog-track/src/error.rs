@@ -260,7 +260,7 @@ pub enum Error {
 
     /// `flush` or `shutdown` ran out of time before everything was delivered.
     #[error(
-        "gave up waiting for delivery after {waited:?}: {pending} event(s) not yet delivered \
+        "gave up waiting for delivery after {waited:.1?}: {pending} event(s) not yet delivered \
          ({reason})"
     )]
     Timeout {

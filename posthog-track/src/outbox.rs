@@ -978,6 +978,28 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
         Ok(!DB::fetch_all(&mut conn, query).await?.is_empty())
     }
 
+    /// The latest failure recorded on the oldest pending event up to `newest` that has one
+    /// (the last entry of its `last_error` history), for a drain that ran out of time while
+    /// its events waited out that failure's backoff.
+    pub(crate) async fn last_failure_through(&self, newest: i64) -> Result<Option<String>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut sql =
+            "SELECT last_error FROM posthog_outbox WHERE last_error IS NOT NULL AND id <= "
+                .to_owned();
+        DB::DIALECT.push_placeholder(&mut sql, 1);
+        sql.push_str(" ORDER BY id LIMIT 1");
+        let query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), newest);
+        let Some(row) = DB::fetch_all(&mut conn, query).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let history = DB::optional_text(&row, 0)?.unwrap_or_default();
+        Ok(history
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .map(str::to_owned))
+    }
+
     /// Pending events with ids up to `newest`, and the database clock's milliseconds until
     /// the first of them can be claimed (0 when one can be now).
     pub(crate) async fn pending_through(&self, newest: i64) -> Result<(i64, i64)> {

@@ -959,7 +959,12 @@ impl<DB: Backend> Relay<DB> {
             }
             if remaining.is_zero() {
                 if why.is_empty() {
-                    why = "waiting for another relay's lease or a retry backoff".to_owned();
+                    // No round of this drain failed: its events wait out an earlier failure's
+                    // backoff (another round's, another relay's), or another relay's lease.
+                    why = match self.outbox().last_failure_through(newest).await? {
+                        Some(failure) => format!("waiting out a retry backoff after: {failure}"),
+                        None => "waiting for another relay's lease or a retry backoff".to_owned(),
+                    };
                 }
                 return Err(Error::Timeout {
                     waited: started.elapsed(),
