@@ -1416,6 +1416,54 @@ async fn a_relay_without_an_outbox_says_how_to_create_it<DB: Backend>(pool: &Poo
     ));
 }
 
+// The `relay` command started before the outbox exists (replicas starting before the
+// application migrated) says so once, in the command's terms, keeps running, and delivers
+// once the table is there.
+
+on_every_backend!(a_relay_command_started_before_the_outbox_waits_for_it);
+
+async fn a_relay_command_started_before_the_outbox_waits_for_it<DB: Backend>(
+    pool: &Pool<DB>,
+    url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tracker = committer(&mock);
+    let log = std::env::temp_dir().join(unique("relay-before-outbox.log"));
+    let mut relay = relay_command(url, &mock, "posthog_track=off")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let said = loop {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("does not exist") || started.elapsed() > WAIT {
+            break said;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        said.contains("warning: posthog_outbox does not exist in this database yet")
+            && said.contains("posthog-track outbox migrate --database-url"),
+        "{said}"
+    );
+    assert!(
+        relay.try_wait().unwrap().is_none(),
+        "the relay keeps running"
+    );
+
+    tracker.migrate(pool).await.unwrap();
+    let tag = unique("before-outbox");
+    let committed = commit_events(&tracker, pool, &tag, "later", 3, 3).await;
+    while received(&mock, &tag).len() < committed.len() {
+        assert!(started.elapsed() < WAIT, "the relay never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_exactly_delivered(&mock, &tag, &committed);
+}
+
 // A drain (what flush, shutdown and `relay --drain` run) while the database does not answer
 // (here: another session holds a lock on the outbox; in production a partition or a hung
 // server): its statements waited without end, so `drain_for(1 s)` never returned, and neither

@@ -284,6 +284,15 @@ fn json_logs() -> bool {
 
 /// A line for the operator on stderr: plain text, or a log line when the logs are JSON (a
 /// collector reads every line as an object).
+/// A warning for the operator: on stderr, or as a `warn` log line with `--log-format json`.
+fn warn(line: std::fmt::Arguments<'_>) {
+    if json_logs() {
+        tracing::warn!("{line}");
+    } else {
+        eprintln!("warning: {line}");
+    }
+}
+
 fn say(line: std::fmt::Arguments<'_>) {
     if json_logs() {
         tracing::info!("{line}");
@@ -523,6 +532,17 @@ async fn execute<DB: Backend>(
                 posthog_track::outbox::TABLE,
                 tracker.config().redacted_host()
             ));
+            // A relay may start before the application created the outbox (replicas starting
+            // at once): it keeps running and delivers once the table exists, and says once, in
+            // this command's terms, what its rounds' errors are about.
+            if tracker.outbox(pool).columns().await?.is_empty() {
+                warn(format_args!(
+                    "{} does not exist in this database yet; the relay waits for it. \
+                     Create it with `posthog-track outbox migrate --database-url <the same \
+                     URL>` (or with your application's migrations)",
+                    posthog_track::outbox::TABLE,
+                ));
+            }
             // A relay task that dies (a panic) must not leave the command running, healthy in
             // a supervisor's eyes, with nobody delivering.
             tokio::select! {
