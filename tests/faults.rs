@@ -1227,6 +1227,65 @@ async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// A host that redirects (a proxy moved, `http://` sent to `https://`, a vanity domain) is a
+// set-up to fix, not a way to follow: a 307 or 308 would resend the body, API key included,
+// to wherever the redirect points. The relay pauses, names the setting, and the events stay.
+
+/// A web server that redirects every request (307, the same path) to `target`; its URL.
+async fn redirecting_site(target: String) -> String {
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let location = format!("{target}{uri}");
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_with_the_events_and_key() {
+    let elsewhere = MockPostHog::start().await;
+    let site = redirecting_site(elsewhere.url()).await;
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("redirect").await;
+    for mode in [CaptureMode::V0, CaptureMode::V1] {
+        let tracker = Tracker::builder()
+            .api_key(elsewhere.api_key())
+            .host(&site)
+            .unwrap()
+            .capture_mode(mode)
+            .external_relay(true)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id(unique("redirect"));
+        tx.capture(Event::new("sent_to_a_redirect")).unwrap();
+        tx.commit().await.unwrap();
+        let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
+        assert_eq!(pass.delivered, 0, "{mode:?}: {pass:?}");
+        assert!(
+            pass.paused
+                .as_deref()
+                .is_some_and(|why| why.contains("redirect") && why.contains("POSTHOG_HOST")),
+            "{mode:?}: the relay pauses and names the setting to fix: {pass:?}"
+        );
+        assert!(
+            elsewhere.requests().is_empty(),
+            "{mode:?}: the redirect was followed, the key and events sent elsewhere"
+        );
+        let status = tracker.outbox(&pool).status().await.unwrap();
+        assert_eq!((status.pending, status.dead), (1, 0), "{mode:?}");
+        posthog_track_tests::execute(&pool, "DELETE FROM posthog_outbox").await;
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // A lease of zero (`relay --lease 0`, `.lease(Duration::ZERO)`) expired as it was taken: any
 // other relay claimed the rows while the first was still sending them, so every event went
 // out once per relay, and on PostgreSQL a held claim's session was ended a millisecond into
