@@ -1286,6 +1286,44 @@ async fn a_redirect_is_not_followed_with_the_events_and_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// The same for feature flags: the definitions request carries the personal API key, remote
+// evaluation the project key; neither follows a redirect.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_requests_do_not_follow_a_redirect() {
+    let elsewhere = MockPostHog::start().await;
+    elsewhere.set_flag_definitions(serde_json::json!({"flags": [], "group_type_mapping": {}}));
+    elsewhere.set_remote_flags(serde_json::json!({"flags": {}}));
+    let site = redirecting_site(elsewhere.url()).await;
+    let tracker = Tracker::builder()
+        .api_key(elsewhere.api_key())
+        .host(&site)
+        .unwrap()
+        .personal_api_key(elsewhere.personal_api_key())
+        .build();
+    let error = tracker.load_flag_definitions().await.unwrap_err();
+    assert!(
+        error.to_string().contains("307") && error.to_string().contains("check POSTHOG_HOST"),
+        "the error says what to fix: {error}"
+    );
+    let remote = tracker
+        .get_feature_flag(
+            "any-flag",
+            posthog_track::flags::FlagsRequest::new("redirected-user"),
+        )
+        .await;
+    let remote = remote.unwrap_err().to_string();
+    assert!(
+        remote.contains("307") && remote.contains("check POSTHOG_HOST"),
+        "{remote}"
+    );
+    assert!(
+        elsewhere.flag_definitions_requests().is_empty() && elsewhere.flags_requests().is_empty(),
+        "a flag request followed the redirect, its key with it"
+    );
+    tracker.shutdown(Duration::ZERO).await.ok();
+}
+
 // A lease of zero (`relay --lease 0`, `.lease(Duration::ZERO)`) expired as it was taken: any
 // other relay claimed the rows while the first was still sending them, so every event went
 // out once per relay, and on PostgreSQL a held claim's session was ended a millisecond into

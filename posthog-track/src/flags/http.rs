@@ -38,6 +38,23 @@ impl HttpClient {
     }
 }
 
+/// What an operator should check when a flags endpoint answers `status`: the host, for a
+/// redirect (never followed: it would hand the key to another host) or a missing endpoint;
+/// nothing to add otherwise.
+pub(crate) fn host_hint(status: reqwest::StatusCode) -> &'static str {
+    match status.as_u16() {
+        300..=399 => {
+            " (check POSTHOG_HOST: it answered with a redirect, which is not followed since it \
+             would send the key elsewhere; use the final URL)"
+        }
+        404 | 405 => {
+            " (check POSTHOG_HOST: it must be the PostHog host, e.g. https://us.i.posthog.com, \
+             or a proxy that forwards the /flags endpoints)"
+        }
+        _ => "",
+    }
+}
+
 /// Most of an error answer a message shows.
 pub(crate) const ERROR_BODY_BYTES: usize = 4 * 1024;
 /// Characters of an error answer kept in a message.

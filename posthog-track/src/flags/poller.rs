@@ -186,7 +186,10 @@ impl DefinitionsClient {
             }
             // The body is not read: a proxy echoing the request would echo the project key.
             status => Err(Error::flags(
-                format!("flag definitions request answered {status}"),
+                format!(
+                    "flag definitions request answered {status}{}",
+                    super::http::host_hint(status)
+                ),
                 None,
             )),
         }

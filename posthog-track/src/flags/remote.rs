@@ -78,7 +78,10 @@ impl RemoteFlags {
                 // Redacted: a proxy that echoes the request would echo the project key.
                 let excerpt = error_excerpt(response, self.api_key.expose()).await;
                 return Err(Error::flags(
-                    format!("/flags answered {status}: {excerpt}"),
+                    format!(
+                        "/flags answered {status}{}: {excerpt}",
+                        super::http::host_hint(status)
+                    ),
                     None,
                 ));
             }
