@@ -271,3 +271,48 @@ fn postgres_any_text_reaches_the_outbox_unchanged() {
         prop_assert_eq!(stored[0].property("text"), Some(&serde_json::json!(text)));
     });
 }
+
+/// With `Delivery::AfterCommit` the events go to the in-memory queue only once the database
+/// committed: a commit that fails (here a deferred foreign key, checked at `COMMIT`) sends
+/// nothing, however many flushes follow.
+#[tokio::test]
+async fn postgres_a_failing_commit_sends_no_after_commit_event() {
+    let Some(pool) = one_connection("commit_fails_after_commit").await else {
+        return;
+    };
+    let mock = posthog_track::testing::MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .delivery(posthog_track::Delivery::AfterCommit)
+        .build();
+    for statement in [
+        "CREATE TABLE parent (id BIGINT PRIMARY KEY)",
+        "CREATE TABLE child (parent_id BIGINT NOT NULL REFERENCES parent (id) \
+         DEFERRABLE INITIALLY DEFERRED)",
+    ] {
+        execute(&pool, statement).await;
+    }
+    let tag = posthog_track_tests::unique("after-commit-fails");
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    sqlx::query("INSERT INTO child (parent_id) VALUES (42)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("doomed")).unwrap();
+    let error = tx.commit().await.unwrap_err();
+    assert!(error.to_string().contains("foreign key"), "{error}");
+
+    // A later transaction that commits: its event goes, the doomed one never.
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    tx.capture(Event::new("committed")).unwrap();
+    tx.commit().await.unwrap();
+    tracker.flush().await.unwrap();
+    let names: Vec<String> = mock
+        .events()
+        .into_iter()
+        .filter(|event| event.distinct_id == tag)
+        .map(|event| event.event)
+        .collect();
+    assert_eq!(names, ["committed"]);
+}
