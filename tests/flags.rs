@@ -552,6 +552,54 @@ mod client {
         assert!(text.len() < 2_000, "{} bytes", text.len());
     }
 
+    /// A 200 answer is read up to a bound too: a host that sends flag definitions (or a
+    /// `/flags` answer) without end gets an error naming the bound, not a process that reads
+    /// until it runs out of memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endless_answers_are_cut_at_their_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 8192];
+                    let _ = socket.read(&mut request).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                transfer-encoding: chunked\r\n\r\n";
+                    let opening = format!("{:x}\r\n{{\"flags\": [\r\n", 11);
+                    if socket.write_all(head.as_bytes()).await.is_err()
+                        || socket.write_all(opening.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                    let chunk = format!("{:x}\r\n{}\r\n", 65_536, " ".repeat(65_536));
+                    while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        let tracker = posthog_track::Tracker::builder()
+            .api_key("phc_test")
+            .host(format!("http://{address}"))
+            .unwrap()
+            .personal_api_key("phx_personal_key_123")
+            .build();
+        // Bounded by the test too: an unbounded read would never end.
+        const LIMIT: Duration = Duration::from_secs(60);
+        let definitions = tokio::time::timeout(LIMIT, tracker.load_flag_definitions())
+            .await
+            .expect("reading the definitions ended")
+            .unwrap_err()
+            .to_string();
+        assert!(definitions.contains("larger than"), "{definitions}");
+        let remote = tokio::time::timeout(LIMIT, tracker.evaluate_flags(FlagsRequest::new("u1")))
+            .await
+            .expect("reading the /flags answer ended")
+            .unwrap_err()
+            .to_string();
+        assert!(remote.contains("larger than"), "{remote}");
+    }
+
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;
