@@ -1606,6 +1606,7 @@ async fn a_drain_ends_at_its_timeout_while_the_database_hangs<DB: Backend>(
     drop(locker);
     let drained = drained.expect("the drain returned at its timeout, not when the lock went");
     assert!(matches!(drained, Err(Error::Timeout { .. })), "{drained:?}");
+    assert_no_false_count(&drained.unwrap_err(), 3);
     tracker.relay(pool.clone()).drain().await.unwrap();
     assert_eq!(received(&mock, &tag).len(), 3);
 }
@@ -1744,6 +1745,31 @@ async fn a_flush_for_an_external_relay_ends_while_the_database_hangs<DB: Backend
     DB::execute(&mut locker, sqlx::query(unlock)).await.unwrap();
     let flushed = flushed.expect("the flush returned at its timeout, not when the lock went");
     assert!(matches!(flushed, Err(Error::Timeout { .. })), "{flushed:?}");
+    assert_no_false_count(&flushed.unwrap_err(), 3);
+}
+
+/// A wait cut off by a database that never answered could not count what was left: its
+/// timeout said "0 event(s) not yet delivered" while `waiting` events sat in the outbox. It
+/// must give the true count or say that it is unknown.
+fn assert_no_false_count(error: &Error, waiting: u64) {
+    let said = error.to_string();
+    let Error::Timeout { pending, .. } = error else {
+        panic!("not a timeout: {said}");
+    };
+    assert!(
+        *pending == 0 || *pending == waiting,
+        "{pending} counted, {waiting} waiting: {said}"
+    );
+    assert!(
+        !said.contains(": 0 event(s)"),
+        "claims none are left: {said}"
+    );
+    if *pending == 0 {
+        assert!(
+            said.contains("an unknown number of events not yet delivered"),
+            "{said}"
+        );
+    }
 }
 
 // In-memory events beside an outbox that cannot drain: the queue gets its share of

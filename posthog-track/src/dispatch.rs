@@ -837,6 +837,11 @@ async fn await_delivery_until<DB: Backend>(
         let remaining = timeout.saturating_sub(started.elapsed());
         if remaining.is_zero() {
             let (pending, _) = outbox.pending_through(newest).await?;
+            if pending == 0 {
+                // Delivered since the probe: the next one says so (and looks for dead
+                // letters). A timeout's `pending: 0` means "not counted", never "none".
+                continue;
+            }
             return Err(Error::Timeout {
                 waited: started.elapsed(),
                 pending: pending.unsigned_abs(),
@@ -855,6 +860,9 @@ struct Outcome {
     /// A wait ran out of time, even if it could not count what was left (a database that
     /// did not answer): never a success.
     timed_out: bool,
+    /// A wait ran out of time without counting what it left (`pending: 0`): `pending` is then
+    /// only what the others counted.
+    uncounted: bool,
     dead: u64,
     dropped: u64,
     reason: Option<String>,
@@ -870,6 +878,7 @@ impl Outcome {
             }) => {
                 self.pending += pending;
                 self.timed_out = true;
+                self.uncounted |= pending == 0;
                 self.reason = Some(reason);
             }
             Err(Error::Undelivered {
@@ -895,8 +904,15 @@ impl Outcome {
         if let Some(error) = self.other {
             return Err(error);
         }
-        let reason = self.reason.unwrap_or_default();
+        let mut reason = self.reason.unwrap_or_default();
         if self.pending > 0 || self.timed_out {
+            if self.uncounted && self.pending > 0 {
+                // The count would read as everything that is left; it is a floor.
+                reason.push_str(
+                    "; more may wait: a wait that ran out of time (a database that did not \
+                     answer) could not count what it left",
+                );
+            }
             return Err(Error::Timeout {
                 waited: started.elapsed(),
                 pending: self.pending,

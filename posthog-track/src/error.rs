@@ -260,14 +260,18 @@ pub enum Error {
 
     /// `flush` or `shutdown` ran out of time before everything was delivered.
     #[error(
-        "gave up waiting for delivery after {waited:.1?}: {pending} event(s) not yet delivered \
-         ({reason})"
+        "gave up waiting for delivery after {waited:.1?}: {} not yet delivered ({reason})",
+        PendingEvents(*pending)
     )]
     Timeout {
         /// How long it waited.
         waited: std::time::Duration,
         /// Events committed or captured before the call and still undelivered: outbox events
         /// wait for the next relay; in-memory events are lost once the tracker stops.
+        ///
+        /// `0` when they could not be counted (the database did not answer in time): a wait
+        /// that timed out always left something undelivered, so `0` never means "none", and
+        /// the message then says "an unknown number of events".
         pending: u64,
         /// Why they were not delivered yet: the last failure, or what they wait for.
         reason: String,
@@ -352,3 +356,17 @@ impl Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`Error::Timeout`]'s count in words: a timeout whose events could not be counted (the
+/// database did not answer) has `pending: 0`, and saying "0 event(s) not yet delivered" would
+/// tell an operator that nothing is missing when an unknown number is.
+struct PendingEvents(u64);
+
+impl std::fmt::Display for PendingEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("an unknown number of events"),
+            count => write!(f, "{count} event(s)"),
+        }
+    }
+}
