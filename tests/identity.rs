@@ -391,6 +391,67 @@ async fn a_blank_group_key_is_no_group() {
     assert_eq!(report.skipped_unattributed, 1, "{report}");
 }
 
+/// A name or id of only invisible characters (zero-width space, joiners, word joiner, byte
+/// order mark: Unicode's default-ignorable code points, with or without whitespace) is blank,
+/// as a whitespace one is: nobody can see, type or query it in PostHog. `"\u{200b}"` passed
+/// where `" "` was refused: staged as an event name, sent as a distinct id or a group type.
+#[tokio::test]
+async fn a_name_or_id_of_invisible_characters_is_blank() {
+    let invisible = ["\u{200b}", "\u{feff}", " \u{2060}\u{200d} ", "\u{200c}\t"];
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let mut tx = tracker.begin(&pool).await.unwrap();
+    tx.set_distinct_id("user-1");
+    for name in invisible {
+        let error = tx.capture(Event::new(name)).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidEventName { event } if event == name),
+            "{name:?}: {error}"
+        );
+        // A blank id is none: the transaction's decides.
+        tx.capture(Event::new("clicked").distinct_id(name)).unwrap();
+        let staged = tx.staged();
+        assert_eq!(staged.last().unwrap().distinct_id, "user-1", "{name:?}");
+    }
+    assert_eq!(tx.staged().len(), invisible.len(), "{:?}", tx.staged());
+    tx.rollback().await.unwrap();
+
+    let mock = MockPostHog::start().await;
+    let sender = tracker_for(&mock).build();
+    for name in invisible {
+        let error = sender
+            .capture(Event::new(name).distinct_id("user-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+        let error = sender
+            .capture(Event::new("clicked").distinct_id(name))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::MissingDistinctId { .. }), "{error}");
+        let error = sender
+            .group_identify(name, "acme", serde_json::Map::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidGroup { .. }), "{error}");
+        let renamed = Value::from(name);
+        let hooked = tracker_for(&mock)
+            .before_send(move |mut event| {
+                event["event"] = renamed.clone();
+                Some(event)
+            })
+            .build();
+        let error = hooked
+            .capture(Event::new("clicked").distinct_id("user-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+    }
+    sender.flush().await.unwrap();
+    assert!(mock.events().is_empty(), "{:?}", mock.events());
+}
+
 /// What a `before_send` hook returns is checked as a staged event is: a hook that blanks or
 /// removes the distinct id, or makes the event larger than PostHog accepts, gets the same
 /// typed errors (`MissingDistinctId`, `EventTooLarge`) from `capture` and from `commit`

@@ -112,20 +112,20 @@ impl TrackingContext {
         self
     }
 
-    /// The distinct id, if the request carries one. A blank one (empty or whitespace) is
-    /// none, as everywhere a distinct id is read.
+    /// The distinct id, if the request carries one. A blank one (empty, whitespace or
+    /// invisible characters) is none, as everywhere a distinct id is read.
     pub fn distinct_id(&self) -> Option<&str> {
         self.distinct_id
             .as_deref()
-            .filter(|id| !crate::event::is_blank_id(id))
+            .filter(|id| !crate::event::is_blank(id))
     }
 
-    /// The session id, if the request carries one. A blank one (empty or whitespace) is none:
-    /// as `$session_id` it would put every such request in one session.
+    /// The session id, if the request carries one. A blank one (empty, whitespace or invisible
+    /// characters) is none: as `$session_id` it would put every such request in one session.
     pub fn session_id(&self) -> Option<&str> {
         self.session_id
             .as_deref()
-            .filter(|id| !crate::event::is_blank_id(id))
+            .filter(|id| !crate::event::is_blank(id))
     }
 
     /// The anonymous id to merge: the one set, else the distinct id. One PostHog refuses to

@@ -247,10 +247,10 @@ impl Dispatch {
     /// Adds `$geoip_disable` when asked, then runs `before_send` over staged events (so the
     /// hook sees what will be sent); dropped ones are counted. What the hook returns is
     /// checked as staging checks an event: an event it left without a distinct id (absent,
-    /// empty or whitespace) fails with [`Error::MissingDistinctId`], one it left without a
-    /// name (not a string, or empty or whitespace) with [`Error::InvalidEventName`], one it
-    /// made larger than
-    /// PostHog accepts with [`Error::EventTooLarge`], rather than be sent for PostHog to refuse.
+    /// blank) fails with [`Error::MissingDistinctId`], one it left without a name (not a
+    /// string, or blank: empty, whitespace or invisible characters) with
+    /// [`Error::InvalidEventName`], one it made larger than PostHog accepts with
+    /// [`Error::EventTooLarge`], rather than be sent for PostHog to refuse.
     pub(crate) fn apply_before_send(
         &self,
         mut events: Vec<StagedEvent>,
@@ -276,7 +276,7 @@ impl Dispatch {
             }
             // The hook may rename the event: to a blank name, or to no string at all.
             match json.get("event") {
-                Some(serde_json::Value::String(name)) if !crate::event::is_blank_id(name) => {}
+                Some(serde_json::Value::String(name)) if !crate::event::is_blank(name) => {}
                 other => {
                     return Err(Error::InvalidEventName {
                         event: match other {
@@ -290,7 +290,7 @@ impl Dispatch {
             adopt_hook_identity(&mut event, &mut json);
             crate::event::options_to_properties(&mut json);
             let attributed = match json.get("distinct_id") {
-                Some(serde_json::Value::String(id)) => !crate::event::is_blank_id(id),
+                Some(serde_json::Value::String(id)) => !crate::event::is_blank(id),
                 _ => false,
             };
             if !attributed {

@@ -58,22 +58,27 @@ pub enum Error {
         event: Cow<'static, str>,
     },
 
-    /// An event's name is empty or whitespace (given to [`Event::new`](crate::Event::new), or
-    /// left so by `before_send`): PostHog has nothing to file it under. Refused where the event
-    /// is staged, rather than sent for PostHog to refuse.
+    /// An event's name is blank: empty, whitespace or invisible characters such as a
+    /// zero-width space (given to [`Event::new`](crate::Event::new), or left so by
+    /// `before_send`): PostHog has nothing to file it under. Refused where the event is staged,
+    /// rather than sent for PostHog to refuse.
     #[error(
-        "event name {event:?} is empty or whitespace: give Event::new a name PostHog can file \
-         the event under, such as \"order_completed\" (or, if a before_send hook changes the \
-         `event` field, keep it a non-empty string)"
+        "event name {event:?} is blank (empty, whitespace or invisible characters): give \
+         Event::new a name PostHog can file the event under, such as \"order_completed\" (or, \
+         if a before_send hook changes the `event` field, keep it a non-empty string)"
     )]
     InvalidEventName {
         /// The name given.
         event: Cow<'static, str>,
     },
 
-    /// A group type or key is blank (empty or whitespace): PostHog ignores a `$groupidentify`
-    /// whose key is empty and makes a whitespace key one group of everything sent with it.
-    #[error("group type `{group_type}` with key `{group_key}`: neither may be empty or whitespace")]
+    /// A group type or key is blank (empty, whitespace or invisible characters): PostHog
+    /// ignores a `$groupidentify` whose key is empty and makes a whitespace key one group of
+    /// everything sent with it.
+    #[error(
+        "group type {group_type:?} with key {group_key:?}: neither may be blank (empty, \
+         whitespace or invisible characters)"
+    )]
     InvalidGroup {
         /// The group type given.
         group_type: String,

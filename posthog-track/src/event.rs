@@ -499,11 +499,41 @@ fn uuid_of(buf: &[u8]) -> Uuid {
         .unwrap_or_default()
 }
 
-/// Whether `id` is no id at all: empty or nothing but whitespace. PostHog's capture takes a
-/// whitespace id as a person of its own (and refuses to merge it), so such an id is treated as
-/// absent, as PostHog's SDKs treat an empty one.
-pub(crate) fn is_blank_id(id: &str) -> bool {
-    id.trim().is_empty()
+/// Whether `text` (an id, an event name, a group type or key) is blank, no id or name at
+/// all: empty, or nothing but whitespace and invisible characters (zero-width spaces and
+/// joiners, a byte order mark). PostHog's capture takes a whitespace or zero-width id as a
+/// person of its own (and refuses to merge it), and files an event under a name no one can see,
+/// type or query, so such an id is treated as absent, as PostHog's SDKs treat an empty one, and
+/// such a name is refused.
+pub(crate) fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| c.is_whitespace() || is_invisible(c))
+}
+
+/// Unicode's default-ignorable code points (Default_Ignorable_Code_Point in
+/// DerivedCoreProperties.txt): format characters and fillers that render as nothing. The
+/// derive keeps the same table (`check::blank`), so that a name it refuses at compile time is
+/// one staging refuses too.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether PostHog refuses to merge `id` (`$identify`'s `$anon_distinct_id`, `$create_alias`):
@@ -533,7 +563,7 @@ pub(crate) fn is_illegal_merge_id(id: &str) -> bool {
         "0",
         "undefined",
     ];
-    if is_blank_id(id) {
+    if is_blank(id) {
         return true;
     }
     let bare = [('"', '"'), ('\'', '\'')]
@@ -735,8 +765,8 @@ pub struct Event {
 
 impl Event {
     /// An event with this name. Without [`Event::distinct_id`] it takes the transaction's.
-    /// A name that is empty or whitespace is refused where the event is staged (`capture`)
-    /// with [`Error::InvalidEventName`].
+    /// A name that is empty, whitespace or invisible characters (a zero-width space) is
+    /// refused where the event is staged (`capture`) with [`Error::InvalidEventName`].
     pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
         Event {
             name: name.into(),
@@ -815,7 +845,7 @@ impl Event {
 
     pub(crate) fn write(self, stager: &mut Stager<'_>) -> Result<()> {
         // Blank as an id is: nothing PostHog can file the event under.
-        if is_blank_id(&self.name) {
+        if is_blank(&self.name) {
             return Err(Error::InvalidEventName { event: self.name });
         }
         let mut properties = self.properties;

@@ -14,7 +14,7 @@ use crate::client::DeliveryCounts;
 use crate::config::Config;
 use crate::dispatch::ShutdownReport;
 use crate::error::{Error, Result};
-use crate::event::{Event, StagedEvent, Stager, is_blank_id, is_illegal_merge_id};
+use crate::event::{Event, StagedEvent, Stager, is_blank, is_illegal_merge_id};
 use crate::mode::Mode;
 use crate::outbox::{self, Outbox};
 use crate::relay::Relay;
@@ -221,9 +221,7 @@ impl Tracker {
     ) -> Result<()> {
         let (group_type, group_key) = (group_type.into(), group_key.into());
         // As `stage` checks the distinct id: only when the event would be recorded.
-        if self.inner.dispatch.records_events()
-            && (is_blank_id(&group_type) || is_blank_id(&group_key))
-        {
+        if self.inner.dispatch.records_events() && (is_blank(&group_type) || is_blank(&group_key)) {
             return Err(Error::InvalidGroup {
                 group_type,
                 group_key,
@@ -282,7 +280,7 @@ impl Tracker {
         let distinct_id = event
             .distinct_id
             .clone()
-            .filter(|id| !is_blank_id(id))
+            .filter(|id| !is_blank(id))
             .ok_or(Error::MissingDistinctId { event: name })?;
         let mut staged = Vec::with_capacity(1);
         event.write(&mut Stager::new(&mut staged, distinct_id))?;

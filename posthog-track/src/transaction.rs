@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::backend::{Backend, Dialect};
 use crate::context::TrackingContext;
 use crate::error::{Error, Result};
-use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp, is_blank_id};
+use crate::event::{Event, EventShape, StagedEvent, Stager, Stamp, is_blank};
 use crate::flags::FlagsSnapshot;
 use crate::outbox;
 use crate::shared::Shared;
@@ -496,12 +496,12 @@ impl<'c, DB: Backend> TrackedTransaction<'c, DB> {
     /// the next source decides, as in PostHog's SDKs. Flag routing decides a write's table for
     /// the same id its events get.
     pub(crate) fn effective_distinct_id(&self, own: Option<String>) -> Option<String> {
-        own.filter(|id| !is_blank_id(id))
-            .or_else(|| self.distinct_id.clone().filter(|id| !is_blank_id(id)))
+        own.filter(|id| !is_blank(id))
+            .or_else(|| self.distinct_id.clone().filter(|id| !is_blank(id)))
             .or_else(|| {
                 self.context
                     .distinct_id()
-                    .filter(|id| !is_blank_id(id))
+                    .filter(|id| !is_blank(id))
                     .map(str::to_owned)
             })
     }

@@ -6,6 +6,7 @@ use syn::meta::ParseNestedMeta;
 use syn::{Ident, LitStr, Path, Token};
 
 use super::case::did_you_mean;
+use super::check::blank;
 use super::ctxt::Ctxt;
 
 const ATTRIBUTE: &str = "tracked";
@@ -128,7 +129,7 @@ impl ContextSource {
             "distinct_id" => ContextSource::DistinctId,
             "session_id" => ContextSource::SessionId,
             _ => match value.strip_prefix("property.") {
-                Some(key) if !key.trim().is_empty() => ContextSource::Property(key.to_owned()),
+                Some(key) if blank(key).is_none() => ContextSource::Property(key.to_owned()),
                 _ => ContextSource::Unknown(value.to_owned()),
             },
         }

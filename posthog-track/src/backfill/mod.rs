@@ -38,7 +38,7 @@ use crate::backend::{Backend, Dialect};
 use crate::error::{Error, Result};
 use crate::event::{
     EventWriter, LIB_NAME, LIB_VERSION, Section, StagedEvent, Stager, Stamp, format_timestamp,
-    is_blank_id,
+    is_blank,
 };
 use crate::mode::Mode;
 use crate::model::with_groups;
@@ -1069,7 +1069,7 @@ impl Plan {
     fn stage_row<M: BackfillModel>(&self, model: &M, key: &str, page: &mut Page) -> Result<()> {
         let stamps = with_groups(model, Vec::new());
         // A blank id is no id, as in live writes: PostHog refuses an empty one.
-        let distinct_id = model.distinct_id().filter(|id| !is_blank_id(id));
+        let distinct_id = model.distinct_id().filter(|id| !is_blank(id));
         let properties = row_properties(model)?;
         let mut unattributed = false;
         if self.person {
@@ -1105,7 +1105,7 @@ impl Plan {
             }
         }
         if let Some(group_type) = self.group {
-            match model.__group_key().filter(|key| !is_blank_id(key)) {
+            match model.__group_key().filter(|key| !is_blank(key)) {
                 None => unattributed = true,
                 Some(group_key) => {
                     let mut plain = properties.clone();

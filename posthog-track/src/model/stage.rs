@@ -6,7 +6,7 @@ use super::codegen::ChangeMask;
 use super::traits::TrackedModel;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::event::{Section, StagedEvent, Stager, Stamp, is_blank_id, properties_object};
+use crate::event::{Section, StagedEvent, Stager, Stamp, is_blank, properties_object};
 use crate::transaction::TrackedTransaction;
 
 /// The events of an inserted row: `INSERT_EVENT` with every tracked property, `$identify`
@@ -64,14 +64,14 @@ pub(super) fn stage_updated<M: TrackedModel, DB: Backend>(
 
 /// `stamps` plus `$groups` with the row's `#[tracked(group = "...")]` fields (and the row's
 /// own group, for a group model), so every event of the write is attributed to them. A blank
-/// key (empty or whitespace) is no group, as `None` is.
+/// key (empty, whitespace or invisible characters) is no group, as `None` is.
 pub(crate) fn with_groups<M: TrackedModel>(model: &M, mut stamps: Vec<Stamp>) -> Vec<Stamp> {
     let mut groups = serde_json::Map::new();
     if let (Some(group_type), Some(key)) = (M::__GROUP_TYPE, group_key(model)) {
         groups.insert(group_type.to_owned(), key.into());
     }
     for (group_type, key) in model.__groups() {
-        if let Some(key) = key.filter(|key| !is_blank_id(key)) {
+        if let Some(key) = key.filter(|key| !is_blank(key)) {
             groups.insert(group_type.to_owned(), key.into());
         }
     }
@@ -145,7 +145,7 @@ pub(super) fn stage_group_identify<M: TrackedModel>(
 /// A group model's key, unless it is blank (no group, as `None` is: PostHog ignores a
 /// `$groupidentify` with an empty key and lumps whitespace keys into one group).
 fn group_key<M: TrackedModel>(model: &M) -> Option<String> {
-    model.__group_key().filter(|key| !is_blank_id(key))
+    model.__group_key().filter(|key| !is_blank(key))
 }
 
 pub(super) fn stage_insert_event<M: TrackedModel>(
