@@ -142,17 +142,31 @@ fn check_context(cx: &Ctxt, field: &Field) {
              database; keep one of the two",
         );
     }
-    if let ContextSource::Unknown(value) = &source.value {
+    let ContextSource::Unknown(value) = &source.value else {
+        return;
+    };
+    const EXPECTED: &str = "expected `distinct_id`, `session_id`, or `property.<key>` for a \
+                            property of the request context";
+    // A blank source or key is not a misspelt one: "unknown context source ``" named nothing.
+    if let Some(blank) = blank(value) {
+        cx.error_at(source.span, format!("`context` is {blank}; {EXPECTED}"));
+    } else if let Some(key) = value.strip_prefix("property.") {
+        let blank = blank(key).unwrap_or("empty");
+        cx.error_at(
+            source.span,
+            format!(
+                "the key after `property.` is {blank}; name the property of the request \
+                 context, e.g. `context = \"property.utm_source\"`"
+            ),
+        );
+    } else {
         let hint = match did_you_mean(value, CONTEXT_SOURCES.iter().copied()) {
             Some(suggestion) => format!("did you mean `{suggestion}`? "),
             None => String::new(),
         };
         cx.error_at(
             source.span,
-            format!(
-                "unknown context source `{value}`; {hint}expected `distinct_id`, `session_id`, \
-                 or `property.<key>` for a property of the request context"
-            ),
+            format!("unknown context source `{value}`; {hint}{EXPECTED}"),
         );
     }
 }
