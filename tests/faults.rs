@@ -2063,8 +2063,8 @@ async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Poo
 // The relay command's relay task panicked (a bug): the command went on running, /healthz and
 // all, with nothing delivering, and a supervisor saw nothing wrong. It now says so loudly and
 // exits non-zero, so that the supervisor restarts it. The panic is provoked by
-// POSTHOG_TRACK_TEST_RELAY_PANIC, which only debug builds read (nothing from the database or
-// PostHog may panic the relay, so no input can stand in for it).
+// POSTHOG_TRACK_TEST_RELAY_PANIC, which only debug builds of the command read (nothing from
+// the database or PostHog may panic the relay, so no input can stand in for it).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_command_exits_when_its_relay_task_panics() {
@@ -2104,4 +2104,59 @@ async fn the_relay_command_exits_when_its_relay_task_panics() {
         said.contains("error: the relay stopped by itself"),
         "{said}"
     );
+}
+
+// The test-only panic switch above was read by the library: any debug build linking it (an
+// application's, in development) panicked its relay after a round whenever
+// POSTHOG_TRACK_TEST_RELAY_PANIC was set in its environment. Only the `posthog-track`
+// command reads it now. Checked in a process of its own (this test binary run again, for the
+// one test below): set here, the variable would reach every relay of this binary's tests.
+
+#[test]
+fn the_relay_panic_switch_is_not_read_by_the_library() {
+    let inner = "a_relay_runs_in_a_process_with_the_panic_switch_set";
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([inner, "--exact", "--ignored", "--nocapture"])
+        .env("POSTHOG_TRACK_TEST_RELAY_PANIC", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        said.contains("1 passed"),
+        "the inner test did not run:\n{said}"
+    );
+    assert!(output.status.success(), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the_relay_panic_switch_is_not_read_by_the_library, in a process of its own"]
+async fn a_relay_runs_in_a_process_with_the_panic_switch_set() {
+    assert!(
+        std::env::var_os("POSTHOG_TRACK_TEST_RELAY_PANIC").is_some(),
+        "run by the_relay_panic_switch_is_not_read_by_the_library, which sets the switch"
+    );
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("panic_switch").await;
+    let mock = MockPostHog::start().await;
+    let tracker = tracker_for(&mock)
+        .flush_timeout(Duration::from_secs(5))
+        .build();
+    tracker.migrate(&pool).await.unwrap();
+    tracker.start_relay(pool.clone()).unwrap();
+    let tag = unique("panic_switch");
+    let mut committed = commit_events(&tracker, &pool, &tag, "first", 2, 2).await;
+    tracker.flush().await.unwrap();
+    // Rounds after the first: the switch panicked the relay after any of them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    committed.extend(commit_events(&tracker, &pool, &tag, "second", 2, 2).await);
+    let flushed = tracker.flush().await;
+    let state = tracker.relay_state();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    flushed.unwrap();
+    assert_ne!(state, Some(posthog_track::relay::RelayState::Stopped));
+    assert_eq!(received(&mock, &tag), committed);
 }

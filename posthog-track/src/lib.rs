@@ -112,6 +112,19 @@ pub use posthog_derive::TrackedModel;
 pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 
+/// Hooks for the `posthog-track` command's tests, in its debug builds. Not public API: it
+/// changes without notice.
+#[doc(hidden)]
+#[cfg(all(debug_assertions, feature = "cli"))]
+pub mod __cli {
+    /// Every relay of this process panics after its next round: the `relay` command's test
+    /// that a relay task which dies stops the command (the command calls it when
+    /// POSTHOG_TRACK_TEST_RELAY_PANIC is set; the library never reads that variable).
+    pub fn panic_relays_after_a_round() {
+        crate::relay::PANIC_AFTER_ROUND.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Re-exports for generated code. Not public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {

@@ -239,6 +239,13 @@ enum OutboxCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Debug builds only: the test that a relay task which panics stops the `relay` command
+    // (tests/faults.rs). Read here, not by the library, so that the variable cannot panic the
+    // relay of an application's debug build.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("POSTHOG_TRACK_TEST_RELAY_PANIC").is_some() {
+        posthog_track::__cli::panic_relays_after_a_round();
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

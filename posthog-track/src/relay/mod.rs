@@ -1017,11 +1017,14 @@ impl<DB: Backend> Relay<DB> {
             self.sample_outbox(&mut sampled).await;
             // While PostHog fails, new commits must not cut the backoff short.
             let round = self.run_once().await;
-            // Debug builds only: the `relay` command's test of a relay task that panics
-            // (tests/faults.rs); nothing from the database or the network can get here.
-            #[cfg(debug_assertions)]
-            if std::env::var_os(TEST_PANIC_ENV).is_some() {
-                panic!("{TEST_PANIC_ENV} is set: the relay panics after a round, for a test");
+            // Debug builds of the `posthog-track` command only: its test of a relay task that
+            // panics (tests/faults.rs); nothing from the database or the network can get here.
+            #[cfg(all(debug_assertions, feature = "cli"))]
+            if PANIC_AFTER_ROUND.load(Ordering::Relaxed) {
+                panic!(
+                    "the posthog-track command's POSTHOG_TRACK_TEST_RELAY_PANIC is set: the relay \
+                     panics after a round, for a test"
+                );
             }
             let (wait, wakeable) = match round {
                 Ok(pass) => {
@@ -1111,10 +1114,14 @@ fn fates_summary(
     }
 }
 
-/// Debug builds: when set in the environment, a running relay panics after its first round
-/// (the `relay` command's test that a dead relay task stops the command).
-#[cfg(debug_assertions)]
-const TEST_PANIC_ENV: &str = "POSTHOG_TRACK_TEST_RELAY_PANIC";
+/// Debug builds of the `posthog-track` command: when set, every running relay of the process
+/// panics after its next round (the `relay` command's test that a dead relay task stops the
+/// command). Only the command sets it (`__cli::panic_relays_after_a_round`, when its
+/// POSTHOG_TRACK_TEST_RELAY_PANIC is set): the library reads no environment variable for it,
+/// so an application's debug build cannot have its relay panicked from the environment.
+#[cfg(all(debug_assertions, feature = "cli"))]
+pub(crate) static PANIC_AFTER_ROUND: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// The shortest lease a relay takes, whatever it was given (`relay --lease 0`): it is renewed
 /// every third of it while a send is in flight.
