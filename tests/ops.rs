@@ -482,6 +482,51 @@ async fn doctor_warns_when_nothing_vacuums_the_outbox() {
     );
 }
 
+/// In text mode with info logs on, the relay command announces its metrics address once (it
+/// printed a plain line and logged the same at info).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_announces_its_metrics_address_once() {
+    let mock = MockPostHog::start().await;
+    let (pool, url, dir) = sqlite_file("ops-announce").await;
+    tracker_for(&mock).build().migrate(&pool).await.unwrap();
+    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = relay.stderr.take().unwrap();
+    let mut relay = KillOnDrop(relay);
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    // "relaying ..." comes after the address is announced.
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|line: &String| line.contains("relaying posthog_outbox"))
+    {
+        let line = received
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the relay never started: {log:#?}"));
+        log.push(line);
+    }
+    let announced = log
+        .iter()
+        .filter(|line| line.contains("serving /metrics and /healthz"))
+        .count();
+    assert_eq!(announced, 1, "{log:#?}");
+    let _ = relay.0.kill();
+    let _ = relay.0.wait();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The relay command, run as operators run it: `/metrics` and `/healthz` over HTTP, healthy
 /// while it delivers, unhealthy once paused on a configuration error, and a clean stop on
 /// SIGTERM.

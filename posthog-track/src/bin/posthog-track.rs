@@ -526,10 +526,12 @@ async fn execute<DB: Backend>(
             if let Some(addr) = metrics_addr.filter(|_| live) {
                 let health = serve::Health::new(tracker.clone(), pool.clone(), max_lag);
                 let bound = serve::start(addr, health).await?;
-                if !json_logs() {
+                // Once: a plain line, or with JSON logs a log line with the address as a field.
+                if json_logs() {
+                    tracing::info!(%bound, "serving /metrics and /healthz");
+                } else {
                     eprintln!("serving /metrics and /healthz on http://{bound}");
                 }
-                tracing::info!(%bound, "serving /metrics and /healthz");
             }
             // Refuses without an API key: a relay that cannot deliver must not take other
             // processes' events out of the outbox.
