@@ -511,7 +511,7 @@ pub(crate) fn is_blank(text: &str) -> bool {
 
 /// Unicode's default-ignorable code points (Default_Ignorable_Code_Point in
 /// DerivedCoreProperties.txt): format characters and fillers that render as nothing. The
-/// derive keeps the same table (`check::blank`), so that a name it refuses at compile time is
+/// derive keeps the same table (`internals::name::blank`), so that a name it refuses at compile time is
 /// one staging refuses too.
 fn is_invisible(c: char) -> bool {
     matches!(

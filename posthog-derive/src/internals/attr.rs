@@ -6,8 +6,8 @@ use syn::meta::ParseNestedMeta;
 use syn::{Ident, LitStr, Path, Token};
 
 use super::case::did_you_mean;
-use super::check::blank;
 use super::ctxt::Ctxt;
+use super::name::blank;
 
 const ATTRIBUTE: &str = "tracked";
 
