@@ -29,3 +29,24 @@ pub fn derive_event_schema(input: TokenStream) -> TokenStream {
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
+
+/// The table of invisible characters (`internals::name::INVISIBLE`) as an expression of type
+/// `&[(char, char)]`, for `posthog_track`'s own check of names and ids. Not part of the API: it
+/// exists because a proc-macro crate can export nothing but macros, and the two crates must
+/// agree on what a blank name is.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __invisible_ranges(input: TokenStream) -> TokenStream {
+    if !input.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`__invisible_ranges!` takes no input",
+        )
+        .into_compile_error()
+        .into();
+    }
+    let ranges = internals::name::INVISIBLE
+        .iter()
+        .map(|(first, last)| quote::quote!((#first, #last)));
+    quote::quote!(&[#(#ranges),*]).into()
+}

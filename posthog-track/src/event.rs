@@ -510,30 +510,17 @@ pub(crate) fn is_blank(text: &str) -> bool {
 }
 
 /// Unicode's default-ignorable code points (Default_Ignorable_Code_Point in
-/// DerivedCoreProperties.txt): format characters and fillers that render as nothing. The
-/// derive keeps the same table (`internals::name::blank`), so that a name it refuses at compile time is
-/// one staging refuses too.
+/// DerivedCoreProperties.txt), as inclusive ranges: format characters and fillers that render
+/// as nothing. The derive's own table, written out by its hidden macro, so that a name it
+/// refuses at compile time is one staging refuses too.
+const INVISIBLE: &[(char, char)] = posthog_derive::__invisible_ranges!();
+
 fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFF8}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
+    // Names and ids are mostly ASCII, and no ASCII character is in the table.
+    !c.is_ascii()
+        && INVISIBLE
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 /// Whether PostHog refuses to merge `id` (`$identify`'s `$anon_distinct_id`, `$create_alias`):
@@ -879,6 +866,19 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table comes from the derive's macro: every range's first and last characters are
+    /// blank, the characters just outside the table's ends are not.
+    #[test]
+    fn the_derive_s_invisible_characters_are_blank() {
+        assert_eq!(INVISIBLE.len(), 17);
+        for &(first, last) in INVISIBLE {
+            assert!(is_blank(&format!("{first}{last} ")), "{first:?}..={last:?}");
+        }
+        for visible in ["\u{00AC}", "\u{00AE}", "\u{E1000}", "a\u{200B}"] {
+            assert!(!is_blank(visible), "{visible:?}");
+        }
+    }
 
     /// The exact bytes of an event that mixes the sections: properties first, then `$set`,
     /// then `$set_once`, each section in the order its properties were added.
