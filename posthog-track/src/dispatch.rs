@@ -960,3 +960,53 @@ fn adopt_hook_identity(event: &mut StagedEvent, json: &mut serde_json::Value) {
         event.timestamp = timestamp.to_owned();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(pending: u64) -> Result<()> {
+        Err(Error::Timeout {
+            waited: Duration::from_secs(1),
+            pending,
+            reason: "PostHog answered 503".to_owned(),
+        })
+    }
+
+    /// Waits that timed out fold into one `Timeout` that counts what they counted, and says
+    /// when the count is only a floor (one of them could not count).
+    #[test]
+    fn an_uncounted_timeout_makes_the_count_a_floor() {
+        let started = Instant::now();
+        let mut both = Outcome::default();
+        both.add(timeout(3));
+        both.add(timeout(0));
+        let message = both.finish(started).unwrap_err().to_string();
+        assert!(
+            message.contains(": 3 event(s) not yet delivered"),
+            "{message}"
+        );
+        assert!(message.contains("; more may wait"), "{message}");
+
+        let mut counted = Outcome::default();
+        counted.add(timeout(3));
+        counted.add(Ok(()));
+        let message = counted.finish(started).unwrap_err().to_string();
+        assert!(
+            message.contains(": 3 event(s) not yet delivered"),
+            "{message}"
+        );
+        assert!(!message.contains("more may wait"), "{message}");
+
+        let mut uncounted = Outcome::default();
+        uncounted.add(timeout(0));
+        let error = uncounted.finish(started).unwrap_err();
+        assert!(
+            matches!(error, Error::Timeout { pending: 0, .. }),
+            "a timeout is never a success: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("an unknown number of events"), "{message}");
+        assert!(!message.contains("more may wait"), "{message}");
+    }
+}

@@ -375,3 +375,23 @@ impl std::fmt::Display for PendingEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timeout says how long it waited to a tenth of a second, not in nanoseconds.
+    #[test]
+    fn a_timeout_shows_its_wait_to_a_tenth_of_a_second() {
+        let error = Error::Timeout {
+            waited: std::time::Duration::from_nanos(2_049_731_115),
+            pending: 2,
+            reason: "PostHog answered 503".to_owned(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "gave up waiting for delivery after 2.0s: 2 event(s) not yet delivered (PostHog \
+             answered 503)"
+        );
+    }
+}
