@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, CaptureMode, Delivery, Dialect, Error, Event, Mode, Tracker};
 use posthog_track_tests::{
-    assert_timed_out, capture_numbered, commit_events, database_url, migrated_tracker,
-    on_every_backend, outbox_events, posthog_track_binary, received, relay_command, slow_mock,
-    tracker_for, unique,
+    StderrLog, assert_timed_out, capture_numbered, commit_events, database_url, exit_within,
+    migrated_tracker, on_every_backend, outbox_events, posthog_track_binary, received,
+    relay_command, slow_mock, tracker_for, unique,
 };
 use serde_json::Value;
 use sqlx::Pool;
@@ -1176,20 +1176,9 @@ async fn a_proxy_refusing_every_request_dead_letters_nothing<DB: Backend>(
 // domain, a captive portal): PostHog never answers its capture endpoints with HTML, so the
 // events did not arrive and must stay in the outbox, and the relay pauses as for a 404.
 
-/// A web server that answers every request with 200 and an HTML page; its URL.
-async fn html_site() -> String {
-    let app = axum::Router::new().fallback(|| async {
-        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
-    let site = html_site().await;
+    let site = posthog_track_tests::html_site().await;
     let (pool, _url, dir) = posthog_track_tests::sqlite_file("html-200").await;
     for mode in [CaptureMode::V0, CaptureMode::V1] {
         let tracker = Tracker::builder()
@@ -1242,10 +1231,7 @@ async fn redirecting_site(target: String) -> String {
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    posthog_track_tests::serve(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1525,19 +1511,13 @@ async fn a_relay_command_started_before_the_outbox_waits_for_it<DB: Backend>(
 ) {
     let mock = MockPostHog::start().await;
     let tracker = committer(&mock);
-    let log = std::env::temp_dir().join(unique("relay-before-outbox.log"));
+    let log = StderrLog::new("relay-before-outbox.log");
     let mut relay = relay_command(url, &mock, "posthog_track=off")
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let said = loop {
-        let said = std::fs::read_to_string(&log).unwrap_or_default();
-        if said.contains("does not exist") || started.elapsed() > WAIT {
-            break said;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let said = log.wait_for("does not exist", WAIT).await;
     assert!(
         said.contains("warning: posthog_outbox does not exist in this database yet")
             && said.contains("posthog-track outbox migrate --database-url"),
@@ -1557,7 +1537,6 @@ async fn a_relay_command_started_before_the_outbox_waits_for_it<DB: Backend>(
     }
     relay.kill().unwrap();
     relay.wait().unwrap();
-    let _ = std::fs::remove_file(&log);
     assert_exactly_delivered(&mock, &tag, &committed);
 }
 
@@ -1672,39 +1651,28 @@ async fn a_sigterm_stops_the_relay_command_while_the_database_hangs() {
     ] {
         sqlx::query(statement).execute(&mut *locker).await.unwrap();
     }
-    let log = std::env::temp_dir().join(unique("hung-sigterm.log"));
+    let log = StderrLog::new("hung-sigterm.log");
     let mut relay = relay_command(&url, &mock, "posthog_track=warn")
         .args(["--shutdown-timeout", "1"])
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("relaying")
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    log.wait_for("relaying", WAIT).await;
     std::process::Command::new("kill")
         .args(["-TERM", &relay.id().to_string()])
         .status()
         .unwrap();
-    let started = Instant::now();
-    let mut exited = false;
-    while started.elapsed() < WAIT {
-        if relay.try_wait().unwrap().is_some() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exited = exit_within(&mut relay, WAIT).await.is_some();
     if !exited {
         relay.kill().unwrap();
     }
     relay.wait().unwrap();
     sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    assert!(exited, "the relay never exited after SIGTERM:\n{said}");
+    assert!(
+        exited,
+        "the relay never exited after SIGTERM:\n{}",
+        log.text()
+    );
 }
 
 // And a flush that waits for another process's relay (external delivery): its queries of the
@@ -1950,7 +1918,7 @@ async fn a_running_relay_with_the_largest_flag_values_stops_cleanly<DB: Backend>
     let tag = unique("huge_running");
     let committed = commit_events(&tracker, pool, &tag, "huge_running", 3, 3).await;
     let max = u64::MAX.to_string();
-    let log = std::env::temp_dir().join(unique("huge-running.log"));
+    let log = StderrLog::new("huge-running.log");
     let mut relay = relay_command(url, &mock, "posthog_track=warn")
         .args([
             "--lease",
@@ -1962,7 +1930,7 @@ async fn a_running_relay_with_the_largest_flag_values_stops_cleanly<DB: Backend>
         ])
         .args(["--poll-interval-ms", &max, "--max-lag", &format!("{max}d")])
         .args(["--metrics-addr", "127.0.0.1:0"])
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -1976,16 +1944,14 @@ async fn a_running_relay_with_the_largest_flag_values_stops_cleanly<DB: Backend>
         .args(["-TERM", &relay.id().to_string()])
         .status()
         .unwrap();
-    let mut status = None;
-    while status.is_none() && started.elapsed() < WAIT {
-        status = relay.try_wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = exit_within(&mut relay, WAIT.saturating_sub(started.elapsed())).await;
     let _ = relay.kill();
     let _ = relay.wait();
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    assert!(status.is_some_and(|s| s.success()), "{status:?}: {said}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        log.text()
+    );
     assert_eq!(received(&mock, &tag), committed);
     assert_eq!(tracker.outbox(pool).status().await.unwrap().pending, 0);
 }
@@ -2004,13 +1970,12 @@ async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Poo
     tracker.migrate(pool).await.unwrap();
     let tag = unique("second_signal");
     let committed = commit_events(&tracker, pool, &tag, "second_signal", 3, 3).await;
-    let log = std::env::temp_dir().join(unique("second-signal.log"));
+    let log = StderrLog::new("second-signal.log");
     let mut relay = relay_command(url, &mock, "posthog_track=warn")
         .args(["--shutdown-timeout", "600"])
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    let said = || std::fs::read_to_string(&log).unwrap_or_default();
     let signal = |name: &str| {
         std::process::Command::new("kill")
             .args([name, &relay.id().to_string()])
@@ -2024,22 +1989,16 @@ async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Poo
     assert!(
         !mock.requests().is_empty(),
         "the relay sent nothing:\n{}",
-        said()
+        log.text()
     );
     signal("-TERM");
-    while !said().contains("stopping:") && started.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    log.wait_for("stopping:", WAIT.saturating_sub(started.elapsed()))
+        .await;
     signal("-INT");
-    let mut status = None;
-    while status.is_none() && started.elapsed() < WAIT {
-        status = relay.try_wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = exit_within(&mut relay, WAIT.saturating_sub(started.elapsed())).await;
     let _ = relay.kill();
     let _ = relay.wait();
-    let said = said();
-    let _ = std::fs::remove_file(&log);
+    let said = log.text();
     let status = status.unwrap_or_else(|| panic!("still running after a second signal:\n{said}"));
     assert!(
         !status.success(),
@@ -2074,23 +2033,17 @@ async fn the_relay_command_exits_when_its_relay_task_panics() {
     tracker.migrate(&pool).await.unwrap();
     let tag = unique("relay_panics");
     commit_events(&tracker, &pool, &tag, "relay_panics", 2, 2).await;
-    let log = std::env::temp_dir().join(unique("relay-panics.log"));
+    let log = StderrLog::new("relay-panics.log");
     let mut relay = relay_command(&url, &mock, "posthog_track=info")
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env("POSTHOG_TRACK_TEST_RELAY_PANIC", "1")
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let mut status = None;
-    while status.is_none() && started.elapsed() < Duration::from_secs(30) {
-        status = relay.try_wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = exit_within(&mut relay, Duration::from_secs(30)).await;
     let _ = relay.kill();
     let _ = relay.wait();
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
+    let said = log.text();
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(said.contains("panics after a round"), "no panic:\n{said}");

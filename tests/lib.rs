@@ -401,6 +401,99 @@ pub fn relay_command(
     command
 }
 
+/// Serves `app` on a free local port, for the rest of the test; its URL (`http://127.0.0.1:N`).
+///
+/// # Panics
+///
+/// When no local port can be bound.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// A web site that answers every request with 200 and an HTML page (a catch-all route, a
+/// parked domain, a captive portal): what a wrong `POSTHOG_HOST` may answer. Its URL.
+pub async fn html_site() -> String {
+    serve(axum::Router::new().fallback(|| async {
+        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
+    }))
+    .await
+}
+
+/// A child process's stderr, written to a file of its own that the test reads while the
+/// process runs: pass [`StderrLog::file`] to `Command::stderr`. The file is removed on drop.
+pub struct StderrLog {
+    path: std::path::PathBuf,
+}
+
+impl StderrLog {
+    /// A new, empty log in the temporary directory, named after `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            path: std::env::temp_dir().join(unique(name)),
+        }
+    }
+
+    /// The file the process writes to (created, or emptied).
+    ///
+    /// # Panics
+    ///
+    /// When the temporary directory is not writable.
+    pub fn file(&self) -> std::fs::File {
+        std::fs::File::create(&self.path).unwrap()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits until a whole line (ended by its newline) with `needle` in it has been written,
+    /// for at most `within`; everything written so far, whether or not it came (the caller
+    /// asserts on it, with the log in its message).
+    pub async fn wait_for(&self, needle: &str, within: std::time::Duration) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let text = self.text();
+            let whole_lines = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            if whole_lines.contains(needle) || started.elapsed() >= within {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for StderrLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits for `child` to exit, for at most `within`: its exit status, or `None` if it still
+/// runs (the caller decides whether to kill it).
+///
+/// # Panics
+///
+/// When the process's status cannot be read.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if started.elapsed() >= within {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a scenario, failing it after ten minutes: a test that hangs (a CI run once waited 90
 /// minutes on one) fails with its name instead of stalling the whole suite.
 pub async fn bounded<T>(scenario: &str, run: impl std::future::Future<Output = T>) -> T {

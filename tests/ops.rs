@@ -4,7 +4,6 @@
 //! in `spans.rs`, a process of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,8 @@ use posthog_track::metrics::{self as names, Kind, TABLE};
 use posthog_track::testing::{MockPostHog, Reply};
 use posthog_track::{Backend, Config, Event, Tracker};
 use posthog_track_tests::{
-    commit_events, database_url, isolated_postgres, on_every_backend, relay_command, sqlite_file,
-    tracker_for, unique,
+    StderrLog, commit_events, database_url, isolated_postgres, on_every_backend, relay_command,
+    sqlite_file, tracker_for, unique,
 };
 use serde_json::json;
 use sqlx::Pool;
@@ -347,12 +346,7 @@ async fn doctor_finds_a_wrong_host() {
 async fn doctor_finds_a_host_answering_with_a_web_page() {
     // A site's catch-all route answers every path with 200 and a page: not PostHog, and a
     // relay aimed there would pause.
-    let app = axum::Router::new().fallback(|| async {
-        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let site = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let site = posthog_track_tests::html_site().await;
     let diagnosis = diagnose(
         &config_for("phc_project_key_123", &site),
         &DoctorOptions::new(),
@@ -489,40 +483,27 @@ async fn the_relay_command_announces_its_metrics_address_once() {
     let mock = MockPostHog::start().await;
     let (pool, url, dir) = sqlite_file("ops-announce").await;
     tracker_for(&mock).build().migrate(&pool).await.unwrap();
-    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+    let log = StderrLog::new("ops-announce.log");
+    let relay = relay_command(&url, &mock, "posthog_track=info")
         .args(["--metrics-addr", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    let stderr = relay.stderr.take().unwrap();
-    let mut relay = KillOnDrop(relay);
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines.send(line);
-        }
-    });
+    let relay = KillOnDrop(relay);
     // "relaying ..." comes after the address is announced.
-    let mut log = Vec::new();
-    while !log
-        .iter()
-        .any(|line: &String| line.contains("relaying posthog_outbox"))
-    {
-        let line = received
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("the relay never started: {log:#?}"));
-        log.push(line);
-    }
-    let announced = log
-        .iter()
+    let said = log
+        .wait_for("relaying posthog_outbox", Duration::from_secs(30))
+        .await;
+    assert!(
+        said.contains("relaying posthog_outbox"),
+        "the relay never started:\n{said}"
+    );
+    let announced = said
+        .lines()
         .filter(|line| line.contains("serving /metrics and /healthz"))
         .count();
-    assert_eq!(announced, 1, "{log:#?}");
-    let _ = relay.0.kill();
-    let _ = relay.0.wait();
+    assert_eq!(announced, 1, "{said}");
+    drop(relay);
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -539,37 +520,28 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
     let tag = unique("served");
     commit_events(&tracker, &pool, &tag, "served", 5, 5).await;
 
-    let mut relay = relay_command(&url, &mock, "posthog_track=info")
+    let log = StderrLog::new("ops-relay.log");
+    let relay = relay_command(&url, &mock, "posthog_track=info")
         .args(["--metrics-addr", "127.0.0.1:0"])
         .args(["--log-format", "json", "--shutdown-timeout", "2"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    let stderr = relay.stderr.take().unwrap();
     let mut relay = KillOnDrop(relay);
     let relay = &mut relay.0;
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let address = loop {
-        let line = received
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no address announced: {log:#?}"));
-        // JSON logs: the address is the `bound` field of the line that announces it.
-        let parsed: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if parsed["fields"]["message"] == "serving /metrics and /healthz" {
-            break format!("http://{}", parsed["fields"]["bound"].as_str().unwrap());
-        }
-        log.push(line);
-    };
+    let said = log
+        .wait_for("serving /metrics and /healthz", Duration::from_secs(30))
+        .await;
+    // JSON logs: the address is the `bound` field of the line that announces it.
+    let address = said
+        .lines()
+        .find_map(|line| {
+            let parsed: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            (parsed["fields"]["message"] == "serving /metrics and /healthz")
+                .then(|| format!("http://{}", parsed["fields"]["bound"].as_str().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no address announced:\n{said}"));
     mock.wait_for_events(5, Duration::from_secs(20))
         .await
         .unwrap();
@@ -640,12 +612,11 @@ async fn the_relay_command_serves_metrics_and_health_over_http() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = received.try_iter().collect();
+    let said = log.text();
     assert!(
-        rest.iter()
-            .chain(&log)
+        said.lines()
             .any(|line| line.starts_with('{') && line.contains("\"level\"")),
-        "JSON log lines: {rest:#?} {log:#?}"
+        "JSON log lines:\n{said}"
     );
     assert_eq!(
         tracker.outbox(&pool).status().await.unwrap().pending,
@@ -1118,17 +1089,13 @@ async fn json_logs_are_json_on_every_line() {
     let (pool, url, dir) = sqlite_file("json_lines").await;
     let mock = MockPostHog::start().await;
     Tracker::builder().build().migrate(&pool).await.unwrap();
-    let log = dir.join("relay.log");
+    let log = StderrLog::new("json-lines.log");
     let mut relay = relay_command(&url, &mock, "posthog_track=info")
         .args(["--log-format", "json", "--metrics-addr", "127.0.0.1:0"])
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log.file())
         .spawn()
         .unwrap();
-    let said = || std::fs::read_to_string(&log).unwrap_or_default();
-    let started = Instant::now();
-    while !said().contains("relaying") && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    log.wait_for("relaying", Duration::from_secs(60)).await;
     std::process::Command::new("kill")
         .args(["-TERM", &relay.id().to_string()])
         .status()
@@ -1141,7 +1108,7 @@ async fn json_logs_are_json_on_every_line() {
         dir.join("missing").join("app.db").display()
     ));
     let failed = failed.output().unwrap();
-    let text = format!("{}{}", said(), String::from_utf8_lossy(&failed.stderr));
+    let text = format!("{}{}", log.text(), String::from_utf8_lossy(&failed.stderr));
     assert!(status.success(), "{text}");
     assert!(!failed.status.success(), "{text}");
     assert!(text.contains("relaying") && text.contains("hint"), "{text}");
