@@ -82,6 +82,41 @@ async fn hostile_text_reaches_the_outbox_unchanged<DB: Backend>(pool: &Pool<DB>,
 }
 on_every_backend!(hostile_text_reaches_the_outbox_unchanged);
 
+/// A transaction whose events are large together: 40 events of 800 KB each (32 MB), which
+/// PostHog takes one by one (each under its 1 MB limit). MariaDB refuses any statement over
+/// `max_allowed_packet` (16 MB by default), so the outbox rows cannot go in one statement
+/// however few they are; the commit must still store every one, unchanged.
+async fn large_events_together_commit<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let (_mock, tracker, tag) = migrated_tracker(pool, tracker, "large").await;
+    let filler = "x".repeat(800 * 1024);
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(tag.clone());
+    for n in 0..40 {
+        tx.capture(
+            Event::new("large")
+                .property("n", n)
+                .property("filler", filler.as_str())
+                .property("tag", tag.as_str()),
+        )
+        .unwrap();
+    }
+    let staged: Vec<_> = tx.staged().iter().map(|event| event.uuid).collect();
+    tx.commit().await.unwrap();
+    let stored = outbox_events(&tracker, pool, |event| {
+        event.property("tag").and_then(|value| value.as_str()) == Some(tag.as_str())
+    })
+    .await;
+    let uuids: Vec<_> = stored.iter().map(|event| event.uuid).collect();
+    assert_eq!(uuids, staged);
+    assert!(
+        stored
+            .iter()
+            .all(|event| event.property("filler") == Some(&serde_json::json!(filler))),
+        "every event stored whole"
+    );
+}
+on_every_backend!(large_events_together_commit);
+
 /// What `sqlx` logged about the server's notices (PostgreSQL warns, for example, on a
 /// `ROLLBACK` with no transaction open).
 #[derive(Clone, Default)]

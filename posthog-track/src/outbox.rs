@@ -143,6 +143,12 @@ const COLUMNS_PER_EVENT: usize = 5;
 /// Events per INSERT statement: far below every backend's parameter limit (SQLite's is the
 /// lowest at 32,766), large enough that a big transaction needs few round trips.
 const EVENTS_PER_STATEMENT: usize = 500;
+/// Bytes of bound text per INSERT statement, unless one event alone is larger. MySQL and
+/// MariaDB refuse a statement over `max_allowed_packet` (4 MB by default on MySQL 5.7,
+/// 16 MB on MariaDB, 64 MB on MySQL 8) by closing the connection, and a transaction's events,
+/// each under PostHog's 1 MB, can add up to more: 40 events of 800 KB did. Events of a few KB
+/// (nearly all) reach [`EVENTS_PER_STATEMENT`] first.
+const BYTES_PER_STATEMENT: usize = 2 * 1024 * 1024;
 
 /// The DDL of the outbox and dead-letter tables in `dialect`, as one script of `;`-separated
 /// statements: what [`Tracker::migrate`](crate::Tracker::migrate) creates, and what to put in
@@ -670,7 +676,7 @@ pub(crate) async fn write_marked<DB: Backend>(
     historical: bool,
     notify: bool,
 ) -> Result<()> {
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+    for chunk in statements(events) {
         let sql = insert_sql(DB::DIALECT, chunk.len(), historical);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for event in chunk {
@@ -684,6 +690,31 @@ pub(crate) async fn write_marked<DB: Backend>(
         DB::execute(conn, sqlx::query("SELECT pg_notify('posthog_outbox', '')")).await?;
     }
     Ok(())
+}
+
+/// `events` cut into the runs that one `INSERT` each takes: at most [`EVENTS_PER_STATEMENT`]
+/// events and [`BYTES_PER_STATEMENT`] bytes of text (an event larger than that goes alone).
+fn statements(events: &[StagedEvent]) -> impl Iterator<Item = &[StagedEvent]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut taken = 0;
+        for event in rest.iter().take(EVENTS_PER_STATEMENT) {
+            // The uuid and timestamp are short and fixed; the payload repeats the rest.
+            let size = event.payload.len() + event.event.len() + event.distinct_id.len() + 64;
+            if taken > 0 && bytes + size > BYTES_PER_STATEMENT {
+                break;
+            }
+            bytes += size;
+            taken += 1;
+        }
+        let (statement, later) = rest.split_at(taken);
+        rest = later;
+        Some(statement)
+    })
 }
 
 /// Binds an event's outbox columns, in the order every outbox `INSERT` lists them: uuid,
@@ -1206,6 +1237,30 @@ impl OutboxStatus {
 
 #[cfg(test)]
 mod tests {
+    /// Outbox inserts are cut by count, and by bytes for large events, never leaving one out.
+    #[test]
+    fn large_events_are_inserted_in_smaller_statements() {
+        let event = |payload_bytes: usize| crate::event::StagedEvent {
+            uuid: uuid::Uuid::nil(),
+            event: "large".into(),
+            distinct_id: "d".to_owned(),
+            timestamp: "2026-12-07T00:00:00Z".to_owned(),
+            payload: "x".repeat(payload_bytes),
+        };
+        let sizes = |events: &[crate::event::StagedEvent]| -> Vec<usize> {
+            super::statements(events).map(<[_]>::len).collect()
+        };
+        assert_eq!(sizes(&[]), Vec::<usize>::new());
+        assert_eq!(sizes(&vec![event(300); 1_201]), [500, 500, 201]);
+        // 800 KB each: two per statement under the 2 MB bound.
+        assert_eq!(sizes(&vec![event(800 * 1024); 5]), [2, 2, 1]);
+        // One event over the bound goes alone rather than never.
+        let mut mixed = vec![event(10); 3];
+        mixed.push(event(3 * 1024 * 1024));
+        mixed.push(event(10));
+        assert_eq!(sizes(&mixed), [3, 1, 1]);
+    }
+
     use super::*;
 
     async fn memory() -> sqlx::SqlitePool {
