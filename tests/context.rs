@@ -95,6 +95,28 @@ async fn without_a_context_value_the_field_keeps_its_own() {
     tx.commit().await.unwrap();
 }
 
+/// A context property named like one of the model's (here `source`) does not make the event
+/// carry the key twice: the model's own value is sent, once.
+#[tokio::test]
+async fn a_model_property_wins_over_a_context_property_of_its_name() {
+    let pool = pool().await;
+    let tracker = Tracker::builder().build();
+    tracker.migrate(&pool).await.unwrap();
+    let context = TrackingContext::new()
+        .with_distinct_id("visitor-4")
+        .with_property("source", "from the request")
+        .with_property("note_id", 7);
+    let mut tx = tracker.begin(&pool).await.unwrap().with_context(context);
+    note("n4").insert(&mut tx).await.unwrap();
+    let payload = tx.staged()[0].payload.clone();
+    tx.commit().await.unwrap();
+    assert_eq!(payload.matches("\"source\":").count(), 1, "{payload}");
+    assert_eq!(payload.matches("\"note_id\":").count(), 1, "{payload}");
+    let event: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(event["properties"]["source"], "typed by hand", "{payload}");
+    assert_eq!(event["properties"]["note_id"], "n4", "{payload}");
+}
+
 #[tokio::test]
 async fn without_any_distinct_id_the_write_is_refused() {
     let pool = pool().await;

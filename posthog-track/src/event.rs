@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -88,6 +89,11 @@ pub struct EventWriter {
     unset_absent: bool,
     /// The person properties to `$unset`.
     unset: Vec<&'static str>,
+    /// The write's stamps (the request's `$session_id` and properties, `$feature/<flag>`),
+    /// written last, each unless the event has a property of its own by that name.
+    stamps: Arc<[Stamp]>,
+    /// The event's own property names so far, kept only when there are stamps to check.
+    own: Vec<Cow<'static, str>>,
 }
 
 /// Stands for the value of column `index` in an event rendered before its row is inserted.
@@ -122,7 +128,7 @@ impl EventWriter {
         distinct_id: &str,
         uuid: Uuid,
         timestamp: &str,
-        stamps: &[Stamp],
+        stamps: Arc<[Stamp]>,
     ) -> Self {
         let mut buf = Vec::with_capacity(384);
         buf.extend_from_slice(b"{\"uuid\":\"");
@@ -142,10 +148,6 @@ impl EventWriter {
         buf.extend_from_slice(b"\",\"$lib_version\":\"");
         buf.extend_from_slice(LIB_VERSION.as_bytes());
         buf.push(b'"');
-        for stamp in stamps {
-            buf.push(b',');
-            buf.extend_from_slice(stamp.json.as_bytes());
-        }
         EventWriter {
             buf,
             event,
@@ -157,6 +159,8 @@ impl EventWriter {
             splice: &[],
             unset_absent: false,
             unset: Vec::new(),
+            stamps,
+            own: Vec::new(),
         }
     }
 
@@ -175,6 +179,9 @@ impl EventWriter {
         value: &T,
     ) -> Result<()> {
         self.enter(Section::Properties);
+        if !self.stamps.is_empty() {
+            self.own.push(Cow::Borrowed(name));
+        }
         self.entry(name, key_json, value)
     }
 
@@ -220,6 +227,9 @@ impl EventWriter {
         value: &serde_json::Value,
     ) -> Result<()> {
         self.enter(section);
+        if section == Section::Properties && !self.stamps.is_empty() {
+            self.own.push(Cow::Owned(key.to_owned()));
+        }
         if !std::mem::take(&mut self.first_in_section) {
             self.buf.push(b',');
         }
@@ -275,6 +285,20 @@ impl EventWriter {
         if self.section != Section::Properties {
             self.buf.push(b'}');
         }
+        // The stamps, after the event's own properties so that one of those by the same name
+        // wins (a JSON key twice is read as either value, depending on the reader). Of two
+        // stamps by one name, the later wins: flags attached after the context, a routed
+        // write's flag after both.
+        for (n, stamp) in self.stamps.iter().enumerate() {
+            let shadowed = self.own.iter().any(|own| *own == stamp.key)
+                || self.stamps[n + 1..]
+                    .iter()
+                    .any(|later| later.key == stamp.key);
+            if !shadowed {
+                self.buf.push(b',');
+                self.buf.extend_from_slice(stamp.json.as_bytes());
+            }
+        }
         if !self.unset.is_empty() {
             self.buf.extend_from_slice(b",\"$unset\":[");
             for (n, name) in self.unset.iter().enumerate() {
@@ -310,7 +334,7 @@ pub struct Stager<'a> {
     events: &'a mut Vec<StagedEvent>,
     distinct_id: String,
     timestamp: String,
-    stamps: Vec<Stamp>,
+    stamps: Arc<[Stamp]>,
     shape: EventShape,
     /// `events.len()` when the stager was made: the first event it stages is replay's first.
     base: usize,
@@ -359,7 +383,7 @@ impl<'a> Stager<'a> {
             events,
             distinct_id,
             timestamp: format_timestamp(Utc::now()),
-            stamps: Vec::new(),
+            stamps: Arc::new([]),
             shape: EventShape::default(),
             base,
         }
@@ -385,15 +409,20 @@ impl<'a> Stager<'a> {
     }
 
     fn begin(&self, name: Cow<'static, str>, distinct_id: &str, timestamp: &str) -> EventWriter {
-        let mut writer =
-            EventWriter::begin(name, distinct_id, self.next_uuid(), timestamp, &self.stamps);
+        let mut writer = EventWriter::begin(
+            name,
+            distinct_id,
+            self.next_uuid(),
+            timestamp,
+            self.stamps.clone(),
+        );
         writer.splice = self.shape.splice;
         writer
     }
 
     /// Every event of this write will carry these properties too.
     pub(crate) fn with_stamps(mut self, stamps: Vec<Stamp>) -> Self {
-        self.stamps = stamps;
+        self.stamps = stamps.into();
         self
     }
 
@@ -418,7 +447,7 @@ impl<'a> Stager<'a> {
     /// It is not the request person's, so it joins no session: PostHog's sessions take their
     /// distinct id from their latest event, and this one shares its write's timestamp.
     pub(crate) fn event_for(&self, name: &'static str, distinct_id: String) -> EventWriter {
-        let stamps: Vec<Stamp> = self
+        let stamps: Arc<[Stamp]> = self
             .stamps
             .iter()
             .filter(|stamp| stamp.key != "$session_id")
@@ -429,7 +458,7 @@ impl<'a> Stager<'a> {
             &distinct_id,
             self.next_uuid(),
             &self.timestamp,
-            &stamps,
+            stamps,
         );
         writer.splice = self.shape.splice;
         writer.distinct_id = Some(distinct_id);
@@ -472,7 +501,7 @@ pub(crate) fn properties_object(
     event: &'static str,
     fill: impl FnOnce(&mut EventWriter) -> Result<()>,
 ) -> Result<serde_json::Value> {
-    let mut writer = EventWriter::begin(event.into(), "", Uuid::nil(), "", &[]);
+    let mut writer = EventWriter::begin(event.into(), "", Uuid::nil(), "", Arc::new([]));
     fill(&mut writer)?;
     let mut payload: serde_json::Value =
         serde_json::from_str(&writer.finish()).map_err(|source| Error::Serialize {
@@ -854,6 +883,20 @@ impl Event {
             None => stager.event(self.name),
         };
         writer.options(&self.options);
+        // A key given twice in a section is sent once, with its last value (`.property("plan",
+        // "free").property("plan", "pro")` means "pro"): a JSON key twice is read as either.
+        let last: Vec<bool> = {
+            let mut seen = std::collections::HashSet::with_capacity(properties.len());
+            let mut last: Vec<bool> = properties
+                .iter()
+                .rev()
+                .map(|(section, key, _)| seen.insert((*section as u8, key.as_str())))
+                .collect();
+            last.reverse();
+            last
+        };
+        let mut last = last.into_iter();
+        properties.retain(|_| last.next().unwrap_or(true));
         // Sections must be written in order; a stable sort keeps each section's own order.
         properties.sort_by_key(|(section, _, _)| *section as u8);
         for (section, key, value) in &properties {
@@ -866,6 +909,44 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each property key appears once in an event: an event's own property wins over a
+    /// stamp (the request's property, an attached flag) of the same name, the later of two
+    /// stamps wins, and a key given twice keeps its last value.
+    #[test]
+    fn a_property_key_is_written_once() {
+        let mut events = Vec::new();
+        let stamps = vec![
+            Stamp::new("utm_source".into(), &serde_json::json!(42)),
+            Stamp::new("$feature/beta".into(), &serde_json::json!("control")),
+            Stamp::new("$session_id".into(), &serde_json::json!("s1")),
+            Stamp::new("$feature/beta".into(), &serde_json::json!("test")),
+        ];
+        let mut stager = Stager::new(&mut events, "d1".to_owned()).with_stamps(stamps);
+        Event::new("e")
+            .property("plan", "free")
+            .property("utm_source", "newsletter")
+            .property("plan", "pro")
+            .set("plan", "team")
+            .write(&mut stager)
+            .unwrap();
+        let payload = &events[0].payload;
+        for (key, count) in [
+            ("\"plan\":", 2),
+            ("\"utm_source\":", 1),
+            ("\"$feature/beta\":", 1),
+            ("\"$session_id\":", 1),
+        ] {
+            assert_eq!(payload.matches(key).count(), count, "{key} in {payload}");
+        }
+        let json: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let properties = &json["properties"];
+        assert_eq!(properties["plan"], "pro", "{payload}");
+        assert_eq!(properties["$set"]["plan"], "team", "{payload}");
+        assert_eq!(properties["utm_source"], "newsletter", "{payload}");
+        assert_eq!(properties["$feature/beta"], "test", "{payload}");
+        assert_eq!(properties["$session_id"], "s1", "{payload}");
+    }
 
     /// The table comes from the derive's macro: every range's first and last characters are
     /// blank, the characters just outside the table's ends are not.
