@@ -828,3 +828,12 @@ async fn race_rows<DB: Backend>(pool: &Pool<DB>, id: &str) -> i64 {
     }
     rows
 }
+
+/// Every table a routed model's rows can be in, for reads that must find rows written under
+/// an earlier route: the default table first.
+#[test]
+fn a_routed_model_lists_every_table_it_writes() {
+    use posthog_track::flags::FlagRouted as _;
+    assert_eq!(Document::tables(), ["documents", "documents_v2"]);
+    assert_eq!(Note::tables(), ["notes", "notes_v2"]);
+}

@@ -30,10 +30,30 @@ pub trait FlagRouted {
     /// The model's routed variants, in declaration order.
     #[doc(hidden)]
     const VARIANTS: &'static [TableVariant<Self::Sql>];
+
+    /// Every table the model's rows can be in: the default table first, then each variant's,
+    /// once each. A row stays in the table it was written to when its user's route changes
+    /// later, so a read that must find every row looks in all of them (for a user's current
+    /// route, see [`routed_table`]).
+    fn tables() -> Vec<&'static str> {
+        let mut tables = vec![Self::DEFAULT_TABLE];
+        for variant in Self::VARIANTS {
+            if !tables.contains(&variant.table) {
+                tables.push(variant.table);
+            }
+        }
+        tables
+    }
 }
 
-/// The table a model's row for `distinct_id` lives in, for reads that must follow the same
-/// flag routing as the writes. Records the flag's exposure like a write does.
+/// The table `distinct_id`'s writes of a model go to now: where an `insert` puts a new row,
+/// for reads that must follow the same flag routing as the writes. Records the flag's
+/// exposure like a write does.
+///
+/// A row written before its user's route changed (new flag definitions, a route that fell
+/// back, a new owner) stays in the table it was written to, which may not be this one:
+/// `update`, `delete`, `upsert` and `load_for_update` find it wherever it is, and a read of
+/// your own finds it by looking in every table of [`FlagRouted::tables`].
 ///
 /// Called before [`begin`](Tracker::begin), it also decides the user's route outside the
 /// transaction: without local definitions that takes a `/flags` request, which the writes
