@@ -90,10 +90,13 @@ pub struct EventWriter {
     /// The person properties to `$unset`.
     unset: Vec<&'static str>,
     /// The write's stamps (the request's `$session_id` and properties, `$feature/<flag>`),
-    /// written last, each unless the event has a property of its own by that name.
+    /// written first, right after `$lib_version`, each as `,"key":value`.
     stamps: Arc<[Stamp]>,
-    /// The event's own property names so far, kept only when there are stamps to check.
-    own: Vec<Cow<'static, str>>,
+    /// Where the stamps begin in `buf`.
+    stamps_at: usize,
+    /// Which stamps are in `buf`: not one a later stamp of its name replaced, nor one the
+    /// event's own property of its name took out.
+    stamped: Vec<bool>,
 }
 
 /// Stands for the value of column `index` in an event rendered before its row is inserted.
@@ -148,6 +151,18 @@ impl EventWriter {
         buf.extend_from_slice(b"\",\"$lib_version\":\"");
         buf.extend_from_slice(LIB_VERSION.as_bytes());
         buf.push(b'"');
+        let stamps_at = buf.len();
+        // Of two stamps by one name the later wins (flags attached after the context, a routed
+        // write's flag after both): a key twice in JSON is read as either value.
+        let stamped: Vec<bool> = stamps
+            .iter()
+            .enumerate()
+            .map(|(n, stamp)| !stamps[n + 1..].iter().any(|later| later.key == stamp.key))
+            .collect();
+        for (stamp, _) in stamps.iter().zip(&stamped).filter(|(_, in_buf)| **in_buf) {
+            buf.push(b',');
+            buf.extend_from_slice(stamp.json.as_bytes());
+        }
         EventWriter {
             buf,
             event,
@@ -160,7 +175,28 @@ impl EventWriter {
             unset_absent: false,
             unset: Vec::new(),
             stamps,
-            own: Vec::new(),
+            stamps_at,
+            stamped,
+        }
+    }
+
+    /// Takes out the stamp named `key`, if there is one: the event's own property of that
+    /// name wins. The stamps stay where they were written otherwise, so that events without
+    /// such a clash are byte for byte what earlier versions wrote (a backfill's uuids hash
+    /// them).
+    fn unstamp(&mut self, key: &str) {
+        let mut at = self.stamps_at;
+        for (stamp, in_buf) in self.stamps.iter().zip(self.stamped.iter_mut()) {
+            if !*in_buf {
+                continue;
+            }
+            let len = 1 + stamp.json.len();
+            if stamp.key == key {
+                self.buf.drain(at..at + len);
+                *in_buf = false;
+                return;
+            }
+            at += len;
         }
     }
 
@@ -180,7 +216,7 @@ impl EventWriter {
     ) -> Result<()> {
         self.enter(Section::Properties);
         if !self.stamps.is_empty() {
-            self.own.push(Cow::Borrowed(name));
+            self.unstamp(name);
         }
         self.entry(name, key_json, value)
     }
@@ -228,7 +264,7 @@ impl EventWriter {
     ) -> Result<()> {
         self.enter(section);
         if section == Section::Properties && !self.stamps.is_empty() {
-            self.own.push(Cow::Owned(key.to_owned()));
+            self.unstamp(key);
         }
         if !std::mem::take(&mut self.first_in_section) {
             self.buf.push(b',');
@@ -284,20 +320,6 @@ impl EventWriter {
     fn finish(mut self) -> String {
         if self.section != Section::Properties {
             self.buf.push(b'}');
-        }
-        // The stamps, after the event's own properties so that one of those by the same name
-        // wins (a JSON key twice is read as either value, depending on the reader). Of two
-        // stamps by one name, the later wins: flags attached after the context, a routed
-        // write's flag after both.
-        for (n, stamp) in self.stamps.iter().enumerate() {
-            let shadowed = self.own.iter().any(|own| *own == stamp.key)
-                || self.stamps[n + 1..]
-                    .iter()
-                    .any(|later| later.key == stamp.key);
-            if !shadowed {
-                self.buf.push(b',');
-                self.buf.extend_from_slice(stamp.json.as_bytes());
-            }
         }
         if !self.unset.is_empty() {
             self.buf.extend_from_slice(b",\"$unset\":[");

@@ -1455,4 +1455,30 @@ mod tests {
         assert_ne!(one.payload, other.payload);
         assert_eq!(one.uuid, other.uuid);
     }
+
+    /// A person update of a group-linked model carries `$groups` (a stamp), hashed as written:
+    /// before the properties, where earlier versions wrote it, so that a rerun after an
+    /// upgrade makes the same uuids.
+    #[test]
+    fn person_update_uuids_of_grouped_models_keep_their_layout() {
+        let mut events = Vec::new();
+        let groups = serde_json::json!({"company": "c1"});
+        let mut stager = Stager::new(&mut events, "d1".to_owned())
+            .with_stamps(vec![Stamp::new("$groups".into(), &groups)]);
+        let mut writer = stager.event("$set");
+        writer
+            .person(Section::Set, "plan", "\"plan\":", &"pro")
+            .unwrap();
+        stager.push(writer).unwrap();
+        let mut event = events.pop().unwrap();
+        settle_uuid("users", "1", &mut event, false);
+        let mut name = b"users\x001\x00$set\x00d1\x00".to_vec();
+        name.extend_from_slice(b",\"$groups\":{\"company\":\"c1\"},\"$set\":{\"plan\":\"pro\"}}}");
+        assert_eq!(
+            event.uuid,
+            Uuid::new_v5(&NAMESPACE, &name),
+            "{}",
+            event.payload
+        );
+    }
 }
