@@ -877,6 +877,50 @@ where
 }
 on_every_backend!(a_failed_write_never_commits_rows_without_events);
 
+/// An insert whose row has no distinct id anywhere (its field, the transaction's, the
+/// context's) is refused before its statement is sent: the row was inserted first and the
+/// error came after, so the row sat in the caller's open transaction (a `SELECT` there saw
+/// it) and the transaction could only roll back, losing the caller's other writes, on SQLite
+/// and MariaDB but not on PostgreSQL when the insert folded. Now nothing is written and the
+/// transaction commits as after any write that failed before writing.
+async fn a_blank_distinct_id_is_refused_before_the_insert<DB: Schema>(pool: &Pool<DB>, _url: &str)
+where
+    Visit: TrackedRow<DB>,
+{
+    let tracker = tracker(pool).await;
+    let visitor = unique("visitor");
+    let kept = Visit {
+        id: unique("v"),
+        visitor: Some(visitor.clone()),
+        session: None,
+    };
+    let mut tx = tracker.begin(pool).await.unwrap();
+    kept.clone().insert(&mut tx).await.unwrap();
+    for blank in [None, Some(""), Some(" \t")] {
+        let lone = Visit {
+            id: unique("v"),
+            visitor: blank.map(str::to_owned),
+            session: None,
+        };
+        let error = lone.clone().insert(&mut tx).await.unwrap_err();
+        assert!(
+            matches!(error, Error::MissingDistinctId { .. }),
+            "{blank:?}: {error:?}"
+        );
+        let sql = format!("SELECT id FROM bk_visits WHERE id = '{}'", lone.id);
+        let seen = DB::fetch_all(&mut *tx, sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .await
+            .unwrap();
+        assert!(
+            seen.is_empty(),
+            "{blank:?}: the refused row is in the transaction"
+        );
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(committed_visits(pool, &[&kept.id]).await, 1);
+}
+on_every_backend!(a_blank_distinct_id_is_refused_before_the_insert);
+
 /// An insert whose future is dropped after its first poll (its statement may be on its way to
 /// the database, and sqlx finishes it on the connection's next use) leaves the transaction
 /// unable to commit, even after later writes succeed: the row could otherwise commit without

@@ -5,7 +5,7 @@
 use super::codegen::ChangeMask;
 use super::traits::TrackedModel;
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::{Section, StagedEvent, Stager, Stamp, is_blank, properties_object};
 use crate::transaction::TrackedTransaction;
 
@@ -39,6 +39,24 @@ pub(super) fn stage_inserted<M: TrackedModel, DB: Backend>(
         tx.mark_anonymous_merged();
     }
     Ok(())
+}
+
+/// Refuses, before any statement is sent, a write of `model` whose events would have no
+/// distinct id (not the row's, the transaction's nor the request's): staging them after the
+/// statement fails the same way, with the row already in the caller's transaction, which
+/// could then only roll back. A `generated` distinct id is known only once the row is
+/// stored; staging checks it then.
+pub(super) fn require_distinct_id<M: TrackedModel, DB: Backend>(
+    model: &M,
+    event: &'static str,
+    tx: &TrackedTransaction<'_, DB>,
+) -> Result<()> {
+    if M::__IDENTITY_GENERATED || tx.effective_distinct_id(model.distinct_id()).is_some() {
+        return Ok(());
+    }
+    Err(Error::MissingDistinctId {
+        event: event.into(),
+    })
 }
 
 /// The events of a row written whole: `UPDATE_EVENT` with every tracked property, `$identify`

@@ -10,7 +10,9 @@ use super::codegen::ModelSql;
 use super::codegen::{ChangeMask, SqlSet};
 use super::fold;
 use super::route::{RowTable, find_row, other_tables, route, tables_from};
-use super::stage::{Written, stage_group_identify, stage_identify, stage_updated, with_groups};
+use super::stage::{
+    Written, require_distinct_id, stage_group_identify, stage_identify, stage_updated, with_groups,
+};
 use super::upsert::{Upserted, upsert};
 use crate::backend::{Backend, BoundQuery};
 use crate::context::TrackingContext;
@@ -142,6 +144,10 @@ pub trait TrackedModel: Sized + Send + Sync {
     /// `generated` columns are filled in and a value the column keeps with less precision (a
     /// `DateTime` with nanoseconds in a microsecond column) comes back as the column holds it.
     ///
+    /// A row whose events would have no distinct id (blank in the row, and none set on the
+    /// transaction or its context) fails with [`Error::MissingDistinctId`] before anything is
+    /// written, so the transaction can still commit its other writes.
+    ///
     /// On MySQL/MariaDB a `generated` key must be an integer `AUTO_INCREMENT` column, the only
     /// generated value MySQL reports: otherwise the insert fails with [`Error::Unsupported`]
     /// before anything is written (and at compile time when the type or the migrations show it).
@@ -172,6 +178,7 @@ pub trait TrackedModel: Sized + Send + Sync {
     {
         async move {
             self.__fill_from_context(tx.context());
+            require_distinct_id(&self, Self::INSERT_EVENT, tx)?;
             let (sql, table, stamps) = route(&self, tx).await;
             check_insertable::<DB>(sql, table, tx.connection()).await?;
             tx.begin_write(table)?;
