@@ -220,3 +220,48 @@ async fn a_waiting_flush_does_not_count_the_backlog_on_every_poll() {
         "{seen} counts of the backlog while the flush waited"
     );
 }
+
+/// The messages of the warning events a subscriber saw.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        if let Some(message) = fields.remove("message") {
+            self.0.lock().unwrap().push(message);
+        }
+    }
+}
+
+/// A plain-http host to another machine is warned about under the name it was set by: one
+/// given in code (`.host(...)`) was called POSTHOG_HOST, sending the reader to an environment
+/// that does not hold it.
+#[test]
+fn a_plain_http_host_is_warned_about_under_the_name_it_was_set_by() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let warnings = Warnings::default();
+    let subscriber = tracing_subscriber::registry().with(warnings.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let _tracker = posthog_track::Tracker::builder()
+            .api_key("phc_test")
+            .host("http://10.0.0.5:8000")
+            .unwrap()
+            .build();
+    });
+    let seen = warnings.0.lock().unwrap().clone();
+    let plain: Vec<&String> = seen
+        .iter()
+        .filter(|message| message.contains("plain http://"))
+        .collect();
+    assert_eq!(plain.len(), 1, "{seen:?}");
+    assert!(
+        plain[0].contains("`.host(...)`") && !plain[0].contains("POSTHOG_HOST"),
+        "{seen:?}"
+    );
+}

@@ -87,7 +87,9 @@ impl TrackerBuilder {
 
     /// The PostHog host: a URL, or `us` / `eu` for PostHog Cloud.
     pub fn host(mut self, host: impl AsRef<str>) -> Result<Self> {
-        self.config.host = crate::config::normalize_host(host.as_ref())?;
+        self.config.host =
+            crate::config::normalize_host(host.as_ref(), crate::config::HostSource::Builder)?;
+        self.config.host_source = crate::config::HostSource::Builder;
         Ok(self)
     }
 
@@ -231,8 +233,9 @@ impl TrackerBuilder {
         if mode != Mode::Disabled && crate::config::is_plain_http_to_remote(&self.config.host) {
             tracing::warn!(
                 host = %crate::config::redact_host(&self.config.host),
-                "POSTHOG_HOST uses plain http:// to another machine: the API key and every \
-                 event cross the network unencrypted; use https://"
+                "{} uses plain http:// to another machine: the API key and every event cross \
+                 the network unencrypted; use https://",
+                self.config.host_source.setting()
             );
         }
         let sink = match mode {

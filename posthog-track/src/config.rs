@@ -146,6 +146,8 @@ pub struct Config {
     pub(crate) api_key: Option<ApiKey>,
     pub(crate) personal_api_key: Option<ApiKey>,
     pub(crate) host: String,
+    /// Where `host` was set, for the messages about it.
+    pub(crate) host_source: HostSource,
     pub(crate) disabled: bool,
     pub(crate) capture_mode: CaptureMode,
     pub(crate) compression: Compression,
@@ -295,6 +297,7 @@ impl Default for Config {
             api_key: None,
             personal_api_key: None,
             host: US_HOST.to_owned(),
+            host_source: HostSource::Env,
             disabled: false,
             capture_mode: CaptureMode::V0,
             compression: Compression::Gzip,
@@ -322,7 +325,7 @@ impl Config {
             ..Config::default()
         };
         if let Some(host) = var("POSTHOG_HOST") {
-            config.host = normalize_host(&host)?;
+            config.host = normalize_host(&host, HostSource::Env)?;
         }
         if let Some(disabled) = var("POSTHOG_DISABLED") {
             config.disabled = parse_flag("POSTHOG_DISABLED", &disabled)?;
@@ -390,9 +393,43 @@ impl Config {
     }
 }
 
+/// Where a PostHog host came from, for the messages that refuse it: the reader looks for it
+/// there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostSource {
+    /// The `POSTHOG_HOST` environment variable.
+    Env,
+    /// [`TrackerBuilder::host`](crate::TrackerBuilder::host), in the application's code.
+    Builder,
+    /// `PushOptions::new` (the `plan push` command's `--host`, or `POSTHOG_HOST`).
+    PlanPush,
+}
+
+impl HostSource {
+    /// What to call a host from this source in a message about the host as set: `POSTHOG_HOST`
+    /// or `.host(...)`.
+    pub(crate) fn setting(self) -> &'static str {
+        match self {
+            HostSource::Env => "POSTHOG_HOST",
+            HostSource::Builder => "the host given to `.host(...)`",
+            HostSource::PlanPush => "the plan push host",
+        }
+    }
+
+    /// The refused `host` (redacted), named by its source.
+    fn name(self, host: &str) -> String {
+        let host = redact_host(host);
+        match self {
+            HostSource::Env => format!("POSTHOG_HOST `{host}`"),
+            HostSource::Builder => format!("the host `{host}` given to `.host(...)`"),
+            HostSource::PlanPush => format!("the plan push host `{host}`"),
+        }
+    }
+}
+
 /// Accepts `https://host`, `https://host/`, `host` (https assumed) and the shorthands `us` and
-/// `eu`; returns the URL without a trailing slash.
-pub(crate) fn normalize_host(host: &str) -> Result<String> {
+/// `eu`; returns the URL without a trailing slash. A refusal names the host by its `source`.
+pub(crate) fn normalize_host(host: &str, source: HostSource) -> Result<String> {
     let host = host.trim();
     let url = match host.to_ascii_lowercase().as_str() {
         "us" => return Ok(US_HOST.to_owned()),
@@ -405,8 +442,8 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
         }
         _ if host.contains("://") => {
             return Err(Error::Config(format!(
-                "POSTHOG_HOST `{}` must use http:// or https://",
-                redact_host(host)
+                "{} must use http:// or https://",
+                source.name(host)
             )));
         }
         _ => format!("https://{host}"),
@@ -414,9 +451,9 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
     let url = url.trim_end_matches('/').to_owned();
     let not_a_url = || {
         Error::Config(format!(
-            "POSTHOG_HOST `{}` is not a URL: give `https://<host>` (`http://` for a PostHog on \
-             this machine), `us` or `eu`",
-            redact_host(host)
+            "{} is not a URL: give `https://<host>` (`http://` for a PostHog on this \
+             machine), `us` or `eu`",
+            source.name(host)
         ))
     };
     let rest = url
@@ -438,8 +475,8 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(Error::Config(format!(
-            "POSTHOG_HOST `{}` has a query or fragment: give the host alone, such as `{US_HOST}`",
-            redact_host(host)
+            "{} has a query or fragment: give the host alone, such as `{US_HOST}`",
+            source.name(host)
         )));
     }
     // A path is a reverse proxy's prefix (`https://example.com/ingest`), but one that ends in
@@ -448,10 +485,10 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
     let path = parsed.path().trim_end_matches('/');
     if let Some(endpoint) = ENDPOINTS.iter().find(|endpoint| path.ends_with(*endpoint)) {
         return Err(Error::Config(format!(
-            "POSTHOG_HOST `{}` ends in PostHog's `{endpoint}` endpoint: give the host alone \
-             (with a proxy's path prefix, if any), such as `{US_HOST}`; posthog-track adds the \
+            "{} ends in PostHog's `{endpoint}` endpoint: give the host alone (with a \
+             proxy's path prefix, if any), such as `{US_HOST}`; posthog-track adds the \
              endpoints",
-            redact_host(host)
+            source.name(host)
         )));
     }
     let cloud = parsed.host_str().is_some_and(|name| {
@@ -460,9 +497,9 @@ pub(crate) fn normalize_host(host: &str) -> Result<String> {
     });
     if cloud && !path.is_empty() {
         return Err(Error::Config(format!(
-            "POSTHOG_HOST `{}` has a path, which PostHog Cloud's hosts do not take: give the \
-             host alone, such as `{US_HOST}` or `{EU_HOST}`; posthog-track adds the endpoints",
-            redact_host(host)
+            "{} has a path, which PostHog Cloud's hosts do not take: give the host alone, \
+             such as `{US_HOST}` or `{EU_HOST}`; posthog-track adds the endpoints",
+            source.name(host)
         )));
     }
     Ok(url)
@@ -526,7 +563,11 @@ mod tests {
             ("HTTP://PostHog.example.com", "http://PostHog.example.com"),
             ("Https://eu.i.posthog.com", EU_HOST),
         ] {
-            assert_eq!(normalize_host(given).unwrap(), normalised, "{given}");
+            assert_eq!(
+                normalize_host(given, HostSource::Env).unwrap(),
+                normalised,
+                "{given}"
+            );
         }
         for (refused, says) in [
             ("ftp://x", "must use http:// or https://"),
@@ -545,9 +586,30 @@ mod tests {
             ("https://us.i.posthog.com/e/", "PostHog Cloud"),
             ("https://eu.posthog.com/project/123", "PostHog Cloud"),
         ] {
-            let error = normalize_host(refused).unwrap_err().to_string();
+            let error = normalize_host(refused, HostSource::Env)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(says), "{refused}: {error}");
         }
+    }
+
+    /// A host is refused under the name it was given by: POSTHOG_HOST from the environment,
+    /// `.host(...)` from code (it was called POSTHOG_HOST, sending the reader to an environment
+    /// that does not hold it); its credentials never shown either way.
+    #[test]
+    fn a_refused_host_is_named_where_it_came_from() {
+        let bad = "ftp://user:hunter2@proxy.example.com";
+        let from_env = from(&[("POSTHOG_HOST", bad)]).unwrap_err().to_string();
+        assert!(from_env.contains("POSTHOG_HOST `ftp:"), "{from_env}");
+        for bad in [bad, "https://user:hunter2@us.i.posthog.com/batch/"] {
+            let in_code = crate::Tracker::builder().host(bad).unwrap_err().to_string();
+            assert!(
+                in_code.contains("`.host(...)`") && !in_code.contains("POSTHOG_HOST"),
+                "{in_code}"
+            );
+            assert!(!in_code.contains("hunter2"), "{in_code}");
+        }
+        assert!(!from_env.contains("hunter2"), "{from_env}");
     }
 
     #[test]
@@ -630,7 +692,7 @@ mod tests {
         assert!(!is_plain_http_to_remote("https://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://posthog.example.com"));
         assert!(is_plain_http_to_remote("http://10.0.0.5:8000"));
-        let shouted = normalize_host("HTTP://posthog.example.com").unwrap();
+        let shouted = normalize_host("HTTP://posthog.example.com", HostSource::Env).unwrap();
         assert!(is_plain_http_to_remote(&shouted), "{shouted}");
     }
 

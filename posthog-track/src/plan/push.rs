@@ -36,7 +36,7 @@ use super::compare::{
 };
 use crate::client::USER_AGENT_VALUE;
 use crate::client::transport::transport_reason;
-use crate::config::{ApiKey, normalize_host};
+use crate::config::{ApiKey, HostSource, normalize_host};
 use crate::error::{Error, Result};
 
 /// PostHog's US cloud app host (the API for definitions; events go to the ingestion host).
@@ -139,7 +139,7 @@ impl PushOptions {
 ///
 /// [`Error::Config`] when `host` is not a URL.
 pub(crate) fn app_host(host: &str) -> Result<String> {
-    let url = normalize_host(host)?;
+    let url = normalize_host(host, HostSource::PlanPush)?;
     let (scheme, rest) = url.split_once("://").unwrap_or(("https", url.as_str()));
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let lower = authority.to_ascii_lowercase();
