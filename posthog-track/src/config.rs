@@ -518,12 +518,15 @@ const ENDPOINTS: &[&str] = &[
     "/flags",
 ];
 
+/// A yes-or-no setting: `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, in any case; the
+/// refusal lists them all.
 fn parse_flag(name: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(Error::Config(format!(
-            "{name} must be true or false, not `{value}`"
+            "{name} must be `true` or `false` (or `1`/`0`, `yes`/`no`, `on`/`off`), not \
+             `{value}`"
         ))),
     }
 }
@@ -610,6 +613,23 @@ mod tests {
             assert!(!in_code.contains("hunter2"), "{in_code}");
         }
         assert!(!from_env.contains("hunter2"), "{from_env}");
+    }
+
+    /// A refused `POSTHOG_DISABLED` says which values are taken: it said "must be true or
+    /// false" while `1`/`0`, `yes`/`no` and `on`/`off` are taken too.
+    #[test]
+    fn a_refused_flag_says_what_is_accepted() {
+        let error = from(&[("POSTHOG_DISABLED", "maybe")])
+            .unwrap_err()
+            .to_string();
+        for accepted in ["true", "false", "1", "0", "yes", "no", "on", "off"] {
+            assert!(error.contains(&format!("`{accepted}`")), "{error}");
+        }
+        assert!(error.contains("`maybe`"), "{error}");
+        for (given, disabled) in [("YES", true), ("On", true), ("0", false), ("off", false)] {
+            let config = from(&[("POSTHOG_DISABLED", given)]).unwrap();
+            assert_eq!(config.disabled, disabled, "{given}");
+        }
     }
 
     #[test]
