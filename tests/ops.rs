@@ -508,6 +508,53 @@ async fn the_relay_command_announces_its_metrics_address_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A relay command stopped with events it could not deliver says once, with their count,
+/// that they wait in the outbox: with text logs at info it said so twice, as the library's
+/// log line ("posthog-track stopped; events wait in the outbox ...") and as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_says_once_what_waits_in_the_outbox() {
+    let mock = MockPostHog::start().await;
+    let (pool, url, dir) = sqlite_file("ops-left").await;
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    tracker.migrate(&pool).await.unwrap();
+    commit_events(&tracker, &pool, &unique("left"), "left", 3, 3).await;
+    // PostHog is down: nothing is delivered before the stop.
+    mock.set_outage(Some(Reply::Status(503)));
+    let log = std::env::temp_dir().join(unique("ops-left.log"));
+    let relay = relay_command(&url, &mock, "posthog_track=info")
+        .args(["--shutdown-timeout", "1"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut relay = KillOnDrop(relay);
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("relaying")
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &relay.0.id().to_string()])
+        .status()
+        .unwrap();
+    while relay.0.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let waiting: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("wait in the outbox"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{said}");
+    assert!(waiting[0].contains("3 event(s)"), "{said}");
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The relay command, run as operators run it: `/metrics` and `/healthz` over HTTP, healthy
 /// while it delivers, unhealthy once paused on a configuration error, and a clean stop on
 /// SIGTERM.

@@ -686,7 +686,7 @@ impl Dispatch {
         if left > 0 {
             tracing::info!(
                 events = left,
-                "posthog-track stopped; events wait in the outbox for the next relay"
+                "posthog-track stopped; {left} event(s) wait in the outbox for the next relay"
             );
         }
         self.with_unqueued(result, started)
