@@ -859,6 +859,39 @@ async fn doctor_never_shows_a_database_password() {
     assert!(text.contains("must be percent-encoded: `%3F`"), "{text}");
 }
 
+/// A user name or password the database refuses (SQLSTATE class 28): `doctor` says what to
+/// check, as the `relay` and `outbox` commands do; it showed the server's error alone ("role
+/// ... does not exist", "Access denied for user ...").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_to_do_about_refused_credentials() {
+    let config = Tracker::builder().build().config().clone();
+    for var in ["POSTGRES_URL", "MYSQL_URL"] {
+        let Some(url) = database_url(var) else {
+            continue;
+        };
+        // The same server, as a user that does not exist.
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let url = format!("{scheme}://posthog_track_no_such_user:hunter2@{host}");
+        let options = DoctorOptions::new()
+            .database_url(&url)
+            .timeout(Duration::from_secs(10));
+        let diagnosis = diagnose(&config, &options).await;
+        assert_eq!(
+            verdict(&diagnosis, "database"),
+            Verdict::Fail,
+            "{diagnosis}"
+        );
+        let database = detail(&diagnosis, "database");
+        assert!(
+            database.contains("the database refused the user name or password"),
+            "{var}: {database}"
+        );
+        let text = format!("{diagnosis}\n{}", diagnosis.to_json());
+        assert!(!text.contains("hunter2"), "{var}: {text}");
+    }
+}
+
 mod hosts {
     use posthog_track::Tracker;
     use proptest::prelude::*;

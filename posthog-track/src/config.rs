@@ -271,6 +271,23 @@ pub(crate) fn is_secret_parameter(name: &str) -> bool {
     .any(|word| name.contains(word))
 }
 
+/// What to check when the database refused the login: SQLSTATE class 28, invalid
+/// authorization (PostgreSQL's unknown role or wrong password, MySQL/MariaDB's "Access denied
+/// for user", 1045); `None` for any other error. Shared by `doctor` and the `posthog-track`
+/// command's other subcommands (through `__cli`), which say the same.
+pub fn refused_login_hint(error: &sqlx::Error) -> Option<&'static str> {
+    let sqlx::Error::Database(error) = error else {
+        return None;
+    };
+    // A SQLSTATE is five characters; SQLite's numeric codes (`283`) are not one.
+    let code = error.code()?;
+    (code.len() == 5 && code.starts_with("28")).then_some(
+        "the database refused the user name or password in --database-url: check both (a \
+         password holding `?`, `/`, `#`, `@` or `%` must be percent-encoded: `%3F`, `%2F`, \
+         `%23`, `%40`, `%25`), and that the user may connect from this machine",
+    )
+}
+
 /// Whether `host` sends keys and events in clear text over a network: plain `http://` to
 /// anything but this machine.
 pub(crate) fn is_plain_http_to_remote(host: &str) -> bool {

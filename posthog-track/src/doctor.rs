@@ -30,7 +30,8 @@ use serde_json::json;
 use crate::backend::{Backend, Dialect};
 use crate::client::USER_AGENT_VALUE;
 use crate::config::{
-    ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host, url_secrets,
+    ApiKey, Config, EU_HOST, US_HOST, is_plain_http_to_remote, redact_host, refused_login_hint,
+    url_secrets,
 };
 use crate::mode::Mode;
 use crate::outbox::{COLUMNS, Outbox, SCHEMA_VERSION};
@@ -668,6 +669,9 @@ async fn check_database(url: &str, options: &DoctorOptions, diagnosis: &mut Diag
                     let mut why = scrub(&error.to_string(), url);
                     if matches!(error, sqlx::Error::Configuration(_)) {
                         why.push_str(URL_HINT);
+                    }
+                    if let Some(hint) = refused_login_hint(&error) {
+                        why = format!("{why}; {hint}");
                     }
                     unreachable_database(&shown, &why, diagnosis)
                 }

@@ -112,14 +112,17 @@ pub use posthog_derive::TrackedModel;
 pub use tracker::{Tracker, TrackerBuilder};
 pub use transaction::TrackedTransaction;
 
-/// Hooks for the `posthog-track` command's tests, in its debug builds. Not public API: it
-/// changes without notice.
+/// What the `posthog-track` command shares with the library's messages, and hooks for its
+/// tests in its debug builds. Not public API: it changes without notice.
 #[doc(hidden)]
-#[cfg(all(debug_assertions, feature = "cli"))]
+#[cfg(feature = "cli")]
 pub mod __cli {
+    pub use crate::config::refused_login_hint;
+
     /// Every relay of this process panics after its next round: the `relay` command's test
     /// that a relay task which dies stops the command (the command calls it when
     /// POSTHOG_TRACK_TEST_RELAY_PANIC is set; the library never reads that variable).
+    #[cfg(debug_assertions)]
     pub fn panic_relays_after_a_round() {
         crate::relay::PANIC_AFTER_ROUND.store(true, std::sync::atomic::Ordering::Relaxed);
     }

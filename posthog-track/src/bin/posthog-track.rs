@@ -325,16 +325,11 @@ fn hint(error: &CliError) -> Option<&'static str> {
              ssl-mode (MySQL) in --database-url against what the server offers, and its \
              certificate",
         ),
-        // SQLSTATE class 28, invalid authorization: PostgreSQL's unknown role or wrong
-        // password, MySQL/MariaDB's "Access denied for user" (1045).
-        CliError::Track(Error::Database(sqlx::Error::Database(error)))
-            if error.code().is_some_and(|code| code.starts_with("28")) =>
+        // SQLSTATE class 28, invalid authorization: the hint `doctor` gives too.
+        CliError::Track(Error::Database(error))
+            if posthog_track::__cli::refused_login_hint(error).is_some() =>
         {
-            Some(
-                "the database refused the user name or password in --database-url: check both \
-                 (a password holding `?`, `/`, `#`, `@` or `%` must be percent-encoded: `%3F`, \
-                 `%2F`, `%23`, `%40`, `%25`), and that the user may connect from this machine",
-            )
+            posthog_track::__cli::refused_login_hint(error)
         }
         // SQLITE_CANTOPEN: the file (or its folder) is missing or not readable.
         CliError::Track(Error::Database(sqlx::Error::Database(error)))
