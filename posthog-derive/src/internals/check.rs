@@ -182,11 +182,17 @@ fn check_table(cx: &Ctxt, container: &Container) {
                 container.ident
             ),
         ),
-        Some(table) if table.value.trim().is_empty() => cx.error_at(
-            table.span,
-            "the table name is empty; name the table the rows live in, e.g. `table = \"users\"`",
-        ),
-        Some(_) => {}
+        Some(table) => {
+            if let Some(blank) = blank(&table.value) {
+                cx.error_at(
+                    table.span,
+                    format!(
+                        "the table name is {blank}; name the table the rows live in, e.g. \
+                         `table = \"users\"`"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -292,12 +298,12 @@ fn check_decision(cx: &Ctxt, container: &Container, field: &Field) {
         ),
         [decision] => {
             if let DecisionKind::Skip(reason) = &decision.kind
-                && blank(reason).is_some()
+                && let Some(blank) = blank(reason)
             {
                 cx.error_at(
                     decision.span,
                     format!(
-                        "the skip reason is empty: say why `{}` stays out of analytics, \
+                        "the skip reason is {blank}: say why `{}` stays out of analytics, \
                          e.g. `skip = \"credential\"`",
                         unraw(field.ident)
                     ),
@@ -343,11 +349,13 @@ fn check_columns(cx: &Ctxt, container: &Container) {
     let mut seen: HashMap<String, &Field> = HashMap::new();
     for field in &container.fields {
         let column = field.column();
-        if column.trim().is_empty() {
+        if let Some(blank) = blank(&column) {
             if let Some(attr) = &field.attrs.column {
                 cx.error_at(
                     attr.span,
-                    "the column name is empty; leave `column` out to use the field's name",
+                    format!(
+                        "the column name is {blank}; leave `column` out to use the field's name"
+                    ),
                 );
             }
             continue;
@@ -460,8 +468,8 @@ fn check_table_variants(cx: &Ctxt, container: &Container) {
             ("variant", &variant.variant),
             ("table", &variant.table),
         ] {
-            if blank(&value.value).is_some() {
-                cx.error_at(value.span, format!("the `table_variant` {what} is empty"));
+            if let Some(blank) = blank(&value.value) {
+                cx.error_at(value.span, format!("the `table_variant` {what} is {blank}"));
             }
         }
         if Some(variant.table.value.as_str()) == main_table {
