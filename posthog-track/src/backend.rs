@@ -187,7 +187,9 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     message = "a field of type `{T}` cannot be a column on {Self}",
     label = "sqlx cannot bind `{T}` for {Self}",
     note = "a column's type must implement `sqlx::Type<{Self}>` and `sqlx::Encode<'_, {Self}>`; \
-            use a type the {Self} driver supports, such as `sqlx::types::Json<{T}>` for a JSON column"
+            use a type the {Self} driver supports: `i64` for an unsigned integer (PostgreSQL has \
+            no unsigned columns and SQLite binds no `u64`; PostHog receives a number either way), \
+            or `sqlx::types::Json<{T}>` for a JSON column"
 )]
 pub trait Binds<T>: Backend {
     /// Binds `value` as the next parameter.
@@ -212,7 +214,9 @@ where
     label = "sqlx cannot bind and read back `{T}` for {Self}",
     note = "a column's type must implement `sqlx::Type<{Self}>`, `sqlx::Encode<'_, {Self}>` and \
             `sqlx::Decode<'_, {Self}>` (insert reads the row back); use a type the {Self} driver \
-            supports, such as `sqlx::types::Json<{T}>` for a JSON column"
+            supports: `i64` for an unsigned integer (PostgreSQL has no unsigned columns and SQLite \
+            binds no `u64`; PostHog receives a number either way), or `sqlx::types::Json<{T}>` \
+            for a JSON column"
 )]
 pub trait Column<T>: Binds<T> + Reads<T> {}
 
