@@ -15,15 +15,44 @@
 //! MockPostHog, which counts what it received. `BACKFILL_USERS` (default 5,000) and
 //! `BACKFILL_RATE` (events per second, default 4,000) size the run.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use posthog_track::testing::MockPostHog;
-use posthog_track::{BackfillReport, Tracker};
+use posthog_track::{BackfillReport, Error, Tracker};
 use posthog_track_examples::User;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            if let Some(hint) = hint(&*error) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What to do about `error`, when the example knows.
+fn hint(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    match error.downcast_ref::<Error>()? {
+        Error::Timeout { .. } | Error::Undelivered { .. } => Some(
+            "PostHog did not take the events: check that POSTHOG_HOST answers from this machine \
+             and that POSTHOG_API_KEY is the project's key (phc_...); without POSTHOG_API_KEY \
+             the example delivers to a local MockPostHog",
+        ),
+        Error::Config(_) => {
+            Some("check the POSTHOG_* environment variables (POSTHOG_HOST: a URL, `us` or `eu`)")
+        }
+        _ => None,
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let users: i64 = env_number("BACKFILL_USERS", 5_000)?;
     let rate: u32 = env_number("BACKFILL_RATE", 4_000)?;
 
@@ -59,8 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let second = backfill(&tracker, &pool, users, rate).await?;
     println!("{second}");
 
-    tracker.flush().await?;
     if let Some(mock) = &mock {
+        tracker.flush().await?;
         let events = mock.events();
         let person_updates = events.iter().filter(|e| e.event == "$set").count();
         let signups = events
@@ -79,7 +108,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             mock.unique_uuids().len()
         );
     }
-    tracker.shutdown(Duration::from_secs(5)).await?;
+    // Delivers what is left (to PostHog, with a key), for 10 s at most.
+    tracker.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }
 

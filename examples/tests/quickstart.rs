@@ -1,27 +1,9 @@
 //! `cargo run --example quickstart` as a newcomer runs it, with a key and a host.
 
-use posthog_track::testing::MockPostHog;
+mod common;
 
-/// An example's binary, which `cargo test` builds beside the test binaries (as it builds every
-/// example) unless told to build only some targets.
-///
-/// # Panics
-///
-/// When it was not built.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test -p posthog-track-examples` (or \
-         `--workspace`), which builds the examples, or `cargo build --example {name}` first",
-        binary.display()
-    );
-    binary
-}
+use common::example;
+use posthog_track::testing::MockPostHog;
 
 /// A proxy's `user:password@` in POSTHOG_HOST is a secret: the quickstart, which prints where
 /// it delivers, shows the host redacted, as every message of the library does.
