@@ -265,3 +265,65 @@ fn a_plain_http_host_is_warned_about_under_the_name_it_was_set_by() {
         "{seen:?}"
     );
 }
+
+#[derive(Debug, Clone, posthog_track::TrackedModel)]
+#[tracked(
+    table = "drafts",
+    distinct_id = owner,
+    table_variant(flag = "drafts-v2", variant = "test", table = "drafts_v2")
+)]
+struct Draft {
+    #[tracked(key, property)]
+    id: String,
+    #[tracked(property)]
+    owner: String,
+}
+
+/// A routed write in a dry run (no key, no definitions) cannot ask PostHog: it falls back to
+/// the default table with the reason. It also warned that it "asks PostHog inside an open
+/// transaction", which it never did.
+#[tokio::test]
+async fn a_dry_run_does_not_warn_of_asking_posthog_in_a_transaction() {
+    use posthog_track::TrackedModel as _;
+    use tracing::instrument::WithSubscriber as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let pool = posthog_track_examples::memory_database().await.unwrap();
+    sqlx::query("CREATE TABLE drafts (id TEXT PRIMARY KEY, owner TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mock = MockPostHog::start().await;
+    // A dry run, then a tracker with a key and no definitions, which does ask PostHog.
+    for (tracker, asks) in [
+        (posthog_track::Tracker::builder().build(), false),
+        (tracker_for(&mock).build(), true),
+    ] {
+        tracker.migrate(&pool).await.unwrap();
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        async {
+            let mut tx = tracker.begin(&pool).await.unwrap();
+            Draft {
+                id: unique("draft"),
+                owner: "ada".into(),
+            }
+            .insert(&mut tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        .with_subscriber(subscriber)
+        .await;
+        let seen = warnings.0.lock().unwrap().clone();
+        assert!(
+            seen.iter().any(|message| message.contains("default table")),
+            "the fallback is warned about: {seen:?}"
+        );
+        let warned = seen
+            .iter()
+            .filter(|message| message.contains("inside an open transaction"))
+            .count();
+        assert_eq!(warned, usize::from(asks), "{seen:?}");
+    }
+}

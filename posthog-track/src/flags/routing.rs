@@ -140,7 +140,10 @@ async fn decide(
             return Err(format!("{reason}, and local_evaluation_only is set"));
         }
         Err(_) => {
+            // Only a tracker that can ask PostHog warns that it does (a dry run or a disabled
+            // tracker falls back at once, with its own warning).
             if in_transaction
+                && tracker.inner.flags.is_some()
                 && !routing
                     .warned_remote_in_transaction
                     .swap(true, Ordering::Relaxed)
