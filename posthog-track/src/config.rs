@@ -537,7 +537,7 @@ const ENDPOINTS: &[&str] = &[
 
 /// A yes-or-no setting: `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, in any case; the
 /// refusal lists them all.
-fn parse_flag(name: &str, value: &str) -> Result<bool> {
+pub(crate) fn parse_flag(name: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),

@@ -519,6 +519,15 @@ fn refuse_empty(current: &TrackingPlan) -> Result<(), String> {
     ))
 }
 
+/// Whether `POSTHOG_TRACK_UPDATE_PLAN` (its value, if set) asks to rewrite the plan: a yes
+/// or no like every setting (`1`, `true`, `yes`, `on`, ...). Only `1` was taken, so `=true`
+/// compared instead, and the test failed again with the diff it was meant to accept.
+fn update_requested(value: Option<&str>) -> crate::Result<bool> {
+    value.map_or(Ok(false), |value| {
+        crate::config::parse_flag("POSTHOG_TRACK_UPDATE_PLAN", value)
+    })
+}
+
 /// Compares the program's plan with the checked-in file at `path` (relative to the crate),
 /// and panics with the differences, each marked additive or breaking. With
 /// `POSTHOG_TRACK_UPDATE_PLAN=1` it rewrites the file instead.
@@ -539,7 +548,8 @@ pub fn assert_snapshot(path: &str) {
         &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned()),
     )
     .join(path);
-    if std::env::var("POSTHOG_TRACK_UPDATE_PLAN").is_ok_and(|v| v == "1") {
+    let update = update_requested(std::env::var("POSTHOG_TRACK_UPDATE_PLAN").ok().as_deref());
+    if update.unwrap_or_else(|error| panic!("{error}")) {
         if let Err(error) = std::fs::write(&full_path, current.to_json()) {
             panic!("could not write {}: {error}", full_path.display());
         }
@@ -575,6 +585,19 @@ pub fn assert_snapshot(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_update_switch_takes_any_yes_or_no() {
+        for yes in ["1", "true", "TRUE", "yes", "on"] {
+            assert!(update_requested(Some(yes)).unwrap(), "{yes}");
+        }
+        for no in ["0", "false", "no", "off"] {
+            assert!(!update_requested(Some(no)).unwrap(), "{no}");
+        }
+        assert!(!update_requested(None).unwrap());
+        let refused = update_requested(Some("please")).unwrap_err().to_string();
+        assert!(refused.contains("POSTHOG_TRACK_UPDATE_PLAN"), "{refused}");
+    }
 
     /// serde sends decimals as strings; the plan said number (Decimal) and object (BigDecimal).
     #[test]
