@@ -600,6 +600,44 @@ mod client {
         assert!(remote.contains("larger than"), "{remote}");
     }
 
+    /// PostHog's `/flags` answer is an object holding `flags` (v2) or `featureFlags` (v1),
+    /// empty when no flag applies. Anything else (a string, an array, an object without
+    /// either) is not an answer to the question: an error that shows, bounded and without the
+    /// project key, what came back, never an empty snapshot that reads as "every flag off".
+    #[tokio::test]
+    async fn an_answer_that_is_not_flags_is_an_error() {
+        use posthog_track::Error;
+        let mock = MockPostHog::start().await;
+        let tracker = tracker_for(&mock).build();
+        let key = mock.api_key().to_owned();
+        let long = "x".repeat(5_000);
+        for (answer, shows) in [
+            (json!("garbage"), "garbage"),
+            (json!(["a", "b"]), "[\"a\""),
+            (json!({"detail": "not here"}), "not here"),
+            (json!({"flags": "on"}), "\"on\""),
+            (json!({"flags": null, "token": key}), "flags"),
+            (json!(long), "xxx"),
+        ] {
+            mock.set_remote_flags(answer.clone());
+            let error = tracker.evaluate_flags("u1").await.unwrap_err();
+            assert!(matches!(error, Error::Flags { .. }), "{answer}: {error:?}");
+            let text = error.to_string();
+            assert!(text.contains(shows), "{answer}: {text}");
+            assert!(!text.contains(&key), "the key is not shown: {text}");
+            assert!(text.len() < 1_000, "bounded: {} bytes", text.len());
+        }
+        for empty in [
+            json!({"flags": {}}),
+            json!({"flags": {}, "quotaLimited": ["feature_flags"]}),
+            json!({"featureFlags": {}}),
+        ] {
+            mock.set_remote_flags(empty.clone());
+            let snapshot = tracker.evaluate_flags("u1").await;
+            assert!(snapshot.is_ok(), "{empty} is an answer: {snapshot:?}");
+        }
+    }
+
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;

@@ -85,7 +85,13 @@ pub(crate) async fn error_excerpt(response: reqwest::Response, secret: &str) -> 
         Ok(read) => read,
         Err(_) => return String::new(),
     };
-    let text = crate::client::transport::redact(&String::from_utf8_lossy(&body), secret);
+    excerpt(&body, more, secret)
+}
+
+/// The beginning of an answer already read (`more` when it was cut), for a message: `secret`
+/// redacted before cutting, at most [`ERROR_BODY_CHARS`] characters, `...` when cut.
+pub(crate) fn excerpt(body: &[u8], more: bool, secret: &str) -> String {
+    let text = crate::client::transport::redact(&String::from_utf8_lossy(body), secret);
     let mut excerpt: String = text.chars().take(ERROR_BODY_CHARS).collect();
     if more || excerpt.len() < text.len() {
         excerpt.push_str("...");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use serde_json::{Value, json};
 
-use super::http::{HttpClient, error_excerpt, read_bounded};
+use super::http::{HttpClient, error_excerpt, excerpt, read_bounded};
 use super::request::{FlagsRequest, FlagsSnapshot};
 use super::value::{FlagValue, decode_payload};
 use crate::client::{Backoff, USER_AGENT_VALUE};
@@ -100,16 +100,36 @@ impl RemoteFlags {
             let json: Value = serde_json::from_slice(&body).map_err(|error| {
                 Error::flags("/flags answered with invalid JSON", Some(Box::new(error)))
             })?;
-            return Ok(parse_response(&json));
+            return parse_response(&json).map_err(|what| {
+                // Redacted: an answer that echoes the request would show the project key.
+                let shown = excerpt(&body, false, self.api_key.expose());
+                Error::flags(format!("/flags answered {what}, not flags: {shown}"), None)
+            });
         }
     }
 }
 
 /// Reads both response shapes: v2 (`flags: {key: {enabled, variant, metadata.payload}}`) and
-/// v1 (`featureFlags`, `featureFlagPayloads`).
-fn parse_response(json: &Value) -> FlagsSnapshot {
+/// v1 (`featureFlags`, `featureFlagPayloads`). Either map may be empty (no flag applies, or
+/// `quotaLimited`), but one of them must be there: anything else (a string, an array, an
+/// object holding neither, say a proxy's page or another API's answer) is not an answer, and
+/// `Err` says what it is instead.
+fn parse_response(json: &Value) -> Result<FlagsSnapshot, String> {
+    let v2 = json.get("flags").and_then(Value::as_object);
+    let v1 = json.get("featureFlags").and_then(Value::as_object);
+    if v2.is_none() && v1.is_none() {
+        return Err(match json {
+            Value::Object(object) => match (object.get("flags"), object.get("featureFlags")) {
+                (Some(other), _) | (None, Some(other)) => {
+                    format!("an object whose flags are {}", kind(other))
+                }
+                (None, None) => "an object without `flags` or `featureFlags`".to_owned(),
+            },
+            other => kind(other).to_owned(),
+        });
+    }
     let mut snapshot = FlagsSnapshot::default();
-    if let Some(flags) = json.get("flags").and_then(Value::as_object) {
+    if let Some(flags) = v2 {
         for (key, flag) in flags {
             let value = match flag.get("variant").and_then(Value::as_str) {
                 Some(variant) => FlagValue::Variant(variant.to_owned()),
@@ -126,7 +146,7 @@ fn parse_response(json: &Value) -> FlagsSnapshot {
             }
             snapshot.values.insert(key.clone(), value);
         }
-    } else if let Some(flags) = json.get("featureFlags").and_then(Value::as_object) {
+    } else if let Some(flags) = v1 {
         for (key, value) in flags {
             let value = match value {
                 Value::String(variant) => FlagValue::Variant(variant.clone()),
@@ -152,7 +172,19 @@ fn parse_response(json: &Value) -> FlagsSnapshot {
                 .collect()
         })
         .unwrap_or_default();
-    snapshot
+    Ok(snapshot)
+}
+
+/// What kind of JSON value `value` is, for a message.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]
@@ -166,7 +198,7 @@ mod tests {
             "exp": {"key": "exp", "enabled": true, "variant": "test"},
             "off": {"key": "off", "enabled": false}
         }, "quotaLimited": ["feature_flags"]});
-        let snapshot = parse_response(&v2);
+        let snapshot = parse_response(&v2).unwrap();
         assert!(
             snapshot.is_enabled("beta")
                 && snapshot.is_enabled("exp")
@@ -178,9 +210,43 @@ mod tests {
         assert!(!snapshot.is_enabled("unknown"));
 
         let v1 = json!({"featureFlags": {"beta": true, "exp": "control"}, "featureFlagPayloads": {"exp": "[1, 2]"}});
-        let snapshot = parse_response(&v1);
+        let snapshot = parse_response(&v1).unwrap();
         assert_eq!(snapshot.value("beta"), Some(&FlagValue::Enabled(true)));
         assert_eq!(snapshot.variant("exp"), Some("control"));
         assert_eq!(snapshot.payload("exp"), Some(&json!([1, 2])));
+    }
+
+    #[test]
+    fn empty_flag_maps_are_answers_and_other_shapes_are_not() {
+        for empty in [
+            json!({"flags": {}}),
+            json!({"flags": {}, "quotaLimited": ["feature_flags"], "errorsWhileComputingFlags": false}),
+            json!({"featureFlags": {}, "featureFlagPayloads": {}}),
+        ] {
+            let snapshot = parse_response(&empty);
+            assert!(snapshot.is_ok(), "{empty}: {snapshot:?}");
+        }
+        for (answer, what) in [
+            (json!("garbage"), "a string"),
+            (json!([1, 2]), "an array"),
+            (json!(null), "null"),
+            (json!(7), "a number"),
+            (json!({}), "an object without `flags` or `featureFlags`"),
+            (
+                json!({"detail": "Not found."}),
+                "an object without `flags` or `featureFlags`",
+            ),
+            (
+                json!({"flags": ["beta"]}),
+                "an object whose flags are an array",
+            ),
+            (json!({"flags": null}), "an object whose flags are null"),
+            (
+                json!({"featureFlags": "beta"}),
+                "an object whose flags are a string",
+            ),
+        ] {
+            assert_eq!(parse_response(&answer).unwrap_err(), what, "{answer}");
+        }
     }
 }
