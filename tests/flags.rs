@@ -638,6 +638,36 @@ mod client {
         }
     }
 
+    /// `set_outage` answers every request the mock serves, the flag endpoints too: a test can
+    /// see how its code copes when PostHog cannot decide a flag.
+    #[tokio::test]
+    async fn an_outage_covers_the_flag_endpoints() {
+        use posthog_track::Error;
+        use posthog_track::testing::Reply;
+        let mock = MockPostHog::start().await;
+        mock.set_flag_definitions(definitions());
+        mock.set_remote_flags(json!({"flags": {"rollout": {"key": "rollout", "enabled": true}}}));
+        let tracker = tracker_for(&mock)
+            .personal_api_key("phx_personal_key_123")
+            .build();
+
+        mock.set_outage(Some(Reply::Status(503)));
+        let error = tracker.evaluate_flags("u1").await.unwrap_err();
+        assert!(matches!(error, Error::Flags { .. }), "{error:?}");
+        assert!(error.to_string().contains("503"), "{error}");
+        let error = tracker.load_flag_definitions().await.unwrap_err();
+        assert!(matches!(error, Error::Flags { .. }), "{error:?}");
+        assert!(tracker.flag_definitions().is_none());
+        assert_eq!(mock.flags_requests().len(), 1, "recorded as received");
+        assert_eq!(mock.flag_definitions_requests(), [(503, None)]);
+
+        mock.set_outage(None);
+        let snapshot = tracker.evaluate_flags("u1").await.unwrap();
+        assert!(snapshot.is_enabled("rollout"), "{snapshot:?}");
+        tracker.load_flag_definitions().await.unwrap();
+        assert!(tracker.flag_definitions().is_some());
+    }
+
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;

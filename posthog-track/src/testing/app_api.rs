@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::state::{
-    ApiRequest, AppApiState, Dropped, HttpResponse, MockDefinition, MockPostHog, Shared, invalid,
-    respond,
+    ApiRequest, AppApiState, Dropped, HttpResponse, MockDefinition, MockPostHog, Outage, Shared,
+    invalid, outage, respond,
 };
 
 const PERSONAL_API_KEY: &str = "phx_mock_personal_key";
@@ -123,15 +123,32 @@ pub(super) async fn serve(
         Ok(body) => body.to_bytes(),
         Err(_) => return Err(Dropped),
     };
-    let response = if authorized {
-        definitions_endpoint(shared, &method, &path, &query, &host, &body)
-    } else {
-        respond(
+    let outage = outage(shared, &body).await;
+    let unanswered = matches!(outage, Outage::HandleUnanswered);
+    let response = match outage {
+        Outage::Answer(answer) => answer,
+        Outage::Drop => {
+            record(shared, method, path, &query, 0);
+            return Err(Dropped);
+        }
+        Outage::Handle | Outage::HandleUnanswered if authorized => {
+            definitions_endpoint(shared, &method, &path, &query, &host, &body)
+        }
+        Outage::Handle | Outage::HandleUnanswered => respond(
             401,
             json!({"type": "authentication_error", "code": "authentication_failed", "detail": "Personal API key found in request Authorization header is invalid."}),
             None,
-        )
+        ),
     };
+    record(shared, method, path, &query, response.status().as_u16());
+    if unanswered {
+        std::future::pending::<()>().await;
+    }
+    Ok(response)
+}
+
+/// Records an app API request and the status answered (0 for a dropped connection).
+fn record(shared: &Shared, method: String, path: String, query: &str, status: u16) {
     shared.state().app_api.requests.push(ApiRequest {
         method,
         path: if query.is_empty() {
@@ -139,9 +156,8 @@ pub(super) async fn serve(
         } else {
             format!("{path}?{query}")
         },
-        status: response.status().as_u16(),
+        status,
     });
-    Ok(response)
 }
 
 fn definitions_endpoint(

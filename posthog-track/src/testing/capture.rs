@@ -8,8 +8,7 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
@@ -17,7 +16,7 @@ use uuid::Uuid;
 
 use super::state::{
     Dropped, HttpResponse, MockPostHog, MockVerdict, ReceivedEvent, ReceivedRequest, Reply, Shared,
-    WaitTimeout, invalid, respond,
+    WaitTimeout, echo, invalid, respond,
 };
 
 const MAX_EVENT_BYTES: usize = 1_000_000;
@@ -65,17 +64,24 @@ impl MockPostHog {
         }
     }
 
-    /// Answers the next requests with these replies, in order, then normally again.
+    /// Answers the next capture requests with these replies, in order, then normally again.
+    /// (The flag and app API endpoints are not scripted; [`set_outage`](Self::set_outage)
+    /// reaches them.)
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.state().script.extend(replies);
     }
 
-    /// Answers every request with `reply` until called with `None`.
+    /// Answers every request with `reply` until called with `None`: capture, remote flag
+    /// evaluation (`/flags`), flag definitions (`/flags/definitions`) and the app API alike, so
+    /// a test can see how its code copes when PostHog is down. [`Reply::Verdicts`], which only
+    /// v1 capture understands, is [`Reply::Accept`] elsewhere. A [`script`](Self::script)ed
+    /// reply, for capture, comes first.
     pub fn set_outage(&self, reply: Option<Reply>) {
         self.shared.state().outage = reply;
     }
 
-    /// Fails each request with probability `probability`, with a reply drawn from `replies`.
+    /// Fails each capture request with probability `probability`, with a reply drawn from
+    /// `replies`.
     pub fn set_random_failures(&self, probability: f64, replies: Vec<Reply>, seed: u64) {
         self.shared.state().random =
             (!replies.is_empty()).then(|| (probability, replies, fastrand::Rng::with_seed(seed)));
@@ -213,13 +219,7 @@ pub(super) async fn request(
             return Err(Dropped);
         }
         Reply::Status(status) => endpoint.failure(status, "scripted failure", None),
-        Reply::EchoRequest(status) => {
-            let text = String::from_utf8_lossy(&body).into_owned();
-            let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
-            *response.status_mut() =
-                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-            response
-        }
+        Reply::EchoRequest(status) => echo(status, &body),
         Reply::RetryAfter { status, seconds } => {
             endpoint.failure(status, "slow down", Some(seconds))
         }

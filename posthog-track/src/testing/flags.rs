@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::state::{Dropped, HttpResponse, MockPostHog, Shared, respond};
+use super::state::{Dropped, HttpResponse, MockPostHog, Outage, Shared, outage, respond};
 
 impl MockPostHog {
     /// Serves `definitions` (a `/flags/definitions` body) to local evaluation, with an ETag,
@@ -21,7 +21,8 @@ impl MockPostHog {
         self.shared.state().flags.definitions_status = status;
     }
 
-    /// Each `/flags/definitions` request: the status answered and its `If-None-Match`.
+    /// Each `/flags/definitions` request: the status answered (0 for a connection dropped on
+    /// purpose) and its `If-None-Match`.
     pub fn flag_definitions_requests(&self) -> Vec<(u16, Option<String>)> {
         self.shared.state().flags.definitions_requests.clone()
     }
@@ -37,7 +38,8 @@ impl MockPostHog {
     }
 }
 
-/// `POST /flags`: records the body and answers with the scripted evaluation.
+/// `POST /flags`: records the body and answers as an outage says, else with the scripted
+/// evaluation.
 pub(super) async fn remote(
     shared: &Shared,
     request: Request<Incoming>,
@@ -46,6 +48,7 @@ pub(super) async fn remote(
         Ok(body) => body.to_bytes(),
         Err(_) => return Err(Dropped),
     };
+    let outage = outage(shared, &body).await;
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     // As PostHog: a project key it does not know is refused.
     let known_key = parsed
@@ -53,28 +56,59 @@ pub(super) async fn remote(
         .or_else(|| parsed.get("token"))
         .and_then(Value::as_str)
         == Some(shared.api_key.as_str());
-    let mut guard = shared.state();
-    let flags = &mut guard.flags;
-    flags.remote_requests.push(parsed);
-    if !known_key {
-        return Ok(respond(
+    let answer = {
+        let mut guard = shared.state();
+        let flags = &mut guard.flags;
+        flags.remote_requests.push(parsed);
+        flags.remote.clone().unwrap_or_else(|| json!({"flags": {}}))
+    };
+    match outage {
+        Outage::Answer(response) => Ok(response),
+        Outage::Drop => Err(Dropped),
+        Outage::HandleUnanswered => std::future::pending().await,
+        Outage::Handle if !known_key => Ok(respond(
             401,
             json!({"type": "authentication_error", "code": "invalid_api_key",
                    "detail": "Project API key invalid. You can find your project API key in PostHog project settings."}),
             None,
-        ));
+        )),
+        Outage::Handle => Ok(respond(200, answer, None)),
     }
-    let answer = flags.remote.clone().unwrap_or_else(|| json!({"flags": {}}));
-    Ok(respond(200, answer, None))
 }
 
-/// `GET /flags/definitions`: the definitions with an ETag, 304 when the poll already has them.
-pub(super) fn definitions(shared: &Shared, request: &Request<Incoming>) -> HttpResponse {
+/// `GET /flags/definitions`: as an outage says, else the definitions with an ETag, 304 when
+/// the poll already has them.
+pub(super) async fn definitions(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Dropped> {
     let if_none_match = request
         .headers()
         .get("if-none-match")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // What a GET sends: its path and query (which carries the project key).
+    let outage = outage(shared, request.uri().to_string().as_bytes()).await;
+    if let Some(status) = outage.status() {
+        shared
+            .state()
+            .flags
+            .definitions_requests
+            .push((status, if_none_match));
+        return match outage {
+            Outage::Answer(answer) => Ok(answer),
+            _ => Err(Dropped),
+        };
+    }
+    let response = definitions_answer(shared, if_none_match);
+    if matches!(outage, Outage::HandleUnanswered) {
+        std::future::pending::<()>().await;
+    }
+    Ok(response)
+}
+
+/// Records a `/flags/definitions` request and builds its answer.
+fn definitions_answer(shared: &Shared, if_none_match: Option<String>) -> HttpResponse {
     let mut guard = shared.state();
     let state = &mut guard.flags;
     if let Some(status) = state.definitions_status {

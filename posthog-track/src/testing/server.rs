@@ -78,7 +78,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<HttpR
         return app_api::serve(&shared, request).await;
     }
     match path {
-        "/flags/definitions" | "/flags/definitions/" => Ok(flags::definitions(&shared, &request)),
+        "/flags/definitions" | "/flags/definitions/" => flags::definitions(&shared, request).await,
         "/flags/" | "/flags" => flags::remote(&shared, request).await,
         "/batch/"
         | "/batch"

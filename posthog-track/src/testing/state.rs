@@ -77,7 +77,7 @@ pub(super) struct State {
     pub(super) requests: Vec<ReceivedRequest>,
     /// Replies for the next capture requests, in order.
     pub(super) script: VecDeque<Reply>,
-    /// The reply to every capture request while set.
+    /// The reply to every request (capture, flags, app API) while set.
     pub(super) outage: Option<Reply>,
     /// Random failures: probability, replies to draw from, generator.
     pub(super) random: Option<(f64, Vec<Reply>, fastrand::Rng)>,
@@ -313,6 +313,65 @@ pub(super) fn respond(status: u16, body: Value, retry_after: Option<u64>) -> Htt
             .insert("retry-after", hyper::header::HeaderValue::from(seconds));
     }
     response
+}
+
+/// Answers with `status` and the request as it was sent (`sent`), as some proxies' error
+/// pages do.
+pub(super) fn echo(status: u16, sent: &[u8]) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(
+        String::from_utf8_lossy(sent).into_owned(),
+    )));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
+}
+
+/// What an outage makes of a request to an endpoint other than capture (flags, app API).
+pub(super) enum Outage {
+    /// No outage, or one that accepts: the endpoint handles the request.
+    Handle,
+    /// The endpoint handles the request, then it is never answered
+    /// ([`Reply::AcceptWithoutResponse`]).
+    HandleUnanswered,
+    /// This answer instead.
+    Answer(HttpResponse),
+    /// The connection is closed unanswered.
+    Drop,
+}
+
+impl Outage {
+    /// The status answered, as the endpoints record it: 0 for a dropped connection.
+    pub(super) fn status(&self) -> Option<u16> {
+        match self {
+            Outage::Answer(response) => Some(response.status().as_u16()),
+            Outage::Drop => Some(0),
+            Outage::Handle | Outage::HandleUnanswered => None,
+        }
+    }
+}
+
+/// The outage's answer to a request to a flag or app API endpoint, `sent` being what the
+/// request sent (its body, or for a `GET` its path and query), after any [`Reply::Delay`].
+/// [`Reply::Verdicts`], which only v1 capture understands, handles the request.
+pub(super) async fn outage(shared: &Shared, sent: &[u8]) -> Outage {
+    let outage = shared.state().outage.clone();
+    let Some(mut reply) = outage else {
+        return Outage::Handle;
+    };
+    while let Reply::Delay(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
+    let failure = json!({"type": "scripted", "detail": "scripted failure"});
+    match reply {
+        Reply::Accept | Reply::Delay(..) | Reply::Verdicts { .. } => Outage::Handle,
+        Reply::AcceptWithoutResponse => Outage::HandleUnanswered,
+        Reply::DropConnection => Outage::Drop,
+        Reply::Status(status) => Outage::Answer(respond(status, failure, None)),
+        Reply::RetryAfter { status, seconds } => {
+            Outage::Answer(respond(status, failure, Some(seconds)))
+        }
+        Reply::EchoRequest(status) => Outage::Answer(echo(status, sent)),
+    }
 }
 
 /// PostHog's 400 for a payload it refuses.
