@@ -450,6 +450,9 @@ async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -
         DB::execute(conn, sqlx::query(SCHEMA_TABLE_DDL)).await?;
     }
     let current = recorded_version::<DB>(conn).await?.unwrap_or(0);
+    // No version recorded and no outbox: the tables are made here, and the steps complete a
+    // new outbox rather than upgrade one, so they are not logged one by one as upgrades.
+    let created = current < 1 && columns_of::<DB>(conn).await?.is_empty();
     if current < 1 {
         upgrade_to_baseline::<DB>(conn).await?;
         record_step::<DB>(conn, 1, BASELINE_NAME).await?;
@@ -463,13 +466,18 @@ async fn migrate_steps<DB: Backend>(conn: &mut DB::Connection, steps: &[Step]) -
             run_step_statement::<DB>(conn, statement).await?;
         }
         record_step::<DB>(conn, step.version, step.name).await?;
-        tracing::info!(
-            version = step.version,
-            step = step.name,
-            "outbox schema upgraded"
-        );
+        if !created {
+            tracing::info!(
+                version = step.version,
+                step = step.name,
+                "outbox schema upgraded"
+            );
+        }
     }
     let latest = latest_version(steps);
+    if created {
+        tracing::info!(version = latest, "outbox tables created");
+    }
     if current > latest {
         tracing::warn!(
             recorded = current,
