@@ -668,6 +668,65 @@ mod client {
         assert!(tracker.flag_definitions().is_some());
     }
 
+    /// The README's start-up for local evaluation: the definitions loaded once before serving,
+    /// then polled. Without the load, `start_flag_poller` returns before its first fetch, and
+    /// the first evaluations went to PostHog (`/flags`): against a mock given only definitions,
+    /// no flags at all, and an event without its `$feature/...`. Every call of
+    /// `start_flag_poller` in the section handles its `Result`.
+    #[tokio::test]
+    async fn the_readme_loads_definitions_before_the_first_evaluation() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("\n## Feature flags\n").expect("the section");
+        let section = &readme[start..];
+        let section = &section[..section.find("\n### Flag-routed schemas").unwrap()];
+        let startup = "tracker.load_flag_definitions().await?;\n\
+                       tracker.start_flag_poller(Duration::from_secs(30))?;\n";
+        assert!(section.contains(startup), "the start-up is shown");
+        for (at, _) in section.match_indices("start_flag_poller(") {
+            let call = &section[at..];
+            let mut depth = 0;
+            let end = call
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += i32::from(c == '(') - i32::from(c == ')');
+                    (c == ')' && depth == 0).then_some(i)
+                })
+                .unwrap();
+            assert!(
+                call[end + 1..].starts_with('?'),
+                "a Result left unused: {}",
+                &call[..=end]
+            );
+        }
+
+        let mock = MockPostHog::start().await;
+        mock.set_flag_definitions(definitions());
+        let tracker = tracker_for(&mock)
+            .personal_api_key(mock.personal_api_key())
+            .build();
+        async fn start_up(tracker: &Tracker) -> posthog_track::Result<()> {
+            tracker.load_flag_definitions().await?;
+            tracker.start_flag_poller(Duration::from_secs(30))?;
+            Ok(())
+        }
+        start_up(&tracker).await.unwrap();
+        let flags = evaluated(&tracker, FlagsRequest::new("u1").only(["rollout"])).await;
+        assert!(flags.is_enabled("rollout"), "{flags:?}");
+        assert!(mock.flags_requests().is_empty(), "decided locally");
+        tracker
+            .capture(
+                posthog_track::Event::new("served")
+                    .distinct_id("u1")
+                    .flags(&flags),
+            )
+            .await
+            .unwrap();
+        tracker.flush().await.unwrap();
+        let served = events_named(&mock, "served");
+        assert_eq!(served[0].properties["$feature/rollout"], true);
+        tracker.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+
     #[tokio::test]
     async fn events_carry_the_flags_they_were_given() {
         let mock = MockPostHog::start().await;

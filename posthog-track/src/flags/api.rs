@@ -161,6 +161,10 @@ impl Tracker {
 
     /// Keeps the flag definitions fresh in the background (every `interval`; longer after
     /// PostHog refuses). Stopped by [`shutdown`](Tracker::shutdown).
+    ///
+    /// It returns at once and fetches in the background: evaluations made before its first
+    /// fetch completes find no definitions and go to PostHog. At start-up, call
+    /// [`load_flag_definitions`](Tracker::load_flag_definitions) first, before serving.
     pub fn start_flag_poller(&self, interval: Duration) -> Result<()> {
         let client = self.definitions_client()?.clone();
         let (stop, stopped) = watch::channel(false);
