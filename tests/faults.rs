@@ -2019,6 +2019,53 @@ async fn a_second_signal_stops_the_relay_command_at_once<DB: Backend>(pool: &Poo
     assert_eq!(received(&mock, &tag), committed);
 }
 
+// The same with the two signals sent back to back, as a supervisor or an impatient operator
+// does: the command listened for the second only once it had printed "stopping:", and a signal
+// that came before was lost (a full test run under load lost the one sent just after that
+// line), so the command ran on for its whole --shutdown-timeout. It listens from the start.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_signals_at_once_stop_the_relay_command_at_once() {
+    let (pool, url, dir) = posthog_track_tests::sqlite_file("two_signals").await;
+    let mock = MockPostHog::start().await;
+    mock.set_outage(Some(Reply::Status(503)));
+    let tracker = committer(&mock);
+    tracker.migrate(&pool).await.unwrap();
+    let tag = unique("two_signals");
+    commit_events(&tracker, &pool, &tag, "two_signals", 3, 3).await;
+    let log = StderrLog::new("two-signals.log");
+    let mut relay = relay_command(&url, &mock, "posthog_track=warn")
+        .args(["--shutdown-timeout", "600"])
+        .stderr(log.file())
+        .spawn()
+        .unwrap();
+    // Its relay at work (its first request refused), so that its stop has something to do.
+    let said = log.wait_for("relaying", WAIT).await;
+    assert!(
+        said.contains("relaying"),
+        "the relay never started:\n{said}"
+    );
+    let started = Instant::now();
+    while mock.requests().is_empty() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The shell's own `kill`, twice in one process: microseconds apart.
+    let pid = relay.id();
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid} && kill -INT {pid}")])
+        .status()
+        .unwrap();
+    let status = exit_within(&mut relay, Duration::from_secs(30)).await;
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let said = log.text();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.unwrap_or_else(|| panic!("still running 30 s after two signals:\n{said}"));
+    assert!(!status.success(), "a forced stop:\n{said}");
+    assert!(said.contains("stopped at once"), "{said}");
+}
+
 // The relay command's relay task panicked (a bug): the command went on running, /healthz and
 // all, with nothing delivering, and a supervisor saw nothing wrong. It now says so loudly and
 // exits non-zero, so that the supervisor restarts it. The panic is provoked by

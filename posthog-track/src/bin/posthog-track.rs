@@ -515,6 +515,9 @@ async fn execute<DB: Backend>(
             shutdown_timeout,
             ..
         } => {
+            // Listening from the start: a second signal sent while the first is handled (or
+            // with it) must not be lost.
+            let mut signals = StopSignals::listen();
             // The recorder first, for the relay's state gauges count from its start (and no
             // endpoint for a relay refused below).
             let live = matches!(tracker.mode(), posthog_track::Mode::Live);
@@ -550,7 +553,7 @@ async fn execute<DB: Backend>(
             // A relay task that dies (a panic) must not leave the command running, healthy in
             // a supervisor's eyes, with nobody delivering.
             tokio::select! {
-                () = stopped() => {}
+                () = signals.next() => {}
                 () = relay_ended(tracker) => return Err(CliError::RelayStopped),
             }
             say(format_args!(
@@ -561,7 +564,7 @@ async fn execute<DB: Backend>(
             // the outbox (with its connection, or when its lease runs out).
             let shutdown = tokio::select! {
                 shutdown = tracker.shutdown(Duration::from_secs(shutdown_timeout)) => shutdown,
-                () = stopped() => {
+                () = signals.next() => {
                     return Err(CliError::Interrupted);
                 }
             };
@@ -672,25 +675,42 @@ async fn relay_ended(tracker: &Tracker) {
     }
 }
 
-/// Ctrl-C or SIGTERM (what container runtimes send), whichever comes first.
-async fn stopped() {
+/// Ctrl-C (SIGINT) and SIGTERM (what container runtimes send), listened to for as long as
+/// this lives. tokio passes a signal only to the listeners that exist when it comes, so
+/// listening anew after each one (as this command did) lost a second signal sent with the
+/// first, or just after it: the command then ran on for its whole `--shutdown-timeout`.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    listeners: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Without listeners (a platform that refuses them), `next` falls back to ctrl_c.
+            let listeners = signal(SignalKind::interrupt())
+                .and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)))
+                .ok();
+            StopSignals { listeners }
+        }
+        #[cfg(not(unix))]
+        {
+            StopSignals {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Returns at the next signal, or at once for one that came since the last call.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((interrupt, terminate)) = &mut self.listeners {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
