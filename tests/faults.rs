@@ -1176,41 +1176,51 @@ async fn a_proxy_refusing_every_request_dead_letters_nothing<DB: Backend>(
 // domain, a captive portal): PostHog never answers its capture endpoints with HTML, so the
 // events did not arrive and must stay in the outbox, and the relay pauses as for a 404.
 
+/// Commits one event for a tracker that sends to `host` with `key` in `mode`, runs one relay
+/// pass, and checks that the pass delivered nothing and the event waits in the outbox, not
+/// dead-lettered (then empties the outbox for the next case): the pass.
+async fn one_pass_to_a_wrong_host(
+    pool: &sqlx::SqlitePool,
+    host: &str,
+    key: &str,
+    mode: CaptureMode,
+) -> posthog_track::relay::Pass {
+    let tracker = Tracker::builder()
+        .api_key(key)
+        .host(host)
+        .unwrap()
+        .capture_mode(mode)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let mut tx = tracker.begin(pool).await.unwrap();
+    tx.set_distinct_id(unique("wrong-host"));
+    tx.capture(Event::new("sent_to_a_wrong_host")).unwrap();
+    tx.commit().await.unwrap();
+    let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
+    assert_eq!(pass.delivered, 0, "{mode:?}: nothing delivered: {pass:?}");
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!(
+        (status.pending, status.dead),
+        (1, 0),
+        "{mode:?}: the event waits: {status:?}"
+    );
+    posthog_track_tests::execute(pool, "DELETE FROM posthog_outbox").await;
+    pass
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
     let site = posthog_track_tests::html_site().await;
     let (pool, _url, dir) = posthog_track_tests::sqlite_file("html-200").await;
     for mode in [CaptureMode::V0, CaptureMode::V1] {
-        let tracker = Tracker::builder()
-            .api_key("phc_wrong_host_test")
-            .host(&site)
-            .unwrap()
-            .capture_mode(mode)
-            .external_relay(true)
-            .build();
-        tracker.migrate(&pool).await.unwrap();
-        let mut tx = tracker.begin(&pool).await.unwrap();
-        tx.set_distinct_id(unique("html-200"));
-        tx.capture(Event::new("sent_to_a_web_site")).unwrap();
-        tx.commit().await.unwrap();
-        let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
-        assert_eq!(
-            pass.delivered, 0,
-            "{mode:?}: a web page is no delivery: {pass:?}"
-        );
+        let pass = one_pass_to_a_wrong_host(&pool, &site, "phc_wrong_host_test", mode).await;
         assert!(
             pass.paused
                 .as_deref()
                 .is_some_and(|why| why.contains("POSTHOG_HOST")),
             "{mode:?}: the relay pauses and names the setting to fix: {pass:?}"
         );
-        let status = tracker.outbox(&pool).status().await.unwrap();
-        assert_eq!(
-            (status.pending, status.dead),
-            (1, 0),
-            "{mode:?}: {status:?}"
-        );
-        posthog_track_tests::execute(&pool, "DELETE FROM posthog_outbox").await;
     }
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -1240,20 +1250,7 @@ async fn a_redirect_is_not_followed_with_the_events_and_key() {
     let site = redirecting_site(elsewhere.url()).await;
     let (pool, _url, dir) = posthog_track_tests::sqlite_file("redirect").await;
     for mode in [CaptureMode::V0, CaptureMode::V1] {
-        let tracker = Tracker::builder()
-            .api_key(elsewhere.api_key())
-            .host(&site)
-            .unwrap()
-            .capture_mode(mode)
-            .external_relay(true)
-            .build();
-        tracker.migrate(&pool).await.unwrap();
-        let mut tx = tracker.begin(&pool).await.unwrap();
-        tx.set_distinct_id(unique("redirect"));
-        tx.capture(Event::new("sent_to_a_redirect")).unwrap();
-        tx.commit().await.unwrap();
-        let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
-        assert_eq!(pass.delivered, 0, "{mode:?}: {pass:?}");
+        let pass = one_pass_to_a_wrong_host(&pool, &site, elsewhere.api_key(), mode).await;
         assert!(
             pass.paused
                 .as_deref()
@@ -1264,9 +1261,6 @@ async fn a_redirect_is_not_followed_with_the_events_and_key() {
             elsewhere.requests().is_empty(),
             "{mode:?}: the redirect was followed, the key and events sent elsewhere"
         );
-        let status = tracker.outbox(&pool).status().await.unwrap();
-        assert_eq!((status.pending, status.dead), (1, 0), "{mode:?}");
-        posthog_track_tests::execute(&pool, "DELETE FROM posthog_outbox").await;
     }
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -435,18 +435,7 @@ async fn a_name_or_id_of_invisible_characters_is_blank() {
             .await
             .unwrap_err();
         assert!(matches!(error, Error::InvalidGroup { .. }), "{error}");
-        let renamed = Value::from(name);
-        let hooked = tracker_for(&mock)
-            .before_send(move |mut event| {
-                event["event"] = renamed.clone();
-                Some(event)
-            })
-            .build();
-        let error = hooked
-            .capture(Event::new("clicked").distinct_id("user-1"))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+        a_hook_that_renames_to_is_refused(&mock, Value::from(name)).await;
     }
     sender.flush().await.unwrap();
     assert!(mock.events().is_empty(), "{:?}", mock.events());
@@ -851,17 +840,22 @@ async fn an_event_without_a_name_is_refused_where_it_is_staged() {
         Value::Null,
         Value::from(7),
     ] {
-        let mock = MockPostHog::start().await;
-        let hooked = tracker_for(&mock)
-            .before_send(move |mut event| {
-                event["event"] = renamed.clone();
-                Some(event)
-            })
-            .build();
-        let error = hooked
-            .capture(Event::new("clicked").distinct_id("user-1"))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
+        a_hook_that_renames_to_is_refused(&MockPostHog::start().await, renamed).await;
     }
+}
+
+/// A `before_send` hook that renames every event to `renamed` (a blank or missing name):
+/// the capture is refused as an invalid event name.
+async fn a_hook_that_renames_to_is_refused(mock: &MockPostHog, renamed: Value) {
+    let hooked = tracker_for(mock)
+        .before_send(move |mut event| {
+            event["event"] = renamed.clone();
+            Some(event)
+        })
+        .build();
+    let error = hooked
+        .capture(Event::new("clicked").distinct_id("user-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidEventName { .. }), "{error}");
 }
