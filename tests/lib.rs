@@ -494,6 +494,57 @@ pub async fn exit_within(
     }
 }
 
+/// posthog-track's log events at `level` or more severe, each as its message followed by its
+/// other fields (`message field=value ...`), collected by a `tracing` layer: install it with
+/// `tracing_subscriber::registry().with(logs.clone())`.
+#[derive(Clone)]
+pub struct LogLines {
+    level: tracing::Level,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LogLines {
+    /// Collects events at `level` (`INFO` takes `WARN` and `ERROR` too).
+    pub fn at(level: tracing::Level) -> Self {
+        Self {
+            level,
+            lines: std::sync::Arc::default(),
+        }
+    }
+
+    /// The lines collected so far, which are then forgotten.
+    ///
+    /// # Panics
+    ///
+    /// When a thread panicked while it added a line.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0.insert_str(0, &format!("{value:?}"));
+                } else {
+                    self.0.push_str(&format!(" {}={value:?}", field.name()));
+                }
+            }
+        }
+        let metadata = event.metadata();
+        if metadata.target().starts_with("posthog_track") && *metadata.level() <= self.level {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            if let Ok(mut lines) = self.lines.lock() {
+                lines.push(fields.0);
+            }
+        }
+    }
+}
+
 /// Runs a scenario, failing it after ten minutes: a test that hangs (a CI run once waited 90
 /// minutes on one) fails with its name instead of stalling the whole suite.
 pub async fn bounded<T>(scenario: &str, run: impl std::future::Future<Output = T>) -> T {

@@ -204,41 +204,6 @@ async fn tables_without_the_historical_flag_gain_it<DB: Backend>(pool: &Pool<DB>
     );
 }
 
-/// posthog-track's INFO and WARN events, each as its message and fields (`message field=value
-/// ...`), collected while the subscriber is the thread's default.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl Logs {
-    /// The events collected since the last call.
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0.insert_str(0, &format!("{value:?}"));
-                } else {
-                    self.0.push_str(&format!(" {}={value:?}", field.name()));
-                }
-            }
-        }
-        let metadata = event.metadata();
-        if metadata.target().starts_with("posthog_track")
-            && *metadata.level() <= tracing::Level::INFO
-        {
-            let mut fields = Fields(String::new());
-            event.record(&mut fields);
-            self.0.lock().unwrap().push(fields.0);
-        }
-    }
-}
-
 on_every_backend!(a_new_outbox_is_created_not_upgraded);
 
 /// `migrate` on a database without an outbox says it created the tables, at which schema
@@ -247,7 +212,7 @@ on_every_backend!(a_new_outbox_is_created_not_upgraded);
 /// with nothing to do says nothing.
 async fn a_new_outbox_is_created_not_upgraded<DB: Backend>(pool: &Pool<DB>, _url: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
-    let logs = Logs::default();
+    let logs = posthog_track_tests::LogLines::at(tracing::Level::INFO);
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
     let tracker = Tracker::builder().build();

@@ -221,23 +221,6 @@ async fn a_waiting_flush_does_not_count_the_backlog_on_every_poll() {
     );
 }
 
-/// The messages of the warning events a subscriber saw.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() != tracing::Level::WARN {
-            return;
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        if let Some(message) = fields.remove("message") {
-            self.0.lock().unwrap().push(message);
-        }
-    }
-}
-
 /// A plain-http host to another machine is warned about under the name it was set by: one
 /// given in code (`.host(...)`) was called POSTHOG_HOST, sending the reader to an environment
 /// that does not hold it.
@@ -245,7 +228,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
 fn a_plain_http_host_is_warned_about_under_the_name_it_was_set_by() {
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    let warnings = Warnings::default();
+    let warnings = posthog_track_tests::LogLines::at(tracing::Level::WARN);
     let subscriber = tracing_subscriber::registry().with(warnings.clone());
     tracing::subscriber::with_default(subscriber, || {
         let _tracker = posthog_track::Tracker::builder()
@@ -254,7 +237,7 @@ fn a_plain_http_host_is_warned_about_under_the_name_it_was_set_by() {
             .unwrap()
             .build();
     });
-    let seen = warnings.0.lock().unwrap().clone();
+    let seen = warnings.take();
     let plain: Vec<&String> = seen
         .iter()
         .filter(|message| message.contains("plain http://"))
@@ -300,7 +283,7 @@ async fn a_dry_run_does_not_warn_of_asking_posthog_in_a_transaction() {
         (tracker_for(&mock).build(), true),
     ] {
         tracker.migrate(&pool).await.unwrap();
-        let warnings = Warnings::default();
+        let warnings = posthog_track_tests::LogLines::at(tracing::Level::WARN);
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
         async {
             let mut tx = tracker.begin(&pool).await.unwrap();
@@ -315,7 +298,7 @@ async fn a_dry_run_does_not_warn_of_asking_posthog_in_a_transaction() {
         }
         .with_subscriber(subscriber)
         .await;
-        let seen = warnings.0.lock().unwrap().clone();
+        let seen = warnings.take();
         assert!(
             seen.iter().any(|message| message.contains("default table")),
             "the fallback is warned about: {seen:?}"
