@@ -435,6 +435,22 @@ where
         1
     );
 
+    // The exposures are the user's route at each write (the README says so): `test` at the
+    // insert, `control` at the updates, whose events say `test`, the table that holds the row.
+    tracker.flush().await.unwrap();
+    let responses: std::collections::BTreeSet<String> = mock
+        .events()
+        .iter()
+        .filter(|event| event.event == "$feature_flag_called" && event.distinct_id == "user-1")
+        .map(|event| event.properties["$feature_flag_response"].to_string())
+        .collect();
+    assert_eq!(
+        responses,
+        ["\"control\"".to_owned(), "\"test\"".to_owned()].into(),
+        "{:?}",
+        mock.events()
+    );
+
     // `load_for_update` finds it in the variant's table (it read only `documents`), and the
     // upsert of that row updates it where it is; it does not insert it into `documents`.
     let mut tx = tracker.begin(pool).await.unwrap();
