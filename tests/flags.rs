@@ -305,6 +305,87 @@ mod client {
         assert_eq!(exposures[1].properties["locally_evaluated"], false);
     }
 
+    /// PostHog's server SDKs tag an exposure decided by PostHog with what went wrong in the
+    /// answer (`$feature_flag_error`: `errors_while_computing_flags`, `quota_limited`,
+    /// `flag_missing`, comma-joined) and with the answer's `requestId`, and send the exposure
+    /// of a flag PostHog returned no value for, with a null response. Without them, a user
+    /// counted as "off" because PostHog failed to compute the flag looked like one PostHog put
+    /// in the control group, and a misspelt key left no trace at all.
+    #[tokio::test]
+    async fn exposures_say_what_went_wrong_in_posthogs_answer() {
+        let mock = MockPostHog::start().await;
+        let tracker = tracker_for(&mock).build();
+
+        // A clean answer: no error, the request id carried.
+        mock.set_remote_flags(json!({
+            "flags": {"beta": {"key": "beta", "enabled": true}},
+            "errorsWhileComputingFlags": false,
+            "requestId": "req-1",
+        }));
+        assert_eq!(
+            flag(&tracker, "beta", "u1").await,
+            Some(FlagValue::Enabled(true))
+        );
+        // Errors while computing: the flag read as off, and said so.
+        mock.set_remote_flags(json!({
+            "flags": {"beta": {"key": "beta", "enabled": false}},
+            "errorsWhileComputingFlags": true,
+            "requestId": "req-2",
+        }));
+        let snapshot = evaluated(&tracker, FlagsRequest::new("u2").only(["beta"])).await;
+        assert!(snapshot.errors_while_computing());
+        assert_eq!(snapshot.request_id(), Some("req-2"));
+        assert_eq!(
+            flag(&tracker, "beta", "u2").await,
+            Some(FlagValue::Enabled(false))
+        );
+        // A key PostHog does not know, from a quota-limited project that also had errors.
+        mock.set_remote_flags(json!({
+            "flags": {},
+            "errorsWhileComputingFlags": true,
+            "quotaLimited": ["feature_flags"],
+        }));
+        assert_eq!(flag(&tracker, "bta", "u3").await, None);
+        assert_eq!(flag(&tracker, "bta", "u3").await, None);
+
+        tracker.flush().await.unwrap();
+        let exposures = events_named(&mock, "$feature_flag_called");
+        let of = |distinct_id: &str| {
+            let found: Vec<_> = exposures
+                .iter()
+                .filter(|event| event.distinct_id == distinct_id)
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "one exposure for {distinct_id}: {exposures:?}"
+            );
+            found[0].properties.clone()
+        };
+        let clean = of("u1");
+        assert_eq!(clean["$feature_flag_request_id"], "req-1");
+        assert!(clean.get("$feature_flag_error").is_none(), "{clean}");
+        let failed = of("u2");
+        assert_eq!(failed["$feature_flag_response"], false);
+        assert_eq!(
+            failed["$feature_flag_error"],
+            "errors_while_computing_flags"
+        );
+        assert_eq!(failed["$feature_flag_request_id"], "req-2");
+        let missing = of("u3");
+        assert_eq!(missing["$feature_flag"], "bta");
+        assert_eq!(missing["$feature_flag_response"], json!(null));
+        assert_eq!(missing["$feature/bta"], json!(null));
+        assert_eq!(
+            missing["$feature_flag_error"],
+            "errors_while_computing_flags,quota_limited,flag_missing"
+        );
+        assert!(
+            missing.get("$feature_flag_request_id").is_none(),
+            "{missing}"
+        );
+    }
+
     #[tokio::test]
     async fn the_poller_uses_etags_backs_off_and_clears_on_402() {
         let mock = MockPostHog::start().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::evaluate::LocalEvaluator;
-use super::exposure::exposure_event;
+use super::exposure::{Exposure, exposure_event};
 use super::poller::{DefinitionsClient, run as poll_definitions};
 use super::request::{FlagsRequest, FlagsSnapshot};
 use super::value::{FlagError, FlagValue};
@@ -98,8 +98,14 @@ impl Tracker {
                 evaluator.and_then(|evaluator| local_value(&evaluator, key, &request).ok())
             {
                 crate::metrics::flag_evaluations(true, 1);
-                self.record_exposure(&request.distinct_id, &request.groups, key, &value, true)
-                    .await?;
+                self.record_exposure(Exposure {
+                    distinct_id: &request.distinct_id,
+                    groups: &request.groups,
+                    flag: key,
+                    value: Some(&value),
+                    answer: None,
+                })
+                .await?;
                 return Ok(Some(value));
             }
             if self.inner.local_evaluation_only {
@@ -108,12 +114,18 @@ impl Tracker {
         }
         let request = request.only([key]);
         let snapshot = self.evaluate_remotely(&request).await?;
-        let Some(value) = snapshot.value(key) else {
-            return Ok(None);
-        };
-        self.record_exposure(&request.distinct_id, &request.groups, key, value, false)
-            .await?;
-        Ok(Some(value.clone()))
+        // Recorded even when PostHog returned no value (`flag_missing`), as PostHog's SDKs
+        // do: a misspelt or deleted key then shows in PostHog instead of reading as off.
+        let value = snapshot.value(key);
+        self.record_exposure(Exposure {
+            distinct_id: &request.distinct_id,
+            groups: &request.groups,
+            flag: key,
+            value,
+            answer: Some(&snapshot),
+        })
+        .await?;
+        Ok(value.cloned())
     }
 
     /// Whether the flag is on (`true` or any variant) for the request's user, recording the
@@ -192,26 +204,16 @@ impl Tracker {
         self.inner.routing.fallbacks()
     }
 
-    /// Sends the `$feature_flag_called` exposure of `key` = `value` for `distinct_id` (in
-    /// `groups`), unless it was sent before.
-    pub(crate) async fn record_exposure(
-        &self,
-        distinct_id: &str,
-        groups: &HashMap<String, String>,
-        key: &str,
-        value: &FlagValue,
-        locally_evaluated: bool,
-    ) -> Result<()> {
-        let first_time = lock(&self.inner.exposures).first_time(distinct_id, key, value);
+    /// Sends the `$feature_flag_called` exposure, unless the same user, flag and value was
+    /// sent before.
+    pub(crate) async fn record_exposure(&self, exposure: Exposure<'_>) -> Result<()> {
+        let first_time = lock(&self.inner.exposures).first_time(
+            exposure.distinct_id,
+            exposure.flag,
+            exposure.value,
+        );
         if first_time {
-            self.capture(exposure_event(
-                distinct_id,
-                groups,
-                key,
-                value,
-                locally_evaluated,
-            ))
-            .await?;
+            self.capture(exposure_event(&exposure)).await?;
             crate::metrics::exposure_sent();
         }
         Ok(())

@@ -1,8 +1,9 @@
 //! `$feature_flag_called`: the exposure event PostHog's experiments count, sent once per
-//! user, flag and value.
+//! user, flag and value (no value: a flag PostHog returned none for).
 
 use std::collections::{HashMap, HashSet};
 
+use super::request::FlagsSnapshot;
 use super::value::{FlagValue, MAX_CACHED_ID_BYTES, json_value};
 use crate::event::Event;
 
@@ -15,7 +16,7 @@ const MAX_BYTES: usize = 4 << 20;
 /// (its exposures are sent each time) so it cannot fill the cache.
 #[derive(Debug)]
 pub(crate) struct ExposureCache {
-    seen: HashSet<(String, String, FlagValue)>,
+    seen: HashSet<(String, String, Option<FlagValue>)>,
     capacity: usize,
     bytes: usize,
 }
@@ -30,13 +31,18 @@ impl ExposureCache {
     }
 
     /// Whether this exposure is new (and now remembered).
-    pub(crate) fn first_time(&mut self, distinct_id: &str, flag: &str, value: &FlagValue) -> bool {
-        let bytes = distinct_id.len() + flag.len() + value_bytes(value);
+    pub(crate) fn first_time(
+        &mut self,
+        distinct_id: &str,
+        flag: &str,
+        value: Option<&FlagValue>,
+    ) -> bool {
+        let bytes = distinct_id.len() + flag.len() + value.map_or(0, value_bytes);
         if distinct_id.len() > MAX_CACHED_ID_BYTES || bytes > MAX_BYTES {
             return true;
         }
         // The value itself, not its text: a variant named "true" is not the boolean `true`.
-        let entry = (distinct_id.to_owned(), flag.to_owned(), value.clone());
+        let entry = (distinct_id.to_owned(), flag.to_owned(), value.cloned());
         if self.seen.contains(&entry) {
             return false;
         }
@@ -57,21 +63,45 @@ fn value_bytes(value: &FlagValue) -> usize {
     }
 }
 
+/// One exposure to record: `flag` read as `value` for `distinct_id` (in `groups`).
+pub(crate) struct Exposure<'a> {
+    pub distinct_id: &'a str,
+    pub groups: &'a HashMap<String, String>,
+    pub flag: &'a str,
+    /// `None`: PostHog returned no value for the flag.
+    pub value: Option<&'a FlagValue>,
+    /// PostHog's answer the value came from; `None` when decided locally.
+    pub answer: Option<&'a FlagsSnapshot>,
+}
+
 /// The exposure event, with the request's groups as `$groups` so that an experiment
-/// aggregated by a group counts the exposure for it.
-pub(crate) fn exposure_event(
-    distinct_id: &str,
-    groups: &HashMap<String, String>,
-    flag: &str,
-    value: &FlagValue,
-    locally_evaluated: bool,
-) -> Event {
-    let event = Event::new("$feature_flag_called")
+/// aggregated by a group counts the exposure for it. A value PostHog decided carries the
+/// answer's `requestId` and, as PostHog's SDKs write it, what went wrong in the answer
+/// (`$feature_flag_error`), so that users PostHog failed to evaluate can be told apart from
+/// those it put in the control group.
+pub(crate) fn exposure_event(exposure: &Exposure<'_>) -> Event {
+    let Exposure {
+        distinct_id,
+        groups,
+        flag,
+        value,
+        answer,
+    } = *exposure;
+    let response = value.map_or(serde_json::Value::Null, json_value);
+    let mut event = Event::new("$feature_flag_called")
         .distinct_id(distinct_id)
         .property("$feature_flag", flag)
-        .property("$feature_flag_response", json_value(value))
-        .property(format!("$feature/{flag}"), json_value(value))
-        .property("locally_evaluated", locally_evaluated);
+        .property("$feature_flag_response", response.clone())
+        .property(format!("$feature/{flag}"), response)
+        .property("locally_evaluated", answer.is_none());
+    if let Some(answer) = answer {
+        if let Some(id) = answer.request_id() {
+            event = event.property("$feature_flag_request_id", id);
+        }
+        if let Some(error) = answer.error_of(flag) {
+            event = event.property("$feature_flag_error", error);
+        }
+    }
     if groups.is_empty() {
         return event;
     }
@@ -90,14 +120,14 @@ mod tests {
     fn each_exposure_once_within_the_bound() {
         let mut cache = ExposureCache::new(2);
         let on = FlagValue::Enabled(true);
-        assert!(cache.first_time("u1", "beta", &on));
-        assert!(!cache.first_time("u1", "beta", &on));
+        assert!(cache.first_time("u1", "beta", Some(&on)));
+        assert!(!cache.first_time("u1", "beta", Some(&on)));
         assert!(
-            cache.first_time("u1", "beta", &FlagValue::Variant("test".into())),
+            cache.first_time("u1", "beta", Some(&FlagValue::Variant("test".into()))),
             "a new value is a new exposure"
         );
         // Full: it starts over rather than grow.
-        assert!(cache.first_time("u2", "beta", &on));
+        assert!(cache.first_time("u2", "beta", Some(&on)));
         assert!(cache.seen.len() <= 2);
     }
 
@@ -106,9 +136,9 @@ mod tests {
     #[test]
     fn a_variant_named_true_is_not_the_boolean() {
         let mut cache = ExposureCache::new(10);
-        assert!(cache.first_time("u1", "beta", &FlagValue::Enabled(true)));
-        assert!(cache.first_time("u1", "beta", &FlagValue::Variant("true".into())));
-        assert!(!cache.first_time("u1", "beta", &FlagValue::Variant("true".into())));
+        assert!(cache.first_time("u1", "beta", Some(&FlagValue::Enabled(true))));
+        assert!(cache.first_time("u1", "beta", Some(&FlagValue::Variant("true".into()))));
+        assert!(!cache.first_time("u1", "beta", Some(&FlagValue::Variant("true".into()))));
     }
 
     #[test]
@@ -119,19 +149,21 @@ mod tests {
             cache
                 .seen
                 .iter()
-                .map(|(id, flag, value)| id.len() + flag.len() + value_bytes(value))
+                .map(|(id, flag, value)| {
+                    id.len() + flag.len() + value.as_ref().map_or(0, value_bytes)
+                })
                 .sum()
         };
         // Header-supplied ids of any length: not remembered, so never a memory sink.
         let long = "x".repeat(1 << 20);
         for _ in 0..3 {
-            assert!(cache.first_time(&long, "beta", &on));
+            assert!(cache.first_time(&long, "beta", Some(&on)));
         }
         assert_eq!(kept(&cache), 0);
         // Many ids of the longest kept length stay within the byte bound.
         for n in 0..40_000 {
             let id = format!("{n:0>200}");
-            cache.first_time(&id, "beta", &on);
+            cache.first_time(&id, "beta", Some(&on));
             if n % 1_000 == 0 {
                 assert!(kept(&cache) <= 4 << 20, "{} bytes after {n}", kept(&cache));
             }

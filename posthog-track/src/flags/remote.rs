@@ -109,6 +109,9 @@ impl RemoteFlags {
     }
 }
 
+/// The longest `requestId` kept (PostHog sends a uuid, 36 bytes).
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
 /// Reads both response shapes: v2 (`flags: {key: {enabled, variant, metadata.payload}}`) and
 /// v1 (`featureFlags`, `featureFlagPayloads`). Either map may be empty (no flag applies, or
 /// `quotaLimited`), but one of them must be there: anything else (a string, an array, an
@@ -172,6 +175,16 @@ fn parse_response(json: &Value) -> Result<FlagsSnapshot, String> {
                 .collect()
         })
         .unwrap_or_default();
+    snapshot.errors_while_computing = json
+        .get("errorsWhileComputingFlags")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // A uuid; anything longer than an id would be is not one, and would swell every exposure.
+    snapshot.request_id = json
+        .get("requestId")
+        .and_then(Value::as_str)
+        .filter(|id| id.len() <= MAX_REQUEST_ID_BYTES)
+        .map(str::to_owned);
     Ok(snapshot)
 }
 
@@ -214,6 +227,31 @@ mod tests {
         assert_eq!(snapshot.value("beta"), Some(&FlagValue::Enabled(true)));
         assert_eq!(snapshot.variant("exp"), Some("control"));
         assert_eq!(snapshot.payload("exp"), Some(&json!([1, 2])));
+    }
+
+    #[test]
+    fn reads_errors_while_computing_and_the_request_id() {
+        let answer = json!({"flags": {}, "errorsWhileComputingFlags": true, "requestId": "4f1c"});
+        let snapshot = parse_response(&answer).unwrap();
+        assert!(snapshot.errors_while_computing());
+        assert_eq!(snapshot.request_id(), Some("4f1c"));
+        assert_eq!(
+            snapshot.error_of("beta").as_deref(),
+            Some("errors_while_computing_flags,flag_missing")
+        );
+        // Absent, or not what PostHog sends: no error, no id.
+        for answer in [
+            json!({"flags": {"beta": {"enabled": true}}}),
+            json!({"flags": {"beta": {"enabled": true}}, "errorsWhileComputingFlags": "yes",
+                   "requestId": 7}),
+            json!({"flags": {"beta": {"enabled": true}},
+                   "requestId": "x".repeat(MAX_REQUEST_ID_BYTES + 1)}),
+        ] {
+            let snapshot = parse_response(&answer).unwrap();
+            assert!(!snapshot.errors_while_computing(), "{answer}");
+            assert_eq!(snapshot.request_id(), None, "{answer}");
+            assert_eq!(snapshot.error_of("beta"), None, "{answer}");
+        }
     }
 
     #[test]

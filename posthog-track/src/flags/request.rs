@@ -97,6 +97,10 @@ pub struct FlagsSnapshot {
     pub(super) values: HashMap<String, FlagValue>,
     pub(super) payloads: HashMap<String, Value>,
     pub(super) quota_limited: Vec<String>,
+    /// PostHog said it failed to compute some of the flags (`errorsWhileComputingFlags`).
+    pub(super) errors_while_computing: bool,
+    /// The id PostHog gave its answer (`requestId`).
+    pub(super) request_id: Option<String>,
     /// Flags nobody decided, with the reason.
     pub(super) undecided: BTreeMap<String, String>,
 }
@@ -113,6 +117,8 @@ impl FlagsSnapshot {
             values,
             payloads,
             quota_limited: Vec::new(),
+            errors_while_computing: false,
+            request_id: None,
             undecided,
         }
     }
@@ -129,6 +135,8 @@ impl FlagsSnapshot {
         self.values.extend(remote.values);
         self.payloads.extend(remote.payloads);
         self.quota_limited = remote.quota_limited;
+        self.errors_while_computing = remote.errors_while_computing;
+        self.request_id = remote.request_id;
     }
 
     /// Flags that could not be decided, each with the reason: with
@@ -180,5 +188,40 @@ impl FlagsSnapshot {
     /// Products PostHog is not evaluating because the project is over its quota.
     pub fn quota_limited(&self) -> &[String] {
         &self.quota_limited
+    }
+
+    /// Whether PostHog said it failed to compute some of the flags it was asked for
+    /// (`errorsWhileComputingFlags`): those it left out, or answered as off, may not be what
+    /// their conditions say. Exposures recorded from such an answer carry
+    /// `$feature_flag_error`.
+    pub fn errors_while_computing(&self) -> bool {
+        self.errors_while_computing
+    }
+
+    /// The id PostHog gave the answer these values came from (`requestId`), when PostHog
+    /// was asked and said; exposures carry it as `$feature_flag_request_id`.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// What went wrong for `key` in PostHog's answer, as PostHog's SDKs write it in
+    /// `$feature_flag_error`: `errors_while_computing_flags`, `quota_limited` and
+    /// `flag_missing`, comma-joined in that order; `None` when nothing did.
+    pub(crate) fn error_of(&self, key: &str) -> Option<String> {
+        let mut errors = Vec::new();
+        if self.errors_while_computing {
+            errors.push("errors_while_computing_flags");
+        }
+        if self
+            .quota_limited
+            .iter()
+            .any(|product| product == "feature_flags")
+        {
+            errors.push("quota_limited");
+        }
+        if !self.values.contains_key(key) {
+            errors.push("flag_missing");
+        }
+        (!errors.is_empty()).then(|| errors.join(","))
     }
 }

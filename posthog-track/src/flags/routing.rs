@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::api::local_value;
+use super::exposure::Exposure;
 use super::request::FlagsRequest;
 use super::value::{FlagValue, json_value};
 use crate::event::Stamp;
@@ -134,8 +135,8 @@ async fn decide(
         }
         None => Err("no flag definitions are loaded".to_owned()),
     };
-    let (value, locally_evaluated) = match local {
-        Ok(value) => (value, true),
+    let (value, answer) = match local {
+        Ok(value) => (value, None),
         Err(reason) if tracker.inner.local_evaluation_only => {
             return Err(format!("{reason}, and local_evaluation_only is set"));
         }
@@ -161,7 +162,7 @@ async fn decide(
                 .await
                 .map_err(|error| error.to_string())?;
             match snapshot.value(flag) {
-                Some(value) => (value.clone(), false),
+                Some(value) => (value.clone(), Some(snapshot)),
                 None => return Err("PostHog returned no value for the flag".to_owned()),
             }
         }
@@ -169,13 +170,13 @@ async fn decide(
     routing.remember(generation, distinct_id, flag, &value);
     // The route stands even when its exposure cannot be recorded (a full or closed queue).
     if let Err(error) = tracker
-        .record_exposure(
+        .record_exposure(Exposure {
             distinct_id,
-            &HashMap::new(),
+            groups: &HashMap::new(),
             flag,
-            &value,
-            locally_evaluated,
-        )
+            value: Some(&value),
+            answer: answer.as_ref(),
+        })
         .await
     {
         tracing::warn!(flag, %error, "flag routing: the exposure could not be recorded");
