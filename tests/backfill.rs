@@ -81,6 +81,19 @@ struct OwnedCompany {
     owner_email: String,
 }
 
+/// The people of `bf_people` through a model with no person property: only its insert
+/// events (`with_events`) can be backfilled.
+#[derive(Debug, Clone, TrackedModel)]
+#[tracked(table = "bf_people", distinct_id = id, insert_event = "person_signed_up")]
+struct Signups {
+    #[tracked(key, property = "person_id")]
+    id: i64,
+    #[tracked(property)]
+    email: String,
+    #[tracked(property)]
+    created_at: DateTime<Utc>,
+}
+
 /// A pool that `M` can be backfilled from: what a scenario of `M` runs on, the bound stated
 /// once here rather than on every scenario.
 trait Source<M>: BackfillPool<M> {
@@ -471,7 +484,7 @@ async fn backfill_only_chosen_properties(pool: &impl Source<Person>, _url: &str)
         other => panic!("expected UnknownColumn, got {other:?}"),
     }
     match run_err(tracker.backfill::<Person>(pool).with_events("signup_date")).await {
-        Error::UnknownColumn { valid, .. } => assert!(valid.contains(&"created_at".into())),
+        Error::UnknownColumn { valid, .. } => assert_eq!(valid, ["trial_ends_at", "created_at"]),
         other => panic!("expected UnknownColumn, got {other:?}"),
     }
     match run_err(tracker.backfill::<Person>(pool).with_events("email")).await {
@@ -1451,6 +1464,38 @@ async fn a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table(
     }
 }
 on_every_backend!(a_with_events_column_of_no_timestamp_is_refused_on_an_empty_table);
+
+/// A name a backfill cannot use is refused with the names it can: for `with_events` the
+/// timestamp fields (it listed every field, `email` among them, which `with_events` then
+/// refused), and for `properties` of a model with no person property, what to do instead
+/// (it printed "valid names: " and nothing after it).
+async fn refused_names_list_only_the_usable_ones(pool: &impl Source<Signups>, _url: &str) {
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, pool.sqlx(), 0).await;
+    match run_err(tracker.backfill::<Signups>(pool).with_events("signup_date")).await {
+        error @ Error::UnknownColumn { .. } => {
+            let Error::UnknownColumn { valid, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(valid, &["created_at"], "{error}");
+        }
+        other => panic!("expected UnknownColumn, got {other:?}"),
+    }
+    match run_err(tracker.backfill::<Signups>(pool).properties(["email"])).await {
+        error @ Error::UnknownColumn { .. } => {
+            let message = error.to_string();
+            assert!(
+                message.ends_with(
+                    "it has none (no `person` or `person_once` field): backfill its insert \
+                     events with `.with_events(\"<timestamp column>\")`, without `properties`"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("expected UnknownColumn, got {other:?}"),
+    }
+}
+on_every_backend!(refused_names_list_only_the_usable_ones);
 
 /// The same properties named in another order, or one of them twice, are the same backfill:
 /// once complete, it is not run again (it was, under a checkpoint of its own).

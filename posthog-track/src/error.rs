@@ -160,7 +160,7 @@ pub enum Error {
     },
 
     /// A backfill was given a name that is no column of the model it can use.
-    #[error("`{model}` has no {what} named `{name}`; valid names: {}", valid.join(", "))]
+    #[error("`{model}` has no {what} named `{name}`; {}", ValidNames { what, valid })]
     UnknownColumn {
         /// The model's table.
         model: &'static str,
@@ -376,9 +376,67 @@ impl std::fmt::Display for PendingEvents {
     }
 }
 
+/// [`Error::UnknownColumn`]'s list of the names that would have been accepted, or when there
+/// are none, why.
+struct ValidNames<'a> {
+    what: &'a str,
+    valid: &'a [String],
+}
+
+/// [`Error::UnknownColumn`]'s `what` for a `with_events` column.
+pub(crate) const WITH_EVENTS_COLUMN: &str = "column to date insert events by (`with_events`)";
+
+impl std::fmt::Display for ValidNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.valid.is_empty() {
+            write!(f, "valid names: {}", self.valid.join(", "))
+        } else if self.what == WITH_EVENTS_COLUMN {
+            f.write_str(
+                "it has no timestamp field (`DateTime`, `NaiveDateTime` or an `Option` of one) \
+                 to date them by",
+            )
+        } else {
+            // A group model's properties are all eligible: only a model with no person
+            // property has none.
+            f.write_str(
+                "it has none (no `person` or `person_once` field): backfill its insert events \
+                 with `.with_events(\"<timestamp column>\")`, without `properties`",
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unknown name with no valid one says why, rather than "valid names: " and nothing:
+    /// a model with no timestamp field for `with_events`, with no person property for
+    /// `properties`.
+    #[test]
+    fn an_unknown_column_with_no_valid_name_says_why() {
+        let message = |what| {
+            Error::UnknownColumn {
+                model: "orders",
+                what,
+                name: "paid_at".to_owned(),
+                valid: Vec::new(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            message(WITH_EVENTS_COLUMN),
+            "`orders` has no column to date insert events by (`with_events`) named `paid_at`; it \
+             has no timestamp field (`DateTime`, `NaiveDateTime` or an `Option` of one) to date \
+             them by"
+        );
+        assert_eq!(
+            message("person property to backfill"),
+            "`orders` has no person property to backfill named `paid_at`; it has none (no \
+             `person` or `person_once` field): backfill its insert events with \
+             `.with_events(\"<timestamp column>\")`, without `properties`"
+        );
+    }
 
     /// A timeout says how long it waited to a tenth of a second, not in nanoseconds.
     #[test]

@@ -924,9 +924,13 @@ impl Plan {
                     .position(|field| field.field == name || field.column == name)
                     .ok_or_else(|| Error::UnknownColumn {
                         model: M::TABLE,
-                        what: "column to date insert events by (`with_events`)",
+                        what: crate::error::WITH_EVENTS_COLUMN,
                         name: name.to_owned(),
-                        valid: fields.iter().map(|field| field.field.to_owned()).collect(),
+                        // Only the timestamp fields: any other is refused as no timestamp.
+                        valid: (0..fields.len())
+                            .filter(|&i| M::__is_timestamp(i))
+                            .map(|i| fields[i].field.to_owned())
+                            .collect(),
                     })?,
             ),
         };
