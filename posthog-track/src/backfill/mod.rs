@@ -349,7 +349,10 @@ where
         /// Starts from the first row again even when the checkpoint says this backfill is
         /// complete or part-way (for example after the data changed). Rows whose events did not
         /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
-        /// waiting in the outbox are not staged twice.
+        /// waiting in the outbox are not staged twice. A changed row's events get a new uuid:
+        /// right for a person update, but an insert event ([`with_events`](Self::with_events))
+        /// is then sent a second time, and PostHog counts both. Restart without `with_events`
+        /// to refresh person properties.
         pub fn restart() => options.restart = true;
 
         /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
