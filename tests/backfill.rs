@@ -861,6 +861,62 @@ async fn backfill_restart_skips_pending_events(pool: &impl Source<Person>, _url:
 }
 on_every_backend!(backfill_restart_skips_pending_events);
 
+/// An insert event happened once, when its row was created: a rerun stages it under the same
+/// uuid whatever changed in the row or the model since, so PostHog counts it once. Its uuid
+/// hashed its properties, so a `.restart()` after a row's update, or the backfill of a model
+/// with a field more or less (a new checkpoint), staged a second signup under a new uuid for
+/// every such row (found in a trial: all 3,000 signups again once the model gained a field).
+/// A person update still gets a new uuid when the row's person properties changed: that one
+/// must reach PostHog.
+async fn an_insert_event_is_staged_once_whatever_changed_since<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) where
+    Pool<DB>: BackfillPool<Person> + BackfillPool<Signups>,
+{
+    let mock = MockPostHog::start().await;
+    // Nothing is delivered: every run's events stay in the outbox, to be compared there.
+    let tracker = tracker_for(&mock).external_relay(true).build();
+    people(&tracker, pool, 40).await;
+    let first = run_ok(tracker.backfill::<Person>(pool).with_events("created_at")).await;
+    assert_eq!((first.events, first.insert_events), (80, 40), "{first}");
+    execute(
+        pool,
+        "UPDATE bf_people SET plan = 'enterprise' WHERE id = 7",
+    )
+    .await;
+
+    let restarted = run_ok(
+        tracker
+            .backfill::<Person>(pool)
+            .with_events("created_at")
+            .restart(),
+    )
+    .await;
+    assert_eq!(
+        (restarted.already_in_outbox, restarted.events),
+        (79, 1),
+        "only the changed row's person update is new: {restarted}"
+    );
+    // The same rows through a model whose insert event has other properties: a checkpoint of
+    // its own, whose first run stages every signup again (it does not look in the outbox),
+    // under the uuids PostHog already has.
+    let signups = run_ok(tracker.backfill::<Signups>(pool).with_events("created_at")).await;
+    assert_eq!(signups.insert_events, 40, "{signups}");
+    let events = tracker.outbox(pool).events().await.unwrap();
+    let signups: Vec<_> = events
+        .iter()
+        .filter(|event| event.event == "person_signed_up")
+        .collect();
+    let uuids: BTreeSet<_> = signups.iter().map(|event| event.uuid).collect();
+    assert_eq!(
+        (signups.len(), uuids.len()),
+        (80, 40),
+        "every signup staged twice, under one uuid"
+    );
+}
+on_every_backend!(an_insert_event_is_staged_once_whatever_changed_since);
+
 /// A composite key: pages follow `(team, member)` with a row-value comparison, and the
 /// checkpoint keeps both parts.
 async fn backfill_composite_key(pool: &impl Source<Seat>, _url: &str) {

@@ -9,8 +9,9 @@
 //! - with [`with_events`](Backfill::with_events), the model's insert event per row, dated by
 //!   the named column and sent as `historical_migration`.
 //!
-//! Every event's uuid is a UUIDv5 of the model, the row's key, the event and its content, so a
-//! rerun stages the same uuids and PostHog's uuid deduplication absorbs them. A checkpoint of
+//! Every event's uuid is a UUIDv5 of the table, the row's key and the event: for an insert
+//! event, its timestamp (the row's creation); for an update, its content. So a rerun stages
+//! the same uuids for what did not change, and PostHog's uuid deduplication absorbs them. A checkpoint of
 //! the last key (table `posthog_backfill`) moves in the same transaction as each page's
 //! events: an interrupted run resumes after the last page it committed, and never stages a
 //! page twice. A page's rows are read with a shared lock held until it commits (PostgreSQL
@@ -347,12 +348,11 @@ where
         pub fn dry_run() => options.dry_run = true;
 
         /// Starts from the first row again even when the checkpoint says this backfill is
-        /// complete or part-way (for example after the data changed). Rows whose events did not
-        /// change get the same uuids, which PostHog deduplicates; events of the earlier run still
-        /// waiting in the outbox are not staged twice. A changed row's events get a new uuid:
-        /// right for a person update, but an insert event ([`with_events`](Self::with_events))
-        /// is then sent a second time, and PostHog counts both. Restart without `with_events`
-        /// to refresh person properties.
+        /// complete or part-way (for example after the data changed). Insert events
+        /// ([`with_events`](Self::with_events)) and updates of rows that did not change get
+        /// the same uuids, which PostHog deduplicates; a changed row's person or group update
+        /// gets a new one, and reaches PostHog. Events of the earlier run still waiting in the
+        /// outbox are not staged twice.
         pub fn restart() => options.restart = true;
 
         /// Rows per page, that is per read and per transaction (default 500). A rate makes pages
@@ -1280,10 +1280,14 @@ fn stage_live_update(
     Ok(staged)
 }
 
-/// Gives `event` its deterministic uuid: UUIDv5 of the model, the row's key, the event's
-/// name, distinct id and properties (and timestamp, for a historical event, whose timestamp
-/// comes from the row). A person update is timestamped when it is staged, so its timestamp
-/// stays out: a rerun over unchanged rows makes the same uuids.
+/// Gives `event` its deterministic uuid, UUIDv5 of the model's table, the row's key, the
+/// event's name and distinct id, and then:
+/// - for a historical insert event, its timestamp (the row's creation, from the row): the
+///   event happened once, so a rerun names it the same whatever changed since in the row or
+///   in the model's fields, and PostHog counts it once;
+/// - for a person or group update, its properties: an update with new values must reach
+///   PostHog, one with the same values is the same update. It is timestamped when staged, so
+///   its timestamp stays out: a rerun over unchanged rows makes the same uuids.
 fn settle_uuid(table: &str, key: &str, event: &mut StagedEvent, historical: bool) {
     let mut name = Vec::with_capacity(event.payload.len() + 64);
     for part in [table, key, &event.event, &event.distinct_id] {
@@ -1292,18 +1296,9 @@ fn settle_uuid(table: &str, key: &str, event: &mut StagedEvent, historical: bool
     }
     if historical {
         name.extend_from_slice(event.timestamp.as_bytes());
-        name.push(0);
-        // The insert event's properties are written as the model's fields serialise, and a
-        // `HashMap` serialises in an order of its own each time: a property holding a map is
-        // hashed in canonical form (keys sorted at every level). Flat properties are hashed as
-        // written, as before, so their uuids stay those of earlier versions' runs. A person
-        // update's properties are canonical already (see `row_properties`).
-        if let Some(properties) = canonical_nested_properties(&event.payload) {
-            name.extend_from_slice(properties.as_bytes());
-            return set_uuid(event, &name);
-        }
+    } else {
+        name.extend_from_slice(content(event).as_bytes());
     }
-    name.extend_from_slice(content(event).as_bytes());
     set_uuid(event, &name);
 }
 
@@ -1316,35 +1311,6 @@ fn set_uuid(event: &mut StagedEvent, name: &[u8]) {
         event.payload.replace_range(9..45, &text);
         event.uuid = uuid;
     }
-}
-
-/// When a property of the payload holds a map (at any depth): the payload's properties
-/// without `$lib` and `$lib_version` (the same for every event of a version, and a library
-/// upgrade must not change a uuid), as JSON with its keys sorted at every level
-/// ([`sort_keys`]), floats exactly as written. `None` for flat properties.
-fn canonical_nested_properties(payload: &str) -> Option<String> {
-    fn holds_map(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::Object(_) => true,
-            serde_json::Value::Array(items) => items.iter().any(holds_map),
-            _ => false,
-        }
-    }
-    // The common case, no nested object at all, costs no parse.
-    if !payload
-        .find(",\"properties\":{")
-        .is_some_and(|at| payload[at + 15..].contains('{'))
-    {
-        return None;
-    }
-    let mut event: serde_json::Value = serde_json::from_str(payload).ok()?;
-    let properties = event.get_mut("properties")?.as_object_mut()?;
-    if !properties.values().any(holds_map) {
-        return None;
-    }
-    properties.remove("$lib");
-    properties.remove("$lib_version");
-    Some(sort_keys(serde_json::Value::Object(std::mem::take(properties))).to_string())
 }
 
 #[cfg(test)]
@@ -1433,34 +1399,40 @@ mod tests {
         assert_eq!(one.uuid, other.uuid, "{} / {}", one.payload, other.payload);
     }
 
-    /// A historical event with flat properties keeps the uuid earlier versions gave it (the
-    /// properties hashed as written), so a rerun after an upgrade is deduplicated by PostHog;
-    /// one holding a map hashes it canonically, whatever the map's order.
+    /// A historical insert event is named by its row and its time, not by its properties: the
+    /// same event whatever they hold (a row updated since, a model with a field more, a map
+    /// in any order), another at another time.
     #[test]
-    fn historical_uuids_hash_flat_properties_as_written_and_maps_canonically() {
+    fn historical_uuids_name_the_row_and_its_time() {
         fn historical<T: Serialize>(
             name: &'static str,
             key: &'static str,
             value: &T,
+            at: &str,
         ) -> StagedEvent {
             let mut events = Vec::new();
             let mut stager = Stager::new(&mut events, "d1".to_owned());
-            let mut writer =
-                stager.event_at("signed_up".into(), "2024-01-01T00:00:00.000000Z".into());
+            let mut writer = stager.event_at("signed_up".into(), at.into());
             writer.property(name, key, value).unwrap();
             stager.push(writer).unwrap();
             let mut event = events.pop().unwrap();
             settle_uuid("users", "1", &mut event, true);
             event
         }
-        let flat = historical("plan", "\"plan\":", &"pro");
-        let mut name = b"users\x001\x00signed_up\x00d1\x002024-01-01T00:00:00.000000Z\x00".to_vec();
-        name.extend_from_slice(b",\"plan\":\"pro\"}}");
-        assert_eq!(flat.uuid, Uuid::new_v5(&NAMESPACE, &name));
-        let one = historical("tags", "\"tags\":", &InOrder(vec![("a", 1), ("b", 2)]));
-        let other = historical("tags", "\"tags\":", &InOrder(vec![("b", 2), ("a", 1)]));
-        assert_ne!(one.payload, other.payload);
-        assert_eq!(one.uuid, other.uuid);
+        let at = "2024-01-01T00:00:00.000000Z";
+        let expected = Uuid::new_v5(
+            &NAMESPACE,
+            b"users\x001\x00signed_up\x00d1\x002024-01-01T00:00:00.000000Z",
+        );
+        let pro = historical("plan", "\"plan\":", &"pro", at);
+        let enterprise = historical("plan", "\"plan\":", &"enterprise", at);
+        let one = historical("tags", "\"tags\":", &InOrder(vec![("a", 1), ("b", 2)]), at);
+        let other = historical("tags", "\"tags\":", &InOrder(vec![("b", 2), ("a", 1)]), at);
+        for event in [&pro, &enterprise, &one, &other] {
+            assert_eq!(event.uuid, expected, "{}", event.payload);
+        }
+        let later = historical("plan", "\"plan\":", &"pro", "2024-01-02T00:00:00.000000Z");
+        assert_ne!(later.uuid, expected);
     }
 
     /// A person update of a group-linked model carries `$groups` (a stamp), hashed as written:
