@@ -1832,3 +1832,34 @@ where
     );
 }
 on_every_backend!(a_key_column_holding_nulls_is_refused);
+
+/// PostgreSQL's `'infinity'` and `'-infinity'` in a timestamp column (a common "no end"
+/// value) are out of chrono's range, and sqlx's decoder panics on them (`NaiveDateTime +
+/// TimeDelta overflowed`): the backfill that read such a row panicked. It now fails with a
+/// decode error that names the column, and sends nothing of the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_infinite_timestamp_fails_the_backfill_without_a_panic() {
+    let Some(url) = posthog_track_tests::database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "bf_infinity").await;
+    let (mock, tracker) = tracking().await;
+    people(&tracker, &pool, 3).await;
+    for value in ["infinity", "-infinity"] {
+        execute(
+            &pool,
+            format!("UPDATE bf_people SET trial_ends_at = '{value}' WHERE id = 2"),
+        )
+        .await;
+        let error = run_err(tracker.backfill::<Person>(&pool).restart()).await;
+        let shown = error.to_string();
+        assert!(
+            matches!(&error, Error::Database(sqlx::Error::ColumnDecode { .. }))
+                && shown.contains("trial_ends_at"),
+            "{value}: {shown}"
+        );
+    }
+    tracker.flush().await.unwrap();
+    assert!(mock.events().is_empty(), "nothing of the page is sent");
+}
+

@@ -242,7 +242,40 @@ where
     T: for<'r> Decode<'r, DB> + Type<DB>,
 {
     fn read_column(row: &DB::Row, index: usize) -> Result<T, sqlx::Error> {
-        DB::decode(row, index)
+        // sqlx's decoders panic on some values a database holds: PostgreSQL's `infinity` and
+        // `-infinity` in a TIMESTAMP, TIMESTAMPTZ or DATE column overflow the epoch arithmetic
+        // of the chrono (and time) decoders ("`NaiveDateTime + TimeDelta` overflowed"). A
+        // row is input, and a model read back (an insert's RETURNING, `load_for_update`, a
+        // backfill's page) must not take the process down: the panic becomes the decode
+        // error of any value the field's type cannot hold, naming the column. (The panic
+        // hook still prints sqlx's message; with `panic = "abort"` nothing can be caught.)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DB::decode(row, index)))
+            .unwrap_or_else(|panic| Err(undecodable::<DB, T>(row, index, panic.as_ref())))
+    }
+}
+
+/// The decode error for column `index` of `row`, whose decoder panicked with `panic`.
+fn undecodable<DB: Backend, T>(
+    row: &DB::Row,
+    index: usize,
+    panic: &(dyn std::any::Any + Send),
+) -> sqlx::Error {
+    let why = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("the decoder panicked");
+    let column = sqlx::Row::columns(row).get(index).map_or_else(
+        || index.to_string(),
+        |column| sqlx::Column::name(column).to_owned(),
+    );
+    sqlx::Error::ColumnDecode {
+        index: format!("{column:?}"),
+        source: format!(
+            "the value is out of the range of `{}` (PostgreSQL's infinity?): {why}",
+            std::any::type_name::<T>()
+        )
+        .into(),
     }
 }
 
