@@ -1863,3 +1863,43 @@ async fn postgres_an_infinite_timestamp_fails_the_backfill_without_a_panic() {
     assert!(mock.events().is_empty(), "nothing of the page is sent");
 }
 
+/// The checkpoint's counters at the top of BIGINT (a row edited by hand, or copied from
+/// another database): `rows_done + page` and `generation + 1` overflowed, which panics in
+/// debug builds (and wrapped in release ones). The counters now stop at the top (the
+/// generation, a fence that only has to change, wraps), and the run and a restart complete.
+async fn a_checkpoint_at_the_top_of_bigint_is_resumed<DB: Backend>(pool: &Pool<DB>, _url: &str)
+where
+    Pool<DB>: BackfillPool<Person>,
+{
+    let (mock, tracker) = tracking().await;
+    people(&tracker, pool, 20).await;
+    let first = run_ok(tracker.backfill::<Person>(pool).max_rows(10)).await;
+    assert_eq!(first.rows, 10, "{first}");
+    let top = "9223372036854775807";
+    execute(
+        pool,
+        format!(
+            "UPDATE posthog_backfill SET rows_done = {top}, events = {top}, generation = {top}"
+        ),
+    )
+    .await;
+    let second = run_ok(tracker.backfill::<Person>(pool)).await;
+    assert!(second.complete && second.rows == 10, "{second}");
+    tracker.flush().await.unwrap();
+    assert_one_update_per_row(&mock, 20);
+    let sent = mock.unique_uuids();
+    execute(
+        pool,
+        format!("UPDATE posthog_backfill SET generation = {top}"),
+    )
+    .await;
+    let restarted = run_ok(tracker.backfill::<Person>(pool).restart()).await;
+    assert!(restarted.complete && restarted.rows == 20, "{restarted}");
+    tracker.flush().await.unwrap();
+    assert_eq!(
+        mock.unique_uuids(),
+        sent,
+        "the restart resends the same events"
+    );
+}
+on_every_backend!(a_checkpoint_at_the_top_of_bigint_is_resumed);

@@ -72,6 +72,15 @@ pub(crate) struct Checkpoint {
     pub generation: i64,
 }
 
+impl Checkpoint {
+    /// The generation after this one. Read from the row, which may hold anything (edited by
+    /// hand, copied from another database): at the top of BIGINT it wraps around, since a
+    /// fence only has to change (`advance` and `reset` compare it for equality).
+    pub(crate) fn next_generation(&self) -> i64 {
+        self.generation.wrapping_add(1)
+    }
+}
+
 /// A row when the search_path finds `posthog_backfill` on PostgreSQL (in whichever schema).
 const POSTGRES_TABLE_FOUND: &str = "SELECT 1 WHERE to_regclass('posthog_backfill') IS NOT NULL";
 
@@ -214,7 +223,7 @@ pub(crate) async fn reset<DB: Backend>(
 ) -> Result<Checkpoint> {
     let mut conn = pool.acquire().await?;
     let next = Checkpoint {
-        generation: from.generation + 1,
+        generation: from.next_generation(),
         ..Checkpoint::default()
     };
     let mut sql = "UPDATE posthog_backfill SET last_key = NULL, rows_done = 0, events = 0, \

@@ -657,7 +657,7 @@ where
             if persist {
                 let next = Checkpoint {
                     done: true,
-                    generation: checkpoint.generation + 1,
+                    generation: checkpoint.next_generation(),
                     ..checkpoint.clone()
                 };
                 checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
@@ -733,10 +733,14 @@ where
             if persist {
                 let next = Checkpoint {
                     last_key: Some(page_key_json.clone()),
-                    rows: checkpoint.rows + rows.len() as i64,
-                    events: checkpoint.events + i64::try_from(staged).unwrap_or(i64::MAX),
+                    rows: checkpoint
+                        .rows
+                        .saturating_add(i64::try_from(rows.len()).unwrap_or(i64::MAX)),
+                    events: checkpoint
+                        .events
+                        .saturating_add(i64::try_from(staged).unwrap_or(i64::MAX)),
                     done: false,
-                    generation: checkpoint.generation + 1,
+                    generation: checkpoint.next_generation(),
                 };
                 checkpoint::advance::<DB>(&mut tx, &plan.checkpoint, &checkpoint, &next).await?;
                 checkpoint = next;
