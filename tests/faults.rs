@@ -2154,3 +2154,51 @@ async fn a_relay_runs_in_a_process_with_the_panic_switch_set() {
     assert_ne!(state, Some(posthog_track::relay::RelayState::Stopped));
     assert_eq!(received(&mock, &tag), committed);
 }
+
+// An outbox row whose `failures` is at the top of BIGINT (edited by hand, or copied from
+// another database): the relay's blame, `failures + 1`, overflowed, which panics in debug
+// builds (the relay task died) and wrapped to a negative count in release ones. The count
+// now stops at the top, and the row is dead-lettered at its first blamed failure.
+
+on_every_backend!(failures_at_the_top_of_bigint_dead_letter_the_row);
+
+async fn failures_at_the_top_of_bigint_dead_letter_the_row<DB: Backend>(
+    pool: &Pool<DB>,
+    _url: &str,
+) {
+    let mock = MockPostHog::start().await;
+    let tag = unique("top_failures");
+    let poison_tag = tag.clone();
+    mock.fail_events_where(500, move |event| {
+        event["event"] == "poison" && event["distinct_id"] == poison_tag.as_str()
+    });
+    let tracker = tracker_for(&mock)
+        .max_failures(3)
+        .flush_timeout(WAIT)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let poison = commit_events(&tracker, pool, &tag, "poison", 1, 1).await;
+    let committed = commit_events(&tracker, pool, &tag, "good", 20, 10).await;
+    posthog_track_tests::execute(
+        pool,
+        format!(
+            "UPDATE posthog_outbox SET failures = 9223372036854775807 \
+             WHERE event = 'poison' AND distinct_id = '{tag}'"
+        ),
+    )
+    .await;
+
+    let error = tracker.relay(pool.clone()).drain().await.unwrap_err();
+    assert!(
+        matches!(error, Error::Undelivered { dead: 1, .. }),
+        "the row is dead-lettered and reported: {error}"
+    );
+    assert_exactly_delivered(&mock, &tag, &committed);
+    let dead = outbox_events(&tracker, pool, |event| {
+        event.status == posthog_track::outbox::Status::Dead
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert!(poison.contains(&dead[0].uuid));
+}

@@ -542,7 +542,8 @@ impl<DB: Backend> Relay<DB> {
         let mut blamed = Vec::new();
         for (row, alone) in retry {
             let blame = isolated && alone && row.attempts > 1;
-            let failures = row.failures + i64::from(blame);
+            // The count is read from the row, which may hold anything: it stops at the top.
+            let failures = row.failures.saturating_add(i64::from(blame));
             let too_old = row.age_millis.is_some_and(|age| {
                 u128::from(age.unsigned_abs()) > self.options.max_age.as_millis()
             });
