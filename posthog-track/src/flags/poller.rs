@@ -204,14 +204,11 @@ pub(crate) async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     while !*stop.borrow() {
-        let wait = match client.poll(&cache).await {
-            Ok(Polled::BackOff) => interval * 4,
-            Ok(_) => interval,
-            Err(error) => {
-                tracing::warn!(%error, "flag definitions poll failed");
-                interval
-            }
-        };
+        let polled = client.poll(&cache).await;
+        if let Err(error) = &polled {
+            tracing::warn!(%error, "flag definitions poll failed");
+        }
+        let wait = wait_after(&polled, interval);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = stop.changed() => {
@@ -220,6 +217,15 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+/// How long the poller waits after a poll that ended as `polled`: `interval`, four times that
+/// after PostHog refused (401, 403, 429).
+fn wait_after(polled: &Result<Polled>, interval: Duration) -> Duration {
+    match polled {
+        Ok(Polled::BackOff) => interval.saturating_mul(4),
+        _ => interval,
     }
 }
 
@@ -239,5 +245,23 @@ mod debug_tests {
         for secret in ["projectsecret123", "personalsecret123", "user:pw"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    /// A refusal (401, 403, 429: PostHog's answer) after `start_flag_poller` was given a very
+    /// long interval (`Duration::MAX` for "practically never") multiplied the interval by four
+    /// and overflowed: the poller task panicked.
+    #[test]
+    fn a_refusal_after_a_very_long_interval_waits_without_overflow() {
+        for interval in [
+            Duration::MAX,
+            Duration::MAX / 3,
+            Duration::from_secs(u64::MAX),
+        ] {
+            let wait = wait_after(&Ok(Polled::BackOff), interval);
+            assert!(wait >= interval, "{wait:?} < {interval:?}");
+        }
+        let interval = Duration::from_secs(30);
+        assert_eq!(wait_after(&Ok(Polled::BackOff), interval), interval * 4);
+        assert_eq!(wait_after(&Ok(Polled::Unchanged), interval), interval);
     }
 }
