@@ -115,4 +115,42 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
     }
+
+    /// Properties over inputs from the network and the outbox.
+    mod inputs {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Any `Retry-After` value (PostHog's, or a proxy's) at any time within chrono's
+            /// range: parsed or ignored, never a panic; and the delay it leads to stays within
+            /// the ceiling, whatever it asked for and however many failures came before.
+            #[test]
+            fn any_retry_after_is_parsed_or_ignored(
+                value in prop_oneof![
+                    "\\PC{0,40}",
+                    "[0-9]{1,30}",
+                    "-?[0-9]{1,25}(\\.[0-9]{0,5})?",
+                    "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{1,2} (Jan|Feb|Dec) [0-9]{1,6} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|[+-][0-9]{4})",
+                    "(Mon|Sun) (Jan|Dec) [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4,6}",
+                    "[A-Za-z]{6,9}, [0-9]{2}-(Jan|Dec)-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT",
+                ],
+                now_seconds in -8_000_000_000_000i64..8_000_000_000_000,
+                failures in any::<u32>(),
+                initial in (any::<u64>(), 0..1_000_000_000u32),
+                max in (any::<u64>(), 0..1_000_000_000u32),
+            ) {
+                let now = chrono::DateTime::from_timestamp(now_seconds, 0).unwrap_or_default();
+                let asked = parse_retry_after(&value, now);
+                let backoff = Backoff {
+                    initial: Duration::new(initial.0, initial.1),
+                    max: Duration::new(max.0, max.1),
+                };
+                let delay = backoff.delay(failures, asked);
+                prop_assert!(delay <= backoff.max, "{delay:?} > {:?}", backoff.max);
+            }
+        }
+    }
 }

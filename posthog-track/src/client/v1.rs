@@ -241,4 +241,43 @@ mod tests {
         assert_eq!(first.created_at, second.created_at);
         assert_ne!(RequestMeta::at_attempt(1).id, first.id);
     }
+
+    /// Properties over inputs from the network and the outbox.
+    mod inputs {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any 200 answer's body (JSON of any shape around `results`, or bytes that are no
+            /// JSON) and any payload text from the outbox (a row edited by hand, cut short, with
+            /// multi-byte characters where the uuid should be): one verdict per payload or none,
+            /// never a panic.
+            #[test]
+            fn any_answer_and_payload_give_verdicts_or_none(
+                body in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..64),
+                    "\\{\"results\":\\{(\"[0-9a-fA-F-]{0,40}\":(\"[a-z]{0,6}\"|\\{\"result\":(\"(ok|retry|drop|limited)\"|[0-9]|null|\\[\\])(,\"details\":(\"\\PC{0,8}\"|7|\\{\\}|null))?\\}|[0-9]|null|\\[\\]),?){0,3}\\}\\}"
+                        .prop_map(String::into_bytes),
+                ],
+                payloads in prop::collection::vec(
+                    prop_oneof![
+                        "\\PC{0,60}",
+                        "\\{\"uuid\":\"[0-9a-fA-F\\-é]{30,40}\"?,?\\PC{0,10}",
+                        "\\{\"event\":\"e\",\"uuid\":(\"[0-9a-f-]{36}\"|7|null|\\[\\])\\}",
+                    ],
+                    0..4,
+                ),
+            ) {
+                let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+                for payload in &payloads {
+                    let _ = payload_uuid(payload);
+                }
+                if let Some(verdicts) = verdicts(&body, &payloads) {
+                    prop_assert_eq!(verdicts.len(), payloads.len());
+                }
+            }
+        }
+    }
 }
