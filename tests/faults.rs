@@ -2202,3 +2202,49 @@ async fn failures_at_the_top_of_bigint_dead_letter_the_row<DB: Backend>(
     assert_eq!(dead.len(), 1);
     assert!(poison.contains(&dead[0].uuid));
 }
+
+// A row whose `attempts` is at the top of BIGINT, or whose `created_at` is at its bottom (rows
+// edited by hand, or copied from another database): the claim's `attempts + 1` and `now -
+// created_at` overflowed in the database ("bigint out of range" on PostgreSQL, MariaDB's
+// "BIGINT value is out of range", a REAL on SQLite that no longer decodes as an integer), so
+// every claim failed and not one event of the outbox was delivered, however many rounds ran.
+// The counts now stop at the top and an age that cannot be computed is unknown: every event
+// is delivered once.
+
+on_every_backend!(counts_at_the_ends_of_bigint_hold_nothing_back);
+
+async fn counts_at_the_ends_of_bigint_hold_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let mock = MockPostHog::start().await;
+    let tag = unique("top_attempts");
+    let tracker = tracker_for(&mock)
+        .flush_timeout(WAIT)
+        .external_relay(true)
+        .build();
+    tracker.migrate(pool).await.unwrap();
+    let mut committed = commit_events(&tracker, pool, &tag, "odd", 2, 1).await;
+    committed.extend(commit_events(&tracker, pool, &tag, "good", 20, 10).await);
+    for (column, value, order) in [
+        ("attempts", "9223372036854775807", "MIN"),
+        ("created_at", "-9223372036854775808", "MAX"),
+    ] {
+        // The first odd row gets the first value, the second the second.
+        posthog_track_tests::execute(
+            pool,
+            format!(
+                "UPDATE posthog_outbox SET {column} = {value} WHERE id = \
+                 (SELECT id FROM (SELECT {order}(id) AS id FROM posthog_outbox \
+                  WHERE event = 'odd' AND distinct_id = '{tag}') AS odd)"
+            ),
+        )
+        .await;
+    }
+
+    let relay = tracker.relay(pool.clone());
+    tokio::time::timeout(WAIT, relay.drain())
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert_exactly_delivered(&mock, &tag, &committed);
+    let status = tracker.outbox(pool).status().await.unwrap();
+    assert_eq!((status.pending, status.dead), (0, 0));
+}

@@ -903,7 +903,7 @@ impl<'p, DB: Backend> Outbox<'p, DB> {
                     COUNT(CASE WHEN claim IS NOT NULL AND leased_until > {now} THEN 1 END), \
                     COUNT(CASE WHEN claim IS NULL AND leased_until > {now} THEN 1 END), \
                     COALESCE(MIN(id), 0), \
-                    COALESCE({now} - MIN(created_at), -1), \
+                    COALESCE({now} - MIN(CASE WHEN created_at >= 0 THEN created_at END), -1), \
                     (SELECT COUNT(*) FROM posthog_outbox_dead) \
              FROM posthog_outbox"
         );

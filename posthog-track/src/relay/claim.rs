@@ -112,15 +112,16 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
     } = ask;
     let token = fastrand::i64(1..i64::MAX);
     let now = DB::DIALECT.now_millis_sql();
+    let (attempts, age) = (step("attempts", "1"), age_millis(now));
     let mut rows = match DB::DIALECT {
         Dialect::Postgres => {
             let sql = format!(
                 "UPDATE posthog_outbox SET leased_until = {now} + $1, claim = $2, \
-                     attempts = attempts + 1 \
+                     attempts = {attempts} \
                  WHERE id IN (SELECT id FROM posthog_outbox \
                      WHERE leased_until IS NULL OR leased_until < {now} \
                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
+                 RETURNING id, attempts, failures, {age}, \
                      octet_length(payload)::BIGINT, \
                      CASE WHEN octet_length(payload) <= $4 THEN payload END, historical"
             );
@@ -136,11 +137,11 @@ pub(crate) async fn claim<DB: Backend>(pool: &Pool<DB>, ask: Ask) -> Result<Clai
             // SQLite has one writer at a time, so the UPDATE is the lock.
             let sql = format!(
                 "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, \
-                     attempts = attempts + 1 \
+                     attempts = {attempts} \
                  WHERE id IN (SELECT id FROM posthog_outbox \
                      WHERE leased_until IS NULL OR leased_until < {now} \
                      ORDER BY id LIMIT ?) \
-                 RETURNING id, attempts, failures, COALESCE({now} - created_at, -1), \
+                 RETURNING id, attempts, failures, {age}, \
                      LENGTH(CAST(payload AS BLOB)), \
                      CASE WHEN LENGTH(CAST(payload AS BLOB)) <= ? THEN payload END, historical"
             );
@@ -280,9 +281,11 @@ async fn within_budget<DB: Backend>(
         kept.push(row);
     }
     for chunk in returned.chunks(IDS_PER_STATEMENT) {
-        let mut sql = "UPDATE posthog_outbox SET leased_until = NULL, claim = NULL, \
-                       attempts = attempts - 1 WHERE claim = "
-            .to_owned();
+        let mut sql = format!(
+            "UPDATE posthog_outbox SET leased_until = NULL, claim = NULL, attempts = {} \
+             WHERE claim = ",
+            step("attempts", "-1")
+        );
         DB::DIALECT.push_placeholder(&mut sql, 1);
         push_id_list(DB::DIALECT, &mut sql, 2, chunk.len());
         let mut query = DB::bind_i64(sqlx::query(sqlx::AssertSqlSafe(sql)), token);
@@ -316,7 +319,8 @@ async fn claim_mysql<DB: Backend>(pool: &Pool<DB>, ask: Ask, token: i64) -> Resu
     for chunk in taken.chunks(IDS_PER_STATEMENT) {
         let mut update = format!(
             "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = ?, \
-             attempts = attempts + 1 WHERE 1 = 1"
+             attempts = {} WHERE 1 = 1",
+            step("attempts", "1")
         );
         push_id_list(Dialect::MySql, &mut update, 3, chunk.len());
         let mut query = DB::bind_i64(
@@ -346,10 +350,12 @@ async fn lock_deliverable<DB: Backend>(
     };
     // Both numbers are this crate's integers, not input: no placeholders needed.
     let sql = format!(
-        "SELECT id, attempts + 1, failures, COALESCE({now} - created_at, -1), {bytes}, \
+        "SELECT id, {}, failures, {}, {bytes}, \
              CASE WHEN {bytes} <= {INLINE_PAYLOAD_BYTES} THEN payload END, historical \
          FROM posthog_outbox WHERE leased_until IS NULL OR leased_until < {now} \
-         ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+         ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED",
+        step("attempts", "1"),
+        age_millis(now),
     );
     DB::fetch_all(tx, sqlx::query(sqlx::AssertSqlSafe(sql)))
         .await?
@@ -642,8 +648,10 @@ fn settle_sql<'a>(
             dialect.numbered(
                 &format!(
                     "UPDATE posthog_outbox SET leased_until = {now} + ?, claim = NULL, \
-                     failures = failures + ?, attempts = attempts + ?, last_error = {history} \
-                     WHERE claim = "
+                     failures = {}, attempts = {}, last_error = {history} \
+                     WHERE claim = ",
+                    step("failures", "?"),
+                    step("attempts", "?"),
                 ),
                 1,
             )
@@ -659,8 +667,9 @@ fn settle_sql<'a>(
                      (id, uuid, event, distinct_id, timestamp, payload, attempts, last_error, \
                       reason, dead_at, historical) \
                      SELECT {dead_id}, uuid, event, distinct_id, timestamp, payload, \
-                         attempts + {this_send}, {history}, ?, {now}, historical \
-                     FROM posthog_outbox WHERE claim = "
+                         {}, {history}, ?, {now}, historical \
+                     FROM posthog_outbox WHERE claim = ",
+                    step("attempts", &this_send.to_string()),
                 ),
                 1,
             )
@@ -690,6 +699,26 @@ fn settle_sql<'a>(
         binds.extend(ids.iter().map(|id| Bind::Int(*id)));
     }
     (sql, binds)
+}
+
+/// `column + amount` in SQL (`amount` is -1, 0 or 1: a literal or one placeholder), or
+/// `column` as it is at either end of BIGINT. The counts are read from rows, which may hold
+/// anything (edited by hand, copied from another database): an overflow failed the statement
+/// (PostgreSQL's "bigint out of range", MariaDB's "BIGINT value is out of range", a REAL on
+/// SQLite that no longer decodes as an integer), and since a claim takes the oldest rows
+/// whole, one such row failed every claim and held back the whole outbox.
+fn step(column: &str, amount: &str) -> String {
+    format!(
+        "CASE WHEN {column} BETWEEN -9223372036854775807 AND 9223372036854775806 \
+         THEN {column} + {amount} ELSE {column} END"
+    )
+}
+
+/// A row's age in milliseconds on the database's clock (`now`), or -1 when unknown: no
+/// `created_at` (a row of an older schema), or one below zero, from which `now - created_at`
+/// could overflow (see [`step`]).
+fn age_millis(now: &str) -> String {
+    format!("COALESCE({now} - CASE WHEN created_at >= 0 THEN created_at END, -1)")
 }
 
 /// ` AND id IN (...)` with `count` placeholders numbered from `first`.
