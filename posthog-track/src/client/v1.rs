@@ -39,7 +39,7 @@ impl RequestMeta {
         RequestMeta {
             id: Uuid::new_v4(),
             attempt: attempt.max(1),
-            created_at: format_timestamp(chrono::Utc::now() + clock_offset),
+            created_at: format_timestamp(shifted_now(clock_offset)),
             clock_offset,
         }
     }
@@ -51,7 +51,7 @@ impl RequestMeta {
 
     /// Now, on this request's clock.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now() + self.clock_offset
+        shifted_now(self.clock_offset)
     }
 
     /// The same request, sent once more.
@@ -61,6 +61,13 @@ impl RequestMeta {
             ..self.clone()
         }
     }
+}
+
+/// This process's clock plus `offset`, or this process's clock alone when the sum is beyond
+/// chrono's calendar: the offset is measured from the database's clock, which is input.
+fn shifted_now(offset: chrono::Duration) -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    now.checked_add_signed(offset).unwrap_or(now)
 }
 
 /// What PostHog said of one event of a v1 request.
@@ -229,6 +236,27 @@ mod tests {
     fn bodies_without_results_are_none_and_never_panic() {
         for body in [&b""[..], b"not json", b"{}", b"[1,2]", b"{\"results\":7}"] {
             assert_eq!(verdicts(body, &[A]), None, "{body:?}");
+        }
+    }
+
+    /// The relay's offset is the database's clock minus this process's, read from the
+    /// database: one beyond chrono's range (a database clock hundreds of thousands of years
+    /// off) made `Utc::now() + offset` panic ("`DateTime + TimeDelta` overflowed") in every
+    /// request's times.
+    #[test]
+    fn an_offset_beyond_the_calendar_leaves_this_clock() {
+        for offset in [chrono::TimeDelta::MAX, chrono::TimeDelta::MIN] {
+            let before = chrono::Utc::now();
+            let meta = RequestMeta::on_clock(1, offset);
+            let now = meta.now();
+            assert!(now >= before && now <= chrono::Utc::now(), "{now}");
+            let created = chrono::DateTime::parse_from_rfc3339(&meta.created_at).unwrap();
+            // Written to the microsecond.
+            assert!(
+                created.timestamp_micros() >= before.timestamp_micros(),
+                "{}",
+                meta.created_at
+            );
         }
     }
 
