@@ -288,3 +288,48 @@ async fn a_host_with_credentials_is_refused_without_showing_them() {
     assert!(!shown.contains("hunter2pw"), "{shown}");
     assert!(mock.api_requests().is_empty());
 }
+
+// A definition's `id` comes from PostHog's answer and went into the PATCH's path as it was:
+// an id holding `../` (a proxy's or a compromised answer) sent the PATCH, with the personal
+// key, to another endpoint of the host (`/api/organizations/@current/`, once the client
+// resolved the dots). Only ids of letters, digits, `-` and `_` (PostHog's are UUIDs) are
+// patched; another is refused with an error, and nothing is sent for it.
+#[tokio::test]
+async fn a_definition_id_that_is_a_path_is_refused() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let recorded = recorded.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            recorded
+                .lock()
+                .unwrap()
+                .push(format!("{} {path}", request.method()));
+            let results = if path.ends_with("/event_definitions/") {
+                serde_json::json!([{"id": "../../../organizations/@current",
+                                    "name": "order_refunded", "description": "Old text"}])
+            } else {
+                serde_json::json!([])
+            };
+            axum::Json(serde_json::json!({"next": null, "results": results}))
+        }
+    });
+    let host = posthog_track_tests::serve(app).await;
+    let options = PushOptions::new(&host, PROJECT, ApiKey::new("phx_personal")).unwrap();
+    let push = PlanPush::new(options);
+    let changes = push.plan_changes(&plan()).await.unwrap();
+    let applied = push.apply(&changes).await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|request| request.starts_with("GET /api/projects/42/")),
+        "{seen:?}"
+    );
+    let error = applied.unwrap_err();
+    assert!(
+        matches!(&error, Error::Api { .. }) && error.to_string().contains("order_refunded"),
+        "{error}"
+    );
+}

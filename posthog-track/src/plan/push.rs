@@ -242,6 +242,21 @@ impl PlanPush {
                 DefinitionKind::Event => "event_definitions",
                 DefinitionKind::Property => "property_definitions",
             };
+            // The id is PostHog's answer, and goes into the path: one holding `../`, `?` or
+            // `#` would send the PATCH (with the personal key) to another endpoint.
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(Error::Api {
+                    status: None,
+                    reason: format!(
+                        "updating {kind} `{name}`: PostHog's answer gave it the id {id:?},                          which is not an id (a UUID); nothing was sent for it"
+                    ),
+                    source: None,
+                });
+            }
             let url = format!("{}/{collection}/{id}/", self.project_url());
             let request = self
                 .http
