@@ -1863,6 +1863,33 @@ async fn postgres_an_infinite_timestamp_fails_the_backfill_without_a_panic() {
     assert!(mock.events().is_empty(), "nothing of the page is sent");
 }
 
+/// A field whose type does not fit its column (`DateTime<Utc>` over a PostgreSQL `TIMESTAMP`,
+/// which has no time zone) is a decode error naming the column, not sqlx's column number
+/// ("error occurred while decoding column 3: mismatched types", found in a trial), which left
+/// the user counting columns of a `SELECT` they never wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_field_of_the_wrong_type_names_its_column() {
+    let Some(url) = posthog_track_tests::database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = posthog_track_tests::isolated_postgres(&url, "bf_naive").await;
+    let (_mock, tracker) = tracking().await;
+    people(&tracker, &pool, 3).await;
+    execute(
+        &pool,
+        "ALTER TABLE bf_people ALTER COLUMN trial_ends_at TYPE TIMESTAMP",
+    )
+    .await;
+    let error = run_err(tracker.backfill::<Person>(&pool)).await;
+    let shown = error.to_string();
+    assert!(
+        matches!(&error, Error::Database(sqlx::Error::ColumnDecode { .. }))
+            && shown.contains("\"trial_ends_at\"")
+            && shown.contains("TIMESTAMP"),
+        "{shown}"
+    );
+}
+
 /// The checkpoint's counters at the top of BIGINT (a row edited by hand, or copied from
 /// another database): `rows_done + page` and `generation + 1` overflowed, which panics in
 /// debug builds (and wrapped in release ones). The counters now stop at the top (the

@@ -251,7 +251,27 @@ where
         // hook still prints sqlx's message; with `panic = "abort"` nothing can be caught.)
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DB::decode(row, index)))
             .unwrap_or_else(|panic| Err(undecodable::<DB, T>(row, index, panic.as_ref())))
+            .map_err(|error| match error {
+                // sqlx names the column by its position in a statement the user never wrote
+                // ("error occurred while decoding column 3: mismatched types; ..."): the
+                // column's name says which field does not fit.
+                sqlx::Error::ColumnDecode { index: at, source } if at == index.to_string() => {
+                    sqlx::Error::ColumnDecode {
+                        index: format!("{:?}", column_name::<DB>(row, index)),
+                        source,
+                    }
+                }
+                other => other,
+            })
     }
+}
+
+/// The name of column `index` of `row`, or its position when the row does not say.
+fn column_name<DB: Backend>(row: &DB::Row, index: usize) -> String {
+    sqlx::Row::columns(row).get(index).map_or_else(
+        || index.to_string(),
+        |column| sqlx::Column::name(column).to_owned(),
+    )
 }
 
 /// The decode error for column `index` of `row`, whose decoder panicked with `panic`.
@@ -265,12 +285,8 @@ fn undecodable<DB: Backend, T>(
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("the decoder panicked");
-    let column = sqlx::Row::columns(row).get(index).map_or_else(
-        || index.to_string(),
-        |column| sqlx::Column::name(column).to_owned(),
-    );
     sqlx::Error::ColumnDecode {
-        index: format!("{column:?}"),
+        index: format!("{:?}", column_name::<DB>(row, index)),
         source: format!(
             "the value is out of the range of `{}` (PostgreSQL's infinity?): {why}",
             std::any::type_name::<T>()
