@@ -151,8 +151,9 @@ async fn fill(pool: &sqlx::SqlitePool, users: i64) -> Result<(), sqlx::Error> {
          SELECT printf('user-%06d', i), printf('user%d@example.com', i), \
                 CASE WHEN i % 4 = 0 THEN 'pro' ELSE 'free' END, '$argon2id$v=19$...', \
                 strftime('%Y-%m-%dT%H:%M:%fZ', '2024-01-01', printf('+%d minutes', i)) \
-         FROM n",
+         FROM n WHERE i <= ?", // the recursion's first row is there even for 0 users
     )
+    .bind(users)
     .bind(users)
     .execute(pool)
     .await?;
