@@ -1226,6 +1226,58 @@ async fn a_host_answering_200_with_a_web_page_delivers_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// A host that answers 400 with a web page to every request: nginx does so to plain HTTP sent
+// to its HTTPS port (`POSTHOG_HOST=http://...` where the proxy speaks HTTPS). PostHog answers a
+// refused event with JSON, so such a page is a set-up to fix, not a verdict on the events:
+// the relay pauses after one request and names the setting. It used to take each 400 as a
+// refusal and split the batch until every event stood alone (2n - 1 requests a round, 15 for
+// these 8 events, 999 for a batch of 500, each round again after its backoff), and said only
+// at the end of such a round what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_answering_400_with_a_web_page_pauses_the_relay() {
+    let (site, answered) = posthog_track_tests::https_port_site().await;
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("html-400").await;
+    for mode in [CaptureMode::V0, CaptureMode::V1] {
+        answered.store(0, std::sync::atomic::Ordering::SeqCst);
+        let tracker = Tracker::builder()
+            .api_key("phc_https_port_test")
+            .host(&site)
+            .unwrap()
+            .capture_mode(mode)
+            .external_relay(true)
+            .build();
+        tracker.migrate(&pool).await.unwrap();
+        let mut tx = tracker.begin(&pool).await.unwrap();
+        tx.set_distinct_id(unique("https-port"));
+        for n in 0..8 {
+            tx.capture(Event::new("sent_to_an_https_port").property("n", n))
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let pass = tracker.relay(pool.clone()).run_once().await.unwrap();
+        assert!(
+            pass.paused
+                .as_deref()
+                .is_some_and(|why| why.contains("POSTHOG_HOST") && why.contains("web page")),
+            "{mode:?}: the relay pauses and names the setting to fix: {pass:?}"
+        );
+        assert_eq!(
+            answered.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{mode:?}: one request, not one per event: {pass:?}"
+        );
+        let status = tracker.outbox(&pool).status().await.unwrap();
+        assert_eq!(
+            (status.pending, status.dead),
+            (8, 0),
+            "{mode:?}: the events wait, none counted against: {status:?}"
+        );
+        posthog_track_tests::execute(&pool, "DELETE FROM posthog_outbox").await;
+    }
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // A host that redirects (a proxy moved, `http://` sent to `https://`, a vanity domain) is a
 // set-up to fix, not a way to follow: a 307 or 308 would resend the body, API key included,
 // to wherever the redirect points. The relay pauses, names the setting, and the events stay.

@@ -422,6 +422,30 @@ pub async fn html_site() -> String {
     .await
 }
 
+/// What nginx answers plain HTTP sent to its HTTPS port with: 400 and an HTML page, to every
+/// request (a `POSTHOG_HOST` of `http://` where the proxy speaks HTTPS). Its URL, and the
+/// number of requests it answered.
+pub async fn https_port_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    let url = serve(axum::Router::new().fallback(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                axum::response::Html(
+                    "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port\
+                     </title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
+                     <center>The plain HTTP request was sent to HTTPS port</center>\r\n\
+                     <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+                ),
+            )
+        }
+    }))
+    .await;
+    (url, answered)
+}
+
 /// A child process's stderr, written to a file of its own that the test reads while the
 /// process runs: pass [`StderrLog::file`] to `Command::stderr`. The file is removed on drop.
 pub struct StderrLog {

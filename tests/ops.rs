@@ -365,6 +365,28 @@ async fn doctor_finds_a_host_answering_with_a_web_page() {
 }
 
 #[tokio::test]
+async fn doctor_finds_a_host_answering_400_with_a_web_page() {
+    // nginx answers plain HTTP sent to its HTTPS port with 400 and a page, to every request:
+    // an empty batch gets the 400 PostHog would give it, but a relay aimed there would pause.
+    let (site, _) = posthog_track_tests::https_port_site().await;
+    let diagnosis = diagnose(
+        &config_for("phc_project_key_123", &site),
+        &DoctorOptions::new(),
+    )
+    .await;
+    assert!(!diagnosis.healthy(), "{diagnosis}");
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    assert!(
+        detail(&diagnosis, "host answers").contains("web page"),
+        "{diagnosis}"
+    );
+}
+
+#[tokio::test]
 async fn doctor_finds_a_refused_personal_key() {
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions_status(Some(401));

@@ -463,6 +463,19 @@ async fn check_requests(config: &Config, options: &DoctorOptions, diagnosis: &mu
                     );
                     false
                 }
+                400 if web_page => {
+                    diagnosis.push(
+                        "host answers",
+                        Verdict::Fail,
+                        format!(
+                            "{shown}/batch/ answered {status} with a web page (text/html), where \
+                             PostHog answers with JSON: a proxy or web server answers instead \
+                             (nginx does so to plain http:// sent to its HTTPS port); relays \
+                             would pause"
+                        ),
+                    );
+                    false
+                }
                 200..=299 | 400 | 401 | 403 => {
                     diagnosis.push(
                         "host answers",

@@ -223,8 +223,22 @@ impl Transport {
             }
             return Outcome::Delivered;
         }
+        let web_page = answers_with_a_web_page(&response);
         let body = read_bounded(response).await;
         let reason = describe(status, &redact(&body, self.api_key.expose()));
+        if status == 400 && web_page {
+            // PostHog refuses a bad event with JSON. A page is what stands in front of it
+            // answering every request so (nginx, to plain HTTP sent to its HTTPS port): a
+            // set-up to fix. Taken as a refusal, it had the batch split until every event was
+            // sent alone, 2n - 1 requests a round, before anything was said.
+            return Outcome::Misconfigured {
+                reason: format!(
+                    "{reason}: a web page (text/html), not PostHog's answer to a bad event \
+                     (check POSTHOG_HOST: a proxy or web server answers instead of PostHog; \
+                     nginx answers so when plain http:// is sent to its HTTPS port)"
+                ),
+            };
+        }
         classify(status, retry_after, reason)
     }
 }

@@ -477,9 +477,10 @@ impl<DB: Backend> Relay<DB> {
         // A 400 (or 413) for a request of one event is PostHog's word that the event is bad
         // only if PostHog accepts other events meanwhile. When nothing got through this round,
         // the refusals may be the way to PostHog refusing everything (a proxy, or plain HTTP
-        // sent to an HTTPS port, which nginx answers with 400): dead-lettering them would
-        // empty the outbox into the dead-letter table. They fail like a retry instead, and
-        // the blame rules below decide (`max_failures` alone while PostHog accepts others).
+        // sent to an HTTPS port, which Go's servers answer with a plain-text 400; nginx's page
+        // pauses the relay instead, see `transport`): dead-lettering them would empty the
+        // outbox into the dead-letter table. They fail like a retry instead, and the blame
+        // rules below decide (`max_failures` alone while PostHog accepts others).
         if delivered.is_empty() && !refused.is_empty() {
             let (_, reason) = &refused[refused.len() - 1];
             if refused.len() > 1 {
