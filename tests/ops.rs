@@ -1288,3 +1288,37 @@ async fn requeue_of_an_unknown_id_says_so<DB: Backend>(pool: &Pool<DB>, url: &st
     assert!(out.contains("requeued: 1"), "{out}{err}");
     assert_eq!(still_dead().await, 0);
 }
+
+/// `posthog-track outbox status | head -1`: a reader that goes away before the command has
+/// written everything. The command panicked (`println!` on the broken pipe), printing a panic
+/// message and backtrace into the operator's terminal and exiting 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_does_not_panic_the_command() {
+    let (pool, url, _dir) = sqlite_file("ops-pipe").await;
+    Tracker::builder().build().migrate(&pool).await.unwrap();
+    for command in [
+        vec!["outbox", "status"],
+        vec!["outbox", "migrate"],
+        vec!["outbox", "purge"],
+        vec!["outbox", "requeue"],
+        vec!["doctor"],
+    ] {
+        let mut child = std::process::Command::new(posthog_track_tests::posthog_track_binary())
+            .args(&command)
+            .args(["--database-url", url.as_str()])
+            .env_remove("POSTHOG_API_KEY")
+            .env_remove("POSTHOG_DISABLED")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command, which connects to the database first,
+        // writes its first line.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{command:?}: {stderr}");
+    }
+    pool.close().await;
+}

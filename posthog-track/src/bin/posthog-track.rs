@@ -31,6 +31,36 @@ use posthog_track::plan::{PlanPush, PushOptions, TrackingPlan};
 use posthog_track::{Backend, Config, Error, Tracker};
 use sqlx::Pool;
 
+/// `print!` to stdout, except that a reader that went away (`posthog-track outbox status |
+/// head -1`) is no error: `print!` and `println!` panic on the broken pipe, and the command
+/// printed a panic message and backtrace into the operator's terminal and exited 101. What a
+/// gone reader would have read is dropped; another write error is said on stderr.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` to stdout, as [`out!`] does.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush())
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not write to stdout: {error}"
+        );
+    }
+}
+
 /// What can stop a command: the library's errors, and the metrics endpoint's.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -381,9 +411,9 @@ async fn doctor(args: &DoctorArgs) -> Result<bool, CliError> {
     }
     let diagnosis = diagnose(&config, &options).await;
     if args.json {
-        println!("{}", diagnosis.to_json());
+        outln!("{}", diagnosis.to_json());
     } else {
-        print!("{diagnosis}");
+        out!("{diagnosis}");
     }
     Ok(diagnosis.healthy())
 }
@@ -500,7 +530,7 @@ async fn execute<DB: Backend>(
                 .drain_for(Duration::from_secs(timeout))
                 .await?;
             let pending = tracker.outbox(pool).status().await?.pending;
-            println!(
+            outln!(
                 "drained: {} event(s) delivered in {:.1?}; {pending} committed since wait in \
                  the outbox",
                 tracker.stats().delivered,
@@ -588,7 +618,7 @@ async fn execute<DB: Backend>(
         } => {
             tracker.migrate(pool).await?;
             let version = tracker.outbox(pool).schema_version().await?;
-            println!(
+            outln!(
                 "outbox schema version {} (this version's: {})",
                 version.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
                 posthog_track::outbox::SCHEMA_VERSION
@@ -599,16 +629,16 @@ async fn execute<DB: Backend>(
             command: OutboxCommand::Status { .. },
         } => {
             let status = tracker.outbox(pool).status().await?;
-            println!("pending: {}", status.pending);
-            println!("  leased (in flight): {}", status.leased);
-            println!("  backing off after a failure: {}", status.backing_off);
+            outln!("pending: {}", status.pending);
+            outln!("  leased (in flight): {}", status.leased);
+            outln!("  backing off after a failure: {}", status.backing_off);
             match status.oldest_pending_age {
-                Some(age) => println!("oldest pending: {} s ago", age.as_secs()),
-                None => println!("oldest pending: none"),
+                Some(age) => outln!("oldest pending: {} s ago", age.as_secs()),
+                None => outln!("oldest pending: none"),
             }
-            println!("dead: {}", status.dead);
+            outln!("dead: {}", status.dead);
             for (reason, count) in &status.dead_reasons {
-                println!("  {count} x {reason}");
+                outln!("  {count} x {reason}");
             }
             Ok(())
         }
@@ -616,7 +646,7 @@ async fn execute<DB: Backend>(
             command: OutboxCommand::Purge { older_than, .. },
         } => {
             let purged = tracker.outbox(pool).purge(older_than).await?;
-            println!("purged: {purged}");
+            outln!("purged: {purged}");
             Ok(())
         }
         Command::Outbox {
@@ -625,7 +655,7 @@ async fn execute<DB: Backend>(
             let outbox = tracker.outbox(pool);
             if ids.is_empty() {
                 let requeued = outbox.requeue(None).await?;
-                println!("requeued: {requeued}");
+                outln!("requeued: {requeued}");
                 return Ok(());
             }
             // A mistyped id must be told, not requeue nothing in silence; and none is requeued
@@ -636,7 +666,7 @@ async fn execute<DB: Backend>(
             }
             let asked = ids.iter().collect::<std::collections::HashSet<_>>().len();
             let requeued = outbox.requeue(Some(&ids)).await?;
-            println!("requeued: {requeued}");
+            outln!("requeued: {requeued}");
             if requeued < asked as u64 {
                 return Err(CliError::RequeuedFewer { requeued, asked });
             }
@@ -762,9 +792,9 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
         PlanCommand::Show { plan, markdown } => {
             let plan = read_plan(plan)?;
             if *markdown {
-                print!("{}", plan.to_markdown());
+                out!("{}", plan.to_markdown());
             } else {
-                print!("{}", plan.to_json());
+                out!("{}", plan.to_json());
             }
             Ok(())
         }
@@ -788,18 +818,18 @@ async fn plan(command: &PlanCommand) -> posthog_track::Result<()> {
             let push = PlanPush::new(PushOptions::new(host, *project_id, key)?);
             let changes = push.plan_changes(&plan).await?;
             for change in &changes {
-                println!("{change}");
+                outln!("{change}");
             }
             let patches = changes.iter().filter(|c| c.is_patch()).count();
             let unseen = changes.len() - patches;
             if *dry_run {
-                println!(
+                outln!(
                     "dry run: {patches} definition(s) to update, {unseen} not yet seen by PostHog"
                 );
                 return Ok(());
             }
             let applied = push.apply(&changes).await?;
-            println!(
+            outln!(
                 "updated {applied} definition(s) in project {project_id} on {}; {unseen} not yet seen by PostHog",
                 push.options().redacted_host()
             );
