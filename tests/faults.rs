@@ -1278,6 +1278,25 @@ async fn a_host_answering_400_with_a_web_page_pauses_the_relay() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// `POSTHOG_HOST=https://...` aimed at a port that speaks plain HTTP: the TLS handshake fails
+// on every request. The events wait and are retried as in an outage, and the failure says
+// what to check: it said only rustls's "received corrupt message of type InvalidContentType".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sent_to_a_plain_http_port_says_what_to_check() {
+    let mock = MockPostHog::start().await;
+    let host = mock.url().replacen("http://", "https://", 1);
+    let (pool, _url, dir) = posthog_track_tests::sqlite_file("tls-to-http").await;
+    let pass = one_pass_to_a_wrong_host(&pool, &host, mock.api_key(), CaptureMode::V0).await;
+    let failure = pass.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("POSTHOG_HOST") && failure.contains("plain HTTP"),
+        "the failure names the setting and the likely mistake: {pass:?}"
+    );
+    assert!(mock.events().is_empty());
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // A host that redirects (a proxy moved, `http://` sent to `https://`, a vanity domain) is a
 // set-up to fix, not a way to follow: a 307 or 308 would resend the body, API key included,
 // to wherever the redirect points. The relay pauses, names the setting, and the events stay.

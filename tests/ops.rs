@@ -387,6 +387,23 @@ async fn doctor_finds_a_host_answering_400_with_a_web_page() {
 }
 
 #[tokio::test]
+async fn doctor_says_what_to_check_about_tls_sent_to_a_plain_http_port() {
+    let mock = MockPostHog::start().await;
+    let host = mock.url().replacen("http://", "https://", 1);
+    let diagnosis = diagnose(&config_for(mock.api_key(), &host), &DoctorOptions::new()).await;
+    assert_eq!(
+        verdict(&diagnosis, "host answers"),
+        Verdict::Fail,
+        "{diagnosis}"
+    );
+    let detail = detail(&diagnosis, "host answers");
+    assert!(
+        detail.contains("POSTHOG_HOST") && detail.contains("plain HTTP"),
+        "{diagnosis}"
+    );
+}
+
+#[tokio::test]
 async fn doctor_finds_a_refused_personal_key() {
     let mock = MockPostHog::start().await;
     mock.set_flag_definitions_status(Some(401));

@@ -646,6 +646,9 @@ fn describe_transport_error(error: reqwest::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
+    if let Some(advice) = crate::client::transport::tls_advice(&text) {
+        text.push_str(advice);
+    }
     text
 }
 

@@ -376,7 +376,30 @@ pub(crate) fn transport_reason(error: &reqwest::Error) -> String {
     if detail.is_empty() {
         kind
     } else {
-        format!("{kind}: {detail}")
+        format!(
+            "{kind}: {detail}{}",
+            tls_advice(&detail).unwrap_or_default()
+        )
+    }
+}
+
+/// What to check when the TLS handshake failed: rustls's words ("received corrupt message of
+/// type InvalidContentType", "invalid peer certificate: UnknownIssuer") name neither the
+/// setting nor the likely mistake.
+pub(crate) fn tls_advice(detail: &str) -> Option<&'static str> {
+    if detail.contains("InvalidContentType") {
+        // The first bytes back were not a TLS record: the port speaks plain HTTP.
+        Some(
+            " (the host does not speak TLS on this port: check POSTHOG_HOST, whose https:// is \
+             aimed at a port that speaks plain HTTP; use http:// there, or the HTTPS port)",
+        )
+    } else if detail.contains("invalid peer certificate") {
+        Some(
+            " (the host's TLS certificate is not trusted: check that POSTHOG_HOST names the \
+             host the certificate is for, and the certificate chain of what answers there)",
+        )
+    } else {
+        None
     }
 }
 
