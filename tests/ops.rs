@@ -1339,3 +1339,54 @@ async fn a_reader_that_goes_away_does_not_panic_the_command() {
     }
     pool.close().await;
 }
+
+/// `/healthz` while the outbox cannot be read (a migration's lock, `VACUUM FULL`, a database
+/// that stopped answering): it waited for the database as long as the database made it, without
+/// end for a lock, so a probe got no answer at all, never the documented 503 naming the
+/// outbox (and a database gone away held it for the pool's 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_the_outbox_is_locked() {
+    let Some(url) = database_url("POSTGRES_URL") else {
+        return;
+    };
+    let pool = isolated_postgres(&url, "health_locked").await;
+    let url = posthog_track_tests::with_search_path(&url, "pt_health_locked");
+    let mock = MockPostHog::start().await;
+    Tracker::builder().build().migrate(&pool).await.unwrap();
+    let log = StderrLog::new("health-locked.log");
+    let relay = relay_command(&url, &mock, "posthog_track=warn")
+        .args(["--metrics-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])
+        .stderr(log.file())
+        .spawn()
+        .unwrap();
+    let mut relay = KillOnDrop(relay);
+    let said = log
+        .wait_for("serving /metrics and /healthz on ", Duration::from_secs(30))
+        .await;
+    let address = said
+        .lines()
+        .find_map(|line| line.strip_prefix("serving /metrics and /healthz on "))
+        .unwrap_or_else(|| panic!("no address announced:\n{said}"))
+        .trim()
+        .to_owned();
+    let mut locker = pool.acquire().await.unwrap();
+    for statement in [
+        "BEGIN",
+        "LOCK TABLE posthog_outbox IN ACCESS EXCLUSIVE MODE",
+    ] {
+        sqlx::query(statement).execute(&mut *locker).await.unwrap();
+    }
+    let answer = reqwest::Client::new()
+        .get(format!("{address}/healthz"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
+    let answer = answer.unwrap_or_else(|error| panic!("/healthz did not answer: {error}"));
+    let status = answer.status().as_u16();
+    let health = answer.text().await.unwrap();
+    assert_eq!(status, 503, "{health}");
+    assert!(health.contains("the outbox cannot be read"), "{health}");
+    let _ = relay.0.kill();
+    let _ = relay.0.wait();
+}

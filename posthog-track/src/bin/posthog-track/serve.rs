@@ -22,6 +22,10 @@ use crate::CliError;
 /// How often the relay samples the outbox gauges while metrics are served.
 pub const OUTBOX_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How long `/healthz` waits for the outbox's figures before it answers that they cannot be
+/// read.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Histogram buckets, in seconds, for request latency to PostHog.
 const REQUEST_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Histogram buckets, in seconds, from commit to delivery.
@@ -71,7 +75,22 @@ impl<DB: Backend> Health<DB> {
             }
         };
         let mut body = json!({"relay": relay, "max_lag_seconds": self.max_lag.as_secs_f64()});
-        match self.tracker.outbox(&self.pool).status().await {
+        // Bounded: a locked outbox (a migration, `VACUUM FULL`) held the answer without end,
+        // and a database gone away for the pool's 30 s, so a probe got no answer at all.
+        let status = match tokio::time::timeout(
+            HEALTH_READ_TIMEOUT,
+            self.tracker.outbox(&self.pool).status(),
+        )
+        .await
+        {
+            Ok(read) => read.map_err(|error| error.to_string()),
+            Err(_) => Err(format!(
+                "the database did not answer within {} s (a lock on the outbox, or the \
+                 database unreachable)",
+                HEALTH_READ_TIMEOUT.as_secs()
+            )),
+        };
+        match status {
             Ok(status) => {
                 status.record_metrics();
                 let age = status.oldest_pending_age.unwrap_or_default();
