@@ -230,6 +230,22 @@ async fn a_413_splits_the_batch() {
     assert_eq!(statuses, [413, 200, 200], "one 413, then the two halves");
 }
 
+/// A 413 for one event alone is as often a proxy's body limit (nginx's
+/// `client_max_body_size`, often 1 MB) as PostHog's: the reason says both, not "PostHog's
+/// request limit" (found in an operator trial, behind a proxy whose limit it was).
+#[tokio::test]
+async fn a_413_for_one_event_names_the_proxy_as_well() {
+    let mock = MockPostHog::start().await;
+    mock.script([Reply::Status(413)]);
+    let tracker = tracker_for(&mock).build();
+    capture_numbered(&tracker, "big", "u1", 1).await;
+    let error = tracker.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("413") && error.contains("a proxy in front of it"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn in_memory_events_are_given_up_after_the_retry_budget_and_counted() {
     let mock = MockPostHog::start().await;

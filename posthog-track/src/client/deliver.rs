@@ -316,8 +316,9 @@ impl<'a> Part<'a> {
                     return;
                 }
                 Outcome::TooLarge => Fate::Refused {
-                    reason: "413 Payload Too Large: the event alone exceeds PostHog's request \
-                             limit"
+                    reason: "413 Payload Too Large: the event alone exceeds the request limit \
+                             of PostHog or of a proxy in front of it (a proxy's body limit, such \
+                             as nginx's client_max_body_size, is often 1 MB)"
                         .to_owned(),
                 },
                 Outcome::Rejected { reason } => Fate::Refused { reason },

@@ -85,6 +85,11 @@ impl Tracker {
     /// locally when definitions are loaded and can decide (unless `force_remote`), by PostHog
     /// otherwise. `None` when the flag is unknown, or undecidable locally with
     /// `local_evaluation_only`.
+    ///
+    /// An exposure decided by PostHog carries the answer's `$feature_flag_request_id` and,
+    /// when the answer was partial, `$feature_flag_error` (`errors_while_computing_flags`,
+    /// `quota_limited`, `flag_missing`); a flag PostHog returned no value for is recorded too,
+    /// with a null response, as PostHog's own SDKs do. A request that fails records nothing.
     pub async fn get_feature_flag(
         &self,
         key: &str,
