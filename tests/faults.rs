@@ -147,13 +147,26 @@ async fn flush_delivers_through_partial_failures<DB: Backend>(pool: &Pool<DB>, _
     tracker.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-// 3. A poison event that fails every request it is in holds nothing back.
+/// A backlog behind a poison event: MockPostHog answers 500 to every request that holds this
+/// test's `poison` event, and the poison is the oldest row (claimed first, with everything
+/// behind it), followed by `good` events committed `per_tx` to a transaction by a tracker
+/// that gives up on an event after 3 failures and leaves delivery to the test's relay.
+struct PoisonFirst {
+    mock: MockPostHog,
+    tracker: Tracker,
+    tag: String,
+    poison: BTreeSet<Uuid>,
+    committed: BTreeSet<Uuid>,
+}
 
-on_every_backend!(a_poison_event_holds_nothing_back);
-
-async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+async fn poison_first<DB: Backend>(
+    pool: &Pool<DB>,
+    prefix: &str,
+    good: usize,
+    per_tx: usize,
+) -> PoisonFirst {
     let mock = MockPostHog::start().await;
-    let tag = unique("poison");
+    let tag = unique(prefix);
     let poison_tag = tag.clone();
     mock.fail_events_where(500, move |event| {
         event["event"] == "poison" && event["distinct_id"] == poison_tag.as_str()
@@ -164,24 +177,55 @@ async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &
         .external_relay(true)
         .build();
     tracker.migrate(pool).await.unwrap();
-    // The poison is the oldest row, so it is claimed first, with everything behind it.
     let poison = commit_events(&tracker, pool, &tag, "poison", 1, 1).await;
-    let committed = commit_events(&tracker, pool, &tag, "good", 200, 50).await;
+    let committed = commit_events(&tracker, pool, &tag, "good", good, per_tx).await;
+    PoisonFirst {
+        mock,
+        tracker,
+        tag,
+        poison,
+        committed,
+    }
+}
 
-    let relay = tracker.relay(pool.clone());
-    let error = relay.drain().await.unwrap_err();
-    assert!(
-        matches!(error, Error::Undelivered { dead: 1, .. }),
-        "the poison is dead-lettered and reported: {error}"
-    );
-    assert_exactly_delivered(&mock, &tag, &committed);
-    let dead = outbox_events(&tracker, pool, |event| {
-        event.status == posthog_track::outbox::Status::Dead
-    })
-    .await;
-    assert_eq!(dead.len(), 1);
-    assert!(poison.contains(&dead[0].uuid));
-    let history = dead[0].last_error.clone().unwrap_or_default();
+impl PoisonFirst {
+    /// Drains: the good events are delivered once each, and the poison is the one dead
+    /// letter, reported by the drain. Returns its row.
+    async fn drain_to_one_dead_letter<DB: Backend>(
+        &self,
+        pool: &Pool<DB>,
+    ) -> posthog_track::outbox::OutboxEvent {
+        let error = self.tracker.relay(pool.clone()).drain().await.unwrap_err();
+        assert!(
+            matches!(error, Error::Undelivered { dead: 1, .. }),
+            "the poison is dead-lettered and reported: {error}"
+        );
+        assert_exactly_delivered(&self.mock, &self.tag, &self.committed);
+        let mut dead = outbox_events(&self.tracker, pool, |event| {
+            event.status == posthog_track::outbox::Status::Dead
+        })
+        .await;
+        assert_eq!(dead.len(), 1);
+        assert!(self.poison.contains(&dead[0].uuid));
+        dead.remove(0)
+    }
+}
+
+// 3. A poison event that fails every request it is in holds nothing back.
+
+on_every_backend!(a_poison_event_holds_nothing_back);
+
+async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &str) {
+    let backlog = poison_first(pool, "poison", 200, 50).await;
+    let dead = backlog.drain_to_one_dead_letter(pool).await;
+    let PoisonFirst {
+        mock,
+        tracker,
+        tag,
+        poison,
+        ..
+    } = backlog;
+    let history = dead.last_error.clone().unwrap_or_default();
     assert!(
         history.lines().count() >= 3 && history.contains("500"),
         "the dead letter keeps its history: {history}"
@@ -204,7 +248,7 @@ async fn a_poison_event_holds_nothing_back<DB: Backend>(pool: &Pool<DB>, _url: &
     assert_eq!(tracker.outbox(pool).requeue(None).await.unwrap(), 1);
     let requeued = &tracker.outbox(pool).events().await.unwrap()[0];
     assert_eq!(requeued.attempts, 0, "requeue resets the attempts");
-    relay.drain().await.unwrap();
+    tracker.relay(pool.clone()).drain().await.unwrap();
     assert!(received(&mock, &tag).is_superset(&poison));
 }
 
@@ -2237,41 +2281,17 @@ async fn failures_at_the_top_of_bigint_dead_letter_the_row<DB: Backend>(
     pool: &Pool<DB>,
     _url: &str,
 ) {
-    let mock = MockPostHog::start().await;
-    let tag = unique("top_failures");
-    let poison_tag = tag.clone();
-    mock.fail_events_where(500, move |event| {
-        event["event"] == "poison" && event["distinct_id"] == poison_tag.as_str()
-    });
-    let tracker = tracker_for(&mock)
-        .max_failures(3)
-        .flush_timeout(WAIT)
-        .external_relay(true)
-        .build();
-    tracker.migrate(pool).await.unwrap();
-    let poison = commit_events(&tracker, pool, &tag, "poison", 1, 1).await;
-    let committed = commit_events(&tracker, pool, &tag, "good", 20, 10).await;
+    let backlog = poison_first(pool, "top_failures", 20, 10).await;
     posthog_track_tests::execute(
         pool,
         format!(
             "UPDATE posthog_outbox SET failures = 9223372036854775807 \
-             WHERE event = 'poison' AND distinct_id = '{tag}'"
+             WHERE event = 'poison' AND distinct_id = '{}'",
+            backlog.tag
         ),
     )
     .await;
-
-    let error = tracker.relay(pool.clone()).drain().await.unwrap_err();
-    assert!(
-        matches!(error, Error::Undelivered { dead: 1, .. }),
-        "the row is dead-lettered and reported: {error}"
-    );
-    assert_exactly_delivered(&mock, &tag, &committed);
-    let dead = outbox_events(&tracker, pool, |event| {
-        event.status == posthog_track::outbox::Status::Dead
-    })
-    .await;
-    assert_eq!(dead.len(), 1);
-    assert!(poison.contains(&dead[0].uuid));
+    backlog.drain_to_one_dead_letter(pool).await;
 }
 
 // A row whose `attempts` is at the top of BIGINT, or whose `created_at` is at its bottom (rows

@@ -416,31 +416,39 @@ pub async fn serve(app: axum::Router) -> String {
 /// A web site that answers every request with 200 and an HTML page (a catch-all route, a
 /// parked domain, a captive portal): what a wrong `POSTHOG_HOST` may answer. Its URL.
 pub async fn html_site() -> String {
-    serve(axum::Router::new().fallback(|| async {
-        axum::response::Html("<!doctype html><html><body>Welcome to our shop</body></html>")
-    }))
+    page_site(
+        axum::http::StatusCode::OK,
+        "<!doctype html><html><body>Welcome to our shop</body></html>",
+    )
     .await
+    .0
 }
 
 /// What nginx answers plain HTTP sent to its HTTPS port with: 400 and an HTML page, to every
 /// request (a `POSTHOG_HOST` of `http://` where the proxy speaks HTTPS). Its URL, and the
 /// number of requests it answered.
 pub async fn https_port_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    page_site(
+        axum::http::StatusCode::BAD_REQUEST,
+        "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port\
+         </title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
+         <center>The plain HTTP request was sent to HTTPS port</center>\r\n\
+         <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+    )
+    .await
+}
+
+/// A site that answers every request with `status` and the HTML `page`: its URL, and the
+/// number of requests it answered.
+async fn page_site(
+    status: axum::http::StatusCode,
+    page: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = answered.clone();
     let url = serve(axum::Router::new().fallback(move || {
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async {
-            (
-                axum::http::StatusCode::BAD_REQUEST,
-                axum::response::Html(
-                    "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port\
-                     </title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
-                     <center>The plain HTTP request was sent to HTTPS port</center>\r\n\
-                     <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
-                ),
-            )
-        }
+        async move { (status, axum::response::Html(page)) }
     }))
     .await;
     (url, answered)

@@ -347,8 +347,13 @@ async fn doctor_finds_a_host_answering_with_a_web_page() {
     // A site's catch-all route answers every path with 200 and a page: not PostHog, and a
     // relay aimed there would pause.
     let site = posthog_track_tests::html_site().await;
+    assert_the_host_fails_as_a_web_page(&site).await;
+}
+
+/// Doctor, aimed at `site`, is unhealthy: its host answers with a web page, not as PostHog.
+async fn assert_the_host_fails_as_a_web_page(site: &str) {
     let diagnosis = diagnose(
-        &config_for("phc_project_key_123", &site),
+        &config_for("phc_project_key_123", site),
         &DoctorOptions::new(),
     )
     .await;
@@ -369,21 +374,7 @@ async fn doctor_finds_a_host_answering_400_with_a_web_page() {
     // nginx answers plain HTTP sent to its HTTPS port with 400 and a page, to every request:
     // an empty batch gets the 400 PostHog would give it, but a relay aimed there would pause.
     let (site, _) = posthog_track_tests::https_port_site().await;
-    let diagnosis = diagnose(
-        &config_for("phc_project_key_123", &site),
-        &DoctorOptions::new(),
-    )
-    .await;
-    assert!(!diagnosis.healthy(), "{diagnosis}");
-    assert_eq!(
-        verdict(&diagnosis, "host answers"),
-        Verdict::Fail,
-        "{diagnosis}"
-    );
-    assert!(
-        detail(&diagnosis, "host answers").contains("web page"),
-        "{diagnosis}"
-    );
+    assert_the_host_fails_as_a_web_page(&site).await;
 }
 
 #[tokio::test]
